@@ -1,0 +1,122 @@
+"""One storage API over a local folder or an S3 prefix.
+
+Both backends go through a pyarrow FileSystem, so the lake and the landing zone share one code
+path; only the root differs ("data/lake" or "s3://bucket/prefix"). Writes are atomic: a temp file
+plus rename on a local disk, a single object PUT on S3 (an object is visible only once complete).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+PARQUET_COMPRESSION = "zstd"
+
+
+@dataclass(frozen=True)
+class S3Options:
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+@dataclass
+class Store:
+    """A root (local folder or s3://bucket/prefix) and the filesystem that serves it."""
+
+    root: str
+    s3: S3Options = field(default_factory=S3Options)
+
+    def __post_init__(self) -> None:
+        if self.root.startswith("s3://"):
+            self.is_s3 = True
+            kwargs: dict = {}
+            if self.s3.endpoint_url:
+                scheme, _, host = self.s3.endpoint_url.partition("://")
+                kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+            if self.s3.region:
+                kwargs["region"] = self.s3.region
+            self.fs: pafs.FileSystem = pafs.S3FileSystem(**kwargs)
+            self.base = self.root[len("s3://") :].rstrip("/")
+        else:
+            self.is_s3 = False
+            self.fs = pafs.LocalFileSystem()
+            self.base = os.path.abspath(self.root)
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    def path(self, key: str) -> str:
+        return posixpath.join(self.base, key.lstrip("/")) if key else self.base
+
+    def uri(self, key: str) -> str:
+        if self.is_s3:
+            return "s3://" + self.path(key)
+        return self.path(key)
+
+    # -- bytes ---------------------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        if self.is_s3:
+            with self.fs.open_output_stream(path, compression=None, metadata={}) as out:
+                out.write(data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.fs.open_input_stream(self.path(key), compression=None) as f:
+            return f.read()
+
+    def exists(self, key: str) -> bool:
+        return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+
+    def delete(self, key: str) -> None:
+        if self.exists(key):
+            self.fs.delete_file(self.path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of all files below `prefix` (relative to the root), sorted; [] when absent."""
+        base = self.path(prefix)
+        info = self.fs.get_file_info(base)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        if info.type == pafs.FileType.File:
+            return [prefix]
+        sel = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        root = self.base + "/"
+        keys = [
+            fi.path[len(root) :]
+            for fi in self.fs.get_file_info(sel)
+            if fi.type == pafs.FileType.File and ".tmp-" not in fi.path
+        ]
+        return sorted(keys)
+
+    # -- parquet -------------------------------------------------------------------------------
+    def write_parquet(self, key: str, table: pa.Table, row_group_size: int | None = None) -> int:
+        """Write `table` atomically as zstd Parquet; returns the bytes written."""
+        buf = io.BytesIO()
+        pq.write_table(
+            table,
+            buf,
+            compression=PARQUET_COMPRESSION,
+            row_group_size=row_group_size,
+        )
+        data = buf.getvalue()
+        self.write_bytes(key, data)
+        return len(data)
+
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path(key), filesystem=self.fs, columns=columns)
+
+    def parquet_file(self, key: str) -> pq.ParquetFile:
+        return pq.ParquetFile(self.fs.open_input_file(self.path(key)))

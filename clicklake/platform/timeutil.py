@@ -1,0 +1,75 @@
+"""UTC time helpers. Inside the engine every instant is an int of epoch milliseconds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
+
+
+def floor_hour(ms: int) -> int:
+    return ms - ms % HOUR_MS
+
+
+def to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def to_ms(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(round(dt.timestamp() * 1000))
+
+
+def iso(ms: int) -> str:
+    """ISO-8601 with millisecond precision and a Z suffix."""
+    return to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_instant(text: str) -> int:
+    """Parse a user-given instant: ISO-8601 (naive means UTC) or epoch milliseconds."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def hour_partition_key(hour_ms: int) -> str:
+    """Dagster's hourly partition key format."""
+    return to_datetime(hour_ms).strftime("%Y-%m-%d-%H:%M")
+
+
+def parse_hour_partition_key(key: str) -> int:
+    return to_ms(datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC))
+
+
+def hours_between(start_ms: int, end_ms: int) -> list[int]:
+    """Hour starts h with start <= h < end (both floored to the hour)."""
+    h, end = floor_hour(start_ms), end_ms
+    out = []
+    while h < end:
+        out.append(h)
+        h += HOUR_MS
+    return out
+
+
+def hive_hour_path(hour_ms: int) -> str:
+    d = to_datetime(hour_ms)
+    return f"dt={d:%Y-%m-%d}/hour={d:%H}"
+
+
+__all__ = [
+    "HOUR_MS",
+    "MINUTE_MS",
+    "floor_hour",
+    "hive_hour_path",
+    "hour_partition_key",
+    "hours_between",
+    "iso",
+    "parse_hour_partition_key",
+    "parse_instant",
+    "timedelta",
+    "to_datetime",
+    "to_ms",
+]
