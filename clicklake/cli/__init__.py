@@ -9,6 +9,7 @@ import click
 
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
+    "demo": "clicklake.cli.demo:demo",
     "generate": "clicklake.cli.generate:generate",
 }
 

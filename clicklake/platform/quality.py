@@ -1,0 +1,109 @@
+"""Data checks with Great Expectations 1.x, run directly (dagster-ge does not support GX 1.x).
+
+A check is a named list of expectations over one DataFrame. Specs are plain tuples so this module
+imports nothing heavy at import time; GX itself (seconds to import) is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+# ("not_null", column) | ("unique", column) | ("between", column, min, max) (inclusive; None =
+# unbounded) | ("in_window", column, start, end) (start <= value < end)
+ExpectationSpec = tuple
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    description: str
+    expectations: tuple[ExpectationSpec, ...]
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    description: str
+    failures: dict[str, int] = field(default_factory=dict)  # expectation -> unexpected count
+
+    def metadata(self) -> dict[str, Any]:
+        return {"expectations": len(self.failures) or None, **self.failures}
+
+
+_lock = threading.Lock()
+_context = None
+
+
+def _gx_context():
+    global _context
+    with _lock:
+        if _context is None:
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            ctx = gx.get_context(mode="ephemeral")
+            ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+            _context = ctx
+        return _context
+
+
+def _expectation(spec: ExpectationSpec):
+    import great_expectations as gx
+
+    kind, column, *args = spec
+    if kind == "not_null":
+        return gx.expectations.ExpectColumnValuesToNotBeNull(column=column)
+    if kind == "unique":
+        return gx.expectations.ExpectColumnValuesToBeUnique(column=column)
+    if kind == "between":
+        lo, hi = args
+        return gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi)
+    if kind == "in_window":
+        lo, hi = args
+        return gx.expectations.ExpectColumnValuesToBeBetween(
+            column=column, min_value=lo, max_value=hi, strict_max=True
+        )
+    raise ValueError(f"unknown expectation kind {kind!r}")
+
+
+def _label(spec: ExpectationSpec) -> str:
+    kind, column, *args = spec
+    return f"{kind}({column}{''.join(', ' + str(a) for a in args)})"
+
+
+def run_checks(df: pd.DataFrame, checks: list[CheckSpec]) -> list[CheckOutcome]:
+    """Validate `df` against each check's expectations with one GX ValidationDefinition each."""
+    import great_expectations as gx
+
+    ctx = _gx_context()
+    outcomes = []
+    with _lock:  # the ephemeral context is shared; GX registries are not thread-safe
+        source = ctx.data_sources.add_pandas(f"df-{uuid.uuid4().hex}")
+        batch = source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("all")
+        try:
+            for check in checks:
+                suite = gx.ExpectationSuite(name=f"{check.name}-{uuid.uuid4().hex}")
+                for spec in check.expectations:
+                    suite.add_expectation(_expectation(spec))
+                suite = ctx.suites.add(suite)
+                vd = ctx.validation_definitions.add(
+                    gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
+                )
+                result = vd.run(batch_parameters={"dataframe": df})
+                failures = {}
+                for spec, res in zip(check.expectations, result.results, strict=True):
+                    if not res.success:
+                        failures[_label(spec)] = int(res.result.get("unexpected_count") or 0)
+                outcomes.append(CheckOutcome(check.name, bool(result.success), check.description,
+                                             failures))
+                ctx.validation_definitions.delete(suite.name)
+                ctx.suites.delete(suite.name)
+        finally:
+            ctx.data_sources.delete(source.name)
+    return outcomes

@@ -1,0 +1,30 @@
+"""Hourly automation: materialize each raw partition once its landing window has closed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+
+from clicklake.assets.partitions import hourly_partitions
+
+# Partition H can still receive events until H+1h + allowed lateness (1 h by default); the tick at
+# H+2h15 leaves Firehose's buffer time for the last files to land.
+RAW_WINDOW_CLOSES_AFTER = timedelta(hours=2)
+
+raw_hourly_job = dg.define_asset_job(
+    "raw_hourly_job",
+    selection=dg.AssetSelection.groups("raw"),
+    description="Materialize the raw impressions, clicks and predictions of one hour.",
+)
+
+
+@dg.schedule(job=raw_hourly_job, cron_schedule="15 * * * *", execution_timezone="UTC")
+def raw_hourly_schedule(context: dg.ScheduleEvaluationContext):
+    """At HH:15, build the raw partitions of the hour whose landing window just closed."""
+    hour = context.scheduled_execution_time.replace(minute=0, second=0, microsecond=0)
+    target = hour - RAW_WINDOW_CLOSES_AFTER
+    key = target.strftime("%Y-%m-%d-%H:%M")
+    if key not in hourly_partitions.get_partition_keys(current_time=context.scheduled_execution_time):
+        return dg.SkipReason(f"partition {key} is outside the partitions definition")
+    return dg.RunRequest(run_key=key, partition_key=key)

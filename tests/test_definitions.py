@@ -1,0 +1,46 @@
+"""The Definitions load and the asset graph is what DESIGN §1 draws (so far)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from clicklake.definitions import defs
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return defs.resolve_asset_graph()
+
+
+def test_raw_assets_are_hourly_partitioned_with_blocking_checks(graph):
+    for stream in ("impressions", "clicks", "predictions"):
+        key = dg.AssetKey(f"raw_{stream}")
+        node = graph.get(key)
+        assert isinstance(node.partitions_def, dg.HourlyPartitionsDefinition)
+        checks = {c.name for c in graph.get_check_keys_for_assets({key})}
+        assert {"ids_present_and_unique", "ts_in_partition"} <= checks
+        for check_key in graph.get_check_keys_for_assets({key}):
+            assert graph.get_check_spec(check_key).blocking
+    checks = {c.name for c in graph.get_check_keys_for_assets({dg.AssetKey("raw_impressions")})}
+    assert "cost_non_negative" in checks
+    checks = {c.name for c in graph.get_check_keys_for_assets({dg.AssetKey("raw_predictions")})}
+    assert "score_in_unit_interval" in checks
+
+
+def test_every_definition_validates():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_hourly_schedule_targets_the_hour_whose_window_closed():
+    schedule = defs.resolve_schedule_def("raw_hourly_schedule")
+    when = datetime(2026, 11, 25, 15, 15, tzinfo=UTC)
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+        )
+        requests = list(schedule.evaluate_tick(ctx).run_requests)
+    assert [r.partition_key for r in requests] == ["2026-11-25-13:00"]
+    assert requests[0].run_key == "2026-11-25-13:00"
