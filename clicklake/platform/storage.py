@@ -7,6 +7,7 @@ plus rename on a local disk, a single object PUT on S3 (an object is visible onl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -69,9 +70,17 @@ class Store:
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must never publish a file whose bytes are lost
+            os.replace(tmp, path)
+        except BaseException:
+            # A failed write leaves the previous version in place and no temp file behind.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
 
     def read_bytes(self, key: str) -> bytes:
         with self.fs.open_input_stream(self.path(key), compression=None) as f:

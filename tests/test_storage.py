@@ -1,0 +1,186 @@
+"""Store: one API over a local folder and an S3 prefix (moto's HTTP server), with atomic writes."""
+
+from __future__ import annotations
+
+import builtins
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clicklake.platform.storage import S3Options, Store
+
+TABLE = pa.table(
+    {
+        "id": pa.array(["a", "b", None], pa.string()),
+        "ts": pa.array([1, 2, 3], pa.timestamp("ms", tz="UTC")),
+        "x": pa.array([0.5, None, 2.0], pa.float64()),
+    }
+)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return Store(str(tmp_path / "root"))
+    endpoint = request.getfixturevalue("moto_endpoint")
+    bucket = request.getfixturevalue("s3_bucket")
+    return Store(f"s3://{bucket}/prefix", S3Options(endpoint_url=endpoint, region="us-east-1"))
+
+
+def test_bytes_round_trip_and_overwrite(store):
+    store.write_bytes("a/b/c.bin", b"\x00\x01hello")
+    assert store.read_bytes("a/b/c.bin") == b"\x00\x01hello"
+    store.write_bytes("a/b/c.bin", b"second")
+    assert store.read_bytes("a/b/c.bin") == b"second"
+    store.write_bytes("empty.bin", b"")
+    assert store.read_bytes("empty.bin") == b""
+
+
+def test_list_is_sorted_recursive_and_relative(store):
+    for key in ["x/2/b", "x/1/a", "x/1/c", "y/z", "xx/other"]:
+        store.write_bytes(key, key.encode())
+    assert store.list("x") == ["x/1/a", "x/1/c", "x/2/b"]
+    assert store.list("x/") == ["x/1/a", "x/1/c", "x/2/b"]
+    assert store.list("x/1/") == ["x/1/a", "x/1/c"]
+    assert store.list("y/z") == ["y/z"]  # a file prefix lists itself
+    assert store.list("") == ["x/1/a", "x/1/c", "x/2/b", "xx/other", "y/z"]
+
+
+def test_list_of_missing_prefix_is_empty(store):
+    assert store.list("nothing/here/") == []
+    assert store.list("nothing") == []
+    store.write_bytes("some/file", b"1")
+    assert store.list("some/fil") == []  # a prefix is a folder, not a string prefix
+
+
+def test_exists_and_delete(store):
+    assert not store.exists("k/v")
+    store.write_bytes("k/v", b"1")
+    assert store.exists("k/v")
+    assert not store.exists("k")  # a folder is not a file
+    store.delete("k/v")
+    assert not store.exists("k/v")
+    store.delete("k/v")  # deleting what is absent is a no-op
+    assert store.list("k") == []
+
+
+def test_parquet_round_trip_is_zstd_and_keeps_schema(store):
+    n = store.write_parquet("lake/t/dt=2026-11-25/hour=13/part-0.parquet", TABLE)
+    key = "lake/t/dt=2026-11-25/hour=13/part-0.parquet"
+    assert n == len(store.read_bytes(key))
+    back = store.read_parquet(key)
+    # A single file is read as itself: the Hive folder names add no columns.
+    assert back.schema == TABLE.schema
+    assert back.equals(TABLE)
+    assert store.read_parquet(key, columns=["x"]).column_names == ["x"]
+    meta = store.parquet_file(key).metadata
+    assert meta.num_rows == 3
+    codecs = {
+        meta.row_group(g).column(c).compression
+        for g in range(meta.num_row_groups)
+        for c in range(meta.num_columns)
+    }
+    assert codecs == {"ZSTD"}
+
+
+def test_parquet_bytes_are_deterministic(store):
+    store.write_parquet("a.parquet", TABLE)
+    store.write_parquet("b.parquet", TABLE)
+    assert store.read_bytes("a.parquet") == store.read_bytes("b.parquet")
+
+
+def test_uri_and_path(tmp_path, moto_endpoint, s3_bucket):
+    local = Store(str(tmp_path / "r"))
+    assert local.uri("a/b") == os.path.join(str(tmp_path / "r"), "a/b")
+    assert local.path("/a/b") == local.path("a/b")
+    s3 = Store(f"s3://{s3_bucket}/p/", S3Options(endpoint_url=moto_endpoint))
+    assert s3.is_s3 and s3.uri("a/b") == f"s3://{s3_bucket}/p/a/b"
+    assert s3.path("") == f"{s3_bucket}/p"
+
+
+def test_s3_objects_are_where_boto3_sees_them(moto_endpoint, s3_bucket):
+    import boto3
+
+    store = Store(f"s3://{s3_bucket}/root", S3Options(endpoint_url=moto_endpoint))
+    store.write_bytes("landing/x.gz", b"abc")
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    listed = client.list_objects_v2(Bucket=s3_bucket)["Contents"]
+    assert [o["Key"] for o in listed] == ["root/landing/x.gz"]
+    client.put_object(Bucket=s3_bucket, Key="root/landing/y.gz", Body=b"from boto3")
+    assert store.list("landing") == ["landing/x.gz", "landing/y.gz"]
+    assert store.read_bytes("landing/y.gz") == b"from boto3"
+
+
+def test_local_write_leaves_no_temp_file(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("d/f.bin", b"1")
+    store.write_parquet("d/t.parquet", TABLE)
+    assert sorted(os.listdir(tmp_path / "d")) == ["f.bin", "t.parquet"]
+
+
+def test_failed_local_write_keeps_old_content_and_no_temp(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    store.write_bytes("d/f.bin", b"old content")
+    real_open = builtins.open
+
+    class Exploding:
+        """A file whose write puts half the bytes on disk, then fails (a full disk, a crash)."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            raise OSError(28, "No space left on device")
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Exploding(f) if ".tmp-" in str(path) else f
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(OSError, match="No space"):
+        store.write_bytes("d/f.bin", b"new content, much longer than the old one")
+    with pytest.raises(OSError, match="No space"):
+        store.write_parquet("d/t.parquet", TABLE)
+    monkeypatch.undo()
+    assert store.read_bytes("d/f.bin") == b"old content"
+    assert os.listdir(tmp_path / "d") == ["f.bin"]
+    assert store.list("d") == ["d/f.bin"]
+
+
+def test_failed_rename_keeps_old_content_and_no_temp(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    store.write_bytes("f.bin", b"old")
+
+    def failing_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        store.write_bytes("f.bin", b"new")
+    monkeypatch.undo()
+    assert store.read_bytes("f.bin") == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_list_hides_temp_files_of_writes_in_flight(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("d/a", b"1")
+    (tmp_path / "d" / "b.tmp-0123abcd").write_bytes(b"partial")
+    assert store.list("d") == ["d/a"]
+
+
+def test_read_of_missing_key_raises(store):
+    with pytest.raises((FileNotFoundError, OSError)):
+        store.read_bytes("missing/key")
+    with pytest.raises((FileNotFoundError, OSError)):
+        pq.read_table(store.path("missing.parquet"), filesystem=store.fs)
