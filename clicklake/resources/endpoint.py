@@ -1,0 +1,183 @@
+"""Model serving: the champion's booster in this process, or a SageMaker endpoint.
+
+`deploy(store, model_id)` puts a registered model behind the server; `predict(rows)` scores rows
+of features (in manifest order, NaN = missing) and returns click probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+from pydantic import Field, PrivateAttr
+
+from clicklake.platform.storage import Store
+from clicklake.platform.training import registry
+from clicklake.platform.training.artifact import load_booster
+from clicklake.platform.training.csvformat import CONTENT_TYPE, features_to_csv
+from clicklake.platform.training.images import MIN_VERSION, xgboost_image_uri
+from clicklake.platform.training.local import predict as booster_predict
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model_id: str
+    target: str  # "local" or the endpoint name
+    details: dict
+
+
+class ModelEndpointResource(dg.ConfigurableResource, ABC):
+    @abstractmethod
+    def deploy(self, store: Store, model_id: str, prefix: str = "lake") -> Deployment: ...
+
+    @abstractmethod
+    def predict(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+class LocalModelServer(ModelEndpointResource):
+    """Scores with an in-process booster: the deployed model, else the registry's champion."""
+
+    _booster = PrivateAttr(default=None)
+    _model_id = PrivateAttr(default=None)
+
+    def deploy(self, store: Store, model_id: str, prefix: str = "lake") -> Deployment:
+        self._booster = load_booster(registry.artifact_of(store, model_id, prefix))
+        self._model_id = model_id
+        return Deployment(
+            model_id, "local", {"artifact_key": registry.artifact_key(model_id, prefix)}
+        )
+
+    def load_champion(self, store: Store, prefix: str = "lake") -> str | None:
+        """Load the current champion; returns its id, or None when nothing was promoted yet."""
+        champ = registry.champion(store, prefix)
+        if champ is None:
+            return None
+        self.deploy(store, champ.model_id, prefix)
+        return champ.model_id
+
+    @property
+    def model_id(self) -> str | None:
+        return self._model_id
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        if self._booster is None:
+            raise RuntimeError("no model loaded: deploy() or load_champion() first")
+        return booster_predict(self._booster, rows)
+
+
+def _name(*parts: str) -> str:
+    """A SageMaker resource name: [a-zA-Z0-9-], at most 63 characters."""
+    name = re.sub(r"[^a-zA-Z0-9-]+", "-", "-".join(parts)).strip("-")
+    return name[:63].rstrip("-")
+
+
+def parse_csv_scores(body: bytes) -> np.ndarray:
+    """The built-in XGBoost endpoint answers text/csv with scores separated by commas or newlines."""
+    text = body.decode().strip()
+    if not text:
+        return np.empty(0)
+    return np.array([float(t) for t in re.split(r"[,\n]+", text) if t.strip()])
+
+
+class SageMakerEndpoint(ModelEndpointResource):
+    """A real-time SageMaker endpoint serving the built-in XGBoost image."""
+
+    role_arn: str = Field(description="IAM role the model runs as (reads model.tar.gz from S3).")
+    endpoint_name: str = Field(default="clicklake-ctr")
+    instance_type: str = Field(default="ml.m5.large")
+    instance_count: int = Field(default=1)
+    region: str | None = Field(default=None)
+    image_uri: str | None = Field(default=None, description="Override of the XGBoost image URI.")
+    xgboost_version: str = Field(default=MIN_VERSION)
+    endpoint_url: str | None = Field(default=None, description="AWS endpoint override (tests).")
+    poll_delay_s: int = Field(default=30)
+    max_wait_attempts: int = Field(default=120)
+
+    def resolved_region(self) -> str:
+        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise ValueError("no AWS region: set `region` or AWS_REGION")
+        return region
+
+    def _client(self, service: str):
+        import boto3
+
+        return boto3.client(
+            service, region_name=self.resolved_region(), endpoint_url=self.endpoint_url
+        )
+
+    def deploy(self, store: Store, model_id: str, prefix: str = "lake") -> Deployment:
+        """Model + endpoint config named for the model; create the endpoint or switch it over."""
+        if not store.is_s3:
+            raise ValueError("a SageMaker endpoint needs the model in S3: use an s3:// lake root")
+        model_data_url = store.uri(registry.artifact_key(model_id, prefix))
+        if not store.exists(registry.artifact_key(model_id, prefix)):
+            raise KeyError(f"model {model_id!r} is not registered")
+        return self.deploy_artifact(model_data_url, model_id)
+
+    def deploy_artifact(self, model_data_url: str, model_id: str) -> Deployment:
+        from botocore.exceptions import ClientError
+
+        sm = self._client("sagemaker")
+        model_name = _name(self.endpoint_name, model_id)
+        image = self.image_uri or xgboost_image_uri(self.resolved_region(), self.xgboost_version)
+        sm.create_model(
+            ModelName=model_name,
+            PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url},
+            ExecutionRoleArn=self.role_arn,
+        )
+        sm.create_endpoint_config(
+            EndpointConfigName=model_name,
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": model_name,
+                    "InitialInstanceCount": self.instance_count,
+                    "InstanceType": self.instance_type,
+                    "InitialVariantWeight": 1.0,
+                }
+            ],
+        )
+        try:
+            sm.describe_endpoint(EndpointName=self.endpoint_name)
+            exists = True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in (
+                "ValidationException",
+                "ResourceNotFound",
+            ):
+                raise
+            exists = False
+        if exists:
+            # An update swaps the config behind the endpoint without downtime.
+            sm.update_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=model_name)
+        else:
+            sm.create_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=model_name)
+        sm.get_waiter("endpoint_in_service").wait(
+            EndpointName=self.endpoint_name,
+            WaiterConfig={"Delay": self.poll_delay_s, "MaxAttempts": self.max_wait_attempts},
+        )
+        return Deployment(
+            model_id,
+            self.endpoint_name,
+            {
+                "model_name": model_name,
+                "endpoint_config_name": model_name,
+                "model_data_url": model_data_url,
+                "image": image,
+                "updated": exists,
+            },
+        )
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        response = self._client("sagemaker-runtime").invoke_endpoint(
+            EndpointName=self.endpoint_name,
+            ContentType=CONTENT_TYPE,
+            Accept=CONTENT_TYPE,
+            Body=features_to_csv(rows),
+        )
+        return parse_csv_scores(response["Body"].read())
