@@ -1,0 +1,240 @@
+"""User profile snapshots: every user's state as of the end of an hour, folded hour by hour.
+
+snapshot(H) = fold(snapshot(H-1), tiles(H)). Users active in H get their rows merged with the
+tile; everyone else's row is copied, only their recent-hours ring is trimmed. So an hour costs
+what changed in it plus one pass over the snapshot, never a pass over history.
+
+A snapshot "as of" T (= end of hour H) holds, per user, everything with ts < T:
+- lifetime impressions, clicks, spend; first event, last impression and last click times;
+- campaigns touched (impressions or clicks) with per-campaign impressions and clicks, and domains
+  (exact sets, sorted; their lengths are the distinct counts);
+- `recent_*`: a sparse ring of the user's hourly counts for the last 168 hours (hours with
+  activity only). The ring makes the sawtooth windows (DESIGN §4.3) exact at ANY later instant,
+  even across missing snapshots: a W-hour window at t sums the ring hours >= floor_hour(t) - W
+  and the events since the snapshot;
+- `*_1h`, `*_24h`, `*_7d`: those windows evaluated at T itself (convenience for readers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clicklake.platform.events import TS
+from clicklake.platform.tiles import TILE_SCHEMA, as_string_array, dense_codes, nest, ts_ms
+from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
+
+WINDOWS_H = {"1h": 1, "24h": 24, "7d": 168}
+RING_HOURS = max(WINDOWS_H.values())
+DEFAULT_ROW_GROUP_USERS = 4096  # a point lookup reads one row group of this many users
+DEFAULT_RETENTION_DAYS = 30
+NULL_MS = np.iinfo(np.int64).min
+META_AS_OF = b"clicklake.as_of_ms"
+META_HISTORY_START = b"clicklake.history_start_ms"
+
+_window_fields = [
+    pa.field(f"{m}_{w}", pa.float64() if m == "spend" else pa.int64(), nullable=False)
+    for w in WINDOWS_H
+    for m in ("impressions", "clicks", "spend")
+]
+SNAPSHOT_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("first_ts", TS, nullable=False),
+        pa.field("last_impression_ts", TS),
+        pa.field("last_click_ts", TS),
+        pa.field("impressions", pa.int64(), nullable=False),
+        pa.field("clicks", pa.int64(), nullable=False),
+        pa.field("spend", pa.float64(), nullable=False),
+        *_window_fields,
+        pa.field("distinct_campaigns", pa.int64(), nullable=False),
+        pa.field("distinct_domains", pa.int64(), nullable=False),
+        pa.field("campaigns", pa.list_(pa.string()), nullable=False),
+        pa.field("campaign_impressions", pa.list_(pa.int64()), nullable=False),
+        pa.field("campaign_clicks", pa.list_(pa.int64()), nullable=False),
+        pa.field("domains", pa.list_(pa.string()), nullable=False),
+        pa.field("recent_hours", pa.list_(pa.int32()), nullable=False),
+        pa.field("recent_impressions", pa.list_(pa.int64()), nullable=False),
+        pa.field("recent_clicks", pa.list_(pa.int64()), nullable=False),
+        pa.field("recent_spend", pa.list_(pa.float64()), nullable=False),
+    ]
+)
+
+
+def snapshot_key(hour_ms: int, lake_prefix: str = "lake") -> str:
+    """Key of the snapshot as of the END of hour `hour_ms` (partition `hour_ms`)."""
+    return f"{lake_prefix}/profiles/user/{hive_hour_path(hour_ms)}/part-0.parquet"
+
+
+def empty_snapshot(as_of_ms: int) -> pa.Table:
+    return with_meta(SNAPSHOT_SCHEMA.empty_table(), as_of_ms, as_of_ms)
+
+
+def with_meta(table: pa.Table, as_of_ms: int, history_start_ms: int) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta[META_AS_OF] = str(as_of_ms).encode()
+    meta[META_HISTORY_START] = str(history_start_ms).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def snapshot_as_of(table: pa.Table) -> int:
+    """The instant a snapshot describes: it holds exactly the events with ts < this."""
+    return int(table.schema.metadata[META_AS_OF])
+
+
+def history_start(table: pa.Table) -> int:
+    """Start of the history folded into a snapshot chain (events before it were never seen)."""
+    return int(table.schema.metadata[META_HISTORY_START])
+
+
+def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(row index of each element, flat values) of a list column."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    return parents, pc.list_flatten(arr)
+
+
+def _merge_keyed(
+    rows_a: np.ndarray, keys_a: pa.Array, counts_a: list[np.ndarray],
+    rows_b: np.ndarray, keys_b: pa.Array, counts_b: list[np.ndarray], n_rows: int,
+) -> tuple[pa.ListArray, list[pa.ListArray]]:
+    """Union of two (row -> sorted key list) maps, summing the aligned count lists."""
+    rows = np.concatenate([rows_a, rows_b])
+    code, uniq = dense_codes(pa.concat_arrays([keys_a.cast(pa.string()), keys_b.cast(pa.string())]))
+    nk = max(len(uniq), 1)
+    ukey, inv = np.unique(rows * nk + code, return_inverse=True)
+    out_rows = ukey // nk
+    keys = nest(out_rows, n_rows, uniq.take(pa.array(ukey % nk)))
+    sums = []
+    for ca, cb in zip(counts_a, counts_b, strict=True):
+        w = np.concatenate([ca, cb]).astype(np.float64)
+        sums.append(nest(out_rows, n_rows, np.bincount(inv, weights=w, minlength=len(ukey))
+                         .round().astype(np.int64)))
+    return keys, sums
+
+
+def _ts_array(a: np.ndarray) -> pa.Array:
+    return pa.array(a, pa.int64(), mask=a == NULL_MS).cast(TS)
+
+
+def fold_snapshot(prev: pa.Table | None, tile: pa.Table, hour_ms: int) -> pa.Table:
+    """The snapshot as of the end of `hour_ms` from the previous one (any earlier end; None = empty
+    history starting at `hour_ms`) and the tiles of `hour_ms`. Hours between the previous
+    snapshot and `hour_ms` are taken as empty: fold their tiles first when they have events."""
+    if prev is None:
+        prev = empty_snapshot(hour_ms)
+    if snapshot_as_of(prev) > hour_ms:
+        raise ValueError(
+            f"snapshot as of {snapshot_as_of(prev)} is later than the hour {hour_ms} being folded")
+    start = history_start(prev)
+    end = hour_ms + HOUR_MS
+    tile = tile.select(TILE_SCHEMA.names)
+    p_users = as_string_array(prev["user_id"])
+    t_users = as_string_array(tile["user_id"])
+    nt = tile.num_rows
+
+    # Rows of users active in the hour: previous state (if any) merged with the tile.
+    p_row = pc.index_in(t_users, value_set=p_users)
+    has_p = pc.is_valid(p_row).to_numpy(zero_copy_only=False)
+    p_idx = p_row.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    old = prev.take(pa.array(p_idx[has_p])) if prev.num_rows else prev.slice(0, 0)
+    old_pos = np.flatnonzero(has_p)  # position in tile order of each `old` row
+
+    def prev_num(name: str, fill) -> np.ndarray:
+        out = np.full(nt, fill, dtype=np.float64 if name == "spend" else np.int64)
+        if old.num_rows:
+            vals = old[name].combine_chunks()
+            if pa.types.is_timestamp(vals.type):
+                out[old_pos] = ts_ms(vals)
+            else:
+                out[old_pos] = vals.to_numpy(zero_copy_only=False)
+        return out
+
+    def tile_num(name: str) -> np.ndarray:
+        vals = tile[name].combine_chunks()
+        if pa.types.is_timestamp(vals.type):
+            return ts_ms(vals)
+        return vals.to_numpy(zero_copy_only=False)
+
+    cols: dict[str, pa.Array] = {"user_id": t_users}
+    for name in ("impressions", "clicks", "spend"):
+        cols[name] = pa.array(prev_num(name, 0) + tile_num(name))
+    p_first = prev_num("first_ts", NULL_MS)
+    cols["first_ts"] = _ts_array(np.where(p_first == NULL_MS, tile_num("first_ts"), p_first))
+    for name in ("last_impression_ts", "last_click_ts"):
+        cols[name] = _ts_array(np.maximum(prev_num(name, NULL_MS), tile_num(name)))
+
+    def parts(table: pa.Table, name: str, pos: np.ndarray | None):
+        rows, vals = _list_parts(table[name])
+        return (pos[rows] if pos is not None else rows), vals
+
+    o_rows, o_camp = parts(old, "campaigns", old_pos)
+    t_rows, t_camp = parts(tile, "campaigns", None)
+    o_ci = pc.list_flatten(old["campaign_impressions"].combine_chunks()).to_numpy(zero_copy_only=False)
+    o_cc = pc.list_flatten(old["campaign_clicks"].combine_chunks()).to_numpy(zero_copy_only=False)
+    t_ci = pc.list_flatten(tile["campaign_impressions"].combine_chunks()).to_numpy(
+        zero_copy_only=False)
+    t_cc = pc.list_flatten(tile["campaign_clicks"].combine_chunks()).to_numpy(zero_copy_only=False)
+    camps, (ci, cc) = _merge_keyed(o_rows, o_camp, [o_ci, o_cc], t_rows, t_camp, [t_ci, t_cc], nt)
+    cols["campaigns"], cols["campaign_impressions"], cols["campaign_clicks"] = camps, ci, cc
+    o_drows, o_dom = parts(old, "domains", old_pos)
+    t_drows, t_dom = parts(tile, "domains", None)
+    cols["domains"], _ = _merge_keyed(o_drows, o_dom, [], t_drows, t_dom, [], nt)
+
+    # Ring: the previous ring (all hours < hour_ms) then this hour, so it stays in hour order.
+    hour_idx = hour_ms // HOUR_MS
+    r_rows, r_hours = parts(old, "recent_hours", old_pos)
+    ring_rows = np.concatenate([r_rows, np.arange(nt)])
+    order = np.argsort(ring_rows, kind="stable")
+    ring_vals = {
+        "recent_hours": np.concatenate(
+            [r_hours.to_numpy(zero_copy_only=False), np.full(nt, hour_idx)]).astype(np.int32),
+        "recent_impressions": np.concatenate(
+            [_flat_np(old, "recent_impressions"), tile_num("impressions")]),
+        "recent_clicks": np.concatenate([_flat_np(old, "recent_clicks"), tile_num("clicks")]),
+        "recent_spend": np.concatenate([_flat_np(old, "recent_spend"), tile_num("spend")]),
+    }
+    for name, vals in ring_vals.items():
+        cols[name] = nest(ring_rows[order], nt, vals[order])
+
+    names = [f.name for f in SNAPSHOT_SCHEMA if f.name in cols]
+    touched = pa.Table.from_pydict({n: cols[n] for n in names}, schema=_subschema(names))
+    untouched = prev.filter(pc.invert(pc.is_in(p_users, value_set=t_users)))
+    merged = pa.concat_tables([untouched.select(names).cast(touched.schema), touched])
+    merged = merged.take(pc.sort_indices(merged["user_id"]))
+    return with_meta(_finish(merged, hour_idx), end, start)
+
+
+def _subschema(names: list[str]) -> pa.Schema:
+    return pa.schema([SNAPSHOT_SCHEMA.field(n) for n in names])
+
+
+def _flat_np(table: pa.Table, name: str) -> np.ndarray:
+    return pc.list_flatten(table[name].combine_chunks()).to_numpy(zero_copy_only=False)
+
+
+def _finish(merged: pa.Table, hour_idx: int) -> pa.Table:
+    """Trim the ring to the last RING_HOURS hours and evaluate the windows at the hour's end."""
+    n = merged.num_rows
+    rows, hours = _list_parts(merged["recent_hours"])
+    hours = hours.to_numpy(zero_copy_only=False)
+    keep = hours > hour_idx - RING_HOURS
+    cols = {name: merged[name] for name in merged.column_names}
+    for name in ("recent_hours", "recent_impressions", "recent_clicks", "recent_spend"):
+        flat = _flat_np(merged, name)
+        cols[name] = nest(rows[keep], n, flat[keep])
+    k_rows, k_hours = rows[keep], hours[keep]
+    flat = {m: _flat_np(merged, f"recent_{m}")[keep] for m in ("impressions", "clicks", "spend")}
+    for w, width in WINDOWS_H.items():
+        sel = k_hours > hour_idx - width
+        for m, vals in flat.items():
+            s = np.bincount(k_rows[sel], weights=vals[sel].astype(np.float64), minlength=n)
+            cols[f"{m}_{w}"] = pa.array(s if m == "spend" else s.round().astype(np.int64))
+    cols["distinct_campaigns"] = pc.list_value_length(merged["campaigns"]).cast(pa.int64())
+    cols["distinct_domains"] = pc.list_value_length(merged["domains"]).cast(pa.int64())
+    return pa.Table.from_pydict({f.name: cols[f.name] for f in SNAPSHOT_SCHEMA}, schema=SNAPSHOT_SCHEMA)
+
+
+def bytes_per_user(n_bytes: int, n_users: int) -> float:
+    return n_bytes / n_users if n_users else 0.0

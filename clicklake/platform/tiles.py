@@ -1,0 +1,158 @@
+"""User hour tiles: what each user did in one event-time hour, the unit every profile is folded from.
+
+One row per user active in the hour, sorted by user_id. Campaigns count the campaigns of the
+user's impressions and clicks (a click names its campaign even when its impression is elsewhere);
+domains count non-null impression domains. A null cost is 0 spend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clicklake.platform.events import TS
+from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
+
+TILE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("hour", TS, nullable=False),
+        pa.field("impressions", pa.int64(), nullable=False),
+        pa.field("clicks", pa.int64(), nullable=False),
+        pa.field("spend", pa.float64(), nullable=False),
+        pa.field("first_ts", TS, nullable=False),
+        pa.field("last_ts", TS, nullable=False),
+        pa.field("last_impression_ts", TS),
+        pa.field("last_click_ts", TS),
+        pa.field("campaigns", pa.list_(pa.string()), nullable=False),
+        pa.field("campaign_impressions", pa.list_(pa.int64()), nullable=False),
+        pa.field("campaign_clicks", pa.list_(pa.int64()), nullable=False),
+        pa.field("domains", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+
+def ts_ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A timestamp[ms] column as int64 epoch ms (nulls become INT64_MIN; callers mask them)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    arr = arr.cast(pa.int64()).fill_null(np.iinfo(np.int64).min)
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def as_string_array(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.cast(pa.string())
+
+
+def dense_codes(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes whose order is the sort order of the values; returns (codes, sorted uniques).
+
+    Sorted codes let a (row, code) key sort lists alphabetically without comparing strings twice.
+    """
+    enc = pc.dictionary_encode(values).combine_chunks() if isinstance(
+        values, pa.ChunkedArray) else pc.dictionary_encode(values)
+    dictionary = enc.dictionary
+    order = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return rank[idx], dictionary.take(pa.array(order))
+
+
+def nest(rows: np.ndarray, n_rows: int, values: pa.Array | np.ndarray) -> pa.ListArray:
+    """Group `values` (already ordered by row) into one list per row, rows 0..n_rows-1."""
+    counts = np.bincount(rows, minlength=n_rows) if len(rows) else np.zeros(n_rows, np.int64)
+    offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    vals = values if isinstance(values, pa.Array) else pa.array(values)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), vals)
+
+
+def build_user_hour_tiles(impressions: pa.Table, clicks: pa.Table, hour_ms: int) -> pa.Table:
+    """Per-user aggregates of one hour from its raw impressions and clicks (rows outside the hour
+    are ignored, so a caller may pass a wider table)."""
+    hi = hour_ms + HOUR_MS
+    imp_ts, clk_ts = ts_ms(impressions["ts"]), ts_ms(clicks["ts"])
+    imp_keep = (imp_ts >= hour_ms) & (imp_ts < hi)
+    clk_keep = (clk_ts >= hour_ms) & (clk_ts < hi)
+    imp = impressions.filter(pa.array(imp_keep))
+    clk = clicks.filter(pa.array(clk_keep))
+    imp_ts, clk_ts = imp_ts[imp_keep], clk_ts[clk_keep]
+    n_imp = imp.num_rows
+
+    users_all = pa.concat_arrays([as_string_array(imp["user_id"]), as_string_array(clk["user_id"])])
+    if len(users_all) == 0:
+        return TILE_SCHEMA.empty_table()
+    ucode, users = dense_codes(users_all)
+    n = len(users)
+    iu, cu = ucode[:n_imp], ucode[n_imp:]
+    cost = imp["cost"].combine_chunks().fill_null(0.0).to_numpy(zero_copy_only=False) if n_imp else (
+        np.zeros(0))
+
+    impressions_n = np.bincount(iu, minlength=n)
+    clicks_n = np.bincount(cu, minlength=n)
+    spend = np.bincount(iu, weights=cost, minlength=n)
+    all_ts = np.concatenate([imp_ts, clk_ts])
+    first = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first, ucode, all_ts)
+    last = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(last, ucode, all_ts)
+    last_imp = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(last_imp, iu, imp_ts)
+    last_clk = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(last_clk, cu, clk_ts)
+
+    # (user, campaign) counts, nested per user in campaign order.
+    camp_all = pa.concat_arrays([as_string_array(imp["campaign_id"]),
+                                 as_string_array(clk["campaign_id"])])
+    ccode, camps = dense_codes(camp_all)
+    nc = max(len(camps), 1)
+    key = ucode * nc + ccode
+    ukey, inv = np.unique(key, return_inverse=True)
+    is_imp = np.zeros(len(key), dtype=np.int64)
+    is_imp[:n_imp] = 1
+    c_imp = np.bincount(inv, weights=is_imp, minlength=len(ukey)).astype(np.int64)
+    c_clk = np.bincount(inv, weights=1 - is_imp, minlength=len(ukey)).astype(np.int64)
+    c_rows = ukey // nc
+    campaigns = nest(c_rows, n, camps.take(pa.array(ukey % nc)))
+    campaign_impressions = nest(c_rows, n, c_imp)
+    campaign_clicks = nest(c_rows, n, c_clk)
+
+    # Distinct non-null domains per user, in order.
+    dom = as_string_array(imp["domain"]) if n_imp else pa.array([], pa.string())
+    valid = pc.is_valid(dom).to_numpy(zero_copy_only=False) if n_imp else np.zeros(0, bool)
+    if valid.any():
+        dcode, doms = dense_codes(dom.filter(pa.array(valid)))
+        nd = len(doms)
+        dkey = np.unique(iu[valid] * nd + dcode)
+        domains = nest(dkey // nd, n, doms.take(pa.array(dkey % nd)))
+    else:
+        domains = nest(np.zeros(0, np.int64), n, pa.array([], pa.string()))
+
+    def ts_col(a: np.ndarray, nullable: bool) -> pa.Array:
+        mask = a == np.iinfo(np.int64).min if nullable else None
+        return pa.array(a, pa.int64(), mask=mask).cast(TS)
+
+    return pa.Table.from_arrays(
+        [
+            users,
+            pa.array(np.full(n, hour_ms), pa.int64()).cast(TS),
+            pa.array(impressions_n.astype(np.int64)),
+            pa.array(clicks_n.astype(np.int64)),
+            pa.array(spend.astype(np.float64)),
+            ts_col(first, False),
+            ts_col(last, False),
+            ts_col(last_imp, True),
+            ts_col(last_clk, True),
+            campaigns,
+            campaign_impressions,
+            campaign_clicks,
+            domains,
+        ],
+        schema=TILE_SCHEMA,
+    )
+
+
+def tile_key(hour_ms: int, lake_prefix: str = "lake") -> str:
+    return f"{lake_prefix}/tiles/user_hour/{hive_hour_path(hour_ms)}/part-0.parquet"
