@@ -24,10 +24,17 @@ def as_string_array(values: StringValues) -> pa.Array:
     exception, so a bad row degrades to "unknown" downstream instead of failing the batch.
     """
     if isinstance(values, pa.ChunkedArray):
-        if pa.types.is_dictionary(values.type):
-            values = values.unify_dictionaries()
-        values = (values.combine_chunks() if values.num_chunks
-                  else pa.array([], values.type))
+        if values.num_chunks == 0:
+            values = pa.array([], values.type)
+        elif values.num_chunks == 1:
+            values = values.chunk(0)
+        elif pa.types.is_dictionary(values.type):
+            values = values.unify_dictionaries().combine_chunks()
+        elif pa.types.is_string(values.type):
+            # Encoding first joins only the small indices, not a copy of all the text.
+            values = pc.dictionary_encode(values).unify_dictionaries().combine_chunks()
+        else:
+            values = values.combine_chunks()
     if not isinstance(values, pa.Array):
         try:
             values = pa.array(values, type=pa.string())
