@@ -1,0 +1,65 @@
+"""Prediction outcomes: named predictions take their impression's label, anonymous ones any click
+of the user within the window; per-model metrics match plain definitions."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clicklake.platform.outcomes import join_outcomes, outcome_metrics
+from tests.test_labeling import W, _clicks, _imps, oracle
+
+TS = pa.timestamp("ms", tz="UTC")
+
+
+def _preds(rows):
+    ids, ts, users, models, scores, imps = zip(*rows, strict=True) if rows else ([],) * 6
+    return pa.table({"prediction_id": pa.array(ids, pa.string()), "ts": pa.array(ts, TS),
+                     "user_id": pa.array(users, pa.string()), "model": pa.array(models, pa.string()),
+                     "score": pa.array(scores, pa.float64()),
+                     "impression_id": pa.array(imps, pa.string())})
+
+
+def test_named_and_anonymous_predictions():
+    t = 10_000_000
+    imps = [("i1", t, "u", "c"), ("i2", t + 10, "v", "c")]
+    clicks = [("k1", t + W, "i1", "u", "c"), ("k2", t + 20, None, "v", "c")]
+    preds = [("p1", t - 5, "u", "m", 0.9, "i1"),   # i1 clicked at exactly +15 min
+             ("p2", t - 5, "v", "m", 0.1, "i2"),   # i2 clicked via attribution
+             ("p3", t + 19, "v", "m", 0.2, None),  # v clicks 1 ms later
+             ("p4", t + 20, "v", "m", 0.2, None),  # ... but not after its own time
+             ("p5", t, "w", "m2", 0.3, None)]      # w never clicks
+    out = join_outcomes(_preds(preds), _imps(imps), _clicks(clicks))
+    assert out["clicked"].to_pylist() == [1, 1, 1, 0, 0]
+    metrics = outcome_metrics(out)
+    assert metrics["m"]["predictions"] == 4 and metrics["m"]["clicks"] == 3
+    assert metrics["m"]["accuracy"] == 0.5  # p1 (0.9, clicked) and p4 (0.2, no click) are right
+    assert math.isnan(metrics["m2"]["auc"])  # one class only
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    imps=st.lists(st.tuples(st.integers(0, 3 * W), st.sampled_from(["u1", "u2"])), max_size=8),
+    clicks=st.lists(st.tuples(st.integers(0, 3 * W), st.one_of(st.none(), st.integers(0, 9)),
+                              st.sampled_from(["u1", "u2"])), max_size=8),
+    preds=st.lists(st.tuples(st.integers(0, 3 * W), st.sampled_from(["u1", "u2"]),
+                             st.one_of(st.none(), st.integers(0, 9))), max_size=8),
+)
+def test_outcomes_match_the_oracle(imps, clicks, preds):
+    imp_rows = [(f"i{n}", ts, u, "c") for n, (ts, u) in enumerate(imps)]
+    click_rows = [(f"k{n}", ts, None if i is None else f"i{i}", u, "c")
+                  for n, (ts, i, u) in enumerate(clicks)]
+    pred_rows = [(f"p{n}", ts, u, "m", 0.5, None if i is None else f"i{i}")
+                 for n, (ts, u, i) in enumerate(preds)]
+    labels = oracle(imp_rows, click_rows)
+    expected = []
+    for _, ts, u, _, _, imp in pred_rows:
+        if imp is not None:
+            expected.append(labels.get(imp, 0))
+        else:
+            expected.append(int(any(c[3] == u and ts < c[1] <= ts + W for c in click_rows)))
+    got = join_outcomes(_preds(pred_rows), _imps(imp_rows), _clicks(click_rows))
+    assert got["clicked"].to_pylist() == expected
