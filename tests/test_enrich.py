@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -179,6 +181,8 @@ def test_countries_of_non_text_columns_are_unknown():
     assert countries(pa.array([1, 2], pa.int64())).to_pylist() == [UNKNOWN] * 2
     assert countries(["8.8.8.8", 7, None, b"5.9.0.1"]).to_pylist() == ["US", UNKNOWN, UNKNOWN, "DE"]
     assert countries([]).to_pylist() == []
+    assert countries(np.array([1, 2])).to_pylist() == [UNKNOWN] * 2
+    assert countries(pd.Series(["8.8.8.8", None, 3])).to_pylist() == ["US", UNKNOWN, UNKNOWN]
     assert countries(pa.chunked_array([], pa.string())).to_pylist() == []
 
 

@@ -38,7 +38,7 @@ def as_string_array(values: StringValues) -> pa.Array:
     if not isinstance(values, pa.Array):
         try:
             values = pa.array(values, type=pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):
+        except (pa.ArrowException, TypeError, ValueError, UnicodeEncodeError):
             values = pa.array([_text_or_none(v) for v in values], type=pa.string())
     if pa.types.is_dictionary(values.type):
         if pa.types.is_string(values.type.value_type):
