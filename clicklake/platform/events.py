@@ -2,19 +2,33 @@
 
 A line either becomes a row of its stream's schema or gets a quarantine reason. Reasons, in the
 order they are tested: malformed, missing_field, bad_type, bad_value (then, in `raw`: future,
-late, duplicate).
+late, duplicate). A line with several problems gets the first reason of that order.
+
+- malformed: not JSON (orjson is strict: `NaN`, `Infinity` and numbers beyond a double such as
+  `1e400` are invalid JSON), or JSON that is not an object.
+- missing_field: a required field is absent, null, or an empty / whitespace-only string. An
+  optional field that is absent, null or blank is stored as null (never quarantined for that).
+- bad_type: a value of the wrong JSON type for its field (see the field kinds below).
+- bad_value: the right type with an impossible value: a score outside [0, 1], a negative cost,
+  or a time outside [2000-01-01, 2100-01-01). The lower bound is what catches epoch *seconds*:
+  the contract says epoch milliseconds, so 1764075600 is an instant of January 1970, which no
+  ad event has; quarantining it says so instead of filing it as `late`.
+
+Event times (`ts`) are epoch milliseconds (a JSON integer, an integral float, or a string of
+digits) or an ISO-8601 date-time string: `Z` or an offset such as `+02:00` is converted to UTC,
+a naive one is UTC, and sub-millisecond digits are truncated (the instant is floored to its
+millisecond, never rounded into the next one). A date without a time (`2026-11-25`) is a
+bad_type: it does not say when the event happened, and midnight would be a silent guess.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pyarrow as pa
-
-from clicklake.platform.timeutil import to_ms
 
 TS = pa.timestamp("ms", tz="UTC")
 
@@ -27,7 +41,7 @@ LATE = "late"
 DUPLICATE = "duplicate"
 REASONS = (MALFORMED, MISSING_FIELD, BAD_TYPE, BAD_VALUE, FUTURE, LATE, DUPLICATE)
 
-# Field kinds: "id" (non-empty string; integers are accepted and rendered as text), "ts", "str"
+# Field kinds: "id" (non-blank string; integers are accepted and rendered as text), "ts", "str"
 # (free text), "num" (finite number), "score" (number in [0, 1]), "cost" (number >= 0).
 
 
@@ -45,14 +59,22 @@ class StreamSpec:
     @property
     def schema(self) -> pa.Schema:
         """The raw table schema: event fields, then the arrival time of the landing file."""
-        cols = [pa.field(name, _ARROW[kind], nullable=(name, kind) in self.optional)
-                for name, kind in self.fields]
+        cols = [
+            pa.field(name, _ARROW[kind], nullable=(name, kind) in self.optional)
+            for name, kind in self.fields
+        ]
         cols.append(pa.field("arrived_at", TS, nullable=False))
         return pa.schema(cols)
 
 
-_ARROW = {"id": pa.string(), "ts": TS, "str": pa.string(), "score": pa.float64(),
-          "cost": pa.float64(), "num": pa.float64()}
+_ARROW = {
+    "id": pa.string(),
+    "ts": TS,
+    "str": pa.string(),
+    "score": pa.float64(),
+    "cost": pa.float64(),
+    "num": pa.float64(),
+}
 
 IMPRESSIONS = StreamSpec(
     "impressions",
@@ -69,8 +91,13 @@ CLICKS = StreamSpec(
 PREDICTIONS = StreamSpec(
     "predictions",
     "prediction_id",
-    required=(("prediction_id", "id"), ("ts", "ts"), ("user_id", "id"), ("model", "str"),
-              ("score", "score")),
+    required=(
+        ("prediction_id", "id"),
+        ("ts", "ts"),
+        ("user_id", "id"),
+        ("model", "str"),
+        ("score", "score"),
+    ),
     optional=(("impression_id", "id"),),
 )
 SPECS: dict[str, StreamSpec] = {s.name: s for s in (IMPRESSIONS, CLICKS, PREDICTIONS)}
@@ -85,50 +112,112 @@ class Rejected(Exception):
         self.detail = detail
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+TS_MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything earlier is taken for epoch seconds
+TS_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive)
+
+
+def _checked_ms(ms: int, name: str) -> int:
+    if ms < TS_MIN_MS:
+        hint = " (epoch seconds? ts is epoch milliseconds)" if ms >= 0 else ""
+        raise Rejected(BAD_VALUE, f"{name}={ms} is before 2000-01-01{hint}")
+    if ms >= TS_MAX_MS:
+        raise Rejected(BAD_VALUE, f"{name}={ms} is after 2100-01-01")
+    return ms
+
+
+def _iso_ms(value: str, name: str) -> int:
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected(BAD_TYPE, f"{name}: {value[:40]!r} is not ISO-8601") from None
+    if len(value) <= 10:  # every ISO date-time is longer than the longest date, YYYY-MM-DD
+        raise Rejected(BAD_TYPE, f"{name}: {value!r} is a date without a time")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    try:
+        # Exact integer arithmetic; floor division truncates sub-millisecond digits.
+        return (dt - _EPOCH) // _MS
+    except OverflowError:
+        raise Rejected(BAD_VALUE, f"{name}: {value[:40]!r} is out of range") from None
+
+
+def event_ms(value: object, name: str = "ts") -> int:
+    """An event time (see the module docstring) → epoch ms, or raise Rejected."""
+    return _ts(value, name)
+
+
 def _ts(value: object, name: str) -> int:
     if isinstance(value, bool):
         raise Rejected(BAD_TYPE, f"{name}: boolean is not a time")
     if isinstance(value, int):
-        return value
+        return _checked_ms(value, name)
     if isinstance(value, float):
         if math.isfinite(value) and value == int(value):
-            return int(value)
+            return _checked_ms(int(value), name)
         raise Rejected(BAD_TYPE, f"{name}: {value!r} is not epoch milliseconds")
     if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            raise Rejected(BAD_TYPE, f"{name}: {value[:40]!r} is not ISO-8601") from None
-        return to_ms(dt)
+        if value.isascii() and value.isdigit():
+            return _checked_ms(int(value), name)
+        return _checked_ms(_iso_ms(value, name), name)
     raise Rejected(BAD_TYPE, f"{name}: {type(value).__name__} is not a time")
 
 
-def _value(kind: str, value: object, name: str) -> object:
-    if kind == "id":
-        if isinstance(value, str):
-            if value.strip() == "":
-                raise Rejected(MISSING_FIELD, f"{name} is empty")
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        raise Rejected(BAD_TYPE, f"{name}: {type(value).__name__} is not an id")
-    if kind == "ts":
-        return _ts(value, name)
-    if kind == "str":
-        if isinstance(value, str):
-            return value
-        raise Rejected(BAD_TYPE, f"{name}: {type(value).__name__} is not text")
-    # numeric kinds
+def _id(value: object, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise Rejected(BAD_TYPE, f"{name}: {type(value).__name__} is not an id")
+
+
+def _text(value: object, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise Rejected(BAD_TYPE, f"{name}: {type(value).__name__} is not text")
+
+
+def _num(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Rejected(BAD_TYPE, f"{name}: {type(value).__name__} is not a number")
     x = float(value)
     if not math.isfinite(x):
         raise Rejected(BAD_VALUE, f"{name} is not finite")
-    if kind == "score" and not 0.0 <= x <= 1.0:
+    return x
+
+
+def _score(value: object, name: str) -> float:
+    x = _num(value, name)
+    if not 0.0 <= x <= 1.0:
         raise Rejected(BAD_VALUE, f"{name}={x} is outside [0, 1]")
-    if kind == "cost" and x < 0:
+    return x
+
+
+def _cost(value: object, name: str) -> float:
+    x = _num(value, name)
+    if x < 0:
         raise Rejected(BAD_VALUE, f"{name}={x} is negative")
     return x
+
+
+_CONVERT = {"id": _id, "ts": _ts, "str": _text, "num": _num, "score": _score, "cost": _cost}
+
+
+def _value(kind: str, value: object, name: str) -> object:
+    return _CONVERT[kind](value, name)
+
+
+def _plan(spec: StreamSpec) -> tuple[tuple[str, object, bool], ...]:
+    plan = _PLANS.get(spec)
+    if plan is None:
+        required = {name for name, _ in spec.required}
+        plan = tuple((name, _CONVERT[kind], name in required) for name, kind in spec.fields)
+        _PLANS[spec] = plan
+    return plan
+
+
+_PLANS: dict[StreamSpec, tuple[tuple[str, object, bool], ...]] = {}
 
 
 def parse_line(spec: StreamSpec, line: bytes) -> tuple:
@@ -137,15 +226,33 @@ def parse_line(spec: StreamSpec, line: bytes) -> tuple:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise Rejected(MALFORMED, f"invalid JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    return parse_object(spec, obj)
+
+
+def parse_object(spec: StreamSpec, obj: object) -> tuple:
+    """`parse_line` after the JSON decoding: a decoded value → a row tuple, or raise Rejected."""
+    if obj.__class__ is not dict:
         raise Rejected(MALFORMED, f"a JSON {type(obj).__name__}, not an object")
-    missing = [n for n, _ in spec.required if obj.get(n) is None]
+    out = []
+    missing: list[str] = []
+    problem: Rejected | None = None  # the first bad_type, else the first bad_value
+    for name, convert, required in _plan(spec):
+        value = obj.get(name)
+        if value is None or (value.__class__ is str and (not value or value.isspace())):
+            if required:
+                missing.append(name)
+            out.append(None)
+            continue
+        try:
+            out.append(convert(value, name))
+        except Rejected as rej:
+            if problem is None or (problem.reason == BAD_VALUE and rej.reason == BAD_TYPE):
+                problem = rej
+            out.append(None)
     if missing:
         raise Rejected(MISSING_FIELD, "missing " + ", ".join(missing))
-    out = []
-    for name, kind in spec.fields:
-        value = obj.get(name)
-        out.append(None if value is None else _value(kind, value, name))
+    if problem is not None:
+        raise problem
     return tuple(out)
 
 
@@ -155,6 +262,11 @@ def event_id_of(line: bytes, spec: StreamSpec) -> str | None:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
+    return event_id_of_object(obj, spec)
+
+
+def event_id_of_object(obj: object, spec: StreamSpec) -> str | None:
+    """`event_id_of` for an already decoded line."""
     if isinstance(obj, dict):
         v = obj.get(spec.id_field)
         if isinstance(v, str | int) and not isinstance(v, bool):

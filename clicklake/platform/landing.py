@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, to_datetime, to_ms
+from clicklake.platform.timeutil import HOUR_MS, floor_hour, to_datetime, to_ms
 
 STREAMS = ("impressions", "clicks", "predictions")
 DEFAULT_PREFIX = "landing"
@@ -33,10 +33,7 @@ _FOLDER = re.compile(r"(?P<y>\d{4})/(?P<mo>\d{2})/(?P<d>\d{2})/(?P<h>\d{2})/[^/]
 def firehose_key(stream: str, arrival_ms: int, file_uuid: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The object key Firehose would write for a file of `stream` that arrived at `arrival_ms`."""
     t = to_datetime(arrival_ms)
-    return (
-        f"{prefix}/{stream}/{t:%Y/%m/%d/%H}/"
-        f"{stream}-1-{t:%Y-%m-%d-%H-%M-%S}-{file_uuid}.gz"
-    )
+    return f"{prefix}/{stream}/{t:%Y/%m/%d/%H}/{stream}-1-{t:%Y-%m-%d-%H-%M-%S}-{file_uuid}.gz"
 
 
 def hour_prefix(stream: str, hour_ms: int, prefix: str = DEFAULT_PREFIX) -> str:
@@ -51,20 +48,36 @@ class LandingFile:
     key: str
 
 
+def _ms(*parts: str) -> int | None:
+    try:
+        return to_ms(datetime(*(int(p) for p in parts)))
+    except ValueError:  # e.g. month 13 or February 30: not a time
+        return None
+
+
 def parse_key(key: str) -> LandingFile | None:
-    """Arrival time from a Firehose object key; the folder hour when the name is not Firehose's."""
-    name = key.rsplit("/", 1)[-1]
-    m = _NAME.match(name)
-    if m:
-        dt = datetime(*(int(m[g]) for g in ("y", "mo", "d", "h", "mi", "s")))
-        return LandingFile(to_ms(dt), key)
-    f = _FOLDER.search(key)
-    if f:
-        return LandingFile(to_ms(datetime(*(int(f[g]) for g in ("y", "mo", "d", "h")))), key)
+    """Arrival time of a landing object, or None when its key says no time.
+
+    The time in a Firehose object name (second precision) is the arrival time. A key whose name is
+    not Firehose's arrives at the start of its folder hour. Should the name's time fall outside
+    the folder hour, the folder wins: the folder decides which partitions list the file, and the
+    arrival time must agree with it, or the file's rejected lines would belong to a partition
+    that never reads it.
+    """
+    folder = _FOLDER.search(key)
+    folder_ms = _ms(*(folder[g] for g in ("y", "mo", "d", "h"))) if folder else None
+    m = _NAME.match(key.rsplit("/", 1)[-1])
+    name_ms = _ms(*(m[g] for g in ("y", "mo", "d", "h", "mi", "s"))) if m else None
+    if name_ms is not None and (folder_ms is None or floor_hour(name_ms) == folder_ms):
+        return LandingFile(name_ms, key)
+    if folder_ms is not None:
+        return LandingFile(folder_ms, key)
     return None
 
 
-def list_hour(store: Store, stream: str, hour_ms: int, prefix: str = DEFAULT_PREFIX) -> list[LandingFile]:
+def list_hour(
+    store: Store, stream: str, hour_ms: int, prefix: str = DEFAULT_PREFIX
+) -> list[LandingFile]:
     """Landing files of one arrival hour, in arrival order."""
     files = [parse_key(k) for k in store.list(hour_prefix(stream, hour_ms, prefix))]
     return sorted(f for f in files if f is not None)
@@ -91,26 +104,63 @@ def encode_lines(lines: list[bytes]) -> bytes:
 class DecodedFile:
     lines: list[bytes]
     error: str | None = None  # set when the object could not be fully decompressed
+    tail: bytes = b""  # the unterminated text after the last newline of an unreadable object
+
+
+def _salvage(data: bytes) -> tuple[bytes, str | None]:
+    """Everything that decompresses before the first error, and what the error was (if any).
+
+    Walks gzip members one by one; inside a member the input is fed in blocks, and the block that
+    fails is replayed byte by byte from a copy of the decompressor, so no readable byte is lost.
+    Zero padding after the last member is accepted, as gzip(1) does.
+    """
+    out: list[bytes] = []
+    rest = data
+    while rest:
+        d = zlib.decompressobj(wbits=47)  # 32 + 15: gzip (or zlib) header, 32 KiB window
+        for i in range(0, len(rest), 4096):
+            block = rest[i : i + 4096]
+            before = d.copy()
+            try:
+                out.append(d.decompress(block))
+            except zlib.error as exc:
+                for b in range(len(block)):
+                    try:
+                        out.append(before.decompress(block[b : b + 1]))
+                    except zlib.error:
+                        break
+                return b"".join(out), f"corrupt gzip: {exc}"
+            if d.eof:
+                break
+        if not d.eof:
+            return b"".join(out), "truncated gzip: the stream ends before its end marker"
+        rest = d.unused_data
+        if not rest.strip(b"\x00"):
+            break
+    return b"".join(out), None
 
 
 def decode_lines(data: bytes) -> DecodedFile:
-    """Lines of a landing object. A corrupt or truncated gzip keeps what could be read."""
+    """Lines of a landing object. A corrupt or truncated gzip keeps what could be read.
+
+    From an unreadable object, every complete line before the damage is kept; the unterminated
+    text after the last newline is not trusted as a record and is returned as `tail`, so the
+    caller can show it in the one `malformed` row that reports the file.
+    """
     try:
         body = gzip.decompress(data)
         error = None
-    except (OSError, EOFError, zlib.error) as exc:
-        d = zlib.decompressobj(wbits=47)
-        try:
-            body = d.decompress(data)
-        except zlib.error:
-            body = b""
-        # A partial last line from a truncated stream is not trusted.
-        body = body[: body.rfind(b"\n") + 1] if body else b""
-        error = f"unreadable gzip: {exc}"
+        tail = b""
+    except (OSError, EOFError, zlib.error):
+        body, error = _salvage(data)
+        tail = b""
+        if error is not None:
+            cut = body.rfind(b"\n") + 1
+            body, tail = body[:cut], body[cut:]
     lines = body.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    return DecodedFile(lines, error)
+    return DecodedFile(lines, error, tail)
 
 
 def read_lines(store: Store, key: str) -> DecodedFile:

@@ -1,0 +1,198 @@
+"""Landing zone: Firehose object keys, arrival times, and gzip NDJSON that may be damaged."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clicklake.platform import landing
+from clicklake.platform.landing import (
+    LandingFile,
+    decode_lines,
+    encode_lines,
+    firehose_key,
+    hour_prefix,
+    list_hour,
+    list_hours,
+    parse_key,
+)
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS
+
+H13 = 1795611600000  # 2026-11-25T13:00:00Z
+UUID = "0f8e2d1c-3b4a-4c5d-9e6f-7a8b9c0d1e2f"
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def test_firehose_key_format():
+    arrival = H13 + 4 * 60_000 + 5_678  # 13:04:05.678
+    key = firehose_key("impressions", arrival, UUID)
+    assert key == (
+        "landing/impressions/2026/11/25/13/"
+        "impressions-1-2026-11-25-13-04-05-0f8e2d1c-3b4a-4c5d-9e6f-7a8b9c0d1e2f.gz"
+    )
+    # The name has second precision: the arrival time read back is floored to the second.
+    assert parse_key(key) == LandingFile(H13 + 245_000, key)
+    assert firehose_key("clicks", H13, "u", prefix="in").startswith("in/clicks/2026/11/25/13/")
+    assert hour_prefix("clicks", H13) == "landing/clicks/2026/11/25/13/"
+
+
+@given(
+    st.integers(min_value=946_684_800, max_value=4_102_444_799).map(lambda s: s * 1000),
+    st.sampled_from(["impressions", "clicks", "predictions"]),
+    st.uuids().map(str),
+)
+def test_parse_key_inverts_firehose_key(arrival, stream, uuid):
+    key = firehose_key(stream, arrival, uuid)
+    assert parse_key(key) == LandingFile(arrival, key)
+    assert key.startswith(hour_prefix(stream, arrival - arrival % HOUR_MS))
+
+
+def test_non_firehose_name_arrives_at_its_folder_hour():
+    for name in ["part-0000.json.gz", "impressions.gz", "_SUCCESS", "x-1-2026-11-25-13-00-00.gz"]:
+        key = f"landing/impressions/2026/11/25/13/{name}"
+        assert parse_key(key) == LandingFile(H13, key)
+
+
+def test_name_time_outside_its_folder_hour_yields_to_the_folder():
+    key = "landing/impressions/2026/11/25/13/impressions-1-2026-11-25-15-30-00-abc.gz"
+    assert parse_key(key) == LandingFile(H13, key)
+
+
+def test_a_bare_firehose_name_is_enough():
+    key = "impressions-1-2026-11-25-13-00-01-abc.gz"
+    assert parse_key(key) == LandingFile(H13 + 1000, key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "landing/impressions/readme.txt",
+        "landing/impressions/2026/11/25/file.gz",  # no hour folder
+        "landing/impressions/2026/13/25/13/part.gz",  # month 13
+        "landing/impressions/2026/02/30/13/part.gz",  # February 30
+        "landing/impressions/2026/11/25/24/part.gz",  # hour 24
+        "impressions-1-2026-02-30-13-00-00-abc.gz",  # impossible date in the name, no folder
+        "landing/impressions/2026/11/25/13/",  # a folder, not a file
+    ],
+)
+def test_garbage_keys_have_no_arrival(key):
+    assert parse_key(key) is None
+
+
+def test_landing_files_order_by_arrival_then_key():
+    a = LandingFile(2, "a")
+    assert sorted([LandingFile(3, "a"), LandingFile(2, "b"), a]) == [
+        a,
+        LandingFile(2, "b"),
+        LandingFile(3, "a"),
+    ]
+
+
+def test_list_hour_and_hours(tmp_path):
+    store = Store(str(tmp_path))
+    k1 = firehose_key("clicks", H13 + 30_000, "b")
+    k2 = firehose_key("clicks", H13 + 10_000, "z")
+    k3 = firehose_key("clicks", H13 + HOUR_MS, "a")
+    other = firehose_key("impressions", H13, "a")
+    junk = "landing/clicks/2026/11/25/13/notes.txt"
+    for k in (k1, k2, k3, other, junk):
+        store.write_bytes(k, b"")
+    assert list_hour(store, "clicks", H13) == [
+        LandingFile(H13, junk), LandingFile(H13 + 10_000, k2), LandingFile(H13 + 30_000, k1),
+    ]  # fmt: skip
+    assert [f.key for f in list_hours(store, "clicks", H13, H13 + HOUR_MS)] == [junk, k2, k1, k3]
+    assert list_hours(store, "clicks", H13 + HOUR_MS, H13) == []
+    assert list_hour(store, "predictions", H13) == []
+
+
+# -- gzip NDJSON -------------------------------------------------------------------------------
+
+LINES = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 50)) for i in range(3000)]
+
+
+def test_encode_decode_round_trip_and_determinism():
+    data = encode_lines(LINES)
+    assert data == encode_lines(LINES)  # mtime 0: equal input, equal bytes
+    assert gzip.decompress(data) == b"".join(x + b"\n" for x in LINES)
+    decoded = decode_lines(data)
+    assert decoded.lines == LINES and decoded.error is None and decoded.tail == b""
+    assert decode_lines(encode_lines([])).lines == []
+
+
+def test_blank_lines_and_missing_final_newline_are_preserved_as_lines():
+    data = gzip.compress(b'{"a":1}\n\n  \n{"a":2}', mtime=0)
+    assert decode_lines(data).lines == [b'{"a":1}', b"", b"  ", b'{"a":2}']
+
+
+def test_concatenated_gzip_members_are_one_file():
+    data = encode_lines(LINES[:10]) + encode_lines(LINES[10:20])
+    decoded = decode_lines(data)
+    assert decoded.lines == LINES[:20] and decoded.error is None
+
+
+def test_zero_padding_after_the_last_member_is_harmless():
+    decoded = decode_lines(encode_lines(LINES[:5]) + b"\x00" * 64)
+    assert decoded.lines == LINES[:5] and decoded.error is None
+
+
+@pytest.mark.parametrize("cut", [1, 9, 10, 200, 5_000, -9, -8, -1])
+def test_truncated_gzip_keeps_every_complete_line(cut):
+    data = encode_lines(LINES)
+    decoded = decode_lines(data[:cut])
+    body = b"".join(x + b"\n" for x in LINES)
+    readable = zlib.decompressobj(wbits=31).decompress(data[:cut])  # oracle: all that inflates
+    assert body.startswith(readable)
+    complete = readable[: readable.rfind(b"\n") + 1]
+    assert decoded.lines == complete.split(b"\n")[:-1]
+    assert decoded.tail == readable[len(complete) :]
+    assert decoded.error and "truncated" in decoded.error
+
+
+def test_truncation_in_the_trailer_loses_no_line():
+    decoded = decode_lines(encode_lines(LINES)[:-1])
+    assert decoded.lines == LINES and decoded.tail == b"" and "truncated" in decoded.error
+
+
+def test_corrupt_gzip_keeps_what_inflates_before_the_damage():
+    data = bytearray(encode_lines(LINES))
+    data[len(data) // 3] ^= 0xFF
+    decoded = decode_lines(bytes(data))
+    assert decoded.error and "corrupt" in decoded.error
+    # Deflate may emit some garbage before it notices; every line before the damage is intact.
+    intact = 0
+    while intact < len(decoded.lines) and decoded.lines[intact] == LINES[intact]:
+        intact += 1
+    assert intact >= 100
+    assert len(decoded.lines) < len(LINES) or decoded.lines != LINES
+
+
+def test_a_second_member_that_is_corrupt_keeps_the_first():
+    data = encode_lines(LINES[:10]) + b"\x1f\x8b\x08\x00garbage-not-deflate"
+    decoded = decode_lines(data)
+    assert decoded.lines == LINES[:10] and "corrupt" in decoded.error
+
+
+@pytest.mark.parametrize("data", [b"plain text\n", b"\x1f\x8b", b"\x1f\x8bxxxxxxxxxxxx"])
+def test_not_gzip_at_all(data):
+    decoded = decode_lines(data)
+    assert decoded.lines == [] and decoded.error
+
+
+def test_trailing_junk_after_a_good_member():
+    decoded = decode_lines(encode_lines(LINES[:3]) + b"junk")
+    assert decoded.lines == LINES[:3] and "corrupt" in decoded.error
+
+
+def test_write_and_read_file(tmp_path):
+    store = Store(str(tmp_path))
+    key = firehose_key("clicks", H13, UUID)
+    landing.write_file(store, key, LINES[:4])
+    assert landing.read_lines(store, key).lines == LINES[:4]
