@@ -1,0 +1,173 @@
+"""`clicklake import`: a user's ad log → impression and click streams in the landing zone."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+
+from clicklake.platform.importer import (
+    MappingError,
+    ReadError,
+    load_mapping_dict,
+    mapping_from_dict,
+    merge,
+)
+from clicklake.platform.importer import import_log as run_import
+from clicklake.platform.storage import S3Options, Store
+from clicklake.platform.timeutil import iso, parse_instant
+
+FORMATS = "iso, epoch_s, epoch_ms, yymmddhh or a strptime pattern such as '%d/%m/%Y %H:%M'"
+
+
+def _tqdm(desc: str, total: int, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, total=total or None, unit=unit, unit_scale=True, file=sys.stderr,
+                leave=False)
+
+
+@click.command("import")
+@click.argument("log", type=click.Path(exists=True, dir_okay=False))
+@click.option("--mapping", "mapping_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file with the column mapping (keys = these flags with underscores); "
+                   "flags given as well override it.")
+@click.option("--time", help="Column of the impression time.")
+@click.option("--time-format", help=f"Format of the time column: {FORMATS}. Default iso.")
+@click.option("--user", help="User key column(s), comma-separated to combine several "
+                             "(e.g. device_id,device_ip).")
+@click.option("--campaign", help="Campaign column(s), comma-separated to combine several.")
+@click.option("--site", help="Site column(s) → the event's domain (optional).")
+@click.option("--id", "id_", help="Impression id column; without it ids are a hash of the row.")
+@click.option("--ip", help="IP address column (optional).")
+@click.option("--user-agent", help="User agent column (optional).")
+@click.option("--cost", help="Cost column in USD per impression (optional).")
+@click.option("--cost-scale", type=float, help="Multiply cost by this (0.001 for a CPM column).")
+@click.option("--click-time", help="Column with the click (or conversion) time; empty = none.")
+@click.option("--click-time-format", help="Format of --click-time (default: --time-format).")
+@click.option("--label", help="0/1 click label column; a 1 makes a click at time + delay.")
+@click.option("--click-delay", type=float, help="Seconds from impression to a labelled click "
+                                                "(default 30; keep it inside the label window).")
+@click.option("--delimiter", help="CSV field delimiter (default ','; 'tab' for TSV).")
+@click.option("--clicks", "clicks_file", type=click.Path(exists=True, dir_okay=False),
+              help="Separate clicks table (CSV or Parquet) joined to the impressions by id.")
+@click.option("--clicks-time", help="Click time column of the clicks table.")
+@click.option("--clicks-time-format", help="Its format (default: --time-format).")
+@click.option("--clicks-impression-id", help="Column of the clicks table holding the impression id.")
+@click.option("--clicks-id", help="Click id column (default: a hash of the row).")
+@click.option("--clicks-user", help="User column(s) of the clicks table (default: the impression's).")
+@click.option("--clicks-campaign", help="Campaign column(s) of the clicks table "
+                                        "(default: the impression's).")
+@click.option("--root", default="data", show_default=True,
+              help="Data root: a folder or s3://bucket/prefix; files go to <root>/landing/.")
+@click.option("--s3-endpoint-url", help="S3 endpoint (MinIO, moto, LocalStack).")
+@click.option("--source", help="Name of this import in landing file names and the rejects file "
+                               "(default: file name + hash of its path). Same source = replace.")
+@click.option("--shift-to", help="Move all times by whole weeks so the first event falls on or "
+                                 "after this instant (ISO), keeping hour of day and weekday.")
+@click.option("--tmp-dir", type=click.Path(file_okay=False), help="Scratch folder for the sort.")
+@click.option("--memory-limit", default="512MB", show_default=True,
+              help="Memory cap of the external sort (DuckDB).")
+@click.option("--show-rejects", default=20, show_default=True,
+              help="How many bad rows to print.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, id_, ip, user_agent,
+                   cost, cost_scale, click_time, click_time_format, label, click_delay, delimiter,
+                   clicks_file, clicks_time, clicks_time_format, clicks_impression_id, clicks_id,
+                   clicks_user, clicks_campaign, root, s3_endpoint_url, source, shift_to, tmp_dir,
+                   memory_limit, show_rejects, progress, as_json):
+    """Import an ad log LOG (CSV or Parquet, plain or gzip) into the landing zone.
+
+    \b
+    Shapes it takes:
+      one row per impression with an optional click/conversion time column (--click-time)
+      one row per impression with a 0/1 label and an hour-level YYMMDDHH time (--label)
+      impressions plus a separate clicks table joined by id (--clicks FILE)
+    Each event lands in the Firehose file of its own event time, so the raw assets take all of
+    it; re-importing the same source rewrites the same files (no duplicates).
+
+    \b
+    Example:
+      clicklake import train.gz --time hour --time-format yymmddhh --id id \\
+        --user device_id,device_ip,device_model --campaign C17 --site site_id,app_id --label click
+    """
+    flags = {
+        "time": time, "time_format": time_format, "user": user, "campaign": campaign,
+        "site": site, "id": id_, "ip": ip, "user_agent": user_agent, "cost": cost,
+        "cost_scale": cost_scale, "click_time": click_time,
+        "click_time_format": click_time_format, "label": label, "click_delay": click_delay,
+        "delimiter": delimiter,
+        "clicks": {"time": clicks_time, "time_format": clicks_time_format,
+                   "impression_id": clicks_impression_id, "id": clicks_id,
+                   "user": clicks_user, "campaign": clicks_campaign},
+    }
+    try:
+        base = {}
+        if mapping_file:
+            with open(mapping_file, encoding="utf-8") as f:
+                base = load_mapping_dict(f.read())
+        mapping = mapping_from_dict(merge(base, flags))
+        if clicks_file and mapping.clicks is None:
+            raise MappingError("--clicks needs --clicks-time and --clicks-impression-id "
+                               "(or a clicks: section in the mapping file)")
+        if mapping.clicks is not None and not clicks_file:
+            raise MappingError("the mapping describes a clicks table: pass it with --clicks FILE")
+        shift_ms = parse_instant(shift_to) if shift_to else None
+    except (MappingError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    store = Store(root, S3Options(endpoint_url=s3_endpoint_url))
+    try:
+        report = run_import(store, mapping, log, clicks_file, source=source,
+                            shift_to_ms=shift_ms, tmp_dir=tmp_dir, memory_limit=memory_limit,
+                            progress=_tqdm if progress else _no_bar,
+                            keep_rejects=max(0, show_rejects))
+    except (ReadError, MappingError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_summary(report, store)
+    if report.impressions == 0:
+        raise click.ClickException("no impression was imported: check the mapping and the rejects")
+
+
+def _no_bar(desc: str, total: int, unit: str):
+    from clicklake.platform.importer.run import _NoProgress
+
+    return _NoProgress()
+
+
+def _print_summary(r, store: Store) -> None:
+    echo = click.echo
+    echo(f"source {r.source}")
+    echo(f"rows read           {r.rows_read:>12,}" + (f"  (+{r.click_rows_read:,} click rows)"
+                                                       if r.click_rows_read else ""))
+    echo(f"impressions         {r.impressions:>12,}")
+    echo(f"clicks              {r.clicks:>12,}" + (f"  ({r.orphan_clicks:,} without their "
+                                                    "impression)" if r.orphan_clicks else ""))
+    echo(f"duplicates          {r.duplicate_rows + r.duplicate_clicks:>12,}")
+    echo(f"bad rows            {r.bad_row_count:>12,}")
+    for reason, n in r.bad_rows.items():
+        echo(f"  {reason:<26}{n:>10,}")
+    if r.rejected_clicks:
+        echo("clicks dropped (impression kept)")
+        for reason, n in r.rejected_clicks.items():
+            echo(f"  {reason:<26}{n:>10,}")
+    if r.blank_lines or r.skipped_before_header:
+        echo(f"skipped: {r.blank_lines:,} blank line(s), {r.skipped_before_header:,} line(s) "
+             "before the header")
+    echo(f"files written       {r.files_written:>12,}  ({store.uri('landing')})")
+    if r.stale_files_removed:
+        echo(f"stale files removed {r.stale_files_removed:>12,}  (from the previous import)")
+    if r.first_ts is not None:
+        shift = f"  (shifted by {r.shift_ms // 86_400_000} days)" if r.shift_ms else ""
+        echo(f"event time          {iso(r.first_ts)} .. {iso(r.last_ts)}{shift}")
+    if r.first_rejects:
+        echo(f"first bad rows (all in {store.uri(r.rejects_key)}):")
+        for rec in r.first_rejects:
+            echo(f"  {rec['table']} line {rec['line']}: {rec['reason']}: {rec['detail']}")
+
+
+import_log = import_log_cmd  # the name the command registry points at

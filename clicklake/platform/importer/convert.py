@@ -1,0 +1,277 @@
+"""Source rows → normalized impression and click rows (epoch-ms times, text ids), or a reject.
+
+Row-level checks live here; checks that need other rows (duplicates, the click/impression join)
+run after the sort. Ids missing from the log are derived from a hash of the whole source row, so
+importing the same log twice gives the same events, and identical rows collapse into one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from clicklake.platform.importer.mapping import ClicksMapping, Mapping
+from clicklake.platform.importer.readers import RAW_KEEP, Problem, ReadError
+from clicklake.platform.timeutil import to_ms
+
+# Times outside this range are almost always a wrong --time-format (seconds read as ms, ...).
+MIN_TS = to_ms(datetime(1990, 1, 1, tzinfo=UTC))
+MAX_TS = to_ms(datetime(2100, 1, 1, tzinfo=UTC))
+
+MALFORMED = "malformed"
+MISSING_FIELD = "missing_field"
+BAD_TIME = "bad_time"
+BAD_VALUE = "bad_value"
+CLICK_NOT_AFTER = "click_not_after_impression"
+CONFLICTING_ID = "conflicting_id"
+UNKNOWN_IMPRESSION = "unknown_impression"
+
+
+class BadValue(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def parse_time(value: Any, fmt: str, name: str) -> int:
+    """One source time value → epoch ms (UTC), or BadValue(BAD_TIME / MISSING_FIELD)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise BadValue(MISSING_FIELD, f"{name} is empty")
+    try:
+        ms = _parse_time(value, fmt)
+    except (ValueError, OverflowError, TypeError):
+        raise BadValue(BAD_TIME, f"{name}: {str(value)[:40]!r} is not {fmt}") from None
+    if not MIN_TS <= ms < MAX_TS:
+        raise BadValue(BAD_TIME, f"{name}: {str(value)[:40]!r} as {fmt} is outside 1990-2099 "
+                                 "(wrong time format?)")
+    return ms
+
+
+def _parse_time(value: Any, fmt: str) -> int:
+    if isinstance(value, datetime):  # a typed Parquet timestamp needs no format
+        return to_ms(value)
+    if isinstance(value, date):
+        return to_ms(datetime(value.year, value.month, value.day))
+    if isinstance(value, bool):
+        raise TypeError("boolean")
+    text = value.strip() if isinstance(value, str) else None
+    if fmt == "epoch_ms" or fmt == "epoch_s":
+        x = float(text) if text is not None else float(value)
+        if not math.isfinite(x):
+            raise ValueError("not finite")
+        return round(x * (1000 if fmt == "epoch_s" else 1))
+    if fmt == "yymmddhh":
+        digits = text if text is not None else (str(value) if isinstance(value, int) else "")
+        digits = digits.zfill(8)
+        if len(digits) != 8 or not digits.isdigit():
+            raise ValueError("not YYMMDDHH")
+        yy, mm, dd, hh = (int(digits[i : i + 2]) for i in (0, 2, 4, 6))
+        # Hour-level times go to the start of their hour: see docs/import.md for why.
+        return to_ms(datetime(2000 + yy, mm, dd, hh, tzinfo=UTC))
+    if text is None:
+        raise ValueError("not text")
+    if fmt == "iso":
+        return to_ms(datetime.fromisoformat(text))
+    return to_ms(datetime.strptime(text, fmt))
+
+
+def _text(value: Any) -> str | None:
+    """A source value as event text; None for missing/blank."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value == int(value):
+            value = int(value)  # a float-typed id column must not print as "12.0"
+    s = str(value).strip()
+    return s or None
+
+
+def _key(values: list[Any], idx: tuple[int, ...]) -> str | None:
+    """One column's text, or several joined by ':' (None when all are blank)."""
+    parts = [_text(values[i]) for i in idx]
+    if all(p is None for p in parts):
+        return None
+    return parts[0] if len(parts) == 1 else ":".join(p or "" for p in parts)
+
+
+def row_material(values: list[Any]) -> bytes:
+    """The bytes identifying a source row: every column, so only identical rows share them."""
+    parts = ["\x00" if v is None else str(v) for v in values]
+    return "\x1f".join(parts).encode("utf-8")  # raises on undecodable bytes (surrogates)
+
+
+def digest(material: bytes, size: int = 10) -> str:
+    return hashlib.blake2b(material, digest_size=size).hexdigest()
+
+
+def derived_click_id(impression_id: str) -> str:
+    """The one click a label or click-time column gives an impression."""
+    return "c" + digest(b"click\x1f" + impression_id.encode("utf-8"))
+
+
+def raw_text(values: list[Any], delimiter: str = ",") -> str:
+    text = delimiter.join("" if v is None else str(v) for v in values)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:RAW_KEEP]
+
+
+def _index(columns: list[str], names: tuple[str, ...] | list[str], path: str) -> tuple[int, ...]:
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise ReadError(f"{path}: column(s) {', '.join(missing)} not in the header "
+                        f"({', '.join(columns)})")
+    return tuple(columns.index(n) for n in names)
+
+
+@dataclass(frozen=True)
+class ImpressionRow:
+    line_no: int
+    impression_id: str
+    ts: int
+    user_id: str
+    campaign_id: str
+    domain: str | None
+    ip: str | None
+    user_agent: str | None
+    cost: float | None
+    click_ts: int | None
+    click_id: str | None
+    row_hash: bytes
+
+
+@dataclass(frozen=True)
+class ClickRow:
+    line_no: int
+    click_id: str
+    impression_id: str
+    ts: int
+    user_id: str | None
+    campaign_id: str | None
+    row_hash: bytes
+
+
+class ImpressionConverter:
+    def __init__(self, m: Mapping, columns: list[str], path: str):
+        self.m = m
+        ix = lambda names: _index(columns, names, path)
+        one = lambda name: ix((name,))[0] if name else None
+        self.time, self.user, self.campaign = one(m.time), ix(m.user), ix(m.campaign)
+        self.site = ix(m.site) if m.site else None
+        self.id, self.ip, self.ua, self.cost = one(m.id), one(m.ip), one(m.user_agent), one(m.cost)
+        self.click_time, self.label = one(m.click_time), one(m.label)
+        self.click_fmt = m.click_time_format or m.time_format
+        self.delay_ms = round(m.click_delay_s * 1000)
+
+    def convert(self, line_no: int, values: list[Any]) -> ImpressionRow | Problem:
+        m = self.m
+        try:
+            material = row_material(values)
+        except UnicodeEncodeError:
+            return Problem(line_no, MALFORMED, "invalid UTF-8 bytes", raw_text(values, m.delimiter))
+        try:
+            ts = parse_time(values[self.time], m.time_format, m.time)
+            user = _key(values, self.user)
+            if user is None:
+                raise BadValue(MISSING_FIELD, f"user ({', '.join(m.user)}) is empty")
+            campaign = _key(values, self.campaign)
+            if campaign is None:
+                raise BadValue(MISSING_FIELD, f"campaign ({', '.join(m.campaign)}) is empty")
+            if self.id is not None:
+                imp_id = _text(values[self.id])
+                if imp_id is None:
+                    raise BadValue(MISSING_FIELD, f"{m.id} is empty")
+            else:
+                imp_id = "i" + digest(material)
+            cost = self._cost(values)
+            click_ts = self._click_ts(values, ts)
+        except BadValue as exc:
+            return Problem(line_no, exc.reason, str(exc), raw_text(values, m.delimiter))
+        return ImpressionRow(
+            line_no=line_no,
+            impression_id=imp_id,
+            ts=ts,
+            user_id=user,
+            campaign_id=campaign,
+            domain=_key(values, self.site) if self.site else None,
+            ip=_text(values[self.ip]) if self.ip is not None else None,
+            user_agent=_text(values[self.ua]) if self.ua is not None else None,
+            cost=cost,
+            click_ts=click_ts,
+            click_id=derived_click_id(imp_id) if click_ts is not None else None,
+            row_hash=hashlib.blake2b(material, digest_size=16).digest(),
+        )
+
+    def _cost(self, values: list[Any]) -> float | None:
+        if self.cost is None:
+            return None
+        v = values[self.cost]
+        if _text(v) is None:
+            return None  # unknown cost stays null; the pipeline reads it as zero spend
+        try:
+            x = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            x = math.nan
+        if not math.isfinite(x) or x < 0:
+            raise BadValue(BAD_VALUE, f"{self.m.cost}: {str(v)[:40]!r} is not a cost >= 0")
+        return x * self.m.cost_scale
+
+    def _click_ts(self, values: list[Any], ts: int) -> int | None:
+        if self.label is not None:
+            v = values[self.label]
+            t = _text(v)
+            if t in ("1", "true", "True", "TRUE"):
+                return ts + self.delay_ms
+            if t in ("0", "false", "False", "FALSE"):
+                return None
+            raise BadValue(BAD_VALUE, f"{self.m.label}: {str(v)[:40]!r} is not a 0/1 label")
+        if self.click_time is not None:
+            v = values[self.click_time]
+            if _text(v) is None:
+                return None  # no click
+            # A bad click time rejects the row: its label would be unknown.
+            return parse_time(v, self.click_fmt, self.m.click_time)
+        return None
+
+
+class ClickConverter:
+    def __init__(self, c: ClicksMapping, default_fmt: str, columns: list[str], path: str,
+                 delimiter: str = ","):
+        self.c, self.fmt, self.delimiter = c, c.time_format or default_fmt, delimiter
+        ix = lambda names: _index(columns, names, path)
+        self.time, self.imp = ix((c.time,))[0], ix((c.impression_id,))[0]
+        self.id = ix((c.id,))[0] if c.id else None
+        self.user = ix(c.user) if c.user else None
+        self.campaign = ix(c.campaign) if c.campaign else None
+
+    def convert(self, line_no: int, values: list[Any]) -> ClickRow | Problem:
+        c = self.c
+        try:
+            material = row_material(values)
+        except UnicodeEncodeError:
+            return Problem(line_no, MALFORMED, "invalid UTF-8 bytes", raw_text(values, self.delimiter))
+        try:
+            ts = parse_time(values[self.time], self.fmt, c.time)
+            imp = _text(values[self.imp])
+            if imp is None:
+                raise BadValue(MISSING_FIELD, f"{c.impression_id} is empty")
+            if self.id is not None:
+                click_id = _text(values[self.id])
+                if click_id is None:
+                    raise BadValue(MISSING_FIELD, f"{c.id} is empty")
+            else:
+                click_id = "c" + digest(material)
+        except BadValue as exc:
+            return Problem(line_no, exc.reason, str(exc), raw_text(values, self.delimiter))
+        return ClickRow(
+            line_no=line_no,
+            click_id=click_id,
+            impression_id=imp,
+            ts=ts,
+            user_id=_key(values, self.user) if self.user else None,
+            campaign_id=_key(values, self.campaign) if self.campaign else None,
+            row_hash=hashlib.blake2b(material, digest_size=16).digest(),
+        )
