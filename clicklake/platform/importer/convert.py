@@ -10,16 +10,25 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from clicklake.platform.importer.mapping import ClicksMapping, Mapping
 from clicklake.platform.importer.readers import RAW_KEEP, Problem, ReadError
-from clicklake.platform.timeutil import to_ms
 
-# Times outside this range are almost always a wrong --time-format (seconds read as ms, ...).
-MIN_TS = to_ms(datetime(1990, 1, 1, tzinfo=UTC))
-MAX_TS = to_ms(datetime(2100, 1, 1, tzinfo=UTC))
+# The event contract's range; outside it is almost always a wrong --time-format (seconds read as
+# ms, ...), and the raw layer would quarantine such events anyway.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+MIN_TS = (datetime(2000, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
+MAX_TS = (datetime(2100, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
+
+
+def _ms(dt: datetime) -> int:
+    """Exact epoch ms, truncated like the event parser does (a float would round across hours)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _MS
 
 MALFORMED = "malformed"
 MISSING_FIELD = "missing_field"
@@ -45,16 +54,16 @@ def parse_time(value: Any, fmt: str, name: str) -> int:
     except (ValueError, OverflowError, TypeError):
         raise BadValue(BAD_TIME, f"{name}: {str(value)[:40]!r} is not {fmt}") from None
     if not MIN_TS <= ms < MAX_TS:
-        raise BadValue(BAD_TIME, f"{name}: {str(value)[:40]!r} as {fmt} is outside 1990-2099 "
+        raise BadValue(BAD_TIME, f"{name}: {str(value)[:40]!r} as {fmt} is outside 2000-2099 "
                                  "(wrong time format?)")
     return ms
 
 
 def _parse_time(value: Any, fmt: str) -> int:
     if isinstance(value, datetime):  # a typed Parquet timestamp needs no format
-        return to_ms(value)
+        return _ms(value)
     if isinstance(value, date):
-        return to_ms(datetime(value.year, value.month, value.day))
+        return _ms(datetime(value.year, value.month, value.day))
     if isinstance(value, bool):
         raise TypeError("boolean")
     text = value.strip() if isinstance(value, str) else None
@@ -70,12 +79,12 @@ def _parse_time(value: Any, fmt: str) -> int:
             raise ValueError("not YYMMDDHH")
         yy, mm, dd, hh = (int(digits[i : i + 2]) for i in (0, 2, 4, 6))
         # Hour-level times go to the start of their hour: see docs/import.md for why.
-        return to_ms(datetime(2000 + yy, mm, dd, hh, tzinfo=UTC))
+        return _ms(datetime(2000 + yy, mm, dd, hh, tzinfo=UTC))
     if text is None:
         raise ValueError("not text")
     if fmt == "iso":
-        return to_ms(datetime.fromisoformat(text))
-    return to_ms(datetime.strptime(text, fmt))
+        return _ms(datetime.fromisoformat(text))
+    return _ms(datetime.strptime(text, fmt))
 
 
 def _text(value: Any) -> str | None:

@@ -296,8 +296,8 @@ def _write(store: Store, r: Resolver, mapping: Mapping, source: str, prefix: str
         clk_sql = ("SELECT click_id, ts, impression_id, user_id, campaign_id FROM clk_joined "
                    "WHERE (matched AND ts > imp_ts) OR (NOT matched AND user_id IS NOT NULL "
                    "AND campaign_id IS NOT NULL)")
-    lo, hi, n_imp = r.con.execute("SELECT min(ts), max(ts), count(*) FROM imp WHERE rn = 1").fetchone()
-    clo, chi, n_clk = r.con.execute(f"SELECT min(ts), max(ts), count(*) FROM ({clk_sql})").fetchone()
+    lo, hi, n_imp = r.con.sql("SELECT min(ts), max(ts), count(*) FROM imp WHERE rn = 1").fetchall()[0]
+    clo, chi, n_clk = r.con.sql(f"SELECT min(ts), max(ts), count(*) FROM ({clk_sql})").fetchall()[0]
     times = [t for t in (lo, hi, clo, chi) if t is not None]
     shift = 0
     if shift_to_ms is not None and times:

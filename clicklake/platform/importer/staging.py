@@ -94,7 +94,7 @@ class Resolver:
         """)
 
     def count(self, sql: str) -> int:
-        return int(self.con.execute(sql).fetchone()[0])
+        return int(self.con.sql(sql).fetchall()[0][0])
 
     def duplicates(self, table: str) -> int:
         """Rows identical to an earlier row with the same id."""
