@@ -135,7 +135,8 @@ def test_local_trainer_resource_and_model_server(tmp_path, data):
     )
     assert result.status == "Completed" and result.job_name == "job-1"
     assert result.artifact_uri == str(tmp_path / "models-out/job-1/output/model.tar.gz")
-    assert open(result.artifact_uri, "rb").read() == result.artifact
+    with open(result.artifact_uri, "rb") as f:
+        assert f.read() == result.artifact
     # Same rows, same hyperparameters, straight through the engine: the same model.
     direct = train_local(to_csv_bytes(y, x), to_csv_bytes(yv, xv), hp)
     assert unpack_model(direct) == unpack_model(result.artifact)

@@ -1,0 +1,102 @@
+"""Deploying a registered model to a SageMaker endpoint and invoking it, against moto's server
+(real HTTP). moto's endpoint computes nothing: it answers invoke_endpoint from a queue of results
+set through its HTTP control API, so here the queued answer is what the real built-in XGBoost
+container would return for these rows (the local booster's scores), and the test checks the
+request path, the CSV body, and the parsing of the reply."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import boto3
+import numpy as np
+import pytest
+
+from clicklake.platform.storage import S3Options, Store
+from clicklake.platform.training import registry
+from clicklake.platform.training.artifact import load_booster
+from clicklake.platform.training.csvformat import to_csv_bytes
+from clicklake.platform.training.hyperparams import hyperparameters
+from clicklake.platform.training.local import predict, train_local
+from clicklake.platform.training.manifest import FeatureManifest
+from clicklake.platform.training.synthetic import synthetic_clicks
+from clicklake.resources.endpoint import SageMakerEndpoint, parse_csv_scores
+
+ROLE = "arn:aws:iam::123456789012:role/clicklake-sagemaker"
+
+
+@pytest.fixture
+def lake(moto_endpoint, s3_bucket):
+    y, x, _ = synthetic_clicks(2000, 5, seed=9)
+    hp = hyperparameters(base_score=float(y.mean()), num_round=10, max_depth=3)
+    artifact = train_local(to_csv_bytes(y, x), None, hp)
+    store = Store(
+        f"s3://{s3_bucket}/root", S3Options(endpoint_url=moto_endpoint, region="us-east-1")
+    )
+    names = [f"f{i}" for i in range(5)]
+    registry.register(store, "model-20261125-01", artifact, FeatureManifest(names), {"auc": 0.8})
+    return store, artifact, x[:4]
+
+
+def test_deploy_creates_model_config_and_endpoint(moto_endpoint, lake, s3_bucket):
+    store, _, _ = lake
+    endpoint = SageMakerEndpoint(
+        role_arn=ROLE,
+        region="us-east-1",
+        endpoint_url=moto_endpoint,
+        endpoint_name="ctr-test-1",
+        poll_delay_s=1,
+        max_wait_attempts=3,
+    )
+    dep = endpoint.deploy(store, "model-20261125-01")
+    name = "ctr-test-1-model-20261125-01"
+    assert dep.details["model_name"] == name and dep.details["updated"] is False
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
+    model = sm.describe_model(ModelName=name)
+    assert model["ExecutionRoleArn"] == ROLE
+    assert model["PrimaryContainer"]["Image"] == (
+        "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.0-5"
+    )
+    assert model["PrimaryContainer"]["ModelDataUrl"] == (
+        f"s3://{s3_bucket}/root/lake/models/model-20261125-01/model.tar.gz"
+    )
+    config = sm.describe_endpoint_config(EndpointConfigName=name)
+    (variant,) = config["ProductionVariants"]
+    assert variant["ModelName"] == name and variant["InstanceType"] == "ml.m5.large"
+    assert variant["InitialInstanceCount"] == 1
+    ep = sm.describe_endpoint(EndpointName="ctr-test-1")
+    assert ep["EndpointConfigName"] == name and ep["EndpointStatus"] == "InService"
+
+
+def test_deploy_refuses_unregistered_and_local(moto_endpoint, lake, tmp_path):
+    store, _, _ = lake
+    endpoint = SageMakerEndpoint(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint)
+    with pytest.raises(KeyError):
+        endpoint.deploy(store, "never-registered")
+    with pytest.raises(ValueError, match="S3"):
+        endpoint.deploy(Store(str(tmp_path)), "model-20261125-01")
+
+
+def test_invoke_goes_through_sagemaker_runtime(moto_endpoint, lake):
+    _, artifact, rows = lake
+    expected = predict(load_booster(artifact), rows)
+    # The container answers text/csv with one score per line.
+    body = "\n".join(repr(float(v)) for v in expected)
+    queue = {"region": "us-east-1", "results": [{"Body": body, "ContentType": "text/csv"}]}
+    req = urllib.request.Request(
+        f"{moto_endpoint}/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps(queue).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(req).read()
+    endpoint = SageMakerEndpoint(
+        role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint, endpoint_name="ctr-invoke"
+    )
+    np.testing.assert_array_equal(endpoint.predict(rows), expected)
+
+
+def test_parse_csv_scores_both_layouts():
+    np.testing.assert_array_equal(parse_csv_scores(b"0.25,0.5,1e-3"), [0.25, 0.5, 0.001])
+    np.testing.assert_array_equal(parse_csv_scores(b"0.25\n0.5\n"), [0.25, 0.5])
+    assert parse_csv_scores(b"").size == 0
