@@ -12,20 +12,30 @@ costs O((pairs + events) log events) with no Python loop per pair.
 
 from __future__ import annotations
 
+import re
+from collections import OrderedDict
+from datetime import UTC, datetime
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from clicklake.platform.events import TS
+from clicklake.platform.events import SPECS, TS
 from clicklake.platform.profiles import (
+    META_HISTORY_START,
     RING_HOURS,
     SNAPSHOT_SCHEMA,
     WINDOWS_H,
     _list_parts,
+    empty_snapshot,
     snapshot_as_of,
+    snapshot_key,
 )
+from clicklake.platform.raw import raw_key
+from clicklake.platform.storage import Store
 from clicklake.platform.tiles import as_string_array, ts_ms
-from clicklake.platform.timeutil import HOUR_MS
+from clicklake.platform.timeutil import HOUR_MS, iso, to_ms
 
 NULL_MS = np.iinfo(np.int64).min
 
@@ -357,3 +367,261 @@ def as_of_user_campaign_pairs(
         [users, camps, pa.array(t, pa.int64()).cast(TS), pa.array(out_imp), pa.array(out_clk)],
         schema=USER_CAMPAIGN_SCHEMA,
     )
+
+
+# -- the lake-facing lookup table ----------------------------------------------------------------
+
+
+class SnapshotUnavailable(LookupError):
+    """No snapshot can answer for an instant (none built yet, or removed by retention)."""
+
+
+_PROFILE_COLUMNS = [
+    "user_id", "first_ts", "last_impression_ts", "last_click_ts", "impressions", "clicks",
+    "spend", "distinct_campaigns", "distinct_domains", "campaigns", "domains", "recent_hours",
+    "recent_impressions", "recent_clicks", "recent_spend",
+]
+ROW_GROUP_CACHE = 256  # decoded snapshot row groups kept for repeated point lookups
+_CAMPAIGN_COLUMNS = ["user_id", "campaigns", "campaign_impressions", "campaign_clicks"]
+
+
+class LookupTable:
+    """As-of queries over the lake: hourly user snapshots plus raw events since the snapshot.
+
+    Loaded snapshots, raw hours and Parquet footers are cached (small LRUs), so repeated point
+    lookups touch memory only, and a batch spanning many hours reads each input once.
+    """
+
+    def __init__(self, store: Store, lake_prefix: str = "lake", cache_hours: int = 4):
+        self.store, self.lake_prefix = store, lake_prefix
+        self._cache_hours = max(cache_hours, 1)
+        self._hours: np.ndarray | None = None
+        self._tables: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._files: dict[str, tuple[pq.ParquetFile, list, list]] = {}
+        self._row_groups: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._user_index: OrderedDict[tuple, tuple[pa.Table, np.ndarray]] = OrderedDict()
+        self.missing_raw_hours: set[tuple[str, int]] = set()
+
+    # -- what exists ---------------------------------------------------------------------------
+    def snapshot_hours(self, refresh: bool = False) -> np.ndarray:
+        """Partition hours (epoch ms) whose snapshot exists, ascending."""
+        if self._hours is None or refresh:
+            prefix = f"{self.lake_prefix}/profiles/user/"
+            hours = [h for h in (_hour_of_key(k) for k in self.store.list(prefix)) if h is not None]
+            self._hours = np.array(sorted(set(hours)), dtype=np.int64)
+        return self._hours
+
+    def history_start(self) -> int:
+        """Start of the history the snapshot chain folds (events before it were never counted)."""
+        hours = self.snapshot_hours()
+        if not len(hours):
+            raise SnapshotUnavailable(
+                f"no user profile snapshots under {self.lake_prefix}/profiles/user/: "
+                "materialize user_profiles first")
+        pf, _, _ = self._footer(snapshot_key(int(hours[0]), self.lake_prefix))
+        return int(pf.schema_arrow.metadata[META_HISTORY_START])
+
+    def _plan(self, t: np.ndarray) -> np.ndarray:
+        """Per instant: the snapshot partition hour to start from; -1 = empty history at its start
+        (the chain's first hour), -2 = before history (nothing to count)."""
+        hours = self.snapshot_hours()
+        start = self.history_start()
+        floor_t = t - t % HOUR_MS
+        idx = np.searchsorted(hours, floor_t - HOUR_MS, side="right") - 1
+        plan = np.where(idx >= 0, hours[np.maximum(idx, 0)], -1)
+        plan = np.where(t < start, -2, plan)
+        orphan = (plan == -1) & (int(hours[0]) != start)
+        if orphan.any():
+            first = int(hours[0])
+            raise SnapshotUnavailable(
+                f"no snapshot at or before {iso(int(t[orphan].min()))}: the earliest kept is as of "
+                f"{iso(first + HOUR_MS)} (older ones were removed by retention)")
+        return plan
+
+    # -- cached inputs -------------------------------------------------------------------------
+    def _cached(self, key: tuple, load) -> pa.Table:
+        if key in self._tables:
+            self._tables.move_to_end(key)
+            return self._tables[key]
+        value = load()
+        self._tables[key] = value
+        while len(self._tables) > 2 * self._cache_hours + 2:
+            self._tables.popitem(last=False)
+        return value
+
+    def raw(self, stream: str, hour_ms: int) -> pa.Table:
+        """A raw hour; an hour never materialized reads as empty and is recorded as missing."""
+        def load() -> pa.Table:
+            key = raw_key(stream, hour_ms, self.lake_prefix)
+            if not self.store.exists(key):
+                self.missing_raw_hours.add((stream, hour_ms))
+                return SPECS[stream].schema.empty_table()
+            return self.store.read_parquet(key)
+        return self._cached(("raw", stream, hour_ms), load)
+
+    def _raw_span(self, stream: str, first_hour: int, last_hour: int) -> pa.Table:
+        parts = [self.raw(stream, h) for h in range(first_hour, last_hour + 1, HOUR_MS)]
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def snapshot(self, hour_ms: int, columns: list[str] | None = None) -> pa.Table:
+        cols = tuple(columns or SNAPSHOT_SCHEMA.names)
+        key = snapshot_key(hour_ms, self.lake_prefix)
+        return self._cached(("snap", hour_ms, cols), lambda: self.store.read_parquet(key, list(cols)))
+
+    def _footer(self, key: str) -> tuple[pq.ParquetFile, list, list]:
+        if key not in self._files:
+            pf = self.store.parquet_file(key)
+            col = pf.schema_arrow.get_field_index("user_id")
+            mins, maxs = [], []
+            for i in range(pf.metadata.num_row_groups):
+                st = pf.metadata.row_group(i).column(col).statistics
+                mins.append(st.min if st is not None and st.has_min_max else None)
+                maxs.append(st.max if st is not None and st.has_min_max else None)
+            self._files[key] = (pf, mins, maxs)
+        return self._files[key]
+
+    def snapshot_rows(self, hour_ms: int, user_ids: list[str],
+                      columns: list[str] | None = None) -> pa.Table:
+        """Only the snapshot rows of `user_ids`, reading just the row groups whose user range can
+        hold them (snapshots are sorted by user_id)."""
+        key = snapshot_key(hour_ms, self.lake_prefix)
+        pf, mins, maxs = self._footer(key)
+        groups = sorted({i for u in user_ids for i in range(len(mins))
+                         if mins[i] is None or mins[i] <= u <= maxs[i]})
+        cols = columns or SNAPSHOT_SCHEMA.names
+        parts = []
+        for i in groups:
+            k = (hour_ms, i, tuple(cols))
+            if k not in self._row_groups:
+                self._row_groups[k] = pf.read_row_group(i, columns=cols)
+                while len(self._row_groups) > ROW_GROUP_CACHE:
+                    self._row_groups.popitem(last=False)
+            self._row_groups.move_to_end(k)
+            parts.append(self._row_groups[k])
+        table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table().select(cols)
+        table = table.filter(pc.is_in(table["user_id"], value_set=pa.array(user_ids, pa.string())))
+        return table.replace_schema_metadata(pf.schema_arrow.metadata)
+
+    def _user_events(self, stream: str, hour_ms: int, user_id: str) -> pa.Table:
+        """One user's rows of a raw hour, through a per-hour index sorted by user."""
+        k = (stream, hour_ms)
+        if k not in self._user_index:
+            table = self.raw(stream, hour_ms)
+            table = table.take(pc.sort_indices(table, [("user_id", "ascending")]))
+            self._user_index[k] = (table, np.asarray(table["user_id"].to_pylist(), dtype=object))
+            while len(self._user_index) > 2 * self._cache_hours:
+                self._user_index.popitem(last=False)
+        table, users = self._user_index[k]
+        lo, hi = np.searchsorted(users, user_id, "left"), np.searchsorted(users, user_id, "right")
+        return table.slice(int(lo), int(hi - lo))
+
+    # -- queries -------------------------------------------------------------------------------
+    def _grouped(self, t: np.ndarray, run) -> pa.Table:
+        """Split instants by starting snapshot, run each group, and restore input order."""
+        plan = self._plan(t)
+        parts, positions = [], []
+        for p in np.unique(plan):
+            sel = np.flatnonzero(plan == p)
+            tg = t[sel]
+            last_hour = int(tg.max() - tg.max() % HOUR_MS)
+            if p == -2:  # before history: nothing happened yet, as far as the lake knows
+                base, first_hour = empty_snapshot(int(tg.min())), None
+            elif p == -1:
+                start = self.history_start()
+                base, first_hour = empty_snapshot(start), start
+            else:
+                base, first_hour = None, int(p) + HOUR_MS
+            parts.append(run(sel, int(p), base, first_hour, last_hour))
+            positions.append(sel)
+        table = pa.concat_tables(parts)
+        order = np.empty(len(t), dtype=np.int64)
+        order[np.concatenate(positions)] = np.arange(len(t))
+        return table.take(pa.array(order))
+
+    def _events(self, first_hour: int | None, last_hour: int) -> tuple[pa.Table, pa.Table]:
+        if first_hour is None or first_hour > last_hour:
+            return SPECS["impressions"].schema.empty_table(), SPECS["clicks"].schema.empty_table()
+        return (self._raw_span("impressions", first_hour, last_hour),
+                self._raw_span("clicks", first_hour, last_hour))
+
+    def as_of(self, user_ids: pa.Array | list[str], ts: np.ndarray | list[int] | int) -> pa.Table:
+        """Profiles of (user, t) pairs (PROFILE_SCHEMA), in input order; a scalar t is broadcast."""
+        users = as_string_array(pa.array(user_ids, pa.string()) if isinstance(user_ids, list)
+                                else user_ids)
+        t = np.broadcast_to(np.asarray(ts, dtype=np.int64), (len(users),)).copy()
+
+        def run(sel, p, base, first_hour, last_hour):
+            snap = base if base is not None else self.snapshot(p, _PROFILE_COLUMNS)
+            imp, clk = self._events(first_hour, last_hour)
+            return as_of_pairs(snap, imp, clk, users.take(pa.array(sel)), t[sel])
+
+        if not len(users):
+            return PROFILE_SCHEMA.empty_table()
+        return self._grouped(t, run)
+
+    def as_of_user_campaign(self, user_ids, campaign_ids, ts) -> pa.Table:
+        """Lifetime impressions and clicks of each user on each campaign before t, input order."""
+        users = as_string_array(pa.array(user_ids, pa.string()) if isinstance(user_ids, list)
+                                else user_ids)
+        camps = as_string_array(pa.array(campaign_ids, pa.string()) if isinstance(
+            campaign_ids, list) else campaign_ids)
+        t = np.broadcast_to(np.asarray(ts, dtype=np.int64), (len(users),)).copy()
+
+        def run(sel, p, base, first_hour, last_hour):
+            snap = base if base is not None else self.snapshot(p, _CAMPAIGN_COLUMNS)
+            imp, clk = self._events(first_hour, last_hour)
+            idx = pa.array(sel)
+            return as_of_user_campaign_pairs(snap, imp, clk, users.take(idx), camps.take(idx),
+                                             t[sel])
+
+        if not len(users):
+            return USER_CAMPAIGN_SCHEMA.empty_table()
+        return self._grouped(t, run)
+
+    def profile(self, user_id: str, t: int) -> dict:
+        """One user's profile at t, reading only the row groups and raw rows it needs. Includes
+        per-campaign counts and the exact sets of campaigns and domains."""
+        p = int(self._plan(np.array([t], dtype=np.int64))[0])
+        if p == -2:
+            snap, first_hour = empty_snapshot(t), None
+        elif p == -1:
+            first_hour = self.history_start()
+            snap = empty_snapshot(first_hour)
+        else:
+            first_hour = p + HOUR_MS
+            snap = self.snapshot_rows(p, [user_id])
+        last_hour = t - t % HOUR_MS
+        hours = range(first_hour, last_hour + 1, HOUR_MS) if first_hour is not None else range(0)
+        imp = _concat([self._user_events("impressions", h, user_id) for h in hours], "impressions")
+        clk = _concat([self._user_events("clicks", h, user_id) for h in hours], "clicks")
+        row = as_of_pairs(snap, imp, clk, [user_id], [t]).to_pylist()[0]
+        s = snapshot_as_of(snap)
+        imp_b, _ = _within(imp, s, t)
+        clk_b, _ = _within(clk, s, t)
+        camps = set(pc.list_flatten(snap["campaigns"]).to_pylist()) if snap.num_rows else set()
+        camps |= set(imp_b["campaign_id"].to_pylist()) | set(clk_b["campaign_id"].to_pylist())
+        doms = set(pc.list_flatten(snap["domains"]).to_pylist()) if snap.num_rows else set()
+        doms |= {d for d in imp_b["domain"].to_pylist() if d is not None}
+        names = sorted(camps)
+        uc = as_of_user_campaign_pairs(snap, imp, clk, [user_id] * len(names), names,
+                                       [t] * len(names)).to_pylist() if names else []
+        row["campaigns"] = {r["campaign_id"]: {"impressions": r["impressions"],
+                                               "clicks": r["clicks"]} for r in uc}
+        row["domains"] = sorted(doms)
+        row["snapshot_as_of"] = None if p < 0 else p + HOUR_MS
+        row["before_history"] = p == -2
+        return row
+
+
+def _concat(parts: list[pa.Table], stream: str) -> pa.Table:
+    return pa.concat_tables(parts) if parts else SPECS[stream].schema.empty_table()
+
+
+def _hour_of_key(key: str) -> int | None:
+    m = _HIVE.search(key)
+    if not m:
+        return None
+    return to_ms(datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), tzinfo=UTC))
+
+
+_HIVE = re.compile(r"dt=(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})/hour=(?P<h>\d{2})/part-0\.parquet$")

@@ -1,0 +1,270 @@
+"""Segment profiles: impressions, clicks and CTR per country, per campaign and overall, over the
+24 h sawtooth window (DESIGN §4.3), as of the end of each hour and as of any instant.
+
+Country of a click. A click carries no IP, so it takes the country of its impression: the
+impression with the click's `impression_id` when that impression lies in the click's hour or the
+hour before; otherwise the user's latest impression with ts < click ts in those two hours;
+otherwise "unknown". The one-hour look-back covers the 15-minute label window with room to spare
+and keeps an hour's segment tile a function of two raw hours only.
+
+Kinds are "global" (segment "all"), "country" and "campaign". An impression's country comes from
+its IP via enrichment ("unknown" when absent); the functions here take it as an input column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clicklake.platform.enrich import countries
+from clicklake.platform.events import SPECS, TS
+from clicklake.platform.raw import raw_key
+from clicklake.platform.storage import Store
+from clicklake.platform.tiles import as_string_array, ts_ms
+from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
+
+UNKNOWN = "unknown"
+WINDOW_HOURS = 24
+KINDS = ("global", "country", "campaign")
+
+SEGMENT_EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("segment", pa.string(), nullable=False),
+        pa.field("ts", pa.int64(), nullable=False),
+        pa.field("impressions", pa.int64(), nullable=False),
+        pa.field("clicks", pa.int64(), nullable=False),
+    ]
+)
+SEGMENT_PROFILE_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("segment", pa.string(), nullable=False),
+        pa.field("hour", TS, nullable=False),
+        pa.field("hour_impressions", pa.int64(), nullable=False),  # this hour only
+        pa.field("hour_clicks", pa.int64(), nullable=False),
+        pa.field("impressions_24h", pa.int64(), nullable=False),  # window at the end of the hour
+        pa.field("clicks_24h", pa.int64(), nullable=False),
+        pa.field("ctr_24h", pa.float64()),  # null when no impressions
+    ]
+)
+SEGMENT_AS_OF_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("segment", pa.string()),
+        pa.field("t", TS, nullable=False),
+        pa.field("impressions_24h", pa.int64(), nullable=False),
+        pa.field("clicks_24h", pa.int64(), nullable=False),
+        pa.field("ctr_24h", pa.float64()),
+    ]
+)
+
+
+def segment_key(hour_ms: int, lake_prefix: str = "lake") -> str:
+    return f"{lake_prefix}/profiles/segment/{hive_hour_path(hour_ms)}/part-0.parquet"
+
+
+def click_countries(clicks: pa.Table, impressions: pa.Table, impression_countries: pa.Array
+                    ) -> pa.Array:
+    """Country of each click by the rule in the module docstring. `impressions` (with their
+    `impression_countries`) should cover the clicks' hours and the hour before each."""
+    n = clicks.num_rows
+    if n == 0:
+        return pa.array([], pa.string())
+    countries = as_string_array(impression_countries).fill_null(UNKNOWN)
+    c_ms, i_ms = ts_ms(clicks["ts"]), ts_ms(impressions["ts"])
+    lo = c_ms - c_ms % HOUR_MS - HOUR_MS
+    hi = c_ms - c_ms % HOUR_MS + HOUR_MS
+    out = np.full(n, -1, dtype=np.int64)  # index into impressions
+
+    # 1. by impression id, within the allowed hours
+    if impressions.num_rows:
+        by_id = pc.index_in(as_string_array(clicks["impression_id"]),
+                            value_set=as_string_array(impressions["impression_id"]))
+        j = by_id.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        ok = j >= 0
+        jt = i_ms[np.maximum(j, 0)]
+        ok &= (jt >= lo) & (jt < hi)
+        out[ok] = j[ok]
+
+        # 2. the user's latest earlier impression in those hours (ties: the largest id)
+        users = pa.concat_arrays([as_string_array(impressions["user_id"]),
+                                  as_string_array(clicks["user_id"])])
+        codes = pc.dictionary_encode(users).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        iu, cu = codes[: impressions.num_rows], codes[impressions.num_rows:]
+        id_rank = np.argsort(np.argsort(
+            np.asarray(as_string_array(impressions["impression_id"]).to_pylist(), dtype=object),
+            kind="stable"), kind="stable")
+        order = np.lexsort((id_rank, i_ms, iu))
+        base = int(min(i_ms.min(), lo.min()))
+        span = int(max(i_ms.max(), c_ms.max()) - base + 2)
+        key = iu[order] * span + (i_ms[order] - base)
+        last = np.searchsorted(key, cu * span + (c_ms - base), side="left") - 1
+        first = np.searchsorted(key, cu * span + (lo - base), side="left")
+        has = (last >= first) & (out < 0)
+        out[has] = order[last[has]]
+    result = np.full(n, UNKNOWN, dtype=object)
+    found = out >= 0
+    if found.any():
+        result[found] = np.asarray(countries.take(pa.array(out[found])).to_pylist(), dtype=object)
+    return pa.array(result, pa.string())
+
+
+def segment_events(impressions: pa.Table, impression_countries: pa.Array, clicks: pa.Table,
+                   click_country: pa.Array) -> pa.Table:
+    """Each impression and click once per kind: (kind, segment, ts, impressions, clicks)."""
+    ni, nc = impressions.num_rows, clicks.num_rows
+    i_ms, c_ms = ts_ms(impressions["ts"]), ts_ms(clicks["ts"])
+    parts = []
+    for kind, i_seg, c_seg in (
+        ("global", pa.array(["all"] * ni, pa.string()), pa.array(["all"] * nc, pa.string())),
+        ("country", as_string_array(impression_countries).fill_null(UNKNOWN),
+         as_string_array(click_country).fill_null(UNKNOWN)),
+        ("campaign", as_string_array(impressions["campaign_id"]),
+         as_string_array(clicks["campaign_id"])),
+    ):
+        parts.append(pa.Table.from_arrays(
+            [pa.array([kind] * (ni + nc), pa.string()), pa.concat_arrays([i_seg, c_seg]),
+             pa.array(np.concatenate([i_ms, c_ms]), pa.int64()),
+             pa.array(np.r_[np.ones(ni, np.int64), np.zeros(nc, np.int64)]),
+             pa.array(np.r_[np.zeros(ni, np.int64), np.ones(nc, np.int64)])],
+            schema=SEGMENT_EVENT_SCHEMA))
+    return pa.concat_tables(parts)
+
+
+def _ctr(imps: np.ndarray, clicks: np.ndarray) -> pa.Array:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ctr = clicks / imps
+    return pa.array(ctr, pa.float64(), mask=imps == 0)
+
+
+def segment_profile(events_hour: pa.Table, previous_hours: list[pa.Table], hour_ms: int) -> pa.Table:
+    """The segment profile as of the end of `hour_ms`: this hour's counts (from its segment
+    events) and the 24 h window, adding the `hour_*` counts of earlier segment profiles
+    (those of hours H-23..H-1; others are ignored, missing ones count as empty)."""
+    hour = events_hour.filter(pc.and_(pc.greater_equal(events_hour["ts"], hour_ms),
+                                      pc.less(events_hour["ts"], hour_ms + HOUR_MS)))
+    own = hour.group_by(["kind", "segment"]).aggregate(
+        [("impressions", "sum"), ("clicks", "sum")]).rename_columns(
+        ["kind", "segment", "hour_impressions", "hour_clicks"])
+    earlier = []
+    for p in previous_hours:
+        h = ts_ms(p["hour"])
+        keep = (h >= hour_ms - (WINDOW_HOURS - 1) * HOUR_MS) & (h < hour_ms)
+        earlier.append(p.filter(pa.array(keep)).select(["kind", "segment", "hour_impressions",
+                                                        "hour_clicks"]))
+    both = pa.concat_tables([own.cast(earlier[0].schema) if earlier else own, *earlier])
+    win = both.group_by(["kind", "segment"]).aggregate(
+        [("hour_impressions", "sum"), ("hour_clicks", "sum")])
+    joined = win.join(own, ["kind", "segment"], join_type="left outer")
+    imps = joined["hour_impressions_sum"].to_numpy().astype(np.int64)
+    clks = joined["hour_clicks_sum"].to_numpy().astype(np.int64)
+    table = pa.Table.from_arrays(
+        [joined["kind"], joined["segment"],
+         pa.array(np.full(joined.num_rows, hour_ms), pa.int64()).cast(TS),
+         joined["hour_impressions"].fill_null(0).cast(pa.int64()),
+         joined["hour_clicks"].fill_null(0).cast(pa.int64()),
+         pa.array(imps), pa.array(clks), _ctr(imps, clks)],
+        schema=SEGMENT_PROFILE_SCHEMA)
+    return table.take(pc.sort_indices(table, [("kind", "ascending"), ("segment", "ascending")]))
+
+
+def segments_as_of(previous: pa.Table | None, events: pa.Table, kinds: pa.Array | list[str],
+                   segments: pa.Array | list[str], ts: np.ndarray | list[int]) -> pa.Table:
+    """24 h counts of (kind, segment) pairs at instants t, all in one hour F, in input order.
+
+    `previous` is the segment profile of hour F-1 (its window = the 24 complete hours before F;
+    None = nothing happened then); `events` are segment events holding at least [F, max t)."""
+    kinds = as_string_array(pa.array(kinds, pa.string()) if isinstance(kinds, list) else kinds)
+    segs = as_string_array(pa.array(segments, pa.string()) if isinstance(segments, list)
+                           else segments)
+    t = np.asarray(ts, dtype=np.int64)
+    n = len(t)
+    if not n:
+        return SEGMENT_AS_OF_SCHEMA.empty_table()
+    f = int(t.min() - t.min() % HOUR_MS)
+    if int(t.max() - t.max() % HOUR_MS) != f:
+        raise ValueError("segments_as_of takes instants of one hour; group them first")
+    ev_ms = events["ts"].to_numpy()
+    ev = events.filter(pa.array((ev_ms >= f) & (ev_ms < int(t.max()))))
+    ev_ms = ev["ts"].to_numpy()
+    sep = "\x1f"  # (kind, segment) as one string key; the unit separator never occurs in ids
+    pair_keys = pc.binary_join_element_wise(kinds, segs.fill_null(""), sep)
+    ev_keys = pc.binary_join_element_wise(ev["kind"], ev["segment"], sep)
+    enc = pc.dictionary_encode(pa.concat_arrays([pair_keys, ev_keys]))
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    pcode, ecode = codes[:n], codes[n:]
+    span = HOUR_MS + 1
+    key = ecode * span + (ev_ms - f)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    cum_i = np.r_[0, np.cumsum(ev["impressions"].to_numpy()[order])]
+    cum_c = np.r_[0, np.cumsum(ev["clicks"].to_numpy()[order])]
+    lo = np.searchsorted(key, pcode * span, side="left")
+    hi = np.searchsorted(key, pcode * span + (t - f), side="left")
+    imps, clks = cum_i[hi] - cum_i[lo], cum_c[hi] - cum_c[lo]
+    if previous is not None and previous.num_rows:
+        prev_keys = pc.binary_join_element_wise(previous["kind"], previous["segment"], sep)
+        j = pc.index_in(pair_keys, value_set=prev_keys).fill_null(-1).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+        has = j >= 0
+        imps = imps + np.where(has, previous["impressions_24h"].to_numpy()[np.maximum(j, 0)], 0)
+        clks = clks + np.where(has, previous["clicks_24h"].to_numpy()[np.maximum(j, 0)], 0)
+    return pa.Table.from_arrays(
+        [kinds, segs, pa.array(t, pa.int64()).cast(TS), pa.array(imps.astype(np.int64)),
+         pa.array(clks.astype(np.int64)), _ctr(imps, clks)],
+        schema=SEGMENT_AS_OF_SCHEMA)
+
+
+# -- over the lake -------------------------------------------------------------------------------
+
+
+def _raw_or_empty(store: Store, stream: str, hour_ms: int, lake_prefix: str) -> pa.Table:
+    key = raw_key(stream, hour_ms, lake_prefix)
+    return store.read_parquet(key) if store.exists(key) else SPECS[stream].schema.empty_table()
+
+
+def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake") -> pa.Table:
+    """Segment events of one hour from its raw tables (and the hour before, for click countries)."""
+    imp_prev = _raw_or_empty(store, "impressions", hour_ms - HOUR_MS, lake_prefix)
+    imp = _raw_or_empty(store, "impressions", hour_ms, lake_prefix)
+    clk = _raw_or_empty(store, "clicks", hour_ms, lake_prefix)
+    both = pa.concat_tables([imp_prev, imp])
+    both_countries = countries(both["ip"])
+    own_countries = both_countries.slice(imp_prev.num_rows)
+    return segment_events(imp, own_countries, clk, click_countries(clk, both, both_countries))
+
+
+def read_segment_profile(store: Store, hour_ms: int, lake_prefix: str = "lake") -> pa.Table | None:
+    key = segment_key(hour_ms, lake_prefix)
+    return store.read_parquet(key) if store.exists(key) else None
+
+
+def segments_as_of_lake(store: Store, kinds: list[str] | pa.Array, segments: list[str] | pa.Array,
+                        ts: np.ndarray | list[int], lake_prefix: str = "lake") -> pa.Table:
+    """24 h segment counts at any instants: the profile of the hour before each t plus the
+    events of t's hour up to t. Raises LookupError when that profile was never built."""
+    kinds = as_string_array(pa.array(kinds, pa.string()) if isinstance(kinds, list) else kinds)
+    segs = as_string_array(pa.array(segments, pa.string()) if isinstance(segments, list)
+                           else segments)
+    t = np.asarray(ts, dtype=np.int64)
+    floor_t = t - t % HOUR_MS
+    parts, positions = [], []
+    for f in np.unique(floor_t):
+        sel = np.flatnonzero(floor_t == f)
+        prev = read_segment_profile(store, int(f) - HOUR_MS, lake_prefix)
+        if prev is None and store.list(f"{lake_prefix}/profiles/segment/"):
+            first = store.list(f"{lake_prefix}/profiles/segment/")[0]
+            if segment_key(int(f) - HOUR_MS, lake_prefix) > first:
+                raise LookupError(f"segment_profiles for the hour before {iso(int(f))} is missing")
+        idx = pa.array(sel)
+        parts.append(segments_as_of(prev, hour_segment_events(store, int(f), lake_prefix),
+                                    kinds.take(idx), segs.take(idx), t[sel]))
+        positions.append(sel)
+    if not parts:
+        return SEGMENT_AS_OF_SCHEMA.empty_table()
+    table = pa.concat_tables(parts)
+    order = np.empty(len(t), dtype=np.int64)
+    order[np.concatenate(positions)] = np.arange(len(t))
+    return table.take(pa.array(order))
