@@ -1,0 +1,157 @@
+"""`clicklake import` through click's CliRunner, the YAML and flag forms of a mapping, and the
+row-level parsing rules (time formats, header detection, mapping validation)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from clicklake.cli import main
+from clicklake.platform.importer import MappingError, load_mapping_dict, mapping_from_dict, merge
+from clicklake.platform.importer.convert import BadValue, parse_time
+from clicklake.platform.importer.readers import ReadError, open_table
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import parse_instant
+
+LOG = (
+    "when,who,camp,clk\n"
+    "2026-11-25T10:00:00Z,u1,c1,1\n"
+    "2026-11-25T10:01:00Z,u2,c1,0\n"
+    "2026-11-25T10:02:00Z,u2,c1,yes\n"  # line 4: bad label
+)
+YAML = """
+time: when
+user: who
+campaign: camp
+label: clk
+click_delay: 20
+"""
+FLAGS = ["--time", "when", "--user", "who", "--campaign", "camp", "--label", "clk",
+         "--click-delay", "20"]
+
+
+def _landing(root) -> dict[str, bytes]:
+    store = Store(str(root))
+    return {k: store.read_bytes(k) for k in store.list("landing")}
+
+
+def test_help_lists_the_mapping_flags():
+    res = CliRunner().invoke(main, ["import", "--help"])
+    assert res.exit_code == 0, res.output
+    for flag in ("--time-format", "--label", "--click-time", "--clicks", "--mapping", "--root",
+                 "--s3-endpoint-url", "--shift-to"):
+        assert flag in res.output
+
+
+def test_yaml_and_flags_give_the_same_landing_bytes(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    (tmp_path / "m.yaml").write_text(YAML)
+    runner = CliRunner()
+    a = runner.invoke(main, ["import", str(log), "--mapping", str(tmp_path / "m.yaml"),
+                             "--root", str(tmp_path / "a"), "--no-progress"])
+    b = runner.invoke(main, ["import", str(log), *FLAGS, "--root", str(tmp_path / "b"),
+                             "--no-progress"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    la, lb = _landing(tmp_path / "a"), _landing(tmp_path / "b")
+    assert la == lb and len(la) == 2  # one impressions buffer, one clicks buffer
+    assert "impressions                    2" in a.output
+    assert "line 4: bad_value" in a.output
+
+
+def test_flags_override_the_yaml_file(tmp_path):
+    d = merge(load_mapping_dict(YAML), {"click_delay": 5, "user": None,
+                                        "clicks": {"time": None}})
+    m = mapping_from_dict(d)
+    assert (m.user, m.click_delay_s, m.clicks) == (("who",), 5.0, None)
+
+
+def test_cli_json_summary_and_exit_code_when_nothing_imports(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    res = CliRunner().invoke(main, ["import", str(log), *FLAGS, "--root", str(tmp_path / "d"),
+                                    "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"bad_row_count": 1' in res.output and '"clicks": 1' in res.output
+    res = CliRunner().invoke(main, ["import", str(log), *FLAGS, "--time-format", "epoch_s",
+                                    "--root", str(tmp_path / "e"), "--no-progress"])
+    assert res.exit_code == 1 and "no impression was imported" in res.output
+
+
+def test_cli_rejects_an_unusable_mapping_with_a_clear_message(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    res = CliRunner().invoke(main, ["import", str(log), "--time", "when", "--user", "who",
+                                    "--root", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "needs `campaign`" in res.output
+    res = CliRunner().invoke(main, ["import", str(log), *FLAGS, "--time", "nope",
+                                    "--root", str(tmp_path / "x"), "--no-progress"])
+    assert res.exit_code == 1 and "no header line naming all of" in res.output
+
+
+def test_cli_writes_to_s3(tmp_path, moto_endpoint, s3_bucket):
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    root = f"s3://{s3_bucket}/lake"
+    res = CliRunner().invoke(main, ["import", str(log), *FLAGS, "--root", root,
+                                    "--s3-endpoint-url", moto_endpoint, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    from clicklake.platform.storage import S3Options
+
+    store = Store(root, S3Options(endpoint_url=moto_endpoint))
+    keys = store.list("landing")
+    assert len(keys) == 2 and all(k.endswith(".gz") for k in keys)
+    assert any(k.startswith("import-rejects/") for k in store.list("import-rejects"))
+
+
+@pytest.mark.parametrize(("value", "fmt", "iso"), [
+    ("2026-11-25T10:00:00Z", "iso", "2026-11-25T10:00:00Z"),
+    ("2026-11-25 12:00:00+02:00", "iso", "2026-11-25T10:00:00Z"),
+    ("2026-11-25T10:00:00.9999", "iso", "2026-11-25T10:00:00.999Z"),  # truncated, not rounded
+    ("1795600800", "epoch_s", "2026-11-25T10:00:00Z"),
+    (1795600800.5, "epoch_s", "2026-11-25T10:00:00.500Z"),
+    ("1795600800000", "epoch_ms", "2026-11-25T10:00:00Z"),
+    ("26112510", "yymmddhh", "2026-11-25T10:00:00Z"),
+    (14102100, "yymmddhh", "2014-10-21T00:00:00Z"),
+    ("25/11/2026 10:00", "%d/%m/%Y %H:%M", "2026-11-25T10:00:00Z"),
+])
+def test_time_formats(value, fmt, iso):
+    assert parse_time(value, fmt, "t") == parse_instant(iso)
+
+
+@pytest.mark.parametrize(("value", "fmt", "reason"), [
+    ("", "iso", "missing_field"),
+    ("yesterday", "iso", "bad_time"),
+    ("1795600800", "epoch_ms", "bad_time"),  # seconds read as ms: 1970, outside the range
+    ("26132510", "yymmddhh", "bad_time"),  # month 13
+    ("nan", "epoch_s", "bad_time"),
+])
+def test_bad_times_get_a_reason(value, fmt, reason):
+    with pytest.raises(BadValue) as exc:
+        parse_time(value, fmt, "t")
+    assert exc.value.reason == reason
+
+
+@pytest.mark.parametrize(("d", "msg"), [
+    ({"time": "t", "user": "u"}, "needs `campaign`"),
+    ({"time": "t", "user": "u", "campaign": "c", "label": "l", "click_time": "k"}, "either"),
+    ({"time": "t", "user": "u", "campaign": "c", "clicks": {"time": "x", "impression_id": "i"}},
+     "needs the impressions' id"),
+    ({"time": "t", "user": "u", "campaign": "c", "click_delay": 0}, "more than 0"),
+    ({"time": "t", "user": "u", "campaign": "c", "time_format": "unix"}, "not one of"),
+    ({"time": "t", "user": "u", "campaign": "c", "colour": "red"}, "unknown mapping key"),
+])
+def test_mapping_validation(d, msg):
+    with pytest.raises(MappingError, match=msg):
+        mapping_from_dict(d)
+
+
+def test_header_is_found_after_a_banner_and_missing_columns_are_named(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_bytes(b"#report\n\xff\xfeweird\nts,user\n1,2\n")
+    r = open_table(str(p), ["ts", "user"])
+    assert r.columns == ["ts", "user"] and [n for n, _ in r.preamble] == [1, 2]
+    assert list(r.rows()) == [(4, ["1", "2"])]
+    r.close()
+    with pytest.raises(ReadError, match="campaign"):
+        open_table(str(p), ["ts", "campaign"])
