@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
 from clicklake.platform import landing
@@ -138,7 +137,7 @@ def generate(
                     pa.compute.subtract(truth["click_ts"], truth["ts"]),
                     pa.scalar(clickmodel.LABEL_WINDOW_MS, pa.duration("ms")))).as_py() or 0)
             for stream, (recs, ts, arrivals) in batches.items():
-                lines = [orjson.dumps(r) for r in recs]
+                lines = records.encode_all(recs)
                 writers[stream].add(arrivals, lines)
                 summary.events[stream] += len(lines)
                 if len(arrivals):

@@ -24,7 +24,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
 from clicklake.platform.events import (
     BAD_TYPE,
@@ -37,7 +36,7 @@ from clicklake.platform.events import (
     SPECS,
 )
 from clicklake.platform.simulate.ids import IdSequence
-from clicklake.platform.simulate.records import iso_texts
+from clicklake.platform.simulate.records import encode, iso_texts
 from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS
 
 KINDS = (MALFORMED, MISSING_FIELD, BAD_TYPE, BAD_VALUE, FUTURE, LATE, DUPLICATE)
@@ -127,11 +126,11 @@ def inject(
                 event_hour = int(ts[i]) - int(ts[i]) % HOUR_MS
                 arrival = (event_hour + HOUR_MS + LATENESS_MS
                            + int(rng.integers(10 * MINUTE_MS, 3 * HOUR_MS)))
-                line = orjson.dumps(rec)
+                line = encode(rec)
             else:  # FUTURE
                 ahead = arrival + int(rng.integers(2 * HOUR_MS, 8 * HOUR_MS))
                 rec["ts"] = iso_texts(np.array([ahead]))[0] if rng.random() < 0.5 else ahead
-                line = orjson.dumps(rec)
+                line = encode(rec)
             out_lines.append(line)
             out_arrivals.append(arrival)
     return MessyBatch(out_lines, np.array(out_arrivals, dtype=np.int64),
@@ -139,7 +138,7 @@ def inject(
 
 
 def _malformed(rng: np.random.Generator, rec: dict) -> bytes:
-    text = orjson.dumps(rec)
+    text = encode(rec)
     variant = int(rng.integers(4))
     if variant == 0:  # cut off mid-object: never valid JSON, the closing brace is gone
         return text[: int(rng.integers(1, len(text) - 1))]
@@ -147,7 +146,7 @@ def _malformed(rng: np.random.Generator, rec: dict) -> bytes:
         junk = rng.bytes(int(rng.integers(8, 64))).replace(b"\n", b"?")
         return b"\xff\xfe" + junk
     if variant == 2:  # valid JSON, but an array and not an object
-        return orjson.dumps(list(rec.values()))
+        return encode(list(rec.values()))
     return text + text  # two objects run together
 
 
@@ -160,7 +159,7 @@ def _missing(rng: np.random.Generator, rec: dict, required) -> bytes:
         rec[name] = None
     else:
         rec[name] = ""
-    return orjson.dumps(rec)
+    return encode(rec)
 
 
 def _bad_type(rng: np.random.Generator, rec: dict, fields) -> bytes:
@@ -168,7 +167,7 @@ def _bad_type(rng: np.random.Generator, rec: dict, fields) -> bytes:
     name = names[int(rng.integers(len(names)))]
     choices = _BAD_TYPES[name]
     rec[name] = choices[int(rng.integers(len(choices)))]
-    return orjson.dumps(rec)
+    return encode(rec)
 
 
 def _bad_value(rng: np.random.Generator, rec: dict, stream: str) -> bytes:
@@ -177,4 +176,4 @@ def _bad_value(rng: np.random.Generator, rec: dict, stream: str) -> bytes:
     else:
         rec["score"] = (round(float(rng.uniform(1.01, 3.0)), 4) if rng.random() < 0.5
                         else -round(float(rng.uniform(0.01, 1.0)), 4))
-    return orjson.dumps(rec)
+    return encode(rec)

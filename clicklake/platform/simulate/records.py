@@ -7,6 +7,7 @@ chosen per record (real producers disagree). Optional fields are sometimes absen
 from __future__ import annotations
 
 import numpy as np
+import orjson
 
 ISO_SHARE = 0.5
 MISSING_OPTIONAL_SHARE = 0.03  # per optional impression field
@@ -70,3 +71,14 @@ def predictions(rng: np.random.Generator, ids: list[str], ts: np.ndarray, users:
     ]
     _drop(rng, records, "impression_id", PREDICTION_WITHOUT_IMPRESSION_SHARE)
     return records
+
+
+def encode(record: dict) -> bytes:
+    """One JSON line. orjson's result keeps a 4 KiB allocation per object; the copy is right-
+    sized, which cuts the memory of buffered lines about tenfold."""
+    return bytes(memoryview(orjson.dumps(record)))
+
+
+def encode_all(records: list[dict]) -> list[bytes]:
+    dumps = orjson.dumps
+    return [bytes(memoryview(dumps(r))) for r in records]
