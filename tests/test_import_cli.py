@@ -155,3 +155,24 @@ def test_header_is_found_after_a_banner_and_missing_columns_are_named(tmp_path):
     r.close()
     with pytest.raises(ReadError, match="campaign"):
         open_table(str(p), ["ts", "campaign"])
+
+
+def test_example_mappings_are_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "examples" / "import").glob("*.yaml"))
+    assert len(files) == 3
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            mapping_from_dict(load_mapping_dict(fh.read()))
+
+
+def test_invalid_utf8_row_is_a_malformed_reject_with_its_line(tmp_path):
+    from clicklake.platform.importer import import_log
+
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"t,u,c\n2026-11-25T10:00:00Z,u\xff1,c1\n2026-11-25T10:00:00Z,u2,c1\n")
+    r = import_log(Store(str(tmp_path / "d")), mapping_from_dict({"time": "t", "user": "u",
+                                                                  "campaign": "c"}), str(log))
+    assert (r.impressions, r.bad_rows) == (1, {"malformed": 1})
+    assert r.first_rejects[0]["line"] == 2
