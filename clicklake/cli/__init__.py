@@ -11,6 +11,7 @@ import click
 COMMANDS: dict[str, str] = {
     "demo": "clicklake.cli.demo:demo",
     "generate": "clicklake.cli.generate:generate",
+    "import": "clicklake.cli.importer:import_log",
 }
 
 
