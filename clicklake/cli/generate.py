@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 DEFAULT_START = "2026-11-24T00:00:00Z"
@@ -69,7 +71,7 @@ def generate(root: str, start: str, hours: int, users: int, impressions: int | N
     click.echo(f"generating {hours} h from {iso(start_ms)}: {users:,} users, {total:,} "
                f"impressions, seed {seed}{', clean' if clean else ''} → {store.uri('')}", err=True)
     with tqdm(total=hours, unit="h", desc="generate", disable=None if progress is None
-              else not progress, file=click.get_text_stream("stderr")) as bar:
+              else not progress, file=sys.stderr) as bar:
         summary = run(store, start_ms=start_ms, hours=hours, users=users, impressions=total,
                       seed=seed, clean=clean, progress=lambda done, _total: bar.update(1))
 

@@ -1,0 +1,251 @@
+"""The synthetic stream generator: Firehose layout, determinism, the raw layer's view of its
+messy records, clicks after impressions, and the CLI."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from clicklake.platform import landing
+from clicklake.platform.events import SPECS, Rejected, parse_line
+from clicklake.platform.raw import Rules, build_raw_partition
+from clicklake.platform.simulate import MESSY_KINDS, generate, read_truth
+from clicklake.platform.storage import S3Options, Store
+from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, floor_hour, parse_instant
+
+START = parse_instant("2026-11-24T00:00:00Z")
+KEY = re.compile(
+    r"^landing/(?P<stream>impressions|clicks|predictions)/(?P<y>\d{4})/(?P<mo>\d{2})/(?P<d>\d{2})/"
+    r"(?P<h>\d{2})/(?P=stream)-1-(?P=y)-(?P=mo)-(?P=d)-(?P=h)-\d{2}-\d{2}-"
+    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.gz$"
+)
+
+
+def _run(root, **kw):
+    args = dict(start_ms=START, hours=3, users=600, seed=11, clean=False)
+    args.update(kw)
+    return generate(Store(str(root)), **args)
+
+
+def _files(store: Store, stream: str) -> list[landing.LandingFile]:
+    return sorted(landing.parse_key(k) for k in store.list(f"landing/{stream}/"))
+
+
+def _records(store: Store, stream: str) -> list[tuple]:
+    """Every line of a stream parsed, with the arrival time of its file."""
+    spec = SPECS[stream]
+    out = []
+    for lf in _files(store, stream):
+        for line in landing.read_lines(store, lf.key).lines:
+            out.append((*parse_line(spec, line), lf.arrival_ms))
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clean")
+    return Store(str(root)), _run(root, clean=True, users=2000, hours=4)
+
+
+@pytest.fixture(scope="module")
+def messy_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("messy")
+    return Store(str(root)), _run(root, messy_scale=3.0, users=2000, hours=3)
+
+
+def test_keys_follow_the_firehose_layout(clean_run):
+    store, summary = clean_run
+    keys = store.list("landing/")
+    assert keys and all(KEY.match(k) for k in keys), [k for k in keys if not KEY.match(k)][:3]
+    assert len(set(keys)) == len(keys)
+    assert sum(summary.files.values()) == len(keys)
+    for stream in landing.STREAMS:
+        files = _files(store, stream)
+        assert len(files) == summary.files[stream]
+        for lf in files:  # the folder hour is the hour of the key's arrival time
+            assert lf.key.split("/")[5] == f"{(lf.arrival_ms // HOUR_MS) % 24:02d}"
+
+
+def test_records_sit_between_their_file_and_the_next(clean_run):
+    """Arrival = event time + a few seconds (at most 2 min), so every event time is before the
+    next file's key time and at most 2 min before its own file's key time."""
+    store, _ = clean_run
+    for stream in landing.STREAMS:
+        files = _files(store, stream)
+        keys = [f.arrival_ms for f in files]
+        assert keys == sorted(keys)
+        for i, lf in enumerate(files):
+            ts = [parse_line(SPECS[stream], line)[1]
+                  for line in landing.read_lines(store, lf.key).lines]
+            assert ts
+            assert min(ts) >= lf.arrival_ms - 2 * MINUTE_MS - 1000
+            if i + 1 < len(files):
+                assert max(ts) < keys[i + 1]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    a, b, c = (Store(str(tmp_path / n)) for n in "abc")
+    for store, seed in ((a, 5), (b, 5), (c, 6)):
+        generate(store, start_ms=START, hours=2, users=300, seed=seed, clean=False)
+    keys = a.list("")
+    assert keys == b.list("") and len(keys) > 10
+    assert all(a.read_bytes(k) == b.read_bytes(k) for k in keys if k.startswith("landing/"))
+    assert read_truth(a).equals(read_truth(b))
+    assert set(c.list("landing/")).isdisjoint(keys)
+
+
+def test_clean_run_has_only_good_records(clean_run):
+    store, summary = clean_run
+    assert summary.messy_by_kind() == dict.fromkeys(MESSY_KINDS, 0)
+    for stream in landing.STREAMS:
+        rows = _records(store, stream)  # parse_line raises on any bad line
+        assert len(rows) == summary.events[stream] == summary.lines[stream]
+        assert len({r[0] for r in rows}) == len(rows)
+    imps = _records(store, "impressions")
+    # Real logs lack optional fields now and then, but not often.
+    for i, name in enumerate(n for n, _ in SPECS["impressions"].fields):
+        if name in ("domain", "ip", "user_agent", "cost"):
+            share = sum(r[i] is None for r in imps) / len(imps)
+            assert 0.01 < share < 0.06, (name, share)
+
+
+def test_both_time_formats_occur(clean_run):
+    store, _ = clean_run
+    lf = _files(store, "impressions")[5]
+    kinds = Counter(type(orjson.loads(line)["ts"]).__name__
+                    for line in landing.read_lines(store, lf.key).lines)
+    assert kinds["str"] > 0 and kinds["int"] > 0
+
+
+def test_raw_layer_quarantines_exactly_the_messy_records(messy_run):
+    """Every messy kind maps to one quarantine reason and every quarantined line is owned by one
+    partition, so summing partitions over all arrival hours gives exactly the injected counts;
+    and the raw tables keep exactly the good events."""
+    store, summary = messy_run
+    assert all(v > 0 for v in summary.messy["impressions"].values()), summary.messy
+    first = floor_hour(summary.first_arrival_ms) - HOUR_MS
+    last = floor_hour(summary.last_arrival_ms)
+    truth_ids = set(read_truth(store)["impression_id"].to_pylist())
+    for stream in landing.STREAMS:
+        counts: Counter[str] = Counter()
+        kept_ids: list[str] = []
+        for h in range(first, last + HOUR_MS, HOUR_MS):
+            part = build_raw_partition(store, stream, h, Rules())
+            counts.update({k: v for k, v in part.quarantined_by_reason.items() if v})
+            kept_ids += part.table[SPECS[stream].id_field].to_pylist()
+        expected = {k: v for k, v in summary.messy[stream].items() if v}
+        assert dict(counts) == expected, stream
+        assert len(kept_ids) == len(set(kept_ids)) == summary.events[stream]
+        if stream == "impressions":
+            assert set(kept_ids) == truth_ids
+        assert summary.lines[stream] == summary.events[stream] + sum(expected.values())
+
+
+def test_clicks_follow_their_impressions(clean_run):
+    store, summary = clean_run
+    imps = {r[0]: r for r in _records(store, "impressions")}
+    clicks = _records(store, "clicks")
+    assert len(clicks) > 50
+    delays = []
+    no_id = 0
+    for click_id, ts, user, campaign, imp_id, _arrived in clicks:
+        if imp_id is None:
+            no_id += 1
+            # It is attributed to the latest earlier impression of the same user and campaign.
+            assert any(r[2] == user and r[3] == campaign and r[1] < ts for r in imps.values())
+            continue
+        imp = imps[imp_id]
+        assert (imp[2], imp[3]) == (user, campaign)
+        assert ts > imp[1]
+        delays.append(ts - imp[1])
+    delays = np.array(delays)
+    beyond = (delays > 15 * MINUTE_MS).mean()
+    assert 0.02 < beyond < 0.15, beyond
+    assert 20_000 < np.median(delays) < 120_000
+    assert 0 < no_id < 0.15 * len(clicks)
+    truth = read_truth(store)
+    assert truth.num_rows == summary.events["impressions"]
+    assert sum(truth["clicked"].to_pylist()) == len(clicks)
+
+
+def test_predictions_come_just_before_their_impressions(clean_run):
+    store, summary = clean_run
+    imps = {r[0]: r for r in _records(store, "impressions")}
+    preds = _records(store, "predictions")
+    share = len(preds) / len(imps)
+    assert 0.9 < share < 0.99
+    linked = [p for p in preds if p[5] is not None]
+    assert 0.75 < len(linked) / len(preds) < 0.95
+    for _pid, ts, user, model, score, imp_id, _a in linked:
+        assert 2 <= imps[imp_id][1] - ts <= 40 and imps[imp_id][2] == user
+        assert model == "ctr-v1" and 0.0 <= score <= 1.0
+    # The score ranks impressions like the true probability does, though imperfectly.
+    truth = read_truth(store)
+    p_of = dict(zip(truth["impression_id"].to_pylist(), truth["p_click"].to_pylist(), strict=True))
+    p = np.array([p_of[x[5]] for x in linked])
+    s = np.array([x[4] for x in linked])
+    rho = np.corrcoef(np.argsort(np.argsort(p)), np.argsort(np.argsort(s)))[0, 1]
+    assert 0.5 < rho < 0.99, rho
+
+
+def test_cli_help_and_run(tmp_path):
+    from clicklake.cli import main
+
+    runner = CliRunner()
+    help_ = runner.invoke(main, ["generate", "--help"])
+    assert help_.exit_code == 0 and "--s3-endpoint-url" in help_.output
+    root = tmp_path / "cli"
+    res = runner.invoke(main, ["generate", "--root", str(root), "--hours", "2", "--users",
+                               "300", "--seed", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "impressions" in res.output and "messy records by kind" in res.output
+    again = Store(str(tmp_path / "api"))
+    summary = generate(again, start_ms=START, hours=2, users=300, impressions=None, seed=3,
+                       clean=False)
+    assert f"{summary.events['impressions']:,}" in res.output
+    assert Store(str(root)).list("landing/") == again.list("landing/")
+    bad = runner.invoke(main, ["generate", "--root", str(root), "--start", "2026-11-24T00:30"])
+    assert bad.exit_code == 2 and "whole UTC hour" in bad.output
+    replaced = runner.invoke(main, ["generate", "--root", str(root), "--hours", "1", "--users",
+                                    "100", "--replace", "--clean", "--no-progress"])
+    assert replaced.exit_code == 0, replaced.output
+    fresh = Store(str(tmp_path / "fresh"))
+    generate(fresh, start_ms=START, hours=1, users=100, seed=7, clean=True)
+    assert Store(str(root)).list("") == fresh.list("")  # nothing of the first run is left
+
+
+def test_generates_into_s3(moto_endpoint, s3_bucket):
+    store = Store(f"s3://{s3_bucket}/lake", S3Options(endpoint_url=moto_endpoint))
+    summary = generate(store, start_ms=START, hours=1, users=200, seed=2, clean=True)
+    keys = store.list("landing/")
+    assert len(keys) == sum(summary.files.values()) and all(KEY.match(k) for k in keys)
+    assert len(read_truth(store)) == summary.events["impressions"]
+
+
+@pytest.mark.parametrize("kw", [dict(hours=0), dict(users=0), dict(impressions=-1),
+                                dict(start_ms=START + 1)])
+def test_bad_arguments_are_refused(tmp_path, kw):
+    with pytest.raises(ValueError):
+        _run(tmp_path, **kw)
+
+
+def test_parse_line_rejects_what_messy_reports(messy_run):
+    """Cross-check without the raw layer: lines that fail to parse are exactly the malformed,
+    missing_field, bad_type and bad_value records."""
+    store, summary = messy_run
+    for stream in landing.STREAMS:
+        reasons: Counter[str] = Counter()
+        for lf in _files(store, stream):
+            for line in landing.read_lines(store, lf.key).lines:
+                try:
+                    parse_line(SPECS[stream], line)
+                except Rejected as rej:
+                    reasons[rej.reason] += 1
+        expected = {k: v for k, v in summary.messy[stream].items()
+                    if v and k in ("malformed", "missing_field", "bad_type", "bad_value")}
+        assert dict(reasons) == expected
