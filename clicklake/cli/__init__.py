@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "demo": "clicklake.cli.demo:demo",
     "generate": "clicklake.cli.generate:generate",
     "import": "clicklake.cli.importer:import_log",
+    "lookup": "clicklake.cli.lookup:lookup",
 }
 
 

@@ -186,12 +186,14 @@ def segments_as_of(previous: pa.Table | None, events: pa.Table, kinds: pa.Array 
     f = int(t.min() - t.min() % HOUR_MS)
     if int(t.max() - t.max() % HOUR_MS) != f:
         raise ValueError("segments_as_of takes instants of one hour; group them first")
+    events = events.combine_chunks()
     ev_ms = events["ts"].to_numpy()
     ev = events.filter(pa.array((ev_ms >= f) & (ev_ms < int(t.max()))))
     ev_ms = ev["ts"].to_numpy()
     sep = "\x1f"  # (kind, segment) as one string key; the unit separator never occurs in ids
     pair_keys = pc.binary_join_element_wise(kinds, segs.fill_null(""), sep)
-    ev_keys = pc.binary_join_element_wise(ev["kind"], ev["segment"], sep)
+    ev_keys = pc.binary_join_element_wise(as_string_array(ev["kind"]),
+                                          as_string_array(ev["segment"]), sep)
     enc = pc.dictionary_encode(pa.concat_arrays([pair_keys, ev_keys]))
     codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     pcode, ecode = codes[:n], codes[n:]

@@ -1,0 +1,68 @@
+"""`clicklake lookup USER [--as-of T]`: one user's profile from the time-travel lookup table."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import iso, parse_instant
+
+
+def _plain(value):
+    if hasattr(value, "timestamp"):
+        return iso(round(value.timestamp() * 1000))
+    return value
+
+
+@click.command()
+@click.argument("user")
+@click.option("--as-of", "as_of", default=None,
+              help="Instant (ISO-8601, naive = UTC, or epoch ms); default: now.")
+@click.option("--root", default="data", show_default=True,
+              help="Local folder or s3://bucket/prefix holding the lake.")
+@click.option("--lake-prefix", default="lake", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: bool) -> None:
+    """Print USER's profile as of an instant: events with ts < T only."""
+    try:
+        t = parse_instant(as_of) if as_of else int(time.time() * 1000)
+    except ValueError:
+        raise click.BadParameter(f"{as_of!r} is neither ISO-8601 nor epoch milliseconds",
+                                 param_hint="--as-of") from None
+    table = LookupTable(Store(root), lake_prefix)
+    try:
+        profile = table.profile(user, t)
+    except SnapshotUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    profile = {k: _plain(v) for k, v in profile.items()}
+    profile["snapshot_as_of"] = (iso(profile["snapshot_as_of"])
+                                 if profile["snapshot_as_of"] is not None else None)
+    missing = sorted(table.missing_raw_hours)
+    if as_json:
+        profile["missing_raw_hours"] = [f"{s}@{iso(h)}" for s, h in missing]
+        click.echo(json.dumps(profile, indent=2, sort_keys=False))
+        return
+    if profile["before_history"]:
+        click.echo(f"{user}: no history as of {iso(t)} — the lake's history starts at "
+                   f"{iso(table.history_start())}.")
+        return
+    if not profile["known"]:
+        click.echo(f"{user}: unknown user as of {iso(t)} (no impressions or clicks before then).")
+        return
+    click.echo(f"{user} as of {iso(t)} (snapshot {profile['snapshot_as_of'] or 'none'} + raw events)")
+    skip = {"user_id", "campaigns", "domains", "snapshot_as_of", "before_history"}
+    width = max(len(k) for k in profile)
+    for k, v in profile.items():
+        if k not in skip:
+            click.echo(f"  {k:<{width}}  {v}")
+    click.echo(f"  {'domains':<{width}}  {', '.join(profile['domains']) or '-'}")
+    click.echo("  campaigns (impressions / clicks):")
+    for c, n in profile["campaigns"].items():
+        click.echo(f"    {c:<{width - 2}}  {n['impressions']} / {n['clicks']}")
+    for s, h in missing:
+        click.echo(f"warning: raw {s} for hour {iso(h)} is not materialized; counted as empty",
+                   err=True)
