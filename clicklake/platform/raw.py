@@ -1,13 +1,21 @@
 """Landing hours → one raw hourly partition (by event time) plus its quarantine rows.
 
 Partition H keeps the events with `ts` in [H, H+1h) whose landing file arrived before
-H+1h + allowed_lateness, one row per event id. It reads every arrival hour that can hold such
-events: from floor(H - future_tolerance) (a record may be stamped slightly ahead of its file)
-to floor(H+1h + lateness - 1 ms).
+H+1h + allowed_lateness and no earlier than ts - future_tolerance, one row per event id. It reads
+every arrival hour that can hold such events: from floor(H - future_tolerance) (a record may be
+stamped slightly ahead of its file) to floor(H+1h + lateness - 1 ms).
 
 Each rejected line is quarantined by exactly one partition, so reruns and neighbours never count
 it twice: a line without a usable time, a `future` line and a `late` line belong to the
 partition of its file's arrival hour; a `duplicate` belongs to the partition of its event hour.
+An unreadable (corrupt or truncated) gzip object gives one `malformed` row, owned by its arrival
+hour, whose `line_no` is the first line that could not be read and whose `raw` is the unterminated
+text after the last complete line; the complete lines before the damage are used as usual.
+
+Duplicates: among the accepted copies of an event id in hour H, the first by (file arrival, key,
+line number) is kept and the others are `duplicate`. An id is unique per event hour: two copies
+stamped in different hours are two events (a partition cannot see every hour of the landing zone).
+Blank lines carry no record and are skipped; every other line is kept or quarantined.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -23,16 +32,18 @@ from clicklake.platform.events import (
     DUPLICATE,
     FUTURE,
     LATE,
+    MALFORMED,
     QUARANTINE_SCHEMA,
     REASONS,
     SPECS,
     Rejected,
     StreamSpec,
-    event_id_of,
-    parse_line,
+    event_id_of_object,
+    event_ms,
+    parse_object,
 )
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, floor_hour, hive_hour_path
+from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, floor_hour, hive_hour_path, iso
 
 DEFAULT_LATENESS_MS = HOUR_MS
 DEFAULT_FUTURE_TOLERANCE_MS = 15 * MINUTE_MS  # Firehose buffers up to 15 min after the key time
@@ -43,6 +54,10 @@ RAW_MAX_LINE = 4096  # raw text kept per quarantine row
 class Rules:
     allowed_lateness_ms: int = DEFAULT_LATENESS_MS
     future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS
+
+    def __post_init__(self) -> None:
+        if self.allowed_lateness_ms < 0 or self.future_tolerance_ms < 0:
+            raise ValueError(f"lateness and future tolerance must be >= 0, got {self}")
 
     def arrival_hours(self, hour_ms: int) -> tuple[int, int]:
         """First and last arrival hour whose files may hold events of partition `hour_ms`."""
@@ -91,6 +106,7 @@ def build_raw_partition(
 ) -> RawPartition:
     """Read the landing files that can hold hour `hour_ms` and split them into kept and quarantined."""
     spec = SPECS[stream]
+    id_at, ts_at = spec.fields.index((spec.id_field, "id")), spec.fields.index(("ts", "ts"))
     first, last = rules.arrival_hours(hour_ms)
     files = landing.list_hours(store, stream, first, last, landing_prefix)
     kept: dict[str, tuple] = {}
@@ -104,30 +120,55 @@ def build_raw_partition(
     for lf in files:
         owns_arrival = floor_hour(lf.arrival_ms) == hour_ms
         decoded = landing.read_lines(store, lf.key)
-        if decoded.error and owns_arrival:
-            reject("malformed", decoded.error, b"", lf, -1)
         for no, line in enumerate(decoded.lines, start=1):
-            if not line.strip():
+            if not line or line.isspace():
                 continue  # blank lines carry no record
             lines_read += 1
             try:
-                row = parse_line(spec, line)
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                if owns_arrival:
+                    reject(MALFORMED, f"invalid JSON: {exc}", line, lf, no)
+                continue
+            if not owns_arrival:
+                # Only an accepted event of hour H matters here; whatever else this file holds
+                # belongs to the partition of its arrival hour. Checking the time first skips
+                # the full validation of the lines of other hours.
+                try:
+                    if floor_hour(event_ms(obj["ts"])) != hour_ms:
+                        continue
+                except (Rejected, KeyError, TypeError, IndexError):
+                    continue
+            try:
+                row = parse_object(spec, obj)
             except Rejected as rej:
                 if owns_arrival:
-                    reject(rej.reason, rej.detail, line, lf, no, event_id_of(line, spec))
+                    reject(rej.reason, rej.detail, line, lf, no, event_id_of_object(obj, spec))
                 continue
-            ts = row[1]
+            event_id, ts = row[id_at], row[ts_at]
             verdict = rules.verdict(ts, lf.arrival_ms)
             if verdict is not None:
                 if owns_arrival:
-                    reject(verdict, f"ts {ts} vs arrival {lf.arrival_ms}", line, lf, no, row[0], ts)
+                    detail = f"ts {iso(ts)} in a file that arrived at {iso(lf.arrival_ms)}"
+                    reject(verdict, detail, line, lf, no, event_id, ts)
                 continue
             if floor_hour(ts) != hour_ms:
                 continue
-            if row[0] in kept:
-                reject(DUPLICATE, f"first seen in {kept[row[0]][-1]}", line, lf, no, row[0], ts)
+            if event_id in kept:
+                first_key, first_no = kept[event_id][-2:]
+                reject(
+                    DUPLICATE,
+                    f"first seen in {first_key} line {first_no}",
+                    line,
+                    lf,
+                    no,
+                    event_id,
+                    ts,
+                )
                 continue
-            kept[row[0]] = (*row, lf.arrival_ms, lf.key)
+            kept[event_id] = (*row, lf.arrival_ms, lf.key, no)
+        if decoded.error and owns_arrival:
+            reject(MALFORMED, decoded.error, decoded.tail, lf, len(decoded.lines) + 1)
 
     table = _rows_to_table(spec, list(kept.values()))
     qtable = pa.Table.from_pylist(
@@ -148,7 +189,7 @@ def build_raw_partition(
 
 def _rows_to_table(spec: StreamSpec, rows: list[tuple]) -> pa.Table:
     schema = spec.schema
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(len(schema) + 1)]
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(len(schema))]
     arrays = [pa.array(columns[i], type=f.type) for i, f in enumerate(schema)]
     table = pa.Table.from_arrays(arrays, schema=schema)
     # A stable order makes every re-materialization byte-for-byte the same.
