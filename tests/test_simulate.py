@@ -27,7 +27,7 @@ KEY = re.compile(
 
 
 def _run(root, **kw):
-    args = dict(start_ms=START, hours=3, users=600, seed=11, clean=False)
+    args = {"start_ms": START, "hours": 3, "users": 600, "seed": 11, "clean": False}
     args.update(kw)
     return generate(Store(str(root)), **args)
 
@@ -174,7 +174,7 @@ def test_clicks_follow_their_impressions(clean_run):
 
 
 def test_predictions_come_just_before_their_impressions(clean_run):
-    store, summary = clean_run
+    store, _summary = clean_run
     imps = {r[0]: r for r in _records(store, "impressions")}
     preds = _records(store, "predictions")
     share = len(preds) / len(imps)
@@ -227,8 +227,8 @@ def test_generates_into_s3(moto_endpoint, s3_bucket):
     assert len(read_truth(store)) == summary.events["impressions"]
 
 
-@pytest.mark.parametrize("kw", [dict(hours=0), dict(users=0), dict(impressions=-1),
-                                dict(start_ms=START + 1)])
+@pytest.mark.parametrize("kw", [{"hours": 0}, {"users": 0}, {"impressions": -1},
+                                {"start_ms": START + 1}])
 def test_bad_arguments_are_refused(tmp_path, kw):
     with pytest.raises(ValueError):
         _run(tmp_path, **kw)
