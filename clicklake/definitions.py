@@ -1,16 +1,19 @@
 """The one Definitions object of clicklake: assets, checks, schedules, sensors and resources."""
 
-from __future__ import annotations
-
 import dagster as dg
 
+from clicklake.assets.labeled import labeled_assets
+from clicklake.assets.profiles import profile_assets
 from clicklake.assets.raw import raw_assets
+from clicklake.assets.training import training_assets
+from clicklake.resources.endpoint import LocalModelServer
 from clicklake.resources.lake import LakeResource
+from clicklake.resources.trainer import LocalTrainer
 from clicklake.schedules import raw_hourly_job, raw_hourly_schedule
 
 defs = dg.Definitions(
-    assets=[*raw_assets],
+    assets=[*raw_assets, *profile_assets, *labeled_assets, *training_assets],
     jobs=[raw_hourly_job],
     schedules=[raw_hourly_schedule],
-    resources={"lake": LakeResource()},
+    resources={"lake": LakeResource(), "trainer": LocalTrainer(), "endpoint": LocalModelServer()},
 )

@@ -61,6 +61,7 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
                 "rows_quarantined": sum(part.quarantined_by_reason.values()),
                 **{f"quarantined_{r}": n for r, n in part.quarantined_by_reason.items()},
                 "landing_files_read": part.files_read,
+                "allowed_lateness_minutes": config.allowed_lateness_minutes,
                 "landing_lines_read": part.lines_read,
                 "path": dg.MetadataValue.path(store.uri(raw_key(stream, hour_ms, lake.lake_prefix))),
                 "quarantine_path": dg.MetadataValue.path(

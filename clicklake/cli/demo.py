@@ -38,7 +38,7 @@ def demo(root: str, hours: int, users: int, start: str, seed: int) -> None:
     t0 = time.perf_counter()
     click.echo(f"Generating {hours} h of streams for {users} users into {root}/landing ...")
     summary = generate(Store(root), start_ms=start_ms, hours=hours, users=users, seed=seed)
-    click.echo(f"  generated in {time.perf_counter() - t0:.1f} s: {summary.as_dict()['events']}")
+    click.echo(f"  generated in {time.perf_counter() - t0:.1f} s: {summary.to_dict()['events']}")
 
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     lake = LakeResource(root=root)
@@ -51,7 +51,7 @@ def demo(root: str, hours: int, users: int, start: str, seed: int) -> None:
             result = dg.materialize(assets, partition_key=key, instance=instance,
                                     resources={"lake": lake}, tags={"clicklake/demo": "true"})
             for event in result.get_asset_materialization_events():
-                mat = event.asset_materialization
+                mat = event.step_materialization_data.materialization
                 name = mat.asset_key.to_user_string()
                 meta = {k: v.value for k, v in mat.metadata.items()}
                 agg = totals.setdefault(name, {})

@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 # ("not_null", column) | ("unique", column) | ("between", column, min, max) (inclusive; None =
-# unbounded) | ("in_window", column, start, end) (start <= value < end)
+# unbounded) | ("in_window", column, start, end) (start <= value < end) |
+# ("mean_between", column, min, max)
 ExpectationSpec = tuple
 
 
@@ -69,6 +70,9 @@ def _expectation(spec: ExpectationSpec):
         return gx.expectations.ExpectColumnValuesToBeBetween(
             column=column, min_value=lo, max_value=hi, strict_max=True
         )
+    if kind == "mean_between":
+        lo, hi = args
+        return gx.expectations.ExpectColumnMeanToBeBetween(column=column, min_value=lo, max_value=hi)
     raise ValueError(f"unknown expectation kind {kind!r}")
 
 
@@ -99,7 +103,10 @@ def run_checks(df: pd.DataFrame, checks: list[CheckSpec]) -> list[CheckOutcome]:
                 failures = {}
                 for spec, res in zip(check.expectations, result.results, strict=True):
                     if not res.success:
-                        failures[_label(spec)] = int(res.result.get("unexpected_count") or 0)
+                        observed = res.result.get("unexpected_count")
+                        if observed is None:  # aggregate expectations report a value instead
+                            observed = res.result.get("observed_value")
+                        failures[_label(spec)] = observed if observed is not None else 0
                 outcomes.append(CheckOutcome(check.name, bool(result.success), check.description,
                                              failures))
                 ctx.validation_definitions.delete(suite.name)

@@ -1,0 +1,178 @@
+"""The point-in-time labeled dataset and prediction outcomes: hourly, lagging one hour because
+hour H needs the clicks of H+1."""
+
+import re
+import warnings
+from datetime import UTC, datetime
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from clicklake.assets.metadata import column_schema
+from clicklake.assets.partitions import lagged_hourly_partitions
+from clicklake.platform.labeled import build_labeled_hour, labeled_key
+from clicklake.platform.labeled_quality import LABELED_CHECKS, labeled_check_specs
+from clicklake.platform.outcomes import join_outcomes, outcome_metrics
+from clicklake.platform.raw import raw_key
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, hour_partition_key, iso, parse_hour_partition_key
+from clicklake.resources.lake import LakeResource
+
+LABELED_KEY = dg.AssetKey("labeled_impressions")
+_THIS_AND_NEXT = dg.TimeWindowPartitionMapping(start_offset=0, end_offset=1)
+with warnings.catch_warnings():  # the first hours have no earlier partitions; that is fine
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    _PREVIOUS = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1,
+                                              allow_nonexistent_upstream_partitions=True)
+    _LAST_DAY = dg.TimeWindowPartitionMapping(start_offset=-24, end_offset=0,
+                                              allow_nonexistent_upstream_partitions=True)
+_HIVE = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
+
+
+def labeled_hours_available(store: Store, prefix: str = "lake") -> list[int]:
+    hours = []
+    for key in store.list(f"{prefix}/labeled/impressions/"):
+        m = _HIVE.search(key)
+        if m:
+            hours.append(parse_hour_partition_key(f"{m[1]}-{m[2]}:00"))
+    return sorted(hours)
+
+
+def read_labeled_hour(store: Store, hour_ms: int, columns: list[str] | None,
+                      prefix: str = "lake") -> pa.Table:
+    return store.read_parquet(labeled_key(hour_ms, prefix), columns)
+
+
+def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int) -> dict:
+    """Hour H is labeled only once raw impressions and clicks of H+1 were materialized after
+    their landing window closed; anything earlier could miss clicks. Raises dg.Failure."""
+    nxt = hour_partition_key(hour_ms + HOUR_MS)
+    seen = {}
+    for stream in ("impressions", "clicks"):
+        key = dg.AssetKey(f"raw_{stream}")
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[nxt]), limit=1).records
+        if not records:
+            raise dg.Failure(f"raw_{stream} {nxt} is not materialized yet: hour "
+                             f"{hour_partition_key(hour_ms)} cannot be labeled before its next hour")
+        record = records[0]
+        meta = record.asset_materialization.metadata
+        lateness = meta["allowed_lateness_minutes"].value if "allowed_lateness_minutes" in meta else 60
+        closes = (hour_ms + 2 * HOUR_MS) / 1000 + lateness * 60
+        if record.timestamp < closes:
+            raise dg.Failure(
+                f"raw_{stream} {nxt} was materialized at {datetime.fromtimestamp(record.timestamp, UTC)}"
+                f", before its landing window closed at {datetime.fromtimestamp(closes, UTC)}: "
+                "late events may be missing; rematerialize it first")
+        seen[f"raw_{stream}_next_hour_materialized_at"] = dg.MetadataValue.timestamp(record.timestamp)
+    return seen
+
+
+class LabeledConfig(dg.Config):
+    label_window_minutes: int = 15
+    label_rate_min: float = 0.0005
+    label_rate_max: float = 0.3
+
+
+@dg.asset(
+    name="labeled_impressions",
+    partitions_def=lagged_hourly_partitions,
+    group_name="labeled",
+    kinds={"parquet"},
+    deps=[
+        dg.AssetDep("raw_impressions", partition_mapping=_THIS_AND_NEXT),
+        dg.AssetDep("raw_clicks", partition_mapping=_THIS_AND_NEXT),
+        dg.AssetDep("raw_predictions", partition_mapping=_LAST_DAY),
+        dg.AssetDep("user_profiles", partition_mapping=_PREVIOUS),
+        dg.AssetDep("segment_profiles", partition_mapping=_PREVIOUS),
+    ],
+    check_specs=[dg.AssetCheckSpec(n, asset="labeled_impressions", description=d, blocking=True)
+                 for n, d in LABELED_CHECKS],
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Every impression of the hour with its feature vector as of strictly before its "
+    "time (the time-travel lookup table, segment profiles, enrichment, latest prediction score) "
+    "and its click label: 1 iff a click for it came within the label window after it. Lags one "
+    "hour: it never runs before the next hour's raw clicks are complete.",
+)
+def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig,
+                        lake: LakeResource):
+    hour = parse_hour_partition_key(context.partition_key)
+    completeness = require_next_hour_complete(context, hour)
+    store = lake.store()
+    window_ms = config.label_window_minutes * 60_000
+    table = build_labeled_hour(store, hour, window_ms, lake.lake_prefix)
+    key = labeled_key(hour, lake.lake_prefix)
+    nbytes = store.write_parquet(key, table)
+    labels = table["label"].to_numpy()
+    rate = float(labels.mean()) if len(labels) else 0.0
+    context.log.info(f"labeled {table.num_rows} impressions of {iso(hour)}; label rate {rate:.4f}")
+    yield dg.MaterializeResult(metadata={
+        "dagster/row_count": table.num_rows,
+        "dagster/column_schema": column_schema(table.schema),
+        "label_rate": rate,
+        "clicked_impressions": int(labels.sum()),
+        "label_window_minutes": config.label_window_minutes,
+        "users": len(set(table["user_id"].to_pylist())),
+        "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
+            zero_copy_only=False)).sum()),
+        "bytes": nbytes,
+        "path": dg.MetadataValue.path(store.uri(key)),
+        **completeness,
+    })
+    from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
+
+    specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
+    outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
+    for name, _ in LABELED_CHECKS:
+        o = outcomes.get(name)
+        yield dg.AssetCheckResult(
+            check_name=name,
+            passed=o.passed if o else True,
+            description=(o.description if o else
+                         f"not enforced: {table.num_rows} rows is too few to judge a label rate"),
+            metadata={"failing_expectations": (o.failures or "none") if o else "skipped",
+                      "rows_checked": table.num_rows},
+        )
+
+
+@dg.asset(
+    partitions_def=lagged_hourly_partitions,
+    group_name="labeled",
+    kinds={"parquet"},
+    deps=[
+        dg.AssetDep("raw_predictions"),
+        dg.AssetDep("raw_impressions", partition_mapping=_THIS_AND_NEXT),
+        dg.AssetDep("raw_clicks", partition_mapping=_THIS_AND_NEXT),
+    ],
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Each prediction of the hour joined to what happened (did the user click within "
+    "the label window after it), with per-model AUC, calibration and accuracy: model monitoring.",
+)
+def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig,
+                        lake: LakeResource):
+    hour = parse_hour_partition_key(context.partition_key)
+    completeness = require_next_hour_complete(context, hour)
+    store = lake.store()
+    prefix = lake.lake_prefix
+    read = lambda stream, h: store.read_parquet(raw_key(stream, h, prefix))  # noqa: E731
+    preds = read("predictions", hour)
+    imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
+    clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
+    out = join_outcomes(preds, imps, clicks, config.label_window_minutes * 60_000)
+    key = f"{prefix}/outcomes/predictions/{hive_hour_path(hour)}/part-0.parquet"
+    store.write_parquet(key, out)
+    per_model = outcome_metrics(out)
+    flat = {f"{model}/{k}": v for model, m in per_model.items() for k, v in m.items()
+            if v == v}  # drop NaN (undefined AUC for one-class hours)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": out.num_rows,
+        "dagster/column_schema": column_schema(out.schema),
+        "models": ", ".join(per_model) or "none",
+        **flat,
+        "path": dg.MetadataValue.path(store.uri(key)),
+        **completeness,
+    })
+
+
+labeled_assets = [labeled_impressions, prediction_outcomes]

@@ -1,0 +1,167 @@
+"""Training assets: the SageMaker-format training set, the trained click model (gated by a
+blocking check) and the deployed model."""
+
+import math
+
+import dagster as dg
+import numpy as np
+
+from clicklake.assets.labeled import LABELED_KEY, labeled_hours_available, read_labeled_hour
+from clicklake.platform.training import evaluate, feature_importance, gate, hyperparameters
+from clicklake.platform.training import registry
+from clicklake.platform.training.artifact import load_booster
+from clicklake.platform.training.csvformat import read_sagemaker_csv
+from clicklake.platform.training.local import predict
+from clicklake.platform.training_set import build_training_set, latest_training_set
+from clicklake.resources.endpoint import ModelEndpointResource
+from clicklake.resources.lake import LakeResource
+from clicklake.resources.trainer import TrainerResource
+
+
+class TrainingSetConfig(dg.Config):
+    window_hours: int = 24
+    validation_hours: int = 4
+
+
+@dg.asset(
+    deps=[LABELED_KEY],
+    group_name="training",
+    kinds={"csv", "s3"},
+    description="The latest labeled hours as SageMaker built-in XGBoost CSV (label first, no header,"
+    " numeric), split by time — the last hours are validation — plus the feature manifest.",
+)
+def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lake: LakeResource):
+    store = lake.store()
+    hours = labeled_hours_available(store, lake.lake_prefix)[-config.window_hours:]
+    validation = min(config.validation_hours, max(1, len(hours) // 4))
+    ts, stats = build_training_set(
+        store, hours, validation,
+        read_hour=lambda h, cols: read_labeled_hour(store, h, cols, lake.lake_prefix),
+        label_window_s=_label_window_s(store, lake.lake_prefix, hours[-1]) if hours else 900,
+        prefix=lake.lake_prefix, progress=context.log.info,
+    )
+    return dg.MaterializeResult(metadata={
+        "set_id": ts.set_id,
+        "path": dg.MetadataValue.path(store.uri(ts.root)),
+        "train_hours": f"{ts.manifest.train_hours[0]} .. {ts.manifest.train_hours[-1]}",
+        "validation_hours": f"{ts.manifest.validation_hours[0]} .. {ts.manifest.validation_hours[-1]}",
+        "features": len(ts.manifest.feature_names),
+        "vocabulary_sizes": {k: len(v) for k, v in ts.manifest.categorical.items()},
+        **stats,
+        "dagster/row_count": stats["train_rows"] + stats["validation_rows"],
+    })
+
+
+def _label_window_s(store, prefix: str, hour_ms: int) -> int:
+    table = read_labeled_hour(store, hour_ms, None, prefix)
+    window = (table.schema.metadata or {}).get(b"clicklake.label_window_ms")
+    return int(window) // 1000 if window else 900
+
+
+class ClickModelConfig(dg.Config):
+    num_round: int = 200
+    max_depth: int = 6
+    eta: float = 0.1
+    auc_floor: float = 0.6
+    champion_tolerance: float = 0.01
+
+
+@dg.asset(
+    deps=[training_set],
+    group_name="training",
+    kinds={"xgboost"},
+    description="An XGBoost click model trained on the latest training set by the trainer resource"
+    " (in-process by default, a SageMaker training job on AWS), registered in the lake's model"
+    " registry with its validation metrics.",
+    check_specs=[dg.AssetCheckSpec(
+        "model_gate", asset="click_model", blocking=True,
+        description="AUC above the floor and not worse than the champion's by more than the"
+        " tolerance; a failing model is never deployed.")],
+)
+def click_model(context: dg.AssetExecutionContext, config: ClickModelConfig, lake: LakeResource,
+                trainer: TrainerResource):
+    store = lake.store()
+    ts = latest_training_set(store, lake.lake_prefix)
+    hp = hyperparameters(ts.train_base_rate, num_round=config.num_round,
+                         max_depth=config.max_depth, eta=config.eta)
+    context.log.info(f"training on {ts.set_id}: {ts.stats}")
+    result = trainer.train(
+        store.uri(ts.train_prefix), store.uri(ts.validation_prefix),
+        store.uri(f"{lake.lake_prefix}/training_jobs"), hp,
+    )
+    booster = load_booster(result.artifact)
+    val_keys = store.list(ts.validation_prefix)
+    y, x = read_sagemaker_csv([store.read_bytes(k) for k in val_keys], ts.manifest.n_features)
+    p = predict(booster, x)
+    rows = store.read_parquet(f"{ts.root}/validation_rows.parquet")
+    cost = rows["cost"].to_numpy(zero_copy_only=False).astype(np.float64)
+    metrics = evaluate(y, p, cost, _oracle(store, rows))
+    metrics["train_seconds"] = result.seconds
+    metrics["train_rows_per_s"] = ts.stats["train_rows"] / result.seconds if result.seconds else 0.0
+    model_id = result.job_name
+    registry.register(store, model_id, result.artifact, ts.manifest, metrics, lake.lake_prefix)
+    importance = feature_importance(booster, ts.manifest.feature_names)
+    top = dict(sorted(importance.items(), key=lambda kv: -kv[1])[:15])
+    yield dg.MaterializeResult(metadata={
+        "model_id": model_id,
+        "training_set": ts.set_id,
+        "artifact": dg.MetadataValue.path(store.uri(registry.artifact_key(model_id, lake.lake_prefix))),
+        **{k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))},
+        "feature_importance_gain": top,
+        "hyperparameters": hp,
+    })
+    champ = registry.champion(store, lake.lake_prefix)
+    verdict = gate(metrics, champ.metrics if champ else None, config.auc_floor,
+                   config.champion_tolerance)
+    if not verdict.passed:
+        registry.reject(store, model_id, "; ".join(verdict.reasons), lake.lake_prefix)
+    yield dg.AssetCheckResult(
+        check_name="model_gate", passed=verdict.passed,
+        description="; ".join(verdict.reasons) or "passed",
+        metadata={"auc": metrics["auc"], "auc_floor": config.auc_floor,
+                  "champion": champ.model_id if champ else "none",
+                  "champion_auc": champ.metrics.get("auc", float("nan")) if champ else float("nan")},
+    )
+
+
+def _oracle(store, rows):
+    """The generator's true click probabilities for the validation rows (synthetic data only)."""
+    from clicklake.platform.simulate import read_truth
+
+    truth = read_truth(store)
+    if truth.num_rows == 0:
+        return None
+    lookup = dict(zip(truth["impression_id"].to_pylist(), truth["p_click"].to_pylist(), strict=True))
+    values = [lookup.get(i) for i in rows["impression_id"].to_pylist()]
+    if any(v is None for v in values):
+        return None  # not (all) generated by us: no oracle
+    return np.asarray(values, dtype=np.float64)
+
+
+@dg.asset(
+    deps=[click_model],
+    group_name="training",
+    kinds={"xgboost"},
+    description="The model the REST API serves: the newest click model that passed its gate,"
+    " promoted to champion in the lake's registry and deployed by the endpoint resource.",
+)
+def deployed_model(context: dg.AssetExecutionContext, lake: LakeResource,
+                   endpoint: ModelEndpointResource):
+    store = lake.store()
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("click_model"))
+    if event is None:
+        raise dg.Failure("click_model has never been materialized")
+    model_id = event.asset_materialization.metadata["model_id"].value
+    rejected = [r for r in registry.history(store, lake.lake_prefix)
+                if r.model_id == model_id and r.status == registry.REJECTED]
+    if rejected:
+        raise dg.Failure(f"model {model_id} failed its gate: {rejected[-1].reason}")
+    record = registry.promote(store, model_id, lake.lake_prefix, reason="passed model_gate")
+    deployment = endpoint.deploy(store, model_id, lake.lake_prefix)
+    return dg.MaterializeResult(metadata={
+        "model_id": model_id, "target": deployment.target, "promoted_at": record.created_at,
+        "auc": record.metrics.get("auc", float("nan")), **{k: str(v) for k, v in deployment.details.items()},
+    })
+
+
+training_assets = [training_set, click_model, deployed_model]

@@ -1,0 +1,159 @@
+"""One labeled hour: every impression of hour H with its feature vector as of strictly before its
+time (DESIGN §4.1) and its 15-minute click label (§4.2).
+
+Inputs, all from the lake: the user profile snapshot chain (time travel, `lookup`), the segment
+profile of H-1 plus hour H's segment events (`segments`), raw impressions of H and H+1 (the
+latter only as click-attribution candidates), raw clicks of H and H+1, raw predictions of the
+24 hours before the impression (latest score). Features come from `features.compute_features`,
+the same function the REST API calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clicklake.platform.enrich import enrich_impressions
+from clicklake.platform.events import SPECS
+from clicklake.platform.features import (
+    CATEGORICAL,
+    FEATURE_NAMES,
+    PREDICTION_MAX_AGE_MS,
+    compute_features,
+)
+from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, label_impressions
+from clicklake.platform.lookup import LookupTable
+from clicklake.platform.raw import raw_key
+from clicklake.platform.scores import latest_scores
+from clicklake.platform.segments import hour_segment_events, read_segment_profile, segments_as_of
+from clicklake.platform.storage import Store
+from clicklake.platform.tiles import ts_ms
+from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
+
+PASSTHROUGH = ("impression_id", "ts", "user_id", "campaign_id", "domain", "cost")
+META_LABEL_WINDOW = b"clicklake.label_window_ms"
+
+
+def labeled_key(hour_ms: int, lake_prefix: str = "lake") -> str:
+    return f"{lake_prefix}/labeled/impressions/{hive_hour_path(hour_ms)}/part-0.parquet"
+
+
+def labeled_schema() -> pa.Schema:
+    fields = [SPECS["impressions"].schema.field(n) for n in PASSTHROUGH]
+    fields += [pa.field("label", pa.int8(), nullable=False),
+               pa.field("first_click_delay_ms", pa.int64())]
+    fields += [pa.field(n, pa.string() if n in CATEGORICAL else pa.float64())
+               for n in FEATURE_NAMES]
+    return pa.schema(fields)
+
+
+class MissingInput(LookupError):
+    """An input the labeled hour needs has not been built (e.g. an upstream partition)."""
+
+
+def _raw(store: Store, stream: str, hour_ms: int, prefix: str, required: bool) -> pa.Table:
+    key = raw_key(stream, hour_ms, prefix)
+    if store.exists(key):
+        return store.read_parquet(key)
+    if required:
+        raise MissingInput(f"raw_{stream} {iso(hour_ms)} is not materialized ({key})")
+    return SPECS[stream].schema.empty_table()
+
+
+@dataclass
+class FeatureContext:
+    """Everything `feature_inputs` reads for the impressions of one hour."""
+
+    impressions: pa.Table  # raw impressions of the hour, enriched
+    profiles: pa.Table  # lookup.PROFILE_SCHEMA, aligned with impressions
+    user_campaign: pa.Table  # lookup.USER_CAMPAIGN_SCHEMA, aligned
+    segments: dict[str, pa.Table]  # kind -> segments.SEGMENT_AS_OF_SCHEMA, aligned
+    pred_score: np.ndarray
+    pred_ts: np.ndarray
+
+
+def _f(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _ts_or_nan(col) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    ms = pc.cast(pc.cast(arr, pa.int64()), pa.float64())
+    return ms.fill_null(np.nan).to_numpy(zero_copy_only=False)
+
+
+def feature_inputs(ctx: FeatureContext) -> dict[str, np.ndarray]:
+    """The `features.INPUT_COLUMNS` of every impression of `ctx`."""
+    p, imp = ctx.profiles, ctx.impressions
+    window = {"life": "", "1h": "_1h", "24h": "_24h", "7d": "_7d"}
+    inputs: dict[str, np.ndarray] = {"ts_ms": ts_ms(imp["ts"])}
+    for w, suffix in window.items():
+        for m in ("impressions", "clicks", "spend"):
+            inputs[f"user_{m}_{w}"] = _f(p[f"{m}{suffix}"])
+    inputs["user_last_impression_ms"] = _ts_or_nan(p["last_impression_ts"])
+    inputs["user_last_click_ms"] = _ts_or_nan(p["last_click_ts"])
+    inputs["user_distinct_campaigns"] = _f(p["distinct_campaigns"])
+    inputs["user_distinct_domains"] = _f(p["distinct_domains"])
+    inputs["uc_impressions"] = _f(ctx.user_campaign["impressions"])
+    inputs["uc_clicks"] = _f(ctx.user_campaign["clicks"])
+    for kind, seg in ctx.segments.items():
+        inputs[f"{kind}_impressions_24h"] = _f(seg["impressions_24h"])
+        inputs[f"{kind}_clicks_24h"] = _f(seg["clicks_24h"])
+    for c in ("country", "device_type", "os", "browser"):
+        inputs[c] = imp[c].to_numpy(zero_copy_only=False)
+    inputs["is_crawler"] = imp["is_crawler"].to_numpy(zero_copy_only=False)
+    inputs["pred_score"] = ctx.pred_score
+    inputs["pred_ts_ms"] = ctx.pred_ts
+    return inputs
+
+
+def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABEL_WINDOW_MS,
+                       lake_prefix: str = "lake") -> pa.Table:
+    """The labeled impressions of hour `hour_ms` (schema `labeled_schema()`), in raw order."""
+    if window_ms > HOUR_MS:
+        raise ValueError("a label window longer than an hour needs more than the next hour")
+    imp = _raw(store, "impressions", hour_ms, lake_prefix, required=True)
+    nxt = _raw(store, "impressions", hour_ms + HOUR_MS, lake_prefix, required=True)
+    clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix, required=True),
+                               _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix, required=True)])
+    users, camps, t = imp["user_id"], imp["campaign_id"], ts_ms(imp["ts"])
+    lookup = LookupTable(store, lake_prefix)
+    n = imp.num_rows
+    if n:
+        profiles = lookup.as_of(users.combine_chunks(), t)
+        user_campaign = lookup.as_of_user_campaign(users.combine_chunks(), camps.combine_chunks(), t)
+    else:
+        from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA
+
+        profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
+    enriched = enrich_impressions(imp)
+
+    previous = read_segment_profile(store, hour_ms - HOUR_MS, lake_prefix)
+    if previous is None and store.exists(raw_key("impressions", hour_ms - HOUR_MS, lake_prefix)):
+        raise MissingInput(f"segment_profiles {iso(hour_ms - HOUR_MS)} is not materialized")
+    events = hour_segment_events(store, hour_ms, lake_prefix)
+    segment_of = {"global": pa.array(["all"] * n, pa.string()),
+                  "country": enriched["country"].combine_chunks(),
+                  "campaign": camps.combine_chunks()}
+    segments = {kind: segments_as_of(previous, events, [kind] * n, seg, t)
+                for kind, seg in segment_of.items()}
+
+    lookback = PREDICTION_MAX_AGE_MS // HOUR_MS
+    preds = pa.concat_tables([
+        _raw(store, "predictions", hour_ms - k * HOUR_MS, lake_prefix, required=False)
+        .select(["prediction_id", "ts", "user_id", "score"]) for k in range(lookback, -1, -1)])
+    score, pred_ts = latest_scores(preds, users.to_numpy(zero_copy_only=False), t)
+
+    features = compute_features(feature_inputs(FeatureContext(
+        enriched, profiles, user_campaign, segments, score, pred_ts)))
+    labeled = label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
+                                context_impressions=nxt)
+    schema = labeled_schema()
+    columns = [labeled[c] for c in (*PASSTHROUGH, "label", "first_click_delay_ms")]
+    columns += [pa.array(features[name], schema.field(name).type, from_pandas=True)
+                for name in FEATURE_NAMES]
+    table = pa.Table.from_arrays(columns, schema=schema)
+    return table.replace_schema_metadata({META_LABEL_WINDOW: str(window_ms).encode()})

@@ -1,0 +1,54 @@
+"""The data checks of a labeled hour (run with Great Expectations in `quality`)."""
+
+from __future__ import annotations
+
+from clicklake.platform.features import CATEGORICAL, WINDOWS
+from clicklake.platform.quality import CheckSpec
+
+# Below this many rows a label rate says little, so its bounds are not enforced.
+LABEL_RATE_MIN_ROWS = 500
+
+ALWAYS_DEFINED = (
+    *(f"user_{m}_{w}" for w in WINDOWS for m in ("impressions", "clicks", "spend")),
+    *(f"user_ctr_{w}" for w in WINDOWS),
+    "uc_impressions", "uc_clicks", "uc_ctr", "country_ctr_24h", "campaign_ctr_24h",
+    "global_ctr_24h", "country_lift_24h", "campaign_lift_24h", "is_crawler", "hour_of_day",
+    "day_of_week", *CATEGORICAL,
+)
+
+
+def labeled_check_specs(rows: int, label_rate: tuple[float, float]) -> list[CheckSpec]:
+    checks = [
+        CheckSpec("impression_ids_unique", "No impression id twice, none missing.",
+                  (("not_null", "impression_id"), ("unique", "impression_id"))),
+        CheckSpec("required_features_present",
+                  "Every feature defined for all impressions is non-null.",
+                  tuple(("not_null", c) for c in ("ts", "user_id", "label", *ALWAYS_DEFINED))),
+        CheckSpec("feature_ranges_sane", "Counts >= 0, CTRs and scores in [0, 1], calendar "
+                  "fields in range, times since last events > 0.",
+                  (*(("between", f"user_{m}_{w}", 0, None) for w in WINDOWS
+                     for m in ("impressions", "clicks", "spend")),
+                   *(("between", f"user_ctr_{w}", 0, 1) for w in WINDOWS),
+                   ("between", "uc_ctr", 0, 1), ("between", "country_ctr_24h", 0, 1),
+                   ("between", "campaign_ctr_24h", 0, 1), ("between", "global_ctr_24h", 0, 1),
+                   ("between", "pred_score", 0, 1), ("between", "pred_age_s", 0, None),
+                   ("between", "hour_of_day", 0, 23), ("between", "day_of_week", 0, 6),
+                   ("between", "secs_since_last_impression", 0.001, None),
+                   ("between", "secs_since_last_click", 0.001, None),
+                   ("between", "label", 0, 1))),
+    ]
+    if rows >= LABEL_RATE_MIN_ROWS:
+        lo, hi = label_rate
+        checks.append(CheckSpec("label_rate_within_bounds",
+                                f"The share of clicked impressions lies in [{lo}, {hi}].",
+                                (("mean_between", "label", lo, hi),)))
+    return checks
+
+
+LABELED_CHECKS = (
+    ("impression_ids_unique", "No impression id twice, none missing."),
+    ("required_features_present", "Every feature defined for all impressions is non-null."),
+    ("feature_ranges_sane", "Counts >= 0, CTRs and scores in [0, 1], calendar fields in range."),
+    ("label_rate_within_bounds", "The share of clicked impressions lies in the configured bounds"
+     f" (not enforced below {LABEL_RATE_MIN_ROWS} rows)."),
+)
