@@ -25,10 +25,10 @@ from clicklake.platform.features import (
     compute_features,
 )
 from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, label_impressions
-from clicklake.platform.lookup import LookupTable
+from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA, LookupTable
 from clicklake.platform.raw import raw_key
 from clicklake.platform.scores import latest_scores
-from clicklake.platform.segments import hour_segment_events, read_segment_profile, segments_as_of
+from clicklake.platform.segments import segments_as_of_lake
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
@@ -110,6 +110,40 @@ def feature_inputs(ctx: FeatureContext) -> dict[str, np.ndarray]:
     return inputs
 
 
+def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = "lake",
+                        lookup: LookupTable | None = None) -> dict[str, np.ndarray]:
+    """`features.INPUT_COLUMNS` for impressions at any instants (each as of strictly before its
+    own ts), from the lake: the time-travel lookup, segment profiles and raw predictions. The
+    labeled dataset calls it for an hour of impressions, the REST API's as-of path for one."""
+    n = impressions.num_rows
+    users = impressions["user_id"].combine_chunks()
+    camps = impressions["campaign_id"].combine_chunks()
+    t = ts_ms(impressions["ts"])
+    lookup = lookup or LookupTable(store, lake_prefix)
+    if n:
+        profiles = lookup.as_of(users, t)
+        user_campaign = lookup.as_of_user_campaign(users, camps, t)
+    else:
+        profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
+    enriched = enrich_impressions(impressions)
+    segment_of = {"global": pa.array(["all"] * n, pa.string()),
+                  "country": enriched["country"].combine_chunks(), "campaign": camps}
+    segments = {kind: segments_as_of_lake(store, [kind] * n, seg, t, lake_prefix)
+                for kind, seg in segment_of.items()}
+    if n:
+        first = int(t.min()) - int(t.min()) % HOUR_MS - PREDICTION_MAX_AGE_MS
+        last = int(t.max()) - int(t.max()) % HOUR_MS
+        preds = pa.concat_tables([
+            _raw(store, "predictions", h, lake_prefix, required=False)
+            .select(["prediction_id", "ts", "user_id", "score"])
+            for h in range(first, last + 1, HOUR_MS)])
+        score, pred_ts = latest_scores(preds, users.to_numpy(zero_copy_only=False), t)
+    else:
+        score, pred_ts = np.zeros(0), np.zeros(0)
+    return feature_inputs(FeatureContext(enriched, profiles, user_campaign, segments, score,
+                                         pred_ts))
+
+
 def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABEL_WINDOW_MS,
                        lake_prefix: str = "lake") -> pa.Table:
     """The labeled impressions of hour `hour_ms` (schema `labeled_schema()`), in raw order."""
@@ -119,36 +153,7 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
     nxt = _raw(store, "impressions", hour_ms + HOUR_MS, lake_prefix, required=True)
     clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix, required=True),
                                _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix, required=True)])
-    users, camps, t = imp["user_id"], imp["campaign_id"], ts_ms(imp["ts"])
-    lookup = LookupTable(store, lake_prefix)
-    n = imp.num_rows
-    if n:
-        profiles = lookup.as_of(users.combine_chunks(), t)
-        user_campaign = lookup.as_of_user_campaign(users.combine_chunks(), camps.combine_chunks(), t)
-    else:
-        from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA
-
-        profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
-    enriched = enrich_impressions(imp)
-
-    previous = read_segment_profile(store, hour_ms - HOUR_MS, lake_prefix)
-    if previous is None and store.exists(raw_key("impressions", hour_ms - HOUR_MS, lake_prefix)):
-        raise MissingInput(f"segment_profiles {iso(hour_ms - HOUR_MS)} is not materialized")
-    events = hour_segment_events(store, hour_ms, lake_prefix)
-    segment_of = {"global": pa.array(["all"] * n, pa.string()),
-                  "country": enriched["country"].combine_chunks(),
-                  "campaign": camps.combine_chunks()}
-    segments = {kind: segments_as_of(previous, events, [kind] * n, seg, t)
-                for kind, seg in segment_of.items()}
-
-    lookback = PREDICTION_MAX_AGE_MS // HOUR_MS
-    preds = pa.concat_tables([
-        _raw(store, "predictions", hour_ms - k * HOUR_MS, lake_prefix, required=False)
-        .select(["prediction_id", "ts", "user_id", "score"]) for k in range(lookback, -1, -1)])
-    score, pred_ts = latest_scores(preds, users.to_numpy(zero_copy_only=False), t)
-
-    features = compute_features(feature_inputs(FeatureContext(
-        enriched, profiles, user_campaign, segments, score, pred_ts)))
+    features = compute_features(lake_feature_inputs(store, imp, lake_prefix))
     labeled = label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
                                 context_impressions=nxt)
     schema = labeled_schema()
