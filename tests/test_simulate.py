@@ -249,3 +249,12 @@ def test_parse_line_rejects_what_messy_reports(messy_run):
         expected = {k: v for k, v in summary.messy[stream].items()
                     if v and k in ("malformed", "missing_field", "bad_type", "bad_value")}
         assert dict(reasons) == expected
+
+
+@pytest.mark.parametrize(("users", "impressions"), [(5, 0), (1, 50)])
+def test_tiny_populations_work(tmp_path, users, impressions):
+    store = Store(str(tmp_path))
+    s = generate(store, start_ms=START, hours=2, users=users, impressions=impressions, seed=1)
+    assert s.events["impressions"] == impressions == read_truth(store).num_rows
+    assert len(store.list("landing/")) == sum(s.files.values())
+    assert (s.first_arrival_ms is None) == (impressions == 0)
