@@ -132,7 +132,7 @@ def _new_members(
     enc = pc.dictionary_encode(pa.concat_arrays([s_vals.cast(pa.string()), values.cast(pa.string())]))
     vcode = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     nv = max(len(enc.dictionary), 1)
-    snap_keys = np.unique(rows[sel] * nv + vcode[: len(s_vals)])
+    snap_keys = rows[sel] * nv + vcode[: len(s_vals)]  # unique: a snapshot list is a set
     ev_keys = codes * nv + vcode[len(s_vals):]
     order = np.lexsort((ms, ev_keys))
     first = np.ones(n, dtype=bool)
@@ -140,9 +140,9 @@ def _new_members(
     first[1:] = k_sorted[1:] != k_sorted[:-1]
     is_first = np.empty(n, dtype=bool)
     is_first[order] = first
-    pos = np.searchsorted(snap_keys, ev_keys)
-    known = (pos < len(snap_keys)) & (snap_keys[np.minimum(pos, len(snap_keys) - 1)] == ev_keys) if (
-        len(snap_keys)) else np.zeros(n, dtype=bool)
+    # A hash lookup, not a sort: the snapshot side can hold millions of (user, value) keys.
+    known = pc.is_in(pa.array(ev_keys), value_set=pa.array(snap_keys)).to_numpy(
+        zero_copy_only=False) if len(snap_keys) else np.zeros(n, dtype=bool)
     return is_first & ~known
 
 
@@ -179,6 +179,11 @@ def as_of_pairs(
     ic = _to_np_codes(pc.index_in(imp_u, value_set=universe))
     cc = _to_np_codes(pc.index_in(clk_u, value_set=universe))
     pc_raw = _to_np_codes(pc.index_in(users, value_set=universe))
+    # Binary searches run far faster over sorted needles: work in (user, t) order, undo at the end.
+    perm = np.lexsort((t, pc_raw))
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm))
+    users, t, pc_raw = users.take(pa.array(perm)), t[perm], pc_raw[perm]
     found = pc_raw >= 0
     code = np.where(found, pc_raw, 0)
     in_snap = found & (code < ns)
@@ -265,7 +270,7 @@ def as_of_pairs(
             arrays.append(pa.array(v, pa.int64(), mask=v == NULL_MS).cast(TS))
         else:
             arrays.append(pa.array(v.astype(f.type.to_pandas_dtype())))
-    return pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA).take(pa.array(inv))
 
 
 class _Ring:
