@@ -39,7 +39,7 @@ class FlowResult:
 
 def run_flow(resources: dict, start_ms: int, hours: int, instance: dg.DagsterInstance | None = None,
              train: bool = True, progress: Callable[[str], None] | None = None,
-             tags: dict | None = None) -> FlowResult:
+             tags: dict | None = None, log_level: str = "WARNING") -> FlowResult:
     assets = list(defs.assets)
     out = FlowResult()
     # One instance for the whole flow: later steps read what earlier runs recorded.
@@ -48,8 +48,11 @@ def run_flow(resources: dict, start_ms: int, hours: int, instance: dg.DagsterIns
     def run(selection: list[str], partition_key: str | None) -> None:
         if progress:
             progress(f"{partition_key or 'unpartitioned'}: {', '.join(selection)}")
-        result = dg.materialize(assets, selection=selection, partition_key=partition_key,
-                                resources=resources, instance=instance, tags=tags or {})
+        result = dg.materialize(
+            assets, selection=selection, partition_key=partition_key, resources=resources,
+            instance=instance, tags=tags or {},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
         out.add(result)
 
     keys = [hour_partition_key(start_ms + i * HOUR_MS) for i in range(hours)]

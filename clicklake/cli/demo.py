@@ -1,4 +1,5 @@
-"""`clicklake demo`: generate streams and run the pipeline through Dagster on the embedded defaults."""
+"""`clicklake demo`: generate streams and run the whole pipeline through Dagster on the embedded
+defaults (local folder lake, SQLite instance, in-process XGBoost)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import time
 
 import click
 
-from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, parse_instant
+from clicklake.platform.timeutil import parse_instant
+
+
+def _sum(materializations: list[dict], key: str) -> int:
+    return sum(int(m.get(key, 0) or 0) for m in materializations)
 
 
 @click.command()
@@ -19,54 +24,67 @@ from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, parse_insta
 @click.option("--start", default="2026-11-24T00:00:00Z", show_default=True,
               help="First hour (UTC) of the generated streams.")
 @click.option("--seed", default=7, show_default=True)
-def demo(root: str, hours: int, users: int, start: str, seed: int) -> None:
-    """Generate HOURS of synthetic streams, materialize every hourly partition through Dagster
-    (recorded in the instance under DAGSTER_HOME when it is set, so `make dev` shows the runs),
-    and print what was kept and quarantined."""
+@click.option("--skip-generate", is_flag=True,
+              help="Use the landing zone already under --root (e.g. from `clicklake import`).")
+def demo(root: str, hours: int, users: int, start: str, seed: int, skip_generate: bool) -> None:
+    """Generate HOURS of synthetic streams (or use an imported landing zone), materialize the
+    whole asset graph through Dagster in order — raw → tiles → profiles → labeled → training set →
+    model → gate → deployment — and print a summary. Runs are recorded in the instance under
+    DAGSTER_HOME when it is set, so `make dev` shows them."""
     import dagster as dg
 
-    from clicklake.definitions import defs
+    from clicklake.flow import run_flow
     from clicklake.platform.simulate import generate
     from clicklake.platform.storage import Store
+    from clicklake.resources.endpoint import LocalModelServer
     from clicklake.resources.lake import LakeResource
+    from clicklake.resources.trainer import LocalTrainer
 
     if root.startswith("s3://"):
         raise click.UsageError("the demo runs on a local folder; use the Dagster UI for S3")
-    if os.path.isdir(root):
-        shutil.rmtree(root)
     start_ms = parse_instant(start)
     t0 = time.perf_counter()
-    click.echo(f"Generating {hours} h of streams for {users} users into {root}/landing ...")
-    summary = generate(Store(root), start_ms=start_ms, hours=hours, users=users, seed=seed)
-    click.echo(f"  generated in {time.perf_counter() - t0:.1f} s: {summary.to_dict()['events']}")
+    if not skip_generate:
+        for sub in ("landing", "lake", "truth"):
+            shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
+        click.echo(f"Generating {hours} h of streams for {users} users into {root}/landing ...")
+        summary = generate(Store(root), start_ms=start_ms, hours=hours, users=users, seed=seed)
+        click.echo(f"  {summary.to_dict()['events']} in {time.perf_counter() - t0:.1f} s")
+    else:
+        shutil.rmtree(os.path.join(root, "lake"), ignore_errors=True)
 
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
-    lake = LakeResource(root=root)
-    assets = list(defs.assets)
-    totals: dict[str, dict[str, int]] = {}
-    partition_keys = [hour_partition_key(start_ms + i * HOUR_MS) for i in range(hours)]
-    with click.progressbar(partition_keys, label="Materializing hourly partitions",
-                           item_show_func=lambda k: k or "") as keys:
-        for key in keys:
-            result = dg.materialize(assets, partition_key=key, instance=instance,
-                                    resources={"lake": lake}, tags={"clicklake/demo": "true"})
-            for event in result.get_asset_materialization_events():
-                mat = event.step_materialization_data.materialization
-                name = mat.asset_key.to_user_string()
-                meta = {k: v.value for k, v in mat.metadata.items()}
-                agg = totals.setdefault(name, {})
-                for k, v in meta.items():
-                    if k == "rows_kept" or k.startswith("quarantined_"):
-                        agg[k] = agg.get(k, 0) + int(v)
-            failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
-            if failed:
-                raise click.ClickException(f"checks failed in {key}: {failed}")
+    resources = {"lake": LakeResource(root=root), "trainer": LocalTrainer(),
+                 "endpoint": LocalModelServer()}
+    click.echo("Materializing the asset graph through Dagster:")
+    result = run_flow(resources, start_ms, hours, instance=instance,
+                      progress=lambda msg: click.echo(f"  {msg}"), tags={"clicklake/demo": "true"})
+    if result.failed_checks:
+        raise click.ClickException(f"asset checks failed: {', '.join(result.failed_checks)}")
 
+    m = result.materializations
     click.echo("\nRaw layer (all partitions):")
     click.echo(f"  {'asset':<18}{'kept':>10}  quarantined by reason")
-    for name, agg in sorted(totals.items()):
-        reasons = ", ".join(f"{k.removeprefix('quarantined_')} {v}" for k, v in agg.items()
-                            if k.startswith("quarantined_") and v)
-        click.echo(f"  {name:<18}{agg.get('rows_kept', 0):>10}  {reasons or '-'}")
-    click.echo(f"\nDone in {time.perf_counter() - t0:.1f} s. Lake: {root}/lake  "
-               f"(browse the runs with `make dev`).")
+    for name in ("raw_impressions", "raw_clicks", "raw_predictions"):
+        rows = m.get(name, [])
+        reasons = {k.removeprefix("quarantined_"): _sum(rows, k) for k in (rows[0] if rows else {})
+                   if k.startswith("quarantined_")}
+        text = ", ".join(f"{r} {n}" for r, n in reasons.items() if n) or "-"
+        click.echo(f"  {name:<18}{_sum(rows, 'rows_kept'):>10}  {text}")
+    labeled = m.get("labeled_impressions", [])
+    click.echo(f"\nLabeled impressions: {_sum(labeled, 'dagster/row_count')} rows in "
+               f"{len(labeled)} hours, {_sum(labeled, 'clicked_impressions')} clicked")
+    model = result.latest("click_model")
+    if model:
+        oracle = model.get("oracle_auc")
+        click.echo(f"Model {model['model_id']}: validation AUC {model['auc']:.4f}"
+                   + (f" vs oracle {oracle:.4f} (ratio {model['auc_to_oracle']:.3f})"
+                      if oracle else "")
+                   + f"; spend saved at 95 % click retention {model['spend_saved']:.1%};"
+                   f" trained in {model['train_seconds']:.1f} s"
+                   f" ({model['train_rows_per_s']:,.0f} rows/s)")
+    deployed = result.latest("deployed_model")
+    if deployed:
+        click.echo(f"Deployed: {deployed['model_id']} ({deployed['target']})")
+    click.echo(f"\nDone in {time.perf_counter() - t0:.1f} s. Lake: {root}/lake"
+               "  (browse the runs and assets with `make dev`).")
