@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "generate": "clicklake.cli.generate:generate",
     "import": "clicklake.cli.importer:import_log",
     "lookup": "clicklake.cli.lookup:lookup",
+    "serve": "clicklake.cli.serve:serve",
 }
 
 

@@ -1,0 +1,94 @@
+"""`clicklake serve`: the REST prediction API (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import click
+
+from clicklake.platform.decision import DecisionPolicy
+
+_DEFAULTS = DecisionPolicy()
+
+
+@click.command()
+@click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
+              help="Local folder or s3://bucket/prefix holding the lake (env CLICKLAKE_ROOT).")
+@click.option("--lake-prefix", default="lake", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; 0.0.0.0 exposes the API beyond this machine.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", envvar="CLICKLAKE_API_TOKEN", default=None, show_envvar=True,
+              help="Bearer token required on /v1/* and /metrics. Prefer the environment "
+              "variable: a flag is visible to other users in the process list.")
+@click.option("--source", type=click.Choice(["lake", "online"]), default="lake",
+              show_default=True,
+              help="Features from the lake (time-travel lookup, hourly fresh) or the online store.")
+@click.option("--model", "model_backend", type=click.Choice(["local", "sagemaker"]),
+              default="local", show_default=True,
+              help="Score with the champion's booster in process, or its SageMaker endpoint.")
+@click.option("--endpoint-name", default="clicklake-ctr", show_default=True,
+              help="SageMaker endpoint name (with --model sagemaker).")
+@click.option("--region", default=None, help="AWS region (default: the boto3 chain).")
+@click.option("--value-per-click", type=click.FloatRange(min=0),
+              default=_DEFAULTS.default_value_per_click, show_default=True,
+              help="USD a click is worth when a request does not say.")
+@click.option("--farm-ctr", type=click.FloatRange(0, 1, min_open=True),
+              default=_DEFAULTS.farm_ctr_24h, show_default=True,
+              help="click_farm: a user's 24 h CTR at or above this ...")
+@click.option("--farm-min-impressions", type=click.IntRange(min=1),
+              default=_DEFAULTS.farm_min_impressions_24h, show_default=True,
+              help="... over at least this many impressions in 24 h.")
+@click.option("--farm-burst", type=click.IntRange(min=1),
+              default=_DEFAULTS.farm_burst_impressions_1h, show_default=True,
+              help="click_farm: this many impressions of a user in the 1 h window.")
+@click.option("--reload-every", type=click.FloatRange(min=0.5), default=30.0,
+              show_default=True, help="Seconds between checks for a new champion model.")
+@click.option("--max-body", type=click.IntRange(min=256), default=16 * 1024, show_default=True,
+              help="Largest request body accepted, in bytes (413 beyond).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, source: str,
+          model_backend: str, endpoint_name: str, region: str | None, value_per_click: float,
+          farm_ctr: float, farm_min_impressions: int, farm_burst: int, reload_every: float,
+          max_body: int, log_level: str, access_log: bool) -> None:
+    """Serve click predictions and serve/skip decisions over REST (one uvicorn worker).
+
+    \b
+    POST /v1/predict                  impression -> probability, decision, reasons, model
+    GET  /v1/users/{id}/profile       now, or ?as_of=ISO-8601|epoch-ms (time travel)
+    GET  /healthz                     model loaded + feature watermark (no token)
+    GET  /metrics                     Prometheus text
+    GET  /docs                        OpenAPI documentation
+
+    The model is the registry's champion (what deployed_model promoted), followed as it changes.
+    """
+    import uvicorn
+
+    from clicklake.platform.storage import Store
+    from clicklake.resources.lake import LakeResource
+    from clicklake.serving import ModelSlot, ServingConfig, lake_app
+    from clicklake.serving.sources import open_online_source
+
+    store: Store = LakeResource(root=root, lake_prefix=lake_prefix, region=region).store()
+    sagemaker = None
+    if model_backend == "sagemaker":
+        from clicklake.resources.endpoint import SageMakerEndpoint
+
+        # role_arn is needed only to deploy; scoring just invokes the endpoint.
+        sagemaker = SageMakerEndpoint(role_arn="", endpoint_name=endpoint_name, region=region)
+    slot = ModelSlot(store, lake_prefix, sagemaker)
+    config = ServingConfig(
+        token=token or None, max_body_bytes=max_body, reload_every_s=reload_every,
+        policy=DecisionPolicy(default_value_per_click=value_per_click, farm_ctr_24h=farm_ctr,
+                              farm_min_impressions_24h=farm_min_impressions,
+                              farm_burst_impressions_1h=farm_burst))
+    online = open_online_source(store, lake_prefix) if source == "online" else None
+    app = lake_app(store, lake_prefix, config, source=online, model=slot)
+    if slot.current is None:
+        click.echo(f"warning: no champion model under {root}/{lake_prefix}/models yet; "
+                   f"/v1/predict answers 503 until one is promoted", err=True)
+    click.echo(f"clicklake API on http://{host}:{port} (docs at /docs; source {source}, "
+               f"model {slot.current.model_id if slot.current else 'none'}; "
+               f"token {'required' if config.token else 'not required'})", err=True)
+    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level,
+                access_log=access_log)

@@ -1,0 +1,287 @@
+"""The REST API: `create_app(...)` builds the FastAPI application `clicklake serve` runs.
+
+    POST /v1/predict                 impression context -> click probability + serve/skip
+    GET  /v1/users/{user_id}/profile now (the feature source) or ?as_of= (time travel, the lake)
+    GET  /healthz                    model loaded, source watermark (no token needed)
+    GET  /metrics                    Prometheus text
+    GET  /docs, /openapi.json        OpenAPI
+
+The hot path reads memory only: the model and manifest are loaded at startup and swapped by a
+background task when the registry's champion changes; features come from the online source.
+Handlers are `async def` and do not await: a one-row prediction is shorter than a hop to the
+thread pool would be. Only a remote model (SageMaker) runs in the thread pool, since it waits
+on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
+from clicklake.platform.features import compute_features, encode
+from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
+from clicklake.platform.timeutil import iso
+from clicklake.serving.auth import bearer, check_bearer
+from clicklake.serving.metrics import ApiMetrics
+from clicklake.serving.middleware import BodyLimit, RequestMetrics
+from clicklake.serving.model import LoadedModel, ModelSlot
+from clicklake.serving.schemas import (
+    ErrorOut,
+    HealthOut,
+    ModelOut,
+    PredictRequest,
+    PredictResponse,
+    ProfileOut,
+    ReasonOut,
+    iso_or_none,
+    now_ms,
+    parse_ts,
+)
+from clicklake.serving.sources import LakeFeatures, OnlineFeatures
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+@dataclass
+class ServingConfig:
+    token: str | None = None  # bearer token; None = no authentication
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)
+    max_body_bytes: int = MAX_BODY_BYTES
+    reload_every_s: float = 30.0  # how often the champion pointer and the source are re-checked
+
+
+def _model_out(m: LoadedModel) -> ModelOut:
+    return ModelOut(id=m.model_id, promoted_at=m.promoted_at, backend=m.backend)
+
+
+def _plain(key: str, value):
+    """JSON-ready profile values: instants as ISO-8601, numpy scalars as Python numbers."""
+    if key.endswith("_ts"):
+        return iso_or_none(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(k, v) for k, v in value.items()}
+    return value
+
+
+def _validation_message(errors: list[dict]) -> str:
+    parts = []
+    for e in errors[:10]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | None = None,
+               config: ServingConfig | None = None, source_kind: str = "online") -> FastAPI:
+    """The API over a feature source (`OnlineFeatures`), a model slot and, for `?as_of=`
+    profiles, the lake's time-travel lookup table. Loads the champion now if none is loaded."""
+    config = config or ServingConfig()
+    metrics = ApiMetrics()
+    if model.current is None:
+        model.refresh()
+
+    def publish_model() -> None:
+        m = model.current
+        if m is not None:
+            metrics.model.info({"id": m.model_id, "promoted_at": m.promoted_at,
+                                "backend": m.backend})
+        wm = source.watermark_ms()
+        if wm is not None:
+            metrics.features_as_of.set(wm / 1000)
+
+    def refresh_all() -> None:
+        if model.refresh():
+            metrics.model_reloads.inc()
+        refresh = getattr(source, "refresh", None)
+        if callable(refresh):
+            refresh()
+        if lookup is not None:
+            lookup.snapshot_hours(refresh=True)  # time travel sees hours built since startup
+        publish_model()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def follow_champion() -> None:
+            while True:
+                await asyncio.sleep(config.reload_every_s)
+                with contextlib.suppress(Exception):  # a failed check retries next time
+                    await asyncio.to_thread(refresh_all)
+
+        task = asyncio.create_task(follow_champion())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="clicklake", version="1",
+        description="Click probability and serve/skip decisions for ad impressions, and user "
+        "profiles now or as of any past instant. Errors are JSON `{detail, code}`.",
+        lifespan=lifespan,
+        responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    )
+    app.state.token = config.token
+    app.state.model = model
+    app.state.source = source
+    app.state.metrics = metrics
+    app.state.refresh_all = refresh_all
+    publish_model()
+
+    async def authorized(request: Request, credentials: Annotated[
+            HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        check_bearer(request, credentials)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type")}
+                  for e in exc.errors()]
+        return JSONResponse(status_code=422, content=jsonable_encoder({
+            "detail": _validation_message(errors), "code": "invalid_request", "errors": errors}))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        code = getattr(exc, "code", None) or {401: "unauthorized", 404: "not_found",
+                                              405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(status_code=exc.status_code, content={"detail": detail, "code": code},
+                            headers=getattr(exc, "headers", None))
+
+    def fail(status: int, detail: str, code: str) -> HTTPException:
+        exc = HTTPException(status, detail)
+        exc.code = code  # type: ignore[attr-defined]
+        return exc
+
+    def watermark_iso() -> str | None:
+        wm = source.watermark_ms()
+        return None if wm is None else iso(wm)
+
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorized)],
+              responses={503: {"model": ErrorOut}}, summary="Score an impression")
+    async def predict(body: PredictRequest) -> PredictResponse:
+        """Click probability of the impression with features as of just before `ts`, and the
+        serve/skip decision with every reason that fired (crawler user agent, click-farm
+        behaviour, expected value below cost)."""
+        start = time.perf_counter()
+        loaded = model.current  # one read: a concurrent swap cannot mix two models
+        if loaded is None:
+            raise fail(503, "no model is deployed yet (materialize deployed_model)", "no_model")
+        ts = body.ts_ms()
+        try:
+            inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
+                                           body.user_agent)
+        except SnapshotUnavailable as exc:
+            raise fail(422, f"no features for ts {iso(ts)}: {exc}", "features_unavailable"
+                       ) from None
+        except LookupError as exc:
+            raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
+                       ) from None
+        encoded = encode(compute_features(inputs), loaded.vocabularies)
+        if loaded.backend == "local":
+            probability = float(loaded.predict(encoded)[0])
+        else:
+            probability = float((await run_in_threadpool(loaded.predict, encoded))[0])
+        verdict = decide(probability, is_crawler=bool(np.asarray(inputs["is_crawler"])[0]),
+                         activity=UserActivity.from_inputs(inputs), cost=body.cost,
+                         value_per_click=body.value_per_click, policy=config.policy)
+        metrics.decisions.labels(verdict.decision).inc()
+        for r in verdict.reasons:
+            metrics.reasons.labels(r.code).inc()
+        metrics.probability.observe(probability)
+        return PredictResponse(
+            impression_id=body.impression_id, probability=probability,
+            decision=verdict.decision,
+            reasons=[ReasonOut(code=r.code, message=r.message) for r in verdict.reasons],
+            expected_value=verdict.expected_value, value_per_click=verdict.value_per_click,
+            cost=body.cost, model=_model_out(loaded), ts=iso(ts),
+            features_as_of=watermark_iso(),
+            latency_ms=round((time.perf_counter() - start) * 1000, 3))
+
+    @app.get("/v1/users/{user_id}/profile", response_model=ProfileOut,
+             dependencies=[Depends(authorized)], responses={404: {"model": ErrorOut}},
+             summary="A user's profile now or as of an instant")
+    async def profile(
+        user_id: Annotated[str, Path(min_length=1, max_length=128)],
+        as_of: Annotated[str | None, Query(
+            max_length=40, description="ISO-8601 (naive = UTC) or epoch ms; default now. "
+            "A past instant is answered by the lake's time-travel lookup table.")] = None,
+    ) -> ProfileOut:
+        """Counters over the user's events with ts < the instant: lifetime and 1 h / 24 h / 7 d
+        windows, recency, distinct campaigns and domains (per-campaign counts with `as_of`)."""
+        if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+            raise fail(422, "user_id: control characters are not allowed", "invalid_request")
+        if as_of is None:
+            t, kind = now_ms(), "online" if source_kind == "online" else "lake"
+            reader = source.profile
+        else:
+            try:
+                t = parse_ts(as_of)
+            except ValueError as exc:
+                raise fail(422, f"as_of: {exc}", "invalid_request") from None
+            if lookup is None:
+                raise fail(501, "time travel needs the lake (start the server with a lake root)",
+                           "no_lake")
+            kind = "lake"
+
+            def reader(u: str, at: int) -> dict | None:
+                row = lookup.profile(u, at)
+                if row["before_history"]:
+                    raise fail(404, f"no history as of {iso(at)}: the lake's history starts at "
+                               f"{iso(lookup.history_start())}", "before_history")
+                return row if row["known"] else None
+        try:
+            row = reader(user_id, t)
+        except SnapshotUnavailable as exc:
+            raise fail(404, str(exc), "snapshot_unavailable") from None
+        if row is None:
+            raise fail(404, f"user {user_id!r} has no events before {iso(t)}", "unknown_user")
+        out = {k: _plain(k, v) for k, v in row.items()
+               if k not in ("t", "known", "user_id", "before_history", "snapshot_as_of")}
+        return ProfileOut(user_id=user_id, as_of=iso(t), features_as_of=watermark_iso(),
+                          source=kind, **out)
+
+    @app.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}},
+             summary="Liveness and readiness")
+    async def healthz() -> JSONResponse:
+        """200 when a model is loaded, 503 otherwise (no token needed: for load balancers)."""
+        m = model.current
+        body = HealthOut(status="ok" if m else "unavailable", model=_model_out(m) if m else None,
+                         source=source_kind, features_as_of=watermark_iso(),
+                         model_error=model.last_error)
+        return JSONResponse(body.model_dump(), status_code=200 if m else 503)
+
+    @app.get("/metrics", dependencies=[Depends(authorized)], response_class=Response,
+             summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    # Outermost last: metrics see every response, including the body cap's 413.
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+def lake_app(store, lake_prefix: str = "lake", config: ServingConfig | None = None,
+             source: OnlineFeatures | None = None, model: ModelSlot | None = None) -> FastAPI:
+    """The app over a lake: `LakeFeatures` unless another source is given."""
+    source_kind = "online" if source is not None else "lake"
+    source = source or LakeFeatures(store, lake_prefix)
+    # Its own lookup table: the source's is guarded by the source's lock and replaced on refresh.
+    return create_app(source, model or ModelSlot(store, lake_prefix),
+                      LookupTable(store, lake_prefix), config, source_kind)

@@ -1,0 +1,109 @@
+"""The model the API scores with: the registry's champion (what `deployed_model` promoted).
+
+Loaded once, with its feature manifest, into an immutable `LoadedModel`; `ModelSlot.refresh()`
+re-reads the champion pointer (one small object) and swaps in the new model when the champion
+changed. Requests read `slot.current` once, so a swap never mixes two models in one answer.
+
+Backends: the in-process booster (`LocalModelServer`, default) or the SageMaker endpoint the
+`deployed_model` asset updates (sagemaker-runtime `invoke_endpoint`, text/csv). Either way the
+manifest (feature order, categorical vocabularies) comes from the registry, so a request is
+encoded exactly as the training CSV was.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from clicklake.platform.features import FEATURE_NAMES
+from clicklake.platform.storage import Store
+from clicklake.platform.training import registry
+from clicklake.platform.training.csvformat import CONTENT_TYPE, features_to_csv
+from clicklake.platform.training.manifest import FeatureManifest
+from clicklake.resources.endpoint import LocalModelServer, SageMakerEndpoint, parse_csv_scores
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model_id: str
+    promoted_at: str
+    backend: str  # "local" or "sagemaker:<endpoint name>"
+    manifest: FeatureManifest
+    columns: np.ndarray  # position in FEATURE_NAMES of each manifest feature, in manifest order
+    predict_rows: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def vocabularies(self) -> dict[str, list[str]]:
+        return self.manifest.categorical
+
+    def predict(self, encoded: np.ndarray) -> np.ndarray:
+        """Scores for rows encoded over `features.FEATURE_NAMES` (as `features.encode` makes)."""
+        return self.predict_rows(encoded[:, self.columns])
+
+
+def _columns(manifest: FeatureManifest) -> np.ndarray:
+    unknown = [n for n in manifest.feature_names if n not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(f"the model needs features this code does not compute: {unknown}")
+    return np.array([FEATURE_NAMES.index(n) for n in manifest.feature_names], dtype=np.int64)
+
+
+class SageMakerScorer:
+    """Scores through a SageMaker endpoint with one long-lived sagemaker-runtime client (creating
+    a boto3 client costs milliseconds, too much to pay per request)."""
+
+    def __init__(self, endpoint: SageMakerEndpoint):
+        self.endpoint = endpoint
+        self._client = endpoint._client("sagemaker-runtime")
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        response = self._client.invoke_endpoint(
+            EndpointName=self.endpoint.endpoint_name, ContentType=CONTENT_TYPE,
+            Accept=CONTENT_TYPE, Body=features_to_csv(rows))
+        return parse_csv_scores(response["Body"].read())
+
+
+class ModelSlot:
+    """Holds the current champion; `refresh()` follows the registry's pointer."""
+
+    def __init__(self, store: Store, lake_prefix: str = "lake",
+                 sagemaker: SageMakerEndpoint | None = None):
+        self.store, self.lake_prefix, self.sagemaker = store, lake_prefix, sagemaker
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._scorer = SageMakerScorer(sagemaker) if sagemaker is not None else None
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        return "local" if self.sagemaker is None else f"sagemaker:{self.sagemaker.endpoint_name}"
+
+    def load(self, model_id: str, promoted_at: str = "") -> LoadedModel:
+        manifest = registry.manifest_of(self.store, model_id, self.lake_prefix)
+        columns = _columns(manifest)
+        if self._scorer is not None:
+            predict_rows = self._scorer
+        else:
+            server = LocalModelServer()
+            server.deploy(self.store, model_id, self.lake_prefix)
+            predict_rows = server.predict
+        return LoadedModel(model_id, promoted_at, self.backend, manifest, columns, predict_rows)
+
+    def refresh(self) -> bool:
+        """Load the champion when it differs from the current model; returns whether it changed.
+        A champion that fails to load leaves the current model serving (and sets `last_error`)."""
+        with self._lock:
+            try:
+                champ = registry.champion(self.store, self.lake_prefix)
+                if champ is None or (self.current and self.current.model_id == champ.model_id):
+                    self.last_error = None
+                    return False
+                self.current = self.load(champ.model_id, champ.created_at)
+                self.last_error = None
+                return True
+            except Exception as exc:  # noqa: BLE001 - keep serving the model we have
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                return False

@@ -1,0 +1,164 @@
+"""Request and response bodies of the REST API, with explicit limits on every field.
+
+Unknown fields are refused (a typo such as `user_agnet` would otherwise silently change a
+decision). Strings are length-capped and free of control characters; money is finite and
+non-negative; `ts` is ISO-8601 (naive = UTC) or epoch milliseconds within a sane range.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from clicklake.platform.timeutil import parse_instant
+
+MIN_TS_MS = 946_684_800_000  # 2000-01-01: older instants are certainly a unit mistake
+MAX_FUTURE_MS = 5 * 60_000  # clock skew tolerated between the caller and this server
+
+# No control characters: ids end up in logs, metrics-free but still printed in messages.
+_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=_ID_PATTERN)]
+Usd = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False, strict=True)]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def parse_ts(value: int | str, max_future_ms: int = MAX_FUTURE_MS) -> int:
+    """Epoch ms from an int or a string (ISO-8601 or digits); ValueError with a message."""
+    if isinstance(value, str):
+        if len(value) > 40:
+            raise ValueError("too long for an instant")
+        try:
+            ms = parse_instant(value)
+        except (ValueError, OverflowError, OSError):
+            raise ValueError("neither ISO-8601 nor epoch milliseconds") from None
+    else:
+        ms = value
+    if ms < MIN_TS_MS:
+        raise ValueError("before 2000-01-01 (epoch milliseconds expected, not seconds?)")
+    if ms > now_ms() + max_future_ms:
+        raise ValueError("in the future")
+    return ms
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "user_id": "u0000042", "campaign_id": "cmp-0016", "ts": "2026-11-25T12:00:00Z",
+        "domain": "news.example", "ip": "81.2.69.160",
+        "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36",
+        "cost": 0.004, "value_per_click": 0.5}]})
+
+    user_id: Id
+    campaign_id: Id
+    impression_id: Id | None = None
+    ts: StrictInt | Annotated[StrictStr, Field(max_length=40)] | None = Field(
+        default=None, description="Impression time: ISO-8601 (naive = UTC) or epoch ms; "
+        "default now. From 2000-01-01 to 5 minutes ahead of the server clock.")
+    domain: Annotated[StrictStr, Field(max_length=253, pattern=_ID_PATTERN)] | None = None
+    ip: Annotated[StrictStr, Field(max_length=45)] | None = Field(
+        default=None, description="IPv4 or IPv6 address of the viewer (country lookup).")
+    user_agent: Annotated[StrictStr, Field(max_length=2048)] | None = None
+    cost: Usd | None = Field(default=None, description="USD paid for this impression.")
+    value_per_click: Usd | None = Field(
+        default=None, description="USD a click is worth; default: the server's configured value.")
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError("not an IPv4 or IPv6 address") from None
+        return v  # as given: enrichment parses it the same way the lake path does
+
+    @field_validator("ts")
+    @classmethod
+    def _ts(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_ts(v)  # validated here, converted by the handler (same clock)
+        return v
+
+    def ts_ms(self) -> int:
+        return now_ms() if self.ts is None else parse_ts(self.ts, max_future_ms=2**62)
+
+
+class ReasonOut(BaseModel):
+    code: Literal["crawler_user_agent", "click_farm", "expected_value_below_cost"]
+    message: str
+
+
+class ModelOut(BaseModel):
+    id: str = Field(description="Model id (its version: registry ids are unique and dated).")
+    promoted_at: str
+    backend: str
+
+
+class PredictResponse(BaseModel):
+    impression_id: str | None
+    probability: float = Field(description="Click probability within the label window.")
+    decision: Literal["serve", "skip"]
+    reasons: list[ReasonOut]
+    expected_value: float = Field(description="probability × value_per_click, USD.")
+    value_per_click: float
+    cost: float | None
+    model: ModelOut
+    ts: str = Field(description="The impression time used (ISO-8601 UTC).")
+    features_as_of: str | None = Field(
+        description="The feature source's watermark: events before it are in the features.")
+    latency_ms: float = Field(description="Server time spent on this request.")
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    code: str | None = None
+    errors: list[dict] | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    model: ModelOut | None
+    source: str
+    features_as_of: str | None
+    model_error: str | None = None
+
+
+class CampaignCounts(BaseModel):
+    impressions: int
+    clicks: int
+
+
+class ProfileOut(BaseModel):
+    """A user's profile as of an instant: events with ts < as_of only."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user_id: str
+    as_of: str
+    features_as_of: str | None
+    source: Literal["online", "lake"]
+    impressions: int | None = None
+    clicks: int | None = None
+    spend: float | None = None
+    first_ts: str | None = None
+    last_impression_ts: str | None = None
+    last_click_ts: str | None = None
+    campaigns: dict[str, CampaignCounts] | None = None
+    domains: list[str] | None = None
+
+
+def iso_or_none(value: datetime | int | None) -> str | None:
+    from clicklake.platform.timeutil import iso
+
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return iso(round(value.timestamp() * 1000))
+    return iso(int(value))

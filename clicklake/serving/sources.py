@@ -1,0 +1,155 @@
+"""Where the API gets feature inputs and profiles: any object with the `OnlineFeatures` read API.
+
+The online store (`clicklake.platform.online`) is the production source: seconds fresh, one key
+read per request. `LakeFeatures` answers the same questions from the lake alone (the time-travel
+lookup table, segment profiles and raw predictions, through `labeled.lake_feature_inputs`, the
+exact path the labeled dataset takes), so the API runs on a lake without an online store, and a
+request for a past instant gets exactly the features the training row got.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from clicklake.platform.events import TS
+from clicklake.platform.labeled import lake_feature_inputs
+from clicklake.platform.lookup import LookupTable
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS, parse_instant
+
+
+@runtime_checkable
+class OnlineFeatures(Protocol):
+    def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,
+                       user_agent: str | None) -> dict[str, np.ndarray]:
+        with self._lock:  # one lock: the watermark, the memo and the lookup move together
+            t = self._state_t(ts_ms)
+            key = (user_id, campaign_id, ip, user_agent) if t == self._watermark else None
+            inputs = self._memo.get(key) if key is not None else None
+            if inputs is not None:
+                self._memo.move_to_end(key)
+            else:
+                impression = pa.table({
+                    "ts": pa.array([t], pa.int64()).cast(TS),
+                    "user_id": pa.array([user_id], pa.string()),
+                    "campaign_id": pa.array([campaign_id], pa.string()),
+                    "ip": pa.array([ip], pa.string()),
+                    "user_agent": pa.array([user_agent], pa.string()),
+                })
+                inputs = lake_feature_inputs(self.store, impression, self.lake_prefix,
+                                             self.lookup)
+                if key is not None:
+                    self._memo[key] = inputs
+                    while len(self._memo) > self.cache_size:
+                        self._memo.popitem(last=False)
+        return {**inputs, "ts_ms": np.array([ts_ms], dtype=np.int64)}
+
+    def profile(self, user_id: str, ts_ms: int) -> dict | None: ...
+
+    def watermark_ms(self) -> int | None: ...
+
+
+_PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
+
+
+def _latest_hour(store: Store, prefix: str) -> int | None:
+    """The latest hour with a partition file under `prefix` (Hive `dt=/hour=` keys)."""
+    hours = [parse_instant(f"{m[1]}T{m[2]}:00:00Z")
+             for m in (_PARTITION.search(k) for k in store.list(prefix)) if m]
+    return max(hours) if hours else None
+
+
+class LakeFeatures:
+    """`OnlineFeatures` over the lake.
+
+    The watermark is the end of the latest hour with both a user snapshot and a segment profile:
+    the lake knows every event before it. A request at or after the watermark is answered with
+    the state as of the watermark (the impression's own time still drives hour of day, recency
+    and score age), which is what "now" means for a lake that is refreshed hourly. A request
+    before the watermark is exact time travel. State at the watermark cannot change until the
+    lake does, so those answers are memoised per (user, campaign, ip, user agent) in a bounded
+    LRU; `refresh()` re-reads the watermark and drops every cache when it moved.
+    """
+
+    def __init__(self, store: Store, lake_prefix: str = "lake", cache_size: int = 100_000):
+        self.store, self.lake_prefix, self.cache_size = store, lake_prefix, cache_size
+        self._lock = threading.Lock()  # LookupTable's caches are not thread-safe
+        self._memo: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self.lookup = LookupTable(store, lake_prefix)
+        self._watermark = self._read_watermark()
+
+    def _read_watermark(self) -> int | None:
+        p = self.lake_prefix
+        user = _latest_hour(self.store, f"{p}/profiles/user/")
+        seg = _latest_hour(self.store, f"{p}/profiles/segment/")
+        if user is None or seg is None:
+            return None
+        return min(user, seg) + HOUR_MS
+
+    def refresh(self) -> bool:
+        """Re-read the watermark; returns whether it moved (then every cache is dropped)."""
+        watermark = self._read_watermark()
+        with self._lock:
+            if watermark == self._watermark:
+                return False
+            self._watermark = watermark
+            self._memo.clear()
+            self.lookup = LookupTable(self.store, self.lake_prefix)
+        return True
+
+    def watermark_ms(self) -> int | None:
+        return self._watermark
+
+    def _state_t(self, ts_ms: int) -> int:
+        return ts_ms if self._watermark is None else min(ts_ms, self._watermark)
+
+    def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,
+                       user_agent: str | None) -> dict[str, np.ndarray]:
+        t = self._state_t(ts_ms)
+        at_watermark = self._watermark is not None and t == self._watermark
+        key = (user_id, campaign_id, ip, user_agent) if at_watermark else None
+        with self._lock:
+            if key is not None and key in self._memo:
+                self._memo.move_to_end(key)
+                inputs = self._memo[key]
+            else:
+                impression = pa.table({
+                    "ts": pa.array([t], pa.int64()).cast(TS),
+                    "user_id": pa.array([user_id], pa.string()),
+                    "campaign_id": pa.array([campaign_id], pa.string()),
+                    "ip": pa.array([ip], pa.string()),
+                    "user_agent": pa.array([user_agent], pa.string()),
+                })
+                inputs = lake_feature_inputs(self.store, impression, self.lake_prefix,
+                                             self.lookup)
+                if key is not None:
+                    self._memo[key] = inputs
+                    while len(self._memo) > self.cache_size:
+                        self._memo.popitem(last=False)
+        return {**inputs, "ts_ms": np.array([ts_ms], dtype=np.int64)}
+
+    def profile(self, user_id: str, ts_ms: int) -> dict | None:
+        """The user's profile as of min(ts, watermark), None when the user has no history then.
+        Raises `lookup.SnapshotUnavailable` when no snapshot can answer for that instant."""
+        with self._lock:
+            row = self.lookup.profile(user_id, self._state_t(ts_ms))
+        return row if row["known"] else None
+
+
+def open_online_source(store: Store, lake_prefix: str = "lake") -> OnlineFeatures:
+    """The online store's reader for this lake (`clicklake.platform.online`)."""
+    try:
+        from clicklake.platform.online import open_reader  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise RuntimeError("this build has no online store reader "
+                           "(clicklake.platform.online.open_reader); use --source lake") from exc
+    reader = open_reader(store, lake_prefix)
+    if not isinstance(reader, OnlineFeatures):
+        raise TypeError(f"{type(reader).__name__} lacks the OnlineFeatures read API")
+    return reader
