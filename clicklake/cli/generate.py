@@ -70,10 +70,10 @@ def generate(root: str, start: str, hours: int, users: int, impressions: int | N
 
     click.echo(f"generating {hours} h from {iso(start_ms)}: {users:,} users, {total:,} "
                f"impressions, seed {seed}{', clean' if clean else ''} → {store.uri('')}", err=True)
-    with tqdm(total=hours, unit="h", desc="generate", disable=None if progress is None
-              else not progress, file=sys.stderr) as bar:
+    with tqdm(total=total, unit="imp", unit_scale=True, desc="generate", file=sys.stderr,
+              disable=None if progress is None else not progress) as bar:
         summary = run(store, start_ms=start_ms, hours=hours, users=users, impressions=total,
-                      seed=seed, clean=clean, progress=lambda done, _total: bar.update(1))
+                      seed=seed, clean=clean, progress=bar.update)
 
     click.echo(f"{'stream':<12} {'events':>10} {'messy':>8} {'lines':>10} {'files':>6}")
     for s in landing.STREAMS:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clicklake.platform import landing
 from clicklake.platform.simulate import clickmodel, geo, messy, records
@@ -40,7 +41,7 @@ INGEST_MIN_MS, INGEST_MAX_MS = 1000, 120_000
 PREDICTION_LEAD_MS = (2, 40)  # the score is computed a few ms before the ad is shown
 NO_CLICK = -(2**62)
 
-Progress = Callable[[int, int], None]  # (hours done, hours in total)
+Progress = Callable[[int], None]  # called after each hour with that hour's impressions
 
 
 @dataclass
@@ -63,10 +64,12 @@ class GenerateSummary:
     def messy_by_kind(self) -> dict[str, int]:
         return {k: sum(m.get(k, 0) for m in self.messy.values()) for k in messy.KINDS}
 
-    def to_dict(self) -> dict:
+    def as_dict(self) -> dict:
         d = asdict(self)
         d["messy_by_kind"] = self.messy_by_kind()
         return d
+
+    to_dict = as_dict
 
 
 def default_impressions(users: int, hours: int) -> int:
@@ -132,10 +135,9 @@ def generate(
             batches, truth = _simulate_hour(rng, pop, state, hour_ms, int(n), id_seqs)
             write_truth(store, hour_ms, truth, truth_prefix)
             summary.truth_files += 1
-            summary.clicks_beyond_window += int(
-                pa.compute.sum(pa.compute.greater(
-                    pa.compute.subtract(truth["click_ts"], truth["ts"]),
-                    pa.scalar(clickmodel.LABEL_WINDOW_MS, pa.duration("ms")))).as_py() or 0)
+            delay = pc.subtract(truth["click_ts"], truth["ts"])
+            beyond = pc.greater(delay, pa.scalar(clickmodel.LABEL_WINDOW_MS, pa.duration("ms")))
+            summary.clicks_beyond_window += int(pc.sum(beyond).as_py() or 0)
             for stream, (recs, ts, arrivals) in batches.items():
                 lines = records.encode_all(recs)
                 writers[stream].add(arrivals, lines)
@@ -155,7 +157,7 @@ def generate(
             for w in writers.values():
                 w.flush(hour_ms + HOUR_MS)
             if progress is not None:
-                progress(i + 1, hours)
+                progress(int(n))
         for w in writers.values():
             w.close()
 
@@ -211,6 +213,28 @@ def _ingest(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.clip(d, INGEST_MIN_MS, INGEST_MAX_MS).astype(np.int64)
 
 
+def _attributable(users: np.ndarray, campaigns: np.ndarray, ts: np.ndarray, clicked: np.ndarray,
+                  click_ts: np.ndarray, hour_end_ms: int) -> np.ndarray:
+    """Per click: is its impression the latest impression of the same user and campaign before
+    the click? Only such a click may omit `impression_id`, so attributing an id-less click to the
+    latest earlier impression finds the impression it really came from. A click after the hour
+    cannot be checked against later hours' impressions, so it keeps its id."""
+    n = len(ts)
+    group = users.astype(np.int64) * (int(campaigns.max(initial=0)) + 1) + campaigns
+    order = np.lexsort((ts, group))
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    g, t = group[order], ts[order]
+    same_next = np.r_[g[1:] == g[:-1], False]
+    same_prev = np.r_[False, g[1:] == g[:-1]]
+    next_ts = np.r_[t[1:], np.iinfo(np.int64).max]
+    prev_ts = np.r_[np.iinfo(np.int64).min, t[:-1]]
+    p = pos[clicked]
+    return ((click_ts < hour_end_ms)
+            & (~same_next[p] | (next_ts[p] >= click_ts))  # none shown in between
+            & (~same_prev[p] | (prev_ts[p] < ts[clicked])))  # nor at the very same instant
+
+
 def _simulate_hour(rng: np.random.Generator, pop: Population, state: _ClickState, hour_ms: int,
                    n: int, id_seqs: dict[str, IdSequence]):
     """One event hour: records (with event times and arrivals) per stream, and the truth rows."""
@@ -258,7 +282,8 @@ def _simulate_hour(rng: np.random.Generator, pop: Population, state: _ClickState
     cts = click_ts[clicked]
     clk_recs = records.clicks(
         rng, id_seqs["clicks"].take(len(clicked)), cts, [imp_ids[i] for i in clicked.tolist()],
-        user_ids[clicked].tolist(), camp_ids[clicked].tolist())
+        user_ids[clicked].tolist(), camp_ids[clicked].tolist(),
+        attributable=_attributable(users, campaigns, ts, clicked, cts, hour_ms + HOUR_MS))
     clk_arrivals = cts + _ingest(rng, len(clicked))
 
     scored = np.flatnonzero(rng.random(n) < PREDICTION_SHARE)

@@ -51,13 +51,22 @@ def impressions(rng: np.random.Generator, ids: list[str], ts: np.ndarray, users:
 
 
 def clicks(rng: np.random.Generator, ids: list[str], ts: np.ndarray, impression_ids: list[str],
-           users: list[str], campaigns: list[str]) -> list[dict]:
+           users: list[str], campaigns: list[str],
+           attributable: np.ndarray | None = None) -> list[dict]:
+    """Click records; about CLICK_WITHOUT_IMPRESSION_SHARE of them lack `impression_id`, chosen
+    among the `attributable` ones (those whose impression is the latest earlier impression of
+    the same user and campaign, so the attribution rule recovers it)."""
     records = [
         {"click_id": i, "ts": t, "impression_id": imp, "user_id": u, "campaign_id": c}
         for i, t, imp, u, c in zip(ids, ts_values(rng, ts), impression_ids, users, campaigns,
                                    strict=True)
     ]
-    _drop(rng, records, "impression_id", CLICK_WITHOUT_IMPRESSION_SHARE)
+    if attributable is None:
+        attributable = np.ones(len(records), dtype=bool)
+    eligible = int(attributable.sum())
+    share = min(1.0, CLICK_WITHOUT_IMPRESSION_SHARE * len(records) / eligible) if eligible else 0
+    for i in np.flatnonzero(attributable & (rng.random(len(records)) < share)).tolist():
+        del records[i]["impression_id"]
     return records
 
 
