@@ -240,6 +240,19 @@ def test_generates_into_s3(moto_endpoint, s3_bucket):
     assert len(read_truth(store)) == summary.events["impressions"]
 
 
+def test_cli_writes_into_s3_through_an_endpoint(moto_endpoint, s3_bucket):
+    from clicklake.cli import main
+
+    res = CliRunner().invoke(main, ["generate", "--root", f"s3://{s3_bucket}/demo", "--hours",
+                                    "1", "--users", "150", "--clean", "--no-progress",
+                                    "--s3-endpoint-url", moto_endpoint])
+    assert res.exit_code == 0, res.output
+    store = Store(f"s3://{s3_bucket}/demo", S3Options(endpoint_url=moto_endpoint))
+    keys = store.list("landing/")
+    assert keys and all(KEY.match(k) for k in keys)
+    assert f"{read_truth(store).num_rows:,}" in res.stdout
+
+
 @pytest.mark.parametrize("kw", [{"hours": 0}, {"users": 0}, {"impressions": -1},
                                 {"start_ms": START + 1}])
 def test_bad_arguments_are_refused(tmp_path, kw):
