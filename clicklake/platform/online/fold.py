@@ -1,0 +1,301 @@
+"""Fold landing files into the online state, each file once, in one atomic commit.
+
+A file's lines get the batch path's verdicts, reusing its functions: `events.parse_object`
+(malformed, missing_field, bad_type, bad_value), `raw.Rules.verdict` on the file's key time
+(future, late), then dedup by event id within its event hour (raw keeps the first copy by
+(arrival, key, line); files fold in that order). A damaged gzip keeps the lines before the damage
+and counts one `malformed`, as raw does. Nothing is dropped without a count.
+
+Retention: documents and counters older than `horizon(watermark)` are purged after a batch, and a
+read must be at or after the horizon (older instants are the lake's lookup table's job). Dedup
+markers live as long, so a straggling file more than `RECENT_HOURS - lateness - 1` hours behind
+the newest one could slip a duplicate past the horizon: Firehose delivers within minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+
+from clicklake.platform import landing
+from clicklake.platform.enrich import countries
+from clicklake.platform.events import (
+    DUPLICATE,
+    MALFORMED,
+    REASONS,
+    SPECS,
+    Rejected,
+    parse_object,
+)
+from clicklake.platform.online import segment_state as seg
+from clicklake.platform.online import user_state as us
+from clicklake.platform.online.state import Commit, StateStore
+from clicklake.platform.raw import Rules
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS
+
+RECENT_HOURS = 3  # event-level history kept beyond the allowed lateness
+USER, IMPRESSION, SEEN = "user", "imp", "seen"
+
+
+def horizon_ms(watermark_ms: int | None, rules: Rules = Rules()) -> int:
+    """Earliest instant the online state answers for: event-level rows are kept from here on."""
+    if watermark_ms is None:
+        return -(2**62)
+    lateness_h = -(-rules.allowed_lateness_ms // HOUR_MS)
+    return watermark_ms - watermark_ms % HOUR_MS - (lateness_h + RECENT_HOURS) * HOUR_MS
+
+
+@dataclass
+class ParsedFile:
+    stream: str
+    rows: list[tuple]  # accepted rows (spec.fields order), before dedup
+    lines: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+
+
+def stream_of_key(key: str, prefix: str = landing.DEFAULT_PREFIX) -> str | None:
+    parts = key[len(prefix) + 1:].split("/") if key.startswith(prefix + "/") else []
+    return parts[0] if parts and parts[0] in SPECS else None
+
+
+def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = Rules()) -> ParsedFile:
+    """Accepted rows and quarantine counts of one landing object (raw's rules, line by line)."""
+    spec = SPECS[stream]
+    ts_at = spec.fields.index(("ts", "ts"))
+    decoded = landing.decode_lines(data)
+    out = ParsedFile(stream, [])
+    for line in decoded.lines:
+        if not line or line.isspace():
+            continue
+        out.lines += 1
+        try:
+            row = parse_object(spec, orjson.loads(line))
+        except orjson.JSONDecodeError:
+            out.quarantined[MALFORMED] += 1
+            continue
+        except Rejected as rej:
+            out.quarantined[rej.reason] += 1
+            continue
+        verdict = rules.verdict(row[ts_at], arrival_ms)
+        if verdict is not None:
+            out.quarantined[verdict] += 1
+            continue
+        out.rows.append(row)
+    if decoded.error:
+        out.quarantined[MALFORMED] += 1
+    return out
+
+
+def _load(state: StateStore, ns: str, keys: Iterable[str], into: dict, new) -> None:
+    missing = [k for k in dict.fromkeys(keys) if k not in into]
+    if not missing:
+        return
+    found = state.get_docs(ns, missing)
+    for k in missing:
+        into[k] = orjson.loads(found[k]) if k in found else new()
+
+
+def _new_imp() -> dict:
+    return {"at": [], "refs": []}  # copies [hour, country]; clicks naming it [user, ts, click_id]
+
+
+class _Batch:
+    """The documents one commit reads and rewrites, and the attribution rule over them."""
+
+    def __init__(self, state: StateStore, commit: Commit):
+        self.state, self.commit = state, commit
+        self.users: dict[str, dict] = {}
+        self.imps: dict[str, dict] = {}
+
+    def load_users(self, ids: Iterable[str]) -> None:
+        _load(self.state, USER, ids, self.users, us.new_user)
+
+    def load_imps(self, ids: Iterable[str]) -> None:
+        _load(self.state, IMPRESSION, ids, self.imps, _new_imp)
+
+    def attribute(self, user: str, ts: int, impression_id: str | None) -> tuple[str, int]:
+        """(country, via) of a click by the rule in `segment_state`'s docstring."""
+        f = ts - ts % HOUR_MS
+        lo, hi = f - HOUR_MS, f + HOUR_MS
+        if impression_id is not None:
+            hours = [a for a in self.imps[impression_id]["at"] if lo <= a[0] < hi]
+            if hours:
+                return min(hours)[1], 1
+        best = us.latest_impression(self.users[user], lo, ts)
+        return (best[6], 0) if best is not None else (seg.UNKNOWN, 0)
+
+    def finish(self, horizon: int) -> None:
+        for uid, doc in self.users.items():
+            us.trim(doc, horizon)
+            last = max((e[0] for e in doc["ev"]), default=doc["first"] or 0)
+            self.commit.put(USER, uid, last - last % HOUR_MS, orjson.dumps(doc))
+        for iid, doc in self.imps.items():
+            hours = [a[0] for a in doc["at"]] + [r[1] - r[1] % HOUR_MS for r in doc["refs"]]
+            if hours:
+                self.commit.put(IMPRESSION, iid, max(hours), orjson.dumps(doc))
+
+
+def _fold_impressions(b: _Batch, rows: list[tuple]) -> None:
+    # impression fields: impression_id, ts, user_id, campaign_id, domain, ip, user_agent, cost
+    country = countries([r[5] for r in rows]).to_pylist()
+    b.load_users(r[2] for r in rows)
+    b.load_imps(r[0] for r in rows)
+    for r, c in zip(rows, country, strict=True):
+        iid, ts, user, camp = r[0], r[1], r[2], r[3]
+        us.add_impression(b.users[user], ts, iid, camp, r[4], r[7], c)
+        b.imps[iid]["at"].append([ts - ts % HOUR_MS, c])
+        seg.add_impression(b.commit, ts, camp, c)
+    # Clicks folded before their impression may now belong to another country.
+    todo: dict[tuple[str, int, str], None] = {}
+    for r in rows:
+        f = r[1] - r[1] % HOUR_MS
+        for user, ts, cid in b.imps[r[0]]["refs"]:
+            if f <= ts < f + 2 * HOUR_MS:
+                todo[(user, ts, cid)] = None
+        for e in b.users[r[2]]["ev"]:
+            if e[1] == 1 and e[6] == 0 and r[1] < e[0] < f + 2 * HOUR_MS:
+                todo[(r[2], e[0], e[2])] = None
+    b.load_users(u for u, _, _ in todo)
+    for user, ts, cid in todo:
+        e = us.find_click(b.users[user], ts, cid)
+        if e is None:  # trimmed past the horizon: its hour is no longer read online
+            continue
+        if e[4] is not None:
+            b.load_imps([e[4]])
+        country, via = b.attribute(user, ts, e[4])
+        if country != e[5]:
+            seg.move_click(b.commit, ts, e[5], country)
+        e[5], e[6] = country, via
+
+
+def _fold_clicks(b: _Batch, rows: list[tuple]) -> None:
+    # click fields: click_id, ts, user_id, campaign_id, impression_id
+    b.load_users(r[2] for r in rows)
+    b.load_imps(r[4] for r in rows if r[4] is not None)
+    for cid, ts, user, camp, iid in rows:
+        country, via = b.attribute(user, ts, iid)
+        us.add_click(b.users[user], ts, cid, camp, iid, country, via)
+        if iid is not None:
+            b.imps[iid]["refs"].append([user, ts, cid])
+        seg.add_click(b.commit, ts, camp, country)
+
+
+def _fold_predictions(b: _Batch, rows: list[tuple]) -> None:
+    # prediction fields: prediction_id, ts, user_id, model, score, impression_id
+    b.load_users(r[2] for r in rows)
+    for r in rows:
+        us.add_prediction(b.users[r[2]], r[1], r[0], r[4])
+
+
+_FOLD = {"impressions": _fold_impressions, "clicks": _fold_clicks,
+         "predictions": _fold_predictions}
+
+
+def fold_rows(state: StateStore, stream: str, rows: list[tuple], file_key: str, arrival_ms: int,
+              quarantined: Counter | None = None, lines: int | None = None,
+              rules: Rules = Rules()) -> dict | None:
+    """Fold accepted rows (in `SPECS[stream].fields` order) as one atomic commit recorded under
+    `file_key`. Returns the commit's stats, or None when `file_key` was already folded."""
+    if state.is_folded(file_key):
+        return None
+    spec = SPECS[stream]
+    id_at = spec.fields.index((spec.id_field, "id"))
+    ts_at = spec.fields.index(("ts", "ts"))
+    commit = Commit(file_key, arrival_ms)
+    keys = [f"{stream}|{r[ts_at] - r[ts_at] % HOUR_MS}|{r[id_at]}" for r in rows]
+    seen = set(state.get_docs(SEEN, keys)) if keys else set()
+    fresh: list[tuple] = []
+    q = Counter(quarantined or {})
+    for r, k in zip(rows, keys, strict=True):
+        if k in seen:
+            q[DUPLICATE] += 1
+            continue
+        seen.add(k)
+        fresh.append(r)
+        commit.put(SEEN, k, r[ts_at] - r[ts_at] % HOUR_MS, b"")
+    b = _Batch(state, commit)
+    if fresh:
+        _FOLD[stream](b, fresh)
+    watermark = max(state.watermark_ms() or arrival_ms, arrival_ms)
+    b.finish(horizon_ms(watermark, rules))
+    commit.stats = {"stream": stream, "lines": len(rows) + sum(q.values()) if lines is None
+                    else lines, "events": len(fresh),
+                    "quarantined": {r: q.get(r, 0) for r in REASONS if q.get(r, 0)}}
+    return commit.stats if state.commit(commit) else None
+
+
+@dataclass
+class FoldReport:
+    files: int = 0  # folded now
+    skipped: int = 0  # folded before (a rerun) or not a landing key
+    lines: int = 0
+    events: Counter = field(default_factory=Counter)  # by stream
+    quarantined: Counter = field(default_factory=Counter)  # by reason
+    watermark_ms: int | None = None
+    seconds: float = 0.0
+    purged: int = 0
+
+    @property
+    def events_total(self) -> int:
+        return sum(self.events.values())
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events_total / self.seconds if self.seconds > 0 else math.nan
+
+
+def order_files(keys: Iterable[str], prefix: str = landing.DEFAULT_PREFIX
+                ) -> tuple[list[tuple[landing.LandingFile, str]], list[str]]:
+    """Landing keys in fold order (arrival, key) with their stream; and the keys that are not
+    landing files of a known stream."""
+    good, bad = [], []
+    for k in keys:
+        lf, stream = landing.parse_key(k), stream_of_key(k, prefix)
+        if lf is None or stream is None:
+            bad.append(k)
+        else:
+            good.append((lf, stream))
+    return sorted(good), bad
+
+
+def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rules = Rules(),
+               prefix: str = landing.DEFAULT_PREFIX) -> FoldReport:
+    """Fold landing files in arrival order, each in its own atomic commit; then purge what fell
+    behind the retention horizon."""
+    t0 = time.perf_counter()
+    report = FoldReport()
+    files, bad = order_files(keys, prefix)
+    report.skipped += len(bad)
+    for lf, stream in files:
+        if state.is_folded(lf.key):
+            report.skipped += 1
+            continue
+        parsed = parse_file(store.read_bytes(lf.key), stream, lf.arrival_ms, rules)
+        stats = fold_rows(state, stream, parsed.rows, lf.key, lf.arrival_ms, parsed.quarantined,
+                          parsed.lines, rules)
+        if stats is None:
+            report.skipped += 1
+            continue
+        report.files += 1
+        report.lines += stats["lines"]
+        report.events[stream] += stats["events"]
+        report.quarantined.update(stats["quarantined"])
+    report.watermark_ms = state.watermark_ms()
+    report.purged = purge(state, report.watermark_ms, rules)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def purge(state: StateStore, watermark_ms: int | None, rules: Rules = Rules()) -> int:
+    if watermark_ms is None:
+        return 0
+    h = horizon_ms(watermark_ms, rules)
+    return state.purge({SEEN: h - HOUR_MS, IMPRESSION: h - 2 * HOUR_MS},
+                       {seg.EVENT_TABLE: h, seg.MINUTE_TABLE: h,
+                        seg.HOUR_TABLE: h - (seg.WINDOW_HOURS + 1) * HOUR_MS})

@@ -1,0 +1,101 @@
+"""Answers "as of t" from the online state: feature inputs for one impression, a user profile.
+
+`feature_inputs` returns exactly what `labeled.lake_feature_inputs` gives for an impression at t
+once every event with ts < t has been folded: same columns, dtypes and missing values (NaN for
+"never" and "no score"), so `features.compute_features` sees one vector whichever path built it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+
+from clicklake.platform.enrich import country_of, user_agent_of
+from clicklake.platform.features import INPUT_COLUMNS
+from clicklake.platform.online import segment_state as seg
+from clicklake.platform.online import user_state as us
+from clicklake.platform.online.fold import USER, horizon_ms
+from clicklake.platform.online.state import StateStore
+from clicklake.platform.raw import Rules
+
+_WINDOW_SUFFIX = {"life": "", "1h": "_1h", "24h": "_24h", "7d": "_7d"}
+
+
+class BeforeHorizon(LookupError):
+    """The instant is older than the online state keeps: ask the lake's lookup table."""
+
+
+class OnlineFeatures:
+    """Reads over a `StateStore` (SQLite file or DynamoDB table). Cheap to create."""
+
+    def __init__(self, state: StateStore, rules: Rules = Rules()):
+        self.state, self.rules = state, rules
+
+    def watermark_ms(self) -> int | None:
+        """Max arrival (key time) of the landing files folded so far."""
+        return self.state.watermark_ms()
+
+    def horizon_ms(self) -> int:
+        """Earliest instant answered exactly (event-level history starts here)."""
+        return horizon_ms(self.state.watermark_ms(), self.rules)
+
+    def _check(self, t: int) -> None:
+        h = self.horizon_ms()
+        if t - t % 3_600_000 < h:
+            raise BeforeHorizon(f"instant {t} is before the online horizon {h}; use the lookup")
+
+    def _doc(self, user_id: str) -> dict | None:
+        raw = self.state.get_docs(USER, [user_id]).get(user_id)
+        return None if raw is None else orjson.loads(raw)
+
+    def profile(self, user_id: str, ts_ms: int) -> dict | None:
+        """The user's counters with event ts < ts_ms (`lookup.PROFILE_SCHEMA` names, times in
+        epoch ms or None), plus per-campaign counts and domains; None for an unknown user (no
+        event folded at all). Raises BeforeHorizon for instants the state no longer holds."""
+        self._check(ts_ms)
+        doc = self._doc(user_id)
+        if doc is None:
+            return None
+        out = {"user_id": user_id, "t": ts_ms}
+        out.update(us.profile_at(doc, ts_ms))
+        out["known"] = out["first_ts"] is not None
+        out["campaigns"] = us.campaigns_at(doc, ts_ms)
+        out["domains"] = us.domains_at(doc, ts_ms)
+        return out
+
+    def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,
+                       user_agent: str | None) -> dict[str, np.ndarray]:
+        """`features.INPUT_COLUMNS` as length-1 arrays for an impression at ts_ms."""
+        self._check(ts_ms)
+        doc = self._doc(user_id) or us.new_user()
+        p = us.profile_at(doc, ts_ms)
+        out: dict[str, np.ndarray] = {"ts_ms": np.array([ts_ms], dtype=np.int64)}
+        for w, suffix in _WINDOW_SUFFIX.items():
+            for m in ("impressions", "clicks", "spend"):
+                out[f"user_{m}_{w}"] = np.array([p[f"{m}{suffix}"]], dtype=np.float64)
+        for name, key in (("user_last_impression_ms", "last_impression_ts"),
+                          ("user_last_click_ms", "last_click_ts")):
+            out[name] = np.array([math.nan if p[key] is None else p[key]], dtype=np.float64)
+        out["user_distinct_campaigns"] = np.array([p["distinct_campaigns"]], dtype=np.float64)
+        out["user_distinct_domains"] = np.array([p["distinct_domains"]], dtype=np.float64)
+        uc = us.user_campaign_at(doc, campaign_id, ts_ms)
+        out["uc_impressions"] = np.array([uc[0]], dtype=np.float64)
+        out["uc_clicks"] = np.array([uc[1]], dtype=np.float64)
+        country = country_of(ip)
+        for kind, segment in (("country", country), ("campaign", campaign_id),
+                              ("global", "all")):
+            imps, clks = seg.window_24h(self.state, kind, segment, ts_ms)
+            out[f"{kind}_impressions_24h"] = np.array([imps], dtype=np.float64)
+            out[f"{kind}_clicks_24h"] = np.array([clks], dtype=np.float64)
+        ua = user_agent_of(user_agent)
+        out["country"] = np.array([country], dtype=object)
+        out["device_type"] = np.array([ua.device_type], dtype=object)
+        out["os"] = np.array([ua.os], dtype=object)
+        out["browser"] = np.array([ua.browser], dtype=object)
+        out["is_crawler"] = np.array([ua.is_crawler], dtype=bool)
+        score, pred_ts = us.latest_prediction_at(doc, ts_ms)
+        out["pred_score"] = np.array([score], dtype=np.float64)
+        out["pred_ts_ms"] = np.array([pred_ts], dtype=np.float64)
+        return {c: out[c] for c in INPUT_COLUMNS}

@@ -1,0 +1,136 @@
+"""`StateStore` in one SQLite file (WAL): the embedded default, no server and no account.
+
+A commit is one `BEGIN IMMEDIATE` transaction holding the file record and every update, so a
+process killed mid-batch leaves each file either wholly folded or not at all. WAL lets readers
+(the REST API in another process) read while a fold writes. `synchronous=NORMAL` may lose the
+last commits on a power cut, but never half of one: a lost file record goes with its updates, and
+the file is simply folded again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+
+import orjson
+
+from clicklake.platform.online.state import Commit, StateStore, chunks
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (ns TEXT NOT NULL, key TEXT NOT NULL, hour INTEGER NOT NULL,
+    value BLOB NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS docs_hour ON docs (ns, hour);
+CREATE TABLE IF NOT EXISTS counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
+    imp INTEGER NOT NULL, clk INTEGER NOT NULL, PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_sk ON counters (tbl, sk);
+CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+    arrival INTEGER NOT NULL, stats BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS files_arrival ON files (arrival);
+"""
+_IN = 500  # keys per IN (...) query, well under SQLite's variable limit
+
+
+class SqliteState(StateStore):
+    def __init__(self, path: str):
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        # Autocommit mode: transactions are explicit, so a commit is exactly one BEGIN..COMMIT.
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                    timeout=60)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SqliteState({self.path!r})"
+
+    def get_docs(self, ns: str, keys: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        if len(keys) == 1:  # the REST path: one prepared primary-key read
+            row = self.conn.execute("SELECT value FROM docs WHERE ns=? AND key=?",
+                                    (ns, keys[0])).fetchone()
+            return {keys[0]: row[0]} if row else out
+        for part in chunks(list(dict.fromkeys(keys)), _IN):
+            q = f"SELECT key, value FROM docs WHERE ns=? AND key IN ({','.join('?' * len(part))})"
+            out.update(self.conn.execute(q, (ns, *part)).fetchall())
+        return out
+
+    def sum_counters(self, table: str, pk: str, lo: int, hi: int) -> tuple[int, int]:
+        row = self.conn.execute(
+            "SELECT coalesce(sum(imp), 0), coalesce(sum(clk), 0) FROM counters "
+            "WHERE tbl=? AND pk=? AND sk>=? AND sk<?", (table, pk, lo, hi)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def is_folded(self, file_key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM files WHERE key=?", (file_key,)).fetchone() is not None
+
+    def commit(self, commit: Commit) -> bool:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if c.execute("SELECT 1 FROM files WHERE key=?", (commit.file_key,)).fetchone():
+                c.execute("ROLLBACK")
+                return False
+            for ns, docs in commit.docs.items():
+                puts = [(ns, k, h, v) for k, (h, v) in docs.items() if v is not None]
+                dels = [(ns, k) for k, (_, v) in docs.items() if v is None]
+                c.executemany("INSERT OR REPLACE INTO docs VALUES (?,?,?,?)", puts)
+                c.executemany("DELETE FROM docs WHERE ns=? AND key=?", dels)
+            for table, cells in commit.counters.items():
+                c.executemany(
+                    "INSERT INTO counters VALUES (?,?,?,?,?) ON CONFLICT (tbl, pk, sk) DO UPDATE "
+                    "SET imp = imp + excluded.imp, clk = clk + excluded.clk",
+                    [(table, pk, sk, d[0], d[1]) for (pk, sk), d in cells.items()
+                     if d[0] or d[1]])
+            c.execute("INSERT INTO files (key, arrival, stats) VALUES (?,?,?)",
+                      (commit.file_key, commit.arrival_ms, orjson.dumps(commit.stats)))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return True
+
+    def watermark_ms(self) -> int | None:
+        row = self.conn.execute("SELECT max(arrival) FROM files").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
+        c = self.conn
+        n = 0
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for ns, hour in docs_before.items():
+                n += c.execute("DELETE FROM docs WHERE ns=? AND hour<?", (ns, hour)).rowcount
+            for table, sk in counters_before.items():
+                n += c.execute("DELETE FROM counters WHERE tbl=? AND sk<?", (table, sk)).rowcount
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return n
+
+    def folded_files(self) -> list[tuple[str, int, dict]]:
+        rows = self.conn.execute("SELECT key, arrival, stats FROM files ORDER BY seq").fetchall()
+        return [(k, int(a), orjson.loads(s)) for k, a, s in rows]
+
+    def dump(self) -> dict:
+        docs = self.conn.execute("SELECT ns, key, hour, value FROM docs ORDER BY ns, key").fetchall()
+        counters = self.conn.execute(
+            "SELECT tbl, pk, sk, imp, clk FROM counters WHERE imp != 0 OR clk != 0 "
+            "ORDER BY tbl, pk, sk").fetchall()
+        files = self.conn.execute("SELECT key, arrival, stats FROM files ORDER BY key").fetchall()
+        return {"docs": [(ns, k, h, bytes(v)) for ns, k, h, v in docs],
+                "counters": [tuple(r) for r in counters],
+                "files": [(k, a, bytes(s)) for k, a, s in files]}
+
+    def clear(self) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        for table in ("docs", "counters", "files"):
+            c.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        c.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,91 @@
+"""The online store's storage contract: a few keyed tables any key-value database can hold.
+
+The fold (`fold.py`) and the read (`read.py`) speak only to `StateStore`; SQLite (`sqlite_state`)
+and DynamoDB (the `online_store` resource) implement it. Three kinds of data:
+
+- documents: `(namespace, key) -> bytes`, replaced whole (per-user state, the impression index,
+  dedup markers). Each carries an `hour` (epoch ms) that retention purges by;
+- counters: `(table, pk, sk) -> (impressions, clicks)`, added to, and summed over an `sk` range
+  (segment tiles per hour, minute and millisecond);
+- file records: one per folded landing file, written in the SAME atomic commit as the file's
+  updates, so a file is folded exactly once however often a crashed run is repeated.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Commit:
+    """Everything one landing file (or one replayed batch) changes, applied atomically."""
+
+    file_key: str
+    arrival_ms: int
+    stats: dict = field(default_factory=dict)
+    # namespace -> key -> (hour_ms for retention, new bytes); bytes None deletes the document
+    docs: dict[str, dict[str, tuple[int, bytes | None]]] = field(default_factory=dict)
+    # table -> (pk, sk) -> (delta impressions, delta clicks)
+    counters: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
+
+    def put(self, ns: str, key: str, hour_ms: int, value: bytes | None) -> None:
+        self.docs.setdefault(ns, {})[key] = (hour_ms, value)
+
+    def add(self, table: str, pk: str, sk: int, d_imp: int, d_clk: int) -> None:
+        cell = self.counters.setdefault(table, {}).setdefault((pk, sk), [0, 0])
+        cell[0] += d_imp
+        cell[1] += d_clk
+
+    def size(self) -> int:
+        return sum(map(len, self.docs.values())) + sum(map(len, self.counters.values()))
+
+
+class StateStore(ABC):
+    """Abstract online state. Implementations must make `commit` atomic and idempotent per file."""
+
+    @abstractmethod
+    def get_docs(self, ns: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """The documents that exist among `keys`."""
+
+    @abstractmethod
+    def sum_counters(self, table: str, pk: str, lo: int, hi: int) -> tuple[int, int]:
+        """Sums of (impressions, clicks) over rows of `pk` with lo <= sk < hi."""
+
+    @abstractmethod
+    def is_folded(self, file_key: str) -> bool: ...
+
+    @abstractmethod
+    def commit(self, commit: Commit) -> bool:
+        """Apply `commit` and record its file, atomically. False (and no change) when the file
+        was already folded."""
+
+    @abstractmethod
+    def watermark_ms(self) -> int | None:
+        """Max arrival time of the files folded so far."""
+
+    @abstractmethod
+    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
+        """Retention: drop documents of a namespace whose hour < the bound, counter rows of a
+        table whose sk < the bound. Returns rows dropped."""
+
+    @abstractmethod
+    def folded_files(self) -> list[tuple[str, int, dict]]:
+        """(file key, arrival ms, stats) of every folded file, in fold order."""
+
+    @abstractmethod
+    def dump(self) -> dict:
+        """Every document and counter, in a canonical form (tests compare whole states)."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget everything (a rebuild starts here)."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends without a connection
+        pass
+
+
+def chunks(items: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]

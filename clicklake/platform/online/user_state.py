@@ -1,0 +1,197 @@
+"""One user's online state as a plain document, and its answers "as of t".
+
+The fold sees events in arrival order, but every answer is "as of t": only events with ts < t
+count (DESIGN §4.1). So the document keeps totals of everything folded plus the recent events
+themselves, and an answer at t takes the totals minus the events at or after t:
+
+- `n` = [impressions, clicks, spend] of every folded event; `first` = earliest event time;
+- `tiles` = hour (ms, as text) -> [impressions, clicks, spend, last impression ts, last click
+  ts] for the last RING_HOURS (+ margin) hours: the sawtooth windows (DESIGN §4.3) sum the complete
+  hours before floor(t) from here, and `arch` keeps the last-event times of trimmed tiles;
+- `ev` = every event since the retention horizon, exactly: impressions
+  [ts, 0, id, campaign, domain, cost, country] and clicks [ts, 1, id, campaign, impression_id,
+  country, via] (`via` 1 = the click's country came from its impression_id, 0 = otherwise);
+  the partial hour [floor(t), t) and the tail (ts >= t) come from here, so a read is exact for
+  any t with floor(t) >= the horizon;
+- `camps` = campaign -> [impressions, clicks, first ts]; `doms` = domain -> first ts (exact sets:
+  distinct counts at t are the members first seen before t);
+- `preds` = [ts, prediction_id, score] since horizon - 25 h (the feature reads 24 h back).
+"""
+
+from __future__ import annotations
+
+import math
+
+from clicklake.platform.profiles import RING_HOURS, WINDOWS_H
+from clicklake.platform.timeutil import HOUR_MS
+
+PREDICTION_LOOKBACK_MS = 24 * HOUR_MS  # lake_feature_inputs reads raw predictions 24 h back
+TILE_KEEP_MS = (RING_HOURS + 1) * HOUR_MS
+
+
+def new_user() -> dict:
+    return {"n": [0, 0, 0.0], "first": None, "arch": [None, None], "tiles": {}, "ev": [],
+            "camps": {}, "doms": {}, "preds": []}
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _tile(doc: dict, ts: int) -> list:
+    h = str(ts - ts % HOUR_MS)
+    t = doc["tiles"].get(h)
+    if t is None:
+        t = doc["tiles"][h] = [0, 0, 0.0, None, None]
+    return t
+
+
+def _touch(doc: dict, ts: int, campaign: str, imp: int, clk: int) -> None:
+    doc["first"] = ts if doc["first"] is None else min(doc["first"], ts)
+    c = doc["camps"].get(campaign)
+    if c is None:
+        doc["camps"][campaign] = [imp, clk, ts]
+    else:
+        c[0] += imp
+        c[1] += clk
+        c[2] = min(c[2], ts)
+
+
+def add_impression(doc: dict, ts: int, event_id: str, campaign: str, domain: str | None,
+                   cost: float | None, country: str) -> None:
+    spend = 0.0 if cost is None else cost  # a null cost is 0 spend, as in the tiles
+    doc["n"][0] += 1
+    doc["n"][2] += spend
+    t = _tile(doc, ts)
+    t[0] += 1
+    t[2] += spend
+    t[3] = _max(t[3], ts)
+    _touch(doc, ts, campaign, 1, 0)
+    if domain is not None:
+        doc["doms"][domain] = min(doc["doms"].get(domain, ts), ts)
+    doc["ev"].append([ts, 0, event_id, campaign, domain, cost, country])
+
+
+def add_click(doc: dict, ts: int, event_id: str, campaign: str, impression_id: str | None,
+              country: str, via: int) -> None:
+    doc["n"][1] += 1
+    t = _tile(doc, ts)
+    t[1] += 1
+    t[4] = _max(t[4], ts)
+    _touch(doc, ts, campaign, 0, 1)
+    doc["ev"].append([ts, 1, event_id, campaign, impression_id, country, via])
+
+
+def add_prediction(doc: dict, ts: int, event_id: str, score: float) -> None:
+    doc["preds"].append([ts, event_id, score])
+
+
+def find_click(doc: dict, ts: int, event_id: str) -> list | None:
+    for e in doc["ev"]:
+        if e[1] == 1 and e[0] == ts and e[2] == event_id:
+            return e
+    return None
+
+
+def latest_impression(doc: dict, lo: int, hi: int) -> list | None:
+    """The impression with the greatest (ts, id) among lo <= ts < hi (the click-country rule)."""
+    best = None
+    for e in doc["ev"]:
+        if e[1] == 0 and lo <= e[0] < hi and (best is None or (e[0], e[2]) > (best[0], best[2])):
+            best = e
+    return best
+
+
+def trim(doc: dict, horizon_ms: int) -> None:
+    """Drop what no read at t >= horizon needs; trimmed tiles leave their last-event times."""
+    doc["ev"] = [e for e in doc["ev"] if e[0] >= horizon_ms]
+    doc["preds"] = [p for p in doc["preds"] if p[0] >= horizon_ms - PREDICTION_LOOKBACK_MS - HOUR_MS]
+    old = [h for h in doc["tiles"] if int(h) < horizon_ms - TILE_KEEP_MS]
+    for h in old:
+        t = doc["tiles"].pop(h)
+        doc["arch"] = [_max(doc["arch"][0], t[3]), _max(doc["arch"][1], t[4])]
+
+
+# -- answers as of t -------------------------------------------------------------------------------
+
+
+def profile_at(doc: dict, t: int) -> dict:
+    """Counters with ts < t, named as `lookup.PROFILE_SCHEMA` (times in epoch ms, None = never)."""
+    f = t - t % HOUR_MS
+    imp, clk, spend = doc["n"]
+    cur = [0, 0, 0.0]
+    last_i = last_c = None
+    for e in doc["ev"]:
+        ts = e[0]
+        if ts >= t:  # the tail: folded already, but not history at t
+            if e[1] == 0:
+                imp -= 1
+                spend -= e[5] or 0.0
+            else:
+                clk -= 1
+        elif ts >= f:  # the partial hour [floor(t), t)
+            if e[1] == 0:
+                cur[0] += 1
+                cur[2] += e[5] or 0.0
+                last_i = _max(last_i, ts)
+            else:
+                cur[1] += 1
+                last_c = _max(last_c, ts)
+    out = {"first_ts": doc["first"] if doc["first"] is not None and doc["first"] < t else None}
+    tiles = [(int(h), v) for h, v in doc["tiles"].items() if int(h) < f]
+    if last_i is None:
+        last_i = max((v[3] for _, v in tiles if v[3] is not None), default=doc["arch"][0])
+    if last_c is None:
+        last_c = max((v[4] for _, v in tiles if v[4] is not None), default=doc["arch"][1])
+    out["last_impression_ts"], out["last_click_ts"] = last_i, last_c
+    out["impressions"], out["clicks"], out["spend"] = imp, clk, spend
+    for w, width in WINDOWS_H.items():
+        lo = f - width * HOUR_MS
+        sums = list(cur)
+        for h, v in tiles:
+            if h >= lo:
+                sums[0] += v[0]
+                sums[1] += v[1]
+                sums[2] += v[2]
+        out[f"impressions_{w}"], out[f"clicks_{w}"], out[f"spend_{w}"] = sums
+    out["distinct_campaigns"] = sum(1 for c in doc["camps"].values() if c[2] < t)
+    out["distinct_domains"] = sum(1 for first in doc["doms"].values() if first < t)
+    return out
+
+
+def user_campaign_at(doc: dict, campaign: str, t: int) -> tuple[int, int]:
+    c = doc["camps"].get(campaign)
+    if c is None:
+        return 0, 0
+    imp, clk = c[0], c[1]
+    for e in doc["ev"]:
+        if e[0] >= t and e[3] == campaign:
+            if e[1] == 0:
+                imp -= 1
+            else:
+                clk -= 1
+    return imp, clk
+
+
+def campaigns_at(doc: dict, t: int) -> dict[str, dict[str, int]]:
+    out = {}
+    for name in sorted(doc["camps"]):
+        if doc["camps"][name][2] < t:
+            imp, clk = user_campaign_at(doc, name, t)
+            out[name] = {"impressions": imp, "clicks": clk}
+    return out
+
+
+def domains_at(doc: dict, t: int) -> list[str]:
+    return sorted(d for d, first in doc["doms"].items() if first < t)
+
+
+def latest_prediction_at(doc: dict, t: int) -> tuple[float, float]:
+    """(score, ts) of the latest prediction with floor(t) - 24 h <= ts < t, greatest id on ties;
+    NaNs when none (the window `lake_feature_inputs` reads)."""
+    lo = t - t % HOUR_MS - PREDICTION_LOOKBACK_MS
+    best = None
+    for p in doc["preds"]:
+        if lo <= p[0] < t and (best is None or (p[0], p[1]) > (best[0], best[1])):
+            best = p
+    return (math.nan, math.nan) if best is None else (float(best[2]), float(best[0]))
