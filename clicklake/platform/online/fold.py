@@ -39,11 +39,12 @@ from clicklake.platform.raw import Rules
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS
 
+DEFAULT_RULES = Rules()
 RECENT_HOURS = 3  # event-level history kept beyond the allowed lateness
 USER, IMPRESSION, SEEN = "user", "imp", "seen"
 
 
-def horizon_ms(watermark_ms: int | None, rules: Rules = Rules()) -> int:
+def horizon_ms(watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:
     """Earliest instant the online state answers for: event-level rows are kept from here on."""
     if watermark_ms is None:
         return -(2**62)
@@ -64,7 +65,7 @@ def stream_of_key(key: str, prefix: str = landing.DEFAULT_PREFIX) -> str | None:
     return parts[0] if parts and parts[0] in SPECS else None
 
 
-def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = Rules()) -> ParsedFile:
+def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT_RULES) -> ParsedFile:
     """Accepted rows and quarantine counts of one landing object (raw's rules, line by line)."""
     spec = SPECS[stream]
     ts_at = spec.fields.index(("ts", "ts"))
@@ -199,7 +200,7 @@ _FOLD = {"impressions": _fold_impressions, "clicks": _fold_clicks,
 
 def fold_rows(state: StateStore, stream: str, rows: list[tuple], file_key: str, arrival_ms: int,
               quarantined: Counter | None = None, lines: int | None = None,
-              rules: Rules = Rules()) -> dict | None:
+              rules: Rules = DEFAULT_RULES) -> dict | None:
     """Fold accepted rows (in `SPECS[stream].fields` order) as one atomic commit recorded under
     `file_key`. Returns the commit's stats, or None when `file_key` was already folded."""
     if state.is_folded(file_key):
@@ -264,7 +265,7 @@ def order_files(keys: Iterable[str], prefix: str = landing.DEFAULT_PREFIX
     return sorted(good), bad
 
 
-def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rules = Rules(),
+def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
                prefix: str = landing.DEFAULT_PREFIX) -> FoldReport:
     """Fold landing files in arrival order, each in its own atomic commit; then purge what fell
     behind the retention horizon."""
@@ -292,7 +293,7 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
     return report
 
 
-def purge(state: StateStore, watermark_ms: int | None, rules: Rules = Rules()) -> int:
+def purge(state: StateStore, watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:
     if watermark_ms is None:
         return 0
     h = horizon_ms(watermark_ms, rules)

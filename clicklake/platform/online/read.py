@@ -16,7 +16,7 @@ from clicklake.platform.enrich import country_of, user_agent_of
 from clicklake.platform.features import INPUT_COLUMNS
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_state as us
-from clicklake.platform.online.fold import USER, horizon_ms
+from clicklake.platform.online.fold import DEFAULT_RULES, USER, horizon_ms
 from clicklake.platform.online.state import StateStore
 from clicklake.platform.raw import Rules
 
@@ -30,7 +30,7 @@ class BeforeHorizon(LookupError):
 class OnlineFeatures:
     """Reads over a `StateStore` (SQLite file or DynamoDB table). Cheap to create."""
 
-    def __init__(self, state: StateStore, rules: Rules = Rules()):
+    def __init__(self, state: StateStore, rules: Rules = DEFAULT_RULES):
         self.state, self.rules = state, rules
 
     def watermark_ms(self) -> int | None:

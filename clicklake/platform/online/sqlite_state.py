@@ -129,7 +129,7 @@ class SqliteState(StateStore):
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         for table in ("docs", "counters", "files"):
-            c.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            c.execute(f"DELETE FROM {table}")
         c.execute("COMMIT")
 
     def close(self) -> None:

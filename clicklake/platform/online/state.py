@@ -82,7 +82,7 @@ class StateStore(ABC):
     def clear(self) -> None:
         """Forget everything (a rebuild starts here)."""
 
-    def close(self) -> None:  # noqa: B027 - optional for backends without a connection
+    def close(self) -> None:
         pass
 
 
