@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import orjson
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clicklake.serving.metrics import ApiMetrics
@@ -82,7 +83,18 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(scope["method"], name, status,
+            self.metrics.observe_request(scope["method"], _route_of(scope), status,
                                          time.perf_counter() - start)
+
+
+def _route_of(scope: Scope) -> str:
+    """The matched route's template; for a request answered before routing (a 413), the route
+    it would have reached; "unmatched" for paths no route knows (bounded label values)."""
+    route = scope.get("route")
+    if route is None:
+        router = getattr(scope.get("app"), "router", None)
+        for candidate in getattr(router, "routes", ()):
+            if candidate.matches(scope)[0] != Match.NONE:
+                route = candidate
+                break
+    return getattr(route, "path", None) or "unmatched"

@@ -1,0 +1,380 @@
+"""The REST API over a real lake built by the whole flow (generate -> Dagster assets -> champion):
+predictions through the API equal the training path row by row, serve/skip reasons on hand-made
+cases, profiles now and as of past instants, health, Prometheus metrics, following a new champion,
+the SageMaker backend over moto's HTTP server, and `clicklake serve` on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from clicklake.platform.decision import (
+    CLICK_FARM,
+    CRAWLER_USER_AGENT,
+    EXPECTED_VALUE_BELOW_COST,
+    DecisionPolicy,
+    UserActivity,
+    decide,
+)
+from clicklake.platform.features import FEATURE_NAMES, compute_features, encode
+from clicklake.platform.labeled import labeled_key
+from clicklake.platform.lookup import LookupTable
+from clicklake.platform.raw import raw_key
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
+from clicklake.platform.training import registry
+from clicklake.platform.training.artifact import load_booster
+from clicklake.platform.training.local import predict as booster_predict
+from clicklake.serving import LakeFeatures, ModelSlot, ServingConfig, lake_app
+
+START = parse_instant("2026-11-24T00:00:00Z")
+HOURS = 4
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+_BUILT: dict[str, str] = {}
+
+
+def built_lake(tmp_path_factory) -> str:
+    """A lake with a champion model, built once per test process and shared (read-only)."""
+    if "root" not in _BUILT:
+        from clicklake.flow import run_flow
+        from clicklake.platform.simulate import generate
+        from clicklake.resources.endpoint import LocalModelServer
+        from clicklake.resources.lake import LakeResource
+        from clicklake.resources.trainer import LocalTrainer
+
+        root = str(tmp_path_factory.mktemp("api-lake"))
+        generate(Store(root), start_ms=START, hours=HOURS, users=1500, seed=7)
+        result = run_flow({"lake": LakeResource(root=root), "trainer": LocalTrainer(),
+                           "endpoint": LocalModelServer()}, START, HOURS)
+        assert not result.failed_checks
+        _BUILT["root"] = root
+    return _BUILT["root"]
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Store:
+    return Store(built_lake(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def client(lake):
+    with TestClient(lake_app(lake)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def champion(lake):
+    champ = registry.champion(lake)
+    return champ.model_id, registry.manifest_of(lake, champ.model_id), load_booster(
+        registry.artifact_of(lake, champ.model_id))
+
+
+def _labeled_with_context(store: Store, hour_ms: int, n: int):
+    """`n` labeled impressions of an hour, with the ip and user agent of their raw rows."""
+    labeled = store.read_parquet(labeled_key(hour_ms))
+    raw = store.read_parquet(raw_key("impressions", hour_ms)).select(
+        ["impression_id", "ip", "user_agent"])
+    rows = labeled.join(raw, "impression_id").sort_by("impression_id")
+    step = max(rows.num_rows // n, 1)
+    return rows.take(np.arange(0, rows.num_rows, step)[:n])
+
+
+def _matrix(table, manifest) -> np.ndarray:
+    feats = {n: (table[n].to_numpy(zero_copy_only=False) if n in manifest.categorical
+                 else table[n].to_numpy(zero_copy_only=False).astype(np.float64))
+             for n in FEATURE_NAMES}
+    return encode(feats, manifest.categorical)
+
+
+@pytest.mark.parametrize("hour", [1, 2])
+def test_prediction_equals_training_path_row_by_row(client, lake, champion, hour):
+    """For impressions of a labeled hour, the API (lake source, as of each impression's time)
+    scores exactly what the model scores on the labeled dataset's encoded row, and the source's
+    feature vector equals the labeled row's (NaN-aware, zero mismatches)."""
+    model_id, manifest, booster = champion
+    rows = _labeled_with_context(lake, START + hour * HOUR_MS, 15)
+    expected = booster_predict(booster, _matrix(rows, manifest))
+    source = LakeFeatures(lake)
+    mismatches = []
+    for i, r in enumerate(rows.to_pylist()):
+        ts = round(r["ts"].timestamp() * 1000)
+        body = {"user_id": r["user_id"], "campaign_id": r["campaign_id"], "ts": ts,
+                "impression_id": r["impression_id"], "ip": r["ip"], "user_agent": r["user_agent"],
+                "domain": r["domain"]}
+        resp = client.post("/v1/predict", json={k: v for k, v in body.items() if v is not None})
+        assert resp.status_code == 200, resp.text
+        out = resp.json()
+        assert out["model"]["id"] == model_id and out["impression_id"] == r["impression_id"]
+        assert out["probability"] == expected[i]
+        assert out["ts"] == iso(ts)
+        online = compute_features(source.feature_inputs(r["user_id"], r["campaign_id"], ts,
+                                                        r["ip"], r["user_agent"]))
+        for name in FEATURE_NAMES:
+            got, want = online[name][0], r[name]
+            if name in manifest.categorical:
+                same = got == want
+            elif want is None:
+                same = bool(np.isnan(got))
+            elif name.startswith("user_spend_"):
+                # Spend in a window is a difference of float cumulative sums over whichever
+                # events the batch holds, so the last bits depend on the batch: 1e-12 relative.
+                same = abs(got - want) <= 1e-12 * max(abs(want), 1e-300)
+            else:
+                same = got == want
+            if not same:
+                mismatches.append((r["impression_id"], name, got, want))
+    assert mismatches == []
+
+
+def test_crawler_user_agent_is_skipped_with_its_reason(client):
+    base = {"user_id": "u0000300", "campaign_id": "cmp-0016", "ip": "81.2.69.160", "cost": 0}
+    bot = client.post("/v1/predict", json={**base, "user_agent": GOOGLEBOT}).json()
+    assert bot["decision"] == "skip"
+    assert [r["code"] for r in bot["reasons"]] == [CRAWLER_USER_AGENT]
+    human = client.post("/v1/predict", json={**base, "user_agent": FIREFOX}).json()
+    assert human["decision"] == "serve" and human["reasons"] == []
+
+
+def test_expected_value_below_cost_at_the_exact_boundary(client):
+    base = {"user_id": "u0000300", "campaign_id": "cmp-0016", "user_agent": FIREFOX,
+            "ts": "2026-11-24T02:30:00Z", "value_per_click": 0.8}
+    p = client.post("/v1/predict", json=base).json()["probability"]
+    ev = p * 0.8
+    at = client.post("/v1/predict", json={**base, "cost": ev}).json()
+    assert at["decision"] == "serve" and at["expected_value"] == ev  # EV == cost: not below
+    above = client.post("/v1/predict", json={**base, "cost": ev * 1.0001}).json()
+    assert above["decision"] == "skip"
+    assert [r["code"] for r in above["reasons"]] == [EXPECTED_VALUE_BELOW_COST]
+    assert "< cost" in above["reasons"][0]["message"]
+    default = client.post("/v1/predict", json={**base, "value_per_click": None, "cost": 10}
+                          ).json()
+    assert default["value_per_click"] == DecisionPolicy().default_value_per_click
+    assert default["decision"] == "skip"
+
+
+def _heaviest_clicker(client, lake) -> tuple[str, dict]:
+    """The user with the highest 24 h CTR (at least 8 impressions) as of the watermark."""
+    wm = LakeFeatures(lake).watermark_ms()
+    snap = lake.read_parquet(f"lake/profiles/user/dt=2026-11-24/hour={HOURS - 1:02d}/"
+                             "part-0.parquet", ["user_id"])
+    profiles = LookupTable(lake).as_of(snap["user_id"], wm)
+    busy = profiles.filter(pc.greater_equal(profiles["impressions_24h"], 8))
+    ctr = pc.divide(pc.cast(busy["clicks_24h"], "float64"), busy["impressions_24h"])
+    user = busy["user_id"][int(np.argmax(ctr.to_numpy()))].as_py()
+    return user, client.get(f"/v1/users/{user}/profile").json()
+
+
+def test_click_farm_rules_fire_at_their_configured_thresholds(client, lake):
+    user, prof = _heaviest_clicker(client, lake)
+    imp, clk, imp_1h = prof["impressions_24h"], prof["clicks_24h"], prof["impressions_1h"]
+    assert clk > 0 and imp_1h > 0
+    body = {"user_id": user, "campaign_id": "cmp-0001", "user_agent": FIREFOX, "cost": 0}
+
+    def reasons(policy: DecisionPolicy) -> list[str]:
+        app = lake_app(lake, config=ServingConfig(policy=policy))
+        out = TestClient(app).post("/v1/predict", json=body).json()
+        return [r["code"] for r in out["reasons"]]
+
+    ctr = clk / imp
+    burst_off = imp_1h + 1
+    assert reasons(DecisionPolicy(farm_ctr_24h=ctr, farm_min_impressions_24h=imp,
+                                  farm_burst_impressions_1h=burst_off)) == [CLICK_FARM]
+    assert reasons(DecisionPolicy(farm_ctr_24h=ctr * 1.001, farm_min_impressions_24h=imp,
+                                  farm_burst_impressions_1h=burst_off)) == []
+    assert reasons(DecisionPolicy(farm_ctr_24h=ctr, farm_min_impressions_24h=imp + 1,
+                                  farm_burst_impressions_1h=burst_off)) == []
+    assert reasons(DecisionPolicy(farm_ctr_24h=1.0,
+                                  farm_burst_impressions_1h=imp_1h)) == [CLICK_FARM]
+
+
+@pytest.mark.parametrize(("kw", "codes"), [
+    ({}, []),
+    ({"is_crawler": True}, [CRAWLER_USER_AGENT]),
+    ({"activity": UserActivity(20, 5, 3)}, [CLICK_FARM]),  # 25 % of 20
+    ({"activity": UserActivity(11, 5, 3)}, []),  # too few impressions to judge
+    ({"activity": UserActivity(20, 4, 3)}, []),  # 20 % < 25 %
+    ({"activity": UserActivity(80, 0, 60)}, [CLICK_FARM]),  # burst
+    ({"cost": 0.0051}, [EXPECTED_VALUE_BELOW_COST]),  # 0.01 * 0.5 = 0.005
+    ({"cost": 0.005}, []),
+    ({"cost": 0.0051, "value_per_click": 1.0}, []),
+    ({"is_crawler": True, "activity": UserActivity(80, 40, 0), "cost": 1.0},
+     [CRAWLER_USER_AGENT, CLICK_FARM, EXPECTED_VALUE_BELOW_COST]),
+])
+def test_decide_rules(kw, codes):
+    args = {"is_crawler": False, "activity": UserActivity(20, 1, 3), **kw}
+    out = decide(0.01, policy=DecisionPolicy(), **args)
+    assert [r.code for r in out.reasons] == codes
+    assert out.decision == ("skip" if codes else "serve")
+
+
+def test_policy_rejects_nonsense():
+    for bad in ({"farm_ctr_24h": 0}, {"farm_ctr_24h": 1.5}, {"default_value_per_click": -1},
+                {"default_value_per_click": float("nan")}, {"farm_burst_impressions_1h": 0}):
+        with pytest.raises(ValueError):
+            DecisionPolicy(**bad)
+
+
+def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
+    table = LookupTable(lake)
+    wm = LakeFeatures(lake).watermark_ms()
+    now = client.get("/v1/users/u0000300/profile").json()
+    want = table.profile("u0000300", wm)
+    assert now["source"] == "lake" and now["features_as_of"] == iso(wm)
+    for k in ("impressions", "clicks", "impressions_24h", "clicks_1h", "distinct_domains"):
+        assert now[k] == want[k]
+    assert now["spend"] == pytest.approx(want["spend"], rel=0, abs=0)
+    assert now["domains"] == want["domains"]
+    t = START + HOUR_MS + 1_234_567
+    past = client.get("/v1/users/u0000300/profile", params={"as_of": str(t)}).json()
+    want = table.profile("u0000300", t)
+    assert past["as_of"] == iso(t)
+    assert {k: past[k] for k in ("impressions", "clicks", "impressions_1h", "campaigns")} == {
+        k: want[k] for k in ("impressions", "clicks", "impressions_1h", "campaigns")}
+    assert past["last_impression_ts"] == iso(round(want["last_impression_ts"].timestamp() * 1000))
+    iso_form = client.get("/v1/users/u0000300/profile",
+                          params={"as_of": iso(t).replace("Z", "+00:00")}).json()
+    assert iso_form == past
+
+
+@pytest.mark.parametrize(("path", "params", "status", "code"), [
+    ("/v1/users/nobody-at-all/profile", {}, 404, "unknown_user"),
+    ("/v1/users/u0000300/profile", {"as_of": "2026-11-24T00:00:00Z"}, 404, "unknown_user"),
+    ("/v1/users/u0000300/profile", {"as_of": "2025-01-01T00:00:00Z"}, 404, "before_history"),
+    ("/v1/users/u0000300/profile", {"as_of": "yesterday"}, 422, "invalid_request"),
+    ("/v1/users/u0000300/profile", {"as_of": "2999-01-01T00:00:00Z"}, 422, "invalid_request"),
+    ("/v1/users/u0000300/profile", {"as_of": "12"}, 422, "invalid_request"),
+    ("/v1/users/" + "x" * 129 + "/profile", {}, 422, "invalid_request"),
+    ("/v1/users/a%01b/profile", {}, 422, "invalid_request"),
+])
+def test_profile_errors_are_clear(client, path, params, status, code):
+    resp = client.get(path, params=params)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["code"] == code and resp.json()["detail"]
+
+
+def test_healthz_and_metrics(lake, champion):
+    with TestClient(lake_app(lake)) as c:
+        health = c.get("/healthz").json()
+        assert health["status"] == "ok" and health["model"]["id"] == champion[0]
+        assert health["features_as_of"] == iso(START + HOURS * HOUR_MS)
+        ok = {"user_id": "u0000300", "campaign_id": "cmp-0016", "cost": 0}
+        c.post("/v1/predict", json=ok)
+        c.post("/v1/predict", json={**ok, "user_agent": GOOGLEBOT})
+        c.post("/v1/predict", json={**ok, "cost": -1})
+        c.post("/v1/predict", content=b"x" * 20_000, headers={"content-type": "application/json"})
+        c.get("/v1/users/nobody/profile")
+        families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+    requests = {(s.labels["route"], s.labels["status"]): s.value
+                for s in families["clicklake_api_requests"].samples if s.name.endswith("_total")}
+    assert requests == {("/healthz", "200"): 1, ("/v1/predict", "200"): 2,
+                        ("/v1/predict", "422"): 1, ("/v1/predict", "413"): 1,
+                        ("/v1/users/{user_id}/profile", "404"): 1}
+    decisions = {s.labels["decision"]: s.value for s in families["clicklake_api_decisions"].samples
+                 if s.name.endswith("_total")}
+    assert decisions == {"serve": 1, "skip": 1}
+    reasons = {s.labels["reason"]: s.value for s in families["clicklake_api_skip_reasons"].samples
+               if s.name.endswith("_total")}
+    assert reasons == {CRAWLER_USER_AGENT: 1}
+    (info,) = families["clicklake_api_model_info"].samples
+    assert info.labels["id"] == champion[0] and info.labels["backend"] == "local"
+    count = [s for s in families["clicklake_api_request_duration_seconds"].samples
+             if s.name.endswith("_count") and s.labels["route"] == "/v1/predict"]
+    assert count[0].value == 4
+
+
+def test_follows_a_new_champion_and_keeps_serving_without_one(lake, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(lake.root, root)
+    store = Store(str(root))
+    app = lake_app(store)
+    c = TestClient(app)
+    old = c.get("/healthz").json()["model"]["id"]
+    artifact, manifest = registry.artifact_of(store, old), registry.manifest_of(store, old)
+    registry.register(store, "clicklake-xgb-next", artifact, manifest, {"auc": 0.9})
+    registry.promote(store, "clicklake-xgb-next")
+    body = {"user_id": "u0000300", "campaign_id": "cmp-0016"}
+    assert c.post("/v1/predict", json=body).json()["model"]["id"] == old  # until the check
+    app.state.refresh_all()
+    assert c.get("/healthz").json()["model"]["id"] == "clicklake-xgb-next"
+    assert c.post("/v1/predict", json=body).json()["model"]["id"] == "clicklake-xgb-next"
+
+    empty = TestClient(lake_app(Store(str(tmp_path / "nothing"))))
+    assert empty.get("/healthz").status_code == 503
+    resp = empty.post("/v1/predict", json=body)
+    assert resp.status_code == 503 and resp.json()["code"] == "no_model"
+
+
+def test_sagemaker_backend_scores_through_sagemaker_runtime(lake, champion, moto_endpoint):
+    """moto's endpoint answers from a queue: queue what the built-in XGBoost container would
+    return for this row (the booster's score) and check the API returns it."""
+    from clicklake.resources.endpoint import SageMakerEndpoint
+
+    model_id, manifest, booster = champion
+    source = LakeFeatures(lake)
+    ts = START + 2 * HOUR_MS + 600_000
+    inputs = source.feature_inputs("u0000300", "cmp-0016", ts, None, FIREFOX)
+    score = float(booster_predict(booster, encode(compute_features(inputs),
+                                                  manifest.categorical))[0])
+    queue = {"region": "us-east-1",
+             "results": [{"Body": repr(score), "ContentType": "text/csv"}]}
+    urllib.request.urlopen(urllib.request.Request(
+        f"{moto_endpoint}/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps(queue).encode(), headers={"Content-Type": "application/json"})).read()
+    endpoint = SageMakerEndpoint(role_arn="", region="us-east-1", endpoint_url=moto_endpoint,
+                                 endpoint_name="ctr-api")
+    app = lake_app(lake, model=ModelSlot(lake, sagemaker=endpoint), source=source)
+    out = TestClient(app).post("/v1/predict", json={
+        "user_id": "u0000300", "campaign_id": "cmp-0016", "ts": ts, "user_agent": FIREFOX}).json()
+    assert out["probability"] == score
+    assert out["model"] == {"id": model_id, "promoted_at": registry.champion(lake).created_at,
+                            "backend": "sagemaker:ctr-api"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_clicklake_serve_on_loopback_with_a_token(lake):
+    port = _free_port()
+    env = {**os.environ, "CLICKLAKE_API_TOKEN": "s3cret-token"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from clicklake.cli import main; main()", "serve", "--root",
+         lake.root, "--port",
+         str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                health = json.loads(urllib.request.urlopen(f"{url}/healthz").read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.1)
+        assert health["status"] == "ok"
+        body = json.dumps({"user_id": "u0000300", "campaign_id": "cmp-0016"}).encode()
+        req = urllib.request.Request(f"{url}/v1/predict", data=body, headers={
+            "Content-Type": "application/json", "Authorization": "Bearer s3cret-token"})
+        assert json.loads(urllib.request.urlopen(req).read())["decision"] in ("serve", "skip")
+        denied = urllib.request.Request(f"{url}/v1/predict", data=body,
+                                        headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(denied)
+        assert err.value.code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
