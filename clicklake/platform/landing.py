@@ -169,3 +169,9 @@ def read_lines(store: Store, key: str) -> DecodedFile:
 
 def write_file(store: Store, key: str, lines: list[bytes]) -> None:
     store.write_bytes(key, encode_lines(lines))
+
+
+def landed_hours(store: Store, stream: str, prefix: str = DEFAULT_PREFIX) -> list[int]:
+    """Arrival hours (epoch ms, ascending) that hold at least one file of `stream`."""
+    files = (parse_key(k) for k in store.list(f"{prefix}/{stream}/"))
+    return sorted({f.arrival_ms - f.arrival_ms % HOUR_MS for f in files if f is not None})
