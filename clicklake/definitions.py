@@ -6,14 +6,12 @@ from clicklake.assets.labeled import labeled_assets
 from clicklake.assets.profiles import profile_assets
 from clicklake.assets.raw import raw_assets
 from clicklake.assets.training import training_assets
-from clicklake.resources.endpoint import LocalModelServer
-from clicklake.resources.lake import LakeResource
-from clicklake.resources.trainer import LocalTrainer
+from clicklake.resources.backends import build_resources
 from clicklake.schedules import raw_hourly_job, raw_hourly_schedule
 
 defs = dg.Definitions(
     assets=[*raw_assets, *profile_assets, *labeled_assets, *training_assets],
     jobs=[raw_hourly_job],
     schedules=[raw_hourly_schedule],
-    resources={"lake": LakeResource(), "trainer": LocalTrainer(), "endpoint": LocalModelServer()},
+    resources=build_resources(),  # CLICKLAKE_BACKEND: local (default) or aws
 )

@@ -1,0 +1,49 @@
+"""The one switch: CLICKLAKE_BACKEND picks the embedded defaults or the AWS resources."""
+
+from __future__ import annotations
+
+import pytest
+
+from clicklake.resources.backends import build_resources
+from clicklake.resources.endpoint import LocalModelServer, SageMakerEndpoint
+from clicklake.resources.lake import LakeResource
+from clicklake.resources.trainer import LocalTrainer, SageMakerTrainer
+
+
+def test_local_is_the_default(monkeypatch):
+    monkeypatch.delenv("CLICKLAKE_BACKEND", raising=False)
+    r = build_resources()
+    assert (type(r["lake"]), type(r["trainer"]), type(r["endpoint"])) == (
+        LakeResource, LocalTrainer, LocalModelServer)
+
+
+def test_aws_selects_s3_sagemaker_and_names_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CLICKLAKE_BACKEND", "AWS")
+    monkeypatch.setenv("CLICKLAKE_ENDPOINT_NAME", "ctr-prod")
+    monkeypatch.setenv("CLICKLAKE_TRAINING_INSTANCE_TYPE", "ml.c5.2xlarge")
+    r = build_resources()
+    assert isinstance(r["trainer"], SageMakerTrainer) and isinstance(r["endpoint"], SageMakerEndpoint)
+    assert r["trainer"].instance_type == "ml.c5.2xlarge"
+    assert r["endpoint"].endpoint_name == "ctr-prod"
+
+
+def test_aws_names_resolve_at_run_time(monkeypatch):
+    """Role and root are EnvVars: unset when the code loads, read when a run starts."""
+    import dagster as dg
+
+    monkeypatch.setenv("CLICKLAKE_BACKEND", "aws")
+    resources = build_resources()
+    monkeypatch.setenv("CLICKLAKE_ROOT", "s3://bucket/prefix")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+
+    @dg.asset
+    def probe(lake: LakeResource) -> str:
+        return lake.resolved_root()
+
+    result = dg.materialize([probe], resources={"lake": resources["lake"]})
+    assert result.output_for_node("probe") == "s3://bucket/prefix"
+
+
+def test_an_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="must be one of"):
+        build_resources("gcp")
