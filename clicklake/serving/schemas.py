@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from clicklake.platform.timeutil import parse_instant
 
@@ -57,7 +57,7 @@ class PredictRequest(BaseModel):
     user_id: Id
     campaign_id: Id
     impression_id: Id | None = None
-    ts: StrictInt | Annotated[StrictStr, Field(max_length=40)] | None = Field(
+    ts: int | str | None = Field(
         default=None, description="Impression time: ISO-8601 (naive = UTC) or epoch ms; "
         "default now. From 2000-01-01 to 5 minutes ahead of the server clock.")
     domain: Annotated[StrictStr, Field(max_length=253, pattern=_ID_PATTERN)] | None = None
@@ -79,15 +79,19 @@ class PredictRequest(BaseModel):
             raise ValueError("not an IPv4 or IPv6 address") from None
         return v  # as given: enrichment parses it the same way the lake path does
 
-    @field_validator("ts")
+    @field_validator("ts", mode="before")
     @classmethod
-    def _ts(cls, v: int | str | None) -> int | str | None:
-        if v is not None:
-            parse_ts(v)  # validated here, converted by the handler (same clock)
-        return v
+    def _ts(cls, v: object) -> int | None:
+        """One check for both forms, so an error names `ts` once with a plain message."""
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            # ValueError, not TypeError: pydantic turns only ValueError into a 422.
+            raise ValueError("an ISO-8601 string or an integer of epoch milliseconds")  # noqa: TRY004
+        return parse_ts(v)
 
     def ts_ms(self) -> int:
-        return now_ms() if self.ts is None else parse_ts(self.ts, max_future_ms=2**62)
+        return now_ms() if self.ts is None else int(self.ts)
 
 
 class ReasonOut(BaseModel):

@@ -1,0 +1,178 @@
+"""Bad input to the REST API gets a 4xx with a message, never a 500: a battery of invalid fields,
+malformed and non-object JSON, the 16 KiB body cap (with and without Content-Length), bearer-token
+authentication, and a property test throwing arbitrary JSON at /v1/predict."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_api import GOOGLEBOT, built_lake
+
+from clicklake.platform.storage import Store
+from clicklake.serving import ServingConfig, lake_app
+
+OK = {"user_id": "u0000300", "campaign_id": "cmp-0016"}
+TOKEN = "tok-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Store:
+    return Store(built_lake(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def client(lake):
+    return TestClient(lake_app(lake))
+
+
+@pytest.fixture(scope="module")
+def secured(lake):
+    return TestClient(lake_app(lake, config=ServingConfig(token=TOKEN)))
+
+
+BAD = [
+    ({}, "user_id"),
+    ({"campaign_id": "c"}, "user_id"),
+    ({"user_id": "u"}, "campaign_id"),
+    ({**OK, "user_id": ""}, "user_id"),
+    ({**OK, "user_id": "x" * 129}, "user_id"),
+    ({**OK, "user_id": 42}, "user_id"),
+    ({**OK, "user_id": None}, "user_id"),
+    ({**OK, "user_id": ["u"]}, "user_id"),
+    ({**OK, "user_id": "a\nb"}, "user_id"),
+    ({**OK, "campaign_id": {"id": 1}}, "campaign_id"),
+    ({**OK, "impression_id": ""}, "impression_id"),
+    ({**OK, "ts": "yesterday"}, "ts"),
+    ({**OK, "ts": "2026-13-45T00:00:00Z"}, "ts"),
+    ({**OK, "ts": 1_700_000_000}, "ts"),  # seconds, not milliseconds
+    ({**OK, "ts": -5}, "ts"),
+    ({**OK, "ts": 10**30}, "ts"),
+    ({**OK, "ts": 1.7e12}, "ts"),
+    ({**OK, "ts": True}, "ts"),
+    ({**OK, "ts": "2999-01-01T00:00:00Z"}, "ts"),
+    ({**OK, "ts": "9" * 41}, "ts"),
+    ({**OK, "ip": "999.1.1.1"}, "ip"),
+    ({**OK, "ip": "not-an-ip"}, "ip"),
+    ({**OK, "ip": 12345}, "ip"),
+    ({**OK, "user_agent": "x" * 2049}, "user_agent"),
+    ({**OK, "domain": "d" * 254}, "domain"),
+    ({**OK, "cost": -0.01}, "cost"),
+    ({**OK, "cost": "0.5"}, "cost"),
+    ({**OK, "cost": 1e7}, "cost"),
+    ({**OK, "cost": True}, "cost"),
+    ({**OK, "value_per_click": -1}, "value_per_click"),
+    ({**OK, "value_per_click": [1]}, "value_per_click"),
+    ({**OK, "user_agnet": GOOGLEBOT}, "user_agnet"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD, ids=[f"{i}-{f}" for i, (_, f) in enumerate(BAD)])
+def test_invalid_fields_are_422_naming_the_field(client, body, field):
+    resp = client.post("/v1/predict", json=body)
+    assert resp.status_code == 422, resp.text
+    out = resp.json()
+    assert out["code"] == "invalid_request" and field in out["detail"]
+    assert any(field in e["loc"] for e in out["errors"])
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"user_id": "u",}', b"null", b"[]", b'"text"',
+                                 b"42", b"\xff\xfe", b'{"user_id": NaN}'])
+def test_malformed_or_non_object_json_is_422(client, raw):
+    resp = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"]
+
+
+@pytest.mark.parametrize("cost", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_money_is_422(client, cost):
+    raw = f'{{"user_id": "u", "campaign_id": "c", "cost": {cost}}}'.encode()
+    resp = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and "cost" in resp.json()["detail"]
+
+
+def test_valid_edge_values_are_accepted(client):
+    for extra in ({"ts": "2026-11-24T02:30:00"}, {"ts": "1795573800000"}, {"ip": "2001:db8::1"},
+                  {"cost": 0}, {"value_per_click": 0, "cost": 0}, {"user_id": "ü" * 128},
+                  {"impression_id": None, "domain": None, "ip": None, "user_agent": None}):
+        resp = client.post("/v1/predict", json={**OK, **extra})
+        assert resp.status_code == 200, (extra, resp.text)
+
+
+def test_body_cap_413_before_parsing(client):
+    pad = "x" * (16 * 1024)
+    resp = client.post("/v1/predict", json={**OK, "user_agent": pad})
+    assert resp.status_code == 413 and "16384" in resp.json()["detail"]
+
+    def chunks():  # no Content-Length: the cap is enforced while the body streams in
+        yield b'{"user_id": "u", "campaign_id": "c", "domain": "'
+        for _ in range(40):
+            yield b"d" * 1024
+        yield b'"}'
+
+    resp = client.post("/v1/predict", content=chunks(),
+                       headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+    resp = client.post("/v1/predict", content=b"{}",
+                       headers={"content-type": "application/json", "content-length": "abc"})
+    assert resp.status_code in (400, 413)
+
+
+def test_body_exactly_at_the_cap_is_parsed(lake):
+    c = TestClient(lake_app(lake, config=ServingConfig(max_body_bytes=300)))
+    raw = b'{"user_id": "u0000300", "campaign_id": "cmp-0016", "domain": "'
+    raw += b"d" * (300 - len(raw) - 2) + b'"}'
+    assert len(raw) == 300
+    assert c.post("/v1/predict", content=raw,
+                  headers={"content-type": "application/json"}).status_code == 200
+    assert c.post("/v1/predict", content=raw + b" ",
+                  headers={"content-type": "application/json"}).status_code == 413
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": f"Basic {TOKEN}"},
+                                     {"Authorization": "Bearer wrong"},
+                                     {"Authorization": f"Bearer {TOKEN}x"},
+                                     {"Authorization": "Bearer"}])
+def test_token_required_when_configured(secured, headers):
+    for method, path in (("post", "/v1/predict"), ("get", "/v1/users/u0000300/profile"),
+                         ("get", "/metrics")):
+        resp = getattr(secured, method)(path, headers=headers,
+                                        **({"json": OK} if method == "post" else {}))
+        assert resp.status_code == 401, (path, resp.text)
+        assert resp.json()["detail"] and resp.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_right_token_passes_and_health_and_docs_are_open(secured):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert secured.post("/v1/predict", json=OK, headers=auth).status_code == 200
+    assert secured.get("/v1/users/u0000300/profile", headers=auth).status_code == 200
+    assert secured.get("/metrics", headers=auth).status_code == 200
+    assert secured.get("/healthz").status_code == 200
+    spec = secured.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/users/{user_id}/profile", "/healthz", "/metrics"} <= set(
+        spec["paths"])
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    assert client.get("/v2/nothing").json()["code"] == "not_found"
+    resp = client.get("/v1/predict")
+    assert resp.status_code == 405 and resp.json()["code"] == "method_not_allowed"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                max_size=4),
+    max_leaves=12)
+_fields = st.sampled_from(["user_id", "campaign_id", "impression_id", "ts", "domain", "ip",
+                           "user_agent", "cost", "value_per_click", "extra"])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(_json, st.dictionaries(_fields, _json, max_size=6)))
+def test_arbitrary_json_never_500(client, body):
+    resp = client.post("/v1/predict", json=body)
+    assert resp.status_code in (200, 422), resp.text
+    assert resp.json()
