@@ -4,7 +4,7 @@ Loaded once, with its feature manifest, into an immutable `LoadedModel`; `ModelS
 re-reads the champion pointer (one small object) and swaps in the new model when the champion
 changed. Requests read `slot.current` once, so a swap never mixes two models in one answer.
 
-Backends: the in-process booster (`LocalModelServer`, default) or the SageMaker endpoint the
+Backends: the in-process booster (what `LocalModelServer` loads; default) or the SageMaker endpoint the
 `deployed_model` asset updates (sagemaker-runtime `invoke_endpoint`, text/csv). Either way the
 manifest (feature order, categorical vocabularies) comes from the registry, so a request is
 encoded exactly as the training CSV was.
@@ -15,15 +15,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from clicklake.platform.features import FEATURE_NAMES
 from clicklake.platform.storage import Store
 from clicklake.platform.training import registry
+from clicklake.platform.training.artifact import load_booster
 from clicklake.platform.training.csvformat import CONTENT_TYPE, features_to_csv
+from clicklake.platform.training.local import predict as booster_predict
 from clicklake.platform.training.manifest import FeatureManifest
-from clicklake.resources.endpoint import LocalModelServer, SageMakerEndpoint, parse_csv_scores
+from clicklake.resources.endpoint import SageMakerEndpoint, parse_csv_scores
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,12 @@ class ModelSlot:
         if self._scorer is not None:
             predict_rows = self._scorer
         else:
-            server = LocalModelServer()
-            server.deploy(self.store, model_id, self.lake_prefix)
-            predict_rows = server.predict
+            # The same booster LocalModelServer loads, but single-threaded: for one row, OpenMP
+            # threads are pure overhead, and on a busy CPU a barrier waiting for a descheduled
+            # sibling thread stalled requests by tens of milliseconds (measured).
+            booster = load_booster(registry.artifact_of(self.store, model_id, self.lake_prefix))
+            booster.set_param({"nthread": 1})
+            predict_rows = partial(booster_predict, booster)
         return LoadedModel(model_id, promoted_at, self.backend, manifest, columns, predict_rows)
 
     def refresh(self) -> bool:
