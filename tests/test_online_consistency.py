@@ -22,15 +22,23 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from clicklake.assets.serving import (
+    CHECK_SAMPLE_USERS,
+    online_matches_lookup,
+    sample_users,
+    serving_assets,
+)
 from clicklake.flow import run_flow
 from clicklake.platform.events import SPECS
 from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES, compute_features
 from clicklake.platform.labeled import labeled_key
 from clicklake.platform.landing import parse_key
+from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files, fold_rows
 from clicklake.platform.raw import quarantine_key, raw_key
 from clicklake.platform.simulate import generate
@@ -39,6 +47,7 @@ from clicklake.platform.tiles import ts_ms
 from clicklake.platform.timeutil import HOUR_MS, parse_instant
 from clicklake.resources.endpoint import LocalModelServer
 from clicklake.resources.lake import LakeResource
+from clicklake.resources.online_store import SqliteOnlineStore
 from clicklake.resources.trainer import LocalTrainer
 
 START = parse_instant("2026-11-20T00:00:00Z")
@@ -167,3 +176,25 @@ def test_arrival_order_fold_of_messy_files_matches_labeled_rows(messy_lake, tmp_
     del online_q["duplicate"], raw_q["duplicate"]
     assert online_q == raw_q
     assert {"late", "future", "malformed", "bad_type"} <= set(raw_q)
+
+
+def test_online_matches_lookup_check_passes_then_catches_a_tampered_state(messy_lake, tmp_path):
+    """The asset check on the messy stream: the serving_lookup asset folds every landing file,
+    sampled users' online profiles equal the lookup table's at the comparison instant; one extra
+    click for a sampled user makes it fail."""
+    lake = LakeResource(root=messy_lake.root)
+    online = SqliteOnlineStore(path=str(tmp_path / "online.db"))
+    result = dg.materialize(serving_assets, resources={"lake": lake, "online_store": online})
+    assert result.success
+    check = online_matches_lookup(lake=lake, online_store=online)
+    assert check.passed, check.metadata
+    assert check.metadata["compared_users"].value == CHECK_SAMPLE_USERS
+    at = parse_instant(check.metadata["at"].value)
+    assert START < at <= START + HOURS * HOUR_MS
+
+    victim = sample_users(LookupTable(messy_lake), at)[0]
+    assert fold_rows(online.state(), "clicks", [("tamper", at - 60_000, victim, "c-x", None)],
+                     "tamper/1", at - 60_000)
+    bad = online_matches_lookup(lake=lake, online_store=online)
+    assert not bad.passed
+    assert bad.metadata["mismatches"].value >= 2  # clicks, clicks_1h, ...

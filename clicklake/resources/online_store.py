@@ -1,0 +1,286 @@
+"""The online store as a Dagster resource: SQLite (WAL) file by default, DynamoDB in production.
+
+Both hold the same `platform.online.StateStore` contract; the fold and the reads never know which.
+
+DynamoDB crash safety. A landing file's updates can exceed TransactWriteItems' 100 items, so one
+transaction cannot hold them all. Chunking alone is not enough: a run killed between chunks would
+re-apply the first chunks' counter ADDs on the rerun, and the rerun would compute its updates
+from a half-updated state. So a file is committed as a small write-ahead log:
+
+1. its update list (computed once, from the state before the file) is stored as intent items and
+   the file record is put as `pending` (conditional: not already present);
+2. the list is applied in transactions of at most 99 updates + 1 conditional "chunk applied"
+   marker (attribute_not_exists), so each chunk lands exactly once;
+3. the file record becomes `done`, the watermark moves, the intent is deleted.
+A rerun that finds a `pending` record replays the stored intent (never a recomputed one) and
+skips the chunks whose marker exists. One folder at a time is assumed (the sensor's runs are
+serialized by the `online_fold` pool); SQLite needs no such care, one transaction holds a file.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import boto3
+import dagster as dg
+import orjson
+from botocore.exceptions import ClientError
+from pydantic import Field
+
+from clicklake.platform.online import OnlineFeatures, SqliteState, StateStore
+from clicklake.platform.online.state import Commit, chunks
+
+DEFAULT_SQLITE_PATH = "data/online/online.db"
+_TRANSACTION_ITEMS = 100
+_INTENT_BYTES = 300_000  # per intent item (DynamoDB items hold at most 400 KB)
+
+
+class OnlineStoreResource(dg.ConfigurableResource, ABC):
+    """Where serving state lives. `state()` opens the backend; `features()` the read API."""
+
+    @abstractmethod
+    def state(self) -> StateStore: ...
+
+    def features(self) -> OnlineFeatures:
+        return OnlineFeatures(self.state())
+
+
+class SqliteOnlineStore(OnlineStoreResource):
+    """One SQLite file in WAL mode (embedded default: no server, no account). When `path` is
+    unset, `CLICKLAKE_ONLINE_DB` is used (read when the resource is used), then
+    data/online/online.db."""
+
+    path: str | None = Field(default=None, description="SQLite file of the online store.")
+
+    def resolved_path(self) -> str:
+        return self.path or os.environ.get("CLICKLAKE_ONLINE_DB") or DEFAULT_SQLITE_PATH
+
+    def state(self) -> StateStore:
+        return SqliteState(self.resolved_path())
+
+
+class DynamoDbOnlineStore(OnlineStoreResource):
+    """A DynamoDB table (pk string, sk number; on-demand). Credentials: the standard boto3 chain."""
+
+    table_name: str = Field(default="clicklake-online", description="DynamoDB table name.")
+    endpoint_url: str | None = Field(default=None, description="Endpoint override (tests).")
+    region: str | None = Field(default=None, description="AWS region.")
+    create_table: bool = Field(default=False, description="Create the table when it is absent.")
+
+    def state(self) -> StateStore:
+        return DynamoState(self.table_name, self.endpoint_url, self.region, self.create_table)
+
+
+def _n(v) -> int:
+    return int(v["N"])
+
+
+class DynamoState(StateStore):
+    """`StateStore` over one DynamoDB table. Items: `d#ns#key` (documents, value in `v`, hour in
+    `h`), `c#table#pk` with sk (counters `i`, `c`), `f#file` (file records), `i#file` with sk n
+    (intent chunks), `a#file` with sk n (chunk applied markers), `meta#watermark`."""
+
+    def __init__(self, table: str, endpoint_url: str | None = None, region: str | None = None,
+                 create: bool = False):
+        self.table = table
+        self.client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region)
+        if create:
+            self.create_table()
+
+    def create_table(self) -> None:
+        try:
+            self.client.create_table(
+                TableName=self.table, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                      {"AttributeName": "sk", "AttributeType": "N"}],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                           {"AttributeName": "sk", "KeyType": "RANGE"}])
+            self.client.get_waiter("table_exists").wait(TableName=self.table)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+
+    def _key(self, pk: str, sk: int = 0) -> dict:
+        return {"pk": {"S": pk}, "sk": {"N": str(sk)}}
+
+    def _get(self, pk: str, sk: int = 0) -> dict | None:
+        return self.client.get_item(TableName=self.table, Key=self._key(pk, sk),
+                                    ConsistentRead=True).get("Item")
+
+    def _query(self, pk: str, lo: int | None = None, hi: int | None = None) -> list[dict]:
+        kw = {"TableName": self.table, "ConsistentRead": True,
+              "KeyConditionExpression": "pk = :p",
+              "ExpressionAttributeValues": {":p": {"S": pk}}}
+        if lo is not None:
+            kw["KeyConditionExpression"] += " AND sk BETWEEN :lo AND :hi"
+            kw["ExpressionAttributeValues"].update({":lo": {"N": str(lo)}, ":hi": {"N": str(hi)}})
+        items: list[dict] = []
+        while True:
+            resp = self.client.query(**kw)
+            items += resp["Items"]
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def _scan(self, prefix: str) -> list[dict]:
+        kw = {"TableName": self.table, "FilterExpression": "begins_with(pk, :p)",
+              "ExpressionAttributeValues": {":p": {"S": prefix}}, "ConsistentRead": True}
+        items: list[dict] = []
+        while True:
+            resp = self.client.scan(**kw)
+            items += resp["Items"]
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get_docs(self, ns: str, keys: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        prefix = f"d#{ns}#"
+        for part in chunks(list(dict.fromkeys(keys)), 100):
+            request = {self.table: {"Keys": [self._key(prefix + k) for k in part],
+                                    "ConsistentRead": True}}
+            while request:
+                resp = self.client.batch_get_item(RequestItems=request)
+                for item in resp["Responses"].get(self.table, []):
+                    out[item["pk"]["S"][len(prefix):]] = item["v"]["B"]
+                request = resp.get("UnprocessedKeys") or None
+        return out
+
+    def sum_counters(self, table: str, pk: str, lo: int, hi: int) -> tuple[int, int]:
+        if hi <= lo:
+            return 0, 0
+        items = self._query(f"c#{table}#{pk}", lo, hi - 1)
+        return sum(_n(i["i"]) for i in items), sum(_n(i["c"]) for i in items)
+
+    def is_folded(self, file_key: str) -> bool:
+        item = self._get("f#" + file_key)
+        return item is not None and item["state"]["S"] == "done"
+
+    def watermark_ms(self) -> int | None:
+        item = self._get("meta#watermark")
+        return None if item is None else _n(item["wm"])
+
+    # -- the commit protocol (module docstring) ------------------------------------------------
+    def _ops(self, commit: Commit) -> list[list]:
+        ops: list[list] = []
+        for ns, docs in sorted(commit.docs.items()):
+            for k, (h, v) in sorted(docs.items()):
+                ops.append(["d", f"d#{ns}#{k}", h, None if v is None else v.decode()])
+        for table, cells in sorted(commit.counters.items()):
+            for (pk, sk), (di, dc) in sorted(cells.items()):
+                if di or dc:
+                    ops.append(["c", f"c#{table}#{pk}", sk, di, dc])
+        return ops
+
+    def _write_intent(self, commit: Commit) -> tuple[list[list], dict]:
+        ops = self._ops(commit)
+        body = orjson.dumps(ops)
+        parts = [body[i:i + _INTENT_BYTES] for i in range(0, len(body), _INTENT_BYTES)] or [b""]
+        for n, part in enumerate(parts):
+            self.client.put_item(TableName=self.table,
+                                 Item={**self._key("i#" + commit.file_key, n), "b": {"B": part}})
+        marker = {**self._key("f#" + commit.file_key), "state": {"S": "pending"},
+                  "arrival": {"N": str(commit.arrival_ms)}, "parts": {"N": str(len(parts))},
+                  "stats": {"B": orjson.dumps(commit.stats)}}
+        self.client.put_item(TableName=self.table, Item=marker,
+                             ConditionExpression="attribute_not_exists(pk)")
+        return ops, marker
+
+    def _read_intent(self, marker: dict) -> list[list]:
+        file_key = marker["pk"]["S"][2:]
+        items = sorted(self._query("i#" + file_key), key=lambda i: _n(i["sk"]))
+        return orjson.loads(b"".join(i["b"]["B"] for i in items))
+
+    def _write(self, op: list) -> dict:
+        if op[0] == "d":
+            if op[3] is None:
+                return {"Delete": {"TableName": self.table, "Key": self._key(op[1])}}
+            return {"Put": {"TableName": self.table, "Item": {
+                **self._key(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()}}}}
+        return {"Update": {"TableName": self.table, "Key": self._key(op[1], op[2]),
+                           "UpdateExpression": "ADD i :i, c :c",
+                           "ExpressionAttributeValues": {":i": {"N": str(op[3])},
+                                                         ":c": {"N": str(op[4])}}}}
+
+    def commit(self, commit: Commit) -> bool:
+        marker = self._get("f#" + commit.file_key)
+        if marker is not None and marker["state"]["S"] == "done":
+            return False
+        if marker is None:
+            ops, marker = self._write_intent(commit)
+        else:  # a crashed run left this file half applied: finish ITS update list
+            ops = self._read_intent(marker)
+        for n, part in enumerate(chunks(ops, _TRANSACTION_ITEMS - 1)):
+            applied = {"Put": {"TableName": self.table, "Item": self._key(
+                "a#" + commit.file_key, n), "ConditionExpression": "attribute_not_exists(pk)"}}
+            try:
+                self.client.transact_write_items(
+                    TransactItems=[*(self._write(op) for op in part), applied])
+            except ClientError as exc:
+                reasons = exc.response.get("CancellationReasons") or []
+                if exc.response["Error"]["Code"] == "TransactionCanceledException" and reasons \
+                        and reasons[-1].get("Code") == "ConditionalCheckFailed":
+                    continue  # this chunk landed before the crash
+                raise
+        arrival = _n(marker["arrival"])
+        self.client.update_item(TableName=self.table, Key=self._key("f#" + commit.file_key),
+                                UpdateExpression="SET #s = :d",
+                                ExpressionAttributeNames={"#s": "state"},
+                                ExpressionAttributeValues={":d": {"S": "done"}})
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=self._key("meta#watermark"),
+                UpdateExpression="SET wm = :a",
+                ConditionExpression="attribute_not_exists(wm) OR wm < :a",
+                ExpressionAttributeValues={":a": {"N": str(arrival)}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+        for n in range(_n(marker["parts"])):
+            self.client.delete_item(TableName=self.table, Key=self._key("i#" + commit.file_key, n))
+        for n in range(-(-len(ops) // (_TRANSACTION_ITEMS - 1))):
+            self.client.delete_item(TableName=self.table, Key=self._key("a#" + commit.file_key, n))
+        return True
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
+        """Retention by scan: a maintenance pass (production would set TTL attributes instead)."""
+        n = 0
+        for ns, hour in docs_before.items():
+            for item in self._scan(f"d#{ns}#"):
+                if _n(item["h"]) < hour:
+                    self.client.delete_item(TableName=self.table, Key=self._key(item["pk"]["S"]))
+                    n += 1
+        for table, bound in counters_before.items():
+            for item in self._scan(f"c#{table}#"):
+                if _n(item["sk"]) < bound:
+                    self.client.delete_item(TableName=self.table,
+                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
+                    n += 1
+        return n
+
+    def folded_files(self) -> list[tuple[str, int, dict]]:
+        rows = [(i["pk"]["S"][2:], _n(i["arrival"]), orjson.loads(i["stats"]["B"]))
+                for i in self._scan("f#") if i["state"]["S"] == "done"]
+        return sorted(rows, key=lambda r: (r[1], r[0]))
+
+    def dump(self) -> dict:
+        docs, counters = [], []
+        for item in self._scan("d#"):
+            _, ns, key = item["pk"]["S"].split("#", 2)
+            docs.append((ns, key, _n(item["h"]), bytes(item["v"]["B"])))
+        for item in self._scan("c#"):
+            _, table, pk = item["pk"]["S"].split("#", 2)
+            if _n(item["i"]) or _n(item["c"]):
+                counters.append((table, pk, _n(item["sk"]), _n(item["i"]), _n(item["c"])))
+        files = [(i["pk"]["S"][2:], _n(i["arrival"]), bytes(i["stats"]["B"]))
+                 for i in self._scan("f#") if i["state"]["S"] == "done"]
+        return {"docs": sorted(docs), "counters": sorted(counters), "files": sorted(files)}
+
+    def clear(self) -> None:
+        for item in self._scan(""):
+            self.client.delete_item(TableName=self.table,
+                                    Key=self._key(item["pk"]["S"], _n(item["sk"])))

@@ -1,0 +1,100 @@
+"""The `serving_lookup` asset, its landing sensor and the `online_matches_lookup` check, run
+through Dagster: sensor ticks over a hand-made landing zone (cursor, run keys, only new files),
+a materialization that folds exactly the requested files, a retry, a rebuild. (The check runs on
+a generated stream in test_online_consistency.py, which builds the lake it needs.)"""
+
+from __future__ import annotations
+
+import dagster as dg
+import orjson
+
+from clicklake.assets.serving import (
+    comparison_instant,
+    landing_to_serving,
+    serving_assets,
+    serving_checks,
+    serving_lookup,
+)
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS
+from clicklake.resources.lake import LakeResource
+from clicklake.resources.online_store import SqliteOnlineStore
+from tests.landing_factory import MIN, H, click, impression, land
+
+
+def _tick(lake: LakeResource, cursor: str | None):
+    ctx = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=cursor,
+                                  resources={"lake": lake})
+    return landing_to_serving(ctx)
+
+
+def _files(request: dg.RunRequest) -> list[str]:
+    return request.run_config["ops"]["serving_lookup"]["config"]["files"]
+
+
+def _materialize(lake, online, files=None, rebuild=False):
+    config = {"ops": {"serving_lookup": {"config": {"files": files or [], "rebuild": rebuild}}}}
+    result = dg.materialize(serving_assets, run_config=config,
+                            resources={"lake": lake, "online_store": online})
+    mat = result.get_asset_materialization_events()[0].step_materialization_data.materialization
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_path):
+    store = Store(str(tmp_path / "lake"))
+    lake = LakeResource(root=store.root)
+    online = SqliteOnlineStore(path=str(tmp_path / "online.db"))
+    k1 = land(store, "impressions", H + 5 * MIN, [impression("i1", H + MIN),
+                                                  impression("i2", H + 2 * MIN, user="u2")], "1")
+    k2 = land(store, "clicks", H + 6 * MIN, [click("c1", H + 3 * MIN, "i1"), b"{not json"], "2")
+
+    first = _tick(lake, None)
+    assert len(first.run_requests) == 1
+    assert _files(first.run_requests[0]) == [k1, k2]  # arrival order across streams
+    cursor = orjson.loads(first.cursor)
+    assert cursor == {"impressions": k1, "clicks": k2}
+    assert _tick(lake, first.cursor).run_requests == []  # nothing new: a cheap, empty tick
+
+    meta = _materialize(lake, online, _files(first.run_requests[0]))
+    assert (meta["files_folded"], meta["events_folded"], meta["quarantined_total"]) == (2, 3, 1)
+    assert orjson.loads(orjson.dumps(meta["quarantined"])) == {"malformed": 1}
+    assert meta["watermark_ms"] == H + 6 * MIN
+
+    k3 = land(store, "impressions", H + 70 * MIN, [impression("i1", H + MIN),  # a re-delivery
+                                                   impression("i3", H + 65 * MIN)], "3")
+    later = _tick(lake, first.cursor)
+    assert [_files(r) for r in later.run_requests] == [[k3]]
+    assert later.run_requests[0].run_key != first.run_requests[0].run_key
+    meta = _materialize(lake, online, _files(later.run_requests[0]))
+    assert (meta["files_folded"], meta["events_folded"]) == (1, 1)
+    assert meta["quarantined"] == {"duplicate": 1}
+    # The same run again (a retry) folds nothing twice.
+    meta = _materialize(lake, online, _files(later.run_requests[0]))
+    assert (meta["files_folded"], meta["files_skipped"], meta["events_folded"]) == (0, 1, 0)
+
+    before = online.state().dump()
+    meta = _materialize(lake, online, rebuild=True)
+    assert meta["files_folded"] == 3
+    assert online.state().dump() == before  # rebuilt = folded incrementally
+
+    prof = online.features().profile("u1", H + 66 * MIN)
+    # sawtooth 1 h at H+66 min: the whole hour H plus [H+1 h, H+66 min)
+    assert (prof["impressions"], prof["clicks"], prof["impressions_1h"]) == (2, 1, 2)
+    assert online.features().profile("u1", H + 61 * MIN)["impressions_1h"] == 1
+
+
+def test_comparison_instant_waits_for_late_files_and_lake_snapshots():
+    lateness = HOUR_MS
+    # watermark 15:20 → hours ending by 14:00 are complete online; snapshots reach 16:00.
+    assert comparison_instant(H + 2 * HOUR_MS + 20 * MIN, H + 2 * HOUR_MS, lateness) == H + HOUR_MS
+    # the lake lags: the last snapshot is of hour H, so W = end of H.
+    assert comparison_instant(H + 9 * HOUR_MS, H, lateness) == H + HOUR_MS
+
+
+def test_exports_for_the_definitions():
+    defs = dg.Definitions(assets=serving_assets, asset_checks=serving_checks,
+                          sensors=[landing_to_serving],
+                          resources={"lake": LakeResource(), "online_store": SqliteOnlineStore()})
+    repo = defs.get_repository_def()
+    assert repo.get_sensor_def("landing_to_serving").minimum_interval_seconds == 15
+    assert serving_lookup.key in {k for a in serving_assets for k in a.keys}
