@@ -1,0 +1,356 @@
+"""Benchmark of the labeled dataset, beside a DuckDB SQL baseline run in the same process tree.
+
+1. Generate a clean stream (default 100k users x 48 h, about 2 M impressions) into a temporary
+   lake; build raw, tiles, user profile snapshots and segment profiles for every hour with the
+   platform functions the assets call (timed, reported as `lake_build`).
+2. FULL labeled build (`build_labeled_hour`, every feature + the label) of every hour that has a
+   next hour: impressions/s and peak RSS.
+3. The minimal task, on the same raw Parquet: per impression, the exact number of the user's
+   impressions and clicks with ts < t, and the 15-minute label with the id/attribution rule
+   (a click names its impression; a click without an id goes to the user's latest earlier
+   impression on the same campaign, ties to the greatest id). Timed twice: a DuckDB SQL query
+   (2 threads) and our own code (`LookupTable.as_of` lifetime counts + `label_impressions`).
+   Both answers, and the full build's `user_impressions_life`, `user_clicks_life` and `label`,
+   must equal each other on every row (the run fails otherwise).
+
+Timings are wall clock (`seconds`); `cpu_s` is the phase's process CPU time (all threads, it also
+counts the untimed writes of the outputs), a steadier figure on a shared machine.
+Peak RSS: each timed phase runs in a fresh subprocess; we report its VmHWM (peak resident set,
+whole process) and the growth over the resident set after imports, before the phase starts.
+
+Run: python benchmarks/bench_labeled.py [--users 100000 --hours 48] [--root DIR (reuse a lake)]
+Writes bench-results/labeled.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+START = "2026-11-24T00:00:00Z"
+LABEL_WINDOW_MS = 15 * 60_000
+_BUILT = "BUILT.json"
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _hours(meta: dict) -> list[int]:
+    from clicklake.platform.timeutil import HOUR_MS
+
+    return [meta["start_ms"] + i * HOUR_MS for i in range(meta["hours"])]
+
+
+# -- setup: stream and lake ----------------------------------------------------------------------
+
+
+def build_lake(root: str, users: int, hours: int, seed: int) -> dict:
+    from clicklake.platform import profiles, segments, tiles
+    from clicklake.platform.raw import Rules, build_raw_partition, write_raw_partition
+    from clicklake.platform.simulate import generate
+    from clicklake.platform.storage import Store
+    from clicklake.platform.timeutil import HOUR_MS, parse_instant
+
+    store = Store(root)
+    start = parse_instant(START)
+    t0 = time.perf_counter()
+    generate(store, start_ms=start, hours=hours, users=users, seed=seed, clean=True)
+    t_gen = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    counts = {"impressions": 0, "clicks": 0, "predictions": 0}
+    for i in range(hours):
+        h = start + i * HOUR_MS
+        for stream in counts:
+            part = build_raw_partition(store, stream, h, Rules())
+            write_raw_partition(store, part)
+            counts[stream] += part.kept
+    t_raw = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    snap, seg_prev = None, []
+    for i in range(hours):
+        h = start + i * HOUR_MS
+        imp = store.read_parquet(f"lake/raw/impressions/{_hive(h)}/part-0.parquet")
+        clk = store.read_parquet(f"lake/raw/clicks/{_hive(h)}/part-0.parquet")
+        tile = tiles.build_user_hour_tiles(imp, clk, h)
+        store.write_parquet(tiles.tile_key(h), tile)
+        snap = profiles.fold_snapshot(snap, tile, h)
+        store.write_parquet(profiles.snapshot_key(h), snap,
+                            row_group_size=profiles.DEFAULT_ROW_GROUP_USERS)
+        events = segments.hour_segment_events(store, h)
+        prof = segments.segment_profile(events, seg_prev, h)
+        store.write_parquet(segments.segment_key(h), prof)
+        seg_prev = [*seg_prev, prof][-(segments.WINDOW_HOURS - 1):]
+    t_lookup = time.perf_counter() - t0
+    meta = {"start_ms": start, "hours": hours, "users": users, "seed": seed, "rows": counts,
+            "generate_s": t_gen, "raw_s": t_raw, "tiles_profiles_segments_s": t_lookup}
+    with open(os.path.join(root, _BUILT), "w") as f:
+        json.dump(meta, f)
+    return meta
+
+
+def _hive(h: int) -> str:
+    from clicklake.platform.timeutil import hive_hour_path
+
+    return hive_hour_path(h)
+
+
+# -- timed phases, each in a fresh subprocess ----------------------------------------------------
+
+
+def phase_labeled(root: str, meta: dict, out_dir: str) -> dict:
+    """The full labeled build of every labeled hour (the asset's work minus its write)."""
+    from clicklake.platform.labeled import build_labeled_hour
+    from clicklake.platform.storage import Store
+
+    store = Store(root)
+    build_s, rows, parts = 0.0, 0, []
+    for h in _hours(meta)[:-1]:
+        t0 = time.perf_counter()
+        table = build_labeled_hour(store, h, LABEL_WINDOW_MS)
+        build_s += time.perf_counter() - t0
+        rows += table.num_rows
+        parts.append(table.select(["impression_id", "user_impressions_life", "user_clicks_life",
+                                   "label"]))
+        del table
+    pq.write_table(pa.concat_tables(parts), os.path.join(out_dir, "labeled.parquet"))
+    return {"seconds": build_s, "rows": rows}
+
+
+def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
+    """Our code on the minimal task: lifetime counts from the lookup table + label_impressions."""
+    from clicklake.platform.labeling import label_impressions
+    from clicklake.platform.lookup import LookupTable
+    from clicklake.platform.raw import read_raw
+    from clicklake.platform.storage import Store
+    from clicklake.platform.tiles import ts_ms
+    from clicklake.platform.timeutil import HOUR_MS
+
+    store = Store(root)
+    lookup = LookupTable(store)
+    seconds, rows, parts = 0.0, 0, []
+    for h in _hours(meta)[:-1]:
+        t0 = time.perf_counter()
+        imp = read_raw(store, "impressions", h)
+        nxt = read_raw(store, "impressions", h + HOUR_MS)
+        clicks = pa.concat_tables([read_raw(store, "clicks", h),
+                                   read_raw(store, "clicks", h + HOUR_MS)])
+        prof = lookup.as_of(imp["user_id"].combine_chunks(), ts_ms(imp["ts"]))
+        lab = label_impressions(imp.select(["impression_id", "ts", "user_id", "campaign_id"]),
+                                clicks, LABEL_WINDOW_MS, context_impressions=nxt)
+        seconds += time.perf_counter() - t0
+        rows += imp.num_rows
+        parts.append(pa.table({"impression_id": imp["impression_id"],
+                               "n_imp": prof["impressions"], "n_clk": prof["clicks"],
+                               "label": lab["label"]}))
+    pq.write_table(pa.concat_tables(parts), os.path.join(out_dir, "minimal_ours.parquet"))
+    return {"seconds": seconds, "rows": rows}
+
+
+DUCKDB_SQL = """
+WITH imp AS (SELECT impression_id, ts, user_id, campaign_id
+             FROM read_parquet($imp_glob, hive_partitioning = false)),
+clk AS (SELECT click_id, ts, user_id, campaign_id, impression_id
+        FROM read_parquet($clk_glob, hive_partitioning = false)),
+-- exact counts before t: running totals per (user, instant), then ASOF on ts < t
+ev AS (SELECT user_id, ts, count(*) AS i, 0 AS c FROM imp GROUP BY ALL
+       UNION ALL SELECT user_id, ts, 0, count(*) FROM clk GROUP BY ALL),
+per_ts AS (SELECT user_id, ts, sum(i) AS i, sum(c) AS c FROM ev GROUP BY ALL),
+run AS (SELECT user_id, ts, sum(i) OVER w AS ci, sum(c) OVER w AS cc FROM per_ts
+        WINDOW w AS (PARTITION BY user_id ORDER BY ts ROWS UNBOUNDED PRECEDING)),
+-- attribution: a click names its impression, else the latest earlier one of user x campaign
+last_imp AS (SELECT user_id, campaign_id, ts, max(impression_id) AS impression_id
+             FROM imp GROUP BY ALL),
+anon AS (SELECT c.click_id, c.ts, l.impression_id
+         FROM (SELECT * FROM clk WHERE impression_id IS NULL) c
+         ASOF JOIN last_imp l
+           ON c.user_id = l.user_id AND c.campaign_id = l.campaign_id AND c.ts > l.ts),
+attributed AS (SELECT DISTINCT click_id, ts, impression_id FROM (
+                 SELECT click_id, ts, impression_id FROM clk WHERE impression_id IS NOT NULL
+                 UNION ALL SELECT click_id, ts, impression_id FROM anon)),
+labeled AS (SELECT DISTINCT i.impression_id
+            FROM imp i JOIN attributed a ON a.impression_id = i.impression_id
+            WHERE a.ts > i.ts AND a.ts <= i.ts + to_milliseconds($window))
+SELECT q.impression_id, coalesce(r.ci, 0) AS n_imp, coalesce(r.cc, 0) AS n_clk,
+       (lb.impression_id IS NOT NULL)::TINYINT AS label
+FROM (SELECT * FROM imp WHERE epoch_ms(ts) < $end_ms) q
+ASOF LEFT JOIN run r ON q.user_id = r.user_id AND q.ts > r.ts
+LEFT JOIN labeled lb ON lb.impression_id = q.impression_id
+"""
+
+
+def phase_duckdb(root: str, meta: dict, out_dir: str) -> dict:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    hours = _hours(meta)
+    raw = os.path.join(root, "lake", "raw")
+    t0 = time.perf_counter()
+    table = con.execute(DUCKDB_SQL, {
+        "imp_glob": os.path.join(raw, "impressions", "*", "*", "part-0.parquet"),
+        "clk_glob": os.path.join(raw, "clicks", "*", "*", "part-0.parquet"),
+        "window": LABEL_WINDOW_MS, "end_ms": hours[-1],
+    }).to_arrow_table()
+    seconds = time.perf_counter() - t0
+    pq.write_table(table, os.path.join(out_dir, "minimal_duckdb.parquet"))
+    return {"seconds": seconds, "rows": table.num_rows}
+
+
+PHASES = {"labeled": phase_labeled, "minimal_ours": phase_minimal_ours, "duckdb": phase_duckdb}
+
+
+def run_phase(name: str, root: str, out_dir: str) -> dict:
+    """Run a phase in a fresh interpreter and return its timing and memory."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--phase", name, "--root", root,
+           "--out-dir", out_dir]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _phase_main(name: str, root: str, out_dir: str) -> None:
+    with open(os.path.join(root, _BUILT)) as f:
+        meta = json.load(f)
+    import clicklake.platform.labeled  # noqa: F401  (imports outside the measured growth)
+    import duckdb  # noqa: F401
+    import pandas  # noqa: F401
+
+    rss0 = _status_kib("VmRSS")
+    cpu0 = time.process_time()
+    result = PHASES[name](root, meta, out_dir)
+    result["cpu_s"] = time.process_time() - cpu0  # all threads; includes untimed writes
+    result["peak_rss_mib"] = _status_kib("VmHWM") / 1024
+    result["rss_after_imports_mib"] = rss0 / 1024
+    result["peak_growth_mib"] = (_status_kib("VmHWM") - rss0) / 1024
+    print(json.dumps(result))
+
+
+# -- comparison ----------------------------------------------------------------------------------
+
+
+def _sorted(path: str) -> pa.Table:
+    t = pq.read_table(path)
+    return t.take(pc.sort_indices(t, [("impression_id", "ascending")]))
+
+
+def compare(out_dir: str) -> dict:
+    duck = _sorted(os.path.join(out_dir, "minimal_duckdb.parquet"))
+    ours = _sorted(os.path.join(out_dir, "minimal_ours.parquet"))
+    full = _sorted(os.path.join(out_dir, "labeled.parquet"))
+    ids = duck["impression_id"]
+    if len(pc.unique(ids)) != len(ids):
+        raise SystemExit("impression ids are not unique: the comparison needs them to be")
+    out = {"rows": len(ids)}
+    for name, other, cols in (
+        ("minimal_ours", ours, {"n_imp": "n_imp", "n_clk": "n_clk", "label": "label"}),
+        ("full_build", full, {"n_imp": "user_impressions_life", "n_clk": "user_clicks_life",
+                              "label": "label"}),
+    ):
+        if not other["impression_id"].equals(ids):
+            raise SystemExit(f"{name}: not the same impressions as the DuckDB baseline")
+        mism = {}
+        for base_col, col in cols.items():
+            a = duck[base_col].to_numpy().astype(np.float64)
+            b = other[col].to_numpy(zero_copy_only=False).astype(np.float64)
+            mism[base_col] = int((a != b).sum())
+        out[f"{name}_mismatches"] = mism
+    out["label_rate"] = float(duck["label"].to_numpy().mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--hours", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--root", help="lake folder; reused when already built there")
+    ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="bench-results/labeled.json")
+    args = ap.parse_args()
+    if args.phase:
+        _phase_main(args.phase, args.root, args.out_dir)
+        return
+
+    root = args.root or tempfile.mkdtemp(prefix="clicklake-bench-labeled-")
+    built = os.path.join(root, _BUILT)
+    if os.path.exists(built):
+        with open(built) as f:
+            meta = json.load(f)
+        if (meta["users"], meta["hours"], meta["seed"]) != (args.users, args.hours, args.seed):
+            raise SystemExit(f"{root} holds another lake ({meta}); pick an empty --root")
+        print(f"reusing the lake in {root}")
+    else:
+        print(f"generating {args.users:,} users x {args.hours} h and building the lake in {root}")
+        meta = build_lake(root, args.users, args.hours, args.seed)
+    out_dir = tempfile.mkdtemp(prefix="clicklake-bench-out-")
+    try:
+        phases = {name: run_phase(name, root, out_dir) for name in ("duckdb", "minimal_ours",
+                                                                    "labeled")}
+        check = compare(out_dir)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if not args.root:
+            shutil.rmtree(root, ignore_errors=True)
+
+    n = phases["labeled"]["rows"]
+    lab, mini, duck = phases["labeled"], phases["minimal_ours"], phases["duckdb"]
+    results = {
+        "config": {"users": args.users, "hours": args.hours, "seed": args.seed,
+                   "cpus": os.cpu_count(), "label_window_ms": LABEL_WINDOW_MS},
+        "data": meta["rows"],
+        "lake_build": {"generate_s": meta["generate_s"], "raw_s": meta["raw_s"],
+                       "tiles_profiles_segments_s": meta["tiles_profiles_segments_s"],
+                       "reused": bool(args.root and os.path.exists(built))},
+        "full_labeled_build": {**lab, "impressions_per_s": n / lab["seconds"],
+                               "peak_growth_mib_per_2m": lab["peak_growth_mib"] * 2e6 / n},
+        "minimal_ours": {**mini, "impressions_per_s": mini["rows"] / mini["seconds"]},
+        "minimal_duckdb": {**duck, "impressions_per_s": duck["rows"] / duck["seconds"]},
+        "ratios": {
+            "full_build_throughput_over_duckdb_minimal": duck["seconds"] / lab["seconds"],
+            "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
+        },
+        "exactness": check,
+        "notes": "RSS measured per phase in a fresh subprocess from /proc/self/status: VmHWM "
+                 "(peak) and its growth over VmRSS after imports. DuckDB runs with 2 threads "
+                 "and reads the raw Parquet; the label uses the id/attribution rule.",
+    }
+    mis = {k: v for k, v in check.items() if k.endswith("_mismatches")}
+    print(f"lake: {meta['rows']['impressions']:,} impressions, {meta['rows']['clicks']:,} clicks;"
+          f" raw {meta['raw_s']:.1f} s, tiles+profiles+segments "
+          f"{meta['tiles_profiles_segments_s']:.1f} s")
+    print(f"{'measure':<34} {'seconds':>8} {'M imp/s':>8} {'peak MiB':>9} {'growth MiB':>10}")
+    for label, p in (("full labeled build (ours)", lab), ("minimal task (ours)", mini),
+                     ("minimal task (DuckDB SQL)", duck)):
+        print(f"{label:<34} {p['seconds']:>8.2f} {p['rows'] / p['seconds'] / 1e6:>8.3f} "
+              f"{p['peak_rss_mib']:>9.0f} {p['peak_growth_mib']:>10.0f}")
+    print(f"full build vs DuckDB minimal: {results['ratios']['full_build_throughput_over_duckdb_minimal']:.2f}x"
+          f" throughput; minimal ours vs DuckDB: {results['ratios']['minimal_ours_throughput_over_duckdb']:.2f}x")
+    print(f"mismatches against DuckDB: {mis}")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {args.out}")
+    if any(v for m in mis.values() for v in m.values()):
+        raise SystemExit("exactness check failed")
+
+
+if __name__ == "__main__":
+    main()
