@@ -38,6 +38,7 @@ from clicklake.platform.training import registry
 from clicklake.platform.training.artifact import load_booster
 from clicklake.platform.training.local import predict as booster_predict
 from clicklake.serving import LakeFeatures, ModelSlot, ServingConfig, lake_app
+from clicklake.serving.schemas import PredictResponse
 
 START = parse_instant("2026-11-24T00:00:00Z")
 HOURS = 4
@@ -139,9 +140,24 @@ def test_prediction_equals_training_path_row_by_row(client, lake, champion, hour
     assert mismatches == []
 
 
+def test_single_row_encoding_equals_features_encode(lake):
+    slot = ModelSlot(lake)
+    slot.refresh()
+    m = slot.current
+    source = LakeFeatures(lake)
+    for ip, ua in ((None, None), ("81.2.69.160", FIREFOX), ("2001:db8::1", GOOGLEBOT),
+                   ("8.8.8.8", "Mozilla/5.0 (PlayStation; PlayStation 5/2.26) AppleWebKit")):
+        feats = compute_features(source.feature_inputs("u0000300", "cmp-0016",
+                                                       START + 3 * HOUR_MS, ip, ua))
+        np.testing.assert_array_equal(m.encode_one(feats), encode(feats, m.vocabularies))
+    feats["country"] = np.array(["never-a-country"], dtype=object)  # out of vocabulary: code 0
+    np.testing.assert_array_equal(m.encode_one(feats), encode(feats, m.vocabularies))
+
+
 def test_crawler_user_agent_is_skipped_with_its_reason(client):
     base = {"user_id": "u0000300", "campaign_id": "cmp-0016", "ip": "81.2.69.160", "cost": 0}
     bot = client.post("/v1/predict", json={**base, "user_agent": GOOGLEBOT}).json()
+    PredictResponse.model_validate(bot)  # the documented response shape
     assert bot["decision"] == "skip"
     assert [r["code"] for r in bot["reasons"]] == [CRAWLER_USER_AGENT]
     human = client.post("/v1/predict", json={**base, "user_agent": FIREFOX}).json()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
-from clicklake.platform.features import compute_features, encode
+from clicklake.platform.features import compute_features
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.timeutil import iso
 from clicklake.serving.auth import bearer, check_bearer
@@ -45,7 +46,6 @@ from clicklake.serving.schemas import (
     PredictRequest,
     PredictResponse,
     ProfileOut,
-    ReasonOut,
     iso_or_none,
     now_ms,
     parse_ts,
@@ -174,7 +174,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorized)],
               responses={503: {"model": ErrorOut}}, summary="Score an impression")
-    async def predict(body: PredictRequest) -> PredictResponse:
+    async def predict(body: PredictRequest) -> Response:
         """Click probability of the impression with features as of just before `ts`, and the
         serve/skip decision with every reason that fired (crawler user agent, click-farm
         behaviour, expected value below cost)."""
@@ -192,7 +192,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         except LookupError as exc:
             raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
                        ) from None
-        encoded = encode(compute_features(inputs), loaded.vocabularies)
+        encoded = loaded.encode_one(compute_features(inputs))
         if loaded.backend == "local":
             probability = float(loaded.predict(encoded)[0])
         else:
@@ -204,14 +204,19 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         for r in verdict.reasons:
             metrics.reasons.labels(r.code).inc()
         metrics.probability.observe(probability)
-        return PredictResponse(
-            impression_id=body.impression_id, probability=probability,
-            decision=verdict.decision,
-            reasons=[ReasonOut(code=r.code, message=r.message) for r in verdict.reasons],
-            expected_value=verdict.expected_value, value_per_click=verdict.value_per_click,
-            cost=body.cost, model=_model_out(loaded), ts=iso(ts),
-            features_as_of=watermark_iso(),
-            latency_ms=round((time.perf_counter() - start) * 1000, 3))
+        # Serialized here rather than re-validated against the response model by FastAPI: the
+        # shape is PredictResponse (the docs say so), built from typed values.
+        return Response(orjson.dumps({
+            "impression_id": body.impression_id, "probability": probability,
+            "decision": verdict.decision,
+            "reasons": [{"code": r.code, "message": r.message} for r in verdict.reasons],
+            "expected_value": verdict.expected_value, "value_per_click": verdict.value_per_click,
+            "cost": body.cost, "model": {"id": loaded.model_id,
+                                         "promoted_at": loaded.promoted_at,
+                                         "backend": loaded.backend},
+            "ts": iso(ts), "features_as_of": watermark_iso(),
+            "latency_ms": round((time.perf_counter() - start) * 1000, 3)}),
+            media_type="application/json")
 
     @app.get("/v1/users/{user_id}/profile", response_model=ProfileOut,
              dependencies=[Depends(authorized)], responses={404: {"model": ErrorOut}},
