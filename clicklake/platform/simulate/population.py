@@ -23,7 +23,7 @@ CLICK_FARM_SHARE = 0.001
 CRAWLER_ACTIVITY = 6.0  # times a median human's activity
 CLICK_FARM_ACTIVITY = 40.0
 ACTIVITY_SIGMA = 1.1
-PROPENSITY_SIGMA = 0.3  # moderate: most of the signal stays observable
+PROPENSITY_SIGMA = 0.2  # moderate: without it the oracle AUC drops only about 1 %
 
 N_CAMPAIGNS = 300
 N_DOMAINS = 3000
