@@ -82,6 +82,8 @@ class DynamoState(StateStore):
     `h`), `c#table#pk` with sk (counters `i`, `c`), `f#file` (file records), `i#file` with sk n
     (intent chunks), `a#file` with sk n (chunk applied markers), `meta#watermark`."""
 
+    transaction_items = _TRANSACTION_ITEMS  # DynamoDB's limit; tests lower it to force chunks
+
     def __init__(self, table: str, endpoint_url: str | None = None, region: str | None = None,
                  create: bool = False):
         self.table = table
@@ -213,7 +215,7 @@ class DynamoState(StateStore):
             ops, marker = self._write_intent(commit)
         else:  # a crashed run left this file half applied: finish ITS update list
             ops = self._read_intent(marker)
-        for n, part in enumerate(chunks(ops, _TRANSACTION_ITEMS - 1)):
+        for n, part in enumerate(chunks(ops, self.transaction_items - 1)):
             applied = {"Put": {"TableName": self.table, "Item": self._key(
                 "a#" + commit.file_key, n), "ConditionExpression": "attribute_not_exists(pk)"}}
             try:
@@ -241,7 +243,7 @@ class DynamoState(StateStore):
                 raise
         for n in range(_n(marker["parts"])):
             self.client.delete_item(TableName=self.table, Key=self._key("i#" + commit.file_key, n))
-        for n in range(-(-len(ops) // (_TRANSACTION_ITEMS - 1))):
+        for n in range(-(-len(ops) // (self.transaction_items - 1))):
             self.client.delete_item(TableName=self.table, Key=self._key("a#" + commit.file_key, n))
         return True
 
