@@ -228,9 +228,10 @@ def run_phase(name: str, root: str, out_dir: str) -> dict:
 def _phase_main(name: str, root: str, out_dir: str) -> None:
     with open(os.path.join(root, _BUILT)) as f:
         meta = json.load(f)
-    import clicklake.platform.labeled  # noqa: F401  (imports outside the measured growth)
     import duckdb  # noqa: F401
     import pandas  # noqa: F401
+
+    import clicklake.platform.labeled  # noqa: F401  (imports outside the measured growth)
 
     rss0 = _status_kib("VmRSS")
     cpu0 = time.process_time()

@@ -27,7 +27,7 @@ from clicklake.platform.features import (
 from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, label_impressions
 from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA, LookupTable
 from clicklake.platform.raw import raw_key
-from clicklake.platform.scores import latest_scores
+from clicklake.platform.scores import latest_scores_lake
 from clicklake.platform.segments import segments_as_of_lake
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import ts_ms
@@ -130,16 +130,7 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
                   "country": enriched["country"].combine_chunks(), "campaign": camps}
     segments = {kind: segments_as_of_lake(store, [kind] * n, seg, t, lake_prefix)
                 for kind, seg in segment_of.items()}
-    if n:
-        first = int(t.min()) - int(t.min()) % HOUR_MS - PREDICTION_MAX_AGE_MS
-        last = int(t.max()) - int(t.max()) % HOUR_MS
-        preds = pa.concat_tables([
-            _raw(store, "predictions", h, lake_prefix, required=False)
-            .select(["prediction_id", "ts", "user_id", "score"])
-            for h in range(first, last + 1, HOUR_MS)])
-        score, pred_ts = latest_scores(preds, users.to_numpy(zero_copy_only=False), t)
-    else:
-        score, pred_ts = np.zeros(0), np.zeros(0)
+    score, pred_ts = latest_scores_lake(store, users, t, PREDICTION_MAX_AGE_MS, lake_prefix)
     return feature_inputs(FeatureContext(enriched, profiles, user_campaign, segments, score,
                                          pred_ts))
 

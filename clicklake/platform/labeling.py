@@ -21,45 +21,79 @@ DEFAULT_LABEL_WINDOW_MS = 15 * 60_000
 
 
 def _ms(col) -> np.ndarray:
-    return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _str(col) -> pa.Array:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.cast(pa.string())
+
+
+def _rank(values: pa.Array) -> np.ndarray:
+    """Position of each value in string order (ties in input order)."""
+    order = pc.sort_indices(values).to_numpy()
+    rank = np.empty(len(values), np.int64)
+    rank[order] = np.arange(len(values))
+    return rank
+
+
+def _codes(values: pa.Array) -> np.ndarray:
+    return pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _attribute(impressions: pa.Table, clicks: pa.Table) -> tuple[pa.Array, np.ndarray, pa.Array]:
+    """(click_id, click_ts, impression_id) of each distinct click, named clicks first, each part
+    in (ts, click_id) order; impression_id is null when a click cannot be attributed."""
+    c_id, c_ts = _str(clicks["click_id"]), _ms(clicks["ts"])
+    n = len(c_ts)
+    # Distinct click ids: the earliest copy (then the smallest position) of each id.
+    order = np.lexsort((np.arange(n), _rank(c_id), c_ts)) if n else np.zeros(0, np.int64)
+    _, first = np.unique(_codes(c_id.take(pa.array(order))), return_index=True)
+    keep = order[np.sort(first)]
+    c_imp = _str(clicks["impression_id"]).take(pa.array(keep))
+    c_id, c_ts = c_id.take(pa.array(keep)), c_ts[keep]
+    named = pc.is_valid(c_imp).to_numpy(zero_copy_only=False)
+    anon = np.flatnonzero(~named)
+    named = np.flatnonzero(named)
+    target = c_imp.take(pa.array(named))
+    if len(anon):
+        ni = impressions.num_rows
+        a_take = pa.array(keep[anon])
+        users = pa.concat_arrays([_str(impressions["user_id"]),
+                                  _str(clicks["user_id"]).take(a_take)])
+        camps = pa.concat_arrays([_str(impressions["campaign_id"]),
+                                  _str(clicks["campaign_id"]).take(a_take)])
+        u, c = _codes(users), _codes(camps)
+        _, pair = np.unique(u * (int(c.max(initial=0)) + 1) + c, return_inverse=True)
+        i_pair, a_pair = pair[:ni], pair[ni:]
+        i_ts, a_ts = _ms(impressions["ts"]), c_ts[anon]
+        i_ids = _str(impressions["impression_id"])
+        # (pair, ts, id) order: the row before the first at (pair, click ts) is the latest
+        # impression strictly before the click, the greatest id among equal times.
+        i_order = np.lexsort((_rank(i_ids), i_ts, i_pair)) if ni else np.zeros(0, np.int64)
+        base = int(min(i_ts.min(initial=a_ts.min()), a_ts.min()))
+        span = int(max(i_ts.max(initial=a_ts.max()), a_ts.max())) - base + 1
+        key = i_pair[i_order] * span + (i_ts[i_order] - base)
+        at = np.searchsorted(key, a_pair * span + (a_ts - base), side="left") - 1
+        ok = at >= 0
+        ok[ok] &= i_pair[i_order[at[ok]]] == a_pair[ok]
+        if ni:
+            idx = np.where(ok, i_order[np.maximum(at, 0)], 0)
+            matched = i_ids.take(pa.array(idx, mask=~ok))
+        else:
+            matched = pa.nulls(len(anon), pa.string())
+        target = pa.concat_arrays([target, matched])
+    rows = np.concatenate([named, anon])
+    return c_id.take(pa.array(rows)), c_ts[rows], target
 
 
 def attribute_clicks(impressions: pa.Table, clicks: pa.Table) -> pd.DataFrame:
     """Each distinct click with the impression it is for: columns click_id, click_ts,
     impression_id (None when unattributable)."""
-    clk = pd.DataFrame({
-        "click_id": clicks["click_id"].to_numpy(zero_copy_only=False),
-        "click_ts": _ms(clicks["ts"]),
-        "impression_id": clicks["impression_id"].to_numpy(zero_copy_only=False),
-        "user_id": clicks["user_id"].to_numpy(zero_copy_only=False),
-        "campaign_id": clicks["campaign_id"].to_numpy(zero_copy_only=False),
-    })
-    clk = clk.sort_values(["click_ts", "click_id"], kind="stable").drop_duplicates("click_id")
-    named = clk[clk["impression_id"].notna()][["click_id", "click_ts", "impression_id"]]
-    anon = clk[clk["impression_id"].isna()].drop(columns="impression_id").copy()
-    if len(anon):
-        imp = pd.DataFrame({
-            "impression_id": impressions["impression_id"].to_numpy(zero_copy_only=False),
-            "imp_ts": _ms(impressions["ts"]),
-            "user_id": impressions["user_id"].to_numpy(zero_copy_only=False),
-            "campaign_id": impressions["campaign_id"].to_numpy(zero_copy_only=False),
-        }).sort_values(["imp_ts", "impression_id"], kind="stable")
-        # Latest impression strictly before the click; among equal times the greatest id, so the
-        # answer does not depend on input order.
-        imp = imp.drop_duplicates(["user_id", "campaign_id", "imp_ts"], keep="last")
-        for frame in (anon, imp):  # one key dtype on both sides, even for empty frames
-            frame[["user_id", "campaign_id"]] = frame[["user_id", "campaign_id"]].astype("string")
-        matched = pd.merge_asof(
-            anon.sort_values("click_ts", kind="stable"),
-            imp,
-            left_on="click_ts",
-            right_on="imp_ts",
-            by=["user_id", "campaign_id"],
-            allow_exact_matches=False,
-            direction="backward",
-        )
-        named = pd.concat([named, matched[["click_id", "click_ts", "impression_id"]]])
-    return named.reset_index(drop=True)
+    ids, ts, target = _attribute(impressions, clicks)
+    return pd.DataFrame({"click_id": ids.to_numpy(zero_copy_only=False), "click_ts": ts,
+                         "impression_id": target.to_numpy(zero_copy_only=False)})
 
 
 def label_impressions(
@@ -73,21 +107,24 @@ def label_impressions(
     `context_impressions` are extra impressions (e.g. of the next hour) that clicks without an id
     may be attributed to; they are not labeled themselves.
     """
+    cols = ["impression_id", "ts", "user_id", "campaign_id"]
     pool = impressions if context_impressions is None else pa.concat_tables(
-        [impressions.select(["impression_id", "ts", "user_id", "campaign_id"]),
-         context_impressions.select(["impression_id", "ts", "user_id", "campaign_id"])])
-    attributed = attribute_clicks(pool, clicks)
-    imp_ts = pd.Series(_ms(impressions["ts"]),
-                       index=impressions["impression_id"].to_numpy(zero_copy_only=False))
-    imp_ts = imp_ts[~imp_ts.index.duplicated()]
-    attributed = attributed[attributed["impression_id"].isin(imp_ts.index)]
-    delay = attributed["click_ts"].to_numpy() - imp_ts.reindex(attributed["impression_id"]).to_numpy()
-    ok = (delay > 0) & (delay <= window_ms)
-    first = pd.Series(delay[ok], index=attributed["impression_id"].to_numpy()[ok]).groupby(level=0).min()
-    ids = impressions["impression_id"].to_numpy(zero_copy_only=False)
-    first_delay = first.reindex(ids)
-    has_click = first_delay.notna().to_numpy()
-    delays = pa.array(first_delay.fillna(0).to_numpy().astype(np.int64), mask=~has_click)
+        [impressions.select(cols), context_impressions.select(cols).cast(
+            impressions.select(cols).schema)])
+    _, c_ts, target = _attribute(pool, clicks)
+    ids = _str(impressions["impression_id"])
+    imp_ts = _ms(impressions["ts"])
+    # Duplicate impression ids share the first one's time and label.
+    first_of = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    j = pc.index_in(target, value_set=ids).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+    delay = c_ts - imp_ts[np.maximum(j, 0)] if len(imp_ts) else np.zeros(len(j), np.int64)
+    ok = (j >= 0) & (delay > 0) & (delay <= window_ms)
+    best = np.full(len(ids), np.iinfo(np.int64).max)
+    np.minimum.at(best, j[ok], delay[ok])
+    best = best[first_of] if len(ids) else best
+    has_click = best != np.iinfo(np.int64).max
+    delays = pa.array(np.where(has_click, best, 0), pa.int64(), mask=~has_click)
     return impressions.append_column("label", pa.array(has_click.astype(np.int8))).append_column(
         "first_click_delay_ms", delays
     )

@@ -1,11 +1,61 @@
-"""The user's latest prediction score strictly before an instant (a DESIGN §5 feature input)."""
+"""The user's latest prediction score strictly before an instant (a DESIGN §5 feature input).
+
+Both forms are numpy: users become integer codes, predictions are sorted once by
+(user, ts, prediction_id) keeping the last of each (user, ts), and every query is one binary
+search. `latest_scores_lake` reads the raw prediction hours itself, only the three columns it
+needs, and keeps only the rows of the users asked for.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from clicklake.platform.raw import raw_key
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS
+
+
+def _codes(values, value_set: pa.Array) -> np.ndarray:
+    return pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+
+
+def _ms(col) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _id_rank(ids: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
+    """Rank of each prediction id in string order (0 for all when ids are not needed)."""
+    if ids is None:
+        return np.zeros(n, np.int64)
+    order = pc.sort_indices(ids).to_numpy()
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
+def _answer(p_code: np.ndarray, p_ts: np.ndarray, p_rank: np.ndarray, p_score: np.ndarray,
+            q_code: np.ndarray, q_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = len(q_ts)
+    score, when = np.full(n, np.nan), np.full(n, np.nan)
+    keep = p_code >= 0
+    if not keep.any() or n == 0:
+        return score, when
+    p_code, p_ts, p_rank, p_score = p_code[keep], p_ts[keep], p_rank[keep], p_score[keep]
+    # Sorted by (user, ts, id): the last row of each (user, ts) run is the greatest id there.
+    order = np.lexsort((p_rank, p_ts, p_code))
+    p_code, p_ts, p_score = p_code[order], p_ts[order], p_score[order]
+    base = int(min(p_ts.min(), q_ts.min()))
+    span = int(max(p_ts.max(), q_ts.max())) - base + 1
+    key = p_code * span + (p_ts - base)
+    at = np.searchsorted(key, q_code * span + (q_ts - base), side="left") - 1
+    ok = (q_code >= 0) & (at >= 0)
+    ok[ok] &= p_code[at[ok]] == q_code[ok]
+    score[ok], when[ok] = p_score[at[ok]], p_ts[at[ok]].astype(np.float64)
+    return score, when
 
 
 def latest_scores(predictions: pa.Table, user_ids: np.ndarray, ts_ms: np.ndarray
@@ -16,20 +66,58 @@ def latest_scores(predictions: pa.Table, user_ids: np.ndarray, ts_ms: np.ndarray
     n = len(ts_ms)
     if predictions.num_rows == 0 or n == 0:
         return np.full(n, np.nan), np.full(n, np.nan)
-    pred = pd.DataFrame({
-        "user_id": predictions["user_id"].to_numpy(zero_copy_only=False),
-        "pred_ts": pc.cast(predictions["ts"], pa.int64()).to_numpy(zero_copy_only=False),
-        "prediction_id": predictions["prediction_id"].to_numpy(zero_copy_only=False),
-        "score": predictions["score"].to_numpy(zero_copy_only=False),
-    }).sort_values(["pred_ts", "prediction_id"], kind="stable")
-    pred = pred.drop_duplicates(["user_id", "pred_ts"], keep="last")
-    q = pd.DataFrame({"user_id": np.asarray(user_ids, dtype=object),
-                      "ts": np.asarray(ts_ms, dtype=np.int64), "row": np.arange(n)})
-    for frame in (pred, q):
-        frame["user_id"] = frame["user_id"].astype("string")
-    pred["pred_ts_key"] = pred["pred_ts"]
-    m = pd.merge_asof(q.sort_values("ts", kind="stable"), pred, left_on="ts",
-                      right_on="pred_ts_key", by="user_id", allow_exact_matches=False,
-                      direction="backward").sort_values("row")
-    return (m["score"].to_numpy(np.float64, na_value=np.nan),
-            m["pred_ts"].to_numpy(np.float64, na_value=np.nan))
+    users = pc.unique(pa.array(np.asarray(user_ids, dtype=object), pa.string()))
+    q_code = _codes(pa.array(np.asarray(user_ids, dtype=object), pa.string()), users)
+    p_code = _codes(predictions["user_id"].cast(pa.string()), users)
+    return _answer(p_code, _ms(predictions["ts"]), _id_rank(predictions["prediction_id"],
+                                                          predictions.num_rows),
+                   predictions["score"].to_numpy(zero_copy_only=False).astype(np.float64),
+                   q_code, np.asarray(ts_ms, dtype=np.int64))
+
+
+def latest_scores_lake(store: Store, user_ids: pa.Array, ts_ms: np.ndarray, max_age_ms: int,
+                       lake_prefix: str = "lake") -> tuple[np.ndarray, np.ndarray]:
+    """`latest_scores` over the raw prediction hours that can hold a score at most `max_age_ms`
+    old (from the hour of `max_age_ms` before the earliest t to the hour of the latest t); a
+    missing hour reads as empty. Older scores may be left out, so callers must treat a score
+    older than `max_age_ms` as missing (features.compute_features does)."""
+    t = np.asarray(ts_ms, dtype=np.int64)
+    n = len(t)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    users = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
+    users = users.cast(pa.string())
+    uniq = pc.unique(users)
+    q_code = _codes(users, uniq)
+    first = int(t.min()) - int(t.min()) % HOUR_MS - max_age_ms
+    last = int(t.max()) - int(t.max()) % HOUR_MS
+    first -= first % HOUR_MS
+    codes, stamps, ranks, scores = [], [], [], []
+    offset = 0
+    for h in range(first, last + 1, HOUR_MS):
+        key = raw_key("predictions", h, lake_prefix)
+        if not store.exists(key):
+            continue
+        pf = store.parquet_file(key)
+        table = pf.read(columns=["user_id", "ts", "score"])
+        code = _codes(table["user_id"], uniq)
+        keep = np.flatnonzero(code >= 0)
+        if not len(keep):
+            continue
+        code, ts = code[keep], _ms(table["ts"])[keep]
+        score = table["score"].to_numpy(zero_copy_only=False)[keep].astype(np.float64)
+        # Ids break ties of one user at one instant; read them only for a file that has such.
+        k = np.sort(code * (HOUR_MS + 1) + (ts - h))
+        rank = np.zeros(len(keep), np.int64)
+        if len(k) > 1 and (k[1:] == k[:-1]).any():
+            ids = pf.read(columns=["prediction_id"])["prediction_id"].combine_chunks()
+            rank = offset + _id_rank(ids.take(pa.array(keep)), len(keep))
+            offset += len(keep)
+        codes.append(code)
+        stamps.append(ts)
+        ranks.append(rank)
+        scores.append(score)
+    if not codes:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    return _answer(np.concatenate(codes), np.concatenate(stamps), np.concatenate(ranks),
+                   np.concatenate(scores), q_code, t)
