@@ -28,7 +28,7 @@ from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, label_impressio
 from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA, LookupTable
 from clicklake.platform.raw import raw_key
 from clicklake.platform.scores import latest_scores_lake
-from clicklake.platform.segments import segments_as_of_lake
+from clicklake.platform.segments import segments_as_of_lake_kinds
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
@@ -111,10 +111,13 @@ def feature_inputs(ctx: FeatureContext) -> dict[str, np.ndarray]:
 
 
 def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = "lake",
-                        lookup: LookupTable | None = None) -> dict[str, np.ndarray]:
+                        lookup: LookupTable | None = None, *,
+                        whole_raw_hour: bool = False) -> dict[str, np.ndarray]:
     """`features.INPUT_COLUMNS` for impressions at any instants (each as of strictly before its
     own ts), from the lake: the time-travel lookup, segment profiles and raw predictions. The
-    labeled dataset calls it for an hour of impressions, the REST API's as-of path for one."""
+    labeled dataset calls it for an hour of impressions, the REST API's as-of path for one.
+    `whole_raw_hour`: `impressions` are exactly the raw impressions of one hour, so they double
+    as that hour's events instead of being read and enriched again."""
     n = impressions.num_rows
     users = impressions["user_id"].combine_chunks()
     camps = impressions["campaign_id"].combine_chunks()
@@ -128,8 +131,9 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     enriched = enrich_impressions(impressions)
     segment_of = {"global": pa.array(["all"] * n, pa.string()),
                   "country": enriched["country"].combine_chunks(), "campaign": camps}
-    segments = {kind: segments_as_of_lake(store, [kind] * n, seg, t, lake_prefix)
-                for kind, seg in segment_of.items()}
+    segments = segments_as_of_lake_kinds(
+        store, segment_of, t, lake_prefix, enriched if whole_raw_hour else None,
+        enriched["country"] if whole_raw_hour else None)
     score, pred_ts = latest_scores_lake(store, users, t, PREDICTION_MAX_AGE_MS, lake_prefix)
     return feature_inputs(FeatureContext(enriched, profiles, user_campaign, segments, score,
                                          pred_ts))
@@ -144,7 +148,7 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
     nxt = _raw(store, "impressions", hour_ms + HOUR_MS, lake_prefix, required=True)
     clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix, required=True),
                                _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix, required=True)])
-    features = compute_features(lake_feature_inputs(store, imp, lake_prefix))
+    features = compute_features(lake_feature_inputs(store, imp, lake_prefix, whole_raw_hour=True))
     labeled = label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
                                 context_impressions=nxt)
     schema = labeled_schema()

@@ -69,33 +69,48 @@ def click_countries(clicks: pa.Table, impressions: pa.Table, impression_countrie
                     ) -> pa.Array:
     """Country of each click by the rule in the module docstring. `impressions` (with their
     `impression_countries`) should cover the clicks' hours and the hour before each."""
-    n = clicks.num_rows
-    if n == 0:
-        return pa.array([], pa.string())
+    rows = click_impression_rows(clicks, impressions)
     countries = as_string_array(impression_countries).fill_null(UNKNOWN)
+    return _countries_at(rows, lambda idx: countries.take(pa.array(idx)))
+
+
+def _countries_at(rows: np.ndarray, country_of_rows) -> pa.Array:
+    result = np.full(len(rows), UNKNOWN, dtype=object)
+    found = rows >= 0
+    if found.any():
+        result[found] = np.asarray(country_of_rows(rows[found]).to_pylist(), dtype=object)
+    return pa.array(result, pa.string())
+
+
+def click_impression_rows(clicks: pa.Table, impressions: pa.Table) -> np.ndarray:
+    """Per click, the row of `impressions` whose country it takes (module docstring), -1 for
+    none."""
+    n = clicks.num_rows
+    out = np.full(n, -1, dtype=np.int64)  # index into impressions
+    if n == 0 or impressions.num_rows == 0:
+        return out
     c_ms, i_ms = ts_ms(clicks["ts"]), ts_ms(impressions["ts"])
     lo = c_ms - c_ms % HOUR_MS - HOUR_MS
     hi = c_ms - c_ms % HOUR_MS + HOUR_MS
-    out = np.full(n, -1, dtype=np.int64)  # index into impressions
+    imp_ids = as_string_array(impressions["impression_id"])
 
     # 1. by impression id, within the allowed hours
-    if impressions.num_rows:
-        by_id = pc.index_in(as_string_array(clicks["impression_id"]),
-                            value_set=as_string_array(impressions["impression_id"]))
-        j = by_id.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        ok = j >= 0
-        jt = i_ms[np.maximum(j, 0)]
-        ok &= (jt >= lo) & (jt < hi)
-        out[ok] = j[ok]
+    by_id = pc.index_in(as_string_array(clicks["impression_id"]), value_set=imp_ids)
+    j = by_id.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    ok = j >= 0
+    jt = i_ms[np.maximum(j, 0)]
+    ok &= (jt >= lo) & (jt < hi)
+    out[ok] = j[ok]
 
-        # 2. the user's latest earlier impression in those hours (ties: the largest id)
+    # 2. the user's latest earlier impression in those hours (ties: the largest id)
+    if (~ok).any():
         users = pa.concat_arrays([as_string_array(impressions["user_id"]),
                                   as_string_array(clicks["user_id"])])
-        codes = pc.dictionary_encode(users).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        codes = pc.dictionary_encode(users).indices.to_numpy(zero_copy_only=False).astype(
+            np.int64)
         iu, cu = codes[: impressions.num_rows], codes[impressions.num_rows:]
-        id_rank = np.argsort(np.argsort(
-            np.asarray(as_string_array(impressions["impression_id"]).to_pylist(), dtype=object),
-            kind="stable"), kind="stable")
+        id_rank = np.empty(len(imp_ids), np.int64)
+        id_rank[pc.sort_indices(imp_ids).to_numpy()] = np.arange(len(imp_ids))
         order = np.lexsort((id_rank, i_ms, iu))
         base = int(min(i_ms.min(), lo.min()))
         span = int(max(i_ms.max(), c_ms.max()) - base + 2)
@@ -104,11 +119,7 @@ def click_countries(clicks: pa.Table, impressions: pa.Table, impression_countrie
         first = np.searchsorted(key, cu * span + (lo - base), side="left")
         has = (last >= first) & (out < 0)
         out[has] = order[last[has]]
-    result = np.full(n, UNKNOWN, dtype=object)
-    found = out >= 0
-    if found.any():
-        result[found] = np.asarray(countries.take(pa.array(out[found])).to_pylist(), dtype=object)
-    return pa.array(result, pa.string())
+    return out
 
 
 def segment_events(impressions: pa.Table, impression_countries: pa.Array, clicks: pa.Table,
@@ -227,15 +238,38 @@ def _raw_or_empty(store: Store, stream: str, hour_ms: int, lake_prefix: str) -> 
     return store.read_parquet(key) if store.exists(key) else SPECS[stream].schema.empty_table()
 
 
-def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake") -> pa.Table:
-    """Segment events of one hour from its raw tables (and the hour before, for click countries)."""
+def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
+                        impressions: pa.Table | None = None,
+                        impression_countries: pa.Array | None = None) -> pa.Table:
+    """Segment events of one hour from its raw tables (and the hour before, for click countries).
+
+    A caller that already holds the hour's raw impressions (and their countries) passes them, so
+    they are neither read nor enriched again. Countries of the hour before are looked up only
+    for the impressions that clicks take theirs from."""
     imp_prev = _raw_or_empty(store, "impressions", hour_ms - HOUR_MS, lake_prefix)
-    imp = _raw_or_empty(store, "impressions", hour_ms, lake_prefix)
+    imp = impressions if impressions is not None else _raw_or_empty(
+        store, "impressions", hour_ms, lake_prefix)
     clk = _raw_or_empty(store, "clicks", hour_ms, lake_prefix)
-    both = pa.concat_tables([imp_prev, imp])
-    both_countries = countries(both["ip"])
-    own_countries = both_countries.slice(imp_prev.num_rows)
-    return segment_events(imp, own_countries, clk, click_countries(clk, both, both_countries))
+    own = (as_string_array(impression_countries) if impression_countries is not None
+           else countries(imp["ip"]))
+    cols = ["impression_id", "ts", "user_id", "ip"]
+    both = pa.concat_tables([imp_prev.select(cols), imp.select(cols).cast(
+        imp_prev.select(cols).schema)])
+    rows = click_impression_rows(clk, both)
+    n_prev = imp_prev.num_rows
+
+    def country_of_rows(idx: np.ndarray) -> pa.Array:
+        out = np.empty(len(idx), dtype=object)
+        early = idx < n_prev
+        if early.any():
+            out[early] = np.asarray(countries(both["ip"].combine_chunks().take(
+                pa.array(idx[early]))).to_pylist(), dtype=object)
+        if (~early).any():
+            out[~early] = np.asarray(own.take(pa.array(idx[~early] - n_prev)).to_pylist(),
+                                     dtype=object)
+        return pa.array(out, pa.string())
+
+    return segment_events(imp, own, clk, _countries_at(rows, country_of_rows))
 
 
 def read_segment_profile(store: Store, hour_ms: int, lake_prefix: str = "lake") -> pa.Table | None:
@@ -250,23 +284,57 @@ def segments_as_of_lake(store: Store, kinds: list[str] | pa.Array, segments: lis
     kinds = as_string_array(pa.array(kinds, pa.string()) if isinstance(kinds, list) else kinds)
     segs = as_string_array(pa.array(segments, pa.string()) if isinstance(segments, list)
                            else segments)
+    return _as_of_lake(store, {"": (kinds, segs)}, ts, lake_prefix)[""]
+
+
+def segments_as_of_lake_kinds(store: Store, segment_of: dict[str, pa.Array],
+                              ts: np.ndarray | list[int], lake_prefix: str = "lake",
+                              impressions: pa.Table | None = None,
+                              impression_countries: pa.Array | None = None
+                              ) -> dict[str, pa.Table]:
+    """`segments_as_of_lake` for several kinds at the same instants ({kind: segment per
+    instant} -> {kind: table}), reading and enriching each hour's events once for all kinds.
+    `impressions` (with `impression_countries`) may be the raw impressions of the instants'
+    hour, when they all lie in one hour and the caller holds them already."""
+    n = len(ts)
+    asked = {kind: (pa.array([kind] * n, pa.string()), as_string_array(
+        pa.array(seg, pa.string()) if isinstance(seg, list) else seg))
+        for kind, seg in segment_of.items()}
+    return _as_of_lake(store, asked, ts, lake_prefix, impressions, impression_countries)
+
+
+def _as_of_lake(store: Store, asked: dict[str, tuple[pa.Array, pa.Array]], ts, lake_prefix: str,
+                impressions: pa.Table | None = None,
+                impression_countries: pa.Array | None = None) -> dict[str, pa.Table]:
     t = np.asarray(ts, dtype=np.int64)
     floor_t = t - t % HOUR_MS
-    parts, positions = [], []
-    for f in np.unique(floor_t):
+    hours = np.unique(floor_t)
+    parts: dict[str, list[pa.Table]] = {k: [] for k in asked}
+    positions = []
+    listed = None
+    for f in hours:
         sel = np.flatnonzero(floor_t == f)
         prev = read_segment_profile(store, int(f) - HOUR_MS, lake_prefix)
-        if prev is None and store.list(f"{lake_prefix}/profiles/segment/"):
-            first = store.list(f"{lake_prefix}/profiles/segment/")[0]
-            if segment_key(int(f) - HOUR_MS, lake_prefix) > first:
+        if prev is None:
+            listed = store.list(f"{lake_prefix}/profiles/segment/") if listed is None else listed
+            if listed and segment_key(int(f) - HOUR_MS, lake_prefix) > listed[0]:
                 raise LookupError(f"segment_profiles for the hour before {iso(int(f))} is missing")
+        reuse = impressions is not None and len(hours) == 1
+        events = hour_segment_events(store, int(f), lake_prefix,
+                                     impressions if reuse else None,
+                                     impression_countries if reuse else None)
         idx = pa.array(sel)
-        parts.append(segments_as_of(prev, hour_segment_events(store, int(f), lake_prefix),
-                                    kinds.take(idx), segs.take(idx), t[sel]))
+        for key, (kinds, segs) in asked.items():
+            k_kinds = kinds.take(idx)
+            kind_set = pc.unique(k_kinds)
+            ev = events.filter(pc.is_in(events["kind"], value_set=kind_set))
+            pv = (prev.filter(pc.is_in(prev["kind"], value_set=kind_set))
+                  if prev is not None else None)
+            parts[key].append(segments_as_of(pv, ev, k_kinds, segs.take(idx), t[sel]))
         positions.append(sel)
-    if not parts:
-        return SEGMENT_AS_OF_SCHEMA.empty_table()
-    table = pa.concat_tables(parts)
+    if not positions:
+        return {k: SEGMENT_AS_OF_SCHEMA.empty_table() for k in asked}
     order = np.empty(len(t), dtype=np.int64)
     order[np.concatenate(positions)] = np.arange(len(t))
-    return table.take(pa.array(order))
+    take = pa.array(order)
+    return {k: pa.concat_tables(p).take(take) for k, p in parts.items()}
