@@ -1,0 +1,79 @@
+"""Online fold and reads on tiny hand-made landing zones with known answers: reads exclude events
+at or after t even when already folded, sawtooth windows, dedup per event hour, lateness and
+future verdicts on the file's key time, a click whose impression arrives later moves to that
+impression's country, unknown users, and instants older than the horizon."""
+
+from __future__ import annotations
+
+import pytest
+
+from clicklake.platform.online import BeforeHorizon, OnlineFeatures, SqliteState, fold_files
+from clicklake.platform.online.segment_state import window_24h
+from clicklake.platform.storage import Store
+from tests.landing_factory import MIN, H, click, impression, land
+
+US_IP, DE_IP = "8.8.8.8", "46.4.0.1"  # Google (US) and Hetzner (DE) address space
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = Store(str(tmp_path / "lake"))
+    state = SqliteState(str(tmp_path / "online.db"))
+    return store, state, OnlineFeatures(state)
+
+
+def test_reads_count_only_events_before_t_and_windows_are_sawtooth(env):
+    store, state, online = env
+    land(store, "impressions", H + 50 * MIN, [
+        impression("a", H - 30 * MIN, cost=0.5),  # previous hour
+        impression("b", H + 10 * MIN, cost=0.25, domain="x.com")], "1")
+    land(store, "impressions", H + 90 * MIN, [
+        impression("c", H + 80 * MIN, campaign="c2", domain="y.com")], "2")
+    fold_files(state, store, store.list("landing/"))
+    p = online.profile("u1", H + 10 * MIN)  # b is at exactly t: not history
+    assert (p["impressions"], p["spend"], p["impressions_1h"], p["distinct_domains"]) == (1, 0.5, 1, 0)
+    assert p["last_impression_ts"] == H - 30 * MIN
+    p = online.profile("u1", H + 10 * MIN + 1)
+    assert (p["impressions"], p["impressions_1h"], p["distinct_domains"]) == (2, 2, 1)
+    p = online.profile("u1", H + 81 * MIN)  # 1 h sawtooth: hour H whole + [H+1h, t)
+    assert (p["impressions"], p["impressions_1h"], p["distinct_campaigns"]) == (3, 2, 2)
+    assert p["campaigns"] == {"c1": {"impressions": 2, "clicks": 0},
+                              "c2": {"impressions": 1, "clicks": 0}}
+    assert online.profile("nobody", H) is None
+
+
+def test_dedup_is_per_event_hour_and_verdicts_use_the_key_time(env):
+    store, state, online = env
+    land(store, "impressions", H + 5 * MIN, [impression("a", H + MIN), impression("a", H + 2 * MIN),
+                                             impression("f", H + 30 * MIN)], "1")  # f: future
+    land(store, "impressions", H + 70 * MIN, [impression("a", H + 61 * MIN)], "2")  # other hour
+    land(store, "impressions", H + 3 * 60 * MIN, [impression("l", H + 3 * MIN)], "3")  # late
+    report = fold_files(state, store, store.list("landing/"))
+    assert report.quarantined == {"duplicate": 1, "future": 1, "late": 1}
+    assert report.events_total == 2
+    assert online.profile("u1", H + 3 * 60 * MIN)["impressions"] == 2
+
+
+def test_a_click_folded_before_its_impression_moves_to_its_country(env):
+    store, state, _ = env
+    land(store, "clicks", H + 20 * MIN, [click("k1", H + 12 * MIN, "i-de")], "1")
+    fold_files(state, store, store.list("landing/"))
+    t = H + 30 * MIN
+    assert window_24h(state, "country", "unknown", t) == (0, 1)
+    land(store, "impressions", H + 25 * MIN, [impression("i-us", H + 5 * MIN, ip=US_IP),
+                                              impression("i-de", H + 10 * MIN, ip=DE_IP)], "2")
+    fold_files(state, store, store.list("landing/"))
+    assert window_24h(state, "country", "unknown", t) == (0, 0)
+    assert window_24h(state, "country", "DE", t) == (1, 1)
+    assert window_24h(state, "country", "US", t) == (1, 0)
+    assert window_24h(state, "global", "all", H + 12 * MIN) == (2, 0)  # the click is at 12 min
+    assert window_24h(state, "global", "all", H + 12 * MIN + 1) == (2, 1)
+
+
+def test_instants_before_the_horizon_are_refused(env):
+    store, state, online = env
+    land(store, "impressions", H + 10 * 60 * MIN, [impression("a", H + 10 * 60 * MIN)], "1")
+    fold_files(state, store, store.list("landing/"))
+    with pytest.raises(BeforeHorizon):
+        online.profile("u1", H)
+    assert online.profile("u1", H + 11 * 60 * MIN)["impressions"] == 1
