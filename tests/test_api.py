@@ -394,3 +394,37 @@ def test_clicklake_serve_on_loopback_with_a_token(lake):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_path):
+    """The landing zone folded into the online store (SQLite): the API over it scores an
+    impression exactly as the labeled row, and its profile "now" equals the lookup table's at
+    the same instant."""
+    from clicklake.platform.landing import parse_key
+    from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+
+    _, manifest, booster = champion
+    state = SqliteState(str(tmp_path / "online.db"))
+    keys = lake.list("landing/")
+    hour = START + 2 * HOUR_MS
+    # As the online store stood while hour 2 was live: everything that arrived before hour + 2 h
+    # (the online state keeps event-level history for a bounded horizon only).
+    fold_files(state, lake, [k for k in keys if parse_key(k).arrival_ms < hour + 2 * HOUR_MS])
+    online = OnlineFeatures(state)
+    client = TestClient(lake_app(lake, source=online))
+    rows = _labeled_with_context(lake, hour, 10)
+    expected = booster_predict(booster, _matrix(rows, manifest))
+    for i, r in enumerate(rows.to_pylist()):
+        body = {"user_id": r["user_id"], "campaign_id": r["campaign_id"],
+                "ts": round(r["ts"].timestamp() * 1000), "ip": r["ip"],
+                "user_agent": r["user_agent"]}
+        out = client.post("/v1/predict", json={k: v for k, v in body.items() if v is not None})
+        assert out.status_code == 200, out.text
+        assert out.json()["probability"] == expected[i]
+        assert out.json()["features_as_of"] == iso(online.watermark_ms())
+    fold_files(state, lake, keys)
+    prof = client.get("/v1/users/u0000300/profile").json()
+    assert prof["source"] == "online"
+    want = LookupTable(lake).profile("u0000300", parse_instant(prof["as_of"]))
+    assert (prof["impressions"], prof["clicks"], prof["campaigns"]) == (
+        want["impressions"], want["clicks"], want["campaigns"])

@@ -22,6 +22,11 @@ _DEFAULTS = DecisionPolicy()
 @click.option("--source", type=click.Choice(["lake", "online"]), default="lake",
               show_default=True,
               help="Features from the lake (time-travel lookup, hourly fresh) or the online store.")
+@click.option("--online-db", default=None, envvar="CLICKLAKE_ONLINE_DB",
+              help="SQLite file of the online store (--source online; env CLICKLAKE_ONLINE_DB, "
+              "default data/online/online.db).")
+@click.option("--dynamodb-table", default=None,
+              help="Read the online store from this DynamoDB table instead (--source online).")
 @click.option("--model", "model_backend", type=click.Choice(["local", "sagemaker"]),
               default="local", show_default=True,
               help="Score with the champion's booster in process, or its SageMaker endpoint.")
@@ -48,7 +53,7 @@ _DEFAULTS = DecisionPolicy()
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, source: str,
-          model_backend: str, endpoint_name: str, region: str | None, value_per_click: float,
+          online_db: str | None, dynamodb_table: str | None, model_backend: str, endpoint_name: str, region: str | None, value_per_click: float,
           farm_ctr: float, farm_min_impressions: int, farm_burst: int, reload_every: float,
           max_body: int, log_level: str, access_log: bool) -> None:
     """Serve click predictions and serve/skip decisions over REST (one uvicorn worker).
@@ -82,7 +87,8 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         policy=DecisionPolicy(default_value_per_click=value_per_click, farm_ctr_24h=farm_ctr,
                               farm_min_impressions_24h=farm_min_impressions,
                               farm_burst_impressions_1h=farm_burst))
-    online = open_online_source(store, lake_prefix) if source == "online" else None
+    online = (open_online_source(online_db, dynamodb_table, region) if source == "online"
+              else None)
     app = lake_app(store, lake_prefix, config, source=online, model=slot)
     if slot.current is None:
         click.echo(f"warning: no champion model under {root}/{lake_prefix}/models yet; "

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
 from clicklake.platform.features import compute_features
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
+from clicklake.platform.online import BeforeHorizon
 from clicklake.platform.timeutil import iso
 from clicklake.serving.auth import bearer, check_bearer
 from clicklake.serving.metrics import ApiMetrics
@@ -186,7 +187,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         try:
             inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                            body.user_agent)
-        except SnapshotUnavailable as exc:
+        except (SnapshotUnavailable, BeforeHorizon) as exc:  # too old for this source
             raise fail(422, f"no features for ts {iso(ts)}: {exc}", "features_unavailable"
                        ) from None
         except LookupError as exc:
@@ -252,7 +253,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                 return row if row["known"] else None
         try:
             row = reader(user_id, t)
-        except SnapshotUnavailable as exc:
+        except (SnapshotUnavailable, BeforeHorizon) as exc:
             raise fail(404, str(exc), "snapshot_unavailable") from None
         if row is None:
             raise fail(404, f"user {user_id!r} has no events before {iso(t)}", "unknown_user")

@@ -142,14 +142,12 @@ class LakeFeatures:
         return row if row["known"] else None
 
 
-def open_online_source(store: Store, lake_prefix: str = "lake") -> OnlineFeatures:
-    """The online store's reader for this lake (`clicklake.platform.online`)."""
-    try:
-        from clicklake.platform.online import open_reader  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise RuntimeError("this build has no online store reader "
-                           "(clicklake.platform.online.open_reader); use --source lake") from exc
-    reader = open_reader(store, lake_prefix)
-    if not isinstance(reader, OnlineFeatures):
-        raise TypeError(f"{type(reader).__name__} lacks the OnlineFeatures read API")
-    return reader
+def open_online_source(sqlite_path: str | None = None, dynamodb_table: str | None = None,
+                       region: str | None = None) -> OnlineFeatures:
+    """The online store's read API: a DynamoDB table when one is named, else the SQLite file
+    (`sqlite_path`, else `CLICKLAKE_ONLINE_DB`, else the resource's default path)."""
+    from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
+
+    if dynamodb_table:
+        return DynamoDbOnlineStore(table_name=dynamodb_table, region=region).features()
+    return SqliteOnlineStore(path=sqlite_path).features()
