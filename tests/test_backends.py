@@ -7,14 +7,15 @@ import pytest
 from clicklake.resources.backends import build_resources
 from clicklake.resources.endpoint import LocalModelServer, SageMakerEndpoint
 from clicklake.resources.lake import LakeResource
+from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
 from clicklake.resources.trainer import LocalTrainer, SageMakerTrainer
 
 
 def test_local_is_the_default(monkeypatch):
     monkeypatch.delenv("CLICKLAKE_BACKEND", raising=False)
     r = build_resources()
-    assert (type(r["lake"]), type(r["trainer"]), type(r["endpoint"])) == (
-        LakeResource, LocalTrainer, LocalModelServer)
+    assert (type(r["lake"]), type(r["trainer"]), type(r["endpoint"]), type(r["online_store"])) == (
+        LakeResource, LocalTrainer, LocalModelServer, SqliteOnlineStore)
 
 
 def test_aws_selects_s3_sagemaker_and_names_from_the_environment(monkeypatch):
@@ -23,6 +24,7 @@ def test_aws_selects_s3_sagemaker_and_names_from_the_environment(monkeypatch):
     monkeypatch.setenv("CLICKLAKE_TRAINING_INSTANCE_TYPE", "ml.c5.2xlarge")
     r = build_resources()
     assert isinstance(r["trainer"], SageMakerTrainer) and isinstance(r["endpoint"], SageMakerEndpoint)
+    assert isinstance(r["online_store"], DynamoDbOnlineStore)
     assert r["trainer"].instance_type == "ml.c5.2xlarge"
     assert r["endpoint"].endpoint_name == "ctr-prod"
 

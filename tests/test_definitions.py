@@ -44,3 +44,29 @@ def test_hourly_schedule_targets_the_hour_whose_window_closed():
         requests = list(schedule.evaluate_tick(ctx).run_requests)
     assert [r.partition_key for r in requests] == ["2026-11-25-13:00"]
     assert requests[0].run_key == "2026-11-25-13:00"
+
+
+def test_the_graph_is_the_design_flow(graph):
+    """Every box of DESIGN §1, with the lineage the picture draws."""
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {
+        "raw_impressions", "raw_clicks", "raw_predictions", "user_hour_tiles", "user_profiles",
+        "segment_profiles", "labeled_impressions", "prediction_outcomes", "training_set",
+        "click_model", "deployed_model", "serving_lookup"}
+
+    def parents(name):
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert {"raw_impressions", "raw_clicks"} <= parents("user_hour_tiles")
+    assert {"user_hour_tiles", "user_profiles"} <= parents("user_profiles")  # the snapshot chain
+    assert {"raw_impressions", "raw_clicks", "raw_predictions", "user_profiles",
+            "segment_profiles"} <= parents("labeled_impressions")
+    assert parents("training_set") == {"labeled_impressions"}
+    assert parents("click_model") == {"training_set"}
+    assert parents("deployed_model") == {"click_model"}
+    lagged = graph.get(dg.AssetKey("labeled_impressions")).partitions_def
+    assert lagged.end_offset == -1
+
+
+def test_the_serving_sensor_is_registered():
+    assert defs.resolve_sensor_def("landing_to_serving") is not None
