@@ -125,7 +125,7 @@ def test_online_store_table_is_on_demand_with_generic_keys(template):
     assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
                                   {"AttributeName": "sk", "KeyType": "RANGE"}]
     assert {(a["AttributeName"], a["AttributeType"]) for a in props["AttributeDefinitions"]} == {
-        ("pk", "S"), ("sk", "S")}
+        ("pk", "S"), ("sk", "N")}  # as DynamoDbOnlineStore creates it
 
 
 def test_sagemaker_role_is_least_privilege(template):
