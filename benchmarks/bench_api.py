@@ -9,7 +9,8 @@ uvicorn + FastAPI + our middleware, no features, no model) at the same rate in t
    response, so a stalled server is charged for the queue it causes (no coordinated omission).
 
 Predict bodies are real impressions of the lake's users (user, campaign, ip, user agent, cost),
-asked "now". With `--source lake` the source answers "now" from the lake's state at its
+asked "now". `--source online` folds the landing zone into a SQLite online store first and
+serves from it (a few key reads per request, nothing memoised). With `--source lake` the source answers "now" from the lake's state at its
 watermark, memoised per (user, campaign, ip, user agent) after the first request; each pair is
 requested once before the measured phase so the figures are the API's own work (validation,
 `compute_features`, `encode`, the booster, the decision), as with an online store whose read costs
@@ -221,11 +222,19 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     bodies = predict_bodies(root, args.pairs)
 
+    extra = []
+    if args.source == "online":  # fold the whole landing zone into a fresh SQLite online store
+        from clicklake.platform.online import SqliteState, fold_files
+        from clicklake.platform.storage import Store
+
+        db = os.path.join(workdir, "online.db")
+        fold_files(SqliteState(db), Store(root), Store(root).list("landing/"))
+        extra = ["--online-db", db]
     port = _free_port()
     env = {**os.environ, "CLICKLAKE_API_TOKEN": TOKEN}
     server = subprocess.Popen(
         [sys.executable, "-c", "from clicklake.cli import main; main()", "serve", "--root", root,
-         "--host", "127.0.0.1", "--port", str(port), "--source", args.source],
+         "--host", "127.0.0.1", "--port", str(port), "--source", args.source, *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
