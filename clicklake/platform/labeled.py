@@ -123,9 +123,10 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     camps = impressions["campaign_id"].combine_chunks()
     t = ts_ms(impressions["ts"])
     lookup = lookup or LookupTable(store, lake_prefix)
+    if whole_raw_hour and n:
+        lookup.remember_raw("impressions", int(t.min() - t.min() % HOUR_MS), impressions)
     if n:
-        profiles = lookup.as_of(users, t)
-        user_campaign = lookup.as_of_user_campaign(users, camps, t)
+        profiles, user_campaign = lookup.as_of_with_campaigns(users, camps, t)
     else:
         profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
     enriched = enrich_impressions(impressions)

@@ -464,6 +464,10 @@ class LookupTable:
             return self.store.read_parquet(key)
         return self._cached(("raw", stream, hour_ms), load)
 
+    def remember_raw(self, stream: str, hour_ms: int, table: pa.Table) -> None:
+        """Hand over a raw hour the caller has already read (it is then not read again)."""
+        self._cached(("raw", stream, hour_ms), lambda: table)
+
     def _raw_span(self, stream: str, first_hour: int, last_hour: int) -> pa.Table:
         parts = [self.raw(stream, h) for h in range(first_hour, last_hour + 1, HOUR_MS)]
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
@@ -583,6 +587,175 @@ class LookupTable:
             return USER_CAMPAIGN_SCHEMA.empty_table()
         return self._grouped(t, run)
 
+    def as_of_with_campaigns(self, user_ids: pa.Array, campaign_ids: pa.Array, ts
+                             ) -> tuple[pa.Table, pa.Table]:
+        """`as_of(user_ids, ts)` and `as_of_user_campaign(user_ids, campaign_ids, ts)` together.
+
+        When every instant lies in the hour right after a kept snapshot (or in the first hour
+        of history) - a labeled hour - one pass serves both on integer codes: only the
+        snapshot rows of the users asked for, the windows from the snapshot's own window
+        columns (they cover exactly the complete hours before that hour), and the campaign and
+        domain sets read dictionary-encoded. Otherwise the two general queries run."""
+        users = as_string_array(user_ids)
+        camps = as_string_array(campaign_ids)
+        t = np.asarray(ts, dtype=np.int64)
+        if len(t):
+            plan = self._plan(t)
+            p = int(plan[0])
+            floor_t = t - t % HOUR_MS
+            s = p + HOUR_MS if p >= 0 else (self.history_start() if p == -1 else None)
+            if s is not None and (plan == p).all() and (floor_t == s).all():
+                return self._hour_after_snapshot(users, camps, t, p, s)
+        return self.as_of(users, t), self.as_of_user_campaign(users, camps, t)
+
+    def _snapshot_columns(self, p: int, columns: list[str], dictionary: list[str] = ()) -> pa.Table:
+        key = ("snapcols", p, tuple(columns))
+        path = self.store.path(snapshot_key(p, self.lake_prefix))
+        return self._cached(key, lambda: pq.read_table(
+            path, filesystem=self.store.fs, columns=columns,
+            read_dictionary=[f"{c}.list.element" for c in dictionary] or None))
+
+    def _hour_after_snapshot(self, users: pa.Array, camps: pa.Array, t: np.ndarray, p: int,
+                             s: int) -> tuple[pa.Table, pa.Table]:
+        n = len(t)
+        qenc = pc.dictionary_encode(users)
+        qcode = qenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        quniq = qenc.dictionary
+        nu = len(quniq)
+        hi = int(t.max())
+        imp, imp_ms = _within(self.raw("impressions", s), s, hi)
+        clk, clk_ms = _within(self.raw("clicks", s), s, hi)
+        ic = _to_np_codes(pc.index_in(as_string_array(imp["user_id"]), value_set=quniq))
+        cc = _to_np_codes(pc.index_in(as_string_array(clk["user_id"]), value_set=quniq))
+        i_keep, c_keep = ic >= 0, cc >= 0
+        # Campaign codes: the campaigns asked for and those of the events; others never match.
+        cenc = pc.dictionary_encode(pa.concat_arrays([
+            camps, as_string_array(imp["campaign_id"]), as_string_array(clk["campaign_id"])]))
+        call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        cdict = cenc.dictionary
+        nc = max(len(cdict), 1)
+        q_camp, i_camp, c_camp = call[:n], call[n:n + len(ic)], call[n + len(ic):]
+        dom = as_string_array(imp["domain"])
+        denc = pc.dictionary_encode(dom)
+        ddict = denc.dictionary
+        d_code = denc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        nd = max(len(ddict), 1)
+
+        # Snapshot rows of the users asked for (row -1: not in the snapshot).
+        scal = ["first_ts", "last_impression_ts", "last_click_ts", "impressions", "clicks",
+                "spend", *[f"{m}_{w}" for w in WINDOWS_H for m in ("impressions", "clicks",
+                                                                    "spend")],
+                "distinct_campaigns", "distinct_domains"]
+        snap_vals: dict[str, np.ndarray] = {}
+        snap_pairs = np.zeros(0, np.int64)
+        snap_ci = snap_ck = np.zeros(0, np.int64)
+        snap_doms = np.zeros(0, np.int64)
+        ids = self._snapshot_columns(p, ["user_id"])["user_id"] if p >= 0 else None
+        if ids is not None and len(ids):
+            row = _to_np_codes(pc.index_in(quniq, value_set=as_string_array(ids)))
+            has = row >= 0
+            sc = self._snapshot_columns(p, scal)
+            take = pa.array(np.maximum(row, 0))
+            for name in scal:
+                col = sc[name].combine_chunks().take(take)
+                v = ts_ms(col) if pa.types.is_timestamp(col.type) else col.to_numpy(
+                    zero_copy_only=False)
+                fill = NULL_MS if name.endswith("_ts") else 0
+                snap_vals[name] = np.where(has, v, fill)
+            # user code of each snapshot row (-1 for rows nobody asked about)
+            row_user = np.full(len(ids) + 1, -1, np.int64)
+            row_user[row[has]] = np.flatnonzero(has)
+            lists = self._snapshot_columns(p, ["campaigns", "campaign_impressions",
+                                               "campaign_clicks", "domains"],
+                                           ["campaigns", "domains"])
+            snap_pairs, (snap_ci, snap_ck) = _flat_coded(
+                lists, "campaigns", ["campaign_impressions", "campaign_clicks"], row_user, cdict,
+                nc)
+            snap_doms, _ = _flat_coded(lists, "domains", [], row_user, ddict, nd)
+        else:
+            for name in scal:
+                snap_vals[name] = np.full(nu, NULL_MS if name.endswith("_ts") else 0)
+            snap_vals["spend"] = snap_vals["spend"].astype(np.float64)
+        for w in WINDOWS_H:
+            snap_vals[f"spend_{w}"] = snap_vals[f"spend_{w}"].astype(np.float64)
+        snap_vals["spend"] = snap_vals["spend"].astype(np.float64)
+
+        span = hi - s + 1
+        cost = imp["cost"].combine_chunks().fill_null(0.0).to_numpy(zero_copy_only=False) if (
+            imp.num_rows) else np.zeros(0)
+        iu, ims = ic[i_keep], imp_ms[i_keep]
+        cu, cms = cc[c_keep], clk_ms[c_keep]
+        imps = _Timeline(iu, ims, s, span, {"n": np.ones(len(iu), np.int64),
+                                            "spend": cost[i_keep]})
+        clks = _Timeline(cu, cms, s, span, {"n": np.ones(len(cu), np.int64)})
+        start = np.full(n, s)
+        i_lo, i_t = imps.rank(qcode, start), imps.rank(qcode, t)
+        c_lo, c_t = clks.rank(qcode, start), clks.rank(qcode, t)
+        n_i, n_c = imps.total("n", i_lo, i_t), clks.total("n", c_lo, c_t)
+        sp = imps.total("spend", i_lo, i_t)
+        out: dict[str, np.ndarray] = {}
+        sv = {k: v[qcode] for k, v in snap_vals.items()}
+        out["impressions"], out["clicks"] = sv["impressions"] + n_i, sv["clicks"] + n_c
+        out["spend"] = sv["spend"] + sp
+        for w in WINDOWS_H:  # the snapshot's windows cover the complete hours before s
+            out[f"impressions_{w}"] = sv[f"impressions_{w}"] + n_i
+            out[f"clicks_{w}"] = sv[f"clicks_{w}"] + n_c
+            out[f"spend_{w}"] = sv[f"spend_{w}"] + sp
+        for name, tl, lo, at in (("last_impression_ts", imps, i_lo, i_t),
+                                 ("last_click_ts", clks, c_lo, c_t)):
+            recent = tl.ms[np.maximum(at - 1, 0)] if len(tl.ms) else np.full(n, NULL_MS)
+            out[name] = np.where(at > lo, recent, sv[name])
+        big = np.iinfo(np.int64).max
+        fi = np.where(i_t > i_lo, imps.ms[np.minimum(i_lo, max(len(imps.ms) - 1, 0))]
+                      if len(imps.ms) else big, big)
+        fc = np.where(c_t > c_lo, clks.ms[np.minimum(c_lo, max(len(clks.ms) - 1, 0))]
+                      if len(clks.ms) else big, big)
+        first_ev = np.minimum(fi, fc)
+        out["first_ts"] = np.where(sv["first_ts"] != NULL_MS, sv["first_ts"],
+                                   np.where(first_ev == big, NULL_MS, first_ev))
+
+        # Distinct campaigns and domains: first touches since s of values the snapshot lacks.
+        t_user = np.concatenate([iu, cu])
+        t_ms = np.concatenate([ims, cms])
+        t_key = t_user * nc + np.concatenate([i_camp[i_keep], c_camp[c_keep]])
+        newc = _first_new(t_key, t_ms, snap_pairs, t_user, s, span)
+        out["distinct_campaigns"] = sv["distinct_campaigns"] + (
+            newc.rank(qcode, t) - newc.rank(qcode, start))
+        dv = i_keep & (d_code >= 0)
+        newd = _first_new(ic[dv] * nd + d_code[dv], imp_ms[dv], snap_doms, ic[dv], s, span)
+        out["distinct_domains"] = sv["distinct_domains"] + (
+            newd.rank(qcode, t) - newd.rank(qcode, start))
+
+        known = out["first_ts"] != NULL_MS
+        arrays = [users, pa.array(t, pa.int64()).cast(TS), pa.array(known)]
+        for f in PROFILE_SCHEMA:
+            if f.name in ("user_id", "t", "known"):
+                continue
+            v = out[f.name]
+            if f.name.endswith("_ts"):
+                arrays.append(pa.array(v, pa.int64(), mask=v == NULL_MS).cast(TS))
+            else:
+                arrays.append(pa.array(v.astype(f.type.to_pandas_dtype())))
+        profiles = pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA)
+
+        # This user on this campaign: the snapshot's count plus the events since s.
+        q_key = qcode * nc + q_camp
+        pair_tl_i = _Timeline(iu * nc + i_camp[i_keep], ims, s, span,
+                              {"n": np.ones(len(iu), np.int64)})
+        pair_tl_c = _Timeline(cu * nc + c_camp[c_keep], cms, s, span,
+                              {"n": np.ones(len(cu), np.int64)})
+        uc_i = pair_tl_i.total("n", pair_tl_i.rank(q_key, start), pair_tl_i.rank(q_key, t))
+        uc_c = pair_tl_c.total("n", pair_tl_c.rank(q_key, start), pair_tl_c.rank(q_key, t))
+        if len(snap_pairs):
+            pos = np.minimum(np.searchsorted(snap_pairs, q_key), len(snap_pairs) - 1)
+            hit = snap_pairs[pos] == q_key
+            uc_i = uc_i + np.where(hit, snap_ci[pos], 0)
+            uc_c = uc_c + np.where(hit, snap_ck[pos], 0)
+        uc = pa.Table.from_arrays(
+            [users, camps, pa.array(t, pa.int64()).cast(TS), pa.array(uc_i.astype(np.int64)),
+             pa.array(uc_c.astype(np.int64))], schema=USER_CAMPAIGN_SCHEMA)
+        return profiles, uc
+
     def profile(self, user_id: str, t: int) -> dict:
         """One user's profile at t, reading only the row groups and raw rows it needs. Includes
         per-campaign counts and the exact sets of campaigns and domains."""
@@ -616,6 +789,49 @@ class LookupTable:
         row["snapshot_as_of"] = None if p < 0 else p + HOUR_MS
         row["before_history"] = p == -2
         return row
+
+
+def _flat_coded(lists: pa.Table, name: str, counts: list[str], row_user: np.ndarray,
+                dictionary: pa.Array, width: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The (user code * width + value code) keys of a dictionary-read list column, sorted, for
+    the rows of users asked for and values in `dictionary` (others cannot match), with the
+    aligned count lists."""
+    keys, masks = [], []
+    offset = 0
+    for chunk in lists[name].chunks:  # each chunk may carry its own dictionary
+        parents = pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pc.list_flatten(chunk)
+        vmap = _to_np_codes(pc.index_in(flat.dictionary.cast(pa.string()),
+                                        value_set=dictionary))
+        vals = vmap[flat.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if len(
+            flat) else np.zeros(0, np.int64)
+        user = row_user[offset + parents]
+        ok = (user >= 0) & (vals >= 0)
+        keys.append(user[ok] * width + vals[ok])
+        masks.append(ok)
+        offset += len(chunk)
+    key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    ok = np.concatenate(masks) if masks else np.zeros(0, bool)
+    order = np.argsort(key, kind="stable")
+    outs = [pc.list_flatten(lists[c].combine_chunks()).to_numpy(zero_copy_only=False)[ok][order]
+            for c in counts]  # aligned with the lists above, element for element
+    return key[order], outs
+
+
+def _first_new(keys: np.ndarray, ms: np.ndarray, snap_keys: np.ndarray, users: np.ndarray,
+               origin: int, span: int) -> _Timeline:
+    """The earliest event of each (user, value) key the snapshot lacks, as a per-user timeline."""
+    if not len(keys):
+        return _Timeline(np.zeros(0, np.int64), np.zeros(0, np.int64), origin, span)
+    order = np.lexsort((ms, keys))
+    k = keys[order]
+    first = np.ones(len(k), dtype=bool)
+    first[1:] = k[1:] != k[:-1]
+    sel = order[first]
+    if len(snap_keys):
+        pos = np.minimum(np.searchsorted(snap_keys, keys[sel]), len(snap_keys) - 1)
+        sel = sel[snap_keys[pos] != keys[sel]]
+    return _Timeline(users[sel], ms[sel], origin, span)
 
 
 def _concat(parts: list[pa.Table], stream: str) -> pa.Table:
