@@ -44,6 +44,13 @@ def _answer(p_code: np.ndarray, p_ts: np.ndarray, p_rank: np.ndarray, p_score: n
     keep = p_code >= 0
     if not keep.any() or n == 0:
         return score, when
+    # Before the earliest query only each user's latest instant can be an answer: drop the
+    # rest before sorting (typically most of a day of predictions).
+    early = keep & (p_ts < q_ts.min())
+    if early.any():
+        best = np.full(int(p_code.max()) + 1, np.iinfo(np.int64).min)
+        np.maximum.at(best, p_code[early], p_ts[early])
+        keep &= ~early | (p_ts == best[np.maximum(p_code, 0)])
     p_code, p_ts, p_rank, p_score = p_code[keep], p_ts[keep], p_rank[keep], p_score[keep]
     # Sorted by (user, ts, id): the last row of each (user, ts) run is the greatest id there.
     order = np.lexsort((p_rank, p_ts, p_code))
