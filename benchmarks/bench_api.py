@@ -140,12 +140,14 @@ def build_lake(root: str, hours: int, users: int) -> None:
     from clicklake.platform.timeutil import parse_instant
     from clicklake.resources.endpoint import LocalModelServer
     from clicklake.resources.lake import LakeResource
+    from clicklake.resources.online_store import SqliteOnlineStore
     from clicklake.resources.trainer import LocalTrainer
 
     start = parse_instant(START)
     generate(Store(root), start_ms=start, hours=hours, users=users, seed=7)
     run_flow({"lake": LakeResource(root=root), "trainer": LocalTrainer(),
-              "endpoint": LocalModelServer()}, start, hours)
+              "endpoint": LocalModelServer(),
+              "online_store": SqliteOnlineStore(path=f"{root}/online/online.db")}, start, hours)
 
 
 def predict_bodies(root: str, pairs: int) -> list[dict]:

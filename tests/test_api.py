@@ -54,12 +54,15 @@ def built_lake(tmp_path_factory) -> str:
         from clicklake.platform.simulate import generate
         from clicklake.resources.endpoint import LocalModelServer
         from clicklake.resources.lake import LakeResource
+        from clicklake.resources.online_store import SqliteOnlineStore
         from clicklake.resources.trainer import LocalTrainer
 
         root = str(tmp_path_factory.mktemp("api-lake"))
         generate(Store(root), start_ms=START, hours=HOURS, users=1500, seed=7)
         result = run_flow({"lake": LakeResource(root=root), "trainer": LocalTrainer(),
-                           "endpoint": LocalModelServer()}, START, HOURS)
+                           "endpoint": LocalModelServer(),
+                           "online_store": SqliteOnlineStore(path=f"{root}/online/online.db")},
+                          START, HOURS)
         assert not result.failed_checks
         _BUILT["root"] = root
     return _BUILT["root"]
