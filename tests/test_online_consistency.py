@@ -60,7 +60,9 @@ def _lake(tmp_path_factory, name: str, **gen) -> Store:
     store = Store(root)
     generate(store, start_ms=START, hours=HOURS, seed=5, **gen)
     run_flow({"lake": LakeResource(root=root), "trainer": LocalTrainer(),
-              "endpoint": LocalModelServer()}, START, HOURS, train=False)
+              "endpoint": LocalModelServer(),
+              "online_store": SqliteOnlineStore(path=f"{root}/unused-online.db")},
+             START, HOURS, train=False)
     return store
 
 
