@@ -13,7 +13,8 @@ clicks and predictions the raw layer kept. For an impression at `t`:
   enrichment's single-value helpers (the REST path, a different code path from the batch one);
 - the latest prediction is the user's prediction with the greatest `ts < t` (the greatest id
   among equal times);
-- the label follows §4.2 with plain loops: distinct clicks by id, a click without an impression
+- the label follows §4.2 with plain loops: distinct clicks by (id, event hour) as the raw layer
+  keeps them (two hours' copies of an id are two events), a click without an impression
   id goes to the latest earlier impression of the same user and campaign, label 1 iff one of the
   impression's clicks has `t < click.ts <= t + window`.
 
@@ -151,12 +152,13 @@ def attributed_impression(click: dict, impressions: list[dict]) -> str | None:
 def label(imp: dict, impressions: list[dict], clicks: list[dict],
           window_ms: int = DEFAULT_LABEL_WINDOW_MS) -> tuple[int, int | None]:
     """(label, delay of the first labeling click in ms or None) of impression `imp`."""
-    seen: set[str] = set()
+    seen: set[tuple[str, int]] = set()
     delays = []
     for c in sorted(clicks, key=lambda c: (c["ts"], c["click_id"])):
-        if c["click_id"] in seen:
+        key = (c["click_id"], floor_hour(c["ts"]))  # one event per id and hour, as in raw
+        if key in seen:
             continue
-        seen.add(c["click_id"])
+        seen.add(key)
         if attributed_impression(c, impressions) != imp["impression_id"]:
             continue
         if imp["ts"] < c["ts"] <= imp["ts"] + window_ms:

@@ -7,7 +7,8 @@ labels the hours with `build_labeled_hour`. Every row must equal the brute-force
 - an event at exactly t is not history (an impression, a click or a prediction at the same ms);
 - a click at t + 15 min labels, one at t + 15 min + 1 ms does not, across the hour boundary too;
 - a click before (or at) its impression never labels it;
-- an impression re-delivered in later files counts once, in features and in rows;
+- an impression re-delivered in later files counts once, in features and in rows; a click id
+  stamped in two different hours is two events to the raw layer, so to labels as well;
 - an event landed beyond the allowed lateness is in neither features nor labels;
 - a click without impression id goes to the latest earlier impression of the same user and
   campaign, even when that impression is in the next hour.
@@ -153,6 +154,17 @@ def test_a_redelivered_impression_counts_once(labeled):
     assert (r["user_impressions_life"], r["user_clicks_life"], r["user_spend_life"]) == (1, 1, 0.5)
     assert r["uc_impressions"] == r["uc_clicks"] == 1.0
     assert r["global_ctr_24h"] == r["country_ctr_24h"] == (1 + PRIOR) / 21
+
+
+def test_a_click_id_in_two_hours_is_two_clicks_for_labels_as_for_features(labeled):
+    """The raw layer keeps an id once per event hour; labels must not drop the second event."""
+    t = H + 50 * MINUTE_MS
+    rows = labeled([
+        imp("i", t), clk("k", t - 1, "i"), clk("k", H + HOUR_MS + MINUTE_MS, "i"),
+        imp("j", H + HOUR_MS + 2 * MINUTE_MS),
+    ])
+    assert rows["j"]["user_clicks_life"] == 2.0
+    assert (rows["i"]["label"], rows["i"]["first_click_delay_ms"]) == (1, 11 * MINUTE_MS)
 
 
 def test_an_event_beyond_the_allowed_lateness_is_neither_feature_nor_label(labeled):

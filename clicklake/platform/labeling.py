@@ -3,7 +3,9 @@
 `label = 1` iff a click for the impression has `t < click.ts <= t + window` (15 minutes by
 default). A click names its impression by `impression_id`; a click without one is attributed to
 the latest impression of the same user and campaign strictly before the click. A click at or
-before its impression never labels it. Click ids count once, whichever hours they were read from.
+before its impression never labels it. A click id counts once per event hour, as the raw layer
+keeps it: copies stamped in one hour are one click, while copies stamped in different hours are
+two events to the raw layer (and to the features, which count both), so labels see both too.
 
 Labeling hour H therefore needs the impressions of H (to label), the clicks up to
 `end(H) + window`, and the impressions up to `end(H) + window` (a click without an id might belong
@@ -16,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from clicklake.platform.timeutil import HOUR_MS
 
 DEFAULT_LABEL_WINDOW_MS = 15 * 60_000
 
@@ -47,9 +51,13 @@ def _attribute(impressions: pa.Table, clicks: pa.Table) -> tuple[pa.Array, np.nd
     in (ts, click_id) order; impression_id is null when a click cannot be attributed."""
     c_id, c_ts = _str(clicks["click_id"]), _ms(clicks["ts"])
     n = len(c_ts)
-    # Distinct click ids: the earliest copy (then the smallest position) of each id.
+    # Distinct clicks, as the raw layer keeps them: the earliest copy (then the smallest
+    # position) of each (click id, event hour).
     order = np.lexsort((np.arange(n), _rank(c_id), c_ts)) if n else np.zeros(0, np.int64)
-    _, first = np.unique(_codes(c_id.take(pa.array(order))), return_index=True)
+    hour = c_ts[order] // HOUR_MS
+    hour = hour - hour.min() if n else hour
+    distinct = _codes(c_id.take(pa.array(order))) * (int(hour.max(initial=0)) + 1) + hour
+    _, first = np.unique(distinct, return_index=True)
     keep = order[np.sort(first)]
     c_imp = _str(clicks["impression_id"]).take(pa.array(keep))
     c_id, c_ts = c_id.take(pa.array(keep)), c_ts[keep]
