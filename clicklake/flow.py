@@ -48,8 +48,9 @@ def run_flow(resources: dict, start_ms: int, hours: int, instance: dg.DagsterIns
     def run(selection: list[str], partition_key: str | None, raise_on_error: bool = True) -> None:
         if progress:
             progress(f"{partition_key or 'unpartitioned'}: {', '.join(selection)}")
+        chosen = [a for a in assets if {k.to_user_string() for k in a.keys} & set(selection)]
         result = dg.materialize(
-            assets, selection=selection, partition_key=partition_key, resources=resources,
+            chosen, partition_key=partition_key, resources=resources,
             instance=instance, tags=tags or {},
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             raise_on_error=raise_on_error,
