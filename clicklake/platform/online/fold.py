@@ -93,17 +93,50 @@ def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT
     return out
 
 
-def _load(state: StateStore, ns: str, keys: Iterable[str], into: dict, new) -> None:
+CACHE_DOCS = 200_000  # decoded documents kept per namespace between one process's commits
+
+
+def _cache_of(state: StateStore) -> dict[str, dict] | None:
+    """The decoded documents this process committed last (LRU per namespace), valid while no
+    other writer committed since (`StateStore.cache_token`); None when the backend cannot say."""
+    token = state.cache_token()
+    if token is None:
+        return None
+    cache = getattr(state, "_fold_cache", None)
+    if cache is None or cache[0] != token:
+        cache = (token, {USER: {}, IMPRESSION: {}})
+        state._fold_cache = cache
+    return cache[1]
+
+
+def drop_cache(state: StateStore) -> None:
+    state._fold_cache = None
+
+
+def _load(state: StateStore, ns: str, keys: Iterable[str], into: dict, new,
+          cache: dict | None) -> None:
     missing = [k for k in dict.fromkeys(keys) if k not in into]
     if not missing:
         return
+    if cache is not None:
+        hits = cache[ns]
+        rest = []
+        for k in missing:
+            doc = hits.pop(k, None)  # taken out: the batch mutates it, and puts it back
+            if doc is None:
+                rest.append(k)
+            else:
+                into[k] = doc
+        missing = rest
+        if not missing:
+            return
     found = state.get_docs(ns, missing)
     for k in missing:
         into[k] = orjson.loads(found[k]) if k in found else new()
 
 
 def _new_imp() -> dict:
-    return {"at": [], "refs": []}  # copies [hour, country]; clicks naming it [user, ts, click_id]
+    return {"at": [], "refs": []}  # copies [hour, segments]; clicks naming it [user, ts, click_id]
 
 
 class _Batch:
@@ -113,15 +146,27 @@ class _Batch:
         self.state, self.commit = state, commit
         self.users: dict[str, dict] = {}
         self.imps: dict[str, dict] = {}
+        self.cache = _cache_of(state)
 
     def load_users(self, ids: Iterable[str]) -> None:
-        _load(self.state, USER, ids, self.users, us.new_user)
+        _load(self.state, USER, ids, self.users, us.new_user, self.cache)
 
     def load_imps(self, ids: Iterable[str]) -> None:
-        _load(self.state, IMPRESSION, ids, self.imps, _new_imp)
+        _load(self.state, IMPRESSION, ids, self.imps, _new_imp, self.cache)
 
-    def attribute(self, user: str, ts: int, impression_id: str | None) -> tuple[str, int]:
-        """(country, via) of a click by the rule in `segment_state`'s docstring."""
+    def remember(self) -> None:
+        """After a successful commit: the batch's documents are the stored ones."""
+        if self.cache is None:
+            return
+        for ns, docs in ((USER, self.users), (IMPRESSION, self.imps)):
+            hits = self.cache[ns]
+            hits.update(docs)
+            while len(hits) > CACHE_DOCS:
+                del hits[next(iter(hits))]
+
+    def attribute(self, user: str, ts: int, impression_id: str | None) -> tuple[list[str], int]:
+        """(impression-derived segments, via) of a click by the rule in `segment_state`'s
+        docstring: its country, its domain, ... (`segment_state.IMPRESSION_KINDS` order)."""
         f = ts - ts % HOUR_MS
         lo, hi = f - HOUR_MS, f + HOUR_MS
         if impression_id is not None:
@@ -129,7 +174,9 @@ class _Batch:
             if hours:
                 return min(hours)[1], 1
         best = us.latest_impression(self.users[user], lo, ts)
-        return (best[6], 0) if best is not None else (seg.UNKNOWN, 0)
+        if best is None:
+            return list(seg.UNKNOWN_VALUES), 0
+        return seg.impression_values(best[6], best[4]), 0
 
     def finish(self, horizon: int) -> None:
         for uid, doc in self.users.items():
@@ -149,10 +196,11 @@ def _fold_impressions(b: _Batch, rows: list[tuple]) -> None:
     b.load_imps(r[0] for r in rows)
     for r, c in zip(rows, country, strict=True):
         iid, ts, user, camp = r[0], r[1], r[2], r[3]
+        values = seg.impression_values(c, r[4])
         us.add_impression(b.users[user], ts, iid, camp, r[4], r[7], c)
-        b.imps[iid]["at"].append([ts - ts % HOUR_MS, c])
-        seg.add_impression(b.commit, ts, camp, c)
-    # Clicks folded before their impression may now belong to another country.
+        b.imps[iid]["at"].append([ts - ts % HOUR_MS, values])
+        seg.add_impression(b.commit, ts, camp, values)
+    # Clicks folded before their impression may now belong to another country (domain, ...).
     todo: dict[tuple[str, int, str], None] = {}
     for r in rows:
         f = r[1] - r[1] % HOUR_MS
@@ -169,10 +217,10 @@ def _fold_impressions(b: _Batch, rows: list[tuple]) -> None:
             continue
         if e[4] is not None:
             b.load_imps([e[4]])
-        country, via = b.attribute(user, ts, e[4])
-        if country != e[5]:
-            seg.move_click(b.commit, ts, e[5], country)
-        e[5], e[6] = country, via
+        values, via = b.attribute(user, ts, e[4])
+        if values != e[5]:
+            seg.move_click(b.commit, ts, e[5], values)
+        e[5], e[6] = values, via
 
 
 def _fold_clicks(b: _Batch, rows: list[tuple]) -> None:
@@ -180,11 +228,11 @@ def _fold_clicks(b: _Batch, rows: list[tuple]) -> None:
     b.load_users(r[2] for r in rows)
     b.load_imps(r[4] for r in rows if r[4] is not None)
     for cid, ts, user, camp, iid in rows:
-        country, via = b.attribute(user, ts, iid)
-        us.add_click(b.users[user], ts, cid, camp, iid, country, via)
+        values, via = b.attribute(user, ts, iid)
+        us.add_click(b.users[user], ts, cid, camp, iid, values, via)
         if iid is not None:
             b.imps[iid]["refs"].append([user, ts, cid])
-        seg.add_click(b.commit, ts, camp, country)
+        seg.add_click(b.commit, ts, camp, values)
 
 
 def _fold_predictions(b: _Batch, rows: list[tuple]) -> None:
@@ -228,7 +276,16 @@ def fold_rows(state: StateStore, stream: str, rows: list[tuple], file_key: str, 
     commit.stats = {"stream": stream, "lines": len(rows) + sum(q.values()) if lines is None
                     else lines, "events": len(fresh),
                     "quarantined": {r: q.get(r, 0) for r in REASONS if q.get(r, 0)}}
-    return commit.stats if state.commit(commit) else None
+    try:
+        done = state.commit(commit)
+    except BaseException:
+        drop_cache(state)
+        raise
+    if not done:  # another writer folded it: our documents are not the stored ones
+        drop_cache(state)
+        return None
+    b.remember()
+    return commit.stats
 
 
 @dataclass
@@ -297,6 +354,7 @@ def purge(state: StateStore, watermark_ms: int | None, rules: Rules = DEFAULT_RU
     if watermark_ms is None:
         return 0
     h = horizon_ms(watermark_ms, rules)
+    drop_cache(state)
     return state.purge({SEEN: h - HOUR_MS, IMPRESSION: h - 2 * HOUR_MS},
                        {seg.EVENT_TABLE: h, seg.MINUTE_TABLE: h,
                         seg.HOUR_TABLE: h - (seg.WINDOW_HOURS + 1) * HOUR_MS})

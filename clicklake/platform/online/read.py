@@ -66,8 +66,10 @@ class OnlineFeatures:
         return out
 
     def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,
-                       user_agent: str | None) -> dict[str, np.ndarray]:
-        """`features.INPUT_COLUMNS` as length-1 arrays for an impression at ts_ms."""
+                       user_agent: str | None, domain: str | None = None
+                       ) -> dict[str, np.ndarray]:
+        """`features.INPUT_COLUMNS` as length-1 arrays for an impression at ts_ms (`domain`: the
+        impression's domain, for the per-domain segment counters; None = unknown)."""
         self._check(ts_ms)
         doc = self._doc(user_id) or us.new_user()
         p = us.profile_at(doc, ts_ms)
@@ -84,9 +86,11 @@ class OnlineFeatures:
         out["uc_impressions"] = np.array([uc[0]], dtype=np.float64)
         out["uc_clicks"] = np.array([uc[1]], dtype=np.float64)
         country = country_of(ip)
-        for kind, segment in (("country", country), ("campaign", campaign_id),
-                              ("global", "all")):
-            imps, clks = seg.window_24h(self.state, kind, segment, ts_ms)
+        own = {"global": "all", "country": country, "campaign": campaign_id,
+               "domain": seg.UNKNOWN if domain is None else domain}
+        pairs = [(kind, own[kind]) for kind in seg.KINDS]
+        for (kind, _), (imps, clks) in zip(pairs, seg.windows_24h(self.state, pairs, ts_ms),
+                                           strict=True):
             out[f"{kind}_impressions_24h"] = np.array([imps], dtype=np.float64)
             out[f"{kind}_clicks_24h"] = np.array([clks], dtype=np.float64)
         ua = user_agent_of(user_agent)

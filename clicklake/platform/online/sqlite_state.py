@@ -46,6 +46,10 @@ class SqliteState(StateStore):
         self.conn.execute("PRAGMA mmap_size=1073741824")
         self.conn.execute("PRAGMA wal_autocheckpoint=10000")
         self.conn.executescript(_SCHEMA)
+        self._wm: tuple[int, int | None] | None = None  # (data_version, watermark) when read
+
+    def _changed(self) -> None:
+        self._wm = None
 
     def __repr__(self) -> str:
         return f"SqliteState({self.path!r})"
@@ -67,10 +71,24 @@ class SqliteState(StateStore):
             "WHERE tbl=? AND pk=? AND sk>=? AND sk<?", (table, pk, lo, hi)).fetchone()
         return int(row[0]), int(row[1])
 
+    def cache_token(self) -> object | None:
+        # Unchanged by this connection's own commits, changed by any other connection's.
+        return (id(self.conn), self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
+        """Every range in one statement (one round trip through the SQLite VM)."""
+        q = " UNION ALL ".join(
+            f"SELECT {i}, coalesce(sum(imp), 0), coalesce(sum(clk), 0) FROM counters "
+            "WHERE tbl=? AND pk=? AND sk>=? AND sk<?" for i in range(len(ranges)))
+        rows = self.conn.execute(q, [v for r in ranges for v in r]).fetchall()
+        rows.sort()
+        return [(int(r[1]), int(r[2])) for r in rows]
+
     def is_folded(self, file_key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM files WHERE key=?", (file_key,)).fetchone() is not None
 
     def commit(self, commit: Commit) -> bool:
+        self._changed()
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -97,10 +115,20 @@ class SqliteState(StateStore):
         return True
 
     def watermark_ms(self) -> int | None:
+        # `PRAGMA data_version` changes when another connection commits (this one's own commits
+        # reset the cache in `_changed`), so the max(arrival) query runs once per fold, not per
+        # read.
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._wm is not None and self._wm[0] == version:
+            return self._wm[1]
         row = self.conn.execute("SELECT max(arrival) FROM files").fetchone()
-        return None if row[0] is None else int(row[0])
+        wm = None if row[0] is None else int(row[0])
+        self._wm = (version, wm)
+        return wm
 
     def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
+        self._changed()
+        self._fold_cache = None  # the fold's decoded documents may be gone
         c = self.conn
         n = 0
         c.execute("BEGIN IMMEDIATE")
@@ -130,6 +158,8 @@ class SqliteState(StateStore):
                 "files": [(k, a, bytes(s)) for k, a, s in files]}
 
     def clear(self) -> None:
+        self._changed()
+        self._fold_cache = None  # the fold's decoded documents may be gone
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         for table in ("docs", "counters", "files"):

@@ -53,6 +53,17 @@ class StateStore(ABC):
     def sum_counters(self, table: str, pk: str, lo: int, hi: int) -> tuple[int, int]:
         """Sums of (impressions, clicks) over rows of `pk` with lo <= sk < hi."""
 
+    def cache_token(self) -> object | None:
+        """A value that stays equal while no OTHER writer commits (this object's own commits
+        keep it), letting the fold keep its last documents decoded in memory; None (the
+        default) = unknown, no caching."""
+        return None
+
+    def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
+        """`sum_counters` of each (table, pk, lo, hi); a backend may answer them in one trip."""
+        return [self.sum_counters(t, pk, lo, hi) if hi > lo else (0, 0)
+                for t, pk, lo, hi in ranges]
+
     @abstractmethod
     def is_folded(self, file_key: str) -> bool: ...
 

@@ -10,7 +10,9 @@ themselves, and an answer at t takes the totals minus the events at or after t:
   hours before floor(t) from here, and `arch` keeps the last-event times of trimmed tiles;
 - `ev` = every event since the retention horizon, exactly: impressions
   [ts, 0, id, campaign, domain, cost, country] and clicks [ts, 1, id, campaign, impression_id,
-  country, via] (`via` 1 = the click's country came from its impression_id, 0 = otherwise);
+  segments, via] (`segments` = the click's impression-derived segments, country first, in
+  `segment_state.IMPRESSION_KINDS` order; `via` 1 = they came from its impression_id, 0 =
+  otherwise);
   the partial hour [floor(t), t) and the tail (ts >= t) come from here, so a read is exact for
   any t with floor(t) >= the horizon;
 - `camps` = campaign -> [impressions, clicks, first ts]; `doms` = domain -> first ts (exact sets:
@@ -73,13 +75,13 @@ def add_impression(doc: dict, ts: int, event_id: str, campaign: str, domain: str
 
 
 def add_click(doc: dict, ts: int, event_id: str, campaign: str, impression_id: str | None,
-              country: str, via: int) -> None:
+              segments: list[str], via: int) -> None:
     doc["n"][1] += 1
     t = _tile(doc, ts)
     t[1] += 1
     t[4] = _max(t[4], ts)
     _touch(doc, ts, campaign, 0, 1)
-    doc["ev"].append([ts, 1, event_id, campaign, impression_id, country, via])
+    doc["ev"].append([ts, 1, event_id, campaign, impression_id, segments, via])
 
 
 def add_prediction(doc: dict, ts: int, event_id: str, score: float) -> None:
