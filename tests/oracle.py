@@ -71,27 +71,38 @@ def user_campaign(impressions: list[dict], clicks: list[dict], user: str, campai
     return i, c
 
 
-def click_country(click: dict, impressions: list[dict], country_of: dict[str, str]) -> str:
-    """Country of a click: its impression's (by id) if that impression is in the click's hour or
-    the hour before, else the user's latest impression with ts < click ts in those hours, else
-    'unknown'. `country_of` maps impression_id -> country."""
+def click_impression(click: dict, impressions: list[dict]) -> dict | None:
+    """The impression a click takes its country and domain from: its impression (by id) if that
+    impression is in the click's hour or the hour before, else the user's latest impression with
+    ts < click ts in those hours, else None."""
     lo = click["ts"] - click["ts"] % HOUR - HOUR
     near = [r for r in impressions if lo <= r["ts"] < click["ts"] - click["ts"] % HOUR + HOUR]
     if click.get("impression_id") is not None:
         for r in near:
             if r["impression_id"] == click["impression_id"]:
-                return country_of[r["impression_id"]]
+                return r
     earlier = [r for r in near if r["user_id"] == click["user_id"] and r["ts"] < click["ts"]]
     if earlier:
-        best = max(earlier, key=lambda r: (r["ts"], r["impression_id"]))
-        return country_of[best["impression_id"]]
-    return "unknown"
+        return max(earlier, key=lambda r: (r["ts"], r["impression_id"]))
+    return None
+
+
+def click_country(click: dict, impressions: list[dict], country_of: dict[str, str]) -> str:
+    """Country of a click (`click_impression`'s), 'unknown' without one. `country_of` maps
+    impression_id -> country."""
+    imp = click_impression(click, impressions)
+    return "unknown" if imp is None else country_of[imp["impression_id"]]
+
+
+def click_domain(click: dict, impressions: list[dict]) -> str:
+    imp = click_impression(click, impressions)
+    return "unknown" if imp is None or imp.get("domain") is None else imp["domain"]
 
 
 def segments(impressions: list[dict], clicks: list[dict], country_of: dict[str, str], t: int,
              hours: int = 24) -> dict[tuple[str, str], tuple[int, int]]:
     """{(kind, segment): (impressions, clicks)} over the sawtooth window at t; kinds are
-    'global', 'country', 'campaign'."""
+    'global', 'country', 'campaign', 'domain'."""
     out: dict[tuple[str, str], list[int]] = {}
 
     def add(key, i, c):
@@ -104,9 +115,11 @@ def segments(impressions: list[dict], clicks: list[dict], country_of: dict[str, 
             add(("global", "all"), 1, 0)
             add(("country", country_of[r["impression_id"]]), 1, 0)
             add(("campaign", r["campaign_id"]), 1, 0)
+            add(("domain", r.get("domain") or "unknown"), 1, 0)
     for r in clicks:
         if in_window(r["ts"], t, hours):
             add(("global", "all"), 0, 1)
             add(("country", click_country(r, impressions, country_of)), 0, 1)
             add(("campaign", r["campaign_id"]), 0, 1)
+            add(("domain", click_domain(r, impressions)), 0, 1)
     return {k: (v[0], v[1]) for k, v in out.items()}

@@ -9,7 +9,7 @@ request), gathered by the caller from the state as of just before the impression
     user_last_impression_ms, user_last_click_ms        NaN when never
     user_distinct_campaigns, user_distinct_domains
     uc_impressions, uc_clicks          this user on this impression's campaign, lifetime
-    {country,campaign,global}_{impressions,clicks}_24h segment counters over 24 h
+    {country,campaign,domain,global}_{impressions,clicks}_24h  segment counters over 24 h
     country, device_type, os, browser  strings from enrichment ("unknown" when unknown)
     is_crawler                         bool
     pred_score, pred_ts_ms             the user's latest prediction before ts (NaN when none)
@@ -30,7 +30,7 @@ PRIOR_STRENGTH = 20.0
 PREDICTION_MAX_AGE_MS = 24 * 3_600_000  # an older score says little about the user now
 
 USER_COUNTERS = tuple(f"user_{m}_{w}" for w in WINDOWS for m in ("impressions", "clicks", "spend"))
-SEGMENTS = ("country", "campaign", "global")
+SEGMENTS = ("country", "campaign", "domain", "global")
 INPUT_COLUMNS = (
     "ts_ms",
     *USER_COUNTERS,
@@ -62,9 +62,11 @@ NUMERIC = (
     "uc_ctr",
     "country_ctr_24h",
     "campaign_ctr_24h",
+    "domain_ctr_24h",
     "global_ctr_24h",
     "country_lift_24h",
     "campaign_lift_24h",
+    "domain_lift_24h",
     "is_crawler",
     "hour_of_day",
     "day_of_week",
@@ -101,6 +103,7 @@ def compute_features(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out[f"{s}_ctr_24h"] = smoothed_ctr(f(f"{s}_clicks_24h"), f(f"{s}_impressions_24h"))
     out["country_lift_24h"] = out["country_ctr_24h"] / out["global_ctr_24h"]
     out["campaign_lift_24h"] = out["campaign_ctr_24h"] / out["global_ctr_24h"]
+    out["domain_lift_24h"] = out["domain_ctr_24h"] / out["global_ctr_24h"]
     out["is_crawler"] = np.asarray(inputs["is_crawler"], dtype=bool).astype(np.float64)
     seconds = ts // 1000
     out["hour_of_day"] = ((seconds // 3600) % 24).astype(np.float64)

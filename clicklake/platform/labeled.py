@@ -28,6 +28,7 @@ from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, label_impressio
 from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA, LookupTable
 from clicklake.platform.raw import raw_key
 from clicklake.platform.scores import latest_scores_lake
+from clicklake.platform.segments import UNKNOWN as UNKNOWN_SEGMENT
 from clicklake.platform.segments import segments_as_of_lake_kinds
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import ts_ms
@@ -131,7 +132,9 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
         profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
     enriched = enrich_impressions(impressions)
     segment_of = {"global": pa.array(["all"] * n, pa.string()),
-                  "country": enriched["country"].combine_chunks(), "campaign": camps}
+                  "country": enriched["country"].combine_chunks(), "campaign": camps,
+                  "domain": impressions["domain"].combine_chunks().cast(pa.string()).fill_null(
+                      UNKNOWN_SEGMENT)}
     segments = segments_as_of_lake_kinds(
         store, segment_of, t, lake_prefix, enriched if whole_raw_hour else None,
         enriched["country"] if whole_raw_hour else None)

@@ -12,7 +12,7 @@ ALWAYS_DEFINED = (
     *(f"user_{m}_{w}" for w in WINDOWS for m in ("impressions", "clicks", "spend")),
     *(f"user_ctr_{w}" for w in WINDOWS),
     "uc_impressions", "uc_clicks", "uc_ctr", "country_ctr_24h", "campaign_ctr_24h",
-    "global_ctr_24h", "country_lift_24h", "campaign_lift_24h", "is_crawler", "hour_of_day",
+    "domain_ctr_24h", "global_ctr_24h", "country_lift_24h", "campaign_lift_24h", "domain_lift_24h", "is_crawler", "hour_of_day",
     "day_of_week", *CATEGORICAL,
 )
 
@@ -30,7 +30,8 @@ def labeled_check_specs(rows: int, label_rate: tuple[float, float]) -> list[Chec
                      for m in ("impressions", "clicks", "spend")),
                    *(("between", f"user_ctr_{w}", 0, 1) for w in WINDOWS),
                    ("between", "uc_ctr", 0, 1), ("between", "country_ctr_24h", 0, 1),
-                   ("between", "campaign_ctr_24h", 0, 1), ("between", "global_ctr_24h", 0, 1),
+                   ("between", "campaign_ctr_24h", 0, 1), ("between", "domain_ctr_24h", 0, 1),
+                   ("between", "global_ctr_24h", 0, 1),
                    ("between", "pred_score", 0, 1), ("between", "pred_age_s", 0, None),
                    ("between", "hour_of_day", 0, 23), ("between", "day_of_week", 0, 6),
                    ("between", "secs_since_last_impression", 0.001, None),

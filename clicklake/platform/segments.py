@@ -7,8 +7,10 @@ hour before; otherwise the user's latest impression with ts < click ts in those 
 otherwise "unknown". The one-hour look-back covers the 15-minute label window with room to spare
 and keeps an hour's segment tile a function of two raw hours only.
 
-Kinds are "global" (segment "all"), "country" and "campaign". An impression's country comes from
-its IP via enrichment ("unknown" when absent); the functions here take it as an input column.
+Kinds are "global" (segment "all"), "country", "campaign" and "domain". An impression's country
+comes from its IP via enrichment ("unknown" when absent); the functions here take it as an input
+column. A click's domain, like its country, is that of the impression found by the rule above
+(a missing domain is "unknown").
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
 
 UNKNOWN = "unknown"
 WINDOW_HOURS = 24
-KINDS = ("global", "country", "campaign")
+KINDS = ("global", "country", "campaign", "domain")
 
 SEGMENT_EVENT_SCHEMA = pa.schema(
     [
@@ -123,9 +125,12 @@ def click_impression_rows(clicks: pa.Table, impressions: pa.Table) -> np.ndarray
 
 
 def segment_events(impressions: pa.Table, impression_countries: pa.Array, clicks: pa.Table,
-                   click_country: pa.Array) -> pa.Table:
-    """Each impression and click once per kind: (kind, segment, ts, impressions, clicks)."""
+                   click_country: pa.Array, click_domain: pa.Array | None = None) -> pa.Table:
+    """Each impression and click once per kind: (kind, segment, ts, impressions, clicks).
+    `click_domain` None = every click's domain is unknown."""
     ni, nc = impressions.num_rows, clicks.num_rows
+    if click_domain is None:
+        click_domain = pa.nulls(nc, pa.string())
     i_ms, c_ms = ts_ms(impressions["ts"]), ts_ms(clicks["ts"])
     parts = []
     for kind, i_seg, c_seg in (
@@ -134,6 +139,8 @@ def segment_events(impressions: pa.Table, impression_countries: pa.Array, clicks
          as_string_array(click_country).fill_null(UNKNOWN)),
         ("campaign", as_string_array(impressions["campaign_id"]),
          as_string_array(clicks["campaign_id"])),
+        ("domain", as_string_array(impressions["domain"]).fill_null(UNKNOWN),
+         as_string_array(click_domain).fill_null(UNKNOWN)),
     ):
         parts.append(pa.Table.from_arrays(
             [pa.array([kind] * (ni + nc), pa.string()), pa.concat_arrays([i_seg, c_seg]),
@@ -252,7 +259,7 @@ def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
     clk = _raw_or_empty(store, "clicks", hour_ms, lake_prefix)
     own = (as_string_array(impression_countries) if impression_countries is not None
            else countries(imp["ip"]))
-    cols = ["impression_id", "ts", "user_id", "ip"]
+    cols = ["impression_id", "ts", "user_id", "ip", "domain"]
     both = pa.concat_tables([imp_prev.select(cols), imp.select(cols).cast(
         imp_prev.select(cols).schema)])
     rows = click_impression_rows(clk, both)
@@ -269,7 +276,10 @@ def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
                                      dtype=object)
         return pa.array(out, pa.string())
 
-    return segment_events(imp, own, clk, _countries_at(rows, country_of_rows))
+    domains = both["domain"].combine_chunks()
+    return segment_events(imp, own, clk, _countries_at(rows, country_of_rows),
+                          _countries_at(rows, lambda idx: domains.take(pa.array(idx)).fill_null(
+                              UNKNOWN)))
 
 
 def read_segment_profile(store: Store, hour_ms: int, lake_prefix: str = "lake") -> pa.Table | None:
