@@ -124,7 +124,8 @@ def test_event_time_replay_matches_labeled_rows(clean_lake, tmp_path):
         for s, rows in batch.items():
             batches += 1
             assert fold_rows(state, s, rows, f"replay/{batches:06d}", max(r[1] for r in rows))
-        vector = compute_features(online.feature_inputs(imp[2], imp[3], t, imp[5], imp[6]))
+        vector = compute_features(online.feature_inputs(imp[2], imp[3], t, imp[5], imp[6],
+                                                        domain=imp[4]))
         compared += 1
         bad = mismatches(vector, labeled[imp[0]])
         if bad:
@@ -150,7 +151,7 @@ def test_arrival_order_fold_of_messy_files_matches_labeled_rows(messy_lake, tmp_
         for imp in impressions:
             if hour <= imp[1] < hour + HOUR_MS:
                 vector = compute_features(online.feature_inputs(imp[2], imp[3], imp[1], imp[5],
-                                                                imp[6]))
+                                                                imp[6], domain=imp[4]))
                 compared += 1
                 bad = mismatches(vector, labeled[imp[0]])
                 if bad:
