@@ -59,9 +59,11 @@ def _label_window_s(store, prefix: str, hour_ms: int) -> int:
 
 
 class ClickModelConfig(dg.Config):
-    num_round: int = 200
-    max_depth: int = 6
-    eta: float = 0.1
+    # Shallow trees, more rounds: clicks are rare and noisy, deep trees overfit them.
+    num_round: int = 400
+    max_depth: int = 4
+    eta: float = 0.05
+    min_child_weight: float = 20
     auc_floor: float = 0.6
     champion_tolerance: float = 0.01
 
@@ -83,7 +85,8 @@ def click_model(context: dg.AssetExecutionContext, config: ClickModelConfig, lak
     store = lake.store()
     ts = latest_training_set(store, lake.lake_prefix)
     hp = hyperparameters(ts.train_base_rate, num_round=config.num_round,
-                         max_depth=config.max_depth, eta=config.eta)
+                         max_depth=config.max_depth, eta=config.eta,
+                         min_child_weight=config.min_child_weight)
     context.log.info(f"training on {ts.set_id}: {ts.stats}")
     result = trainer.train(
         store.uri(ts.train_prefix), store.uri(ts.validation_prefix),

@@ -32,10 +32,14 @@ def _sum(materializations: list[dict], key: str) -> int:
 @click.option("--start", default="2026-11-24T00:00:00Z", show_default=True,
               help="First hour (UTC) of the generated streams.")
 @click.option("--seed", default=7, show_default=True)
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="Fold the streams into the online store, start the REST API and send a few"
+              " predictions.")
 @click.option("--skip-generate", is_flag=True,
               help="Use the landing zone already under --root (e.g. from `clicklake import`);"
               " the hours are those its impression files cover.")
-def demo(root: str, hours: int, users: int, start: str, seed: int, skip_generate: bool) -> None:
+def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
+         skip_generate: bool) -> None:
     """Generate HOURS of synthetic streams (or use an imported landing zone), materialize the
     whole asset graph through Dagster in order — raw → tiles → profiles → labeled → training set →
     model → gate → deployment — and print a summary. Runs are recorded in the instance under
@@ -101,5 +105,14 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, skip_generate
         click.echo(f"Deployed: {deployed['model_id']} ({deployed['target']})")
     elif gate:
         click.echo("Not deployed: the model failed its gate (see the model_gate check in the UI).")
+    if serve and deployed:
+        from clicklake.cli.demo_serving import fold_online_store, serve_and_predict
+
+        folded = fold_online_store(root, instance, {"clicklake/demo": "true"})
+        click.echo(f"\nOnline store: {folded.get('events_folded', '?')} events from "
+                   f"{folded.get('files_folded', '?')} files folded by serving_lookup "
+                   f"({folded.get('fold_events_per_s', 0):,.0f} events/s)")
+        last_hour = start_ms + (hours - 1) * HOUR_MS
+        serve_and_predict(root, last_hour, int(folded.get("watermark_ms") or last_hour + HOUR_MS))
     click.echo(f"\nDone in {time.perf_counter() - t0:.1f} s. Lake: {root}/lake"
                "  (browse the runs and assets with `make dev`).")

@@ -1,0 +1,5 @@
+"""`python -m clicklake` = the `clicklake` command."""
+
+from clicklake.cli import main
+
+main()

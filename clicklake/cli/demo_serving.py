@@ -1,0 +1,115 @@
+"""The serving half of `clicklake demo`: fold the landing zone into the online store through
+the `serving_lookup` asset, start `clicklake serve` on loopback, send a few real predictions
+the way curl would, and stop the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import click
+
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def fold_online_store(root: str, instance, tags: dict) -> dict:
+    import dagster as dg
+
+    from clicklake.assets.serving import serving_lookup
+    from clicklake.resources.lake import LakeResource
+    from clicklake.resources.online_store import SqliteOnlineStore
+
+    result = dg.materialize(
+        [serving_lookup], instance=instance, tags=tags,
+        resources={"lake": LakeResource(root=root),
+                   "online_store": SqliteOnlineStore(path=online_db(root))},
+        run_config={"ops": {"serving_lookup": {"config": {"rebuild": True}}},
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    [event] = result.get_asset_materialization_events()
+    return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+
+
+def online_db(root: str) -> str:
+    return os.path.join(root, "online", "online.db")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def sample_requests(root: str, last_hour_ms: int, ts_ms: int) -> list[tuple[str, dict]]:
+    """Three impressions at `ts_ms` of a real user of the last raw hour: as seen, from a
+    crawler, overpriced."""
+    from clicklake.platform import raw
+    from clicklake.platform.storage import Store
+    from clicklake.platform.timeutil import iso
+
+    imps = raw.read_raw(Store(root), "impressions", last_hour_ms)
+    row = next(r for r in reversed(imps.to_pylist()) if r["ip"] and r["user_agent"]
+               and r["domain"])
+    base = {"user_id": row["user_id"], "campaign_id": row["campaign_id"], "ts": iso(ts_ms),
+            "domain": row["domain"], "ip": row["ip"], "user_agent": row["user_agent"],
+            "cost": row["cost"] or 0.002}
+    return [("a real user's next impression, for an advertiser paying $2 a click",
+             {**base, "value_per_click": 2.0}),
+            ("the same, from a crawler", {**base, "value_per_click": 2.0,
+                                          "user_agent": GOOGLEBOT}),
+            ("the same, at the default click value", base)]
+
+
+def serve_and_predict(root: str, last_hour_ms: int, ts_ms: int) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "clicklake", "serve", "--root", root, "--source", "online",
+           "--online-db", online_db(root), "--port", str(port)]
+    click.echo(f"\n$ clicklake serve --root {root} --source online --port {port} &")
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                status, health = _call(f"{url}/healthz", timeout=2)
+                if status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                err = server.stderr.read().decode() if server.stderr else ""
+                raise click.ClickException(f"the API did not start:\n{err[-2000:]}")
+            time.sleep(0.3)
+        click.echo(f"$ curl -s {url}/healthz\n{json.dumps(health)}")
+        for title, body in sample_requests(root, last_hour_ms, ts_ms):
+            click.echo(f"\n# {title}\n$ curl -s -X POST {url}/v1/predict "
+                       f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+            status, answer = _call(f"{url}/v1/predict", body)
+            keep = {k: answer.get(k) for k in ("probability", "decision", "reasons", "model",
+                                               "expected_value", "latency_ms", "detail")
+                    if k in answer}
+            click.echo(f"HTTP {status} {json.dumps(keep)}")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        click.echo("\nAPI stopped.")
