@@ -39,20 +39,25 @@ class FlowResult:
 
 def run_flow(resources: dict, start_ms: int, hours: int, instance: dg.DagsterInstance | None = None,
              train: bool = True, progress: Callable[[str], None] | None = None,
-             tags: dict | None = None, log_level: str = "WARNING") -> FlowResult:
+             tags: dict | None = None, log_level: str = "WARNING",
+             model_config: dict | None = None) -> FlowResult:
+    """`model_config` overrides `click_model`'s config (e.g. a lower `auc_floor` for a tiny
+    stream whose model only has to exist)."""
     assets = list(defs.assets)
     out = FlowResult()
     # One instance for the whole flow: later steps read what earlier runs recorded.
     instance = instance or dg.DagsterInstance.ephemeral()
 
-    def run(selection: list[str], partition_key: str | None, raise_on_error: bool = True) -> None:
+    def run(selection: list[str], partition_key: str | None, raise_on_error: bool = True,
+            ops: dict | None = None) -> None:
         if progress:
             progress(f"{partition_key or 'unpartitioned'}: {', '.join(selection)}")
         chosen = [a for a in assets if {k.to_user_string() for k in a.keys} & set(selection)]
         result = dg.materialize(
             chosen, partition_key=partition_key, resources=resources,
             instance=instance, tags=tags or {},
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}},
+                        **({"ops": ops} if ops else {})},
             raise_on_error=raise_on_error,
         )
         out.add(result)
@@ -65,5 +70,6 @@ def run_flow(resources: dict, start_ms: int, hours: int, instance: dg.DagsterIns
     if train:
         # A model that fails its gate is an outcome, not a crash: the blocking check stops
         # deployed_model and FlowResult.failed_checks says why.
-        run(TRAINING, None, raise_on_error=False)
+        run(TRAINING, None, raise_on_error=False,
+            ops={"click_model": {"config": model_config}} if model_config else None)
     return out

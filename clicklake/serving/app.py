@@ -35,7 +35,6 @@ from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
 from clicklake.platform.features import compute_features
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.online import BeforeHorizon
-from clicklake.platform.online import OnlineFeatures as OnlineFeaturesReader
 from clicklake.platform.timeutil import iso
 from clicklake.serving.auth import bearer, check_bearer
 from clicklake.serving.metrics import ApiMetrics
@@ -186,11 +185,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             raise fail(503, "no model is deployed yet (materialize deployed_model)", "no_model")
         ts = body.ts_ms()
         try:
-            inputs = (source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
-                                            body.user_agent, domain=body.domain)
-                      if isinstance(source, OnlineFeaturesReader) else
-                      source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
-                                            body.user_agent))
+            inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
+                                           body.user_agent, domain=body.domain)
         except (SnapshotUnavailable, BeforeHorizon) as exc:  # too old for this source
             raise fail(422, f"no features for ts {iso(ts)}: {exc}", "features_unavailable"
                        ) from None

@@ -27,28 +27,8 @@ from clicklake.platform.timeutil import HOUR_MS, parse_instant
 @runtime_checkable
 class OnlineFeatures(Protocol):
     def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,
-                       user_agent: str | None) -> dict[str, np.ndarray]:
-        with self._lock:  # one lock: the watermark, the memo and the lookup move together
-            t = self._state_t(ts_ms)
-            key = (user_id, campaign_id, ip, user_agent) if t == self._watermark else None
-            inputs = self._memo.get(key) if key is not None else None
-            if inputs is not None:
-                self._memo.move_to_end(key)
-            else:
-                impression = pa.table({
-                    "ts": pa.array([t], pa.int64()).cast(TS),
-                    "user_id": pa.array([user_id], pa.string()),
-                    "campaign_id": pa.array([campaign_id], pa.string()),
-                    "ip": pa.array([ip], pa.string()),
-                    "user_agent": pa.array([user_agent], pa.string()),
-                })
-                inputs = lake_feature_inputs(self.store, impression, self.lake_prefix,
-                                             self.lookup)
-                if key is not None:
-                    self._memo[key] = inputs
-                    while len(self._memo) > self.cache_size:
-                        self._memo.popitem(last=False)
-        return {**inputs, "ts_ms": np.array([ts_ms], dtype=np.int64)}
+                       user_agent: str | None, domain: str | None = None
+                       ) -> dict[str, np.ndarray]: ...
 
     def profile(self, user_id: str, ts_ms: int) -> dict | None: ...
 
@@ -110,10 +90,11 @@ class LakeFeatures:
         return ts_ms if self._watermark is None else min(ts_ms, self._watermark)
 
     def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,
-                       user_agent: str | None) -> dict[str, np.ndarray]:
+                       user_agent: str | None, domain: str | None = None
+                       ) -> dict[str, np.ndarray]:
         t = self._state_t(ts_ms)
         at_watermark = self._watermark is not None and t == self._watermark
-        key = (user_id, campaign_id, ip, user_agent) if at_watermark else None
+        key = (user_id, campaign_id, ip, user_agent, domain) if at_watermark else None
         with self._lock:
             if key is not None and key in self._memo:
                 self._memo.move_to_end(key)
@@ -125,6 +106,7 @@ class LakeFeatures:
                     "campaign_id": pa.array([campaign_id], pa.string()),
                     "ip": pa.array([ip], pa.string()),
                     "user_agent": pa.array([user_agent], pa.string()),
+                    "domain": pa.array([domain], pa.string()),
                 })
                 inputs = lake_feature_inputs(self.store, impression, self.lake_prefix,
                                              self.lookup)
