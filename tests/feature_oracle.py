@@ -7,8 +7,8 @@ clicks and predictions the raw layer kept. For an impression at `t`:
 - history is every event with `ts < t` (DESIGN §4.1): user counters lifetime / 1 h / 24 h / 7 d
   over the sawtooth windows (§4.3), last impression and click times, distinct campaigns
   (impressions and clicks) and domains, this user's counts on this campaign, and the 24 h
-  country / campaign / global segment counters where a click takes its impression's country by
-  the rule of `segments` (reused from `oracle`);
+  country / campaign / domain / global segment counters where a click takes its impression's
+  country and domain by the rule of `segments` (reused from `oracle`; no domain is "unknown");
 - the event itself gives country, device type, OS, browser and the crawler flag through the
   enrichment's single-value helpers (the REST path, a different code path from the batch one);
 - the latest prediction is the user's prediction with the greatest `ts < t` (the greatest id
@@ -88,7 +88,7 @@ def feature_inputs(imp: dict, impressions: list[dict], clicks: list[dict],
     out["uc_impressions"], out["uc_clicks"] = float(uc_i), float(uc_c)
     seg = oracle.segments(impressions, clicks, countries, t, hours=24)
     for kind, segment in (("country", impression_country(imp)), ("campaign", campaign),
-                          ("global", "all")):
+                          ("domain", imp.get("domain") or "unknown"), ("global", "all")):
         i, c = seg.get((kind, segment), (0, 0))
         out[f"{kind}_impressions_24h"], out[f"{kind}_clicks_24h"] = float(i), float(c)
     out["country"] = impression_country(imp)
@@ -121,8 +121,9 @@ def features_by_hand(x: dict) -> dict:
     out["uc_ctr"] = _ctr(x["uc_clicks"], x["uc_impressions"])
     for s in F.SEGMENTS:
         out[f"{s}_ctr_24h"] = _ctr(x[f"{s}_clicks_24h"], x[f"{s}_impressions_24h"])
-    out["country_lift_24h"] = out["country_ctr_24h"] / out["global_ctr_24h"]
-    out["campaign_lift_24h"] = out["campaign_ctr_24h"] / out["global_ctr_24h"]
+    for s in F.SEGMENTS:
+        if s != "global":
+            out[f"{s}_lift_24h"] = out[f"{s}_ctr_24h"] / out["global_ctr_24h"]
     out["is_crawler"] = 1.0 if x["is_crawler"] else 0.0
     when = datetime.fromtimestamp(t // 1000, UTC)
     out["hour_of_day"] = float(when.hour)
