@@ -145,6 +145,11 @@ def test_snapshots_and_as_of_match_oracle(tmp_path_factory, events, data):
     got = table.as_of([u for u, _ in pairs], [t for _, t in pairs]).to_pylist()
     for (u, t), row in zip(pairs, got, strict=True):
         _same(oracle.profile(imps, clks, u, t), row, f"{u}@{iso(t)}")
+    # One instant at a time: an hour right after a kept snapshot takes the one-pass path.
+    for t in instants:
+        one_hour = table.as_of([*USERS, "nobody"], t).to_pylist()
+        for u, row in zip([*USERS, "nobody"], one_hour, strict=True):
+            _same(oracle.profile(imps, clks, u, t), row, f"{u}@{iso(t)} alone")
     camps = [(u, c, t) for u, t in pairs for c in CAMPAIGNS]
     uc = table.as_of_user_campaign([p[0] for p in camps], [p[1] for p in camps],
                                    [p[2] for p in camps]).to_pylist()

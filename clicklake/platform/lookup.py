@@ -566,6 +566,9 @@ class LookupTable:
 
         if not len(users):
             return PROFILE_SCHEMA.empty_table()
+        fast = self._hour_after_plan(t)
+        if fast is not None:  # every instant in the hour right after one snapshot
+            return self._hour_after_snapshot(users, None, t, *fast)[0]
         return self._grouped(t, run)
 
     def as_of_user_campaign(self, user_ids, campaign_ids, ts) -> pa.Table:
@@ -599,14 +602,21 @@ class LookupTable:
         users = as_string_array(user_ids)
         camps = as_string_array(campaign_ids)
         t = np.asarray(ts, dtype=np.int64)
-        if len(t):
-            plan = self._plan(t)
-            p = int(plan[0])
-            floor_t = t - t % HOUR_MS
-            s = p + HOUR_MS if p >= 0 else (self.history_start() if p == -1 else None)
-            if s is not None and (plan == p).all() and (floor_t == s).all():
-                return self._hour_after_snapshot(users, camps, t, p, s)
+        fast = self._hour_after_plan(t) if len(t) else None
+        if fast is not None:
+            return self._hour_after_snapshot(users, camps, t, *fast)
         return self.as_of(users, t), self.as_of_user_campaign(users, camps, t)
+
+    def _hour_after_plan(self, t: np.ndarray) -> tuple[int, int] | None:
+        """(snapshot partition p, its as-of instant s) when every instant lies in the hour
+        right after that kept snapshot (or in the first hour of history, p = -1), else None."""
+        plan = self._plan(t)
+        p = int(plan[0])
+        floor_t = t - t % HOUR_MS
+        s = p + HOUR_MS if p >= 0 else (self.history_start() if p == -1 else None)
+        if s is not None and (plan == p).all() and (floor_t == s).all():
+            return p, s
+        return None
 
     def _snapshot_columns(self, p: int, columns: list[str], dictionary: list[str] = ()) -> pa.Table:
         key = ("snapcols", p, tuple(columns))
@@ -615,26 +625,35 @@ class LookupTable:
             path, filesystem=self.store.fs, columns=columns,
             read_dictionary=[f"{c}.list.element" for c in dictionary] or None))
 
-    def _hour_after_snapshot(self, users: pa.Array, camps: pa.Array, t: np.ndarray, p: int,
-                             s: int) -> tuple[pa.Table, pa.Table]:
+    def _hour_after_snapshot(self, users: pa.Array, camps: pa.Array | None, t: np.ndarray, p: int,
+                             s: int) -> tuple[pa.Table, pa.Table | None]:
+        """Profiles (and, unless `camps` is None, user x campaign counts) of instants that all
+        lie in the hour [s, s + 1 h) right after snapshot partition p."""
         n = len(t)
         qenc = pc.dictionary_encode(users)
         qcode = qenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         quniq = qenc.dictionary
         nu = len(quniq)
         hi = int(t.max())
+        # Binary searches run far faster over sorted needles: work in (user, t) order.
+        perm = np.argsort(qcode * (hi - s + 1) + (t - s))
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(n)
+        qcode, t_in, t = qcode[perm], t, t[perm]
         imp, imp_ms = _within(self.raw("impressions", s), s, hi)
         clk, clk_ms = _within(self.raw("clicks", s), s, hi)
         ic = _to_np_codes(pc.index_in(as_string_array(imp["user_id"]), value_set=quniq))
         cc = _to_np_codes(pc.index_in(as_string_array(clk["user_id"]), value_set=quniq))
         i_keep, c_keep = ic >= 0, cc >= 0
         # Campaign codes: the campaigns asked for and those of the events; others never match.
+        qc = camps if camps is not None else pa.array([], pa.string())
+        nq = len(qc)
         cenc = pc.dictionary_encode(pa.concat_arrays([
-            camps, as_string_array(imp["campaign_id"]), as_string_array(clk["campaign_id"])]))
+            qc, as_string_array(imp["campaign_id"]), as_string_array(clk["campaign_id"])]))
         call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         cdict = cenc.dictionary
         nc = max(len(cdict), 1)
-        q_camp, i_camp, c_camp = call[:n], call[n:n + len(ic)], call[n + len(ic):]
+        q_camp, i_camp, c_camp = call[:nq], call[nq:nq + len(ic)], call[nq + len(ic):]
         dom = as_string_array(imp["domain"])
         denc = pc.dictionary_encode(dom)
         ddict = denc.dictionary
@@ -665,12 +684,12 @@ class LookupTable:
             # user code of each snapshot row (-1 for rows nobody asked about)
             row_user = np.full(len(ids) + 1, -1, np.int64)
             row_user[row[has]] = np.flatnonzero(has)
-            lists = self._snapshot_columns(p, ["campaigns", "campaign_impressions",
-                                               "campaign_clicks", "domains"],
+            counts = ["campaign_impressions", "campaign_clicks"] if camps is not None else []
+            lists = self._snapshot_columns(p, ["campaigns", *counts, "domains"],
                                            ["campaigns", "domains"])
-            snap_pairs, (snap_ci, snap_ck) = _flat_coded(
-                lists, "campaigns", ["campaign_impressions", "campaign_clicks"], row_user, cdict,
-                nc)
+            snap_pairs, snap_counts = _flat_coded(lists, "campaigns", counts, row_user, cdict, nc)
+            if counts:
+                snap_ci, snap_ck = snap_counts
             snap_doms, _ = _flat_coded(lists, "domains", [], row_user, ddict, nd)
         else:
             for name in scal:
@@ -726,8 +745,10 @@ class LookupTable:
         out["distinct_domains"] = sv["distinct_domains"] + (
             newd.rank(qcode, t) - newd.rank(qcode, start))
 
+        out = {k: v[inv] for k, v in out.items()}  # back to input order
         known = out["first_ts"] != NULL_MS
-        arrays = [users, pa.array(t, pa.int64()).cast(TS), pa.array(known)]
+        t_arr = pa.array(t_in, pa.int64()).cast(TS)
+        arrays = [users, t_arr, pa.array(known)]
         for f in PROFILE_SCHEMA:
             if f.name in ("user_id", "t", "known"):
                 continue
@@ -737,9 +758,11 @@ class LookupTable:
             else:
                 arrays.append(pa.array(v.astype(f.type.to_pandas_dtype())))
         profiles = pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA)
+        if camps is None:
+            return profiles, None
 
         # This user on this campaign: the snapshot's count plus the events since s.
-        q_key = qcode * nc + q_camp
+        q_key = qcode * nc + q_camp[perm]
         pair_tl_i = _Timeline(iu * nc + i_camp[i_keep], ims, s, span,
                               {"n": np.ones(len(iu), np.int64)})
         pair_tl_c = _Timeline(cu * nc + c_camp[c_keep], cms, s, span,
@@ -752,8 +775,8 @@ class LookupTable:
             uc_i = uc_i + np.where(hit, snap_ci[pos], 0)
             uc_c = uc_c + np.where(hit, snap_ck[pos], 0)
         uc = pa.Table.from_arrays(
-            [users, camps, pa.array(t, pa.int64()).cast(TS), pa.array(uc_i.astype(np.int64)),
-             pa.array(uc_c.astype(np.int64))], schema=USER_CAMPAIGN_SCHEMA)
+            [users, camps, t_arr, pa.array(uc_i[inv].astype(np.int64)),
+             pa.array(uc_c[inv].astype(np.int64))], schema=USER_CAMPAIGN_SCHEMA)
         return profiles, uc
 
     def profile(self, user_id: str, t: int) -> dict:
@@ -811,11 +834,20 @@ def _flat_coded(lists: pa.Table, name: str, counts: list[str], row_user: np.ndar
         masks.append(ok)
         offset += len(chunk)
     key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    if not counts:  # keys are unique (a snapshot list is a set): a plain sort will do
+        return np.sort(key), []
     ok = np.concatenate(masks) if masks else np.zeros(0, bool)
-    order = np.argsort(key, kind="stable")
+    m = len(key)
+    if m and (int(key.max()) + 1) * m < 2**62:
+        # Sort (key, position) packed in one int64: far faster than an argsort.
+        packed = np.sort(key * m + np.arange(m))
+        key, order = packed // m, packed % m
+    else:
+        order = np.argsort(key)
+        key = key[order]
     outs = [pc.list_flatten(lists[c].combine_chunks()).to_numpy(zero_copy_only=False)[ok][order]
             for c in counts]  # aligned with the lists above, element for element
-    return key[order], outs
+    return key, outs
 
 
 def _first_new(keys: np.ndarray, ms: np.ndarray, snap_keys: np.ndarray, users: np.ndarray,
