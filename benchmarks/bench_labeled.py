@@ -33,6 +33,9 @@ import sys
 import tempfile
 import time
 
+import clicklake  # noqa: F401  (first: it picks pyarrow's memory pool, as in the pipeline)
+
+# isort: split
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
