@@ -406,6 +406,8 @@ class LookupTable:
         self._row_groups: OrderedDict[tuple, pa.Table] = OrderedDict()
         self._user_index: OrderedDict[tuple, tuple[pa.Table, np.ndarray]] = OrderedDict()
         self.missing_raw_hours: set[tuple[str, int]] = set()
+        self._history_start: tuple[int, int] | None = None  # (first snapshot hour, its start)
+        self._schemas: dict[str, pa.Schema] = {}
 
     # -- what exists ---------------------------------------------------------------------------
     def snapshot_hours(self, refresh: bool = False) -> np.ndarray:
@@ -423,8 +425,10 @@ class LookupTable:
             raise SnapshotUnavailable(
                 f"no user profile snapshots under {self.lake_prefix}/profiles/user/: "
                 "materialize user_profiles first")
-        pf, _, _ = self._footer(snapshot_key(int(hours[0]), self.lake_prefix))
-        return int(pf.schema_arrow.metadata[META_HISTORY_START])
+        if self._history_start is None or self._history_start[0] != int(hours[0]):
+            pf, _, _ = self._footer(snapshot_key(int(hours[0]), self.lake_prefix))
+            self._history_start = (int(hours[0]), int(pf.schema_arrow.metadata[META_HISTORY_START]))
+        return self._history_start[1]
 
     def _plan(self, t: np.ndarray) -> np.ndarray:
         """Per instant: the snapshot partition hour to start from; -1 = empty history at its start
@@ -507,9 +511,12 @@ class LookupTable:
                     self._row_groups.popitem(last=False)
             self._row_groups.move_to_end(k)
             parts.append(self._row_groups[k])
-        table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table().select(cols)
+        if key not in self._schemas:  # converting the Parquet schema costs as much as a lookup
+            self._schemas[key] = pf.schema_arrow
+        schema = self._schemas[key]
+        table = pa.concat_tables(parts) if parts else schema.empty_table().select(cols)
         table = table.filter(pc.is_in(table["user_id"], value_set=pa.array(user_ids, pa.string())))
-        return table.replace_schema_metadata(pf.schema_arrow.metadata)
+        return table.replace_schema_metadata(schema.metadata)
 
     def _user_events(self, stream: str, hour_ms: int, user_id: str) -> pa.Table:
         """One user's rows of a raw hour, through a per-hour index sorted by user."""
