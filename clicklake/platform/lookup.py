@@ -676,11 +676,14 @@ class LookupTable:
         snap_pairs = np.zeros(0, np.int64)
         snap_ci = snap_ck = np.zeros(0, np.int64)
         snap_doms = np.zeros(0, np.int64)
-        ids = self._snapshot_columns(p, ["user_id"])["user_id"] if p >= 0 else None
+        counts = ["campaign_impressions", "campaign_clicks"] if camps is not None else []
+        # One read of every snapshot column needed (a footer and a pass over the file).
+        sc = self._snapshot_columns(p, ["user_id", *scal, "campaigns", *counts, "domains"],
+                                    ["campaigns", "domains"]) if p >= 0 else None
+        ids = sc["user_id"] if sc is not None else None
         if ids is not None and len(ids):
             row = _to_np_codes(pc.index_in(quniq, value_set=as_string_array(ids)))
             has = row >= 0
-            sc = self._snapshot_columns(p, scal)
             take = pa.array(np.maximum(row, 0))
             for name in scal:
                 col = sc[name].combine_chunks().take(take)
@@ -691,13 +694,10 @@ class LookupTable:
             # user code of each snapshot row (-1 for rows nobody asked about)
             row_user = np.full(len(ids) + 1, -1, np.int64)
             row_user[row[has]] = np.flatnonzero(has)
-            counts = ["campaign_impressions", "campaign_clicks"] if camps is not None else []
-            lists = self._snapshot_columns(p, ["campaigns", *counts, "domains"],
-                                           ["campaigns", "domains"])
-            snap_pairs, snap_counts = _flat_coded(lists, "campaigns", counts, row_user, cdict, nc)
+            snap_pairs, snap_counts = _flat_coded(sc, "campaigns", counts, row_user, cdict, nc)
             if counts:
                 snap_ci, snap_ck = snap_counts
-            snap_doms, _ = _flat_coded(lists, "domains", [], row_user, ddict, nd)
+            snap_doms, _ = _flat_coded(sc, "domains", [], row_user, ddict, nd)
         else:
             for name in scal:
                 snap_vals[name] = np.full(nu, NULL_MS if name.endswith("_ts") else 0)
