@@ -99,32 +99,40 @@ def latest_scores_lake(store: Store, user_ids: pa.Array, ts_ms: np.ndarray, max_
     first = int(t.min()) - int(t.min()) % HOUR_MS - max_age_ms
     last = int(t.max()) - int(t.max()) % HOUR_MS
     first -= first % HOUR_MS
-    codes, stamps, ranks, scores = [], [], [], []
-    offset = 0
+    files, parts = [], []
     for h in range(first, last + 1, HOUR_MS):
         key = raw_key("predictions", h, lake_prefix)
         if not store.exists(key):
             continue
         pf = store.parquet_file(key)
-        table = pf.read(columns=["user_id", "ts", "score"])
-        code = _codes(table["user_id"], uniq)
-        keep = np.flatnonzero(code >= 0)
-        if not len(keep):
-            continue
-        code, ts = code[keep], _ms(table["ts"])[keep]
-        score = table["score"].to_numpy(zero_copy_only=False)[keep].astype(np.float64)
-        # Ids break ties of one user at one instant; read them only for a file that has such.
-        k = np.sort(code * (HOUR_MS + 1) + (ts - h))
-        rank = np.zeros(len(keep), np.int64)
-        if len(k) > 1 and (k[1:] == k[:-1]).any():
-            ids = pf.read(columns=["prediction_id"])["prediction_id"].combine_chunks()
-            rank = offset + _id_rank(ids.take(pa.array(keep)), len(keep))
-            offset += len(keep)
-        codes.append(code)
-        stamps.append(ts)
-        ranks.append(rank)
-        scores.append(score)
-    if not codes:
+        files.append(pf)
+        parts.append(pf.read(columns=["user_id", "ts", "score"]))
+    if not parts:
         return np.full(n, np.nan), np.full(n, np.nan)
-    return _answer(np.concatenate(codes), np.concatenate(stamps), np.concatenate(ranks),
-                   np.concatenate(scores), q_code, t)
+    # All hours at once: one hash table of the users asked for, one pass over the rows.
+    table = pa.concat_tables(parts)
+    code = _codes(table["user_id"], uniq)
+    keep = np.flatnonzero(code >= 0)
+    if not len(keep):
+        return np.full(n, np.nan), np.full(n, np.nan)
+    code, ts = code[keep], _ms(table["ts"])[keep]
+    score = table["score"].to_numpy(zero_copy_only=False)[keep].astype(np.float64)
+    # Ids break ties of one user at one instant (always within one hour's file); read them only
+    # for the files that have such.
+    rank = np.zeros(len(keep), np.int64)
+    k = code * (int(ts.max()) - int(ts.min()) + 1) + (ts - int(ts.min()))
+    ks = np.sort(k)
+    dup = ks[1:][ks[1:] == ks[:-1]]
+    if len(dup):
+        file_of = np.repeat(np.arange(len(parts)), [p.num_rows for p in parts])[keep]
+        tied = np.unique(file_of[np.isin(k, dup)])
+        rows = np.flatnonzero(np.isin(file_of, tied))
+        ids = pa.chunked_array([files[i].read(columns=["prediction_id"])["prediction_id"]
+                                .combine_chunks() for i in tied]).combine_chunks()
+        starts = np.concatenate([[0], np.cumsum([parts[i].num_rows for i in tied])])
+        file_start = np.zeros(len(parts), np.int64)
+        file_start[tied] = starts[:-1]
+        row_start = np.concatenate([[0], np.cumsum([p.num_rows for p in parts])])
+        pos = file_start[file_of[rows]] + (keep[rows] - row_start[file_of[rows]])
+        rank[rows] = _id_rank(ids.take(pa.array(pos)), len(rows))
+    return _answer(code, ts, rank, score, q_code, t)
