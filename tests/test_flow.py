@@ -24,7 +24,10 @@ def flow(tmp_path_factory):
     lake = LakeResource(root=root)
     generate(lake.store(), start_ms=START, hours=HOURS, users=800, seed=3)
     result = run_flow({"lake": lake, "trainer": LocalTrainer(), "endpoint": LocalModelServer()},
-                      START, HOURS)
+                      START, HOURS,
+                      # the flow, not the model's quality: a floor of 0 and leaves small enough
+                      # for a stream this tiny
+                      model_config={"auc_floor": 0.0, "min_child_weight": 1})
     return lake.store(), result
 
 
@@ -56,3 +59,27 @@ def test_the_deployed_model_is_the_registry_champion(flow):
     assert 0.5 < model["auc"] <= 1 and 0 < model["oracle_auc"] <= 1
     server = LocalModelServer()
     assert server.load_champion(store) == model["model_id"]
+
+
+def test_the_gate_blocks_a_worse_model_and_keeps_the_champion(flow):
+    """A model under the AUC floor fails its blocking check: deployed_model does not run, the
+    registry records the rejection and the champion stays."""
+    import dagster as dg
+
+    from clicklake.assets.training import training_assets
+
+    store, result = flow
+    champion = registry.champion(store).model_id
+    lake = LakeResource(root=store.root)
+    run = dg.materialize(training_assets, resources={
+        "lake": lake, "trainer": LocalTrainer(), "endpoint": LocalModelServer()},
+        run_config={"ops": {"click_model": {"config": {"auc_floor": 0.999}}}},
+        raise_on_error=False)
+    [gate] = run.get_asset_check_evaluations()
+    assert gate.check_name == "model_gate" and not gate.passed
+    materialized = {e.step_materialization_data.materialization.asset_key.to_user_string()
+                    for e in run.get_asset_materialization_events()}
+    assert materialized == {"training_set", "click_model"}
+    rejected = registry.history(store)[-1]
+    assert rejected.status == registry.REJECTED and "below the floor" in rejected.reason
+    assert registry.champion(store).model_id == champion
