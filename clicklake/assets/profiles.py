@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import hourly_partitions
 from clicklake.platform import profiles as prof
 from clicklake.platform import segments as seg
@@ -26,10 +27,6 @@ _HIVE = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
 def _hour_of(key: str) -> int | None:
     m = _HIVE.search(key)
     return parse_hour_partition_key(f"{m[1]}-{m[2]}:00") if m else None
-
-
-def _column_schema(table: pa.Table) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema])
 
 
 def _raw(store: Store, stream: str, hour_ms: int, prefix: str, missing: list[str]) -> pa.Table:
@@ -62,7 +59,7 @@ def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     nbytes = store.write_parquet(key, tile)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": tile.num_rows,
-        "dagster/column_schema": _column_schema(tile),
+        "dagster/column_schema": column_schema(tile.schema),
         "users_touched": tile.num_rows,
         "impressions": int(imp.num_rows),
         "clicks": int(clk.num_rows),
@@ -114,7 +111,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
         store.delete(prof.snapshot_key(h, prefix))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": snap.num_rows,
-        "dagster/column_schema": _column_schema(snap),
+        "dagster/column_schema": column_schema(snap.schema),
         "users": snap.num_rows,
         "users_touched": tile.num_rows,
         "as_of": iso(prof.snapshot_as_of(snap)),
@@ -155,7 +152,7 @@ def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> d
               for k in seg.KINDS}
     return dg.MaterializeResult(metadata={
         "dagster/row_count": table.num_rows,
-        "dagster/column_schema": _column_schema(table),
+        "dagster/column_schema": column_schema(table.schema),
         "countries": counts["country"],
         "campaigns": counts["campaign"],
         "global_impressions_24h": glob[0]["impressions_24h"] if glob else 0,
