@@ -49,3 +49,14 @@ def test_aws_names_resolve_at_run_time(monkeypatch):
 def test_an_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="must be one of"):
         build_resources("gcp")
+
+
+def test_the_local_online_store_sits_beside_the_lake(monkeypatch):
+    """make dev's sensor, make demo and `clicklake serve` all find the same SQLite file."""
+    monkeypatch.delenv("CLICKLAKE_ONLINE_DB", raising=False)
+    monkeypatch.setenv("CLICKLAKE_ROOT", "data/demo")
+    assert SqliteOnlineStore().resolved_path() == "data/demo/online/online.db"
+    monkeypatch.setenv("CLICKLAKE_ROOT", "s3://bucket/prefix")
+    assert SqliteOnlineStore().resolved_path() == "data/online/online.db"
+    monkeypatch.setenv("CLICKLAKE_ONLINE_DB", "/srv/online.db")
+    assert SqliteOnlineStore().resolved_path() == "/srv/online.db"

@@ -24,7 +24,7 @@ _DEFAULTS = DecisionPolicy()
               help="Features from the lake (time-travel lookup, hourly fresh) or the online store.")
 @click.option("--online-db", default=None, envvar="CLICKLAKE_ONLINE_DB",
               help="SQLite file of the online store (--source online; env CLICKLAKE_ONLINE_DB, "
-              "default data/online/online.db).")
+              "default <root>/online/online.db for a local root).")
 @click.option("--dynamodb-table", default=None,
               help="Read the online store from this DynamoDB table instead (--source online).")
 @click.option("--model", "model_backend", type=click.Choice(["local", "sagemaker"]),
@@ -87,6 +87,10 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         policy=DecisionPolicy(default_value_per_click=value_per_click, farm_ctr_24h=farm_ctr,
                               farm_min_impressions_24h=farm_min_impressions,
                               farm_burst_impressions_1h=farm_burst))
+    if source == "online" and not (online_db or dynamodb_table):
+        from clicklake.resources.online_store import default_sqlite_path
+
+        online_db = default_sqlite_path(root)  # beside the lake, where serving_lookup folds
     online = (open_online_source(online_db, dynamodb_table, region) if source == "online"
               else None)
     app = lake_app(store, lake_prefix, config, source=online, model=slot)

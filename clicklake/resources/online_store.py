@@ -47,15 +47,24 @@ class OnlineStoreResource(dg.ConfigurableResource, ABC):
         return OnlineFeatures(self.state())
 
 
+def default_sqlite_path(root: str | None = None) -> str:
+    """The online store's file beside a local lake root (`<root>/online/online.db`)."""
+    root = root or os.environ.get("CLICKLAKE_ROOT")
+    if root and not root.startswith("s3://"):
+        return os.path.join(root, "online", "online.db")
+    return DEFAULT_SQLITE_PATH
+
+
 class SqliteOnlineStore(OnlineStoreResource):
     """One SQLite file in WAL mode (embedded default: no server, no account). When `path` is
     unset, `CLICKLAKE_ONLINE_DB` is used (read when the resource is used), then
+    `online/online.db` beside the lake under a local `CLICKLAKE_ROOT`, then
     data/online/online.db."""
 
     path: str | None = Field(default=None, description="SQLite file of the online store.")
 
     def resolved_path(self) -> str:
-        return self.path or os.environ.get("CLICKLAKE_ONLINE_DB") or DEFAULT_SQLITE_PATH
+        return self.path or os.environ.get("CLICKLAKE_ONLINE_DB") or default_sqlite_path()
 
     def state(self) -> StateStore:
         return SqliteState(self.resolved_path())
