@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, attribute_clicks
+from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, label_impressions
 from clicklake.platform.training.metrics import auc, expected_calibration_error, log_loss
 
 
@@ -36,14 +36,11 @@ def join_outcomes(
     pred_user = predictions["user_id"].to_numpy(zero_copy_only=False)
     clicked = np.zeros(predictions.num_rows, dtype=np.int8)
 
-    # Named impressions: the impression's own label.
-    attributed = attribute_clicks(impressions, clicks)
-    imp_ts = pd.Series(_ms(impressions["ts"]),
-                       index=impressions["impression_id"].to_numpy(zero_copy_only=False))
-    imp_ts = imp_ts[~imp_ts.index.duplicated()]
-    attributed = attributed[attributed["impression_id"].isin(imp_ts.index)]
-    delay = attributed["click_ts"].to_numpy() - imp_ts.reindex(attributed["impression_id"]).to_numpy()
-    labeled = set(attributed["impression_id"].to_numpy()[(delay > 0) & (delay <= window_ms)])
+    # Named impressions: the impression's own label, by the labeled dataset's own rule.
+    labels = label_impressions(
+        impressions.select(["impression_id", "ts", "user_id", "campaign_id"]), clicks, window_ms)
+    ids = labels["impression_id"].to_numpy(zero_copy_only=False)
+    labeled = set(ids[labels["label"].to_numpy(zero_copy_only=False) == 1])
     named = pd.notna(pred_imp)
     clicked[named] = [1 if i in labeled else 0 for i in pred_imp[named]]
 
