@@ -260,8 +260,12 @@ def as_of_pairs(
             out[name] = np.where(found, out[name], 0)
         elif name.endswith("_ts"):
             out[name] = np.where(found, out[name], NULL_MS)
-    known = out["first_ts"] != NULL_MS
-    arrays = [users, pa.array(t, pa.int64()).cast(TS), pa.array(known)]
+    return _profile_table(users, t, out).take(pa.array(inv))
+
+
+def _profile_table(users: pa.Array, t: np.ndarray, out: dict[str, np.ndarray]) -> pa.Table:
+    """PROFILE_SCHEMA rows from per-field arrays (`*_ts` fields use NULL_MS for null)."""
+    arrays = [users, pa.array(t, pa.int64()).cast(TS), pa.array(out["first_ts"] != NULL_MS)]
     for f in PROFILE_SCHEMA:
         if f.name in ("user_id", "t", "known"):
             continue
@@ -270,7 +274,7 @@ def as_of_pairs(
             arrays.append(pa.array(v, pa.int64(), mask=v == NULL_MS).cast(TS))
         else:
             arrays.append(pa.array(v.astype(f.type.to_pandas_dtype())))
-    return pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA).take(pa.array(inv))
+    return pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA)
 
 
 class _Ring:
@@ -753,18 +757,7 @@ class LookupTable:
             newd.rank(qcode, t) - newd.rank(qcode, start))
 
         out = {k: v[inv] for k, v in out.items()}  # back to input order
-        known = out["first_ts"] != NULL_MS
-        t_arr = pa.array(t_in, pa.int64()).cast(TS)
-        arrays = [users, t_arr, pa.array(known)]
-        for f in PROFILE_SCHEMA:
-            if f.name in ("user_id", "t", "known"):
-                continue
-            v = out[f.name]
-            if f.name.endswith("_ts"):
-                arrays.append(pa.array(v, pa.int64(), mask=v == NULL_MS).cast(TS))
-            else:
-                arrays.append(pa.array(v.astype(f.type.to_pandas_dtype())))
-        profiles = pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA)
+        profiles = _profile_table(users, t_in, out)
         if camps is None:
             return profiles, None
 
@@ -782,7 +775,7 @@ class LookupTable:
             uc_i = uc_i + np.where(hit, snap_ci[pos], 0)
             uc_c = uc_c + np.where(hit, snap_ck[pos], 0)
         uc = pa.Table.from_arrays(
-            [users, camps, t_arr, pa.array(uc_i[inv].astype(np.int64)),
+            [users, camps, profiles["t"].combine_chunks(), pa.array(uc_i[inv].astype(np.int64)),
              pa.array(uc_c[inv].astype(np.int64))], schema=USER_CAMPAIGN_SCHEMA)
         return profiles, uc
 
