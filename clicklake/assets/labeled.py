@@ -1,6 +1,7 @@
 """The point-in-time labeled dataset and prediction outcomes: hourly, lagging one hour because
 hour H needs the clicks of H+1."""
 
+import math
 import re
 import warnings
 from datetime import UTC, datetime
@@ -14,9 +15,15 @@ from clicklake.assets.partitions import lagged_hourly_partitions
 from clicklake.platform.labeled import build_labeled_hour, labeled_key
 from clicklake.platform.labeled_quality import LABELED_CHECKS, labeled_check_specs
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
-from clicklake.platform.raw import raw_key
+from clicklake.platform.raw import read_raw
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, hour_partition_key, iso, parse_hour_partition_key
+from clicklake.platform.timeutil import (
+    HOUR_MS,
+    hive_hour_path,
+    hour_partition_key,
+    iso,
+    parse_hour_partition_key,
+)
 from clicklake.resources.lake import LakeResource
 
 LABELED_KEY = dg.AssetKey("labeled_impressions")
@@ -155,7 +162,7 @@ def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig
     completeness = require_next_hour_complete(context, hour)
     store = lake.store()
     prefix = lake.lake_prefix
-    read = lambda stream, h: store.read_parquet(raw_key(stream, h, prefix))  # noqa: E731
+    read = lambda stream, h: read_raw(store, stream, h, prefix)
     preds = read("predictions", hour)
     imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
     clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
@@ -164,7 +171,7 @@ def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig
     store.write_parquet(key, out)
     per_model = outcome_metrics(out)
     flat = {f"{model}/{k}": v for model, m in per_model.items() for k, v in m.items()
-            if v == v}  # drop NaN (undefined AUC for one-class hours)
+            if not math.isnan(v)}  # drop NaN (undefined AUC for one-class hours)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": out.num_rows,
         "dagster/column_schema": column_schema(out.schema),

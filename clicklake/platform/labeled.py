@@ -55,13 +55,11 @@ class MissingInput(LookupError):
     """An input the labeled hour needs has not been built (e.g. an upstream partition)."""
 
 
-def _raw(store: Store, stream: str, hour_ms: int, prefix: str, required: bool) -> pa.Table:
+def _raw(store: Store, stream: str, hour_ms: int, prefix: str) -> pa.Table:
     key = raw_key(stream, hour_ms, prefix)
-    if store.exists(key):
-        return store.read_parquet(key)
-    if required:
+    if not store.exists(key):
         raise MissingInput(f"raw_{stream} {iso(hour_ms)} is not materialized ({key})")
-    return SPECS[stream].schema.empty_table()
+    return store.read_parquet(key)
 
 
 @dataclass
@@ -148,10 +146,10 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
     """The labeled impressions of hour `hour_ms` (schema `labeled_schema()`), in raw order."""
     if window_ms > HOUR_MS:
         raise ValueError("a label window longer than an hour needs more than the next hour")
-    imp = _raw(store, "impressions", hour_ms, lake_prefix, required=True)
-    nxt = _raw(store, "impressions", hour_ms + HOUR_MS, lake_prefix, required=True)
-    clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix, required=True),
-                               _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix, required=True)])
+    imp = _raw(store, "impressions", hour_ms, lake_prefix)
+    nxt = _raw(store, "impressions", hour_ms + HOUR_MS, lake_prefix)
+    clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix),
+                               _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix)])
     features = compute_features(lake_feature_inputs(store, imp, lake_prefix, whole_raw_hour=True))
     labeled = label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
                                 context_impressions=nxt)

@@ -201,5 +201,10 @@ def write_raw_partition(store: Store, part: RawPartition, lake_prefix: str = "la
     store.write_parquet(quarantine_key(part.stream, part.hour_ms, lake_prefix), part.quarantine)
 
 
-def read_raw(store: Store, stream: str, hour_ms: int, lake_prefix: str = "lake") -> pa.Table:
-    return store.read_parquet(raw_key(stream, hour_ms, lake_prefix))
+def read_raw(store: Store, stream: str, hour_ms: int, lake_prefix: str = "lake",
+             missing_ok: bool = False) -> pa.Table:
+    """A raw partition; with `missing_ok`, a partition never materialized reads as empty."""
+    key = raw_key(stream, hour_ms, lake_prefix)
+    if missing_ok and not store.exists(key):
+        return SPECS[stream].schema.empty_table()
+    return store.read_parquet(key)

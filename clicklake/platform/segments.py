@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.platform.enrich import countries
-from clicklake.platform.events import SPECS, TS
-from clicklake.platform.raw import raw_key
+from clicklake.platform.events import TS
+from clicklake.platform.raw import read_raw
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import as_string_array, ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
@@ -240,11 +240,6 @@ def segments_as_of(previous: pa.Table | None, events: pa.Table, kinds: pa.Array 
 # -- over the lake -------------------------------------------------------------------------------
 
 
-def _raw_or_empty(store: Store, stream: str, hour_ms: int, lake_prefix: str) -> pa.Table:
-    key = raw_key(stream, hour_ms, lake_prefix)
-    return store.read_parquet(key) if store.exists(key) else SPECS[stream].schema.empty_table()
-
-
 def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
                         impressions: pa.Table | None = None,
                         impression_countries: pa.Array | None = None) -> pa.Table:
@@ -253,10 +248,10 @@ def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
     A caller that already holds the hour's raw impressions (and their countries) passes them, so
     they are neither read nor enriched again. Countries of the hour before are looked up only
     for the impressions that clicks take theirs from."""
-    imp_prev = _raw_or_empty(store, "impressions", hour_ms - HOUR_MS, lake_prefix)
-    imp = impressions if impressions is not None else _raw_or_empty(
-        store, "impressions", hour_ms, lake_prefix)
-    clk = _raw_or_empty(store, "clicks", hour_ms, lake_prefix)
+    imp_prev = read_raw(store, "impressions", hour_ms - HOUR_MS, lake_prefix, missing_ok=True)
+    imp = impressions if impressions is not None else read_raw(
+        store, "impressions", hour_ms, lake_prefix, missing_ok=True)
+    clk = read_raw(store, "clicks", hour_ms, lake_prefix, missing_ok=True)
     own = (as_string_array(impression_countries) if impression_countries is not None
            else countries(imp["ip"]))
     cols = ["impression_id", "ts", "user_id", "ip", "domain"]
