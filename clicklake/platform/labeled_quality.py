@@ -41,15 +41,12 @@ def labeled_check_specs(rows: int, label_rate: tuple[float, float]) -> list[Chec
     if rows >= LABEL_RATE_MIN_ROWS:
         lo, hi = label_rate
         checks.append(CheckSpec("label_rate_within_bounds",
-                                f"The share of clicked impressions lies in [{lo}, {hi}].",
+                                f"The share of clicked impressions lies in [{lo}, {hi}] (not "
+                                f"enforced below {LABEL_RATE_MIN_ROWS} rows).",
                                 (("mean_between", "label", lo, hi),)))
     return checks
 
 
-LABELED_CHECKS = (
-    ("impression_ids_unique", "No impression id twice, none missing."),
-    ("required_features_present", "Every feature defined for all impressions is non-null."),
-    ("feature_ranges_sane", "Counts >= 0, CTRs and scores in [0, 1], calendar fields in range."),
-    ("label_rate_within_bounds", "The share of clicked impressions lies in the configured bounds"
-     f" (not enforced below {LABEL_RATE_MIN_ROWS} rows)."),
-)
+# (name, description) of every check, for declaring them before any run.
+LABELED_CHECKS = tuple((c.name, c.description)
+                       for c in labeled_check_specs(LABEL_RATE_MIN_ROWS, (0.0, 1.0)))

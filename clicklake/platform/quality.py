@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
@@ -32,9 +31,6 @@ class CheckOutcome:
     passed: bool
     description: str
     failures: dict[str, int] = field(default_factory=dict)  # expectation -> unexpected count
-
-    def metadata(self) -> dict[str, Any]:
-        return {"expectations": len(self.failures) or None, **self.failures}
 
 
 _lock = threading.Lock()

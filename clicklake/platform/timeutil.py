@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -19,7 +19,7 @@ def to_datetime(ms: int) -> datetime:
 def to_ms(dt: datetime) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(round(dt.timestamp() * 1000))
+    return round(dt.timestamp() * 1000)
 
 
 def iso(ms: int) -> str:
@@ -32,7 +32,7 @@ def parse_instant(text: str) -> int:
     text = text.strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    return to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    return to_ms(datetime.fromisoformat(text))  # 3.11 reads a "Z" suffix
 
 
 def hour_partition_key(hour_ms: int) -> str:
@@ -42,16 +42,6 @@ def hour_partition_key(hour_ms: int) -> str:
 
 def parse_hour_partition_key(key: str) -> int:
     return to_ms(datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC))
-
-
-def hours_between(start_ms: int, end_ms: int) -> list[int]:
-    """Hour starts h with start <= h < end (both floored to the hour)."""
-    h, end = floor_hour(start_ms), end_ms
-    out = []
-    while h < end:
-        out.append(h)
-        h += HOUR_MS
-    return out
 
 
 def hive_hour_path(hour_ms: int) -> str:
@@ -65,11 +55,9 @@ __all__ = [
     "floor_hour",
     "hive_hour_path",
     "hour_partition_key",
-    "hours_between",
     "iso",
     "parse_hour_partition_key",
     "parse_instant",
-    "timedelta",
     "to_datetime",
     "to_ms",
 ]
