@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.platform.enrich import countries
-from clicklake.platform.events import TS
-from clicklake.platform.raw import read_raw
+from clicklake.platform.events import SPECS, TS
+from clicklake.platform.raw import raw_key, read_raw
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import as_string_array, ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
@@ -96,59 +96,93 @@ def click_impression_rows(clicks: pa.Table, impressions: pa.Table) -> np.ndarray
     hi = c_ms - c_ms % HOUR_MS + HOUR_MS
     imp_ids = as_string_array(impressions["impression_id"])
 
-    # 1. by impression id, within the allowed hours
-    by_id = pc.index_in(as_string_array(clicks["impression_id"]), value_set=imp_ids)
+    # 1. by impression id, within the allowed hours. Clicks are few: hash their ids and keep the
+    # impressions they name (in order, so the first of duplicate ids still wins).
+    c_ids = as_string_array(clicks["impression_id"])
+    cand = np.flatnonzero(pc.is_in(imp_ids, value_set=c_ids).to_numpy(zero_copy_only=False))
+    by_id = pc.index_in(c_ids, value_set=imp_ids.take(pa.array(cand)))
     j = by_id.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    j = np.where(j >= 0, cand[np.maximum(j, 0)] if len(cand) else -1, -1)
     ok = j >= 0
     jt = i_ms[np.maximum(j, 0)]
     ok &= (jt >= lo) & (jt < hi)
     out[ok] = j[ok]
 
-    # 2. the user's latest earlier impression in those hours (ties: the largest id)
-    if (~ok).any():
-        users = pa.concat_arrays([as_string_array(impressions["user_id"]),
-                                  as_string_array(clicks["user_id"])])
+    # 2. the user's latest earlier impression in those hours (ties: the largest id), searched
+    # among the impressions of the users of the clicks still unresolved only.
+    rest = np.flatnonzero(~ok)
+    if len(rest):
+        c_users = as_string_array(clicks["user_id"]).take(pa.array(rest))
+        i_users = as_string_array(impressions["user_id"])
+        sub = np.flatnonzero(pc.is_in(i_users, value_set=c_users).to_numpy(zero_copy_only=False))
+        if not len(sub):
+            return out
+        users = pa.concat_arrays([i_users.take(pa.array(sub)), c_users])
         codes = pc.dictionary_encode(users).indices.to_numpy(zero_copy_only=False).astype(
             np.int64)
-        iu, cu = codes[: impressions.num_rows], codes[impressions.num_rows:]
-        id_rank = np.empty(len(imp_ids), np.int64)
-        id_rank[pc.sort_indices(imp_ids).to_numpy()] = np.arange(len(imp_ids))
-        order = np.lexsort((id_rank, i_ms, iu))
-        base = int(min(i_ms.min(), lo.min()))
-        span = int(max(i_ms.max(), c_ms.max()) - base + 2)
-        key = iu[order] * span + (i_ms[order] - base)
-        last = np.searchsorted(key, cu * span + (c_ms - base), side="left") - 1
-        first = np.searchsorted(key, cu * span + (lo - base), side="left")
-        has = (last >= first) & (out < 0)
-        out[has] = order[last[has]]
+        iu, cu = codes[: len(sub)], codes[len(sub):]
+        s_ids, s_ms = imp_ids.take(pa.array(sub)), i_ms[sub]
+        id_rank = np.empty(len(sub), np.int64)
+        id_rank[pc.sort_indices(s_ids).to_numpy()] = np.arange(len(sub))
+        order = np.lexsort((id_rank, s_ms, iu))
+        r_ms, r_lo = c_ms[rest], lo[rest]
+        base = int(min(s_ms.min(), r_lo.min()))
+        span = int(max(s_ms.max(), r_ms.max()) - base + 2)
+        key = iu[order] * span + (s_ms[order] - base)
+        last = np.searchsorted(key, cu * span + (r_ms - base), side="left") - 1
+        first = np.searchsorted(key, cu * span + (r_lo - base), side="left")
+        has = last >= first
+        out[rest[has]] = sub[order[last[has]]]
     return out
+
+
+# Segment events of one hour, one entry per kind: (segment, ts ms, impressions, clicks), each
+# impression then each click once.
+EventParts = dict[str, tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _event_parts(impressions: pa.Table, impression_countries: pa.Array, clicks: pa.Table,
+                 click_country: pa.Array, click_domain: pa.Array | None = None) -> EventParts:
+    ni, nc = impressions.num_rows, clicks.num_rows
+    if click_domain is None:
+        click_domain = pa.nulls(nc, pa.string())
+    ms = np.concatenate([ts_ms(impressions["ts"]), ts_ms(clicks["ts"])])
+    imp = np.r_[np.ones(ni, np.int64), np.zeros(nc, np.int64)]
+    clk = np.r_[np.zeros(ni, np.int64), np.ones(nc, np.int64)]
+    segs = {
+        "global": pa.repeat("all", ni + nc),
+        "country": pa.concat_arrays([as_string_array(impression_countries).fill_null(UNKNOWN),
+                                     as_string_array(click_country).fill_null(UNKNOWN)]),
+        "campaign": pa.concat_arrays([as_string_array(impressions["campaign_id"]),
+                                      as_string_array(clicks["campaign_id"])]),
+        "domain": pa.concat_arrays([as_string_array(impressions["domain"]).fill_null(UNKNOWN),
+                                    as_string_array(click_domain).fill_null(UNKNOWN)]),
+    }
+    return {kind: (seg, ms, imp, clk) for kind, seg in segs.items()}
+
+
+def _events_table(parts: EventParts) -> pa.Table:
+    return pa.concat_tables([pa.Table.from_arrays(
+        [pa.repeat(kind, len(ms)), seg, pa.array(ms, pa.int64()), pa.array(imp), pa.array(clk)],
+        schema=SEGMENT_EVENT_SCHEMA) for kind, (seg, ms, imp, clk) in parts.items()])
 
 
 def segment_events(impressions: pa.Table, impression_countries: pa.Array, clicks: pa.Table,
                    click_country: pa.Array, click_domain: pa.Array | None = None) -> pa.Table:
     """Each impression and click once per kind: (kind, segment, ts, impressions, clicks).
     `click_domain` None = every click's domain is unknown."""
-    ni, nc = impressions.num_rows, clicks.num_rows
-    if click_domain is None:
-        click_domain = pa.nulls(nc, pa.string())
-    i_ms, c_ms = ts_ms(impressions["ts"]), ts_ms(clicks["ts"])
-    parts = []
-    for kind, i_seg, c_seg in (
-        ("global", pa.array(["all"] * ni, pa.string()), pa.array(["all"] * nc, pa.string())),
-        ("country", as_string_array(impression_countries).fill_null(UNKNOWN),
-         as_string_array(click_country).fill_null(UNKNOWN)),
-        ("campaign", as_string_array(impressions["campaign_id"]),
-         as_string_array(clicks["campaign_id"])),
-        ("domain", as_string_array(impressions["domain"]).fill_null(UNKNOWN),
-         as_string_array(click_domain).fill_null(UNKNOWN)),
-    ):
-        parts.append(pa.Table.from_arrays(
-            [pa.array([kind] * (ni + nc), pa.string()), pa.concat_arrays([i_seg, c_seg]),
-             pa.array(np.concatenate([i_ms, c_ms]), pa.int64()),
-             pa.array(np.r_[np.ones(ni, np.int64), np.zeros(nc, np.int64)]),
-             pa.array(np.r_[np.zeros(ni, np.int64), np.ones(nc, np.int64)])],
-            schema=SEGMENT_EVENT_SCHEMA))
-    return pa.concat_tables(parts)
+    return _events_table(_event_parts(impressions, impression_countries, clicks, click_country,
+                                      click_domain))
+
+
+def _parts_of_table(events: pa.Table) -> EventParts:
+    kinds = as_string_array(events["kind"])
+    parts = {}
+    for kind in pc.unique(kinds).to_pylist():
+        ev = events.filter(pc.equal(kinds, kind))
+        parts[kind] = (as_string_array(ev["segment"]), ts_ms(ev["ts"]),
+                       ev["impressions"].to_numpy(), ev["clicks"].to_numpy())
+    return parts
 
 
 def _ctr(imps: np.ndarray, clicks: np.ndarray) -> pa.Array:
@@ -198,43 +232,78 @@ def segments_as_of(previous: pa.Table | None, events: pa.Table, kinds: pa.Array 
     segs = as_string_array(pa.array(segments, pa.string()) if isinstance(segments, list)
                            else segments)
     t = np.asarray(ts, dtype=np.int64)
-    n = len(t)
-    if not n:
+    if not len(t):
         return SEGMENT_AS_OF_SCHEMA.empty_table()
+    return _as_of_hour(previous, _parts_of_table(events.combine_chunks()), kinds, segs, t)
+
+
+def _as_of_hour(previous: pa.Table | None, parts: EventParts, kinds: pa.Array | str,
+                segs: pa.Array, t: np.ndarray) -> pa.Table:
+    """`segments_as_of` over events split by kind; `kinds` may be one kind for every instant."""
+    n = len(t)
     f = int(t.min() - t.min() % HOUR_MS)
     if int(t.max() - t.max() % HOUR_MS) != f:
         raise ValueError("segments_as_of takes instants of one hour; group them first")
-    events = events.combine_chunks()
-    ev_ms = events["ts"].to_numpy()
-    ev = events.filter(pa.array((ev_ms >= f) & (ev_ms < int(t.max()))))
-    ev_ms = ev["ts"].to_numpy()
-    sep = "\x1f"  # (kind, segment) as one string key; the unit separator never occurs in ids
-    pair_keys = pc.binary_join_element_wise(kinds, segs.fill_null(""), sep)
-    ev_keys = pc.binary_join_element_wise(as_string_array(ev["kind"]),
-                                          as_string_array(ev["segment"]), sep)
-    enc = pc.dictionary_encode(pa.concat_arrays([pair_keys, ev_keys]))
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    pcode, ecode = codes[:n], codes[n:]
-    span = HOUR_MS + 1
-    key = ecode * span + (ev_ms - f)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    cum_i = np.r_[0, np.cumsum(ev["impressions"].to_numpy()[order])]
-    cum_c = np.r_[0, np.cumsum(ev["clicks"].to_numpy()[order])]
-    lo = np.searchsorted(key, pcode * span, side="left")
-    hi = np.searchsorted(key, pcode * span + (t - f), side="left")
-    imps, clks = cum_i[hi] - cum_i[lo], cum_c[hi] - cum_c[lo]
-    if previous is not None and previous.num_rows:
-        prev_keys = pc.binary_join_element_wise(previous["kind"], previous["segment"], sep)
-        j = pc.index_in(pair_keys, value_set=prev_keys).fill_null(-1).to_numpy(
-            zero_copy_only=False).astype(np.int64)
-        has = j >= 0
-        imps = imps + np.where(has, previous["impressions_24h"].to_numpy()[np.maximum(j, 0)], 0)
-        clks = clks + np.where(has, previous["clicks_24h"].to_numpy()[np.maximum(j, 0)], 0)
+    imps, clks = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if isinstance(kinds, str):
+        groups = [(kinds, None)]
+        kinds = pa.repeat(kinds, n)
+    else:
+        groups = [(k, np.flatnonzero(pc.equal(kinds, k).to_numpy(zero_copy_only=False)))
+                  for k in pc.unique(kinds).to_pylist()]
+    p_kinds = as_string_array(previous["kind"]) if previous is not None else None
+    for kind, sel in groups:
+        q_seg, q_t = (segs, t) if sel is None else (segs.take(pa.array(sel)), t[sel])
+        prev = (previous.filter(pc.equal(p_kinds, kind))
+                if previous is not None and previous.num_rows else None)
+        i, c = _kind_as_of(prev, parts.get(kind), q_seg, q_t, f)
+        if sel is None:
+            imps, clks = i, c
+        else:
+            imps[sel], clks[sel] = i, c
     return pa.Table.from_arrays(
-        [kinds, segs, pa.array(t, pa.int64()).cast(TS), pa.array(imps.astype(np.int64)),
-         pa.array(clks.astype(np.int64)), _ctr(imps, clks)],
-        schema=SEGMENT_AS_OF_SCHEMA)
+        [kinds, segs, pa.array(t, pa.int64()).cast(TS), pa.array(imps), pa.array(clks),
+         _ctr(imps, clks)], schema=SEGMENT_AS_OF_SCHEMA)
+
+
+def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(impressions, clicks) over 24 h of one kind's segments at instants t of hour f: the
+    previous profile's window plus the events in [f, t), on integer segment codes."""
+    n = len(t)
+    seg, ms, imp, clk = part if part is not None else (
+        pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0, np.int64),
+        np.zeros(0, np.int64))
+    keep = (ms >= f) & (ms < int(t.max()))
+    if not keep.all():
+        seg, ms, imp, clk = seg.filter(pa.array(keep)), ms[keep], imp[keep], clk[keep]
+    # A null segment asked for is "" (it matches nothing an event or profile names otherwise).
+    enc = pc.dictionary_encode(pa.concat_arrays([q_seg.fill_null("").cast(pa.string()),
+                                                 seg.cast(pa.string())]))
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    qcode, ecode = codes[:n], codes[n:]
+    span = HOUR_MS + 1
+    key = ecode * span + (ms - f)
+    order = np.argsort(key)  # ties need no order: a search counts all of a key or none
+    key = key[order]
+    cum_i = np.r_[0, np.cumsum(imp[order])]
+    cum_c = np.r_[0, np.cumsum(clk[order])]
+    # Binary searches run far faster over sorted needles: search in (segment, t) order.
+    q_key = qcode * span + (t - f)
+    q_order = np.argsort(q_key)
+    lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
+    lo[q_order] = np.searchsorted(key, (qcode * span)[q_order], side="left")
+    hi[q_order] = np.searchsorted(key, q_key[q_order], side="left")
+    imps, clks = cum_i[hi] - cum_i[lo], cum_c[hi] - cum_c[lo]
+    if prev is not None and prev.num_rows:
+        # Look up the distinct segments asked for, not every instant.
+        j = pc.index_in(enc.dictionary, value_set=as_string_array(prev["segment"])).fill_null(
+            -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        has = j >= 0
+        p_i = np.where(has, prev["impressions_24h"].to_numpy()[np.maximum(j, 0)], 0)
+        p_c = np.where(has, prev["clicks_24h"].to_numpy()[np.maximum(j, 0)], 0)
+        imps, clks = imps + p_i[qcode], clks + p_c[qcode]
+    return imps.astype(np.int64), clks.astype(np.int64)
 
 
 # -- over the lake -------------------------------------------------------------------------------
@@ -248,15 +317,26 @@ def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
     A caller that already holds the hour's raw impressions (and their countries) passes them, so
     they are neither read nor enriched again. Countries of the hour before are looked up only
     for the impressions that clicks take theirs from."""
-    imp_prev = read_raw(store, "impressions", hour_ms - HOUR_MS, lake_prefix, missing_ok=True)
+    return _events_table(_hour_event_parts(store, hour_ms, lake_prefix, impressions,
+                                           impression_countries))
+
+
+_CLICK_COUNTRY_COLUMNS = ["impression_id", "ts", "user_id", "ip", "domain"]
+
+
+def _hour_event_parts(store: Store, hour_ms: int, lake_prefix: str = "lake",
+                      impressions: pa.Table | None = None,
+                      impression_countries: pa.Array | None = None) -> EventParts:
+    cols = _CLICK_COUNTRY_COLUMNS
+    prev_key = raw_key("impressions", hour_ms - HOUR_MS, lake_prefix)
+    imp_prev = (store.read_parquet(prev_key, cols) if store.exists(prev_key)
+                else SPECS["impressions"].schema.empty_table().select(cols))
     imp = impressions if impressions is not None else read_raw(
         store, "impressions", hour_ms, lake_prefix, missing_ok=True)
     clk = read_raw(store, "clicks", hour_ms, lake_prefix, missing_ok=True)
     own = (as_string_array(impression_countries) if impression_countries is not None
            else countries(imp["ip"]))
-    cols = ["impression_id", "ts", "user_id", "ip", "domain"]
-    both = pa.concat_tables([imp_prev.select(cols), imp.select(cols).cast(
-        imp_prev.select(cols).schema)])
+    both = pa.concat_tables([imp_prev, imp.select(cols).cast(imp_prev.schema)])
     rows = click_impression_rows(clk, both)
     n_prev = imp_prev.num_rows
 
@@ -272,9 +352,9 @@ def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
         return pa.array(out, pa.string())
 
     domains = both["domain"].combine_chunks()
-    return segment_events(imp, own, clk, _countries_at(rows, country_of_rows),
-                          _countries_at(rows, lambda idx: domains.take(pa.array(idx)).fill_null(
-                              UNKNOWN)))
+    return _event_parts(imp, own, clk, _countries_at(rows, country_of_rows),
+                        _countries_at(rows, lambda idx: domains.take(pa.array(idx)).fill_null(
+                            UNKNOWN)))
 
 
 def read_segment_profile(store: Store, hour_ms: int, lake_prefix: str = "lake") -> pa.Table | None:
@@ -301,16 +381,15 @@ def segments_as_of_lake_kinds(store: Store, segment_of: dict[str, pa.Array],
     instant} -> {kind: table}), reading and enriching each hour's events once for all kinds.
     `impressions` (with `impression_countries`) may be the raw impressions of the instants'
     hour, when they all lie in one hour and the caller holds them already."""
-    n = len(ts)
-    asked = {kind: (pa.array([kind] * n, pa.string()), as_string_array(
-        pa.array(seg, pa.string()) if isinstance(seg, list) else seg))
-        for kind, seg in segment_of.items()}
+    asked = {kind: (kind, as_string_array(pa.array(seg, pa.string()) if isinstance(seg, list)
+                                          else seg)) for kind, seg in segment_of.items()}
     return _as_of_lake(store, asked, ts, lake_prefix, impressions, impression_countries)
 
 
-def _as_of_lake(store: Store, asked: dict[str, tuple[pa.Array, pa.Array]], ts, lake_prefix: str,
-                impressions: pa.Table | None = None,
+def _as_of_lake(store: Store, asked: dict[str, tuple[pa.Array | str, pa.Array]], ts,
+                lake_prefix: str, impressions: pa.Table | None = None,
                 impression_countries: pa.Array | None = None) -> dict[str, pa.Table]:
+    """{key: (kinds, or one kind for all, segments)} -> {key: SEGMENT_AS_OF_SCHEMA table}."""
     t = np.asarray(ts, dtype=np.int64)
     floor_t = t - t % HOUR_MS
     hours = np.unique(floor_t)
@@ -318,27 +397,28 @@ def _as_of_lake(store: Store, asked: dict[str, tuple[pa.Array, pa.Array]], ts, l
     positions = []
     listed = None
     for f in hours:
-        sel = np.flatnonzero(floor_t == f)
+        one = len(hours) == 1
+        sel = None if one else np.flatnonzero(floor_t == f)
         prev = read_segment_profile(store, int(f) - HOUR_MS, lake_prefix)
         if prev is None:
             listed = store.list(f"{lake_prefix}/profiles/segment/") if listed is None else listed
             if listed and segment_key(int(f) - HOUR_MS, lake_prefix) > listed[0]:
                 raise LookupError(f"segment_profiles for the hour before {iso(int(f))} is missing")
-        reuse = impressions is not None and len(hours) == 1
-        events = hour_segment_events(store, int(f), lake_prefix,
-                                     impressions if reuse else None,
-                                     impression_countries if reuse else None)
-        idx = pa.array(sel)
+        reuse = impressions is not None and one
+        events = _hour_event_parts(store, int(f), lake_prefix, impressions if reuse else None,
+                                   impression_countries if reuse else None)
         for key, (kinds, segs) in asked.items():
-            k_kinds = kinds.take(idx)
-            kind_set = pc.unique(k_kinds)
-            ev = events.filter(pc.is_in(events["kind"], value_set=kind_set))
-            pv = (prev.filter(pc.is_in(prev["kind"], value_set=kind_set))
-                  if prev is not None else None)
-            parts[key].append(segments_as_of(pv, ev, k_kinds, segs.take(idx), t[sel]))
+            if sel is None:
+                parts[key].append(_as_of_hour(prev, events, kinds, segs, t))
+            else:
+                idx = pa.array(sel)
+                k_kinds = kinds if isinstance(kinds, str) else kinds.take(idx)
+                parts[key].append(_as_of_hour(prev, events, k_kinds, segs.take(idx), t[sel]))
         positions.append(sel)
     if not positions:
         return {k: SEGMENT_AS_OF_SCHEMA.empty_table() for k in asked}
+    if len(positions) == 1:
+        return {k: p[0] for k, p in parts.items()}
     order = np.empty(len(t), dtype=np.int64)
     order[np.concatenate(positions)] = np.arange(len(t))
     take = pa.array(order)
