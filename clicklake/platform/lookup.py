@@ -564,8 +564,15 @@ class LookupTable:
         return (self._raw_span("impressions", first_hour, last_hour),
                 self._raw_span("clicks", first_hour, last_hour))
 
-    def as_of(self, user_ids: pa.Array | list[str], ts: np.ndarray | list[int] | int) -> pa.Table:
-        """Profiles of (user, t) pairs (PROFILE_SCHEMA), in input order; a scalar t is broadcast."""
+    def as_of(self, user_ids: pa.Array | list[str], ts: np.ndarray | list[int] | int,
+              columns: list[str] | None = None) -> pa.Table:
+        """Profiles of (user, t) pairs (PROFILE_SCHEMA), in input order; a scalar t is broadcast.
+        `columns` (PROFILE_FIELDS) keeps user_id, t and only those, and in the hour right after
+        a snapshot skips reading and folding what they do not need (the campaign and domain
+        sets when neither distinct count is asked for)."""
+        if columns is not None and (unknown := set(columns) - set(PROFILE_FIELDS)):
+            raise ValueError(f"not profile fields: {sorted(unknown)}")
+        keep = ["user_id", "t", *columns] if columns is not None else PROFILE_SCHEMA.names
         users = as_string_array(pa.array(user_ids, pa.string()) if isinstance(user_ids, list)
                                 else user_ids)
         t = np.broadcast_to(np.asarray(ts, dtype=np.int64), (len(users),)).copy()
@@ -576,11 +583,12 @@ class LookupTable:
             return as_of_pairs(snap, imp, clk, users.take(pa.array(sel)), t[sel])
 
         if not len(users):
-            return PROFILE_SCHEMA.empty_table()
+            return PROFILE_SCHEMA.empty_table().select(keep)
         fast = self._hour_after_plan(t)
         if fast is not None:  # every instant in the hour right after one snapshot
-            return self._hour_after_snapshot(users, None, t, *fast)[0]
-        return self._grouped(t, run)
+            return self._hour_after_snapshot(users, None, t, *fast, columns=columns)[0].select(
+                keep)
+        return self._grouped(t, run).select(keep)
 
     def as_of_user_campaign(self, user_ids, campaign_ids, ts) -> pa.Table:
         """Lifetime impressions and clicks of each user on each campaign before t, input order."""
@@ -637,9 +645,13 @@ class LookupTable:
             read_dictionary=[f"{c}.list.element" for c in dictionary] or None))
 
     def _hour_after_snapshot(self, users: pa.Array, camps: pa.Array | None, t: np.ndarray, p: int,
-                             s: int) -> tuple[pa.Table, pa.Table | None]:
+                             s: int, columns: list[str] | None = None
+                             ) -> tuple[pa.Table, pa.Table | None]:
         """Profiles (and, unless `camps` is None, user x campaign counts) of instants that all
-        lie in the hour [s, s + 1 h) right after snapshot partition p."""
+        lie in the hour [s, s + 1 h) right after snapshot partition p. With `columns`, profile
+        fields outside them may be left zero (callers select them away)."""
+        sets = camps is not None or columns is None or bool(
+            {"distinct_campaigns", "distinct_domains"} & set(columns))
         n = len(t)
         qenc = pc.dictionary_encode(users)
         qcode = qenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -676,32 +688,39 @@ class LookupTable:
                 "spend", *[f"{m}_{w}" for w in WINDOWS_H for m in ("impressions", "clicks",
                                                                     "spend")],
                 "distinct_campaigns", "distinct_domains"]
+        read = scal if columns is None else [c for c in scal if c in columns]
         snap_vals: dict[str, np.ndarray] = {}
         snap_pairs = np.zeros(0, np.int64)
         snap_ci = snap_ck = np.zeros(0, np.int64)
         snap_doms = np.zeros(0, np.int64)
         counts = ["campaign_impressions", "campaign_clicks"] if camps is not None else []
         # One read of every snapshot column needed (a footer and a pass over the file).
-        sc = self._snapshot_columns(p, ["user_id", *scal, "campaigns", *counts, "domains"],
-                                    ["campaigns", "domains"]) if p >= 0 else None
+        lists = ["campaigns", *counts, "domains"] if sets else []
+        sc = self._snapshot_columns(p, ["user_id", *read, *lists],
+                                    ["campaigns", "domains"] if sets else []) if p >= 0 else None
         ids = sc["user_id"] if sc is not None else None
         if ids is not None and len(ids):
             row = _to_np_codes(pc.index_in(quniq, value_set=as_string_array(ids)))
             has = row >= 0
             take = pa.array(np.maximum(row, 0))
             for name in scal:
+                fill = NULL_MS if name.endswith("_ts") else 0
+                if name not in read:  # not asked for: never returned
+                    snap_vals[name] = np.full(nu, fill)
+                    continue
                 col = sc[name].combine_chunks().take(take)
                 v = ts_ms(col) if pa.types.is_timestamp(col.type) else col.to_numpy(
                     zero_copy_only=False)
-                fill = NULL_MS if name.endswith("_ts") else 0
                 snap_vals[name] = np.where(has, v, fill)
             # user code of each snapshot row (-1 for rows nobody asked about)
             row_user = np.full(len(ids) + 1, -1, np.int64)
             row_user[row[has]] = np.flatnonzero(has)
-            snap_pairs, snap_counts = _flat_coded(sc, "campaigns", counts, row_user, cdict, nc)
-            if counts:
-                snap_ci, snap_ck = snap_counts
-            snap_doms, _ = _flat_coded(sc, "domains", [], row_user, ddict, nd)
+            if sets:
+                snap_pairs, snap_counts = _flat_coded(sc, "campaigns", counts, row_user, cdict,
+                                                      nc)
+                if counts:
+                    snap_ci, snap_ck = snap_counts
+                snap_doms, _ = _flat_coded(sc, "domains", [], row_user, ddict, nd)
         else:
             for name in scal:
                 snap_vals[name] = np.full(nu, NULL_MS if name.endswith("_ts") else 0)
@@ -745,16 +764,19 @@ class LookupTable:
                                    np.where(first_ev == big, NULL_MS, first_ev))
 
         # Distinct campaigns and domains: first touches since s of values the snapshot lacks.
-        t_user = np.concatenate([iu, cu])
-        t_ms = np.concatenate([ims, cms])
-        t_key = t_user * nc + np.concatenate([i_camp[i_keep], c_camp[c_keep]])
-        newc = _first_new(t_key, t_ms, snap_pairs, t_user, s, span)
-        out["distinct_campaigns"] = sv["distinct_campaigns"] + (
-            newc.rank(qcode, t) - newc.rank(qcode, start))
-        dv = i_keep & (d_code >= 0)
-        newd = _first_new(ic[dv] * nd + d_code[dv], imp_ms[dv], snap_doms, ic[dv], s, span)
-        out["distinct_domains"] = sv["distinct_domains"] + (
-            newd.rank(qcode, t) - newd.rank(qcode, start))
+        if sets:
+            t_user = np.concatenate([iu, cu])
+            t_ms = np.concatenate([ims, cms])
+            t_key = t_user * nc + np.concatenate([i_camp[i_keep], c_camp[c_keep]])
+            newc = _first_new(t_key, t_ms, snap_pairs, t_user, s, span)
+            out["distinct_campaigns"] = sv["distinct_campaigns"] + (
+                newc.rank(qcode, t) - newc.rank(qcode, start))
+            dv = i_keep & (d_code >= 0)
+            newd = _first_new(ic[dv] * nd + d_code[dv], imp_ms[dv], snap_doms, ic[dv], s, span)
+            out["distinct_domains"] = sv["distinct_domains"] + (
+                newd.rank(qcode, t) - newd.rank(qcode, start))
+        else:
+            out["distinct_campaigns"] = out["distinct_domains"] = np.zeros(n, np.int64)
 
         out = {k: v[inv] for k, v in out.items()}  # back to input order
         profiles = _profile_table(users, t_in, out)
