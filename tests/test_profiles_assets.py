@@ -3,6 +3,7 @@ profiles, gaps, retention, lineage and the `clicklake lookup` command."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import dagster as dg
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 
 from clicklake.assets.profiles import profile_assets
 from clicklake.cli import main
-from clicklake.platform import profiles, raw, segments
+from clicklake.platform import profiles, raw, segments, tiles
 from clicklake.platform.enrich import countries
 from clicklake.platform.events import CLICKS, IMPRESSIONS
 from clicklake.platform.storage import Store
@@ -55,14 +56,18 @@ def _table(rows, spec):
     return pa.Table.from_pylist(rows, schema=schema).cast(spec.schema)
 
 
-@pytest.fixture
-def lake(tmp_path):
-    store = Store(str(tmp_path))
+def _raw_lake(root) -> Store:
+    store = Store(str(root))
     for h in HOURS:
         for rows, spec, stream in ((IMPS, IMPRESSIONS, "impressions"), (CLKS, CLICKS, "clicks")):
             part = [r for r in rows if h <= r["ts"] < h + HOUR_MS]
             store.write_parquet(raw.raw_key(stream, h), _table(part, spec))
     return store
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return _raw_lake(tmp_path)
 
 
 def _materialize(store, hour, retention_days=30):
@@ -116,6 +121,33 @@ def test_materialize_hours_gap_and_retention(lake):
     assert (snap26["ann"]["impressions"], snap26["ann"]["impressions_24h"],
             snap26["ann"]["impressions_7d"]) == (exp["impressions"], exp["impressions_24h"],
                                                  exp["impressions_7d"]) == (3, 1, 3)
+
+
+def test_a_backfill_range_folds_hour_by_hour_like_single_hour_runs(tmp_path):
+    """One run over hours 0..3 (what a backfill launches) folds each hour into the one before:
+    a materialization per hour with its own metadata, and the same tiles, snapshots and segment
+    profiles as one single-hour run after another."""
+    ranged, hourly = _raw_lake(tmp_path / "ranged"), _raw_lake(tmp_path / "hourly")
+    hours = [H0 + i * HOUR_MS for i in range(4)]
+    keys = [hour_partition_key(h) for h in hours]
+    result = dg.materialize(
+        profile_assets, resources={"lake": LakeResource(root=ranged.root)},
+        tags={"dagster/asset_partition_range_start": keys[0],
+              "dagster/asset_partition_range_end": keys[-1]})
+    assert result.success
+    for h in hours:
+        _materialize(hourly, h)
+    for asset in ("user_hour_tiles", "user_profiles", "segment_profiles"):
+        assert [m.partition for m in result.asset_materializations_for_node(asset)] == keys
+    meta = [{k: v.value for k, v in m.metadata.items()}
+            for m in result.asset_materializations_for_node("user_profiles")]
+    assert meta[0]["started_from"] == "empty history"
+    for prev, cur in itertools.pairwise(meta):
+        assert (cur["started_from"], cur["gap_hours_refolded"]) == (prev["as_of"], 0)
+    assert meta[1]["users_touched"] == 3 and meta[2]["users_touched"] == 0
+    for h in hours:
+        for key in (tiles.tile_key(h), profiles.snapshot_key(h), segments.segment_key(h)):
+            assert ranged.read_parquet(key).equals(hourly.read_parquet(key)), key
 
 
 def test_segment_profiles_match_oracle(lake):

@@ -12,6 +12,7 @@ from clicklake.platform import raw
 from clicklake.platform.quality import run_checks
 from clicklake.platform.raw_quality import raw_check_specs
 from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS, hour_partition_key
 from clicklake.resources.lake import LakeResource
 from tests.landing_factory import MIN, H, click, impression, land, prediction
 
@@ -113,6 +114,43 @@ def test_a_failing_check_blocks_the_run(tmp_path, monkeypatch):
     evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not evaluations["ids_present_and_unique"].passed
     assert not result.success  # blocking: the step fails so downstream does not run
+
+
+def test_a_backfill_range_run_materializes_and_checks_every_hour(tmp_path, monkeypatch):
+    """A backfill run of hours H-1..H+1: one materialization per hour with that hour's metadata,
+    and each check evaluated over all three hours, failing with the one bad hour named."""
+    import clicklake.assets.raw as raw_assets_module
+
+    real = raw.build_raw_partition
+
+    def corrupted_at_h(store, stream, hour_ms, *args, **kwargs):
+        part = real(store, stream, hour_ms, *args, **kwargs)
+        if hour_ms == H:
+            part.table = pa.concat_tables([part.table.slice(0, 1)] * 2)  # one id twice
+        return part
+
+    lake = LakeResource(root=str(tmp_path))
+    _landing(lake.store())
+    keys = [hour_partition_key(H + d * HOUR_MS) for d in (-1, 0, 1)]
+    tags = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1]}
+    result = dg.materialize(raw_assets, resources={"lake": lake}, tags=tags)
+    assert result.success
+    mats = result.asset_materializations_for_node("raw_impressions")
+    assert [m.partition for m in mats] == keys
+    assert [m.metadata["dagster/row_count"].value for m in mats] == [0, 3, 0]
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 8 and all(c.passed for c in checks)
+    assert {c.metadata["hours_checked"].value for c in checks} == {3}
+
+    monkeypatch.setattr(raw_assets_module, "build_raw_partition", corrupted_at_h)
+    result = dg.materialize(raw_assets[:1], resources={"lake": lake}, tags=tags,
+                            raise_on_error=False)
+    evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    failed = evaluations["ids_present_and_unique"]
+    assert not failed.passed and failed.metadata["failing_hours"].value == KEY
+    assert evaluations["ts_in_partition"].passed
+    assert not result.success
 
 
 @pytest.mark.parametrize("prefix", ["pfx", "deep/er"])

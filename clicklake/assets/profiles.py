@@ -1,5 +1,9 @@
 """The time-travel lookup table as hourly assets: user hour tiles, user profile snapshots (each
-folded from the previous one, so backfills run in order) and segment profiles."""
+folded from the previous one) and segment profiles.
+
+A backfill builds tiles several hours per run, runs side by side, and folds each chain (user and
+segment profiles) over its whole range in one run, hour after hour in order; every hour still gets
+its own materialization and metadata."""
 
 import re
 
@@ -9,14 +13,19 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from clicklake.assets.metadata import column_schema
-from clicklake.assets.partitions import hourly_partitions
+from clicklake.assets.partitions import (
+    chain_policy,
+    hourly_partitions,
+    independent_hours_policy,
+    run_hours,
+)
 from clicklake.platform import profiles as prof
 from clicklake.platform import segments as seg
 from clicklake.platform import tiles
 from clicklake.platform.events import SPECS
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, iso, parse_hour_partition_key
+from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso, parse_hour_partition_key
 from clicklake.resources.lake import LakeResource
 
 RAW_DEPS = [dg.AssetKey("raw_impressions"), dg.AssetKey("raw_clicks")]
@@ -46,27 +55,30 @@ def _tile(store: Store, hour_ms: int, prefix: str, missing: list[str]) -> pa.Tab
     return tiles.build_user_hour_tiles(imp, clk, hour_ms)
 
 
-@dg.asset(partitions_def=hourly_partitions, deps=RAW_DEPS, group_name="lookup", kinds={"parquet"})
+@dg.asset(partitions_def=hourly_partitions, backfill_policy=independent_hours_policy,
+          deps=RAW_DEPS, group_name="lookup", kinds={"parquet"})
 def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """What each user did in one event-time hour: impressions, clicks, spend, campaigns (with
     per-campaign counts) and domains touched, first and last event time. One row per active user."""
-    hour = parse_hour_partition_key(context.partition_key)
-    store, prefix, missing = lake.store(), lake.lake_prefix, []
-    imp = _raw(store, "impressions", hour, prefix, missing)
-    clk = _raw(store, "clicks", hour, prefix, missing)
-    tile = tiles.build_user_hour_tiles(imp, clk, hour)
-    key = tiles.tile_key(hour, prefix)
-    nbytes = store.write_parquet(key, tile)
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": tile.num_rows,
-        "dagster/column_schema": column_schema(tile.schema),
-        "users_touched": tile.num_rows,
-        "impressions": int(imp.num_rows),
-        "clicks": int(clk.num_rows),
-        "missing_raw_partitions": ", ".join(missing) or "none",
-        "bytes": nbytes,
-        "path": dg.MetadataValue.path(store.uri(key)),
-    })
+    store, prefix = lake.store(), lake.lake_prefix
+    for hour in run_hours(context):
+        missing = []
+        imp = _raw(store, "impressions", hour, prefix, missing)
+        clk = _raw(store, "clicks", hour, prefix, missing)
+        tile = tiles.build_user_hour_tiles(imp, clk, hour)
+        key = tiles.tile_key(hour, prefix)
+        nbytes = store.write_parquet(key, tile)
+        context.add_asset_metadata({
+            "dagster/row_count": tile.num_rows,
+            "dagster/column_schema": column_schema(tile.schema),
+            "users_touched": tile.num_rows,
+            "impressions": int(imp.num_rows),
+            "clicks": int(clk.num_rows),
+            "missing_raw_partitions": ", ".join(missing) or "none",
+            "bytes": nbytes,
+            "path": dg.MetadataValue.path(store.uri(key)),
+        }, partition_key=hour_partition_key(hour))
+    return dg.MaterializeResult()
 
 
 class UserProfilesConfig(dg.Config):
@@ -80,6 +92,7 @@ class UserProfilesConfig(dg.Config):
     partitions_def=hourly_partitions,
     deps=[dg.AssetDep("user_hour_tiles"),
           dg.AssetDep("user_profiles", partition_mapping=_PREVIOUS_HOUR)],
+    backfill_policy=chain_policy,
     group_name="lookup",
     kinds={"parquet"},
 )
@@ -88,44 +101,50 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     """Every user's profile as of the end of the hour (the time-travel lookup table): lifetime,
     1 h, 24 h and 7 d counts, last event times, campaigns and domains. Folded from the previous
     hour's snapshot plus this hour's tiles; sorted by user_id in small zstd row groups."""
-    hour = parse_hour_partition_key(context.partition_key)
-    store, prefix, missing = lake.store(), lake.lake_prefix, []
+    hours = run_hours(context)
+    store, prefix = lake.store(), lake.lake_prefix
     existing = sorted(h for h in (_hour_of(k) for k in store.list(f"{prefix}/profiles/user/"))
-                      if h is not None and h < hour)
-    prev, refolded = None, 0
+                      if h is not None and h < hours[0])
+    prev, base = None, None
     if existing:
         base = existing[-1]
         prev = store.read_parquet(prof.snapshot_key(base, prefix))
+    for hour in hours:  # in order: each hour folds into the snapshot just written
+        missing, started_from = [], prev
         # A gap (hours never materialized) is folded from tiles, or raw, so history stays whole.
-        for h in range(base + HOUR_MS, hour, HOUR_MS):
+        gap = range(base + HOUR_MS, hour, HOUR_MS) if base is not None else range(0)
+        for h in gap:
             prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing), h)
-            refolded += 1
-    tile = _tile(store, hour, prefix, missing)
-    snap = prof.fold_snapshot(prev, tile, hour)
-    key = prof.snapshot_key(hour, prefix)
-    nbytes = store.write_parquet(key, snap, row_group_size=config.row_group_users)
+        tile = _tile(store, hour, prefix, missing)
+        snap = prof.fold_snapshot(prev, tile, hour)
+        key = prof.snapshot_key(hour, prefix)
+        nbytes = store.write_parquet(key, snap, row_group_size=config.row_group_users)
 
-    cutoff = hour - config.retention_days * 24 * HOUR_MS
-    deleted = [h for h in existing if h < cutoff]
-    for h in deleted:
-        store.delete(prof.snapshot_key(h, prefix))
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": snap.num_rows,
-        "dagster/column_schema": column_schema(snap.schema),
-        "users": snap.num_rows,
-        "users_touched": tile.num_rows,
-        "as_of": iso(prof.snapshot_as_of(snap)),
-        "history_start": iso(prof.history_start(snap)),
-        "started_from": "empty history" if prev is None else iso(prof.snapshot_as_of(prev)),
-        "gap_hours_refolded": refolded,
-        "missing_inputs": ", ".join(missing) or "none",
-        "bytes": nbytes,
-        "bytes_per_user": round(prof.bytes_per_user(nbytes, snap.num_rows), 1),
-        "row_groups": -(-snap.num_rows // config.row_group_users) if snap.num_rows else 0,
-        "retention_days": config.retention_days,
-        "snapshots_deleted": len(deleted),
-        "path": dg.MetadataValue.path(store.uri(key)),
-    })
+        cutoff = hour - config.retention_days * 24 * HOUR_MS
+        deleted = [h for h in existing if h < cutoff]
+        for h in deleted:
+            store.delete(prof.snapshot_key(h, prefix))
+        existing = [h for h in existing if h >= cutoff] + [hour]
+        context.add_asset_metadata({
+            "dagster/row_count": snap.num_rows,
+            "dagster/column_schema": column_schema(snap.schema),
+            "users": snap.num_rows,
+            "users_touched": tile.num_rows,
+            "as_of": iso(prof.snapshot_as_of(snap)),
+            "history_start": iso(prof.history_start(snap)),
+            "started_from": ("empty history" if started_from is None
+                             else iso(prof.snapshot_as_of(started_from))),
+            "gap_hours_refolded": len(gap),
+            "missing_inputs": ", ".join(missing) or "none",
+            "bytes": nbytes,
+            "bytes_per_user": round(prof.bytes_per_user(nbytes, snap.num_rows), 1),
+            "row_groups": -(-snap.num_rows // config.row_group_users) if snap.num_rows else 0,
+            "retention_days": config.retention_days,
+            "snapshots_deleted": len(deleted),
+            "path": dg.MetadataValue.path(store.uri(key)),
+        }, partition_key=hour_partition_key(hour))
+        prev, base = snap, hour
+    return dg.MaterializeResult()
 
 
 @dg.asset(
@@ -133,34 +152,36 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     deps=[dg.AssetDep(k, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=0))
           for k in RAW_DEPS]
     + [dg.AssetDep("segment_profiles", partition_mapping=_PREVIOUS_HOUR)],
+    backfill_policy=chain_policy,
     group_name="lookup",
     kinds={"parquet"},
 )
 def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Impressions, clicks and CTR per country, per campaign and overall over the 24 h sawtooth
     window, as of the end of the hour (clicks take their impression's country)."""
-    hour = parse_hour_partition_key(context.partition_key)
     store, prefix = lake.store(), lake.lake_prefix
-    events = seg.hour_segment_events(store, hour, prefix)
-    previous = [p for h in range(hour - (seg.WINDOW_HOURS - 1) * HOUR_MS, hour, HOUR_MS)
-                if (p := seg.read_segment_profile(store, h, prefix)) is not None]
-    table = seg.segment_profile(events, previous, hour)
-    key = seg.segment_key(hour, prefix)
-    nbytes = store.write_parquet(key, table)
-    glob = table.filter(pc.equal(table["kind"], "global")).to_pylist()
-    counts = {k: int(pc.sum(pc.equal(table["kind"], k)).as_py() or 0)
-              for k in seg.KINDS}
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": table.num_rows,
-        "dagster/column_schema": column_schema(table.schema),
-        "countries": counts["country"],
-        "campaigns": counts["campaign"],
-        "global_impressions_24h": glob[0]["impressions_24h"] if glob else 0,
-        "global_ctr_24h": (glob[0]["ctr_24h"] or 0.0) if glob else 0.0,
-        "earlier_hours_found": len(previous),
-        "bytes": nbytes,
-        "path": dg.MetadataValue.path(store.uri(key)),
-    })
+    for hour in run_hours(context):  # in order: each hour reads the ones just written
+        events = seg.hour_segment_events(store, hour, prefix)
+        previous = [p for h in range(hour - (seg.WINDOW_HOURS - 1) * HOUR_MS, hour, HOUR_MS)
+                    if (p := seg.read_segment_profile(store, h, prefix)) is not None]
+        table = seg.segment_profile(events, previous, hour)
+        key = seg.segment_key(hour, prefix)
+        nbytes = store.write_parquet(key, table)
+        glob = table.filter(pc.equal(table["kind"], "global")).to_pylist()
+        counts = {k: int(pc.sum(pc.equal(table["kind"], k)).as_py() or 0)
+                  for k in seg.KINDS}
+        context.add_asset_metadata({
+            "dagster/row_count": table.num_rows,
+            "dagster/column_schema": column_schema(table.schema),
+            "countries": counts["country"],
+            "campaigns": counts["campaign"],
+            "global_impressions_24h": glob[0]["impressions_24h"] if glob else 0,
+            "global_ctr_24h": (glob[0]["ctr_24h"] or 0.0) if glob else 0.0,
+            "earlier_hours_found": len(previous),
+            "bytes": nbytes,
+            "path": dg.MetadataValue.path(store.uri(key)),
+        }, partition_key=hour_partition_key(hour))
+    return dg.MaterializeResult()
 
 
 profile_assets = [user_hour_tiles, user_profiles, segment_profiles]

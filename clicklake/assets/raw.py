@@ -3,12 +3,24 @@
 
 import dagster as dg
 
+from clicklake.assets.checks import HourOutcome, check_over_hours
 from clicklake.assets.metadata import column_schema
-from clicklake.assets.partitions import hourly_partitions
+from clicklake.assets.partitions import (
+    HOURS_PER_RUN,
+    hourly_partitions,
+    independent_hours_policy,
+    run_hours,
+)
 from clicklake.platform.landing import STREAMS
-from clicklake.platform.raw import Rules, build_raw_partition, quarantine_key, raw_key, write_raw_partition
+from clicklake.platform.raw import (
+    Rules,
+    build_raw_partition,
+    quarantine_key,
+    raw_key,
+    write_raw_partition,
+)
 from clicklake.platform.raw_quality import raw_check_names, raw_check_specs
-from clicklake.platform.timeutil import MINUTE_MS, iso
+from clicklake.platform.timeutil import MINUTE_MS, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
 
 
@@ -30,57 +42,57 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=name,
         partitions_def=hourly_partitions,
+        backfill_policy=independent_hours_policy,
         group_name="raw",
         kinds={"parquet"},
         description=_DESCRIPTIONS[stream]
         + " Reads every landing hour that can hold the hour's events (allowed lateness); rows"
-        " that cannot be used go to lake/quarantine with a reason.",
+        " that cannot be used go to lake/quarantine with a reason. A backfill builds up to"
+        f" {HOURS_PER_RUN} hours per run; each hour has its own materialization and metadata.",
         check_specs=[
             dg.AssetCheckSpec(check, asset=name, description=desc, blocking=True)
             for check, desc in raw_check_names(stream)
         ],
     )
     def _asset(context: dg.AssetExecutionContext, config: RawConfig, lake: LakeResource):
+        from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
+
         store = lake.store()
-        hour_ms = int(context.partition_time_window.start.timestamp() * 1000)
         rules = Rules(
             allowed_lateness_ms=config.allowed_lateness_minutes * MINUTE_MS,
             future_tolerance_ms=config.future_tolerance_minutes * MINUTE_MS,
         )
-        part = build_raw_partition(store, stream, hour_ms, rules, lake.landing_prefix)
-        write_raw_partition(store, part, lake.lake_prefix)
-        context.log.info(
-            f"{name} {iso(hour_ms)}: kept {part.kept} of {part.lines_read} lines from "
-            f"{part.files_read} files; quarantined {sum(part.quarantined_by_reason.values())}"
-        )
-        yield dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": part.kept,
-                "dagster/column_schema": column_schema(part.table.schema),
-                "rows_kept": part.kept,
-                "rows_quarantined": sum(part.quarantined_by_reason.values()),
-                **{f"quarantined_{r}": n for r, n in part.quarantined_by_reason.items()},
-                "landing_files_read": part.files_read,
-                "allowed_lateness_minutes": config.allowed_lateness_minutes,
-                "landing_lines_read": part.lines_read,
-                "path": dg.MetadataValue.path(store.uri(raw_key(stream, hour_ms, lake.lake_prefix))),
-                "quarantine_path": dg.MetadataValue.path(
-                    store.uri(quarantine_key(stream, hour_ms, lake.lake_prefix))
-                ),
-            }
-        )
-        from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
-
-        for outcome in run_checks(part.table.to_pandas(), raw_check_specs(stream, hour_ms)):
-            yield dg.AssetCheckResult(
-                asset_key=name,
-                check_name=outcome.name,
-                passed=outcome.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=outcome.description,
-                metadata={"failing_expectations": outcome.failures or "none",
-                          "rows_checked": part.kept},
+        checked: dict[str, list[HourOutcome]] = {}
+        for hour_ms in run_hours(context):
+            part = build_raw_partition(store, stream, hour_ms, rules, lake.landing_prefix)
+            write_raw_partition(store, part, lake.lake_prefix)
+            context.log.info(
+                f"{name} {iso(hour_ms)}: kept {part.kept} of {part.lines_read} lines from "
+                f"{part.files_read} files; quarantined {sum(part.quarantined_by_reason.values())}"
             )
+            context.add_asset_metadata(
+                {
+                    "dagster/row_count": part.kept,
+                    "dagster/column_schema": column_schema(part.table.schema),
+                    "rows_kept": part.kept,
+                    "rows_quarantined": sum(part.quarantined_by_reason.values()),
+                    **{f"quarantined_{r}": n for r, n in part.quarantined_by_reason.items()},
+                    "landing_files_read": part.files_read,
+                    "allowed_lateness_minutes": config.allowed_lateness_minutes,
+                    "landing_lines_read": part.lines_read,
+                    "path": dg.MetadataValue.path(
+                        store.uri(raw_key(stream, hour_ms, lake.lake_prefix))),
+                    "quarantine_path": dg.MetadataValue.path(
+                        store.uri(quarantine_key(stream, hour_ms, lake.lake_prefix))
+                    ),
+                },
+                partition_key=hour_partition_key(hour_ms),
+            )
+            for outcome in run_checks(part.table.to_pandas(), raw_check_specs(stream, hour_ms)):
+                checked.setdefault(outcome.name, []).append(HourOutcome(hour_ms, outcome, part.kept))
+        yield dg.MaterializeResult()
+        for check, hours in checked.items():
+            yield check_over_hours(name, check, hours)
 
     return _asset
 
