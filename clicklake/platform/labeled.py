@@ -55,11 +55,12 @@ class MissingInput(LookupError):
     """An input the labeled hour needs has not been built (e.g. an upstream partition)."""
 
 
-def _raw(store: Store, stream: str, hour_ms: int, prefix: str) -> pa.Table:
+def _raw(store: Store, stream: str, hour_ms: int, prefix: str,
+         columns: list[str] | None = None) -> pa.Table:
     key = raw_key(stream, hour_ms, prefix)
     if not store.exists(key):
         raise MissingInput(f"raw_{stream} {iso(hour_ms)} is not materialized ({key})")
-    return store.read_parquet(key)
+    return store.read_parquet(key, columns)
 
 
 @dataclass
@@ -147,7 +148,9 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
     if window_ms > HOUR_MS:
         raise ValueError("a label window longer than an hour needs more than the next hour")
     imp = _raw(store, "impressions", hour_ms, lake_prefix)
-    nxt = _raw(store, "impressions", hour_ms + HOUR_MS, lake_prefix)
+    # The next hour's impressions only as click-attribution candidates: four columns do.
+    nxt = _raw(store, "impressions", hour_ms + HOUR_MS, lake_prefix,
+               ["impression_id", "ts", "user_id", "campaign_id"])
     clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix),
                                _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix)])
     features = compute_features(lake_feature_inputs(store, imp, lake_prefix, whole_raw_hour=True))

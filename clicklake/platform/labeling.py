@@ -66,8 +66,12 @@ def _attribute(impressions: pa.Table, clicks: pa.Table) -> tuple[pa.Array, np.nd
     named = np.flatnonzero(named)
     target = c_imp.take(pa.array(named))
     if len(anon):
-        ni = impressions.num_rows
         a_take = pa.array(keep[anon])
+        # Only the impressions of users with a click to attribute can be its target.
+        sub = pc.is_in(_str(impressions["user_id"]), value_set=_str(clicks["user_id"]).take(
+            a_take)).to_numpy(zero_copy_only=False)
+        impressions = impressions.filter(pa.array(sub))
+        ni = impressions.num_rows
         users = pa.concat_arrays([_str(impressions["user_id"]),
                                   _str(clicks["user_id"]).take(a_take)])
         camps = pa.concat_arrays([_str(impressions["campaign_id"]),
