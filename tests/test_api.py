@@ -157,6 +157,37 @@ def test_single_row_encoding_equals_features_encode(lake):
     np.testing.assert_array_equal(m.encode_one(feats), encode(feats, m.vocabularies))
 
 
+def test_one_row_scorer_equals_inplace_predict(lake):
+    """The prepared one-row path through XGBoost's C API is what the API scores with, and it
+    scores bit for bit what `inplace_predict` scores, row by row: on a booster with many distinct
+    scores (the test lake's champion is nearly constant), over rows with missing values, zeros,
+    infinities and float32 edge values."""
+    import xgboost as xgb
+
+    from clicklake.serving.model import BoosterScorer, _score_rows
+
+    slot = ModelSlot(lake)
+    slot.refresh()
+    assert isinstance(slot.current.predict_rows, BoosterScorer)
+    assert slot.current.predict_rows._call is not None
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 3, (4000, 12))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(0, 1, len(x)) > 0).astype(np.float64)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 5, "nthread": 1},
+                        xgb.DMatrix(x, label=y, missing=np.nan), num_boost_round=60)
+    scorer = BoosterScorer(booster)
+    assert scorer._call is not None
+    rows = rng.normal(0, 3, (3000, 12))
+    rows[rng.random(rows.shape) < 0.1] = np.nan
+    rows[:5, :5] = [0.0, np.inf, -np.inf, 1e-45, 3.4e38]
+    want = _score_rows(booster, rows)
+    got = np.concatenate([scorer(rows[i:i + 1]) for i in range(len(rows))])
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float64 and len(np.unique(got)) > 1000
+    np.testing.assert_array_equal(scorer(rows[:7]), want[:7])  # several rows: inplace_predict
+
+
 def test_crawler_user_agent_is_skipped_with_its_reason(client):
     base = {"user_id": "u0000300", "campaign_id": "cmp-0016", "ip": "81.2.69.160", "cost": 0}
     bot = client.post("/v1/predict", json={**base, "user_agent": GOOGLEBOT}).json()
