@@ -100,5 +100,17 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     click.echo(f"clicklake API on http://{host}:{port} (docs at /docs; source {source}, "
                f"model {slot.current.model_id if slot.current else 'none'}; "
                f"token {'required' if config.token else 'not required'})", err=True)
+    settle_gc()
     uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level,
                 access_log=access_log)
+
+
+def settle_gc() -> None:
+    """Keep full garbage collections out of the request tail. Everything alive once the app is
+    built (modules, the model, the feature source: ~200 k objects) lives as long as the process,
+    yet each full collection walked all of it: 120-180 ms with every request waiting (measured).
+    Frozen, those objects are skipped by every later collection."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
