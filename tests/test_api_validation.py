@@ -153,6 +153,11 @@ def test_right_token_passes_and_health_and_docs_are_open(secured):
     assert {"/v1/predict", "/v1/users/{user_id}/profile", "/healthz", "/metrics"} <= set(
         spec["paths"])
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    predict = spec["paths"]["/v1/predict"]["post"]  # its body is read by the handler itself
+    schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["title"] == "PredictRequest" and schema["required"] == ["user_id", "campaign_id"]
+    assert {"ts", "ip", "user_agent", "cost", "value_per_click"} <= set(schema["properties"])
+    assert predict["security"] == [{"HTTPBearer": []}]
 
 
 def test_unknown_routes_and_methods_answer_json(client):
