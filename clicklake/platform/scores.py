@@ -2,8 +2,8 @@
 
 Both forms are numpy: users become integer codes, predictions are sorted once by
 (user, ts, prediction_id) keeping the last of each (user, ts), and every query is one binary
-search. `latest_scores_lake` reads the raw prediction hours itself, only the three columns it
-needs, and keeps only the rows of the users asked for.
+search. `latest_scores_lake` reads the raw prediction hours itself, newest first, only the
+columns it needs and only until every query is answered, keeping the rows of the users asked for.
 """
 
 from __future__ import annotations
@@ -87,52 +87,54 @@ def latest_scores_lake(store: Store, user_ids: pa.Array, ts_ms: np.ndarray, max_
     """`latest_scores` over the raw prediction hours that can hold a score at most `max_age_ms`
     old (from the hour of `max_age_ms` before the earliest t to the hour of the latest t); a
     missing hour reads as empty. Older scores may be left out, so callers must treat a score
-    older than `max_age_ms` as missing (features.compute_features does)."""
+    older than `max_age_ms` as missing (features.compute_features does).
+
+    Hours are searched newest first, and a query found in one hour is done: raw hours are by
+    event time, so an older hour cannot hold a later prediction. Most users have a prediction
+    in the impression's own hour, so the older hours are read for the few left - their user
+    column first, the rest only where one of those users appears."""
     t = np.asarray(ts_ms, dtype=np.int64)
     n = len(t)
+    score, when = np.full(n, np.nan), np.full(n, np.nan)
     if n == 0:
         return np.zeros(0), np.zeros(0)
     users = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
     users = users.cast(pa.string())
-    uniq = pc.unique(users)
-    q_code = _codes(users, uniq)
     first = int(t.min()) - int(t.min()) % HOUR_MS - max_age_ms
     last = int(t.max()) - int(t.max()) % HOUR_MS
     first -= first % HOUR_MS
-    files, parts = [], []
-    for h in range(first, last + 1, HOUR_MS):
+    pending = np.arange(n)
+    for h in range(last, first - 1, -HOUR_MS):
         key = raw_key("predictions", h, lake_prefix)
+        if not len(pending):
+            break
         if not store.exists(key):
             continue
         pf = store.parquet_file(key)
-        files.append(pf)
-        parts.append(pf.read(columns=["user_id", "ts", "score"]))
-    if not parts:
-        return np.full(n, np.nan), np.full(n, np.nan)
-    # All hours at once: one hash table of the users asked for, one pass over the rows.
-    table = pa.concat_tables(parts)
-    code = _codes(table["user_id"], uniq)
-    keep = np.flatnonzero(code >= 0)
-    if not len(keep):
-        return np.full(n, np.nan), np.full(n, np.nan)
-    code, ts = code[keep], _ms(table["ts"])[keep]
-    score = table["score"].to_numpy(zero_copy_only=False)[keep].astype(np.float64)
-    # Ids break ties of one user at one instant (always within one hour's file); read them only
-    # for the files that have such.
-    rank = np.zeros(len(keep), np.int64)
-    k = code * (int(ts.max()) - int(ts.min()) + 1) + (ts - int(ts.min()))
-    ks = np.sort(k)
-    dup = ks[1:][ks[1:] == ks[:-1]]
-    if len(dup):
-        file_of = np.repeat(np.arange(len(parts)), [p.num_rows for p in parts])[keep]
-        tied = np.unique(file_of[np.isin(k, dup)])
-        rows = np.flatnonzero(np.isin(file_of, tied))
-        ids = pa.chunked_array([files[i].read(columns=["prediction_id"])["prediction_id"]
-                                .combine_chunks() for i in tied]).combine_chunks()
-        starts = np.concatenate([[0], np.cumsum([parts[i].num_rows for i in tied])])
-        file_start = np.zeros(len(parts), np.int64)
-        file_start[tied] = starts[:-1]
-        row_start = np.concatenate([[0], np.cumsum([p.num_rows for p in parts])])
-        pos = file_start[file_of[rows]] + (keep[rows] - row_start[file_of[rows]])
-        rank[rows] = _id_rank(ids.take(pa.array(pos)), len(rows))
-    return _answer(code, ts, rank, score, q_code, t)
+        asked = users.take(pa.array(pending)) if len(pending) < n else users
+        uniq = pc.unique(asked)
+        if len(pending) > n // 4:  # most queries still open: one read of the three columns
+            part = pf.read(columns=["user_id", "ts", "score"], use_threads=False)
+            code = _codes(part["user_id"], uniq)
+            rows = np.flatnonzero(code >= 0)
+            part = part.take(pa.array(rows))
+        else:
+            code = _codes(pf.read(columns=["user_id"], use_threads=False)["user_id"], uniq)
+            rows = np.flatnonzero(code >= 0)
+            if not len(rows):
+                continue
+            part = pf.read(columns=["ts", "score"], use_threads=False).take(pa.array(rows))
+        if not len(rows):
+            continue
+        p_code, p_ts = code[rows], _ms(part["ts"])
+        p_score = part["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        # Ids break ties of one user at one instant: read them only when there are such.
+        k = np.sort(p_code * (int(p_ts.max()) - int(p_ts.min()) + 1) + (p_ts - int(p_ts.min())))
+        rank = (_id_rank(pf.read(columns=["prediction_id"])["prediction_id"].take(
+            pa.array(rows)), len(rows)) if (k[1:] == k[:-1]).any() else np.zeros(len(rows),
+                                                                                   np.int64))
+        s, w = _answer(p_code, p_ts, rank, p_score, _codes(asked, uniq), t[pending])
+        found = ~np.isnan(w)
+        score[pending[found]], when[pending[found]] = s[found], w[found]
+        pending = pending[~found]
+    return score, when
