@@ -4,14 +4,17 @@
    lake; build raw, tiles, user profile snapshots and segment profiles for every hour with the
    platform functions the assets call (timed, reported as `lake_build`).
 2. FULL labeled build (`build_labeled_hour`, every feature + the label) of every hour that has a
-   next hour: impressions/s and peak RSS.
+   next hour: impressions/s and peak RSS, in one process; then the same hours spread over 2
+   worker processes (hourly partitions are independent given the lake, as Dagster's
+   multiprocess executor runs them), reported separately.
 3. The minimal task, on the same raw Parquet: per impression, the exact number of the user's
    impressions and clicks with ts < t, and the 15-minute label with the id/attribution rule
    (a click names its impression; a click without an id goes to the user's latest earlier
    impression on the same campaign, ties to the greatest id). Timed twice: a DuckDB SQL query
-   (2 threads) and our own code (`LookupTable.as_of` lifetime counts + `label_impressions`).
-   Both answers, and the full build's `user_impressions_life`, `user_clicks_life` and `label`,
-   must equal each other on every row (the run fails otherwise).
+   (2 threads) and our own code (`LookupTable.as_of` of just those two lifetime counts +
+   `label_impressions`, one process). Both answers, and both full builds'
+   `user_impressions_life`, `user_clicks_life` and `label`, must equal each other on every row
+   (the run fails otherwise).
 
 Timings are wall clock (`seconds`); `cpu_s` is the phase's process CPU time (all threads, it also
 counts the untimed writes of the outputs), a steadier figure on a shared machine.
@@ -137,6 +140,41 @@ def phase_labeled(root: str, meta: dict, out_dir: str) -> dict:
     return {"seconds": build_s, "rows": rows}
 
 
+def _labeled_part(root: str, h: int) -> tuple[pa.Table, float]:
+    from clicklake.platform.labeled import build_labeled_hour
+    from clicklake.platform.storage import Store
+
+    t0 = time.perf_counter()
+    table = build_labeled_hour(Store(root), h, LABEL_WINDOW_MS)
+    return table.select(["impression_id", "user_impressions_life", "user_clicks_life",
+                         "label"]), time.perf_counter() - t0
+
+
+def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
+    """The same full build, hours spread over 2 worker processes (as Dagster's multiprocess
+    executor runs hourly partitions side by side: each hour depends only on the lake)."""
+    import functools
+    import multiprocessing as mp
+    import resource
+    from concurrent.futures import ProcessPoolExecutor
+
+    def children_cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    cpu0 = children_cpu()
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
+        done = list(pool.map(functools.partial(_labeled_part, root), _hours(meta)[:-1]))
+    seconds = time.perf_counter() - t0
+    table = pa.concat_tables([d[0] for d in done])
+    pq.write_table(table, os.path.join(out_dir, "labeled_2proc.parquet"))
+    return {"seconds": seconds, "rows": table.num_rows, "workers": 2,
+            "workers_cpu_s": children_cpu() - cpu0,
+            "worker_peak_rss_mib_max": resource.getrusage(
+                resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
 def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
     """Our code on the minimal task: lifetime counts from the lookup table + label_impressions."""
     from clicklake.platform.labeling import label_impressions
@@ -159,7 +197,8 @@ def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
         clicks = pa.concat_tables([clk, nxt_clk])
         lookup.remember_raw("impressions", h, imp)
         lookup.remember_raw("clicks", h, clk)
-        prof = lookup.as_of(imp["user_id"].combine_chunks(), ts_ms(imp["ts"]))
+        prof = lookup.as_of(imp["user_id"].combine_chunks(), ts_ms(imp["ts"]),
+                            columns=["impressions", "clicks"])
         lab = label_impressions(imp.select(["impression_id", "ts", "user_id", "campaign_id"]),
                                 clicks, LABEL_WINDOW_MS, context_impressions=nxt)
         seconds += time.perf_counter() - t0
@@ -221,7 +260,8 @@ def phase_duckdb(root: str, meta: dict, out_dir: str) -> dict:
     return {"seconds": seconds, "rows": table.num_rows}
 
 
-PHASES = {"labeled": phase_labeled, "minimal_ours": phase_minimal_ours, "duckdb": phase_duckdb}
+PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
+          "minimal_ours": phase_minimal_ours, "duckdb": phase_duckdb}
 
 
 def run_phase(name: str, root: str, out_dir: str) -> dict:
@@ -262,6 +302,7 @@ def compare(out_dir: str) -> dict:
     duck = _sorted(os.path.join(out_dir, "minimal_duckdb.parquet"))
     ours = _sorted(os.path.join(out_dir, "minimal_ours.parquet"))
     full = _sorted(os.path.join(out_dir, "labeled.parquet"))
+    full2 = _sorted(os.path.join(out_dir, "labeled_2proc.parquet"))
     ids = duck["impression_id"]
     if len(pc.unique(ids)) != len(ids):
         raise SystemExit("impression ids are not unique: the comparison needs them to be")
@@ -270,6 +311,8 @@ def compare(out_dir: str) -> dict:
         ("minimal_ours", ours, {"n_imp": "n_imp", "n_clk": "n_clk", "label": "label"}),
         ("full_build", full, {"n_imp": "user_impressions_life", "n_clk": "user_clicks_life",
                               "label": "label"}),
+        ("full_build_2proc", full2, {"n_imp": "user_impressions_life",
+                                     "n_clk": "user_clicks_life", "label": "label"}),
     ):
         if not other["impression_id"].equals(ids):
             raise SystemExit(f"{name}: not the same impressions as the DuckDB baseline")
@@ -310,8 +353,8 @@ def main() -> None:
         meta = build_lake(root, args.users, args.hours, args.seed)
     out_dir = tempfile.mkdtemp(prefix="clicklake-bench-out-")
     try:
-        phases = {name: run_phase(name, root, out_dir) for name in ("duckdb", "minimal_ours",
-                                                                    "labeled")}
+        phases = {name: run_phase(name, root, out_dir) for name in (
+            "duckdb", "minimal_ours", "labeled", "labeled_2proc")}
         check = compare(out_dir)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -320,6 +363,8 @@ def main() -> None:
 
     n = phases["labeled"]["rows"]
     lab, mini, duck = phases["labeled"], phases["minimal_ours"], phases["duckdb"]
+    lab2 = phases["labeled_2proc"]
+    lab2["cpu_s"] += lab2.pop("workers_cpu_s")  # the phase's own CPU plus its workers'
     results = {
         "config": {"users": args.users, "hours": args.hours, "seed": args.seed,
                    "cpus": os.cpu_count(), "label_window_ms": LABEL_WINDOW_MS},
@@ -329,10 +374,14 @@ def main() -> None:
                        "reused": bool(args.root and os.path.exists(built))},
         "full_labeled_build": {**lab, "impressions_per_s": n / lab["seconds"],
                                "peak_growth_mib_per_2m": lab["peak_growth_mib"] * 2e6 / n},
+        "full_labeled_build_2_processes": {**lab2,
+                                           "impressions_per_s": lab2["rows"] / lab2["seconds"]},
         "minimal_ours": {**mini, "impressions_per_s": mini["rows"] / mini["seconds"]},
         "minimal_duckdb": {**duck, "impressions_per_s": duck["rows"] / duck["seconds"]},
         "ratios": {
             "full_build_throughput_over_duckdb_minimal": duck["seconds"] / lab["seconds"],
+            "full_build_2proc_throughput_over_duckdb_minimal": duck["seconds"] / lab2["seconds"],
+            "minimal_ours_cpu_over_duckdb_cpu": mini["cpu_s"] / duck["cpu_s"],
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
         },
         "exactness": check,
@@ -344,11 +393,14 @@ def main() -> None:
     print(f"lake: {meta['rows']['impressions']:,} impressions, {meta['rows']['clicks']:,} clicks;"
           f" raw {meta['raw_s']:.1f} s, tiles+profiles+segments "
           f"{meta['tiles_profiles_segments_s']:.1f} s")
-    print(f"{'measure':<34} {'seconds':>8} {'M imp/s':>8} {'peak MiB':>9} {'growth MiB':>10}")
-    for label, p in (("full labeled build (ours)", lab), ("minimal task (ours)", mini),
-                     ("minimal task (DuckDB SQL)", duck)):
-        print(f"{label:<34} {p['seconds']:>8.2f} {p['rows'] / p['seconds'] / 1e6:>8.3f} "
-              f"{p['peak_rss_mib']:>9.0f} {p['peak_growth_mib']:>10.0f}")
+    print(f"{'measure':<34} {'seconds':>8} {'CPU-s':>7} {'M imp/s':>8} {'peak MiB':>9} "
+          f"{'growth MiB':>10}")
+    for label, p in (("full labeled build (ours)", lab), ("  same, 2 worker processes", lab2),
+                     ("minimal task (ours)", mini), ("minimal task (DuckDB SQL)", duck)):
+        print(f"{label:<34} {p['seconds']:>8.2f} {p['cpu_s']:>7.2f} "
+              f"{p['rows'] / p['seconds'] / 1e6:>8.3f} {p['peak_rss_mib']:>9.0f} "
+              f"{p['peak_growth_mib']:>10.0f}")
+    print(f"  (2 processes: largest worker peak {lab2['worker_peak_rss_mib_max']:.0f} MiB)")
     print(f"full build vs DuckDB minimal: {results['ratios']['full_build_throughput_over_duckdb_minimal']:.2f}x"
           f" throughput; minimal ours vs DuckDB: {results['ratios']['minimal_ours_throughput_over_duckdb']:.2f}x")
     print(f"mismatches against DuckDB: {mis}")
