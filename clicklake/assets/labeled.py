@@ -1,5 +1,6 @@
 """The point-in-time labeled dataset and prediction outcomes: hourly, lagging one hour because
-hour H needs the clicks of H+1."""
+hour H needs the clicks of H+1. Labeled hours do not depend on each other, so a backfill builds
+them several hours per run, runs side by side; every hour has its own materialization."""
 
 import math
 import re
@@ -10,8 +11,13 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from clicklake.assets.checks import HourOutcome, check_over_hours
 from clicklake.assets.metadata import column_schema
-from clicklake.assets.partitions import lagged_hourly_partitions
+from clicklake.assets.partitions import (
+    independent_hours_policy,
+    lagged_hourly_partitions,
+    run_hours,
+)
 from clicklake.platform.labeled import build_labeled_hour, labeled_key
 from clicklake.platform.labeled_quality import LABELED_CHECKS, labeled_check_specs
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
@@ -85,6 +91,7 @@ class LabeledConfig(dg.Config):
 @dg.asset(
     name="labeled_impressions",
     partitions_def=lagged_hourly_partitions,
+    backfill_policy=independent_hours_policy,
     group_name="labeled",
     kinds={"parquet"},
     deps=[
@@ -104,47 +111,45 @@ class LabeledConfig(dg.Config):
 )
 def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig,
                         lake: LakeResource):
-    hour = parse_hour_partition_key(context.partition_key)
-    completeness = require_next_hour_complete(context, hour)
-    store = lake.store()
-    window_ms = config.label_window_minutes * 60_000
-    table = build_labeled_hour(store, hour, window_ms, lake.lake_prefix)
-    key = labeled_key(hour, lake.lake_prefix)
-    nbytes = store.write_parquet(key, table)
-    labels = table["label"].to_numpy()
-    rate = float(labels.mean()) if len(labels) else 0.0
-    context.log.info(f"labeled {table.num_rows} impressions of {iso(hour)}; label rate {rate:.4f}")
-    yield dg.MaterializeResult(metadata={
-        "dagster/row_count": table.num_rows,
-        "dagster/column_schema": column_schema(table.schema),
-        "label_rate": rate,
-        "clicked_impressions": int(labels.sum()),
-        "label_window_minutes": config.label_window_minutes,
-        "users": len(set(table["user_id"].to_pylist())),
-        "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
-            zero_copy_only=False)).sum()),
-        "bytes": nbytes,
-        "path": dg.MetadataValue.path(store.uri(key)),
-        **completeness,
-    })
     from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
 
-    specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
-    outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
-    for name, _ in LABELED_CHECKS:
-        o = outcomes.get(name)
-        yield dg.AssetCheckResult(
-            check_name=name,
-            passed=o.passed if o else True,
-            description=(o.description if o else
-                         f"not enforced: {table.num_rows} rows is too few to judge a label rate"),
-            metadata={"failing_expectations": (o.failures or "none") if o else "skipped",
-                      "rows_checked": table.num_rows},
-        )
+    store = lake.store()
+    window_ms = config.label_window_minutes * 60_000
+    checked: dict[str, list[HourOutcome]] = {name: [] for name, _ in LABELED_CHECKS}
+    for hour in run_hours(context):
+        completeness = require_next_hour_complete(context, hour)
+        table = build_labeled_hour(store, hour, window_ms, lake.lake_prefix)
+        key = labeled_key(hour, lake.lake_prefix)
+        nbytes = store.write_parquet(key, table)
+        labels = table["label"].to_numpy()
+        rate = float(labels.mean()) if len(labels) else 0.0
+        context.log.info(f"labeled {table.num_rows} impressions of {iso(hour)}; "
+                         f"label rate {rate:.4f}")
+        context.add_asset_metadata({
+            "dagster/row_count": table.num_rows,
+            "dagster/column_schema": column_schema(table.schema),
+            "label_rate": rate,
+            "clicked_impressions": int(labels.sum()),
+            "label_window_minutes": config.label_window_minutes,
+            "users": len(set(table["user_id"].to_pylist())),
+            "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
+                zero_copy_only=False)).sum()),
+            "bytes": nbytes,
+            "path": dg.MetadataValue.path(store.uri(key)),
+            **completeness,
+        }, partition_key=hour_partition_key(hour))
+        specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
+        outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
+        for name, hours in checked.items():  # a check left out of specs is not enforced
+            hours.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
+    yield dg.MaterializeResult()
+    for name, description in LABELED_CHECKS:
+        yield check_over_hours("labeled_impressions", name, description, checked[name])
 
 
 @dg.asset(
     partitions_def=lagged_hourly_partitions,
+    backfill_policy=independent_hours_policy,
     group_name="labeled",
     kinds={"parquet"},
     deps=[
@@ -158,28 +163,29 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
 )
 def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig,
                         lake: LakeResource):
-    hour = parse_hour_partition_key(context.partition_key)
-    completeness = require_next_hour_complete(context, hour)
     store = lake.store()
     prefix = lake.lake_prefix
     read = lambda stream, h: read_raw(store, stream, h, prefix)
-    preds = read("predictions", hour)
-    imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
-    clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
-    out = join_outcomes(preds, imps, clicks, config.label_window_minutes * 60_000)
-    key = f"{prefix}/outcomes/predictions/{hive_hour_path(hour)}/part-0.parquet"
-    store.write_parquet(key, out)
-    per_model = outcome_metrics(out)
-    flat = {f"{model}/{k}": v for model, m in per_model.items() for k, v in m.items()
-            if not math.isnan(v)}  # drop NaN (undefined AUC for one-class hours)
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": out.num_rows,
-        "dagster/column_schema": column_schema(out.schema),
-        "models": ", ".join(per_model) or "none",
-        **flat,
-        "path": dg.MetadataValue.path(store.uri(key)),
-        **completeness,
-    })
+    for hour in run_hours(context):
+        completeness = require_next_hour_complete(context, hour)
+        preds = read("predictions", hour)
+        imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
+        clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
+        out = join_outcomes(preds, imps, clicks, config.label_window_minutes * 60_000)
+        key = f"{prefix}/outcomes/predictions/{hive_hour_path(hour)}/part-0.parquet"
+        store.write_parquet(key, out)
+        per_model = outcome_metrics(out)
+        flat = {f"{model}/{k}": v for model, m in per_model.items() for k, v in m.items()
+                if not math.isnan(v)}  # drop NaN (undefined AUC for one-class hours)
+        context.add_asset_metadata({
+            "dagster/row_count": out.num_rows,
+            "dagster/column_schema": column_schema(out.schema),
+            "models": ", ".join(per_model) or "none",
+            **flat,
+            "path": dg.MetadataValue.path(store.uri(key)),
+            **completeness,
+        }, partition_key=hour_partition_key(hour))
+    return dg.MaterializeResult()
 
 
 labeled_assets = [labeled_impressions, prediction_outcomes]

@@ -89,10 +89,10 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
                 partition_key=hour_partition_key(hour_ms),
             )
             for outcome in run_checks(part.table.to_pandas(), raw_check_specs(stream, hour_ms)):
-                checked.setdefault(outcome.name, []).append(HourOutcome(hour_ms, outcome, part.kept))
+                checked.setdefault(outcome.name, []).append(HourOutcome(hour_ms, part.kept, outcome))
         yield dg.MaterializeResult()
-        for check, hours in checked.items():
-            yield check_over_hours(name, check, hours)
+        for check, description in raw_check_names(stream):
+            yield check_over_hours(name, check, description, checked[check])
 
     return _asset
 
