@@ -38,10 +38,11 @@ CHILD = textwrap.dedent("""
             return getattr(self.conn, name)
 
     root, db, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    per_commit = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     state = SqliteState(db)
     state.conn = DieAtCommit(state.conn, n)
     store = Store(root)
-    fold_files(state, store, store.list("landing/"))
+    fold_files(state, store, store.list("landing/"), files_per_commit=per_commit)
     print("finished without dying")
 """)
 
@@ -73,3 +74,30 @@ def test_sigkill_mid_batch_then_rerun_equals_one_clean_fold(landing_zone, tmp_pa
     assert (again.files, again.events_total) == (0, 0)
     assert crashed.dump() == expected
     assert len(keys) > 30 and sum(f[2]["events"] for f in crashed.folded_files()) > 400
+
+
+@pytest.mark.parametrize("die_after", [0, 2])
+def test_sigkill_mid_micro_batch_loses_the_whole_batch_and_the_rerun_refolds_it(
+        landing_zone, tmp_path, die_after):
+    """Micro-batches of 8 files per commit: a kill inside the third commit leaves exactly the
+    files of the commits before it; the rerun equals one clean batched fold."""
+    keys = landing_zone.list("landing/")
+    per_commit = 8
+    clean = SqliteState(str(tmp_path / "clean.db"))
+    first = fold_files(clean, landing_zone, keys, files_per_commit=per_commit)
+    expected = clean.dump()
+    assert first.files == len(keys)
+
+    db = str(tmp_path / "crashed.db")
+    proc = subprocess.run([sys.executable, "-c", CHILD, landing_zone.root, db, str(die_after),
+                           str(per_commit)], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    crashed = SqliteState(db)
+    assert len(crashed.folded_files()) == die_after * per_commit  # whole batches only
+    report = fold_files(crashed, landing_zone, keys, files_per_commit=per_commit)
+    assert (report.files, report.skipped) == (len(keys) - die_after * per_commit,
+                                              die_after * per_commit)
+    assert crashed.dump() == expected
+    assert fold_files(crashed, landing_zone, keys, files_per_commit=per_commit).files == 0
+    assert crashed.dump() == expected

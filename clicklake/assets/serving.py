@@ -30,6 +30,7 @@ from clicklake.resources.online_store import OnlineStoreResource
 
 SENSOR_INTERVAL_S = 15
 MAX_FILES_PER_RUN = 2000
+FILES_PER_COMMIT = MAX_FILES_PER_RUN  # a run's files fold in one commit (a rebuild: in several)
 CHECK_SAMPLE_USERS = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -53,7 +54,9 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     if config.rebuild:
         state.clear()
     keys = config.files if config.files and not config.rebuild else store.list(prefix)
-    report = fold_files(state, store, keys, prefix=lake.landing_prefix)
+    # The whole micro-batch in one atomic commit: each document and counter row written once.
+    report = fold_files(state, store, keys, prefix=lake.landing_prefix,
+                        files_per_commit=FILES_PER_COMMIT)
     context.log.info(f"folded {report.files} files, {report.events_total} events in "
                      f"{report.seconds:.2f} s")
     wm = report.watermark_ms

@@ -2,19 +2,23 @@
 
 Both hold the same `platform.online.StateStore` contract; the fold and the reads never know which.
 
-DynamoDB crash safety. A landing file's updates can exceed TransactWriteItems' 100 items, so one
-transaction cannot hold them all. Chunking alone is not enough: a run killed between chunks would
-re-apply the first chunks' counter ADDs on the rerun, and the rerun would compute its updates
-from a half-updated state. So a file is committed as a small write-ahead log:
+DynamoDB crash safety. A commit (one landing file, or a micro-batch of them) can exceed
+TransactWriteItems' 100 items, so one transaction cannot hold it. Chunking alone is not enough: a
+run killed between chunks would re-apply the first chunks' counter ADDs on the rerun, and the
+rerun would compute its updates from a half-updated state. So a commit is a small write-ahead log,
+named by its first file's key:
 
-1. its update list (computed once, from the state before the file) is stored as intent items and
-   the file record is put as `pending` (conditional: not already present);
+1. `meta#pending` names it (conditional: no other commit pending); its update list (computed once,
+   from the state before the commit) and its files' records are stored as intent items, and its
+   first file's record is put as `pending`;
 2. the list is applied in transactions of at most 99 updates + 1 conditional "chunk applied"
    marker (attribute_not_exists), so each chunk lands exactly once;
-3. the file record becomes `done`, the watermark moves, the intent is deleted.
-A rerun that finds a `pending` record replays the stored intent (never a recomputed one) and
-skips the chunks whose marker exists. One folder at a time is assumed (the sensor's runs are
-serialized by the `online_fold` pool); SQLite needs no such care, one transaction holds a file.
+3. every file's record is put as `done` (the first file's last), the watermark moves, the intent
+   and `meta#pending` are deleted.
+Every fold starts with `recover()`: a `pending` commit is finished from its stored intent (never a
+recomputed one), skipping the chunks whose marker exists; one that died before its marker is
+dropped (nothing of it was applied). One folder at a time is assumed (the sensor's runs are
+serialized by the `online_fold` pool); SQLite needs no such care, one transaction holds a commit.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, StateStore
-from clicklake.platform.online.state import Commit, chunks
+from clicklake.platform.online.state import Commit, FileRecord, chunks
 
 DEFAULT_SQLITE_PATH = "data/online/online.db"
 _TRANSACTION_ITEMS = 100
 _INTENT_BYTES = 300_000  # per intent item (DynamoDB items hold at most 400 KB)
+_PENDING = "meta#pending"  # names the commit being applied, so any rerun finishes it first
 
 
 class OnlineStoreResource(dg.ConfigurableResource, ABC):
@@ -174,6 +179,18 @@ class DynamoState(StateStore):
         item = self._get("meta#watermark")
         return None if item is None else _n(item["wm"])
 
+    def folded(self, file_keys: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for part in chunks(list(dict.fromkeys(file_keys)), 100):
+            request = {self.table: {"Keys": [self._key("f#" + k) for k in part],
+                                    "ConsistentRead": True}}
+            while request:
+                resp = self.client.batch_get_item(RequestItems=request)
+                out.update(i["pk"]["S"][2:] for i in resp["Responses"].get(self.table, [])
+                           if i["state"]["S"] == "done")
+                request = resp.get("UnprocessedKeys") or None
+        return out
+
     # -- the commit protocol (module docstring) ------------------------------------------------
     def _ops(self, commit: Commit) -> list[list]:
         ops: list[list] = []
@@ -186,24 +203,27 @@ class DynamoState(StateStore):
                     ops.append(["c", f"c#{table}#{pk}", sk, di, dc])
         return ops
 
-    def _write_intent(self, commit: Commit) -> tuple[list[list], dict]:
+    def _write_intent(self, commit: Commit) -> tuple[list[list], int]:
+        name = commit.file_key
+        self.client.put_item(TableName=self.table, Item={**self._key(_PENDING), "id": {"S": name}},
+                             ConditionExpression="attribute_not_exists(pk)")
         ops = self._ops(commit)
-        body = orjson.dumps(ops)
+        body = orjson.dumps({"ops": ops, "files": [[f.key, f.arrival_ms, f.stats]
+                                                   for f in commit.files]})
         parts = [body[i:i + _INTENT_BYTES] for i in range(0, len(body), _INTENT_BYTES)] or [b""]
         for n, part in enumerate(parts):
             self.client.put_item(TableName=self.table,
-                                 Item={**self._key("i#" + commit.file_key, n), "b": {"B": part}})
-        marker = {**self._key("f#" + commit.file_key), "state": {"S": "pending"},
-                  "arrival": {"N": str(commit.arrival_ms)}, "parts": {"N": str(len(parts))},
-                  "stats": {"B": orjson.dumps(commit.stats)}}
+                                 Item={**self._key("i#" + name, n), "b": {"B": part}})
+        marker = {**self._key("f#" + name), "state": {"S": "pending"},
+                  "arrival": {"N": str(commit.arrival_ms)}, "parts": {"N": str(len(parts))}}
         self.client.put_item(TableName=self.table, Item=marker,
                              ConditionExpression="attribute_not_exists(pk)")
-        return ops, marker
+        return ops, len(parts)
 
-    def _read_intent(self, marker: dict) -> list[list]:
-        file_key = marker["pk"]["S"][2:]
-        items = sorted(self._query("i#" + file_key), key=lambda i: _n(i["sk"]))
-        return orjson.loads(b"".join(i["b"]["B"] for i in items))
+    def _read_intent(self, name: str) -> tuple[list[list], list[FileRecord]]:
+        items = sorted(self._query("i#" + name), key=lambda i: _n(i["sk"]))
+        body = orjson.loads(b"".join(i["b"]["B"] for i in items))
+        return body["ops"], [FileRecord(k, a, st) for k, a, st in body["files"]]
 
     def _write(self, op: list) -> dict:
         if op[0] == "d":
@@ -216,17 +236,35 @@ class DynamoState(StateStore):
                            "ExpressionAttributeValues": {":i": {"N": str(op[3])},
                                                          ":c": {"N": str(op[4])}}}}
 
+    def recover(self) -> list[FileRecord]:
+        pending = self._get(_PENDING)
+        if pending is None:
+            return []
+        name = pending["id"]["S"]
+        marker = self._get("f#" + name)
+        if marker is None or marker["state"]["S"] != "pending":  # died before any update
+            for item in self._query("i#" + name):
+                self.client.delete_item(TableName=self.table, Key=self._key("i#" + name,
+                                                                            _n(item["sk"])))
+            self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
+            return []
+        ops, files = self._read_intent(name)
+        self._apply(name, ops, files, _n(marker["parts"]))
+        return files
+
     def commit(self, commit: Commit) -> bool:
-        marker = self._get("f#" + commit.file_key)
-        if marker is not None and marker["state"]["S"] == "done":
-            return False
-        if marker is None:
-            ops, marker = self._write_intent(commit)
-        else:  # a crashed run left this file half applied: finish ITS update list
-            ops = self._read_intent(marker)
+        if self.recover() or self.folded([f.key for f in commit.files]):
+            return False  # the state moved under this commit: it was computed from an older one
+        ops, parts = self._write_intent(commit)
+        self._apply(commit.file_key, ops, commit.files, parts)
+        return True
+
+    def _apply(self, name: str, ops: list[list], files: list[FileRecord], parts: int) -> None:
+        """Steps 2 and 3 of the protocol: each chunk once, then the file records, the
+        watermark, and the intent's removal."""
         for n, part in enumerate(chunks(ops, self.transaction_items - 1)):
             applied = {"Put": {"TableName": self.table, "Item": self._key(
-                "a#" + commit.file_key, n), "ConditionExpression": "attribute_not_exists(pk)"}}
+                "a#" + name, n), "ConditionExpression": "attribute_not_exists(pk)"}}
             try:
                 self.client.transact_write_items(
                     TransactItems=[*(self._write(op) for op in part), applied])
@@ -236,11 +274,12 @@ class DynamoState(StateStore):
                         and reasons[-1].get("Code") == "ConditionalCheckFailed":
                     continue  # this chunk landed before the crash
                 raise
-        arrival = _n(marker["arrival"])
-        self.client.update_item(TableName=self.table, Key=self._key("f#" + commit.file_key),
-                                UpdateExpression="SET #s = :d",
-                                ExpressionAttributeNames={"#s": "state"},
-                                ExpressionAttributeValues={":d": {"S": "done"}})
+        # The commit's own marker (its first file's record) turns done last.
+        for f in sorted(files, key=lambda f: f.key == name):
+            self.client.put_item(TableName=self.table, Item={
+                **self._key("f#" + f.key), "state": {"S": "done"},
+                "arrival": {"N": str(f.arrival_ms)}, "stats": {"B": orjson.dumps(f.stats)}})
+        arrival = max(f.arrival_ms for f in files)
         try:
             self.client.update_item(
                 TableName=self.table, Key=self._key("meta#watermark"),
@@ -250,11 +289,11 @@ class DynamoState(StateStore):
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-        for n in range(_n(marker["parts"])):
-            self.client.delete_item(TableName=self.table, Key=self._key("i#" + commit.file_key, n))
+        for n in range(parts):
+            self.client.delete_item(TableName=self.table, Key=self._key("i#" + name, n))
         for n in range(-(-len(ops) // (self.transaction_items - 1))):
-            self.client.delete_item(TableName=self.table, Key=self._key("a#" + commit.file_key, n))
-        return True
+            self.client.delete_item(TableName=self.table, Key=self._key("a#" + name, n))
+        self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
 
     # -- maintenance ---------------------------------------------------------------------------
     def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:

@@ -1,6 +1,6 @@
 """`StateStore` in one SQLite file (WAL): the embedded default, no server and no account.
 
-A commit is one `BEGIN IMMEDIATE` transaction holding the file record and every update, so a
+A commit is one `BEGIN IMMEDIATE` transaction holding its files' records and every update, so a
 process killed mid-batch leaves each file either wholly folded or not at all. WAL lets readers
 (the REST API in another process) read while a fold writes. `synchronous=NORMAL` may lose the
 last commits on a power cut, but never half of one: a lost file record goes with its updates, and
@@ -17,16 +17,20 @@ import orjson
 
 from clicklake.platform.online.state import Commit, StateStore, chunks
 
+# No index on hour / sk: each would double the cost of every write, and retention only has work
+# to do when the horizon crosses an hour (`purge` remembers its last bounds in `meta`), when one
+# scan of the namespace or table is cheap.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (ns TEXT NOT NULL, key TEXT NOT NULL, hour INTEGER NOT NULL,
     value BLOB NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS docs_hour ON docs (ns, hour);
 CREATE TABLE IF NOT EXISTS counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
     imp INTEGER NOT NULL, clk INTEGER NOT NULL, PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS counters_sk ON counters (tbl, sk);
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
     arrival INTEGER NOT NULL, stats BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS files_arrival ON files (arrival);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+DROP INDEX IF EXISTS docs_hour;
+DROP INDEX IF EXISTS counters_sk;
 """
 _IN = 500  # keys per IN (...) query, well under SQLite's variable limit
 
@@ -87,12 +91,19 @@ class SqliteState(StateStore):
     def is_folded(self, file_key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM files WHERE key=?", (file_key,)).fetchone() is not None
 
+    def folded(self, file_keys: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for part in chunks(list(dict.fromkeys(file_keys)), _IN):
+            q = f"SELECT key FROM files WHERE key IN ({','.join('?' * len(part))})"
+            out.update(k for (k,) in self.conn.execute(q, part))
+        return out
+
     def commit(self, commit: Commit) -> bool:
         self._changed()
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            if c.execute("SELECT 1 FROM files WHERE key=?", (commit.file_key,)).fetchone():
+            if self.folded([f.key for f in commit.files]):
                 c.execute("ROLLBACK")
                 return False
             for ns, docs in commit.docs.items():
@@ -106,8 +117,8 @@ class SqliteState(StateStore):
                     "SET imp = imp + excluded.imp, clk = clk + excluded.clk",
                     [(table, pk, sk, d[0], d[1]) for (pk, sk), d in cells.items()
                      if d[0] or d[1]])
-            c.execute("INSERT INTO files (key, arrival, stats) VALUES (?,?,?)",
-                      (commit.file_key, commit.arrival_ms, orjson.dumps(commit.stats)))
+            c.executemany("INSERT INTO files (key, arrival, stats) VALUES (?,?,?)",
+                          [(f.key, f.arrival_ms, orjson.dumps(f.stats)) for f in commit.files])
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -127,6 +138,10 @@ class SqliteState(StateStore):
         return wm
 
     def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
+        bounds = orjson.dumps([sorted(docs_before.items()), sorted(counters_before.items())])
+        row = self.conn.execute("SELECT v FROM meta WHERE k='purged'").fetchone()
+        if row is not None and bytes(row[0]) == bounds:
+            return 0  # the horizon has not moved since: nothing new to drop
         self._changed()
         self._fold_cache = None  # the fold's decoded documents may be gone
         c = self.conn
@@ -137,6 +152,7 @@ class SqliteState(StateStore):
                 n += c.execute("DELETE FROM docs WHERE ns=? AND hour<?", (ns, hour)).rowcount
             for table, sk in counters_before.items():
                 n += c.execute("DELETE FROM counters WHERE tbl=? AND sk<?", (table, sk)).rowcount
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('purged', ?)", (bounds,))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -162,7 +178,7 @@ class SqliteState(StateStore):
         self._fold_cache = None  # the fold's decoded documents may be gone
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
-        for table in ("docs", "counters", "files"):
+        for table in ("docs", "counters", "files", "meta"):
             c.execute(f"DELETE FROM {table}")
         c.execute("COMMIT")
 

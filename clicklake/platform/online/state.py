@@ -8,7 +8,8 @@ and DynamoDB (the `online_store` resource) implement it. Three kinds of data:
 - counters: `(table, pk, sk) -> (impressions, clicks)`, added to, and summed over an `sk` range
   (segment tiles per hour, minute and millisecond);
 - file records: one per folded landing file, written in the SAME atomic commit as the file's
-  updates, so a file is folded exactly once however often a crashed run is repeated.
+  updates, so a file is folded exactly once however often a crashed run is repeated. A commit may
+  hold a micro-batch of many files: their records and their combined updates land together.
 """
 
 from __future__ import annotations
@@ -18,17 +19,35 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class FileRecord:
+    key: str
+    arrival_ms: int
+    stats: dict
+
+
 @dataclass
 class Commit:
-    """Everything one landing file (or one replayed batch) changes, applied atomically."""
+    """Everything a micro-batch of landing files (or one replayed batch) changes, and their file
+    records, applied atomically."""
 
-    file_key: str
-    arrival_ms: int
-    stats: dict = field(default_factory=dict)
+    files: list[FileRecord] = field(default_factory=list)
     # namespace -> key -> (hour_ms for retention, new bytes); bytes None deletes the document
     docs: dict[str, dict[str, tuple[int, bytes | None]]] = field(default_factory=dict)
     # table -> (pk, sk) -> (delta impressions, delta clicks)
     counters: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
+
+    @property
+    def file_key(self) -> str:
+        """The commit's name: its first file's key."""
+        return self.files[0].key
+
+    @property
+    def arrival_ms(self) -> int:
+        return max(f.arrival_ms for f in self.files)
+
+    def record(self, key: str, arrival_ms: int, stats: dict) -> None:
+        self.files.append(FileRecord(key, arrival_ms, stats))
 
     def put(self, ns: str, key: str, hour_ms: int, value: bytes | None) -> None:
         self.docs.setdefault(ns, {})[key] = (hour_ms, value)
@@ -67,10 +86,19 @@ class StateStore(ABC):
     @abstractmethod
     def is_folded(self, file_key: str) -> bool: ...
 
+    def folded(self, file_keys: Sequence[str]) -> set[str]:
+        """The keys among `file_keys` already folded (a backend may answer in one trip)."""
+        return {k for k in file_keys if self.is_folded(k)}
+
+    def recover(self) -> list[FileRecord]:
+        """Finish a commit a crashed run left half applied (backends whose commit is not one
+        transaction); returns the records of the files it completed."""
+        return []
+
     @abstractmethod
     def commit(self, commit: Commit) -> bool:
-        """Apply `commit` and record its file, atomically. False (and no change) when the file
-        was already folded."""
+        """Apply `commit` and record its files, atomically. False (and no change) when any of
+        them was already folded."""
 
     @abstractmethod
     def watermark_ms(self) -> int | None:
