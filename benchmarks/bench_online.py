@@ -1,8 +1,10 @@
 """Benchmark of the online store, each figure beside a baseline measured in the same run.
 
-1. fold rate: events/s folding a generated landing zone into SQLite (file by file, each file one
-   transaction), beside the rate of merely decoding and validating the same files (the floor any
-   exact fold pays);
+1. fold rate: events/s folding a generated landing zone into SQLite as the landing sensor's runs
+   do (a backlog: one run of up to MAX_FILES_PER_RUN files in one commit; steady state: runs of
+   a few files, each with a freshly opened state as a new run process has), and file by file
+   (one commit each, the old way), beside the rate of merely decoding and validating the same
+   files in the same run (the floor any exact fold pays);
 2. in-process reads p50/p99: `OnlineFeatures.profile` and `feature_inputs` of random users, beside
    a sqlite3 primary-key read of a table of the same size;
 3. freshness: impressions land in new Firehose files every few seconds while the landing sensor
@@ -10,7 +12,8 @@
    run requests materialized in-process with `dg.materialize`, as a daemon would launch them);
    latency = visible through `OnlineFeatures.profile` minus landed, p50/p95.
 
-Wall time on a shared machine swings with other load: the fold also reports CPU seconds.
+Wall time on a shared machine swings with other load: the fold also reports CPU seconds, and its
+ratio to the parse-only baseline uses CPU seconds of both.
 
 Run: python benchmarks/bench_online.py [--users N --hours H --reads N --freshness-seconds S]
 Writes bench-results/online.json.
@@ -30,6 +33,7 @@ import uuid
 
 import numpy as np
 
+from clicklake.assets.serving import FILES_PER_COMMIT, MAX_FILES_PER_RUN
 from clicklake.platform import landing
 from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files, parse_file
 from clicklake.platform.online.fold import order_files
@@ -44,7 +48,39 @@ def pct(ns: list[int]) -> dict[str, float]:
             "p99_us": round(float(np.percentile(a, 99)), 2)}
 
 
-def bench_fold(root: str, users: int, hours: int) -> tuple[SqliteState, dict]:
+def _fresh_db(root: str, name: str) -> str:
+    path = os.path.join(root, name)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    return path
+
+
+def _fold_rate(root: str, store: Store, keys: list[str], name: str, files_per_commit: int,
+               files_per_run: int | None = None) -> tuple[SqliteState, dict]:
+    """Fold `keys` into a fresh SQLite file, `files_per_run` files per sensor run (each run with
+    its own `SqliteState`, as a new run process would open it: nothing cached across runs),
+    `files_per_commit` files per commit."""
+    path = _fresh_db(root, name)
+    files = [lf.key for lf, _ in order_files(keys)[0]]
+    step = files_per_run or len(files)
+    events = commits = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(files), step):
+        state = SqliteState(path)
+        report = fold_files(state, store, files[i:i + step], files_per_commit=files_per_commit)
+        events += report.events_total
+        commits += -(-report.files // files_per_commit)
+        if i + step < len(files):
+            state.close()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return state, {"files_per_commit": files_per_commit, "files_per_run": step,
+                   "commits": commits, "events": events, "seconds": round(wall, 3),
+                   "cpu_seconds": round(cpu, 3), "events_per_s": round(events / wall),
+                   "events_per_cpu_s": round(events / cpu)}
+
+
+def bench_fold(root: str, users: int, hours: int, batch_files: int) -> tuple[SqliteState, dict]:
     store = Store(os.path.join(root, "lake"))
     start = parse_instant("2026-11-20T00:00:00Z")
     generate(store, start_ms=start, hours=hours, users=users, seed=3)
@@ -54,20 +90,21 @@ def bench_fold(root: str, users: int, hours: int) -> tuple[SqliteState, dict]:
     for lf, stream in order_files(keys)[0]:
         n += len(parse_file(store.read_bytes(lf.key), stream, lf.arrival_ms).rows)
     parse_s, parse_cpu = time.perf_counter() - t0, time.process_time() - c0
-    state = SqliteState(os.path.join(root, "online.db"))
-    c0 = time.process_time()
-    report = fold_files(state, store, keys)
-    fold_cpu = time.process_time() - c0
-    return state, {
-        "files": report.files, "events": report.events_total, "fold_seconds": round(
-            report.seconds, 3),
-        "fold_events_per_s": round(report.events_per_second),
-        "fold_cpu_seconds": round(fold_cpu, 3),
-        "fold_events_per_cpu_s": round(report.events_total / fold_cpu),
-        "baseline_parse_only_events_per_cpu_s": round(n / parse_cpu),
-        "baseline_parse_only_events_per_s": round(n / parse_s),
-        "ratio_to_parse_only": round(report.events_per_second / (n / parse_s), 4),
-        "target_events_per_s": 300_000}
+    # As the sensor folds a backlog: one run of up to MAX_FILES_PER_RUN files, one commit each.
+    state, sensor = _fold_rate(root, store, keys, "online.db", FILES_PER_COMMIT, MAX_FILES_PER_RUN)
+    # Steady state: smaller runs (a few files per sensor tick), each its own process and commit.
+    _, small = _fold_rate(root, store, keys, "small-runs.db", batch_files, batch_files)
+    # The old way, for reference: every file its own commit.
+    _, per_file = _fold_rate(root, store, keys, "per-file.db", 1)
+    assert sensor["events"] == small["events"] == per_file["events"]
+    base = {"baseline_parse_only_events_per_s": round(n / parse_s),
+            "baseline_parse_only_events_per_cpu_s": round(n / parse_cpu)}
+    for fig in (sensor, small, per_file):
+        fig["cpu_ratio_to_parse_only"] = round(fig["events_per_cpu_s"]
+                                               / base["baseline_parse_only_events_per_cpu_s"], 4)
+    return state, {"files": len(order_files(keys)[0]), "events": sensor["events"], **base,
+                   "sensor_run": sensor, "small_runs": small, "one_file_per_commit": per_file,
+                   "target_events_per_s": 300_000}
 
 
 def bench_reads(state: SqliteState, root: str, reads: int) -> dict:
@@ -172,9 +209,11 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=20_000)
     ap.add_argument("--freshness-seconds", type=float, default=90.0)
     ap.add_argument("--land-every", type=float, default=3.0)
+    ap.add_argument("--batch-files", type=int, default=8,
+                    help="files per run (and commit) for the steady-state fold figure")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        state, fold = bench_fold(root, args.users, args.hours)
+        state, fold = bench_fold(root, args.users, args.hours, args.batch_files)
         print("fold", json.dumps(fold), flush=True)
         reads = bench_reads(state, root, args.reads)
         print("reads", json.dumps(reads), flush=True)
