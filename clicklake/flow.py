@@ -1,7 +1,8 @@
-"""Run the whole asset graph over a range of hours, in the order the graph needs: per hour the
-raw and lookup assets (the profile chain folds hour by hour), then the labeled hours (each needs
-its next hour), then the training set, model and deployment. Used by `clicklake demo` and tests;
-in production the schedule, sensors and backfills in the Dagster UI do the same."""
+"""Run the whole asset graph over a range of hours, in the order the graph needs: ranged runs
+of the raw and lookup assets (the profile chains fold hour by hour inside theirs), one of the labeled
+hours (each needs its next hour), then the training set, model and deployment. Used by
+`clicklake demo` and tests; in production the schedule, sensors and backfills in the Dagster UI do
+the same (a backfill splits the same ranges into runs by each asset's backfill policy)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import dagster as dg
 from clicklake.definitions import defs
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key
 
-HOURLY = ["raw_impressions", "raw_clicks", "raw_predictions", "user_hour_tiles", "user_profiles",
-          "segment_profiles"]
+# Hourly assets in two runs, as a backfill splits them by backfill policy: independent hours,
+# then the two chains that fold their range hour after hour.
+HOURLY = ["raw_impressions", "raw_clicks", "raw_predictions", "user_hour_tiles"]
+CHAINS = ["user_profiles", "segment_profiles"]
 LAGGED = ["labeled_impressions", "prediction_outcomes"]
 TRAINING = ["training_set", "click_model", "deployed_model"]
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 @dataclass
@@ -48,14 +52,18 @@ def run_flow(resources: dict, start_ms: int, hours: int, instance: dg.DagsterIns
     # One instance for the whole flow: later steps read what earlier runs recorded.
     instance = instance or dg.DagsterInstance.ephemeral()
 
-    def run(selection: list[str], partition_key: str | None, raise_on_error: bool = True,
+    def run(selection: list[str], hours: list[str] | None, raise_on_error: bool = True,
             ops: dict | None = None) -> None:
+        """One run over `hours` (first..last partition key, a ranged run as a backfill makes it);
+        None = unpartitioned."""
         if progress:
-            progress(f"{partition_key or 'unpartitioned'}: {', '.join(selection)}")
+            label = "unpartitioned" if not hours else (
+                hours[0] if len(hours) == 1 else f"{hours[0]} .. {hours[-1]} ({len(hours)} hours)")
+            progress(f"{label}: {', '.join(selection)}")
         chosen = [a for a in assets if {k.to_user_string() for k in a.keys} & set(selection)]
+        ranged = {RANGE_START: hours[0], RANGE_END: hours[-1]} if hours else {}
         result = dg.materialize(
-            chosen, partition_key=partition_key, resources=resources,
-            instance=instance, tags=tags or {},
+            chosen, resources=resources, instance=instance, tags={**(tags or {}), **ranged},
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}},
                         **({"ops": ops} if ops else {})},
             raise_on_error=raise_on_error,
@@ -63,10 +71,11 @@ def run_flow(resources: dict, start_ms: int, hours: int, instance: dg.DagsterIns
         out.add(result)
 
     keys = [hour_partition_key(start_ms + i * HOUR_MS) for i in range(hours)]
-    for key in keys:
-        run(HOURLY, key)
-    for key in keys[:-1]:  # the last hour has no complete next hour yet
-        run(LAGGED, key)
+    if keys:
+        run(HOURLY, keys)
+        run(CHAINS, keys)
+    if len(keys) > 1:  # the last hour has no complete next hour yet
+        run(LAGGED, keys[:-1])
     if train:
         # A model that fails its gate is an outcome, not a crash: the blocking check stops
         # deployed_model and FlowResult.failed_checks says why.
