@@ -34,7 +34,7 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, StateStore
-from clicklake.platform.online.state import Commit, FileRecord, chunks
+from clicklake.platform.online.state import Cell, Commit, FileRecord, canonical_log, chunks
 
 DEFAULT_SQLITE_PATH = "data/online/online.db"
 _TRANSACTION_ITEMS = 100
@@ -91,10 +91,15 @@ def _n(v) -> int:
     return int(v["N"])
 
 
+def _log(item: dict, name: str) -> str:
+    return "".join(part["S"] for part in item.get(name, {}).get("L", []))
+
+
 class DynamoState(StateStore):
     """`StateStore` over one DynamoDB table. Items: `d#ns#key` (documents, value in `v`, hour in
-    `h`), `c#table#pk` with sk (counters `i`, `c`), `f#file` (file records), `i#file` with sk n
-    (intent chunks), `a#file` with sk n (chunk applied markers), `meta#watermark`."""
+    `h`), `c#table#pk` with sk (counters `i`, `c`; logs `il`, `cl`: lists of the text each commit
+    appended, joined when read), `m#key` with sk hour (marks), `f#file` (file records), `i#file`
+    with sk n (intent chunks), `a#file` with sk n (chunk applied markers), `meta#watermark`."""
 
     transaction_items = _TRANSACTION_ITEMS  # DynamoDB's limit; tests lower it to force chunks
 
@@ -171,6 +176,31 @@ class DynamoState(StateStore):
         items = self._query(f"c#{table}#{pk}", lo, hi - 1)
         return sum(_n(i["i"]) for i in items), sum(_n(i["c"]) for i in items)
 
+    def _batch_get(self, keys: list[dict]) -> list[dict]:
+        out: list[dict] = []
+        for part in chunks(keys, 100):
+            request = {self.table: {"Keys": list(part), "ConsistentRead": True}}
+            while request:
+                resp = self.client.batch_get_item(RequestItems=request)
+                out += resp["Responses"].get(self.table, [])
+                request = resp.get("UnprocessedKeys") or None
+        return out
+
+    def get_cells(self, cells: Sequence[tuple[str, str, int]]) -> list[Cell | None]:
+        keys = list(dict.fromkeys((f"c#{t}#{pk}", sk) for t, pk, sk in cells))
+        found = {(i["pk"]["S"], _n(i["sk"])): i for i in self._batch_get(
+            [self._key(pk, sk) for pk, sk in keys])}
+        out: list[Cell | None] = []
+        for t, pk, sk in cells:
+            item = found.get((f"c#{t}#{pk}", sk))
+            out.append(None if item is None else (_n(item["i"]), _n(item["c"]), _log(item, "il"),
+                                                  _log(item, "cl")))
+        return out
+
+    def marked(self, marks: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        keys = [self._key("m#" + k, h) for h, k in dict.fromkeys(marks)]
+        return {(_n(i["sk"]), i["pk"]["S"][2:]) for i in self._batch_get(keys)}
+
     def is_folded(self, file_key: str) -> bool:
         item = self._get("f#" + file_key)
         return item is not None and item["state"]["S"] == "done"
@@ -198,9 +228,11 @@ class DynamoState(StateStore):
             for k, (h, v) in sorted(docs.items()):
                 ops.append(["d", f"d#{ns}#{k}", h, None if v is None else v.decode()])
         for table, cells in sorted(commit.counters.items()):
-            for (pk, sk), (di, dc) in sorted(cells.items()):
-                if di or dc:
-                    ops.append(["c", f"c#{table}#{pk}", sk, di, dc])
+            for (pk, sk), (di, dc, il, cl) in sorted(cells.items()):
+                if di or dc or il or cl:
+                    ops.append(["c", f"c#{table}#{pk}", sk, di, dc, il, cl])
+        for hour, keys in sorted(commit.marks.items()):
+            ops += [["m", "m#" + k, hour] for k in sorted(set(keys))]
         return ops
 
     def _write_intent(self, commit: Commit) -> tuple[list[list], int]:
@@ -231,10 +263,19 @@ class DynamoState(StateStore):
                 return {"Delete": {"TableName": self.table, "Key": self._key(op[1])}}
             return {"Put": {"TableName": self.table, "Item": {
                 **self._key(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()}}}}
+        if op[0] == "m":
+            return {"Put": {"TableName": self.table, "Item": self._key(op[1], op[2])}}
+        values = {":i": {"N": str(op[3])}, ":c": {"N": str(op[4])}}
+        sets = []
+        for name, log in (("il", op[5]), ("cl", op[6])):
+            if log:  # appended as one more list element: the chunk transaction applies it once
+                sets.append(f"{name} = list_append(if_not_exists({name}, :nil), :{name})")
+                values[f":{name}"] = {"L": [{"S": log}]}
+                values[":nil"] = {"L": []}
         return {"Update": {"TableName": self.table, "Key": self._key(op[1], op[2]),
-                           "UpdateExpression": "ADD i :i, c :c",
-                           "ExpressionAttributeValues": {":i": {"N": str(op[3])},
-                                                         ":c": {"N": str(op[4])}}}}
+                           "UpdateExpression": "ADD i :i, c :c" + (
+                               " SET " + ", ".join(sets) if sets else ""),
+                           "ExpressionAttributeValues": values}}
 
     def recover(self) -> list[FileRecord]:
         pending = self._get(_PENDING)
@@ -296,7 +337,8 @@ class DynamoState(StateStore):
         self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
 
     # -- maintenance ---------------------------------------------------------------------------
-    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
+    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int],
+              marks_before: int | None = None) -> int:
         """Retention by scan: a maintenance pass (production would set TTL attributes instead)."""
         n = 0
         for ns, hour in docs_before.items():
@@ -307,6 +349,12 @@ class DynamoState(StateStore):
         for table, bound in counters_before.items():
             for item in self._scan(f"c#{table}#"):
                 if _n(item["sk"]) < bound:
+                    self.client.delete_item(TableName=self.table,
+                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
+                    n += 1
+        if marks_before is not None:
+            for item in self._scan("m#"):
+                if _n(item["sk"]) < marks_before:
                     self.client.delete_item(TableName=self.table,
                                             Key=self._key(item["pk"]["S"], _n(item["sk"])))
                     n += 1
@@ -324,11 +372,15 @@ class DynamoState(StateStore):
             docs.append((ns, key, _n(item["h"]), bytes(item["v"]["B"])))
         for item in self._scan("c#"):
             _, table, pk = item["pk"]["S"].split("#", 2)
-            if _n(item["i"]) or _n(item["c"]):
-                counters.append((table, pk, _n(item["sk"]), _n(item["i"]), _n(item["c"])))
+            row = (table, pk, _n(item["sk"]), _n(item["i"]), _n(item["c"]),
+                   canonical_log(_log(item, "il")), canonical_log(_log(item, "cl")))
+            if any(row[3:]):
+                counters.append(row)
+        marks = [(_n(i["sk"]), i["pk"]["S"][2:]) for i in self._scan("m#")]
         files = [(i["pk"]["S"][2:], _n(i["arrival"]), bytes(i["stats"]["B"]))
                  for i in self._scan("f#") if i["state"]["S"] == "done"]
-        return {"docs": sorted(docs), "counters": sorted(counters), "files": sorted(files)}
+        return {"docs": sorted(docs), "counters": sorted(counters), "marks": sorted(marks),
+                "files": sorted(files)}
 
     def clear(self) -> None:
         for item in self._scan(""):

@@ -10,7 +10,7 @@ and counts one `malformed`, as raw does. Nothing is dropped without a count.
 A micro-batch gives the state folding its files one by one would (same order, same documents),
 but reads each document once, writes it once, and adds to each counter row once. Impressions are
 deduplicated by the copies their index document already lists (it is read anyway); clicks and
-predictions by a marker per (stream, event hour, id).
+predictions by a mark (event hour, stream letter + id) in the state's compact marks table.
 
 Retention: documents and counters older than `horizon(watermark)` are purged after a batch, and a
 read must be at or after the horizon (older instants are the lake's lookup table's job). Dedup
@@ -49,7 +49,7 @@ from clicklake.platform.timeutil import HOUR_MS
 
 DEFAULT_RULES = Rules()
 RECENT_HOURS = 3  # event-level history kept beyond the allowed lateness
-USER, IMPRESSION, SEEN = "user", "imp", "seen"
+USER, IMPRESSION = "user", "imp"
 
 
 def horizon_ms(watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:
@@ -266,8 +266,8 @@ class LandedFile:
     parsed: ParsedFile
 
 
-def _seen_key(stream: str, ts: int, event_id: str) -> str:
-    return f"{stream}|{ts - ts % HOUR_MS}|{event_id}"
+def _mark(stream: str, ts: int, event_id: str) -> tuple[int, str]:
+    return ts - ts % HOUR_MS, f"{stream[0]}:{event_id}"
 
 
 def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DEFAULT_RULES
@@ -281,17 +281,16 @@ def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DE
     commit = Commit()
     b = _Batch(state, commit)
     # Impressions are deduplicated by the copies their index document lists; clicks and
-    # predictions by a marker per (stream, event hour, id).
+    # predictions by a mark per (event hour, stream letter + id).
     keyed = [[] if f.parsed.stream == "impressions" else
-             [_seen_key(f.parsed.stream, r[1], r[0]) for r in f.parsed.rows] for f in files]
+             [_mark(f.parsed.stream, r[1], r[0]) for r in f.parsed.rows] for f in files]
     every = [k for keys in keyed for k in keys]
-    seen: set = set(state.get_docs(SEEN, every)) if every else set()
+    seen: set = state.marked(every) if every else set()
     # One read per namespace for the whole batch (later loads find them in memory).
     b.load_users(r[2] for f in files for r in f.parsed.rows)
     b.load_imps(r[0] for f in files if f.parsed.stream == "impressions" for r in f.parsed.rows)
     b.load_imps(r[4] for f in files if f.parsed.stream == "clicks" for r in f.parsed.rows
                 if r[4] is not None)
-    markers = commit.docs.setdefault(SEEN, {})
     for f, keys in zip(files, keyed, strict=True):
         fresh: list[tuple] = []
         dups = 0
@@ -311,7 +310,7 @@ def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DE
                     continue
                 seen.add(k)
                 fresh.append(r)
-                markers[k] = (r[1] - r[1] % HOUR_MS, b"")
+                commit.mark(*k)
         if fresh:
             _FOLD[f.parsed.stream](b, fresh)
         q = Counter(f.parsed.quarantined)
@@ -441,6 +440,6 @@ def purge(state: StateStore, watermark_ms: int | None, rules: Rules = DEFAULT_RU
         return 0
     h = horizon_ms(watermark_ms, rules)
     drop_cache(state)
-    return state.purge({SEEN: h - HOUR_MS, IMPRESSION: h - 2 * HOUR_MS},
-                       {seg.EVENT_TABLE: h, seg.MINUTE_TABLE: h,
-                        seg.HOUR_TABLE: h - (seg.WINDOW_HOURS + 1) * HOUR_MS})
+    return state.purge({IMPRESSION: h - 2 * HOUR_MS},
+                       {seg.MINUTE_TABLE: h, seg.HOUR_TABLE: h - (seg.WINDOW_HOURS + 1) * HOUR_MS},
+                       h - HOUR_MS)

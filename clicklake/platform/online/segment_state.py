@@ -1,9 +1,14 @@
-"""Segment counters online: impressions and clicks per (kind, segment) at three grains.
+"""Segment counters online: impressions and clicks per (kind, segment) per hour and per minute.
 
 A 24 h sawtooth window at t (DESIGN §4.3) = the 24 complete hours before floor(t) (hour rows) +
-[floor(t), floor_minute(t)) (minute rows) + [floor_minute(t), t) (millisecond rows). Each event
-adds to all three, so a read sums at most 24 + 60 rows and one minute of events, however busy
-the segment, and still counts exactly the events with ts < t.
+[floor(t), floor_minute(t)) (minute rows) + [floor_minute(t), t) (the events of t's minute that
+are before t). A minute row therefore also keeps its events: an impression log and a click log,
+text of `OFFSET,` entries (the event's millisecond within the minute, 5 digits; `-OFFSET,` takes
+back a click that moved to another segment), appended to by each commit. A read sums at most
+24 + 60 rows and scans one minute of one segment's log (a C-level split and compare, ~25 ns an
+event), however busy the segment, and counts exactly the events with ts < t. Each event touches
+one hour row and one minute row per segment (a millisecond row per event and segment cost
+more than half of a fold's rows).
 
 A click's country (and every other impression-derived segment: `IMPRESSION_KINDS`, e.g. the
 impression's domain) follows `segments.py`: the impression named by its `impression_id` if that
@@ -21,7 +26,7 @@ from clicklake.platform.online.state import Commit, StateStore
 from clicklake.platform.segments import KINDS, UNKNOWN, WINDOW_HOURS
 from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS
 
-HOUR_TABLE, MINUTE_TABLE, EVENT_TABLE = "seg_h", "seg_m", "seg_e"
+HOUR_TABLE, MINUTE_TABLE = "seg_h", "seg_m"
 _SEP = "\x1f"  # (kind, segment) as one key; the unit separator never occurs in ids
 
 
@@ -54,29 +59,29 @@ def _segments(campaign: str, values: list[str]):
 
 
 class Deltas:
-    """The segment counter changes of one commit, counted per row of each grain (hour, minute,
-    millisecond) while the fold runs: a busy segment's hour and minute rows are then written
-    once per commit, not once per event."""
+    """The segment counter changes of one commit, counted per hour row and per (segment, event
+    millisecond) while the fold runs (in C); `write` turns the latter into minute rows and their
+    logs. A busy segment's rows are then written once per commit, not once per event."""
 
     def __init__(self) -> None:
-        # grain table -> Counter of (pk, sk) -> impressions / clicks
-        self.imp: dict[str, Counter] = {t: Counter() for t in _GRAINS}
-        self.clk: dict[str, Counter] = {t: Counter() for t in _GRAINS}
+        self.hour_imp: Counter = Counter()  # (pk, hour) -> impressions
+        self.hour_clk: Counter = Counter()
+        self.ev_imp: Counter = Counter()  # (pk, ts) -> impressions
+        self.ev_clk: Counter = Counter()  # (pk, ts) -> clicks (negative: moved away)
 
     def add_impressions(self, ts: list[int], campaigns: list[str],
                         values: list[list[str]]) -> None:
         """Impressions at `ts` of `campaigns` with their `impression_values` (bulk: counted in C)."""
         pks = [[_GLOBAL_PK] * len(ts), [_CAMPAIGN + c for c in campaigns]]
         pks += [[prefix + v[i] for v in values] for i, prefix in enumerate(_IMPRESSION_PREFIX)]
-        for table, width in _GRAINS.items():
-            sk = [t - t % width for t in ts] if width > 1 else ts
-            count = self.imp[table].update
-            for column in pks:
-                count(zip(column, sk))
+        hours = [t - t % HOUR_MS for t in ts]
+        for column in pks:
+            self.hour_imp.update(zip(column, hours))
+            self.ev_imp.update(zip(column, ts))
 
     def _click(self, pk: str, ts: int, n: int) -> None:
-        for table, width in _GRAINS.items():
-            self.clk[table][(pk, ts - ts % width)] += n
+        self.hour_clk[(pk, ts - ts % HOUR_MS)] += n
+        self.ev_clk[(pk, ts)] += n
 
     def add_click(self, ts: int, campaign: str, values: list[str]) -> None:
         for kind, segment in _segments(campaign, values):
@@ -89,46 +94,104 @@ class Deltas:
                 self._click(segment_pk(kind, b), ts, 1)
 
     def write(self, commit: Commit) -> None:
-        """Add the changes to `commit`'s counter rows."""
-        for table in _GRAINS:
-            out = commit.counters.setdefault(table, {})
-            if not out:
-                out.update({k: [n, 0] for k, n in self.imp[table].items()})
+        """Add the changes to `commit`'s counter rows (hour rows; minute rows with their logs)."""
+        hours = commit.counters.setdefault(HOUR_TABLE, {})
+        for k, n in self.hour_imp.items():
+            cell = hours.get(k)
+            if cell is None:
+                hours[k] = [n, 0, "", ""]
             else:
-                for k, n in self.imp[table].items():
-                    out.setdefault(k, [0, 0])[0] += n
-            for k, n in self.clk[table].items():
-                out.setdefault(k, [0, 0])[1] += n
+                cell[0] += n
+        for k, n in self.hour_clk.items():
+            cell = hours.get(k)
+            if cell is None:
+                hours[k] = [0, n, "", ""]
+            else:
+                cell[1] += n
+        minutes = commit.counters.setdefault(MINUTE_TABLE, {})
+        for (pk, ts), n in self.ev_imp.items():
+            off = ts % MINUTE_MS
+            key = (pk, ts - off)
+            cell = minutes.get(key)
+            if cell is None:
+                minutes[key] = [n, 0, _ENTRY[off] * n, ""]
+            else:
+                cell[0] += n
+                cell[2] += _ENTRY[off] * n
+        for (pk, ts), n in self.ev_clk.items():
+            if not n:
+                continue
+            off = ts % MINUTE_MS
+            key = (pk, ts - off)
+            cell = minutes.get(key)
+            if cell is None:
+                cell = minutes[key] = [0, 0, "", ""]
+            cell[1] += n
+            cell[3] += _ENTRY[off] * n if n > 0 else ("-" + _ENTRY[off]) * -n
 
 
-_GRAINS = {HOUR_TABLE: HOUR_MS, MINUTE_TABLE: MINUTE_MS, EVENT_TABLE: 1}
+class _Entries:
+    """`OFFSET,` text of a millisecond within a minute, made once per offset."""
+
+    def __init__(self) -> None:
+        self.cache: dict[int, str] = {}
+
+    def __getitem__(self, off: int) -> str:
+        e = self.cache.get(off)
+        if e is None:
+            e = self.cache[off] = f"{off:05d},"
+        return e
+
+
+_ENTRY = _Entries()
 _GLOBAL_PK = segment_pk("global", "all")
 _CAMPAIGN = segment_pk("campaign", "")
 _IMPRESSION_PREFIX = tuple(segment_pk(kind, "") for kind in IMPRESSION_KINDS)
 
 
+def count_before(log: str, offset: int) -> int:
+    """Net entries of a minute log whose millisecond is before `offset` (0..60000)."""
+    if not log:
+        return 0
+    lim = f"{offset:05d}"
+    toks = log.split(",")  # the last one is "", and "" < lim: hence the - 1
+    if "-" not in log:
+        return sum(map(lim.__gt__, toks)) - 1
+    n = 0
+    for tok in toks[:-1]:
+        if tok[0] == "-":
+            n -= tok[1:] < lim
+        else:
+            n += tok < lim
+    return n
+
+
+def _windows(state: StateStore, pks: list[str], t: int) -> list[tuple[int, int]]:
+    f, m = t - t % HOUR_MS, t - t % MINUTE_MS
+    ranges, cells = [], []
+    for pk in pks:
+        ranges += [(HOUR_TABLE, pk, f - WINDOW_HOURS * HOUR_MS, f), (MINUTE_TABLE, pk, f, m)]
+        cells.append((MINUTE_TABLE, pk, m))
+    sums, rows = state.sum_ranges_and_cells(ranges, cells)
+    out = []
+    for i, row in enumerate(rows):
+        (hi, hc), (mi, mc) = sums[2 * i], sums[2 * i + 1]
+        if row is not None and t > m:
+            hi += count_before(row[2], t - m)
+            hc += count_before(row[3], t - m)
+        out.append((hi + mi, hc + mc))
+    return out
+
+
 def window_24h(state: StateStore, kind: str, segment: str, t: int) -> tuple[int, int]:
     """(impressions, clicks) of the segment with floor(t) - 24 h <= ts < t."""
-    pk = segment_pk(kind, segment)
-    f, m = t - t % HOUR_MS, t - t % MINUTE_MS
-    hi, hc = state.sum_counters(HOUR_TABLE, pk, f - WINDOW_HOURS * HOUR_MS, f)
-    mi, mc = state.sum_counters(MINUTE_TABLE, pk, f, m) if m > f else (0, 0)
-    ei, ec = state.sum_counters(EVENT_TABLE, pk, m, t)
-    return hi + mi + ei, hc + mc + ec
+    return _windows(state, [segment_pk(kind, segment)], t)[0]
 
 
 def windows_24h(state: StateStore, pairs: list[tuple[str, str]], t: int) -> list[tuple[int, int]]:
-    """`window_24h` of several (kind, segment) pairs, in one `StateStore.sum_ranges` call (one
-    SQL statement on SQLite)."""
-    f, m = t - t % HOUR_MS, t - t % MINUTE_MS
-    ranges = []
-    for kind, segment in pairs:
-        pk = segment_pk(kind, segment)
-        ranges += [(HOUR_TABLE, pk, f - WINDOW_HOURS * HOUR_MS, f), (MINUTE_TABLE, pk, f, m),
-                   (EVENT_TABLE, pk, m, t)]
-    sums = state.sum_ranges(ranges)
-    return [(sums[i][0] + sums[i + 1][0] + sums[i + 2][0], sums[i][1] + sums[i + 1][1]
-             + sums[i + 2][1]) for i in range(0, len(sums), 3)]
+    """`window_24h` of several (kind, segment) pairs, in one `StateStore.sum_ranges_and_cells`
+    call (one SQL statement on SQLite)."""
+    return _windows(state, [segment_pk(kind, segment) for kind, segment in pairs], t)
 
 
 __all__ = ["IMPRESSION_KINDS", "UNKNOWN", "Deltas", "impression_values", "window_24h"]

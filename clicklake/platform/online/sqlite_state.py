@@ -9,22 +9,26 @@ the file is simply folded again.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections.abc import Sequence
 
 import orjson
 
-from clicklake.platform.online.state import Commit, StateStore, chunks
+from clicklake.platform.online.state import Cell, Commit, StateStore, canonical_log, chunks
 
 # No index on hour / sk: each would double the cost of every write, and retention only has work
 # to do when the horizon crosses an hour (`purge` remembers its last bounds in `meta`), when one
-# scan of the namespace or table is cheap.
+# scan of the namespace or table is cheap. Marks lead with their hour: a range delete purges them.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (ns TEXT NOT NULL, key TEXT NOT NULL, hour INTEGER NOT NULL,
     value BLOB NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
-    imp INTEGER NOT NULL, clk INTEGER NOT NULL, PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
+    imp INTEGER NOT NULL, clk INTEGER NOT NULL, ilog TEXT NOT NULL, clog TEXT NOT NULL,
+    PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS marks (hour INTEGER NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (hour, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
     arrival INTEGER NOT NULL, stats BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS files_arrival ON files (arrival);
@@ -33,6 +37,12 @@ DROP INDEX IF EXISTS docs_hour;
 DROP INDEX IF EXISTS counters_sk;
 """
 _IN = 500  # keys per IN (...) query, well under SQLite's variable limit
+_TABLES = ("docs", "counters", "marks", "files", "meta")
+
+
+class StaleLayout(RuntimeError):
+    """The file holds an older layout of the online state: rebuild it (serving_lookup with
+    `rebuild: true` refolds every landing file)."""
 
 
 class SqliteState(StateStore):
@@ -51,6 +61,14 @@ class SqliteState(StateStore):
         self.conn.execute("PRAGMA wal_autocheckpoint=10000")
         self.conn.executescript(_SCHEMA)
         self._wm: tuple[int, int | None] | None = None  # (data_version, watermark) when read
+        # Counters without logs (millisecond rows instead): an older layout, refused by
+        # commits until a `clear` (a rebuild) recreates the tables.
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(counters)")}
+        self.stale = "ilog" not in columns
+
+    def _check_layout(self) -> None:
+        if self.stale:
+            raise StaleLayout(f"{self.path} holds an older online state layout: rebuild it")
 
     def _changed(self) -> None:
         self._wm = None
@@ -75,18 +93,45 @@ class SqliteState(StateStore):
             "WHERE tbl=? AND pk=? AND sk>=? AND sk<?", (table, pk, lo, hi)).fetchone()
         return int(row[0]), int(row[1])
 
+    def get_cells(self, cells: Sequence[tuple[str, str, int]]) -> list[Cell | None]:
+        return self.sum_ranges_and_cells([], cells)[1]
+
+    def sum_ranges_and_cells(self, ranges: Sequence[tuple[str, str, int, int]],
+                             cells: Sequence[tuple[str, str, int]]
+                             ) -> tuple[list[tuple[int, int]], list[Cell | None]]:
+        """Every range and cell in one statement (one round trip through the SQLite VM)."""
+        if not ranges and not cells:
+            return [], []
+        self._check_layout()
+        rows = self.conn.execute(_ranges_and_cells_sql(len(ranges), len(cells)),
+                                 [v for r in (*ranges, *cells) for v in r]).fetchall()
+        sums: list[tuple[int, int]] = [(0, 0)] * len(ranges)
+        found: list[Cell | None] = [None] * len(cells)
+        n = len(ranges)
+        for i, imp, clk, ilog, clog in rows:
+            if i < n:
+                sums[i] = (int(imp), int(clk))
+            else:
+                found[i - n] = (imp, clk, ilog, clog)
+        return sums, found
+
+    def marked(self, marks: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        by_hour: dict[int, list[str]] = {}
+        for hour, key in marks:
+            by_hour.setdefault(hour, []).append(key)
+        out: set[tuple[int, str]] = set()
+        for hour, keys in by_hour.items():
+            for part in chunks(list(dict.fromkeys(keys)), _IN):
+                q = f"SELECT key FROM marks WHERE hour=? AND key IN ({','.join('?' * len(part))})"
+                out.update((hour, k) for (k,) in self.conn.execute(q, (hour, *part)))
+        return out
+
     def cache_token(self) -> object | None:
         # Unchanged by this connection's own commits, changed by any other connection's.
         return (id(self.conn), self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
-        """Every range in one statement (one round trip through the SQLite VM)."""
-        q = " UNION ALL ".join(
-            f"SELECT {i}, coalesce(sum(imp), 0), coalesce(sum(clk), 0) FROM counters "
-            "WHERE tbl=? AND pk=? AND sk>=? AND sk<?" for i in range(len(ranges)))
-        rows = self.conn.execute(q, [v for r in ranges for v in r]).fetchall()
-        rows.sort()
-        return [(int(r[1]), int(r[2])) for r in rows]
+        return self.sum_ranges_and_cells(ranges, [])[0]
 
     def is_folded(self, file_key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM files WHERE key=?", (file_key,)).fetchone() is not None
@@ -99,6 +144,7 @@ class SqliteState(StateStore):
         return out
 
     def commit(self, commit: Commit) -> bool:
+        self._check_layout()
         self._changed()
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
@@ -113,10 +159,14 @@ class SqliteState(StateStore):
                 c.executemany("DELETE FROM docs WHERE ns=? AND key=?", dels)
             for table, cells in commit.counters.items():
                 c.executemany(
-                    "INSERT INTO counters VALUES (?,?,?,?,?) ON CONFLICT (tbl, pk, sk) DO UPDATE "
-                    "SET imp = imp + excluded.imp, clk = clk + excluded.clk",
-                    [(table, pk, sk, d[0], d[1]) for (pk, sk), d in cells.items()
-                     if d[0] or d[1]])
+                    "INSERT INTO counters VALUES (?,?,?,?,?,?,?) ON CONFLICT (tbl, pk, sk) DO "
+                    "UPDATE SET imp = imp + excluded.imp, clk = clk + excluded.clk, "
+                    "ilog = ilog || excluded.ilog, clog = clog || excluded.clog",
+                    [(table, pk, sk, *d) for (pk, sk), d in cells.items()
+                     if d[0] or d[1] or d[2] or d[3]])
+            for hour, keys in commit.marks.items():
+                c.executemany("INSERT OR IGNORE INTO marks VALUES (?,?)",
+                              [(hour, k) for k in keys])
             c.executemany("INSERT INTO files (key, arrival, stats) VALUES (?,?,?)",
                           [(f.key, f.arrival_ms, orjson.dumps(f.stats)) for f in commit.files])
             c.execute("COMMIT")
@@ -137,8 +187,10 @@ class SqliteState(StateStore):
         self._wm = (version, wm)
         return wm
 
-    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
-        bounds = orjson.dumps([sorted(docs_before.items()), sorted(counters_before.items())])
+    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int],
+              marks_before: int | None = None) -> int:
+        bounds = orjson.dumps([sorted(docs_before.items()), sorted(counters_before.items()),
+                               marks_before])
         row = self.conn.execute("SELECT v FROM meta WHERE k='purged'").fetchone()
         if row is not None and bytes(row[0]) == bounds:
             return 0  # the horizon has not moved since: nothing new to drop
@@ -152,6 +204,8 @@ class SqliteState(StateStore):
                 n += c.execute("DELETE FROM docs WHERE ns=? AND hour<?", (ns, hour)).rowcount
             for table, sk in counters_before.items():
                 n += c.execute("DELETE FROM counters WHERE tbl=? AND sk<?", (table, sk)).rowcount
+            if marks_before is not None:
+                n += c.execute("DELETE FROM marks WHERE hour<?", (marks_before,)).rowcount
             c.execute("INSERT OR REPLACE INTO meta VALUES ('purged', ?)", (bounds,))
             c.execute("COMMIT")
         except BaseException:
@@ -166,21 +220,33 @@ class SqliteState(StateStore):
     def dump(self) -> dict:
         docs = self.conn.execute("SELECT ns, key, hour, value FROM docs ORDER BY ns, key").fetchall()
         counters = self.conn.execute(
-            "SELECT tbl, pk, sk, imp, clk FROM counters WHERE imp != 0 OR clk != 0 "
-            "ORDER BY tbl, pk, sk").fetchall()
+            "SELECT tbl, pk, sk, imp, clk, ilog, clog FROM counters ORDER BY tbl, pk, sk")
+        marks = self.conn.execute("SELECT hour, key FROM marks ORDER BY hour, key").fetchall()
         files = self.conn.execute("SELECT key, arrival, stats FROM files ORDER BY key").fetchall()
+        cells = [(t, pk, sk, i, c, canonical_log(il), canonical_log(cl))
+                 for t, pk, sk, i, c, il, cl in counters]
         return {"docs": [(ns, k, h, bytes(v)) for ns, k, h, v in docs],
-                "counters": [tuple(r) for r in counters],
+                "counters": [r for r in cells if any(r[3:])],
+                "marks": [tuple(r) for r in marks],
                 "files": [(k, a, bytes(s)) for k, a, s in files]}
 
     def clear(self) -> None:
         self._changed()
         self._fold_cache = None  # the fold's decoded documents may be gone
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        for table in ("docs", "counters", "files", "meta"):
-            c.execute(f"DELETE FROM {table}")
-        c.execute("COMMIT")
+        # Dropped, not emptied, in one transaction: a rebuild also upgrades an older layout.
+        drops = "".join(f"DROP TABLE IF EXISTS {table};" for table in _TABLES)
+        self.conn.executescript(f"BEGIN IMMEDIATE;{drops}{_SCHEMA}COMMIT;")
+        self.stale = False
 
     def close(self) -> None:
         self.conn.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _ranges_and_cells_sql(n_ranges: int, n_cells: int) -> str:
+    """Range sums first (row i = range i), then the cells that exist (row n_ranges + j)."""
+    parts = [f"SELECT {i}, coalesce(sum(imp), 0), coalesce(sum(clk), 0), NULL, NULL "
+             "FROM counters WHERE tbl=? AND pk=? AND sk>=? AND sk<?" for i in range(n_ranges)]
+    parts += [f"SELECT {n_ranges + j}, imp, clk, ilog, clog FROM counters "
+              "WHERE tbl=? AND pk=? AND sk=?" for j in range(n_cells)]
+    return " UNION ALL ".join(parts)

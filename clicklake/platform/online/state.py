@@ -1,12 +1,16 @@
 """The online store's storage contract: a few keyed tables any key-value database can hold.
 
 The fold (`fold.py`) and the read (`read.py`) speak only to `StateStore`; SQLite (`sqlite_state`)
-and DynamoDB (the `online_store` resource) implement it. Three kinds of data:
+and DynamoDB (the `online_store` resource) implement it. Four kinds of data:
 
-- documents: `(namespace, key) -> bytes`, replaced whole (per-user state, the impression index,
-  dedup markers). Each carries an `hour` (epoch ms) that retention purges by;
-- counters: `(table, pk, sk) -> (impressions, clicks)`, added to, and summed over an `sk` range
-  (segment tiles per hour, minute and millisecond);
+- documents: `(namespace, key) -> bytes`, replaced whole (per-user state, the impression index).
+  Each carries an `hour` (epoch ms) that retention purges by;
+- counters: `(table, pk, sk) -> (impressions, clicks, impression log, click log)`: the counts are
+  added to and summed over an `sk` range; the logs are text, appended to (segment tiles per hour
+  and per minute; a minute's logs list its events, so a read inside the minute stays exact:
+  `segment_state`);
+- marks: `(hour, key)` present or not, added and never changed (dedup of clicks and predictions
+  by event id within the event hour), purged by hour;
 - file records: one per folded landing file, written in the SAME atomic commit as the file's
   updates, so a file is folded exactly once however often a crashed run is repeated. A commit may
   hold a micro-batch of many files: their records and their combined updates land together.
@@ -34,8 +38,11 @@ class Commit:
     files: list[FileRecord] = field(default_factory=list)
     # namespace -> key -> (hour_ms for retention, new bytes); bytes None deletes the document
     docs: dict[str, dict[str, tuple[int, bytes | None]]] = field(default_factory=dict)
-    # table -> (pk, sk) -> (delta impressions, delta clicks)
-    counters: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
+    # table -> (pk, sk) -> [delta impressions, delta clicks, impression log, click log] (the
+    # logs are text appended to the stored ones; "" = nothing to append)
+    counters: dict[str, dict[tuple[str, int], list]] = field(default_factory=dict)
+    # hour_ms -> keys marked in that hour
+    marks: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def file_key(self) -> str:
@@ -52,13 +59,37 @@ class Commit:
     def put(self, ns: str, key: str, hour_ms: int, value: bytes | None) -> None:
         self.docs.setdefault(ns, {})[key] = (hour_ms, value)
 
-    def add(self, table: str, pk: str, sk: int, d_imp: int, d_clk: int) -> None:
-        cell = self.counters.setdefault(table, {}).setdefault((pk, sk), [0, 0])
+    def add(self, table: str, pk: str, sk: int, d_imp: int, d_clk: int, imp_log: str = "",
+            clk_log: str = "") -> None:
+        cell = self.counters.setdefault(table, {}).setdefault((pk, sk), [0, 0, "", ""])
         cell[0] += d_imp
         cell[1] += d_clk
+        cell[2] += imp_log
+        cell[3] += clk_log
+
+    def mark(self, hour_ms: int, key: str) -> None:
+        self.marks.setdefault(hour_ms, []).append(key)
 
     def size(self) -> int:
-        return sum(map(len, self.docs.values())) + sum(map(len, self.counters.values()))
+        return (sum(map(len, self.docs.values())) + sum(map(len, self.counters.values()))
+                + sum(map(len, self.marks.values())))
+
+
+Cell = tuple[int, int, str, str]  # (impressions, clicks, impression log, click log)
+
+
+def canonical_log(log: str) -> str:
+    """A counter log as a sorted multiset of its net entries ("-x," cancels one "x,"): equal
+    for equal states however the entries were split across commits."""
+    if not log:
+        return ""
+    net: dict[str, int] = {}
+    for tok in log.split(",")[:-1]:
+        if tok[0] == "-":
+            net[tok[1:]] = net.get(tok[1:], 0) - 1
+        else:
+            net[tok] = net.get(tok, 0) + 1
+    return "".join((f"{t}," if n > 0 else f"-{t},") * abs(n) for t, n in sorted(net.items()))
 
 
 class StateStore(ABC):
@@ -84,6 +115,20 @@ class StateStore(ABC):
                 for t, pk, lo, hi in ranges]
 
     @abstractmethod
+    def get_cells(self, cells: Sequence[tuple[str, str, int]]) -> list[Cell | None]:
+        """The counter rows (table, pk, sk) with their logs; None where a row does not exist."""
+
+    def sum_ranges_and_cells(self, ranges: Sequence[tuple[str, str, int, int]],
+                             cells: Sequence[tuple[str, str, int]]
+                             ) -> tuple[list[tuple[int, int]], list[Cell | None]]:
+        """`sum_ranges` and `get_cells` together (a backend may answer both in one trip)."""
+        return self.sum_ranges(ranges), self.get_cells(cells)
+
+    @abstractmethod
+    def marked(self, marks: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        """The (hour, key) marks among `marks` that exist."""
+
+    @abstractmethod
     def is_folded(self, file_key: str) -> bool: ...
 
     def folded(self, file_keys: Sequence[str]) -> set[str]:
@@ -105,9 +150,10 @@ class StateStore(ABC):
         """Max arrival time of the files folded so far."""
 
     @abstractmethod
-    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int]) -> int:
+    def purge(self, docs_before: dict[str, int], counters_before: dict[str, int],
+              marks_before: int | None = None) -> int:
         """Retention: drop documents of a namespace whose hour < the bound, counter rows of a
-        table whose sk < the bound. Returns rows dropped."""
+        table whose sk < the bound, marks whose hour < `marks_before`. Returns rows dropped."""
 
     @abstractmethod
     def folded_files(self) -> list[tuple[str, int, dict]]:
@@ -115,7 +161,8 @@ class StateStore(ABC):
 
     @abstractmethod
     def dump(self) -> dict:
-        """Every document and counter, in a canonical form (tests compare whole states)."""
+        """Every document, counter (logs by `canonical_log`) and mark, in a canonical form
+        (tests compare whole states)."""
 
     @abstractmethod
     def clear(self) -> None:
