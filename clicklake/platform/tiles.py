@@ -156,3 +156,106 @@ def build_user_hour_tiles(impressions: pa.Table, clicks: pa.Table, hour_ms: int)
 
 def tile_key(hour_ms: int, lake_prefix: str = "lake") -> str:
     return f"{lake_prefix}/tiles/user_hour/{hive_hour_path(hour_ms)}/part-0.parquet"
+
+
+def _search(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """np.searchsorted (left) of unsorted needles, searched in sorted order: binary searches
+    over sorted needles stay in cache and run several times faster."""
+    order = np.argsort(keys)
+    pos = np.empty(len(keys), np.int64)
+    pos[order] = np.searchsorted(sorted_keys, keys[order])
+    return pos
+
+
+_HASHED_BYTES = 64  # a longer string is hashed by its length and first bytes
+
+
+def _string_hashes(words: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (its length and first `_HASHED_BYTES` bytes), vectorised.
+    Equal hashes do not prove equal strings: callers compare the strings."""
+    words = words.cast(pa.string())
+    n = len(words)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    _, offsets, data = words.buffers()
+    offs = np.frombuffer(offsets, np.int32, n + 1, words.offset * 4).astype(np.int64)
+    lens = np.diff(offs)
+    longest = int(lens.max()) if n else 0
+    width = min(max(8, -(-longest // 8) * 8), _HASHED_BYTES)
+    raw = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+    col = np.arange(width)
+    mat = np.where(col < lens[:, None], raw[np.minimum(offs[:-1, None] + col, len(raw) - 1)], 0)
+    chunks = np.ascontiguousarray(mat.astype(np.uint8)).view(np.uint64)
+    h = lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        for j in range(chunks.shape[1]):  # only a string's own chunks: the same hash at any width
+            mixed = (h ^ chunks[:, j]) * np.uint64(0xBF58476D1CE4E5B9)
+            mixed ^= mixed >> np.uint64(31)
+            h = mixed if j == 0 else np.where(lens > 8 * j, mixed, h)
+    return h.view(np.int64)
+
+
+class Interner:
+    """Dense integer codes for strings that stay the same from call to call: a string first met
+    gets the next code. State carried over many hours (users, campaigns, domains) is kept in
+    arrays indexed by these codes.
+
+    The strings known are one Arrow array (code = position) with a sorted array of their
+    64-bit hashes: a call hashes its distinct values, finds candidates by binary search and
+    confirms them by comparing the strings (a value whose hash matches a different string goes
+    through Arrow's exact hash lookup instead). The last inputs' distinct values are
+    remembered, so asking again about the same values costs a compare."""
+
+    def __init__(self) -> None:
+        self._known = pa.array([], pa.string())
+        self._hashes = np.zeros(0, np.int64)  # sorted
+        self._hash_codes = np.zeros(0, np.int64)  # the code of each sorted hash
+        self._recent: list[tuple[pa.Array, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def codes(self, values: pa.Array | pa.ChunkedArray, add: bool = True) -> np.ndarray:
+        """The code of each value (int64); a null, or a new value when not `add`, is -1."""
+        if isinstance(values, pa.ChunkedArray):
+            parts = [self.codes(c, add) for c in values.chunks]
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        enc = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(
+            values.cast(pa.string()))
+        words = enc.dictionary.cast(pa.string())
+        local = self._lookup(words, add)
+        idx = enc.indices.fill_null(len(words)).to_numpy(zero_copy_only=False)
+        return np.append(local, -1)[idx]  # the last slot: where nulls point
+
+    def _lookup(self, words: pa.Array, add: bool) -> np.ndarray:
+        for seen, local in self._recent:
+            if len(seen) == len(words) and seen.equals(words) and (local >= 0).all():
+                return local
+        n = len(words)
+        h = _string_hashes(words)
+        local = np.full(n, -1, np.int64)
+        exact = np.zeros(n, bool)
+        if len(self._hashes) and n:
+            pos = np.minimum(_search(self._hashes, h), len(self._hashes) - 1)
+            hit = np.flatnonzero(self._hashes[pos] == h)
+            cand = self._hash_codes[pos[hit]]
+            same = pc.equal(words.take(pa.array(hit)), self._known.take(pa.array(cand))
+                            ).to_numpy(zero_copy_only=False)
+            local[hit[same]] = cand[same]
+            exact[hit[~same]] = True  # a hash shared by different strings
+        if exact.any() and len(self._known):
+            sel = np.flatnonzero(exact)
+            local[sel] = pc.index_in(words.take(pa.array(sel)), value_set=self._known).fill_null(
+                -1).to_numpy(zero_copy_only=False)
+        new = np.flatnonzero(local < 0)
+        if add and len(new):
+            codes = len(self._known) + np.arange(len(new))
+            local[new] = codes
+            self._known = pa.concat_arrays([self._known, words.take(pa.array(new))])
+            h_new = h[new]
+            order = np.argsort(h_new, kind="stable")
+            at = np.searchsorted(self._hashes, h_new[order])
+            self._hashes = np.insert(self._hashes, at, h_new[order])
+            self._hash_codes = np.insert(self._hash_codes, at, codes[order])
+        self._recent = [(words, local), *self._recent][:2]
+        return local
