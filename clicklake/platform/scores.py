@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
+from clicklake.platform.tiles import Interner
 from clicklake.platform.timeutil import HOUR_MS
 
 
@@ -138,3 +139,98 @@ def latest_scores_lake(store: Store, user_ids: pa.Array, ts_ms: np.ndarray, max_
         score[pending[found]], when[pending[found]] = s[found], w[found]
         pending = pending[~found]
     return score, when
+
+
+_NO_TS = np.iinfo(np.int64).min
+
+
+class CarriedScores:
+    """Each user's latest prediction (ts, score) strictly before `as_of` (an hour boundary), on
+    user codes, carried from hour to hour: a range of labeled hours reads each prediction hour
+    once instead of searching the day before every labeled hour.
+
+    `answer(hour)` gives what `latest_scores_lake` gives for instants of that hour: the latest
+    prediction of the hour itself before t, else the carried one when it is not older than the
+    first hour `latest_scores_lake` reads; then the hour is folded in."""
+
+    def __init__(self, store: Store, users: Interner, first_hour_ms: int, max_age_ms: int,
+                 lake_prefix: str = "lake"):
+        self.store, self.users, self.lake_prefix = store, users, lake_prefix
+        self.max_age_ms = max_age_ms
+        self.ts = np.zeros(0, np.int64)
+        self.score = np.zeros(0, np.float64)
+        self.as_of = self._first_read(first_hour_ms)
+        # The day before, read first and coded in one pass, then folded oldest first.
+        days = [self._read(h) for h in range(self.as_of, first_hour_ms, HOUR_MS)]
+        if days:
+            codes = self.users.codes(pa.chunked_array([d[0] for d in days], pa.string()))
+            self._grow()
+            at = 0
+            for h, (ids, ts, rank, score) in zip(range(self.as_of, first_hour_ms, HOUR_MS),
+                                                 days, strict=True):
+                self._fold(codes[at:at + len(ids)], ts, rank, score, h)
+                at += len(ids)
+        self.as_of = first_hour_ms
+
+    def _first_read(self, hour_ms: int) -> int:
+        first = hour_ms - max(self.max_age_ms, 0)
+        return first - first % HOUR_MS
+
+    def _grow(self) -> None:
+        n = len(self.users)
+        if n > len(self.ts):
+            extra = n - len(self.ts) + max(n // 2, 1024)
+            self.ts = np.concatenate([self.ts, np.full(extra, _NO_TS)])
+            self.score = np.concatenate([self.score, np.full(extra, np.nan)])
+
+    def _read(self, hour_ms: int) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+        """(user ids, ts, id rank, score) of a raw prediction hour (empty when missing)."""
+        key = raw_key("predictions", hour_ms, self.lake_prefix)
+        if not self.store.exists(key):
+            z = np.zeros(0, np.int64)
+            return pa.array([], pa.string()), z, z, np.zeros(0)
+        pf = self.store.parquet_file(key)
+        part = pf.read(columns=["user_id", "ts", "score"], use_threads=False)
+        users = part["user_id"].combine_chunks().cast(pa.string())
+        ts = _ms(part["ts"])
+        score = part["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        rank = np.zeros(len(ts), np.int64)
+        if len(ts):  # ids break ties of one user at one instant: read them only when there are
+            code = pc.dictionary_encode(users).indices.to_numpy(zero_copy_only=False).astype(
+                np.int64)
+            k = np.sort(code * (int(ts.max()) - int(ts.min()) + 1) + (ts - int(ts.min())))
+            if (k[1:] == k[:-1]).any():
+                rank = _id_rank(pf.read(columns=["prediction_id"],
+                                        use_threads=False)["prediction_id"], len(ts))
+        return users, ts, rank, score
+
+    def _fold(self, code, ts, rank, score, hour_ms: int) -> None:
+        if len(code):
+            order = np.lexsort((rank, ts, code))
+            last = np.ones(len(order), bool)  # the last row of each user: latest ts, then id
+            last[:-1] = code[order][1:] != code[order][:-1]
+            sel = order[last]
+            self.ts[code[sel]], self.score[code[sel]] = ts[sel], score[sel]
+        self.as_of = hour_ms + HOUR_MS
+
+    def answer(self, hour_ms: int, user_codes: np.ndarray, ts_ms: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(score, prediction ts) per query as `latest_scores_lake` answers it, for instants
+        all in hour `hour_ms` (the hour right after the carried state); folds the hour in."""
+        if self.as_of != hour_ms:
+            raise ValueError(f"carried scores are as of {self.as_of}, not {hour_ms}")
+        t = np.asarray(ts_ms, np.int64)
+        if len(t) and (t.min() < hour_ms or t.max() >= hour_ms + HOUR_MS):
+            raise ValueError("instants outside the hour")
+        users, p_ts, rank, p_score = self._read(hour_ms)
+        code = self.users.codes(users)
+        self._grow()
+        q = np.asarray(user_codes, np.int64)
+        score, when = _answer(code, p_ts, rank, p_score, q, t)
+        self._grow()
+        rest = np.flatnonzero(np.isnan(when) & (q >= 0))
+        old = self.ts[q[rest]]
+        ok = (old != _NO_TS) & (old >= self._first_read(hour_ms))
+        score[rest[ok]], when[rest[ok]] = self.score[q[rest[ok]]], old[ok].astype(np.float64)
+        self._fold(code, p_ts, rank, p_score, hour_ms)
+        return score, when
