@@ -27,6 +27,7 @@ from clicklake.platform.profiles import (
     RING_HOURS,
     SNAPSHOT_SCHEMA,
     WINDOWS_H,
+    CarriedSnapshot,
     _list_parts,
     empty_snapshot,
     snapshot_as_of,
@@ -609,7 +610,8 @@ class LookupTable:
             return USER_CAMPAIGN_SCHEMA.empty_table()
         return self._grouped(t, run)
 
-    def as_of_with_campaigns(self, user_ids: pa.Array, campaign_ids: pa.Array, ts
+    def as_of_with_campaigns(self, user_ids: pa.Array, campaign_ids: pa.Array, ts,
+                             carried: CarriedSnapshot | None = None
                              ) -> tuple[pa.Table, pa.Table]:
         """`as_of(user_ids, ts)` and `as_of_user_campaign(user_ids, campaign_ids, ts)` together.
 
@@ -617,13 +619,18 @@ class LookupTable:
         of history) - a labeled hour - one pass serves both on integer codes: only the
         snapshot rows of the users asked for, the windows from the snapshot's own window
         columns (they cover exactly the complete hours before that hour), and the campaign and
-        domain sets read dictionary-encoded. Otherwise the two general queries run."""
+        domain sets read dictionary-encoded. Otherwise the two general queries run.
+
+        `carried`: that snapshot held in memory (profiles.CarriedSnapshot, as of the start of
+        the instants' hour), read instead of its Parquet file; the answer is the same."""
         users = as_string_array(user_ids)
         camps = as_string_array(campaign_ids)
         t = np.asarray(ts, dtype=np.int64)
         fast = self._hour_after_plan(t) if len(t) else None
         if fast is not None:
-            return self._hour_after_snapshot(users, camps, t, *fast)
+            return self._hour_after_snapshot(users, camps, t, *fast, carried=carried)
+        if carried is not None:
+            raise ValueError("a carried snapshot serves only instants in the hour right after it")
         return self.as_of(users, t), self.as_of_user_campaign(users, camps, t)
 
     def _hour_after_plan(self, t: np.ndarray) -> tuple[int, int] | None:
@@ -645,7 +652,8 @@ class LookupTable:
             read_dictionary=[f"{c}.list.element" for c in dictionary] or None))
 
     def _hour_after_snapshot(self, users: pa.Array, camps: pa.Array | None, t: np.ndarray, p: int,
-                             s: int, columns: list[str] | None = None
+                             s: int, columns: list[str] | None = None,
+                             carried: CarriedSnapshot | None = None
                              ) -> tuple[pa.Table, pa.Table | None]:
         """Profiles (and, unless `camps` is None, user x campaign counts) of instants that all
         lie in the hour [s, s + 1 h) right after snapshot partition p. With `columns`, profile
@@ -683,51 +691,80 @@ class LookupTable:
         d_code = denc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         nd = max(len(ddict), 1)
 
-        # Snapshot rows of the users asked for (row -1: not in the snapshot).
-        scal = ["first_ts", "last_impression_ts", "last_click_ts", "impressions", "clicks",
-                "spend", *[f"{m}_{w}" for w in WINDOWS_H for m in ("impressions", "clicks",
-                                                                    "spend")],
-                "distinct_campaigns", "distinct_domains"]
-        read = scal if columns is None else [c for c in scal if c in columns]
-        snap_vals: dict[str, np.ndarray] = {}
-        snap_pairs = np.zeros(0, np.int64)
-        snap_ci = snap_ck = np.zeros(0, np.int64)
-        snap_doms = np.zeros(0, np.int64)
-        counts = ["campaign_impressions", "campaign_clicks"] if camps is not None else []
-        # One read of every snapshot column needed (a footer and a pass over the file).
-        lists = ["campaigns", *counts, "domains"] if sets else []
-        sc = self._snapshot_columns(p, ["user_id", *read, *lists],
-                                    ["campaigns", "domains"] if sets else []) if p >= 0 else None
-        ids = sc["user_id"] if sc is not None else None
-        if ids is not None and len(ids):
-            row = _to_np_codes(pc.index_in(quniq, value_set=as_string_array(ids)))
-            has = row >= 0
-            take = pa.array(np.maximum(row, 0))
-            for name in scal:
-                fill = NULL_MS if name.endswith("_ts") else 0
-                if name not in read:  # not asked for: never returned
-                    snap_vals[name] = np.full(nu, fill)
-                    continue
-                col = sc[name].combine_chunks().take(take)
-                v = ts_ms(col) if pa.types.is_timestamp(col.type) else col.to_numpy(
-                    zero_copy_only=False)
-                snap_vals[name] = np.where(has, v, fill)
-            # user code of each snapshot row (-1 for rows nobody asked about)
-            row_user = np.full(len(ids) + 1, -1, np.int64)
-            row_user[row[has]] = np.flatnonzero(has)
-            if sets:
-                snap_pairs, snap_counts = _flat_coded(sc, "campaigns", counts, row_user, cdict,
-                                                      nc)
-                if counts:
-                    snap_ci, snap_ck = snap_counts
-                snap_doms, _ = _flat_coded(sc, "domains", [], row_user, ddict, nd)
+        # What the snapshot holds on the users asked for: their values, and lookups of
+        # (user, campaign) and (user, domain) keys in this call's codes.
+        if carried is not None:
+            if carried.as_of != s:
+                raise ValueError(f"the carried snapshot is as of {carried.as_of}, not {s}")
+            u_state, snap_vals = carried.values(quniq)
+            c_state = carried.campaigns.codes(cdict, add=False)
+            d_state = carried.domains.codes(ddict, add=False)
+
+            def known_campaigns(keys: np.ndarray) -> np.ndarray:
+                return carried.has_pairs("campaigns", u_state[keys // nc], c_state[keys % nc])
+
+            def known_domains(keys: np.ndarray) -> np.ndarray:
+                return carried.has_pairs("domains", u_state[keys // nd], d_state[keys % nd])
+
+            def campaign_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return carried.campaign_counts(u_state[keys // nc], c_state[keys % nc])
         else:
-            for name in scal:
-                snap_vals[name] = np.full(nu, NULL_MS if name.endswith("_ts") else 0)
+            # Snapshot rows of the users asked for (row -1: not in the snapshot).
+            scal = ["first_ts", "last_impression_ts", "last_click_ts", "impressions", "clicks",
+                    "spend", *[f"{m}_{w}" for w in WINDOWS_H for m in ("impressions", "clicks",
+                                                                        "spend")],
+                    "distinct_campaigns", "distinct_domains"]
+            read = scal if columns is None else [c for c in scal if c in columns]
+            snap_vals: dict[str, np.ndarray] = {}
+            snap_pairs = np.zeros(0, np.int64)
+            snap_ci = snap_ck = np.zeros(0, np.int64)
+            snap_doms = np.zeros(0, np.int64)
+            counts = ["campaign_impressions", "campaign_clicks"] if camps is not None else []
+            # One read of every snapshot column needed (a footer and a pass over the file).
+            lists = ["campaigns", *counts, "domains"] if sets else []
+            sc = self._snapshot_columns(p, ["user_id", *read, *lists],
+                                        ["campaigns", "domains"] if sets else []) if p >= 0 else None
+            ids = sc["user_id"] if sc is not None else None
+            if ids is not None and len(ids):
+                row = _to_np_codes(pc.index_in(quniq, value_set=as_string_array(ids)))
+                has = row >= 0
+                take = pa.array(np.maximum(row, 0))
+                for name in scal:
+                    fill = NULL_MS if name.endswith("_ts") else 0
+                    if name not in read:  # not asked for: never returned
+                        snap_vals[name] = np.full(nu, fill)
+                        continue
+                    col = sc[name].combine_chunks().take(take)
+                    v = ts_ms(col) if pa.types.is_timestamp(col.type) else col.to_numpy(
+                        zero_copy_only=False)
+                    snap_vals[name] = np.where(has, v, fill)
+                # user code of each snapshot row (-1 for rows nobody asked about)
+                row_user = np.full(len(ids) + 1, -1, np.int64)
+                row_user[row[has]] = np.flatnonzero(has)
+                if sets:
+                    snap_pairs, snap_counts = _flat_coded(sc, "campaigns", counts, row_user, cdict,
+                                                          nc)
+                    if counts:
+                        snap_ci, snap_ck = snap_counts
+                    snap_doms, _ = _flat_coded(sc, "domains", [], row_user, ddict, nd)
+            else:
+                for name in scal:
+                    snap_vals[name] = np.full(nu, NULL_MS if name.endswith("_ts") else 0)
+                snap_vals["spend"] = snap_vals["spend"].astype(np.float64)
+            for w in WINDOWS_H:
+                snap_vals[f"spend_{w}"] = snap_vals[f"spend_{w}"].astype(np.float64)
             snap_vals["spend"] = snap_vals["spend"].astype(np.float64)
-        for w in WINDOWS_H:
-            snap_vals[f"spend_{w}"] = snap_vals[f"spend_{w}"].astype(np.float64)
-        snap_vals["spend"] = snap_vals["spend"].astype(np.float64)
+
+            def known_campaigns(keys: np.ndarray) -> np.ndarray:
+                return _in_sorted(snap_pairs, keys)[0]
+
+            def known_domains(keys: np.ndarray) -> np.ndarray:
+                return _in_sorted(snap_doms, keys)[0]
+
+            def campaign_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                hit, pos = _in_sorted(snap_pairs, keys)
+                return (np.where(hit, snap_ci[pos], 0) if len(snap_ci) else 0,
+                        np.where(hit, snap_ck[pos], 0) if len(snap_ck) else 0)
 
         span = hi - s + 1
         cost = imp["cost"].combine_chunks().fill_null(0.0).to_numpy(zero_copy_only=False) if (
@@ -768,11 +805,12 @@ class LookupTable:
             t_user = np.concatenate([iu, cu])
             t_ms = np.concatenate([ims, cms])
             t_key = t_user * nc + np.concatenate([i_camp[i_keep], c_camp[c_keep]])
-            newc = _first_new(t_key, t_ms, snap_pairs, t_user, s, span)
+            newc = _first_new(t_key, t_ms, known_campaigns, t_user, s, span)
             out["distinct_campaigns"] = sv["distinct_campaigns"] + (
                 newc.rank(qcode, t) - newc.rank(qcode, start))
             dv = i_keep & (d_code >= 0)
-            newd = _first_new(ic[dv] * nd + d_code[dv], imp_ms[dv], snap_doms, ic[dv], s, span)
+            newd = _first_new(ic[dv] * nd + d_code[dv], imp_ms[dv], known_domains, ic[dv], s,
+                              span)
             out["distinct_domains"] = sv["distinct_domains"] + (
                 newd.rank(qcode, t) - newd.rank(qcode, start))
         else:
@@ -791,11 +829,8 @@ class LookupTable:
                               {"n": np.ones(len(cu), np.int64)})
         uc_i = pair_tl_i.total("n", pair_tl_i.rank(q_key, start), pair_tl_i.rank(q_key, t))
         uc_c = pair_tl_c.total("n", pair_tl_c.rank(q_key, start), pair_tl_c.rank(q_key, t))
-        if len(snap_pairs):
-            pos = np.minimum(np.searchsorted(snap_pairs, q_key), len(snap_pairs) - 1)
-            hit = snap_pairs[pos] == q_key
-            uc_i = uc_i + np.where(hit, snap_ci[pos], 0)
-            uc_c = uc_c + np.where(hit, snap_ck[pos], 0)
+        snap_i, snap_c = campaign_counts(q_key)
+        uc_i, uc_c = uc_i + snap_i, uc_c + snap_c
         uc = pa.Table.from_arrays(
             [users, camps, profiles["t"].combine_chunks(), pa.array(uc_i[inv].astype(np.int64)),
              pa.array(uc_c[inv].astype(np.int64))], schema=USER_CAMPAIGN_SCHEMA)
@@ -872,7 +907,15 @@ def _flat_coded(lists: pa.Table, name: str, counts: list[str], row_user: np.ndar
     return key, outs
 
 
-def _first_new(keys: np.ndarray, ms: np.ndarray, snap_keys: np.ndarray, users: np.ndarray,
+def _in_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each key is in `sorted_keys`, its position there when it is)."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys, pos
+
+
+def _first_new(keys: np.ndarray, ms: np.ndarray, known, users: np.ndarray,
                origin: int, span: int) -> _Timeline:
     """The earliest event of each (user, value) key the snapshot lacks, as a per-user timeline."""
     if not len(keys):
@@ -882,9 +925,7 @@ def _first_new(keys: np.ndarray, ms: np.ndarray, snap_keys: np.ndarray, users: n
     first = np.ones(len(k), dtype=bool)
     first[1:] = k[1:] != k[:-1]
     sel = order[first]
-    if len(snap_keys):
-        pos = np.minimum(np.searchsorted(snap_keys, keys[sel]), len(snap_keys) - 1)
-        sel = sel[snap_keys[pos] != keys[sel]]
+    sel = sel[~known(keys[sel])]  # `known`: which keys the snapshot holds
     return _Timeline(users[sel], ms[sel], origin, span)
 
 

@@ -22,7 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.platform.events import TS
-from clicklake.platform.tiles import TILE_SCHEMA, as_string_array, dense_codes, nest, ts_ms
+from clicklake.platform.tiles import (
+    TILE_SCHEMA,
+    Interner,
+    _search,
+    as_string_array,
+    dense_codes,
+    nest,
+    ts_ms,
+)
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
 
 WINDOWS_H = {"1h": 1, "24h": 24, "7d": 168}
@@ -238,3 +246,212 @@ def _finish(merged: pa.Table, hour_idx: int) -> pa.Table:
 
 def bytes_per_user(n_bytes: int, n_users: int) -> float:
     return n_bytes / n_users if n_users else 0.0
+
+
+# -- the snapshot chain carried in memory --------------------------------------------------------
+
+_KEY_WIDTH = 1 << 24  # (user, campaign or domain) keys: user code * width + value code
+_STATE_INT = ("impressions", "clicks", "distinct_campaigns", "distinct_domains")
+_STATE_TS = ("first_ts", "last_impression_ts", "last_click_ts")
+_RUNNING = {w: h for w, h in WINDOWS_H.items() if h > 1}  # 1h is the last hour's ring entry
+
+
+class CarriedSnapshot:
+    """The values of user profile snapshot(H) that the hour after it reads, for every user, in
+    memory on integer codes, carried hour to hour by the same fold as `fold_snapshot`:
+    snapshot(H+1) = fold(snapshot(H), tiles(H+1)). A range of labeled hours then reads one
+    snapshot and a small tile per hour instead of a whole snapshot per hour.
+
+    Held: lifetime counters and times per user; (user, campaign) counts and (user, domain)
+    pairs as sorted int64 keys; the recent-hours ring as one entry per hour (users, counts);
+    the 24 h and 7 d impression and click windows as running sums (exact in integers). Spend
+    windows are summed from the ring when asked, hour by hour in ascending order from zero,
+    exactly as `_finish` sums them, so the floats are bit for bit the snapshot's."""
+
+    def __init__(self, users: Interner, as_of_ms: int):
+        self.users, self.as_of = users, as_of_ms
+        self.campaigns, self.domains = Interner(), Interner()
+        self.vals: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in _STATE_INT}
+        self.vals.update({n: np.full(0, NULL_MS) for n in _STATE_TS})
+        self.vals["spend"] = np.zeros(0, np.float64)
+        for w in _RUNNING:
+            self.vals[f"impressions_{w}"] = np.zeros(0, np.int64)
+            self.vals[f"clicks_{w}"] = np.zeros(0, np.int64)
+        self.pair_key = np.zeros(0, np.int64)
+        self.pair_counts = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.domain_key = np.zeros(0, np.int64)
+        # hour index -> (user codes, impressions, clicks, spend) of that hour
+        self.ring: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _grow(self) -> None:
+        n = len(self.users)
+        have = len(self.vals["impressions"])
+        if n <= have:
+            return
+        extra = n - have + max(n // 2, 1024)
+        for name, v in self.vals.items():
+            fill = NULL_MS if name in _STATE_TS else 0
+            self.vals[name] = np.concatenate([v, np.full(extra, fill, v.dtype)])
+
+    @classmethod
+    def from_snapshot(cls, snapshot: pa.Table, users: Interner) -> CarriedSnapshot:
+        """The state of a snapshot read whole (SNAPSHOT_SCHEMA)."""
+        state = cls(users, snapshot_as_of(snapshot))
+        code = users.codes(snapshot["user_id"])
+        state._grow()
+        for name in (*_STATE_INT, "spend", *_STATE_TS,
+                     *(f"{m}_{w}" for w in _RUNNING for m in ("impressions", "clicks"))):
+            col = snapshot[name].combine_chunks()
+            state.vals[name][code] = (ts_ms(col) if pa.types.is_timestamp(col.type)
+                                      else col.to_numpy(zero_copy_only=False))
+        rows, camps = _list_parts(snapshot["campaigns"])
+        key = code[rows] * _KEY_WIDTH + state.campaigns.codes(camps)
+        order = np.argsort(key)
+        state.pair_key = key[order]
+        state.pair_counts = tuple(_flat_np(snapshot, c)[order].astype(np.int64)
+                                  for c in ("campaign_impressions", "campaign_clicks"))
+        rows, doms = _list_parts(snapshot["domains"])
+        state.domain_key = np.sort(code[rows] * _KEY_WIDTH + state.domains.codes(doms))
+        rows, hours = _list_parts(snapshot["recent_hours"])
+        hours = hours.to_numpy(zero_copy_only=False).astype(np.int64)
+        order = np.argsort(hours, kind="stable")
+        flat = [_flat_np(snapshot, f"recent_{m}")[order] for m in ("impressions", "clicks",
+                                                                    "spend")]
+        hours, rows = hours[order], rows[order]
+        bounds = np.flatnonzero(np.diff(hours)) + 1
+        for sel in np.split(np.arange(len(hours)), bounds):
+            if len(sel):
+                state.ring[int(hours[sel[0]])] = (code[rows[sel]], *(f[sel] for f in flat))
+        state._check_width()
+        return state
+
+    def _check_width(self) -> None:
+        if max(len(self.campaigns), len(self.domains)) >= _KEY_WIDTH or (
+                len(self.users) + 1) * _KEY_WIDTH >= 2**62:
+            raise ValueError("too many distinct users, campaigns or domains for carried keys")
+
+    def fold(self, tile: pa.Table, hour_ms: int) -> None:
+        """Fold the tiles of the hour right after the state (as `fold_snapshot` does)."""
+        if hour_ms != self.as_of:
+            raise ValueError(f"the state is as of {self.as_of}: cannot fold hour {hour_ms}")
+        code = self.users.codes(tile["user_id"])
+        self._grow()
+        v = self.vals
+
+        def col(name: str) -> np.ndarray:
+            c = tile[name].combine_chunks()
+            return ts_ms(c) if pa.types.is_timestamp(c.type) else c.to_numpy(zero_copy_only=False)
+
+        imps, clks, spend = col("impressions"), col("clicks"), col("spend").astype(np.float64)
+        v["impressions"][code] += imps
+        v["clicks"][code] += clks
+        v["spend"][code] = v["spend"][code] + spend  # prev + tile, the fold's own addition
+        first = v["first_ts"][code]
+        v["first_ts"][code] = np.where(first == NULL_MS, col("first_ts"), first)
+        for name in ("last_impression_ts", "last_click_ts"):
+            v[name][code] = np.maximum(v[name][code], col(name))
+
+        rows, camps = _list_parts(tile["campaigns"])
+        key = code[rows] * _KEY_WIDTH + self.campaigns.codes(camps)
+        counts = [pc.list_flatten(tile[c].combine_chunks()).to_numpy(zero_copy_only=False)
+                  for c in ("campaign_impressions", "campaign_clicks")]
+        self.pair_key, self.pair_counts, new = _upsert(self.pair_key, self.pair_counts, key,
+                                                       counts)
+        if new.any():
+            v["distinct_campaigns"] += np.bincount(code[rows[new]],
+                                                   minlength=len(v["distinct_campaigns"]))
+        rows, doms = _list_parts(tile["domains"])
+        key = code[rows] * _KEY_WIDTH + self.domains.codes(doms)
+        self.domain_key, _, new = _upsert(self.domain_key, (), key, [])
+        if new.any():
+            v["distinct_domains"] += np.bincount(code[rows[new]],
+                                                 minlength=len(v["distinct_domains"]))
+        self._check_width()
+
+        hour = hour_ms // HOUR_MS
+        self.ring[hour] = (code, imps.astype(np.int64), clks.astype(np.int64), spend)
+        for w, width in _RUNNING.items():
+            v[f"impressions_{w}"][code] += imps
+            v[f"clicks_{w}"][code] += clks
+            gone = self.ring.get(hour - width)
+            if gone is not None:
+                v[f"impressions_{w}"][gone[0]] -= gone[1]
+                v[f"clicks_{w}"][gone[0]] -= gone[2]
+        for h in [h for h in self.ring if h <= hour - RING_HOURS]:
+            del self.ring[h]
+        self.as_of = hour_ms + HOUR_MS
+
+    def windows(self, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """The snapshot's `{impressions,clicks,spend}_{1h,24h,7d}` of users `codes`."""
+        last = self.as_of // HOUR_MS - 1
+        out = {}
+        for w, width in WINDOWS_H.items():
+            hours = sorted(h for h in self.ring if h > last - width)
+            spend = np.zeros(len(self.vals["spend"]))
+            for h in hours:  # ascending from zero: `_finish`'s own order of additions
+                spend[self.ring[h][0]] += self.ring[h][3]
+            out[f"spend_{w}"] = spend[codes]
+            if w in _RUNNING:
+                for m in ("impressions", "clicks"):
+                    out[f"{m}_{w}"] = self.vals[f"{m}_{w}"][codes]
+        for j, m in ((1, "impressions"), (2, "clicks")):
+            one = np.zeros(len(self.vals["spend"]), np.int64)
+            if last in self.ring:
+                one[self.ring[last][0]] = self.ring[last][j]
+            out[f"{m}_1h"] = one[codes]
+        return out
+
+    def values(self, user_ids: pa.Array) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(user codes, every SNAPSHOT_SCHEMA scalar of those users); users never seen are
+        zeros and null times (NULL_MS), as a user missing from the snapshot."""
+        code = self.users.codes(user_ids)
+        self._grow()
+        out = {name: self.vals[name][code] for name in (*_STATE_INT, "spend", *_STATE_TS)}
+        out.update(self.windows(code))
+        return code, out
+
+    def campaign_counts(self, user_codes: np.ndarray, campaign_codes: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Per (user code, campaign code): (impressions, clicks) held (0 when absent)."""
+        key, ok = self._keys(user_codes, campaign_codes)
+        hit, pos = _find(self.pair_key, key, ok)
+        return tuple(np.where(hit, c[pos], 0) if len(c) else np.zeros(len(key), np.int64)
+                     for c in self.pair_counts)
+
+    def has_pairs(self, kind: str, user_codes: np.ndarray, value_codes: np.ndarray
+                  ) -> np.ndarray:
+        """Whether the state's set `kind` ("campaigns" or "domains") holds each (user code,
+        value code of that kind's interner)."""
+        keys = self.pair_key if kind == "campaigns" else self.domain_key
+        key, ok = self._keys(user_codes, value_codes)
+        return _find(keys, key, ok)[0]
+
+    @staticmethod
+    def _keys(user_codes: np.ndarray, value_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = (user_codes >= 0) & (value_codes >= 0)
+        return np.where(ok, user_codes * _KEY_WIDTH + value_codes, -1), ok
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray, ok: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
+    pos = np.minimum(_search(sorted_keys, keys), len(sorted_keys) - 1)
+    return ok & (sorted_keys[pos] == keys), pos
+
+
+def _upsert(sorted_keys: np.ndarray, counts: tuple, keys: np.ndarray, add: list[np.ndarray]
+            ) -> tuple[np.ndarray, tuple, np.ndarray]:
+    """Add `keys` (distinct) with their counts to a sorted key set; returns the new set, counts
+    and which of `keys` were new."""
+    pos = _search(sorted_keys, keys)
+    hit = pos < len(sorted_keys)
+    hit[hit] = sorted_keys[pos[hit]] == keys[hit]
+    for c, a in zip(counts, add, strict=True):
+        c[pos[hit]] += a[hit]
+    new = ~hit
+    order = np.argsort(keys[new])
+    at = pos[new][order]
+    out_keys = np.insert(sorted_keys, at, keys[new][order])
+    counts = tuple(np.insert(c, at, a[new][order]) for c, a in zip(counts, add, strict=True))
+    return out_keys, counts, new
