@@ -15,6 +15,8 @@ column. A click's domain, like its country, is that of the impression found by t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -134,6 +136,17 @@ def click_impression_rows(clicks: pa.Table, impressions: pa.Table) -> np.ndarray
         has = last >= first
         out[rest[has]] = sub[order[last[has]]]
     return out
+
+
+@dataclass
+class HourCarry:
+    """Raw inputs of an hour's segment events that a caller walking hours in order already
+    holds: the hour before's impressions (at least `_CLICK_COUNTRY_COLUMNS`, None = read them)
+    with their countries, and the hour's clicks (None = read them)."""
+
+    previous: pa.Table | None = None
+    previous_countries: pa.Array | None = None
+    clicks: pa.Table | None = None
 
 
 # Segment events of one hour, one entry per kind: (segment, ts ms, impressions, clicks), each
@@ -326,16 +339,23 @@ _CLICK_COUNTRY_COLUMNS = ["impression_id", "ts", "user_id", "ip", "domain"]
 
 def _hour_event_parts(store: Store, hour_ms: int, lake_prefix: str = "lake",
                       impressions: pa.Table | None = None,
-                      impression_countries: pa.Array | None = None) -> EventParts:
+                      impression_countries: pa.Array | None = None,
+                      carried: HourCarry | None = None) -> EventParts:
     cols = _CLICK_COUNTRY_COLUMNS
     prev_key = raw_key("impressions", hour_ms - HOUR_MS, lake_prefix)
-    imp_prev = (store.read_parquet(prev_key, cols) if store.exists(prev_key)
-                else SPECS["impressions"].schema.empty_table().select(cols))
+    if carried is not None and carried.previous is not None:
+        imp_prev = carried.previous.select(cols)
+    else:
+        imp_prev = (store.read_parquet(prev_key, cols) if store.exists(prev_key)
+                    else SPECS["impressions"].schema.empty_table().select(cols))
     imp = impressions if impressions is not None else read_raw(
         store, "impressions", hour_ms, lake_prefix, missing_ok=True)
-    clk = read_raw(store, "clicks", hour_ms, lake_prefix, missing_ok=True)
+    clk = carried.clicks if carried is not None and carried.clicks is not None else read_raw(
+        store, "clicks", hour_ms, lake_prefix, missing_ok=True)
     own = (as_string_array(impression_countries) if impression_countries is not None
            else countries(imp["ip"]))
+    prev_countries = (carried.previous_countries if carried is not None
+                      and carried.previous is not None else None)
     both = pa.concat_tables([imp_prev, imp.select(cols).cast(imp_prev.schema)])
     rows = click_impression_rows(clk, both)
     n_prev = imp_prev.num_rows
@@ -343,7 +363,10 @@ def _hour_event_parts(store: Store, hour_ms: int, lake_prefix: str = "lake",
     def country_of_rows(idx: np.ndarray) -> pa.Array:
         out = np.empty(len(idx), dtype=object)
         early = idx < n_prev
-        if early.any():
+        if early.any() and prev_countries is not None:  # enriched with the hour before
+            out[early] = np.asarray(prev_countries.take(pa.array(idx[early])).to_pylist(),
+                                    dtype=object)
+        elif early.any():
             out[early] = np.asarray(countries(both["ip"].combine_chunks().take(
                 pa.array(idx[early]))).to_pylist(), dtype=object)
         if (~early).any():
@@ -375,20 +398,22 @@ def segments_as_of_lake(store: Store, kinds: list[str] | pa.Array, segments: lis
 def segments_as_of_lake_kinds(store: Store, segment_of: dict[str, pa.Array],
                               ts: np.ndarray | list[int], lake_prefix: str = "lake",
                               impressions: pa.Table | None = None,
-                              impression_countries: pa.Array | None = None
-                              ) -> dict[str, pa.Table]:
+                              impression_countries: pa.Array | None = None,
+                              carried: HourCarry | None = None) -> dict[str, pa.Table]:
     """`segments_as_of_lake` for several kinds at the same instants ({kind: segment per
     instant} -> {kind: table}), reading and enriching each hour's events once for all kinds.
     `impressions` (with `impression_countries`) may be the raw impressions of the instants'
-    hour, when they all lie in one hour and the caller holds them already."""
+    hour, when they all lie in one hour and the caller holds them already, and then `carried`
+    what else of that hour's inputs it holds."""
     asked = {kind: (kind, as_string_array(pa.array(seg, pa.string()) if isinstance(seg, list)
                                           else seg)) for kind, seg in segment_of.items()}
-    return _as_of_lake(store, asked, ts, lake_prefix, impressions, impression_countries)
+    return _as_of_lake(store, asked, ts, lake_prefix, impressions, impression_countries, carried)
 
 
 def _as_of_lake(store: Store, asked: dict[str, tuple[pa.Array | str, pa.Array]], ts,
                 lake_prefix: str, impressions: pa.Table | None = None,
-                impression_countries: pa.Array | None = None) -> dict[str, pa.Table]:
+                impression_countries: pa.Array | None = None,
+                carried: HourCarry | None = None) -> dict[str, pa.Table]:
     """{key: (kinds, or one kind for all, segments)} -> {key: SEGMENT_AS_OF_SCHEMA table}."""
     t = np.asarray(ts, dtype=np.int64)
     floor_t = t - t % HOUR_MS
@@ -406,7 +431,8 @@ def _as_of_lake(store: Store, asked: dict[str, tuple[pa.Array | str, pa.Array]],
                 raise LookupError(f"segment_profiles for the hour before {iso(int(f))} is missing")
         reuse = impressions is not None and one
         events = _hour_event_parts(store, int(f), lake_prefix, impressions if reuse else None,
-                                   impression_countries if reuse else None)
+                                   impression_countries if reuse else None,
+                                   carried if reuse else None)
         for key, (kinds, segs) in asked.items():
             if sel is None:
                 parts[key].append(_as_of_hour(prev, events, kinds, segs, t))
