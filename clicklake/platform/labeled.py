@@ -10,11 +10,14 @@ the same function the REST API calls.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from clicklake.platform.enrich import enrich_impressions
 from clicklake.platform.events import SPECS
@@ -26,12 +29,13 @@ from clicklake.platform.features import (
 )
 from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS, label_impressions
 from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA, LookupTable
+from clicklake.platform.profiles import CarriedSnapshot, snapshot_key
 from clicklake.platform.raw import raw_key
-from clicklake.platform.scores import latest_scores_lake
+from clicklake.platform.scores import CarriedScores, latest_scores_lake
 from clicklake.platform.segments import UNKNOWN as UNKNOWN_SEGMENT
-from clicklake.platform.segments import segments_as_of_lake_kinds
+from clicklake.platform.segments import HourCarry, segments_as_of_lake_kinds
 from clicklake.platform.storage import Store
-from clicklake.platform.tiles import ts_ms
+from clicklake.platform.tiles import Interner, tile_key, ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
 
 PASSTHROUGH = ("impression_id", "ts", "user_id", "campaign_id", "domain", "cost")
@@ -112,12 +116,14 @@ def feature_inputs(ctx: FeatureContext) -> dict[str, np.ndarray]:
 
 def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = "lake",
                         lookup: LookupTable | None = None, *,
-                        whole_raw_hour: bool = False) -> dict[str, np.ndarray]:
+                        whole_raw_hour: bool = False,
+                        carried: _RangeCarry | None = None) -> dict[str, np.ndarray]:
     """`features.INPUT_COLUMNS` for impressions at any instants (each as of strictly before its
     own ts), from the lake: the time-travel lookup, segment profiles and raw predictions. The
     labeled dataset calls it for an hour of impressions, the REST API's as-of path for one.
     `whole_raw_hour`: `impressions` are exactly the raw impressions of one hour, so they double
-    as that hour's events instead of being read and enriched again."""
+    as that hour's events instead of being read and enriched again; `carried` (with
+    `whole_raw_hour`) is the state a range of hours carries from the hour before."""
     n = impressions.num_rows
     users = impressions["user_id"].combine_chunks()
     camps = impressions["campaign_id"].combine_chunks()
@@ -126,7 +132,8 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     if whole_raw_hour and n:
         lookup.remember_raw("impressions", int(t.min() - t.min() % HOUR_MS), impressions)
     if n:
-        profiles, user_campaign = lookup.as_of_with_campaigns(users, camps, t)
+        profiles, user_campaign = lookup.as_of_with_campaigns(
+            users, camps, t, carried=carried.snapshot(lookup, t) if carried else None)
     else:
         profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
     enriched = enrich_impressions(impressions)
@@ -136,8 +143,13 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
                       UNKNOWN_SEGMENT)}
     segments = segments_as_of_lake_kinds(
         store, segment_of, t, lake_prefix, enriched if whole_raw_hour else None,
-        enriched["country"] if whole_raw_hour else None)
-    score, pred_ts = latest_scores_lake(store, users, t, PREDICTION_MAX_AGE_MS, lake_prefix)
+        enriched["country"] if whole_raw_hour else None,
+        carried.segment_inputs() if carried else None)
+    if carried:
+        score, pred_ts = carried.scores(users, t)
+        carried.hour_done(impressions, enriched)
+    else:
+        score, pred_ts = latest_scores_lake(store, users, t, PREDICTION_MAX_AGE_MS, lake_prefix)
     return feature_inputs(FeatureContext(enriched, profiles, user_campaign, segments, score,
                                          pred_ts))
 
@@ -154,6 +166,11 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
     clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix),
                                _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix)])
     features = compute_features(lake_feature_inputs(store, imp, lake_prefix, whole_raw_hour=True))
+    return _labeled_table(imp, clicks, nxt, features, window_ms)
+
+
+def _labeled_table(imp: pa.Table, clicks: pa.Table, nxt: pa.Table,
+                   features: dict[str, np.ndarray], window_ms: int) -> pa.Table:
     labeled = label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
                                 context_impressions=nxt)
     schema = labeled_schema()
@@ -162,3 +179,107 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
                 for name in FEATURE_NAMES]
     table = pa.Table.from_arrays(columns, schema=schema)
     return table.replace_schema_metadata({META_LABEL_WINDOW: str(window_ms).encode()})
+
+
+# -- a range of hours -----------------------------------------------------------------------------
+
+_NEXT_COLUMNS = ["impression_id", "ts", "user_id", "campaign_id"]
+
+
+class _RangeCarry:
+    """What labeling hour H leaves for hour H+1 of the same range: every user's latest
+    prediction score (scores.CarriedScores), the user profile snapshot in memory
+    (profiles.CarriedSnapshot, folded with the next hour's tiles), and hour H's raw impressions
+    with their countries and H+1's raw clicks for the segment events of H+1."""
+
+    def __init__(self, store: Store, lake_prefix: str):
+        self.store, self.lake_prefix = store, lake_prefix
+        self.users = Interner()
+        self.hour: int | None = None
+        self.clicks: pa.Table | None = None  # raw clicks of `hour`
+        self._scores: CarriedScores | None = None
+        self._snapshot: CarriedSnapshot | None = None
+        self._previous: tuple[int, pa.Table, pa.Array] | None = None  # (hour, impressions, countries)
+
+    def start(self, hour_ms: int, clicks: pa.Table) -> None:
+        self.hour, self.clicks = hour_ms, clicks
+
+    def snapshot(self, lookup: LookupTable, t: np.ndarray) -> CarriedSnapshot | None:
+        """The carried snapshot the lookup table's hour-after-snapshot path would read for
+        instants `t` (folded forward one hour, or read whole once), None when that path does
+        not apply (the table then answers from the lake as for a single hour)."""
+        fast = lookup._hour_after_plan(t)
+        if fast is None:
+            self._snapshot = None
+            return None
+        p, s = fast
+        state = self._snapshot
+        if state is not None and state.as_of == s - HOUR_MS and p >= 0:
+            # snapshot(p) = fold(snapshot(p - 1), tiles(p)): the chain folds hour by hour
+            tile = tile_key(p, self.lake_prefix)
+            if self.store.exists(tile):
+                state.fold(self.store.parquet_file(tile).read(use_threads=False), p)
+        if state is None or state.as_of != s:
+            if p >= 0:
+                table = pq.read_table(
+                    self.store.path(snapshot_key(p, self.lake_prefix)), filesystem=self.store.fs,
+                    use_threads=False,
+                    read_dictionary=["campaigns.list.element", "domains.list.element"])
+                state = CarriedSnapshot.from_snapshot(table, self.users)
+            else:
+                state = CarriedSnapshot(self.users, s)
+        self._snapshot = state
+        return state
+
+    def scores(self, user_ids: pa.Array, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._scores is None or self._scores.as_of != self.hour:
+            self._scores = CarriedScores(self.store, self.users, self.hour,
+                                         PREDICTION_MAX_AGE_MS, self.lake_prefix)
+        return self._scores.answer(self.hour, self.users.codes(user_ids), t)
+
+    def segment_inputs(self) -> HourCarry:
+        prev = self._previous
+        if prev is not None and prev[0] == self.hour - HOUR_MS:
+            return HourCarry(prev[1], prev[2], self.clicks)
+        return HourCarry(clicks=self.clicks)
+
+    def hour_done(self, impressions: pa.Table, enriched: pa.Table) -> None:
+        self._previous = (self.hour, impressions, enriched["country"].combine_chunks())
+
+
+def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT_LABEL_WINDOW_MS,
+                        lake_prefix: str = "lake") -> Iterator[pa.Table]:
+    """`build_labeled_hour` of each of `hours` (ascending), one table per hour, as they are
+    built: the same rows, but the hours of the range share state instead of each reading it
+    from the lake again: the latest score per user is updated from each prediction hour, the
+    user profile snapshot is read once and folded with each hour's tiles in memory, and raw
+    hours and countries read for one hour serve the next. An hour whose inputs differ from
+    that (a gap in the range or in the snapshot chain) starts its state afresh."""
+    hours = [int(h) for h in hours]
+    if any(b <= a for a, b in itertools.pairwise(hours)):
+        raise ValueError("hours must be ascending and distinct")
+    if window_ms > HOUR_MS:
+        raise ValueError("a label window longer than an hour needs more than the next hour")
+    if len(hours) == 1:  # nothing to carry: reading what one hour needs is cheaper
+        yield build_labeled_hour(store, hours[0], window_ms, lake_prefix)
+        return
+    carry = _RangeCarry(store, lake_prefix)
+    lookup = LookupTable(store, lake_prefix)
+    ahead: tuple[int, pa.Table, pa.Table] | None = None  # the next hour's raw, read already
+    for i, h in enumerate(hours):
+        if ahead is not None and ahead[0] == h:
+            imp, clk = ahead[1], ahead[2]
+        else:
+            imp, clk = _raw(store, "impressions", h, lake_prefix), _raw(store, "clicks", h,
+                                                                        lake_prefix)
+        more = i + 1 < len(hours) and hours[i + 1] == h + HOUR_MS
+        nxt = _raw(store, "impressions", h + HOUR_MS, lake_prefix,
+                   None if more else _NEXT_COLUMNS)
+        nxt_clk = _raw(store, "clicks", h + HOUR_MS, lake_prefix)
+        ahead = (h + HOUR_MS, nxt, nxt_clk) if more else None
+        carry.start(h, clk)
+        lookup.remember_raw("clicks", h, clk)
+        features = compute_features(lake_feature_inputs(store, imp, lake_prefix, lookup,
+                                                        whole_raw_hour=True, carried=carry))
+        yield _labeled_table(imp, pa.concat_tables([clk, nxt_clk]), nxt.select(_NEXT_COLUMNS),
+                             features, window_ms)

@@ -1,0 +1,203 @@
+"""A range of labeled hours built in one pass, carrying state from hour to hour, equals building
+each hour alone (`build_labeled_hour`, the oracle-tested path), table for table.
+
+- `build_labeled_hours` over random streams and random hour ranges (gaps included): every table
+  equals `build_labeled_hour`'s, metadata and all;
+- the carried snapshot (`profiles.CarriedSnapshot`) folded over a couple of hundred hours equals
+  every snapshot of the `fold_snapshot` chain it mirrors, bit for bit (float spend windows too),
+  through the 24 h and 7 d windows expiring and hours without events;
+- carried scores (`scores.CarriedScores`) equal `latest_scores_lake` hour by hour, across missing
+  hours, same-instant ties and scores older than the maximum age;
+- `tiles.Interner` codes strings exactly as a dict would, hash collisions or not.
+"""
+
+from __future__ import annotations
+
+import feature_oracle as fo
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_labeled_oracle import H0, N_HOURS, W, streams
+
+from clicklake.platform import profiles, tiles
+from clicklake.platform.labeled import build_labeled_hour, build_labeled_hours
+from clicklake.platform.profiles import CarriedSnapshot, fold_snapshot
+from clicklake.platform.scores import CarriedScores, latest_scores_lake
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS
+
+TS = pa.timestamp("ms", tz="UTC")
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(deliveries=streams(), window=st.sampled_from([W, HOUR_MS]),
+       picked=st.lists(st.booleans(), min_size=N_HOURS, max_size=N_HOURS))
+def test_a_range_equals_its_hours_built_alone(tmp_path_factory, deliveries, window, picked):
+    store = Store(str(tmp_path_factory.mktemp("lake")))
+    fo.land(store, deliveries)
+    hours = [H0 + k * HOUR_MS for k in range(N_HOURS + 2)]
+    fo.build_lake(store, hours)
+    labeled = hours[:-1]
+    for chosen in (labeled, [h for h, keep in zip(labeled, picked, strict=False) if keep]):
+        if not chosen:
+            continue
+        got = list(build_labeled_hours(store, chosen, window))
+        assert len(got) == len(chosen)
+        for h, table in zip(chosen, got, strict=True):
+            alone = build_labeled_hour(store, h, window)
+            assert table.equals(alone, check_metadata=True), (h, table.to_pylist(),
+                                                              alone.to_pylist())
+
+
+def test_a_range_requires_ascending_hours(tmp_path):
+    with pytest.raises(ValueError, match="ascending"):
+        list(build_labeled_hours(Store(str(tmp_path)), [H0 + HOUR_MS, H0]))
+
+
+# -- the carried snapshot against the snapshot chain ---------------------------------------------
+
+
+def _random_hour(rng: np.random.Generator, hour_ms: int, n_users: int) -> tuple[pa.Table, pa.Table]:
+    n_imp, n_clk = int(rng.integers(0, 12)), int(rng.integers(0, 4))
+    if rng.random() < 0.25:  # hours without any event
+        n_imp = n_clk = 0
+    users = [f"u{int(u)}" for u in rng.integers(0, n_users, n_imp + n_clk)]
+    camps = [f"c{int(c)}" for c in rng.integers(0, 5, n_imp + n_clk)]
+    ts = (hour_ms + rng.integers(0, HOUR_MS, n_imp + n_clk)).tolist()
+    doms = [None if d == 3 else f"d{int(d)}" for d in rng.integers(0, 4, n_imp)]
+    cost = [None if c < 0.1 else float(c) for c in rng.random(n_imp)]  # inexact binary sums
+    imp = pa.table({"impression_id": [f"i{hour_ms}-{k}" for k in range(n_imp)],
+                    "ts": pa.array(ts[:n_imp], pa.int64()).cast(TS), "user_id": users[:n_imp],
+                    "campaign_id": camps[:n_imp], "domain": pa.array(doms, pa.string()),
+                    "cost": pa.array(cost, pa.float64())})
+    clk = pa.table({"click_id": [f"k{hour_ms}-{k}" for k in range(n_clk)],
+                    "ts": pa.array(ts[n_imp:], pa.int64()).cast(TS), "user_id": users[n_imp:],
+                    "campaign_id": camps[n_imp:]})
+    return imp, clk
+
+
+def _assert_state_is_snapshot(state: CarriedSnapshot, snap: pa.Table) -> None:
+    assert state.as_of == profiles.snapshot_as_of(snap)
+    users = pa.array([f"u{k}" for k in range(12)], pa.string())  # u10, u11 never seen
+    codes, values = state.values(users)
+    rows = {r["user_id"]: r for r in snap.to_pylist()}
+    for k, u in enumerate(users.to_pylist()):
+        row = rows.get(u)
+        for name, v in values.items():
+            if row is None:
+                want = profiles.NULL_MS if name.endswith("_ts") else 0
+            elif name.endswith("_ts"):
+                want = profiles.NULL_MS if row[name] is None else int(
+                    row[name].timestamp() * 1000)
+            else:
+                want = row[name]
+            assert v[k] == want, (u, name, v[k], want)  # floats too: bit for bit
+        camps = row["campaigns"] if row else []
+        for c in ["c0", "c1", "c2", "c3", "c4"]:
+            cc = state.campaigns.codes(pa.array([c]), add=False)
+            held = state.has_pairs("campaigns", codes[k:k + 1], cc)[0]
+            assert held == (c in camps), (u, c)
+            imps, clks = state.campaign_counts(codes[k:k + 1], cc)
+            if c in camps:
+                j = camps.index(c)
+                assert (imps[0], clks[0]) == (row["campaign_impressions"][j],
+                                              row["campaign_clicks"][j])
+        doms = row["domains"] if row else []
+        for d in ["d0", "d1", "d2"]:
+            dc = state.domains.codes(pa.array([d]), add=False)
+            assert state.has_pairs("domains", codes[k:k + 1], dc)[0] == (d in doms), (u, d)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_carried_snapshot_equals_the_snapshot_chain(seed):
+    rng = np.random.default_rng(seed)
+    snap, state = None, None
+    for k in range(200):  # past the 7-day ring
+        h = H0 + k * HOUR_MS
+        imp, clk = _random_hour(rng, h, n_users=10)
+        tile = tiles.build_user_hour_tiles(imp, clk, h)
+        snap = fold_snapshot(snap, tile, h)
+        if k == 0:
+            state = CarriedSnapshot(tiles.Interner(), h)
+        if k == 170:  # read whole, as a range starting here does, and carry on from there
+            state = CarriedSnapshot.from_snapshot(snap, tiles.Interner())
+        else:
+            state.fold(tile, h)
+        if k % 7 == 0 or k > 160:
+            _assert_state_is_snapshot(state, snap)
+
+
+def test_a_carried_snapshot_folds_only_the_hour_after_it():
+    state = CarriedSnapshot(tiles.Interner(), H0)
+    with pytest.raises(ValueError, match="cannot fold"):
+        state.fold(tiles.TILE_SCHEMA.empty_table(), H0 + HOUR_MS)
+
+
+# -- carried scores against the lake search ------------------------------------------------------
+
+
+def _write_prediction_hours(store: Store, rows: list[tuple[str, int, str, float]]) -> None:
+    from clicklake.platform.raw import raw_key
+
+    for h in sorted({r[1] // HOUR_MS for r in rows}):
+        part = [r for r in rows if r[1] // HOUR_MS == h]
+        store.write_parquet(raw_key("predictions", h * HOUR_MS), pa.table({
+            "prediction_id": pa.array([r[0] for r in part], pa.string()),
+            "ts": pa.array([r[1] for r in part], pa.int64()).cast(TS),
+            "user_id": pa.array([r[2] for r in part], pa.string()),
+            "score": pa.array([r[3] for r in part], pa.float64())}))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(preds=st.lists(st.tuples(st.integers(0, 40 * HOUR_MS - 1), st.sampled_from("uvwx"),
+                                st.sampled_from([0.1, 0.5, 0.9])), max_size=60),
+       ties=st.lists(st.tuples(st.integers(0, 59), st.sampled_from([0.2, 0.7])), max_size=6),
+       missing=st.sets(st.integers(0, 39), max_size=8),
+       first=st.integers(0, 30), max_age_h=st.sampled_from([0, 1, 5, 24]),
+       at=st.lists(st.integers(0, HOUR_MS - 1), min_size=1, max_size=12))
+def test_carried_scores_equal_the_lake_search(tmp_path_factory, preds, ties, missing, first,
+                                              max_age_h, at):
+    rows = [(f"p{i:02d}", ts, u, s) for i, (ts, u, s) in enumerate(preds)]
+    rows += [(f"q{j:02d}", rows[i][1], rows[i][2], s) for j, (i, s) in enumerate(ties)
+             if i < len(rows)]
+    rows = [r for r in rows if r[1] // HOUR_MS not in missing]
+    store = Store(str(tmp_path_factory.mktemp("lake")))
+    _write_prediction_hours(store, rows[::-1])
+    users = tiles.Interner()
+    carried = CarriedScores(store, users, first * HOUR_MS, max_age_h * HOUR_MS)
+    who = pa.array(["uvwxy"[k % 5] for k in range(len(at))], pa.string())
+    for h in range(first, 40):
+        t = np.array([h * HOUR_MS + a for a in at])
+        want = latest_scores_lake(store, who, t, max_age_h * HOUR_MS)
+        got = carried.answer(h * HOUR_MS, users.codes(who), t)
+        for w, g in zip(want, got, strict=True):
+            assert np.array_equal(w, g, equal_nan=True), (h, w, g)
+
+
+# -- interning -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=st.lists(st.lists(st.one_of(st.none(), st.text(max_size=70), st.text(min_size=60, max_size=90)), max_size=30),
+                        min_size=1, max_size=6))
+def test_the_interner_codes_like_a_dict(batches):
+    interner, seen = tiles.Interner(), {}
+    for batch in batches:
+        probe = interner.codes(pa.array(batch, pa.string()), add=False)
+        assert probe.tolist() == [-1 if v is None else seen.get(v, -1) for v in batch]
+        got = interner.codes(pa.array(batch, pa.string()))
+        assert got.tolist() == [-1 if v is None else seen.setdefault(v, len(seen))
+                                for v in batch]
+        assert len(interner) == len(seen)
+
+
+def test_the_interner_survives_hash_collisions(monkeypatch):
+    monkeypatch.setattr(tiles, "_string_hashes", lambda words: np.zeros(len(words), np.int64))
+    interner = tiles.Interner()
+    assert interner.codes(pa.array(["a", "b", "a"])).tolist() == [0, 1, 0]
+    assert interner.codes(pa.array(["c", "b", "a", "c"])).tolist() == [2, 1, 0, 2]
+    assert interner.codes(pa.array(["d", "b"]), add=False).tolist() == [-1, 1]
