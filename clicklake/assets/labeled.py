@@ -18,7 +18,7 @@ from clicklake.assets.partitions import (
     lagged_hourly_partitions,
     run_hours,
 )
-from clicklake.platform.labeled import build_labeled_hour, labeled_key
+from clicklake.platform.labeled import build_labeled_hours, labeled_key
 from clicklake.platform.labeled_quality import LABELED_CHECKS, labeled_check_specs
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
 from clicklake.platform.raw import read_raw
@@ -116,9 +116,13 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     store = lake.store()
     window_ms = config.label_window_minutes * 60_000
     checked: dict[str, list[HourOutcome]] = {name: [] for name, _ in LABELED_CHECKS}
-    for hour in run_hours(context):
+    hours = run_hours(context)
+    # One pass over the range carries state from hour to hour; it builds an hour only when
+    # asked for the next table, so each hour is still checked for a complete next hour first.
+    tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix)
+    for hour in hours:
         completeness = require_next_hour_complete(context, hour)
-        table = build_labeled_hour(store, hour, window_ms, lake.lake_prefix)
+        table = next(tables)
         key = labeled_key(hour, lake.lake_prefix)
         nbytes = store.write_parquet(key, table)
         labels = table["label"].to_numpy()
