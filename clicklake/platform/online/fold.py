@@ -444,32 +444,41 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
     done = state.folded([lf.key for lf, _ in files])
     todo = [(lf, stream) for lf, stream in files if lf.key not in done]
     report.skipped += len(files) - len(todo)
-    for i in range(0, len(todo), max(1, files_per_commit)):
-        with _no_gc():
-            batch = [LandedFile(lf.key, lf.arrival_ms, parse_file(
-                store.read_bytes(lf.key), stream, lf.arrival_ms, rules))
-                for lf, stream in todo[i:i + max(1, files_per_commit)]]
-            records = fold_batch(state, batch, rules)
-            if records is None and len(batch) > 1:  # another writer took some: fold the rest
-                records = [r for f in batch for r in fold_batch(state, [f], rules) or []]
-        if not records:
-            report.skipped += len(batch)
-            continue
-        report.files += len(records)
-        report.skipped += len(batch) - len(records)
-        for rec in records:
-            _count(report, rec.stats)
-    report.watermark_ms = state.watermark_ms()
-    report.purged = purge(state, report.watermark_ms, rules)
+    with _no_gc():
+        step = max(1, files_per_commit)
+        for i in range(0, len(todo), step):
+            _fold_commit(state, store, todo[i:i + step], rules, report)
+        report.watermark_ms = state.watermark_ms()
+        report.purged = purge(state, report.watermark_ms, rules)  # also drops the doc cache
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _fold_commit(state: StateStore, store: Store, files: list[tuple[landing.LandingFile, str]],
+                 rules: Rules, report: FoldReport) -> None:
+    """Parse and fold `files` as one commit and count them in `report`. The batch's objects die
+    when this returns (before the cyclic collector is enabled again)."""
+    batch = [LandedFile(lf.key, lf.arrival_ms, parse_file(
+        store.read_bytes(lf.key), stream, lf.arrival_ms, rules)) for lf, stream in files]
+    records = fold_batch(state, batch, rules)
+    if records is None and len(batch) > 1:  # another writer took some: fold the rest
+        records = [r for f in batch for r in fold_batch(state, [f], rules) or []]
+    if not records:
+        report.skipped += len(batch)
+        return
+    report.files += len(records)
+    report.skipped += len(batch) - len(records)
+    for rec in records:
+        _count(report, rec.stats)
 
 
 @contextmanager
 def _no_gc():
     """A batch allocates a few objects per event and frees them together, without cycles: the
     cyclic collector would only rescan the growing heap, again and again (it cost ~40% of a
-    fold). Reference counting still frees everything."""
+    fold). Reference counting still frees everything. The collector is enabled again only
+    after the batches' objects and the document cache are gone: enabled over them, its next
+    young collection would still scan them all once (~50 ms a sensor run)."""
     was = gc.isenabled()
     gc.disable()
     try:
