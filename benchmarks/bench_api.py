@@ -16,6 +16,11 @@ requested once before the measured phase so the figures are the API's own work (
 `compute_features`, `encode`, the booster, the decision), as with an online store whose read costs
 microseconds. The first-touch cost of the lake path (tens of ms) is reported separately.
 
+Besides percentiles, each phase reports the load process's own CPU per request (it must stay
+well below the server's), the count of requests over 10 ms and the seconds holding most of them
+(a few bad seconds are a pause, of the server or of the machine; a tail spread over the run is
+queueing), and the load average before and after: the machine may be shared.
+
 Run: python benchmarks/bench_api.py [--rate 500 --duration 30 --pairs 300 --root DIR]
 Writes bench-results/api.json. Target (DESIGN §8): predict p99 <= 10 ms at 500 req/s, 0 errors.
 """
@@ -58,6 +63,7 @@ async def _load(port: int, requests: list[bytes], rate: float, duration: float, 
     for _ in range(conns):
         pool.put_nowait(await connect())
     latencies: list[float] = []
+    due_of: list[float] = []  # due time of each latency, to tell stalls from steady queueing
     errors: dict[str, int] = {}
 
     async def exchange(reader, writer, data: bytes) -> int:
@@ -77,6 +83,7 @@ async def _load(port: int, requests: list[bytes], rate: float, duration: float, 
             status = await asyncio.wait_for(exchange(reader, writer, requests[i % len(requests)]),
                                             timeout)
             latencies.append(time.perf_counter() - due)
+            due_of.append(due)
             if status != 200:
                 errors[str(status)] = errors.get(str(status), 0) + 1
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -99,6 +106,13 @@ async def _load(port: int, requests: list[bytes], rate: float, duration: float, 
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     lat = np.array(latencies) * 1000
+    # The seconds of the run holding the most requests over 10 ms: a few bad seconds (a pause
+    # of the server or of the machine) read differently from a tail spread over the whole run.
+    second = ((np.array(due_of) - start) // 1).astype(np.int64)
+    slow = np.bincount(second[lat > 10.0], minlength=int(duration) + 1) if len(lat) else []
+    worst = [{"second": int(s), "over_10ms": int(slow[s]),
+              "max_ms": round(float(lat[second == s].max()), 1)}
+             for s in np.argsort(slow)[::-1][:5] if slow[s]]
     return {
         "requests": n, "completed": len(latencies), "errors": errors,
         "error_count": sum(errors.values()), "achieved_rps": round(len(latencies) / elapsed, 1),
@@ -106,6 +120,7 @@ async def _load(port: int, requests: list[bytes], rate: float, duration: float, 
         "p90_ms": round(float(np.percentile(lat, 90)), 3) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
         "max_ms": round(float(lat.max()), 3) if len(lat) else None,
+        "over_10ms": int((lat > 10.0).sum()), "worst_seconds": worst,
     }
 
 
@@ -120,8 +135,13 @@ def load_main(spec_path: str) -> None:
         uvloop.install()
     except ImportError:
         pass
+    cpu0 = time.process_time()
     result = asyncio.run(_load(spec["port"], requests, spec["rate"], spec["duration"],
                                spec["connections"], spec["timeout"]))
+    # The load process's own CPU per request: it must stay well under the server's, or the
+    # figures measure the generator.
+    result["load_cpu_ms_per_request"] = round(
+        (time.process_time() - cpu0) * 1000 / max(result["requests"], 1), 3)
     print(json.dumps(result))
 
 
@@ -217,6 +237,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="bench-api-")
     root = args.root
     t0 = time.perf_counter()
+    load_at_start = os.getloadavg()
     if root is None:
         root = os.path.join(workdir, "lake")
         print(f"building a {args.hours} h / {args.users}-user lake ...", file=sys.stderr)
@@ -234,10 +255,13 @@ def main() -> None:
         extra = ["--online-db", db]
     port = _free_port()
     env = {**os.environ, "CLICKLAKE_API_TOKEN": TOKEN}
+    server_log = open(os.path.join(workdir, "server.log"), "w+b")  # noqa: SIM115
     server = subprocess.Popen(
         [sys.executable, "-c", "from clicklake.cli import main; main()", "serve", "--root", root,
          "--host", "127.0.0.1", "--port", str(port), "--source", args.source, *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # stderr to a file, not a pipe nobody reads while the load runs: a server logging
+        # errors would fill the pipe and block on its next write.
+        env=env, stdout=subprocess.DEVNULL, stderr=server_log)
     url = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     try:
@@ -247,7 +271,8 @@ def main() -> None:
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise SystemExit(server.stderr.read().decode()) from None
+                    server_log.seek(0)
+                    raise SystemExit(server_log.read().decode()) from None
                 time.sleep(0.1)
         print(f"server up: model {health['model']['id']}; warming {len(bodies)} pairs ...",
               file=sys.stderr)
@@ -281,7 +306,8 @@ def main() -> None:
     result = {
         "benchmark": "api", "rate_rps": args.rate, "duration_s": args.duration,
         "connections": args.connections, "source": args.source, "pairs": len(bodies),
-        "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+        "cpus": os.cpu_count(), "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg(),
         "lake_build_s": round(build_s, 1), "model": health["model"],
         "first_touch_lake_path_ms": {
             "p50": round(float(np.percentile(first_touch, 50)), 2),
