@@ -264,7 +264,7 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
         yield build_labeled_hour(store, hours[0], window_ms, lake_prefix)
         return
     carry = _RangeCarry(store, lake_prefix)
-    lookup = LookupTable(store, lake_prefix)
+    lookup = LookupTable(store, lake_prefix, cache_hours=1)  # hours come in order: no reuse
     ahead: tuple[int, pa.Table, pa.Table] | None = None  # the next hour's raw, read already
     for i, h in enumerate(hours):
         if ahead is not None and ahead[0] == h:

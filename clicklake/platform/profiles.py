@@ -25,10 +25,12 @@ from clicklake.platform.events import TS
 from clicklake.platform.tiles import (
     TILE_SCHEMA,
     Interner,
-    _search,
     as_string_array,
     dense_codes,
     nest,
+    pooled,
+    pooled_insert,
+    search_sorted,
     ts_ms,
 )
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
@@ -277,9 +279,8 @@ class CarriedSnapshot:
         for w in _RUNNING:
             self.vals[f"impressions_{w}"] = np.zeros(0, np.int64)
             self.vals[f"clicks_{w}"] = np.zeros(0, np.int64)
-        self.pair_key = np.zeros(0, np.int64)
-        self.pair_counts = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-        self.domain_key = np.zeros(0, np.int64)
+        self.pairs = _KeySet(2)  # (user, campaign) -> impressions, clicks
+        self.domain_set = _KeySet(0)  # (user, domain)
         # hour index -> (user codes, impressions, clicks, spend) of that hour
         self.ring: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -291,7 +292,7 @@ class CarriedSnapshot:
         extra = n - have + max(n // 2, 1024)
         for name, v in self.vals.items():
             fill = NULL_MS if name in _STATE_TS else 0
-            self.vals[name] = np.concatenate([v, np.full(extra, fill, v.dtype)])
+            self.vals[name] = pooled(np.concatenate([v, np.full(extra, fill, v.dtype)]))
 
     @classmethod
     def from_snapshot(cls, snapshot: pa.Table, users: Interner) -> CarriedSnapshot:
@@ -306,12 +307,10 @@ class CarriedSnapshot:
                                       else col.to_numpy(zero_copy_only=False))
         rows, camps = _list_parts(snapshot["campaigns"])
         key = code[rows] * _KEY_WIDTH + state.campaigns.codes(camps)
-        order = np.argsort(key)
-        state.pair_key = key[order]
-        state.pair_counts = tuple(_flat_np(snapshot, c)[order].astype(np.int64)
-                                  for c in ("campaign_impressions", "campaign_clicks"))
+        state.pairs.upsert(key, [_flat_np(snapshot, c) for c in ("campaign_impressions",
+                                                                 "campaign_clicks")])
         rows, doms = _list_parts(snapshot["domains"])
-        state.domain_key = np.sort(code[rows] * _KEY_WIDTH + state.domains.codes(doms))
+        state.domain_set.upsert(code[rows] * _KEY_WIDTH + state.domains.codes(doms), [])
         rows, hours = _list_parts(snapshot["recent_hours"])
         hours = hours.to_numpy(zero_copy_only=False).astype(np.int64)
         order = np.argsort(hours, kind="stable")
@@ -321,7 +320,8 @@ class CarriedSnapshot:
         bounds = np.flatnonzero(np.diff(hours)) + 1
         for sel in np.split(np.arange(len(hours)), bounds):
             if len(sel):
-                state.ring[int(hours[sel[0]])] = (code[rows[sel]], *(f[sel] for f in flat))
+                state.ring[int(hours[sel[0]])] = _ring_entry(code[rows[sel]],
+                                                             *(f[sel] for f in flat))
         state._check_width()
         return state
 
@@ -355,21 +355,20 @@ class CarriedSnapshot:
         key = code[rows] * _KEY_WIDTH + self.campaigns.codes(camps)
         counts = [pc.list_flatten(tile[c].combine_chunks()).to_numpy(zero_copy_only=False)
                   for c in ("campaign_impressions", "campaign_clicks")]
-        self.pair_key, self.pair_counts, new = _upsert(self.pair_key, self.pair_counts, key,
-                                                       counts)
+        new = self.pairs.upsert(key, counts)
         if new.any():
             v["distinct_campaigns"] += np.bincount(code[rows[new]],
                                                    minlength=len(v["distinct_campaigns"]))
         rows, doms = _list_parts(tile["domains"])
         key = code[rows] * _KEY_WIDTH + self.domains.codes(doms)
-        self.domain_key, _, new = _upsert(self.domain_key, (), key, [])
+        new = self.domain_set.upsert(key, [])
         if new.any():
             v["distinct_domains"] += np.bincount(code[rows[new]],
                                                  minlength=len(v["distinct_domains"]))
         self._check_width()
 
         hour = hour_ms // HOUR_MS
-        self.ring[hour] = (code, imps.astype(np.int64), clks.astype(np.int64), spend)
+        self.ring[hour] = _ring_entry(code, imps, clks, spend)
         for w, width in _RUNNING.items():
             v[f"impressions_{w}"][code] += imps
             v[f"clicks_{w}"][code] += clks
@@ -414,17 +413,14 @@ class CarriedSnapshot:
                         ) -> tuple[np.ndarray, np.ndarray]:
         """Per (user code, campaign code): (impressions, clicks) held (0 when absent)."""
         key, ok = self._keys(user_codes, campaign_codes)
-        hit, pos = _find(self.pair_key, key, ok)
-        return tuple(np.where(hit, c[pos], 0) if len(c) else np.zeros(len(key), np.int64)
-                     for c in self.pair_counts)
+        return tuple(self.pairs.find(key, ok)[1])
 
     def has_pairs(self, kind: str, user_codes: np.ndarray, value_codes: np.ndarray
                   ) -> np.ndarray:
         """Whether the state's set `kind` ("campaigns" or "domains") holds each (user code,
         value code of that kind's interner)."""
-        keys = self.pair_key if kind == "campaigns" else self.domain_key
         key, ok = self._keys(user_codes, value_codes)
-        return _find(keys, key, ok)[0]
+        return (self.pairs if kind == "campaigns" else self.domain_set).find(key, ok)[0]
 
     @staticmethod
     def _keys(user_codes: np.ndarray, value_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -432,26 +428,72 @@ class CarriedSnapshot:
         return np.where(ok, user_codes * _KEY_WIDTH + value_codes, -1), ok
 
 
-def _find(sorted_keys: np.ndarray, keys: np.ndarray, ok: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
-    if not len(sorted_keys):
-        return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
-    pos = np.minimum(_search(sorted_keys, keys), len(sorted_keys) - 1)
-    return ok & (sorted_keys[pos] == keys), pos
+def _ring_entry(codes: np.ndarray, imps: np.ndarray, clicks: np.ndarray, spend: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One hour of the ring: user codes and counts as int32 (an hour's count of one user fits
+    easily; checked), spend as float64 - the ring is most of the state's memory."""
+    for a in (codes, imps, clicks):
+        if len(a) and (int(a.max()) > np.iinfo(np.int32).max or int(a.min()) < 0):
+            raise ValueError("a ring entry does not fit in 32 bits")
+    return (pooled(codes, np.int32), pooled(imps, np.int32), pooled(clicks, np.int32),
+            pooled(spend, np.float64))
 
 
-def _upsert(sorted_keys: np.ndarray, counts: tuple, keys: np.ndarray, add: list[np.ndarray]
-            ) -> tuple[np.ndarray, tuple, np.ndarray]:
-    """Add `keys` (distinct) with their counts to a sorted key set; returns the new set, counts
-    and which of `keys` were new."""
-    pos = _search(sorted_keys, keys)
-    hit = pos < len(sorted_keys)
-    hit[hit] = sorted_keys[pos[hit]] == keys[hit]
-    for c, a in zip(counts, add, strict=True):
-        c[pos[hit]] += a[hit]
-    new = ~hit
-    order = np.argsort(keys[new])
-    at = pos[new][order]
-    out_keys = np.insert(sorted_keys, at, keys[new][order])
-    counts = tuple(np.insert(c, at, a[new][order]) for c, a in zip(counts, add, strict=True))
-    return out_keys, counts, new
+class _KeySet:
+    """A set of int64 keys with aligned int64 counts, in two sorted parts: a large main part
+    whose counts change in place, and a small part new keys go to, merged into the main one
+    only once it has grown to an eighth of it - so an hour adds its keys without rewriting
+    every key held."""
+
+    def __init__(self, n_counts: int):
+        self.parts = [(np.zeros(0, np.int64), [np.zeros(0, np.int64)] * n_counts),
+                      (np.zeros(0, np.int64), [np.zeros(0, np.int64)] * n_counts)]
+
+    def __len__(self) -> int:
+        return len(self.parts[0][0]) + len(self.parts[1][0])
+
+    def find(self, keys: np.ndarray, ok: np.ndarray | None = None
+             ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(whether each key is held, its counts: 0 when not)."""
+        hit = np.zeros(len(keys), bool)
+        counts = [np.zeros(len(keys), np.int64) for _ in self.parts[0][1]]
+        for sorted_keys, part_counts in self.parts:
+            if not len(sorted_keys):
+                continue
+            pos = np.minimum(search_sorted(sorted_keys, keys), len(sorted_keys) - 1)
+            here = sorted_keys[pos] == keys
+            if ok is not None:
+                here &= ok
+            hit |= here
+            for c, pc_ in zip(counts, part_counts, strict=True):
+                c[here] = pc_[pos[here]]
+        return hit, counts
+
+    def upsert(self, keys: np.ndarray, add: list[np.ndarray]) -> np.ndarray:
+        """Add `keys` (distinct), summing `add` into their counts; returns which were new."""
+        add = [np.asarray(a, np.int64) for a in add]
+        new = np.ones(len(keys), bool)
+        for sorted_keys, part_counts in self.parts:
+            if not len(sorted_keys) or not len(keys):
+                continue
+            pos = np.minimum(search_sorted(sorted_keys, keys), len(sorted_keys) - 1)
+            here = sorted_keys[pos] == keys
+            new &= ~here
+            for c, a in zip(part_counts, add, strict=True):
+                c[pos[here]] += a[here]
+        order = np.argsort(keys[new])
+        fresh_keys, fresh_add = keys[new][order], [a[new][order] for a in add]
+        small_keys, small_counts = self.parts[1]
+        at = np.searchsorted(small_keys, fresh_keys)
+        small = (np.insert(small_keys, at, fresh_keys),
+                 [np.insert(c, at, a) for c, a in zip(small_counts, fresh_add, strict=True)])
+        if len(small[0]) * 8 > len(self.parts[0][0]):
+            main_keys, main_counts = self.parts[0]
+            at = np.searchsorted(main_keys, small[0])
+            self.parts = [(pooled_insert(main_keys, at, small[0]),
+                           [pooled_insert(c, at, a) for c, a in zip(main_counts, small[1],
+                                                                     strict=True)]),
+                          (np.zeros(0, np.int64), [np.zeros(0, np.int64)] * len(add))]
+        else:
+            self.parts[1] = small
+        return new

@@ -158,7 +158,35 @@ def tile_key(hour_ms: int, lake_prefix: str = "lake") -> str:
     return f"{lake_prefix}/tiles/user_hour/{hive_hour_path(hour_ms)}/part-0.parquet"
 
 
-def _search(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def pooled_empty(n: int, dtype) -> np.ndarray:
+    """An uninitialised array in Arrow's memory pool (jemalloc), for large arrays that state
+    carried over many hours replaces again and again: jemalloc hands freed pages back, while the
+    C heap, once arrays that size have been freed, serves them from an ever more fragmented
+    heap (the resident set then grows hour after hour)."""
+    dt = np.dtype(dtype)
+    return np.frombuffer(pa.allocate_buffer(max(n, 1) * dt.itemsize), dt)[:n]
+
+
+def pooled(values: np.ndarray, dtype=None) -> np.ndarray:
+    """A copy of `values` in Arrow's memory pool (`pooled_empty`)."""
+    out = pooled_empty(len(values), dtype or values.dtype)
+    out[:] = values
+    return out
+
+
+def pooled_insert(sorted_values: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.insert(sorted_values, at, values) into a `pooled_empty` array (`at` ascending)."""
+    n, m = len(sorted_values), len(at)
+    out = pooled_empty(n + m, sorted_values.dtype)
+    dest_new = at + np.arange(m)
+    keep = np.ones(n + m, bool)
+    keep[dest_new] = False
+    out[keep] = sorted_values
+    out[dest_new] = values
+    return out
+
+
+def search_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """np.searchsorted (left) of unsorted needles, searched in sorted order: binary searches
     over sorted needles stay in cache and run several times faster."""
     order = np.argsort(keys)
@@ -236,7 +264,7 @@ class Interner:
         local = np.full(n, -1, np.int64)
         exact = np.zeros(n, bool)
         if len(self._hashes) and n:
-            pos = np.minimum(_search(self._hashes, h), len(self._hashes) - 1)
+            pos = np.minimum(search_sorted(self._hashes, h), len(self._hashes) - 1)
             hit = np.flatnonzero(self._hashes[pos] == h)
             cand = self._hash_codes[pos[hit]]
             same = pc.equal(words.take(pa.array(hit)), self._known.take(pa.array(cand))
