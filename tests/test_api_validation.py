@@ -85,6 +85,19 @@ def test_malformed_or_non_object_json_is_422(client, raw):
     assert resp.json()["detail"]
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_a_body_not_declared_as_json_is_422(client, content_type):
+    raw = b'{"user_id": "u0000300", "campaign_id": "cmp-0016"}'
+    resp = client.post("/v1/predict", content=raw,
+                       headers={"content-type": content_type} if content_type else {})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0]["loc"] == ["body"] and "JSON" in resp.json()["detail"]
+    for declared in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        assert client.post("/v1/predict", content=raw,
+                           headers={"content-type": declared}).status_code == 200, declared
+
+
 @pytest.mark.parametrize("cost", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_money_is_422(client, cost):
     raw = f'{{"user_id": "u", "campaign_id": "c", "cost": {cost}}}'.encode()

@@ -81,10 +81,23 @@ def _plain(key: str, value):
     return value
 
 
-def _predict_request(raw: bytes) -> PredictRequest:
+def _is_json(content_type: str | None) -> bool:
+    """application/json or application/<anything>+json, parameters aside (FastAPI's rule)."""
+    kind = (content_type or "").partition(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/")
+                                          and kind.endswith("+json"))
+
+
+def _predict_request(raw: bytes, content_type: str | None) -> PredictRequest:
     """The body parsed and validated in one pass over the raw bytes (pydantic's own JSON
     parser), instead of FastAPI's `json.loads` then validation of the Python objects. Errors
-    are located under `body` as FastAPI locates them."""
+    are located under `body` as FastAPI locates them; a body not declared as JSON is refused,
+    as FastAPI refuses it."""
+    if not _is_json(content_type):
+        raise RequestValidationError([{
+            "type": "model_attributes_type", "loc": ("body",),
+            "msg": f"a JSON object is expected (Content-Type: application/json, "
+                   f"not {content_type or 'none'})"}])
     try:
         return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
@@ -115,7 +128,8 @@ def _warm_up(source: OnlineFeatures, loaded: LoadedModel | None) -> None:
 
 
 def _serve_directly(app: FastAPI, path: str, handler) -> None:
-    """Answer the route at `path` with `handler(raw body) -> JSON bytes` as a plain ASGI app.
+    """Answer the route at `path` with `handler(raw body, content type) -> JSON bytes` as a
+    plain ASGI app.
 
     FastAPI keeps the route (its OpenAPI entry, 405s, the route label of the metrics, the error
     handlers, which see what `handler` raises) but no longer runs its per-request machinery
@@ -127,10 +141,12 @@ def _serve_directly(app: FastAPI, path: str, handler) -> None:
         "the direct route makes the bearer check only: declare no other dependency")
 
     async def direct(scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = None
+        authorization = content_type = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
         authorize(authorization, app.state.token)
         chunks, more = [], True
         while more:
@@ -139,7 +155,7 @@ def _serve_directly(app: FastAPI, path: str, handler) -> None:
                 return  # the client went away
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        payload = await handler(b"".join(chunks))
+        payload = await handler(b"".join(chunks), content_type)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
@@ -239,11 +255,11 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         wm = source.watermark_ms()
         return None if wm is None else iso(wm)
 
-    async def score(raw: bytes) -> bytes:
+    async def score(raw: bytes, content_type: str | None) -> bytes:
         """POST /v1/predict's work: the raw request body -> the JSON answer. Errors raise
         (HTTPException, RequestValidationError) and are answered by the handlers above."""
         start = time.perf_counter()
-        body = _predict_request(raw)
+        body = _predict_request(raw, content_type)
         loaded = model.current  # one read: a concurrent swap cannot mix two models
         if loaded is None:
             raise fail(503, "no model is deployed yet (materialize deployed_model)", "no_model")
@@ -289,7 +305,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         """Click probability of the impression with features as of just before `ts`, and the
         serve/skip decision with every reason that fired (crawler user agent, click-farm
         behaviour, expected value below cost)."""
-        return Response(await score(await request.body()), media_type="application/json")
+        return Response(await score(await request.body(), request.headers.get("content-type")),
+                        media_type="application/json")
 
     _serve_directly(app, "/v1/predict", score)
 
