@@ -64,7 +64,9 @@ def _raw(store: Store, stream: str, hour_ms: int, prefix: str,
     key = raw_key(stream, hour_ms, prefix)
     if not store.exists(key):
         raise MissingInput(f"raw_{stream} {iso(hour_ms)} is not materialized ({key})")
-    return store.read_parquet(key, columns)
+    # One thread: Arrow's reader threads cost 2-3x the CPU on these files, and hours already
+    # run side by side in separate processes.
+    return store.parquet_file(key).read(columns=columns, use_threads=False)
 
 
 @dataclass

@@ -346,7 +346,8 @@ def _hour_event_parts(store: Store, hour_ms: int, lake_prefix: str = "lake",
     if carried is not None and carried.previous is not None:
         imp_prev = carried.previous.select(cols)
     else:
-        imp_prev = (store.read_parquet(prev_key, cols) if store.exists(prev_key)
+        imp_prev = (store.parquet_file(prev_key).read(cols, use_threads=False)
+                    if store.exists(prev_key)
                     else SPECS["impressions"].schema.empty_table().select(cols))
     imp = impressions if impressions is not None else read_raw(
         store, "impressions", hour_ms, lake_prefix, missing_ok=True)
@@ -382,7 +383,8 @@ def _hour_event_parts(store: Store, hour_ms: int, lake_prefix: str = "lake",
 
 def read_segment_profile(store: Store, hour_ms: int, lake_prefix: str = "lake") -> pa.Table | None:
     key = segment_key(hour_ms, lake_prefix)
-    return store.read_parquet(key) if store.exists(key) else None
+    # One thread: Arrow's reader threads cost more CPU than they save on a small file.
+    return store.parquet_file(key).read(use_threads=False) if store.exists(key) else None
 
 
 def segments_as_of_lake(store: Store, kinds: list[str] | pa.Array, segments: list[str] | pa.Array,
