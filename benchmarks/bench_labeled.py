@@ -3,10 +3,12 @@
 1. Generate a clean stream (default 100k users x 48 h, about 2 M impressions) into a temporary
    lake; build raw, tiles, user profile snapshots and segment profiles for every hour with the
    platform functions the assets call (timed, reported as `lake_build`).
-2. FULL labeled build (`build_labeled_hour`, every feature + the label) of every hour that has a
-   next hour: impressions/s and peak RSS, in one process; then the same hours spread over 2
-   worker processes (hourly partitions are independent given the lake, as Dagster's
-   multiprocess executor runs them), reported separately.
+2. FULL labeled build (every feature + the label) of every hour that has a next hour, as one
+   range (`build_labeled_hours`, what a backfill run of the asset does: state carried from hour
+   to hour): impressions/s and peak RSS, in one process; then the same hours as two ranges
+   (the first and second half) in 2 worker processes side by side, reported separately; and,
+   for reference in the same run, the hours built one by one (`build_labeled_hour`, what a
+   run of a single partition does, each hour reading everything it needs from the lake).
 3. The minimal task, on the same raw Parquet: per impression, the exact number of the user's
    impressions and clicks with ts < t, and the 15-minute label with the id/attribution rule
    (a click names its impression; a click without an id goes to the user's latest earlier
@@ -121,8 +123,36 @@ def _hive(h: int) -> str:
 # -- timed phases, each in a fresh subprocess ----------------------------------------------------
 
 
+_CHECKED = ["impression_id", "user_impressions_life", "user_clicks_life", "label"]
+
+
+def _labeled_range(root: str, hours: list[int]) -> tuple[pa.Table, float, int]:
+    """The full build of `hours` as one range (the asset's work minus its write): the
+    compared columns, build seconds (writes excluded) and rows."""
+    from clicklake.platform.labeled import build_labeled_hours
+    from clicklake.platform.storage import Store
+
+    build_s, rows, parts = 0.0, 0, []
+    tables = build_labeled_hours(Store(root), hours, LABEL_WINDOW_MS)
+    for _ in hours:
+        t0 = time.perf_counter()
+        table = next(tables)
+        build_s += time.perf_counter() - t0
+        rows += table.num_rows
+        parts.append(table.select(_CHECKED))
+        del table
+    return pa.concat_tables(parts), build_s, rows
+
+
 def phase_labeled(root: str, meta: dict, out_dir: str) -> dict:
-    """The full labeled build of every labeled hour (the asset's work minus its write)."""
+    """The full labeled build of every labeled hour, one range in one process."""
+    table, build_s, rows = _labeled_range(root, _hours(meta)[:-1])
+    pq.write_table(table, os.path.join(out_dir, "labeled.parquet"))
+    return {"seconds": build_s, "rows": rows}
+
+
+def phase_labeled_hourly(root: str, meta: dict, out_dir: str) -> dict:
+    """The same full build hour by hour, nothing carried between hours."""
     from clicklake.platform.labeled import build_labeled_hour
     from clicklake.platform.storage import Store
 
@@ -133,26 +163,15 @@ def phase_labeled(root: str, meta: dict, out_dir: str) -> dict:
         table = build_labeled_hour(store, h, LABEL_WINDOW_MS)
         build_s += time.perf_counter() - t0
         rows += table.num_rows
-        parts.append(table.select(["impression_id", "user_impressions_life", "user_clicks_life",
-                                   "label"]))
+        parts.append(table.select(_CHECKED))
         del table
-    pq.write_table(pa.concat_tables(parts), os.path.join(out_dir, "labeled.parquet"))
+    pq.write_table(pa.concat_tables(parts), os.path.join(out_dir, "labeled_hourly.parquet"))
     return {"seconds": build_s, "rows": rows}
 
 
-def _labeled_part(root: str, h: int) -> tuple[pa.Table, float]:
-    from clicklake.platform.labeled import build_labeled_hour
-    from clicklake.platform.storage import Store
-
-    t0 = time.perf_counter()
-    table = build_labeled_hour(Store(root), h, LABEL_WINDOW_MS)
-    return table.select(["impression_id", "user_impressions_life", "user_clicks_life",
-                         "label"]), time.perf_counter() - t0
-
-
 def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
-    """The same full build, hours spread over 2 worker processes (as Dagster's multiprocess
-    executor runs hourly partitions side by side: each hour depends only on the lake)."""
+    """The same full build as two ranges, the first and second half of the hours, in 2 worker
+    processes side by side (as two backfill runs of the asset would run)."""
     import functools
     import multiprocessing as mp
     import resource
@@ -164,8 +183,10 @@ def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
 
     cpu0 = children_cpu()
     t0 = time.perf_counter()
+    hours = _hours(meta)[:-1]
+    halves = [hours[:len(hours) // 2], hours[len(hours) // 2:]]
     with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
-        done = list(pool.map(functools.partial(_labeled_part, root), _hours(meta)[:-1]))
+        done = list(pool.map(functools.partial(_labeled_range, root), halves))
     seconds = time.perf_counter() - t0
     table = pa.concat_tables([d[0] for d in done])
     pq.write_table(table, os.path.join(out_dir, "labeled_2proc.parquet"))
@@ -261,6 +282,7 @@ def phase_duckdb(root: str, meta: dict, out_dir: str) -> dict:
 
 
 PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
+          "labeled_hourly": phase_labeled_hourly,
           "minimal_ours": phase_minimal_ours, "duckdb": phase_duckdb}
 
 
@@ -303,6 +325,7 @@ def compare(out_dir: str) -> dict:
     ours = _sorted(os.path.join(out_dir, "minimal_ours.parquet"))
     full = _sorted(os.path.join(out_dir, "labeled.parquet"))
     full2 = _sorted(os.path.join(out_dir, "labeled_2proc.parquet"))
+    hourly = _sorted(os.path.join(out_dir, "labeled_hourly.parquet"))
     ids = duck["impression_id"]
     if len(pc.unique(ids)) != len(ids):
         raise SystemExit("impression ids are not unique: the comparison needs them to be")
@@ -313,6 +336,8 @@ def compare(out_dir: str) -> dict:
                               "label": "label"}),
         ("full_build_2proc", full2, {"n_imp": "user_impressions_life",
                                      "n_clk": "user_clicks_life", "label": "label"}),
+        ("full_build_hourly", hourly, {"n_imp": "user_impressions_life",
+                                       "n_clk": "user_clicks_life", "label": "label"}),
     ):
         if not other["impression_id"].equals(ids):
             raise SystemExit(f"{name}: not the same impressions as the DuckDB baseline")
@@ -354,7 +379,7 @@ def main() -> None:
     out_dir = tempfile.mkdtemp(prefix="clicklake-bench-out-")
     try:
         phases = {name: run_phase(name, root, out_dir) for name in (
-            "duckdb", "minimal_ours", "labeled", "labeled_2proc")}
+            "duckdb", "minimal_ours", "labeled", "labeled_2proc", "labeled_hourly")}
         check = compare(out_dir)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -363,7 +388,7 @@ def main() -> None:
 
     n = phases["labeled"]["rows"]
     lab, mini, duck = phases["labeled"], phases["minimal_ours"], phases["duckdb"]
-    lab2 = phases["labeled_2proc"]
+    lab2, hourly = phases["labeled_2proc"], phases["labeled_hourly"]
     lab2["cpu_s"] += lab2.pop("workers_cpu_s")  # the phase's own CPU plus its workers'
     results = {
         "config": {"users": args.users, "hours": args.hours, "seed": args.seed,
@@ -373,7 +398,11 @@ def main() -> None:
                        "tiles_profiles_segments_s": meta["tiles_profiles_segments_s"],
                        "reused": bool(args.root and os.path.exists(built))},
         "full_labeled_build": {**lab, "impressions_per_s": n / lab["seconds"],
+                               "impressions_per_cpu_s": n / lab["cpu_s"],
                                "peak_growth_mib_per_2m": lab["peak_growth_mib"] * 2e6 / n},
+        "full_labeled_build_hour_by_hour": {
+            **hourly, "impressions_per_s": n / hourly["seconds"],
+            "impressions_per_cpu_s": n / hourly["cpu_s"]},
         "full_labeled_build_2_processes": {**lab2,
                                            "impressions_per_s": lab2["rows"] / lab2["seconds"]},
         "minimal_ours": {**mini, "impressions_per_s": mini["rows"] / mini["seconds"]},
@@ -381,6 +410,7 @@ def main() -> None:
         "ratios": {
             "full_build_throughput_over_duckdb_minimal": duck["seconds"] / lab["seconds"],
             "full_build_2proc_throughput_over_duckdb_minimal": duck["seconds"] / lab2["seconds"],
+            "full_build_range_cpu_over_hour_by_hour_cpu": lab["cpu_s"] / hourly["cpu_s"],
             "minimal_ours_cpu_over_duckdb_cpu": mini["cpu_s"] / duck["cpu_s"],
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
         },
@@ -396,6 +426,7 @@ def main() -> None:
     print(f"{'measure':<34} {'seconds':>8} {'CPU-s':>7} {'M imp/s':>8} {'peak MiB':>9} "
           f"{'growth MiB':>10}")
     for label, p in (("full labeled build (ours)", lab), ("  same, 2 worker processes", lab2),
+                     ("  same, hour by hour (reference)", hourly),
                      ("minimal task (ours)", mini), ("minimal task (DuckDB SQL)", duck)):
         print(f"{label:<34} {p['seconds']:>8.2f} {p['cpu_s']:>7.2f} "
               f"{p['rows'] / p['seconds'] / 1e6:>8.3f} {p['peak_rss_mib']:>9.0f} "
@@ -403,6 +434,8 @@ def main() -> None:
     print(f"  (2 processes: largest worker peak {lab2['worker_peak_rss_mib_max']:.0f} MiB)")
     print(f"full build vs DuckDB minimal: {results['ratios']['full_build_throughput_over_duckdb_minimal']:.2f}x"
           f" throughput; minimal ours vs DuckDB: {results['ratios']['minimal_ours_throughput_over_duckdb']:.2f}x")
+    print(f"full build as one range vs hour by hour: "
+          f"{results['ratios']['full_build_range_cpu_over_hour_by_hour_cpu']:.2f}x the CPU")
     print(f"mismatches against DuckDB: {mis}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
