@@ -6,6 +6,11 @@ profile of H-1 plus hour H's segment events (`segments`), raw impressions of H a
 latter only as click-attribution candidates), raw clicks of H and H+1, raw predictions of the
 24 hours before the impression (latest score). Features come from `features.compute_features`,
 the same function the REST API calls.
+
+`build_labeled_hours` builds a range of hours (a backfill run) with the same result, carrying
+from one hour to the next what the next would otherwise read again: every user's latest score,
+the user profile snapshot (read once, then folded with each hour's tiles in memory), and the
+raw hours and countries it already holds.
 """
 
 from __future__ import annotations
@@ -279,6 +284,8 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
                    None if more else _NEXT_COLUMNS)
         nxt_clk = _raw(store, "clicks", h + HOUR_MS, lake_prefix)
         ahead = (h + HOUR_MS, nxt, nxt_clk) if more else None
+        if int(lookup.snapshot_hours().max(initial=-1)) < h - HOUR_MS:
+            lookup.snapshot_hours(refresh=True)  # see the snapshots a fresh lookup would see
         carry.start(h, clk)
         lookup.remember_raw("clicks", h, clk)
         features = compute_features(lake_feature_inputs(store, imp, lake_prefix, lookup,
