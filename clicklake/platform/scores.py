@@ -163,7 +163,7 @@ class CarriedScores:
         # The day before, read first and coded in one pass, then folded oldest first.
         days = [self._read(h) for h in range(self.as_of, first_hour_ms, HOUR_MS)]
         if days:
-            codes = self.users.codes(pa.chunked_array([d[0] for d in days], pa.string()))
+            codes = self.users.codes(pa.concat_arrays([d[0] for d in days]))  # one lookup
             self._grow()
             at = 0
             for h, (ids, ts, rank, score) in zip(range(self.as_of, first_hour_ms, HOUR_MS),
