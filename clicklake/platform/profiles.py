@@ -30,7 +30,6 @@ from clicklake.platform.tiles import (
     nest,
     pooled,
     pooled_insert,
-    search_sorted,
     ts_ms,
 )
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
@@ -462,16 +461,32 @@ class _KeySet:
         out.parts[0] = (pooled(keys[order]), [pooled(c[order], np.int64) for c in counts])
         return out
 
+    def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, list]:
+        """(the order sorting `keys`, per part: (position of each key there, whether it is
+        there) or None for an empty part). Needles are sorted once for both parts: binary
+        searches over sorted needles stay in cache and run several times faster."""
+        order = np.argsort(keys)
+        needles = keys[order]
+        found = []
+        for sorted_keys, _ in self.parts:
+            if not len(sorted_keys) or not len(keys):
+                found.append(None)
+                continue
+            pos = np.empty(len(keys), np.int64)
+            pos[order] = np.searchsorted(sorted_keys, needles)
+            np.minimum(pos, len(sorted_keys) - 1, out=pos)
+            found.append((pos, sorted_keys[pos] == keys))
+        return order, found
+
     def find(self, keys: np.ndarray, ok: np.ndarray | None = None
              ) -> tuple[np.ndarray, list[np.ndarray]]:
         """(whether each key is held, its counts: 0 when not)."""
         hit = np.zeros(len(keys), bool)
         counts = [np.zeros(len(keys), np.int64) for _ in self.parts[0][1]]
-        for sorted_keys, part_counts in self.parts:
-            if not len(sorted_keys):
+        for (_, part_counts), located in zip(self.parts, self._locate(keys)[1], strict=True):
+            if located is None:
                 continue
-            pos = np.minimum(search_sorted(sorted_keys, keys), len(sorted_keys) - 1)
-            here = sorted_keys[pos] == keys
+            pos, here = located
             if ok is not None:
                 here &= ok
             hit |= here
@@ -483,16 +498,16 @@ class _KeySet:
         """Add `keys` (distinct), summing `add` into their counts; returns which were new."""
         add = [np.asarray(a, np.int64) for a in add]
         new = np.ones(len(keys), bool)
-        for sorted_keys, part_counts in self.parts:
-            if not len(sorted_keys) or not len(keys):
+        order, found = self._locate(keys)
+        for (_, part_counts), located in zip(self.parts, found, strict=True):
+            if located is None:
                 continue
-            pos = np.minimum(search_sorted(sorted_keys, keys), len(sorted_keys) - 1)
-            here = sorted_keys[pos] == keys
+            pos, here = located
             new &= ~here
             for c, a in zip(part_counts, add, strict=True):
                 c[pos[here]] += a[here]
-        order = np.argsort(keys[new])
-        fresh_keys, fresh_add = keys[new][order], [a[new][order] for a in add]
+        order = order[new[order]]  # the new keys, sorted
+        fresh_keys, fresh_add = keys[order], [a[order] for a in add]
         small_keys, small_counts = self.parts[1]
         at = np.searchsorted(small_keys, fresh_keys)
         small = (np.insert(small_keys, at, fresh_keys),
