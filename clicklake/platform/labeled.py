@@ -37,8 +37,12 @@ from clicklake.platform.lookup import PROFILE_SCHEMA, USER_CAMPAIGN_SCHEMA, Look
 from clicklake.platform.profiles import CarriedSnapshot, snapshot_key
 from clicklake.platform.raw import raw_key
 from clicklake.platform.scores import CarriedScores, latest_scores_lake
+from clicklake.platform.segments import (
+    CLICK_COUNTRY_COLUMNS,
+    HourCarry,
+    segments_as_of_lake_kinds,
+)
 from clicklake.platform.segments import UNKNOWN as UNKNOWN_SEGMENT
-from clicklake.platform.segments import HourCarry, segments_as_of_lake_kinds
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import Interner, tile_key, ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
@@ -251,7 +255,9 @@ class _RangeCarry:
         return HourCarry(clicks=self.clicks)
 
     def hour_done(self, impressions: pa.Table, enriched: pa.Table) -> None:
-        self._previous = (self.hour, impressions, enriched["country"].combine_chunks())
+        # only what the next hour's click countries read (not the long user agent column)
+        self._previous = (self.hour, impressions.select(CLICK_COUNTRY_COLUMNS),
+                          enriched["country"].combine_chunks())
 
 
 def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT_LABEL_WINDOW_MS,

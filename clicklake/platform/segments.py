@@ -141,7 +141,7 @@ def click_impression_rows(clicks: pa.Table, impressions: pa.Table) -> np.ndarray
 @dataclass
 class HourCarry:
     """Raw inputs of an hour's segment events that a caller walking hours in order already
-    holds: the hour before's impressions (at least `_CLICK_COUNTRY_COLUMNS`, None = read them)
+    holds: the hour before's impressions (at least `CLICK_COUNTRY_COLUMNS`, None = read them)
     with their countries, and the hour's clicks (None = read them)."""
 
     previous: pa.Table | None = None
@@ -334,14 +334,15 @@ def hour_segment_events(store: Store, hour_ms: int, lake_prefix: str = "lake",
                                            impression_countries))
 
 
-_CLICK_COUNTRY_COLUMNS = ["impression_id", "ts", "user_id", "ip", "domain"]
+# The impression columns a click's country and domain are found from.
+CLICK_COUNTRY_COLUMNS = ["impression_id", "ts", "user_id", "ip", "domain"]
 
 
 def _hour_event_parts(store: Store, hour_ms: int, lake_prefix: str = "lake",
                       impressions: pa.Table | None = None,
                       impression_countries: pa.Array | None = None,
                       carried: HourCarry | None = None) -> EventParts:
-    cols = _CLICK_COUNTRY_COLUMNS
+    cols = CLICK_COUNTRY_COLUMNS
     prev_key = raw_key("impressions", hour_ms - HOUR_MS, lake_prefix)
     if carried is not None and carried.previous is not None:
         imp_prev = carried.previous.select(cols)
