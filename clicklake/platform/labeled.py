@@ -141,7 +141,9 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     t = ts_ms(impressions["ts"])
     lookup = lookup or LookupTable(store, lake_prefix)
     if whole_raw_hour and n:
-        lookup.remember_raw("impressions", int(t.min() - t.min() % HOUR_MS), impressions)
+        # A range's lookup table outlives the hour: it keeps only the columns it reads.
+        lookup.remember_raw("impressions", int(t.min() - t.min() % HOUR_MS),
+                            impressions.select(_LOOKUP_COLUMNS) if carried else impressions)
     if n:
         profiles, user_campaign = lookup.as_of_with_campaigns(
             users, camps, t, carried=carried.snapshot(lookup, t) if carried else None)
@@ -195,6 +197,7 @@ def _labeled_table(imp: pa.Table, clicks: pa.Table, nxt: pa.Table,
 # -- a range of hours -----------------------------------------------------------------------------
 
 _NEXT_COLUMNS = ["impression_id", "ts", "user_id", "campaign_id"]
+_LOOKUP_COLUMNS = ["impression_id", "ts", "user_id", "campaign_id", "domain", "cost"]
 
 
 class _RangeCarry:
