@@ -134,8 +134,8 @@ def _serve_directly(app: FastAPI, path: str, handler) -> None:
     FastAPI keeps the route (its OpenAPI entry, 405s, the route label of the metrics, the error
     handlers, which see what `handler` raises) but no longer runs its per-request machinery
     for it: a Request object, two exit stacks, a second exception wrapper, dependency solving
-    and a Response object. On the hot path that machinery cost more than the model (measured).
-    The route's declared dependency is the bearer check, made here instead."""
+    and a Response object, ~40 us of the ~1 ms of server CPU a prediction takes (measured under
+    load at 500 requests/s). The route's declared dependency, the bearer check, is made here."""
     route = next(r for r in app.router.routes if isinstance(r, APIRoute) and r.path == path)
     assert [d.call for d in route.dependant.dependencies] == [require_token], (
         "the direct route makes the bearer check only: declare no other dependency")
@@ -308,6 +308,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         return Response(await score(await request.body(), request.headers.get("content-type")),
                         media_type="application/json")
 
+    # The declaration above is the route's contract (docs, methods, auth); requests take this:
     _serve_directly(app, "/v1/predict", score)
 
     @app.get("/v1/users/{user_id}/profile", response_model=ProfileOut,
