@@ -68,5 +68,23 @@ def test_the_graph_is_the_design_flow(graph):
     assert lagged.end_offset == -1
 
 
+@pytest.mark.parametrize("chain", ["user_profiles", "segment_profiles"])
+def test_a_labeled_hour_waits_for_the_snapshots_before_it_and_its_own(graph, chain):
+    """Hour H reads snapshot H-1; the lake's first hour has none, and only snapshot H says where
+    the chain's history starts, so H waits for both (a backfill then never labels an hour before
+    its chain reached it)."""
+    labeled = dg.AssetKey("labeled_impressions")
+    hourly = graph.get(dg.AssetKey(chain)).partitions_def
+    lagged = graph.get(labeled).partitions_def
+    mapping = graph.get_partition_mapping(labeled, dg.AssetKey(chain))
+    first = lagged.get_first_partition_key()
+    for key, expected in ((first, [first]),
+                          ("2026-11-24-05:00", ["2026-11-24-04:00", "2026-11-24-05:00"])):
+        up = mapping.get_upstream_mapped_partitions_result_for_partitions(
+            lagged.subset_with_partition_keys([key]), lagged, hourly,
+            current_time=datetime(2026, 11, 25, tzinfo=UTC))
+        assert sorted(up.partitions_subset.get_partition_keys()) == expected
+
+
 def test_the_serving_sensor_is_registered():
     assert defs.resolve_sensor_def("landing_to_serving") is not None

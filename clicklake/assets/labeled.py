@@ -36,8 +36,11 @@ LABELED_KEY = dg.AssetKey("labeled_impressions")
 _THIS_AND_NEXT = dg.TimeWindowPartitionMapping(start_offset=0, end_offset=1)
 with warnings.catch_warnings():  # the first hours have no earlier partitions; that is fine
     warnings.simplefilter("ignore", dg.BetaWarning)
-    _PREVIOUS = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1,
-                                              allow_nonexistent_upstream_partitions=True)
+    # Hour H reads the snapshots of H-1; it also waits for H's own, because in the chain's first
+    # hour that snapshot is the only one saying where history starts (a backfill would otherwise
+    # label the lake's first hour before any snapshot exists).
+    _PREVIOUS_AND_THIS = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=0,
+                                                       allow_nonexistent_upstream_partitions=True)
     _LAST_DAY = dg.TimeWindowPartitionMapping(start_offset=-24, end_offset=0,
                                               allow_nonexistent_upstream_partitions=True)
 _HIVE = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
@@ -98,8 +101,8 @@ class LabeledConfig(dg.Config):
         dg.AssetDep("raw_impressions", partition_mapping=_THIS_AND_NEXT),
         dg.AssetDep("raw_clicks", partition_mapping=_THIS_AND_NEXT),
         dg.AssetDep("raw_predictions", partition_mapping=_LAST_DAY),
-        dg.AssetDep("user_profiles", partition_mapping=_PREVIOUS),
-        dg.AssetDep("segment_profiles", partition_mapping=_PREVIOUS),
+        dg.AssetDep("user_profiles", partition_mapping=_PREVIOUS_AND_THIS),
+        dg.AssetDep("segment_profiles", partition_mapping=_PREVIOUS_AND_THIS),
     ],
     check_specs=[dg.AssetCheckSpec(n, asset="labeled_impressions", description=d, blocking=True)
                  for n, d in LABELED_CHECKS],
