@@ -262,14 +262,23 @@ def _fold_impressions(b: _Batch, rows: list[tuple]) -> None:
     b.segments.add_impressions([r[1] for r in rows], [r[3] for r in rows], values)
     # Clicks folded before their impression may now belong to another country (domain, ...).
     todo: dict[tuple[str, int, str], None] = {}
+    by_user: dict[str, list[int]] = {}
     for r in rows:
         f = r[1] - r[1] % HOUR_MS
         for user, ts, cid in b.imps[r[0]]["refs"]:
             if f <= ts < f + 2 * HOUR_MS:
                 todo[(user, ts, cid)] = None
-        for e in b.users[r[2]]["ev"]:
-            if e[1] == 1 and e[6] == 0 and r[1] < e[0] < f + 2 * HOUR_MS:
-                todo[(r[2], e[0], e[2])] = None
+        by_user.setdefault(r[2], []).append(r[1])
+    # A click attributed to "the user's latest impression" (via 0) may now have a later one:
+    # each user's clicks are scanned once (most users have none at all: skipped).
+    for user, times in by_user.items():
+        doc = b.users[user]
+        if not doc["n"][1]:
+            continue
+        for e in doc["ev"]:
+            if e[1] == 1 and e[6] == 0 and any(
+                    t < e[0] < t - t % HOUR_MS + 2 * HOUR_MS for t in times):
+                todo[(user, e[0], e[2])] = None
     b.load_users(u for u, _, _ in todo)
     for user, ts, cid in todo:
         e = us.find_click(b.users[user], ts, cid)
