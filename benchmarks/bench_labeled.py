@@ -126,28 +126,39 @@ def _hive(h: int) -> str:
 _CHECKED = ["impression_id", "user_impressions_life", "user_clicks_life", "label"]
 
 
-def _labeled_range(root: str, hours: list[int]) -> tuple[pa.Table, float, int]:
-    """The full build of `hours` as one range (the asset's work minus its write): the
-    compared columns, build seconds (writes excluded) and rows."""
+def _checked_writer(path: str) -> pq.ParquetWriter:
+    """Where a phase streams the compared columns of each hour as it is built: the phase then
+    holds one hour of results, as the asset does (it writes each hour and keeps none), and
+    the comparison still reads every row."""
+    from clicklake.platform.labeled import labeled_schema
+
+    schema = labeled_schema()
+    return pq.ParquetWriter(path, pa.schema([schema.field(c) for c in _CHECKED]))
+
+
+def _labeled_range(root: str, hours: list[int], path: str) -> tuple[float, int]:
+    """The full build of `hours` as one range (the asset's work minus its write), its compared
+    columns written to `path` hour by hour: build seconds (writes excluded) and rows."""
     from clicklake.platform.labeled import build_labeled_hours
     from clicklake.platform.storage import Store
 
-    build_s, rows, parts = 0.0, 0, []
+    build_s, rows = 0.0, 0
     tables = build_labeled_hours(Store(root), hours, LABEL_WINDOW_MS)
-    for _ in hours:
-        t0 = time.perf_counter()
-        table = next(tables)
-        build_s += time.perf_counter() - t0
-        rows += table.num_rows
-        parts.append(table.select(_CHECKED))
-        del table
-    return pa.concat_tables(parts), build_s, rows
+    with _checked_writer(path) as out:
+        for _ in hours:
+            t0 = time.perf_counter()
+            table = next(tables)
+            build_s += time.perf_counter() - t0
+            rows += table.num_rows
+            out.write_table(table.select(_CHECKED))
+            del table
+    return build_s, rows
 
 
 def phase_labeled(root: str, meta: dict, out_dir: str) -> dict:
     """The full labeled build of every labeled hour, one range in one process."""
-    table, build_s, rows = _labeled_range(root, _hours(meta)[:-1])
-    pq.write_table(table, os.path.join(out_dir, "labeled.parquet"))
+    build_s, rows = _labeled_range(root, _hours(meta)[:-1],
+                                   os.path.join(out_dir, "labeled.parquet"))
     return {"seconds": build_s, "rows": rows}
 
 
@@ -157,15 +168,15 @@ def phase_labeled_hourly(root: str, meta: dict, out_dir: str) -> dict:
     from clicklake.platform.storage import Store
 
     store = Store(root)
-    build_s, rows, parts = 0.0, 0, []
-    for h in _hours(meta)[:-1]:
-        t0 = time.perf_counter()
-        table = build_labeled_hour(store, h, LABEL_WINDOW_MS)
-        build_s += time.perf_counter() - t0
-        rows += table.num_rows
-        parts.append(table.select(_CHECKED))
-        del table
-    pq.write_table(pa.concat_tables(parts), os.path.join(out_dir, "labeled_hourly.parquet"))
+    build_s, rows = 0.0, 0
+    with _checked_writer(os.path.join(out_dir, "labeled_hourly.parquet")) as out:
+        for h in _hours(meta)[:-1]:
+            t0 = time.perf_counter()
+            table = build_labeled_hour(store, h, LABEL_WINDOW_MS)
+            build_s += time.perf_counter() - t0
+            rows += table.num_rows
+            out.write_table(table.select(_CHECKED))
+            del table
     return {"seconds": build_s, "rows": rows}
 
 
@@ -186,11 +197,11 @@ def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
     hours = _hours(meta)[:-1]
     halves = [hours[:len(hours) // 2], hours[len(hours) // 2:]]
     with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
-        done = list(pool.map(functools.partial(_labeled_range, root), halves))
+        done = list(pool.map(functools.partial(_labeled_range, root), halves,
+                             [os.path.join(out_dir, f"labeled_2proc_{i}.parquet")
+                              for i in range(len(halves))]))
     seconds = time.perf_counter() - t0
-    table = pa.concat_tables([d[0] for d in done])
-    pq.write_table(table, os.path.join(out_dir, "labeled_2proc.parquet"))
-    return {"seconds": seconds, "rows": table.num_rows, "workers": 2,
+    return {"seconds": seconds, "rows": sum(d[1] for d in done), "workers": 2,
             "workers_cpu_s": children_cpu() - cpu0,
             "worker_peak_rss_mib_max": resource.getrusage(
                 resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
@@ -315,8 +326,8 @@ def _phase_main(name: str, root: str, out_dir: str) -> None:
 # -- comparison ----------------------------------------------------------------------------------
 
 
-def _sorted(path: str) -> pa.Table:
-    t = pq.read_table(path)
+def _sorted(*paths: str) -> pa.Table:
+    t = pa.concat_tables([pq.read_table(p) for p in paths])
     return t.take(pc.sort_indices(t, [("impression_id", "ascending")]))
 
 
@@ -324,7 +335,7 @@ def compare(out_dir: str) -> dict:
     duck = _sorted(os.path.join(out_dir, "minimal_duckdb.parquet"))
     ours = _sorted(os.path.join(out_dir, "minimal_ours.parquet"))
     full = _sorted(os.path.join(out_dir, "labeled.parquet"))
-    full2 = _sorted(os.path.join(out_dir, "labeled_2proc.parquet"))
+    full2 = _sorted(*(os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)))
     hourly = _sorted(os.path.join(out_dir, "labeled_hourly.parquet"))
     ids = duck["impression_id"]
     if len(pc.unique(ids)) != len(ids):
