@@ -94,14 +94,36 @@ def _f(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
 
 
+def _objects(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A string column as an object array (None for null), as `to_numpy` gives it, but each
+    distinct value converted once (an hour repeats a few dozen values tens of thousands of
+    times) and taken out by index."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    enc = pc.dictionary_encode(arr)
+    words = np.append(enc.dictionary.to_numpy(zero_copy_only=False), None)
+    idx = enc.indices.fill_null(len(enc.dictionary)).to_numpy(zero_copy_only=False)
+    return words[idx]
+
+
+def _float_column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """`pa.array(values, type_, from_pandas=True)` (NaN is null), with the NaN mask computed by
+    numpy: Arrow's own NaN check costs several times more per float64 column."""
+    if values.dtype != np.float64 or type_ != pa.float64():
+        return pa.array(values, type_, from_pandas=True)
+    nan = np.isnan(values)
+    return pa.array(values, type_, mask=nan if nan.any() else None)
+
+
 def _ts_or_nan(col) -> np.ndarray:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     ms = pc.cast(pc.cast(arr, pa.int64()), pa.float64())
     return ms.fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 
-def feature_inputs(ctx: FeatureContext) -> dict[str, np.ndarray]:
-    """The `features.INPUT_COLUMNS` of every impression of `ctx`."""
+def feature_inputs(ctx: FeatureContext, sources: dict[str, tuple] | None = None
+                   ) -> dict[str, np.ndarray]:
+    """The `features.INPUT_COLUMNS` of every impression of `ctx`. `sources`, when given, gets
+    for each categorical input (object array) the Arrow column it was made from."""
     p, imp = ctx.profiles, ctx.impressions
     window = {"life": "", "1h": "_1h", "24h": "_24h", "7d": "_7d"}
     inputs: dict[str, np.ndarray] = {"ts_ms": ts_ms(imp["ts"])}
@@ -118,7 +140,9 @@ def feature_inputs(ctx: FeatureContext) -> dict[str, np.ndarray]:
         inputs[f"{kind}_impressions_24h"] = _f(seg["impressions_24h"])
         inputs[f"{kind}_clicks_24h"] = _f(seg["clicks_24h"])
     for c in ("country", "device_type", "os", "browser"):
-        inputs[c] = imp[c].to_numpy(zero_copy_only=False)
+        inputs[c] = _objects(imp[c])
+        if sources is not None:
+            sources[c] = (inputs[c], imp[c])
     inputs["is_crawler"] = imp["is_crawler"].to_numpy(zero_copy_only=False)
     inputs["pred_score"] = ctx.pred_score
     inputs["pred_ts_ms"] = ctx.pred_ts
@@ -128,13 +152,15 @@ def feature_inputs(ctx: FeatureContext) -> dict[str, np.ndarray]:
 def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = "lake",
                         lookup: LookupTable | None = None, *,
                         whole_raw_hour: bool = False,
-                        carried: _RangeCarry | None = None) -> dict[str, np.ndarray]:
+                        carried: _RangeCarry | None = None,
+                        sources: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """`features.INPUT_COLUMNS` for impressions at any instants (each as of strictly before its
     own ts), from the lake: the time-travel lookup, segment profiles and raw predictions. The
     labeled dataset calls it for an hour of impressions, the REST API's as-of path for one.
     `whole_raw_hour`: `impressions` are exactly the raw impressions of one hour, so they double
     as that hour's events instead of being read and enriched again; `carried` (with
-    `whole_raw_hour`) is the state a range of hours carries from the hour before."""
+    `whole_raw_hour`) is the state a range of hours carries from the hour before; `sources`
+    as for `feature_inputs`."""
     n = impressions.num_rows
     users = impressions["user_id"].combine_chunks()
     camps = impressions["campaign_id"].combine_chunks()
@@ -164,7 +190,7 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     else:
         score, pred_ts = latest_scores_lake(store, users, t, PREDICTION_MAX_AGE_MS, lake_prefix)
     return feature_inputs(FeatureContext(enriched, profiles, user_campaign, segments, score,
-                                         pred_ts))
+                                         pred_ts), sources)
 
 
 def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABEL_WINDOW_MS,
@@ -178,17 +204,32 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
                ["impression_id", "ts", "user_id", "campaign_id"])
     clicks = pa.concat_tables([_raw(store, "clicks", hour_ms, lake_prefix),
                                _raw(store, "clicks", hour_ms + HOUR_MS, lake_prefix)])
-    features = compute_features(lake_feature_inputs(store, imp, lake_prefix, whole_raw_hour=True))
-    return _labeled_table(imp, clicks, nxt, features, window_ms)
+    sources: dict[str, tuple] = {}
+    features = compute_features(lake_feature_inputs(store, imp, lake_prefix, whole_raw_hour=True,
+                                                    sources=sources))
+    return _labeled_table(imp, clicks, nxt, features, window_ms, sources)
+
+
+def _feature_column(name: str, values: np.ndarray, type_: pa.DataType,
+                    sources: dict[str, tuple]) -> pa.Array | pa.ChunkedArray:
+    source = sources.get(name)
+    if source is not None and values is source[0]:
+        # compute_features handed the input object array back untouched: its Arrow column
+        # is that array already (converting tens of thousands of Python strings costs more)
+        return source[1].cast(type_)
+    if type_ == pa.float64():
+        return _float_column(values, type_)
+    return pa.array(values, type_, from_pandas=True)
 
 
 def _labeled_table(imp: pa.Table, clicks: pa.Table, nxt: pa.Table,
-                   features: dict[str, np.ndarray], window_ms: int) -> pa.Table:
+                   features: dict[str, np.ndarray], window_ms: int,
+                   sources: dict[str, tuple] | None = None) -> pa.Table:
     labeled = label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
                                 context_impressions=nxt)
     schema = labeled_schema()
     columns = [labeled[c] for c in (*PASSTHROUGH, "label", "first_click_delay_ms")]
-    columns += [pa.array(features[name], schema.field(name).type, from_pandas=True)
+    columns += [_feature_column(name, features[name], schema.field(name).type, sources or {})
                 for name in FEATURE_NAMES]
     table = pa.Table.from_arrays(columns, schema=schema)
     return table.replace_schema_metadata({META_LABEL_WINDOW: str(window_ms).encode()})
@@ -297,7 +338,9 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
             lookup.snapshot_hours(refresh=True)  # see the snapshots a fresh lookup would see
         carry.start(h, clk)
         lookup.remember_raw("clicks", h, clk)
+        sources: dict[str, tuple] = {}
         features = compute_features(lake_feature_inputs(store, imp, lake_prefix, lookup,
-                                                        whole_raw_hour=True, carried=carry))
+                                                        whole_raw_hour=True, carried=carry,
+                                                        sources=sources))
         yield _labeled_table(imp, pa.concat_tables([clk, nxt_clk]), nxt.select(_NEXT_COLUMNS),
-                             features, window_ms)
+                             features, window_ms, sources)
