@@ -109,15 +109,21 @@ class Deltas:
             else:
                 cell[1] += n
         minutes = commit.counters.setdefault(MINUTE_TABLE, {})
-        for (pk, ts), n in self.ev_imp.items():
+        entries = _ENTRIES
+        for (pk, ts), n in self.ev_imp.items():  # the hot loop: one pass per (segment, ms)
             off = ts % MINUTE_MS
+            e = entries.get(off)
+            if e is None:
+                e = entries[off] = f"{off:05d},"
+            if n != 1:
+                e *= n
             key = (pk, ts - off)
             cell = minutes.get(key)
             if cell is None:
-                minutes[key] = [n, 0, _ENTRY[off] * n, ""]
+                minutes[key] = [n, 0, e, ""]
             else:
                 cell[0] += n
-                cell[2] += _ENTRY[off] * n
+                cell[2] += e
         for (pk, ts), n in self.ev_clk.items():
             if not n:
                 continue
@@ -127,23 +133,20 @@ class Deltas:
             if cell is None:
                 cell = minutes[key] = [0, 0, "", ""]
             cell[1] += n
-            cell[3] += _ENTRY[off] * n if n > 0 else ("-" + _ENTRY[off]) * -n
+            e = _entry(off)
+            cell[3] += e * n if n > 0 else ("-" + e) * -n
 
 
-class _Entries:
-    """`OFFSET,` text of a millisecond within a minute, made once per offset."""
-
-    def __init__(self) -> None:
-        self.cache: dict[int, str] = {}
-
-    def __getitem__(self, off: int) -> str:
-        e = self.cache.get(off)
-        if e is None:
-            e = self.cache[off] = f"{off:05d},"
-        return e
+_ENTRIES: dict[int, str] = {}  # millisecond in a minute -> its `OFFSET,` log entry
 
 
-_ENTRY = _Entries()
+def _entry(off: int) -> str:
+    e = _ENTRIES.get(off)
+    if e is None:
+        e = _ENTRIES[off] = f"{off:05d},"
+    return e
+
+
 _GLOBAL_PK = segment_pk("global", "all")
 _CAMPAIGN = segment_pk("campaign", "")
 _IMPRESSION_PREFIX = tuple(segment_pk(kind, "") for kind in IMPRESSION_KINDS)
