@@ -95,3 +95,20 @@ def test_crash_between_transactions_of_one_file_is_finished_from_the_intent(
     assert report.files == len(keys) - done
     assert restarted.dump() == sqlite_fold.dump()
     assert restarted._scan("i#") == [] and restarted._scan("a#") == []  # intents cleaned up
+
+
+def test_a_table_of_the_older_layout_is_refused_until_rebuilt(moto_endpoint, landing_zone,
+                                                               sqlite_fold):
+    """A table that folded files before the layout marker existed (millisecond counter rows)
+    is refused; `clear` (what a rebuild does first) lets the fold rebuild it."""
+    from clicklake.platform.online.sqlite_state import StaleLayout
+
+    state = _dynamo(moto_endpoint)
+    state.client.put_item(TableName=state.table, Item={**state._key("meta#watermark"),
+                                                        "wm": {"N": "1"}})
+    keys = landing_zone.list("landing/")
+    with pytest.raises(StaleLayout):
+        fold_files(state, landing_zone, keys)
+    state.clear()
+    assert fold_files(state, landing_zone, keys).files == len(keys)
+    assert state.dump() == sqlite_fold.dump()

@@ -34,7 +34,15 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, StateStore
-from clicklake.platform.online.state import Cell, Commit, FileRecord, canonical_log, chunks
+from clicklake.platform.online.state import (
+    LAYOUT,
+    Cell,
+    Commit,
+    FileRecord,
+    StaleLayout,
+    canonical_log,
+    chunks,
+)
 
 DEFAULT_SQLITE_PATH = "data/online/online.db"
 _TRANSACTION_ITEMS = 100
@@ -293,7 +301,25 @@ class DynamoState(StateStore):
         self._apply(name, ops, files, _n(marker["parts"]))
         return files
 
+    def _check_layout(self) -> None:
+        """A table that has folded files but carries no `meta#layout` of this version holds an
+        older layout (millisecond counter rows): refuse to fold into it until a rebuild."""
+        if getattr(self, "_layout_ok", False):
+            return
+        item = self._get("meta#layout")
+        if item is None:
+            if self._get("meta#watermark") is not None:
+                raise StaleLayout(f"DynamoDB table {self.table} holds an older online state "
+                                  "layout: rebuild it")
+            self.client.put_item(TableName=self.table, Item={
+                **self._key("meta#layout"), "v": {"N": str(LAYOUT)}})
+        elif _n(item["v"]) != LAYOUT:
+            raise StaleLayout(f"DynamoDB table {self.table} holds online state layout "
+                              f"{_n(item['v'])}, not {LAYOUT}: rebuild it")
+        self._layout_ok = True
+
     def commit(self, commit: Commit) -> bool:
+        self._check_layout()
         if self.recover() or self.folded([f.key for f in commit.files]):
             return False  # the state moved under this commit: it was computed from an older one
         ops, parts = self._write_intent(commit)
@@ -383,6 +409,7 @@ class DynamoState(StateStore):
                 "files": sorted(files)}
 
     def clear(self) -> None:
+        self._layout_ok = False
         for item in self._scan(""):
             self.client.delete_item(TableName=self.table,
                                     Key=self._key(item["pk"]["S"], _n(item["sk"])))

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 
 import orjson
 
-from clicklake.platform.online.state import Cell, Commit, StateStore, canonical_log, chunks
+from clicklake.platform.online.state import (
+    Cell,
+    Commit,
+    StaleLayout,
+    StateStore,
+    canonical_log,
+    chunks,
+)
 
 # No index on hour / sk: each would double the cost of every write, and retention only has work
 # to do when the horizon crosses an hour (`purge` remembers its last bounds in `meta`), when one
@@ -40,9 +47,7 @@ _IN = 500  # keys per IN (...) query, well under SQLite's variable limit
 _TABLES = ("docs", "counters", "marks", "files", "meta")
 
 
-class StaleLayout(RuntimeError):
-    """The file holds an older layout of the online state: rebuild it (serving_lookup with
-    `rebuild: true` refolds every landing file)."""
+__all__ = ["SqliteState", "StaleLayout"]
 
 
 class SqliteState(StateStore):

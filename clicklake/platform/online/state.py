@@ -22,6 +22,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+LAYOUT = 2  # 2: minute rows with event logs (1 had millisecond rows, and markers as documents)
+
+
+class StaleLayout(RuntimeError):
+    """The store holds an older layout of the online state: rebuild it (serving_lookup with
+    `rebuild: true` clears it and refolds every landing file)."""
+
 
 @dataclass(frozen=True)
 class FileRecord:
