@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clicklake.platform.tiles import lex_order
 from clicklake.platform.timeutil import HOUR_MS
 
 DEFAULT_LABEL_WINDOW_MS = 15 * 60_000
@@ -53,7 +54,7 @@ def _attribute(impressions: pa.Table, clicks: pa.Table) -> tuple[pa.Array, np.nd
     n = len(c_ts)
     # Distinct clicks, as the raw layer keeps them: the earliest copy (then the smallest
     # position) of each (click id, event hour).
-    order = np.lexsort((np.arange(n), _rank(c_id), c_ts)) if n else np.zeros(0, np.int64)
+    order = lex_order(c_ts, _rank(c_id))
     hour = c_ts[order] // HOUR_MS
     hour = hour - hour.min() if n else hour
     distinct = _codes(c_id.take(pa.array(order))) * (int(hour.max(initial=0)) + 1) + hour
@@ -83,7 +84,7 @@ def _attribute(impressions: pa.Table, clicks: pa.Table) -> tuple[pa.Array, np.nd
         i_ids = _str(impressions["impression_id"])
         # (pair, ts, id) order: the row before the first at (pair, click ts) is the latest
         # impression strictly before the click, the greatest id among equal times.
-        i_order = np.lexsort((_rank(i_ids), i_ts, i_pair)) if ni else np.zeros(0, np.int64)
+        i_order = lex_order(i_pair, i_ts, _rank(i_ids)) if ni else np.zeros(0, np.int64)
         base = int(min(i_ts.min(initial=a_ts.min()), a_ts.min()))
         span = int(max(i_ts.max(initial=a_ts.max()), a_ts.max())) - base + 1
         key = i_pair[i_order] * span + (i_ts[i_order] - base)

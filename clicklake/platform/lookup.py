@@ -35,7 +35,7 @@ from clicklake.platform.profiles import (
 )
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
-from clicklake.platform.tiles import as_string_array, ts_ms
+from clicklake.platform.tiles import as_string_array, lex_order, ts_ms
 from clicklake.platform.timeutil import HOUR_MS, iso, to_ms
 
 NULL_MS = np.iinfo(np.int64).min
@@ -77,7 +77,7 @@ class _Timeline:
                  weights: dict[str, np.ndarray] | None = None):
         self.origin, self.span = origin, span
         key = codes * span + (ms - origin)
-        order = np.argsort(key, kind="stable")
+        order = lex_order(key)
         self.key, self.ms = key[order], ms[order]
         self.cum = {}
         for name, w in (weights or {}).items():
@@ -135,7 +135,7 @@ def _new_members(
     nv = max(len(enc.dictionary), 1)
     snap_keys = rows[sel] * nv + vcode[: len(s_vals)]  # unique: a snapshot list is a set
     ev_keys = codes * nv + vcode[len(s_vals):]
-    order = np.lexsort((ms, ev_keys))
+    order = lex_order(ev_keys, ms)
     first = np.ones(n, dtype=bool)
     k_sorted = ev_keys[order]
     first[1:] = k_sorted[1:] != k_sorted[:-1]
@@ -181,7 +181,7 @@ def as_of_pairs(
     cc = _to_np_codes(pc.index_in(clk_u, value_set=universe))
     pc_raw = _to_np_codes(pc.index_in(users, value_set=universe))
     # Binary searches run far faster over sorted needles: work in (user, t) order, undo at the end.
-    perm = np.lexsort((t, pc_raw))
+    perm = lex_order(pc_raw, t)
     inv = np.empty_like(perm)
     inv[perm] = np.arange(len(perm))
     users, t, pc_raw = users.take(pa.array(perm)), t[perm], pc_raw[perm]
@@ -922,7 +922,7 @@ def _first_new(keys: np.ndarray, ms: np.ndarray, known, users: np.ndarray,
     """The earliest event of each (user, value) key the snapshot lacks, as a per-user timeline."""
     if not len(keys):
         return _Timeline(np.zeros(0, np.int64), np.zeros(0, np.int64), origin, span)
-    order = np.lexsort((ms, keys))
+    order = lex_order(keys, ms)
     k = keys[order]
     first = np.ones(len(k), dtype=bool)
     first[1:] = k[1:] != k[:-1]

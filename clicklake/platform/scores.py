@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
-from clicklake.platform.tiles import Interner
+from clicklake.platform.tiles import Interner, lex_order
 from clicklake.platform.timeutil import HOUR_MS
 
 
@@ -54,7 +54,7 @@ def _answer(p_code: np.ndarray, p_ts: np.ndarray, p_rank: np.ndarray, p_score: n
         keep &= ~early | (p_ts == best[np.maximum(p_code, 0)])
     p_code, p_ts, p_rank, p_score = p_code[keep], p_ts[keep], p_rank[keep], p_score[keep]
     # Sorted by (user, ts, id): the last row of each (user, ts) run is the greatest id there.
-    order = np.lexsort((p_rank, p_ts, p_code))
+    order = lex_order(p_code, p_ts, p_rank)
     p_code, p_ts, p_score = p_code[order], p_ts[order], p_score[order]
     base = int(min(p_ts.min(), q_ts.min()))
     span = int(max(p_ts.max(), q_ts.max())) - base + 1
@@ -206,7 +206,7 @@ class CarriedScores:
 
     def _fold(self, code, ts, rank, score, hour_ms: int) -> None:
         if len(code):
-            order = np.lexsort((rank, ts, code))
+            order = lex_order(code, ts, rank)
             last = np.ones(len(order), bool)  # the last row of each user: latest ts, then id
             last[:-1] = code[order][1:] != code[order][:-1]
             sel = order[last]

@@ -25,7 +25,7 @@ from clicklake.platform.enrich import countries
 from clicklake.platform.events import SPECS, TS
 from clicklake.platform.raw import raw_key, read_raw
 from clicklake.platform.storage import Store
-from clicklake.platform.tiles import as_string_array, ts_ms
+from clicklake.platform.tiles import as_string_array, lex_order, ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
 
 UNKNOWN = "unknown"
@@ -126,7 +126,7 @@ def click_impression_rows(clicks: pa.Table, impressions: pa.Table) -> np.ndarray
         s_ids, s_ms = imp_ids.take(pa.array(sub)), i_ms[sub]
         id_rank = np.empty(len(sub), np.int64)
         id_rank[pc.sort_indices(s_ids).to_numpy()] = np.arange(len(sub))
-        order = np.lexsort((id_rank, s_ms, iu))
+        order = lex_order(iu, s_ms, id_rank)
         r_ms, r_lo = c_ms[rest], lo[rest]
         base = int(min(s_ms.min(), r_lo.min()))
         span = int(max(s_ms.max(), r_ms.max()) - base + 2)
