@@ -98,3 +98,37 @@ def test_exports_for_the_definitions():
     repo = defs.get_repository_def()
     assert repo.get_sensor_def("landing_to_serving").minimum_interval_seconds == 15
     assert serving_lookup.key in {k for a in serving_assets for k in a.keys}
+
+
+def test_a_store_of_an_older_layout_is_refused_by_serve_and_rebuilt_by_the_next_run(tmp_path):
+    """An online store folded by an older clicklake (millisecond counter rows): the API refuses
+    to start on it with what to do, and the sensor's next run rebuilds it from the landing zone
+    (its state is derived) instead of failing every run."""
+    import sqlite3
+
+    import pytest
+
+    from clicklake.platform.online.state import StaleLayout
+    from clicklake.serving.sources import open_online_source
+
+    path = str(tmp_path / "online.db")
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
+            imp INTEGER NOT NULL, clk INTEGER NOT NULL, PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
+        INSERT INTO counters VALUES ('seg_e', 'global', 1, 1, 0);""")
+    old.close()
+    store = Store(str(tmp_path / "lake"))
+    lake = LakeResource(root=store.root)
+    k1 = land(store, "impressions", H + 5 * MIN, [impression("i1", H + MIN)], "1")
+    k2 = land(store, "impressions", H + 6 * MIN, [impression("i2", H + 2 * MIN, user="u2")], "2")
+    with pytest.raises(StaleLayout, match="older online state layout"):
+        open_online_source(path)
+
+    meta = _materialize(lake, SqliteOnlineStore(path=path), [k2])  # the sensor asked for k2 only
+    assert meta["rebuild"] is True and "older online state layout" in meta["rebuild_reason"]
+    assert (meta["files_folded"], meta["events_folded"]) == (2, 2)  # every landing file
+    online = open_online_source(path)
+    assert online.profile("u2", H + 10 * MIN)["impressions"] == 1
+    assert _materialize(lake, SqliteOnlineStore(path=path), [k1])["files_folded"] == 0
+    assert _materialize(lake, SqliteOnlineStore(path=path))["rebuild_reason"] == "none"

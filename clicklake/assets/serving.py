@@ -24,6 +24,7 @@ from pydantic import Field
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import fold_files, horizon_ms
+from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import HOUR_MS, iso
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import OnlineStoreResource
@@ -55,8 +56,18 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         state.clear()
     keys = config.files if config.files and not config.rebuild else store.list(prefix)
     # The whole micro-batch in one atomic commit: each document and counter row written once.
-    report = fold_files(state, store, keys, prefix=lake.landing_prefix,
-                        files_per_commit=FILES_PER_COMMIT)
+    rebuilt_for = None
+    try:
+        report = fold_files(state, store, keys, prefix=lake.landing_prefix,
+                            files_per_commit=FILES_PER_COMMIT)
+    except StaleLayout as exc:
+        # The store was folded by an older clicklake (refused before anything was written). Its
+        # state is derived from the landing zone, so upgrading is a rebuild, not an error.
+        rebuilt_for = str(exc)
+        context.log.warning(f"{exc} (now, from every landing file)")
+        state.clear()
+        report = fold_files(state, store, store.list(prefix), prefix=lake.landing_prefix,
+                            files_per_commit=FILES_PER_COMMIT)
     context.log.info(f"folded {report.files} files, {report.events_total} events in "
                      f"{report.seconds:.2f} s")
     wm = report.watermark_ms
@@ -73,7 +84,8 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         "fold_events_per_s": round(report.events_per_second, 1) if report.events_total else 0.0,
         "fold_seconds": round(report.seconds, 3),
         "rows_purged": report.purged,
-        "rebuild": config.rebuild,
+        "rebuild": config.rebuild or rebuilt_for is not None,
+        "rebuild_reason": ("requested" if config.rebuild else rebuilt_for or "none"),
     })
 
 

@@ -69,6 +69,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     """
     import uvicorn
 
+    from clicklake.platform.online.state import StaleLayout
     from clicklake.platform.storage import Store
     from clicklake.resources.lake import LakeResource
     from clicklake.serving import ModelSlot, ServingConfig, lake_app
@@ -91,8 +92,11 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         from clicklake.resources.online_store import default_sqlite_path
 
         online_db = default_sqlite_path(root)  # beside the lake, where serving_lookup folds
-    online = (open_online_source(online_db, dynamodb_table, region) if source == "online"
-              else None)
+    try:
+        online = (open_online_source(online_db, dynamodb_table, region) if source == "online"
+                  else None)
+    except StaleLayout as exc:
+        raise click.ClickException(str(exc)) from exc
     app = lake_app(store, lake_prefix, config, source=online, model=slot)
     if slot.current is None:
         click.echo(f"warning: no champion model under {root}/{lake_prefix}/models yet; "

@@ -20,6 +20,7 @@ import pyarrow as pa
 from clicklake.platform.events import TS
 from clicklake.platform.labeled import lake_feature_inputs
 from clicklake.platform.lookup import LookupTable
+from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, parse_instant
 
@@ -132,4 +133,9 @@ def open_online_source(sqlite_path: str | None = None, dynamodb_table: str | Non
 
     if dynamodb_table:
         return DynamoDbOnlineStore(table_name=dynamodb_table, region=region).features()
-    return SqliteOnlineStore(path=sqlite_path).features()
+    features = SqliteOnlineStore(path=sqlite_path).features()
+    if getattr(features.state, "stale", False):  # its reads would fail on every request
+        raise StaleLayout(f"{features.state.path} holds an older online state layout: run "
+                          "serving_lookup once (the sensor's next run, or `clicklake demo`) to "
+                          "rebuild it from the landing zone")
+    return features
