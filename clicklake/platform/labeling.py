@@ -127,10 +127,11 @@ def label_impressions(
     _, c_ts, target = _attribute(pool, clicks)
     ids = _str(impressions["impression_id"])
     imp_ts = _ms(impressions["ts"])
-    # Duplicate impression ids share the first one's time and label.
-    first_of = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64)
-    j = pc.index_in(target, value_set=ids).fill_null(-1).to_numpy(
-        zero_copy_only=False).astype(np.int64)
+    # Duplicate impression ids share the first one's time and label. One lookup finds the
+    # first row of each id and of each click's target (one hash table of the ids, not two).
+    found = pc.index_in(pa.concat_arrays([ids, target.cast(pa.string())]), value_set=ids
+                        ).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    first_of, j = found[:len(ids)], found[len(ids):]
     delay = c_ts - imp_ts[np.maximum(j, 0)] if len(imp_ts) else np.zeros(len(j), np.int64)
     ok = (j >= 0) & (delay > 0) & (delay <= window_ms)
     best = np.full(len(ids), np.iinfo(np.int64).max)
