@@ -176,7 +176,7 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     else:
         profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
     enriched = enrich_impressions(impressions)
-    segment_of = {"global": pa.array(["all"] * n, pa.string()),
+    segment_of = {"global": pa.repeat(pa.scalar("all", pa.string()), n),
                   "country": enriched["country"].combine_chunks(), "campaign": camps,
                   "domain": impressions["domain"].combine_chunks().cast(pa.string()).fill_null(
                       UNKNOWN_SEGMENT)}
