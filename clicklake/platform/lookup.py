@@ -673,20 +673,38 @@ class LookupTable:
         inv = np.empty_like(perm)
         inv[perm] = np.arange(n)
         qcode, t_in, t = qcode[perm], t, t[perm]
-        imp, imp_ms = _within(self.raw("impressions", s), s, hi)
+        raw_imp = self.raw("impressions", s)
+        # The hour's own impressions asked about (a labeled hour): their events are the query
+        # rows, whose codes are known already - no second lookup of the same strings.
+        same = (raw_imp.num_rows == n and not users.null_count
+                and (camps is None or len(camps) == n)
+                and as_string_array(raw_imp["user_id"]).equals(users)
+                and (camps is None or as_string_array(raw_imp["campaign_id"]).equals(camps)))
+        in_hour = None
+        if same:
+            raw_ms = ts_ms(raw_imp["ts"])
+            in_hour = (raw_ms >= s) & (raw_ms < hi)
+        imp, imp_ms = _within(raw_imp, s, hi)
         clk, clk_ms = _within(self.raw("clicks", s), s, hi)
-        ic = _to_np_codes(pc.index_in(as_string_array(imp["user_id"]), value_set=quniq))
+        ic = (qenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[in_hour] if same
+              else _to_np_codes(pc.index_in(as_string_array(imp["user_id"]), value_set=quniq)))
         cc = _to_np_codes(pc.index_in(as_string_array(clk["user_id"]), value_set=quniq))
         i_keep, c_keep = ic >= 0, cc >= 0
         # Campaign codes: the campaigns asked for and those of the events; others never match.
         qc = camps if camps is not None else pa.array([], pa.string())
         nq = len(qc)
-        cenc = pc.dictionary_encode(pa.concat_arrays([
-            qc, as_string_array(imp["campaign_id"]), as_string_array(clk["campaign_id"])]))
-        call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if same and camps is not None:
+            cenc = pc.dictionary_encode(pa.concat_arrays([qc, as_string_array(clk["campaign_id"])]))
+            call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            q_camp, c_camp = call[:nq], call[nq:]
+            i_camp = q_camp[in_hour]
+        else:
+            cenc = pc.dictionary_encode(pa.concat_arrays([
+                qc, as_string_array(imp["campaign_id"]), as_string_array(clk["campaign_id"])]))
+            call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            q_camp, i_camp, c_camp = call[:nq], call[nq:nq + len(ic)], call[nq + len(ic):]
         cdict = cenc.dictionary
         nc = max(len(cdict), 1)
-        q_camp, i_camp, c_camp = call[:nq], call[nq:nq + len(ic)], call[nq + len(ic):]
         dom = as_string_array(imp["domain"])
         denc = pc.dictionary_encode(dom)
         ddict = denc.dictionary
