@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import orjson
 
 from clicklake.platform import landing
@@ -31,3 +33,13 @@ def land(store: Store, stream: str, arrival_ms: int, lines: list[bytes], tag: st
     key = landing.firehose_key(stream, arrival_ms, f"00000000-0000-4000-8000-{tag.zfill(12)}")
     landing.write_file(store, key, lines)
     return key
+
+
+def old_layout_online_db(path: str) -> None:
+    """An online SQLite store as an older clicklake wrote it (millisecond counter rows)."""
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
+            imp INTEGER NOT NULL, clk INTEGER NOT NULL, PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
+        INSERT INTO counters VALUES ('seg_e', 'global', 1, 1, 0);""")
+    old.close()

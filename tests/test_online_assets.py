@@ -19,7 +19,7 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import SqliteOnlineStore
-from tests.landing_factory import MIN, H, click, impression, land
+from tests.landing_factory import MIN, H, click, impression, land, old_layout_online_db
 
 
 def _tick(lake: LakeResource, cursor: str | None):
@@ -104,20 +104,13 @@ def test_a_store_of_an_older_layout_is_refused_by_serve_and_rebuilt_by_the_next_
     """An online store folded by an older clicklake (millisecond counter rows): the API refuses
     to start on it with what to do, and the sensor's next run rebuilds it from the landing zone
     (its state is derived) instead of failing every run."""
-    import sqlite3
-
     import pytest
 
     from clicklake.platform.online.state import StaleLayout
     from clicklake.serving.sources import open_online_source
 
     path = str(tmp_path / "online.db")
-    old = sqlite3.connect(path)
-    old.executescript("""
-        CREATE TABLE counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
-            imp INTEGER NOT NULL, clk INTEGER NOT NULL, PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
-        INSERT INTO counters VALUES ('seg_e', 'global', 1, 1, 0);""")
-    old.close()
+    old_layout_online_db(path)
     store = Store(str(tmp_path / "lake"))
     lake = LakeResource(root=store.root)
     k1 = land(store, "impressions", H + 5 * MIN, [impression("i1", H + MIN)], "1")

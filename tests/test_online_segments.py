@@ -8,7 +8,6 @@ is rebuilt."""
 from __future__ import annotations
 
 import random
-import sqlite3
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +18,7 @@ from clicklake.platform.online.segment_state import count_before, window_24h
 from clicklake.platform.online.sqlite_state import StaleLayout
 from clicklake.platform.online.state import canonical_log
 from clicklake.platform.storage import Store
-from tests.landing_factory import MIN, H, click, impression, land
+from tests.landing_factory import MIN, H, click, impression, land, old_layout_online_db
 
 US_IP, DE_IP = "8.8.8.8", "46.4.0.1"
 
@@ -95,12 +94,7 @@ def test_a_moved_click_leaves_its_minute_log_and_reads_stay_exact(tmp_path):
 
 def test_an_older_layout_is_refused_until_rebuilt(tmp_path):
     path = str(tmp_path / "online.db")
-    old = sqlite3.connect(path)
-    old.executescript("""
-        CREATE TABLE counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
-            imp INTEGER NOT NULL, clk INTEGER NOT NULL, PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
-        INSERT INTO counters VALUES ('seg_e', 'global', 1, 1, 0);""")
-    old.close()
+    old_layout_online_db(path)
     store = Store(str(tmp_path / "lake"))
     land(store, "impressions", H + 5 * MIN, [impression("a", H + MIN)], "1")
     state = SqliteState(path)
