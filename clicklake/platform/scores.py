@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
@@ -144,6 +145,19 @@ def latest_scores_lake(store: Store, user_ids: pa.Array, ts_ms: np.ndarray, max_
 _NO_TS = np.iinfo(np.int64).min
 
 
+def _tie_rank(pf: pq.ParquetFile | None, code: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """The prediction id rank of a raw prediction hour's rows (`_id_rank`), read only when
+    ids are needed: when one user (`code`, the hour's user codes) has two predictions at one
+    instant; zeros otherwise."""
+    rank = np.zeros(len(ts), np.int64)
+    if len(ts) and pf is not None:
+        k = np.sort(code * (int(ts.max()) - int(ts.min()) + 1) + (ts - int(ts.min())))
+        if (k[1:] == k[:-1]).any():
+            rank = _id_rank(pf.read(columns=["prediction_id"],
+                                    use_threads=False)["prediction_id"], len(ts))
+    return rank
+
+
 class CarriedScores:
     """Each user's latest prediction (ts, score) strictly before `as_of` (an hour boundary), on
     user codes, carried from hour to hour: a range of labeled hours reads each prediction hour
@@ -166,9 +180,10 @@ class CarriedScores:
             codes = self.users.codes(pa.concat_arrays([d[0] for d in days]))  # one lookup
             self._grow()
             at = 0
-            for h, (ids, ts, rank, score) in zip(range(self.as_of, first_hour_ms, HOUR_MS),
-                                                 days, strict=True):
-                self._fold(codes[at:at + len(ids)], ts, rank, score, h)
+            for h, (ids, ts, score, pf) in zip(range(self.as_of, first_hour_ms, HOUR_MS),
+                                               days, strict=True):
+                code = codes[at:at + len(ids)]
+                self._fold(code, ts, _tie_rank(pf, code, ts), score, h)
                 at += len(ids)
         self.as_of = first_hour_ms
 
@@ -183,26 +198,18 @@ class CarriedScores:
             self.ts = np.concatenate([self.ts, np.full(extra, _NO_TS)])
             self.score = np.concatenate([self.score, np.full(extra, np.nan)])
 
-    def _read(self, hour_ms: int) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-        """(user ids, ts, id rank, score) of a raw prediction hour (empty when missing)."""
+    def _read(self, hour_ms: int) -> tuple[pa.Array, np.ndarray, np.ndarray,
+                                            pq.ParquetFile | None]:
+        """(user ids, ts, score, the file for `_tie_rank`) of a raw prediction hour (empty
+        when missing)."""
         key = raw_key("predictions", hour_ms, self.lake_prefix)
         if not self.store.exists(key):
-            z = np.zeros(0, np.int64)
-            return pa.array([], pa.string()), z, z, np.zeros(0)
+            return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0), None
         pf = self.store.parquet_file(key)
         part = pf.read(columns=["user_id", "ts", "score"], use_threads=False)
         users = part["user_id"].combine_chunks().cast(pa.string())
-        ts = _ms(part["ts"])
         score = part["score"].to_numpy(zero_copy_only=False).astype(np.float64)
-        rank = np.zeros(len(ts), np.int64)
-        if len(ts):  # ids break ties of one user at one instant: read them only when there are
-            code = pc.dictionary_encode(users).indices.to_numpy(zero_copy_only=False).astype(
-                np.int64)
-            k = np.sort(code * (int(ts.max()) - int(ts.min()) + 1) + (ts - int(ts.min())))
-            if (k[1:] == k[:-1]).any():
-                rank = _id_rank(pf.read(columns=["prediction_id"],
-                                        use_threads=False)["prediction_id"], len(ts))
-        return users, ts, rank, score
+        return users, _ms(part["ts"]), score, pf
 
     def _fold(self, code, ts, rank, score, hour_ms: int) -> None:
         if len(code):
@@ -222,8 +229,9 @@ class CarriedScores:
         t = np.asarray(ts_ms, np.int64)
         if len(t) and (t.min() < hour_ms or t.max() >= hour_ms + HOUR_MS):
             raise ValueError("instants outside the hour")
-        users, p_ts, rank, p_score = self._read(hour_ms)
+        users, p_ts, p_score, pf = self._read(hour_ms)
         code = self.users.codes(users)
+        rank = _tie_rank(pf, code, p_ts)
         self._grow()
         q = np.asarray(user_codes, np.int64)
         score, when = _answer(code, p_ts, rank, p_score, q, t)
