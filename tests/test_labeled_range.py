@@ -23,7 +23,7 @@ from test_labeled_oracle import H0, N_HOURS, W, streams
 
 from clicklake.platform import profiles, tiles
 from clicklake.platform.labeled import build_labeled_hour, build_labeled_hours
-from clicklake.platform.profiles import CarriedSnapshot, fold_snapshot
+from clicklake.platform.profiles import CarriedSnapshot, fold_snapshot, snapshot_as_of
 from clicklake.platform.scores import CarriedScores, latest_scores_lake
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS
@@ -111,8 +111,10 @@ def _assert_state_is_snapshot(state: CarriedSnapshot, snap: pa.Table) -> None:
             assert state.has_pairs("domains", codes[k:k + 1], dc)[0] == (d in doms), (u, d)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_the_carried_snapshot_equals_the_snapshot_chain(seed):
+@pytest.mark.parametrize(("seed", "slice_rows"), [(1, None), (2, None), (1, 3), (3, 1)])
+def test_the_carried_snapshot_equals_the_snapshot_chain(seed, slice_rows):
+    """`slice_rows`: the snapshot read mid-chain comes in slices of that many rows (as a
+    range reads it, by row group), not whole."""
     rng = np.random.default_rng(seed)
     snap, state = None, None
     for k in range(200):  # past the 7-day ring
@@ -122,8 +124,12 @@ def test_the_carried_snapshot_equals_the_snapshot_chain(seed):
         snap = fold_snapshot(snap, tile, h)
         if k == 0:
             state = CarriedSnapshot(tiles.Interner(), h)
-        if k == 170:  # read whole, as a range starting here does, and carry on from there
+        if k == 170 and slice_rows is None:  # read whole, and carry on from there
             state = CarriedSnapshot.from_snapshot(snap, tiles.Interner())
+        elif k == 170:  # read by slices, as a range starting here does
+            parts = (snap.slice(i, slice_rows) for i in range(0, snap.num_rows, slice_rows))
+            state = CarriedSnapshot.from_snapshot_parts(parts, snapshot_as_of(snap),
+                                                        tiles.Interner())
         else:
             state.fold(tile, h)
         if k % 7 == 0 or k > 160:

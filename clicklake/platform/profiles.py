@@ -255,6 +255,11 @@ _KEY_WIDTH = 1 << 24  # (user, campaign or domain) keys: user code * width + val
 _STATE_INT = ("impressions", "clicks", "distinct_campaigns", "distinct_domains")
 _STATE_TS = ("first_ts", "last_impression_ts", "last_click_ts")
 _RUNNING = {w: h for w, h in WINDOWS_H.items() if h > 1}  # 1h is the last hour's ring entry
+# The snapshot columns a CarriedSnapshot is built from.
+CARRIED_COLUMNS = ["user_id", *_STATE_INT, "spend", *_STATE_TS,
+                   *(f"{m}_{w}" for w in _RUNNING for m in ("impressions", "clicks")),
+                   "campaigns", "campaign_impressions", "campaign_clicks", "domains",
+                   "recent_hours", "recent_impressions", "recent_clicks", "recent_spend"]
 
 
 class CarriedSnapshot:
@@ -296,31 +301,57 @@ class CarriedSnapshot:
     @classmethod
     def from_snapshot(cls, snapshot: pa.Table, users: Interner) -> CarriedSnapshot:
         """The state of a snapshot read whole (SNAPSHOT_SCHEMA)."""
-        state = cls(users, snapshot_as_of(snapshot))
-        code = users.codes(snapshot["user_id"])
+        return cls.from_snapshot_parts([snapshot], snapshot_as_of(snapshot), users)
+
+    @classmethod
+    def from_snapshot_parts(cls, parts, as_of_ms: int, users: Interner) -> CarriedSnapshot:
+        """The state of a snapshot as of `as_of_ms` given as consecutive slices of its rows
+        (e.g. its row groups, SNAPSHOT_SCHEMA columns `CARRIED_COLUMNS` at least): only one
+        slice and the flat (user, value) keys are held at a time, not the whole table."""
+        state = cls(users, as_of_ms)
+        pair_keys, pair_counts, dom_keys = [], [[], []], []
+        ring_hours, ring_codes, ring_vals = [], [], [[], [], []]
+        for part in parts:
+            code = users.codes(part["user_id"])
+            state._grow()
+            for name in (*_STATE_INT, "spend", *_STATE_TS,
+                         *(f"{m}_{w}" for w in _RUNNING for m in ("impressions", "clicks"))):
+                col = part[name].combine_chunks()
+                state.vals[name][code] = (ts_ms(col) if pa.types.is_timestamp(col.type)
+                                          else col.to_numpy(zero_copy_only=False))
+            rows, camps = _list_parts(part["campaigns"])
+            pair_keys.append(code[rows] * _KEY_WIDTH + state.campaigns.codes(camps))
+            for out, c in zip(pair_counts, ("campaign_impressions", "campaign_clicks"),
+                              strict=True):
+                out.append(_flat_np(part, c))
+            rows, doms = _list_parts(part["domains"])
+            dom_keys.append(code[rows] * _KEY_WIDTH + state.domains.codes(doms))
+            rows, hours = _list_parts(part["recent_hours"])
+            ring_hours.append(hours.to_numpy(zero_copy_only=False).astype(np.int64))
+            ring_codes.append(code[rows])
+            for out, m in zip(ring_vals, ("impressions", "clicks", "spend"), strict=True):
+                out.append(_flat_np(part, f"recent_{m}"))
+            del part, code, rows, camps, doms, hours
         state._grow()
-        for name in (*_STATE_INT, "spend", *_STATE_TS,
-                     *(f"{m}_{w}" for w in _RUNNING for m in ("impressions", "clicks"))):
-            col = snapshot[name].combine_chunks()
-            state.vals[name][code] = (ts_ms(col) if pa.types.is_timestamp(col.type)
-                                      else col.to_numpy(zero_copy_only=False))
-        rows, camps = _list_parts(snapshot["campaigns"])
-        key = code[rows] * _KEY_WIDTH + state.campaigns.codes(camps)
-        state.pairs = _KeySet.of(key, [_flat_np(snapshot, c) for c in ("campaign_impressions",
-                                                                       "campaign_clicks")])
-        rows, doms = _list_parts(snapshot["domains"])
-        state.domain_set = _KeySet.of(code[rows] * _KEY_WIDTH + state.domains.codes(doms), [])
-        rows, hours = _list_parts(snapshot["recent_hours"])
-        hours = hours.to_numpy(zero_copy_only=False).astype(np.int64)
+
+        def joined(arrays: list[np.ndarray], dtype) -> np.ndarray:
+            return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+        state.pairs = _KeySet.of(joined(pair_keys, np.int64),
+                                 [joined(c, np.int64) for c in pair_counts])
+        del pair_keys, pair_counts
+        state.domain_set = _KeySet.of(joined(dom_keys, np.int64), [])
+        del dom_keys
+        hours, codes = joined(ring_hours, np.int64), joined(ring_codes, np.int64)
+        flat = [joined(v, np.float64 if i == 2 else np.int64) for i, v in enumerate(ring_vals)]
+        del ring_hours, ring_codes, ring_vals
         order = np.argsort(hours, kind="stable")
-        flat = [_flat_np(snapshot, f"recent_{m}")[order] for m in ("impressions", "clicks",
-                                                                    "spend")]
-        hours, rows = hours[order], rows[order]
+        hours, codes, flat = hours[order], codes[order], [f[order] for f in flat]
         bounds = np.flatnonzero(np.diff(hours)) + 1
-        for sel in np.split(np.arange(len(hours)), bounds):
-            if len(sel):
-                state.ring[int(hours[sel[0]])] = _ring_entry(code[rows[sel]],
-                                                             *(f[sel] for f in flat))
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(hours)], strict=True):
+            if hi > lo:
+                state.ring[int(hours[lo])] = _ring_entry(codes[lo:hi],
+                                                         *(f[lo:hi] for f in flat))
         state._check_width()
         return state
 
