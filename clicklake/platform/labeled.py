@@ -74,13 +74,18 @@ class MissingInput(LookupError):
 
 
 def _raw(store: Store, stream: str, hour_ms: int, prefix: str,
-         columns: list[str] | None = None) -> pa.Table:
+         columns: list[str] | None = None, agents_encoded: bool = False) -> pa.Table:
     key = raw_key(stream, hour_ms, prefix)
     if not store.exists(key):
         raise MissingInput(f"raw_{stream} {iso(hour_ms)} is not materialized ({key})")
     # One thread: Arrow's reader threads cost 2-3x the CPU on these files, and hours already
-    # run side by side in separate processes.
-    return store.parquet_file(key).read(columns=columns, use_threads=False)
+    # run side by side in separate processes. `agents_encoded`: user agents stay
+    # dictionary-encoded as Parquet stores them (a few dozen distinct strings per hour, ~4 MB
+    # once decoded), for a caller whose only reader of them is enrichment (which resolves a
+    # dictionary as it is) - a range, whose lookup table keeps no user agents.
+    pf = pq.ParquetFile(store.fs.open_input_file(store.path(key)),
+                        read_dictionary=["user_agent"] if agents_encoded else None)
+    return pf.read(columns=columns, use_threads=False)
 
 
 @dataclass
@@ -340,11 +345,11 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
         if ahead is not None and ahead[0] == h:
             imp, clk = ahead[1], ahead[2]
         else:
-            imp, clk = _raw(store, "impressions", h, lake_prefix), _raw(store, "clicks", h,
-                                                                        lake_prefix)
+            imp = _raw(store, "impressions", h, lake_prefix, agents_encoded=True)
+            clk = _raw(store, "clicks", h, lake_prefix)
         more = i + 1 < len(hours) and hours[i + 1] == h + HOUR_MS
         nxt = _raw(store, "impressions", h + HOUR_MS, lake_prefix,
-                   None if more else _NEXT_COLUMNS)
+                   None if more else _NEXT_COLUMNS, agents_encoded=True)
         nxt_clk = _raw(store, "clicks", h + HOUR_MS, lake_prefix)
         ahead = (h + HOUR_MS, nxt, nxt_clk) if more else None
         if int(lookup.snapshot_hours().max(initial=-1)) < h - HOUR_MS:
