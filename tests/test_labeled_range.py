@@ -1,8 +1,9 @@
 """A range of labeled hours built in one pass, carrying state from hour to hour, equals building
 each hour alone (`build_labeled_hour`, the oracle-tested path), table for table.
 
-- `build_labeled_hours` over random streams and random hour ranges (gaps included): every table
-  equals `build_labeled_hour`'s, metadata and all;
+- `build_labeled_hours` over random streams and random hour ranges (gaps included), and over a
+  snapshot chain with a snapshot missing: every table equals `build_labeled_hour`'s, metadata
+  and all;
 - the carried snapshot (`profiles.CarriedSnapshot`) folded over a couple of hundred hours equals
   every snapshot of the `fold_snapshot` chain it mirrors, bit for bit (float spend windows too),
   through the 24 h and 7 d windows expiring and hours without events;
@@ -50,6 +51,24 @@ def test_a_range_equals_its_hours_built_alone(tmp_path_factory, deliveries, wind
             alone = build_labeled_hour(store, h, window)
             assert table.equals(alone, check_metadata=True), (h, table.to_pylist(),
                                                               alone.to_pylist())
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(deliveries=streams(), gone=st.integers(1, N_HOURS - 2))  # the first one starts history
+def test_a_range_over_a_missing_snapshot_equals_its_hours_alone(tmp_path_factory, deliveries,
+                                                                 gone):
+    """A snapshot missing from the chain sends the hours after it through the lookup's general
+    path, over several raw hours at once: some of them handed over by the range with only the
+    lookup's columns, others read whole."""
+    store = Store(str(tmp_path_factory.mktemp("lake")))
+    fo.land(store, deliveries)
+    hours = [H0 + k * HOUR_MS for k in range(N_HOURS + 2)]
+    fo.build_lake(store, hours)
+    store.fs.delete_file(store.path(profiles.snapshot_key(hours[gone])))
+    labeled = hours[:-1]
+    for h, table in zip(labeled, build_labeled_hours(store, labeled, W), strict=True):
+        assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h
 
 
 def test_a_range_requires_ascending_hours(tmp_path):

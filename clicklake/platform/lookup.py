@@ -479,7 +479,14 @@ class LookupTable:
 
     def _raw_span(self, stream: str, first_hour: int, last_hour: int) -> pa.Table:
         parts = [self.raw(stream, h) for h in range(first_hour, last_hour + 1, HOUR_MS)]
-        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        if len(parts) == 1:
+            return parts[0]
+        # A caller may have handed over an hour with only the columns the lookup reads (a
+        # range of labeled hours does): the span keeps the columns every hour has.
+        names = [c for c in parts[0].column_names if all(c in p.column_names for p in parts)]
+        if any(p.column_names != names for p in parts):
+            parts = [p.select(names) for p in parts]
+        return pa.concat_tables(parts)
 
     def snapshot(self, hour_ms: int, columns: list[str] | None = None) -> pa.Table:
         cols = tuple(columns or SNAPSHOT_SCHEMA.names)
