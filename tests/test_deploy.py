@@ -261,6 +261,29 @@ def test_dockerfile_copies_files_that_exist_and_runs_as_non_root():
     assert users and users[-1].split(":")[0] not in ("0", "root")
 
 
+def test_dockerignore_keeps_every_copied_path_in_the_build_context():
+    """The ignore file keeps the context small (no .venv, data, .git) but must not hide what
+    the Dockerfile COPYs, or the build fails on a machine we do not test on."""
+    import fnmatch
+
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    assert {".git", ".venv", "data"} <= set(patterns)
+    for op, args in _dockerfile():
+        if op != "COPY" or "--from=" in args:
+            continue
+        *sources, _dest = [a for a in shlex.split(args) if not a.startswith("--")]
+        for src in sources:
+            for path in [ROOT / src, *((ROOT / src).rglob("*.py") if (ROOT / src).is_dir()
+                                       else [])]:
+                rel = path.relative_to(ROOT).as_posix()
+                parts = [rel.split("/")[: i + 1] for i in range(rel.count("/") + 1)]
+                hidden = [p for p in patterns for part in parts
+                          if fnmatch.fnmatch("/".join(part), p.removeprefix("**/"))
+                          or fnmatch.fnmatch(part[-1], p.removeprefix("**/"))]
+                assert not hidden, (rel, hidden)
+
+
 def test_dockerfile_entrypoint_serves_the_definitions():
     cmd = [args for op, args in _dockerfile() if op == "CMD"][-1]
     argv = orjson.loads(cmd)
