@@ -97,6 +97,47 @@ def test_crash_between_transactions_of_one_file_is_finished_from_the_intent(
     assert restarted._scan("i#") == [] and restarted._scan("a#") == []  # intents cleaned up
 
 
+@pytest.mark.parametrize("step", ["watermark", "records", "clean_up"])
+def test_a_crash_after_every_chunk_landed_is_finished_on_rerun(moto_endpoint, landing_zone,
+                                                               sqlite_fold, step):
+    """Killed in step 3 (moving the watermark, marking the records done, deleting the intent):
+    the rerun leaves the state, the watermark and an empty log exactly as an uncrashed fold."""
+    state = _dynamo(moto_endpoint)
+    keys = landing_zone.list("landing/")
+    client = state.client
+    real = {"update_item": client.update_item, "put_item": client.put_item,
+            "delete_item": client.delete_item}
+    target = {"watermark": ("update_item", "meta#watermark"), "records": ("put_item", "f#"),
+              "clean_up": ("delete_item", "a#")}[step]
+    seen = {"n": 0}
+
+    def crashing(name):
+        def call(**kw):
+            pk = (kw.get("Key") or kw.get("Item"))["pk"]["S"]
+            if name == target[0] and pk.startswith(target[1]) and (
+                    name != "put_item" or kw["Item"]["state"]["S"] == "done"):
+                seen["n"] += 1
+                if seen["n"] == 2:  # in the second commit: the first one finished whole
+                    raise _CrashAfter
+            return real[name](**kw)
+        return call
+
+    for name in real:
+        setattr(client, name, crashing(name))
+    with pytest.raises(_CrashAfter):
+        fold_files(state, landing_zone, keys, files_per_commit=4)
+    for name, fn in real.items():
+        setattr(client, name, fn)
+
+    restarted = DynamoState(state.table, moto_endpoint, "us-east-1")  # a new process
+    fold_files(restarted, landing_zone, keys, files_per_commit=4)
+    assert restarted.dump() == sqlite_fold.dump()
+    assert restarted.watermark_ms() == sqlite_fold.watermark_ms()
+    assert len(restarted.folded_files()) == len(keys)
+    assert restarted._scan("i#") == [] and restarted._scan("a#") == []
+    assert restarted._get("meta#pending") is None
+
+
 def test_a_table_of_the_older_layout_is_refused_until_rebuilt(moto_endpoint, landing_zone,
                                                                sqlite_fold):
     """A table that folded files before the layout marker existed (millisecond counter rows)

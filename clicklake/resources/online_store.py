@@ -13,11 +13,12 @@ named by its first file's key:
    first file's record is put as `pending`;
 2. the list is applied in transactions of at most 99 updates + 1 conditional "chunk applied"
    marker (attribute_not_exists), so each chunk lands exactly once;
-3. every file's record is put as `done` (the first file's last), the watermark moves, the intent
-   and `meta#pending` are deleted.
+3. the watermark moves, every file's record is put as `done` (the first file's last), then the
+   intent, the chunk markers and `meta#pending` are deleted.
 Every fold starts with `recover()`: a `pending` commit is finished from its stored intent (never a
 recomputed one), skipping the chunks whose marker exists; one that died before its marker is
-dropped (nothing of it was applied). One folder at a time is assumed (the sensor's runs are
+dropped (nothing of it was applied); one whose marker is already `done` (every update, record and
+the watermark landed) only has its clean-up finished. One folder at a time is assumed (the sensor's runs are
 serialized by the `online_fold` pool); SQLite needs no such care, one transaction holds a commit.
 """
 
@@ -291,14 +292,13 @@ class DynamoState(StateStore):
             return []
         name = pending["id"]["S"]
         marker = self._get("f#" + name)
-        if marker is None or marker["state"]["S"] != "pending":  # died before any update
-            for item in self._query("i#" + name):
-                self.client.delete_item(TableName=self.table, Key=self._key("i#" + name,
-                                                                            _n(item["sk"])))
-            self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
+        if marker is None or marker["state"]["S"] == "done":
+            # None: died writing the intent, nothing applied. Done: everything landed (the
+            # watermark moves before the records turn done); only the clean-up was cut short.
+            self._clean_up(name)
             return []
         ops, files = self._read_intent(name)
-        self._apply(name, ops, files, _n(marker["parts"]))
+        self._apply(name, ops, files)
         return files
 
     def _check_layout(self) -> None:
@@ -322,11 +322,11 @@ class DynamoState(StateStore):
         self._check_layout()
         if self.recover() or self.folded([f.key for f in commit.files]):
             return False  # the state moved under this commit: it was computed from an older one
-        ops, parts = self._write_intent(commit)
-        self._apply(commit.file_key, ops, commit.files, parts)
+        ops, _ = self._write_intent(commit)
+        self._apply(commit.file_key, ops, commit.files)
         return True
 
-    def _apply(self, name: str, ops: list[list], files: list[FileRecord], parts: int) -> None:
+    def _apply(self, name: str, ops: list[list], files: list[FileRecord]) -> None:
         """Steps 2 and 3 of the protocol: each chunk once, then the file records, the
         watermark, and the intent's removal."""
         for n, part in enumerate(chunks(ops, self.transaction_items - 1)):
@@ -341,11 +341,7 @@ class DynamoState(StateStore):
                         and reasons[-1].get("Code") == "ConditionalCheckFailed":
                     continue  # this chunk landed before the crash
                 raise
-        # The commit's own marker (its first file's record) turns done last.
-        for f in sorted(files, key=lambda f: f.key == name):
-            self.client.put_item(TableName=self.table, Item={
-                **self._key("f#" + f.key), "state": {"S": "done"},
-                "arrival": {"N": str(f.arrival_ms)}, "stats": {"B": orjson.dumps(f.stats)}})
+        # The watermark first: once the commit's own marker is done, recovery only cleans up.
         arrival = max(f.arrival_ms for f in files)
         try:
             self.client.update_item(
@@ -356,10 +352,19 @@ class DynamoState(StateStore):
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-        for n in range(parts):
-            self.client.delete_item(TableName=self.table, Key=self._key("i#" + name, n))
-        for n in range(-(-len(ops) // (self.transaction_items - 1))):
-            self.client.delete_item(TableName=self.table, Key=self._key("a#" + name, n))
+        # The commit's own marker (its first file's record) turns done last.
+        for f in sorted(files, key=lambda f: f.key == name):
+            self.client.put_item(TableName=self.table, Item={
+                **self._key("f#" + f.key), "state": {"S": "done"},
+                "arrival": {"N": str(f.arrival_ms)}, "stats": {"B": orjson.dumps(f.stats)}})
+        self._clean_up(name)
+
+    def _clean_up(self, name: str) -> None:
+        """Step 3's tail: the intent and chunk markers, then `meta#pending` (idempotent)."""
+        for prefix in ("i#", "a#"):
+            for item in self._query(prefix + name):
+                self.client.delete_item(TableName=self.table,
+                                        Key=self._key(prefix + name, _n(item["sk"])))
         self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
 
     # -- maintenance ---------------------------------------------------------------------------
