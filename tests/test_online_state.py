@@ -103,3 +103,16 @@ def test_a_micro_batch_folds_like_file_by_file(tmp_path):
     assert window_24h(batch, "country", "DE", t) == (1, 1)
     assert window_24h(batch, "country", "unknown", t) == (0, 0)
     assert OnlineFeatures(batch).profile("u1", t)["clicks"] == 1
+
+
+@pytest.mark.parametrize("files_per_commit", [1, 10])
+def test_a_key_listed_twice_is_folded_once(tmp_path, files_per_commit):
+    """A hand-written `files:` list may name a file twice: it is folded once, not refused (the
+    batch's two records of one key would break the files table's uniqueness)."""
+    store = Store(str(tmp_path / "lake"))
+    k1 = land(store, "impressions", H + 5 * MIN, [impression("i1", H + MIN)], "1")
+    k2 = land(store, "impressions", H + 6 * MIN, [impression("i2", H + 2 * MIN)], "2")
+    state = SqliteState(str(tmp_path / "online.db"))
+    report = fold_files(state, store, [k1, k2, k1], files_per_commit=files_per_commit)
+    assert (report.files, report.events_total) == (2, 2)
+    assert OnlineFeatures(state).profile("u1", H + 10 * MIN)["impressions"] == 2
