@@ -153,3 +153,38 @@ def test_a_table_of_the_older_layout_is_refused_until_rebuilt(moto_endpoint, lan
     state.clear()
     assert fold_files(state, landing_zone, keys).files == len(keys)
     assert state.dump() == sqlite_fold.dump()
+
+    # Layout 2 kept minute logs inside the minute rows: refused as well.
+    older = _dynamo(moto_endpoint)
+    older.client.put_item(TableName=older.table, Item={**older._key("meta#layout"),
+                                                        "v": {"N": "2"}})
+    with pytest.raises(StaleLayout, match="layout 2, not 3"):
+        fold_files(older, landing_zone, keys)
+
+
+def test_a_busy_minute_log_outgrows_one_item_and_still_reads_exactly(moto_endpoint, tmp_path):
+    """A minute row's log grows by ~6 bytes per event: 90 k events of one segment in one minute
+    (1,500/s) is 540 KB, past DynamoDB's 400 KB per item. It is stored in parts under the
+    commit's own keys, and reads, dumps and purges see one log, as SQLite's one row."""
+    from clicklake.platform.online.segment_state import MINUTE_TABLE, count_before
+    from clicklake.platform.online.state import Commit
+
+    minute = START + 7 * 60_000
+    offsets = [(i * 7) % 60_000 for i in range(90_000)]
+    sqlite = SqliteState(str(tmp_path / "online.db"))
+    dynamo = _dynamo(moto_endpoint)
+    for n, part in enumerate((offsets[:50_000], offsets[50_000:])):  # two commits append
+        for state in (sqlite, dynamo):
+            commit = Commit()
+            commit.record(f"landing/impressions/file-{n}", minute + 60_000, {"events": len(part)})
+            commit.add(MINUTE_TABLE, "global|all", minute, len(part), 0,
+                       "".join(f"{o:05d}," for o in part))
+            assert state.commit(commit)
+    [cell] = dynamo.get_cells([(MINUTE_TABLE, "global|all", minute)])
+    assert cell[:2] == (90_000, 0) and len(cell[2]) == 540_000
+    assert dynamo.dump() == sqlite.dump()
+    for t in (0, 1, 7, 29_999, 59_999, 60_000):
+        assert count_before(cell[2], t) == sum(o < t for o in offsets), t
+    dynamo.purge({}, {MINUTE_TABLE: minute + 60_000})
+    assert dynamo._scan("l#") == [] and dynamo.get_cells(
+        [(MINUTE_TABLE, "global|all", minute)]) == [None]

@@ -24,6 +24,7 @@ serialized by the `online_fold` pool); SQLite needs no such care, one transactio
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -36,7 +37,6 @@ from pydantic import Field
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, StateStore
 from clicklake.platform.online.state import (
-    LAYOUT,
     Cell,
     Commit,
     FileRecord,
@@ -49,6 +49,13 @@ DEFAULT_SQLITE_PATH = "data/online/online.db"
 _TRANSACTION_ITEMS = 100
 _INTENT_BYTES = 300_000  # per intent item (DynamoDB items hold at most 400 KB)
 _PENDING = "meta#pending"  # names the commit being applied, so any rerun finishes it first
+# A minute row's event log grows with every event of the minute (~6 bytes each): one item would
+# pass DynamoDB's 400 KB at ~1,100 events/s on a busy segment. So each commit puts its part of a
+# log as items of its own (`l#table#pk#minute`, sk = the commit's tag + a part number), at most
+# _LOG_CHARS each, and a read joins a minute's parts with one query.
+_LOG_CHARS = 200_000
+_LOG_PARTS = 4096  # sk = commit tag * _LOG_PARTS + part
+DYNAMO_LAYOUT = 3  # 3: minute logs as items of their own (2 kept them in the minute row)
 
 
 class OnlineStoreResource(dg.ConfigurableResource, ABC):
@@ -100,15 +107,28 @@ def _n(v) -> int:
     return int(v["N"])
 
 
-def _log(item: dict, name: str) -> str:
-    return "".join(part["S"] for part in item.get(name, {}).get("L", []))
+def _log_parts(log: str) -> list[str]:
+    """A log cut after entries (each ends with ",") into parts of at most _LOG_CHARS."""
+    parts, start = [], 0
+    while start < len(log):
+        end = len(log) if len(log) - start <= _LOG_CHARS else log.rindex(",", start,
+                                                                           start + _LOG_CHARS) + 1
+        parts.append(log[start:end])
+        start = end
+    return parts
+
+
+def _commit_tag(name: str) -> int:
+    """A commit's number in log item keys: stable across a replay of the same commit."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=6).digest(), "big")
 
 
 class DynamoState(StateStore):
     """`StateStore` over one DynamoDB table. Items: `d#ns#key` (documents, value in `v`, hour in
-    `h`), `c#table#pk` with sk (counters `i`, `c`; logs `il`, `cl`: lists of the text each commit
-    appended, joined when read), `m#key` with sk hour (marks), `f#file` (file records), `i#file`
-    with sk n (intent chunks), `a#file` with sk n (chunk applied markers), `meta#watermark`."""
+    `h`), `c#table#pk` with sk (counters `i`, `c`), `l#table#pk#sk` with sk = commit tag and part
+    (a minute row's log text one commit appended, `il` or `cl`, joined when read), `m#key` with sk
+    hour (marks), `f#file` (file records), `i#file` with sk n (intent chunks), `a#file` with sk n
+    (chunk applied markers), `meta#watermark`, `meta#layout`."""
 
     transaction_items = _TRANSACTION_ITEMS  # DynamoDB's limit; tests lower it to force chunks
 
@@ -199,12 +219,21 @@ class DynamoState(StateStore):
         keys = list(dict.fromkeys((f"c#{t}#{pk}", sk) for t, pk, sk in cells))
         found = {(i["pk"]["S"], _n(i["sk"])): i for i in self._batch_get(
             [self._key(pk, sk) for pk, sk in keys])}
+        logs = {(pk, sk): self._logs(f"l#{pk[2:]}#{sk}") for pk, sk in keys
+                if (pk, sk) in found}
         out: list[Cell | None] = []
         for t, pk, sk in cells:
             item = found.get((f"c#{t}#{pk}", sk))
-            out.append(None if item is None else (_n(item["i"]), _n(item["c"]), _log(item, "il"),
-                                                  _log(item, "cl")))
+            out.append(None if item is None else (_n(item["i"]), _n(item["c"]),
+                                                  *logs[(f"c#{t}#{pk}", sk)]))
         return out
+
+    def _logs(self, log_pk: str) -> tuple[str, str]:
+        """A minute row's impression and click logs: its parts, in any order (a log is a
+        multiset of entries)."""
+        items = self._query(log_pk)
+        return ("".join(i["il"]["S"] for i in items if "il" in i),
+                "".join(i["cl"]["S"] for i in items if "cl" in i))
 
     def marked(self, marks: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
         keys = [self._key("m#" + k, h) for h, k in dict.fromkeys(marks)]
@@ -233,13 +262,20 @@ class DynamoState(StateStore):
     # -- the commit protocol (module docstring) ------------------------------------------------
     def _ops(self, commit: Commit) -> list[list]:
         ops: list[list] = []
+        tag = _commit_tag(commit.file_key) * _LOG_PARTS
         for ns, docs in sorted(commit.docs.items()):
             for k, (h, v) in sorted(docs.items()):
                 ops.append(["d", f"d#{ns}#{k}", h, None if v is None else v.decode()])
         for table, cells in sorted(commit.counters.items()):
             for (pk, sk), (di, dc, il, cl) in sorted(cells.items()):
                 if di or dc or il or cl:
-                    ops.append(["c", f"c#{table}#{pk}", sk, di, dc, il, cl])
+                    ops.append(["c", f"c#{table}#{pk}", sk, di, dc])
+                    parts = [("il", p) for p in _log_parts(il)] + [("cl", p)
+                                                                   for p in _log_parts(cl)]
+                    if len(parts) > _LOG_PARTS:
+                        raise ValueError(f"{len(parts)} log parts for {table}/{pk}/{sk}")
+                    ops += [["l", f"l#{table}#{pk}#{sk}", tag + n, sk, name, part]
+                            for n, (name, part) in enumerate(parts)]
         for hour, keys in sorted(commit.marks.items()):
             ops += [["m", "m#" + k, hour] for k in sorted(set(keys))]
         return ops
@@ -274,17 +310,13 @@ class DynamoState(StateStore):
                 **self._key(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()}}}}
         if op[0] == "m":
             return {"Put": {"TableName": self.table, "Item": self._key(op[1], op[2])}}
-        values = {":i": {"N": str(op[3])}, ":c": {"N": str(op[4])}}
-        sets = []
-        for name, log in (("il", op[5]), ("cl", op[6])):
-            if log:  # appended as one more list element: the chunk transaction applies it once
-                sets.append(f"{name} = list_append(if_not_exists({name}, :nil), :{name})")
-                values[f":{name}"] = {"L": [{"S": log}]}
-                values[":nil"] = {"L": []}
+        if op[0] == "l":  # a put under the commit's own key: replaying it changes nothing
+            return {"Put": {"TableName": self.table, "Item": {
+                **self._key(op[1], op[2]), "h": {"N": str(op[3])}, op[4]: {"S": op[5]}}}}
         return {"Update": {"TableName": self.table, "Key": self._key(op[1], op[2]),
-                           "UpdateExpression": "ADD i :i, c :c" + (
-                               " SET " + ", ".join(sets) if sets else ""),
-                           "ExpressionAttributeValues": values}}
+                           "UpdateExpression": "ADD i :i, c :c",
+                           "ExpressionAttributeValues": {":i": {"N": str(op[3])},
+                                                         ":c": {"N": str(op[4])}}}}
 
     def recover(self) -> list[FileRecord]:
         pending = self._get(_PENDING)
@@ -312,10 +344,10 @@ class DynamoState(StateStore):
                 raise StaleLayout(f"DynamoDB table {self.table} holds an older online state "
                                   "layout: rebuild it")
             self.client.put_item(TableName=self.table, Item={
-                **self._key("meta#layout"), "v": {"N": str(LAYOUT)}})
-        elif _n(item["v"]) != LAYOUT:
+                **self._key("meta#layout"), "v": {"N": str(DYNAMO_LAYOUT)}})
+        elif _n(item["v"]) != DYNAMO_LAYOUT:
             raise StaleLayout(f"DynamoDB table {self.table} holds online state layout "
-                              f"{_n(item['v'])}, not {LAYOUT}: rebuild it")
+                              f"{_n(item['v'])}, not {DYNAMO_LAYOUT}: rebuild it")
         self._layout_ok = True
 
     def commit(self, commit: Commit) -> bool:
@@ -383,6 +415,10 @@ class DynamoState(StateStore):
                     self.client.delete_item(TableName=self.table,
                                             Key=self._key(item["pk"]["S"], _n(item["sk"])))
                     n += 1
+            for item in self._scan(f"l#{table}#"):  # the rows' log parts go with them
+                if _n(item["h"]) < bound:
+                    self.client.delete_item(TableName=self.table,
+                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
         if marks_before is not None:
             for item in self._scan("m#"):
                 if _n(item["sk"]) < marks_before:
@@ -401,10 +437,17 @@ class DynamoState(StateStore):
         for item in self._scan("d#"):
             _, ns, key = item["pk"]["S"].split("#", 2)
             docs.append((ns, key, _n(item["h"]), bytes(item["v"]["B"])))
+        logs: dict[tuple[str, int], list[str]] = {}
+        for item in self._scan("l#"):
+            key = ("c" + item["pk"]["S"][1:].rsplit("#", 1)[0], _n(item["h"]))
+            cell = logs.setdefault(key, ["", ""])
+            cell[0] += item.get("il", {}).get("S", "")
+            cell[1] += item.get("cl", {}).get("S", "")
         for item in self._scan("c#"):
             _, table, pk = item["pk"]["S"].split("#", 2)
+            il, cl = logs.get((item["pk"]["S"], _n(item["sk"])), ("", ""))
             row = (table, pk, _n(item["sk"]), _n(item["i"]), _n(item["c"]),
-                   canonical_log(_log(item, "il")), canonical_log(_log(item, "cl")))
+                   canonical_log(il), canonical_log(cl))
             if any(row[3:]):
                 counters.append(row)
         marks = [(_n(i["sk"]), i["pk"]["S"][2:]) for i in self._scan("m#")]
