@@ -188,3 +188,36 @@ def test_a_busy_minute_log_outgrows_one_item_and_still_reads_exactly(moto_endpoi
     dynamo.purge({}, {MINUTE_TABLE: minute + 60_000})
     assert dynamo._scan("l#") == [] and dynamo.get_cells(
         [(MINUTE_TABLE, "global|all", minute)]) == [None]
+
+
+def test_a_document_past_one_item_is_stored_in_parts_and_transactions_stay_under_4_mb(
+        moto_endpoint, tmp_path):
+    """A bot's user document holds every event of its retention window: 900 KB is past
+    DynamoDB's 400 KB per item. It is stored in parts and read, shrunk, dumped and purged as
+    SQLite's one row; a commit of many large documents is cut into transactions under 4 MB."""
+    from clicklake.platform.online.state import Commit
+    from clicklake.resources.online_store import _TRANSACTION_BYTES, _chunk_ops, _op_bytes
+
+    sqlite = SqliteState(str(tmp_path / "online.db"))
+    dynamo = _dynamo(moto_endpoint)
+    big = b'{"ev":[' + b",".join(b'[%d,1,"imp-%07d"]' % (START + i, i)
+                                 for i in range(40_000)) + b"]}"
+    assert len(big) > 900_000
+    others = {f"u{i}": b'{"ev":"' + b"x" * 350_000 + b'"}' for i in range(12)}  # 4.2 MB
+    for n, docs in enumerate(({"bot": big, **others}, {"bot": b'{"ev":[]}'})):
+        for state in (sqlite, dynamo):
+            commit = Commit()
+            commit.record(f"landing/impressions/file-{n}", START + n, {"events": 1})
+            for key, value in docs.items():
+                commit.put("user", key, START, value)
+            if n == 0 and state is dynamo:
+                ops = state._ops(commit)
+                chunked = _chunk_ops(ops, state.transaction_items - 1)
+                assert len(chunked) > 1 and [o for c in chunked for o in c] == ops
+                assert all(sum(map(_op_bytes, c)) <= _TRANSACTION_BYTES for c in chunked)
+            assert state.commit(commit)
+            want = docs["bot"]
+            assert state.get_docs("user", ["bot", "u3"]) == {"bot": want, "u3": others["u3"]}
+        assert dynamo.dump() == sqlite.dump()
+    dynamo.purge({"user": START + HOUR_MS}, {})
+    assert dynamo._scan("d#") == []

@@ -56,6 +56,12 @@ _PENDING = "meta#pending"  # names the commit being applied, so any rerun finish
 _LOG_CHARS = 200_000
 _LOG_PARTS = 4096  # sk = commit tag * _LOG_PARTS + part
 DYNAMO_LAYOUT = 3  # 3: minute logs as items of their own (2 kept them in the minute row)
+# A document past one item (a bot's user document holds every event of its retention window) is
+# stored in parts: item 0 carries the part count `n`, items 1..n-1 the rest (stale parts of a
+# longer earlier version are never read, and retention removes them with the document).
+_DOC_CHARS = 300_000
+# TransactWriteItems also caps a transaction at 4 MB: chunks stop at this many bytes of values.
+_TRANSACTION_BYTES = 3_000_000
 
 
 class OnlineStoreResource(dg.ConfigurableResource, ABC):
@@ -118,6 +124,26 @@ def _log_parts(log: str) -> list[str]:
     return parts
 
 
+def _op_bytes(op: list) -> int:
+    return sum(len(v) for v in op if isinstance(v, str))
+
+
+def _chunk_ops(ops: list[list], max_items: int, max_bytes: int = _TRANSACTION_BYTES
+               ) -> list[list[list]]:
+    """The commit's updates in transactions of at most `max_items` and about `max_bytes`
+    (deterministic: a replay from the stored intent cuts the same chunks)."""
+    out: list[list[list]] = [[]]
+    size = 0
+    for op in ops:
+        b = _op_bytes(op)
+        if out[-1] and (len(out[-1]) >= max_items or size + b > max_bytes):
+            out.append([])
+            size = 0
+        out[-1].append(op)
+        size += b
+    return out if out[-1] else []
+
+
 def _commit_tag(name: str) -> int:
     """A commit's number in log item keys: stable across a replay of the same commit."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=6).digest(), "big")
@@ -125,7 +151,7 @@ def _commit_tag(name: str) -> int:
 
 class DynamoState(StateStore):
     """`StateStore` over one DynamoDB table. Items: `d#ns#key` (documents, value in `v`, hour in
-    `h`), `c#table#pk` with sk (counters `i`, `c`), `l#table#pk#sk` with sk = commit tag and part
+    `h`; a long one in parts: count `n` on sk 0, the rest at sk 1..n-1), `c#table#pk` with sk (counters `i`, `c`), `l#table#pk#sk` with sk = commit tag and part
     (a minute row's log text one commit appended, `il` or `cl`, joined when read), `m#key` with sk
     hour (marks), `f#file` (file records), `i#file` with sk n (intent chunks), `a#file` with sk n
     (chunk applied markers), `meta#watermark`, `meta#layout`."""
@@ -188,6 +214,7 @@ class DynamoState(StateStore):
     # -- reads ---------------------------------------------------------------------------------
     def get_docs(self, ns: str, keys: Sequence[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
+        split: list[tuple[str, int]] = []
         prefix = f"d#{ns}#"
         for part in chunks(list(dict.fromkeys(keys)), 100):
             request = {self.table: {"Keys": [self._key(prefix + k) for k in part],
@@ -196,7 +223,15 @@ class DynamoState(StateStore):
                 resp = self.client.batch_get_item(RequestItems=request)
                 for item in resp["Responses"].get(self.table, []):
                     out[item["pk"]["S"][len(prefix):]] = item["v"]["B"]
+                    if "n" in item:
+                        split.append((item["pk"]["S"], _n(item["n"])))
                 request = resp.get("UnprocessedKeys") or None
+        if split:  # documents stored in parts: fetch the rest, join in order
+            rest = {(i["pk"]["S"], _n(i["sk"])): i["v"]["B"] for i in self._batch_get(
+                [self._key(pk, n) for pk, parts in split for n in range(1, parts)])}
+            for pk, parts in split:
+                out[pk[len(prefix):]] = b"".join(
+                    [out[pk[len(prefix):]], *(rest[(pk, n)] for n in range(1, parts))])
         return out
 
     def sum_counters(self, table: str, pk: str, lo: int, hi: int) -> tuple[int, int]:
@@ -265,7 +300,14 @@ class DynamoState(StateStore):
         tag = _commit_tag(commit.file_key) * _LOG_PARTS
         for ns, docs in sorted(commit.docs.items()):
             for k, (h, v) in sorted(docs.items()):
-                ops.append(["d", f"d#{ns}#{k}", h, None if v is None else v.decode()])
+                text = None if v is None else v.decode()
+                if text is None or len(text) <= _DOC_CHARS:
+                    ops.append(["d", f"d#{ns}#{k}", h, text])
+                    continue
+                parts = [text[i:i + _DOC_CHARS] for i in range(0, len(text), _DOC_CHARS)]
+                ops.append(["d", f"d#{ns}#{k}", h, parts[0], len(parts)])
+                ops += [["p", f"d#{ns}#{k}", n, h, part] for n, part in enumerate(parts)
+                        if n]
         for table, cells in sorted(commit.counters.items()):
             for (pk, sk), (di, dc, il, cl) in sorted(cells.items()):
                 if di or dc or il or cl:
@@ -306,8 +348,13 @@ class DynamoState(StateStore):
         if op[0] == "d":
             if op[3] is None:
                 return {"Delete": {"TableName": self.table, "Key": self._key(op[1])}}
+            parts = {"n": {"N": str(op[4])}} if len(op) > 4 else {}
             return {"Put": {"TableName": self.table, "Item": {
-                **self._key(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()}}}}
+                **self._key(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()},
+                **parts}}}
+        if op[0] == "p":  # a later part of a document stored in parts
+            return {"Put": {"TableName": self.table, "Item": {
+                **self._key(op[1], op[2]), "h": {"N": str(op[3])}, "v": {"B": op[4].encode()}}}}
         if op[0] == "m":
             return {"Put": {"TableName": self.table, "Item": self._key(op[1], op[2])}}
         if op[0] == "l":  # a put under the commit's own key: replaying it changes nothing
@@ -361,7 +408,7 @@ class DynamoState(StateStore):
     def _apply(self, name: str, ops: list[list], files: list[FileRecord]) -> None:
         """Steps 2 and 3 of the protocol: each chunk once, then the file records, the
         watermark, and the intent's removal."""
-        for n, part in enumerate(chunks(ops, self.transaction_items - 1)):
+        for n, part in enumerate(_chunk_ops(ops, self.transaction_items - 1)):
             applied = {"Put": {"TableName": self.table, "Item": self._key(
                 "a#" + name, n), "ConditionExpression": "attribute_not_exists(pk)"}}
             try:
@@ -407,8 +454,9 @@ class DynamoState(StateStore):
         for ns, hour in docs_before.items():
             for item in self._scan(f"d#{ns}#"):
                 if _n(item["h"]) < hour:
-                    self.client.delete_item(TableName=self.table, Key=self._key(item["pk"]["S"]))
-                    n += 1
+                    self.client.delete_item(TableName=self.table,
+                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
+                    n += _n(item["sk"]) == 0  # a document's parts count as the document
         for table, bound in counters_before.items():
             for item in self._scan(f"c#{table}#"):
                 if _n(item["sk"]) < bound:
@@ -434,9 +482,15 @@ class DynamoState(StateStore):
 
     def dump(self) -> dict:
         docs, counters = [], []
-        for item in self._scan("d#"):
+        items = self._scan("d#")
+        parts = {(i["pk"]["S"], _n(i["sk"])): bytes(i["v"]["B"]) for i in items}
+        for item in items:
+            if _n(item["sk"]):
+                continue  # a later part: joined to its document below (or a stale one)
             _, ns, key = item["pk"]["S"].split("#", 2)
-            docs.append((ns, key, _n(item["h"]), bytes(item["v"]["B"])))
+            value = b"".join(parts[(item["pk"]["S"], n)]
+                             for n in range(_n(item["n"]) if "n" in item else 1))
+            docs.append((ns, key, _n(item["h"]), value))
         logs: dict[tuple[str, int], list[str]] = {}
         for item in self._scan("l#"):
             key = ("c" + item["pk"]["S"][1:].rsplit("#", 1)[0], _n(item["h"]))
