@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from clicklake.assets.partitions import HOURS_PER_RUN
+from clicklake.cli.processes import stop_process
 from clicklake.definitions import defs
 from clicklake.platform import profiles, segments, tiles
 from clicklake.platform.raw import read_raw
@@ -211,9 +212,5 @@ def test_48_hour_backfill_runs_in_parallel_and_keeps_the_chains_in_order(home):
                   f"at most {_overlap(spans)} at once")
         _sequential_fold(Store(os.environ["CLICKLAKE_ROOT"]))
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_process(daemon, timeout=60)
         log.close()

@@ -164,5 +164,5 @@ def test_raw_assets_against_s3(moto_endpoint, s3_bucket, tmp_path, prefix):
     for stream in ("impressions", "clicks", "predictions"):
         assert raw.read_raw(s3_lake.store(), stream, H).equals(
             raw.read_raw(local_lake.store(), stream, H))
-    assert s3_lake.store().list(f"lake/quarantine/impressions") == [
+    assert s3_lake.store().list("lake/quarantine/impressions") == [
         "lake/quarantine/impressions/dt=2026-11-25/hour=13/part-0.parquet"]

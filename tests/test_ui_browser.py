@@ -25,6 +25,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from clicklake.cli.processes import stop_process
 from clicklake.definitions import defs
 from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
@@ -92,11 +93,7 @@ def webserver(tmp_path, monkeypatch):
             time.sleep(0.5)
         yield url, kept
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=30)
         log.close()
 
 

@@ -147,8 +147,8 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
         }, partition_key=hour_partition_key(hour))
         specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
         outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
-        for name, hours in checked.items():  # a check left out of specs is not enforced
-            hours.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
+        for name, per_hour in checked.items():  # a check left out of specs is not enforced
+            per_hour.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
     yield dg.MaterializeResult()
     for name, description in LABELED_CHECKS:
         yield check_over_hours("labeled_impressions", name, description, checked[name])

@@ -15,6 +15,8 @@ import urllib.request
 
 import click
 
+from clicklake.cli.processes import stop_process
+
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
 
@@ -107,9 +109,5 @@ def serve_and_predict(root: str, last_hour_ms: int, ts_ms: int) -> None:
                     if k in answer}
             click.echo(f"HTTP {status} {json.dumps(keep)}")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout=15)
         click.echo("\nAPI stopped.")

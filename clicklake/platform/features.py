@@ -85,7 +85,7 @@ def compute_features(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     missing = [c for c in INPUT_COLUMNS if c not in inputs]
     if missing:
         raise KeyError(f"feature inputs lack {missing}")
-    f = lambda name: np.asarray(inputs[name], dtype=np.float64)  # noqa: E731
+    f = lambda name: np.asarray(inputs[name], dtype=np.float64)
     ts = np.asarray(inputs["ts_ms"], dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     for w in WINDOWS:

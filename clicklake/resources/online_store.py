@@ -192,20 +192,19 @@ class DynamoState(StateStore):
         if lo is not None:
             kw["KeyConditionExpression"] += " AND sk BETWEEN :lo AND :hi"
             kw["ExpressionAttributeValues"].update({":lo": {"N": str(lo)}, ":hi": {"N": str(hi)}})
-        items: list[dict] = []
-        while True:
-            resp = self.client.query(**kw)
-            items += resp["Items"]
-            if "LastEvaluatedKey" not in resp:
-                return items
-            kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return self._pages(self.client.query, kw)
 
     def _scan(self, prefix: str) -> list[dict]:
-        kw = {"TableName": self.table, "FilterExpression": "begins_with(pk, :p)",
-              "ExpressionAttributeValues": {":p": {"S": prefix}}, "ConsistentRead": True}
+        return self._pages(self.client.scan, {
+            "TableName": self.table, "FilterExpression": "begins_with(pk, :p)",
+            "ExpressionAttributeValues": {":p": {"S": prefix}}, "ConsistentRead": True})
+
+    @staticmethod
+    def _pages(call, kw: dict) -> list[dict]:
+        """Every item of a query or scan, page after page."""
         items: list[dict] = []
         while True:
-            resp = self.client.scan(**kw)
+            resp = call(**kw)
             items += resp["Items"]
             if "LastEvaluatedKey" not in resp:
                 return items
@@ -216,16 +215,10 @@ class DynamoState(StateStore):
         out: dict[str, bytes] = {}
         split: list[tuple[str, int]] = []
         prefix = f"d#{ns}#"
-        for part in chunks(list(dict.fromkeys(keys)), 100):
-            request = {self.table: {"Keys": [self._key(prefix + k) for k in part],
-                                    "ConsistentRead": True}}
-            while request:
-                resp = self.client.batch_get_item(RequestItems=request)
-                for item in resp["Responses"].get(self.table, []):
-                    out[item["pk"]["S"][len(prefix):]] = item["v"]["B"]
-                    if "n" in item:
-                        split.append((item["pk"]["S"], _n(item["n"])))
-                request = resp.get("UnprocessedKeys") or None
+        for item in self._batch_get([self._key(prefix + k) for k in dict.fromkeys(keys)]):
+            out[item["pk"]["S"][len(prefix):]] = item["v"]["B"]
+            if "n" in item:
+                split.append((item["pk"]["S"], _n(item["n"])))
         if split:  # documents stored in parts: fetch the rest, join in order
             rest = {(i["pk"]["S"], _n(i["sk"])): i["v"]["B"] for i in self._batch_get(
                 [self._key(pk, n) for pk, parts in split for n in range(1, parts)])}
@@ -283,16 +276,8 @@ class DynamoState(StateStore):
         return None if item is None else _n(item["wm"])
 
     def folded(self, file_keys: Sequence[str]) -> set[str]:
-        out: set[str] = set()
-        for part in chunks(list(dict.fromkeys(file_keys)), 100):
-            request = {self.table: {"Keys": [self._key("f#" + k) for k in part],
-                                    "ConsistentRead": True}}
-            while request:
-                resp = self.client.batch_get_item(RequestItems=request)
-                out.update(i["pk"]["S"][2:] for i in resp["Responses"].get(self.table, [])
-                           if i["state"]["S"] == "done")
-                request = resp.get("UnprocessedKeys") or None
-        return out
+        items = self._batch_get([self._key("f#" + k) for k in dict.fromkeys(file_keys)])
+        return {i["pk"]["S"][2:] for i in items if i["state"]["S"] == "done"}
 
     # -- the commit protocol (module docstring) ------------------------------------------------
     def _ops(self, commit: Commit) -> list[list]:
