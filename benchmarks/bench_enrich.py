@@ -92,7 +92,7 @@ def naive_per_row(table: pa.Table) -> pa.Table:
                                               "is_crawler")}
     for ip, ua in zip(table.column("ip").to_pylist(), table.column("user_agent").to_pylist(),
                       strict=True):
-        cols["country"].append(country_mod._country_codes([ip])[0] if ip else "unknown")
+        cols["country"].append(country_mod._country_codes(pa.array([ip]))[0].as_py() if ip else "unknown")
         info = ua_mod._parse_user_agent(ua) if ua else ua_mod.UNKNOWN_USER_AGENT
         cols["device_type"].append(info.device_type)
         cols["os"].append(info.os)

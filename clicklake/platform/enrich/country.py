@@ -10,14 +10,15 @@ from __future__ import annotations
 import functools
 
 import iptocc
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clicklake.platform.enrich.distinct import (
     StringValues,
     as_string_array,
-    distinct_values,
+    distinct_array,
     is_text,
-    spread,
 )
 
 UNKNOWN = "unknown"
@@ -26,22 +27,49 @@ UNKNOWN = "unknown"
 # not an address and must not grow the cache.
 _MAX_ADDRESS_LENGTH = 64
 _IPV4_MAPPED_PREFIX = "::ffff:"
+# What `str.strip` removes among ASCII characters.
+_ASCII_WHITESPACE = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
 
 
 def _normalise(ip: str) -> str:
     """Surrounding whitespace stripped; an IPv4-mapped IPv6 address (dual-stack sockets report
-    clients as ``::ffff:a.b.c.d``) reduced to its IPv4 address."""
+    clients as ``::ffff:a.b.c.d``) reduced to its IPv4 address. Per value, for the rare address
+    that is not ASCII (where Python's notion of whitespace is the reference)."""
     ip = ip.strip()
     if ip[:7].lower() == _IPV4_MAPPED_PREFIX and "." in ip:
         return ip[7:]
     return ip
 
 
-def _country_codes(ips: list[str]) -> list[str]:
-    """The one underlying lookup: a country code or "unknown" per address, in order."""
-    cleaned = [_normalise(ip) if len(ip) <= _MAX_ADDRESS_LENGTH else "" for ip in ips]
-    return [code if code and len(code) == 2 and code.isalpha() else UNKNOWN
-            for code in iptocc.country_code(cleaned)]
+def _cleaned(words: pa.Array) -> list[str]:
+    """`_normalise` of every address ("" when longer than `_MAX_ADDRESS_LENGTH`), vectorised:
+    an hour holds tens of thousands of distinct addresses. Arrow's whitespace differs from
+    `str.strip` only outside ASCII, so an address with other characters takes `_normalise`."""
+    trimmed = pc.utf8_trim(words, characters=_ASCII_WHITESPACE)
+    mapped = pc.and_(pc.equal(pc.ascii_lower(pc.utf8_slice_codeunits(trimmed, 0, 7)),
+                              _IPV4_MAPPED_PREFIX),
+                     pc.match_substring(trimmed, "."))
+    cleaned = pc.if_else(mapped, pc.utf8_slice_codeunits(trimmed, 7), trimmed)
+    too_long = pc.greater(pc.utf8_length(words), _MAX_ADDRESS_LENGTH)
+    out = pc.if_else(too_long, "", cleaned).to_pylist()
+    other = np.flatnonzero(~pc.string_is_ascii(words).to_numpy(zero_copy_only=False)
+                           & ~too_long.to_numpy(zero_copy_only=False))
+    for i in other.tolist():
+        out[i] = _normalise(words[i].as_py())
+    return out
+
+
+def _country_codes(words: pa.Array) -> pa.Array:
+    """The one underlying lookup: a country code or "unknown" per address (a `string` array
+    without nulls), in order."""
+    if not len(words):
+        return pa.array([], pa.string())
+    found = pc.dictionary_encode(pa.array(iptocc.country_code(_cleaned(words)), pa.string()))
+    # A handful of distinct answers: each is checked once, then taken back out per address.
+    valid = [code if code and len(code) == 2 and code.isalpha() else UNKNOWN
+             for code in found.dictionary.to_pylist()]
+    return pa.array([*valid, UNKNOWN], pa.string()).take(
+        found.indices.fill_null(len(valid)))
 
 
 def countries(ips: StringValues) -> pa.Array:
@@ -50,13 +78,14 @@ def countries(ips: StringValues) -> pa.Array:
     Accepts IPv4 and IPv6 text in an Arrow array, chunked array or Python sequence. Each distinct
     address is looked up once per call.
     """
-    distinct, indices = distinct_values(as_string_array(ips))
-    return spread(_country_codes(distinct), UNKNOWN, indices, pa.string())
+    distinct, indices = distinct_array(as_string_array(ips))
+    return pa.concat_arrays([_country_codes(distinct), pa.array([UNKNOWN], pa.string())]
+                            ).take(indices)
 
 
 @functools.lru_cache(maxsize=65_536)
 def _country_cached(ip: str) -> str:
-    return _country_codes([ip])[0]
+    return _country_codes(pa.array([ip], pa.string()))[0].as_py()
 
 
 def country_of(ip: str | None) -> str:

@@ -74,11 +74,12 @@ def _text_or_none(value: Any) -> str | None:
     return value if is_text(value) else None
 
 
-def distinct_values(values: pa.Array) -> tuple[list[str], pa.Array]:
-    """The distinct non-null values of a string array, and for each row the index of its value.
+def distinct_array(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The distinct non-null values of a string array (a `string` array), and for each row the
+    index of its value.
 
-    Null rows get index ``len(distinct)``, so a lookup list with one extra trailing "unknown" entry
-    maps every row with a single `take`.
+    Null rows get index ``len(distinct)``, so a lookup array with one extra trailing "unknown"
+    entry maps every row with a single `take`.
     """
     if pa.types.is_dictionary(values.type):
         encoded = values
@@ -87,8 +88,14 @@ def distinct_values(values: pa.Array) -> tuple[list[str], pa.Array]:
             encoded = pc.dictionary_encode(values.dictionary_decode())
     else:
         encoded = pc.dictionary_encode(values)
-    distinct = encoded.dictionary.to_pylist()
+    distinct = encoded.dictionary
     return distinct, encoded.indices.cast(pa.int64()).fill_null(len(distinct))
+
+
+def distinct_values(values: pa.Array) -> tuple[list[str], pa.Array]:
+    """`distinct_array` with the distinct values as a Python list."""
+    distinct, indices = distinct_array(values)
+    return distinct.to_pylist(), indices
 
 
 def spread(results: Sequence[Any], unknown: Any, indices: pa.Array, type: pa.DataType) -> pa.Array:
