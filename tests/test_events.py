@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import gc
 from datetime import UTC, datetime
 
 import orjson
@@ -280,6 +281,27 @@ def test_reason_order_missing_then_type_then_value():
     # bad_type before a missing field in field order: missing_field wins.
     assert reason("predictions", with_("predictions", user_id=[1], score=None)) == MISSING_FIELD
     assert reason("predictions", with_("predictions", ts=5, score="x")) == BAD_TYPE
+
+
+def test_rejected_lines_leave_no_reference_cycles():
+    # The fold runs with the cyclic collector off: a rejection that left a frame <-> exception
+    # cycle kept the caller's frame (a whole file's rows) alive until the next collection.
+    def verdict(obj):
+        try:
+            parse_line(PREDICTIONS, obj)
+        except Rejected as rej:
+            return rej.reason
+        return None
+
+    gc.collect()
+    gc.disable()
+    try:
+        assert verdict(with_("predictions", score=2.0, impression_id=[1])) == BAD_TYPE
+        assert verdict(with_("predictions", user_id=[1], score=None)) == MISSING_FIELD
+        assert verdict(with_("predictions", score=2.0)) == BAD_VALUE
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_event_id_of_rejected_lines():

@@ -250,12 +250,15 @@ def parse_object(spec: StreamSpec, obj: object) -> tuple:
             out.append(convert(value, name))
         except Rejected as rej:
             if problem is None or (problem.reason == BAD_VALUE and rej.reason == BAD_TYPE):
-                problem = rej
+                # Kept without its traceback, and raised anew below: a caught exception held
+                # in a local is a frame -> exception -> traceback -> frame cycle, which kept
+                # the caller's rows alive until the cyclic collector ran (a fold disables it).
+                problem = rej.with_traceback(None)
             out.append(None)
     if missing:
         raise Rejected(MISSING_FIELD, "missing " + ", ".join(missing))
     if problem is not None:
-        raise problem
+        raise Rejected(problem.reason, problem.detail)
     return tuple(out)
 
 
