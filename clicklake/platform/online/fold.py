@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import orjson
 
@@ -238,47 +239,59 @@ class _Batch:
         return seg.impression_values(best[6], best[4]), 0
 
     def finish(self, horizon: int) -> None:
+        dumps, first = orjson.dumps, itemgetter(0)
+        out = self.commit.docs.setdefault(USER, {})
         for uid, doc in self.users.items():
             us.trim(doc, horizon)
-            last = max((e[0] for e in doc["ev"]), default=doc["first"] or 0)
-            self.commit.put(USER, uid, last - last % HOUR_MS, orjson.dumps(doc))
+            last = max(map(first, doc["ev"]), default=doc["first"] or 0)
+            out[uid] = (last - last % HOUR_MS, dumps(doc))
+        out = self.commit.docs.setdefault(IMPRESSION, {})
         for iid, doc in self.imps.items():
-            hours = [a[0] for a in doc["at"]] + [r[1] - r[1] % HOUR_MS for r in doc["refs"]]
-            if hours:
-                self.commit.put(IMPRESSION, iid, max(hours), orjson.dumps(doc))
+            at, refs = doc["at"], doc["refs"]
+            if refs:
+                hour = max([a[0] for a in at] + [r[1] - r[1] % HOUR_MS for r in refs])
+            elif at:
+                hour = at[0][0] if len(at) == 1 else max(map(first, at))
+            else:
+                continue
+            out[iid] = (hour, dumps(doc))
         self.segments.write(self.commit)
 
 
 def _fold_impressions(b: _Batch, rows: list[tuple]) -> None:
     # impression fields: impression_id, ts, user_id, campaign_id, domain, ip, user_agent, cost
-    country = countries([r[5] for r in rows]).to_pylist()
-    b.load_users(r[2] for r in rows)
-    b.load_imps(r[0] for r in rows)
-    values = [seg.impression_values(c, r[4]) for r, c in zip(rows, country, strict=True)]
-    for r, c, v in zip(rows, country, values, strict=True):
-        iid, ts = r[0], r[1]
-        us.add_impression(b.users[r[2]], ts, iid, r[3], r[4], r[7], c)
-        b.imps[iid]["at"].append([ts - ts % HOUR_MS, v])
-    b.segments.add_impressions([r[1] for r in rows], [r[3] for r in rows], values)
+    iids, tss, uids, camps, domains, ips = list(zip(*rows))[:6]
+    country = countries(ips).to_pylist()
+    users, imps = b.users, b.imps
+    values = seg.impression_values_of(country, domains)
+    us.add_impressions(users, rows, country)
+    for iid, ts, v in zip(iids, tss, values, strict=True):
+        imps[iid]["at"].append([ts - ts % HOUR_MS, v])
+    b.segments.add_impressions(tss, camps, values)
     # Clicks folded before their impression may now belong to another country (domain, ...).
     todo: dict[tuple[str, int, str], None] = {}
-    by_user: dict[str, list[int]] = {}
-    for r in rows:
-        f = r[1] - r[1] % HOUR_MS
-        for user, ts, cid in b.imps[r[0]]["refs"]:
-            if f <= ts < f + 2 * HOUR_MS:
-                todo[(user, ts, cid)] = None
-        by_user.setdefault(r[2], []).append(r[1])
+    for iid, ts in zip(iids, tss, strict=True):
+        refs = imps[iid]["refs"]
+        if refs:
+            f = ts - ts % HOUR_MS
+            for user, t, cid in refs:
+                if f <= t < f + 2 * HOUR_MS:
+                    todo[(user, t, cid)] = None
     # A click attributed to "the user's latest impression" (via 0) may now have a later one:
-    # each user's clicks are scanned once (most users have none at all: skipped).
-    for user, times in by_user.items():
-        doc = b.users[user]
-        if not doc["n"][1]:
-            continue
-        for e in doc["ev"]:
-            if e[1] == 1 and e[6] == 0 and any(
-                    t < e[0] < t - t % HOUR_MS + 2 * HOUR_MS for t in times):
-                todo[(user, e[0], e[2])] = None
+    # the clicks of each user with any are scanned once (most users have none: skipped).
+    clicked = {u for u in set(uids) if users[u]["n"][1]}
+    if clicked:
+        by_user: dict[str, list[int]] = {}
+        for user, ts in zip(uids, tss, strict=True):
+            if user in clicked:
+                by_user.setdefault(user, []).append(ts)
+        for user, times in by_user.items():
+            for e in users[user]["ev"]:
+                if e[1] == 1 and e[6] == 0 and any(
+                        t < e[0] < t - t % HOUR_MS + 2 * HOUR_MS for t in times):
+                    todo[(user, e[0], e[2])] = None
+    if not todo:
+        return
     b.load_users(u for u, _, _ in todo)
     for user, ts, cid in todo:
         e = us.find_click(b.users[user], ts, cid)
@@ -294,8 +307,6 @@ def _fold_impressions(b: _Batch, rows: list[tuple]) -> None:
 
 def _fold_clicks(b: _Batch, rows: list[tuple]) -> None:
     # click fields: click_id, ts, user_id, campaign_id, impression_id
-    b.load_users(r[2] for r in rows)
-    b.load_imps(r[4] for r in rows if r[4] is not None)
     for cid, ts, user, camp, iid in rows:
         values, via = b.attribute(user, ts, iid)
         us.add_click(b.users[user], ts, cid, camp, iid, values, via)
@@ -306,7 +317,6 @@ def _fold_clicks(b: _Batch, rows: list[tuple]) -> None:
 
 def _fold_predictions(b: _Batch, rows: list[tuple]) -> None:
     # prediction fields: prediction_id, ts, user_id, model, score, impression_id
-    b.load_users(r[2] for r in rows)
     users = b.users
     for r in rows:
         us.add_prediction(users[r[2]], r[1], r[0], r[4])
@@ -325,8 +335,10 @@ class LandedFile:
     parsed: ParsedFile
 
 
-def _mark(stream: str, ts: int, event_id: str) -> tuple[int, str]:
-    return ts - ts % HOUR_MS, f"{stream[0]}:{event_id}"
+def _marks(stream: str, rows: list[tuple]) -> list[tuple[int, str]]:
+    """Dedup mark of each row: (event hour, stream letter + ":" + event id)."""
+    letter = stream[0] + ":"
+    return [(r[1] - r[1] % HOUR_MS, letter + r[0]) for r in rows]
 
 
 def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DEFAULT_RULES
@@ -342,10 +354,11 @@ def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DE
     # Impressions are deduplicated by the copies their index document lists; clicks and
     # predictions by a mark per (event hour, stream letter + id).
     keyed = [[] if f.parsed.stream == "impressions" else
-             [_mark(f.parsed.stream, r[1], r[0]) for r in f.parsed.rows] for f in files]
+             _marks(f.parsed.stream, f.parsed.rows) for f in files]
     every = [k for keys in keyed for k in keys]
     seen: set = state.marked(every) if every else set()
-    # One read per namespace for the whole batch (later loads find them in memory).
+    # One read per namespace for the whole batch: every document the rows name (the `_fold_*`
+    # functions count on it; only re-attributions load more).
     b.load_users(r[2] for f in files for r in f.parsed.rows)
     b.load_imps(r[0] for f in files if f.parsed.stream == "impressions" for r in f.parsed.rows)
     b.load_imps(r[4] for f in files if f.parsed.stream == "clicks" for r in f.parsed.rows
@@ -354,22 +367,33 @@ def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DE
         fresh: list[tuple] = []
         dups = 0
         if f.parsed.stream == "impressions":
+            imps = b.imps
             for r in f.parsed.rows:
-                h = r[1] - r[1] % HOUR_MS
+                ts = r[1]
+                h = ts - ts % HOUR_MS
                 k = (r[0], h)
-                if k in seen or any(a[0] == h for a in b.imps[r[0]]["at"]):
+                if k in seen:
+                    dups += 1
+                    continue
+                at = imps[r[0]]["at"]
+                if at and any(a[0] == h for a in at):
                     dups += 1
                     continue
                 seen.add(k)
                 fresh.append(r)
         else:
+            marks = commit.marks
             for r, k in zip(f.parsed.rows, keys, strict=True):
                 if k in seen:
                     dups += 1
                     continue
                 seen.add(k)
                 fresh.append(r)
-                commit.mark(*k)
+                hour_marks = marks.get(k[0])
+                if hour_marks is None:
+                    marks[k[0]] = [k[1]]
+                else:
+                    hour_marks.append(k[1])
         if fresh:
             _FOLD[f.parsed.stream](b, fresh)
         q = Counter(f.parsed.quarantined)

@@ -49,6 +49,13 @@ def impression_values(country: str, domain: str | None) -> list[str]:
     return [own[_IMPRESSION_FIELD[k]] for k in IMPRESSION_KINDS]
 
 
+def impression_values_of(countries: list[str], domains: list[str | None]) -> list[list[str]]:
+    """`impression_values` of many impressions (one list comprehension for the usual kinds)."""
+    if IMPRESSION_KINDS == ("country", "domain"):
+        return [[c, UNKNOWN if d is None else d] for c, d in zip(countries, domains, strict=True)]
+    return [impression_values(c, d) for c, d in zip(countries, domains, strict=True)]
+
+
 UNKNOWN_VALUES = [UNKNOWN] * len(IMPRESSION_KINDS)  # a click without an impression
 
 

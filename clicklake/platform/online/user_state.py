@@ -23,12 +23,14 @@ themselves, and an answer at t takes the totals minus the events at or after t:
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 
 from clicklake.platform.profiles import RING_HOURS, WINDOWS_H
 from clicklake.platform.timeutil import HOUR_MS
 
 PREDICTION_LOOKBACK_MS = 24 * HOUR_MS  # lake_feature_inputs reads raw predictions 24 h back
 TILE_KEEP_MS = (RING_HOURS + 1) * HOUR_MS
+_first = itemgetter(0)
 
 
 def new_user() -> dict:
@@ -59,39 +61,43 @@ def _touch(doc: dict, ts: int, campaign: str, imp: int, clk: int) -> None:
         c[2] = min(c[2], ts)
 
 
-def add_impression(doc: dict, ts: int, event_id: str, campaign: str, domain: str | None,
-                   cost: float | None, country: str) -> None:
-    # `_tile` and `_touch` inlined: this runs once per impression, the fold's hottest line.
-    spend = 0.0 if cost is None else cost  # a null cost is 0 spend, as in the tiles
-    n = doc["n"]
-    n[0] += 1
-    n[2] += spend
-    tiles = doc["tiles"]
-    h = str(ts - ts % HOUR_MS)
-    t = tiles.get(h)
-    if t is None:
-        tiles[h] = [1, 0, 0.0 + spend, ts, None]
-    else:
-        t[0] += 1
-        t[2] += spend
-        if t[3] is None or ts > t[3]:
-            t[3] = ts
-    first = doc["first"]
-    if first is None or ts < first:
-        doc["first"] = ts
-    camps = doc["camps"]
-    c = camps.get(campaign)
-    if c is None:
-        camps[campaign] = [1, 0, ts]
-    else:
-        c[0] += 1
-        c[2] = min(c[2], ts)
-    if domain is not None:
-        doms = doc["doms"]
-        d = doms.get(domain)
-        if d is None or ts < d:
-            doms[domain] = ts
-    doc["ev"].append([ts, 0, event_id, campaign, domain, cost, country])
+def add_impressions(users: dict[str, dict], rows: list[tuple], countries: list[str]) -> None:
+    """Each impression row (`SPECS["impressions"].fields` order) into its user's document, in
+    row order: totals, tile, first time, campaign, domain, and the event in `ev`. One call per
+    batch (no call per row: this is the fold's hottest loop)."""
+    for (event_id, ts, user, campaign, domain, _ip, _ua, cost), country in zip(
+            rows, countries, strict=True):
+        doc = users[user]
+        spend = 0.0 if cost is None else cost
+        n = doc["n"]
+        n[0] += 1
+        n[2] += spend
+        tiles = doc["tiles"]
+        h = str(ts - ts % HOUR_MS)
+        t = tiles.get(h)
+        if t is None:
+            tiles[h] = [1, 0, 0.0 + spend, ts, None]
+        else:
+            t[0] += 1
+            t[2] += spend
+            if t[3] is None or ts > t[3]:
+                t[3] = ts
+        first = doc["first"]
+        if first is None or ts < first:
+            doc["first"] = ts
+        camps = doc["camps"]
+        c = camps.get(campaign)
+        if c is None:
+            camps[campaign] = [1, 0, ts]
+        else:
+            c[0] += 1
+            c[2] = min(c[2], ts)
+        if domain is not None:
+            doms = doc["doms"]
+            d = doms.get(domain)
+            if d is None or ts < d:
+                doms[domain] = ts
+        doc["ev"].append([ts, 0, event_id, campaign, domain, cost, country])
 
 
 def add_click(doc: dict, ts: int, event_id: str, campaign: str, impression_id: str | None,
@@ -126,9 +132,17 @@ def latest_impression(doc: dict, lo: int, hi: int) -> list | None:
 
 def trim(doc: dict, horizon_ms: int) -> None:
     """Drop what no read at t >= horizon needs; trimmed tiles leave their last-event times."""
-    doc["ev"] = [e for e in doc["ev"] if e[0] >= horizon_ms]
-    doc["preds"] = [p for p in doc["preds"] if p[0] >= horizon_ms - PREDICTION_LOOKBACK_MS - HOUR_MS]
-    old = [h for h in doc["tiles"] if int(h) < horizon_ms - TILE_KEEP_MS]
+    # Each list is scanned in C first: most documents have nothing to drop.
+    ev, preds, tiles = doc["ev"], doc["preds"], doc["tiles"]
+    if ev and min(map(_first, ev)) < horizon_ms:
+        doc["ev"] = [e for e in ev if e[0] >= horizon_ms]
+    lo = horizon_ms - PREDICTION_LOOKBACK_MS - HOUR_MS
+    if preds and min(map(_first, preds)) < lo:
+        doc["preds"] = [p for p in preds if p[0] >= lo]
+    lo = horizon_ms - TILE_KEEP_MS
+    if not tiles or min(map(int, tiles)) >= lo:
+        return
+    old = [h for h in tiles if int(h) < lo]
     for h in old:
         t = doc["tiles"].pop(h)
         doc["arch"] = [_max(doc["arch"][0], t[3]), _max(doc["arch"][1], t[4])]
