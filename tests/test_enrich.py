@@ -299,10 +299,14 @@ def test_each_distinct_value_is_resolved_once_per_call(monkeypatch):
     uas = [None if i % 7 == 3 else ua_pool[(i * 3) % 50] for i in range(n)]
     table = pa.table({"ip": pa.array(ips, pa.string()), "user_agent": pa.array(uas, pa.string())})
 
+    ua_mod._user_agent_cached.cache_clear()
     ip_calls = _count_country_lookups(monkeypatch)
     ua_calls = _count_ua_lookups(monkeypatch)
     out = enrich_impressions(table)
     assert sorted(ip_calls) == sorted(ip_pool)
+    assert sorted(ua_calls) == sorted(ua_pool)
+    # User agents parsed once stay in the process-wide LRU: the next hour parses none again.
+    assert enrich_impressions(table).equals(out)
     assert sorted(ua_calls) == sorted(ua_pool)
 
     expected_country = {ip: ("DE" if ip.startswith("5.9.") else UNKNOWN) for ip in ip_pool}
