@@ -21,6 +21,7 @@ re-attributes the click (the fold moves the click's count from the old country t
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from clicklake.platform.online.state import Commit, StateStore
 from clicklake.platform.segments import KINDS, UNKNOWN, WINDOW_HOURS
@@ -66,25 +67,39 @@ def _segments(campaign: str, values: list[str]):
 
 
 class Deltas:
-    """The segment counter changes of one commit, counted per hour row and per (segment, event
-    millisecond) while the fold runs (in C); `write` turns the latter into minute rows and their
-    logs. A busy segment's rows are then written once per commit, not once per event."""
+    """The segment counter changes of one commit: impressions and clicks per hour row (counted
+    in C), each impression's log entry per minute row, clicks per (segment, event millisecond);
+    `write` turns them into the commit's counter rows, a busy segment's rows once per commit,
+    not once per event. A log is joined once (appending entry by entry copied it each time:
+    quadratic in a busy minute)."""
 
     def __init__(self) -> None:
         self.hour_imp: Counter = Counter()  # (pk, hour) -> impressions
         self.hour_clk: Counter = Counter()
-        self.ev_imp: Counter = Counter()  # (pk, ts) -> impressions
+        self.min_imp: dict[tuple[str, int], list[str]] = {}  # (pk, minute) -> log entries
         self.ev_clk: Counter = Counter()  # (pk, ts) -> clicks (negative: moved away)
 
-    def add_impressions(self, ts: list[int], campaigns: list[str],
+    def add_impressions(self, ts: Sequence[int], campaigns: Sequence[str],
                         values: list[list[str]]) -> None:
-        """Impressions at `ts` of `campaigns` with their `impression_values` (bulk: counted in C)."""
-        pks = [[_GLOBAL_PK] * len(ts), [_CAMPAIGN + c for c in campaigns]]
-        pks += [[prefix + v[i] for v in values] for i, prefix in enumerate(_IMPRESSION_PREFIX)]
+        """Impressions at `ts` of `campaigns` with their `impression_values`."""
+        # One pk object per segment: built and hashed once, not once per row and lookup.
+        pks = [[_GLOBAL_PK] * len(ts), _pks(_CAMPAIGN, campaigns)]
+        pks += [_pks(prefix, [v[i] for v in values])
+                for i, prefix in enumerate(_IMPRESSION_PREFIX)]
         hours = [t - t % HOUR_MS for t in ts]
+        offsets = [t % MINUTE_MS for t in ts]
+        minutes = [t - off for t, off in zip(ts, offsets, strict=True)]
+        known = _ENTRIES.get
+        entries = [known(off) or _entry(off) for off in offsets]
+        logs = self.min_imp
         for column in pks:
             self.hour_imp.update(zip(column, hours))
-            self.ev_imp.update(zip(column, ts))
+            for key, e in zip(zip(column, minutes), entries):  # the hot loop: once per row
+                log = logs.get(key)
+                if log is None:
+                    logs[key] = [e]
+                else:
+                    log.append(e)
 
     def _click(self, pk: str, ts: int, n: int) -> None:
         self.hour_clk[(pk, ts - ts % HOUR_MS)] += n
@@ -116,21 +131,14 @@ class Deltas:
             else:
                 cell[1] += n
         minutes = commit.counters.setdefault(MINUTE_TABLE, {})
-        entries = _ENTRIES
-        for (pk, ts), n in self.ev_imp.items():  # the hot loop: one pass per (segment, ms)
-            off = ts % MINUTE_MS
-            e = entries.get(off)
-            if e is None:
-                e = entries[off] = f"{off:05d},"
-            if n != 1:
-                e *= n
-            key = (pk, ts - off)
-            cell = minutes.get(key)
+        for k, log in self.min_imp.items():
+            cell = minutes.get(k)
             if cell is None:
-                minutes[key] = [n, 0, e, ""]
+                minutes[k] = [len(log), 0, "".join(log), ""]
             else:
-                cell[0] += n
-                cell[2] += e
+                cell[0] += len(log)
+                cell[2] += "".join(log)
+        clicks: dict[tuple[str, int], list[str]] = {}
         for (pk, ts), n in self.ev_clk.items():
             if not n:
                 continue
@@ -141,7 +149,20 @@ class Deltas:
                 cell = minutes[key] = [0, 0, "", ""]
             cell[1] += n
             e = _entry(off)
-            cell[3] += e * n if n > 0 else ("-" + e) * -n
+            clicks.setdefault(key, []).append(e * n if n > 0 else ("-" + e) * -n)
+        for key, log in clicks.items():
+            minutes[key][3] += "".join(log)
+
+
+_PKS: dict[str, dict[str, str]] = {}  # kind prefix -> segment -> its pk (one object)
+
+
+def _pks(prefix: str, segments: list[str]) -> list[str]:
+    known = _PKS.setdefault(prefix, {})
+    if len(known) >= 100_000:  # bounded, whatever the input
+        known.clear()
+    get = known.get
+    return [get(s) or known.setdefault(s, prefix + s) for s in segments]
 
 
 _ENTRIES: dict[int, str] = {}  # millisecond in a minute -> its `OFFSET,` log entry
