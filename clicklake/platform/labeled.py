@@ -249,6 +249,7 @@ def _labeled_table(imp: pa.Table, clicks: pa.Table, nxt: pa.Table,
 
 _NEXT_COLUMNS = ["impression_id", "ts", "user_id", "campaign_id"]
 _LOOKUP_COLUMNS = ["impression_id", "ts", "user_id", "campaign_id", "domain", "cost"]
+_TILE_DICTIONARY = ["campaigns.list.element", "domains.list.element"]
 
 
 class _RangeCarry:
@@ -283,7 +284,11 @@ class _RangeCarry:
             # snapshot(p) = fold(snapshot(p - 1), tiles(p)): the chain folds hour by hour
             tile = tile_key(p, self.lake_prefix)
             if self.store.exists(tile):
-                state.fold(self.store.parquet_file(tile).read(use_threads=False), p)
+                # Campaign and domain lists dictionary-encoded as Parquet stores them: the
+                # fold then interns each distinct value once, not every list element.
+                tiles_pf = pq.ParquetFile(self.store.fs.open_input_file(self.store.path(tile)),
+                                          read_dictionary=_TILE_DICTIONARY)
+                state.fold(tiles_pf.read(use_threads=False), p)
         if state is None or state.as_of != s:
             if p >= 0:
                 state = self._read_snapshot(p)
