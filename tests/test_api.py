@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -404,12 +405,13 @@ def _free_port() -> int:
 
 
 def test_clicklake_serve_on_loopback_with_a_token(lake):
+    """One worker: the app in the server process itself (tests/test_api_workers.py: several)."""
     port = _free_port()
     env = {**os.environ, "CLICKLAKE_API_TOKEN": "s3cret-token"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from clicklake.cli import main; main()", "serve", "--root",
-         lake.root, "--port",
-         str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         lake.root, "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -429,9 +431,18 @@ def test_clicklake_serve_on_loopback_with_a_token(lake):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(denied)
         assert err.value.code == 401
+        metrics = urllib.request.Request(f"{url}/metrics",
+                                         headers={"Authorization": "Bearer s3cret-token"})
+        families = {f.name: f for f in text_string_to_metric_families(
+            urllib.request.urlopen(metrics).read().decode())}
+        assert "clicklake_api_worker_requests" not in families  # one process: no pid labels
+        assert {s.labels["status"]: s.value for s in families["clicklake_api_requests"].samples
+                if s.name.endswith("_total") and s.labels["route"] == "/v1/predict"
+                } == {"200": 1, "401": 1}
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        # stopped gracefully, then exits by the signal it caught (uvicorn re-raises it)
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
 
 
 def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_path):

@@ -85,7 +85,9 @@ def serve_and_predict(root: str, last_hour_ms: int, ts_ms: int) -> None:
     cmd = [sys.executable, "-m", "clicklake", "serve", "--root", root, "--source", "online",
            "--online-db", online_db(root), "--port", str(port)]
     click.echo(f"\n$ clicklake serve --root {root} --source online --port {port} &")
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A session of its own: should it not stop in time, it is killed with its worker processes.
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -49,72 +49,86 @@ _DEFAULTS = DecisionPolicy()
               show_default=True, help="Seconds between checks for a new champion model.")
 @click.option("--max-body", type=click.IntRange(min=256), default=16 * 1024, show_default=True,
               help="Largest request body accepted, in bytes (413 beyond).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              envvar="CLICKLAKE_API_WORKERS", show_envvar=True,
+              help="Worker processes answering requests on the one port [default: 2 with at "
+              "least 2 usable CPUs, else 1]. Each loads its own model and feature source; "
+              "/metrics sums them.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, source: str,
-          online_db: str | None, dynamodb_table: str | None, model_backend: str, endpoint_name: str, region: str | None, value_per_click: float,
-          farm_ctr: float, farm_min_impressions: int, farm_burst: int, reload_every: float,
-          max_body: int, log_level: str, access_log: bool) -> None:
-    """Serve click predictions and serve/skip decisions over REST (one uvicorn worker).
+          online_db: str | None, dynamodb_table: str | None, model_backend: str,
+          endpoint_name: str, region: str | None, value_per_click: float, farm_ctr: float,
+          farm_min_impressions: int, farm_burst: int, reload_every: float, max_body: int,
+          workers: int | None, log_level: str, access_log: bool) -> None:
+    """Serve click predictions and serve/skip decisions over REST (uvicorn, --workers processes).
 
     \b
     POST /v1/predict                  impression -> probability, decision, reasons, model
     GET  /v1/users/{id}/profile       now, or ?as_of=ISO-8601|epoch-ms (time travel)
     GET  /healthz                     model loaded + feature watermark (no token)
-    GET  /metrics                     Prometheus text
+    GET  /metrics                     Prometheus text (summed over the workers)
     GET  /docs                        OpenAPI documentation
 
     The model is the registry's champion (what deployed_model promoted), followed as it changes.
+    SIGTERM or SIGINT stops the server and its workers.
     """
     import uvicorn
 
     from clicklake.platform.online.state import StaleLayout
-    from clicklake.platform.storage import Store
+    from clicklake.platform.training import registry
     from clicklake.resources.lake import LakeResource
-    from clicklake.serving import ModelSlot, ServingConfig, lake_app
-    from clicklake.serving.sources import open_online_source
+    from clicklake.serving.workers import (
+        ServeSettings,
+        build_app,
+        default_workers,
+        open_source,
+        run_workers,
+        settle_gc,
+    )
 
-    store: Store = LakeResource(root=root, lake_prefix=lake_prefix, region=region).store()
-    sagemaker = None
-    if model_backend == "sagemaker":
-        from clicklake.resources.endpoint import SageMakerEndpoint
-
-        # role_arn is needed only to deploy; scoring just invokes the endpoint.
-        sagemaker = SageMakerEndpoint(role_arn="", endpoint_name=endpoint_name, region=region)
-    slot = ModelSlot(store, lake_prefix, sagemaker)
-    config = ServingConfig(
-        token=token or None, max_body_bytes=max_body, reload_every_s=reload_every,
-        policy=DecisionPolicy(default_value_per_click=value_per_click, farm_ctr_24h=farm_ctr,
-                              farm_min_impressions_24h=farm_min_impressions,
-                              farm_burst_impressions_1h=farm_burst))
+    workers = workers or default_workers()
     if source == "online" and not (online_db or dynamodb_table):
         from clicklake.resources.online_store import default_sqlite_path
 
         online_db = default_sqlite_path(root)  # beside the lake, where serving_lookup folds
-    try:
-        online = (open_online_source(online_db, dynamodb_table, region) if source == "online"
-                  else None)
-    except StaleLayout as exc:
-        raise click.ClickException(str(exc)) from exc
-    app = lake_app(store, lake_prefix, config, source=online, model=slot)
-    if slot.current is None:
+    settings = ServeSettings(
+        root=root, lake_prefix=lake_prefix, region=region, source=source, online_db=online_db,
+        dynamodb_table=dynamodb_table, model_backend=model_backend, endpoint_name=endpoint_name,
+        token=token or None, max_body=max_body, reload_every=reload_every,
+        value_per_click=value_per_click, farm_ctr=farm_ctr,
+        farm_min_impressions=farm_min_impressions, farm_burst=farm_burst)
+    if workers == 1:  # this process serves
+        try:
+            app, slot = build_app(settings)
+        except StaleLayout as exc:
+            raise click.ClickException(str(exc)) from exc
+        champion = slot.current.model_id if slot.current else None
+    else:
+        # Checked here, once, so a store the workers cannot read is refused with its message
+        # rather than as N worker tracebacks; each worker then opens its own.
+        try:
+            open_source(settings)
+        except StaleLayout as exc:
+            raise click.ClickException(str(exc)) from exc
+        store = LakeResource(root=root, lake_prefix=lake_prefix, region=region).store()
+        champ = registry.champion(store, lake_prefix)
+        champion = champ.model_id if champ else None
+    if champion is None:
         click.echo(f"warning: no champion model under {root}/{lake_prefix}/models yet; "
                    f"/v1/predict answers 503 until one is promoted", err=True)
     click.echo(f"clicklake API on http://{host}:{port} (docs at /docs; source {source}, "
-               f"model {slot.current.model_id if slot.current else 'none'}; "
-               f"token {'required' if config.token else 'not required'})", err=True)
-    settle_gc()
-    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level,
-                access_log=access_log)
-
-
-def settle_gc() -> None:
-    """Keep full garbage collections out of the request tail. Everything alive once the app is
-    built (modules, the model, the feature source: ~200 k objects) lives as long as the process,
-    yet each full collection walked all of it: 120-180 ms with every request waiting (measured).
-    Frozen, those objects are skipped by every later collection."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
+               f"model {champion or 'none'}; token {'required' if token else 'not required'}; "
+               f"{workers} worker{'s' if workers > 1 else ''})", err=True)
+    if workers == 1:
+        settle_gc()
+        uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level,
+                    access_log=access_log)
+        return
+    try:
+        started = run_workers(settings, workers, host, port, log_level, access_log)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    if not started:
+        raise click.ClickException("a worker failed to start (its error is above)")

@@ -184,8 +184,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     def publish_model() -> None:
         m = model.current
         if m is not None:
-            metrics.model.info({"id": m.model_id, "promoted_at": m.promoted_at,
-                                "backend": m.backend})
+            metrics.set_model(m.model_id, m.promoted_at, m.backend)
         wm = source.watermark_ms()
         if wm is not None:
             metrics.features_as_of.set(wm / 1000)

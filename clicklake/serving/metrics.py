@@ -1,20 +1,56 @@
-"""Prometheus metrics of the API, in a registry of its own (one per app, so tests and several
-apps in one process never share counters)."""
+"""Prometheus metrics of the API.
+
+One server process (`clicklake serve --workers 1`, tests): the metrics live in a registry of
+their own, one per app, so tests and several apps in one process never share counters.
+
+Several worker processes (`--workers N`): each worker writes its values to memory-mapped files
+in the server's private `PROMETHEUS_MULTIPROC_DIR` (prometheus_client's multiprocess mode, chosen
+when the library is imported, so the variable is set before the workers start), and `/metrics`,
+whichever worker answers it, merges every worker's files: counters and histograms are summed
+over the workers (over dead ones too, so they never go backwards when a worker is replaced),
+gauges are merged as their `multiprocess_mode` says.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond to a second: the target is p99 <= 10 ms, so the buckets are dense below it.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5)
 
 
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when prometheus_client runs in multiprocess mode, else None.
+    Raises when the variable is set but the library was imported before it was (its values
+    would then stay in this process and /metrics would silently miss them)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return None
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        raise RuntimeError(f"{MULTIPROC_ENV} was set after prometheus_client was imported: "
+                           "set it before the worker process starts")
+    return path
+
+
 class ApiMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool | None = None) -> None:
+        """`multiprocess`: None = as the environment says (`PROMETHEUS_MULTIPROC_DIR`)."""
+        self.multiprocess_dir = multiprocess_dir() if multiprocess in (None, True) else None
+        if multiprocess and self.multiprocess_dir is None:
+            raise RuntimeError(f"multiprocess metrics need {MULTIPROC_ENV}")
+        self.multiprocess = self.multiprocess_dir is not None
+        # In multiprocess mode the values live in the files; the registry only holds the
+        # metric objects, and the exposition reads the files of every worker instead.
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("clicklake_api_requests", "HTTP requests by route and status.",
@@ -26,18 +62,51 @@ class ApiMetrics:
                                  ["decision"], registry=r)
         self.reasons = Counter("clicklake_api_skip_reasons", "Reasons given for skips.",
                                ["reason"], registry=r)
-        self.model = Info("clicklake_api_model", "The model being served.", registry=r)
+        # A gauge at 1 per model rather than an Info (which multiprocess mode does not support):
+        # the same exposition. Across workers, the max over live ones: every model some worker
+        # serves (two during a champion change, until each worker has reloaded).
+        self.model = Gauge("clicklake_api_model_info", "The model being served.",
+                           ["id", "promoted_at", "backend"], registry=r,
+                           multiprocess_mode="livemax")
+        self._model_labels: tuple[str, str, str] | None = None
         self.model_reloads = Counter("clicklake_api_model_reloads",
-                                     "Times a new champion was loaded.", registry=r)
+                                     "Times a new champion was loaded (by each worker).",
+                                     registry=r)
+        # The stalest worker's watermark: a freshness alert must see a worker left behind.
         self.features_as_of = Gauge("clicklake_api_features_as_of_seconds",
-                                    "Watermark of the feature source (Unix time).", registry=r)
+                                    "Watermark of the feature source (Unix time).", registry=r,
+                                    multiprocess_mode="livemin")
         self.probability = Histogram("clicklake_api_click_probability",
                                      "Predicted click probabilities.", registry=r,
                                      buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
+        # Per live worker (a `pid` label each): how the load spreads over the workers. Only with
+        # several: one process has nothing to compare, and the total is `requests` above.
+        self.worker_requests = (
+            Gauge("clicklake_api_worker_requests",
+                  "Requests answered by each live worker process since it started.",
+                  registry=r, multiprocess_mode="liveall") if self.multiprocess else None)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+        if self.worker_requests is not None:
+            self.worker_requests.inc()
+
+    def set_model(self, model_id: str, promoted_at: str, backend: str) -> None:
+        labels = (model_id, promoted_at, backend)
+        old, self._model_labels = self._model_labels, labels
+        if old is not None and old != labels:
+            if self.multiprocess:  # labels cannot be removed in multiprocess mode
+                self.model.labels(*old).set(0)
+            else:
+                self.model.remove(*old)
+        self.model.labels(*labels).set(1)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)
