@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
-from clicklake.platform.tiles import Interner, lex_order
+from clicklake.platform.tiles import Interner, lex_order, search_sorted
 from clicklake.platform.timeutil import HOUR_MS
 
 
@@ -60,7 +60,7 @@ def _answer(p_code: np.ndarray, p_ts: np.ndarray, p_rank: np.ndarray, p_score: n
     base = int(min(p_ts.min(), q_ts.min()))
     span = int(max(p_ts.max(), q_ts.max())) - base + 1
     key = p_code * span + (p_ts - base)
-    at = np.searchsorted(key, q_code * span + (q_ts - base), side="left") - 1
+    at = search_sorted(key, q_code * span + (q_ts - base)) - 1
     ok = (q_code >= 0) & (at >= 0)
     ok[ok] &= p_code[at[ok]] == q_code[ok]
     score[ok], when[ok] = p_score[at[ok]], p_ts[at[ok]].astype(np.float64)

@@ -201,6 +201,15 @@ def lex_order(*keys: np.ndarray) -> np.ndarray:
     return packed % n
 
 
+def search_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """np.searchsorted (left) of unsorted needles, searched in sorted order: binary searches
+    over sorted needles stay in cache and run several times faster."""
+    order = np.argsort(keys)
+    pos = np.empty(len(keys), np.int64)
+    pos[order] = np.searchsorted(sorted_keys, keys[order])
+    return pos
+
+
 # -- compiled hash tables ------------------------------------------------------------------------
 # State carried over many hours looks up tens of thousands of strings and keys per hour in
 # tables of millions: open addressing in compiled loops costs a few ns per lookup, where
