@@ -291,16 +291,15 @@ def _fold_impressions(b: _Batch, rows: list[tuple], country: list[str] | None) -
     users, imps = b.users, b.imps
     values = seg.impression_values_of(country, domains)
     us.add_impressions(users, rows, country)
-    for iid, ts, v in zip(iids, tss, values, strict=True):
-        imps[iid]["at"].append([ts - ts % HOUR_MS, v])
     b.segments.add_impressions(tss, camps, values)
     # Clicks folded before their impression may now belong to another country (domain, ...).
     todo: dict[tuple[str, int, str], None] = {}
-    for iid, ts in zip(iids, tss, strict=True):
-        refs = imps[iid]["refs"]
-        if refs:
-            f = ts - ts % HOUR_MS
-            for user, t, cid in refs:
+    for iid, ts, v in zip(iids, tss, values, strict=True):
+        doc = imps[iid]
+        f = ts - ts % HOUR_MS
+        doc["at"].append([f, v])
+        if doc["refs"]:
+            for user, t, cid in doc["refs"]:
                 if f <= t < f + 2 * HOUR_MS:
                     todo[(user, t, cid)] = None
     # A click attributed to "the user's latest impression" (via 0) may now have a later one:
@@ -343,9 +342,7 @@ def _fold_clicks(b: _Batch, rows: list[tuple], _countries: None = None) -> None:
 
 def _fold_predictions(b: _Batch, rows: list[tuple], _countries: None = None) -> None:
     # prediction fields: prediction_id, ts, user_id, model, score, impression_id
-    users = b.users
-    for r in rows:
-        us.add_prediction(users[r[2]], r[1], r[0], r[4])
+    us.add_predictions(b.users, rows)
 
 
 _FOLD = {"impressions": _fold_impressions, "clicks": _fold_clicks,

@@ -164,9 +164,10 @@ class SqliteState(StateStore):
                 return False
             for ns, docs in commit.docs.items():
                 puts = [(ns, k, h, v) for k, (h, v) in docs.items() if v is not None]
-                dels = [(ns, k) for k, (_, v) in docs.items() if v is None]
                 c.executemany("INSERT OR REPLACE INTO docs VALUES (?,?,?,?)", puts)
-                c.executemany("DELETE FROM docs WHERE ns=? AND key=?", dels)
+                if len(puts) < len(docs):
+                    c.executemany("DELETE FROM docs WHERE ns=? AND key=?",
+                                  [(ns, k) for k, (_, v) in docs.items() if v is None])
             for table, cells in commit.counters.items():
                 c.executemany(
                     "INSERT INTO counters VALUES (?,?,?,?,?,?,?) ON CONFLICT (tbl, pk, sk) DO "

@@ -110,8 +110,11 @@ def add_click(doc: dict, ts: int, event_id: str, campaign: str, impression_id: s
     doc["ev"].append([ts, 1, event_id, campaign, impression_id, segments, via])
 
 
-def add_prediction(doc: dict, ts: int, event_id: str, score: float) -> None:
-    doc["preds"].append([ts, event_id, score])
+def add_predictions(users: dict[str, dict], rows: list[tuple]) -> None:
+    """Each prediction row (`SPECS["predictions"].fields` order) into its user's `preds`, in row
+    order (one call per batch, not per row)."""
+    for event_id, ts, user, _model, score, _imp in rows:
+        users[user]["preds"].append([ts, event_id, score])
 
 
 def find_click(doc: dict, ts: int, event_id: str) -> list | None:
