@@ -96,6 +96,31 @@ def test_fast_iso_agrees_with_the_exact_conversion_or_declines():
     with pytest.raises(Rejected):
         event_ms("2026-02-30T13:00:00.000Z")
     assert fast_iso_ms("2026-02-30T13:00:00.000Z") is None
+    # Seconds are cached: the same second again, with other milliseconds or a bad ending.
+    assert fast_iso_ms("2026-11-25T13:01:02.000Z") == H + MIN + 2_000
+    assert fast_iso_ms("2026-11-25T13:01:02.999Z") == H + MIN + 2_999
+    for bad in ("2026-11-25T13:01:02.34aZ", "2026-11-25T13:01:02.3\u00b25Z",
+                "2026-11-25T13:01:02,345Z", "2026-11-25T13:01:02.345z", "2026-02-30T13:00:00.001Z",
+                "2026-11-25T13:01:62.345Z", "2026-11-25T13:01:02.345Z "):
+        assert fast_iso_ms(bad) is None, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(ms=st.integers(TS_MIN_MS - 3 * HOUR_MS, TS_MAX_MS + 3 * HOUR_MS),
+       tail=st.sampled_from(["", "Z", ".5Z", "+00:00", "Z "]))
+def test_fast_iso_agrees_on_random_instants(ms, tail):
+    from datetime import UTC, datetime
+
+    from clicklake.platform.events import Rejected, event_ms
+
+    text = datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+    for v in (text + "Z", text[:-4] + tail):
+        got = fast_iso_ms(v)
+        if got is not None:
+            assert got == event_ms(v), v
+        elif v == text + "Z":  # the plain form is declined only out of range
+            with pytest.raises(Rejected):
+                event_ms(v)
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
