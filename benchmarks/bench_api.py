@@ -1,8 +1,12 @@
 """Benchmark of `POST /v1/predict` under open-loop load, beside `GET /healthz` (the framework floor:
-uvicorn + FastAPI + our middleware, no features, no model) at the same rate in the same run.
+uvicorn + FastAPI + our middleware, no features, no model) at the same rate in the same run, for
+each worker count (`clicklake serve --workers`) on a quiet machine and beside CPU hogs.
 
 1. build a small lake with a champion model (generate -> the whole Dagster flow), unless --root;
-2. start `clicklake serve` (uvicorn, one worker, bearer token on) in a subprocess on loopback;
+2. for each run (--workers x --hogs, by default 1 and 2 workers, with 0 and 1 hog): start
+   `clicklake serve --workers N` (bearer token on) in a subprocess on loopback, wait for every
+   worker, start the hogs (processes busy-looping beside the server: a machine busy with other
+   jobs, reproducibly);
 3. from a separate load process: GET /healthz, then POST /v1/predict, each at --rate requests/s
    for --duration s over keep-alive connections. Open loop: request i is due at start + i/rate
    whatever happened before, and its latency runs from that due time to the last byte of the
@@ -10,18 +14,24 @@ uvicorn + FastAPI + our middleware, no features, no model) at the same rate in t
 
 Predict bodies are real impressions of the lake's users (user, campaign, ip, user agent, cost),
 asked "now". `--source online` folds the landing zone into a SQLite online store first and
-serves from it (a few key reads per request, nothing memoised). With `--source lake` the source answers "now" from the lake's state at its
-watermark, memoised per (user, campaign, ip, user agent) after the first request; each pair is
-requested once before the measured phase so the figures are the API's own work (validation,
-`compute_features`, `encode`, the booster, the decision), as with an online store whose read costs
-microseconds. The first-touch cost of the lake path (tens of ms) is reported separately.
+serves from it (a few key reads per request, nothing memoised). With `--source lake` the source
+answers "now" from the lake's state at its watermark, memoised per (user, campaign, ip, user
+agent) after the first request; each pair is requested once before the measured phase so the
+figures are the API's own work (validation, `compute_features`, `encode`, the booster, the
+decision), as with an online store whose read costs microseconds. With several workers each
+has its own memo and a pair's first touch may land on the other one inside the measured phase:
+compare worker counts with `--source online`. The first-touch cost of the lake path (tens of ms)
+is reported separately.
 
-Besides percentiles, each phase reports the load process's own CPU per request (it must stay
-well below the server's), the count of requests over 10 ms and the seconds holding most of them
-(a few bad seconds are a pause, of the server or of the machine; a tail spread over the run is
-queueing), and the load average before and after: the machine may be shared.
+Besides percentiles, each phase reports the server's CPU per request (the supervisor and all its
+workers), the load process's own CPU per request (it must stay well below the server's), the
+count of requests over 10 ms and the seconds holding most of them (a few bad seconds are a
+pause, of the server or of the machine; a tail spread over the run is queueing), and the load
+average before and after: the machine may be shared. Each run also checks that /metrics counts
+exactly the predictions sent (summed over the workers) and how they spread over the workers.
 
-Run: python benchmarks/bench_api.py [--rate 500 --duration 30 --pairs 300 --root DIR]
+Run: python benchmarks/bench_api.py [--rate 500 --duration 30 --pairs 300 --root DIR
+     --source online --workers 1,2 --hogs 0,1]
 Writes bench-results/api.json. Target (DESIGN §8): predict p99 <= 10 ms at 500 req/s, 0 errors.
 """
 
@@ -40,6 +50,8 @@ import time
 import urllib.request
 
 import numpy as np
+
+from clicklake.cli.processes import stop_process
 
 TOKEN = "bench-token-0123456789"
 START = "2026-11-24T00:00:00Z"
@@ -215,6 +227,24 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def tree_cpu(pids: list[int]) -> dict[int, float]:
+    return {p: c for p in pids if (c := cpu_seconds(p)) is not None}
+
+
 def run_phase(port: int, method: str, path: str, bodies: list, rate: float, duration: float,
               connections: int, workdir: str) -> dict:
     spec = os.path.join(workdir, f"load-{path.strip('/').replace('/', '-')}.json")
@@ -224,6 +254,133 @@ def run_phase(port: int, method: str, path: str, bodies: list, rate: float, dura
     out = subprocess.run([sys.executable, __file__, "--load", spec], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _get(url: str, timeout: float = 10.0) -> bytes:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def _samples(metrics: str, name: str) -> list[tuple[str, float]]:
+    """(labels text, value) of the samples of `name` in Prometheus text."""
+    out = []
+    for line in metrics.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            head, value = line.rsplit(" ", 1)
+            out.append((head[len(name):], float(value)))
+    return out
+
+
+def _worker_pids(metrics: str) -> list[str]:
+    return [labels.split('"')[1] for labels, _ in
+            _samples(metrics, "clicklake_api_worker_requests")]
+
+
+def _predicts_counted(metrics: str) -> float:
+    return sum(v for labels, v in _samples(metrics, "clicklake_api_requests_total")
+               if 'method="POST"' in labels and 'route="/v1/predict"' in labels)
+
+
+def start_hogs(n: int) -> list[subprocess.Popen]:
+    """`n` processes busy-looping in pure Python: each takes a core whenever the scheduler
+    lets it, as another job on a shared machine would."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def one_run(args, root: str, extra: list[str], bodies: list, workers: int, hogs: int,
+            workdir: str) -> dict:
+    """Start the server with `workers` workers, run both phases beside `hogs` CPU hogs, stop."""
+    port = _free_port()
+    env = {**os.environ, "CLICKLAKE_API_TOKEN": TOKEN}
+    log_path = os.path.join(workdir, f"server-{workers}w-{hogs}h.log")
+    server_log = open(log_path, "w+b")  # noqa: SIM115
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from clicklake.cli import main; main()", "serve", "--root", root,
+         "--host", "127.0.0.1", "--port", str(port), "--source", args.source,
+         "--workers", str(workers), *extra],
+        # stderr to a file, not a pipe nobody reads while the load runs: a server logging
+        # errors would fill the pipe and block on its next write.
+        env=env, stdout=subprocess.DEVNULL, stderr=server_log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    hog_procs: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # every worker up (each lists itself in /metrics once its app is built)
+            try:
+                health = json.loads(_get(f"{url}/healthz", timeout=5))
+                if workers == 1 or len(_worker_pids(_get(f"{url}/metrics").decode())) >= workers:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                server_log.seek(0)
+                raise SystemExit(server_log.read().decode())
+            time.sleep(0.2)
+        print(f"[{workers} worker(s), {hogs} hog(s)] server up: model {health['model']['id']}; "
+              f"warming {len(bodies)} pairs ...", file=sys.stderr)
+        first_touch = []
+        for b in bodies:  # first touch of each pair: the lake path, then memoised
+            t = time.perf_counter()
+            urllib.request.urlopen(urllib.request.Request(
+                f"{url}/v1/predict", data=json.dumps(b).encode(), headers=auth)).read()
+            first_touch.append((time.perf_counter() - t) * 1000)
+        # Then the measured load's own shape, unmeasured, for a few seconds: every worker gets
+        # its share of the connections and sees the bodies (a worker's first sight of a user
+        # agent or a user costs it far more than later ones: 269 ms stalls, measured, on a
+        # worker the sequential first touches above had missed).
+        run_phase(port, "POST", "/v1/predict", bodies, args.rate, min(args.duration, 5.0),
+                  args.connections, workdir)
+        before = _predicts_counted(_get(f"{url}/metrics").decode())
+        hog_procs = start_hogs(hogs)
+        time.sleep(0.5 if hogs else 0)  # the hogs running before the first request is due
+        phases = {}
+        for name, method, path, payload in (("healthz", "GET", "/healthz", [None]),
+                                            ("predict", "POST", "/v1/predict", bodies)):
+            print(f"  {name}: {args.rate:g} req/s for {args.duration:g} s ...", file=sys.stderr)
+            pids = process_tree(server.pid)
+            cpu0 = tree_cpu(pids)
+            phases[name] = run_phase(port, method, path, payload, args.rate, args.duration,
+                                     args.connections, workdir)
+            cpu1 = tree_cpu(pids)
+            # Server CPU per request (supervisor and workers): what the figures would be on an
+            # idle machine is bounded by it, whatever else competes for the cores.
+            used = sum(cpu1[p] - cpu0[p] for p in cpu1 if p in cpu0)
+            phases[name]["server_cpu_ms_per_request"] = (
+                round(used * 1000 / phases[name]["requests"], 3) if cpu1 else None)
+            print(f"  {phases[name]}", file=sys.stderr)
+        for h in hog_procs:
+            h.kill()
+            h.wait()
+        metrics = _get(f"{url}/metrics").decode()
+    finally:
+        for h in hog_procs:
+            h.kill()
+            h.wait()
+        stop_process(server, timeout=30)
+        server_log.close()
+    counted = _predicts_counted(metrics) - before
+    share = {pid: v for pid, v in ((labels.split('"')[1], v) for labels, v in
+                                   _samples(metrics, "clicklake_api_worker_requests"))}
+    pred, base = phases["predict"], phases["healthz"]
+    return {
+        "workers": workers, "hogs": hogs,
+        "first_touch_lake_path_ms": {
+            "p50": round(float(np.percentile(first_touch, 50)), 2),
+            "p99": round(float(np.percentile(first_touch, 99)), 2)},
+        "healthz": base, "predict": pred,
+        "predict_over_healthz_p99": round(pred["p99_ms"] / base["p99_ms"], 2),
+        # Exactly the predictions sent, summed over the workers' metrics files.
+        "metrics_predicts_counted": counted, "metrics_count_exact": counted == pred["requests"],
+        "requests_per_worker": share,
+        "target_met": pred["p99_ms"] <= 10.0 and pred["error_count"] == 0,
+        "model": health["model"], "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main() -> None:
@@ -236,12 +393,25 @@ def main() -> None:
     ap.add_argument("--hours", type=int, default=4)
     ap.add_argument("--users", type=int, default=1500)
     ap.add_argument("--source", choices=["lake", "online"], default="lake")
+    ap.add_argument("--online-db", default=None,
+                    help="--source online: this SQLite online store, already folded (default: "
+                    "the landing zone folded into a fresh one)")
+    ap.add_argument("--workers", default="1,2",
+                    help="worker counts to compare, comma-separated (clicklake serve --workers)")
+    ap.add_argument("--hogs", default="0,1",
+                    help="CPU hogs beside the server, comma-separated: each count a set of runs")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of all the runs, interleaved (the machine's other load drifts)")
     ap.add_argument("--load", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load:
         return load_main(args.load)
     if not 0 < args.rate <= 2000 or not 0 < args.duration <= 120:
         raise SystemExit("bounded load only: --rate in (0, 2000], --duration in (0, 120]")
+    worker_counts, hog_counts = _ints(args.workers), _ints(args.hogs)
+    if not worker_counts or min(worker_counts) < 1 or not hog_counts or min(hog_counts) < 0 \
+            or max(hog_counts) > 4:
+        raise SystemExit("--workers: counts >= 1; --hogs: counts in [0, 4]")
 
     workdir = tempfile.mkdtemp(prefix="bench-api-")
     root = args.root
@@ -255,89 +425,52 @@ def main() -> None:
     bodies = predict_bodies(root, args.pairs)
 
     extra = []
-    if args.source == "online":  # fold the whole landing zone into a fresh SQLite online store
+    if args.source == "online" and args.online_db:
+        extra = ["--online-db", args.online_db]
+    elif args.source == "online":  # fold the whole landing zone into a fresh SQLite online store
         from clicklake.platform.online import SqliteState, fold_files
         from clicklake.platform.storage import Store
 
         db = os.path.join(workdir, "online.db")
         fold_files(SqliteState(db), Store(root), Store(root).list("landing/"))
         extra = ["--online-db", db]
-    port = _free_port()
-    env = {**os.environ, "CLICKLAKE_API_TOKEN": TOKEN}
-    server_log = open(os.path.join(workdir, "server.log"), "w+b")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-c", "from clicklake.cli import main; main()", "serve", "--root", root,
-         "--host", "127.0.0.1", "--port", str(port), "--source", args.source, *extra],
-        # stderr to a file, not a pipe nobody reads while the load runs: a server logging
-        # errors would fill the pipe and block on its next write.
-        env=env, stdout=subprocess.DEVNULL, stderr=server_log)
-    url = f"http://127.0.0.1:{port}"
-    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    try:
-        for _ in range(600):
-            try:
-                health = json.loads(urllib.request.urlopen(f"{url}/healthz").read())
-                break
-            except OSError:
-                if server.poll() is not None:
-                    server_log.seek(0)
-                    raise SystemExit(server_log.read().decode()) from None
-                time.sleep(0.1)
-        print(f"server up: model {health['model']['id']}; warming {len(bodies)} pairs ...",
-              file=sys.stderr)
-        first_touch = []
-        for b in bodies:  # first touch of each pair: the lake path, then memoised
-            t = time.perf_counter()
-            urllib.request.urlopen(urllib.request.Request(
-                f"{url}/v1/predict", data=json.dumps(b).encode(), headers=auth)).read()
-            first_touch.append((time.perf_counter() - t) * 1000)
-        phases = {}
-        for name, method, path, payload in (("healthz", "GET", "/healthz", [None]),
-                                            ("predict", "POST", "/v1/predict", bodies)):
-            print(f"{name}: {args.rate:g} req/s for {args.duration:g} s ...", file=sys.stderr)
-            cpu0 = cpu_seconds(server.pid)
-            phases[name] = run_phase(port, method, path, payload, args.rate, args.duration,
-                                     args.connections, workdir)
-            cpu1 = cpu_seconds(server.pid)
-            # Server CPU per request: what the figures would be on an idle machine is bounded
-            # by it, whatever else competes for the cores during the run.
-            phases[name]["server_cpu_ms_per_request"] = (
-                None if cpu0 is None or cpu1 is None
-                else round((cpu1 - cpu0) * 1000 / phases[name]["requests"], 3))
-            print(f"  {phases[name]}", file=sys.stderr)
-        metrics = urllib.request.urlopen(urllib.request.Request(
-            f"{url}/metrics", headers=auth)).read().decode()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-    pred, base = phases["predict"], phases["healthz"]
+    # Worker counts side by side within each contention level: the machine's other load drifts
+    # less between two neighbouring runs.
+    runs = [one_run(args, root, extra, bodies, w, h, workdir)
+            for _ in range(max(args.repeat, 1)) for h in hog_counts for w in worker_counts]
+    p99 = {}
+    for r in runs:
+        p99.setdefault(f"{r['workers']} workers, {r['hogs']} hogs", []).append(
+            r["predict"]["p99_ms"])
     result = {
         "benchmark": "api", "rate_rps": args.rate, "duration_s": args.duration,
         "connections": args.connections, "source": args.source, "pairs": len(bodies),
         "cpus": os.cpu_count(), "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
-        "lake_build_s": round(build_s, 1), "model": health["model"],
-        "first_touch_lake_path_ms": {
-            "p50": round(float(np.percentile(first_touch, 50)), 2),
-            "p99": round(float(np.percentile(first_touch, 99)), 2)},
-        "healthz": base, "predict": pred,
-        "predict_over_healthz_p50": round(pred["p50_ms"] / base["p50_ms"], 2),
-        "predict_over_healthz_p99": round(pred["p99_ms"] / base["p99_ms"], 2),
-        "predict_over_healthz_server_cpu": (
-            round(pred["server_cpu_ms_per_request"] / base["server_cpu_ms_per_request"], 2)
-            if pred["server_cpu_ms_per_request"] and base["server_cpu_ms_per_request"]
-            else None),
+        "load_average_at_end": os.getloadavg(), "lake_build_s": round(build_s, 1),
         "target": {"p99_ms": 10.0, "errors": 0},
-        "target_met": pred["p99_ms"] <= 10.0 and pred["error_count"] == 0,
-        "server_predict_requests_counted": sum(
-            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-            if line.startswith('clicklake_api_requests_total{method="POST",route="/v1/predict"')),
+        "predict_p99_ms_median": {k: float(np.median(v)) for k, v in p99.items()},
+        "summary": [
+            {"workers": r["workers"], "hogs": r["hogs"], "p50_ms": r["predict"]["p50_ms"],
+             "p99_ms": r["predict"]["p99_ms"], "max_ms": r["predict"]["max_ms"],
+             "errors": r["predict"]["error_count"],
+             "server_cpu_ms_per_predict": r["predict"]["server_cpu_ms_per_request"],
+             "healthz_p99_ms": r["healthz"]["p99_ms"],
+             "load_average_1min_at_end": r["load_average_1min_at_end"],
+             "metrics_count_exact": r["metrics_count_exact"], "target_met": r["target_met"]}
+            for r in runs],
+        "runs": runs,
     }
     os.makedirs("bench-results", exist_ok=True)
     with open("bench-results/api.json", "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
+    print(f"{'workers':>7} {'hogs':>4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} "
+          f"{'CPU ms/predict':>14} {'/metrics exact':>14} {'load avg':>8}", file=sys.stderr)
+    for r in result["summary"]:
+        print(f"{r['workers']:>7} {r['hogs']:>4} {r['p50_ms']:>7} {r['p99_ms']:>7} "
+              f"{r['max_ms']:>7} {r['errors']:>6} {r['server_cpu_ms_per_predict']:>14} "
+              f"{r['metrics_count_exact']!s:>14} {r['load_average_1min_at_end']:>8}",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
