@@ -195,7 +195,7 @@ def _load(state: StateStore, ns: str, keys: Iterable[str], into: dict, new,
     missing = [k for k in dict.fromkeys(keys) if k not in into]
     if not missing:
         return
-    if cache is not None:
+    if cache is not None and cache[ns]:
         hits = cache[ns]
         rest = []
         for k in missing:
