@@ -180,9 +180,14 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
         # A range's lookup table outlives the hour: it keeps only the columns it reads.
         lookup.remember_raw("impressions", int(t.min() - t.min() % HOUR_MS),
                             impressions.select(_LOOKUP_COLUMNS) if carried else impressions)
+    user_codes = None
     if n:
+        state = carried.snapshot(lookup, t) if carried else None
+        # The hour's users interned once (after the fold has interned the tile's), for both
+        # the carried snapshot and the carried scores.
+        user_codes = carried.users.codes(users) if carried else None
         profiles, user_campaign = lookup.as_of_with_campaigns(
-            users, camps, t, carried=carried.snapshot(lookup, t) if carried else None)
+            users, camps, t, carried=state, user_codes=user_codes)
     else:
         profiles, user_campaign = PROFILE_SCHEMA.empty_table(), USER_CAMPAIGN_SCHEMA.empty_table()
     enriched = enrich_impressions(impressions)
@@ -195,7 +200,7 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
         enriched["country"] if whole_raw_hour else None,
         carried.segment_inputs() if carried else None)
     if carried:
-        score, pred_ts = carried.scores(users, t)
+        score, pred_ts = carried.scores(users, t, user_codes)
         carried.hour_done(impressions, enriched)
     else:
         score, pred_ts = latest_scores_lake(store, users, t, PREDICTION_MAX_AGE_MS, lake_prefix)
@@ -309,11 +314,14 @@ class _RangeCarry:
         as_of = int(pf.schema_arrow.metadata[META_AS_OF])
         return CarriedSnapshot.from_snapshot_parts(parts, as_of, self.users)
 
-    def scores(self, user_ids: pa.Array, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, user_ids: pa.Array, t: np.ndarray, codes: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """`codes`: the users' codes, when the caller has interned them already."""
         if self._scores is None or self._scores.as_of != self.hour:
             self._scores = CarriedScores(self.store, self.users, self.hour,
                                          PREDICTION_MAX_AGE_MS, self.lake_prefix)
-        return self._scores.answer(self.hour, self.users.codes(user_ids), t)
+        return self._scores.answer(self.hour, self.users.codes(user_ids) if codes is None
+                                   else codes, t)
 
     def segment_inputs(self) -> HourCarry:
         prev = self._previous

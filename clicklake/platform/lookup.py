@@ -618,7 +618,8 @@ class LookupTable:
         return self._grouped(t, run)
 
     def as_of_with_campaigns(self, user_ids: pa.Array, campaign_ids: pa.Array, ts,
-                             carried: CarriedSnapshot | None = None
+                             carried: CarriedSnapshot | None = None,
+                             user_codes: np.ndarray | None = None
                              ) -> tuple[pa.Table, pa.Table]:
         """`as_of(user_ids, ts)` and `as_of_user_campaign(user_ids, campaign_ids, ts)` together.
 
@@ -629,13 +630,16 @@ class LookupTable:
         domain sets read dictionary-encoded. Otherwise the two general queries run.
 
         `carried`: that snapshot held in memory (profiles.CarriedSnapshot, as of the start of
-        the instants' hour), read instead of its Parquet file; the answer is the same."""
+        the instants' hour), read instead of its Parquet file; the answer is the same.
+        `user_codes`: the codes of `user_ids` in the carried snapshot's user interner, when the
+        caller has them already (they are not looked up again)."""
         users = as_string_array(user_ids)
         camps = as_string_array(campaign_ids)
         t = np.asarray(ts, dtype=np.int64)
         fast = self._hour_after_plan(t) if len(t) else None
         if fast is not None:
-            return self._hour_after_snapshot(users, camps, t, *fast, carried=carried)
+            return self._hour_after_snapshot(users, camps, t, *fast, carried=carried,
+                                             user_codes=user_codes)
         if carried is not None:
             raise ValueError("a carried snapshot serves only instants in the hour right after it")
         return self.as_of(users, t), self.as_of_user_campaign(users, camps, t)
@@ -662,7 +666,8 @@ class LookupTable:
 
     def _hour_after_snapshot(self, users: pa.Array, camps: pa.Array | None, t: np.ndarray, p: int,
                              s: int, columns: list[str] | None = None,
-                             carried: CarriedSnapshot | None = None
+                             carried: CarriedSnapshot | None = None,
+                             user_codes: np.ndarray | None = None
                              ) -> tuple[pa.Table, pa.Table | None]:
         """Profiles (and, unless `camps` is None, user x campaign counts) of instants that all
         lie in the hour [s, s + 1 h) right after snapshot partition p. With `columns`, profile
@@ -674,6 +679,12 @@ class LookupTable:
         qcode = qenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         quniq = qenc.dictionary
         nu = len(quniq)
+        quniq_codes = None
+        if carried is not None and user_codes is not None and not users.null_count:
+            # The interner codes of the distinct users: those of their first rows.
+            first = np.empty(nu, np.int64)
+            first[qcode[::-1]] = np.arange(n - 1, -1, -1)
+            quniq_codes = np.asarray(user_codes, np.int64)[first]
         hi = int(t.max())
         # Binary searches run far faster over sorted needles: work in (user, t) order.
         perm = np.argsort(qcode * (hi - s + 1) + (t - s))
@@ -723,7 +734,7 @@ class LookupTable:
         if carried is not None:
             if carried.as_of != s:
                 raise ValueError(f"the carried snapshot is as of {carried.as_of}, not {s}")
-            u_state, snap_vals = carried.values(quniq)
+            u_state, snap_vals = carried.values(quniq, quniq_codes)
             c_state = carried.campaigns.codes(cdict, add=False)
             d_state = carried.domains.codes(ddict, add=False)
 

@@ -436,10 +436,12 @@ class CarriedSnapshot:
             out[f"{m}_1h"] = one[codes]
         return out
 
-    def values(self, user_ids: pa.Array) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def values(self, user_ids: pa.Array, codes: np.ndarray | None = None
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(user codes, every SNAPSHOT_SCHEMA scalar of those users); users never seen are
-        zeros and null times (NULL_MS), as a user missing from the snapshot."""
-        code = self.users.codes(user_ids)
+        zeros and null times (NULL_MS), as a user missing from the snapshot. `codes`: those
+        users' codes, when the caller has interned them already."""
+        code = self.users.codes(user_ids) if codes is None else codes
         self._grow()
         out = {name: self.vals[name][code] for name in (*_STATE_INT, "spend", *_STATE_TS)}
         out.update(self.windows(code))
