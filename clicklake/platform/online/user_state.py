@@ -65,6 +65,7 @@ def add_impressions(users: dict[str, dict], rows: list[tuple], countries: list[s
     """Each impression row (`SPECS["impressions"].fields` order) into its user's document, in
     row order: totals, tile, first time, campaign, domain, and the event in `ev`. One call per
     batch (no call per row: this is the fold's hottest loop)."""
+    hour_keys: dict[int, str] = {}  # a tile's key, made once per hour
     for (event_id, ts, user, campaign, domain, _ip, _ua, cost), country in zip(
             rows, countries, strict=True):
         doc = users[user]
@@ -73,7 +74,10 @@ def add_impressions(users: dict[str, dict], rows: list[tuple], countries: list[s
         n[0] += 1
         n[2] += spend
         tiles = doc["tiles"]
-        h = str(ts - ts % HOUR_MS)
+        hour = ts - ts % HOUR_MS
+        h = hour_keys.get(hour)
+        if h is None:
+            h = hour_keys[hour] = str(hour)
         t = tiles.get(h)
         if t is None:
             tiles[h] = [1, 0, 0.0 + spend, ts, None]
