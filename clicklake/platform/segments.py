@@ -310,10 +310,17 @@ def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: 
         pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0, np.int64),
         np.zeros(0, np.int64))
     # A null segment asked for is "" (it matches nothing an event or profile names otherwise).
-    enc = pc.dictionary_encode(pa.concat_arrays([q_seg.fill_null("").cast(pa.string()),
-                                                 seg.cast(pa.string())]))
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    qcode, ecode = codes[:n], codes[n:]
+    q_seg, seg = q_seg.fill_null("").cast(pa.string()), seg.cast(pa.string())
+    if len(seg) >= n and seg.slice(0, n).equals(q_seg):
+        # The instants are the hour's own impressions, the first events: encoding the events
+        # alone gives the same dictionary, in the same order, as encoding both.
+        enc = pc.dictionary_encode(seg)
+        ecode = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        qcode = ecode[:n]
+    else:
+        enc = pc.dictionary_encode(pa.concat_arrays([q_seg, seg]))
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        qcode, ecode = codes[:n], codes[n:]
     imps, clks = np.empty(n, np.int64), np.empty(n, np.int64)
     # Raw hours come in time order, so these sorts run through (nearly) sorted arrays.
     ms, t = np.ascontiguousarray(ms, np.int64), np.ascontiguousarray(t, np.int64)
