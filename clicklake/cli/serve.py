@@ -49,11 +49,12 @@ _DEFAULTS = DecisionPolicy()
               show_default=True, help="Seconds between checks for a new champion model.")
 @click.option("--max-body", type=click.IntRange(min=256), default=16 * 1024, show_default=True,
               help="Largest request body accepted, in bytes (413 beyond).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               envvar="CLICKLAKE_API_WORKERS", show_envvar=True,
-              help="Worker processes answering requests on the one port [default: 2 with at "
-              "least 2 usable CPUs, else 1]. Each loads its own model and feature source; "
-              "/metrics sums them.")
+              help="Worker processes answering on the one port, each with its own model and "
+              "feature source; /metrics sums them. On 2 shared cores 2 workers cost ~30 % more "
+              "CPU per prediction and did not lower p99 beside a CPU hog (benchmarks/bench_api.py): "
+              "use more than 1 where the server has cores to spare.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
@@ -61,7 +62,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
           online_db: str | None, dynamodb_table: str | None, model_backend: str,
           endpoint_name: str, region: str | None, value_per_click: float, farm_ctr: float,
           farm_min_impressions: int, farm_burst: int, reload_every: float, max_body: int,
-          workers: int | None, log_level: str, access_log: bool) -> None:
+          workers: int, log_level: str, access_log: bool) -> None:
     """Serve click predictions and serve/skip decisions over REST (uvicorn, --workers processes).
 
     \b
@@ -74,21 +75,22 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     The model is the registry's champion (what deployed_model promoted), followed as it changes.
     SIGTERM or SIGINT stops the server and its workers.
     """
+    import os
+
     import uvicorn
 
     from clicklake.platform.online.state import StaleLayout
     from clicklake.platform.training import registry
     from clicklake.resources.lake import LakeResource
+    from clicklake.serving.metrics import MULTIPROC_ENV
     from clicklake.serving.workers import (
         ServeSettings,
         build_app,
-        default_workers,
         open_source,
         run_workers,
         settle_gc,
     )
 
-    workers = workers or default_workers()
     if source == "online" and not (online_db or dynamodb_table):
         from clicklake.resources.online_store import default_sqlite_path
 
@@ -100,6 +102,9 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         value_per_click=value_per_click, farm_ctr=farm_ctr,
         farm_min_impressions=farm_min_impressions, farm_burst=farm_burst)
     if workers == 1:  # this process serves
+        # Its metrics stay in this process (a directory inherited from the environment would
+        # mix in whatever other processes wrote there).
+        os.environ.pop(MULTIPROC_ENV, None)
         try:
             app, slot = build_app(settings)
         except StaleLayout as exc:

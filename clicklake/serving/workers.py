@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -50,17 +51,6 @@ class ServeSettings:
     farm_min_impressions: int | None = None
     farm_burst: int | None = None
     supervisor_pid: int | None = None  # a worker stops when this process is gone
-
-
-def default_workers() -> int:
-    """2 where at least 2 CPUs are usable: one worker stalled (descheduled by another job, a
-    collection) no longer holds up every request; more than 2 gain nothing on 2 cores and each
-    holds its own model and feature source."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return 2 if cpus >= 2 else 1
 
 
 def open_source(s: ServeSettings):
@@ -144,25 +134,29 @@ def _stop_with(supervisor_pid: int, every_s: float = 1.0, grace_s: float = 20.0)
 
 def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     """`n` listening sockets on one address, one per worker (SO_REUSEPORT): the kernel spreads
-    new connections evenly over them. One socket shared by all workers was measured to give
-    ~90 % of 32 keep-alive connections to one worker (whichever woke first accepted the whole
-    burst), leaving the other nearly idle. Each socket stays open in the supervisor, so the
-    connections queued on a worker's socket while it is replaced wait for its successor.
+    new connections evenly over them. One socket shared by all workers was measured to give one
+    worker ~90 % of the requests sent over 32 keep-alive connections (whichever woke first
+    accepted the whole burst of connections), leaving the other nearly idle. Each socket stays
+    open in the supervisor, so the connections queued on a worker's socket while it is replaced
+    wait for its successor. Elsewhere than Linux (SO_REUSEPORT does not balance there), one
+    socket shared by all.
 
     Raises OSError when the address is in use: a probe without SO_REUSEPORT is bound first,
     or a second server started by the same user would silently join this one's sockets."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if port:
+    balanced = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+    if port and balanced:
         with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     sockets: list[socket.socket] = []
     try:
-        for _ in range(n):
+        for _ in range(n if balanced else 1):
             sock = socket.socket(family)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if balanced:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             port = sock.getsockname()[1]  # port 0: the others join the port the first got
             sock.listen(2048)
@@ -171,7 +165,7 @@ def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise
-    return sockets
+    return sockets if balanced else sockets * n
 
 
 class Supervisor:
