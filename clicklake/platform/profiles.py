@@ -17,7 +17,6 @@ A snapshot "as of" T (= end of hour H) holds, per user, everything with ts < T:
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,11 +25,11 @@ from clicklake.platform.events import TS
 from clicklake.platform.tiles import (
     TILE_SCHEMA,
     Interner,
-    KeyCounts,
     as_string_array,
     dense_codes,
     nest,
     pooled,
+    pooled_insert,
     ts_ms,
 )
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
@@ -270,7 +269,7 @@ class CarriedSnapshot:
     snapshot and a small tile per hour instead of a whole snapshot per hour.
 
     Held: lifetime counters and times per user; (user, campaign) counts and (user, domain)
-    pairs as int64 keys in hash tables (tiles.KeyCounts); the recent-hours ring as one entry per hour (users, counts);
+    pairs as sorted int64 keys; the recent-hours ring as one entry per hour (users, counts);
     the 24 h and 7 d impression and click windows as running sums (exact in integers). Spend
     windows are summed from the ring when asked, hour by hour in ascending order from zero,
     exactly as `_finish` sums them, so the floats are bit for bit the snapshot's."""
@@ -284,8 +283,8 @@ class CarriedSnapshot:
         for w in _RUNNING:
             self.vals[f"impressions_{w}"] = np.zeros(0, np.int64)
             self.vals[f"clicks_{w}"] = np.zeros(0, np.int64)
-        self.pairs = KeyCounts(2)  # (user, campaign) -> impressions, clicks
-        self.domain_set = KeyCounts(0)  # (user, domain)
+        self.pairs = _KeySet(2)  # (user, campaign) -> impressions, clicks
+        self.domain_set = _KeySet(0)  # (user, domain)
         # hour index -> (user codes, impressions, clicks, spend) of that hour
         self.ring: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -338,16 +337,11 @@ class CarriedSnapshot:
         def joined(arrays: list[np.ndarray], dtype) -> np.ndarray:
             return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
 
-        keys = joined(pair_keys, np.int64)
-        del pair_keys
-        state.pairs = KeyCounts(2, len(keys))
-        state.pairs.upsert(keys, [joined(c, np.int64) for c in pair_counts])
-        del pair_counts
-        keys = joined(dom_keys, np.int64)
+        state.pairs = _KeySet.of(joined(pair_keys, np.int64),
+                                 [joined(c, np.int64) for c in pair_counts])
+        del pair_keys, pair_counts
+        state.domain_set = _KeySet.of(joined(dom_keys, np.int64), [])
         del dom_keys
-        state.domain_set = KeyCounts(0, len(keys))
-        state.domain_set.upsert(keys, [])
-        del keys
         hours, codes = joined(ring_hours, np.int64), joined(ring_codes, np.int64)
         flat = [joined(v, np.float64 if i == 2 else np.int64) for i, v in enumerate(ring_vals)]
         del ring_hours, ring_codes, ring_vals
@@ -419,13 +413,13 @@ class CarriedSnapshot:
     def windows(self, codes: np.ndarray) -> dict[str, np.ndarray]:
         """The snapshot's `{impressions,clicks,spend}_{1h,24h,7d}` of users `codes`."""
         last = self.as_of // HOUR_MS - 1
-        widths = np.array(list(WINDOWS_H.values()), np.int64)
-        spend = np.zeros((len(widths), len(self.vals["spend"])))
-        for h in sorted(self.ring):  # ascending from zero: `_finish`'s own order of additions
-            _add_ring_spend(self.ring[h][0], self.ring[h][3], h, last, widths, spend)
         out = {}
-        for i, (w, _) in enumerate(WINDOWS_H.items()):
-            out[f"spend_{w}"] = spend[i][codes]
+        for w, width in WINDOWS_H.items():
+            hours = sorted(h for h in self.ring if h > last - width)
+            spend = np.zeros(len(self.vals["spend"]))
+            for h in hours:  # ascending from zero: `_finish`'s own order of additions
+                spend[self.ring[h][0]] += self.ring[h][3]
+            out[f"spend_{w}"] = spend[codes]
             if w in _RUNNING:
                 for m in ("impressions", "clicks"):
                     out[f"{m}_{w}"] = self.vals[f"{m}_{w}"][codes]
@@ -450,32 +444,20 @@ class CarriedSnapshot:
     def campaign_counts(self, user_codes: np.ndarray, campaign_codes: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray]:
         """Per (user code, campaign code): (impressions, clicks) held (0 when absent)."""
-        return tuple(self.pairs.find(self._keys(user_codes, campaign_codes))[1])
+        key, ok = self._keys(user_codes, campaign_codes)
+        return tuple(self.pairs.find(key, ok)[1])
 
     def has_pairs(self, kind: str, user_codes: np.ndarray, value_codes: np.ndarray
                   ) -> np.ndarray:
         """Whether the state's set `kind` ("campaigns" or "domains") holds each (user code,
         value code of that kind's interner)."""
-        keys = self._keys(user_codes, value_codes)
-        return (self.pairs if kind == "campaigns" else self.domain_set).find(keys)[0]
+        key, ok = self._keys(user_codes, value_codes)
+        return (self.pairs if kind == "campaigns" else self.domain_set).find(key, ok)[0]
 
     @staticmethod
-    def _keys(user_codes: np.ndarray, value_codes: np.ndarray) -> np.ndarray:
-        """(user, value) keys, -1 (never held) where either code is -1."""
+    def _keys(user_codes: np.ndarray, value_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = (user_codes >= 0) & (value_codes >= 0)
-        return np.where(ok, user_codes * _KEY_WIDTH + value_codes, -1)
-
-
-@numba.njit(cache=True)
-def _add_ring_spend(codes, spend, hour, last, widths, out):
-    """Adds one ring hour's spend to each window (row of `out`, `widths` hours up to `last`)
-    that holds it: one pass over the hour, where a numpy scatter per window made three."""
-    for w in range(len(widths)):
-        if hour <= last - widths[w]:
-            continue
-        row = out[w]
-        for i in range(len(codes)):
-            row[codes[i]] += spend[i]
+        return np.where(ok, user_codes * _KEY_WIDTH + value_codes, -1), ok
 
 
 def _ring_entry(codes: np.ndarray, imps: np.ndarray, clicks: np.ndarray, spend: np.ndarray
@@ -487,3 +469,89 @@ def _ring_entry(codes: np.ndarray, imps: np.ndarray, clicks: np.ndarray, spend: 
             raise ValueError("a ring entry does not fit in 32 bits")
     return (pooled(codes, np.int32), pooled(imps, np.int32), pooled(clicks, np.int32),
             pooled(spend, np.float64))
+
+
+class _KeySet:
+    """A set of int64 keys with aligned int64 counts, in two sorted parts: a large main part
+    whose counts change in place, and a small part new keys go to, merged into the main one
+    only once it has grown to an eighth of it - so an hour adds its keys without rewriting
+    every key held."""
+
+    def __init__(self, n_counts: int):
+        self.parts = [(np.zeros(0, np.int64), [np.zeros(0, np.int64)] * n_counts),
+                      (np.zeros(0, np.int64), [np.zeros(0, np.int64)] * n_counts)]
+
+    def __len__(self) -> int:
+        return len(self.parts[0][0]) + len(self.parts[1][0])
+
+    @classmethod
+    def of(cls, keys: np.ndarray, counts: list[np.ndarray]) -> _KeySet:
+        """The set of `keys` (distinct) with their counts."""
+        out = cls(len(counts))
+        # Snapshot rows come sorted by user, so keys are nearly sorted: a stable sort (timsort
+        # for int64) runs through them far faster than quicksort.
+        order = np.argsort(keys, kind="stable")
+        out.parts[0] = (pooled(keys[order]), [pooled(c[order], np.int64) for c in counts])
+        return out
+
+    def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, list]:
+        """(the order sorting `keys`, per part: (position of each key there, whether it is
+        there) or None for an empty part). Needles are sorted once for both parts: binary
+        searches over sorted needles stay in cache and run several times faster."""
+        order = np.argsort(keys)
+        needles = keys[order]
+        found = []
+        for sorted_keys, _ in self.parts:
+            if not len(sorted_keys) or not len(keys):
+                found.append(None)
+                continue
+            pos = np.empty(len(keys), np.int64)
+            pos[order] = np.searchsorted(sorted_keys, needles)
+            np.minimum(pos, len(sorted_keys) - 1, out=pos)
+            found.append((pos, sorted_keys[pos] == keys))
+        return order, found
+
+    def find(self, keys: np.ndarray, ok: np.ndarray | None = None
+             ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(whether each key is held, its counts: 0 when not)."""
+        hit = np.zeros(len(keys), bool)
+        counts = [np.zeros(len(keys), np.int64) for _ in self.parts[0][1]]
+        for (_, part_counts), located in zip(self.parts, self._locate(keys)[1], strict=True):
+            if located is None:
+                continue
+            pos, here = located
+            if ok is not None:
+                here &= ok
+            hit |= here
+            for c, pc_ in zip(counts, part_counts, strict=True):
+                c[here] = pc_[pos[here]]
+        return hit, counts
+
+    def upsert(self, keys: np.ndarray, add: list[np.ndarray]) -> np.ndarray:
+        """Add `keys` (distinct), summing `add` into their counts; returns which were new."""
+        add = [np.asarray(a, np.int64) for a in add]
+        new = np.ones(len(keys), bool)
+        order, found = self._locate(keys)
+        for (_, part_counts), located in zip(self.parts, found, strict=True):
+            if located is None:
+                continue
+            pos, here = located
+            new &= ~here
+            for c, a in zip(part_counts, add, strict=True):
+                c[pos[here]] += a[here]
+        order = order[new[order]]  # the new keys, sorted
+        fresh_keys, fresh_add = keys[order], [a[order] for a in add]
+        small_keys, small_counts = self.parts[1]
+        at = np.searchsorted(small_keys, fresh_keys)
+        small = (np.insert(small_keys, at, fresh_keys),
+                 [np.insert(c, at, a) for c, a in zip(small_counts, fresh_add, strict=True)])
+        if len(small[0]) * 8 > len(self.parts[0][0]):
+            main_keys, main_counts = self.parts[0]
+            at = np.searchsorted(main_keys, small[0])
+            self.parts = [(pooled_insert(main_keys, at, small[0]),
+                           [pooled_insert(c, at, a) for c, a in zip(main_counts, small[1],
+                                                                     strict=True)]),
+                          (np.zeros(0, np.int64), [np.zeros(0, np.int64)] * len(add))]
+        else:
+            self.parts[1] = small
+        return new

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -280,27 +279,6 @@ def _as_of_hour(previous: pa.Table | None, parts: EventParts, kinds: pa.Array | 
          _ctr(imps, clks)], schema=SEGMENT_AS_OF_SCHEMA)
 
 
-@numba.njit(cache=True)
-def _sweep_counts(e_ms, e_code, e_imp, e_clk, e_order, q_t, q_code, q_order, n_codes, f,
-                  out_i, out_c):
-    """Per query: the impressions and clicks of the events of its segment code with
-    f <= ms < its t, by one walk through events and queries in time order (running counts
-    per segment code)."""
-    acc_i = np.zeros(n_codes, np.int64)
-    acc_c = np.zeros(n_codes, np.int64)
-    j, ne = 0, len(e_order)
-    for k in range(len(q_order)):
-        q = q_order[k]
-        while j < ne and e_ms[e_order[j]] < q_t[q]:
-            e = e_order[j]
-            if e_ms[e] >= f:
-                acc_i[e_code[e]] += e_imp[e]
-                acc_c[e_code[e]] += e_clk[e]
-            j += 1
-        out_i[q] = acc_i[q_code[q]]
-        out_c[q] = acc_c[q_code[q]]
-
-
 def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(impressions, clicks) over 24 h of one kind's segments at instants t of hour f: the
@@ -321,12 +299,22 @@ def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: 
         enc = pc.dictionary_encode(pa.concat_arrays([q_seg, seg]))
         codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         qcode, ecode = codes[:n], codes[n:]
-    imps, clks = np.empty(n, np.int64), np.empty(n, np.int64)
-    # Raw hours come in time order, so these sorts run through (nearly) sorted arrays.
-    ms, t = np.ascontiguousarray(ms, np.int64), np.ascontiguousarray(t, np.int64)
-    _sweep_counts(ms, ecode, np.ascontiguousarray(imp, np.int64),
-                  np.ascontiguousarray(clk, np.int64), np.argsort(ms, kind="stable"), t, qcode,
-                  np.argsort(t, kind="stable"), max(len(enc.dictionary), 1), f, imps, clks)
+    keep = (ms >= f) & (ms < int(t.max()))
+    if not keep.all():
+        ecode, ms, imp, clk = ecode[keep], ms[keep], imp[keep], clk[keep]
+    span = HOUR_MS + 1
+    key = ecode * span + (ms - f)
+    order = np.argsort(key)  # ties need no order: a search counts all of a key or none
+    key = key[order]
+    cum_i = np.r_[0, np.cumsum(imp[order])]
+    cum_c = np.r_[0, np.cumsum(clk[order])]
+    # Binary searches run far faster over sorted needles: search in (segment, t) order.
+    q_key = qcode * span + (t - f)
+    q_order = np.argsort(q_key)
+    lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
+    lo[q_order] = np.searchsorted(key, (qcode * span)[q_order], side="left")
+    hi[q_order] = np.searchsorted(key, q_key[q_order], side="left")
+    imps, clks = cum_i[hi] - cum_i[lo], cum_c[hi] - cum_c[lo]
     if prev is not None and prev.num_rows:
         # Look up the distinct segments asked for, not every instant.
         j = pc.index_in(enc.dictionary, value_set=as_string_array(prev["segment"])).fill_null(

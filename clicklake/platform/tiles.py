@@ -7,7 +7,6 @@ domains count non-null impression domains. A null cost is 0 spend.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -175,6 +174,18 @@ def pooled(values: np.ndarray, dtype=None) -> np.ndarray:
     return out
 
 
+def pooled_insert(sorted_values: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.insert(sorted_values, at, values) into a `pooled_empty` array (`at` ascending)."""
+    n, m = len(sorted_values), len(at)
+    out = pooled_empty(n + m, sorted_values.dtype)
+    dest_new = at + np.arange(m)
+    keep = np.ones(n + m, bool)
+    keep[dest_new] = False
+    out[keep] = sorted_values
+    out[dest_new] = values
+    return out
+
+
 def lex_order(*keys: np.ndarray) -> np.ndarray:
     """`np.lexsort(keys[::-1])`: the stable order by the first key, then the next, ... For
     integer keys whose ranges multiply (with the row count) to under 2**63 the keys and the
@@ -210,285 +221,95 @@ def search_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return pos
 
 
-# -- compiled hash tables ------------------------------------------------------------------------
-# State carried over many hours looks up tens of thousands of strings and keys per hour in
-# tables of millions: open addressing in compiled loops costs a few ns per lookup, where
-# vectorised sorts and binary searches over the big tables cost far more (cache misses).
-
-_EMPTY = -1
-_MAX_LOAD = 0.7
+_HASHED_BYTES = 64  # a longer string is hashed by its length and first bytes
 
 
-@numba.njit(cache=True, inline="always")
-def _mix(h: np.uint64) -> np.uint64:
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
-_FREE = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-@numba.njit(cache=True, inline="always")
-def _hash_and_head(data: np.ndarray, lo: int, hi: int) -> tuple[np.uint64, np.uint64]:
-    """(hash of bytes [lo, hi), their first 8 bytes as a little-endian integer)."""
-    h = np.uint64(0xCBF29CE484222325) ^ np.uint64(hi - lo)
-    head = np.uint64(0)
-    for i in range(lo, hi):
-        b = np.uint64(data[i])
-        h = (h ^ b) * np.uint64(0x100000001B3)
-        if i - lo < 8:
-            head |= b << np.uint64(8 * (i - lo))
-    return _mix(h), head
-
-
-@numba.njit(cache=True)
-def _intern(slots, known_offs, known_data, n_known, n_bytes, offs, data, valid, add, out):
-    """Codes of strings (`offs`/`data`: Arrow's int32 offsets and bytes; `valid` row flags)
-    in the string table, adding new ones when `add`. A slot holds (length << 32 | code,
-    first 8 bytes), so most lookups touch one cache line: only a longer string is compared
-    with the bytes held (`known_*`: each code's bytes). Capacity for every string being
-    new is the caller's to provide. Returns the new (n_known, n_bytes)."""
-    mask = len(slots) - 1
-    for i in range(len(out)):
-        if not valid[i]:
-            out[i] = -1
-            continue
-        lo, hi = offs[i], offs[i + 1]
-        length = np.uint64(hi - lo)
-        h, head = _hash_and_head(data, lo, hi)
-        slot = np.int64(h & np.uint64(mask))
-        while True:
-            meta = slots[slot, 0]
-            if meta == _FREE:
-                if add:
-                    slots[slot, 0] = (length << np.uint64(32)) | np.uint64(n_known)
-                    slots[slot, 1] = head
-                    known_offs[n_known] = n_bytes
-                    for j in range(lo, hi):
-                        known_data[n_bytes] = data[j]
-                        n_bytes += 1
-                    known_offs[n_known + 1] = n_bytes
-                    out[i] = n_known
-                    n_known += 1
-                else:
-                    out[i] = -1
-                break
-            if (meta >> np.uint64(32)) == length and slots[slot, 1] == head:
-                c = np.int64(meta & np.uint64(0xFFFFFFFF))
-                same = True
-                if hi - lo > 8:
-                    k = known_offs[c]
-                    for j in range(8, hi - lo):
-                        if known_data[k + j] != data[lo + j]:
-                            same = False
-                            break
-                if same:
-                    out[i] = c
-                    break
-            slot = (slot + 1) & mask
-    return n_known, n_bytes
-
-
-@numba.njit(cache=True)
-def _rehash_codes(slots, known_offs, known_data, n_known):
-    mask = len(slots) - 1
-    for c in range(n_known):
-        lo, hi = known_offs[c], known_offs[c + 1]
-        h, head = _hash_and_head(known_data, lo, hi)
-        slot = np.int64(h & np.uint64(mask))
-        while slots[slot, 0] != _FREE:
-            slot = (slot + 1) & mask
-        slots[slot, 0] = (np.uint64(hi - lo) << np.uint64(32)) | np.uint64(c)
-        slots[slot, 1] = head
-
-
-def _table_size(n: int) -> int:
-    """Slots for `n` entries at most `_MAX_LOAD` full (a power of two)."""
-    return 1 << (max(int(np.ceil(n / _MAX_LOAD)), 16) - 1).bit_length()
-
-
-def _grown(a: np.ndarray, n: int, fill=None) -> np.ndarray:
-    """`a` with room for at least `n` items (doubling), in Arrow's pool (`pooled_empty`)."""
-    if len(a) >= n:
-        return a
-    out = pooled_empty(max(n, 2 * len(a)), a.dtype)
-    out[:len(a)] = a
-    if fill is not None:
-        out[len(a):] = fill
-    return out
-
-
-def _string_buffers(words: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(int32 offsets, bytes, validity) of a `string` array, zero copy but the validity."""
-    _, offsets, data = words.buffers()
+def _string_hashes(words: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (its length and first `_HASHED_BYTES` bytes), vectorised.
+    Equal hashes do not prove equal strings: callers compare the strings."""
+    words = words.cast(pa.string())
     n = len(words)
-    offs = np.frombuffer(offsets, np.int32, n + 1, words.offset * 4) if offsets is not None \
-        else np.zeros(n + 1, np.int32)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    _, offsets, data = words.buffers()
+    offs = np.frombuffer(offsets, np.int32, n + 1, words.offset * 4).astype(np.int64)
+    lens = np.diff(offs)
+    longest = int(lens.max()) if n else 0
+    width = min(max(8, -(-longest // 8) * 8), _HASHED_BYTES)
     raw = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
-    valid = (pc.is_valid(words).to_numpy(zero_copy_only=False) if words.null_count
-             else np.ones(n, bool))
-    return offs, raw, valid
+    col = np.arange(width)
+    mat = np.where(col < lens[:, None], raw[np.minimum(offs[:-1, None] + col, len(raw) - 1)], 0)
+    chunks = np.ascontiguousarray(mat.astype(np.uint8)).view(np.uint64)
+    h = lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        for j in range(chunks.shape[1]):  # only a string's own chunks: the same hash at any width
+            mixed = (h ^ chunks[:, j]) * np.uint64(0xBF58476D1CE4E5B9)
+            mixed ^= mixed >> np.uint64(31)
+            h = mixed if j == 0 else np.where(lens > 8 * j, mixed, h)
+    return h.view(np.int64)
 
 
 class Interner:
     """Dense integer codes for strings that stay the same from call to call: a string first met
-    gets the next code (as a dict assigning `len(d)` would). State carried over many hours
-    (users, campaigns, domains) is kept in arrays indexed by these codes.
+    gets the next code. State carried over many hours (users, campaigns, domains) is kept in
+    arrays indexed by these codes.
 
-    The strings known are held as bytes with an open-addressing table of their codes, looked
-    up and filled by a compiled loop over each input's raw Arrow buffers (`_intern`)."""
+    The strings known are one Arrow array (code = position) with a sorted array of their
+    64-bit hashes: a call hashes its distinct values, finds candidates by binary search and
+    confirms them by comparing the strings (a value whose hash matches a different string goes
+    through Arrow's exact hash lookup instead). The last inputs' distinct values are
+    remembered, so asking again about the same values costs a compare."""
 
     def __init__(self) -> None:
-        self._n, self._bytes = 0, 0
-        self._slots = np.full((_table_size(0), 2), _FREE, np.uint64)
-        self._offs = np.zeros(1025, np.int64)  # code c: bytes [offs[c], offs[c + 1])
-        self._data = np.zeros(1 << 16, np.uint8)
+        self._known = pa.array([], pa.string())
+        self._hashes = np.zeros(0, np.int64)  # sorted
+        self._hash_codes = np.zeros(0, np.int64)  # the code of each sorted hash
+        self._recent: list[tuple[pa.Array, np.ndarray]] = []
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._known)
 
     def codes(self, values: pa.Array | pa.ChunkedArray, add: bool = True) -> np.ndarray:
         """The code of each value (int64); a null, or a new value when not `add`, is -1."""
         if isinstance(values, pa.ChunkedArray):
             parts = [self.codes(c, add) for c in values.chunks]
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        if pa.types.is_dictionary(values.type):
-            local = self.codes(values.dictionary, add)
-            idx = values.indices.fill_null(len(local)).to_numpy(zero_copy_only=False)
-            return np.append(local, -1)[idx]  # the last slot: where nulls point
-        words = values if values.type == pa.string() else values.cast(pa.string())
-        offs, data, valid = _string_buffers(words)
+        enc = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(
+            values.cast(pa.string()))
+        words = enc.dictionary.cast(pa.string())
+        local = self._lookup(words, add)
+        idx = enc.indices.fill_null(len(words)).to_numpy(zero_copy_only=False)
+        return np.append(local, -1)[idx]  # the last slot: where nulls point
+
+    def _lookup(self, words: pa.Array, add: bool) -> np.ndarray:
+        for seen, local in self._recent:
+            if len(seen) == len(words) and seen.equals(words) and (local >= 0).all():
+                return local
         n = len(words)
-        out = np.empty(n, np.int64)
-        if add:  # room for every string being new
-            self._grow(self._n + n, self._bytes + int(offs[-1] - offs[0]))
-        self._n, self._bytes = _intern(self._slots, self._offs, self._data, self._n,
-                                       self._bytes, offs, data, valid, add, out)
-        return out
-
-    def _grow(self, n: int, n_bytes: int) -> None:
-        if n >= 1 << 32:
-            raise ValueError("an Interner holds fewer than 2**32 strings")
-        self._offs = _grown(self._offs, n + 1)
-        self._data = _grown(self._data, n_bytes)
-        size = _table_size(n)
-        if size > len(self._slots):
-            self._slots = pooled_empty(2 * size, np.uint64).reshape(size, 2)
-            self._slots[:] = _FREE
-            _rehash_codes(self._slots, self._offs, self._data, self._n)
-
-
-@numba.njit(cache=True, inline="always")
-def _key_slot(key: np.int64, mask: np.int64) -> np.int64:
-    return np.int64(_mix(np.uint64(key)) & np.uint64(mask))
-
-
-@numba.njit(cache=True)
-def _keys_find(table, keys, hit, counts):
-    """Whether each key is in `table` (rows: key (`_EMPTY` = free), then its counts; a
-    negative key never is), and its counts (0 when not)."""
-    mask = len(table) - 1
-    for i in range(len(keys)):
-        k = keys[i]
-        hit[i] = False
-        for j in range(counts.shape[0]):
-            counts[j, i] = 0
-        if k < 0:
-            continue
-        slot = _key_slot(k, mask)
-        while True:
-            held = table[slot, 0]
-            if held == k:
-                hit[i] = True
-                for j in range(counts.shape[0]):
-                    counts[j, i] = table[slot, j + 1]
-                break
-            if held == _EMPTY:
-                break
-            slot = (slot + 1) & mask
-
-
-@numba.njit(cache=True)
-def _keys_upsert(table, keys, add, new):
-    """Insert `keys` (distinct, >= 0) into `table`, adding the rows of `add` to their counts;
-    flags the keys that were new. Returns how many were."""
-    mask = len(table) - 1
-    added = 0
-    for i in range(len(keys)):
-        k = keys[i]
-        slot = _key_slot(k, mask)
-        while True:
-            held = table[slot, 0]
-            if held == _EMPTY:
-                table[slot, 0] = k
-                for j in range(add.shape[1]):
-                    table[slot, j + 1] = add[i, j]
-                new[i] = True
-                added += 1
-                break
-            if held == k:
-                for j in range(add.shape[1]):
-                    table[slot, j + 1] += add[i, j]
-                new[i] = False
-                break
-            slot = (slot + 1) & mask
-    return added
-
-
-@numba.njit(cache=True)
-def _keys_rehash(old, table):
-    mask = len(table) - 1
-    for s in range(len(old)):
-        k = old[s, 0]
-        if k == _EMPTY:
-            continue
-        slot = _key_slot(k, mask)
-        while table[slot, 0] != _EMPTY:
-            slot = (slot + 1) & mask
-        table[slot] = old[s]
-
-
-class KeyCounts:
-    """A set of non-negative int64 keys, each with `n_counts` int64 counts, in an
-    open-addressing table whose rows hold a key and its counts together (one cache line
-    per lookup), in Arrow's pool (carried state is replaced as it grows)."""
-
-    def __init__(self, n_counts: int, expected: int = 0):
-        self.n_counts, self.size = n_counts, 0
-        self.table = self._empty(_table_size(expected))
-
-    def _empty(self, slots: int) -> np.ndarray:
-        table = pooled_empty(slots * (1 + self.n_counts), np.int64).reshape(
-            slots, 1 + self.n_counts)
-        table[:, 0] = _EMPTY
-        return table
-
-    def __len__(self) -> int:
-        return self.size
-
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(whether each key is held, its counts: 0 when not). Negative keys are never held."""
-        hit = np.empty(len(keys), bool)
-        counts = np.empty((self.n_counts, len(keys)), np.int64)
-        _keys_find(self.table, np.ascontiguousarray(keys, np.int64), hit, counts)
-        return hit, list(counts)
-
-    def upsert(self, keys: np.ndarray, add: list[np.ndarray]) -> np.ndarray:
-        """Add `keys` (distinct, >= 0), summing `add` into their counts; returns which were new."""
-        keys = np.ascontiguousarray(keys, np.int64)
-        if len(keys) and int(keys.min()) < 0:
-            raise ValueError("keys must be >= 0")
-        slots = _table_size(self.size + len(keys))
-        if slots > len(self.table):
-            old, self.table = self.table, self._empty(slots)
-            _keys_rehash(old, self.table)
-            del old
-        rows = (np.stack([np.asarray(a, np.int64) for a in add], axis=1) if add
-                else np.zeros((len(keys), 0), np.int64))
-        new = np.empty(len(keys), bool)
-        self.size += _keys_upsert(self.table, keys, rows, new)
-        return new
+        h = _string_hashes(words)
+        local = np.full(n, -1, np.int64)
+        exact = np.zeros(n, bool)
+        if len(self._hashes) and n:
+            pos = np.minimum(search_sorted(self._hashes, h), len(self._hashes) - 1)
+            hit = np.flatnonzero(self._hashes[pos] == h)
+            cand = self._hash_codes[pos[hit]]
+            same = pc.equal(words.take(pa.array(hit)), self._known.take(pa.array(cand))
+                            ).to_numpy(zero_copy_only=False)
+            local[hit[same]] = cand[same]
+            exact[hit[~same]] = True  # a hash shared by different strings
+        if exact.any() and len(self._known):
+            sel = np.flatnonzero(exact)
+            local[sel] = pc.index_in(words.take(pa.array(sel)), value_set=self._known).fill_null(
+                -1).to_numpy(zero_copy_only=False)
+        new = np.flatnonzero(local < 0)
+        if add and len(new):
+            codes = len(self._known) + np.arange(len(new))
+            local[new] = codes
+            self._known = pa.concat_arrays([self._known, words.take(pa.array(new))])
+            h_new = h[new]
+            order = np.argsort(h_new, kind="stable")
+            at = np.searchsorted(self._hashes, h_new[order])
+            self._hashes = np.insert(self._hashes, at, h_new[order])
+            self._hash_codes = np.insert(self._hash_codes, at, codes[order])
+        self._recent = [(words, local), *self._recent][:2]
+        return local
