@@ -7,6 +7,7 @@ import itertools
 import json
 
 import dagster as dg
+import numpy as np
 import oracle
 import pyarrow as pa
 import pytest
@@ -190,3 +191,25 @@ def test_lookup_cli(lake):
     assert out.exit_code == 2 and "neither ISO-8601" in out.output
     empty = runner.invoke(main, ["lookup", "--root", lake.root + "/nothing", "ann"])
     assert empty.exit_code == 1 and "materialize user_profiles first" in empty.output
+
+
+def test_segment_counts_of_an_hours_own_impressions_match_a_count():
+    # The instants are the first events (a labeled hour): the search-free path, ties included.
+    rng = np.random.default_rng(0)
+    f = 1000 * HOUR_MS
+    for trial in range(200):
+        n, nc = int(rng.integers(1, 40)), int(rng.integers(0, 20))
+        t = np.sort(f + rng.integers(0, HOUR_MS if trial % 3 else 50, n))
+        c_ms = np.sort(f + rng.integers(0, HOUR_MS, nc))
+        words = [f"s{i}" for i in range(int(rng.integers(1, 6)))]
+        asked = [None if rng.random() < 0.1 else words[rng.integers(len(words))] for _ in range(n)]
+        q = pa.array(asked, pa.string())
+        seg = pa.concat_arrays([q.fill_null(""), pa.array(
+            [words[rng.integers(len(words))] for _ in range(nc)], pa.string())])
+        ms = np.concatenate([t, c_ms])
+        imp = np.r_[np.ones(n, np.int64), np.zeros(nc, np.int64)]
+        got_i, got_c = segments._kind_as_of(None, (seg, ms, imp, 1 - imp), q, t, f)
+        names = seg.to_pylist()
+        for i in range(n):
+            mine = [j for j in range(n + nc) if names[j] == (asked[i] or "") and ms[j] < t[i]]
+            assert (got_i[i], got_c[i]) == (sum(imp[mine]), len(mine) - sum(imp[mine])), trial

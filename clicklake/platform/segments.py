@@ -289,9 +289,13 @@ def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: 
         np.zeros(0, np.int64))
     # A null segment asked for is "" (it matches nothing an event or profile names otherwise).
     q_seg, seg = q_seg.fill_null("").cast(pa.string()), seg.cast(pa.string())
-    if len(seg) >= n and seg.slice(0, n).equals(q_seg):
+    span = HOUR_MS + 1
+    own = (len(seg) >= n and np.array_equal(ms[:n], t) and bool((ms >= f).all())
+           and bool((ms - f < span).all()) and seg.slice(0, n).equals(q_seg))
+    if own:
         # The instants are the hour's own impressions, the first events: encoding the events
-        # alone gives the same dictionary, in the same order, as encoding both.
+        # alone gives the same dictionary, in the same order, as encoding both; and each
+        # instant's searches below land on its own event's sorted position.
         enc = pc.dictionary_encode(seg)
         ecode = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         qcode = ecode[:n]
@@ -299,21 +303,34 @@ def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: 
         enc = pc.dictionary_encode(pa.concat_arrays([q_seg, seg]))
         codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         qcode, ecode = codes[:n], codes[n:]
-    keep = (ms >= f) & (ms < int(t.max()))
-    if not keep.all():
-        ecode, ms, imp, clk = ecode[keep], ms[keep], imp[keep], clk[keep]
-    span = HOUR_MS + 1
+        keep = (ms >= f) & (ms < int(t.max()))
+        if not keep.all():
+            ecode, ms, imp, clk = ecode[keep], ms[keep], imp[keep], clk[keep]
     key = ecode * span + (ms - f)
     order = np.argsort(key)  # ties need no order: a search counts all of a key or none
     key = key[order]
     cum_i = np.r_[0, np.cumsum(imp[order])]
     cum_c = np.r_[0, np.cumsum(clk[order])]
-    # Binary searches run far faster over sorted needles: search in (segment, t) order.
-    q_key = qcode * span + (t - f)
-    q_order = np.argsort(q_key)
-    lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
-    lo[q_order] = np.searchsorted(key, (qcode * span)[q_order], side="left")
-    hi[q_order] = np.searchsorted(key, q_key[q_order], side="left")
+    if own:
+        # searchsorted(key, instant's key) is the first sorted position of its own event's
+        # key, searchsorted(key, segment * span) the first of its segment's: both by one
+        # pass over the sorted keys, none of the searches. (Events at or after an instant
+        # sort after it within its segment, so they need not be dropped.)
+        at = np.arange(len(key))
+        first_key = np.maximum.accumulate(np.where(np.r_[True, key[1:] != key[:-1]], at, 0))
+        seg_sorted = key // span
+        first_seg = np.maximum.accumulate(
+            np.where(np.r_[True, seg_sorted[1:] != seg_sorted[:-1]], at, 0))
+        where = np.empty(len(key), np.int64)
+        where[order] = at
+        lo, hi = first_seg[where[:n]], first_key[where[:n]]
+    else:
+        # Binary searches run far faster over sorted needles: search in (segment, t) order.
+        q_key = qcode * span + (t - f)
+        q_order = np.argsort(q_key)
+        lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
+        lo[q_order] = np.searchsorted(key, (qcode * span)[q_order], side="left")
+        hi[q_order] = np.searchsorted(key, q_key[q_order], side="left")
     imps, clks = cum_i[hi] - cum_i[lo], cum_c[hi] - cum_c[lo]
     if prev is not None and prev.num_rows:
         # Look up the distinct segments asked for, not every instant.
