@@ -176,12 +176,22 @@ def test_ts_forms(value, expected):
         (TS_MAX_MS, BAD_VALUE),
         (2**63, BAD_VALUE),  # beyond int64: would overflow the Arrow column
         (1.8446744073709552e19, BAD_VALUE),
+        ("9" * 5000, BAD_VALUE),  # past int()'s 4,300-digit limit: a verdict, not a ValueError
+        ("0" * 5000 + "1" + "0" * 19, BAD_VALUE),
         ("1999-12-31T23:59:59.999Z", BAD_VALUE),
         ("9999-12-31T23:59:59-01:00", BAD_VALUE),  # past year 9999 in UTC
     ],
 )
 def test_bad_ts(value, why):
     assert reason("clicks", with_("clicks", ts=value)) == why
+
+
+def test_ts_digits_with_many_leading_zeros_are_that_instant():
+    assert parse_line(CLICKS, with_("clicks", ts="0" * 5000 + str(H13)))[1] == H13
+
+
+def test_the_largest_cost_is_accepted():
+    assert parse_line(IMPRESSIONS, with_("impressions", cost=1e12))[7] == 1e12
 
 
 def test_epoch_seconds_detail_names_the_mistake():
@@ -269,6 +279,9 @@ def test_bad_type(stream, field, value):
         ("predictions", "score", -1e-300),
         ("impressions", "cost", -1),
         ("impressions", "cost", -0.000001),
+        ("impressions", "cost", 1e12 + 1),  # two costs of 1e308 would sum to inf
+        ("impressions", "cost", 1e308),
+        ("impressions", "cost", 10**15),
     ],
 )
 def test_bad_value(stream, field, value):
@@ -299,6 +312,9 @@ def test_rejected_lines_leave_no_reference_cycles():
         assert verdict(with_("predictions", score=2.0, impression_id=[1])) == BAD_TYPE
         assert verdict(with_("predictions", user_id=[1], score=None)) == MISSING_FIELD
         assert verdict(with_("predictions", score=2.0)) == BAD_VALUE
+        # Rejections raised while handling another error (a bad ISO time) carry a context.
+        assert verdict(with_("predictions", ts="yesterday")) == BAD_TYPE
+        assert verdict(with_("predictions", ts="2026-02-30T13:00:00Z")) == BAD_TYPE
         assert gc.collect() == 0
     finally:
         gc.enable()

@@ -9,8 +9,8 @@ late, duplicate). A line with several problems gets the first reason of that ord
 - missing_field: a required field is absent, null, or an empty / whitespace-only string. An
   optional field that is absent, null or blank is stored as null (never quarantined for that).
 - bad_type: a value of the wrong JSON type for its field (see the field kinds below).
-- bad_value: the right type with an impossible value: a score outside [0, 1], a negative cost,
-  or a time outside [2000-01-01, 2100-01-01). The lower bound is what catches epoch *seconds*:
+- bad_value: the right type with an impossible value: a score outside [0, 1], a cost below 0
+  or above 1e12, or a time outside [2000-01-01, 2100-01-01). The lower bound is what catches epoch *seconds*:
   the contract says epoch milliseconds, so 1764075600 is an instant of January 1970, which no
   ad event has; quarantining it says so instead of filing it as `late`.
 
@@ -118,6 +118,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 TS_MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything earlier is taken for epoch seconds
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive)
+# No impression costs a trillion, even in micros; and sums of costs below it stay finite (two
+# costs of 1e308 summed to inf, which JSON documents cannot hold).
+COST_MAX = 1e12
 
 
 def _checked_ms(ms: int, name: str) -> int:
@@ -161,7 +164,10 @@ def _ts(value: object, name: str) -> int:
         raise Rejected(BAD_TYPE, f"{name}: {value!r} is not epoch milliseconds")
     if isinstance(value, str):
         if value.isascii() and value.isdigit():
-            return _checked_ms(int(value), name)
+            digits = value.lstrip("0") or "0"  # int() refuses 4,300+ digits
+            if len(digits) > 19:  # past 2100 at any rate
+                raise Rejected(BAD_VALUE, f"{name}: {value[:24]}... is after 2100-01-01")
+            return _checked_ms(int(digits), name)
         return _checked_ms(_iso_ms(value, name), name)
     raise Rejected(BAD_TYPE, f"{name}: {type(value).__name__} is not a time")
 
@@ -200,6 +206,8 @@ def _cost(value: object, name: str) -> float:
     x = _num(value, name)
     if x < 0:
         raise Rejected(BAD_VALUE, f"{name}={x} is negative")
+    if x > COST_MAX:
+        raise Rejected(BAD_VALUE, f"{name}={x} is above {COST_MAX:g}")
     return x
 
 
@@ -253,6 +261,7 @@ def parse_object(spec: StreamSpec, obj: object) -> tuple:
                 # in a local is a frame -> exception -> traceback -> frame cycle, which kept
                 # the caller's rows alive until the cyclic collector ran (a fold disables it).
                 problem = rej.with_traceback(None)
+                problem.__context__ = None  # a bad ISO time's ValueError holds frames too
             out.append(None)
     if missing:
         raise Rejected(MISSING_FIELD, "missing " + ", ".join(missing))
@@ -319,7 +328,7 @@ def fast_parser(spec: StreamSpec) -> Callable[[object], tuple | None]:
     return fn
 
 
-_FLOAT_RANGE = {"num": (-math.inf, math.inf), "score": (0.0, 1.0), "cost": (0.0, math.inf)}
+_FLOAT_RANGE = {"num": (-math.inf, math.inf), "score": (0.0, 1.0), "cost": (0.0, COST_MAX)}
 
 # The fast row function is generated from the spec: straight-line code, one block per field
 # (a loop over the fields interpreting their kinds cost ~2.5x as much, and this runs per line).

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from clicklake.platform.events import COST_MAX
 from clicklake.platform.importer.mapping import ClicksMapping, Mapping
 from clicklake.platform.importer.readers import RAW_KEEP, Problem, ReadError
 
@@ -224,9 +225,11 @@ class ImpressionConverter:
             x = float(v) if not isinstance(v, bool) else math.nan
         except (TypeError, ValueError):
             x = math.nan
-        if not math.isfinite(x) or x < 0:
-            raise BadValue(BAD_VALUE, f"{self.m.cost}: {str(v)[:40]!r} is not a cost >= 0")
-        return x * self.m.cost_scale
+        x *= self.m.cost_scale
+        if not math.isfinite(x) or not 0 <= x <= COST_MAX:
+            raise BadValue(BAD_VALUE, f"{self.m.cost}: {str(v)[:40]!r} is not a cost in "
+                                      f"[0, {COST_MAX:g}] (after cost_scale)")
+        return x
 
     def _click_ts(self, values: list[Any], ts: int) -> int | None:
         if self.label is not None:
