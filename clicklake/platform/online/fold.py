@@ -361,7 +361,7 @@ class LandedFile:
 def _marks(stream: str, rows: list[tuple]) -> list[tuple[int, str]]:
     """Dedup mark of each row: (event hour, stream letter + ":" + event id)."""
     letter = stream[0] + ":"
-    return [(r[1] - r[1] % HOUR_MS, letter + r[0]) for r in rows]
+    return [(r[1] - r[1] % HOUR_MS, f"{letter}{r[0]}") for r in rows]
 
 
 def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DEFAULT_RULES

@@ -159,7 +159,7 @@ _PKS: dict[str, dict[str, str]] = {}  # kind prefix -> segment -> its pk (one ob
 
 def _pks(prefix: str, segments: list[str]) -> list[str]:
     known = _PKS.setdefault(prefix, {})
-    if len(known) >= 100_000:  # bounded, whatever the input
+    if len(known) >= 20_000:  # bounded, whatever the input (domains are free text: ~7 MB)
         known.clear()
     get = known.get
     return [get(s) or known.setdefault(s, prefix + s) for s in segments]
