@@ -267,14 +267,15 @@ def test_user_agent_info_is_frozen():
 
 
 def _count_country_lookups(monkeypatch) -> list[str]:
+    """The addresses handed to iptocc (the column path and the single-value path both ask it)."""
     calls: list[str] = []
-    real = country_mod._country_codes
+    real = country_mod.iptocc.country_code
 
     def counting(ips):
-        calls.extend(ips.to_pylist())
+        calls.extend(ips)
         return real(ips)
 
-    monkeypatch.setattr(country_mod, "_country_codes", counting)
+    monkeypatch.setattr(country_mod.iptocc, "country_code", counting)
     return calls
 
 

@@ -18,7 +18,7 @@ import feature_oracle as fo
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_labeled_oracle import H0, N_HOURS, W, streams
 
@@ -66,6 +66,31 @@ def test_a_range_over_a_missing_snapshot_equals_its_hours_alone(tmp_path_factory
     hours = [H0 + k * HOUR_MS for k in range(N_HOURS + 2)]
     fo.build_lake(store, hours)
     store.fs.delete_file(store.path(profiles.snapshot_key(hours[gone])))
+    labeled = hours[:-1]
+    for h, table in zip(labeled, build_labeled_hours(store, labeled, W), strict=True):
+        assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h
+
+
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.filter_too_much])
+@given(deliveries=streams())
+def test_a_range_over_tiles_of_several_row_groups_equals_its_hours_alone(tmp_path_factory,
+                                                                        deliveries):
+    """An hour of more than a row group's users (1 M+ in production) gives a tile file of
+    several row groups, each with its own dictionaries: here one per user."""
+    store = Store(str(tmp_path_factory.mktemp("lake")))
+    fo.land(store, deliveries)
+    hours = [H0 + k * HOUR_MS for k in range(N_HOURS + 2)]
+    fo.build_lake(store, hours)
+    split = 0
+    for h in hours:
+        key = tiles.tile_key(h)
+        if store.exists(key):
+            table = store.parquet_file(key).read()
+            store.write_parquet(key, table, row_group_size=1)
+            split += store.parquet_file(key).num_row_groups > 1
+    assume(split)
     labeled = hours[:-1]
     for h, table in zip(labeled, build_labeled_hours(store, labeled, W), strict=True):
         assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h

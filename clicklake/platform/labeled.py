@@ -293,6 +293,10 @@ class _RangeCarry:
                 # fold then interns each distinct value once, not every list element.
                 tiles_pf = pq.ParquetFile(self.store.fs.open_input_file(self.store.path(tile)),
                                           read_dictionary=_TILE_DICTIONARY)
+                if tiles_pf.num_row_groups > 1:
+                    # Each row group brings its own dictionary, and Arrow cannot read nested
+                    # lists of several dictionaries into one table (an hour of 1 M+ users).
+                    tiles_pf = self.store.parquet_file(tile)
                 state.fold(tiles_pf.read(use_threads=False), p)
         if state is None or state.as_of != s:
             if p >= 0:
