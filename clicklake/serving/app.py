@@ -187,7 +187,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             metrics.set_model(m.model_id, m.promoted_at, m.backend)
         wm = source.watermark_ms()
         if wm is not None:
-            metrics.features_as_of.set(wm / 1000)
+            metrics.set_features_as_of(wm / 1000)
 
     def refresh_all() -> None:
         if model.refresh():
@@ -208,6 +208,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                     await asyncio.to_thread(refresh_all)
 
         task = asyncio.create_task(follow_champion())
+        metrics.ready()  # model loaded and warmed up (above, before the app was returned)
         try:
             yield
         finally:

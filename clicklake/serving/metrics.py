@@ -14,6 +14,7 @@ gauges are merged as their `multiprocess_mode` says.
 from __future__ import annotations
 
 import os
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -38,6 +39,25 @@ def multiprocess_dir() -> str | None:
         raise RuntimeError(f"{MULTIPROC_ENV} was set after prometheus_client was imported: "
                            "set it before the worker process starts")
     return path
+
+
+def ready_marker(directory: str, pid: int) -> str:
+    """The file a worker creates in the multiprocess directory once it serves (not a `.db`:
+    the exposition reads those only)."""
+    return os.path.join(directory, f"ready_{pid}")
+
+
+def keep_in_process() -> None:
+    """Make this process's metrics plain in-memory values, whatever the environment says: for
+    a server answering alone. prometheus_client picks its storage when first imported, so an
+    inherited `PROMETHEUS_MULTIPROC_DIR` would otherwise put them in files there (mixed with
+    whatever other processes wrote), or, the variable removed after the import, fail to create
+    any (TypeError)."""
+    os.environ.pop(MULTIPROC_ENV, None)
+    from prometheus_client import values
+
+    if getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MutexValue
 
 
 class ApiMetrics:
@@ -73,24 +93,46 @@ class ApiMetrics:
                                      "Times a new champion was loaded (by each worker).",
                                      registry=r)
         # The stalest worker's watermark: a freshness alert must see a worker left behind.
-        self.features_as_of = Gauge("clicklake_api_features_as_of_seconds",
-                                    "Watermark of the feature source (Unix time).", registry=r,
-                                    multiprocess_mode="livemin")
+        # Made when the first watermark is known (`set_features_as_of`): a gauge exists with 0
+        # from its creation, and a worker still starting would pull the minimum down to 0.
+        self.features_as_of: Gauge | None = None
         self.probability = Histogram("clicklake_api_click_probability",
                                      "Predicted click probabilities.", registry=r,
                                      buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
         # Per live worker (a `pid` label each): how the load spreads over the workers. Only with
-        # several: one process has nothing to compare, and the total is `requests` above.
-        self.worker_requests = (
-            Gauge("clicklake_api_worker_requests",
-                  "Requests answered by each live worker process since it started.",
-                  registry=r, multiprocess_mode="liveall") if self.multiprocess else None)
+        # several: one process has nothing to compare, and the total is `requests` above. Made
+        # by `ready`, so a worker is listed once it serves (what a caller waiting for every
+        # worker needs), not from the moment it starts loading its model.
+        self.worker_requests: Gauge | None = None
+        self._lock = threading.Lock()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
         if self.worker_requests is not None:
             self.worker_requests.inc()
+
+    def ready(self) -> None:
+        """This process has finished starting (model loaded, warmed up) and serves: it says so
+        to the supervisor (the marker), then lists itself in `worker_requests` (in this order,
+        so a worker seen serving from outside is one the supervisor knows to have started)."""
+        with self._lock:
+            if self.multiprocess and self.worker_requests is None:
+                with open(ready_marker(self.multiprocess_dir, os.getpid()), "w"):
+                    pass
+                self.worker_requests = Gauge(
+                    "clicklake_api_worker_requests",
+                    "Requests answered by each live worker process since it started.",
+                    registry=self.registry, multiprocess_mode="liveall")
+
+    def set_features_as_of(self, seconds: float) -> None:
+        with self._lock:
+            if self.features_as_of is None:
+                self.features_as_of = Gauge(
+                    "clicklake_api_features_as_of_seconds",
+                    "Watermark of the feature source (Unix time).", registry=self.registry,
+                    multiprocess_mode="livemin")
+        self.features_as_of.set(seconds)
 
     def set_model(self, model_id: str, promoted_at: str, backend: str) -> None:
         labels = (model_id, promoted_at, backend)
