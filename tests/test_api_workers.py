@@ -2,7 +2,7 @@
 processes, every answer is the same API (token, validation, model version), /metrics summed over
 the workers counts exactly the requests sent, a worker killed is replaced and its live gauges
 dropped, and SIGTERM, SIGINT or the supervisor killed outright leave no process and no metrics
-directory behind."""
+directory behind; a worker failing at startup stops the server."""
 
 from __future__ import annotations
 
@@ -97,19 +97,29 @@ def _metrics_dir(pid: int) -> str:
     return env[b"PROMETHEUS_MULTIPROC_DIR"].decode()
 
 
-def _start(lake: Store, workers: int = 2, extra: tuple[str, ...] = ()):
+def _spawn(lake: Store, workers: int, extra: tuple[str, ...] = (), env: dict | None = None
+           ) -> tuple[subprocess.Popen, str]:
+    """The server started (`env`: variables to set, or with None to remove)."""
     port = _free_port()
-    env = {**os.environ, "CLICKLAKE_API_TOKEN": TOKEN}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env = {"PROMETHEUS_MULTIPROC_DIR": None, **(env or {})}
+    env = {k: v for k, v in {**os.environ, "CLICKLAKE_API_TOKEN": TOKEN, **env}.items()
+           if v is not None}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from clicklake.cli import main; main()", "serve", "--root",
          lake.root, "--port", str(port), "--workers", str(workers), *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _start(lake: Store, workers: int = 2, extra: tuple[str, ...] = (), env: dict | None = None):
+    proc, url = _spawn(lake, workers, extra, env)
     deadline = time.monotonic() + 120
-    while True:  # up when every worker has built its app (each lists itself in /metrics)
+    while True:
+        # Up when every worker serves: each lists itself in /metrics once its model is loaded
+        # and warmed up (one process answers only then).
         try:
-            if len(_worker_requests(_metrics(url))) == workers:
+            families = _metrics(url)
+            if workers == 1 or len(_worker_requests(families)) == workers:
                 return proc, url
         except OSError:
             pass
@@ -119,6 +129,29 @@ def _start(lake: Store, workers: int = 2, extra: tuple[str, ...] = ()):
             stop_process(proc, timeout=10)
             pytest.fail("the workers did not start within 120 s")
         time.sleep(0.2)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group: the server and all it started."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
 
 
 def _wait(predicate, timeout: float = 30.0) -> bool:
@@ -195,22 +228,76 @@ def test_two_workers_share_requests_and_metrics_sum_exactly(lake):
     assert not os.path.exists(metrics_dir)  # removed with the server
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
-def test_no_worker_outlives_the_server(lake, how):
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL", "SIGKILL while starting"])
+def test_no_worker_outlives_the_server(lake, tmp_path, how):
     """SIGINT stops the workers like SIGTERM; a supervisor killed outright cannot, so each
-    worker notices it is gone, removes the metrics directory and stops."""
-    proc, url = _start(lake)
-    workers = set(_worker_requests(_metrics(url)))
-    metrics_dir = _metrics_dir(next(iter(workers)))
-    assert _call(f"{url}/v1/predict", OK)[0] == 200
-    os.kill(proc.pid, getattr(signal, how))
+    worker notices it is gone, removes the metrics directory and stops: whether it was serving
+    or still loading its model (or not yet started: it finds the supervisor gone at once)."""
+    env = {"TMPDIR": str(tmp_path)}  # where the server makes its metrics directory
+    if how == "SIGKILL while starting":
+        proc, url = _spawn(lake, 2, env=env)
+        assert _wait(lambda: len(_children(proc.pid)) >= 2, 60)  # started, not yet serving
+    else:
+        proc, url = _start(lake, env=env)
+        assert _call(f"{url}/v1/predict", OK)[0] == 200
+    [metrics_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("clicklake-serve-")]
+    os.kill(proc.pid, getattr(signal, how.split()[0]))
     try:
         code = proc.wait(timeout=30)
     finally:
         stop_process(proc, timeout=5)
-    assert code == (0 if how == "SIGINT" else -signal.SIGKILL)
-    assert all(_wait(lambda w=w: _gone(w), 30) for w in workers), workers
-    assert _wait(lambda: not os.path.exists(metrics_dir), 10)
+    if how == "SIGINT":
+        assert code == 0
+    # every process the server started (its workers, their helpers) gone, and their files
+    assert _wait(lambda: not _group(proc.pid), 40), _group(proc.pid)
+    assert _wait(lambda: not metrics_dir.exists(), 10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_failing_at_startup_stops_the_server(lake, tmp_path):
+    """Before it has served, a worker's failure would recur in its replacement: the server
+    stops with its error, rather than restarting workers forever while clients wait."""
+    no_aws = {"AWS_REGION": None, "AWS_DEFAULT_REGION": None, "AWS_PROFILE": None,
+              "AWS_CONFIG_FILE": str(tmp_path / "none"),
+              "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "TMPDIR": str(tmp_path)}
+    t0 = time.monotonic()
+    proc, _ = _spawn(lake, 2, ("--model", "sagemaker"), env=no_aws)  # no region: build_app fails
+    try:
+        code = proc.wait(timeout=90)
+        err = proc.stderr.read().decode()
+    finally:
+        stop_process(proc, timeout=5)
+    assert code == 1
+    assert "no AWS region" in err and "before it was ready" in err
+    assert err.count("Traceback") <= 2  # each worker once, none restarted
+    assert time.monotonic() - t0 < 90
+    assert _wait(lambda: not _group(proc.pid), 20), _group(proc.pid)
+    assert list(tmp_path.iterdir()) == []  # the metrics directory removed
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_inherited_metrics_directory_is_left_alone(lake, tmp_path, workers):
+    """PROMETHEUS_MULTIPROC_DIR set by the environment: one process keeps its metrics in
+    memory, several use a private directory; neither writes into the inherited one."""
+    inherited = tmp_path / "inherited"
+    inherited.mkdir()
+    proc, url = _start(lake, workers, env={"PROMETHEUS_MULTIPROC_DIR": str(inherited)})
+    try:
+        before = _predicts(_metrics(url)).get("200", 0)
+        for i in range(5):
+            assert _call(f"{url}/v1/predict", {**OK, "impression_id": f"imp-{i}"})[0] == 200
+        families = _metrics(url)
+        assert _predicts(families)["200"] - before == 5
+        assert ("clicklake_api_worker_requests" in families) == (workers > 1)
+        (fresh,) = families["clicklake_api_features_as_of_seconds"].samples
+        assert fresh.value > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:  # uvicorn serving alone stops gracefully, then dies of the signal it got
+            assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        finally:
+            stop_process(proc, timeout=5)
+    assert list(inherited.iterdir()) == []
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -77,12 +77,18 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     """
     import os
 
+    # Neither path writes into a directory inherited from the environment (it would mix in
+    # whatever other processes wrote there): one process keeps its metrics in memory, several
+    # workers use a private directory of their own. Dropped before anything imports
+    # prometheus_client, which picks its storage from it on import.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
     import uvicorn
 
     from clicklake.platform.online.state import StaleLayout
     from clicklake.platform.training import registry
     from clicklake.resources.lake import LakeResource
-    from clicklake.serving.metrics import MULTIPROC_ENV
+    from clicklake.serving.metrics import keep_in_process
     from clicklake.serving.workers import (
         ServeSettings,
         build_app,
@@ -102,9 +108,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         value_per_click=value_per_click, farm_ctr=farm_ctr,
         farm_min_impressions=farm_min_impressions, farm_burst=farm_burst)
     if workers == 1:  # this process serves
-        # Its metrics stay in this process (a directory inherited from the environment would
-        # mix in whatever other processes wrote there).
-        os.environ.pop(MULTIPROC_ENV, None)
+        keep_in_process()  # even had prometheus_client been imported before the line above
         try:
             app, slot = build_app(settings)
         except StaleLayout as exc:
@@ -132,8 +136,8 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
                     access_log=access_log)
         return
     try:
-        started = run_workers(settings, workers, host, port, log_level, access_log)
+        error = run_workers(settings, workers, host, port, log_level, access_log)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
-    if not started:
-        raise click.ClickException("a worker failed to start (its error is above)")
+    if error:
+        raise click.ClickException(error)

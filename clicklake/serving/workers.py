@@ -25,10 +25,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from clicklake.serving.metrics import MULTIPROC_ENV
+from clicklake.serving.metrics import MULTIPROC_ENV, ready_marker
 
 SETTINGS_ENV = "CLICKLAKE_SERVE_SETTINGS"
 FACTORY = "clicklake.serving.workers:worker_app"
+METRICS_DIR_PREFIX = "clicklake-serve-metrics-"
 
 
 @dataclass
@@ -51,6 +52,7 @@ class ServeSettings:
     farm_min_impressions: int | None = None
     farm_burst: int | None = None
     supervisor_pid: int | None = None  # a worker stops when this process is gone
+    metrics_dir: str | None = None  # ... and removes this (the server's private directory)
 
 
 def open_source(s: ServeSettings):
@@ -108,13 +110,22 @@ def worker_app():
     """uvicorn's app factory in each worker process: the app of the server's settings."""
     settings = ServeSettings(**json.loads(os.environ[SETTINGS_ENV]))
     if settings.supervisor_pid:
-        _stop_with(settings.supervisor_pid)
+        _stop_with(settings.supervisor_pid, settings.metrics_dir)
     app, _ = build_app(settings)
     settle_gc()
     return app
 
 
-def _stop_with(supervisor_pid: int, every_s: float = 1.0, grace_s: float = 20.0) -> None:
+def _remove_metrics_dir(path: str | None) -> None:
+    """Remove the server's metrics directory, only if it is the private one it created (the
+    one this worker's metrics go to, named as `run_workers` names it)."""
+    if (path and path == os.environ.get(MULTIPROC_ENV)
+            and os.path.basename(path).startswith(METRICS_DIR_PREFIX)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _stop_with(supervisor_pid: int, metrics_dir: str | None, every_s: float = 1.0,
+               grace_s: float = 20.0) -> None:
     """Stop this worker when the supervisor is gone (killed outright, it can neither stop its
     workers, which would keep the port, nor remove the metrics directory): a graceful SIGTERM
     first, then exit."""
@@ -122,12 +133,13 @@ def _stop_with(supervisor_pid: int, every_s: float = 1.0, grace_s: float = 20.0)
     def watch() -> None:
         while os.getppid() == supervisor_pid:
             time.sleep(every_s)
-        shutil.rmtree(os.environ.get(MULTIPROC_ENV) or "", ignore_errors=True)
+        _remove_metrics_dir(metrics_dir)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         os._exit(1)
 
     if os.getppid() != supervisor_pid:  # already gone while this worker started
+        _remove_metrics_dir(metrics_dir)
         os._exit(1)
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
@@ -170,20 +182,32 @@ def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
 
 class Supervisor:
     """Starts one uvicorn worker process per socket and keeps it running until SIGTERM, SIGINT
-    or SIGHUP; then stops them all (SIGTERM, SIGKILL after `stop_timeout_s`). A worker that
-    dies or stops answering the health ping is replaced on its socket; one that failed before
-    serving stops the server instead (the next would fail alike). A departed worker's live
-    gauges are dropped, as prometheus_client requires (`mark_process_dead`).
+    or SIGHUP; then stops them all (SIGTERM, SIGKILL after `stop_timeout_s`).
+
+    A worker is ready once it has built its app, loaded the model, warmed up and run the app's
+    startup: it then leaves a marker file in the metrics directory. One that dies before it is
+    ready stops the server, with `error` set: the next would fail alike, and restarting it
+    forever burnt a core while clients waited on its socket. One that dies, or stops answering
+    the health ping, after it was ready is replaced on its socket after a backoff (doubling
+    with each death in the last `window_s`), and more than `max_restarts` deaths within
+    `window_s` stop the server too. A departed worker's live gauges are dropped, as
+    prometheus_client requires (`mark_process_dead`).
 
     uvicorn's own supervisor (`workers=N`) shares one socket between the workers, which
     spread connections badly (see `bind_sockets`); its worker process class is reused."""
 
     def __init__(self, config, sockets: list[socket.socket], metrics_dir: str,
-                 stop_timeout_s: float = 10.0) -> None:
+                 stop_timeout_s: float = 10.0, max_restarts: int = 5, window_s: float = 60.0,
+                 backoff_s: float = 0.5, max_backoff_s: float = 10.0) -> None:
         self.config, self.sockets, self.metrics_dir = config, sockets, metrics_dir
         self.stop_timeout_s = stop_timeout_s
-        self.processes: list = []
-        self.failed_at_startup = False
+        self.max_restarts, self.window_s = max_restarts, window_s
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.processes: list = []  # per socket: its worker, or None while waiting to restart
+        self.ready: list[bool] = []
+        self.restart_at: list[float] = []
+        self.deaths: list[float] = []  # when workers that had been ready died
+        self.error: str | None = None  # why the server stopped on its own
         self._stop = False
 
     def _start(self, i: int):
@@ -191,42 +215,79 @@ class Supervisor:
 
         process = Process(self.config, [self.sockets[i]])
         process.start()
+        self.processes[i], self.ready[i] = process, False
         return process
 
     def _retire(self, process) -> None:
         from prometheus_client.multiprocess import mark_process_dead
 
         mark_process_dead(process.pid, self.metrics_dir)
+        with contextlib.suppress(OSError):
+            os.remove(ready_marker(self.metrics_dir, process.pid))
+
+    def _stop_for(self, error: str) -> None:
+        self.error, self._stop = error, True  # said by the caller once all have stopped
+
+    def _check(self, i: int, process) -> None:
+        if not self.ready[i]:
+            # Read from the marker the worker leaves, not from the health ping: a worker seen
+            # serving from outside (it lists itself in /metrics after making the marker) and
+            # killed at once must count as one that had started. Alive asked first: a marker
+            # made just after would be missed.
+            alive = process.process.is_alive()
+            self.ready[i] = os.path.exists(ready_marker(self.metrics_dir, process.pid))
+        if not self.ready[i]:
+            # Starting (imports, model load): no answer is no hang yet, only death counts.
+            if alive:
+                return
+            process.join()
+            self._retire(process)
+            self._stop_for(f"worker {i} (pid {process.pid}) exited with code "
+                           f"{process.exitcode} before it was ready (its error is above)")
+            return
+        if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+            return
+        process.kill()  # dead, or hung: not answering the ping
+        process.join()
+        self._retire(process)
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if t > now - self.window_s] + [now]
+        if len(self.deaths) > self.max_restarts:
+            self._stop_for(f"workers died {len(self.deaths)} times within {self.window_s:g} s "
+                           f"(last: worker {i}, pid {process.pid}, exit code {process.exitcode})")
+            return
+        delay = min(self.backoff_s * 2 ** (len(self.deaths) - 1), self.max_backoff_s)
+        print(f"clicklake serve: worker {i} (pid {process.pid}) died (exit code "
+              f"{process.exitcode}); restarting it in {delay:g} s", file=sys.stderr, flush=True)
+        self.processes[i], self.restart_at[i] = None, now + delay
 
     def run(self) -> None:
-        from uvicorn.config import STARTUP_FAILURE
-
         def stop(signum, frame) -> None:
             self._stop = True
 
         previous = {sig: signal.signal(sig, stop)
                     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        n = len(self.sockets)
+        self.processes, self.ready, self.restart_at = [None] * n, [False] * n, [0.0] * n
         try:
-            self.processes = [self._start(i) for i in range(len(self.sockets))]
+            for i in range(n):
+                self._start(i)
             while not self._stop:
                 time.sleep(0.5)
                 for i, process in enumerate(self.processes):
-                    if self._stop or process.is_alive(
-                            timeout=self.config.timeout_worker_healthcheck):
-                        continue
-                    process.kill()  # dead, or hung: not answering the ping
-                    process.join()
-                    self._retire(process)
-                    if process.exitcode == STARTUP_FAILURE:
-                        self.failed_at_startup = self._stop = True
+                    if self._stop:
                         break
-                    self.processes[i] = self._start(i)
+                    if process is not None:
+                        self._check(i, process)
+                    elif time.monotonic() >= self.restart_at[i]:
+                        self._start(i)
         finally:
-            for process in self.processes:
+            running = [p for p in self.processes if p is not None]
+            for process in running:
                 if process.exitcode is None:
                     process.terminate()
             deadline = time.monotonic() + self.stop_timeout_s
-            for process in self.processes:
+            for process in running:
                 process.process.join(max(deadline - time.monotonic(), 0))
                 if process.exitcode is None:
                     process.kill()
@@ -237,25 +298,26 @@ class Supervisor:
 
 
 def run_workers(settings: ServeSettings, workers: int, host: str, port: int, log_level: str,
-                access_log: bool) -> bool:
-    """Serve with `workers` uvicorn worker processes until SIGTERM/SIGINT. Returns False when
-    a worker failed before serving (its error is on stderr). Raises OSError when the address
-    cannot be bound."""
+                access_log: bool) -> str | None:
+    """Serve with `workers` uvicorn worker processes until SIGTERM/SIGINT. Returns why the
+    server stopped on its own (a worker failed to start, workers kept dying; their errors are
+    on stderr), None when asked to stop. Raises OSError when the address cannot be bound."""
     from uvicorn import Config
 
     sockets = bind_sockets(host, port, workers)
-    metrics_dir = tempfile.mkdtemp(prefix="clicklake-serve-metrics-")  # private: mode 0700
+    metrics_dir = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)  # private: mode 0700
     saved = {k: os.environ.get(k) for k in (SETTINGS_ENV, MULTIPROC_ENV)}
     # Inherited by the workers, which are spawned (fresh interpreters): prometheus_client reads
     # its variable when a worker first imports it.
-    os.environ[SETTINGS_ENV] = json.dumps(asdict(settings) | {"supervisor_pid": os.getpid()})
+    os.environ[SETTINGS_ENV] = json.dumps(
+        asdict(settings) | {"supervisor_pid": os.getpid(), "metrics_dir": metrics_dir})
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         config = Config(FACTORY, factory=True, host=host, port=port, workers=workers,
                         log_level=log_level, access_log=access_log)
         supervisor = Supervisor(config, sockets, metrics_dir)
         supervisor.run()
-        return not supervisor.failed_at_startup
+        return supervisor.error
     finally:
         for sock in sockets:
             sock.close()
