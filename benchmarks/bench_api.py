@@ -42,6 +42,8 @@ import asyncio
 import gc
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -282,10 +284,34 @@ def _predicts_counted(metrics: str) -> float:
                if 'method="POST"' in labels and 'route="/v1/predict"' in labels)
 
 
+# A busy loop that dies with the benchmark, however the benchmark dies (SIGKILL included: no
+# `finally` runs then): PR_SET_PDEATHSIG on Linux, made by the hog itself (a `preexec_fn` is
+# unsafe in a process that may have threads). argv[1]: the benchmark's pid.
+HOG = """import os, sys
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):  # gone before that took effect
+        sys.exit()
+while True: pass
+"""
+
+
 def start_hogs(n: int) -> list[subprocess.Popen]:
     """`n` processes busy-looping in pure Python: each takes a core whenever the scheduler
     lets it, as another job on a shared machine would."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    return [subprocess.Popen([sys.executable, "-c", HOG, str(os.getpid())]) for _ in range(n)]
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (`kill`, `timeout`) ends the run like Ctrl-C: through the `finally` blocks that
+    stop the hogs and the server (by default it would skip them, leaving the hogs spinning and
+    the server, in a session of its own, running)."""
+
+    def stop(signum, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def one_run(args, root: str, extra: list[str], bodies: list, workers: int, hogs: int,
@@ -307,7 +333,8 @@ def one_run(args, root: str, extra: list[str], bodies: list, workers: int, hogs:
     hog_procs: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + 120
-        while True:  # every worker up (each lists itself in /metrics once its app is built)
+        while True:  # every worker up (each lists itself in /metrics once it serves: model
+            # loaded, warmed up)
             try:
                 health = json.loads(_get(f"{url}/healthz", timeout=5))
                 if workers == 1 or len(_worker_pids(_get(f"{url}/metrics").decode())) >= workers:
@@ -413,7 +440,15 @@ def main() -> None:
             or max(hog_counts) > 4:
         raise SystemExit("--workers: counts >= 1; --hogs: counts in [0, 4]")
 
+    _exit_on_sigterm()
     workdir = tempfile.mkdtemp(prefix="bench-api-")
+    try:
+        run_all(args, worker_counts, hog_counts, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_all(args, worker_counts: list[int], hog_counts: list[int], workdir: str) -> None:
     root = args.root
     t0 = time.perf_counter()
     load_at_start = os.getloadavg()
