@@ -24,6 +24,7 @@ from test_api import built_lake
 from clicklake.cli.processes import stop_process
 from clicklake.platform.storage import Store
 from clicklake.platform.training import registry
+from clicklake.serving.workers import METRICS_DIR_PREFIX, remove_stale_metrics_dirs
 
 TOKEN = "workers-token-0123456789"
 OK = {"user_id": "u0000300", "campaign_id": "cmp-0016"}
@@ -250,8 +251,28 @@ def test_no_worker_outlives_the_server(lake, tmp_path, how):
         assert code == 0
     # every process the server started (its workers, their helpers) gone, and their files
     assert _wait(lambda: not _group(proc.pid), 40), _group(proc.pid)
+    if how == "SIGKILL while starting":
+        # A worker still being spawned (no code of ours running yet) dies with its pipe and
+        # cannot remove the directory: the next server start sweeps it.
+        _wait(lambda: not metrics_dir.exists(), 10)
+        remove_stale_metrics_dirs(str(tmp_path))
     assert _wait(lambda: not metrics_dir.exists(), 10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_start_sweeps_only_the_metrics_directories_of_dead_servers(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{METRICS_DIR_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{METRICS_DIR_PREFIX}x-ghi"
+    unrelated = tmp_path / f"elsewhere-{dead.pid}-abc"
+    for d in (stale, live, other, unrelated):
+        d.mkdir()
+    (stale / "counter_1.db").write_bytes(b"x")
+    assert remove_stale_metrics_dirs(str(tmp_path)) == [str(stale)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        d.name for d in (live, other, unrelated))
 
 
 def test_a_worker_failing_at_startup_stops_the_server(lake, tmp_path):

@@ -124,6 +124,32 @@ def _remove_metrics_dir(path: str | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_stale_metrics_dirs(parent: str | None = None) -> list[str]:
+    """Remove the metrics directories of servers that are gone. A supervisor killed outright
+    while a worker was still being spawned (before any of our code ran in it) leaves its
+    directory behind: the next start sweeps it. Only this user's directories named by
+    `run_workers` whose supervisor pid no longer exists."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            pid = entry.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
+            if not (entry.name.startswith(METRICS_DIR_PREFIX) and pid.isdigit()
+                    and entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == os.getuid()):
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # alive (or another user's process of that pid): not ours to judge
+            except PermissionError:
+                continue
+            except ProcessLookupError:
+                pass
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
 def _stop_with(supervisor_pid: int, metrics_dir: str | None, every_s: float = 1.0,
                grace_s: float = 20.0) -> None:
     """Stop this worker when the supervisor is gone (killed outright, it can neither stop its
@@ -305,7 +331,9 @@ def run_workers(settings: ServeSettings, workers: int, host: str, port: int, log
     from uvicorn import Config
 
     sockets = bind_sockets(host, port, workers)
-    metrics_dir = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)  # private: mode 0700
+    remove_stale_metrics_dirs()
+    # private (mode 0700), named with this supervisor's pid so a later start can tell it is stale
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     saved = {k: os.environ.get(k) for k in (SETTINGS_ENV, MULTIPROC_ENV)}
     # Inherited by the workers, which are spawned (fresh interpreters): prometheus_client reads
     # its variable when a worker first imports it.
