@@ -69,15 +69,6 @@ def segment_key(hour_ms: int, lake_prefix: str = "lake") -> str:
     return f"{lake_prefix}/profiles/segment/{hive_hour_path(hour_ms)}/part-0.parquet"
 
 
-def click_countries(clicks: pa.Table, impressions: pa.Table, impression_countries: pa.Array
-                    ) -> pa.Array:
-    """Country of each click by the rule in the module docstring. `impressions` (with their
-    `impression_countries`) should cover the clicks' hours and the hour before each."""
-    rows = click_impression_rows(clicks, impressions)
-    countries = as_string_array(impression_countries).fill_null(UNKNOWN)
-    return _countries_at(rows, lambda idx: countries.take(pa.array(idx)))
-
-
 def _countries_at(rows: np.ndarray, country_of_rows) -> pa.Array:
     result = np.full(len(rows), UNKNOWN, dtype=object)
     found = rows >= 0
@@ -178,14 +169,6 @@ def _events_table(parts: EventParts) -> pa.Table:
     return pa.concat_tables([pa.Table.from_arrays(
         [pa.repeat(kind, len(ms)), seg, pa.array(ms, pa.int64()), pa.array(imp), pa.array(clk)],
         schema=SEGMENT_EVENT_SCHEMA) for kind, (seg, ms, imp, clk) in parts.items()])
-
-
-def segment_events(impressions: pa.Table, impression_countries: pa.Array, clicks: pa.Table,
-                   click_country: pa.Array, click_domain: pa.Array | None = None) -> pa.Table:
-    """Each impression and click once per kind: (kind, segment, ts, impressions, clicks).
-    `click_domain` None = every click's domain is unknown."""
-    return _events_table(_event_parts(impressions, impression_countries, clicks, click_country,
-                                      click_domain))
 
 
 def _parts_of_table(events: pa.Table) -> EventParts:
