@@ -208,7 +208,8 @@ def _write_prediction_hours(store: Store, rows: list[tuple[str, int, str, float]
        ties=st.lists(st.tuples(st.integers(0, 59), st.sampled_from([0.2, 0.7])), max_size=6),
        missing=st.sets(st.integers(0, 39), max_size=8),
        first=st.integers(0, 30), max_age_h=st.sampled_from([0, 1, 5, 24]),
-       at=st.lists(st.integers(0, HOUR_MS - 1), min_size=1, max_size=12))
+       at=st.lists(st.tuples(st.sampled_from("uvwxy"), st.integers(0, HOUR_MS - 1)),
+                   min_size=1, max_size=12))
 def test_carried_scores_equal_the_lake_search(tmp_path_factory, preds, ties, missing, first,
                                               max_age_h, at):
     rows = [(f"p{i:02d}", ts, u, s) for i, (ts, u, s) in enumerate(preds)]
@@ -219,9 +220,9 @@ def test_carried_scores_equal_the_lake_search(tmp_path_factory, preds, ties, mis
     _write_prediction_hours(store, rows[::-1])
     users = tiles.Interner()
     carried = CarriedScores(store, users, first * HOUR_MS, max_age_h * HOUR_MS)
-    who = pa.array(["uvwxy"[k % 5] for k in range(len(at))], pa.string())
+    who = pa.array([u for u, _ in at], pa.string())
     for h in range(first, 40):
-        t = np.array([h * HOUR_MS + a for a in at])
+        t = np.array([h * HOUR_MS + a for _, a in at])
         want = latest_scores_lake(store, who, t, max_age_h * HOUR_MS)
         got = carried.answer(h * HOUR_MS, users.codes(who), t)
         for w, g in zip(want, got, strict=True):

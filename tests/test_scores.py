@@ -104,38 +104,3 @@ def test_latest_scores_lake_matches_the_oracle(tmp_path_factory, preds, ties, qu
         else:
             best = max(before, key=lambda r: (r[1], r[0]))
             assert (score[k], pred_ts[k]) == (best[3], best[1]), (u, t)
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    preds=st.lists(st.tuples(st.integers(0, 5 * H - 1), st.sampled_from("uvwx"),
-                             st.sampled_from([0.1, 0.5, 0.9])), max_size=40),
-    ties=st.lists(st.tuples(st.integers(0, 39), st.sampled_from([0.2, 0.7])), max_size=6),
-    queries=st.lists(st.tuples(st.sampled_from("uvwxy"), st.integers(0, H - 1)), min_size=1,
-                     max_size=12),
-    missing=st.sets(st.integers(0, 5), max_size=2),
-    max_age_h=st.integers(0, 3),
-)
-def test_carried_scores_answer_as_the_lake_search(tmp_path_factory, preds, ties, queries,
-                                                  missing, max_age_h):
-    """CarriedScores, folded hour after hour (same-instant ties, missing hours), answers each
-    hour's instants as latest_scores_lake does."""
-    from clicklake.platform.scores import CarriedScores, latest_scores_lake
-    from clicklake.platform.storage import Store
-    from clicklake.platform.tiles import Interner
-
-    rows = [(f"p{i:02d}", ts, u, s) for i, (ts, u, s) in enumerate(preds)]
-    rows += [(f"q{j:02d}", rows[i][1], rows[i][2], s) for j, (i, s) in enumerate(ties)
-             if i < len(rows)]
-    rows = [r for r in rows if r[1] // H not in missing]
-    store = Store(str(tmp_path_factory.mktemp("lake")))
-    _write_hours(store, rows[::-1])
-    users = Interner()
-    carried = CarriedScores(store, users, 2 * H, max_age_h * H)
-    for hour in (2 * H, 3 * H, 4 * H):
-        ids = pa.array([q[0] for q in queries], pa.string())
-        t = np.array([hour + q[1] for q in queries])
-        want = latest_scores_lake(store, ids, t, max_age_h * H)
-        got = carried.answer(hour, users.codes(ids), t)
-        for w, g in zip(want, got, strict=True):
-            assert np.array_equal(w, g, equal_nan=True), hour
