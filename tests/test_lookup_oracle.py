@@ -158,6 +158,18 @@ def test_snapshots_and_as_of_match_oracle(tmp_path_factory, events, data):
             assert list(row) == ["user_id", "t", *fields]
             exp = oracle.profile(imps, clks, u, t)
             _same({k: exp[k] for k in fields}, row, f"{u}@{iso(t)} {fields}")
+    # A caller holding raw impressions of only the columns the counts read (no domain, no
+    # cost): the same counts.
+    slim = lookup.LookupTable(store)
+    slim_cols = ["impression_id", "ts", "user_id", "campaign_id"]
+    for h in range(hours[0], last + HOUR_MS, HOUR_MS):
+        slim.remember_raw("impressions", h, raw.read_raw(
+            store, "impressions", h, missing_ok=True, columns=slim_cols))
+    for t in instants:
+        counts = slim.as_of([*USERS, "nobody"], t, columns=["impressions", "clicks"]).to_pylist()
+        for u, row in zip([*USERS, "nobody"], counts, strict=True):
+            exp = oracle.profile(imps, clks, u, t)
+            _same({k: exp[k] for k in ("impressions", "clicks")}, row, f"{u}@{iso(t)} slim")
     camps = [(u, c, t) for u, t in pairs for c in CAMPAIGNS]
     uc = table.as_of_user_campaign([p[0] for p in camps], [p[1] for p in camps],
                                    [p[2] for p in camps]).to_pylist()

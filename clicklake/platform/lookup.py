@@ -711,7 +711,10 @@ class LookupTable:
         # Campaign codes: the campaigns asked for and those of the events; others never match.
         qc = camps if camps is not None else pa.array([], pa.string())
         nq = len(qc)
-        if same and camps is not None:
+        if not sets:  # no campaign sets nor user x campaign counts: campaigns are not needed
+            cdict = pa.array([], pa.string())
+            q_camp = i_camp = c_camp = np.zeros(0, np.int64)
+        elif same and camps is not None:
             cenc = pc.dictionary_encode(pa.concat_arrays([qc, as_string_array(clk["campaign_id"])]))
             call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             q_camp, c_camp = call[:nq], call[nq:]
@@ -721,12 +724,15 @@ class LookupTable:
                 qc, as_string_array(imp["campaign_id"]), as_string_array(clk["campaign_id"])]))
             call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             q_camp, i_camp, c_camp = call[:nq], call[nq:nq + len(ic)], call[nq + len(ic):]
-        cdict = cenc.dictionary
+        if sets:
+            cdict = cenc.dictionary
         nc = max(len(cdict), 1)
-        dom = as_string_array(imp["domain"])
-        denc = pc.dictionary_encode(dom)
-        ddict = denc.dictionary
-        d_code = denc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        if sets:
+            denc = pc.dictionary_encode(as_string_array(imp["domain"]))
+            ddict = denc.dictionary
+            d_code = denc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        else:  # no distinct counts asked for: the domains (maybe not even read) are not needed
+            ddict, d_code = pa.array([], pa.string()), np.full(imp.num_rows, -1, np.int64)
         nd = max(len(ddict), 1)
 
         # What the snapshot holds on the users asked for: their values, and lookups of
@@ -805,8 +811,9 @@ class LookupTable:
                         np.where(hit, snap_ck[pos], 0) if len(snap_ck) else 0)
 
         span = hi - s + 1
+        spend = columns is None or any(c.startswith("spend") for c in columns)
         cost = imp["cost"].combine_chunks().fill_null(0.0).to_numpy(zero_copy_only=False) if (
-            imp.num_rows) else np.zeros(0)
+            imp.num_rows and spend) else np.zeros(imp.num_rows)
         iu, ims = ic[i_keep], imp_ms[i_keep]
         cu, cms = cc[c_keep], clk_ms[c_keep]
         imps = _Timeline(iu, ims, s, span, {"n": np.ones(len(iu), np.int64),
@@ -854,7 +861,10 @@ class LookupTable:
         else:
             out["distinct_campaigns"] = out["distinct_domains"] = np.zeros(n, np.int64)
 
-        out = {k: v[inv] for k, v in out.items()}  # back to input order
+        # Back to input order (fields outside `columns` are left zero: never returned).
+        zero = np.zeros(n, np.int64)
+        out = {k: v[inv] if columns is None or k in columns or k == "first_ts" else zero
+               for k, v in out.items()}
         profiles = _profile_table(users, t_in, out)
         if camps is None:
             return profiles, None

@@ -202,9 +202,11 @@ def write_raw_partition(store: Store, part: RawPartition, lake_prefix: str = "la
 
 
 def read_raw(store: Store, stream: str, hour_ms: int, lake_prefix: str = "lake",
-             missing_ok: bool = False) -> pa.Table:
-    """A raw partition; with `missing_ok`, a partition never materialized reads as empty."""
+             missing_ok: bool = False, columns: list[str] | None = None) -> pa.Table:
+    """A raw partition (only `columns`, when given); with `missing_ok`, a partition never
+    materialized reads as empty."""
     key = raw_key(stream, hour_ms, lake_prefix)
     if missing_ok and not store.exists(key):
-        return SPECS[stream].schema.empty_table()
-    return store.read_parquet(key)
+        empty = SPECS[stream].schema.empty_table()
+        return empty if columns is None else empty.select(columns)
+    return store.read_parquet(key, columns=columns)
