@@ -393,6 +393,9 @@ _PROFILE_COLUMNS = [
 ]
 ROW_GROUP_CACHE = 256  # decoded snapshot row groups kept for repeated point lookups
 _CAMPAIGN_COLUMNS = ["user_id", "campaigns", "campaign_impressions", "campaign_clicks"]
+# The raw columns the lookup reads of each stream (the rest is enrichment input).
+_EVENT_COLUMNS = {"impressions": ("ts", "user_id", "campaign_id", "domain", "cost"),
+                  "clicks": ("ts", "user_id", "campaign_id")}
 
 
 class LookupTable:
@@ -463,18 +466,28 @@ class LookupTable:
             self._tables.popitem(last=False)
         return value
 
-    def raw(self, stream: str, hour_ms: int) -> pa.Table:
-        """A raw hour; an hour never materialized reads as empty and is recorded as missing."""
+    def raw(self, stream: str, hour_ms: int, need: tuple[str, ...] | None = None) -> pa.Table:
+        """A raw hour; an hour never materialized reads as empty and is recorded as missing.
+        `need`: the columns the caller reads (None: every column the lookup reads); an hour
+        handed over without one of them (`remember_raw`) is read whole from the lake."""
+        if need is None:
+            need = _EVENT_COLUMNS.get(stream, ())
+        key = ("raw", stream, hour_ms)
+        held = self._tables.get(key)
+        if held is not None and not all(c in held.column_names for c in need):
+            del self._tables[key]
+
         def load() -> pa.Table:
             key = raw_key(stream, hour_ms, self.lake_prefix)
             if not self.store.exists(key):
                 self.missing_raw_hours.add((stream, hour_ms))
                 return SPECS[stream].schema.empty_table()
             return self.store.parquet_file(key).read(use_threads=False)  # see _snapshot_columns
-        return self._cached(("raw", stream, hour_ms), load)
+        return self._cached(key, load)
 
     def remember_raw(self, stream: str, hour_ms: int, table: pa.Table) -> None:
-        """Hand over a raw hour the caller has already read (it is then not read again)."""
+        """Hand over a raw hour the caller has already read (it is then not read again by a
+        reader of only the columns it has)."""
         self._cached(("raw", stream, hour_ms), lambda: table)
 
     def _raw_span(self, stream: str, first_hour: int, last_hour: int) -> pa.Table:
@@ -674,6 +687,7 @@ class LookupTable:
         fields outside them may be left zero (callers select them away)."""
         sets = camps is not None or columns is None or bool(
             {"distinct_campaigns", "distinct_domains"} & set(columns))
+        spend = columns is None or any(c.startswith("spend") for c in columns)
         n = len(t)
         qenc = pc.dictionary_encode(users)
         qcode = qenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -691,7 +705,9 @@ class LookupTable:
         inv = np.empty_like(perm)
         inv[perm] = np.arange(n)
         qcode, t_in, t = qcode[perm], t, t[perm]
-        raw_imp = self.raw("impressions", s)
+        raw_imp = self.raw("impressions", s, (
+            "ts", "user_id", *(("campaign_id", "domain") if sets else ()),
+            *(("cost",) if spend else ())))
         # The hour's own impressions asked about (a labeled hour): their events are the query
         # rows, whose codes are known already - no second lookup of the same strings.
         same = (raw_imp.num_rows == n and not users.null_count
@@ -811,7 +827,6 @@ class LookupTable:
                         np.where(hit, snap_ck[pos], 0) if len(snap_ck) else 0)
 
         span = hi - s + 1
-        spend = columns is None or any(c.startswith("spend") for c in columns)
         cost = imp["cost"].combine_chunks().fill_null(0.0).to_numpy(zero_copy_only=False) if (
             imp.num_rows and spend) else np.zeros(imp.num_rows)
         iu, ims = ic[i_keep], imp_ms[i_keep]
