@@ -237,13 +237,16 @@ def test_no_worker_outlives_the_server(lake, tmp_path, how):
     env = {"TMPDIR": str(tmp_path)}  # where the server makes its metrics directory
     if how == "SIGKILL while starting":
         proc, url = _spawn(lake, 2, env=env)
-        assert _wait(lambda: len(_children(proc.pid)) >= 2, 60)  # started, not yet serving
     else:
         proc, url = _start(lake, env=env)
-        assert _call(f"{url}/v1/predict", OK)[0] == 200
-    [metrics_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("clicklake-serve-")]
-    os.kill(proc.pid, getattr(signal, how.split()[0]))
-    try:
+    try:  # a failed check must not leave the server running
+        if how == "SIGKILL while starting":
+            assert _wait(lambda: len(_children(proc.pid)) >= 2, 60)  # started, not serving
+        else:
+            status, body = _call(f"{url}/v1/predict", OK)
+            assert status == 200, body
+        [metrics_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("clicklake-serve-")]
+        os.kill(proc.pid, getattr(signal, how.split()[0]))
         code = proc.wait(timeout=30)
     finally:
         stop_process(proc, timeout=5)
