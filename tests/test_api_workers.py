@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -297,6 +298,30 @@ def test_a_worker_failing_at_startup_stops_the_server(lake, tmp_path):
     assert time.monotonic() - t0 < 90
     assert _wait(lambda: not _group(proc.pid), 20), _group(proc.pid)
     assert list(tmp_path.iterdir()) == []  # the metrics directory removed
+
+
+def test_a_worker_hanging_at_startup_stops_the_server_after_the_timeout(lake, tmp_path):
+    """A worker whose model read never returns (here: the artifact is a FIFO nobody writes, as
+    a stalled network filesystem would behave) is killed once --startup-timeout has passed,
+    and the server stops with exit code 1 and says why, instead of waiting forever."""
+    root = tmp_path / "lake"
+    shutil.copytree(lake.root, root)
+    store = Store(str(root))
+    artifact = root / registry.artifact_key(registry.champion(store).model_id)
+    artifact.unlink()
+    os.mkfifo(artifact)
+    t0 = time.monotonic()
+    proc, _ = _spawn(store, 2, ("--startup-timeout", "4"), env={"TMPDIR": str(tmp_path)})
+    try:
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read().decode()
+    finally:
+        stop_process(proc, timeout=5)
+    assert code == 1
+    assert "was not ready 4 s after its start" in err, err[-2000:]
+    assert time.monotonic() - t0 < 60
+    assert _wait(lambda: not _group(proc.pid), 20), _group(proc.pid)
+    assert [p.name for p in tmp_path.iterdir()] == ["lake"]  # the metrics directory removed
 
 
 @pytest.mark.parametrize("workers", [1, 2])

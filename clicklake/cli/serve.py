@@ -55,6 +55,11 @@ _DEFAULTS = DecisionPolicy()
               "feature source; /metrics sums them. On 2 shared cores 2 workers cost ~30 % more "
               "CPU per prediction and did not lower p99 beside a CPU hog (benchmarks/bench_api.py): "
               "use more than 1 where the server has cores to spare.")
+@click.option("--startup-timeout", type=click.FloatRange(min=1), default=300.0,
+              show_default=True,
+              help="With --workers 2 or more: seconds a worker may take to be ready (model "
+              "load, warm-up); a worker still starting then is killed and the server stops "
+              "with exit code 1.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
@@ -62,7 +67,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
           online_db: str | None, dynamodb_table: str | None, model_backend: str,
           endpoint_name: str, region: str | None, value_per_click: float, farm_ctr: float,
           farm_min_impressions: int, farm_burst: int, reload_every: float, max_body: int,
-          workers: int, log_level: str, access_log: bool) -> None:
+          workers: int, startup_timeout: float, log_level: str, access_log: bool) -> None:
     """Serve click predictions and serve/skip decisions over REST (uvicorn, --workers processes).
 
     \b
@@ -136,7 +141,8 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
                     access_log=access_log)
         return
     try:
-        error = run_workers(settings, workers, host, port, log_level, access_log)
+        error = run_workers(settings, workers, host, port, log_level, access_log,
+                            startup_timeout)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
     if error:

@@ -216,7 +216,9 @@ class Supervisor:
     forever burnt a core while clients waited on its socket. One that dies, or stops answering
     the health ping, after it was ready is replaced on its socket after a backoff (doubling
     with each death in the last `window_s`), and more than `max_restarts` deaths within
-    `window_s` stop the server too. A departed worker's live gauges are dropped, as
+    `window_s` stop the server too. One not ready `startup_timeout_s` after its start (a model
+    read hanging on a stalled filesystem, say) is killed and stops the server: clients would
+    otherwise wait on its socket with no error anywhere. A departed worker's live gauges are dropped, as
     prometheus_client requires (`mark_process_dead`).
 
     uvicorn's own supervisor (`workers=N`) shares one socket between the workers, which
@@ -224,13 +226,16 @@ class Supervisor:
 
     def __init__(self, config, sockets: list[socket.socket], metrics_dir: str,
                  stop_timeout_s: float = 10.0, max_restarts: int = 5, window_s: float = 60.0,
-                 backoff_s: float = 0.5, max_backoff_s: float = 10.0) -> None:
+                 backoff_s: float = 0.5, max_backoff_s: float = 10.0,
+                 startup_timeout_s: float = 300.0) -> None:
         self.config, self.sockets, self.metrics_dir = config, sockets, metrics_dir
+        self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.max_restarts, self.window_s = max_restarts, window_s
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.processes: list = []  # per socket: its worker, or None while waiting to restart
         self.ready: list[bool] = []
+        self.started_at: list[float] = []
         self.restart_at: list[float] = []
         self.deaths: list[float] = []  # when workers that had been ready died
         self.error: str | None = None  # why the server stopped on its own
@@ -242,6 +247,7 @@ class Supervisor:
         process = Process(self.config, [self.sockets[i]])
         process.start()
         self.processes[i], self.ready[i] = process, False
+        self.started_at[i] = time.monotonic()
         return process
 
     def _retire(self, process) -> None:
@@ -263,13 +269,20 @@ class Supervisor:
             alive = process.process.is_alive()
             self.ready[i] = os.path.exists(ready_marker(self.metrics_dir, process.pid))
         if not self.ready[i]:
-            # Starting (imports, model load): no answer is no hang yet, only death counts.
-            if alive:
+            # Starting (imports, model load): no answer is no hang yet, only death or the
+            # startup timeout counts.
+            late = time.monotonic() - self.started_at[i] > self.startup_timeout_s
+            if alive and not late:
                 return
+            if alive:
+                process.kill()
             process.join()
             self._retire(process)
-            self._stop_for(f"worker {i} (pid {process.pid}) exited with code "
-                           f"{process.exitcode} before it was ready (its error is above)")
+            self._stop_for(
+                f"worker {i} (pid {process.pid}) was not ready {self.startup_timeout_s:g} s "
+                "after its start (model load, feature source, warm-up): killed" if alive else
+                f"worker {i} (pid {process.pid}) exited with code {process.exitcode} before "
+                "it was ready (its error is above)")
             return
         if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
             return
@@ -294,7 +307,8 @@ class Supervisor:
         previous = {sig: signal.signal(sig, stop)
                     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         n = len(self.sockets)
-        self.processes, self.ready, self.restart_at = [None] * n, [False] * n, [0.0] * n
+        self.processes, self.ready = [None] * n, [False] * n
+        self.started_at, self.restart_at = [0.0] * n, [0.0] * n
         try:
             for i in range(n):
                 self._start(i)
@@ -324,10 +338,10 @@ class Supervisor:
 
 
 def run_workers(settings: ServeSettings, workers: int, host: str, port: int, log_level: str,
-                access_log: bool) -> str | None:
+                access_log: bool, startup_timeout_s: float = 300.0) -> str | None:
     """Serve with `workers` uvicorn worker processes until SIGTERM/SIGINT. Returns why the
-    server stopped on its own (a worker failed to start, workers kept dying; their errors are
-    on stderr), None when asked to stop. Raises OSError when the address cannot be bound."""
+    server stopped on its own (a worker failed to start or was not ready within
+    `startup_timeout_s`, workers kept dying; their errors are on stderr), None when asked to stop. Raises OSError when the address cannot be bound."""
     from uvicorn import Config
 
     sockets = bind_sockets(host, port, workers)
@@ -343,7 +357,8 @@ def run_workers(settings: ServeSettings, workers: int, host: str, port: int, log
     try:
         config = Config(FACTORY, factory=True, host=host, port=port, workers=workers,
                         log_level=log_level, access_log=access_log)
-        supervisor = Supervisor(config, sockets, metrics_dir)
+        supervisor = Supervisor(config, sockets, metrics_dir,
+                                startup_timeout_s=startup_timeout_s)
         supervisor.run()
         return supervisor.error
     finally:
