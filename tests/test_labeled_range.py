@@ -9,7 +9,8 @@ each hour alone (`build_labeled_hour`, the oracle-tested path), table for table.
   through the 24 h and 7 d windows expiring and hours without events;
 - carried scores (`scores.CarriedScores`) equal `latest_scores_lake` hour by hour, across missing
   hours, same-instant ties and scores older than the maximum age;
-- `tiles.Interner` codes strings exactly as a dict would, hash collisions or not.
+- `tiles.Interner` codes strings exactly as a dict would, hash collisions or not (both paths:
+  test_hashtables.py compares the C tables with the numpy ones).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_labeled_oracle import H0, N_HOURS, W, streams
 
-from clicklake.platform import profiles, tiles
+from clicklake.platform import hashtables, profiles, tiles
 from clicklake.platform.labeled import build_labeled_hour, build_labeled_hours
 from clicklake.platform.profiles import CarriedSnapshot, fold_snapshot, snapshot_as_of
 from clicklake.platform.scores import CarriedScores, latest_scores_lake
@@ -155,10 +156,14 @@ def _assert_state_is_snapshot(state: CarriedSnapshot, snap: pa.Table) -> None:
             assert state.has_pairs("domains", codes[k:k + 1], dc)[0] == (d in doms), (u, d)
 
 
+@pytest.mark.parametrize("tables", ["c", "numpy"])
 @pytest.mark.parametrize(("seed", "slice_rows"), [(1, None), (2, None), (1, 3), (3, 1)])
-def test_the_carried_snapshot_equals_the_snapshot_chain(seed, slice_rows):
+def test_the_carried_snapshot_equals_the_snapshot_chain(seed, slice_rows, tables, monkeypatch):
     """`slice_rows`: the snapshot read mid-chain comes in slices of that many rows (as a
-    range reads it, by row group), not whole."""
+    range reads it, by row group), not whole. `tables`: the carried keys and interners on the
+    C hash tables, or on the numpy path a build without a C compiler takes."""
+    if tables == "numpy":
+        monkeypatch.setattr(hashtables, "NATIVE", False)
     rng = np.random.default_rng(seed)
     snap, state = None, None
     for k in range(200):  # past the 7-day ring

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clicklake.platform import hashtables
 from clicklake.platform.events import TS
 from clicklake.platform.tiles import (
     TILE_SCHEMA,
@@ -283,8 +284,8 @@ class CarriedSnapshot:
         for w in _RUNNING:
             self.vals[f"impressions_{w}"] = np.zeros(0, np.int64)
             self.vals[f"clicks_{w}"] = np.zeros(0, np.int64)
-        self.pairs = _KeySet(2)  # (user, campaign) -> impressions, clicks
-        self.domain_set = _KeySet(0)  # (user, domain)
+        self.pairs = _key_set(2)  # (user, campaign) -> impressions, clicks
+        self.domain_set = _key_set(0)  # (user, domain)
         # hour index -> (user codes, impressions, clicks, spend) of that hour
         self.ring: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -337,10 +338,10 @@ class CarriedSnapshot:
         def joined(arrays: list[np.ndarray], dtype) -> np.ndarray:
             return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
 
-        state.pairs = _KeySet.of(joined(pair_keys, np.int64),
+        state.pairs = _key_set_of(joined(pair_keys, np.int64),
                                  [joined(c, np.int64) for c in pair_counts])
         del pair_keys, pair_counts
-        state.domain_set = _KeySet.of(joined(dom_keys, np.int64), [])
+        state.domain_set = _key_set_of(joined(dom_keys, np.int64), [])
         del dom_keys
         hours, codes = joined(ring_hours, np.int64), joined(ring_codes, np.int64)
         flat = [joined(v, np.float64 if i == 2 else np.int64) for i, v in enumerate(ring_vals)]
@@ -469,6 +470,15 @@ def _ring_entry(codes: np.ndarray, imps: np.ndarray, clicks: np.ndarray, spend: 
             raise ValueError("a ring entry does not fit in 32 bits")
     return (pooled(codes, np.int32), pooled(imps, np.int32), pooled(clicks, np.int32),
             pooled(spend, np.float64))
+
+
+def _key_set(n_counts: int):
+    """An empty set of carried keys: on the C hash table when built, else sorted arrays."""
+    return hashtables.KeyCounts(n_counts) if hashtables.NATIVE else _KeySet(n_counts)
+
+
+def _key_set_of(keys: np.ndarray, counts: list[np.ndarray]):
+    return (hashtables.KeyCounts if hashtables.NATIVE else _KeySet).of(keys, counts)
 
 
 class _KeySet:

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clicklake.platform import hashtables
 from clicklake.platform.events import TS
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
 
@@ -254,20 +255,23 @@ class Interner:
     gets the next code. State carried over many hours (users, campaigns, domains) is kept in
     arrays indexed by these codes.
 
-    The strings known are one Arrow array (code = position) with a sorted array of their
+    With the C module built, the strings live in a `hashtables.StringTable`. Without it: the
+    strings known are one Arrow array (code = position) with a sorted array of their
     64-bit hashes: a call hashes its distinct values, finds candidates by binary search and
     confirms them by comparing the strings (a value whose hash matches a different string goes
     through Arrow's exact hash lookup instead). The last inputs' distinct values are
     remembered, so asking again about the same values costs a compare."""
 
     def __init__(self) -> None:
+        # On the C hash table when built (`hashtables`); the numpy path below otherwise.
+        self._table = hashtables.StringTable() if hashtables.NATIVE else None
         self._known = pa.array([], pa.string())
         self._hashes = np.zeros(0, np.int64)  # sorted
         self._hash_codes = np.zeros(0, np.int64)  # the code of each sorted hash
         self._recent: list[tuple[pa.Array, np.ndarray]] = []
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self._table if self._table is not None else self._known)
 
     def codes(self, values: pa.Array | pa.ChunkedArray, add: bool = True) -> np.ndarray:
         """The code of each value (int64); a null, or a new value when not `add`, is -1."""
@@ -285,6 +289,10 @@ class Interner:
         for seen, local in self._recent:
             if len(seen) == len(words) and seen.equals(words) and (local >= 0).all():
                 return local
+        if self._table is not None:
+            local = self._table.codes(words, add)
+            self._recent = [(words, local), *self._recent][:2]
+            return local
         n = len(words)
         h = _string_hashes(words)
         local = np.full(n, -1, np.int64)

@@ -1,0 +1,119 @@
+"""The C hash tables (`hashtables`) against dicts, and against the numpy paths they replace:
+`KeyCounts` vs `profiles._KeySet`, `StringTable` (through `tiles.Interner`) vs the hashed,
+sorted-array interner. Keys are drawn from small ranges so that probe sequences collide, and
+batches are long enough for the tables to grow several times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clicklake.platform import hashtables, profiles, tiles
+
+
+def test_the_c_module_is_built():
+    # The build is optional (the numpy paths answer alike), but this package is meant to have it:
+    # a silently failed build would leave the fast path untested and unused.
+    assert hashtables.NATIVE
+
+
+keys_batches = st.lists(st.tuples(st.lists(st.integers(0, 3000), max_size=1500),
+                                  st.lists(st.integers(-1, 3500), max_size=300)),
+                        min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=keys_batches)
+def test_key_counts_equal_the_sorted_key_set_and_a_dict(batches):
+    fast, slow, oracle = hashtables.KeyCounts(2), profiles._KeySet(2), {}
+    for i, (adds, probes) in enumerate(batches):
+        keys = np.array(list(dict.fromkeys(adds)), np.int64)  # distinct, in order
+        add = [np.arange(len(keys), dtype=np.int64) + i, np.full(len(keys), i + 1, np.int64)]
+        new_fast, new_slow = fast.upsert(keys, add), slow.upsert(keys, add)
+        want_new = [int(k) not in oracle for k in keys]
+        for k, a, b in zip(keys.tolist(), add[0].tolist(), add[1].tolist(), strict=True):
+            old = oracle.get(k, (0, 0))
+            oracle[k] = (old[0] + a, old[1] + b)
+        assert new_fast.tolist() == new_slow.tolist() == want_new
+        assert len(fast) == len(slow) == len(oracle)
+        q = np.array(probes, np.int64)
+        ok = q % 7 != 3  # some keys ruled out by the caller
+        for hit, counts in (fast.find(q, ok), slow.find(q, ok)):
+            assert hit.tolist() == [k in oracle and o for k, o in zip(q.tolist(), ok, strict=True)]
+            assert [tuple(c) for c in zip(*counts, strict=True)] == [
+                oracle[k] if h else (0, 0) for k, h in zip(q.tolist(), hit, strict=True)]
+    whole = np.array(list(oracle), np.int64)
+    counts = [np.array([oracle[k][j] for k in oracle], np.int64) for j in (0, 1)]
+    again = hashtables.KeyCounts.of(whole, counts)
+    hit, got = again.find(whole)
+    assert hit.all() and all(np.array_equal(g, c) for g, c in zip(got, counts, strict=True))
+
+
+def test_int_table_values_go_in_the_order_keys_are_met():
+    t = hashtables.IntTable()
+    assert t.add(np.array([9, 4, 9, 7])).tolist() == [0, 1, 0, 2]
+    assert t.add(np.array([7, 5])).tolist() == [2, 3]
+    assert t.find(np.array([5, 6, 9])).tolist() == [3, -1, 0]
+    big = np.arange(10_000, 60_000, 7)
+    assert np.array_equal(t.add(big), np.arange(4, 4 + len(big)))  # grown past 1,024 slots
+    assert np.array_equal(t.find(big[::-1]), np.arange(4, 4 + len(big))[::-1])
+    with pytest.raises(ValueError, match="INT64_MIN"):
+        t.add(np.array([np.iinfo(np.int64).min]))
+
+
+words = st.one_of(st.none(), st.text(max_size=12), st.text(min_size=60, max_size=90),
+                  st.sampled_from(["", "a", "ab", "abcdefgh", "abcdefgh\x00"]))
+
+
+@pytest.fixture(params=["c", "numpy"])
+def interner_path(request, monkeypatch):
+    if request.param == "numpy":
+        monkeypatch.setattr(hashtables, "NATIVE", False)
+    return request.param
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(words, max_size=400), min_size=1, max_size=5),
+       cut=st.integers(0, 3))
+def test_both_interners_code_like_a_dict(batches, cut):
+    for native in (True, False):
+        hashtables_native = hashtables.NATIVE
+        hashtables.NATIVE = native and hashtables_native
+        try:
+            interner = tiles.Interner()
+        finally:
+            hashtables.NATIVE = hashtables_native
+        seen: dict[str, int] = {}
+        for batch in batches:
+            arr = pa.array(batch, pa.string()).slice(min(cut, len(batch)))  # offset != 0
+            values = batch[min(cut, len(batch)):]
+            probe = interner.codes(arr, add=False)
+            assert probe.tolist() == [-1 if v is None else seen.get(v, -1) for v in values]
+            got = interner.codes(arr)
+            assert got.tolist() == [-1 if v is None else seen.setdefault(v, len(seen))
+                                    for v in values]
+            assert len(interner) == len(seen)
+
+
+def test_a_dictionary_with_repeated_values_gets_one_code_per_string():
+    """Parquet files of other writers may repeat a value in a dictionary: one string, one code
+    (the C table compares each new string with those added in the same call)."""
+    if not hashtables.NATIVE:
+        pytest.skip("the numpy interner assumes distinct dictionary values")
+    interner = tiles.Interner()
+    arr = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 2, None]),
+                                         pa.array(["x", "y", "x"]))
+    assert interner.codes(arr).tolist() == [0, 1, 0, 0, -1]
+    assert interner.codes(pa.array(["y", "x", "z"])).tolist() == [1, 0, 2]
+
+
+def test_string_table_grows_and_keeps_its_codes(interner_path):
+    interner = tiles.Interner()
+    first = pa.array([f"user-{i:06d}" for i in range(5000)])
+    assert np.array_equal(interner.codes(first), np.arange(5000))
+    more = pa.array([f"user-{i:06d}" for i in range(2500, 9000)])
+    assert np.array_equal(interner.codes(more), np.arange(2500, 9000))
+    assert interner.codes(pa.array(["user-000042", "nobody"]), add=False).tolist() == [42, -1]
