@@ -8,7 +8,7 @@ a temporary folder, one folder per stage:
   missing from a COPY breaks the install here as it would in `docker build`;
 - RUN runs the Python steps with the same Python (a fresh venv, `pip install --no-deps` of
   deploy/constraints.txt, then of the copied project, then `pip check`); the system steps (users,
-  ownership) are not run;
+  ownership, OS packages: the C compiler the package's extension needs) are not run;
 - ENV and WORKDIR give the commands their environment and folder; CMD is started (on a free port on
   127.0.0.1) and must serve the definitions: the production workspace (deploy/workspace.yaml,
   pointed at that port) loads the code location over gRPC.
@@ -167,9 +167,10 @@ class Image:
             target = self.host(dest)
             if origin.is_dir():
                 # As in the image, the folder's contents, minus the bytecode the test run itself
-                # may be writing there (pip builds the package from the .py files either way).
+                # may be writing there (pip builds the package from the .py files either way)
+                # and extensions built in place (.dockerignore keeps them out of the context).
                 shutil.copytree(origin, target, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
             else:
                 target = target / origin.name if into_dir else target
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +183,10 @@ class Image:
             argv = shlex.split(command)
             if argv[0] in ("groupadd", "useradd", "chown"):
                 self.log.append(f"not run (users and ownership): {command.strip()}")
+            elif argv[0] == "apt-get" or (argv[:2] == ["rm", "-rf"] and all(
+                    a.startswith("/var/lib/apt/lists/") for a in argv[2:])):
+                # The base image's OS packages (the C compiler): this machine has its own.
+                self.log.append(f"not run (OS packages): {command.strip()}")
             elif argv[:2] == ["mkdir", "-p"]:
                 for path in argv[2:]:
                     self.host(path).mkdir(parents=True, exist_ok=True)
@@ -240,9 +245,11 @@ PROBE = """
 import importlib.metadata as md, json
 import dagster as dg
 import clicklake, clicklake.definitions as d
+from clicklake.platform import hashtables
 assert isinstance(d.defs, dg.Definitions)
 print(json.dumps({
     "clicklake": clicklake.__file__,
+    "native": hashtables.NATIVE,
     "files": [str(f) for f in md.files("clicklake")],
     "readme": md.metadata("clicklake").get_payload(),
     "dists": {dist.metadata["Name"]: dist.version for dist in md.distributions()},
@@ -281,6 +288,8 @@ def test_image_python_layer_installs_and_serves_the_definitions(tmp_path):
     assert dev & installed.keys() <= {"dagster-postgres", "dagster-aws"}, "a dev extra is in it"
     assert Path(probe["clicklake"]).is_relative_to(final), probe["clicklake"]
     assert "site-packages" in Path(probe["clicklake"]).parts, probe["clicklake"]
+    # the C extension built in the build stage (its compiler installed there) and copied along
+    assert probe["native"], "clicklake.platform._hashkeys was not built into the image"
 
     # setuptools builds without a missing readme file: the long description shows it was copied.
     assert probe["readme"].strip() == (ROOT / "README.md").read_text().strip(), (
