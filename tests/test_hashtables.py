@@ -117,3 +117,51 @@ def test_string_table_grows_and_keeps_its_codes(interner_path):
     more = pa.array([f"user-{i:06d}" for i in range(2500, 9000)])
     assert np.array_equal(interner.codes(more), np.arange(2500, 9000))
     assert interner.codes(pa.array(["user-000042", "nobody"]), add=False).tolist() == [42, -1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n_users=st.integers(1, 6), nc=st.integers(1, 4), nd=st.integers(1, 3),
+       span=st.integers(1, 40), with_campaigns=st.booleans())
+def test_one_pass_hour_equals_the_timeline_searches(data, n_users, nc, nd, span,
+                                                    with_campaigns):
+    """`lookup._since_start_native` (one C pass in time order) against `_since_start_numpy`
+    (sorted timelines and binary searches): every output equal, ties at equal instants,
+    users nobody asked about (-1) and events without a domain included. Costs are binary
+    fractions, so spend sums are exact in either order."""
+    from clicklake.platform import lookup
+
+    def events(n, with_dom):
+        user = np.array(data.draw(st.lists(st.integers(-1, n_users - 1), min_size=n,
+                                           max_size=n)), np.int64)
+        ms = np.array(data.draw(st.lists(st.integers(0, span - 1), min_size=n, max_size=n)),
+                      np.int64) + 1000
+        camp = np.array(data.draw(st.lists(st.integers(0, nc - 1), min_size=n, max_size=n)),
+                        np.int64)
+        dom = np.array(data.draw(st.lists(st.integers(-1, nd - 1), min_size=n, max_size=n)),
+                       np.int64) if with_dom else None
+        return user, ms, camp, dom
+
+    mi, mc, n = (data.draw(st.integers(0, 25)) for _ in range(3))
+    iu, ims, icamp, idom = events(mi, True)
+    cu, cms, ccamp, _ = events(mc, False)
+    cost = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.25, 1.5, 3.0]), min_size=mi,
+                                       max_size=mi)), np.float64)
+    hour = lookup._HourEvents(1000, span + 1, iu, ims, icamp, idom, cost, cu, cms, ccamp, nc, nd)
+    qcode = np.array(data.draw(st.lists(st.integers(0, n_users - 1), min_size=n, max_size=n)),
+                     np.int64)
+    t = np.array(data.draw(st.lists(st.integers(0, span), min_size=n, max_size=n)),
+                 np.int64) + 1000
+    q_key = qcode * nc + np.array(data.draw(st.lists(st.integers(0, nc - 1), min_size=n,
+                                                     max_size=n)), np.int64) \
+        if with_campaigns else None
+    held_c = set(data.draw(st.lists(st.integers(0, n_users * nc - 1), max_size=8)))
+    held_d = set(data.draw(st.lists(st.integers(0, n_users * nd - 1), max_size=8)))
+
+    def known(held):
+        return lambda keys: np.array([int(k) in held for k in keys], bool)
+
+    args = (hour, qcode, t, q_key, known(held_c), known(held_d))
+    fast, slow = lookup._since_start_native(*args), lookup._since_start_numpy(*args)
+    assert set(fast) >= set(slow)
+    for name, want in slow.items():
+        assert np.array_equal(fast[name], want), (name, fast[name], want)

@@ -364,6 +364,217 @@ fail:
     return NULL;
 }
 
+
+/* ---- one hour's events as of each query instant -----------------------------------------------
+ *
+ * hour_as_of(Q, I, i_cost, C, O, o_spend, n, mi, mc, nu, nc, nd): one pass through the hour's
+ * events and the query instants in time order; a query at t sees the events with ts < t (at
+ * equal times queries go first). Per local user code (0 <= user < nu) it keeps running counts,
+ * spend, last and first times, and first touches of (user, campaign) and (user, domain) keys the
+ * snapshot lacks; per (user, campaign) key, counts. Each query reads them at its instant.
+ *
+ * Q (int64, 4 x n):   order (query positions by t, ascending), user, t, campaign (-1: none)
+ * I (int64, 6 x mi):  order (by ms), user (-1: no query asks), ms, campaign, domain (-1: none),
+ *                     known (bit 0: the snapshot holds (user, campaign); bit 1: (user, domain))
+ * i_cost (float64, mi)
+ * C (int64, 5 x mc):  order, user, ms, campaign, known (bit 0)
+ * O (int64, 9 x n):   impressions, clicks, last impression ms, last click ms (NULL_MS: none),
+ *                     first event ms (INT64_MAX: none), new campaigns, new domains, and this
+ *                     user's impressions and clicks on the query's campaign - all since the
+ *                     hour's start and before t
+ * o_spend (float64, n): spend since the hour's start and before t, summed in time order
+ */
+
+#define NULL_MS INT64_MIN
+
+typedef struct {
+    int64_t *keys; /* EMPTY_KEY: empty */
+    int64_t *imps, *clks;
+    uint64_t mask;
+} PairMap;
+
+static int pairmap_init(PairMap *m, Py_ssize_t entries)
+{
+    uint64_t cap = 1024;
+    while (cap < (uint64_t)entries * 2)
+        cap <<= 1;
+    m->mask = cap - 1;
+    m->keys = malloc(cap * sizeof(int64_t));
+    m->imps = calloc(cap, sizeof(int64_t));
+    m->clks = calloc(cap, sizeof(int64_t));
+    if (!m->keys || !m->imps || !m->clks)
+        return -1;
+    for (uint64_t i = 0; i < cap; i++)
+        m->keys[i] = EMPTY_KEY;
+    return 0;
+}
+
+static void pairmap_free(PairMap *m)
+{
+    free(m->keys);
+    free(m->imps);
+    free(m->clks);
+}
+
+/* The slot of `key`; *fresh tells whether it was added now (the map has room for every key). */
+static inline uint64_t pairmap_slot(PairMap *m, int64_t key, int *fresh)
+{
+    uint64_t s = mix64((uint64_t)key) & m->mask;
+    while (m->keys[s] != EMPTY_KEY && m->keys[s] != key)
+        s = (s + 1) & m->mask;
+    *fresh = m->keys[s] == EMPTY_KEY;
+    m->keys[s] = key;
+    return s;
+}
+
+static inline int64_t pairmap_find(const PairMap *m, int64_t key)
+{
+    uint64_t s = mix64((uint64_t)key) & m->mask;
+    while (m->keys[s] != EMPTY_KEY) {
+        if (m->keys[s] == key)
+            return (int64_t)s;
+        s = (s + 1) & m->mask;
+    }
+    return -1;
+}
+
+static PyObject *hour_as_of(PyObject *self, PyObject *args)
+{
+    PyObject *o[6];
+    Py_buffer b[6];
+    long long n, mi, mc, nu, nc, nd;
+    int got = 0, ok = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOLLLLLL", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n,
+                          &mi, &mc, &nu, &nc, &nd))
+        return NULL;
+    static const char *names[] = {"Q", "I", "i_cost", "C", "O", "o_spend"};
+    for (; got < 6; got++)
+        if (get_buffer(o[got], &b[got], got >= 4, 8, names[got]) < 0)
+            goto fail;
+    if (n < 0 || mi < 0 || mc < 0 || nu < 0 || nc < 1 || nd < 1 || b[0].len != 4 * 8 * n ||
+        b[1].len != 6 * 8 * mi || b[2].len != 8 * mi || b[3].len != 5 * 8 * mc ||
+        b[4].len != 9 * 8 * n || b[5].len != 8 * n) {
+        PyErr_SetString(PyExc_ValueError, "hour_as_of: array sizes do not match");
+        goto fail;
+    }
+    const int64_t *Q = b[0].buf, *I = b[1].buf, *C = b[3].buf;
+    const double *i_cost = b[2].buf;
+    int64_t *O = b[4].buf;
+    double *o_spend = b[5].buf;
+    const int64_t *q_order = Q, *q_user = Q + n, *q_t = Q + 2 * n, *q_camp = Q + 3 * n;
+    const int64_t *i_order = I, *i_user = I + mi, *i_ms = I + 2 * mi, *i_camp = I + 3 * mi,
+                  *i_dom = I + 4 * mi, *i_known = I + 5 * mi;
+    const int64_t *c_order = C, *c_user = C + mc, *c_ms = C + 2 * mc, *c_camp = C + 3 * mc,
+                  *c_known = C + 4 * mc;
+    /* every index and code in range: checked before the pass */
+    for (Py_ssize_t k = 0; k < n && ok; k++)
+        ok = q_order[k] >= 0 && q_order[k] < n && q_user[k] >= 0 && q_user[k] < nu &&
+             q_camp[k] >= -1 && q_camp[k] < nc;
+    for (Py_ssize_t k = 0; k < mi && ok; k++)
+        ok = i_order[k] >= 0 && i_order[k] < mi && i_user[k] >= -1 && i_user[k] < nu &&
+             i_camp[k] >= 0 && i_camp[k] < nc && i_dom[k] >= -1 && i_dom[k] < nd;
+    for (Py_ssize_t k = 0; k < mc && ok; k++)
+        ok = c_order[k] >= 0 && c_order[k] < mc && c_user[k] >= -1 && c_user[k] < nu &&
+             c_camp[k] >= 0 && c_camp[k] < nc;
+    if (!ok || (nu > 0 && (nc > INT64_MAX / nu || nd > INT64_MAX / nu))) {
+        PyErr_SetString(PyExc_ValueError, "hour_as_of: an index or code out of range");
+        goto fail;
+    }
+    int64_t *cnt_i = calloc((size_t)nu + 1, sizeof(int64_t));
+    int64_t *cnt_c = calloc((size_t)nu + 1, sizeof(int64_t));
+    int64_t *last_i = malloc(((size_t)nu + 1) * sizeof(int64_t));
+    int64_t *last_c = malloc(((size_t)nu + 1) * sizeof(int64_t));
+    int64_t *first = malloc(((size_t)nu + 1) * sizeof(int64_t));
+    int64_t *new_c = calloc((size_t)nu + 1, sizeof(int64_t));
+    int64_t *new_d = calloc((size_t)nu + 1, sizeof(int64_t));
+    double *spend = calloc((size_t)nu + 1, sizeof(double));
+    PairMap camps = {0}, doms = {0};
+    int mem = cnt_i && cnt_c && last_i && last_c && first && new_c && new_d && spend &&
+              pairmap_init(&camps, mi + mc) == 0 && pairmap_init(&doms, mi) == 0;
+    if (mem) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t u = 0; u < nu; u++) {
+            last_i[u] = last_c[u] = NULL_MS;
+            first[u] = INT64_MAX;
+        }
+        Py_ssize_t qi = 0, ii = 0, ci = 0;
+        while (qi < n) {
+            int64_t tq = q_t[q_order[qi]];
+            int64_t ti = ii < mi ? i_ms[i_order[ii]] : INT64_MAX;
+            int64_t tc = ci < mc ? c_ms[c_order[ci]] : INT64_MAX;
+            if (tq <= ti && tq <= tc) { /* a query: the events before it are in */
+                Py_ssize_t k = q_order[qi++];
+                int64_t u = q_user[k];
+                O[k] = cnt_i[u];
+                O[n + k] = cnt_c[u];
+                O[2 * n + k] = last_i[u];
+                O[3 * n + k] = last_c[u];
+                O[4 * n + k] = first[u];
+                O[5 * n + k] = new_c[u];
+                O[6 * n + k] = new_d[u];
+                int64_t at = q_camp[k] >= 0 ? pairmap_find(&camps, u * nc + q_camp[k]) : -1;
+                O[7 * n + k] = at >= 0 ? camps.imps[at] : 0;
+                O[8 * n + k] = at >= 0 ? camps.clks[at] : 0;
+                o_spend[k] = spend[u];
+            } else if (ti <= tc) {
+                Py_ssize_t e = i_order[ii++];
+                int64_t u = i_user[e];
+                if (u < 0)
+                    continue;
+                cnt_i[u]++;
+                spend[u] += i_cost[e];
+                last_i[u] = ti;
+                if (first[u] == INT64_MAX)
+                    first[u] = ti;
+                int fresh;
+                uint64_t s = pairmap_slot(&camps, u * nc + i_camp[e], &fresh);
+                camps.imps[s]++;
+                if (fresh && !(i_known[e] & 1))
+                    new_c[u]++;
+                if (i_dom[e] >= 0) {
+                    pairmap_slot(&doms, u * nd + i_dom[e], &fresh);
+                    if (fresh && !(i_known[e] & 2))
+                        new_d[u]++;
+                }
+            } else {
+                Py_ssize_t e = c_order[ci++];
+                int64_t u = c_user[e];
+                if (u < 0)
+                    continue;
+                cnt_c[u]++;
+                last_c[u] = tc;
+                if (first[u] == INT64_MAX)
+                    first[u] = tc;
+                int fresh;
+                uint64_t s = pairmap_slot(&camps, u * nc + c_camp[e], &fresh);
+                camps.clks[s]++;
+                if (fresh && !(c_known[e] & 1))
+                    new_c[u]++;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    free(cnt_i);
+    free(cnt_c);
+    free(last_i);
+    free(last_c);
+    free(first);
+    free(new_c);
+    free(new_d);
+    free(spend);
+    pairmap_free(&camps);
+    pairmap_free(&doms);
+    if (!mem) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    release(b, got);
+    Py_RETURN_NONE;
+fail:
+    release(b, got);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"int_find", int_find, METH_VARARGS, "int_find(tkeys, tvals, keys, out)"},
     {"int_insert", int_insert, METH_VARARGS, "int_insert(tkeys, tvals, keys, out, next) -> next"},
@@ -371,12 +582,15 @@ static PyMethodDef methods[] = {
     {"str_index", str_index, METH_VARARGS,
      "str_index(tcodes, thash, koffs, kdata, qoffs, qdata, out, add_from) -> added"},
     {"str_rehash", str_rehash, METH_VARARGS, "str_rehash(tcodes, thash, old_codes, old_hash)"},
+    {"hour_as_of", hour_as_of, METH_VARARGS,
+     "hour_as_of(Q, I, i_cost, C, O, o_spend, n, mi, mc, nu, nc, nd)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_hashkeys",
     "Open-addressing hash tables over caller-owned arrays (see hashtables.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__hashkeys(void)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clicklake.platform import hashtables
 from clicklake.platform.events import SPECS, TS
 from clicklake.platform.profiles import (
     META_HISTORY_START,
@@ -723,7 +725,6 @@ class LookupTable:
         ic = (qenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[in_hour] if same
               else _to_np_codes(pc.index_in(as_string_array(imp["user_id"]), value_set=quniq)))
         cc = _to_np_codes(pc.index_in(as_string_array(clk["user_id"]), value_set=quniq))
-        i_keep, c_keep = ic >= 0, cc >= 0
         # Campaign codes: the campaigns asked for and those of the events; others never match.
         qc = camps if camps is not None else pa.array([], pa.string())
         nq = len(qc)
@@ -826,53 +827,34 @@ class LookupTable:
                 return (np.where(hit, snap_ci[pos], 0) if len(snap_ci) else 0,
                         np.where(hit, snap_ck[pos], 0) if len(snap_ck) else 0)
 
-        span = hi - s + 1
         cost = imp["cost"].combine_chunks().fill_null(0.0).to_numpy(zero_copy_only=False) if (
             imp.num_rows and spend) else np.zeros(imp.num_rows)
-        iu, ims = ic[i_keep], imp_ms[i_keep]
-        cu, cms = cc[c_keep], clk_ms[c_keep]
-        imps = _Timeline(iu, ims, s, span, {"n": np.ones(len(iu), np.int64),
-                                            "spend": cost[i_keep]})
-        clks = _Timeline(cu, cms, s, span, {"n": np.ones(len(cu), np.int64)})
-        start = np.full(n, s)
-        i_lo, i_t = imps.rank(qcode, start), imps.rank(qcode, t)
-        c_lo, c_t = clks.rank(qcode, start), clks.rank(qcode, t)
-        n_i, n_c = imps.total("n", i_lo, i_t), clks.total("n", c_lo, c_t)
-        sp = imps.total("spend", i_lo, i_t)
+        if not sets:  # no campaign or domain is read: every event on code 0, no domain
+            i_camp, c_camp, d_code = (np.zeros(len(ic), np.int64), np.zeros(len(cc), np.int64),
+                                      np.full(len(ic), -1, np.int64))
+        hour = _HourEvents(s, hi - s + 1, ic, imp_ms, i_camp, d_code, cost, cc, clk_ms, c_camp,
+                           nc, nd)
+        q_key = qcode * nc + q_camp[perm] if camps is not None else None
+        since = (_since_start_native if hashtables.NATIVE else _since_start_numpy)(
+            hour, qcode, t, q_key, known_campaigns if sets else None,
+            known_domains if sets else None)
         out: dict[str, np.ndarray] = {}
         sv = {k: v[qcode] for k, v in snap_vals.items()}
+        n_i, n_c, sp = since["impressions"], since["clicks"], since["spend"]
         out["impressions"], out["clicks"] = sv["impressions"] + n_i, sv["clicks"] + n_c
         out["spend"] = sv["spend"] + sp
         for w in WINDOWS_H:  # the snapshot's windows cover the complete hours before s
             out[f"impressions_{w}"] = sv[f"impressions_{w}"] + n_i
             out[f"clicks_{w}"] = sv[f"clicks_{w}"] + n_c
             out[f"spend_{w}"] = sv[f"spend_{w}"] + sp
-        for name, tl, lo, at in (("last_impression_ts", imps, i_lo, i_t),
-                                 ("last_click_ts", clks, c_lo, c_t)):
-            recent = tl.ms[np.maximum(at - 1, 0)] if len(tl.ms) else np.full(n, NULL_MS)
-            out[name] = np.where(at > lo, recent, sv[name])
-        big = np.iinfo(np.int64).max
-        fi = np.where(i_t > i_lo, imps.ms[np.minimum(i_lo, max(len(imps.ms) - 1, 0))]
-                      if len(imps.ms) else big, big)
-        fc = np.where(c_t > c_lo, clks.ms[np.minimum(c_lo, max(len(clks.ms) - 1, 0))]
-                      if len(clks.ms) else big, big)
-        first_ev = np.minimum(fi, fc)
+        for name in ("last_impression_ts", "last_click_ts"):
+            out[name] = np.where(since[name] != NULL_MS, since[name], sv[name])
+        first_ev = since["first_ts"]
         out["first_ts"] = np.where(sv["first_ts"] != NULL_MS, sv["first_ts"],
-                                   np.where(first_ev == big, NULL_MS, first_ev))
-
-        # Distinct campaigns and domains: first touches since s of values the snapshot lacks.
+                                   np.where(first_ev == _NONE_YET, NULL_MS, first_ev))
         if sets:
-            t_user = np.concatenate([iu, cu])
-            t_ms = np.concatenate([ims, cms])
-            t_key = t_user * nc + np.concatenate([i_camp[i_keep], c_camp[c_keep]])
-            newc = _first_new(t_key, t_ms, known_campaigns, t_user, s, span)
-            out["distinct_campaigns"] = sv["distinct_campaigns"] + (
-                newc.rank(qcode, t) - newc.rank(qcode, start))
-            dv = i_keep & (d_code >= 0)
-            newd = _first_new(ic[dv] * nd + d_code[dv], imp_ms[dv], known_domains, ic[dv], s,
-                              span)
-            out["distinct_domains"] = sv["distinct_domains"] + (
-                newd.rank(qcode, t) - newd.rank(qcode, start))
+            out["distinct_campaigns"] = sv["distinct_campaigns"] + since["new_campaigns"]
+            out["distinct_domains"] = sv["distinct_domains"] + since["new_domains"]
         else:
             out["distinct_campaigns"] = out["distinct_domains"] = np.zeros(n, np.int64)
 
@@ -885,15 +867,8 @@ class LookupTable:
             return profiles, None
 
         # This user on this campaign: the snapshot's count plus the events since s.
-        q_key = qcode * nc + q_camp[perm]
-        pair_tl_i = _Timeline(iu * nc + i_camp[i_keep], ims, s, span,
-                              {"n": np.ones(len(iu), np.int64)})
-        pair_tl_c = _Timeline(cu * nc + c_camp[c_keep], cms, s, span,
-                              {"n": np.ones(len(cu), np.int64)})
-        uc_i = pair_tl_i.total("n", pair_tl_i.rank(q_key, start), pair_tl_i.rank(q_key, t))
-        uc_c = pair_tl_c.total("n", pair_tl_c.rank(q_key, start), pair_tl_c.rank(q_key, t))
         snap_i, snap_c = campaign_counts(q_key)
-        uc_i, uc_c = uc_i + snap_i, uc_c + snap_c
+        uc_i, uc_c = since["uc_impressions"] + snap_i, since["uc_clicks"] + snap_c
         uc = pa.Table.from_arrays(
             [users, camps, profiles["t"].combine_chunks(), pa.array(uc_i[inv].astype(np.int64)),
              pa.array(uc_c[inv].astype(np.int64))], schema=USER_CAMPAIGN_SCHEMA)
@@ -990,6 +965,112 @@ def _first_new(keys: np.ndarray, ms: np.ndarray, known, users: np.ndarray,
     sel = order[first]
     sel = sel[~known(keys[sel])]  # `known`: which keys the snapshot holds
     return _Timeline(users[sel], ms[sel], origin, span)
+
+
+_NONE_YET = np.iinfo(np.int64).max  # "no event yet" of a first time
+
+
+@dataclass
+class _HourEvents:
+    """The events of the hour [s, s + span) a one-pass lookup answers from, in its local codes:
+    user (-1: a user nobody asked about), ms, campaign and domain codes (domain -1: none), cost."""
+
+    s: int
+    span: int
+    i_user: np.ndarray
+    i_ms: np.ndarray
+    i_camp: np.ndarray
+    i_dom: np.ndarray
+    i_cost: np.ndarray
+    c_user: np.ndarray
+    c_ms: np.ndarray
+    c_camp: np.ndarray
+    nc: int
+    nd: int
+
+
+def _since_start_numpy(hour: _HourEvents, qcode: np.ndarray, t: np.ndarray,
+                       q_key: np.ndarray | None, known_campaigns, known_domains
+                       ) -> dict[str, np.ndarray]:
+    """Per query (user code, t): what the hour's events before t add - counts, spend, last and
+    first times, first touches of campaigns and domains the snapshot lacks (`known_*`: which
+    keys it holds; None: not asked), and, per (user, campaign) key `q_key`, counts. Sorted
+    timelines searched by binary search (`_since_start_native` is the one-pass C version)."""
+    s, span, nc, nd, n = hour.s, hour.span, hour.nc, hour.nd, len(t)
+    i_keep, c_keep = hour.i_user >= 0, hour.c_user >= 0
+    iu, ims = hour.i_user[i_keep], hour.i_ms[i_keep]
+    cu, cms = hour.c_user[c_keep], hour.c_ms[c_keep]
+    imps = _Timeline(iu, ims, s, span, {"n": np.ones(len(iu), np.int64),
+                                        "spend": hour.i_cost[i_keep]})
+    clks = _Timeline(cu, cms, s, span, {"n": np.ones(len(cu), np.int64)})
+    start = np.full(n, s)
+    i_lo, i_t = imps.rank(qcode, start), imps.rank(qcode, t)
+    c_lo, c_t = clks.rank(qcode, start), clks.rank(qcode, t)
+    out = {"impressions": imps.total("n", i_lo, i_t), "clicks": clks.total("n", c_lo, c_t),
+           "spend": imps.total("spend", i_lo, i_t)}
+    for name, tl, lo, at in (("last_impression_ts", imps, i_lo, i_t),
+                             ("last_click_ts", clks, c_lo, c_t)):
+        recent = tl.ms[np.maximum(at - 1, 0)] if len(tl.ms) else np.full(n, NULL_MS)
+        out[name] = np.where(at > lo, recent, NULL_MS)
+    fi = np.where(i_t > i_lo, imps.ms[np.minimum(i_lo, max(len(imps.ms) - 1, 0))]
+                  if len(imps.ms) else _NONE_YET, _NONE_YET)
+    fc = np.where(c_t > c_lo, clks.ms[np.minimum(c_lo, max(len(clks.ms) - 1, 0))]
+                  if len(clks.ms) else _NONE_YET, _NONE_YET)
+    out["first_ts"] = np.minimum(fi, fc)
+    if known_campaigns is not None:
+        t_user = np.concatenate([iu, cu])
+        t_ms = np.concatenate([ims, cms])
+        t_key = t_user * nc + np.concatenate([hour.i_camp[i_keep], hour.c_camp[c_keep]])
+        newc = _first_new(t_key, t_ms, known_campaigns, t_user, s, span)
+        out["new_campaigns"] = newc.rank(qcode, t) - newc.rank(qcode, start)
+        dv = i_keep & (hour.i_dom >= 0)
+        du = hour.i_user[dv]
+        newd = _first_new(du * nd + hour.i_dom[dv], hour.i_ms[dv], known_domains, du, s, span)
+        out["new_domains"] = newd.rank(qcode, t) - newd.rank(qcode, start)
+    if q_key is not None:
+        pair_i = _Timeline(iu * nc + hour.i_camp[i_keep], ims, s, span,
+                           {"n": np.ones(len(iu), np.int64)})
+        pair_c = _Timeline(cu * nc + hour.c_camp[c_keep], cms, s, span,
+                           {"n": np.ones(len(cu), np.int64)})
+        out["uc_impressions"] = pair_i.total("n", pair_i.rank(q_key, start),
+                                             pair_i.rank(q_key, t))
+        out["uc_clicks"] = pair_c.total("n", pair_c.rank(q_key, start), pair_c.rank(q_key, t))
+    return out
+
+
+def _since_start_native(hour: _HourEvents, qcode: np.ndarray, t: np.ndarray,
+                        q_key: np.ndarray | None, known_campaigns, known_domains
+                        ) -> dict[str, np.ndarray]:
+    """`_since_start_numpy` in one pass through the hour's events and the query instants in
+    time order (C: `_hashkeys.hour_as_of`); spend is summed in time order, per user."""
+    n, nc, nd = len(t), hour.nc, hour.nd
+    i_known = np.zeros(len(hour.i_user), np.int64)
+    c_known = np.zeros(len(hour.c_user), np.int64)
+    if known_campaigns is not None:
+        for users, camps, known in ((hour.i_user, hour.i_camp, i_known),
+                                    (hour.c_user, hour.c_camp, c_known)):
+            asked = np.flatnonzero(users >= 0)
+            known[asked] = known_campaigns(users[asked] * nc + camps[asked])
+        with_dom = np.flatnonzero((hour.i_user >= 0) & (hour.i_dom >= 0))
+        i_known[with_dom] |= 2 * known_domains(hour.i_user[with_dom] * nd
+                                               + hour.i_dom[with_dom]).astype(np.int64)
+    q_camp = q_key - qcode * nc if q_key is not None else np.full(n, -1, np.int64)
+    queries = np.stack([np.argsort(t, kind="stable"), qcode, t, q_camp]).astype(np.int64)
+    imps = np.stack([np.argsort(hour.i_ms, kind="stable"), hour.i_user, hour.i_ms,
+                     hour.i_camp, hour.i_dom, i_known]).astype(np.int64)
+    clks = np.stack([np.argsort(hour.c_ms, kind="stable"), hour.c_user, hour.c_ms,
+                     hour.c_camp, c_known]).astype(np.int64)
+    res = np.empty((9, n), np.int64)
+    spend = np.empty(n, np.float64)
+    nu = 1 + max((int(a.max()) for a in (qcode, hour.i_user, hour.c_user) if len(a)), default=-1)
+    hashtables._hashkeys.hour_as_of(
+        queries, imps, np.ascontiguousarray(hour.i_cost, np.float64), clks, res, spend, n,
+        len(hour.i_user), len(hour.c_user), nu, max(nc, 1), max(nd, 1))
+    names = ("impressions", "clicks", "last_impression_ts", "last_click_ts", "first_ts",
+             "new_campaigns", "new_domains", "uc_impressions", "uc_clicks")
+    out = dict(zip(names, res, strict=True))
+    out["spend"] = spend
+    return out
 
 
 def _concat(parts: list[pa.Table], stream: str) -> pa.Table:
