@@ -278,6 +278,16 @@ class Interner:
         if isinstance(values, pa.ChunkedArray):
             parts = [self.codes(c, add) for c in values.chunks]
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if self._table is not None and not pa.types.is_dictionary(values.type):
+            # The C table takes repeated strings as they are: no dictionary to build first.
+            words = values.cast(pa.string())
+            if not words.null_count:
+                return self._table.codes(words, add)
+            valid = words.is_valid()
+            out = np.full(len(words), -1, np.int64)
+            out[np.flatnonzero(valid.to_numpy(zero_copy_only=False))] = self._table.codes(
+                words.filter(valid), add)
+            return out
         enc = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(
             values.cast(pa.string()))
         words = enc.dictionary.cast(pa.string())
