@@ -60,8 +60,34 @@ def test_int_table_values_go_in_the_order_keys_are_met():
     big = np.arange(10_000, 60_000, 7)
     assert np.array_equal(t.add(big), np.arange(4, 4 + len(big)))  # grown past 1,024 slots
     assert np.array_equal(t.find(big[::-1]), np.arange(4, 4 + len(big))[::-1])
-    with pytest.raises(ValueError, match="INT64_MIN"):
-        t.add(np.array([np.iinfo(np.int64).min]))
+    size = len(t)
+    with pytest.raises(ValueError, match="INT64_MIN"):  # refused before anything is added
+        t.add(np.array([123, 124, np.iinfo(np.int64).min]))
+    assert len(t) == size and t.find(np.array([123, 124])).tolist() == [-1, -1]
+    assert t.add(np.array([124, 123])).tolist() == [size, size + 1]
+    with pytest.raises(TypeError, match="integers"):
+        hashtables._hashkeys.int_find(t._keys, t._vals, np.zeros(3), np.zeros(3, np.int64))
+
+
+def test_a_failed_string_insert_leaves_the_table_as_it_was(monkeypatch):
+    """Between the C call that gives new strings their codes and the append of the strings,
+    a failure (here a MemoryError) takes the new codes back: later calls neither read past the
+    known strings nor give two strings one code."""
+    table = hashtables.StringTable()
+    assert table.codes(pa.array(["a", "b"])).tolist() == [0, 1]
+
+    def no_memory(arrays):
+        raise MemoryError
+
+    monkeypatch.setattr(hashtables.pa, "concat_arrays", no_memory)
+    with pytest.raises(MemoryError):
+        table.codes(pa.array(["c", "a", "d"]))
+    monkeypatch.undo()
+    assert table.codes(pa.array(["d", "c", "x"]), add=False).tolist() == [-1, -1, -1]
+    assert table.codes(pa.array(["d", "a", "c"])).tolist() == [2, 0, 3]
+    assert table.known.to_pylist() == ["a", "b", "d", "c"]
+    # large_string columns (64-bit offsets) are read as strings, not as misread offsets
+    assert table.codes(pa.array(["c", "zz"], pa.large_string())).tolist() == [3, 4]
 
 
 words = st.one_of(st.none(), st.text(max_size=12), st.text(min_size=60, max_size=90),
@@ -165,3 +191,30 @@ def test_one_pass_hour_equals_the_timeline_searches(data, n_users, nc, nd, span,
     assert set(fast) >= set(slow)
     for name, want in slow.items():
         assert np.array_equal(fast[name], want), (name, fast[name], want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), ncodes=st.integers(1, 5))
+def test_walks_as_of_equal_brute_force(data, ncodes):
+    """`sums_as_of` and `latest_as_of` against a loop over every (query, event) pair: events at
+    exactly t are not seen, ties at one instant go to the greatest rank, then the later event."""
+    m, n = data.draw(st.integers(0, 30)), data.draw(st.integers(0, 20))
+
+    def ints(lo, hi, k):
+        return np.array(data.draw(st.lists(st.integers(lo, hi), min_size=k, max_size=k)),
+                        np.int64)
+
+    e_code, e_ms, w1, w2, rank = (ints(0, ncodes - 1, m), ints(0, 12, m), ints(0, 3, m),
+                                  ints(0, 3, m), ints(0, 2, m))
+    score = np.arange(m, dtype=np.float64) / 7
+    q_code, q_t = ints(-1, ncodes - 1, n), ints(0, 13, n)
+    s1, s2 = hashtables.sums_as_of(q_code, q_t, e_code, e_ms, w1, w2, ncodes)
+    got_score, got_when = hashtables.latest_as_of(q_code, q_t, e_code, e_ms, rank, score, ncodes)
+    for k in range(n):
+        seen = [e for e in range(m) if e_code[e] == q_code[k] and e_ms[e] < q_t[k]]
+        assert (s1[k], s2[k]) == (sum(w1[e] for e in seen), sum(w2[e] for e in seen))
+        if not seen:
+            assert np.isnan(got_score[k]) and np.isnan(got_when[k])
+            continue
+        best = max(seen, key=lambda e: (e_ms[e], rank[e], e))
+        assert (got_score[k], got_when[k]) == (score[best], float(e_ms[best]))

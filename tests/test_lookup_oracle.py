@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import oracle
 import orjson
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -180,3 +182,24 @@ def test_snapshots_and_as_of_match_oracle(tmp_path_factory, events, data):
     u, t = pairs[0]
     one = table.profile(u, t)
     _same(oracle.profile(imps, clks, u, t), one, f"profile {u}@{iso(t)}")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_null_campaign_asked_for_counts_nothing(tmp_path, monkeypatch, native):
+    """User x campaign counts of a null campaign are 0, in the one-pass hour (C or numpy) as in
+    the general path; the other rows are unaffected."""
+    monkeypatch.setattr(lookup.hashtables, "NATIVE", native and lookup.hashtables.NATIVE)
+    store = Store(str(tmp_path))
+    events = [("impression", {"impression_id": "i0", "ts": H0 + 5, "user_id": "ann",
+                              "campaign_id": "c1", "domain": "a.com", "cost": 0.5}, H0 + 5),
+              ("impression", {"impression_id": "i1", "ts": H0 + HOUR_MS + 10, "user_id": "ann",
+                              "campaign_id": "c2", "cost": 0.25}, H0 + HOUR_MS + 10),
+              ("click", {"click_id": "k1", "ts": H0 + HOUR_MS + 20, "user_id": "ann",
+                         "campaign_id": "c2"}, H0 + HOUR_MS + 20)]
+    _build(store, _land(store, events), [])
+    for t in (H0 + HOUR_MS + 30, H0 + 3 * HOUR_MS):  # the hour after a snapshot; later
+        table = lookup.LookupTable(store)
+        _, uc = table.as_of_with_campaigns(pa.array(["ann", "ann", "ann"]),
+                                           pa.array(["c2", None, "c1"]), np.full(3, t))
+        assert [(r["impressions"], r["clicks"]) for r in uc.to_pylist()] == [
+            (1, 1), (0, 0), (1, 0)], t

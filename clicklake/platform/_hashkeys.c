@@ -46,16 +46,23 @@ static inline uint64_t hash_bytes(const uint8_t *p, int64_t len)
     return h;
 }
 
-/* A buffer of `itemsize`-byte items, C-contiguous; `what` names it in errors. */
+/* A buffer of `itemsize`-byte items, C-contiguous, of floats when itemsize is 8 and `what`
+ * says so (a name starting with "f:"), else of integers or bytes; `what` names it in errors. */
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
                       const char *what)
 {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    int floats = strncmp(what, "f:", 2) == 0;
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (view->itemsize != itemsize) {
-        PyErr_Format(PyExc_TypeError, "%s: items of %zd bytes expected, got %zd", what,
-                     itemsize, view->itemsize);
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    int is_float = strchr("efdg", *f) != NULL;
+    if (view->itemsize != itemsize || is_float != floats) {
+        PyErr_Format(PyExc_TypeError, "%s: %s of %zd bytes expected, got format %s of %zd",
+                     what, floats ? "floats" : "integers", itemsize, view->format,
+                     view->itemsize);
         PyBuffer_Release(view);
         return -1;
     }
@@ -99,7 +106,7 @@ static PyObject *int_find(PyObject *self, PyObject *args)
         int64_t key = keys[i], found = -1;
         if (key != EMPTY_KEY) {
             uint64_t s = mix64((uint64_t)key) & mask;
-            while (tk[s] != EMPTY_KEY) {
+            for (Py_ssize_t probes = 0; tk[s] != EMPTY_KEY && probes < cap; probes++) {
                 if (tk[s] == key) {
                     found = tv[s];
                     break;
@@ -137,22 +144,24 @@ static PyObject *int_insert(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "int_insert: bad table or output size");
         goto fail;
     }
-    if (next < 0 || next + n > INT32_MAX) {
+    if (next < 0 || next > (long long)INT32_MAX - n) {
         PyErr_SetString(PyExc_ValueError, "int_insert: values past 2**31 - 1");
         goto fail;
     }
     int64_t *tk = b[0].buf, *out = b[3].buf;
     int32_t *tv = b[1].buf;
     const int64_t *keys = b[2].buf;
+    /* every key checked before the table changes: a failed call leaves it as it was */
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (keys[i] == EMPTY_KEY) {
+            PyErr_SetString(PyExc_ValueError, "int_insert: INT64_MIN is not a key");
+            goto fail;
+        }
     uint64_t mask = (uint64_t)cap - 1;
     int64_t value = next;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n && !full; i++) {
         int64_t key = keys[i];
-        if (key == EMPTY_KEY) {
-            full = 2;
-            break;
-        }
         uint64_t s = mix64((uint64_t)key) & mask;
         Py_ssize_t probes = 0;
         while (tk[s] != EMPTY_KEY && tk[s] != key) {
@@ -172,8 +181,7 @@ static PyObject *int_insert(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     if (full) {
-        PyErr_SetString(PyExc_ValueError, full == 1 ? "int_insert: the table is full"
-                                                    : "int_insert: INT64_MIN is not a key");
+        PyErr_SetString(PyExc_ValueError, "int_insert: the table is full");
         goto fail;
     }
     release(b, got);
@@ -211,7 +219,7 @@ static PyObject *int_rehash(PyObject *self, PyObject *args)
         if (ok[i] == EMPTY_KEY)
             continue;
         uint64_t s = mix64((uint64_t)ok[i]) & mask;
-        while (tk[s] != EMPTY_KEY)
+        while (tk[s] != EMPTY_KEY) /* ends: the new table holds more slots than entries */
             s = (s + 1) & mask;
         tk[s] = ok[i];
         tv[s] = ov[i];
@@ -255,8 +263,14 @@ static PyObject *str_index(PyObject *self, PyObject *args)
     uint64_t *th = b[1].buf;
     const int32_t *ko = b[2].buf, *qo = b[4].buf;
     const uint8_t *kd = b[3].buf, *qd = b[5].buf;
-    if (ko[nk] > b[3].len || qo[n] > b[5].len || (nk >= 0 && ko[0] < 0) || qo[0] < 0) {
-        PyErr_SetString(PyExc_ValueError, "str_index: offsets past the data");
+    int bad = ko[nk] > b[3].len || qo[n] > b[5].len || ko[0] < 0 || qo[0] < 0;
+    for (Py_ssize_t i = 0; i < nk && !bad; i++)
+        bad = ko[i + 1] < ko[i];
+    for (Py_ssize_t i = 0; i < n && !bad; i++)
+        bad = qo[i + 1] < qo[i];
+    if (bad || (add_from >= 0 && add_from != nk)) {
+        PyErr_SetString(PyExc_ValueError, "str_index: offsets not increasing, past the data, "
+                                          "or new codes not following the known strings");
         goto fail;
     }
     if (add_from >= 0 && n > 0) {
@@ -281,7 +295,11 @@ static PyObject *str_index(PyObject *self, PyObject *args)
                 int64_t c = tc[s];
                 const uint8_t *q;
                 int64_t qlen;
-                if (add_from >= 0 && c >= add_from) {
+                if (c >= nk + added) { /* a code of no string: a failed call left it */
+                    full = 2;
+                    break;
+                }
+                if (c >= nk) {
                     Py_ssize_t j = first[c - add_from];
                     q = qd + qo[j];
                     qlen = (int64_t)qo[j + 1] - qo[j];
@@ -313,7 +331,9 @@ static PyObject *str_index(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     free(first);
     if (full) {
-        PyErr_SetString(PyExc_ValueError, "str_index: the table is full");
+        PyErr_SetString(PyExc_ValueError, full == 1 ? "str_index: the table is full"
+                                                    : "str_index: the table holds a code past "
+                                                      "the known strings");
         goto fail;
     }
     release(b, got);
@@ -447,7 +467,7 @@ static PyObject *hour_as_of(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOLLLLLL", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n,
                           &mi, &mc, &nu, &nc, &nd))
         return NULL;
-    static const char *names[] = {"Q", "I", "i_cost", "C", "O", "o_spend"};
+    static const char *names[] = {"Q", "I", "f:i_cost", "C", "O", "f:o_spend"};
     for (; got < 6; got++)
         if (get_buffer(o[got], &b[got], got >= 4, 8, names[got]) < 0)
             goto fail;
@@ -575,6 +595,151 @@ fail:
     return NULL;
 }
 
+
+/* ---- running sums and latest values per code, as of each instant -------------------------------
+ *
+ * Both walk query instants and events in time order (orders given by the caller); a query at
+ * t sees the events with ms < t (at equal times queries go first). Codes are dense: 0 <= code <
+ * ncodes for events, queries may carry -1 (nothing found for them).
+ *
+ * sums_as_of(Q, E, O, n, m, ncodes)
+ *   Q (int64, 3 x n): order, code, t         E (int64, 5 x m): order, code, ms, w1, w2
+ *   O (int64, 2 x n): the sums of w1 and w2 over the events of the query's code before t
+ *
+ * latest_as_of(Q, E, e_score, o_score, o_when, n, m, ncodes)
+ *   E (int64, 4 x m): order, code, ms, rank    e_score (float64, m)
+ *   o_score, o_when (float64, n): the score and ms of the code's latest event before t - the
+ *   greatest rank among events at that ms - NaN when there is none
+ */
+
+static int check_walk(const int64_t *order, const int64_t *code, Py_ssize_t len,
+                      int64_t ncodes, int allow_none)
+{
+    for (Py_ssize_t k = 0; k < len; k++)
+        if (order[k] < 0 || order[k] >= len || code[k] < (allow_none ? -1 : 0) ||
+            code[k] >= ncodes)
+            return 0;
+    return 1;
+}
+
+static PyObject *sums_as_of(PyObject *self, PyObject *args)
+{
+    PyObject *o[3];
+    Py_buffer b[3];
+    long long n, m, ncodes;
+    int got = 0;
+    if (!PyArg_ParseTuple(args, "OOOLLL", &o[0], &o[1], &o[2], &n, &m, &ncodes))
+        return NULL;
+    static const char *names[] = {"Q", "E", "O"};
+    for (; got < 3; got++)
+        if (get_buffer(o[got], &b[got], got == 2, 8, names[got]) < 0)
+            goto fail;
+    if (n < 0 || m < 0 || ncodes < 0 || b[0].len != 3 * 8 * n || b[1].len != 5 * 8 * m ||
+        b[2].len != 2 * 8 * n) {
+        PyErr_SetString(PyExc_ValueError, "sums_as_of: array sizes do not match");
+        goto fail;
+    }
+    const int64_t *Q = b[0].buf, *E = b[1].buf;
+    int64_t *O = b[2].buf;
+    const int64_t *q_order = Q, *q_code = Q + n, *q_t = Q + 2 * n;
+    const int64_t *e_order = E, *e_code = E + m, *e_ms = E + 2 * m, *w1 = E + 3 * m,
+                  *w2 = E + 4 * m;
+    if (!check_walk(q_order, q_code, n, ncodes, 1) || !check_walk(e_order, e_code, m, ncodes, 0)) {
+        PyErr_SetString(PyExc_ValueError, "sums_as_of: an index or code out of range");
+        goto fail;
+    }
+    int64_t *s1 = calloc((size_t)ncodes + 1, sizeof(int64_t));
+    int64_t *s2 = calloc((size_t)ncodes + 1, sizeof(int64_t));
+    if (!s1 || !s2) {
+        free(s1);
+        free(s2);
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t qi = 0, ei = 0;
+    while (qi < n) {
+        Py_ssize_t k = q_order[qi];
+        if (ei < m && e_ms[e_order[ei]] < q_t[k]) {
+            Py_ssize_t e = e_order[ei++];
+            s1[e_code[e]] += w1[e];
+            s2[e_code[e]] += w2[e];
+            continue;
+        }
+        qi++;
+        O[k] = q_code[k] >= 0 ? s1[q_code[k]] : 0;
+        O[n + k] = q_code[k] >= 0 ? s2[q_code[k]] : 0;
+    }
+    Py_END_ALLOW_THREADS
+    free(s1);
+    free(s2);
+    release(b, got);
+    Py_RETURN_NONE;
+fail:
+    release(b, got);
+    return NULL;
+}
+
+static PyObject *latest_as_of(PyObject *self, PyObject *args)
+{
+    PyObject *o[5];
+    Py_buffer b[5];
+    long long n, m, ncodes;
+    int got = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOLLL", &o[0], &o[1], &o[2], &o[3], &o[4], &n, &m, &ncodes))
+        return NULL;
+    static const char *names[] = {"Q", "E", "f:e_score", "f:o_score", "f:o_when"};
+    for (; got < 5; got++)
+        if (get_buffer(o[got], &b[got], got >= 3, 8, names[got]) < 0)
+            goto fail;
+    if (n < 0 || m < 0 || ncodes < 0 || b[0].len != 3 * 8 * n || b[1].len != 4 * 8 * m ||
+        b[2].len != 8 * m || b[3].len != 8 * n || b[4].len != 8 * n) {
+        PyErr_SetString(PyExc_ValueError, "latest_as_of: array sizes do not match");
+        goto fail;
+    }
+    const int64_t *Q = b[0].buf, *E = b[1].buf;
+    const double *e_score = b[2].buf;
+    double *o_score = b[3].buf, *o_when = b[4].buf;
+    const int64_t *q_order = Q, *q_code = Q + n, *q_t = Q + 2 * n;
+    const int64_t *e_order = E, *e_code = E + m, *e_ms = E + 2 * m, *e_rank = E + 3 * m;
+    if (!check_walk(q_order, q_code, n, ncodes, 1) || !check_walk(e_order, e_code, m, ncodes, 0)) {
+        PyErr_SetString(PyExc_ValueError, "latest_as_of: an index or code out of range");
+        goto fail;
+    }
+    int64_t *best = malloc(((size_t)ncodes + 1) * sizeof(int64_t)); /* event index, -1: none */
+    if (!best) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t c = 0; c < ncodes; c++)
+        best[c] = -1;
+    Py_ssize_t qi = 0, ei = 0;
+    while (qi < n) {
+        Py_ssize_t k = q_order[qi];
+        if (ei < m && e_ms[e_order[ei]] < q_t[k]) {
+            Py_ssize_t e = e_order[ei++];
+            int64_t cur = best[e_code[e]];
+            /* in time order: a later ms wins, at the same ms the greater rank (the later
+             * event in the given order among equal ranks, as a stable sort keeps it) */
+            if (cur < 0 || e_ms[e] > e_ms[cur] || e_rank[e] >= e_rank[cur])
+                best[e_code[e]] = e;
+            continue;
+        }
+        qi++;
+        int64_t at = q_code[k] >= 0 ? best[q_code[k]] : -1;
+        o_score[k] = at >= 0 ? e_score[at] : Py_NAN;
+        o_when[k] = at >= 0 ? (double)e_ms[at] : Py_NAN;
+    }
+    Py_END_ALLOW_THREADS
+    free(best);
+    release(b, got);
+    Py_RETURN_NONE;
+fail:
+    release(b, got);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"int_find", int_find, METH_VARARGS, "int_find(tkeys, tvals, keys, out)"},
     {"int_insert", int_insert, METH_VARARGS, "int_insert(tkeys, tvals, keys, out, next) -> next"},
@@ -582,6 +747,9 @@ static PyMethodDef methods[] = {
     {"str_index", str_index, METH_VARARGS,
      "str_index(tcodes, thash, koffs, kdata, qoffs, qdata, out, add_from) -> added"},
     {"str_rehash", str_rehash, METH_VARARGS, "str_rehash(tcodes, thash, old_codes, old_hash)"},
+    {"sums_as_of", sums_as_of, METH_VARARGS, "sums_as_of(Q, E, O, n, m, ncodes)"},
+    {"latest_as_of", latest_as_of, METH_VARARGS,
+     "latest_as_of(Q, E, e_score, o_score, o_when, n, m, ncodes)"},
     {"hour_as_of", hour_as_of, METH_VARARGS,
      "hour_as_of(Q, I, i_cost, C, O, o_spend, n, mi, mc, nu, nc, nd)"},
     {NULL, NULL, 0, NULL},

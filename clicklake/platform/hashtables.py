@@ -2,10 +2,15 @@
 (`IntTable`: (user, campaign) and (user, domain) pairs) and strings to stable codes
 (`StringTable`: users, campaigns, domains). The probing runs in the C module `_hashkeys`,
 built with the package; without it (`NATIVE` is False: no C compiler at install) callers keep
-their numpy paths, which give the same answers (tests compare the two).
+their numpy paths, which give the same answers (tests compare the two; spend: see below).
 
 The tables are plain numpy arrays this module owns and grows (doubling, at most 70 % full), so
 the C side never allocates them.
+
+The one difference between the two paths: spend since a snapshot is summed per user in time
+order by the C walk, and as differences of cumulative sums by the numpy one, so spend features
+may differ in their last bits between a build with and one without the extension (counts,
+times, codes and labels are the same).
 """
 
 from __future__ import annotations
@@ -148,6 +153,7 @@ class StringTable:
     def codes(self, words: pa.Array, add: bool = True) -> np.ndarray:
         """The code of each string of `words` (pa.string(), no nulls; repeats allowed): -1 for
         one not known unless `add`, which gives it the next code."""
+        words = words.cast(pa.string())  # int32 offsets, as the C side reads them
         n = len(words)
         if words.null_count:
             raise ValueError("StringTable.codes: nulls have no code")
@@ -159,10 +165,16 @@ class StringTable:
         added = _hashkeys.str_index(self._codes, self._hash, koffs, kdata, qoffs, qdata, out,
                                     before if add else -1)
         if added:
-            # the first occurrence of each new code, in code order (codes go in order met)
-            fresh = np.flatnonzero(out >= before)
-            _, first = np.unique(out[fresh], return_index=True)
-            self.known = pa.concat_arrays([self.known, words.take(pa.array(fresh[first]))])
+            try:
+                # the first occurrence of each new code, in code order (codes go in order met)
+                fresh = np.flatnonzero(out >= before)
+                _, first = np.unique(out[fresh], return_index=True)
+                self.known = pa.concat_arrays([self.known, words.take(pa.array(fresh[first]))])
+            except BaseException:
+                # Back to the table before the call: its new codes name no string yet. With
+                # linear probing no older entry's probe sequence runs through a newer slot.
+                self._codes[self._codes >= before] = -1
+                raise
         return out
 
     def _reserve(self, n: int) -> None:
@@ -173,3 +185,33 @@ class StringTable:
         self._codes = _full(cap, -1, np.int64)
         self._hash = _full(cap, 0, np.uint64)
         _hashkeys.str_rehash(self._codes, self._hash, old_codes, old_hash)
+
+
+def _walk_order(t: np.ndarray) -> np.ndarray:
+    return np.argsort(t, kind="stable")  # timsort: raw hours come nearly time-ordered
+
+
+def sums_as_of(q_code: np.ndarray, q_t: np.ndarray, e_code: np.ndarray, e_ms: np.ndarray,
+               w1: np.ndarray, w2: np.ndarray, ncodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (code, t; code -1: none): the sums of `w1` and `w2` over the events of its code
+    with ms < t, by one walk in time order (C)."""
+    n, m = len(q_t), len(e_ms)
+    queries = np.stack([_walk_order(q_t), q_code, q_t]).astype(np.int64).reshape(3, n)
+    events = np.stack([_walk_order(e_ms), e_code, e_ms, w1, w2]).astype(np.int64).reshape(5, m)
+    out = np.zeros((2, n), np.int64)
+    _hashkeys.sums_as_of(queries, events, out, n, m, ncodes)
+    return out[0], out[1]
+
+
+def latest_as_of(q_code: np.ndarray, q_t: np.ndarray, e_code: np.ndarray, e_ms: np.ndarray,
+                 e_rank: np.ndarray, e_score: np.ndarray, ncodes: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (code, t; code -1: none): (score, ms) of its code's latest event with ms < t -
+    at equal ms the greatest rank - NaN when none, by one walk in time order (C)."""
+    n, m = len(q_t), len(e_ms)
+    queries = np.stack([_walk_order(q_t), q_code, q_t]).astype(np.int64).reshape(3, n)
+    events = np.stack([_walk_order(e_ms), e_code, e_ms, e_rank]).astype(np.int64).reshape(4, m)
+    score, when = np.full(n, np.nan), np.full(n, np.nan)
+    _hashkeys.latest_as_of(queries, events, np.ascontiguousarray(e_score, np.float64), score,
+                           when, n, m, ncodes)
+    return score, when

@@ -733,13 +733,13 @@ class LookupTable:
             q_camp = i_camp = c_camp = np.zeros(0, np.int64)
         elif same and camps is not None:
             cenc = pc.dictionary_encode(pa.concat_arrays([qc, as_string_array(clk["campaign_id"])]))
-            call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            call = _to_np_codes(cenc.indices)  # a null campaign asked for: -1, matches none
             q_camp, c_camp = call[:nq], call[nq:]
             i_camp = q_camp[in_hour]
         else:
             cenc = pc.dictionary_encode(pa.concat_arrays([
                 qc, as_string_array(imp["campaign_id"]), as_string_array(clk["campaign_id"])]))
-            call = cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            call = _to_np_codes(cenc.indices)
             q_camp, i_camp, c_camp = call[:nq], call[nq:nq + len(ic)], call[nq + len(ic):]
         if sets:
             cdict = cenc.dictionary
@@ -834,7 +834,9 @@ class LookupTable:
                                       np.full(len(ic), -1, np.int64))
         hour = _HourEvents(s, hi - s + 1, ic, imp_ms, i_camp, d_code, cost, cc, clk_ms, c_camp,
                            nc, nd)
-        q_key = qcode * nc + q_camp[perm] if camps is not None else None
+        q_key = None
+        if camps is not None:  # -1: no campaign (a null asked for), counts 0
+            q_key = np.where(q_camp[perm] >= 0, qcode * nc + q_camp[perm], -1)
         since = (_since_start_native if hashtables.NATIVE else _since_start_numpy)(
             hour, qcode, t, q_key, known_campaigns if sets else None,
             known_domains if sets else None)
@@ -867,7 +869,9 @@ class LookupTable:
             return profiles, None
 
         # This user on this campaign: the snapshot's count plus the events since s.
-        snap_i, snap_c = campaign_counts(q_key)
+        snap_i, snap_c = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        if (asked := q_key >= 0).any():
+            snap_i[asked], snap_c[asked] = campaign_counts(q_key[asked])
         uc_i, uc_c = since["uc_impressions"] + snap_i, since["uc_clicks"] + snap_c
         uc = pa.Table.from_arrays(
             [users, camps, profiles["t"].combine_chunks(), pa.array(uc_i[inv].astype(np.int64)),
@@ -1054,14 +1058,15 @@ def _since_start_native(hour: _HourEvents, qcode: np.ndarray, t: np.ndarray,
         with_dom = np.flatnonzero((hour.i_user >= 0) & (hour.i_dom >= 0))
         i_known[with_dom] |= 2 * known_domains(hour.i_user[with_dom] * nd
                                                + hour.i_dom[with_dom]).astype(np.int64)
-    q_camp = q_key - qcode * nc if q_key is not None else np.full(n, -1, np.int64)
+    q_camp = (np.where(q_key >= 0, q_key - qcode * nc, -1) if q_key is not None
+              else np.full(n, -1, np.int64))
     queries = np.stack([np.argsort(t, kind="stable"), qcode, t, q_camp]).astype(np.int64)
     imps = np.stack([np.argsort(hour.i_ms, kind="stable"), hour.i_user, hour.i_ms,
                      hour.i_camp, hour.i_dom, i_known]).astype(np.int64)
     clks = np.stack([np.argsort(hour.c_ms, kind="stable"), hour.c_user, hour.c_ms,
                      hour.c_camp, c_known]).astype(np.int64)
-    res = np.empty((9, n), np.int64)
-    spend = np.empty(n, np.float64)
+    res = np.zeros((9, n), np.int64)
+    spend = np.zeros(n, np.float64)
     nu = 1 + max((int(a.max()) for a in (qcode, hour.i_user, hour.c_user) if len(a)), default=-1)
     hashtables._hashkeys.hour_as_of(
         queries, imps, np.ascontiguousarray(hour.i_cost, np.float64), clks, res, spend, n,

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clicklake.platform import hashtables
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import Interner, lex_order, search_sorted
@@ -46,6 +47,10 @@ def _answer(p_code: np.ndarray, p_ts: np.ndarray, p_rank: np.ndarray, p_score: n
     keep = p_code >= 0
     if not keep.any() or n == 0:
         return score, when
+    if hashtables.NATIVE:  # one walk in time order (the numpy sort and search below otherwise)
+        ncodes = 1 + max(int(p_code.max()), int(q_code.max()))
+        return hashtables.latest_as_of(q_code, q_ts, p_code[keep], p_ts[keep], p_rank[keep],
+                                       p_score[keep], ncodes)
     # Before the earliest query only each user's latest instant can be an answer: drop the
     # rest before sorting (typically most of a day of predictions).
     early = keep & (p_ts < q_ts.min())

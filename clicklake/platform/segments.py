@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clicklake.platform import hashtables
 from clicklake.platform.enrich import countries
 from clicklake.platform.events import SPECS, TS
 from clicklake.platform.raw import raw_key, read_raw
@@ -289,6 +290,9 @@ def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: 
         keep = (ms >= f) & (ms < int(t.max()))
         if not keep.all():
             ecode, ms, imp, clk = ecode[keep], ms[keep], imp[keep], clk[keep]
+    if hashtables.NATIVE:  # one walk in time order (the numpy searches below otherwise)
+        imps, clks = hashtables.sums_as_of(qcode, t, ecode, ms, imp, clk, len(enc.dictionary))
+        return _plus_previous(prev, enc, qcode, imps, clks)
     key = ecode * span + (ms - f)
     order = np.argsort(key)  # ties need no order: a search counts all of a key or none
     key = key[order]
@@ -314,7 +318,12 @@ def _kind_as_of(prev: pa.Table | None, part, q_seg: pa.Array, t: np.ndarray, f: 
         lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
         lo[q_order] = np.searchsorted(key, (qcode * span)[q_order], side="left")
         hi[q_order] = np.searchsorted(key, q_key[q_order], side="left")
-    imps, clks = cum_i[hi] - cum_i[lo], cum_c[hi] - cum_c[lo]
+    return _plus_previous(prev, enc, qcode, cum_i[hi] - cum_i[lo], cum_c[hi] - cum_c[lo])
+
+
+def _plus_previous(prev: pa.Table | None, enc: pa.DictionaryArray, qcode: np.ndarray,
+                   imps: np.ndarray, clks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hour's counts plus the previous profile's 24 h window of each query's segment."""
     if prev is not None and prev.num_rows:
         # Look up the distinct segments asked for, not every instant.
         j = pc.index_in(enc.dictionary, value_set=as_string_array(prev["segment"])).fill_null(
