@@ -740,6 +740,46 @@ fail:
     return NULL;
 }
 
+
+/* scatter_add(target, idx, vals): target[idx[i]] += vals[i] in order (float64 target and values,
+ * int32 indices checked in range): numpy's `target[idx] += vals` without its gather, temporary
+ * and scatter, the same additions in the same order for distinct indices. */
+static PyObject *scatter_add(PyObject *self, PyObject *args)
+{
+    PyObject *o[3];
+    Py_buffer b[3];
+    int got = 0;
+    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2]))
+        return NULL;
+    static const char *names[] = {"f:target", "idx", "f:vals"};
+    static const Py_ssize_t sizes[] = {8, 4, 8};
+    for (; got < 3; got++)
+        if (get_buffer(o[got], &b[got], got == 0, sizes[got], names[got]) < 0)
+            goto fail;
+    Py_ssize_t nt = b[0].len / 8, n = b[1].len / 4;
+    if (b[2].len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "scatter_add: idx and vals differ in length");
+        goto fail;
+    }
+    double *target = b[0].buf;
+    const int32_t *idx = b[1].buf;
+    const double *vals = b[2].buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= nt) {
+            PyErr_SetString(PyExc_IndexError, "scatter_add: an index out of range");
+            goto fail;
+        }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        target[idx[i]] += vals[i];
+    Py_END_ALLOW_THREADS
+    release(b, got);
+    Py_RETURN_NONE;
+fail:
+    release(b, got);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"int_find", int_find, METH_VARARGS, "int_find(tkeys, tvals, keys, out)"},
     {"int_insert", int_insert, METH_VARARGS, "int_insert(tkeys, tvals, keys, out, next) -> next"},
@@ -748,6 +788,7 @@ static PyMethodDef methods[] = {
      "str_index(tcodes, thash, koffs, kdata, qoffs, qdata, out, add_from) -> added"},
     {"str_rehash", str_rehash, METH_VARARGS, "str_rehash(tcodes, thash, old_codes, old_hash)"},
     {"sums_as_of", sums_as_of, METH_VARARGS, "sums_as_of(Q, E, O, n, m, ncodes)"},
+    {"scatter_add", scatter_add, METH_VARARGS, "scatter_add(target, idx, vals)"},
     {"latest_as_of", latest_as_of, METH_VARARGS,
      "latest_as_of(Q, E, e_score, o_score, o_when, n, m, ncodes)"},
     {"hour_as_of", hour_as_of, METH_VARARGS,

@@ -418,8 +418,9 @@ class CarriedSnapshot:
         for w, width in WINDOWS_H.items():
             hours = sorted(h for h in self.ring if h > last - width)
             spend = np.zeros(len(self.vals["spend"]))
+            add = hashtables._hashkeys.scatter_add if hashtables.NATIVE else _scatter_add
             for h in hours:  # ascending from zero: `_finish`'s own order of additions
-                spend[self.ring[h][0]] += self.ring[h][3]
+                add(spend, self.ring[h][0], self.ring[h][3])
             out[f"spend_{w}"] = spend[codes]
             if w in _RUNNING:
                 for m in ("impressions", "clicks"):
@@ -459,6 +460,10 @@ class CarriedSnapshot:
     def _keys(user_codes: np.ndarray, value_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = (user_codes >= 0) & (value_codes >= 0)
         return np.where(ok, user_codes * _KEY_WIDTH + value_codes, -1), ok
+
+
+def _scatter_add(target: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
+    target[idx] += vals  # the indices of a ring hour are distinct
 
 
 def _ring_entry(codes: np.ndarray, imps: np.ndarray, clicks: np.ndarray, spend: np.ndarray
