@@ -58,11 +58,10 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t i
     const char *f = view->format ? view->format : "B";
     if (*f == '<' || *f == '=' || *f == '@')
         f++;
-    int is_float = strchr("efdg", *f) != NULL;
+    int is_float = *f && strchr("efdg", *f) != NULL;
     if (view->itemsize != itemsize || is_float != floats) {
         PyErr_Format(PyExc_TypeError, "%s: %s of %zd bytes expected, got format %s of %zd",
-                     what, floats ? "floats" : "integers", itemsize, view->format,
-                     view->itemsize);
+                     what, floats ? "floats" : "integers", itemsize, f, view->itemsize);
         PyBuffer_Release(view);
         return -1;
     }
@@ -74,6 +73,9 @@ static void release(Py_buffer *views, int n)
     for (int i = 0; i < n; i++)
         PyBuffer_Release(&views[i]);
 }
+
+/* Item counts passed beside the buffers: far below any size product overflowing. */
+#define BAD_COUNT(x) ((x) < 0 || (x) > ((long long)1 << 40))
 
 static int power_of_two(Py_ssize_t n)
 {
@@ -144,7 +146,7 @@ static PyObject *int_insert(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "int_insert: bad table or output size");
         goto fail;
     }
-    if (next < 0 || next > (long long)INT32_MAX - n) {
+    if (next < 0 || n > INT32_MAX || next > (long long)INT32_MAX - n) {
         PyErr_SetString(PyExc_ValueError, "int_insert: values past 2**31 - 1");
         goto fail;
     }
@@ -471,7 +473,8 @@ static PyObject *hour_as_of(PyObject *self, PyObject *args)
     for (; got < 6; got++)
         if (get_buffer(o[got], &b[got], got >= 4, 8, names[got]) < 0)
             goto fail;
-    if (n < 0 || mi < 0 || mc < 0 || nu < 0 || nc < 1 || nd < 1 || b[0].len != 4 * 8 * n ||
+    if (BAD_COUNT(n) || BAD_COUNT(mi) || BAD_COUNT(mc) || BAD_COUNT(nu) || BAD_COUNT(nc) ||
+        BAD_COUNT(nd) || nc < 1 || nd < 1 || b[0].len != 4 * 8 * n ||
         b[1].len != 6 * 8 * mi || b[2].len != 8 * mi || b[3].len != 5 * 8 * mc ||
         b[4].len != 9 * 8 * n || b[5].len != 8 * n) {
         PyErr_SetString(PyExc_ValueError, "hour_as_of: array sizes do not match");
@@ -634,7 +637,8 @@ static PyObject *sums_as_of(PyObject *self, PyObject *args)
     for (; got < 3; got++)
         if (get_buffer(o[got], &b[got], got == 2, 8, names[got]) < 0)
             goto fail;
-    if (n < 0 || m < 0 || ncodes < 0 || b[0].len != 3 * 8 * n || b[1].len != 5 * 8 * m ||
+    if (BAD_COUNT(n) || BAD_COUNT(m) || BAD_COUNT(ncodes) || b[0].len != 3 * 8 * n ||
+        b[1].len != 5 * 8 * m ||
         b[2].len != 2 * 8 * n) {
         PyErr_SetString(PyExc_ValueError, "sums_as_of: array sizes do not match");
         goto fail;
@@ -692,7 +696,8 @@ static PyObject *latest_as_of(PyObject *self, PyObject *args)
     for (; got < 5; got++)
         if (get_buffer(o[got], &b[got], got >= 3, 8, names[got]) < 0)
             goto fail;
-    if (n < 0 || m < 0 || ncodes < 0 || b[0].len != 3 * 8 * n || b[1].len != 4 * 8 * m ||
+    if (BAD_COUNT(n) || BAD_COUNT(m) || BAD_COUNT(ncodes) || b[0].len != 3 * 8 * n ||
+        b[1].len != 4 * 8 * m ||
         b[2].len != 8 * m || b[3].len != 8 * n || b[4].len != 8 * n) {
         PyErr_SetString(PyExc_ValueError, "latest_as_of: array sizes do not match");
         goto fail;
