@@ -1,9 +1,10 @@
 /* Open-addressing hash tables for the carried state of a range of labeled hours.
  *
  * The tables live in arrays the caller owns (numpy arrays, passed through the buffer
- * protocol); these functions only probe and fill them, without the GIL. Python decides when a
- * table grows (see hashtables.py) and keeps it at most 70 % full, so a probe sequence always
- * reaches an empty slot (checked all the same). Linear probing over splitmix64-mixed keys.
+ * protocol); these functions only probe and fill them (without the GIL, but for those using
+ * the scratch memory below). Python decides when a table grows (see hashtables.py) and keeps it
+ * at most 70 % full, so a probe sequence always reaches an empty slot (checked all the same).
+ * Linear probing over splitmix64-mixed keys.
  *
  * int64 tables: `tkeys` (INT64_MIN = empty slot) and `tvals` (int32), one value per key.
  * string tables: `tcodes` (-1 = empty slot) and `thash`, the code of a string and its hash;
@@ -72,6 +73,29 @@ static void release(Py_buffer *views, int n)
 {
     for (int i = 0; i < n; i++)
         PyBuffer_Release(&views[i]);
+}
+
+/* Scratch memory kept from call to call. A fresh allocation of a few MiB per call (malloc maps
+ * it, free unmaps it) cost more in page faults than the work itself: ~4,000 faults and ~10 ms per
+ * labeled hour, against ~1 ms for the walk (measured). The functions using it keep the GIL,
+ * which serializes their callers. */
+enum { SCRATCH_RUN, SCRATCH_PAIRS, SCRATCH_DOMAINS, SCRATCH_CODES, SCRATCH_FIRST, SCRATCH_N };
+static struct {
+    void *p;
+    size_t size;
+} scratch[SCRATCH_N];
+
+static void *scratch_get(int slot, size_t bytes)
+{
+    if (bytes == 0)
+        bytes = 1;
+    if (scratch[slot].size < bytes) {
+        free(scratch[slot].p);
+        size_t want = bytes + bytes / 4;
+        scratch[slot].p = malloc(want);
+        scratch[slot].size = scratch[slot].p ? want : 0;
+    }
+    return scratch[slot].p;
 }
 
 /* Item counts passed beside the buffers: far below any size product overflowing. */
@@ -276,7 +300,7 @@ static PyObject *str_index(PyObject *self, PyObject *args)
         goto fail;
     }
     if (add_from >= 0 && n > 0) {
-        first = malloc((size_t)n * sizeof(int64_t)); /* new code - add_from -> query index */
+        first = scratch_get(SCRATCH_FIRST, (size_t)n * sizeof(int64_t)); /* new code -> query */
         if (first == NULL) {
             PyErr_NoMemory();
             goto fail;
@@ -284,7 +308,7 @@ static PyObject *str_index(PyObject *self, PyObject *args)
     }
     uint64_t mask = (uint64_t)cap - 1;
     int64_t added = 0;
-    Py_BEGIN_ALLOW_THREADS
+    {
     for (Py_ssize_t i = 0; i < n; i++) {
         const uint8_t *p = qd + qo[i];
         int64_t len = (int64_t)qo[i + 1] - qo[i];
@@ -330,8 +354,7 @@ static PyObject *str_index(PyObject *self, PyObject *args)
         }
         out[i] = code;
     }
-    Py_END_ALLOW_THREADS
-    free(first);
+    }
     if (full) {
         PyErr_SetString(PyExc_ValueError, full == 1 ? "str_index: the table is full"
                                                     : "str_index: the table holds a code past "
@@ -409,56 +432,91 @@ fail:
 
 #define NULL_MS INT64_MIN
 
+/* One slot per (user, campaign) key, its counts beside it: one cache line touched per probe. */
 typedef struct {
-    int64_t *keys; /* EMPTY_KEY: empty */
-    int64_t *imps, *clks;
+    int64_t key; /* EMPTY_KEY: empty */
+    int64_t imps, clks;
+} PairSlot;
+
+typedef struct {
+    PairSlot *slots;
     uint64_t mask;
 } PairMap;
 
-static int pairmap_init(PairMap *m, Py_ssize_t entries)
+static int pairmap_init(PairMap *m, Py_ssize_t entries, int slot)
 {
     uint64_t cap = 1024;
-    while (cap < (uint64_t)entries * 2)
+    while (cap * 7 < (uint64_t)entries * 10) /* at most 70 % full, as the tables above */
         cap <<= 1;
     m->mask = cap - 1;
-    m->keys = malloc(cap * sizeof(int64_t));
-    m->imps = calloc(cap, sizeof(int64_t));
-    m->clks = calloc(cap, sizeof(int64_t));
-    if (!m->keys || !m->imps || !m->clks)
+    m->slots = scratch_get(slot, cap * sizeof(PairSlot));
+    if (!m->slots)
+        return -1;
+    for (uint64_t i = 0; i < cap; i++) {
+        m->slots[i].key = EMPTY_KEY;
+        m->slots[i].imps = m->slots[i].clks = 0;
+    }
+    return 0;
+}
+
+/* The slot of `key`; *fresh tells whether it was added now (the map has room for every key). */
+static inline PairSlot *pairmap_slot(PairMap *m, int64_t key, int *fresh)
+{
+    uint64_t s = mix64((uint64_t)key) & m->mask;
+    while (m->slots[s].key != EMPTY_KEY && m->slots[s].key != key)
+        s = (s + 1) & m->mask;
+    *fresh = m->slots[s].key == EMPTY_KEY;
+    m->slots[s].key = key;
+    return &m->slots[s];
+}
+
+static inline const PairSlot *pairmap_find(const PairMap *m, int64_t key)
+{
+    uint64_t s = mix64((uint64_t)key) & m->mask;
+    while (m->slots[s].key != EMPTY_KEY) {
+        if (m->slots[s].key == key)
+            return &m->slots[s];
+        s = (s + 1) & m->mask;
+    }
+    return NULL;
+}
+
+/* A set of int64 keys (EMPTY_KEY: empty slot), at most 70 % full. */
+typedef struct {
+    int64_t *keys;
+    uint64_t mask;
+} KeySet;
+
+static int keyset_init(KeySet *m, Py_ssize_t entries, int slot)
+{
+    uint64_t cap = 1024;
+    while (cap * 7 < (uint64_t)entries * 10)
+        cap <<= 1;
+    m->mask = cap - 1;
+    m->keys = scratch_get(slot, cap * sizeof(int64_t));
+    if (!m->keys)
         return -1;
     for (uint64_t i = 0; i < cap; i++)
         m->keys[i] = EMPTY_KEY;
     return 0;
 }
 
-static void pairmap_free(PairMap *m)
-{
-    free(m->keys);
-    free(m->imps);
-    free(m->clks);
-}
-
-/* The slot of `key`; *fresh tells whether it was added now (the map has room for every key). */
-static inline uint64_t pairmap_slot(PairMap *m, int64_t key, int *fresh)
+/* Adds `key`; whether it was new. */
+static inline int keyset_add(KeySet *m, int64_t key)
 {
     uint64_t s = mix64((uint64_t)key) & m->mask;
     while (m->keys[s] != EMPTY_KEY && m->keys[s] != key)
         s = (s + 1) & m->mask;
-    *fresh = m->keys[s] == EMPTY_KEY;
+    int fresh = m->keys[s] == EMPTY_KEY;
     m->keys[s] = key;
-    return s;
+    return fresh;
 }
 
-static inline int64_t pairmap_find(const PairMap *m, int64_t key)
-{
-    uint64_t s = mix64((uint64_t)key) & m->mask;
-    while (m->keys[s] != EMPTY_KEY) {
-        if (m->keys[s] == key)
-            return (int64_t)s;
-        s = (s + 1) & m->mask;
-    }
-    return -1;
-}
+/* What one user's events since the hour's start add up to so far: one cache line. */
+typedef struct {
+    int64_t cnt_i, cnt_c, last_i, last_c, first, new_c, new_d;
+    double spend;
+} UserRun;
 
 static PyObject *hour_as_of(PyObject *self, PyObject *args)
 {
@@ -503,90 +561,91 @@ static PyObject *hour_as_of(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "hour_as_of: an index or code out of range");
         goto fail;
     }
-    int64_t *cnt_i = calloc((size_t)nu + 1, sizeof(int64_t));
-    int64_t *cnt_c = calloc((size_t)nu + 1, sizeof(int64_t));
-    int64_t *last_i = malloc(((size_t)nu + 1) * sizeof(int64_t));
-    int64_t *last_c = malloc(((size_t)nu + 1) * sizeof(int64_t));
-    int64_t *first = malloc(((size_t)nu + 1) * sizeof(int64_t));
-    int64_t *new_c = calloc((size_t)nu + 1, sizeof(int64_t));
-    int64_t *new_d = calloc((size_t)nu + 1, sizeof(int64_t));
-    double *spend = calloc((size_t)nu + 1, sizeof(double));
-    PairMap camps = {0}, doms = {0};
-    int mem = cnt_i && cnt_c && last_i && last_c && first && new_c && new_d && spend &&
-              pairmap_init(&camps, mi + mc) == 0 && pairmap_init(&doms, mi) == 0;
+    UserRun *run = scratch_get(SCRATCH_RUN, ((size_t)nu + 1) * sizeof(UserRun));
+    PairMap camps = {0};
+    KeySet doms = {0};
+    int mem = run && pairmap_init(&camps, mi + mc, SCRATCH_PAIRS) == 0 &&
+              keyset_init(&doms, mi, SCRATCH_DOMAINS) == 0;
     if (mem) {
-        Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t u = 0; u < nu; u++) {
-            last_i[u] = last_c[u] = NULL_MS;
-            first[u] = INT64_MAX;
+            UserRun zero = {0, 0, NULL_MS, NULL_MS, INT64_MAX, 0, 0, 0.0};
+            run[u] = zero;
         }
         Py_ssize_t qi = 0, ii = 0, ci = 0;
+        const Py_ssize_t ahead = 8; /* prefetch distance: the walk is bound by memory latency */
         while (qi < n) {
             int64_t tq = q_t[q_order[qi]];
             int64_t ti = ii < mi ? i_ms[i_order[ii]] : INT64_MAX;
             int64_t tc = ci < mc ? c_ms[c_order[ci]] : INT64_MAX;
             if (tq <= ti && tq <= tc) { /* a query: the events before it are in */
+                if (qi + ahead < n) {
+                    Py_ssize_t f = q_order[qi + ahead];
+                    __builtin_prefetch(&run[q_user[f]]);
+                    if (q_camp[f] >= 0)
+                        __builtin_prefetch(&camps.slots[mix64((uint64_t)(q_user[f] * nc +
+                                                                        q_camp[f])) & camps.mask]);
+                }
                 Py_ssize_t k = q_order[qi++];
-                int64_t u = q_user[k];
-                O[k] = cnt_i[u];
-                O[n + k] = cnt_c[u];
-                O[2 * n + k] = last_i[u];
-                O[3 * n + k] = last_c[u];
-                O[4 * n + k] = first[u];
-                O[5 * n + k] = new_c[u];
-                O[6 * n + k] = new_d[u];
-                int64_t at = q_camp[k] >= 0 ? pairmap_find(&camps, u * nc + q_camp[k]) : -1;
-                O[7 * n + k] = at >= 0 ? camps.imps[at] : 0;
-                O[8 * n + k] = at >= 0 ? camps.clks[at] : 0;
-                o_spend[k] = spend[u];
+                const UserRun *r = &run[q_user[k]];
+                O[k] = r->cnt_i;
+                O[n + k] = r->cnt_c;
+                O[2 * n + k] = r->last_i;
+                O[3 * n + k] = r->last_c;
+                O[4 * n + k] = r->first;
+                O[5 * n + k] = r->new_c;
+                O[6 * n + k] = r->new_d;
+                const PairSlot *at =
+                    q_camp[k] >= 0 ? pairmap_find(&camps, q_user[k] * nc + q_camp[k]) : NULL;
+                O[7 * n + k] = at ? at->imps : 0;
+                O[8 * n + k] = at ? at->clks : 0;
+                o_spend[k] = r->spend;
             } else if (ti <= tc) {
+                if (ii + ahead < mi) {
+                    Py_ssize_t f = i_order[ii + ahead];
+                    if (i_user[f] >= 0) {
+                        __builtin_prefetch(&run[i_user[f]]);
+                        __builtin_prefetch(&camps.slots[mix64((uint64_t)(i_user[f] * nc +
+                                                                        i_camp[f])) & camps.mask]);
+                        if (i_dom[f] >= 0)
+                            __builtin_prefetch(&doms.keys[mix64((uint64_t)(i_user[f] * nd +
+                                                                          i_dom[f])) & doms.mask]);
+                    }
+                }
                 Py_ssize_t e = i_order[ii++];
                 int64_t u = i_user[e];
                 if (u < 0)
                     continue;
-                cnt_i[u]++;
-                spend[u] += i_cost[e];
-                last_i[u] = ti;
-                if (first[u] == INT64_MAX)
-                    first[u] = ti;
+                UserRun *r = &run[u];
+                r->cnt_i++;
+                r->spend += i_cost[e];
+                r->last_i = ti;
+                if (r->first == INT64_MAX)
+                    r->first = ti;
                 int fresh;
-                uint64_t s = pairmap_slot(&camps, u * nc + i_camp[e], &fresh);
-                camps.imps[s]++;
+                PairSlot *slot = pairmap_slot(&camps, u * nc + i_camp[e], &fresh);
+                slot->imps++;
                 if (fresh && !(i_known[e] & 1))
-                    new_c[u]++;
-                if (i_dom[e] >= 0) {
-                    pairmap_slot(&doms, u * nd + i_dom[e], &fresh);
-                    if (fresh && !(i_known[e] & 2))
-                        new_d[u]++;
-                }
+                    r->new_c++;
+                if (i_dom[e] >= 0 && keyset_add(&doms, u * nd + i_dom[e]) && !(i_known[e] & 2))
+                    r->new_d++;
             } else {
                 Py_ssize_t e = c_order[ci++];
                 int64_t u = c_user[e];
                 if (u < 0)
                     continue;
-                cnt_c[u]++;
-                last_c[u] = tc;
-                if (first[u] == INT64_MAX)
-                    first[u] = tc;
+                UserRun *r = &run[u];
+                r->cnt_c++;
+                r->last_c = tc;
+                if (r->first == INT64_MAX)
+                    r->first = tc;
                 int fresh;
-                uint64_t s = pairmap_slot(&camps, u * nc + c_camp[e], &fresh);
-                camps.clks[s]++;
+                PairSlot *slot = pairmap_slot(&camps, u * nc + c_camp[e], &fresh);
+                slot->clks++;
                 if (fresh && !(c_known[e] & 1))
-                    new_c[u]++;
+                    r->new_c++;
             }
         }
-        Py_END_ALLOW_THREADS
     }
-    free(cnt_i);
-    free(cnt_c);
-    free(last_i);
-    free(last_c);
-    free(first);
-    free(new_c);
-    free(new_d);
-    free(spend);
-    pairmap_free(&camps);
-    pairmap_free(&doms);
     if (!mem) {
         PyErr_NoMemory();
         goto fail;
@@ -652,31 +711,26 @@ static PyObject *sums_as_of(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "sums_as_of: an index or code out of range");
         goto fail;
     }
-    int64_t *s1 = calloc((size_t)ncodes + 1, sizeof(int64_t));
-    int64_t *s2 = calloc((size_t)ncodes + 1, sizeof(int64_t));
-    if (!s1 || !s2) {
-        free(s1);
-        free(s2);
+    size_t bytes = 2 * ((size_t)ncodes + 1) * sizeof(int64_t);
+    int64_t *sums = scratch_get(SCRATCH_CODES, bytes); /* per code: w1, w2 */
+    if (!sums) {
         PyErr_NoMemory();
         goto fail;
     }
-    Py_BEGIN_ALLOW_THREADS
+    memset(sums, 0, bytes);
     Py_ssize_t qi = 0, ei = 0;
     while (qi < n) {
         Py_ssize_t k = q_order[qi];
         if (ei < m && e_ms[e_order[ei]] < q_t[k]) {
             Py_ssize_t e = e_order[ei++];
-            s1[e_code[e]] += w1[e];
-            s2[e_code[e]] += w2[e];
+            sums[2 * e_code[e]] += w1[e];
+            sums[2 * e_code[e] + 1] += w2[e];
             continue;
         }
         qi++;
-        O[k] = q_code[k] >= 0 ? s1[q_code[k]] : 0;
-        O[n + k] = q_code[k] >= 0 ? s2[q_code[k]] : 0;
+        O[k] = q_code[k] >= 0 ? sums[2 * q_code[k]] : 0;
+        O[n + k] = q_code[k] >= 0 ? sums[2 * q_code[k] + 1] : 0;
     }
-    Py_END_ALLOW_THREADS
-    free(s1);
-    free(s2);
     release(b, got);
     Py_RETURN_NONE;
 fail:
@@ -711,33 +765,37 @@ static PyObject *latest_as_of(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "latest_as_of: an index or code out of range");
         goto fail;
     }
-    int64_t *best = malloc(((size_t)ncodes + 1) * sizeof(int64_t)); /* event index, -1: none */
+    /* per code: its latest event so far (index, -1: none), that event's ms and rank beside it */
+    typedef struct {
+        int64_t at, ms, rank;
+    } Latest;
+    Latest *best = scratch_get(SCRATCH_CODES, ((size_t)ncodes + 1) * sizeof(Latest));
     if (!best) {
         PyErr_NoMemory();
         goto fail;
     }
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t c = 0; c < ncodes; c++)
-        best[c] = -1;
+        best[c].at = -1;
     Py_ssize_t qi = 0, ei = 0;
     while (qi < n) {
         Py_ssize_t k = q_order[qi];
         if (ei < m && e_ms[e_order[ei]] < q_t[k]) {
             Py_ssize_t e = e_order[ei++];
-            int64_t cur = best[e_code[e]];
+            Latest *cur = &best[e_code[e]];
             /* in time order: a later ms wins, at the same ms the greater rank (the later
              * event in the given order among equal ranks, as a stable sort keeps it) */
-            if (cur < 0 || e_ms[e] > e_ms[cur] || e_rank[e] >= e_rank[cur])
-                best[e_code[e]] = e;
+            if (cur->at < 0 || e_ms[e] > cur->ms || e_rank[e] >= cur->rank) {
+                cur->at = e;
+                cur->ms = e_ms[e];
+                cur->rank = e_rank[e];
+            }
             continue;
         }
         qi++;
-        int64_t at = q_code[k] >= 0 ? best[q_code[k]] : -1;
+        int64_t at = q_code[k] >= 0 ? best[q_code[k]].at : -1;
         o_score[k] = at >= 0 ? e_score[at] : Py_NAN;
         o_when[k] = at >= 0 ? (double)e_ms[at] : Py_NAN;
     }
-    Py_END_ALLOW_THREADS
-    free(best);
     release(b, got);
     Py_RETURN_NONE;
 fail:
