@@ -279,24 +279,31 @@ def test_a_start_sweeps_only_the_metrics_directories_of_dead_servers(tmp_path):
         d.name for d in (live, other, unrelated))
 
 
+def _stops_with_exit_1(proc: subprocess.Popen, within_s: float) -> str:
+    """Wait for a server that must stop on its own: exit code 1 within `within_s`, none of its
+    processes left. Returns its stderr."""
+    t0 = time.monotonic()
+    try:
+        code = proc.wait(timeout=within_s)
+        err = proc.stderr.read().decode()
+    finally:
+        stop_process(proc, timeout=5)
+    assert code == 1, err[-2000:]
+    assert time.monotonic() - t0 < within_s
+    assert _wait(lambda: not _group(proc.pid), 20), _group(proc.pid)
+    return err
+
+
 def test_a_worker_failing_at_startup_stops_the_server(lake, tmp_path):
     """Before it has served, a worker's failure would recur in its replacement: the server
     stops with its error, rather than restarting workers forever while clients wait."""
     no_aws = {"AWS_REGION": None, "AWS_DEFAULT_REGION": None, "AWS_PROFILE": None,
               "AWS_CONFIG_FILE": str(tmp_path / "none"),
               "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "TMPDIR": str(tmp_path)}
-    t0 = time.monotonic()
-    proc, _ = _spawn(lake, 2, ("--model", "sagemaker"), env=no_aws)  # no region: build_app fails
-    try:
-        code = proc.wait(timeout=90)
-        err = proc.stderr.read().decode()
-    finally:
-        stop_process(proc, timeout=5)
-    assert code == 1
+    # no region: build_app fails in each worker
+    err = _stops_with_exit_1(_spawn(lake, 2, ("--model", "sagemaker"), env=no_aws)[0], 90)
     assert "no AWS region" in err and "before it was ready" in err
     assert err.count("Traceback") <= 2  # each worker once, none restarted
-    assert time.monotonic() - t0 < 90
-    assert _wait(lambda: not _group(proc.pid), 20), _group(proc.pid)
     assert list(tmp_path.iterdir()) == []  # the metrics directory removed
 
 
@@ -310,17 +317,9 @@ def test_a_worker_hanging_at_startup_stops_the_server_after_the_timeout(lake, tm
     artifact = root / registry.artifact_key(registry.champion(store).model_id)
     artifact.unlink()
     os.mkfifo(artifact)
-    t0 = time.monotonic()
-    proc, _ = _spawn(store, 2, ("--startup-timeout", "4"), env={"TMPDIR": str(tmp_path)})
-    try:
-        code = proc.wait(timeout=60)
-        err = proc.stderr.read().decode()
-    finally:
-        stop_process(proc, timeout=5)
-    assert code == 1
+    err = _stops_with_exit_1(_spawn(store, 2, ("--startup-timeout", "4"),
+                                    env={"TMPDIR": str(tmp_path)})[0], 60)
     assert "was not ready 4 s after its start" in err, err[-2000:]
-    assert time.monotonic() - t0 < 60
-    assert _wait(lambda: not _group(proc.pid), 20), _group(proc.pid)
     assert [p.name for p in tmp_path.iterdir()] == ["lake"]  # the metrics directory removed
 
 
