@@ -101,6 +101,19 @@ static void *scratch_get(int slot, size_t bytes)
 /* Item counts passed beside the buffers: far below any size product overflowing. */
 #define BAD_COUNT(x) ((x) < 0 || (x) > ((long long)1 << 40))
 
+/* The `n` buffers of `objs`, each checked as get_buffer does (bit i of `writable`: buffer i is
+ * written); on failure the ones taken are released. Returns n, or -1. */
+static int get_buffers(PyObject *const *objs, Py_buffer *views, int n, const char *const *names,
+                       const Py_ssize_t *sizes, unsigned writable)
+{
+    for (int i = 0; i < n; i++)
+        if (get_buffer(objs[i], &views[i], (writable >> i) & 1, sizes[i], names[i]) < 0) {
+            release(views, i);
+            return -1;
+        }
+    return n;
+}
+
 static int power_of_two(Py_ssize_t n)
 {
     return n > 0 && (n & (n - 1)) == 0;
@@ -115,9 +128,9 @@ static PyObject *int_find(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3]))
         return NULL;
     static const char *names[] = {"tkeys", "tvals", "keys", "out"};
-    for (; got < 4; got++)
-        if (get_buffer(o[got], &b[got], got == 3, got == 1 ? 4 : 8, names[got]) < 0)
-            goto fail;
+    static const Py_ssize_t sizes[] = {8, 4, 8, 8};
+    if ((got = get_buffers(o, b, 4, names, sizes, 0x8)) < 0)
+        return NULL;
     Py_ssize_t cap = b[0].len / 8, n = b[2].len / 8;
     if (!power_of_two(cap) || b[1].len / 4 != cap || b[3].len / 8 != n) {
         PyErr_SetString(PyExc_ValueError, "int_find: bad table or output size");
@@ -162,9 +175,9 @@ static PyObject *int_insert(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOL", &o[0], &o[1], &o[2], &o[3], &next))
         return NULL;
     static const char *names[] = {"tkeys", "tvals", "keys", "out"};
-    for (; got < 4; got++)
-        if (get_buffer(o[got], &b[got], got != 2, got == 1 ? 4 : 8, names[got]) < 0)
-            goto fail;
+    static const Py_ssize_t sizes[] = {8, 4, 8, 8};
+    if ((got = get_buffers(o, b, 4, names, sizes, 0xb)) < 0)
+        return NULL;
     Py_ssize_t cap = b[0].len / 8, n = b[2].len / 8;
     if (!power_of_two(cap) || b[1].len / 4 != cap || b[3].len / 8 != n) {
         PyErr_SetString(PyExc_ValueError, "int_insert: bad table or output size");
@@ -227,9 +240,9 @@ static PyObject *int_rehash(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3]))
         return NULL;
     static const char *names[] = {"tkeys", "tvals", "old_keys", "old_vals"};
-    for (; got < 4; got++)
-        if (get_buffer(o[got], &b[got], got < 2, got % 2 ? 4 : 8, names[got]) < 0)
-            goto fail;
+    static const Py_ssize_t sizes[] = {8, 4, 8, 4};
+    if ((got = get_buffers(o, b, 4, names, sizes, 0x3)) < 0)
+        return NULL;
     Py_ssize_t cap = b[0].len / 8, old = b[2].len / 8;
     if (!power_of_two(cap) || b[1].len / 4 != cap || b[3].len / 4 != old || old > cap) {
         PyErr_SetString(PyExc_ValueError, "int_rehash: bad table sizes");
@@ -277,9 +290,8 @@ static PyObject *str_index(PyObject *self, PyObject *args)
         return NULL;
     static const char *names[] = {"tcodes", "thash", "koffs", "kdata", "qoffs", "qdata", "out"};
     static const Py_ssize_t sizes[] = {8, 8, 4, 1, 4, 1, 8};
-    for (; got < 7; got++)
-        if (get_buffer(o[got], &b[got], got < 2 || got == 6, sizes[got], names[got]) < 0)
-            goto fail;
+    if ((got = get_buffers(o, b, 7, names, sizes, 0x43)) < 0)
+        return NULL;
     Py_ssize_t cap = b[0].len / 8, nk = b[2].len / 4 - 1, n = b[4].len / 4 - 1;
     if (!power_of_two(cap) || b[1].len / 8 != cap || nk < 0 || n < 0 || b[6].len / 8 != n) {
         PyErr_SetString(PyExc_ValueError, "str_index: bad table, offsets or output size");
@@ -378,9 +390,9 @@ static PyObject *str_rehash(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3]))
         return NULL;
     static const char *names[] = {"tcodes", "thash", "old_codes", "old_hash"};
-    for (; got < 4; got++)
-        if (get_buffer(o[got], &b[got], got < 2, 8, names[got]) < 0)
-            goto fail;
+    static const Py_ssize_t sizes[] = {8, 8, 8, 8};
+    if ((got = get_buffers(o, b, 4, names, sizes, 0x3)) < 0)
+        return NULL;
     Py_ssize_t cap = b[0].len / 8, old = b[2].len / 8;
     if (!power_of_two(cap) || b[1].len / 8 != cap || b[3].len / 8 != old || old > cap) {
         PyErr_SetString(PyExc_ValueError, "str_rehash: bad table sizes");
@@ -528,9 +540,9 @@ static PyObject *hour_as_of(PyObject *self, PyObject *args)
                           &mi, &mc, &nu, &nc, &nd))
         return NULL;
     static const char *names[] = {"Q", "I", "f:i_cost", "C", "O", "f:o_spend"};
-    for (; got < 6; got++)
-        if (get_buffer(o[got], &b[got], got >= 4, 8, names[got]) < 0)
-            goto fail;
+    static const Py_ssize_t sizes[] = {8, 8, 8, 8, 8, 8};
+    if ((got = get_buffers(o, b, 6, names, sizes, 0x30)) < 0)
+        return NULL;
     if (BAD_COUNT(n) || BAD_COUNT(mi) || BAD_COUNT(mc) || BAD_COUNT(nu) || BAD_COUNT(nc) ||
         BAD_COUNT(nd) || nc < 1 || nd < 1 || b[0].len != 4 * 8 * n ||
         b[1].len != 6 * 8 * mi || b[2].len != 8 * mi || b[3].len != 5 * 8 * mc ||
@@ -693,9 +705,9 @@ static PyObject *sums_as_of(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOLLL", &o[0], &o[1], &o[2], &n, &m, &ncodes))
         return NULL;
     static const char *names[] = {"Q", "E", "O"};
-    for (; got < 3; got++)
-        if (get_buffer(o[got], &b[got], got == 2, 8, names[got]) < 0)
-            goto fail;
+    static const Py_ssize_t sizes[] = {8, 8, 8};
+    if ((got = get_buffers(o, b, 3, names, sizes, 0x4)) < 0)
+        return NULL;
     if (BAD_COUNT(n) || BAD_COUNT(m) || BAD_COUNT(ncodes) || b[0].len != 3 * 8 * n ||
         b[1].len != 5 * 8 * m ||
         b[2].len != 2 * 8 * n) {
@@ -747,9 +759,9 @@ static PyObject *latest_as_of(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOLLL", &o[0], &o[1], &o[2], &o[3], &o[4], &n, &m, &ncodes))
         return NULL;
     static const char *names[] = {"Q", "E", "f:e_score", "f:o_score", "f:o_when"};
-    for (; got < 5; got++)
-        if (get_buffer(o[got], &b[got], got >= 3, 8, names[got]) < 0)
-            goto fail;
+    static const Py_ssize_t sizes[] = {8, 8, 8, 8, 8};
+    if ((got = get_buffers(o, b, 5, names, sizes, 0x18)) < 0)
+        return NULL;
     if (BAD_COUNT(n) || BAD_COUNT(m) || BAD_COUNT(ncodes) || b[0].len != 3 * 8 * n ||
         b[1].len != 4 * 8 * m ||
         b[2].len != 8 * m || b[3].len != 8 * n || b[4].len != 8 * n) {
@@ -816,9 +828,8 @@ static PyObject *scatter_add(PyObject *self, PyObject *args)
         return NULL;
     static const char *names[] = {"f:target", "idx", "f:vals"};
     static const Py_ssize_t sizes[] = {8, 4, 8};
-    for (; got < 3; got++)
-        if (get_buffer(o[got], &b[got], got == 0, sizes[got], names[got]) < 0)
-            goto fail;
+    if ((got = get_buffers(o, b, 3, names, sizes, 0x1)) < 0)
+        return NULL;
     Py_ssize_t nt = b[0].len / 8, n = b[1].len / 4;
     if (b[2].len / 8 != n) {
         PyErr_SetString(PyExc_ValueError, "scatter_add: idx and vals differ in length");
