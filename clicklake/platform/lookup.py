@@ -728,9 +728,10 @@ class LookupTable:
         # Campaign codes: the campaigns asked for and those of the events; others never match.
         qc = camps if camps is not None else pa.array([], pa.string())
         nq = len(qc)
-        if not sets:  # no campaign sets nor user x campaign counts: campaigns are not needed
+        if not sets:  # no campaign sets nor user x campaign counts: every event on code 0
             cdict = pa.array([], pa.string())
-            q_camp = i_camp = c_camp = np.zeros(0, np.int64)
+            q_camp = np.zeros(0, np.int64)
+            i_camp, c_camp = np.zeros(len(ic), np.int64), np.zeros(len(cc), np.int64)
         elif same and camps is not None:
             cenc = pc.dictionary_encode(pa.concat_arrays([qc, as_string_array(clk["campaign_id"])]))
             call = _to_np_codes(cenc.indices)  # a null campaign asked for: -1, matches none
@@ -829,9 +830,6 @@ class LookupTable:
 
         cost = imp["cost"].combine_chunks().fill_null(0.0).to_numpy(zero_copy_only=False) if (
             imp.num_rows and spend) else np.zeros(imp.num_rows)
-        if not sets:  # no campaign or domain is read: every event on code 0, no domain
-            i_camp, c_camp, d_code = (np.zeros(len(ic), np.int64), np.zeros(len(cc), np.int64),
-                                      np.full(len(ic), -1, np.int64))
         hour = _HourEvents(s, hi - s + 1, ic, imp_ms, i_camp, d_code, cost, cc, clk_ms, c_camp,
                            nc, nd)
         q_key = None
