@@ -194,3 +194,43 @@ def test_arbitrary_json_never_500(client, body):
     resp = client.post("/v1/predict", json=body)
     assert resp.status_code in (200, 422), resp.text
     assert resp.json()
+
+
+def test_a_response_is_counted_before_it_is_sent():
+    """A client holding its answer, then reading /metrics from another worker, must find it
+    counted: the count is made when the response starts, not after its body (and a request
+    that fails before answering is counted as a 500)."""
+    import asyncio
+
+    from clicklake.serving.metrics import ApiMetrics
+    from clicklake.serving.middleware import RequestMetrics
+
+    metrics = ApiMetrics(multiprocess=False)
+
+    def counted(status: str) -> float:
+        return metrics.registry.get_sample_value(
+            "clicklake_api_requests_total",
+            {"method": "GET", "route": "unmatched", "status": status}) or 0.0
+
+    async def answer(scope, receive, send):
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def fail(scope, receive, send):
+        raise RuntimeError("boom")
+
+    seen = []
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            seen.append(counted("204"))
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "path": "/nowhere", "headers": []}
+    asyncio.run(RequestMetrics(answer, metrics)(scope, receive, send))
+    assert seen == [1.0] and counted("204") == 1.0
+    with pytest.raises(RuntimeError):
+        asyncio.run(RequestMetrics(fail, metrics)(dict(scope), receive, send))
+    assert counted("500") == 1.0

@@ -73,7 +73,8 @@ def _worker_requests(families: dict) -> dict[int, float]:
 
 
 def _predicts(families: dict) -> dict[str, float]:
-    return {s.labels["status"]: s.value for s in families["clicklake_api_requests"].samples
+    family = families.get("clicklake_api_requests")  # absent until some request was counted
+    return {s.labels["status"]: s.value for s in (family.samples if family else [])
             if s.name.endswith("_total") and s.labels["route"] == "/v1/predict"}
 
 

@@ -76,7 +76,8 @@ class ApiMetrics:
         self.requests = Counter("clicklake_api_requests", "HTTP requests by route and status.",
                                 ["method", "route", "status"], registry=r)
         self.latency = Histogram("clicklake_api_request_duration_seconds",
-                                 "Server time per request, by route.", ["route"],
+                                 "Server time per request until its response starts, by route.",
+                                 ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.decisions = Counter("clicklake_api_decisions", "Serve/skip decisions.",
                                  ["decision"], registry=r)
