@@ -230,47 +230,6 @@ fail:
     return NULL;
 }
 
-/* int_rehash(tkeys, tvals, old_keys, old_vals): every filled slot of the old table put into
- * the new (empty, larger) one. */
-static PyObject *int_rehash(PyObject *self, PyObject *args)
-{
-    PyObject *o[4];
-    Py_buffer b[4];
-    int got = 0;
-    if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3]))
-        return NULL;
-    static const char *names[] = {"tkeys", "tvals", "old_keys", "old_vals"};
-    static const Py_ssize_t sizes[] = {8, 4, 8, 4};
-    if ((got = get_buffers(o, b, 4, names, sizes, 0x3)) < 0)
-        return NULL;
-    Py_ssize_t cap = b[0].len / 8, old = b[2].len / 8;
-    if (!power_of_two(cap) || b[1].len / 4 != cap || b[3].len / 4 != old || old > cap) {
-        PyErr_SetString(PyExc_ValueError, "int_rehash: bad table sizes");
-        goto fail;
-    }
-    int64_t *tk = b[0].buf;
-    int32_t *tv = b[1].buf;
-    const int64_t *ok = b[2].buf;
-    const int32_t *ov = b[3].buf;
-    uint64_t mask = (uint64_t)cap - 1;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < old; i++) {
-        if (ok[i] == EMPTY_KEY)
-            continue;
-        uint64_t s = mix64((uint64_t)ok[i]) & mask;
-        while (tk[s] != EMPTY_KEY) /* ends: the new table holds more slots than entries */
-            s = (s + 1) & mask;
-        tk[s] = ok[i];
-        tv[s] = ov[i];
-    }
-    Py_END_ALLOW_THREADS
-    release(b, got);
-    Py_RETURN_NONE;
-fail:
-    release(b, got);
-    return NULL;
-}
-
 /* str_index(tcodes, thash, koffs, kdata, qoffs, qdata, out, add_from) -> number added.
  * For each query string i (Arrow offsets qoffs[i]..qoffs[i+1] into qdata): out[i] = the code
  * of an equal known string (offsets koffs, data kdata; code = position), else, when
@@ -380,38 +339,46 @@ fail:
     return NULL;
 }
 
-/* str_rehash(tcodes, thash, old_codes, old_hash): the filled slots of the old table put into
- * the new (empty, larger) one. */
-static PyObject *str_rehash(PyObject *self, PyObject *args)
+/* rehash(new_a, new_b, old_a, old_b, strings): the filled slots of an old table put into a new
+ * (empty, larger) one, both of either kind:
+ *   int table     a = keys (EMPTY_KEY: empty), b = int32 values; a slot's probe starts at mix64(key)
+ *   string table  a = codes (-1: empty), b = uint64 hashes; it starts at the hash (`strings`) */
+static PyObject *rehash(PyObject *self, PyObject *args)
 {
     PyObject *o[4];
     Py_buffer b[4];
-    int got = 0;
-    if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3]))
+    int got = 0, strings;
+    if (!PyArg_ParseTuple(args, "OOOOp", &o[0], &o[1], &o[2], &o[3], &strings))
         return NULL;
-    static const char *names[] = {"tcodes", "thash", "old_codes", "old_hash"};
-    static const Py_ssize_t sizes[] = {8, 8, 8, 8};
+    static const char *names[] = {"new_a", "new_b", "old_a", "old_b"};
+    const Py_ssize_t w = strings ? 8 : 4, sizes[] = {8, w, 8, w};
     if ((got = get_buffers(o, b, 4, names, sizes, 0x3)) < 0)
         return NULL;
     Py_ssize_t cap = b[0].len / 8, old = b[2].len / 8;
-    if (!power_of_two(cap) || b[1].len / 8 != cap || b[3].len / 8 != old || old > cap) {
-        PyErr_SetString(PyExc_ValueError, "str_rehash: bad table sizes");
+    if (!power_of_two(cap) || b[1].len / w != cap || b[3].len / w != old || old > cap) {
+        PyErr_SetString(PyExc_ValueError, "rehash: bad table sizes");
         goto fail;
     }
-    int64_t *tc = b[0].buf;
-    uint64_t *th = b[1].buf;
-    const int64_t *oc = b[2].buf;
-    const uint64_t *oh = b[3].buf;
+    int64_t *na = b[0].buf;
+    const int64_t *oa = b[2].buf;
+    char *nb = b[1].buf;
+    const char *ob = b[3].buf;
+    const int64_t empty = strings ? -1 : EMPTY_KEY;
     uint64_t mask = (uint64_t)cap - 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < old; i++) {
-        if (oc[i] < 0)
+        if (strings ? oa[i] < 0 : oa[i] == EMPTY_KEY)
             continue;
-        uint64_t s = oh[i] & mask;
-        while (tc[s] >= 0)
+        uint64_t h;
+        if (strings)
+            memcpy(&h, ob + i * w, 8);
+        else
+            h = mix64((uint64_t)oa[i]);
+        uint64_t s = h & mask;
+        while (na[s] != empty) /* ends: the new table holds more slots than entries */
             s = (s + 1) & mask;
-        tc[s] = oc[i];
-        th[s] = oh[i];
+        na[s] = oa[i];
+        memcpy(nb + s * w, ob + i * w, (size_t)w);
     }
     Py_END_ALLOW_THREADS
     release(b, got);
@@ -857,10 +824,9 @@ fail:
 static PyMethodDef methods[] = {
     {"int_find", int_find, METH_VARARGS, "int_find(tkeys, tvals, keys, out)"},
     {"int_insert", int_insert, METH_VARARGS, "int_insert(tkeys, tvals, keys, out, next) -> next"},
-    {"int_rehash", int_rehash, METH_VARARGS, "int_rehash(tkeys, tvals, old_keys, old_vals)"},
     {"str_index", str_index, METH_VARARGS,
      "str_index(tcodes, thash, koffs, kdata, qoffs, qdata, out, add_from) -> added"},
-    {"str_rehash", str_rehash, METH_VARARGS, "str_rehash(tcodes, thash, old_codes, old_hash)"},
+    {"rehash", rehash, METH_VARARGS, "rehash(new_a, new_b, old_a, old_b, strings)"},
     {"sums_as_of", sums_as_of, METH_VARARGS, "sums_as_of(Q, E, O, n, m, ncodes)"},
     {"scatter_add", scatter_add, METH_VARARGS, "scatter_add(target, idx, vals)"},
     {"latest_as_of", latest_as_of, METH_VARARGS,

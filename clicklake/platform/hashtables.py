@@ -43,13 +43,30 @@ def _capacity(n: int) -> int:
     return max(_MIN_CAPACITY, 1 << (max(-(-n * 10 // 7), 1) - 1).bit_length())
 
 
+def _table(cap: int, strings: bool) -> tuple[np.ndarray, np.ndarray]:
+    """An empty table of `cap` slots: int tables hold keys (INT64_MIN: empty) and int32 values
+    (dense positions: 32 bits do), string tables codes (-1: empty) and uint64 hashes."""
+    if strings:
+        return _full(cap, -1, np.int64), _full(cap, 0, np.uint64)
+    return _full(cap, _EMPTY_KEY, np.int64), _full(cap, 0, np.int32)
+
+
+def _room(n: int, a: np.ndarray, b: np.ndarray, strings: bool
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The table (a, b) when it holds `n` entries at most 70 % full, else its entries moved to
+    a table that does."""
+    if _capacity(n) <= len(a):
+        return a, b
+    new_a, new_b = _table(_capacity(n), strings)
+    _hashkeys.rehash(new_a, new_b, a, b, strings)
+    return new_a, new_b
+
+
 class IntTable:
     """int64 keys (any but INT64_MIN) to the values 0, 1, 2, ... in the order they were added."""
 
     def __init__(self, capacity: int = 0) -> None:
-        cap = _capacity(capacity)
-        self._keys = _full(cap, _EMPTY_KEY, np.int64)
-        self._vals = _full(cap, 0, np.int32)  # values are dense positions: 32 bits do
+        self._keys, self._vals = _table(_capacity(capacity), strings=False)
         self.size = 0
 
     def __len__(self) -> int:
@@ -72,13 +89,7 @@ class IntTable:
         return out
 
     def _reserve(self, n: int) -> None:
-        if _capacity(n) <= len(self._keys):
-            return
-        old_keys, old_vals = self._keys, self._vals
-        cap = _capacity(n)
-        self._keys = _full(cap, _EMPTY_KEY, np.int64)
-        self._vals = _full(cap, 0, np.int32)  # values are dense positions: 32 bits do
-        _hashkeys.int_rehash(self._keys, self._vals, old_keys, old_vals)
+        self._keys, self._vals = _room(n, self._keys, self._vals, strings=False)
 
 
 class KeyCounts:
@@ -142,9 +153,7 @@ class StringTable:
     position)."""
 
     def __init__(self) -> None:
-        cap = _capacity(0)
-        self._codes = _full(cap, -1, np.int64)
-        self._hash = _full(cap, 0, np.uint64)
+        self._codes, self._hash = _table(_capacity(0), strings=True)
         self.known = pa.array([], pa.string())
 
     def __len__(self) -> int:
@@ -162,33 +171,32 @@ class StringTable:
         qoffs, qdata = _offsets_and_data(words)
         out = np.empty(n, np.int64)
         before = len(self.known)
-        added = _hashkeys.str_index(self._codes, self._hash, koffs, kdata, qoffs, qdata, out,
-                                    before if add else -1)
-        if added:
-            try:
+        try:
+            added = _hashkeys.str_index(self._codes, self._hash, koffs, kdata, qoffs, qdata,
+                                        out, before if add else -1)
+            if added:
                 # the first occurrence of each new code, in code order (codes go in order met)
                 fresh = np.flatnonzero(out >= before)
                 _, first = np.unique(out[fresh], return_index=True)
                 self.known = pa.concat_arrays([self.known, words.take(pa.array(fresh[first]))])
-            except BaseException:
-                # Back to the table before the call: its new codes name no string yet. With
-                # linear probing no older entry's probe sequence runs through a newer slot.
+        except BaseException:
+            if len(self.known) == before:
+                # Back to the table before the call (a failure in the C call or in the append):
+                # its new codes name no string yet. With linear probing no older entry's probe
+                # sequence runs through a newer slot.
                 self._codes[self._codes >= before] = -1
-                raise
+            raise
         return out
 
     def _reserve(self, n: int) -> None:
-        if _capacity(n) <= len(self._codes):
-            return
-        old_codes, old_hash = self._codes, self._hash
-        cap = _capacity(n)
-        self._codes = _full(cap, -1, np.int64)
-        self._hash = _full(cap, 0, np.uint64)
-        _hashkeys.str_rehash(self._codes, self._hash, old_codes, old_hash)
+        self._codes, self._hash = _room(n, self._codes, self._hash, strings=True)
 
 
-def _walk_order(t: np.ndarray) -> np.ndarray:
-    return np.argsort(t, kind="stable")  # timsort: raw hours come nearly time-ordered
+def _walk(t: np.ndarray, code: np.ndarray, *more: np.ndarray) -> np.ndarray:
+    """The rows a C walk reads, as one int64 array: the time order (a stable sort: timsort, and
+    raw hours come nearly time-ordered), codes, times, then `more`."""
+    rows = [np.argsort(t, kind="stable"), code, t, *more]
+    return np.stack(rows).astype(np.int64).reshape(len(rows), len(t))
 
 
 def sums_as_of(q_code: np.ndarray, q_t: np.ndarray, e_code: np.ndarray, e_ms: np.ndarray,
@@ -196,8 +204,8 @@ def sums_as_of(q_code: np.ndarray, q_t: np.ndarray, e_code: np.ndarray, e_ms: np
     """Per query (code, t; code -1: none): the sums of `w1` and `w2` over the events of its code
     with ms < t, by one walk in time order (C)."""
     n, m = len(q_t), len(e_ms)
-    queries = np.stack([_walk_order(q_t), q_code, q_t]).astype(np.int64).reshape(3, n)
-    events = np.stack([_walk_order(e_ms), e_code, e_ms, w1, w2]).astype(np.int64).reshape(5, m)
+    queries = _walk(q_t, q_code)
+    events = _walk(e_ms, e_code, w1, w2)
     out = np.zeros((2, n), np.int64)
     _hashkeys.sums_as_of(queries, events, out, n, m, ncodes)
     return out[0], out[1]
@@ -209,8 +217,8 @@ def latest_as_of(q_code: np.ndarray, q_t: np.ndarray, e_code: np.ndarray, e_ms: 
     """Per query (code, t; code -1: none): (score, ms) of its code's latest event with ms < t -
     at equal ms the greatest rank - NaN when none, by one walk in time order (C)."""
     n, m = len(q_t), len(e_ms)
-    queries = np.stack([_walk_order(q_t), q_code, q_t]).astype(np.int64).reshape(3, n)
-    events = np.stack([_walk_order(e_ms), e_code, e_ms, e_rank]).astype(np.int64).reshape(4, m)
+    queries = _walk(q_t, q_code)
+    events = _walk(e_ms, e_code, e_rank)
     score, when = np.full(n, np.nan), np.full(n, np.nan)
     _hashkeys.latest_as_of(queries, events, np.ascontiguousarray(e_score, np.float64), score,
                            when, n, m, ncodes)
