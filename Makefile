@@ -10,7 +10,7 @@ export CLICKLAKE_ROOT ?= data/demo
 
 .PHONY: install demo test dev bench lint clean
 
-$(STAMP): pyproject.toml clicklake/platform/_hashkeys.c
+$(STAMP): pyproject.toml $(wildcard clicklake/platform/*.c)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

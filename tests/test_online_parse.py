@@ -1,5 +1,6 @@
-"""The online fold's fast line parser against the exact one (`parse_object` + `Rules.verdict` on
-every line): the same rows (bit for bit) and the same quarantine counts by reason, on messy
+"""The online fold's fast line parsers (the C reader of plain lines, and the per-line fast path of
+a build without it) against the exact one (`parse_object` + `Rules.verdict` on every line): the
+same rows (bit for bit) and the same quarantine counts by reason, on messy
 generated landing files, on hand-made bad and borderline lines, and on random JSON objects."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clicklake.platform import landing
+from clicklake.platform import events, landing
 from clicklake.platform.events import SPECS, TS_MAX_MS, TS_MIN_MS, fast_iso_ms, fast_parser
 from clicklake.platform.online.fold import order_files, parse_file, parse_file_exact
 from clicklake.platform.simulate import generate
@@ -28,7 +29,10 @@ def same(data: bytes, stream: str, arrival: int = ARRIVAL) -> None:
     assert (fast.lines, dict(fast.quarantined)) == (exact.lines, dict(exact.quarantined))
 
 
-def test_messy_generated_files_parse_identically(tmp_path):
+@pytest.mark.parametrize("native", [True, False], ids=["c-reader", "per-line"])
+def test_messy_generated_files_parse_identically(tmp_path, monkeypatch, native):
+    if not native:  # the path of a build without the C extension
+        monkeypatch.setattr(events, "_plainjson", None)
     store = Store(str(tmp_path))
     generate(store, start_ms=parse_instant("2026-11-20T00:00:00Z"), hours=2, users=400, seed=7,
              messy_scale=10.0)
@@ -75,8 +79,11 @@ def _lines(stream: str) -> list[bytes]:
     return out
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c-reader", "per-line"])
 @pytest.mark.parametrize("stream", list(SPECS))
-def test_hand_made_bad_and_borderline_lines_parse_identically(stream):
+def test_hand_made_bad_and_borderline_lines_parse_identically(stream, monkeypatch, native):
+    if not native:
+        monkeypatch.setattr(events, "_plainjson", None)
     lines = _lines(stream)
     same(landing.encode_lines(lines), stream)
     for line in lines:  # one line per file: each verdict on its own, too

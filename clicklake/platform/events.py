@@ -388,6 +388,47 @@ def _compile_fast_row(spec: StreamSpec) -> Callable[[object], tuple | None]:
 
 _FAST: dict[StreamSpec, Callable[[object], tuple | None]] = {}
 
+# -- compiled fast path ----------------------------------------------------------------------------
+# `plain_rows` goes one step further for whole files: the C module `_plainjson` (built with the
+# package; absent without a C compiler) reads plain lines into rows without decoding them into
+# dicts first, and says "not sure" for the rest, which then take orjson and `parse_object`.
+
+try:
+    from clicklake.platform import _plainjson
+except ImportError:  # built without a C compiler: callers keep the per-line path
+    _plainjson = None
+
+_PLAIN_KIND = {"id": "i", "str": "i", "ts": "t", "num": "f", "score": "f", "cost": "f"}
+_PLAIN_ARGS: dict[StreamSpec, tuple] = {}
+
+
+def _plain_args(spec: StreamSpec) -> tuple:
+    args = _PLAIN_ARGS.get(spec)
+    if args is None:
+        required = {name for name, _ in spec.required}
+        kinds = "".join(_PLAIN_KIND[kind].upper() if name in required else _PLAIN_KIND[kind]
+                        for name, kind in spec.fields)
+        if "t" in kinds:
+            raise ValueError(f"{spec.name}: an optional time field is not supported")
+        bounds = [_FLOAT_RANGE.get(kind, (0.0, 0.0)) for _, kind in spec.fields]
+        args = _PLAIN_ARGS[spec] = (
+            tuple(name.encode() for name, _ in spec.fields), kinds.encode(),
+            tuple(float(lo) for lo, _ in bounds), tuple(float(hi) for _, hi in bounds))
+    return args
+
+
+def plain_rows(spec: StreamSpec, lines: list[bytes], ts_lo: int = TS_MIN_MS,
+               ts_hi: int = TS_MAX_MS - 1) -> tuple[list, int, int] | None:
+    """The rows of a file's lines in one C call: `(out, unsure, blank)` where `out[i]` is line
+    i's row (exactly `parse_object`'s), None when the C reader is not sure (anything but a flat
+    object of the spec's fields with plain values, or a time outside [ts_lo, ts_hi]: ask
+    orjson and `parse_object`), or False for a blank line; `unsure` and `blank` count those.
+    None when the extension is not built."""
+    if _plainjson is None:
+        return None
+    return _plainjson.rows(lines, *_plain_args(spec), max(ts_lo, TS_MIN_MS),
+                           min(ts_hi, TS_MAX_MS - 1))
+
 
 def event_id_of(line: bytes, spec: StreamSpec) -> str | None:
     """Best-effort id of a rejected line, for the quarantine row (None when there is none)."""

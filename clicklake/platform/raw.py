@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import orjson
 import pyarrow as pa
@@ -41,6 +42,7 @@ from clicklake.platform.events import (
     event_id_of_object,
     event_ms,
     parse_object,
+    plain_rows,
 )
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, floor_hour, hive_hour_path, iso
@@ -120,31 +122,37 @@ def build_raw_partition(
     for lf in files:
         owns_arrival = floor_hour(lf.arrival_ms) == hour_ms
         decoded = landing.read_lines(store, lf.key)
-        for no, line in enumerate(decoded.lines, start=1):
-            if not line or line.isspace():
+        # Plain lines are read into rows in C (`plain_rows`: exactly parse_object's rows);
+        # the others, and every line without the extension, take orjson and parse_object.
+        plain = plain_rows(spec, decoded.lines)
+        got = plain[0] if plain is not None else repeat(None)
+        for no, (line, row) in enumerate(zip(decoded.lines, got), start=1):
+            if row is False or (row is None and (not line or line.isspace())):
                 continue  # blank lines carry no record
             lines_read += 1
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                if owns_arrival:
-                    reject(MALFORMED, f"invalid JSON: {exc}", line, lf, no)
-                continue
-            if not owns_arrival:
-                # Only an accepted event of hour H matters here; whatever else this file holds
-                # belongs to the partition of its arrival hour. Checking the time first skips
-                # the full validation of the lines of other hours.
+            if row is None:
                 try:
-                    if floor_hour(event_ms(obj["ts"])) != hour_ms:
-                        continue
-                except (Rejected, KeyError, TypeError, IndexError):
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    if owns_arrival:
+                        reject(MALFORMED, f"invalid JSON: {exc}", line, lf, no)
                     continue
-            try:
-                row = parse_object(spec, obj)
-            except Rejected as rej:
-                if owns_arrival:
-                    reject(rej.reason, rej.detail, line, lf, no, event_id_of_object(obj, spec))
-                continue
+                if not owns_arrival:
+                    # Only an accepted event of hour H matters here; whatever else this file
+                    # holds belongs to the partition of its arrival hour. Checking the time
+                    # first skips the full validation of the lines of other hours.
+                    try:
+                        if floor_hour(event_ms(obj["ts"])) != hour_ms:
+                            continue
+                    except (Rejected, KeyError, TypeError, IndexError):
+                        continue
+                try:
+                    row = parse_object(spec, obj)
+                except Rejected as rej:
+                    if owns_arrival:
+                        reject(rej.reason, rej.detail, line, lf, no,
+                               event_id_of_object(obj, spec))
+                    continue
             event_id, ts = row[id_at], row[ts_at]
             verdict = rules.verdict(ts, lf.arrival_ms)
             if verdict is not None:

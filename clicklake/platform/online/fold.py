@@ -41,6 +41,7 @@ from clicklake.platform.events import (
     Rejected,
     fast_parser,
     parse_object,
+    plain_rows,
 )
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_state as us
@@ -79,12 +80,10 @@ def stream_of_key(key: str, prefix: str = landing.DEFAULT_PREFIX) -> str | None:
 def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT_RULES) -> ParsedFile:
     """Accepted rows and quarantine counts of one landing object (raw's rules, line by line).
 
-    Plain lines take `events.fast_parser` and a range test of ts against the file's bounds; a
-    line either check is not sure of goes through `parse_object` and `Rules.verdict`, so every
-    verdict is theirs."""
+    Plain lines take `events.plain_rows` (C) or `events.fast_parser` and a range test of ts
+    against the file's bounds; a line either check is not sure of goes through `parse_object`
+    and `Rules.verdict`, so every verdict is theirs."""
     spec = SPECS[stream]
-    ts_at = spec.fields.index(("ts", "ts"))
-    fast = fast_parser(spec)
     # Neither future nor late: ts <= arrival + tolerance, and floor_hour(ts) + 1 h + lateness >
     # arrival, i.e. ts >= floor_hour(arrival - 1 h - lateness) + 1 h.
     hi = arrival_ms + rules.future_tolerance_ms
@@ -92,35 +91,66 @@ def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT
     lo = lo - lo % HOUR_MS + HOUR_MS
     decoded = landing.decode_lines(data)
     out = ParsedFile(stream, [])
-    rows, quarantined, loads = out.rows, out.quarantined, orjson.loads
-    lines = 0
-    for line in decoded.lines:
-        if not line or line.isspace():
-            continue
-        lines += 1
+    plain = plain_rows(spec, decoded.lines, lo, hi)
+    if plain is not None:
+        got, unsure, blank = plain
+        if not unsure and not blank:  # the usual file: every line a row
+            out.rows, out.lines = got, len(got)
+        else:
+            rows, q = out.rows, out.quarantined
+            exact = _line_parser(spec, lo, hi, arrival_ms, rules)
+            for line, row in zip(decoded.lines, got, strict=True):
+                if row is False:
+                    continue
+                out.lines += 1
+                if row is None:
+                    row = exact(line, q)
+                    if row is None:
+                        continue
+                rows.append(row)
+    else:
+        rows, q = out.rows, out.quarantined
+        exact = _line_parser(spec, lo, hi, arrival_ms, rules)
+        for line in decoded.lines:
+            if not line or line.isspace():
+                continue
+            out.lines += 1
+            row = exact(line, q)
+            if row is not None:
+                rows.append(row)
+    if decoded.error:
+        out.quarantined[MALFORMED] += 1
+    return out
+
+
+def _line_parser(spec, lo: int, hi: int, arrival_ms: int, rules: Rules):
+    """A function: (line, quarantine counter) -> the line's accepted row, or None after
+    counting its quarantine reason (`fast_parser` first, `parse_object` when it is not sure)."""
+    ts_at = spec.fields.index(("ts", "ts"))
+    fast, loads = fast_parser(spec), orjson.loads
+
+    def row_of(line: bytes, quarantined: Counter) -> tuple | None:
         try:
             obj = loads(line)
         except orjson.JSONDecodeError:
             quarantined[MALFORMED] += 1
-            continue
+            return None
         row = fast(obj)
         if row is None:
             try:
                 row = parse_object(spec, obj)
             except Rejected as rej:
                 quarantined[rej.reason] += 1
-                continue
+                return None
         ts = row[ts_at]
         if not lo <= ts <= hi:
             verdict = rules.verdict(ts, arrival_ms)
             if verdict is not None:
                 quarantined[verdict] += 1
-                continue
-        rows.append(row)
-    out.lines = lines
-    if decoded.error:
-        out.quarantined[MALFORMED] += 1
-    return out
+                return None
+        return row
+
+    return row_of
 
 
 def parse_file_exact(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT_RULES
