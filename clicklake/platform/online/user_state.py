@@ -160,10 +160,15 @@ def trim(doc: dict, horizon_ms: int) -> None:
 
 
 def profile_at(doc: dict, t: int) -> dict:
-    """Counters with ts < t, named as `lookup.PROFILE_SCHEMA` (times in epoch ms, None = never)."""
+    """Counters with ts < t, named as `lookup.PROFILE_SCHEMA` (times in epoch ms, None = never).
+
+    One pass over the events and one over the tiles (a week of them for a steady user: this is
+    most of a profile read); each window's sums add the same values in the same order as a pass
+    per window would, so spend is the same float."""
     f = t - t % HOUR_MS
     imp, clk, spend = doc["n"]
-    cur = [0, 0, 0.0]
+    cur_i = cur_c = 0
+    cur_s = 0.0
     last_i = last_c = None
     for e in doc["ev"]:
         ts = e[0]
@@ -175,29 +180,37 @@ def profile_at(doc: dict, t: int) -> dict:
                 clk -= 1
         elif ts >= f:  # the partial hour [floor(t), t)
             if e[1] == 0:
-                cur[0] += 1
-                cur[2] += e[5] or 0.0
-                last_i = _max(last_i, ts)
+                cur_i += 1
+                cur_s += e[5] or 0.0
+                if last_i is None or ts > last_i:
+                    last_i = ts
             else:
-                cur[1] += 1
-                last_c = _max(last_c, ts)
-    out = {"first_ts": doc["first"] if doc["first"] is not None and doc["first"] < t else None}
-    tiles = [(int(h), v) for h, v in doc["tiles"].items() if int(h) < f]
-    if last_i is None:
-        last_i = max((v[3] for _, v in tiles if v[3] is not None), default=doc["arch"][0])
-    if last_c is None:
-        last_c = max((v[4] for _, v in tiles if v[4] is not None), default=doc["arch"][1])
-    out["last_impression_ts"], out["last_click_ts"] = last_i, last_c
+                cur_c += 1
+                if last_c is None or ts > last_c:
+                    last_c = ts
+    first = doc["first"]
+    out = {"first_ts": first if first is not None and first < t else None}
+    # windows in WINDOWS_H order: [lower bound, impressions, clicks, spend]
+    sums = [[f - width * HOUR_MS, cur_i, cur_c, cur_s] for width in WINDOWS_H.values()]
+    tile_i, tile_c = doc["arch"]
+    for h, v in doc["tiles"].items():
+        h = int(h)
+        if h >= f:
+            continue
+        if v[3] is not None and (tile_i is None or v[3] > tile_i):
+            tile_i = v[3]
+        if v[4] is not None and (tile_c is None or v[4] > tile_c):
+            tile_c = v[4]
+        for w in sums:
+            if h >= w[0]:
+                w[1] += v[0]
+                w[2] += v[1]
+                w[3] += v[2]
+    out["last_impression_ts"] = tile_i if last_i is None else last_i
+    out["last_click_ts"] = tile_c if last_c is None else last_c
     out["impressions"], out["clicks"], out["spend"] = imp, clk, spend
-    for w, width in WINDOWS_H.items():
-        lo = f - width * HOUR_MS
-        sums = list(cur)
-        for h, v in tiles:
-            if h >= lo:
-                sums[0] += v[0]
-                sums[1] += v[1]
-                sums[2] += v[2]
-        out[f"impressions_{w}"], out[f"clicks_{w}"], out[f"spend_{w}"] = sums
+    for name, (_, i, c, s) in zip(WINDOWS_H, sums, strict=True):
+        out[f"impressions_{name}"], out[f"clicks_{name}"], out[f"spend_{name}"] = i, c, s
     out["distinct_campaigns"] = sum(1 for c in doc["camps"].values() if c[2] < t)
     out["distinct_domains"] = sum(1 for first in doc["doms"].values() if first < t)
     return out
@@ -218,11 +231,23 @@ def user_campaign_at(doc: dict, campaign: str, t: int) -> tuple[int, int]:
 
 
 def campaigns_at(doc: dict, t: int) -> dict[str, dict[str, int]]:
+    """`user_campaign_at` of every campaign first seen before t, by name: one pass over the
+    events for the tail to take off (not one per campaign)."""
+    tail: dict[str, list[int]] = {}
+    for e in doc["ev"]:
+        if e[0] >= t:
+            counts = tail.get(e[3])
+            if counts is None:
+                counts = tail[e[3]] = [0, 0]
+            counts[e[1]] += 1
     out = {}
-    for name in sorted(doc["camps"]):
-        if doc["camps"][name][2] < t:
-            imp, clk = user_campaign_at(doc, name, t)
-            out[name] = {"impressions": imp, "clicks": clk}
+    camps = doc["camps"]
+    for name in sorted(camps):
+        c = camps[name]
+        if c[2] < t:
+            off = tail.get(name)
+            out[name] = ({"impressions": c[0], "clicks": c[1]} if off is None else
+                         {"impressions": c[0] - off[0], "clicks": c[1] - off[1]})
     return out
 
 
