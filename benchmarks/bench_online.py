@@ -44,7 +44,7 @@ from clicklake.platform.online.fold import order_files, parse_file_exact
 from clicklake.platform.online.state import Commit
 from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import parse_instant
+from clicklake.platform.timeutil import HOUR_MS, parse_instant
 
 
 def pct(ns: list[int]) -> dict[str, float]:
@@ -183,6 +183,51 @@ def bench_reads(state: SqliteState, root: str, reads: int) -> dict:
     return out
 
 
+def bench_history(root: str, users: int, hours: int, reads: int, tail_hours: int = 4) -> dict:
+    """The fold and the reads on a state holding a week of history, where a steady user's
+    document carries up to 169 hourly tiles, every campaign and domain it ever saw and a day of
+    predictions (the short stream of `bench_fold` leaves documents of a few hours). The landing
+    files of all but the last `tail_hours` hours are folded first (untimed); then the last
+    hours' files as one sensor run (timed, beside the exact parse of the same files), then
+    `bench_reads` on the resulting state."""
+    sub = os.path.join(root, "history")
+    os.makedirs(sub)
+    store = Store(os.path.join(sub, "lake"))
+    start = parse_instant("2026-11-01T00:00:00Z")
+    generate(store, start_ms=start, hours=hours, users=users, seed=5)
+    files = order_files(store.list("landing/"))[0]
+    cut = start + (hours - tail_hours) * HOUR_MS
+    early = [lf.key for lf, _ in files if lf.arrival_ms < cut]
+    tail = [(lf, stream) for lf, stream in files if lf.arrival_ms >= cut]
+    path = _fresh_db(sub, "online.db")
+    setup = SqliteState(path)
+    fold_files(setup, store, early, files_per_commit=FILES_PER_COMMIT)
+    setup.close()
+    c0 = time.process_time()
+    n = sum(len(parse_file_exact(store.read_bytes(lf.key), stream, lf.arrival_ms).rows)
+            for lf, stream in tail)
+    parse_cpu = time.process_time() - c0
+    state = CountingState(path)
+    state.rows = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    report = fold_files(state, store, [lf.key for lf, _ in tail],
+                        files_per_commit=FILES_PER_COMMIT)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    sizes = np.array([r[0] for r in state.conn.execute(
+        "SELECT length(value) FROM docs WHERE ns='user'")])
+    return {"users": users, "hours": hours, "timed_hours": tail_hours,
+            "user_document_bytes": {"p50": int(np.percentile(sizes, 50)),
+                                    "p99": int(np.percentile(sizes, 99)), "max": int(sizes.max())},
+            "fold": {"files": len(tail), "events": report.events_total,
+                     "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3),
+                     "events_per_s": round(report.events_total / wall),
+                     "rows_written": sum(state.rows.values()),
+                     "baseline_parse_only_events_per_cpu_s": round(n / parse_cpu),
+                     "cpu_ratio_to_parse_only": round(
+                         report.events_total / cpu / (n / parse_cpu), 4)},
+            "reads": bench_reads(state, sub, reads)}
+
+
 def bench_freshness(root: str, seconds: float, land_every: float) -> dict:
     import dagster as dg
 
@@ -249,6 +294,9 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=20_000)
     ap.add_argument("--freshness-seconds", type=float, default=90.0)
     ap.add_argument("--land-every", type=float, default=3.0)
+    ap.add_argument("--history-users", type=int, default=2_000,
+                    help="users of the week-long state (0: skip that part)")
+    ap.add_argument("--history-hours", type=int, default=170)
     ap.add_argument("--batch-files", type=int, default=8,
                     help="files per run (and commit) for the steady-state fold figure")
     args = ap.parse_args()
@@ -257,11 +305,15 @@ def main() -> None:
         print("fold", json.dumps(fold), flush=True)
         reads = bench_reads(state, root, args.reads)
         print("reads", json.dumps(reads), flush=True)
+        history = (bench_history(root, args.history_users, args.history_hours, args.reads)
+                   if args.history_users else None)
+        print("history", json.dumps(history), flush=True)
         fresh = bench_freshness(root, args.freshness_seconds, args.land_every)
         print("freshness", json.dumps(fresh), flush=True)
     os.makedirs("bench-results", exist_ok=True)
     with open("bench-results/online.json", "w") as f:
-        json.dump({"fold": fold, "reads": reads, "freshness": fresh}, f, indent=2)
+        json.dump({"fold": fold, "reads": reads, "history": history, "freshness": fresh}, f,
+                  indent=2)
 
 
 if __name__ == "__main__":
