@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 
 from clicklake.platform.online import user_state as us
@@ -90,15 +91,25 @@ def random_doc(rng: random.Random, hours: int) -> dict:
         doc["tiles"][str(hour)] = [rng.randint(0, 9), rng.randint(0, 2), rng.random() * 5,
                                    rng.choice([None, hour + rng.randrange(HOUR_MS)]),
                                    rng.choice([None, hour + rng.randrange(HOUR_MS)])]
-    if rng.random() < 0.5:
-        doc["arch"] = [T0 - rng.randrange(1, HOUR_MS), rng.choice([None, T0 - 5])]
+    for e in doc["ev"]:  # as the fold keeps them: every event's hour has its tile
+        hour = e[0] - e[0] % HOUR_MS
+        doc["tiles"].setdefault(str(hour), [1, 0, 0.5, hour, None])
+    if rng.random() < 0.5:  # times of tiles trimmed before all the others
+        lo = min(map(int, doc["tiles"]), default=T0)
+        doc["arch"] = [lo - rng.randrange(1, HOUR_MS), rng.choice([None, lo - 5])]
+    def first_seen() -> int:  # long ago, recently, or right on a recent hour boundary
+        return rng.choice([T0, end - rng.randrange(4 * HOUR_MS), end - rng.randrange(6) * HOUR_MS])
+
     for c in camps:
-        doc["camps"][c] = [rng.randint(0, 50), rng.randint(0, 5),
-                           rng.choice([T0, end - rng.randrange(4 * HOUR_MS)])]
+        doc["camps"][c] = [rng.randint(0, 50), rng.randint(0, 5), first_seen()]
     for d in ("a.com", "b.org", "c.net")[:rng.randint(0, 3)]:
-        doc["doms"][d] = rng.choice([T0, end - rng.randrange(4 * HOUR_MS)])
+        doc["doms"][d] = first_seen()
     doc["n"] = [rng.randint(30, 90), rng.randint(5, 20), rng.random() * 100]
     doc["first"] = rng.choice([None, T0 - HOUR_MS])
+    # predictions over the last two days, some at one instant (ties go to the greatest id)
+    for _ in range(rng.randint(0, 30)):
+        ts = end - rng.choice([rng.randrange(48 * HOUR_MS), rng.randrange(48) * HOUR_MS])
+        doc["preds"].append([ts, f"p{rng.randrange(5)}", rng.random()])
     return doc
 
 
@@ -118,3 +129,47 @@ def test_reads_equal_the_reference_at_every_boundary(seed):
         got, want = us.profile_at(doc, t), reference_profile_at(doc, t)
         assert repr(got) == repr(want), t  # repr: floats bit for bit, keys in the same order
         assert us.campaigns_at(doc, t) == reference_campaigns_at(doc, t), t
+
+
+def all_reads(doc: dict, t: int) -> tuple:
+    return (us.profile_at(doc, t), us.campaigns_at(doc, t), us.domains_at(doc, t),
+            us.latest_prediction_at(doc, t),
+            [us.user_campaign_at(doc, c, t) for c in sorted(doc["camps"])])
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_trimming_keeps_every_answer_at_or_after_the_horizon(seed):
+    rng = random.Random(seed)
+    doc = random_doc(rng, hours=rng.choice([3, 30, 170, 200]))
+    end = T0 + 200 * HOUR_MS
+    trimmed = orjson.loads(orjson.dumps(doc))
+    # trimmed at horizons moving forward, as a document sees them write after write
+    first = end - rng.randrange(1, 6) * HOUR_MS
+    horizons = sorted({first, first + rng.randrange(3) * HOUR_MS})
+    for horizon in horizons:
+        us.trim(trimmed, horizon)
+        us.trim(trimmed, horizon)  # a second write at the same horizon changes nothing more
+    horizon = horizons[-1]
+    instants = {horizon, horizon + 1, end - 1, end, end + 1, end + 25 * HOUR_MS}
+    for e in doc["ev"] + doc["preds"]:
+        instants |= {max(horizon, e[0] + d) for d in (-1, 0, 1)}
+        instants |= {max(horizon, e[0] + 24 * HOUR_MS + d) for d in (-1, 0, 1, HOUR_MS)}
+    for t in sorted(t for t in instants if t >= horizon):  # what reads may ask (BeforeHorizon)
+        assert repr(all_reads(trimmed, t)) == repr(all_reads(doc, t)), t
+    # and the trimmed document is smaller: what it no longer needs is gone
+    assert len(orjson.dumps(trimmed)) <= len(orjson.dumps(doc))
+    assert all(p[0] >= horizon for p in trimmed["preds"])
+    assert all(len(v) == 3 for h, v in trimmed["tiles"].items() if int(h) < horizon)
+
+
+def test_a_straggler_event_lengthens_a_shortened_tile_again():
+    hour = T0 + 10 * HOUR_MS
+    doc = us.new_user()
+    us.add_impressions({"u": doc}, [("i1", hour + 5, "u", "c", None, None, None, 1.0)], ["US"])
+    us.trim(doc, hour + 2 * HOUR_MS)
+    assert doc["tiles"][str(hour)] == [1, 0, 1.0] and doc["arch"] == [hour + 5, None]
+    us.add_impressions({"u": doc}, [("i2", hour + 9, "u", "c", None, None, None, None)], ["US"])
+    us.add_click(doc, hour + 7, "k1", "c", None, ["US", "unknown"], 0)
+    assert doc["tiles"][str(hour)] == [2, 1, 1.0, hour + 9, hour + 7]
+    p = us.profile_at(doc, hour + 2 * HOUR_MS)
+    assert (p["last_impression_ts"], p["last_click_ts"]) == (hour + 9, hour + 7)

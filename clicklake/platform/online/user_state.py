@@ -7,7 +7,8 @@ themselves, and an answer at t takes the totals minus the events at or after t:
 - `n` = [impressions, clicks, spend] of every folded event; `first` = earliest event time;
 - `tiles` = hour (ms, as text) -> [impressions, clicks, spend, last impression ts, last click
   ts] for the last RING_HOURS (+ margin) hours: the sawtooth windows (DESIGN §4.3) sum the complete
-  hours before floor(t) from here, and `arch` keeps the last-event times of trimmed tiles;
+  hours before floor(t) from here; a tile before the horizon keeps only its three counts, and
+  `arch` the greatest last-event times of the others (`trim`);
 - `ev` = every event since the retention horizon, exactly: impressions
   [ts, 0, id, campaign, domain, cost, country] and clicks [ts, 1, id, campaign, impression_id,
   segments, via] (`segments` = the click's impression-derived segments, country first, in
@@ -16,8 +17,13 @@ themselves, and an answer at t takes the totals minus the events at or after t:
   the partial hour [floor(t), t) and the tail (ts >= t) come from here, so a read is exact for
   any t with floor(t) >= the horizon;
 - `camps` = campaign -> [impressions, clicks, first ts]; `doms` = domain -> first ts (exact sets:
-  distinct counts at t are the members first seen before t);
-- `preds` = [ts, prediction_id, score] since horizon - 25 h (the feature reads 24 h back).
+  distinct counts at t are the members first seen before t; a first time before the horizon is
+  stored as 0, as every read's t is past it);
+- `preds` = [ts, prediction_id, score] since the horizon, and `plast` the latest one before it
+  (the feature reads 24 h back: the latest before t is one of these);
+
+Reads must ask for t with floor(t) >= the horizon (`read.BeforeHorizon` otherwise): every
+aggregate above relies on it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from clicklake.platform.timeutil import HOUR_MS
 PREDICTION_LOOKBACK_MS = 24 * HOUR_MS  # lake_feature_inputs reads raw predictions 24 h back
 TILE_KEEP_MS = (RING_HOURS + 1) * HOUR_MS
 _first = itemgetter(0)
+_third = itemgetter(2)
 
 
 def new_user() -> dict:
@@ -47,6 +54,8 @@ def _tile(doc: dict, ts: int) -> list:
     t = doc["tiles"].get(h)
     if t is None:
         t = doc["tiles"][h] = [0, 0, 0.0, None, None]
+    elif len(t) < 5:  # shortened by `trim`: a straggling file's event
+        t += [None, None]
     return t
 
 
@@ -84,6 +93,8 @@ def add_impressions(users: dict[str, dict], rows: list[tuple], countries: list[s
         else:
             t[0] += 1
             t[2] += spend
+            if len(t) < 5:  # a tile `trim` shortened: a straggling file's event
+                t += [None, None]
             if t[3] is None or ts > t[3]:
                 t[3] = ts
         first = doc["first"]
@@ -139,21 +150,64 @@ def latest_impression(doc: dict, lo: int, hi: int) -> list | None:
 
 
 def trim(doc: dict, horizon_ms: int) -> None:
-    """Drop what no read at t >= horizon needs; trimmed tiles leave their last-event times."""
-    # Each list is scanned in C first: most documents have nothing to drop.
-    ev, preds, tiles = doc["ev"], doc["preds"], doc["tiles"]
+    """Drop, or fold into aggregates, what no read at t >= horizon needs. Such a read sees every
+    event before the horizon as history, so of those it needs only sums and maxima:
+
+    - events before the horizon are dropped (`ev`);
+    - predictions before the horizon too, but the latest of them (`plast`, greatest (ts, id));
+    - tiles before the horizon keep their counts (the windows sum them) but give their last-event
+      times to `arch` (they are before any such t), and tiles older than the longest window go;
+    - campaigns' and domains' first times before the horizon become 0 (only "before t" is read).
+
+    The result depends only on the document and the horizon. Each part is first checked with a
+    scan in C, and rewritten only when it has something to give up (rarely: a steady user's
+    week of tiles made a Python pass per write the fold's biggest loop)."""
+    ev, preds = doc["ev"], doc["preds"]
     if ev and min(map(_first, ev)) < horizon_ms:
-        doc["ev"] = [e for e in ev if e[0] >= horizon_ms]
-    lo = horizon_ms - PREDICTION_LOOKBACK_MS - HOUR_MS
-    if preds and min(map(_first, preds)) < lo:
-        doc["preds"] = [p for p in preds if p[0] >= lo]
-    lo = horizon_ms - TILE_KEEP_MS
-    if not tiles or min(map(int, tiles)) >= lo:
-        return
-    old = [h for h in tiles if int(h) < lo]
-    for h in old:
-        t = doc["tiles"].pop(h)
-        doc["arch"] = [_max(doc["arch"][0], t[3]), _max(doc["arch"][1], t[4])]
+        doc["ev"] = ev = [e for e in ev if e[0] >= horizon_ms]
+    if preds and min(map(_first, preds)) < horizon_ms:
+        old = [p for p in preds if p[0] < horizon_ms]
+        if doc.get("plast") is not None:
+            old.append(doc["plast"])
+        doc["plast"] = max(old, key=_pred_order)
+        doc["preds"] = [p for p in preds if p[0] >= horizon_ms]
+    tiles = doc["tiles"]
+    if tiles:
+        # Tiles at or after the horizon are full (5 items) and hold the hours of `ev`: more full
+        # tiles than that means one before the horizon still has its times.
+        full = (sum(map(len, tiles.values())) - 3 * len(tiles)) // 2
+        keep = horizon_ms - TILE_KEEP_MS
+        if full > len({e[0] - e[0] % HOUR_MS for e in ev}) or min(map(int, tiles)) < keep:
+            _trim_tiles(doc, horizon_ms, keep)
+    camps, doms = doc["camps"], doc["doms"]
+    if min(filter(None, map(_third, camps.values())), default=horizon_ms) < horizon_ms:
+        for c in camps.values():
+            if c[2] < horizon_ms:
+                c[2] = 0
+    if min(filter(None, doms.values()), default=horizon_ms) < horizon_ms:
+        for d, first in doms.items():
+            if first < horizon_ms:
+                doms[d] = 0
+
+
+def _trim_tiles(doc: dict, horizon_ms: int, keep_ms: int) -> None:
+    arch_i, arch_c = doc["arch"]
+    tiles = doc["tiles"]
+    for h in list(tiles):
+        hour = int(h)
+        if hour >= horizon_ms:
+            continue
+        t = tiles[h]
+        if len(t) > 3:
+            arch_i, arch_c = _max(arch_i, t[3]), _max(arch_c, t[4])
+            del t[3:]
+        if hour < keep_ms:
+            del tiles[h]
+    doc["arch"] = [arch_i, arch_c]
+
+
+def _pred_order(p: list) -> tuple:
+    return p[0], p[1]
 
 
 # -- answers as of t -------------------------------------------------------------------------------
@@ -197,10 +251,11 @@ def profile_at(doc: dict, t: int) -> dict:
         h = int(h)
         if h >= f:
             continue
-        if v[3] is not None and (tile_i is None or v[3] > tile_i):
-            tile_i = v[3]
-        if v[4] is not None and (tile_c is None or v[4] > tile_c):
-            tile_c = v[4]
+        if len(v) > 3:  # a tile before the horizon keeps only its counts (`trim`)
+            if v[3] is not None and (tile_i is None or v[3] > tile_i):
+                tile_i = v[3]
+            if v[4] is not None and (tile_c is None or v[4] > tile_c):
+                tile_c = v[4]
         for w in sums:
             if h >= w[0]:
                 w[1] += v[0]
@@ -259,7 +314,9 @@ def latest_prediction_at(doc: dict, t: int) -> tuple[float, float]:
     """(score, ts) of the latest prediction with floor(t) - 24 h <= ts < t, greatest id on ties;
     NaNs when none (the window `lake_feature_inputs` reads)."""
     lo = t - t % HOUR_MS - PREDICTION_LOOKBACK_MS
-    best = None
+    best = doc.get("plast")  # the latest before the horizon, so before t
+    if best is not None and best[0] < lo:
+        best = None
     for p in doc["preds"]:
         if lo <= p[0] < t and (best is None or (p[0], p[1]) > (best[0], best[1])):
             best = p
