@@ -266,8 +266,9 @@ def profile_at(doc: dict, t: int) -> dict:
     out["impressions"], out["clicks"], out["spend"] = imp, clk, spend
     for name, (_, i, c, s) in zip(WINDOWS_H, sums, strict=True):
         out[f"impressions_{name}"], out[f"clicks_{name}"], out[f"spend_{name}"] = i, c, s
-    out["distinct_campaigns"] = sum(1 for c in doc["camps"].values() if c[2] < t)
-    out["distinct_domains"] = sum(1 for first in doc["doms"].values() if first < t)
+    # counted in C: a steady user has seen hundreds of campaigns and domains
+    out["distinct_campaigns"] = sum(map(t.__gt__, map(_third, doc["camps"].values())))
+    out["distinct_domains"] = sum(map(t.__gt__, doc["doms"].values()))
     return out
 
 
