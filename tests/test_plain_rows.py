@@ -6,6 +6,7 @@ and through the raw partition with and without the extension below."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import orjson
@@ -177,3 +178,34 @@ def test_raw_partitions_are_the_same_without_the_extension(tmp_path, monkeypatch
         assert with_c.quarantine.equals(without.quarantine), stream
         assert with_c.lines_read == without.lines_read
         assert with_c.quarantined_by_reason == without.quarantined_by_reason
+
+
+def test_numbers_are_read_the_same_under_a_decimal_comma_locale(tmp_path):
+    # C's strtod follows the process's numeric locale (a host application may set one): under
+    # de_DE it stopped at the '.' and read 0.75 as 0.0. The reader must not depend on it.
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("localedef") is None:
+        pytest.skip("localedef is not installed")
+    made = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8",
+                           str(tmp_path / "de_DE.UTF-8")], check=False, capture_output=True)
+    if not (tmp_path / "de_DE.UTF-8").exists():
+        pytest.skip(f"cannot build a de_DE locale here: {made.stderr[-200:]!r}")
+    code = """
+import locale, orjson
+from clicklake.platform.events import SPECS, parse_object, plain_rows
+locale.setlocale(locale.LC_ALL, "de_DE.UTF-8")
+assert locale.localeconv()["decimal_point"] == ","
+spec = SPECS["impressions"]
+lines = [b'{"impression_id":"i1","ts":1795132860000,"user_id":"u1","campaign_id":"c1","cost":%s}'
+         % v for v in (b"0.75", b"2.5e3", b"1E-2", b"123.456")]
+out = plain_rows(spec, lines)[0]
+assert None not in out, out
+assert [r[-1] for r in out] == [parse_object(spec, orjson.loads(x))[-1] for x in lines], out
+"""
+    env = {**os.environ, "LOCPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr

@@ -14,7 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -198,6 +198,16 @@ static int64_t iso_ms(const char *s, Py_ssize_t n)
     return ((days * 24 + h) * 60 + mi) * 60000 + se * 1000 + m1 * 10 + m2;
 }
 
+/* Whether a number literal's digits before its exponent are not all zeros (a literal that
+ * reads as 0.0 then underflowed). */
+static int nonzero_mantissa(const char *s)
+{
+    for (; *s && *s != 'e' && *s != 'E'; s++)
+        if (*s >= '1' && *s <= '9')
+            return 1;
+    return 0;
+}
+
 /* The row of a tokenized line, or NULL with no error set when not sure (or with an error set
  * when Python ran out of memory). */
 static PyObject *row_of(const token *tok, const char *kinds, Py_ssize_t nf, const double *lo,
@@ -251,16 +261,22 @@ static PyObject *row_of(const token *tok, const char *kinds, Py_ssize_t nf, cons
             if (v == NULL)
                 goto fail;
         } else if (kind == 'F' || kind == 'f') {
-            char buf[64];
+            char buf[64], *end;
             if (t->type != TOK_FLOAT || t->len >= (Py_ssize_t)sizeof buf)
                 goto unsure;
             memcpy(buf, t->p, (size_t)t->len);
             buf[t->len] = '\0';
-            errno = 0;
-            double x = strtod(buf, NULL);
-            /* ERANGE: beyond a double (orjson: invalid JSON) or below its smallest (left to
-             * orjson's own rounding) */
-            if (errno == ERANGE || !isfinite(x) || !(lo[i] <= x && x <= hi[i]))
+            /* Python's own parser: correctly rounded, and blind to the C locale (strtod would
+             * stop at the '.' where a decimal comma is the locale's). */
+            double x = PyOS_string_to_double(buf, &end, NULL);
+            if (x == -1.0 && PyErr_Occurred()) {
+                PyErr_Clear();
+                goto unsure;
+            }
+            /* beyond a double (orjson: invalid JSON), or below its smallest normal value
+             * (left to orjson's own rounding) */
+            if (end != buf + t->len || !isfinite(x) || (x != 0.0 && fabs(x) < DBL_MIN)
+                || (x == 0.0 && nonzero_mantissa(buf)) || !(lo[i] <= x && x <= hi[i]))
                 goto unsure;
             v = PyFloat_FromDouble(x);
             if (v == NULL)
