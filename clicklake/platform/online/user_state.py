@@ -159,9 +159,11 @@ def trim(doc: dict, horizon_ms: int) -> None:
       times to `arch` (they are before any such t), and tiles older than the longest window go;
     - campaigns' and domains' first times before the horizon become 0 (only "before t" is read).
 
-    The result depends only on the document and the horizon. Each part is first checked with a
-    scan in C, and rewritten only when it has something to give up (rarely: a steady user's
-    week of tiles made a Python pass per write the fold's biggest loop)."""
+    The result depends only on the document and the horizon. The tiles, campaigns and domains are
+    rewritten only when a tile with its times lies before the horizon, or the first (oldest)
+    tile is past the longest window: checked in C, as most writes have nothing to give up (a
+    steady user's week of tiles made a Python pass per write the fold's biggest loop). A first
+    time before the horizon always comes with such a tile (its event's), so it is zeroed then."""
     ev, preds = doc["ev"], doc["preds"]
     if ev and min(map(_first, ev)) < horizon_ms:
         doc["ev"] = ev = [e for e in ev if e[0] >= horizon_ms]
@@ -172,25 +174,26 @@ def trim(doc: dict, horizon_ms: int) -> None:
         doc["plast"] = max(old, key=_pred_order)
         doc["preds"] = [p for p in preds if p[0] >= horizon_ms]
     tiles = doc["tiles"]
-    if tiles:
-        # Tiles at or after the horizon are full (5 items) and hold the hours of `ev`: more full
-        # tiles than that means one before the horizon still has its times.
-        full = (sum(map(len, tiles.values())) - 3 * len(tiles)) // 2
-        keep = horizon_ms - TILE_KEEP_MS
-        if full > len({e[0] - e[0] % HOUR_MS for e in ev}) or min(map(int, tiles)) < keep:
-            _trim_tiles(doc, horizon_ms, keep)
-    camps, doms = doc["camps"], doc["doms"]
-    if min(filter(None, map(_third, camps.values())), default=horizon_ms) < horizon_ms:
-        for c in camps.values():
-            if c[2] < horizon_ms:
-                c[2] = 0
-    if min(filter(None, doms.values()), default=horizon_ms) < horizon_ms:
-        for d, first in doms.items():
-            if first < horizon_ms:
-                doms[d] = 0
+    if not tiles:
+        return
+    # Tiles at or after the horizon are full (5 items) and hold the hours of `ev`: more full
+    # tiles than that means one before the horizon still has its times. Tiles are made in time
+    # order but for a straggling file's: one out of order only waits for the next pass.
+    full = (sum(map(len, tiles.values())) - 3 * len(tiles)) // 2
+    keep = horizon_ms - TILE_KEEP_MS
+    if full > len({e[0] - e[0] % HOUR_MS for e in ev}) or int(next(iter(tiles))) < keep:
+        _trim_before(doc, horizon_ms, keep)
 
 
-def _trim_tiles(doc: dict, horizon_ms: int, keep_ms: int) -> None:
+def _trim_before(doc: dict, horizon_ms: int, keep_ms: int) -> None:
+    """`trim`'s pass over tiles, campaigns and domains."""
+    for c in doc["camps"].values():
+        if c[2] < horizon_ms:
+            c[2] = 0
+    doms = doc["doms"]
+    for d, first in doms.items():
+        if first < horizon_ms:
+            doms[d] = 0
     arch_i, arch_c = doc["arch"]
     tiles = doc["tiles"]
     for h in list(tiles):
