@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -183,13 +184,15 @@ def bench_reads(state: SqliteState, root: str, reads: int) -> dict:
     return out
 
 
-def bench_history(root: str, users: int, hours: int, reads: int, tail_hours: int = 4) -> dict:
+def bench_history(root: str, users: int, hours: int, reads: int, batch_files: int,
+                  tail_hours: int = 4) -> dict:
     """The fold and the reads on a state holding a week of history, where a steady user's
-    document carries up to 169 hourly tiles, every campaign and domain it ever saw and a day of
-    predictions (the short stream of `bench_fold` leaves documents of a few hours). The landing
-    files of all but the last `tail_hours` hours are folded first (untimed); then the last
-    hours' files as one sensor run (timed, beside the exact parse of the same files), then
-    `bench_reads` on the resulting state."""
+    document carries up to 169 hourly tiles and every campaign and domain it ever saw (the
+    short stream of `bench_fold` leaves documents of a few hours). The landing files of all but
+    the last `tail_hours` hours are folded first (untimed); then the last hours' files, timed
+    beside the exact parse of the same files: as one sensor run (a backlog) and, on a copy of
+    the same state, in runs of `batch_files` files (the steady state), each with a fresh
+    `SqliteState` as a new run process opens it; then `bench_reads` on the resulting state."""
     sub = os.path.join(root, "history")
     os.makedirs(sub)
     store = Store(os.path.join(sub, "lake"))
@@ -203,6 +206,10 @@ def bench_history(root: str, users: int, hours: int, reads: int, tail_hours: int
     setup = SqliteState(path)
     fold_files(setup, store, early, files_per_commit=FILES_PER_COMMIT)
     setup.close()
+    steady = _fresh_db(sub, "steady.db")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            shutil.copy(path + suffix, steady + suffix)
     c0 = time.process_time()
     n = sum(len(parse_file_exact(store.read_bytes(lf.key), stream, lf.arrival_ms).rows)
             for lf, stream in tail)
@@ -215,6 +222,15 @@ def bench_history(root: str, users: int, hours: int, reads: int, tail_hours: int
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     sizes = np.array([r[0] for r in state.conn.execute(
         "SELECT length(value) FROM docs WHERE ns='user'")])
+    keys = [lf.key for lf, _ in tail]
+    t0, c0 = time.perf_counter(), time.process_time()
+    small = 0
+    for i in range(0, len(keys), batch_files):
+        run = SqliteState(steady)
+        small += fold_files(run, store, keys[i:i + batch_files],
+                            files_per_commit=batch_files).events_total
+        run.close()
+    small_wall, small_cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"users": users, "hours": hours, "timed_hours": tail_hours,
             "user_document_bytes": {"p50": int(np.percentile(sizes, 50)),
                                     "p99": int(np.percentile(sizes, 99)), "max": int(sizes.max())},
@@ -225,6 +241,9 @@ def bench_history(root: str, users: int, hours: int, reads: int, tail_hours: int
                      "baseline_parse_only_events_per_cpu_s": round(n / parse_cpu),
                      "cpu_ratio_to_parse_only": round(
                          report.events_total / cpu / (n / parse_cpu), 4)},
+            "small_runs": {"files_per_run": batch_files, "events": small,
+                           "seconds": round(small_wall, 3), "cpu_seconds": round(small_cpu, 3),
+                           "events_per_s": round(small / small_wall)},
             "reads": bench_reads(state, sub, reads)}
 
 
@@ -305,8 +324,8 @@ def main() -> None:
         print("fold", json.dumps(fold), flush=True)
         reads = bench_reads(state, root, args.reads)
         print("reads", json.dumps(reads), flush=True)
-        history = (bench_history(root, args.history_users, args.history_hours, args.reads)
-                   if args.history_users else None)
+        history = (bench_history(root, args.history_users, args.history_hours, args.reads,
+                                 args.batch_files) if args.history_users else None)
         print("history", json.dumps(history), flush=True)
         fresh = bench_freshness(root, args.freshness_seconds, args.land_every)
         print("freshness", json.dumps(fresh), flush=True)
