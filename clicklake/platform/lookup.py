@@ -338,9 +338,11 @@ def as_of_user_campaign_pairs(
                               as_string_array(clk["campaign_id"])])
     uenc = pc.dictionary_encode(all_u)
     cenc = pc.dictionary_encode(all_c)
-    nc = len(cenc.dictionary) or 1
-    key = (uenc.indices.to_numpy(zero_copy_only=False).astype(np.int64) * nc
-           + cenc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+    # A null id gets the code after its dictionary's (a null campaign asked for counts nothing:
+    # raw events always have one); cast from NaN, its code was undefined.
+    nc = len(cenc.dictionary) + 1
+    key = (_to_np_codes(uenc.indices.fill_null(len(uenc.dictionary))) * nc
+           + _to_np_codes(cenc.indices.fill_null(nc - 1)))
     ukey, dense = np.unique(key, return_inverse=True)
     n, ni = len(t), imp.num_rows
     p_code, i_code, c_code = dense[:n], dense[n:n + ni], dense[n + ni:]
