@@ -79,6 +79,43 @@ def test_instants_before_the_horizon_are_refused(env):
     assert online.profile("u1", H + 11 * 60 * MIN)["impressions"] == 1
 
 
+def test_a_read_racing_a_fold_that_moves_the_horizon_is_refused_not_answered_wrong(tmp_path):
+    # The reader checks t against the watermark it sees, then a fold commits a file whose
+    # arrival moves the horizon an hour, then the reader reads the document, trimmed at that
+    # later horizon: it no longer holds the events before it one by one (predictions, first
+    # times, last times), so it must not answer for t before it.
+    from clicklake.platform.online import fold
+
+    path = str(tmp_path / "online.db")
+    writer = SqliteState(path)
+    h0 = fold.horizon_ms(H)  # the horizon while the watermark is in hour H
+    t = h0 + 10 * MIN
+    imp = ("i1", h0 + 30 * MIN, "u1", "c1", "late.com", US_IP, "curl/8", 0.5)
+    fold.fold_rows(writer, "impressions", [imp], "f1", H + 5 * MIN)
+    fold.fold_rows(writer, "predictions", [("p1", h0 - 60 * MIN, "u1", "m", 0.11, None),
+                                           ("p2", h0 + 30 * MIN, "u1", "m", 0.99, None)],
+                   "f2", H + 5 * MIN)
+    online = OnlineFeatures(SqliteState(path))
+    assert online.profile("u1", t)["impressions"] == 0  # i1 is after t
+    assert online.feature_inputs("u1", "c1", t, US_IP, "curl/8")["pred_score"][0] == 0.11
+
+    class Raced(OnlineFeatures):
+        def _doc(self, user_id, ts):
+            # an hour later: the horizon passes h0 + 1 h, and u1's document is trimmed there
+            later = ("i2", H + 60 * MIN + 40 * MIN, "u1", "c1", None, US_IP, "curl/8", 0.5)
+            fold.fold_rows(writer, "impressions", [later], f"f-{ts}", H + 60 * MIN + 45 * MIN)
+            return super()._doc(user_id, ts)
+
+    raced = Raced(SqliteState(path))
+    with pytest.raises(BeforeHorizon):
+        raced.profile("u1", t)
+    with pytest.raises(BeforeHorizon):
+        raced.feature_inputs("u1", "c1", t + 1, US_IP, "curl/8")
+    # at or after the new horizon the document answers, exactly
+    assert online.profile("u1", h0 + 60 * MIN)["impressions"] == 1
+    assert online.feature_inputs("u1", "c1", h0 + 60 * MIN, US_IP, "curl/8")["pred_score"][0] == 0.99
+
+
 def test_a_micro_batch_folds_like_file_by_file(tmp_path):
     """Every file in one commit: dedup across the batch's files, a click folded before its
     impression in the same batch, quarantine verdicts; same counters, file stats and reads as

@@ -46,16 +46,26 @@ class OnlineFeatures:
         if t - t % 3_600_000 < h:
             raise BeforeHorizon(f"instant {t} is before the online horizon {h}; use the lookup")
 
-    def _doc(self, user_id: str) -> dict | None:
+    def _doc(self, user_id: str, t: int) -> dict | None:
+        """The user's document, checked against t: a fold that committed after `_check` read
+        the watermark may have trimmed it at a later horizon (more so on DynamoDB, where the
+        watermark moves after a commit's documents)."""
         raw = self.state.get_docs(USER, [user_id]).get(user_id)
-        return None if raw is None else orjson.loads(raw)
+        if raw is None:
+            return None
+        doc = orjson.loads(raw)
+        h = us.valid_from(doc)
+        if h is not None and t - t % 3_600_000 < h:
+            raise BeforeHorizon(f"instant {t} is before the horizon {h} of {user_id}'s state; "
+                                "use the lookup")
+        return doc
 
     def profile(self, user_id: str, ts_ms: int) -> dict | None:
         """The user's counters with event ts < ts_ms (`lookup.PROFILE_SCHEMA` names, times in
         epoch ms or None), plus per-campaign counts and domains; None for an unknown user (no
         event folded at all). Raises BeforeHorizon for instants the state no longer holds."""
         self._check(ts_ms)
-        doc = self._doc(user_id)
+        doc = self._doc(user_id, ts_ms)
         if doc is None:
             return None
         out = {"user_id": user_id, "t": ts_ms}
@@ -71,7 +81,7 @@ class OnlineFeatures:
         """`features.INPUT_COLUMNS` as length-1 arrays for an impression at ts_ms (`domain`: the
         impression's domain, for the per-domain segment counters; None = unknown)."""
         self._check(ts_ms)
-        doc = self._doc(user_id) or us.new_user()
+        doc = self._doc(user_id, ts_ms) or us.new_user()
         p = us.profile_at(doc, ts_ms)
         out: dict[str, np.ndarray] = {"ts_ms": np.array([ts_ms], dtype=np.int64)}
         for w, suffix in _WINDOW_SUFFIX.items():

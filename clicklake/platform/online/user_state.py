@@ -21,6 +21,7 @@ themselves, and an answer at t takes the totals minus the events at or after t:
   stored as 0, as every read's t is past it);
 - `preds` = [ts, prediction_id, score] since the horizon, and `plast` the latest one before it
   (the feature reads 24 h back: the latest before t is one of these);
+- `h` = the last horizon `trim` gave something up at (`valid_from`);
 
 Reads must ask for t with floor(t) >= the horizon (`read.BeforeHorizon` otherwise): every
 aggregate above relies on it.
@@ -164,25 +165,37 @@ def trim(doc: dict, horizon_ms: int) -> None:
     tile is past the longest window: checked in C, as most writes have nothing to give up (a
     steady user's week of tiles made a Python pass per write the fold's biggest loop). A first
     time before the horizon always comes with such a tile (its event's), so it is zeroed then."""
-    ev, preds = doc["ev"], doc["preds"]
+    ev, preds, tiles = doc["ev"], doc["preds"], doc["tiles"]
+    gave_up = False
     if ev and min(map(_first, ev)) < horizon_ms:
         doc["ev"] = ev = [e for e in ev if e[0] >= horizon_ms]
+        gave_up = True
     if preds and min(map(_first, preds)) < horizon_ms:
         old = [p for p in preds if p[0] < horizon_ms]
         if doc.get("plast") is not None:
             old.append(doc["plast"])
         doc["plast"] = max(old, key=_pred_order)
         doc["preds"] = [p for p in preds if p[0] >= horizon_ms]
-    tiles = doc["tiles"]
-    if not tiles:
-        return
-    # Tiles at or after the horizon are full (5 items) and hold the hours of `ev`: more full
-    # tiles than that means one before the horizon still has its times. Tiles are made in time
-    # order but for a straggling file's: one out of order only waits for the next pass.
-    full = (sum(map(len, tiles.values())) - 3 * len(tiles)) // 2
-    keep = horizon_ms - TILE_KEEP_MS
-    if full > len({e[0] - e[0] % HOUR_MS for e in ev}) or int(next(iter(tiles))) < keep:
-        _trim_before(doc, horizon_ms, keep)
+        gave_up = True
+    if tiles:
+        # Tiles at or after the horizon are full (5 items) and hold the hours of `ev`: more
+        # full tiles than that means one before the horizon still has its times. Tiles are
+        # made in time order but for a straggling file's: one out of order waits for the next
+        # pass.
+        full = (sum(map(len, tiles.values())) - 3 * len(tiles)) // 2
+        keep = horizon_ms - TILE_KEEP_MS
+        if full > len({e[0] - e[0] % HOUR_MS for e in ev}) or int(next(iter(tiles))) < keep:
+            _trim_before(doc, horizon_ms, keep)
+            gave_up = True
+    if gave_up:  # the answers before this horizon are gone: say so (`valid_from`)
+        doc["h"] = max(doc.get("h", horizon_ms), horizon_ms)
+
+
+def valid_from(doc: dict) -> int | None:
+    """The earliest hour this document answers for: the last horizon `trim` gave something up
+    at (None: anything folded). A reader whose own horizon is older (it read the watermark
+    before a fold committed this document) must not use it: `read.BeforeHorizon`."""
+    return doc.get("h")
 
 
 def _trim_before(doc: dict, horizon_ms: int, keep_ms: int) -> None:
