@@ -162,6 +162,25 @@ def test_a_table_of_the_older_layout_is_refused_until_rebuilt(moto_endpoint, lan
         fold_files(older, landing_zone, keys)
 
 
+def test_documents_of_a_newer_layout_are_refused(moto_endpoint, landing_zone):
+    from clicklake.platform.online.state import DOCS_LAYOUT, StaleLayout
+
+    state = _dynamo(moto_endpoint)
+    keys = landing_zone.list("landing/")
+    fold_files(state, landing_zone, keys[:1])
+    assert int(state._get("meta#docs")["v"]["N"]) == DOCS_LAYOUT
+    state.check_readable()
+    state.client.put_item(TableName=state.table, Item={**state._key("meta#docs"),
+                                                        "v": {"N": str(DOCS_LAYOUT + 1)}})
+    with pytest.raises(StaleLayout, match="newer clicklake"):
+        state.check_readable()
+    again = DynamoDbOnlineStore(table_name=state.table, endpoint_url=moto_endpoint,
+                                region="us-east-1").state()  # a new writer, e.g. the next run
+    with pytest.raises(StaleLayout, match="newer clicklake"):
+        fold_files(again, landing_zone, keys)
+    assert again.folded(keys) == {keys[0]}  # refused before anything was written
+
+
 def test_a_busy_minute_log_outgrows_one_item_and_still_reads_exactly(moto_endpoint, tmp_path):
     """A minute row's log grows by ~6 bytes per event: 90 k events of one segment in one minute
     (1,500/s) is 540 KB, past DynamoDB's 400 KB per item. It is stored in parts under the

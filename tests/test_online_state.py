@@ -116,6 +116,28 @@ def test_a_read_racing_a_fold_that_moves_the_horizon_is_refused_not_answered_wro
     assert online.feature_inputs("u1", "c1", h0 + 60 * MIN, US_IP, "curl/8")["pred_score"][0] == 0.99
 
 
+def test_documents_of_a_newer_layout_are_refused_by_readers_and_writers(env, tmp_path):
+    # What a later clicklake writes, this one may misread (this one's trimmed documents broke
+    # the readers before it): the store records its documents' layout, and both sides check.
+    from clicklake.platform.online.state import DOCS_LAYOUT, StaleLayout
+    from clicklake.serving.sources import open_online_source
+
+    store, state, _ = env
+    land(store, "impressions", H + 10 * MIN, [impression("a", H + 5 * MIN)], "1")
+    fold_files(state, store, store.list("landing/"))
+    path = str(tmp_path / "online.db")
+    assert state.conn.execute("SELECT v FROM meta WHERE k='docs_layout'").fetchone()[0] == \
+        DOCS_LAYOUT
+    open_online_source(path).profile("u1", H + 11 * MIN)  # readable
+    state.conn.execute("UPDATE meta SET v=? WHERE k='docs_layout'", (DOCS_LAYOUT + 1,))
+    with pytest.raises(StaleLayout, match="newer clicklake"):
+        open_online_source(path)
+    land(store, "impressions", H + 20 * MIN, [impression("b", H + 15 * MIN)], "2")
+    with pytest.raises(StaleLayout, match="newer clicklake"):
+        fold_files(SqliteState(path), store, store.list("landing/"))
+    assert SqliteState(path).folded(store.list("landing/")) == {store.list("landing/")[0]}
+
+
 def test_a_micro_batch_folds_like_file_by_file(tmp_path):
     """Every file in one commit: dedup across the batch's files, a click folded before its
     impression in the same batch, quarantine verdicts; same counters, file stats and reads as

@@ -61,8 +61,9 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         report = fold_files(state, store, keys, prefix=lake.landing_prefix,
                             files_per_commit=FILES_PER_COMMIT)
     except StaleLayout as exc:
-        # The store was folded by an older clicklake (refused before anything was written). Its
-        # state is derived from the landing zone, so upgrading is a rebuild, not an error.
+        # The store has an older clicklake's table layout, or a newer one's documents (refused
+        # before anything was written). Its state is derived from the landing zone, so
+        # upgrading (or rolling back) is a rebuild, not an error.
         rebuilt_for = str(exc)
         context.log.warning(f"{exc} (now, from every landing file)")
         state.clear()

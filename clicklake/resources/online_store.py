@@ -37,11 +37,13 @@ from pydantic import Field
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, StateStore
 from clicklake.platform.online.state import (
+    DOCS_LAYOUT,
     Cell,
     Commit,
     FileRecord,
     StaleLayout,
     canonical_log,
+    check_docs_layout,
     chunks,
 )
 
@@ -380,7 +382,14 @@ class DynamoState(StateStore):
         elif _n(item["v"]) != DYNAMO_LAYOUT:
             raise StaleLayout(f"DynamoDB table {self.table} holds online state layout "
                               f"{_n(item['v'])}, not {DYNAMO_LAYOUT}: rebuild it")
+        self.check_readable()
+        self.client.put_item(TableName=self.table, Item={
+            **self._key("meta#docs"), "v": {"N": str(DOCS_LAYOUT)}})
         self._layout_ok = True
+
+    def check_readable(self) -> None:
+        item = self._get("meta#docs")
+        check_docs_layout(None if item is None else _n(item["v"]), f"DynamoDB table {self.table}")
 
     def commit(self, commit: Commit) -> bool:
         self._check_layout()

@@ -132,10 +132,13 @@ def open_online_source(sqlite_path: str | None = None, dynamodb_table: str | Non
     from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
 
     if dynamodb_table:
-        return DynamoDbOnlineStore(table_name=dynamodb_table, region=region).features()
+        features = DynamoDbOnlineStore(table_name=dynamodb_table, region=region).features()
+        features.state.check_readable()  # documents of a newer clicklake: refused, not misread
+        return features
     features = SqliteOnlineStore(path=sqlite_path).features()
     if getattr(features.state, "stale", False):  # its reads would fail on every request
         raise StaleLayout(f"{features.state.path} holds an older online state layout: run "
                           "serving_lookup once (the sensor's next run, or `clicklake demo`) to "
                           "rebuild it from the landing zone")
+    features.state.check_readable()
     return features

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 import orjson
 
 from clicklake.platform.online.state import (
+    DOCS_LAYOUT,
     Cell,
     Commit,
     StaleLayout,
     StateStore,
     canonical_log,
+    check_docs_layout,
     chunks,
 )
 
@@ -75,10 +77,16 @@ class SqliteState(StateStore):
         # commits until a `clear` (a rebuild) recreates the tables.
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(counters)")}
         self.stale = "ilog" not in columns
+        self._docs_marked = False  # DOCS_LAYOUT recorded by this connection
 
     def _check_layout(self) -> None:
         if self.stale:
             raise StaleLayout(f"{self.path} holds an older online state layout: rebuild it")
+
+    def check_readable(self) -> None:
+        self._check_layout()
+        row = self.conn.execute("SELECT v FROM meta WHERE k='docs_layout'").fetchone()
+        check_docs_layout(None if row is None else int(row[0]), self.path)
 
     def _changed(self) -> None:
         self._wm = None
@@ -162,6 +170,10 @@ class SqliteState(StateStore):
             if self.folded([f.key for f in commit.files]):
                 c.execute("ROLLBACK")
                 return False
+            if not self._docs_marked:  # checked inside the transaction, then recorded
+                self.check_readable()
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('docs_layout', ?)",
+                          (DOCS_LAYOUT,))
             for ns, docs in commit.docs.items():
                 puts = [(ns, k, h, v) for k, (h, v) in docs.items() if v is not None]
                 c.executemany("INSERT OR REPLACE INTO docs VALUES (?,?,?,?)", puts)
@@ -184,6 +196,7 @@ class SqliteState(StateStore):
         except BaseException:
             c.execute("ROLLBACK")
             raise
+        self._docs_marked = True
         return True
 
     def watermark_ms(self) -> int | None:
@@ -248,6 +261,7 @@ class SqliteState(StateStore):
         drops = "".join(f"DROP TABLE IF EXISTS {table};" for table in _TABLES)
         self.conn.executescript(f"BEGIN IMMEDIATE;{drops}{_SCHEMA}COMMIT;")
         self.stale = False
+        self._docs_marked = False
 
     def close(self) -> None:
         self.conn.close()

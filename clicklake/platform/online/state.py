@@ -25,6 +25,20 @@ from dataclasses import dataclass, field
 LAYOUT = 2  # 2: minute rows with event logs (1 had millisecond rows, and markers as documents)
 
 
+# The user documents' own layout, recorded by each backend beside its data: 2 = trimmed to
+# aggregates before the horizon (`plast`, tiles of three counts, `h`), which the readers of
+# 1 (untrimmed; no record) cannot read. A store recording a newer one than this code knows is
+# refused by its writers and readers alike (`check_docs_layout`).
+DOCS_LAYOUT = 2
+
+
+def check_docs_layout(found: int | None, where: str) -> None:
+    if found is not None and found > DOCS_LAYOUT:
+        raise StaleLayout(f"{where} holds user documents of layout {found}, written by a newer "
+                          f"clicklake (this one reads up to {DOCS_LAYOUT}): upgrade it, or "
+                          "rebuild the store")
+
+
 class StaleLayout(RuntimeError):
     """The store holds an older layout of the online state: rebuild it (serving_lookup with
     `rebuild: true` clears it and refolds every landing file)."""
@@ -174,6 +188,10 @@ class StateStore(ABC):
     @abstractmethod
     def clear(self) -> None:
         """Forget everything (a rebuild starts here)."""
+
+    def check_readable(self) -> None:
+        """Raise `StaleLayout` when this code cannot read the store (an older table layout, or
+        documents of a newer layout); the default: nothing to check."""
 
     def close(self) -> None:
         pass
