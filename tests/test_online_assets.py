@@ -52,7 +52,8 @@ def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_p
     assert len(first.run_requests) == 1
     assert _files(first.run_requests[0]) == [k1, k2]  # arrival order across streams
     cursor = orjson.loads(first.cursor)
-    assert cursor == {"impressions": k1, "clicks": k2}
+    assert cursor == {"impressions": {"keys": [k1], "floor": None},
+                      "clicks": {"keys": [k2], "floor": None}}
     assert _tick(lake, first.cursor).run_requests == []  # nothing new: a cheap, empty tick
 
     meta = _materialize(lake, online, _files(first.run_requests[0]))
@@ -81,6 +82,38 @@ def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_p
     # sawtooth 1 h at H+66 min: the whole hour H plus [H+1 h, H+66 min)
     assert (prof["impressions"], prof["clicks"], prof["impressions_1h"]) == (2, 1, 2)
     assert online.features().profile("u1", H + 61 * MIN)["impressions_1h"] == 1
+
+
+def test_a_file_visible_after_later_ones_is_still_requested_within_the_lookback(tmp_path):
+    # Firehose may make an object visible after objects with later keys (another buffer, a
+    # retried delivery): taking only keys after the newest one lost such a file for good.
+    from clicklake.assets.serving import LOOKBACK_MS
+
+    store = Store(str(tmp_path / "lake"))
+    lake = LakeResource(root=store.root)
+    k2 = land(store, "impressions", H + 30 * MIN, [impression("i2", H + 29 * MIN)], "2")
+    first = _tick(lake, None)
+    assert [_files(r) for r in first.run_requests] == [[k2]]
+    k1 = land(store, "impressions", H + 10 * MIN, [impression("i1", H + 9 * MIN)], "1")
+    late = land(store, "impressions", H + 30 * MIN - LOOKBACK_MS - MIN,
+                [impression("i0", H - 40 * MIN)], "0")  # past the lookback: as raw, not waited for
+    second = _tick(lake, first.cursor)
+    assert [_files(r) for r in second.run_requests] == [[k1]]
+    assert late not in _files(second.run_requests[0])
+    assert _tick(lake, second.cursor).run_requests == []
+    # a cursor of the earlier form (the newest key alone) goes on from that key
+    legacy = orjson.dumps({"impressions": k2}).decode()
+    assert _tick(lake, legacy).run_requests == []
+    k3 = land(store, "impressions", H + 50 * MIN, [impression("i3", H + 49 * MIN)], "3")
+    assert [_files(r) for r in _tick(lake, legacy).run_requests] == [[k3]]
+    # keys fall out of the cursor once the newest is a lookback past them
+    k4 = land(store, "impressions", H + 30 * MIN + LOOKBACK_MS + MIN,
+              [impression("i4", H + 30 * MIN + LOOKBACK_MS)], "4")
+    third = _tick(lake, second.cursor)
+    assert sorted(_files(third.run_requests[0])) == sorted([k3, k4])
+    remembered = orjson.loads(third.cursor)["impressions"]
+    assert remembered["keys"] == sorted([k3, k4]) and remembered["floor"] == k2
+    assert _tick(lake, third.cursor).run_requests == []
 
 
 def test_comparison_instant_waits_for_late_files_and_lake_snapshots():

@@ -93,29 +93,73 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
 # -- the sensor ----------------------------------------------------------------------------------
 
 
-def new_landing_keys(store, cursor: dict[str, str], now_ms: int, prefix: str = landing.DEFAULT_PREFIX
+# A landing file may become visible after files with later keys (two Firehose buffers, a
+# retried delivery): the sensor looks back this far behind its newest key and remembers the
+# keys it requested there, instead of taking only keys after its newest one (which lost such a
+# file for good). Files later than this behind their key time are past the allowed lateness,
+# which the raw layer's partitions do not wait for either.
+LOOKBACK_MS = HOUR_MS
+MAX_REMEMBERED = 20_000  # keys per stream in the cursor; older ones count as seen (`floor`)
+
+
+def _seen(entry) -> tuple[list[str], str | None]:
+    """(remembered keys, floor: keys at or below it count as seen) of a cursor's stream entry;
+    an entry of the earlier cursor (the newest key alone) remembers nothing below it."""
+    if entry is None:
+        return [], None
+    if isinstance(entry, str):
+        return [entry], entry
+    return list(entry.get("keys", [])), entry.get("floor")
+
+
+def new_landing_keys(store, cursor: dict, now_ms: int, prefix: str = landing.DEFAULT_PREFIX
                      ) -> dict[str, list[str]]:
-    """Per stream, the landing keys after the cursor's key, in key order. Lists only the hour
-    folders from the cursor's hour to now's (a stream never seen is listed whole, once)."""
+    """Per stream, the landing keys not requested yet, in key order: those at most
+    `LOOKBACK_MS` behind the newest requested one that the cursor does not remember, and every
+    later one. Lists only the hour folders from there to now's (a stream never seen is listed
+    whole, once)."""
     out: dict[str, list[str]] = {}
     for stream in landing.STREAMS:
-        last = cursor.get(stream)
-        lf = landing.parse_key(last) if last else None
-        if lf is None:
-            keys = store.list(f"{prefix}/{stream}/")
+        keys_seen, floor = _seen(cursor.get(stream))
+        newest = landing.parse_key(max(keys_seen)) if keys_seen else None
+        if newest is None:
+            keys, since = store.list(f"{prefix}/{stream}/"), None
         else:
+            since = newest.arrival_ms - LOOKBACK_MS
             keys = []
-            h = lf.arrival_ms - lf.arrival_ms % HOUR_MS
+            h = since - since % HOUR_MS
             while h <= now_ms - now_ms % HOUR_MS + HOUR_MS:  # an hour ahead: clocks drift
                 keys += store.list(landing.hour_prefix(stream, h, prefix))
                 h += HOUR_MS
-        out[stream] = sorted(k for k in keys if (last is None or k > last)
-                             and landing.parse_key(k) is not None and ".tmp-" not in k)
+        seen = set(keys_seen)
+        new = []
+        for k in keys:
+            if k in seen or (floor is not None and k <= floor) or ".tmp-" in k:
+                continue
+            lf = landing.parse_key(k)
+            if lf is not None and (since is None or lf.arrival_ms >= since):
+                new.append(k)
+        out[stream] = sorted(new)
     return out
 
 
-def plan_runs(new: dict[str, list[str]], cursor: dict[str, str],
-              max_files: int = MAX_FILES_PER_RUN) -> tuple[list[dg.RunRequest], dict[str, str]]:
+def _remember(entry, added: list[str]) -> dict:
+    """A stream's cursor entry after requesting `added`: the keys at most `LOOKBACK_MS` behind
+    the newest (at most `MAX_REMEMBERED`), the older ones folded into `floor`."""
+    keys, floor = _seen(entry)
+    keys = sorted(set(keys) | set(added))
+    newest = landing.parse_key(keys[-1])
+    since = newest.arrival_ms - LOOKBACK_MS if newest is not None else None
+    keep = [k for k in keys if since is None or (landing.parse_key(k) or newest).arrival_ms >= since]
+    keep = keep[-MAX_REMEMBERED:]
+    gone = [k for k in keys if k < keep[0]] if keep else keys
+    if gone:
+        floor = max([gone[-1]] + ([floor] if floor is not None else []))
+    return {"keys": keep, "floor": floor}
+
+
+def plan_runs(new: dict[str, list[str]], cursor: dict,
+              max_files: int = MAX_FILES_PER_RUN) -> tuple[list[dg.RunRequest], dict]:
     """Run requests of at most `max_files` keys (in arrival order across streams) and the cursor
     after them."""
     files, bad = [], []
@@ -125,17 +169,20 @@ def plan_runs(new: dict[str, list[str]], cursor: dict[str, str],
             (files if lf else bad).append((lf, stream))
     files.sort()
     requests, cursor = [], dict(cursor)
+    added: dict[str, list[str]] = {}
     for i in range(0, len(files), max_files):
         batch = files[i:i + max_files]
         keys = [lf.key for lf, _ in batch]
         for lf, stream in batch:
-            cursor[stream] = max(cursor.get(stream, ""), lf.key)
+            added.setdefault(stream, []).append(lf.key)
         run_key = "fold-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
         requests.append(dg.RunRequest(
             run_key=run_key,
             run_config=dg.RunConfig(ops={"serving_lookup": ServingLookupConfig(files=keys)}),
             tags={"clicklake/files": str(len(keys)), "clicklake/first_arrival": iso(
                 batch[0][0].arrival_ms), "clicklake/last_arrival": iso(batch[-1][0].arrival_ms)}))
+    for stream, keys in added.items():
+        cursor[stream] = _remember(cursor.get(stream), keys)
     return requests, cursor
 
 
@@ -143,8 +190,8 @@ def plan_runs(new: dict[str, list[str]], cursor: dict[str, str],
            minimum_interval_seconds=SENSOR_INTERVAL_S,
            default_status=dg.DefaultSensorStatus.STOPPED)
 def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-    """New landing files → one `serving_lookup` micro-batch run per batch (cursor = last key per
-    stream)."""
+    """New landing files → one `serving_lookup` micro-batch run per batch (cursor: per stream,
+    the keys requested in the last `LOOKBACK_MS` of key time; see `new_landing_keys`)."""
     cursor = orjson.loads(context.cursor) if context.cursor else {}
     new = new_landing_keys(lake.store(), cursor, int(time.time() * 1000), lake.landing_prefix)
     requests, cursor = plan_runs(new, cursor)
