@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
 
 import orjson
@@ -92,32 +93,21 @@ def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT
     decoded = landing.decode_lines(data)
     out = ParsedFile(stream, [])
     plain = plain_rows(spec, decoded.lines, lo, hi)
-    if plain is not None:
-        got, unsure, blank = plain
-        if not unsure and not blank:  # the usual file: every line a row
-            out.rows, out.lines = got, len(got)
-        else:
-            rows, q = out.rows, out.quarantined
-            exact = _line_parser(spec, lo, hi, arrival_ms, rules)
-            for line, row in zip(decoded.lines, got, strict=True):
-                if row is False:
-                    continue
-                out.lines += 1
-                if row is None:
-                    row = exact(line, q)
-                    if row is None:
-                        continue
-                rows.append(row)
+    if plain is not None and not plain[1] and not plain[2]:  # the usual file: a row per line
+        out.rows, out.lines = plain[0], len(plain[0])
     else:
         rows, q = out.rows, out.quarantined
         exact = _line_parser(spec, lo, hi, arrival_ms, rules)
-        for line in decoded.lines:
-            if not line or line.isspace():
-                continue
+        got = plain[0] if plain is not None else repeat(None)
+        for line, row in zip(decoded.lines, got):
+            if row is False or (row is None and (not line or line.isspace())):
+                continue  # blank
             out.lines += 1
-            row = exact(line, q)
-            if row is not None:
-                rows.append(row)
+            if row is None:
+                row = exact(line, q)
+                if row is None:
+                    continue
+            rows.append(row)
     if decoded.error:
         out.quarantined[MALFORMED] += 1
     return out
