@@ -158,3 +158,18 @@ def test_a_store_of_an_older_layout_is_refused_by_serve_and_rebuilt_by_the_next_
     assert online.profile("u2", H + 10 * MIN)["impressions"] == 1
     assert _materialize(lake, SqliteOnlineStore(path=path), [k1])["files_folded"] == 0
     assert _materialize(lake, SqliteOnlineStore(path=path))["rebuild_reason"] == "none"
+
+
+def test_the_cursor_keeps_at_most_so_many_keys_and_counts_older_ones_as_seen(tmp_path,
+                                                                              monkeypatch):
+    from clicklake.assets import serving
+
+    monkeypatch.setattr(serving, "MAX_REMEMBERED", 3)
+    store = Store(str(tmp_path / "lake"))
+    lake = LakeResource(root=store.root)
+    keys = [land(store, "impressions", H + i * MIN, [impression(f"i{i}", H + i * MIN)], str(i))
+            for i in range(1, 6)]
+    first = _tick(lake, None)
+    remembered = orjson.loads(first.cursor)["impressions"]
+    assert remembered == {"keys": sorted(keys)[-3:], "floor": sorted(keys)[-4]}
+    assert _tick(lake, first.cursor).run_requests == []  # the two forgotten ones stay seen

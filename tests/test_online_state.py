@@ -113,7 +113,8 @@ def test_a_read_racing_a_fold_that_moves_the_horizon_is_refused_not_answered_wro
         raced.feature_inputs("u1", "c1", t + 1, US_IP, "curl/8")
     # at or after the new horizon the document answers, exactly
     assert online.profile("u1", h0 + 60 * MIN)["impressions"] == 1
-    assert online.feature_inputs("u1", "c1", h0 + 60 * MIN, US_IP, "curl/8")["pred_score"][0] == 0.99
+    later = online.feature_inputs("u1", "c1", h0 + 60 * MIN, US_IP, "curl/8")
+    assert later["pred_score"][0] == 0.99
 
 
 def test_documents_of_a_newer_layout_are_refused_by_readers_and_writers(env, tmp_path):

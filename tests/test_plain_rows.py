@@ -145,7 +145,8 @@ def test_random_lines_agree_or_are_declined(stream, data):
     line = orjson.dumps(obj)
     # and byte-level mutations orjson never writes: spaces, a cut, a doubled or dropped byte
     cut = data.draw(st.integers(0, len(line)))
-    lines = [line, line.replace(b":", b" : "), line[:cut], line[:cut] + line[cut:cut + 1] + line[cut:],
+    lines = [line, line.replace(b":", b" : "), line[:cut],
+             line[:cut] + line[cut:cut + 1] + line[cut:],
              line[:cut] + line[cut + 1:]]
     check(spec, lines)
 

@@ -99,7 +99,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
 # file for good). Files later than this behind their key time are past the allowed lateness,
 # which the raw layer's partitions do not wait for either.
 LOOKBACK_MS = HOUR_MS
-MAX_REMEMBERED = 20_000  # keys per stream in the cursor; older ones count as seen (`floor`)
+MAX_REMEMBERED = 5_000  # keys per stream in the cursor (~0.5 MB); older ones count as seen: `floor`
 
 
 def _seen(entry) -> tuple[list[str], str | None]:
@@ -150,7 +150,8 @@ def _remember(entry, added: list[str]) -> dict:
     keys = sorted(set(keys) | set(added))
     newest = landing.parse_key(keys[-1])
     since = newest.arrival_ms - LOOKBACK_MS if newest is not None else None
-    keep = [k for k in keys if since is None or (landing.parse_key(k) or newest).arrival_ms >= since]
+    keep = [k for k in keys
+            if since is None or (landing.parse_key(k) or newest).arrival_ms >= since]
     keep = keep[-MAX_REMEMBERED:]
     gone = [k for k in keys if k < keep[0]] if keep else keys
     if gone:
