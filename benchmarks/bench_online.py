@@ -190,9 +190,10 @@ def bench_history(root: str, users: int, hours: int, reads: int, batch_files: in
     document carries up to 169 hourly tiles and every campaign and domain it ever saw (the
     short stream of `bench_fold` leaves documents of a few hours). The landing files of all but
     the last `tail_hours` hours are folded first (untimed); then the last hours' files, timed
-    beside the exact parse of the same files: as one sensor run (a backlog) and, on a copy of
+    beside the exact parse of the same files: as one sensor run (a backlog) and, on copies of
     the same state, in runs of `batch_files` files (the steady state), each with a fresh
-    `SqliteState` as a new run process opens it; then `bench_reads` on the resulting state."""
+    `SqliteState` as a new run process opens it, alone and beside a reader holding the file
+    open as the REST API does; then `bench_reads` on the resulting state."""
     sub = os.path.join(root, "history")
     os.makedirs(sub)
     store = Store(os.path.join(sub, "lake"))
@@ -223,14 +224,29 @@ def bench_history(root: str, users: int, hours: int, reads: int, batch_files: in
     sizes = np.array([r[0] for r in state.conn.execute(
         "SELECT length(value) FROM docs WHERE ns='user'")])
     keys = [lf.key for lf, _ in tail]
-    t0, c0 = time.perf_counter(), time.process_time()
-    small = 0
-    for i in range(0, len(keys), batch_files):
-        run = SqliteState(steady)
-        small += fold_files(run, store, keys[i:i + batch_files],
+
+    def small_runs(path: str) -> tuple[int, float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = 0
+        for i in range(0, len(keys), batch_files):
+            run = SqliteState(path)
+            n += fold_files(run, store, keys[i:i + batch_files],
                             files_per_commit=batch_files).events_total
-        run.close()
-    small_wall, small_cpu = time.perf_counter() - t0, time.process_time() - c0
+            run.close()
+        return n, time.perf_counter() - t0, time.process_time() - c0
+
+    # Alone, each run's close is the file's last: SQLite then checkpoints the WAL into it (and
+    # syncs). Beside a reader holding the file open, as the REST API does, it does not: the
+    # WAL is checkpointed once it passes `wal_autocheckpoint` pages, for many runs at once.
+    beside = _fresh_db(sub, "steady-reader.db")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(steady + suffix):
+            shutil.copy(steady + suffix, beside + suffix)
+    small, small_wall, small_cpu = small_runs(steady)
+    api = SqliteState(beside)
+    api.watermark_ms()
+    small_r, reader_wall, reader_cpu = small_runs(beside)
+    api.close()
     return {"users": users, "hours": hours, "timed_hours": tail_hours,
             "user_document_bytes": {"p50": int(np.percentile(sizes, 50)),
                                     "p99": int(np.percentile(sizes, 99)), "max": int(sizes.max())},
@@ -244,6 +260,10 @@ def bench_history(root: str, users: int, hours: int, reads: int, batch_files: in
             "small_runs": {"files_per_run": batch_files, "events": small,
                            "seconds": round(small_wall, 3), "cpu_seconds": round(small_cpu, 3),
                            "events_per_s": round(small / small_wall)},
+            "small_runs_beside_a_reader": {
+                "files_per_run": batch_files, "events": small_r,
+                "seconds": round(reader_wall, 3), "cpu_seconds": round(reader_cpu, 3),
+                "events_per_s": round(small_r / reader_wall)},
             "reads": bench_reads(state, sub, reads)}
 
 
