@@ -101,6 +101,18 @@ def test_a_file_visible_after_later_ones_is_still_requested_within_the_lookback(
     assert [_files(r) for r in second.run_requests] == [[k1]]
     assert late not in _files(second.run_requests[0])
     assert _tick(lake, second.cursor).run_requests == []
+    # the late one is reported (the sensor logs it) once, then counted as seen
+    from clicklake.assets.serving import new_landing_keys, plan_runs
+
+    found: dict[str, list[str]] = {}
+    cursor = orjson.loads(first.cursor)
+    assert new_landing_keys(store, cursor, H + 2 * HOUR_MS, late=found) == {
+        "impressions": [k1], "clicks": [], "predictions": []}
+    assert found == {"impressions": [late]}
+    _, after = plan_runs({"impressions": [k1]}, cursor, late=found)
+    again: dict[str, list[str]] = {}
+    assert new_landing_keys(store, after, H + 2 * HOUR_MS, late=again)["impressions"] == []
+    assert again == {}
     # a cursor of the earlier form (the newest key alone) goes on from that key
     legacy = orjson.dumps({"impressions": k2}).decode()
     assert _tick(lake, legacy).run_requests == []

@@ -112,12 +112,12 @@ def _seen(entry) -> tuple[list[str], str | None]:
     return list(entry.get("keys", [])), entry.get("floor")
 
 
-def new_landing_keys(store, cursor: dict, now_ms: int, prefix: str = landing.DEFAULT_PREFIX
-                     ) -> dict[str, list[str]]:
+def new_landing_keys(store, cursor: dict, now_ms: int, prefix: str = landing.DEFAULT_PREFIX,
+                     late: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """Per stream, the landing keys not requested yet, in key order: those at most
     `LOOKBACK_MS` behind the newest requested one that the cursor does not remember, and every
     later one. Lists only the hour folders from there to now's (a stream never seen is listed
-    whole, once)."""
+    whole, once). Keys listed there but further behind, not seen before, go to `late`."""
     out: dict[str, list[str]] = {}
     for stream in landing.STREAMS:
         keys_seen, floor = _seen(cursor.get(stream))
@@ -139,6 +139,8 @@ def new_landing_keys(store, cursor: dict, now_ms: int, prefix: str = landing.DEF
             lf = landing.parse_key(k)
             if lf is not None and (since is None or lf.arrival_ms >= since):
                 new.append(k)
+            elif lf is not None and late is not None:
+                late.setdefault(stream, []).append(k)
         out[stream] = sorted(new)
     return out
 
@@ -159,10 +161,10 @@ def _remember(entry, added: list[str]) -> dict:
     return {"keys": keep, "floor": floor}
 
 
-def plan_runs(new: dict[str, list[str]], cursor: dict,
-              max_files: int = MAX_FILES_PER_RUN) -> tuple[list[dg.RunRequest], dict]:
+def plan_runs(new: dict[str, list[str]], cursor: dict, max_files: int = MAX_FILES_PER_RUN,
+              late: dict[str, list[str]] | None = None) -> tuple[list[dg.RunRequest], dict]:
     """Run requests of at most `max_files` keys (in arrival order across streams) and the cursor
-    after them."""
+    after them, which also counts the `late` keys as seen (reported once, never folded)."""
     files, bad = [], []
     for stream, keys in new.items():
         for k in keys:
@@ -182,6 +184,8 @@ def plan_runs(new: dict[str, list[str]], cursor: dict,
             run_config=dg.RunConfig(ops={"serving_lookup": ServingLookupConfig(files=keys)}),
             tags={"clicklake/files": str(len(keys)), "clicklake/first_arrival": iso(
                 batch[0][0].arrival_ms), "clicklake/last_arrival": iso(batch[-1][0].arrival_ms)}))
+    for stream, keys in late.items() if late else ():
+        added.setdefault(stream, []).extend(keys)
     for stream, keys in added.items():
         cursor[stream] = _remember(cursor.get(stream), keys)
     return requests, cursor
@@ -194,8 +198,17 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource) 
     """New landing files → one `serving_lookup` micro-batch run per batch (cursor: per stream,
     the keys requested in the last `LOOKBACK_MS` of key time; see `new_landing_keys`)."""
     cursor = orjson.loads(context.cursor) if context.cursor else {}
-    new = new_landing_keys(lake.store(), cursor, int(time.time() * 1000), lake.landing_prefix)
-    requests, cursor = plan_runs(new, cursor)
+    late: dict[str, list[str]] = {}
+    new = new_landing_keys(lake.store(), cursor, int(time.time() * 1000), lake.landing_prefix,
+                           late)
+    requests, cursor = plan_runs(new, cursor, late=late)
+    if late:
+        keys = sorted(k for ks in late.values() for k in ks)
+        context.log.warning(
+            f"{len(keys)} landing files became visible more than {LOOKBACK_MS // 60_000} min "
+            f"after their key time: not folded online (the raw layer does not wait for them "
+            f"either; rebuild serving_lookup and re-materialize their raw hours to take them): "
+            f"{', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
     if not requests:
         return dg.SensorResult(skip_reason="no new landing files", cursor=orjson.dumps(
             cursor).decode())
