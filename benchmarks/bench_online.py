@@ -54,6 +54,13 @@ def pct(ns: list[int]) -> dict[str, float]:
             "p99_us": round(float(np.percentile(a, 99)), 2)}
 
 
+def _copy_db(src: str, dst: str) -> None:
+    """A SQLite file and its WAL and shared-memory files, copied."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(src + suffix):
+            shutil.copy(src + suffix, dst + suffix)
+
+
 def _fresh_db(root: str, name: str) -> str:
     path = os.path.join(root, name)
     for suffix in ("", "-wal", "-shm"):
@@ -208,9 +215,7 @@ def bench_history(root: str, users: int, hours: int, reads: int, batch_files: in
     fold_files(setup, store, early, files_per_commit=FILES_PER_COMMIT)
     setup.close()
     steady = _fresh_db(sub, "steady.db")
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            shutil.copy(path + suffix, steady + suffix)
+    _copy_db(path, steady)
     c0 = time.process_time()
     n = sum(len(parse_file_exact(store.read_bytes(lf.key), stream, lf.arrival_ms).rows)
             for lf, stream in tail)
@@ -239,9 +244,7 @@ def bench_history(root: str, users: int, hours: int, reads: int, batch_files: in
     # syncs). Beside a reader holding the file open, as the REST API does, it does not: the
     # WAL is checkpointed once it passes `wal_autocheckpoint` pages, for many runs at once.
     beside = _fresh_db(sub, "steady-reader.db")
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(steady + suffix):
-            shutil.copy(steady + suffix, beside + suffix)
+    _copy_db(steady, beside)
     small, small_wall, small_cpu = small_runs(steady)
     api = SqliteState(beside)
     api.watermark_ms()

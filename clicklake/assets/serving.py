@@ -152,8 +152,8 @@ def _remember(entry, added: list[str]) -> dict:
     keys = sorted(set(keys) | set(added))
     newest = landing.parse_key(keys[-1])
     since = newest.arrival_ms - LOOKBACK_MS if newest is not None else None
-    keep = [k for k in keys
-            if since is None or (landing.parse_key(k) or newest).arrival_ms >= since]
+    # every key here came from `new_landing_keys`, which takes only keys it can parse
+    keep = [k for k in keys if since is None or landing.parse_key(k).arrival_ms >= since]
     keep = keep[-MAX_REMEMBERED:]
     gone = [k for k in keys if k < keep[0]] if keep else keys
     if gone:
@@ -165,12 +165,8 @@ def plan_runs(new: dict[str, list[str]], cursor: dict, max_files: int = MAX_FILE
               late: dict[str, list[str]] | None = None) -> tuple[list[dg.RunRequest], dict]:
     """Run requests of at most `max_files` keys (in arrival order across streams) and the cursor
     after them, which also counts the `late` keys as seen (reported once, never folded)."""
-    files, bad = [], []
-    for stream, keys in new.items():
-        for k in keys:
-            lf = landing.parse_key(k)
-            (files if lf else bad).append((lf, stream))
-    files.sort()
+    files = sorted((lf, stream) for stream, keys in new.items() for k in keys
+                   if (lf := landing.parse_key(k)) is not None)
     requests, cursor = [], dict(cursor)
     added: dict[str, list[str]] = {}
     for i in range(0, len(files), max_files):

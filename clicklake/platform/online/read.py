@@ -19,6 +19,7 @@ from clicklake.platform.online import user_state as us
 from clicklake.platform.online.fold import DEFAULT_RULES, USER, horizon_ms
 from clicklake.platform.online.state import StateStore
 from clicklake.platform.raw import Rules
+from clicklake.platform.timeutil import HOUR_MS
 
 _WINDOW_SUFFIX = {"life": "", "1h": "_1h", "24h": "_24h", "7d": "_7d"}
 
@@ -41,10 +42,12 @@ class OnlineFeatures:
         """Earliest instant answered exactly (event-level history starts here)."""
         return horizon_ms(self.state.watermark_ms(), self.rules)
 
-    def _check(self, t: int) -> None:
-        h = self.horizon_ms()
-        if t - t % 3_600_000 < h:
-            raise BeforeHorizon(f"instant {t} is before the online horizon {h}; use the lookup")
+    def _check(self, t: int, h: int | None = None, whose: str = "the online") -> None:
+        """Raise BeforeHorizon for an instant whose hour is before horizon `h` (default: the
+        state's, from its watermark)."""
+        h = self.horizon_ms() if h is None else h
+        if t - t % HOUR_MS < h:
+            raise BeforeHorizon(f"instant {t} is before {whose} horizon {h}; use the lookup")
 
     def _doc(self, user_id: str, t: int) -> dict | None:
         """The user's document, checked against t: a fold that committed after `_check` read
@@ -55,9 +58,8 @@ class OnlineFeatures:
             return None
         doc = orjson.loads(raw)
         h = us.valid_from(doc)
-        if h is not None and t - t % 3_600_000 < h:
-            raise BeforeHorizon(f"instant {t} is before the horizon {h} of {user_id}'s state; "
-                                "use the lookup")
+        if h is not None:
+            self._check(t, h, f"{user_id}'s state's")
         return doc
 
     def profile(self, user_id: str, ts_ms: int) -> dict | None:
