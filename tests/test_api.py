@@ -302,6 +302,13 @@ def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
     iso_form = client.get("/v1/users/u0000300/profile",
                           params={"as_of": iso(t).replace("Z", "+00:00")}).json()
     assert iso_form == past
+    for params in ({}, {"as_of": str(t)}):  # the counters alone, from either source
+        counters = client.get("/v1/users/u0000300/profile",
+                              params={**params, "lists": "false"}).json()
+        full = client.get("/v1/users/u0000300/profile", params=params).json()
+        assert "campaigns" not in counters and "domains" not in counters
+        assert counters == {k: v for k, v in full.items()  # "now" moved between the two
+                            if k not in ("campaigns", "domains")} | {"as_of": counters["as_of"]}
 
 
 @pytest.mark.parametrize(("path", "params", "status", "code"), [
@@ -311,6 +318,7 @@ def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
     ("/v1/users/u0000300/profile", {"as_of": "yesterday"}, 422, "invalid_request"),
     ("/v1/users/u0000300/profile", {"as_of": "2999-01-01T00:00:00Z"}, 422, "invalid_request"),
     ("/v1/users/u0000300/profile", {"as_of": "12"}, 422, "invalid_request"),
+    ("/v1/users/u0000300/profile", {"lists": "maybe"}, 422, "invalid_request"),
     ("/v1/users/" + "x" * 129 + "/profile", {}, 422, "invalid_request"),
     ("/v1/users/a%01b/profile", {}, 422, "invalid_request"),
 ])
@@ -478,3 +486,7 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     want = LookupTable(lake).profile("u0000300", parse_instant(prof["as_of"]))
     assert (prof["impressions"], prof["clicks"], prof["campaigns"]) == (
         want["impressions"], want["clicks"], want["campaigns"])
+    counters = client.get("/v1/users/u0000300/profile", params={"lists": "false"}).json()
+    assert "campaigns" not in counters and "domains" not in counters
+    assert {k: v for k, v in counters.items() if k != "as_of"} == {
+        k: v for k, v in prof.items() if k not in ("as_of", "campaigns", "domains")}

@@ -52,8 +52,14 @@ def test_dynamodb_fold_equals_sqlite_fold_and_reads_agree(moto_endpoint, landing
     a, b = OnlineFeatures(state), OnlineFeatures(sqlite_fold)
     t = START + HOUR_MS - 1
     users = sorted({d[1] for d in sqlite_fold.dump()["docs"] if d[0] == "user"})[:15]
+    now = state.watermark_ms() + HOUR_MS  # after every event: the users' heads answer
     for u in users:
         assert a.profile(u, t) == b.profile(u, t)
+        counters = a.profile(u, now, lists=False)
+        assert counters == b.profile(u, now, lists=False)
+        full = a.profile(u, now)
+        assert counters["impressions_24h"] == full["impressions_24h"] > 0
+        assert counters["clicks_7d"] == full["clicks_7d"]
         fa = a.feature_inputs(u, "c001", t, "8.8.8.8", None)
         fb = b.feature_inputs(u, "c001", t, "8.8.8.8", None)
         assert {k: repr(v.tolist()) for k, v in fa.items()} == {

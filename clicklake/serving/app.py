@@ -311,7 +311,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     # The declaration above is the route's contract (docs, methods, auth); requests take this:
     _serve_directly(app, "/v1/predict", score)
 
+    # exclude_unset: the lists are left out, not null, when they were not asked for
     @app.get("/v1/users/{user_id}/profile", response_model=ProfileOut,
+             response_model_exclude_unset=True,
              dependencies=[Depends(require_token)], responses={404: {"model": ErrorOut}},
              summary="A user's profile now or as of an instant")
     async def profile(
@@ -319,14 +321,20 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         as_of: Annotated[str | None, Query(
             max_length=40, description="ISO-8601 (naive = UTC) or epoch ms; default now. "
             "A past instant is answered by the lake's time-travel lookup table.")] = None,
+        lists: Annotated[bool, Query(
+            description="Include the per-campaign counts and the domains. false = the "
+            "counters alone: a week-long user's lists are most of the work of a read.")] = True,
     ) -> ProfileOut:
         """Counters over the user's events with ts < the instant: lifetime and 1 h / 24 h / 7 d
-        windows, recency, distinct campaigns and domains (per-campaign counts with `as_of`)."""
+        windows, recency, distinct campaigns and domains, and (unless `lists=false`) the
+        per-campaign counts and the domains themselves."""
         if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
             raise fail(422, "user_id: control characters are not allowed", "invalid_request")
         if as_of is None:
             t, kind = now_ms(), "online" if source_kind == "online" else "lake"
-            reader = source.profile
+
+            def reader(u: str, at: int) -> dict | None:
+                return source.profile(u, at, lists=lists)
         else:
             try:
                 t = parse_ts(as_of)
@@ -349,8 +357,10 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             raise fail(404, str(exc), "snapshot_unavailable") from None
         if row is None:
             raise fail(404, f"user {user_id!r} has no events before {iso(t)}", "unknown_user")
-        out = {k: _plain(k, v) for k, v in row.items()
-               if k not in ("t", "known", "user_id", "before_history", "snapshot_as_of")}
+        hidden = {"t", "known", "user_id", "before_history", "snapshot_as_of"}
+        if not lists:
+            hidden |= {"campaigns", "domains"}
+        out = {k: _plain(k, v) for k, v in row.items() if k not in hidden}
         return ProfileOut(user_id=user_id, as_of=iso(t), features_as_of=watermark_iso(),
                           source=kind, **out)
 

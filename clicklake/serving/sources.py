@@ -31,7 +31,7 @@ class OnlineFeatures(Protocol):
                        user_agent: str | None, domain: str | None = None
                        ) -> dict[str, np.ndarray]: ...
 
-    def profile(self, user_id: str, ts_ms: int) -> dict | None: ...
+    def profile(self, user_id: str, ts_ms: int, lists: bool = True) -> dict | None: ...
 
     def watermark_ms(self) -> int | None: ...
 
@@ -117,11 +117,14 @@ class LakeFeatures:
                         self._memo.popitem(last=False)
         return {**inputs, "ts_ms": np.array([ts_ms], dtype=np.int64)}
 
-    def profile(self, user_id: str, ts_ms: int) -> dict | None:
-        """The user's profile as of min(ts, watermark), None when the user has no history then.
-        Raises `lookup.SnapshotUnavailable` when no snapshot can answer for that instant."""
+    def profile(self, user_id: str, ts_ms: int, lists: bool = True) -> dict | None:
+        """The user's profile as of min(ts, watermark), None when the user has no history then
+        (without the per-campaign counts and domains unless `lists`). Raises
+        `lookup.SnapshotUnavailable` when no snapshot can answer for that instant."""
         with self._lock:
             row = self.lookup.profile(user_id, self._state_t(ts_ms))
+        if not lists:
+            row = {k: v for k, v in row.items() if k not in ("campaigns", "domains")}
         return row if row["known"] else None
 
 

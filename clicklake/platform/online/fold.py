@@ -46,6 +46,7 @@ from clicklake.platform.events import (
 )
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_state as us
+from clicklake.platform.online.user_head import head_of
 from clicklake.platform.online.state import Commit, FileRecord, StateStore
 from clicklake.platform.raw import Rules
 from clicklake.platform.storage import Store
@@ -54,6 +55,7 @@ from clicklake.platform.timeutil import HOUR_MS
 DEFAULT_RULES = Rules()
 RECENT_HOURS = 3  # event-level history kept beyond the allowed lateness
 USER, IMPRESSION = "user", "imp"
+HEAD = "head"  # user documents' heads (`user_head`), under the user's id
 
 
 def horizon_ms(watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:
@@ -286,10 +288,13 @@ class _Batch:
     def finish(self, horizon: int) -> None:
         dumps, first = _encode, itemgetter(0)
         out = self.commit.docs.setdefault(USER, {})
+        heads = self.commit.docs.setdefault(HEAD, {})
         for uid, doc in self.users.items():
             us.trim(doc, horizon)
             last = max(map(first, doc["ev"]), default=doc["first"] or 0)
-            out[uid] = (last - last % HOUR_MS, dumps(doc))
+            hour = last - last % HOUR_MS
+            out[uid] = (hour, dumps(doc))
+            heads[uid] = (hour, dumps(head_of(doc)))
         out = self.commit.docs.setdefault(IMPRESSION, {})
         for iid, doc in self.imps.items():
             at, refs = doc["at"], doc["refs"]

@@ -16,7 +16,8 @@ from clicklake.platform.enrich import country_of, user_agent_of
 from clicklake.platform.features import INPUT_COLUMNS
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_state as us
-from clicklake.platform.online.fold import DEFAULT_RULES, USER, horizon_ms
+from clicklake.platform.online import user_head
+from clicklake.platform.online.fold import DEFAULT_RULES, HEAD, USER, horizon_ms
 from clicklake.platform.online.state import StateStore
 from clicklake.platform.raw import Rules
 from clicklake.platform.timeutil import HOUR_MS
@@ -62,19 +63,39 @@ class OnlineFeatures:
             self._check(t, h, f"{user_id}'s state's")
         return doc
 
-    def profile(self, user_id: str, ts_ms: int) -> dict | None:
+    def profile(self, user_id: str, ts_ms: int, lists: bool = True) -> dict | None:
         """The user's counters with event ts < ts_ms (`lookup.PROFILE_SCHEMA` names, times in
-        epoch ms or None), plus per-campaign counts and domains; None for an unknown user (no
-        event folded at all). Raises BeforeHorizon for instants the state no longer holds."""
+        epoch ms or None), plus per-campaign counts and domains unless `lists` is false; None
+        for an unknown user (no event folded at all). Raises BeforeHorizon for instants the
+        state no longer holds.
+
+        Without the lists, a read after the user's latest event (a read "now") comes from the
+        user's head (`user_head`), a fraction of the document to fetch and decode."""
         self._check(ts_ms)
+        if not lists:
+            raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
+            head = None if raw is None else orjson.loads(raw)
+            if head is not None:
+                valid = user_head.valid_from(head)
+                if valid is not None:
+                    self._check(ts_ms, valid, f"{user_id}'s state's")
+                counters = user_head.profile_from_head(head, ts_ms)
+                if counters is not None:
+                    return self._profile(user_id, ts_ms, counters)
         doc = self._doc(user_id, ts_ms)
         if doc is None:
             return None
+        out = self._profile(user_id, ts_ms, us.profile_at(doc, ts_ms))
+        if lists:
+            out["campaigns"] = us.campaigns_at(doc, ts_ms)
+            out["domains"] = us.domains_at(doc, ts_ms)
+        return out
+
+    @staticmethod
+    def _profile(user_id: str, ts_ms: int, counters: dict) -> dict:
         out = {"user_id": user_id, "t": ts_ms}
-        out.update(us.profile_at(doc, ts_ms))
+        out.update(counters)
         out["known"] = out["first_ts"] is not None
-        out["campaigns"] = us.campaigns_at(doc, ts_ms)
-        out["domains"] = us.domains_at(doc, ts_ms)
         return out
 
     def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,

@@ -27,9 +27,11 @@ LAYOUT = 2  # 2: minute rows with event logs (1 had millisecond rows, and marker
 
 # The user documents' own layout, recorded by each backend beside its data: 2 = trimmed to
 # aggregates before the horizon (`plast`, tiles of three counts, `h`), which the readers of
-# 1 (untrimmed; no record) cannot read. A store recording a newer one than this code knows is
-# refused by its writers and readers alike (`check_docs_layout`).
-DOCS_LAYOUT = 2
+# 1 (untrimmed; no record) cannot read; 3 = each document written with its head (`user_head`),
+# which a writer of 2 would leave stale (a document without a head is read from the document).
+# A store recording a newer one than this code knows is refused by its writers and readers
+# alike (`check_docs_layout`).
+DOCS_LAYOUT = 3
 
 
 def check_docs_layout(found: int | None, where: str) -> None:

@@ -1,0 +1,144 @@
+"""The user's head (`user_head`) against the document it summarises: for every t after the user's
+latest impression or click, `profile_from_head` equals `user_state.profile_at` (counts and times
+exactly, spend within float rounding), on documents folded from random events and trimmed at
+random horizons, at every window boundary; at or before that event it declines. Through the
+fold and `OnlineFeatures.profile(lists=False)`: the same answers, a state without heads (an
+older writer's) still answers, and a read racing a fold that moves the horizon is refused."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from clicklake.platform.online import OnlineFeatures, SqliteState, fold, fold_files
+from clicklake.platform.online import user_head as uh
+from clicklake.platform.online import user_state as us
+from clicklake.platform.online.read import BeforeHorizon
+from clicklake.platform.profiles import WINDOWS_H
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS
+from tests.landing_factory import MIN, H, click, impression, land
+
+T0 = 1_795_000_000_000 - 1_795_000_000_000 % HOUR_MS
+US_IP = "8.8.8.8"
+
+
+def folded_doc(rng: random.Random) -> dict:
+    """A document folded from random impressions and clicks over up to ~9 days (some in the
+    same instant, some on hour bounds, out of order), trimmed at horizons moving forward."""
+    doc = us.new_user()
+    span = rng.choice([2, 30, 170, 220]) * HOUR_MS
+    times = sorted(T0 + rng.choice([rng.randrange(span), rng.randrange(span // HOUR_MS) * HOUR_MS])
+                   for _ in range(rng.randint(0, 80)))
+    if rng.random() < 0.3:  # a few stragglers: folded after later events
+        rng.shuffle(times)
+    horizon = T0
+    for n, ts in enumerate(times):
+        camp = f"c{rng.randrange(12)}"
+        if rng.random() < 0.75:
+            cost = rng.choice([None, 0.0, rng.random() * 3, 1e-3 * rng.randrange(1000)])
+            us.add_impressions({"u": doc}, [(f"i{n}", ts, "u", camp, rng.choice(
+                [None, "a.com", "b.org", f"d{n}.net"]), US_IP, "ua", cost)], ["US"])
+        else:
+            us.add_click(doc, ts, f"k{n}", camp, None, ["US", "unknown"], 0)
+        if rng.random() < 0.1:  # a write: trimmed at a horizon a few hours behind this event
+            horizon = max(horizon, ts - ts % HOUR_MS - rng.randrange(1, 6) * HOUR_MS)
+            us.trim(doc, horizon)
+    return doc
+
+
+def _same(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for k, v in want.items():
+        if k.startswith("spend"):
+            assert got[k] == pytest.approx(v, rel=1e-12, abs=1e-12), k
+        else:
+            assert got[k] == v, k
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_head_answers_as_the_document_after_its_last_event(seed):
+    rng = random.Random(seed)
+    doc = folded_doc(rng)
+    head = orjson.loads(orjson.dumps(uh.head_of(doc)))  # as stored
+    events = [t for h, v in doc["tiles"].items() for t in v[3:] if t is not None]
+    last = max([t for t in doc["arch"] if t is not None] + events, default=None)
+    assert head[uh.LAST] == last
+    start = T0 if last is None else last + 1
+    instants = {start, start + 1, start + HOUR_MS, start + 400 * HOUR_MS}
+    for h in doc["tiles"]:  # each tile entering and leaving each window
+        for width in WINDOWS_H.values():
+            instants |= {int(h) + (width + d) * HOUR_MS + e for d in (0, 1) for e in (-1, 0, 1)}
+    for t in sorted(t for t in instants if t >= start):
+        _same(uh.profile_from_head(head, t), us.profile_at(doc, t))
+    if last is not None:  # at or before the last event: the document answers
+        for t in (last, last - 1, T0):
+            assert uh.profile_from_head(head, t) is None
+
+
+def test_a_head_of_a_user_with_no_event_yet_answers_zeros():
+    doc = us.new_user()
+    us.add_predictions({"u": doc}, [("p1", T0, "u", "m", 0.5, None)])  # predictions only
+    _same(uh.profile_from_head(uh.head_of(doc), T0 + 5), us.profile_at(doc, T0 + 5))
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = Store(str(tmp_path / "lake"))
+    state = SqliteState(str(tmp_path / "online.db"))
+    return store, state, OnlineFeatures(state)
+
+
+def _counters(p: dict) -> dict:
+    return {k: v for k, v in p.items() if k not in ("campaigns", "domains")}
+
+
+def test_profile_without_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
+    store, state, online = env
+    land(store, "impressions", H + 50 * MIN, [
+        impression("a", H - 30 * MIN, cost=0.5),
+        impression("b", H + 10 * MIN, cost=0.25, domain="x.com")], "1")
+    land(store, "clicks", H + 55 * MIN, [click("k", H + 20 * MIN, "b")], "2")
+    fold_files(state, store, store.list("landing/"))
+    reads = []
+    get = state.get_docs
+    monkeypatch.setattr(state, "get_docs", lambda ns, keys: reads.append(ns) or get(ns, keys))
+    for t in (H + 20 * MIN + 1, H + 61 * MIN, H + 3 * 60 * MIN):  # after the click: the head
+        reads.clear()
+        p = online.profile("u1", t, lists=False)
+        assert reads == [fold.HEAD]
+        assert p == _counters(online.profile("u1", t))
+    assert online.profile("u1", H + 21 * MIN, lists=False)["clicks_1h"] == 1
+    for t in (H + 10 * MIN, H + 20 * MIN):  # not after every event: the document answers
+        reads.clear()
+        p = online.profile("u1", t, lists=False)
+        assert reads == [fold.HEAD, fold.USER]
+        assert p == _counters(online.profile("u1", t))
+    assert online.profile("nobody", H + 60 * MIN, lists=False) is None
+    # a store an older clicklake folded has documents without heads: read from the documents
+    want = online.profile("u1", H + 61 * MIN, lists=False)
+    state.conn.execute("DELETE FROM docs WHERE ns=?", (fold.HEAD,))
+    state.conn.commit()
+    assert online.profile("u1", H + 61 * MIN, lists=False) == want
+
+
+def test_a_head_read_racing_a_fold_that_moves_the_horizon_is_refused(tmp_path):
+    path = str(tmp_path / "online.db")
+    writer = SqliteState(path)
+    h0 = fold.horizon_ms(H)
+    imp = ("i1", h0 + 30 * MIN, "u1", "c1", None, US_IP, "curl/8", 0.5)
+    fold.fold_rows(writer, "impressions", [imp], "f1", H + 5 * MIN)
+    t = h0 + 40 * MIN  # after i1: the head answers
+    assert OnlineFeatures(SqliteState(path)).profile("u1", t, lists=False)["impressions"] == 1
+
+    class Raced(SqliteState):
+        def get_docs(self, ns, keys):
+            # between the reader's horizon check and its read, a fold an hour later trims u1
+            later = ("i2", H + 100 * MIN, "u1", "c1", None, US_IP, "curl/8", 0.5)
+            fold.fold_rows(writer, "impressions", [later], "f2", H + 105 * MIN)
+            return super().get_docs(ns, keys)
+
+    with pytest.raises(BeforeHorizon):
+        OnlineFeatures(Raced(path)).profile("u1", t, lists=False)
