@@ -18,37 +18,43 @@ order, not the document's order: equal within float rounding (the consistency te
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from functools import partial
 from itertools import accumulate
-from operator import itemgetter
+from operator import is_not, itemgetter
 
 from clicklake.platform.profiles import WINDOWS_H
 from clicklake.platform.timeutil import HOUR_MS
 
-_i, _c, _s = itemgetter(0), itemgetter(1), itemgetter(2)
+_i, _c, _s, _li, _lc = (itemgetter(k) for k in range(5))
+_known = partial(is_not, None)
 # the head's fields, in order
 (LAST, VALID, FIRST, LAST_IMP, LAST_CLICK, N, CAMPS, DOMS, BASE, HOURS, CUM_I, CUM_C,
  SPEND) = range(13)
 
 
-def _hour_of(item: tuple[str, list]) -> int:
-    return int(item[0])
+def _latest(times: Iterable[int | None], floor: int | None) -> int | None:
+    """The greatest of `times` and `floor` that is not None (None when none is)."""
+    found = max(filter(_known, times), default=None)
+    return floor if found is None else found if floor is None else max(found, floor)
 
 
 def head_of(doc: dict) -> list:
-    """The head of a user document (`user_state` layout), as a JSON-ready list."""
-    li, lc = doc["arch"]
-    items = sorted(doc["tiles"].items(), key=_hour_of)
-    for _, v in items:
-        if len(v) > 3:  # a tile before the horizon gave its times to `arch` (`user_state.trim`)
-            if v[3] is not None and (li is None or v[3] > li):
-                li = v[3]
-            if v[4] is not None and (lc is None or v[4] > lc):
-                lc = v[4]
-    last = lc if li is None else li if lc is None else max(li, lc)
-    vals = [v for _, v in items]
-    base = int(items[0][0]) if items else 0
-    return [last, doc.get("h"), doc["first"], li, lc, doc["n"], len(doc["camps"]),
-            len(doc["doms"]), base, [(int(h) - base) // HOUR_MS for h, _ in items],
+    """The head of a user document (`user_state` layout), as a JSON-ready list. Written with
+    every document a commit rewrites: C-level passes over the tiles (a week-long user has ~170;
+    a sort key and a loop in Python cost twice this)."""
+    tiles = doc["tiles"]
+    hours, vals = list(map(int, tiles)), list(tiles.values())
+    ordered = sorted(hours)
+    if hours != ordered:  # tiles are made in arrival order: a straggler's is out of hour order
+        hours = ordered  # (unique: the sort compares hours only)
+        vals = [v for _, v in sorted(zip(map(int, tiles), tiles.values()))]
+    full = [v for v in vals if len(v) > 3]  # the others gave their times to `arch` (`trim`)
+    li = _latest(map(_li, full), doc["arch"][0])
+    lc = _latest(map(_lc, full), doc["arch"][1])
+    base = hours[0] if hours else 0
+    return [_latest((li,), lc), doc.get("h"), doc["first"], li, lc, doc["n"],
+            len(doc["camps"]), len(doc["doms"]), base, [(h - base) // HOUR_MS for h in hours],
             list(accumulate(map(_i, vals), initial=0)),
             list(accumulate(map(_c, vals), initial=0)), list(map(_s, vals))]
 
