@@ -73,6 +73,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     \b
     POST /v1/predict                  impression -> probability, decision, reasons, model
     GET  /v1/users/{id}/profile       now, or ?as_of=ISO-8601|epoch-ms (time travel)
+                                      ?lists=false: the counters alone (no campaign, domain lists)
     GET  /healthz                     model loaded + feature watermark (no token)
     GET  /metrics                     Prometheus text (summed over the workers)
     GET  /docs                        OpenAPI documentation
