@@ -313,7 +313,8 @@ def bench_freshness(root: str, seconds: float, land_every: float) -> dict:
             stop.set()
         time.sleep(max(0.0, next_tick - time.time()))
         next_tick = time.time() + SENSOR_INTERVAL_S
-        ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"lake": lake, "online_store": online_store})
         result = landing_to_serving(ctx)
         cursor = result.cursor
         for req in result.run_requests:

@@ -22,9 +22,10 @@ from clicklake.resources.online_store import SqliteOnlineStore
 from tests.landing_factory import MIN, H, click, impression, land, old_layout_online_db
 
 
-def _tick(lake: LakeResource, cursor: str | None):
+def _tick(lake: LakeResource, cursor: str | None, online: SqliteOnlineStore | None = None):
+    online = online or SqliteOnlineStore(path=f"{lake.root}/../online.db")
     ctx = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=cursor,
-                                  resources={"lake": lake})
+                                  resources={"lake": lake, "online_store": online})
     return landing_to_serving(ctx)
 
 
@@ -52,9 +53,13 @@ def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_p
     assert len(first.run_requests) == 1
     assert _files(first.run_requests[0]) == [k1, k2]  # arrival order across streams
     cursor = orjson.loads(first.cursor)
-    assert cursor == {"impressions": {"keys": [k1], "floor": None},
-                      "clicks": {"keys": [k2], "floor": None}}
-    assert _tick(lake, first.cursor).run_requests == []  # nothing new: a cheap, empty tick
+    run_key = first.run_requests[0].run_key
+    assert {s: (e["newest"], {k: v[1:] for k, v in e["asked"].items()})
+            for s, e in cursor.items()} == {
+        "impressions": (k1, {k1: [1, run_key]}), "clicks": (k2, {k2: [1, run_key]}),
+        "predictions": (None, {})}
+    # asked, its run not over: a cheap, empty tick
+    assert _tick(lake, first.cursor).run_requests == []
 
     meta = _materialize(lake, online, _files(first.run_requests[0]))
     assert (meta["files_folded"], meta["events_folded"], meta["quarantined_total"]) == (2, 3, 1)
@@ -64,6 +69,8 @@ def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_p
     k3 = land(store, "impressions", H + 70 * MIN, [impression("i1", H + MIN),  # a re-delivery
                                                    impression("i3", H + 65 * MIN)], "3")
     later = _tick(lake, first.cursor)
+    assert all(not e["asked"] for e in orjson.loads(later.cursor).values()
+               if e["newest"] != k3)  # folded: forgotten
     assert [_files(r) for r in later.run_requests] == [[k3]]
     assert later.run_requests[0].run_key != first.run_requests[0].run_key
     meta = _materialize(lake, online, _files(later.run_requests[0]))
@@ -87,45 +94,58 @@ def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_p
 def test_a_file_visible_after_later_ones_is_still_requested_within_the_lookback(tmp_path):
     # Firehose may make an object visible after objects with later keys (another buffer, a
     # retried delivery): taking only keys after the newest one lost such a file for good.
-    from clicklake.assets.serving import LOOKBACK_MS
+    from clicklake.platform.online.watch import LOOKBACK_MS
 
     store = Store(str(tmp_path / "lake"))
     lake = LakeResource(root=store.root)
+    online = SqliteOnlineStore(path=str(tmp_path / "online.db"))
     k2 = land(store, "impressions", H + 30 * MIN, [impression("i2", H + 29 * MIN)], "2")
     first = _tick(lake, None)
     assert [_files(r) for r in first.run_requests] == [[k2]]
+    _materialize(lake, online, [k2])
     k1 = land(store, "impressions", H + 10 * MIN, [impression("i1", H + 9 * MIN)], "1")
     late = land(store, "impressions", H + 30 * MIN - LOOKBACK_MS - MIN,
                 [impression("i0", H - 40 * MIN)], "0")  # past the lookback: as raw, not waited for
     second = _tick(lake, first.cursor)
     assert [_files(r) for r in second.run_requests] == [[k1]]
-    assert late not in _files(second.run_requests[0])
+    assert orjson.loads(second.cursor)["impressions"]["late"] == [late]  # reported once
+    _materialize(lake, online, [k1])
     assert _tick(lake, second.cursor).run_requests == []
-    # the late one is reported (the sensor logs it) once, then counted as seen
-    from clicklake.assets.serving import new_landing_keys, plan_runs
-
-    found: dict[str, list[str]] = {}
-    cursor = orjson.loads(first.cursor)
-    assert new_landing_keys(store, cursor, H + 2 * HOUR_MS, late=found) == {
-        "impressions": [k1], "clicks": [], "predictions": []}
-    assert found == {"impressions": [late]}
-    _, after = plan_runs({"impressions": [k1]}, cursor, late=found)
-    again: dict[str, list[str]] = {}
-    assert new_landing_keys(store, after, H + 2 * HOUR_MS, late=again)["impressions"] == []
-    assert again == {}
-    # a cursor of the earlier form (the newest key alone) goes on from that key
-    legacy = orjson.dumps({"impressions": k2}).decode()
-    assert _tick(lake, legacy).run_requests == []
+    # a cursor of an earlier form goes on from its newest key (the store says what is folded)
+    for legacy in ({"impressions": k2}, {"impressions": {"keys": [k1, k2], "floor": None}}):
+        assert _tick(lake, orjson.dumps(legacy).decode()).run_requests == []
     k3 = land(store, "impressions", H + 50 * MIN, [impression("i3", H + 49 * MIN)], "3")
-    assert [_files(r) for r in _tick(lake, legacy).run_requests] == [[k3]]
-    # keys fall out of the cursor once the newest is a lookback past them
-    k4 = land(store, "impressions", H + 30 * MIN + LOOKBACK_MS + MIN,
-              [impression("i4", H + 30 * MIN + LOOKBACK_MS)], "4")
-    third = _tick(lake, second.cursor)
-    assert sorted(_files(third.run_requests[0])) == sorted([k3, k4])
-    remembered = orjson.loads(third.cursor)["impressions"]
-    assert remembered["keys"] == sorted([k3, k4]) and remembered["floor"] == k2
-    assert _tick(lake, third.cursor).run_requests == []
+    assert [_files(r) for r in _tick(lake, orjson.dumps({"impressions": k2}).decode()
+                                     ).run_requests] == [[k3]]
+
+
+def test_an_unreadable_cursor_starts_over_from_the_stores_record(tmp_path):
+    store = Store(str(tmp_path / "lake"))
+    lake = LakeResource(root=store.root)
+    online = SqliteOnlineStore(path=str(tmp_path / "online.db"))
+    k1 = land(store, "impressions", H + 5 * MIN, [impression("i1", H + MIN)], "1")
+    k2 = land(store, "impressions", H + 6 * MIN, [impression("i2", H + 2 * MIN)], "2")
+    _materialize(lake, online, [k1])
+    for bad in ("{not json", "[1, 2]", '{"impressions": 7}', '{"impressions": {"asked": 3}}'):
+        tick = _tick(lake, bad)
+        assert [_files(r) for r in tick.run_requests] == [[k2]], bad
+
+
+def test_a_failed_runs_files_are_asked_again_and_a_missing_file_does_not_fail_a_run(tmp_path):
+    store = Store(str(tmp_path / "lake"))
+    lake = LakeResource(root=store.root)
+    online = SqliteOnlineStore(path=str(tmp_path / "online.db"))
+    k1 = land(store, "impressions", H + 5 * MIN, [impression("i1", H + MIN)], "1")
+    k2 = land(store, "impressions", H + 6 * MIN, [impression("i2", H + 2 * MIN, user="u2")], "2")
+    first = _tick(lake, None)
+    assert [_files(r) for r in first.run_requests] == [[k1, k2]]
+    store.delete(k1)  # gone before the run reads it: the run folds the rest and says so
+    meta = _materialize(lake, online, [k1, k2])
+    assert (meta["files_folded"], meta["files_missing"]) == (1, 0 + 1)
+    # the next tick: k2 folded (forgotten), k1 no longer listed (reported, forgotten)
+    again = _tick(lake, first.cursor)
+    assert again.run_requests == []
+    assert orjson.loads(again.cursor)["impressions"]["asked"] == {}
 
 
 def test_comparison_instant_waits_for_late_files_and_lake_snapshots():
@@ -170,18 +190,3 @@ def test_a_store_of_an_older_layout_is_refused_by_serve_and_rebuilt_by_the_next_
     assert online.profile("u2", H + 10 * MIN)["impressions"] == 1
     assert _materialize(lake, SqliteOnlineStore(path=path), [k1])["files_folded"] == 0
     assert _materialize(lake, SqliteOnlineStore(path=path))["rebuild_reason"] == "none"
-
-
-def test_the_cursor_keeps_at_most_so_many_keys_and_counts_older_ones_as_seen(tmp_path,
-                                                                              monkeypatch):
-    from clicklake.assets import serving
-
-    monkeypatch.setattr(serving, "MAX_REMEMBERED", 3)
-    store = Store(str(tmp_path / "lake"))
-    lake = LakeResource(root=store.root)
-    keys = [land(store, "impressions", H + i * MIN, [impression(f"i{i}", H + i * MIN)], str(i))
-            for i in range(1, 6)]
-    first = _tick(lake, None)
-    remembered = orjson.loads(first.cursor)["impressions"]
-    assert remembered == {"keys": sorted(keys)[-3:], "floor": sorted(keys)[-4]}
-    assert _tick(lake, first.cursor).run_requests == []  # the two forgotten ones stay seen

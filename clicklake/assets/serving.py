@@ -1,10 +1,11 @@
 """The online store as a Dagster asset: `serving_lookup`, kept fresh by a landing sensor, and the
 `online_matches_lookup` check against the time-travel lookup table.
 
-The sensor only lists keys (cheap ticks): per stream, the landing hour folders from its cursor's
-hour up to now, keeping keys greater than the cursor (Firehose keys sort by time within a
-stream). Each batch of new keys becomes one run (`run_key` = the batch's last keys) that folds
-exactly those files; a file already folded is skipped, so a retried or duplicated run is harmless.
+The sensor lists the recent landing keys (cheap ticks: the hour folders from an hour behind its
+newest key on) and asks the online store which are folded (`platform.online.watch`). Each batch
+of unfolded keys becomes one run (`run_key` = a hash of the batch) that folds exactly those
+files; a file already folded is skipped, so a retried or duplicated run is harmless, and a file
+whose run failed is asked again on a later tick.
 
 Rebuild: `rebuild: true` clears the store and refolds every landing file. Refolding is chosen over
 starting from the latest `user_profiles` snapshot because the online state also holds what a
@@ -12,9 +13,9 @@ snapshot does not (event-level recent history, click attributions, dedup markers
 fold path then defines the state: rebuilt = incrementally folded, by construction.
 """
 
-import hashlib
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -23,7 +24,7 @@ from pydantic import Field
 
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
-from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms
+from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import HOUR_MS, iso
 from clicklake.resources.lake import LakeResource
@@ -31,6 +32,7 @@ from clicklake.resources.online_store import OnlineStoreResource
 
 SENSOR_INTERVAL_S = 15
 MAX_FILES_PER_RUN = 2000
+MAX_RUNS_PER_TICK = 10  # a backlog is asked over several ticks: a tick's request stays small
 FILES_PER_COMMIT = MAX_FILES_PER_RUN  # a run's files fold in one commit (a rebuild: in several)
 CHECK_SAMPLE_USERS = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,10 +73,14 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
                             files_per_commit=FILES_PER_COMMIT)
     context.log.info(f"folded {report.files} files, {report.events_total} events in "
                      f"{report.seconds:.2f} s")
+    if report.missing:
+        context.log.warning(f"{len(report.missing)} files were deleted before this run read "
+                            f"them: {', '.join(report.missing[:5])}")
     wm = report.watermark_ms
     return dg.MaterializeResult(metadata={
         "files_folded": report.files,
         "files_skipped": report.skipped,
+        "files_missing": len(report.missing),
         "lines": report.lines,
         "events_folded": report.events_total,
         **{f"events_{s}": report.events.get(s, 0) for s in landing.STREAMS},
@@ -93,122 +99,78 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
 # -- the sensor ----------------------------------------------------------------------------------
 
 
-# A landing file may become visible after files with later keys (two Firehose buffers, a
-# retried delivery): the sensor looks back this far behind its newest key and remembers the
-# keys it requested there, instead of taking only keys after its newest one (which lost such a
-# file for good). Files later than this behind their key time are past the allowed lateness,
-# which the raw layer's partitions do not wait for either.
-LOOKBACK_MS = HOUR_MS
-MAX_REMEMBERED = 5_000  # keys per stream in the cursor (~0.5 MB); older ones count as seen: `floor`
+_RUN_OVER = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
+             dg.DagsterRunStatus.CANCELED}
 
 
-def _seen(entry) -> tuple[list[str], str | None]:
-    """(remembered keys, floor: keys at or below it count as seen) of a cursor's stream entry;
-    an entry of the earlier cursor (the newest key alone) remembers nothing below it."""
-    if entry is None:
-        return [], None
-    if isinstance(entry, str):
-        return [entry], entry
-    return list(entry.get("keys", [])), entry.get("floor")
+def _run_over(instance: dg.DagsterInstance) -> Callable[[str], bool | None]:
+    """Whether the sensor's run with this run key can no longer fold its files (it ended);
+    None when the instance has no such run (not launched yet, or skipped as a duplicate key:
+    the planner then waits `watch.RETRY_AFTER_MS`)."""
+    def over(run_key: str) -> bool | None:
+        records = instance.get_run_records(
+            dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+        return records[0].dagster_run.status in _RUN_OVER if records else None
+    return over
 
 
-def new_landing_keys(store, cursor: dict, now_ms: int, prefix: str = landing.DEFAULT_PREFIX,
-                     late: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-    """Per stream, the landing keys not requested yet, in key order: those at most
-    `LOOKBACK_MS` behind the newest requested one that the cursor does not remember, and every
-    later one. Lists only the hour folders from there to now's (a stream never seen is listed
-    whole, once). Keys listed there but further behind, not seen before, go to `late`."""
-    out: dict[str, list[str]] = {}
-    for stream in landing.STREAMS:
-        keys_seen, floor = _seen(cursor.get(stream))
-        newest = landing.parse_key(max(keys_seen)) if keys_seen else None
-        if newest is None:
-            keys, since = store.list(f"{prefix}/{stream}/"), None
-        else:
-            since = newest.arrival_ms - LOOKBACK_MS
-            keys = []
-            h = since - since % HOUR_MS
-            while h <= now_ms - now_ms % HOUR_MS + HOUR_MS:  # an hour ahead: clocks drift
-                keys += store.list(landing.hour_prefix(stream, h, prefix))
-                h += HOUR_MS
-        seen = set(keys_seen)
-        new = []
-        for k in keys:
-            if k in seen or (floor is not None and k <= floor) or ".tmp-" in k:
-                continue
-            lf = landing.parse_key(k)
-            if lf is not None and (since is None or lf.arrival_ms >= since):
-                new.append(k)
-            elif lf is not None and late is not None:
-                late.setdefault(stream, []).append(k)
-        out[stream] = sorted(new)
-    return out
+def _folded(online_store: OnlineStoreResource) -> Callable[[list[str]], set[str]]:
+    def folded(keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
+        try:
+            return online_store.state().folded(keys)
+        except StaleLayout:  # the next run rebuilds it from every landing file
+            return set()
+    return folded
 
 
-def _remember(entry, added: list[str]) -> dict:
-    """A stream's cursor entry after requesting `added`: the keys at most `LOOKBACK_MS` behind
-    the newest (at most `MAX_REMEMBERED`), the older ones folded into `floor`."""
-    keys, floor = _seen(entry)
-    keys = sorted(set(keys) | set(added))
-    newest = landing.parse_key(keys[-1])
-    since = newest.arrival_ms - LOOKBACK_MS if newest is not None else None
-    # every key here came from `new_landing_keys`, which takes only keys it can parse
-    keep = [k for k in keys if since is None or landing.parse_key(k).arrival_ms >= since]
-    keep = keep[-MAX_REMEMBERED:]
-    gone = [k for k in keys if k < keep[0]] if keep else keys
-    if gone:
-        floor = max([gone[-1]] + ([floor] if floor is not None else []))
-    return {"keys": keep, "floor": floor}
-
-
-def plan_runs(new: dict[str, list[str]], cursor: dict, max_files: int = MAX_FILES_PER_RUN,
-              late: dict[str, list[str]] | None = None) -> tuple[list[dg.RunRequest], dict]:
-    """Run requests of at most `max_files` keys (in arrival order across streams) and the cursor
-    after them, which also counts the `late` keys as seen (reported once, never folded)."""
-    files = sorted((lf, stream) for stream, keys in new.items() for k in keys
-                   if (lf := landing.parse_key(k)) is not None)
-    requests, cursor = [], dict(cursor)
-    added: dict[str, list[str]] = {}
-    for i in range(0, len(files), max_files):
-        batch = files[i:i + max_files]
-        keys = [lf.key for lf, _ in batch]
-        for lf, stream in batch:
-            added.setdefault(stream, []).append(lf.key)
-        run_key = "fold-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-        requests.append(dg.RunRequest(
-            run_key=run_key,
-            run_config=dg.RunConfig(ops={"serving_lookup": ServingLookupConfig(files=keys)}),
-            tags={"clicklake/files": str(len(keys)), "clicklake/first_arrival": iso(
-                batch[0][0].arrival_ms), "clicklake/last_arrival": iso(batch[-1][0].arrival_ms)}))
-    for stream, keys in late.items() if late else ():
-        added.setdefault(stream, []).extend(keys)
-    for stream, keys in added.items():
-        cursor[stream] = _remember(cursor.get(stream), keys)
-    return requests, cursor
+def _sample(keys: list[str]) -> str:
+    return f"{', '.join(sorted(keys)[:5])}{' ...' if len(keys) > 5 else ''}"
 
 
 @dg.sensor(name="landing_to_serving", asset_selection=[serving_lookup],
            minimum_interval_seconds=SENSOR_INTERVAL_S,
            default_status=dg.DefaultSensorStatus.STOPPED)
-def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-    """New landing files → one `serving_lookup` micro-batch run per batch (cursor: per stream,
-    the keys requested in the last `LOOKBACK_MS` of key time; see `new_landing_keys`)."""
-    cursor = orjson.loads(context.cursor) if context.cursor else {}
-    late: dict[str, list[str]] = {}
-    new = new_landing_keys(lake.store(), cursor, int(time.time() * 1000), lake.landing_prefix,
-                           late)
-    requests, cursor = plan_runs(new, cursor, late=late)
-    if late:
-        keys = sorted(k for ks in late.values() for k in ks)
+def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
+                       online_store: OnlineStoreResource) -> dg.SensorResult:
+    """Landing files the online store has not folded → `serving_lookup` micro-batch runs (see
+    `platform.online.watch`: the store's record of folded files decides; files whose run failed
+    are asked again; files visible more than the allowed lateness after their key time are
+    reported, not folded)."""
+    cursor, problem = watch.read_cursor(context.cursor)
+    if problem:
+        context.log.warning(problem)
+    plan = watch.plan_tick(lake.store(), _folded(online_store), cursor, int(time.time() * 1000),
+                           lake.landing_prefix, MAX_FILES_PER_RUN, MAX_RUNS_PER_TICK,
+                           _run_over(context.instance))
+    minutes = watch.LOOKBACK_MS // 60_000
+    if plan.late:
         context.log.warning(
-            f"{len(keys)} landing files became visible more than {LOOKBACK_MS // 60_000} min "
-            f"after their key time: not folded online (the raw layer does not wait for them "
-            f"either; rebuild serving_lookup and re-materialize their raw hours to take them): "
-            f"{', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
+            f"{len(plan.late)} landing files became visible more than {minutes} min after "
+            f"their key time (past the allowed lateness): not folded online. To take them, "
+            f"re-materialize their raw hours and rebuild serving_lookup: {_sample(plan.late)}")
+    if plan.retried:
+        context.log.warning(f"{len(plan.retried)} files asked before are still not folded (their "
+                            f"run ended without them): asked again: {_sample(plan.retried)}")
+    if plan.vanished:
+        context.log.warning(f"{len(plan.vanished)} files were deleted before they were folded: "
+                            f"{_sample(plan.vanished)}")
+    if plan.given_up:
+        context.log.error(f"{len(plan.given_up)} files were asked {watch.MAX_ATTEMPTS} times and "
+                          f"never folded: no longer asked (see the failed serving_lookup runs; "
+                          f"a rebuild takes them): {_sample(plan.given_up)}")
+    requests = [dg.RunRequest(
+        run_key=run_key,
+        run_config=dg.RunConfig(ops={"serving_lookup": ServingLookupConfig(files=keys)}),
+        tags={"clicklake/files": str(len(keys)),
+              "clicklake/first_arrival": iso(landing.parse_key(keys[0]).arrival_ms),
+              "clicklake/last_arrival": iso(landing.parse_key(keys[-1]).arrival_ms)})
+        for keys, run_key in zip(plan.batches, plan.run_keys, strict=True)]
+    text = orjson.dumps(plan.cursor).decode()
     if not requests:
-        return dg.SensorResult(skip_reason="no new landing files", cursor=orjson.dumps(
-            cursor).decode())
-    return dg.SensorResult(run_requests=requests, cursor=orjson.dumps(cursor).decode())
+        return dg.SensorResult(skip_reason="no landing file to fold", cursor=text)
+    return dg.SensorResult(run_requests=requests, cursor=text)
 
 
 # -- the check -----------------------------------------------------------------------------------

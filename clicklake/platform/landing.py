@@ -40,6 +40,27 @@ def hour_prefix(stream: str, hour_ms: int, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/{stream}/{to_datetime(hour_ms):%Y/%m/%d/%H}/"
 
 
+def hour_folders(store: Store, stream: str, since_ms: int, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """The stream's hour folders (`hour_prefix` form) that exist, from since_ms's hour on, in
+    time order: a walk down years, months, days and hours that lists only the folders at or
+    after since's, so its cost follows the folders that exist, not the hours elapsed (a stream
+    quiet for a week costs a few listings, not one per hour)."""
+    lo = f"{to_datetime(since_ms):%Y/%m/%d/%H}".split("/")
+    out: list[str] = []
+
+    def walk(path: str, level: int, bounded: bool) -> None:
+        for name in store.subdirs(path):
+            if bounded and name < lo[level]:
+                continue
+            if level == 3:
+                out.append(f"{path}{name}/")
+            else:
+                walk(f"{path}{name}/", level + 1, bounded and name == lo[level])
+
+    walk(f"{prefix}/{stream}/", 0, True)
+    return out
+
+
 @dataclass(frozen=True, order=True)
 class LandingFile:
     """A landing object and its arrival time (ms). Ordered by arrival, then key."""

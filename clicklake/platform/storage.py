@@ -110,6 +110,13 @@ class Store:
         ]
         return sorted(keys)
 
+    def subdirs(self, prefix: str) -> list[str]:
+        """Names of the folders directly below `prefix`, sorted; [] when absent. One listing
+        (on S3 a delimited LIST: common prefixes, not every key below them)."""
+        sel = pafs.FileSelector(self.path(prefix), recursive=False, allow_not_found=True)
+        return sorted(fi.base_name for fi in self.fs.get_file_info(sel)
+                      if fi.type == pafs.FileType.Directory)
+
     # -- parquet -------------------------------------------------------------------------------
     def write_parquet(self, key: str, table: pa.Table, row_group_size: int | None = None) -> int:
         """Write `table` atomically as zstd Parquet; returns the bytes written."""

@@ -46,8 +46,8 @@ from clicklake.platform.events import (
 )
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_state as us
-from clicklake.platform.online.user_head import head_of
 from clicklake.platform.online.state import Commit, FileRecord, StateStore
+from clicklake.platform.online.user_head import head_of
 from clicklake.platform.raw import Rules
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS
@@ -500,6 +500,7 @@ class FoldReport:
     watermark_ms: int | None = None
     seconds: float = 0.0
     purged: int = 0
+    missing: list[str] = field(default_factory=list)  # listed or asked, gone when read
 
     @property
     def events_total(self) -> int:
@@ -553,8 +554,14 @@ def _fold_commit(state: StateStore, store: Store, files: list[tuple[landing.Land
                  rules: Rules, report: FoldReport) -> None:
     """Parse and fold `files` as one commit and count them in `report`. The batch's objects die
     when this returns (before the cyclic collector is enabled again)."""
-    parsed = parse_batch([(store.read_bytes(lf.key), stream, lf.arrival_ms)
-                          for lf, stream in files], rules)
+    read = []
+    for lf, stream in files:
+        try:
+            read.append((lf, stream, store.read_bytes(lf.key)))
+        except FileNotFoundError:  # deleted since it was listed: nothing to fold, not recorded
+            report.missing.append(lf.key)
+    files = [(lf, stream) for lf, stream, _ in read]
+    parsed = parse_batch([(data, stream, lf.arrival_ms) for lf, stream, data in read], rules)
     batch = [LandedFile(lf.key, lf.arrival_ms, p) for (lf, _), p in zip(files, parsed, strict=True)]
     records = fold_batch(state, batch, rules)
     if records is None and len(batch) > 1:  # another writer took some: fold the rest

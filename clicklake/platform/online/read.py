@@ -15,8 +15,8 @@ import orjson
 from clicklake.platform.enrich import country_of, user_agent_of
 from clicklake.platform.features import INPUT_COLUMNS
 from clicklake.platform.online import segment_state as seg
-from clicklake.platform.online import user_state as us
 from clicklake.platform.online import user_head
+from clicklake.platform.online import user_state as us
 from clicklake.platform.online.fold import DEFAULT_RULES, HEAD, USER, horizon_ms
 from clicklake.platform.online.state import StateStore
 from clicklake.platform.raw import Rules

@@ -1,0 +1,217 @@
+"""The serving sensor's planner (`online.watch.plan_tick`) over hand-made landing zones, with the
+online store's record of folded files played by a set: failed runs' files asked again (and
+given up after so many attempts), a backlog asked over several ticks without losing a file,
+thousands of files landing late within the lookback, a key far in the future, a stream quiet
+for a week (listings per tick), late files in older folders (the hourly sweep), deleted files;
+and a property test over random landing orders, run failures and tick times: every file is
+folded or reported late, never both, never lost."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clicklake.platform import landing
+from clicklake.platform.online import watch
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS
+from tests.landing_factory import MIN, H
+
+T = H + 10 * HOUR_MS  # the ticks' clock, well after the files' key times
+
+
+def _put(store: Store, stream: str, arrival_ms: int, tag: int) -> str:
+    key = landing.firehose_key(stream, arrival_ms, f"00000000-0000-4000-8000-{tag:012d}")
+    path = os.path.join(store.root, key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").close()  # the planner reads keys only
+    return key
+
+
+class Zone:
+    """A landing zone, an online store's folded set, and ticks whose runs end at once, folding
+    what they were asked, or failing when told to."""
+
+    def __init__(self, root: str):
+        self.store = Store(root)
+        self.folded: set[str] = set()
+        self.cursor: dict = {}
+        self.over: dict[str, bool | None] = {}  # run key -> over?
+
+    def tick(self, now: int, fold: bool = True, **kw) -> watch.TickPlan:
+        plan = watch.plan_tick(self.store, lambda keys: self.folded & set(keys), self.cursor,
+                               now, run_over=lambda rk: self.over.get(rk), **kw)
+        self.cursor = plan.cursor
+        for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
+            self.over[rk] = True  # the run ends at once: it folds its files, or fails
+            if fold:
+                self.folded |= {k for k in keys if self.store.exists(k)}
+        return plan
+
+
+def test_a_failed_runs_files_are_asked_again_then_given_up(tmp_path):
+    z = Zone(str(tmp_path))
+    k = _put(z.store, "clicks", H + MIN, 1)
+    first = z.tick(T, fold=False)  # the run is launched, and fails
+    assert first.batches == [[k]]
+    z.over[first.run_keys[0]] = None  # not visible yet: wait
+    assert z.tick(T + MIN, fold=False).batches == []
+    z.over[first.run_keys[0]] = False  # queued or running: wait
+    assert z.tick(T + 2 * MIN, fold=False).batches == []
+    z.over[first.run_keys[0]] = True  # failed
+    keys_seen = {first.run_keys[0]}
+    for attempt in range(2, watch.MAX_ATTEMPTS + 1):
+        plan = z.tick(T + attempt * 3 * MIN, fold=False)
+        assert plan.batches == [[k]] and plan.retried == [k]
+        assert plan.run_keys[0] not in keys_seen  # a new run key: Dagster would skip a used one
+        keys_seen.add(plan.run_keys[0])
+    plan = z.tick(T + HOUR_MS, fold=False)
+    assert (plan.batches, plan.given_up) == ([], [k])
+    assert z.cursor["clicks"]["asked"] == {}
+
+
+def test_without_a_view_of_runs_a_request_is_retried_after_a_while(tmp_path):
+    z = Zone(str(tmp_path))
+    k = _put(z.store, "predictions", H + MIN, 1)
+    assert z.tick(T, fold=False).batches == [[k]]
+    z.over.clear()  # the run is unknown to the planner
+    assert z.tick(T + watch.RETRY_AFTER_MS - 1, fold=False).batches == []
+    assert z.tick(T + watch.RETRY_AFTER_MS, fold=True).batches == [[k]]
+    assert z.tick(T + 2 * watch.RETRY_AFTER_MS).batches == []
+    assert z.cursor["predictions"]["asked"] == {}
+
+
+def test_thousands_of_files_landing_late_within_the_lookback_are_all_asked(tmp_path):
+    z = Zone(str(tmp_path))
+    newest = _put(z.store, "impressions", H + 59 * MIN, 0)
+    assert z.tick(T).batches == [[newest]]
+    late = [_put(z.store, "impressions", H + (i * 50 * MIN) // 6000, i + 1) for i in range(6000)]
+    plan = z.tick(T + MIN)
+    assert sorted(k for b in plan.batches for k in b) == sorted(late)
+    assert plan.late == []
+
+
+def test_a_backlog_is_asked_over_several_ticks_and_none_of_it_is_late(tmp_path):
+    z = Zone(str(tmp_path))
+    keys = [_put(z.store, s, H + i * MIN, i) for i in range(0, 300) for s in ("clicks",)]
+    keys += [_put(z.store, "predictions", H + i * 2 * MIN, 1000 + i) for i in range(100)]
+    asked = []
+    for n in range(10):
+        plan = z.tick(T + n * MIN, max_files=40, max_runs=2)
+        assert all(len(b) <= 40 for b in plan.batches) and len(plan.batches) <= 2
+        assert plan.late == []
+        asked += [k for b in plan.batches for k in b]
+    assert sorted(asked) == sorted(keys)  # each once
+    assert [landing.parse_key(k) for k in asked] == sorted(landing.parse_key(k) for k in asked)
+
+
+def test_a_key_far_ahead_of_the_clock_does_not_stall_its_stream(tmp_path):
+    z = Zone(str(tmp_path))
+    _put(z.store, "clicks", T + 5 * HOUR_MS, 1)  # a producer with a clock hours ahead
+    z.tick(T)
+    on_time = [_put(z.store, "clicks", T + 5 * HOUR_MS - 30 * MIN + i, 10 + i) for i in range(3)]
+    assert sorted(z.tick(T + MIN).batches[0]) == sorted(on_time)
+
+
+def test_a_stream_quiet_for_a_week_costs_a_few_listings_a_tick(tmp_path, monkeypatch):
+    z = Zone(str(tmp_path))
+    for s in landing.STREAMS:
+        _put(z.store, s, H, 1)
+    z.tick(T)
+    calls = []
+    for name in ("list", "subdirs"):
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, p, _r=real, _n=name: (
+            calls.append(_n), _r(self, p))[1])
+    z.tick(T + 7 * 24 * HOUR_MS)  # a week later, the hourly sweep included
+    assert len(calls) <= 3 * 14, calls
+    calls.clear()
+    z.tick(T + 7 * 24 * HOUR_MS + MIN)  # and without the sweep
+    assert len(calls) <= 3 * 7, calls
+
+
+def test_late_files_in_older_folders_are_reported_once_by_the_hourly_sweep(tmp_path):
+    z = Zone(str(tmp_path))
+    _put(z.store, "impressions", H + 5 * HOUR_MS, 1)
+    z.tick(T)
+    z.tick(T + MIN)  # this hour's sweep: nothing
+    old = _put(z.store, "impressions", H + HOUR_MS, 2)  # four hours behind, visible only now
+    assert z.tick(T + 2 * MIN).late == []  # not listed until the next hour's sweep
+    plan = z.tick(T + HOUR_MS)
+    assert (plan.batches, plan.late) == ([], [old])
+    assert z.tick(T + 2 * HOUR_MS).late == []  # once
+    assert old not in z.folded
+
+
+def test_a_file_deleted_before_it_was_folded_is_reported_and_forgotten(tmp_path):
+    z = Zone(str(tmp_path))
+    k = _put(z.store, "clicks", H, 1)
+    z.tick(T, fold=False)
+    os.remove(os.path.join(z.store.root, k))
+    plan = z.tick(T + MIN)
+    assert (plan.batches, plan.vanished) == ([], [k])
+    assert z.cursor["clicks"]["asked"] == {}
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.tuples(st.sampled_from(landing.STREAMS),
+                                 st.integers(0, 5 * 60),  # key time, minutes after H
+                                 st.integers(0, 90),  # visible this many minutes after it
+                                 st.booleans()),  # its first run fails
+                       min_size=1, max_size=40),
+       step=st.sampled_from([1, 5, 15, 60]))
+def test_every_file_is_folded_or_reported_late_never_both_never_lost(tmp_path_factory, events,
+                                                                       step):
+    z = Zone(str(tmp_path_factory.mktemp("zone")))
+    pending = sorted((minute + delay, stream, minute, i, fails)
+                     for i, (stream, minute, delay, fails) in enumerate(events))
+    failing: set[str] = set()
+    visible_when: dict[str, tuple[int, str | None]] = {}
+    late, now = [], H
+    while pending or now < H + 9 * 60 * MIN:
+        while pending and H + pending[0][0] * MIN <= now:
+            _, stream, minute, i, fails = pending.pop(0)
+            key = _put(z.store, stream, H + minute * MIN, i)
+            newest = z.cursor.get(stream, {}).get("newest")
+            visible_when[key] = (now, newest)
+            if fails:
+                failing.add(key)
+        plan = watch.plan_tick(z.store, lambda keys: z.folded & set(keys), z.cursor, now,
+                               run_over=lambda rk: z.over.get(rk))
+        z.cursor = plan.cursor
+        for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
+            z.over[rk] = True
+            if any(k in failing for k in keys):  # the whole run fails, once per file
+                failing -= set(keys)
+                continue
+            assert not z.folded & set(keys)  # never asked once folded
+            z.folded |= set(keys)
+        late += plan.late
+        assert not plan.given_up
+        now += step * MIN
+    assert len(late) == len(set(late))  # reported once
+    for key, (_, newest) in visible_when.items():
+        assert (key in z.folded) != (key in late), key
+        if newest is None or (landing.parse_key(key).arrival_ms
+                              >= landing.parse_key(newest).arrival_ms - watch.LOOKBACK_MS):
+            assert key in z.folded, key  # within the lookback of what the sensor had seen
+
+
+def test_hour_folders_walk_only_what_exists_from_an_hour_on_local_and_on_s3(tmp_path,
+                                                                           moto_endpoint,
+                                                                           s3_bucket):
+    from clicklake.platform.storage import S3Options
+
+    hours = [H - 30 * 24 * HOUR_MS, H - HOUR_MS, H, H + 3 * HOUR_MS, H + 40 * 24 * HOUR_MS,
+             H + 400 * 24 * HOUR_MS]  # other days, months and a year
+    for store in (Store(str(tmp_path)),
+                  Store(f"s3://{s3_bucket}/root", S3Options(endpoint_url=moto_endpoint))):
+        for i, h in enumerate(hours):
+            landing.write_file(store, landing.firehose_key("clicks", h + MIN, f"u-{i}"), [b"{}"])
+        got = landing.hour_folders(store, "clicks", H + 5 * MIN)
+        assert got == [landing.hour_prefix("clicks", h) for h in hours[2:]], store.root
+        assert landing.hour_folders(store, "clicks", H + 500 * 24 * HOUR_MS) == []
+        assert landing.hour_folders(store, "impressions", H) == []
