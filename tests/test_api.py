@@ -486,6 +486,13 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     want = LookupTable(lake).profile("u0000300", parse_instant(prof["as_of"]))
     assert (prof["impressions"], prof["clicks"], prof["campaigns"]) == (
         want["impressions"], want["clicks"], want["campaigns"])
+    # a user with predictions only has no profile yet: 404, as from the lake
+    from clicklake.platform.online import fold_rows
+
+    wm = online.watermark_ms()
+    fold_rows(state, "predictions", [("p-only", wm - 60_000, "scored-only", "m", 0.5, None)],
+              "replay/p-only", wm)
+    assert client.get("/v1/users/scored-only/profile").json()["code"] == "unknown_user"
     counters = client.get("/v1/users/u0000300/profile", params={"lists": "false"}).json()
     assert "campaigns" not in counters and "domains" not in counters
     assert {k: v for k, v in counters.items() if k != "as_of"} == {

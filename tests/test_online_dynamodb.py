@@ -184,6 +184,8 @@ def test_documents_of_a_newer_layout_are_refused(moto_endpoint, landing_zone):
                                 region="us-east-1").state()  # a new writer, e.g. the next run
     with pytest.raises(StaleLayout, match="newer clicklake"):
         fold_files(again, landing_zone, keys)
+    with pytest.raises(StaleLayout, match="newer clicklake"):  # nor one that committed before
+        fold_files(state, landing_zone, keys)
     assert again.folded(keys) == {keys[0]}  # refused before anything was written
 
 
@@ -246,3 +248,19 @@ def test_a_document_past_one_item_is_stored_in_parts_and_transactions_stay_under
         assert dynamo.dump() == sqlite.dump()
     dynamo.purge({"user": START + HOUR_MS}, {})
     assert dynamo._scan("d#") == []
+
+
+def test_heads_are_written_after_their_documents(moto_endpoint):
+    # A commit lands in several transactions: between two, a head must not be ahead of its
+    # document (the head path would count events the document path does not have yet).
+    from clicklake.platform.online.fold import HEAD, IMPRESSION, USER
+    from clicklake.platform.online.state import Commit
+
+    commit = Commit()
+    commit.record("landing/f1", 0, {"stream": "impressions", "lines": 1, "events": 1,
+                                    "quarantined": {}})
+    commit.docs[HEAD] = {"u1": (0, b"[1]")}
+    commit.docs[USER] = {"u1": (0, b"{}")}
+    commit.docs[IMPRESSION] = {"i1": (0, b"{}")}
+    kinds = [op[1].split("#")[1] for op in _dynamo(moto_endpoint)._ops(commit) if op[0] == "d"]
+    assert kinds == [IMPRESSION, USER, HEAD]

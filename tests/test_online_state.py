@@ -136,6 +136,8 @@ def test_documents_of_a_newer_layout_are_refused_by_readers_and_writers(env, tmp
     land(store, "impressions", H + 20 * MIN, [impression("b", H + 15 * MIN)], "2")
     with pytest.raises(StaleLayout, match="newer clicklake"):
         fold_files(SqliteState(path), store, store.list("landing/"))
+    with pytest.raises(StaleLayout, match="newer clicklake"):  # nor one that committed before
+        fold_files(state, store, store.list("landing/"))
     assert SqliteState(path).folded(store.list("landing/")) == {store.list("landing/")[0]}
 
 

@@ -36,6 +36,7 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, StateStore
+from clicklake.platform.online.fold import HEAD
 from clicklake.platform.online.state import (
     DOCS_LAYOUT,
     Cell,
@@ -285,7 +286,9 @@ class DynamoState(StateStore):
     def _ops(self, commit: Commit) -> list[list]:
         ops: list[list] = []
         tag = _commit_tag(commit.file_key) * _LOG_PARTS
-        for ns, docs in sorted(commit.docs.items()):
+        # Heads after the documents: a commit lands in several transactions, and between them a
+        # read of the head path must not see events the document does not have yet.
+        for ns, docs in sorted(commit.docs.items(), key=lambda item: (item[0] == HEAD, item[0])):
             for k, (h, v) in sorted(docs.items()):
                 text = None if v is None else v.decode()
                 if text is None or len(text) <= _DOC_CHARS:
@@ -393,6 +396,7 @@ class DynamoState(StateStore):
 
     def commit(self, commit: Commit) -> bool:
         self._check_layout()
+        self.check_readable()  # every commit: a writer of a newer layout may have come since
         if self.recover() or self.folded([f.key for f in commit.files]):
             return False  # the state moved under this commit: it was computed from an older one
         ops, _ = self._write_intent(commit)

@@ -355,7 +355,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             row = reader(user_id, t)
         except (SnapshotUnavailable, BeforeHorizon) as exc:
             raise fail(404, str(exc), "snapshot_unavailable") from None
-        if row is None:
+        if row is None or not row.get("known", True):  # no impression or click before t
             raise fail(404, f"user {user_id!r} has no events before {iso(t)}", "unknown_user")
         hidden = {"t", "known", "user_id", "before_history", "snapshot_as_of"}
         if not lists:

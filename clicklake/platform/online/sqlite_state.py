@@ -170,8 +170,10 @@ class SqliteState(StateStore):
             if self.folded([f.key for f in commit.files]):
                 c.execute("ROLLBACK")
                 return False
-            if not self._docs_marked:  # checked inside the transaction, then recorded
-                self.check_readable()
+            # Checked inside every transaction (a writer of an older layout may commit between
+            # two of ours), recorded by this connection's first.
+            self.check_readable()
+            if not self._docs_marked:
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('docs_layout', ?)",
                           (DOCS_LAYOUT,))
             for ns, docs in commit.docs.items():
