@@ -162,6 +162,13 @@ def test_right_token_passes_and_health_and_docs_are_open(secured):
     assert secured.get("/v1/users/u0000300/profile", headers=auth).status_code == 200
     assert secured.get("/metrics", headers=auth).status_code == 200
     assert secured.get("/healthz").status_code == 200
+    # the docs page and its Swagger UI files come from this server (no CDN: works offline)
+    page = secured.get("/docs")
+    assert page.status_code == 200 and "cdn" not in page.text.lower()
+    for asset in ("/docs-static/swagger-ui-bundle.js", "/docs-static/swagger-ui.css"):
+        assert asset in page.text
+        got = secured.get(asset)
+        assert got.status_code == 200 and len(got.content) > 10_000, asset
     spec = secured.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/users/{user_id}/profile", "/healthz", "/metrics"} <= set(
         spec["paths"])

@@ -191,6 +191,13 @@ def test_lookup_cli(lake):
     assert out.exit_code == 2 and "neither ISO-8601" in out.output
     empty = runner.invoke(main, ["lookup", "--root", lake.root + "/nothing", "ann"])
     assert empty.exit_code == 1 and "materialize user_profiles first" in empty.output
+    assert f"lake root: {lake.root}/nothing" in empty.output
+    # the root from the environment, as `serve` takes it; "now" is hours past the lake's last
+    # hour: one warning per stream, not one per hour
+    now = runner.invoke(main, ["lookup", "ann"], env={"CLICKLAKE_ROOT": lake.root})
+    assert now.exit_code == 0, now.output
+    warnings = [line for line in now.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("hours from" in w for w in warnings), warnings
 
 
 def test_segment_counts_of_an_hours_own_impressions_match_a_count():

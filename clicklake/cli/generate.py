@@ -10,8 +10,9 @@ DEFAULT_START = "2026-11-24T00:00:00Z"
 
 
 @click.command()
-@click.option("--root", default="data", show_default=True,
-              help="Local folder or s3://bucket/prefix; files go under landing/ and truth/.")
+@click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
+              help="Local folder or s3://bucket/prefix; files go under landing/ and truth/ "
+                   "(env CLICKLAKE_ROOT).")
 @click.option("--start", default=DEFAULT_START, show_default=True,
               help="First event hour (UTC), ISO-8601 or epoch ms; must be a whole hour.")
 @click.option("--hours", default=6, show_default=True, type=click.IntRange(min=1))

@@ -59,8 +59,9 @@ def _tqdm(desc: str, total: int, unit: str):
 @click.option("--clicks-user", help="User column(s) of the clicks table (default: the impression's).")
 @click.option("--clicks-campaign", help="Campaign column(s) of the clicks table "
                                         "(default: the impression's).")
-@click.option("--root", default="data", show_default=True,
-              help="Data root: a folder or s3://bucket/prefix; files go to <root>/landing/.")
+@click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
+              help="Data root: a folder or s3://bucket/prefix; files go to <root>/landing/ "
+                   "(env CLICKLAKE_ROOT).")
 @click.option("--s3-endpoint-url", help="S3 endpoint (MinIO, moto, LocalStack).")
 @click.option("--source", help="Name of this import in landing file names and the rejects file "
                                "(default: file name + hash of its path). Same source = replace.")

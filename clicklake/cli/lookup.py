@@ -22,8 +22,9 @@ def _plain(value):
 @click.argument("user")
 @click.option("--as-of", "as_of", default=None,
               help="Instant (ISO-8601, naive = UTC, or epoch ms); default: now.")
-@click.option("--root", default="data", show_default=True,
-              help="Local folder or s3://bucket/prefix holding the lake.")
+@click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
+              help="Local folder or s3://bucket/prefix holding the lake (env CLICKLAKE_ROOT; "
+                   "`make demo` writes data/demo).")
 @click.option("--lake-prefix", default="lake", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: bool) -> None:
@@ -37,7 +38,8 @@ def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: b
     try:
         profile = table.profile(user, t)
     except SnapshotUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} (lake root: {root}; --root or CLICKLAKE_ROOT picks "
+                                   "another)") from None
     profile = {k: _plain(v) for k, v in profile.items()}
     profile["snapshot_as_of"] = (iso(profile["snapshot_as_of"])
                                  if profile["snapshot_as_of"] is not None else None)
@@ -63,6 +65,15 @@ def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: b
     click.echo("  campaigns (impressions / clicks):")
     for c, n in profile["campaigns"].items():
         click.echo(f"    {c:<{width - 2}}  {n['impressions']} / {n['clicks']}")
+    _warn_missing(missing)
+
+
+def _warn_missing(missing: list[tuple[str, int]]) -> None:
+    """One warning per stream: an answer "now" past the lake's last hour lists every hour."""
+    by_stream: dict[str, list[int]] = {}
     for s, h in missing:
-        click.echo(f"warning: raw {s} for hour {iso(h)} is not materialized; counted as empty",
-                   err=True)
+        by_stream.setdefault(s, []).append(h)
+    for s, hours in by_stream.items():
+        span = iso(hours[0]) if len(hours) == 1 else (
+            f"{len(hours)} hours from {iso(hours[0])} to {iso(hours[-1])}")
+        click.echo(f"warning: raw {s} not materialized for {span}; counted as empty", err=True)

@@ -107,6 +107,10 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         from clicklake.resources.online_store import default_sqlite_path
 
         online_db = default_sqlite_path(root)  # beside the lake, where serving_lookup folds
+    if source == "online" and not dynamodb_table and not os.path.exists(online_db):
+        click.echo(f"warning: no online store at {online_db} yet (a wrong --root or "
+                   f"--online-db?): every user is unknown until serving_lookup folds landing "
+                   f"files there", err=True)
     settings = ServeSettings(
         root=root, lake_prefix=lake_prefix, region=region, source=source, online_db=online_db,
         dynamodb_table=dynamodb_table, model_backend=model_backend, endpoint_name=endpoint_name,

@@ -26,7 +26,7 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -79,6 +79,24 @@ def _plain(key: str, value):
     if isinstance(value, dict):
         return {k: _plain(k, v) for k, v in value.items()}
     return value
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs with the Swagger UI files of the `swagger-ui-bundle` package: FastAPI's default
+    page loads them from a CDN, and stays blank on a machine without internet access."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png")
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -222,7 +240,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         "profiles now or as of any past instant. Errors are JSON `{detail, code}`.",
         lifespan=lifespan,
         responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+        docs_url=None,  # served below from the installed Swagger UI files, not from a CDN
     )
+    _offline_docs(app)
     app.state.token = config.token
     app.state.model = model
     app.state.source = source

@@ -20,7 +20,7 @@ from clicklake.platform.online import user_state as us
 from clicklake.platform.online.fold import DEFAULT_RULES, HEAD, USER, horizon_ms
 from clicklake.platform.online.state import StateStore
 from clicklake.platform.raw import Rules
-from clicklake.platform.timeutil import HOUR_MS
+from clicklake.platform.timeutil import HOUR_MS, iso
 
 _WINDOW_SUFFIX = {"life": "", "1h": "_1h", "24h": "_24h", "7d": "_7d"}
 
@@ -48,7 +48,9 @@ class OnlineFeatures:
         state's, from its watermark)."""
         h = self.horizon_ms() if h is None else h
         if t - t % HOUR_MS < h:
-            raise BeforeHorizon(f"instant {t} is before {whose} horizon {h}; use the lookup")
+            raise BeforeHorizon(
+                f"{iso(t)} is before {whose} horizon {iso(h)}: the online store answers from "
+                f"there on; earlier instants are the lake's time-travel lookup table's")
 
     def _doc(self, user_id: str, t: int) -> dict | None:
         """The user's document, checked against t: a fold that committed after `_check` read
