@@ -332,6 +332,8 @@ def test_healthz_and_metrics(lake, champion):
     with TestClient(lake_app(lake)) as c:
         health = c.get("/healthz").json()
         assert health["status"] == "ok" and health["model"]["id"] == champion[0]
+        head = c.head("/healthz")  # load balancers probe with HEAD too
+        assert head.status_code == 200 and head.content == b""
         assert health["features_as_of"] == iso(START + HOURS * HOUR_MS)
         ok = {"user_id": "u0000300", "campaign_id": "cmp-0016", "cost": 0}
         c.post("/v1/predict", json=ok)
@@ -342,7 +344,7 @@ def test_healthz_and_metrics(lake, champion):
         families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
     requests = {(s.labels["route"], s.labels["status"]): s.value
                 for s in families["clicklake_api_requests"].samples if s.name.endswith("_total")}
-    assert requests == {("/healthz", "200"): 1, ("/v1/predict", "200"): 2,
+    assert requests == {("/healthz", "200"): 1, ("/v1/predict", "200"): 2,  # HEAD: not counted
                         ("/v1/predict", "422"): 1, ("/v1/predict", "413"): 1,
                         ("/v1/users/{user_id}/profile", "404"): 1}
     decisions = {s.labels["decision"]: s.value for s in families["clicklake_api_decisions"].samples

@@ -104,7 +104,8 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
     if deployed:
         click.echo(f"Deployed: {deployed['model_id']} ({deployed['target']})")
     elif gate:
-        click.echo("Not deployed: the model failed its gate (see the model_gate check in the UI).")
+        click.echo("Not deployed: the model failed its gate (see the model_gate check in the UI)"
+                   + ("; the API is not started: it has no model to serve." if serve else "."))
     if serve and deployed:
         from clicklake.cli.demo_serving import fold_online_store, serve_and_predict
 

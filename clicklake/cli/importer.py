@@ -72,7 +72,8 @@ def _tqdm(desc: str, total: int, unit: str):
               help="Memory cap of the external sort (DuckDB).")
 @click.option("--show-rejects", default=20, show_default=True,
               help="How many bad rows to print.")
-@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on stderr [default: when stderr is a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, id_, ip, user_agent,
                    cost, cost_scale, click_time, click_time_format, label, click_delay, delimiter,
@@ -122,7 +123,8 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
     try:
         report = run_import(store, mapping, log, clicks_file, source=source,
                             shift_to_ms=shift_ms, tmp_dir=tmp_dir, memory_limit=memory_limit,
-                            progress=_tqdm if progress else _no_bar,
+                            progress=_tqdm if (sys.stderr.isatty() if progress is None
+                                               else progress) else _no_bar,
                             keep_rejects=max(0, show_rejects))
     except (ReadError, MappingError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -384,8 +384,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         return ProfileOut(user_id=user_id, as_of=iso(t), features_as_of=watermark_iso(),
                           source=kind, **out)
 
-    @app.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}},
-             summary="Liveness and readiness")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthOut,
+                   responses={503: {"model": HealthOut}}, summary="Liveness and readiness")
     async def healthz() -> JSONResponse:
         """200 when a model is loaded, 503 otherwise (no token needed: for load balancers)."""
         m = model.current
