@@ -318,6 +318,8 @@ def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
     ("/v1/users/u0000300/profile", {"as_of": "yesterday"}, 422, "invalid_request"),
     ("/v1/users/u0000300/profile", {"as_of": "2999-01-01T00:00:00Z"}, 422, "invalid_request"),
     ("/v1/users/u0000300/profile", {"as_of": "12"}, 422, "invalid_request"),
+    ("/v1/users/u0000300/profile", {"as_of": "2026-11-24T05:00:00 02:00"}, 422,
+     "invalid_request"),
     ("/v1/users/u0000300/profile", {"lists": "maybe"}, 422, "invalid_request"),
     ("/v1/users/" + "x" * 129 + "/profile", {}, 422, "invalid_request"),
     ("/v1/users/a%01b/profile", {}, 422, "invalid_request"),
@@ -326,6 +328,8 @@ def test_profile_errors_are_clear(client, path, params, status, code):
     resp = client.get(path, params=params)
     assert resp.status_code == status, resp.text
     assert resp.json()["code"] == code and resp.json()["detail"]
+    if " " in params.get("as_of", ""):  # an unencoded "+" offset
+        assert "%2B" in resp.json()["detail"]
 
 
 def test_healthz_and_metrics(lake, champion):

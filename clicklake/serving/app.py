@@ -359,7 +359,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             try:
                 t = parse_ts(as_of)
             except ValueError as exc:
-                raise fail(422, f"as_of: {exc}", "invalid_request") from None
+                hint = (" (a '+' in a URL reads as a space: encode it as %2B)"
+                        if " " in as_of else "")
+                raise fail(422, f"as_of: {exc}{hint}", "invalid_request") from None
             if lookup is None:
                 raise fail(501, "time travel needs the lake (start the server with a lake root)",
                            "no_lake")
