@@ -464,7 +464,7 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     impression exactly as the labeled row, and its profile "now" equals the lookup table's at
     the same instant."""
     from clicklake.platform.landing import parse_key
-    from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+    from clicklake.platform.online import BeforeHorizon, OnlineFeatures, SqliteState, fold_files
 
     _, manifest, booster = champion
     state = SqliteState(str(tmp_path / "online.db"))
@@ -487,6 +487,20 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
         assert out.json()["probability"] == expected[i]
         assert out.json()["features_as_of"] == iso(online.watermark_ms())
     fold_files(state, lake, keys)
+    # Once the online store has moved on, the same impressions are older than it keeps: the
+    # lake's time travel scores them, exactly as before.
+    first = rows.to_pylist()[0]
+    with pytest.raises(BeforeHorizon):
+        online.feature_inputs(first["user_id"], first["campaign_id"],
+                              round(first["ts"].timestamp() * 1000), first["ip"],
+                              first["user_agent"])
+    for i, r in enumerate(rows.to_pylist()):
+        body = {"user_id": r["user_id"], "campaign_id": r["campaign_id"],
+                "ts": round(r["ts"].timestamp() * 1000), "ip": r["ip"],
+                "user_agent": r["user_agent"], "domain": r["domain"]}
+        out = client.post("/v1/predict", json={k: v for k, v in body.items() if v is not None})
+        assert out.status_code == 200, out.text
+        assert out.json()["probability"] == expected[i]
     prof = client.get("/v1/users/u0000300/profile").json()
     assert prof["source"] == "online"
     want = LookupTable(lake).profile("u0000300", parse_instant(prof["as_of"]))

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -79,6 +81,9 @@ def _plain(key: str, value):
     if isinstance(value, dict):
         return {k: _plain(k, v) for k, v in value.items()}
     return value
+
+
+PAST_REFRESH_S = 30.0  # how often the lake features behind the online store re-read the lake
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -191,9 +196,12 @@ def _validation_message(errors: list[dict]) -> str:
 
 
 def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | None = None,
-               config: ServingConfig | None = None, source_kind: str = "online") -> FastAPI:
+               config: ServingConfig | None = None, source_kind: str = "online",
+               past: Callable[[], OnlineFeatures] | None = None) -> FastAPI:
     """The API over a feature source (`OnlineFeatures`), a model slot and, for `?as_of=`
-    profiles, the lake's time-travel lookup table. Loads the champion now if none is loaded."""
+    profiles, the lake's time-travel lookup table. `past()`: the features for impressions
+    older than the source keeps (`BeforeHorizon`): the lake's, exact as of any instant. Loads
+    the champion now if none is loaded."""
     config = config or ServingConfig()
     metrics = ApiMetrics()
     if model.current is None:
@@ -285,8 +293,17 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             raise fail(503, "no model is deployed yet (materialize deployed_model)", "no_model")
         ts = body.ts_ms()
         try:
-            inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
-                                           body.user_agent, domain=body.domain)
+            try:
+                inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
+                                               body.user_agent, domain=body.domain)
+            except BeforeHorizon:
+                if past is None:
+                    raise
+                # Older than the online store keeps: the lake's time travel (Parquet reads:
+                # off the event loop).
+                inputs = await run_in_threadpool(
+                    lambda: past().feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
+                                                  body.user_agent, domain=body.domain))
         except (SnapshotUnavailable, BeforeHorizon) as exc:  # too old for this source
             raise fail(422, f"no features for ts {iso(ts)}: {exc}", "features_unavailable"
                        ) from None
@@ -411,7 +428,21 @@ def lake_app(store, lake_prefix: str = "lake", config: ServingConfig | None = No
              source: OnlineFeatures | None = None, model: ModelSlot | None = None) -> FastAPI:
     """The app over a lake: `LakeFeatures` unless another source is given."""
     source_kind = "online" if source is not None else "lake"
+    past = None
+    if source is not None:  # the online store: impressions older than its horizon, the lake's
+        lake: list = []  # [LakeFeatures, when its watermark was last read]
+        guard = threading.Lock()
+
+        def past() -> LakeFeatures:
+            with guard:
+                if not lake:  # made on first use: most servers never need it
+                    lake[:] = [LakeFeatures(store, lake_prefix), time.monotonic()]
+                elif time.monotonic() - lake[1] > PAST_REFRESH_S:  # new lake hours since?
+                    lake[0].refresh()
+                    lake[1] = time.monotonic()
+                return lake[0]
+
     source = source or LakeFeatures(store, lake_prefix)
     # Its own lookup table: the source's is guarded by the source's lock and replaced on refresh.
     return create_app(source, model or ModelSlot(store, lake_prefix),
-                      LookupTable(store, lake_prefix), config, source_kind)
+                      LookupTable(store, lake_prefix), config, source_kind, past)
