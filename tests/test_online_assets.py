@@ -15,6 +15,7 @@ from clicklake.assets.serving import (
     serving_checks,
     serving_lookup,
 )
+from clicklake.platform.online import watch
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS
 from clicklake.resources.lake import LakeResource
@@ -52,12 +53,11 @@ def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_p
     first = _tick(lake, None)
     assert len(first.run_requests) == 1
     assert _files(first.run_requests[0]) == [k1, k2]  # arrival order across streams
-    cursor = orjson.loads(first.cursor)
+    cursor, _ = watch.read_cursor(first.cursor)
     run_key = first.run_requests[0].run_key
-    assert {s: (e["newest"], {k: v[1:] for k, v in e["asked"].items()})
-            for s, e in cursor.items()} == {
-        "impressions": (k1, {k1: [1, run_key]}), "clicks": (k2, {k2: [1, run_key]}),
-        "predictions": (None, {})}
+    assert {s: e["newest"] for s, e in cursor["streams"].items()} == {
+        "impressions": k1, "clicks": k2, "predictions": None}
+    assert list(cursor["runs"]) == [run_key]  # asked: in flight until its run is over
     # asked, its run not over: a cheap, empty tick
     assert _tick(lake, first.cursor).run_requests == []
 
@@ -69,8 +69,7 @@ def test_sensor_requests_each_new_file_once_and_the_run_folds_exactly_them(tmp_p
     k3 = land(store, "impressions", H + 70 * MIN, [impression("i1", H + MIN),  # a re-delivery
                                                    impression("i3", H + 65 * MIN)], "3")
     later = _tick(lake, first.cursor)
-    assert all(not e["asked"] for e in orjson.loads(later.cursor).values()
-               if e["newest"] != k3)  # folded: forgotten
+    assert run_key not in watch.read_cursor(later.cursor)[0]["runs"]  # folded: forgotten
     assert [_files(r) for r in later.run_requests] == [[k3]]
     assert later.run_requests[0].run_key != first.run_requests[0].run_key
     meta = _materialize(lake, online, _files(later.run_requests[0]))
@@ -108,7 +107,7 @@ def test_a_file_visible_after_later_ones_is_still_requested_within_the_lookback(
                 [impression("i0", H - 40 * MIN)], "0")  # past the lookback: as raw, not waited for
     second = _tick(lake, first.cursor)
     assert [_files(r) for r in second.run_requests] == [[k1]]
-    assert orjson.loads(second.cursor)["impressions"]["late"] == [late]  # reported once
+    assert watch.read_cursor(second.cursor)[0]["streams"]["impressions"]["late"] == [late]
     _materialize(lake, online, [k1])
     assert _tick(lake, second.cursor).run_requests == []
     # a cursor of an earlier form goes on from its newest key (the store says what is folded)
@@ -145,7 +144,7 @@ def test_a_failed_runs_files_are_asked_again_and_a_missing_file_does_not_fail_a_
     # the next tick: k2 folded (forgotten), k1 no longer listed (reported, forgotten)
     again = _tick(lake, first.cursor)
     assert again.run_requests == []
-    assert orjson.loads(again.cursor)["impressions"]["asked"] == {}
+    assert watch.read_cursor(again.cursor)[0]["runs"] == {}
 
 
 def test_comparison_instant_waits_for_late_files_and_lake_snapshots():

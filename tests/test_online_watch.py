@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +44,8 @@ class Zone:
     def tick(self, now: int, fold: bool = True, **kw) -> watch.TickPlan:
         plan = watch.plan_tick(self.store, lambda keys: self.folded & set(keys), self.cursor,
                                now, run_over=lambda rk: self.over.get(rk), **kw)
-        self.cursor = plan.cursor
+        self.cursor, problem = watch.read_cursor(orjson.dumps(plan.cursor).decode())  # as stored
+        assert problem is None
         for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
             self.over[rk] = True  # the run ends at once: it folds its files, or fails
             if fold:
@@ -69,7 +71,8 @@ def test_a_failed_runs_files_are_asked_again_then_given_up(tmp_path):
         keys_seen.add(plan.run_keys[0])
     plan = z.tick(T + HOUR_MS, fold=False)
     assert (plan.batches, plan.given_up) == ([], [k])
-    assert z.cursor["clicks"]["asked"] == {}
+    assert z.cursor["runs"] == {} and z.cursor["streams"]["clicks"]["gone"] == [k]
+    assert z.tick(T + 2 * HOUR_MS).batches == []  # given up: not asked again as a new file
 
 
 def test_without_a_view_of_runs_a_request_is_retried_after_a_while(tmp_path):
@@ -80,7 +83,7 @@ def test_without_a_view_of_runs_a_request_is_retried_after_a_while(tmp_path):
     assert z.tick(T + watch.RETRY_AFTER_MS - 1, fold=False).batches == []
     assert z.tick(T + watch.RETRY_AFTER_MS, fold=True).batches == [[k]]
     assert z.tick(T + 2 * watch.RETRY_AFTER_MS).batches == []
-    assert z.cursor["predictions"]["asked"] == {}
+    assert z.cursor["runs"] == {}
 
 
 def test_thousands_of_files_landing_late_within_the_lookback_are_all_asked(tmp_path):
@@ -95,7 +98,7 @@ def test_thousands_of_files_landing_late_within_the_lookback_are_all_asked(tmp_p
 
 def test_a_backlog_is_asked_over_several_ticks_and_none_of_it_is_late(tmp_path):
     z = Zone(str(tmp_path))
-    keys = [_put(z.store, s, H + i * MIN, i) for i in range(0, 300) for s in ("clicks",)]
+    keys = [_put(z.store, s, H + i * MIN, i) for i in range(300) for s in ("clicks",)]
     keys += [_put(z.store, "predictions", H + i * 2 * MIN, 1000 + i) for i in range(100)]
     asked = []
     for n in range(10):
@@ -107,12 +110,18 @@ def test_a_backlog_is_asked_over_several_ticks_and_none_of_it_is_late(tmp_path):
     assert [landing.parse_key(k) for k in asked] == sorted(landing.parse_key(k) for k in asked)
 
 
-def test_a_key_far_ahead_of_the_clock_does_not_stall_its_stream(tmp_path):
+def test_a_key_far_ahead_of_the_clock_waits_for_it_and_stalls_nothing(tmp_path):
+    # Folded at once, it would move the store's watermark (and horizon) hours ahead, and its
+    # key would move the listing window past every on-time file.
     z = Zone(str(tmp_path))
-    _put(z.store, "clicks", T + 5 * HOUR_MS, 1)  # a producer with a clock hours ahead
-    z.tick(T)
-    on_time = [_put(z.store, "clicks", T + 5 * HOUR_MS - 30 * MIN + i, 10 + i) for i in range(3)]
-    assert sorted(z.tick(T + MIN).batches[0]) == sorted(on_time)
+    ahead = _put(z.store, "clicks", T + 5 * HOUR_MS, 1)  # a producer with a clock hours ahead
+    first = _put(z.store, "clicks", T - MIN, 2)
+    assert z.tick(T).batches == [[first]]
+    for i in range(1, 4 * 60):
+        on_time = _put(z.store, "clicks", T + i * MIN - 30_000, 10 + i)
+        plan = z.tick(T + i * MIN)
+        assert plan.batches == [[on_time]] and plan.late == [], i
+    assert z.tick(T + 5 * HOUR_MS).batches == [[ahead]]  # its time has come
 
 
 def test_a_stream_quiet_for_a_week_costs_a_few_listings_a_tick(tmp_path, monkeypatch):
@@ -152,7 +161,7 @@ def test_a_file_deleted_before_it_was_folded_is_reported_and_forgotten(tmp_path)
     os.remove(os.path.join(z.store.root, k))
     plan = z.tick(T + MIN)
     assert (plan.batches, plan.vanished) == ([], [k])
-    assert z.cursor["clicks"]["asked"] == {}
+    assert z.cursor["runs"] == {}
 
 
 @settings(max_examples=60, deadline=None,
@@ -175,13 +184,13 @@ def test_every_file_is_folded_or_reported_late_never_both_never_lost(tmp_path_fa
         while pending and H + pending[0][0] * MIN <= now:
             _, stream, minute, i, fails = pending.pop(0)
             key = _put(z.store, stream, H + minute * MIN, i)
-            newest = z.cursor.get(stream, {}).get("newest")
+            newest = z.cursor.get("streams", {}).get(stream, {}).get("newest")
             visible_when[key] = (now, newest)
             if fails:
                 failing.add(key)
         plan = watch.plan_tick(z.store, lambda keys: z.folded & set(keys), z.cursor, now,
                                run_over=lambda rk: z.over.get(rk))
-        z.cursor = plan.cursor
+        z.cursor = watch.read_cursor(orjson.dumps(plan.cursor).decode())[0]
         for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
             z.over[rk] = True
             if any(k in failing for k in keys):  # the whole run fails, once per file
@@ -215,3 +224,54 @@ def test_hour_folders_walk_only_what_exists_from_an_hour_on_local_and_on_s3(tmp_
         assert got == [landing.hour_prefix("clicks", h) for h in hours[2:]], store.root
         assert landing.hour_folders(store, "clicks", H + 500 * 24 * HOUR_MS) == []
         assert landing.hour_folders(store, "impressions", H) == []
+
+
+def test_a_file_that_fails_every_run_takes_no_other_file_down_with_it(tmp_path):
+    z = Zone(str(tmp_path))
+    poison = _put(z.store, "clicks", H + MIN, 0)
+    others = [_put(z.store, s, H + 2 * MIN + i, 1 + i)
+              for i, s in enumerate(["clicks", "impressions"] * 30)]
+    given_up = []
+    for n in range(12):
+        plan = watch.plan_tick(z.store, lambda keys: z.folded & set(keys), z.cursor, T + n * MIN,
+                               run_over=lambda rk: z.over.get(rk), max_files=16)
+        z.cursor = plan.cursor
+        for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
+            z.over[rk] = True
+            if poison not in keys:
+                z.folded |= set(keys)
+        given_up += plan.given_up
+    assert set(others) <= z.folded  # in ever smaller runs, apart from the poison
+    assert given_up == [poison]  # once, then never asked again
+
+
+def test_a_late_file_is_reported_once_while_its_stream_goes_on_or_goes_quiet(tmp_path):
+    for quiet in (False, True):
+        z = Zone(str(tmp_path / str(quiet)))
+        late, key = [], None
+        _put(z.store, "impressions", H + 20 * MIN, 0)
+        for n in range(1, 40 * 60, 7):  # a tick every 7 minutes for 40 hours
+            now = H + 20 * MIN + n * MIN
+            if not quiet or n < 3 * 60:
+                _put(z.store, "impressions", now, n)
+            if key is None and n > 3 * 60:  # three hours behind: late
+                key = _put(z.store, "impressions", H + 25 * MIN, 10**6)
+            late += z.tick(now).late
+        assert late == [key], quiet
+
+
+def test_runs_in_flight_bound_what_is_asked_and_the_cursor_stays_small(tmp_path):
+    z = Zone(str(tmp_path))
+    keys = [_put(z.store, "impressions", H + i * 6_000, i) for i in range(3000)]  # 5 hours
+    first = z.tick(T, fold=False, max_files=500, max_runs=2)
+    assert [len(b) for b in first.batches] == [500, 500]
+    for rk in first.run_keys:
+        z.over[rk] = False  # queued behind the pool
+    for n in range(1, 5):  # while they wait, nothing more is asked
+        assert z.tick(T + n * MIN, fold=False, max_files=500, max_runs=2).batches == []
+    size = len(orjson.dumps(z.cursor))
+    assert size < 20_000, size  # 1,000 keys in flight, compressed
+    z.over[first.run_keys[0]] = True  # one ends, having folded its files
+    z.folded |= set(first.batches[0])
+    plan = z.tick(T + 10 * MIN, fold=False, max_files=500, max_runs=2)
+    assert plan.batches == [keys[1000:1500]] and plan.late == []

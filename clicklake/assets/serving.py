@@ -32,7 +32,7 @@ from clicklake.resources.online_store import OnlineStoreResource
 
 SENSOR_INTERVAL_S = 15
 MAX_FILES_PER_RUN = 2000
-MAX_RUNS_PER_TICK = 10  # a backlog is asked over several ticks: a tick's request stays small
+MAX_RUNS_IN_FLIGHT = 4  # runs of new files asked and not over: a backlog goes over several ticks
 FILES_PER_COMMIT = MAX_FILES_PER_RUN  # a run's files fold in one commit (a rebuild: in several)
 CHECK_SAMPLE_USERS = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -142,7 +142,7 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
     if problem:
         context.log.warning(problem)
     plan = watch.plan_tick(lake.store(), _folded(online_store), cursor, int(time.time() * 1000),
-                           lake.landing_prefix, MAX_FILES_PER_RUN, MAX_RUNS_PER_TICK,
+                           lake.landing_prefix, MAX_FILES_PER_RUN, MAX_RUNS_IN_FLIGHT,
                            _run_over(context.instance))
     minutes = watch.LOOKBACK_MS // 60_000
     if plan.late:

@@ -4,39 +4,50 @@ The online store's own record of folded files decides what is still to do: each 
 recent landing keys of every stream and asks the store which of them are folded. So a file is
 never lost because a run failed or was never launched: it is still unfolded on the next tick,
 and asked again once its run is over (or `RETRY_AFTER_MS` after the request when the sensor
-cannot see the run), at most `MAX_ATTEMPTS` times.
+cannot see the run), at most `MAX_ATTEMPTS` times, in ever smaller runs (a file that fails every
+run it is in cannot take the others down with it).
 
-Per stream the cursor keeps the newest key seen (`newest`), the keys asked and not yet folded
-(`asked`: key -> [ms asked, attempts, run key]), and the late keys already reported (`late`):
-
+Per stream:
 - listed: the hour folders from the one holding `newest - LOOKBACK_MS` on (`landing.hour_folders`:
   a few listings whatever the gap; the whole stream on its first tick);
-- a key in that window that is neither folded nor asked is asked, unless it sorts more than
+- a listed key neither folded, asked, nor reported is asked, unless it sorts more than
   `LOOKBACK_MS` before `newest` as the tick found it: a file visible that long after its key
   time is past the allowed lateness, which the raw layer does not wait for either. Such a file
   is reported as late (once) and not folded. Once an hour the tick also lists the day before the
   window and reports the unfolded keys found there (a file may land in any older folder);
+- a key whose time is ahead of the clock (more than the raw layer's future tolerance) waits for
+  the clock: folded, it would move the store's watermark, and so its horizon, into the future;
 - an asked key the listing no longer shows (deleted) is dropped with a report.
 
-The cursor stays small: keys leave it once folded (asked) or a day past the window (late).
+At most `max_runs` runs are in flight: a backlog is asked over several ticks, oldest first.
+
+The cursor: per stream the newest key seen, the late and given-up keys reported (kept while the
+sweep can still list them), the hour of the last sweep; and per run in flight its request time,
+attempt and keys (compressed: a run holds up to 2,000 keys sharing long prefixes).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 
 from clicklake.platform import landing
+from clicklake.platform.raw import DEFAULT_FUTURE_TOLERANCE_MS
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS
 
 LOOKBACK_MS = HOUR_MS
-RETRY_AFTER_MS = 10 * 60_000  # without a view of runs: a request this old has failed
+RETRY_AFTER_MS = 10 * 60_000  # without a view of the run: a request this old has failed
 MAX_ATTEMPTS = 5
 SWEEP_MS = 24 * HOUR_MS  # how far before the window the hourly sweep looks for late files
+AHEAD_MS = DEFAULT_FUTURE_TOLERANCE_MS  # keys further ahead of the clock wait for it
+RETRY_SHRINK = 16  # attempt n runs at most max_files // 16 ** (n - 1) files (1 from the 4th)
+_VERSION = 2
 
 
 @dataclass
@@ -50,40 +61,53 @@ class TickPlan:
     cursor: dict = field(default_factory=dict)
 
 
+def _pack(keys: list[str]) -> str:
+    return base64.b64encode(zlib.compress("\n".join(keys).encode(), 6)).decode()
+
+
+def _unpack(text: str) -> list[str]:
+    return zlib.decompress(base64.b64decode(text)).decode().split("\n") if text else []
+
+
+def _stream_entry(newest=None, late=(), gone=(), swept=None) -> dict:
+    return {"newest": newest, "late": list(late), "gone": list(gone), "swept": swept}
+
+
 def read_cursor(text: str | None) -> tuple[dict, str | None]:
     """(cursor, problem): an unreadable cursor starts over (every unfolded key is asked on the
-    next tick, which is safe: the store knows what is folded), with a message saying so."""
+    next tick, which is safe: the store knows what is folded), with a message saying so.
+    Earlier forms (per stream: the newest key alone, or {"keys": [...], "floor": key}) go on
+    from their newest key."""
     if not text:
         return {}, None
     try:
         raw = orjson.loads(text)
         if not isinstance(raw, dict):
             raise TypeError("not a JSON object")
-        return {s: _entry(raw[s]) for s in raw if s in landing.STREAMS}, None
-    except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        return {}, f"unreadable sensor cursor ({exc}): starting over from the store's record"
+        if raw.get("v") == _VERSION:
+            streams = {s: _stream_entry(e["newest"], e["late"], e["gone"], e["swept"])
+                       for s, e in raw["streams"].items() if s in landing.STREAMS}
+            runs = {rk: {"at": int(r["at"]), "n": int(r["n"]), "keys": str(r["keys"])}
+                    for rk, r in raw["runs"].items()}
+            for rk in runs:
+                _unpack(runs[rk]["keys"])  # readable now, not on some later tick
+            return {"v": _VERSION, "streams": streams, "runs": runs}, None
+        return {"v": _VERSION, "streams": {s: _legacy(raw[s]) for s in raw
+                                           if s in landing.STREAMS}, "runs": {}}, None
+    except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
+        return {}, f"unreadable sensor cursor ({exc!r}): starting over from the store's record"
 
 
-def _entry(value) -> dict:
-    """A stream's cursor entry, also from the earlier forms: the newest key alone, or
-    {"keys": [...], "floor": key} (keys asked in the lookback; whether folded, the store says)."""
+def _legacy(value) -> dict:
     if isinstance(value, str):
-        return {"newest": value, "asked": {}, "late": []}
+        return _stream_entry(value)
     if not isinstance(value, dict):
         raise TypeError(f"a stream entry is {type(value).__name__}")
-    if "keys" in value:
-        keys = [k for k in value.get("keys") or [] if isinstance(k, str)]
-        floor = value.get("floor")
-        newest = max(keys) if keys else floor if isinstance(floor, str) else None
-        return {"newest": newest, "asked": {}, "late": []}
-    newest = value.get("newest")
-    asked = value.get("asked") or {}
-    late = value.get("late") or []
-    if not (newest is None or isinstance(newest, str)) or not isinstance(asked, dict):
-        raise TypeError("a stream entry of unknown shape")
-    return {"newest": newest,
-            "asked": {k: list(v) for k, v in asked.items() if isinstance(v, list) and len(v) == 3},
-            "late": [k for k in late if isinstance(k, str)]}
+    if isinstance(value.get("newest"), str):  # {"newest": key, "asked": ..., ...}
+        return _stream_entry(value["newest"])
+    keys = [k for k in value.get("keys") or [] if isinstance(k, str)]
+    floor = value.get("floor")
+    return _stream_entry(max(keys) if keys else floor if isinstance(floor, str) else None)
 
 
 def _arrival(key: str) -> int | None:
@@ -106,98 +130,133 @@ def _listed(store: Store, stream: str, since_ms: int | None, prefix: str,
     return [(a, k) for k in keys if (a := _arrival(k)) is not None]
 
 
+def _reported(keys: set[str], keep_from: int | None) -> list[str]:
+    return sorted(k for k in keys if keep_from is None or (_arrival(k) or 0) >= keep_from)
+
+
+def _stream_of(key: str, prefix: str) -> str | None:
+    return next((s for s in landing.STREAMS if key.startswith(f"{prefix}/{s}/")), None)
+
+
+def _floor_hour(ms: int) -> int:
+    return ms - ms % HOUR_MS
+
+
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
-              prefix: str = landing.DEFAULT_PREFIX, max_files: int = 2000,
-              max_runs: int = 10, run_over: Callable[[str], bool | None] | None = None
-              ) -> TickPlan:
+              prefix: str = landing.DEFAULT_PREFIX, max_files: int = 2000, max_runs: int = 4,
+              run_over: Callable[[str], bool | None] | None = None) -> TickPlan:
     """The runs to request and what to report on a tick at `now_ms` (see the module docstring).
     `folded(keys)`: the keys the online store has folded; `run_over(run_key)`: whether the run
-    asked for a key can no longer fold it (None, or no `run_over`: unknown, and
-    `RETRY_AFTER_MS` after the request decides). At most `max_runs`
-    runs of new keys (the oldest first; the rest on the next ticks), retries besides."""
+    asked for some keys can no longer fold them (None, or no `run_over`: unknown, and
+    `RETRY_AFTER_MS` after the request decides). At most `max_runs` runs of new keys in flight
+    (the oldest keys first, the rest on later ticks); retries besides."""
     plan = TickPlan()
-    new: list[tuple[int, str, str]] = []  # (arrival, key, stream): asked for the first time
-    retries: list[tuple[int, str, int]] = []  # (arrival, key, attempt)
-    streams: dict[str, tuple] = {}
+    streams_in = cursor.get("streams", {})
+    runs_in = cursor.get("runs", {})
+    asked: dict[str, str] = {}  # key -> run key
+    for rk, run in runs_in.items():
+        for k in _unpack(run["keys"]):
+            asked[k] = rk
+    listings: dict[str, tuple] = {}
     for stream in landing.STREAMS:
-        entry = cursor.get(stream) or {"newest": None, "asked": {}, "late": []}
-        newest, asked, late = entry["newest"], dict(entry["asked"]), set(entry["late"])
+        entry = streams_in.get(stream) or _stream_entry()
+        newest = entry["newest"]
         newest_ms = None if newest is None else _arrival(newest)
         since = None if newest_ms is None else newest_ms - LOOKBACK_MS
         listed = _listed(store, stream, since, prefix)
-        window = None if since is None else since - since % HOUR_MS
-        swept: list[tuple[int, str]] = []
-        sweep = window is not None and entry.get("swept") != now_ms // HOUR_MS
-        if sweep:  # hourly: files landed in folders older than the window
-            swept = _listed(store, stream, window - SWEEP_MS, prefix, before_ms=window)
-        done = folded([k for _, k in listed + swept] + list(asked))
-        for k in [k for k in asked if k in done]:
-            del asked[k]
-        shown = {k for _, k in listed}
-        for a, k in listed:
-            if k in done or k in late or k in asked:
+        window = None if since is None else _floor_hour(since)
+        sweep = window is not None and entry["swept"] != now_ms // HOUR_MS
+        swept = (_listed(store, stream, window - SWEEP_MS, prefix, before_ms=window)
+                 if sweep else [])
+        listings[stream] = (entry, since, window, listed, swept, sweep)
+    every = [k for *_, listed, swept, _ in listings.values() for _, k in listed + swept]
+    done = folded(list(dict.fromkeys(every + list(asked))))
+
+    # Runs asked before: keys folded are done; the rest wait for their run, or are asked again.
+    over_of: dict[str, bool] = {}
+    in_flight: dict[str, list[str]] = {}
+    retry: dict[int, list[tuple[int, str]]] = {}  # attempt -> (arrival, key)
+    shown = {k for *_, listed, _, _ in listings.values() for _, k in listed}
+    windows = {s: w for s, (_, _, w, _, _, _) in listings.items()}
+    gone: dict[str, set[str]] = {s: set(e["gone"]) for s, (e, *_) in listings.items()}
+    for rk, run in runs_in.items():
+        left = []
+        for k in _unpack(run["keys"]):
+            if k in done:
                 continue
-            if since is not None and a < since:
-                late.add(k)
-                plan.late.append(k)
-            else:
-                new.append((a, k, stream))
-        for a, k in swept:
-            if k not in done and k not in late and k not in asked:
-                late.add(k)
-                plan.late.append(k)
-        for k, (at, attempts, run_key) in list(asked.items()):
+            window = windows.get(_stream_of(k, prefix))
             a = _arrival(k)
             if k not in shown and (window is None or a is None or a >= window):
-                del asked[k]  # deleted before it was folded
-                plan.vanished.append(k)
-                continue
-            over = run_over(run_key) if run_over is not None and run_key else None
-            if over is None:  # no view of that run (none yet, or no run view at all)
-                over = now_ms - at >= RETRY_AFTER_MS
-            if not over:
-                continue
-            if attempts >= MAX_ATTEMPTS:
-                del asked[k]
+                plan.vanished.append(k)  # deleted before it was folded
+            else:
+                left.append(k)
+        if not left:
+            continue
+        if rk not in over_of:
+            over = run_over(rk) if run_over is not None else None
+            over_of[rk] = now_ms - run["at"] >= RETRY_AFTER_MS if over is None else over
+        if not over_of[rk]:
+            in_flight[rk] = left
+            continue
+        for k in left:
+            a = _arrival(k)
+            stream = _stream_of(k, prefix)
+            if run["n"] >= MAX_ATTEMPTS:
                 plan.given_up.append(k)
+                if stream is not None:
+                    gone[stream].add(k)
+            else:
+                retry.setdefault(run["n"] + 1, []).append((a or 0, k))
+                plan.retried.append(k)
+    still = {k for keys in in_flight.values() for k in keys}
+
+    new: list[tuple[int, str]] = []
+    for stream, (entry, since, window, listed, swept, _) in listings.items():
+        late = set(entry["late"])
+        skip = done | still | late | gone[stream] | set(plan.retried) | set(plan.given_up)
+        for a, k in listed:
+            if k in skip or a > now_ms + AHEAD_MS:  # ahead of the clock: waits for it
                 continue
-            asked[k] = [now_ms, attempts + 1, ""]
-            retries.append((a or 0, k, attempts + 1))
-            plan.retried.append(k)
-        streams[stream] = (newest, asked, late, listed, sweep, entry.get("swept"))
+            if since is not None and a < since:
+                plan.late.append(k)
+                late.add(k)
+            else:
+                new.append((a, k))
+        for a, k in swept:
+            if k not in skip and k not in late:
+                plan.late.append(k)
+                late.add(k)
+        listings[stream] = (entry, since, window, listed, late, _)
     new.sort()
-    kept = new[:max_runs * max_files]
-    cutoff = (kept[-1][0], kept[-1][1]) if len(kept) < len(new) else None
-    asks = sorted([(a, k, 1) for a, k, _ in kept] + retries)
-    for stream, (newest, asked, late, listed, sweep, swept_at) in streams.items():
-        for a, k, s in kept:
-            if s == stream:
-                asked[k] = [now_ms, 1, ""]
-        # the newest key seen, but not past the last one asked when some wait for later ticks
-        seen = [(a, k) for a, k in listed if cutoff is None or (a, k) <= cutoff]
-        if newest is not None:
-            seen.append((_arrival(newest) or 0, newest))
+    room = max(0, max_runs - len(in_flight)) * max_files
+    kept, cutoff = new[:room], None
+    if len(kept) < len(new):  # the rest on later ticks: `newest` stays at the last one asked
+        cutoff = kept[-1] if kept else (new[0][0] - 1, "")
+
+    out_streams = {}
+    for stream, (entry, since, window, listed, late, _) in listings.items():
+        seen = [(a, k) for a, k in listed
+                if a <= now_ms + AHEAD_MS and (cutoff is None or (a, k) <= cutoff)]
+        if entry["newest"] is not None:
+            seen.append((_arrival(entry["newest"]) or 0, entry["newest"]))
         top = max(seen, default=None)
-        floor_ms = None if top is None else top[0] - LOOKBACK_MS - SWEEP_MS
-        plan.cursor[stream] = {
-            "newest": None if top is None else top[1], "asked": asked,
-            "late": sorted(k for k in late if floor_ms is None or (_arrival(k) or 0) >= floor_ms),
-            "swept": now_ms // HOUR_MS if sweep else swept_at}
-    # Retries run apart from new files, by attempt: a file that fails its runs cannot take the
-    # others down with it for long.
-    groups: dict[int, list[tuple[int, str, int]]] = {}
-    for ask in asks:
-        groups.setdefault(ask[2], []).append(ask)
-    chunks = [g[i:i + max_files] for _, g in sorted(groups.items())
-              for i in range(0, len(g), max_files)]
-    for batch in chunks:
-        keys = [k for _, k, _ in batch]
-        run_key = "fold-" + hashlib.sha256("\n".join(
-            k if n == 1 else f"{k}#{n}" for _, k, n in batch).encode()).hexdigest()[:16]
-        plan.batches.append(keys)
-        plan.run_keys.append(run_key)
-        for entry in plan.cursor.values():
-            for k in keys:
-                if k in entry["asked"]:
-                    entry["asked"][k][2] = run_key
+        # reported keys are kept while a sweep from the next tick's window can list them
+        keep_from = None if top is None else _floor_hour(top[0] - LOOKBACK_MS) - SWEEP_MS
+        out_streams[stream] = _stream_entry(
+            None if top is None else top[1], _reported(late, keep_from),
+            _reported(gone[stream], keep_from),
+            now_ms // HOUR_MS if listings[stream][5] else entry["swept"])
+
+    out_runs = {rk: runs_in[rk] | {"keys": _pack(keys)} for rk, keys in in_flight.items()}
+    groups = [(1, sorted(kept))] + sorted((n, sorted(keys)) for n, keys in retry.items())
+    for attempt, asks in groups:
+        size = max(1, max_files // RETRY_SHRINK ** (attempt - 1))
+        for i in range(0, len(asks), size):
+            keys = [k for _, k in asks[i:i + size]]
+            run_key = "fold-" + hashlib.sha256("\n".join(
+                keys if attempt == 1 else [*keys, f"#{attempt}"]).encode()).hexdigest()[:16]
+            plan.batches.append(keys)
+            plan.run_keys.append(run_key)
+            out_runs[run_key] = {"at": now_ms, "n": attempt, "keys": _pack(keys)}
+    plan.cursor = {"v": _VERSION, "streams": out_streams, "runs": out_runs}
     return plan
