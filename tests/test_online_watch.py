@@ -275,3 +275,37 @@ def test_runs_in_flight_bound_what_is_asked_and_the_cursor_stays_small(tmp_path)
     z.folded |= set(first.batches[0])
     plan = z.tick(T + 10 * MIN, fold=False, max_files=500, max_runs=2)
     assert plan.batches == [keys[1000:1500]] and plan.late == []
+
+
+def test_a_reset_cursor_starts_from_the_stores_watermark_and_folds_no_late_file(tmp_path):
+    z = Zone(str(tmp_path))
+    on_time = [_put(z.store, "clicks", H + i * 10 * MIN, i) for i in range(30)]  # 5 hours
+    z.tick(T)
+    assert set(on_time) <= z.folded
+    late = _put(z.store, "clicks", H + HOUR_MS, 99)  # hours behind: late
+    z.cursor = {}  # lost (reset by hand, unreadable)
+    newest = landing.parse_key(on_time[-1]).arrival_ms
+    plan = z.tick(T + MIN, watermark_ms=newest)
+    assert plan.batches == [] and plan.late == [late]
+
+
+def test_a_run_that_never_ends_is_given_its_files_back_after_a_while(tmp_path):
+    z = Zone(str(tmp_path))
+    k = _put(z.store, "clicks", H, 1)
+    first = z.tick(T, fold=False)
+    z.over[first.run_keys[0]] = False  # "started" for ever: its worker died unseen
+    assert z.tick(T + watch.STUCK_MS - 1).batches == []
+    assert z.tick(T + watch.STUCK_MS).batches == [[k]]
+
+
+def test_cursors_of_the_right_json_but_wrong_types_start_over():
+    good = {"v": 2, "streams": {"clicks": {"newest": None, "late": [], "gone": [],
+                                           "swept": None}}, "runs": {}}
+    assert watch.read_cursor(orjson.dumps(good).decode())[1] is None
+    for bad in ({**good, "runs": {"r": {"at": "x", "n": 1, "keys": ""}}},
+                {**good, "runs": {"r": {"at": 1, "n": 1, "keys": "not base64 zlib"}}},
+                {**good, "streams": {"clicks": {**good["streams"]["clicks"], "late": [1]}}},
+                {**good, "streams": {"clicks": {**good["streams"]["clicks"], "newest": 7}}},
+                {**good, "streams": []}):
+        cursor, problem = watch.read_cursor(orjson.dumps(bad).decode())
+        assert cursor == {} and "starting over" in problem, bad

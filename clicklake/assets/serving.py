@@ -25,7 +25,7 @@ from pydantic import Field
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
-from clicklake.platform.online.state import StaleLayout
+from clicklake.platform.online.state import StaleLayout, StateStore
 from clicklake.platform.timeutil import HOUR_MS, iso
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import OnlineStoreResource
@@ -114,14 +114,11 @@ def _run_over(instance: dg.DagsterInstance) -> Callable[[str], bool | None]:
     return over
 
 
-def _folded(online_store: OnlineStoreResource) -> Callable[[list[str]], set[str]]:
+def _folded(state: StateStore, watermark_ms: int | None) -> Callable[[list[str]], set[str]]:
     def folded(keys: list[str]) -> set[str]:
-        if not keys:
+        if not keys or watermark_ms is None:  # nothing folded yet: no need to ask
             return set()
-        try:
-            return online_store.state().folded(keys)
-        except StaleLayout:  # the next run rebuilds it from every landing file
-            return set()
+        return state.folded(keys)
     return folded
 
 
@@ -141,9 +138,14 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
     cursor, problem = watch.read_cursor(context.cursor)
     if problem:
         context.log.warning(problem)
-    plan = watch.plan_tick(lake.store(), _folded(online_store), cursor, int(time.time() * 1000),
-                           lake.landing_prefix, MAX_FILES_PER_RUN, MAX_RUNS_IN_FLIGHT,
-                           _run_over(context.instance))
+    state = online_store.state()
+    try:
+        watermark = state.watermark_ms()
+        plan = watch.plan_tick(lake.store(), _folded(state, watermark), cursor,
+                               int(time.time() * 1000), lake.landing_prefix, MAX_FILES_PER_RUN,
+                               MAX_RUNS_IN_FLIGHT, _run_over(context.instance), watermark)
+    finally:
+        state.close()
     minutes = watch.LOOKBACK_MS // 60_000
     if plan.late:
         context.log.warning(

@@ -44,6 +44,7 @@ from clicklake.platform.timeutil import HOUR_MS
 LOOKBACK_MS = HOUR_MS
 RETRY_AFTER_MS = 10 * 60_000  # without a view of the run: a request this old has failed
 MAX_ATTEMPTS = 5
+STUCK_MS = 2 * HOUR_MS  # a run still queued or running this long after its request is dead
 SWEEP_MS = 24 * HOUR_MS  # how far before the window the hourly sweep looks for late files
 AHEAD_MS = DEFAULT_FUTURE_TOLERANCE_MS  # keys further ahead of the clock wait for it
 RETRY_SHRINK = 16  # attempt n runs at most max_files // 16 ** (n - 1) files (1 from the 4th)
@@ -85,9 +86,10 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
         if not isinstance(raw, dict):
             raise TypeError("not a JSON object")
         if raw.get("v") == _VERSION:
-            streams = {s: _stream_entry(e["newest"], e["late"], e["gone"], e["swept"])
+            streams = {s: _stream_entry(_str_or_none(e["newest"]), _strs(e["late"]),
+                                        _strs(e["gone"]), e["swept"] and int(e["swept"]))
                        for s, e in raw["streams"].items() if s in landing.STREAMS}
-            runs = {rk: {"at": int(r["at"]), "n": int(r["n"]), "keys": str(r["keys"])}
+            runs = {str(rk): {"at": int(r["at"]), "n": int(r["n"]), "keys": str(r["keys"])}
                     for rk, r in raw["runs"].items()}
             for rk in runs:
                 _unpack(runs[rk]["keys"])  # readable now, not on some later tick
@@ -96,6 +98,16 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
                                            if s in landing.STREAMS}, "runs": {}}, None
     except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
         return {}, f"unreadable sensor cursor ({exc!r}): starting over from the store's record"
+
+
+def _str_or_none(value) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"a key is {type(value).__name__}")
+    return value
+
+
+def _strs(values) -> list[str]:
+    return [_str_or_none(v) for v in values]
 
 
 def _legacy(value) -> dict:
@@ -144,12 +156,15 @@ def _floor_hour(ms: int) -> int:
 
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
               prefix: str = landing.DEFAULT_PREFIX, max_files: int = 2000, max_runs: int = 4,
-              run_over: Callable[[str], bool | None] | None = None) -> TickPlan:
+              run_over: Callable[[str], bool | None] | None = None,
+              watermark_ms: int | None = None) -> TickPlan:
     """The runs to request and what to report on a tick at `now_ms` (see the module docstring).
     `folded(keys)`: the keys the online store has folded; `run_over(run_key)`: whether the run
     asked for some keys can no longer fold them (None, or no `run_over`: unknown, and
     `RETRY_AFTER_MS` after the request decides). At most `max_runs` runs of new keys in flight
-    (the oldest keys first, the rest on later ticks); retries besides."""
+    (the oldest keys first, the rest on later ticks); retries besides. `watermark_ms`: the
+    store's (its newest folded key time): where a stream the cursor does not know (a reset
+    cursor) starts, so files reported late before are not folded now."""
     plan = TickPlan()
     streams_in = cursor.get("streams", {})
     runs_in = cursor.get("runs", {})
@@ -161,7 +176,7 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
     for stream in landing.STREAMS:
         entry = streams_in.get(stream) or _stream_entry()
         newest = entry["newest"]
-        newest_ms = None if newest is None else _arrival(newest)
+        newest_ms = watermark_ms if newest is None else _arrival(newest)
         since = None if newest_ms is None else newest_ms - LOOKBACK_MS
         listed = _listed(store, stream, since, prefix)
         window = None if since is None else _floor_hour(since)
@@ -194,7 +209,9 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
             continue
         if rk not in over_of:
             over = run_over(rk) if run_over is not None else None
-            over_of[rk] = now_ms - run["at"] >= RETRY_AFTER_MS if over is None else over
+            age = now_ms - run["at"]
+            # unknown: RETRY_AFTER_MS; not over after STUCK_MS: a run whose worker died
+            over_of[rk] = age >= RETRY_AFTER_MS if over is None else over or age >= STUCK_MS
         if not over_of[rk]:
             in_flight[rk] = left
             continue
