@@ -478,14 +478,21 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     rows = _labeled_with_context(lake, hour, 10)
     expected = booster_predict(booster, _matrix(rows, manifest))
     assert len(set(expected.tolist())) >= len(expected) // 2
-    for i, r in enumerate(rows.to_pylist()):
-        body = {"user_id": r["user_id"], "campaign_id": r["campaign_id"],
-                "ts": round(r["ts"].timestamp() * 1000), "ip": r["ip"],
-                "user_agent": r["user_agent"], "domain": r["domain"]}
-        out = client.post("/v1/predict", json={k: v for k, v in body.items() if v is not None})
-        assert out.status_code == 200, out.text
-        assert out.json()["probability"] == expected[i]
-        assert out.json()["features_as_of"] == iso(online.watermark_ms())
+
+    def predict_each() -> list[dict]:
+        answers = []
+        for i, r in enumerate(rows.to_pylist()):
+            body = {"user_id": r["user_id"], "campaign_id": r["campaign_id"],
+                    "ts": round(r["ts"].timestamp() * 1000), "ip": r["ip"],
+                    "user_agent": r["user_agent"], "domain": r["domain"]}
+            out = client.post("/v1/predict",
+                              json={k: v for k, v in body.items() if v is not None})
+            assert out.status_code == 200, out.text
+            assert out.json()["probability"] == expected[i]
+            answers.append(out.json())
+        return answers
+
+    assert all(a["features_as_of"] == iso(online.watermark_ms()) for a in predict_each())
     fold_files(state, lake, keys)
     # Once the online store has moved on, the same impressions are older than it keeps: the
     # lake's time travel scores them, exactly as before.
@@ -494,13 +501,7 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
         online.feature_inputs(first["user_id"], first["campaign_id"],
                               round(first["ts"].timestamp() * 1000), first["ip"],
                               first["user_agent"])
-    for i, r in enumerate(rows.to_pylist()):
-        body = {"user_id": r["user_id"], "campaign_id": r["campaign_id"],
-                "ts": round(r["ts"].timestamp() * 1000), "ip": r["ip"],
-                "user_agent": r["user_agent"], "domain": r["domain"]}
-        out = client.post("/v1/predict", json={k: v for k, v in body.items() if v is not None})
-        assert out.status_code == 200, out.text
-        assert out.json()["probability"] == expected[i]
+    predict_each()
     prof = client.get("/v1/users/u0000300/profile").json()
     assert prof["source"] == "online"
     want = LookupTable(lake).profile("u0000300", parse_instant(prof["as_of"]))

@@ -154,6 +154,32 @@ def _floor_hour(ms: int) -> int:
     return ms - ms % HOUR_MS
 
 
+@dataclass
+class _Stream:
+    """One stream on one tick."""
+
+    entry: dict  # its cursor entry
+    since: int | None  # keys before this are late (None: nothing seen, none is)
+    window: int | None  # the first hour folder listed (None: the whole stream)
+    listed: list[tuple[int, str]]  # (arrival, key) from the window on
+    swept: list[tuple[int, str]]  # the day before the window, on the hourly sweep
+    sweep: bool  # this tick is the hour's sweep
+    late: set[str] = field(default_factory=set)  # reported late, before or now
+    gone: set[str] = field(default_factory=set)  # given up, before or now
+
+
+def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
+          watermark_ms: int | None) -> _Stream:
+    newest = entry["newest"]
+    newest_ms = watermark_ms if newest is None else _arrival(newest)
+    since = None if newest_ms is None else newest_ms - LOOKBACK_MS
+    window = None if since is None else _floor_hour(since)
+    sweep = window is not None and entry["swept"] != now_ms // HOUR_MS
+    return _Stream(entry, since, window, _listed(store, stream, since, prefix),
+                   _listed(store, stream, window - SWEEP_MS, prefix, before_ms=window)
+                   if sweep else [], sweep, set(entry["late"]), set(entry["gone"]))
+
+
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
               prefix: str = landing.DEFAULT_PREFIX, max_files: int = 2000, max_runs: int = 4,
               run_over: Callable[[str], bool | None] | None = None,
@@ -166,84 +192,59 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
     store's (its newest folded key time): where a stream the cursor does not know (a reset
     cursor) starts, so files reported late before are not folded now."""
     plan = TickPlan()
-    streams_in = cursor.get("streams", {})
     runs_in = cursor.get("runs", {})
-    asked: dict[str, str] = {}  # key -> run key
-    for rk, run in runs_in.items():
-        for k in _unpack(run["keys"]):
-            asked[k] = rk
-    listings: dict[str, tuple] = {}
-    for stream in landing.STREAMS:
-        entry = streams_in.get(stream) or _stream_entry()
-        newest = entry["newest"]
-        newest_ms = watermark_ms if newest is None else _arrival(newest)
-        since = None if newest_ms is None else newest_ms - LOOKBACK_MS
-        listed = _listed(store, stream, since, prefix)
-        window = None if since is None else _floor_hour(since)
-        sweep = window is not None and entry["swept"] != now_ms // HOUR_MS
-        swept = (_listed(store, stream, window - SWEEP_MS, prefix, before_ms=window)
-                 if sweep else [])
-        listings[stream] = (entry, since, window, listed, swept, sweep)
-    every = [k for *_, listed, swept, _ in listings.values() for _, k in listed + swept]
-    done = folded(list(dict.fromkeys(every + list(asked))))
+    run_files = {rk: _unpack(run["keys"]) for rk, run in runs_in.items()}
+    streams = {s: _look(store, cursor.get("streams", {}).get(s) or _stream_entry(), s, now_ms,
+                        prefix, watermark_ms) for s in landing.STREAMS}
+    every = [k for st in streams.values() for _, k in st.listed + st.swept]
+    done = folded(list(dict.fromkeys(every + [k for ks in run_files.values() for k in ks])))
 
     # Runs asked before: keys folded are done; the rest wait for their run, or are asked again.
-    over_of: dict[str, bool] = {}
     in_flight: dict[str, list[str]] = {}
     retry: dict[int, list[tuple[int, str]]] = {}  # attempt -> (arrival, key)
-    shown = {k for *_, listed, _, _ in listings.values() for _, k in listed}
-    windows = {s: w for s, (_, _, w, _, _, _) in listings.items()}
-    gone: dict[str, set[str]] = {s: set(e["gone"]) for s, (e, *_) in listings.items()}
+    shown = {k for st in streams.values() for _, k in st.listed}
     for rk, run in runs_in.items():
         left = []
-        for k in _unpack(run["keys"]):
+        for k in run_files[rk]:
+            st, a = streams.get(_stream_of(k, prefix)), _arrival(k)
             if k in done:
                 continue
-            window = windows.get(_stream_of(k, prefix))
-            a = _arrival(k)
-            if k not in shown and (window is None or a is None or a >= window):
+            if k not in shown and (st is None or st.window is None or a is None
+                                   or a >= st.window):
                 plan.vanished.append(k)  # deleted before it was folded
             else:
                 left.append(k)
         if not left:
             continue
-        if rk not in over_of:
-            over = run_over(rk) if run_over is not None else None
-            age = now_ms - run["at"]
-            # unknown: RETRY_AFTER_MS; not over after STUCK_MS: a run whose worker died
-            over_of[rk] = age >= RETRY_AFTER_MS if over is None else over or age >= STUCK_MS
-        if not over_of[rk]:
+        over, age = run_over(rk) if run_over is not None else None, now_ms - run["at"]
+        # unknown: RETRY_AFTER_MS decides; still not over after STUCK_MS: its worker died
+        if not (age >= RETRY_AFTER_MS if over is None else over or age >= STUCK_MS):
             in_flight[rk] = left
             continue
         for k in left:
-            a = _arrival(k)
-            stream = _stream_of(k, prefix)
             if run["n"] >= MAX_ATTEMPTS:
                 plan.given_up.append(k)
-                if stream is not None:
-                    gone[stream].add(k)
+                if (st := streams.get(_stream_of(k, prefix))) is not None:
+                    st.gone.add(k)
             else:
-                retry.setdefault(run["n"] + 1, []).append((a or 0, k))
+                retry.setdefault(run["n"] + 1, []).append((_arrival(k) or 0, k))
                 plan.retried.append(k)
-    still = {k for keys in in_flight.values() for k in keys}
+    busy = {k for keys in in_flight.values() for k in keys} | set(plan.retried) | done
 
     new: list[tuple[int, str]] = []
-    for stream, (entry, since, window, listed, swept, _) in listings.items():
-        late = set(entry["late"])
-        skip = done | still | late | gone[stream] | set(plan.retried) | set(plan.given_up)
-        for a, k in listed:
-            if k in skip or a > now_ms + AHEAD_MS:  # ahead of the clock: waits for it
-                continue
-            if since is not None and a < since:
+    for st in streams.values():
+        for a, k in st.listed:
+            if k in busy or k in st.late or k in st.gone or a > now_ms + AHEAD_MS:
+                continue  # (ahead of the clock: waits for it)
+            if st.since is not None and a < st.since:
                 plan.late.append(k)
-                late.add(k)
+                st.late.add(k)
             else:
                 new.append((a, k))
-        for a, k in swept:
-            if k not in skip and k not in late:
+        for _, k in st.swept:
+            if k not in busy and k not in st.late and k not in st.gone:
                 plan.late.append(k)
-                late.add(k)
-        listings[stream] = (entry, since, window, listed, late, _)
+                st.late.add(k)
     new.sort()
     room = max(0, max_runs - len(in_flight)) * max_files
     kept, cutoff = new[:room], None
@@ -251,18 +252,18 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
         cutoff = kept[-1] if kept else (new[0][0] - 1, "")
 
     out_streams = {}
-    for stream, (entry, since, window, listed, late, _) in listings.items():
-        seen = [(a, k) for a, k in listed
+    for stream, st in streams.items():
+        seen = [(a, k) for a, k in st.listed
                 if a <= now_ms + AHEAD_MS and (cutoff is None or (a, k) <= cutoff)]
-        if entry["newest"] is not None:
-            seen.append((_arrival(entry["newest"]) or 0, entry["newest"]))
+        if st.entry["newest"] is not None:
+            seen.append((_arrival(st.entry["newest"]) or 0, st.entry["newest"]))
         top = max(seen, default=None)
         # reported keys are kept while a sweep from the next tick's window can list them
         keep_from = None if top is None else _floor_hour(top[0] - LOOKBACK_MS) - SWEEP_MS
         out_streams[stream] = _stream_entry(
-            None if top is None else top[1], _reported(late, keep_from),
-            _reported(gone[stream], keep_from),
-            now_ms // HOUR_MS if listings[stream][5] else entry["swept"])
+            None if top is None else top[1], _reported(st.late, keep_from),
+            _reported(st.gone, keep_from),
+            now_ms // HOUR_MS if st.sweep else st.entry["swept"])
 
     out_runs = {rk: runs_in[rk] | {"keys": _pack(keys)} for rk, keys in in_flight.items()}
     groups = [(1, sorted(kept))] + sorted((n, sorted(keys)) for n, keys in retry.items())
