@@ -326,6 +326,7 @@ def bench_freshness(root: str, seconds: float, land_every: float) -> dict:
         for user in list(landed):
             if user not in visible and online.profile(user, now_ms) is not None:
                 visible[user] = time.time()
+    stop.set()  # the loop may end without a pass past t_end setting it (it hung in join)
     thread.join()
     never = [u for u in landed if u not in visible]
     if never:
