@@ -63,13 +63,16 @@ def test_a_failed_runs_files_are_asked_again_then_given_up(tmp_path):
     z.over[first.run_keys[0]] = False  # queued or running: wait
     assert z.tick(T + 2 * MIN, fold=False).batches == []
     z.over[first.run_keys[0]] = True  # failed
-    keys_seen = {first.run_keys[0]}
+    keys_seen, asked_at = {first.run_keys[0]}, T
     for attempt in range(2, watch.MAX_ATTEMPTS + 1):
-        plan = z.tick(T + attempt * 3 * MIN, fold=False)
+        wait = watch.RETRY_BACKOFF_MS * 2 ** (attempt - 2)  # doubling with each attempt
+        assert z.tick(asked_at + wait - 1, fold=False).batches == []
+        plan = z.tick(asked_at + wait, fold=False)
         assert plan.batches == [[k]] and plan.retried == [k]
         assert plan.run_keys[0] not in keys_seen  # a new run key: Dagster would skip a used one
         keys_seen.add(plan.run_keys[0])
-    plan = z.tick(T + HOUR_MS, fold=False)
+        asked_at += wait
+    plan = z.tick(asked_at + 10 * HOUR_MS, fold=False)
     assert (plan.batches, plan.given_up) == ([], [k])
     assert z.cursor["runs"] == {} and z.cursor["streams"]["clicks"]["gone"] == [k]
     assert z.tick(T + 2 * HOUR_MS).batches == []  # given up: not asked again as a new file
@@ -232,9 +235,9 @@ def test_a_file_that_fails_every_run_takes_no_other_file_down_with_it(tmp_path):
     others = [_put(z.store, s, H + 2 * MIN + i, 1 + i)
               for i, s in enumerate(["clicks", "impressions"] * 30)]
     given_up = []
-    for n in range(12):
-        plan = watch.plan_tick(z.store, lambda keys: z.folded & set(keys), z.cursor, T + n * MIN,
-                               run_over=lambda rk: z.over.get(rk), max_files=16)
+    for n in range(40):
+        plan = watch.plan_tick(z.store, lambda keys: z.folded & set(keys), z.cursor,
+                               T + n * 5 * MIN, run_over=lambda rk: z.over.get(rk), max_files=16)
         z.cursor = plan.cursor
         for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
             z.over[rk] = True
@@ -299,7 +302,7 @@ def test_a_run_that_never_ends_is_given_its_files_back_after_a_while(tmp_path):
 
 
 def test_cursors_of_the_right_json_but_wrong_types_start_over():
-    good = {"v": 2, "streams": {"clicks": {"newest": None, "late": [], "gone": [],
+    good = {"v": 3, "streams": {"clicks": {"newest": None, "late": "", "gone": "",
                                            "swept": None}}, "runs": {}}
     assert watch.read_cursor(orjson.dumps(good).decode())[1] is None
     for bad in ({**good, "runs": {"r": {"at": "x", "n": 1, "keys": ""}}},
@@ -309,3 +312,56 @@ def test_cursors_of_the_right_json_but_wrong_types_start_over():
                 {**good, "streams": []}):
         cursor, problem = watch.read_cursor(orjson.dumps(bad).decode())
         assert cursor == {} and "starting over" in problem, bad
+
+
+def test_an_outage_of_the_fold_gives_up_no_file(tmp_path):
+    # Every run fails for 20 minutes (a bad deploy, the lake unreadable), then runs succeed:
+    # with retries backing off, no file spends its attempts inside the outage.
+    z = Zone(str(tmp_path))
+    keys = []
+    for n in range(120):  # a file a minute for two hours, a tick a minute
+        now = T + n * MIN
+        keys.append(_put(z.store, "clicks", now - 30_000, n))
+        plan = z.tick(now, fold=n >= 20)
+        assert plan.given_up == []
+    assert set(keys[:-1]) <= z.folded
+
+
+def test_a_file_deleted_after_the_window_moved_past_it_is_reported_deleted(tmp_path):
+    z = Zone(str(tmp_path))
+    k = _put(z.store, "clicks", T - MIN, 1)
+    first = z.tick(T, fold=False)
+    z.over[first.run_keys[0]] = False  # queued a long while
+    _put(z.store, "clicks", T + 70 * MIN, 2)  # the stream goes on: the window passes k's hour
+    z.tick(T + 70 * MIN)
+    os.remove(os.path.join(z.store.root, k))
+    z.over[first.run_keys[0]] = True  # it failed
+    plan = z.tick(T + 80 * MIN)
+    assert (plan.vanished, plan.given_up, plan.retried) == ([k], [], [])
+
+
+def test_thousands_of_late_files_keep_the_cursor_small(tmp_path):
+    z = Zone(str(tmp_path))
+    for n in range(0, 6 * 60, 10):
+        _put(z.store, "impressions", H + n * MIN, n)
+        z.tick(H + n * MIN + 1)
+    for i in range(3000):  # hours behind the newest key: all late
+        _put(z.store, "impressions", H + HOUR_MS + i, 10_000 + i)
+    plan = z.tick(H + 6 * HOUR_MS)
+    assert len(plan.late) == 3000
+    size = len(orjson.dumps(watch.plan_tick(
+        z.store, lambda keys: z.folded & set(keys), z.cursor, H + 6 * HOUR_MS + MIN).cursor))
+    assert size < 60_000, size
+
+
+def test_retries_are_at_most_so_many_runs_a_tick_and_the_rest_wait(tmp_path):
+    z = Zone(str(tmp_path))
+    keys = [_put(z.store, "clicks", H + i * MIN, i) for i in range(20)]
+    first = z.tick(T, fold=False, max_files=2, max_runs=10)  # 10 runs, all failing
+    assert len(first.batches) == 10
+    retried = []
+    for n in range(1, 12):
+        plan = z.tick(T + watch.RETRY_BACKOFF_MS + n * MIN, fold=True, max_files=2, max_runs=2)
+        assert len(plan.batches) <= 2 and plan.given_up == []
+        retried += plan.retried
+    assert sorted(retried) == sorted(keys) and set(keys) <= z.folded

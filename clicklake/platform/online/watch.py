@@ -4,8 +4,10 @@ The online store's own record of folded files decides what is still to do: each 
 recent landing keys of every stream and asks the store which of them are folded. So a file is
 never lost because a run failed or was never launched: it is still unfolded on the next tick,
 and asked again once its run is over (or `RETRY_AFTER_MS` after the request when the sensor
-cannot see the run), at most `MAX_ATTEMPTS` times, in ever smaller runs (a file that fails every
-run it is in cannot take the others down with it).
+cannot see the run), after a back-off that doubles with each attempt (an outage of the fold does
+not spend them all in minutes), at most `MAX_ATTEMPTS` times, in ever smaller runs (a file that
+fails every run it is in cannot take the others down with it), at most `max_runs` retry runs a
+tick.
 
 Per stream:
 - listed: the hour folders from the one holding `newest - LOOKBACK_MS` on (`landing.hour_folders`:
@@ -23,7 +25,7 @@ At most `max_runs` runs are in flight: a backlog is asked over several ticks, ol
 
 The cursor: per stream the newest key seen, the late and given-up keys reported (kept while the
 sweep can still list them), the hour of the last sweep; and per run in flight its request time,
-attempt and keys (compressed: a run holds up to 2,000 keys sharing long prefixes).
+attempt and keys. Key lists are stored compressed (keys share long prefixes: ~10 bytes a key).
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from clicklake.platform.timeutil import HOUR_MS
 LOOKBACK_MS = HOUR_MS
 RETRY_AFTER_MS = 10 * 60_000  # without a view of the run: a request this old has failed
 MAX_ATTEMPTS = 5
+RETRY_BACKOFF_MS = 5 * 60_000  # attempt n is asked at least 5 min * 2**(n - 1) after attempt n-1
 STUCK_MS = 2 * HOUR_MS  # a run still queued or running this long after its request is dead
 SWEEP_MS = 24 * HOUR_MS  # how far before the window the hourly sweep looks for late files
 AHEAD_MS = DEFAULT_FUTURE_TOLERANCE_MS  # keys further ahead of the clock wait for it
 RETRY_SHRINK = 16  # attempt n runs at most max_files // 16 ** (n - 1) files (1 from the 4th)
-_VERSION = 2
+_VERSION = 3
 
 
 @dataclass
@@ -63,14 +66,19 @@ class TickPlan:
 
 
 def _pack(keys: list[str]) -> str:
+    if not keys:
+        return ""
     return base64.b64encode(zlib.compress("\n".join(keys).encode(), 6)).decode()
 
 
 def _unpack(text: str) -> list[str]:
+    if not isinstance(text, str):
+        raise TypeError(f"packed keys are {type(text).__name__}")
     return zlib.decompress(base64.b64decode(text)).decode().split("\n") if text else []
 
 
 def _stream_entry(newest=None, late=(), gone=(), swept=None) -> dict:
+    """A stream's entry as plan_tick reads it (late and gone keys: lists; as stored: packed)."""
     return {"newest": newest, "late": list(late), "gone": list(gone), "swept": swept}
 
 
@@ -86,8 +94,8 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
         if not isinstance(raw, dict):
             raise TypeError("not a JSON object")
         if raw.get("v") == _VERSION:
-            streams = {s: _stream_entry(_str_or_none(e["newest"]), _strs(e["late"]),
-                                        _strs(e["gone"]), e["swept"] and int(e["swept"]))
+            streams = {s: _stream_entry(_str_or_none(e["newest"]), _unpack(e["late"]),
+                                        _unpack(e["gone"]), e["swept"] and int(e["swept"]))
                        for s, e in raw["streams"].items() if s in landing.STREAMS}
             runs = {str(rk): {"at": int(r["at"]), "n": int(r["n"]), "keys": str(r["keys"])}
                     for rk, r in raw["runs"].items()}
@@ -104,10 +112,6 @@ def _str_or_none(value) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"a key is {type(value).__name__}")
     return value
-
-
-def _strs(values) -> list[str]:
-    return [_str_or_none(v) for v in values]
 
 
 def _legacy(value) -> dict:
@@ -201,7 +205,7 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
 
     # Runs asked before: keys folded are done; the rest wait for their run, or are asked again.
     in_flight: dict[str, list[str]] = {}
-    retry: dict[int, list[tuple[int, str]]] = {}  # attempt -> (arrival, key)
+    candidates: list[tuple[int, int, str, str]] = []  # (attempt, arrival, key, its run's key)
     shown = {k for st in streams.values() for _, k in st.listed}
     for rk, run in runs_in.items():
         left = []
@@ -217,18 +221,40 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
         if not left:
             continue
         over, age = run_over(rk) if run_over is not None else None, now_ms - run["at"]
-        # unknown: RETRY_AFTER_MS decides; still not over after STUCK_MS: its worker died
-        if not (age >= RETRY_AFTER_MS if over is None else over or age >= STUCK_MS):
+        # Over (or unknown for RETRY_AFTER_MS, or "running" for STUCK_MS: its worker died),
+        # and then a back-off that doubles with each attempt: an outage of the fold must not
+        # spend every attempt in minutes.
+        wait = RETRY_BACKOFF_MS * 2 ** (run["n"] - 1)
+        if over is None:
+            over = age >= RETRY_AFTER_MS
+        if not ((over or age >= STUCK_MS) and age >= wait):
             in_flight[rk] = left
             continue
         for k in left:
-            if run["n"] >= MAX_ATTEMPTS:
+            if k not in shown and not store.exists(k):  # older than the window, and deleted
+                plan.vanished.append(k)
+            elif run["n"] >= MAX_ATTEMPTS:
                 plan.given_up.append(k)
                 if (st := streams.get(_stream_of(k, prefix))) is not None:
                     st.gone.add(k)
             else:
-                retry.setdefault(run["n"] + 1, []).append((_arrival(k) or 0, k))
-                plan.retried.append(k)
+                candidates.append((run["n"] + 1, _arrival(k) or 0, k, rk))
+    # At most max_runs retry runs a tick (files of a run that failed are asked in ever smaller
+    # runs); the others wait in their run for the next tick.
+    retries: list[tuple[int, list[str]]] = []
+    candidates.sort()
+    i = 0
+    while i < len(candidates):
+        attempt = candidates[i][0]
+        size = max(1, max_files // RETRY_SHRINK ** (attempt - 1))
+        chunk = [c for c in candidates[i:i + size] if c[0] == attempt]
+        i += len(chunk)
+        if len(retries) < max_runs:
+            retries.append((attempt, [k for _, _, k, _ in chunk]))
+            plan.retried += [k for _, _, k, _ in chunk]
+        else:
+            for _, _, k, rk in chunk:
+                in_flight.setdefault(rk, []).append(k)
     busy = {k for keys in in_flight.values() for k in keys} | set(plan.retried) | done
 
     new: list[tuple[int, str]] = []
@@ -260,21 +286,19 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
         top = max(seen, default=None)
         # reported keys are kept while a sweep from the next tick's window can list them
         keep_from = None if top is None else _floor_hour(top[0] - LOOKBACK_MS) - SWEEP_MS
-        out_streams[stream] = _stream_entry(
-            None if top is None else top[1], _reported(st.late, keep_from),
-            _reported(st.gone, keep_from),
-            now_ms // HOUR_MS if st.sweep else st.entry["swept"])
+        out_streams[stream] = {
+            "newest": None if top is None else top[1],
+            "late": _pack(_reported(st.late, keep_from)),
+            "gone": _pack(_reported(st.gone, keep_from)),
+            "swept": now_ms // HOUR_MS if st.sweep else st.entry["swept"]}
 
     out_runs = {rk: runs_in[rk] | {"keys": _pack(keys)} for rk, keys in in_flight.items()}
-    groups = [(1, sorted(kept))] + sorted((n, sorted(keys)) for n, keys in retry.items())
-    for attempt, asks in groups:
-        size = max(1, max_files // RETRY_SHRINK ** (attempt - 1))
-        for i in range(0, len(asks), size):
-            keys = [k for _, k in asks[i:i + size]]
-            run_key = "fold-" + hashlib.sha256("\n".join(
-                keys if attempt == 1 else [*keys, f"#{attempt}"]).encode()).hexdigest()[:16]
-            plan.batches.append(keys)
-            plan.run_keys.append(run_key)
-            out_runs[run_key] = {"at": now_ms, "n": attempt, "keys": _pack(keys)}
+    fresh = [(1, [k for _, k in kept[i:i + max_files]]) for i in range(0, len(kept), max_files)]
+    for attempt, keys in fresh + retries:
+        run_key = "fold-" + hashlib.sha256("\n".join(
+            keys if attempt == 1 else [*keys, f"#{attempt}"]).encode()).hexdigest()[:16]
+        plan.batches.append(keys)
+        plan.run_keys.append(run_key)
+        out_runs[run_key] = {"at": now_ms, "n": attempt, "keys": _pack(keys)}
     plan.cursor = {"v": _VERSION, "streams": out_streams, "runs": out_runs}
     return plan
