@@ -172,6 +172,11 @@ class _Stream:
     gone: set[str] = field(default_factory=set)  # given up, before or now
 
 
+def _keys(value: str | list[str]) -> set[str]:
+    """A reported-keys field as read (a list) or as plan_tick wrote it (packed)."""
+    return set(_unpack(value) if isinstance(value, str) else value)
+
+
 def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
           watermark_ms: int | None) -> _Stream:
     newest = entry["newest"]
@@ -181,7 +186,7 @@ def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
     sweep = window is not None and entry["swept"] != now_ms // HOUR_MS
     return _Stream(entry, since, window, _listed(store, stream, since, prefix),
                    _listed(store, stream, window - SWEEP_MS, prefix, before_ms=window)
-                   if sweep else [], sweep, set(entry["late"]), set(entry["gone"]))
+                   if sweep else [], sweep, _keys(entry["late"]), _keys(entry["gone"]))
 
 
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
