@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from clicklake.serving.schemas import (
     now_ms,
     parse_ts,
 )
-from clicklake.serving.sources import LakeFeatures, OnlineFeatures
+from clicklake.serving.sources import LakeFeatures, LazyLakeFeatures, OnlineFeatures
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -81,9 +80,6 @@ def _plain(key: str, value):
     if isinstance(value, dict):
         return {k: _plain(k, v) for k, v in value.items()}
     return value
-
-
-PAST_REFRESH_S = 30.0  # how often the lake features behind the online store re-read the lake
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -428,20 +424,8 @@ def lake_app(store, lake_prefix: str = "lake", config: ServingConfig | None = No
              source: OnlineFeatures | None = None, model: ModelSlot | None = None) -> FastAPI:
     """The app over a lake: `LakeFeatures` unless another source is given."""
     source_kind = "online" if source is not None else "lake"
-    past = None
-    if source is not None:  # the online store: impressions older than its horizon, the lake's
-        lake: list = []  # [LakeFeatures, when its watermark was last read]
-        guard = threading.Lock()
-
-        def past() -> LakeFeatures:
-            with guard:
-                if not lake:  # made on first use: most servers never need it
-                    lake[:] = [LakeFeatures(store, lake_prefix), time.monotonic()]
-                elif time.monotonic() - lake[1] > PAST_REFRESH_S:  # new lake hours since?
-                    lake[0].refresh()
-                    lake[1] = time.monotonic()
-                return lake[0]
-
+    # the online store: impressions older than its horizon are scored with the lake's features
+    past = LazyLakeFeatures(store, lake_prefix) if source is not None else None
     source = source or LakeFeatures(store, lake_prefix)
     # Its own lookup table: the source's is guarded by the source's lock and replaced on refresh.
     return create_app(source, model or ModelSlot(store, lake_prefix),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
@@ -126,6 +127,27 @@ class LakeFeatures:
         if not lists:
             row = {k: v for k, v in row.items() if k not in ("campaigns", "domains")}
         return row if row["known"] else None
+
+
+class LazyLakeFeatures:
+    """The lake's features behind another source, made on first use (most servers never need
+    them) and re-reading the lake's watermark at most every `refresh_s`. Call it to get them."""
+
+    def __init__(self, store: Store, lake_prefix: str = "lake", refresh_s: float = 30.0):
+        self.store, self.lake_prefix, self.refresh_s = store, lake_prefix, refresh_s
+        self._lock = threading.Lock()
+        self._features: LakeFeatures | None = None
+        self._read_at = 0.0
+
+    def __call__(self) -> LakeFeatures:
+        with self._lock:
+            if self._features is None:
+                self._features = LakeFeatures(self.store, self.lake_prefix)
+                self._read_at = time.monotonic()
+            elif time.monotonic() - self._read_at > self.refresh_s:  # new lake hours since?
+                self._features.refresh()
+                self._read_at = time.monotonic()
+            return self._features
 
 
 def open_online_source(sqlite_path: str | None = None, dynamodb_table: str | None = None,

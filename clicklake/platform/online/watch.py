@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 import orjson
 
 from clicklake.platform import landing
+from clicklake.platform.online.fold import stream_of_key
 from clicklake.platform.raw import DEFAULT_FUTURE_TOLERANCE_MS
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS
+from clicklake.platform.timeutil import HOUR_MS, floor_hour
 
 LOOKBACK_MS = HOUR_MS
 RETRY_AFTER_MS = 10 * 60_000  # without a view of the run: a request this old has failed
@@ -150,14 +151,6 @@ def _reported(keys: set[str], keep_from: int | None) -> list[str]:
     return sorted(k for k in keys if keep_from is None or (_arrival(k) or 0) >= keep_from)
 
 
-def _stream_of(key: str, prefix: str) -> str | None:
-    return next((s for s in landing.STREAMS if key.startswith(f"{prefix}/{s}/")), None)
-
-
-def _floor_hour(ms: int) -> int:
-    return ms - ms % HOUR_MS
-
-
 @dataclass
 class _Stream:
     """One stream on one tick."""
@@ -182,7 +175,7 @@ def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
     newest = entry["newest"]
     newest_ms = watermark_ms if newest is None else _arrival(newest)
     since = None if newest_ms is None else newest_ms - LOOKBACK_MS
-    window = None if since is None else _floor_hour(since)
+    window = None if since is None else floor_hour(since)
     sweep = window is not None and entry["swept"] != now_ms // HOUR_MS
     return _Stream(entry, since, window, _listed(store, stream, since, prefix),
                    _listed(store, stream, window - SWEEP_MS, prefix, before_ms=window)
@@ -215,7 +208,7 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
     for rk, run in runs_in.items():
         left = []
         for k in run_files[rk]:
-            st, a = streams.get(_stream_of(k, prefix)), _arrival(k)
+            st, a = streams.get(stream_of_key(k, prefix)), _arrival(k)
             if k in done:
                 continue
             if k not in shown and (st is None or st.window is None or a is None
@@ -240,7 +233,7 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
                 plan.vanished.append(k)
             elif run["n"] >= MAX_ATTEMPTS:
                 plan.given_up.append(k)
-                if (st := streams.get(_stream_of(k, prefix))) is not None:
+                if (st := streams.get(stream_of_key(k, prefix))) is not None:
                     st.gone.add(k)
             else:
                 candidates.append((run["n"] + 1, _arrival(k) or 0, k, rk))
@@ -290,7 +283,7 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
             seen.append((_arrival(st.entry["newest"]) or 0, st.entry["newest"]))
         top = max(seen, default=None)
         # reported keys are kept while a sweep from the next tick's window can list them
-        keep_from = None if top is None else _floor_hour(top[0] - LOOKBACK_MS) - SWEEP_MS
+        keep_from = None if top is None else floor_hour(top[0] - LOOKBACK_MS) - SWEEP_MS
         out_streams[stream] = {
             "newest": None if top is None else top[1],
             "late": _pack(_reported(st.late, keep_from)),
