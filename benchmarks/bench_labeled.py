@@ -12,10 +12,11 @@
 3. The minimal task, on the same raw Parquet: per impression, the exact number of the user's
    impressions and clicks with ts < t, and the 15-minute label with the id/attribution rule
    (a click names its impression; a click without an id goes to the user's latest earlier
-   impression on the same campaign, ties to the greatest id). Timed twice: a DuckDB SQL query
-   (2 threads) and our own code (`LookupTable.as_of` of just those two lifetime counts +
-   `label_impressions`, one process). Both answers, and both full builds'
-   `user_impressions_life`, `user_clicks_life` and `label`, must equal each other on every row
+   impression on the same campaign, ties to the greatest id). Timed three times: a DuckDB SQL
+   query (2 threads) and our own code (`LookupTable.as_of` of just those two lifetime counts +
+   `label_impressions`) in one process, and in 2 processes (the halves of the hours side by
+   side: both sides then use the 2 cores). Every answer, and every full build's
+   `user_impressions_life`, `user_clicks_life` and `label`, must equal DuckDB's on every row
    (the run fails otherwise).
 
 Timings are wall clock (`seconds`); `cpu_s` is the phase's process CPU time (all threads, it also
@@ -180,9 +181,10 @@ def phase_labeled_hourly(root: str, meta: dict, out_dir: str) -> dict:
     return {"seconds": build_s, "rows": rows}
 
 
-def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
-    """The same full build as two ranges, the first and second half of the hours, in 2 worker
-    processes side by side (as two backfill runs of the asset would run)."""
+def _two_processes(work, root: str, hours: list[int], paths: list[str]) -> dict:
+    """`work(root, half, path)` over the first and second half of `hours` in 2 worker processes
+    side by side (as two backfill runs of the asset would run): wall seconds, rows, workers'
+    CPU and largest peak RSS."""
     import functools
     import multiprocessing as mp
     import resource
@@ -194,12 +196,9 @@ def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
 
     cpu0 = children_cpu()
     t0 = time.perf_counter()
-    hours = _hours(meta)[:-1]
     halves = [hours[:len(hours) // 2], hours[len(hours) // 2:]]
     with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
-        done = list(pool.map(functools.partial(_labeled_range, root), halves,
-                             [os.path.join(out_dir, f"labeled_2proc_{i}.parquet")
-                              for i in range(len(halves))]))
+        done = list(pool.map(functools.partial(work, root), halves, paths))
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "rows": sum(d[1] for d in done), "workers": 2,
             "workers_cpu_s": children_cpu() - cpu0,
@@ -207,8 +206,16 @@ def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
                 resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
-    """Our code on the minimal task: lifetime counts from the lookup table + label_impressions."""
+def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
+    """The same full build as two ranges, the first and second half of the hours, in 2 worker
+    processes side by side."""
+    return _two_processes(_labeled_range, root, _hours(meta)[:-1],
+                          [os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)])
+
+
+def _minimal_range(root: str, hours: list[int], path: str) -> tuple[float, int]:
+    """Our code on the minimal task for `hours`, its answers written to `path`: lifetime counts
+    from the lookup table + label_impressions. Build seconds (writes excluded) and rows."""
     from clicklake.platform.labeling import label_impressions
     from clicklake.platform.lookup import LookupTable
     from clicklake.platform.raw import read_raw
@@ -227,7 +234,7 @@ def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
     def read(stream: str, hour: int) -> pa.Table:
         return read_raw(store, stream, hour, columns=cols if stream == "impressions" else None)
 
-    for h in _hours(meta)[:-1]:
+    for h in hours:
         t0 = time.perf_counter()
         imp, clk = carried or (read("impressions", h), read("clicks", h))
         nxt, nxt_clk = read("impressions", h + HOUR_MS), read("clicks", h + HOUR_MS)
@@ -244,8 +251,22 @@ def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
         parts.append(pa.table({"impression_id": imp["impression_id"],
                                "n_imp": prof["impressions"], "n_clk": prof["clicks"],
                                "label": lab["label"]}))
-    pq.write_table(pa.concat_tables(parts), os.path.join(out_dir, "minimal_ours.parquet"))
+    pq.write_table(pa.concat_tables(parts), path)
+    return seconds, rows
+
+
+def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
+    """The minimal task, our code, one process."""
+    seconds, rows = _minimal_range(root, _hours(meta)[:-1],
+                                   os.path.join(out_dir, "minimal_ours.parquet"))
     return {"seconds": seconds, "rows": rows}
+
+
+def phase_minimal_ours_2proc(root: str, meta: dict, out_dir: str) -> dict:
+    """The minimal task, our code, the two halves of the hours in 2 processes side by side (the
+    DuckDB baseline runs on 2 threads)."""
+    return _two_processes(_minimal_range, root, _hours(meta)[:-1],
+                          [os.path.join(out_dir, f"minimal_2proc_{i}.parquet") for i in (0, 1)])
 
 
 DUCKDB_SQL = """
@@ -288,7 +309,8 @@ def phase_duckdb(root: str, meta: dict, out_dir: str) -> dict:
     hours = _hours(meta)
     raw = os.path.join(root, "lake", "raw")
     t0 = time.perf_counter()
-    table = con.execute(DUCKDB_SQL, {
+    # A relation's own Arrow output: `execute(...).to_arrow_table()` copies every row once more.
+    table = con.sql(DUCKDB_SQL, params={
         "imp_glob": os.path.join(raw, "impressions", "*", "*", "part-0.parquet"),
         "clk_glob": os.path.join(raw, "clicks", "*", "*", "part-0.parquet"),
         "window": LABEL_WINDOW_MS, "end_ms": hours[-1],
@@ -299,8 +321,8 @@ def phase_duckdb(root: str, meta: dict, out_dir: str) -> dict:
 
 
 PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
-          "labeled_hourly": phase_labeled_hourly,
-          "minimal_ours": phase_minimal_ours, "duckdb": phase_duckdb}
+          "labeled_hourly": phase_labeled_hourly, "minimal_ours": phase_minimal_ours,
+          "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb}
 
 
 def run_phase(name: str, root: str, out_dir: str) -> dict:
@@ -340,6 +362,7 @@ def _sorted(*paths: str) -> pa.Table:
 def compare(out_dir: str) -> dict:
     duck = _sorted(os.path.join(out_dir, "minimal_duckdb.parquet"))
     ours = _sorted(os.path.join(out_dir, "minimal_ours.parquet"))
+    ours2 = _sorted(*(os.path.join(out_dir, f"minimal_2proc_{i}.parquet") for i in (0, 1)))
     full = _sorted(os.path.join(out_dir, "labeled.parquet"))
     full2 = _sorted(*(os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)))
     hourly = _sorted(os.path.join(out_dir, "labeled_hourly.parquet"))
@@ -349,6 +372,7 @@ def compare(out_dir: str) -> dict:
     out = {"rows": len(ids)}
     for name, other, cols in (
         ("minimal_ours", ours, {"n_imp": "n_imp", "n_clk": "n_clk", "label": "label"}),
+        ("minimal_ours_2proc", ours2, {"n_imp": "n_imp", "n_clk": "n_clk", "label": "label"}),
         ("full_build", full, {"n_imp": "user_impressions_life", "n_clk": "user_clicks_life",
                               "label": "label"}),
         ("full_build_2proc", full2, {"n_imp": "user_impressions_life",
@@ -396,7 +420,8 @@ def main() -> None:
     out_dir = tempfile.mkdtemp(prefix="clicklake-bench-out-")
     try:
         phases = {name: run_phase(name, root, out_dir) for name in (
-            "duckdb", "minimal_ours", "labeled", "labeled_2proc", "labeled_hourly")}
+            "duckdb", "minimal_ours", "minimal_ours_2proc", "labeled", "labeled_2proc",
+            "labeled_hourly")}
         check = compare(out_dir)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -406,7 +431,9 @@ def main() -> None:
     n = phases["labeled"]["rows"]
     lab, mini, duck = phases["labeled"], phases["minimal_ours"], phases["duckdb"]
     lab2, hourly = phases["labeled_2proc"], phases["labeled_hourly"]
-    lab2["cpu_s"] += lab2.pop("workers_cpu_s")  # the phase's own CPU plus its workers'
+    mini2 = phases["minimal_ours_2proc"]
+    for p in (lab2, mini2):
+        p["cpu_s"] += p.pop("workers_cpu_s")  # the phase's own CPU plus its workers'
     results = {
         "config": {"users": args.users, "hours": args.hours, "seed": args.seed,
                    "cpus": os.cpu_count(), "label_window_ms": LABEL_WINDOW_MS},
@@ -423,6 +450,8 @@ def main() -> None:
         "full_labeled_build_2_processes": {**lab2,
                                            "impressions_per_s": lab2["rows"] / lab2["seconds"]},
         "minimal_ours": {**mini, "impressions_per_s": mini["rows"] / mini["seconds"]},
+        "minimal_ours_2_processes": {**mini2,
+                                     "impressions_per_s": mini2["rows"] / mini2["seconds"]},
         "minimal_duckdb": {**duck, "impressions_per_s": duck["rows"] / duck["seconds"]},
         "ratios": {
             "full_build_throughput_over_duckdb_minimal": duck["seconds"] / lab["seconds"],
@@ -430,6 +459,7 @@ def main() -> None:
             "full_build_range_cpu_over_hour_by_hour_cpu": lab["cpu_s"] / hourly["cpu_s"],
             "minimal_ours_cpu_over_duckdb_cpu": mini["cpu_s"] / duck["cpu_s"],
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
+            "minimal_ours_2proc_throughput_over_duckdb": duck["seconds"] / mini2["seconds"],
         },
         "exactness": check,
         "notes": "RSS measured per phase in a fresh subprocess from /proc/self/status: VmHWM "
@@ -440,17 +470,20 @@ def main() -> None:
     print(f"lake: {meta['rows']['impressions']:,} impressions, {meta['rows']['clicks']:,} clicks;"
           f" raw {meta['raw_s']:.1f} s, tiles+profiles+segments "
           f"{meta['tiles_profiles_segments_s']:.1f} s")
-    print(f"{'measure':<34} {'seconds':>8} {'CPU-s':>7} {'M imp/s':>8} {'peak MiB':>9} "
+    print(f"{'measure':<38} {'seconds':>8} {'CPU-s':>7} {'M imp/s':>8} {'peak MiB':>9} "
           f"{'growth MiB':>10}")
     for label, p in (("full labeled build (ours)", lab), ("  same, 2 worker processes", lab2),
                      ("  same, hour by hour (reference)", hourly),
-                     ("minimal task (ours)", mini), ("minimal task (DuckDB SQL)", duck)):
-        print(f"{label:<34} {p['seconds']:>8.2f} {p['cpu_s']:>7.2f} "
+                     ("minimal task (ours)", mini), ("  same, 2 worker processes", mini2),
+                     ("minimal task (DuckDB SQL, 2 threads)", duck)):
+        print(f"{label:<38} {p['seconds']:>8.2f} {p['cpu_s']:>7.2f} "
               f"{p['rows'] / p['seconds'] / 1e6:>8.3f} {p['peak_rss_mib']:>9.0f} "
               f"{p['peak_growth_mib']:>10.0f}")
     print(f"  (2 processes: largest worker peak {lab2['worker_peak_rss_mib_max']:.0f} MiB)")
-    print(f"full build vs DuckDB minimal: {results['ratios']['full_build_throughput_over_duckdb_minimal']:.2f}x"
-          f" throughput; minimal ours vs DuckDB: {results['ratios']['minimal_ours_throughput_over_duckdb']:.2f}x")
+    r = results["ratios"]
+    print(f"full build vs DuckDB minimal: {r['full_build_throughput_over_duckdb_minimal']:.2f}x"
+          f" throughput; minimal ours vs DuckDB: {r['minimal_ours_throughput_over_duckdb']:.2f}x"
+          f" (1 process), {r['minimal_ours_2proc_throughput_over_duckdb']:.2f}x (2 processes)")
     print(f"full build as one range vs hour by hour: "
           f"{results['ratios']['full_build_range_cpu_over_hour_by_hour_cpu']:.2f}x the CPU")
     print(f"mismatches against DuckDB: {mis}")
