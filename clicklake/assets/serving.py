@@ -73,6 +73,9 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
                             files_per_commit=FILES_PER_COMMIT)
     context.log.info(f"folded {report.files} files, {report.events_total} events in "
                      f"{report.seconds:.2f} s")
+    if report.conflicts:
+        context.log.info(f"{report.conflicts} batches were folded again: another run committed "
+                         "to the online store after they read it")
     if report.missing:
         context.log.warning(f"{len(report.missing)} files were deleted before this run read "
                             f"them: {', '.join(report.missing[:5])}")
@@ -81,6 +84,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         "files_folded": report.files,
         "files_skipped": report.skipped,
         "files_missing": len(report.missing),
+        "fold_conflicts": report.conflicts,
         "lines": report.lines,
         "events_folded": report.events_total,
         **{f"events_{s}": report.events.get(s, 0) for s in landing.STREAMS},

@@ -19,7 +19,8 @@ Every fold starts with `recover()`: a `pending` commit is finished from its stor
 recomputed one), skipping the chunks whose marker exists; one that died before its marker is
 dropped (nothing of it was applied); one whose marker is already `done` (every update, record and
 the watermark landed) only has its clean-up finished. One folder at a time is assumed (the sensor's runs are
-serialized by the `online_fold` pool); SQLite needs no such care, one transaction holds a commit.
+serialized by the `online_fold` pool in deploy/dagster.yaml); SQLite needs no such care: one
+transaction holds a commit, and it refuses a batch another writer's commit overtook (`Conflict`).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from clicklake.platform.events import (
 )
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_state as us
-from clicklake.platform.online.state import Commit, FileRecord, StateStore
+from clicklake.platform.online.state import Commit, Conflict, FileRecord, StateStore
 from clicklake.platform.online.user_head import head_of
 from clicklake.platform.raw import Rules
 from clicklake.platform.storage import Store
@@ -195,10 +195,10 @@ def parse_batch(files: Sequence[tuple[bytes, str, int]], rules: Rules = DEFAULT_
 CACHE_DOCS = 200_000  # decoded documents kept per namespace between one process's commits
 
 
-def _cache_of(state: StateStore) -> dict[str, dict] | None:
+def _cache_of(state: StateStore, token: object | None) -> dict[str, dict] | None:
     """The decoded documents this process committed last (LRU per namespace), valid while no
-    other writer committed since (`StateStore.cache_token`); None when the backend cannot say."""
-    token = state.cache_token()
+    other writer committed since (`token`: `StateStore.cache_token`, None when the backend
+    cannot say)."""
     if token is None:
         return None
     cache = getattr(state, "_fold_cache", None)
@@ -253,7 +253,9 @@ class _Batch:
         self.users: dict[str, dict] = {}
         self.imps: dict[str, dict] = {}
         self.segments = seg.Deltas()
-        self.cache = _cache_of(state)
+        # taken before anything is read: the commit is refused if another writer commits after
+        commit.read_token = state.cache_token()
+        self.cache = _cache_of(state, commit.read_token)
 
     def load_users(self, ids: Iterable[str]) -> None:
         _load(self.state, USER, ids, self.users, us.new_user, self.cache)
@@ -389,29 +391,42 @@ def _marks(stream: str, rows: list[tuple]) -> list[tuple[int, str]]:
     return [(r[1] - r[1] % HOUR_MS, f"{letter}{r[0]}") for r in rows]
 
 
-def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DEFAULT_RULES
-               ) -> list[FileRecord] | None:
+MAX_CONFLICTS = 20  # batches refused in a row because other writers kept committing
+
+
+def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DEFAULT_RULES,
+               report: FoldReport | None = None) -> list[FileRecord] | None:
     """Fold parsed landing files (in fold order) as ONE atomic commit that records every one of
     them: the same state as folding them one by one, with each document read and written once
     and each counter row added to once. Returns the files' records, or None (nothing changed)
-    when any of them was already folded."""
-    if not files or state.folded([f.key for f in files]):
-        return None
-    commit = Commit()
-    b = _Batch(state, commit)
-    _fold_files(b, files)
-    arrival = max(f.arrival_ms for f in files)
-    b.finish(horizon_ms(max(state.watermark_ms() or arrival, arrival), rules))
-    try:
-        done = state.commit(commit)
-    except BaseException:
-        drop_cache(state)
-        raise
-    if not done:  # another writer folded one of them: our documents are not the stored ones
-        drop_cache(state)
-        return None
-    b.remember()
-    return commit.files
+    when any of them was already folded. A batch that another writer's commit overtook (a
+    second fold run on the same store: `Conflict`) is folded again from a fresh read (counted
+    in `report.conflicts`)."""
+    for _ in range(MAX_CONFLICTS):
+        if not files or state.folded([f.key for f in files]):
+            return None
+        commit = Commit()
+        b = _Batch(state, commit)
+        _fold_files(b, files)
+        arrival = max(f.arrival_ms for f in files)
+        b.finish(horizon_ms(max(state.watermark_ms() or arrival, arrival), rules))
+        try:
+            done = state.commit(commit)
+        except Conflict:
+            drop_cache(state)
+            if report is not None:
+                report.conflicts += 1
+            continue
+        except BaseException:
+            drop_cache(state)
+            raise
+        if not done:  # another writer folded one of them: our documents are not the stored ones
+            drop_cache(state)
+            return None
+        b.remember()
+        return commit.files
+    raise Conflict(f"{state!r}: other writers committed before each of {MAX_CONFLICTS} attempts "
+                   f"to fold {len(files)} files; nothing of them was applied")
 
 
 def _fold_files(b: _Batch, files: Sequence[LandedFile]) -> None:
@@ -501,6 +516,7 @@ class FoldReport:
     seconds: float = 0.0
     purged: int = 0
     missing: list[str] = field(default_factory=list)  # listed or asked, gone when read
+    conflicts: int = 0  # batches folded again: another writer committed after they read
 
     @property
     def events_total(self) -> int:
@@ -563,9 +579,9 @@ def _fold_commit(state: StateStore, store: Store, files: list[tuple[landing.Land
     files = [(lf, stream) for lf, stream, _ in read]
     parsed = parse_batch([(data, stream, lf.arrival_ms) for lf, stream, data in read], rules)
     batch = [LandedFile(lf.key, lf.arrival_ms, p) for (lf, _), p in zip(files, parsed, strict=True)]
-    records = fold_batch(state, batch, rules)
+    records = fold_batch(state, batch, rules, report)
     if records is None and len(batch) > 1:  # another writer took some: fold the rest
-        records = [r for f in batch for r in fold_batch(state, [f], rules) or []]
+        records = [r for f in batch for r in fold_batch(state, [f], rules, report) or []]
     if not records:
         report.skipped += len(batch)
         return

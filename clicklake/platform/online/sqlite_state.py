@@ -1,7 +1,9 @@
 """`StateStore` in one SQLite file (WAL): the embedded default, no server and no account.
 
 A commit is one `BEGIN IMMEDIATE` transaction holding its files' records and every update, so a
-process killed mid-batch leaves each file either wholly folded or not at all. WAL lets readers
+process killed mid-batch leaves each file either wholly folded or not at all; it is refused
+(`Conflict`) when another connection committed after the batch read its documents, so two fold
+runs side by side never overwrite each other's updates. WAL lets readers
 (the REST API in another process) read while a fold writes. `synchronous=NORMAL` may lose the
 last commits on a power cut, but never half of one: a lost file record goes with its updates, and
 the file is simply folded again.
@@ -20,6 +22,7 @@ from clicklake.platform.online.state import (
     DOCS_LAYOUT,
     Cell,
     Commit,
+    Conflict,
     StaleLayout,
     StateStore,
     canonical_log,
@@ -170,6 +173,10 @@ class SqliteState(StateStore):
             if self.folded([f.key for f in commit.files]):
                 c.execute("ROLLBACK")
                 return False
+            if commit.read_token is not None and commit.read_token != self.cache_token():
+                # Another connection (a second fold run) committed after this batch read its
+                # documents: writing them would undo that commit's changes to them.
+                raise Conflict(f"{self.path} changed after the batch read it")
             # Checked inside every transaction (a writer of an older layout may commit between
             # two of ours), recorded by this connection's first.
             self.check_readable()

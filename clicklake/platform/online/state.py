@@ -41,6 +41,11 @@ def check_docs_layout(found: int | None, where: str) -> None:
                           "rebuild the store")
 
 
+class Conflict(RuntimeError):
+    """Another writer committed after a batch read the state it rewrites (its documents would
+    overwrite that writer's): nothing was applied; fold the batch again from a fresh read."""
+
+
 class StaleLayout(RuntimeError):
     """The store holds an older layout of the online state: rebuild it (serving_lookup with
     `rebuild: true` clears it and refolds every landing file)."""
@@ -66,6 +71,9 @@ class Commit:
     counters: dict[str, dict[tuple[str, int], list]] = field(default_factory=dict)
     # hour_ms -> keys marked in that hour
     marks: dict[int, list[str]] = field(default_factory=dict)
+    # `StateStore.cache_token()` before the batch read anything: a backend that gives tokens
+    # refuses the commit (`Conflict`) when another writer has committed since
+    read_token: object | None = None
 
     @property
     def file_key(self) -> str:
@@ -128,8 +136,9 @@ class StateStore(ABC):
 
     def cache_token(self) -> object | None:
         """A value that stays equal while no OTHER writer commits (this object's own commits
-        keep it), letting the fold keep its last documents decoded in memory; None (the
-        default) = unknown, no caching."""
+        keep it), letting the fold keep its last documents decoded in memory and `commit`
+        refuse a batch read before another writer's commit; None (the default) = unknown: no
+        caching, and one writer at a time is the deployment's job (the `online_fold` pool)."""
         return None
 
     def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
@@ -166,7 +175,8 @@ class StateStore(ABC):
     @abstractmethod
     def commit(self, commit: Commit) -> bool:
         """Apply `commit` and record its files, atomically. False (and no change) when any of
-        them was already folded."""
+        them was already folded; `Conflict` (and no change) when `commit.read_token` is not
+        None and another writer committed after it was taken."""
 
     @abstractmethod
     def watermark_ms(self) -> int | None:

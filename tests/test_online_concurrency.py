@@ -1,0 +1,155 @@
+"""Two folders on one SQLite online store (two sensor runs side by side, or a manual run beside
+one): a batch reads its documents before its transaction, so a commit made in between would be
+overwritten. The store refuses such a commit (`Conflict`) and the fold reads and folds the batch
+again: every update of both lands."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+from clicklake.platform.online import fold as fold_mod
+from clicklake.platform.online.fold import order_files
+from clicklake.platform.online.state import Conflict
+from clicklake.platform.simulate import generate
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import parse_instant
+
+START = parse_instant("2026-11-22T00:00:00Z")
+
+
+@pytest.fixture(scope="module")
+def landing_zone(tmp_path_factory) -> Store:
+    store = Store(str(tmp_path_factory.mktemp("landing")))
+    generate(store, start_ms=START, hours=2, users=200, seed=11, messy_scale=5.0)
+    return store
+
+
+@pytest.fixture(scope="module")
+def on_time_zone(tmp_path_factory) -> Store:
+    """No late files: the whole stream stays within the online horizon, so any fold order gives
+    the same answers (an older file folded after the horizon passed its hour cannot re-attribute
+    its clicks: `fold` keeps recent history only)."""
+    store = Store(str(tmp_path_factory.mktemp("on-time")))
+    generate(store, start_ms=START, hours=3, users=300, seed=12, messy_scale=0.0)
+    return store
+
+
+def _same(a, b) -> bool:
+    """Equal answers; sums of spend may differ in their last bits (added in another order)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def _keys(store: Store) -> list[str]:
+    return [lf.key for lf, _ in order_files(store.list("landing/"))[0]]
+
+
+def test_a_commit_overtaken_by_another_writer_is_folded_again(landing_zone, tmp_path):
+    keys = _keys(landing_zone)
+    first, mine, theirs = keys[:10], keys[10:40], keys[40:]
+    db = str(tmp_path / "online.db")
+    a, b = SqliteState(db), SqliteState(db)
+    fold_files(a, landing_zone, first, files_per_commit=10)
+    real, overtaken = a.commit, []
+
+    def commit_after_theirs(commit):
+        if not overtaken:  # the other writer commits after this batch read its documents
+            overtaken.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
+        return real(commit)
+
+    a.commit = commit_after_theirs
+    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
+    assert overtaken[0].files == len(theirs) and report.files == len(mine)
+
+    # The same files folded one writer at a time, theirs before mine (the order they landed in).
+    expected = SqliteState(str(tmp_path / "expected.db"))
+    for part in (first, theirs, mine):
+        fold_files(expected, landing_zone, part, files_per_commit=len(part))
+    assert SqliteState(db).dump() == expected.dump()
+
+
+def test_a_store_that_never_settles_gives_up_with_nothing_applied(landing_zone, tmp_path,
+                                                                   monkeypatch):
+    keys = _keys(landing_zone)
+    db = str(tmp_path / "online.db")
+    a, b = SqliteState(db), SqliteState(db)
+    real, theirs = a.commit, iter(keys[5:])
+
+    def always_overtaken(commit):
+        fold_files(b, landing_zone, [next(theirs)])
+        return real(commit)
+
+    monkeypatch.setattr(fold_mod, "MAX_CONFLICTS", 3)
+    a.commit = always_overtaken
+    with pytest.raises(Conflict, match="3 attempts"):
+        fold_files(a, landing_zone, keys[:5], files_per_commit=5)
+    assert not SqliteState(db).folded(keys[:5])
+    assert len(SqliteState(db).folded_files()) == 3  # the other writer's, each once
+
+
+# Each child folds every other file of the landing zone, a few files a commit, starting together.
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    from clicklake.platform.online import SqliteState, fold_files
+    from clicklake.platform.online.fold import order_files
+    from clicklake.platform.storage import Store
+
+    root, db, half, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    store = Store(root)
+    keys = [lf.key for lf, _ in order_files(store.list("landing/"))[0]][half::2]
+    state = SqliteState(db)
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    report = fold_files(state, store, keys, files_per_commit=1)
+    print(report.files, report.conflicts)
+""")
+
+
+def test_two_fold_processes_side_by_side_lose_no_update(on_time_zone, tmp_path):
+    keys = _keys(on_time_zone)
+    clean = SqliteState(str(tmp_path / "clean.db"))
+    fold_files(clean, on_time_zone, keys)
+    # Raced until the two overlapped (a batch of one was overtaken by the other's commit): on a
+    # busy machine one may finish before the other starts.
+    for attempt in range(5):
+        db, go = str(tmp_path / f"online-{attempt}.db"), tmp_path / f"go-{attempt}"
+        SqliteState(db).close()  # the schema, before two processes race to create it
+        procs = [subprocess.Popen([sys.executable, "-c", CHILD, on_time_zone.root, db,
+                                   str(half), str(go)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for half in (0, 1)]
+        go.touch()
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        folded, conflicts = (sum(int(out.split()[i]) for out, _ in outs) for i in (0, 1))
+        assert folded == len(keys)
+        if conflicts:
+            break
+    assert conflicts, "the two fold processes never overlapped"
+
+    raced = SqliteState(db)
+    assert sorted(k for k, _, _ in raced.folded_files()) == sorted(keys)
+    # Fold order differs, so the documents' event lists do; every answer must not.
+    wm = clean.watermark_ms()
+    assert raced.watermark_ms() == wm
+    users = sorted({k for ns, k, _, _ in clean.dump()["docs"] if ns == "user"})
+    assert len(users) > 100
+    ours, theirs = OnlineFeatures(raced), OnlineFeatures(clean)
+    for t in (wm, wm - 1_800_000):
+        for u in users:
+            assert _same(ours.profile(u, t), theirs.profile(u, t)), u
+            got, want = (
+                {k: v.tolist() for k, v in o.feature_inputs(
+                    u, "cmp-0001", t, "8.8.8.8", None, "news.example").items()}
+                for o in (ours, theirs))
+            assert _same(got, want), (u, got, want)
