@@ -44,8 +44,8 @@ class Zone:
     def tick(self, now: int, fold: bool = True, **kw) -> watch.TickPlan:
         plan = watch.plan_tick(self.store, lambda keys: self.folded & set(keys), self.cursor,
                                now, run_over=lambda rk: self.over.get(rk), **kw)
-        self.cursor, problem = watch.read_cursor(orjson.dumps(plan.cursor).decode())  # as stored
-        assert problem is None
+        self.cursor, problem = watch.read_cursor(watch.dump_cursor(plan.cursor))  # as stored
+        assert problem is None and self.cursor == plan.cursor  # read back as it was given
         for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
             self.over[rk] = True  # the run ends at once: it folds its files, or fails
             if fold:
@@ -193,7 +193,7 @@ def test_every_file_is_folded_or_reported_late_never_both_never_lost(tmp_path_fa
                 failing.add(key)
         plan = watch.plan_tick(z.store, lambda keys: z.folded & set(keys), z.cursor, now,
                                run_over=lambda rk: z.over.get(rk))
-        z.cursor = watch.read_cursor(orjson.dumps(plan.cursor).decode())[0]
+        z.cursor = watch.read_cursor(watch.dump_cursor(plan.cursor))[0]
         for keys, rk in zip(plan.batches, plan.run_keys, strict=True):
             z.over[rk] = True
             if any(k in failing for k in keys):  # the whole run fails, once per file
@@ -274,7 +274,7 @@ def test_runs_in_flight_bound_what_is_asked_and_the_cursor_stays_small(tmp_path)
         z.over[rk] = False  # queued behind the pool
     for n in range(1, 5):  # while they wait, nothing more is asked
         assert z.tick(T + n * MIN, fold=False, max_files=500, max_runs=2).batches == []
-    size = len(orjson.dumps(z.cursor))
+    size = len(watch.dump_cursor(z.cursor))
     assert size < 20_000, size  # 1,000 keys in flight, compressed
     z.over[first.run_keys[0]] = True  # one ends, having folded its files
     z.folded |= set(first.batches[0])
@@ -351,7 +351,7 @@ def test_thousands_of_late_files_keep_the_cursor_small(tmp_path):
         _put(z.store, "impressions", H + HOUR_MS + i, 10_000 + i)
     plan = z.tick(H + 6 * HOUR_MS)
     assert len(plan.late) == 3000
-    size = len(orjson.dumps(watch.plan_tick(
+    size = len(watch.dump_cursor(watch.plan_tick(
         z.store, lambda keys: z.folded & set(keys), z.cursor, H + 6 * HOUR_MS + MIN).cursor))
     assert size < 60_000, size
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import orjson
 from pydantic import Field
 
 from clicklake.platform import landing
@@ -173,7 +172,7 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
               "clicklake/first_arrival": iso(landing.parse_key(keys[0]).arrival_ms),
               "clicklake/last_arrival": iso(landing.parse_key(keys[-1]).arrival_ms)})
         for keys, run_key in zip(plan.batches, plan.run_keys, strict=True)]
-    text = orjson.dumps(plan.cursor).decode()
+    text = watch.dump_cursor(plan.cursor)
     if not requests:
         return dg.SensorResult(skip_reason="no landing file to fold", cursor=text)
     return dg.SensorResult(run_requests=requests, cursor=text)

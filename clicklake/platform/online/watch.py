@@ -25,7 +25,8 @@ At most `max_runs` runs are in flight: a backlog is asked over several ticks, ol
 
 The cursor: per stream the newest key seen, the late and given-up keys reported (kept while the
 sweep can still list them), the hour of the last sweep; and per run in flight its request time,
-attempt and keys. Key lists are stored compressed (keys share long prefixes: ~10 bytes a key).
+attempt and keys. `plan_tick` takes and gives it with plain key lists; `dump_cursor` stores the
+lists compressed (keys share long prefixes: ~10 bytes a key) and `read_cursor` reads them back.
 """
 
 from __future__ import annotations
@@ -79,15 +80,25 @@ def _unpack(text: str) -> list[str]:
 
 
 def _stream_entry(newest=None, late=(), gone=(), swept=None) -> dict:
-    """A stream's entry as plan_tick reads it (late and gone keys: lists; as stored: packed)."""
+    """A stream's cursor entry (late and given-up keys as lists)."""
     return {"newest": newest, "late": list(late), "gone": list(gone), "swept": swept}
 
 
+def dump_cursor(cursor: dict) -> str:
+    """The cursor `plan_tick` gave, as the sensor stores it: every key list compressed."""
+    return orjson.dumps({
+        "v": _VERSION,
+        "streams": {s: e | {"late": _pack(e["late"]), "gone": _pack(e["gone"])}
+                    for s, e in cursor.get("streams", {}).items()},
+        "runs": {rk: r | {"keys": _pack(r["keys"])} for rk, r in cursor.get("runs", {}).items()},
+    }).decode()
+
+
 def read_cursor(text: str | None) -> tuple[dict, str | None]:
-    """(cursor, problem): an unreadable cursor starts over (every unfolded key is asked on the
-    next tick, which is safe: the store knows what is folded), with a message saying so.
-    Earlier forms (per stream: the newest key alone, or {"keys": [...], "floor": key}) go on
-    from their newest key."""
+    """(cursor, problem): `dump_cursor`'s text read back, key lists unpacked. An unreadable
+    cursor starts over (every unfolded key is asked on the next tick, which is safe: the store
+    knows what is folded), with a message saying so. Earlier forms (per stream: the newest key
+    alone, or {"keys": [...], "floor": key}) go on from their newest key."""
     if not text:
         return {}, None
     try:
@@ -98,10 +109,8 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
             streams = {s: _stream_entry(_str_or_none(e["newest"]), _unpack(e["late"]),
                                         _unpack(e["gone"]), e["swept"] and int(e["swept"]))
                        for s, e in raw["streams"].items() if s in landing.STREAMS}
-            runs = {str(rk): {"at": int(r["at"]), "n": int(r["n"]), "keys": str(r["keys"])}
+            runs = {str(rk): {"at": int(r["at"]), "n": int(r["n"]), "keys": _unpack(r["keys"])}
                     for rk, r in raw["runs"].items()}
-            for rk in runs:
-                _unpack(runs[rk]["keys"])  # readable now, not on some later tick
             return {"v": _VERSION, "streams": streams, "runs": runs}, None
         return {"v": _VERSION, "streams": {s: _legacy(raw[s]) for s in raw
                                            if s in landing.STREAMS}, "runs": {}}, None
@@ -165,11 +174,6 @@ class _Stream:
     gone: set[str] = field(default_factory=set)  # given up, before or now
 
 
-def _keys(value: str | list[str]) -> set[str]:
-    """A reported-keys field as read (a list) or as plan_tick wrote it (packed)."""
-    return set(_unpack(value) if isinstance(value, str) else value)
-
-
 def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
           watermark_ms: int | None) -> _Stream:
     newest = entry["newest"]
@@ -179,7 +183,7 @@ def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
     sweep = window is not None and entry["swept"] != now_ms // HOUR_MS
     return _Stream(entry, since, window, _listed(store, stream, since, prefix),
                    _listed(store, stream, window - SWEEP_MS, prefix, before_ms=window)
-                   if sweep else [], sweep, _keys(entry["late"]), _keys(entry["gone"]))
+                   if sweep else [], sweep, set(entry["late"]), set(entry["gone"]))
 
 
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
@@ -189,13 +193,15 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
     """The runs to request and what to report on a tick at `now_ms` (see the module docstring).
     `folded(keys)`: the keys the online store has folded; `run_over(run_key)`: whether the run
     asked for some keys can no longer fold them (None, or no `run_over`: unknown, and
-    `RETRY_AFTER_MS` after the request decides). At most `max_runs` runs of new keys in flight
+    `RETRY_AFTER_MS` after the request decides). `cursor`: as `read_cursor` or the last tick's
+    plan gives it (`plan.cursor`: store it with `dump_cursor`). At most `max_runs` runs of new
+    keys in flight
     (the oldest keys first, the rest on later ticks); retries besides. `watermark_ms`: the
     store's (its newest folded key time): where a stream the cursor does not know (a reset
     cursor) starts, so files reported late before are not folded now."""
     plan = TickPlan()
     runs_in = cursor.get("runs", {})
-    run_files = {rk: _unpack(run["keys"]) for rk, run in runs_in.items()}
+    run_files = {rk: run["keys"] for rk, run in runs_in.items()}
     streams = {s: _look(store, cursor.get("streams", {}).get(s) or _stream_entry(), s, now_ms,
                         prefix, watermark_ms) for s in landing.STREAMS}
     every = [k for st in streams.values() for _, k in st.listed + st.swept]
@@ -286,17 +292,17 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
         keep_from = None if top is None else floor_hour(top[0] - LOOKBACK_MS) - SWEEP_MS
         out_streams[stream] = {
             "newest": None if top is None else top[1],
-            "late": _pack(_reported(st.late, keep_from)),
-            "gone": _pack(_reported(st.gone, keep_from)),
+            "late": _reported(st.late, keep_from),
+            "gone": _reported(st.gone, keep_from),
             "swept": now_ms // HOUR_MS if st.sweep else st.entry["swept"]}
 
-    out_runs = {rk: runs_in[rk] | {"keys": _pack(keys)} for rk, keys in in_flight.items()}
+    out_runs = {rk: runs_in[rk] | {"keys": keys} for rk, keys in in_flight.items()}
     fresh = [(1, [k for _, k in kept[i:i + max_files]]) for i in range(0, len(kept), max_files)]
     for attempt, keys in fresh + retries:
         run_key = "fold-" + hashlib.sha256("\n".join(
             keys if attempt == 1 else [*keys, f"#{attempt}"]).encode()).hexdigest()[:16]
         plan.batches.append(keys)
         plan.run_keys.append(run_key)
-        out_runs[run_key] = {"at": now_ms, "n": attempt, "keys": _pack(keys)}
+        out_runs[run_key] = {"at": now_ms, "n": attempt, "keys": keys}
     plan.cursor = {"v": _VERSION, "streams": out_streams, "runs": out_runs}
     return plan
