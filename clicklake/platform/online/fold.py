@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter
 
 import orjson
@@ -270,8 +270,12 @@ class _Batch:
         for ns, docs in ((USER, self.users), (IMPRESSION, self.imps)):
             hits = self.cache[ns]
             hits.update(docs)
-            while len(hits) > CACHE_DOCS:
-                del hits[next(iter(hits))]
+            excess = len(hits) - CACHE_DOCS
+            if excess > 0:  # the least recently committed go
+                # Copied, not deleted one by one from the front: each `next(iter(hits))` then
+                # walked past every slot freed before it (quadratic: 14 s of a 41 s sensor run
+                # of 1 M events, whose 500 k impression documents overflowed the cache).
+                self.cache[ns] = dict(islice(hits.items(), excess, None))
 
     def attribute(self, user: str, ts: int, impression_id: str | None) -> tuple[list[str], int]:
         """(impression-derived segments, via) of a click by the rule in `segment_state`'s
