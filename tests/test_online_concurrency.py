@@ -6,9 +6,12 @@ again: every update of both lands."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -79,6 +82,86 @@ def test_a_commit_overtaken_by_another_writer_is_folded_again(landing_zone, tmp_
     assert SqliteState(db).dump() == expected.dump()
 
 
+def test_a_commit_between_the_batchs_reads_is_caught(landing_zone, tmp_path):
+    # The other writer commits while this batch reads its documents (not only just before
+    # its transaction): the token must be taken before the first read.
+    keys = _keys(landing_zone)
+    first, mine, theirs = keys[:10], keys[10:40], keys[40:]
+    db = str(tmp_path / "online.db")
+    a, b = SqliteState(db), SqliteState(db)
+    fold_files(a, landing_zone, first, files_per_commit=10)
+    real, overtaken = a.get_docs, []
+
+    def reads_then_theirs(ns, ids):
+        found = real(ns, ids)
+        if not overtaken:
+            overtaken.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
+        return found
+
+    a.get_docs = reads_then_theirs
+    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
+    assert report.conflicts == 1 and report.files == len(mine)
+    expected = SqliteState(str(tmp_path / "expected.db"))
+    for part in (first, theirs, mine):
+        fold_files(expected, landing_zone, part, files_per_commit=len(part))
+    assert SqliteState(db).dump() == expected.dump()
+
+
+def test_a_commit_made_while_this_one_waits_for_the_lock_is_caught(landing_zone, tmp_path):
+    # The other writer holds the write lock and commits while this batch's transaction waits
+    # for it: the check must run inside the transaction, not before it.
+    keys = _keys(landing_zone)
+    db = str(tmp_path / "online.db")
+    a, b = SqliteState(db), SqliteState(db)
+    fold_files(a, landing_zone, keys[:10], files_per_commit=10)
+    read, locked = threading.Event(), threading.Event()
+    real = a.get_docs
+
+    def signalling(ns, ids):
+        read.set()
+        return real(ns, ids)
+
+    def other_writer():
+        b.conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        read.wait(30)
+        time.sleep(0.3)  # this batch reaches its BEGIN IMMEDIATE and waits
+        b.conn.execute("INSERT OR REPLACE INTO meta VALUES ('elsewhere', 1)")
+        b.conn.execute("COMMIT")
+
+    a.get_docs = signalling
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    assert locked.wait(30)
+    report = fold_files(a, landing_zone, keys[10:20], files_per_commit=10)
+    writer.join(30)
+    assert report.conflicts == 1 and report.files == 10
+
+
+def test_documents_kept_from_before_another_writers_commit_are_not_reused(landing_zone, tmp_path):
+    # The fold keeps its last commit's documents decoded for its next one; another writer
+    # committing in between makes them stale, so the next batch reads them again.
+    keys = _keys(landing_zone)
+    first, theirs = keys[:40], keys[40:]
+    db = str(tmp_path / "online.db")
+    a, b = SqliteState(db), SqliteState(db)
+    real, done = a.commit, []
+
+    def then_theirs(commit):
+        ok = real(commit)
+        if not done:  # after this run's first commit, before its second batch starts
+            done.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
+        return ok
+
+    a.commit = then_theirs
+    report = fold_files(a, landing_zone, first, files_per_commit=20)
+    assert report.files == 40 and report.conflicts == 0
+    expected = SqliteState(str(tmp_path / "expected.db"))
+    for part in (first[:20], theirs, first[20:]):
+        fold_files(expected, landing_zone, part, files_per_commit=len(part))
+    assert SqliteState(db).dump() == expected.dump()
+
+
 def test_a_store_that_never_settles_gives_up_with_nothing_applied(landing_zone, tmp_path,
                                                                    monkeypatch):
     keys = _keys(landing_zone)
@@ -98,7 +181,7 @@ def test_a_store_that_never_settles_gives_up_with_nothing_applied(landing_zone, 
     assert len(SqliteState(db).folded_files()) == 3  # the other writer's, each once
 
 
-# Each child folds every other file of the landing zone, a few files a commit, starting together.
+# Each child folds every other file of the landing zone, a file a commit, starting together.
 CHILD = textwrap.dedent("""
     import os, sys, time
     from clicklake.platform.online import SqliteState, fold_files
@@ -109,6 +192,7 @@ CHILD = textwrap.dedent("""
     store = Store(root)
     keys = [lf.key for lf, _ in order_files(store.list("landing/"))[0]][half::2]
     state = SqliteState(db)
+    open(f"{go}.ready-{half}", "w").close()
     while not os.path.exists(go):
         time.sleep(0.001)
     report = fold_files(state, store, keys, files_per_commit=1)
@@ -128,7 +212,11 @@ def test_two_fold_processes_side_by_side_lose_no_update(on_time_zone, tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", CHILD, on_time_zone.root, db,
                                    str(half), str(go)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for half in (0, 1)]
-        go.touch()
+        deadline = time.monotonic() + 120
+        while not all(os.path.exists(f"{go}.ready-{half}") for half in (0, 1)):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.01)
+        go.touch()  # both children imported and opened the store: they start together
         outs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
         folded, conflicts = (sum(int(out.split()[i]) for out, _ in outs) for i in (0, 1))

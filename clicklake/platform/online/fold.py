@@ -520,7 +520,7 @@ class FoldReport:
     seconds: float = 0.0
     purged: int = 0
     missing: list[str] = field(default_factory=list)  # listed or asked, gone when read
-    conflicts: int = 0  # batches folded again: another writer committed after they read
+    conflicts: int = 0  # commits refused: another writer committed after their batch read
 
     @property
     def events_total(self) -> int:

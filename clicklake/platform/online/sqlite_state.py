@@ -2,8 +2,9 @@
 
 A commit is one `BEGIN IMMEDIATE` transaction holding its files' records and every update, so a
 process killed mid-batch leaves each file either wholly folded or not at all; it is refused
-(`Conflict`) when another connection committed after the batch read its documents, so two fold
-runs side by side never overwrite each other's updates. WAL lets readers
+(`Conflict`) when any other connection committed after the batch began reading (a fold, a
+retention purge, a rebuild: each costs a refold of the batch), so two fold runs side by side never
+overwrite each other's updates. WAL lets readers
 (the REST API in another process) read while a fold writes. `synchronous=NORMAL` may lose the
 last commits on a power cut, but never half of one: a lost file record goes with its updates, and
 the file is simply folded again.

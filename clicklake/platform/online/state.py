@@ -138,7 +138,8 @@ class StateStore(ABC):
         """A value that stays equal while no OTHER writer commits (this object's own commits
         keep it), letting the fold keep its last documents decoded in memory and `commit`
         refuse a batch read before another writer's commit; None (the default) = unknown: no
-        caching, and one writer at a time is the deployment's job (the `online_fold` pool)."""
+        caching, and one writer at a time is the deployment's job (the `online_fold` pool, limited
+        to one run by `deploy/dagster.yaml`)."""
         return None
 
     def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
