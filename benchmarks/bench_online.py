@@ -6,7 +6,9 @@
    (one commit each, the old way), beside the rate of merely decoding and validating the same
    files in the same run with the exact per-line parser (`parse_file_exact`: the baseline of
    earlier rounds) and with the fold's own parser (`parse_file`: fast path, same verdicts), and
-   the rows each event writes (documents, counter rows, dedup marks of the commits);
+   the rows each event writes (documents, counter rows, dedup marks of the commits); then the
+   backlog fold again at a production-like size (`--scale-users` x `--scale-hours`, ~1 M
+   events), beside the exact parse of its files, and the reads of 2. on that state;
 2. in-process reads p50/p99 "now" (at the watermark): `OnlineFeatures.profile` (the counters of
    `lookup.PROFILE_SCHEMA` with the per-campaign counts and the domains), the same without the
    lists (`lists=False`: the counters alone, from the user's head), and `feature_inputs`, of
@@ -116,6 +118,36 @@ def _fold_rate(root: str, store: Store, keys: list[str], name: str, files_per_co
                    "rows_by_kind": dict(sorted(rows.items()))}
 
 
+def _parse_only(store: Store, keys: list[str], parse) -> tuple[int, float, float]:
+    """Rows, wall and CPU seconds of merely parsing `keys` (read, decode, validate)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = 0
+    for lf, stream in order_files(keys)[0]:
+        n += len(parse(store.read_bytes(lf.key), stream, lf.arrival_ms).rows)
+    return n, time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_fold_at_scale(root: str, users: int, hours: int, reads: int) -> dict:
+    """The sensor's fold of a backlog at a production-like size (default 100 k users x 12 h,
+    ~1 M events: runs of MAX_FILES_PER_RUN files, ~0.5 M impression documents, more than the
+    fold's document cache holds), beside the exact parse of the same files; then `bench_reads`
+    on the resulting state."""
+    sub = os.path.join(root, "scale")
+    store = Store(os.path.join(sub, "lake"))
+    generate(store, start_ms=parse_instant("2026-11-10T00:00:00Z"), hours=hours, users=users,
+             seed=4)
+    keys = store.list("landing/")
+    n, _, parse_cpu = _parse_only(store, keys, parse_file_exact)
+    state, fig = _fold_rate(sub, store, keys, "online.db", FILES_PER_COMMIT, MAX_FILES_PER_RUN)
+    assert 0 < fig["events"] <= n  # duplicates are parsed, then dropped by the fold
+    out = {"users": users, "hours": hours, "files": len(order_files(keys)[0]), **fig,
+           "baseline_parse_only_events_per_cpu_s": round(n / parse_cpu),
+           "cpu_ratio_to_parse_only": round(fig["events_per_cpu_s"] / (n / parse_cpu), 4),
+           "target_events_per_s": 300_000, "reads": bench_reads(state, sub, reads)}
+    state.close()
+    return out
+
+
 def bench_fold(root: str, users: int, hours: int, batch_files: int) -> tuple[SqliteState, dict]:
     store = Store(os.path.join(root, "lake"))
     start = parse_instant("2026-11-20T00:00:00Z")
@@ -124,16 +156,8 @@ def bench_fold(root: str, users: int, hours: int, batch_files: int) -> tuple[Sql
     ip_tables_cpu = time.process_time() - c0
     generate(store, start_ms=start, hours=hours, users=users, seed=3)
     keys = store.list("landing/")
-
-    def parse_only(parse) -> tuple[int, float, float]:
-        t0, c0 = time.perf_counter(), time.process_time()
-        n = 0
-        for lf, stream in order_files(keys)[0]:
-            n += len(parse(store.read_bytes(lf.key), stream, lf.arrival_ms).rows)
-        return n, time.perf_counter() - t0, time.process_time() - c0
-
-    n, parse_s, parse_cpu = parse_only(parse_file_exact)
-    n_fast, fast_s, fast_cpu = parse_only(parse_file)
+    n, parse_s, parse_cpu = _parse_only(store, keys, parse_file_exact)
+    n_fast, fast_s, fast_cpu = _parse_only(store, keys, parse_file)
     assert n == n_fast
     # As the sensor folds a backlog: one run of up to MAX_FILES_PER_RUN files, one commit each.
     state, sensor = _fold_rate(root, store, keys, "online.db", FILES_PER_COMMIT, MAX_FILES_PER_RUN)
@@ -352,10 +376,17 @@ def main() -> None:
     ap.add_argument("--history-hours", type=int, default=170)
     ap.add_argument("--batch-files", type=int, default=8,
                     help="files per run (and commit) for the steady-state fold figure")
+    ap.add_argument("--scale-users", type=int, default=100_000,
+                    help="users of the production-sized backlog fold (0: skip it)")
+    ap.add_argument("--scale-hours", type=int, default=12)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
         state, fold = bench_fold(root, args.users, args.hours, args.batch_files)
         print("fold", json.dumps(fold), flush=True)
+        if args.scale_users:
+            fold["at_scale"] = bench_fold_at_scale(root, args.scale_users, args.scale_hours,
+                                                   args.reads)
+            print("fold at scale", json.dumps(fold["at_scale"]), flush=True)
         reads = bench_reads(state, root, args.reads)
         print("reads", json.dumps(reads), flush=True)
         history = (bench_history(root, args.history_users, args.history_hours, args.reads,
