@@ -7,10 +7,13 @@ of unfolded keys becomes one run (`run_key` = a hash of the batch) that folds ex
 files; a file already folded is skipped, so a retried or duplicated run is harmless, and a file
 whose run failed is asked again on a later tick.
 
-Rebuild: `rebuild: true` clears the store and refolds every landing file. Refolding is chosen over
-starting from the latest `user_profiles` snapshot because the online state also holds what a
-snapshot does not (event-level recent history, click attributions, dedup markers), and the one
-fold path then defines the state: rebuilt = incrementally folded, by construction.
+Rebuild: `rebuild: true` clears the store and refolds every landing file: the one fold path then
+defines the state (rebuilt = incrementally folded, by construction). With `from_snapshot: true`
+it starts instead from the latest `user_profiles` snapshot that ends before the online horizon
+(`platform.online.seed`: the snapshot's counters, ring of hourly tiles, campaigns and domains,
+plus the segment profiles, latest scores and the snapshot hour's impressions from the lake) and
+folds only the landing files after it, for a landing zone whose old files have expired; its
+answers equal the full refold's from the horizon on.
 """
 
 import random
@@ -24,6 +27,7 @@ from pydantic import Field
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
+from clicklake.platform.online.seed import rebuild_from_snapshot, seed_hour
 from clicklake.platform.online.state import StaleLayout, StateStore
 from clicklake.platform.timeutil import HOUR_MS, iso
 from clicklake.resources.lake import LakeResource
@@ -42,6 +46,11 @@ class ServingLookupConfig(dg.Config):
                              description="Landing keys to fold; empty = every key not yet folded.")
     rebuild: bool = Field(default=False,
                           description="Clear the online store and refold every landing file.")
+    from_snapshot: bool = Field(
+        default=False,
+        description="With rebuild: start from the latest user_profiles snapshot that ends before "
+        "the online horizon and fold only the landing files after it (for a landing zone whose "
+        "old files have expired, or a long history); without such a snapshot, every file.")
 
 
 @dg.asset(group_name="serving", kinds={"sqlite", "dynamodb"}, pool="online_fold")
@@ -53,14 +62,28 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     atomically). Same verdicts, dedup and windows as the batch path."""
     store, state = lake.store(), online_store.state()
     prefix = f"{lake.landing_prefix}/"
-    if config.rebuild:
-        state.clear()
     keys = config.files if config.files and not config.rebuild else store.list(prefix)
+    seeded = None
+    if config.rebuild and config.from_snapshot:
+        p = seed_hour(store, keys, lake_prefix=lake.lake_prefix,
+                      landing_prefix=lake.landing_prefix)
+        if p is None:
+            context.log.warning("no user_profiles snapshot ends before the online horizon "
+                                "(materialize user_profiles): folding every landing file")
+        else:
+            seeded = rebuild_from_snapshot(state, store, keys, p, lake_prefix=lake.lake_prefix,
+                                           landing_prefix=lake.landing_prefix,
+                                           files_per_commit=FILES_PER_COMMIT)
+            context.log.info(
+                f"seeded {seeded.users} users from the user_profiles snapshot of {iso(p)}; "
+                f"{seeded.files_in_snapshot} landing files before it recorded, not read")
+    if config.rebuild and seeded is None:
+        state.clear()
     # The whole micro-batch in one atomic commit: each document and counter row written once.
     rebuilt_for = None
     try:
-        report = fold_files(state, store, keys, prefix=lake.landing_prefix,
-                            files_per_commit=FILES_PER_COMMIT)
+        report = seeded.fold if seeded is not None else fold_files(
+            state, store, keys, prefix=lake.landing_prefix, files_per_commit=FILES_PER_COMMIT)
     except StaleLayout as exc:
         # The store has an older clicklake's table layout, or a newer one's documents (refused
         # before anything was written). Its state is derived from the landing zone, so
@@ -96,6 +119,10 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         "rows_purged": report.purged,
         "rebuild": config.rebuild or rebuilt_for is not None,
         "rebuild_reason": ("requested" if config.rebuild else rebuilt_for or "none"),
+        "seed_snapshot_hour": iso(seeded.hour_ms) if seeded is not None else "none",
+        "seeded_users": seeded.users if seeded is not None else 0,
+        "files_in_snapshot": seeded.files_in_snapshot if seeded is not None else 0,
+        "events_in_snapshot": report.in_snapshot,
     })
 
 

@@ -73,6 +73,18 @@ class ParsedFile:
     lines: int = 0
     quarantined: Counter = field(default_factory=Counter)
     countries: list[str] | None = None  # impressions: each row's IP country (`parse_batch`)
+    in_snapshot: int = 0  # accepted rows before a seeded state's start (`seed`): left out
+
+
+def _since(p: ParsedFile, since_ms: int) -> None:
+    """Leave out `p`'s rows with ts < since_ms (a state seeded from a snapshot holds them)."""
+    keep = [i for i, r in enumerate(p.rows) if r[1] >= since_ms]
+    if len(keep) == len(p.rows):
+        return
+    p.in_snapshot += len(p.rows) - len(keep)
+    p.rows = [p.rows[i] for i in keep]
+    if p.countries is not None:
+        p.countries = [p.countries[i] for i in keep]
 
 
 def stream_of_key(key: str, prefix: str = landing.DEFAULT_PREFIX) -> str | None:
@@ -492,9 +504,11 @@ def _fold_files(b: _Batch, files: Sequence[LandedFile]) -> None:
         q = Counter(p.quarantined)
         if dups:
             q[DUPLICATE] += dups
-        commit.record(f.key, f.arrival_ms, {
-            "stream": p.stream, "lines": p.lines, "events": len(fresh),
-            "quarantined": {r: q[r] for r in REASONS if q.get(r, 0)}})
+        stats = {"stream": p.stream, "lines": p.lines, "events": len(fresh),
+                 "quarantined": {r: q[r] for r in REASONS if q.get(r, 0)}}
+        if p.in_snapshot:
+            stats["in_snapshot"] = p.in_snapshot
+        commit.record(f.key, f.arrival_ms, stats)
 
 
 def fold_rows(state: StateStore, stream: str, rows: list[tuple], file_key: str, arrival_ms: int,
@@ -521,6 +535,7 @@ class FoldReport:
     purged: int = 0
     missing: list[str] = field(default_factory=list)  # listed or asked, gone when read
     conflicts: int = 0  # commits refused: another writer committed after their batch read
+    in_snapshot: int = 0  # accepted events left out: before a seeded state's start
 
     @property
     def events_total(self) -> int:
@@ -546,10 +561,12 @@ def order_files(keys: Iterable[str], prefix: str = landing.DEFAULT_PREFIX
 
 
 def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
-               prefix: str = landing.DEFAULT_PREFIX, files_per_commit: int = 1) -> FoldReport:
+               prefix: str = landing.DEFAULT_PREFIX, files_per_commit: int = 1,
+               since_ms: int | None = None) -> FoldReport:
     """Fold landing files in arrival order, in atomic commits of `files_per_commit` files (a
     micro-batch: the sensor's runs fold all their files in one); then purge what fell behind the
-    retention horizon."""
+    retention horizon. `since_ms`: fold only the events at or after it (a state `seed`ed from
+    the snapshot ending there holds the earlier ones; counted as `in_snapshot`)."""
     t0 = time.perf_counter()
     report = FoldReport()
     for rec in state.recover():  # a crashed run's half-applied commit, finished from its intent
@@ -563,7 +580,7 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
     with _no_gc():
         step = max(1, files_per_commit)
         for i in range(0, len(todo), step):
-            _fold_commit(state, store, todo[i:i + step], rules, report)
+            _fold_commit(state, store, todo[i:i + step], rules, report, since_ms)
         report.watermark_ms = state.watermark_ms()
         report.purged = purge(state, report.watermark_ms, rules)  # also drops the doc cache
     report.seconds = time.perf_counter() - t0
@@ -571,7 +588,7 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
 
 
 def _fold_commit(state: StateStore, store: Store, files: list[tuple[landing.LandingFile, str]],
-                 rules: Rules, report: FoldReport) -> None:
+                 rules: Rules, report: FoldReport, since_ms: int | None = None) -> None:
     """Parse and fold `files` as one commit and count them in `report`. The batch's objects die
     when this returns (before the cyclic collector is enabled again)."""
     read = []
@@ -582,6 +599,9 @@ def _fold_commit(state: StateStore, store: Store, files: list[tuple[landing.Land
             report.missing.append(lf.key)
     files = [(lf, stream) for lf, stream, _ in read]
     parsed = parse_batch([(data, stream, lf.arrival_ms) for lf, stream, data in read], rules)
+    if since_ms is not None:
+        for p in parsed:
+            _since(p, since_ms)
     batch = [LandedFile(lf.key, lf.arrival_ms, p) for (lf, _), p in zip(files, parsed, strict=True)]
     records = fold_batch(state, batch, rules, report)
     if records is None and len(batch) > 1:  # another writer took some: fold the rest
@@ -615,6 +635,7 @@ def _count(report: FoldReport, stats: dict) -> None:
     report.lines += stats["lines"]
     report.events[stats["stream"]] += stats["events"]
     report.quarantined.update(stats["quarantined"])
+    report.in_snapshot += stats.get("in_snapshot", 0)
 
 
 def purge(state: StateStore, watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:

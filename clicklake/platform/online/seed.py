@@ -1,0 +1,256 @@
+"""Rebuild the online state from the lake's hourly user profile snapshot instead of every landing
+file: a landing zone whose old files have expired can still be rebuilt, and a long history costs
+one snapshot read instead of a refold of every event.
+
+The seed is the state an arrival-order fold would hold, for every read it can still answer, once
+the events of hours up to P (the snapshot's hour) were folded and their hours had fallen behind
+the horizon, so that only their sums are kept (`user_state.trim`). With S = P + 1 h:
+
+- per user (the snapshot's row): lifetime totals, first time, last impression and click times
+  (`arch`), the snapshot's ring of hourly tiles as three-count tiles, per-campaign lifetime counts
+  and the domains (first times 0: before every read), the latest prediction of the 24 hours
+  before S (`plast`), and the document valid from S;
+- hour P's raw impressions as events of their users (`ev`) and in the impression index: a click
+  of hour S takes its segments from an impression of its own hour or the hour before (the fold
+  keeps them until the horizon passes them, as it would have);
+- the segment counters of the 24 hours before S, from the segment profiles (`hour_*` counts);
+- a record of every landing file that cannot hold an event at or after S (arrival before
+  S - future tolerance), so the sensor neither asks for them nor reports them late.
+
+Then the landing files from there on are folded with `since_ms = S`: their events before S are in
+the snapshot already (the raw layer built hour P once its landing window had closed), so they are
+left out and counted as `in_snapshot`. Reads are answered from the horizon on; the seed is chosen
+so that S is at or before the horizon of the newest landing file (`seed_hour`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clicklake.platform import landing
+from clicklake.platform.enrich import countries
+from clicklake.platform.lookup import LookupTable
+from clicklake.platform.online import segment_state as seg
+from clicklake.platform.online import user_state as us
+from clicklake.platform.online.fold import (
+    DEFAULT_RULES,
+    HEAD,
+    IMPRESSION,
+    USER,
+    FoldReport,
+    fold_files,
+    horizon_ms,
+    order_files,
+)
+from clicklake.platform.online.state import Commit, StateStore
+from clicklake.platform.online.user_head import head_of
+from clicklake.platform.profiles import snapshot_key
+from clicklake.platform.raw import Rules, raw_key, read_raw
+from clicklake.platform.segments import read_segment_profile
+from clicklake.platform.storage import Store
+from clicklake.platform.tiles import ts_ms
+from clicklake.platform.timeutil import HOUR_MS, iso
+
+SEED_STREAM = "seed"  # the stream named in the seed commits' own records
+USERS_PER_COMMIT = 5_000
+FILES_PER_COMMIT = 2_000
+_SNAPSHOT_COLUMNS = ["user_id", "first_ts", "last_impression_ts", "last_click_ts", "impressions",
+                     "clicks", "spend", "campaigns", "campaign_impressions", "campaign_clicks",
+                     "domains", "recent_hours", "recent_impressions", "recent_clicks",
+                     "recent_spend"]
+
+
+@dataclass
+class SeedReport:
+    hour_ms: int  # the snapshot's partition hour P (the state starts at P + 1 h)
+    users: int = 0
+    impressions: int = 0  # hour P's, kept as events and in the impression index
+    segment_rows: int = 0
+    files_in_snapshot: int = 0  # landing files recorded without a fold
+    fold: FoldReport = field(default_factory=FoldReport)  # the landing files folded after
+
+
+def seed_hour(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
+              lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX
+              ) -> int | None:
+    """The latest snapshot hour P whose end is at or before the horizon of the newest of `keys`
+    (and whose raw impressions exist), or None: no such snapshot, rebuild from every file."""
+    files, _ = order_files(keys, landing_prefix)
+    if not files:
+        return None
+    horizon = horizon_ms(max(lf.arrival_ms for lf, _ in files), rules)
+    hours = LookupTable(store, lake_prefix).snapshot_hours(refresh=True)
+    for p in sorted(hours[hours + HOUR_MS <= horizon].tolist(), reverse=True):
+        if store.exists(raw_key("impressions", p, lake_prefix)):
+            return int(p)
+    return None
+
+
+def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], p: int,
+                          rules: Rules = DEFAULT_RULES, lake_prefix: str = "lake",
+                          landing_prefix: str = landing.DEFAULT_PREFIX,
+                          files_per_commit: int = FILES_PER_COMMIT) -> SeedReport:
+    """Clear `state`, seed it from snapshot `p` (see the module docstring) and fold the landing
+    files of `keys` that may hold events at or after p + 1 h."""
+    s = p + HOUR_MS
+    files, _ = order_files(keys, landing_prefix)
+    cut = s - rules.future_tolerance_ms  # a file that arrived before it holds only ts < s
+    old = [(lf, stream) for lf, stream in files if lf.arrival_ms < cut]
+    report = SeedReport(p)
+    state.clear()
+    records = [(lf.key, lf.arrival_ms, {"stream": stream, "lines": 0, "events": 0,
+                                        "quarantined": {}, "in_snapshot": True})
+               for lf, stream in old]
+    report.files_in_snapshot = len(records)
+    _seed(state, store, p, lake_prefix, report, records)
+    report.fold = fold_files(state, store, [lf.key for lf, _ in files if lf.arrival_ms >= cut],
+                             rules, landing_prefix, files_per_commit, since_ms=s)
+    return report
+
+
+def _seed(state: StateStore, store: Store, p: int, lake_prefix: str, report: SeedReport,
+          records: list[tuple[str, int, dict]]) -> None:
+    s = p + HOUR_MS
+    events, index = _hour_impressions(store, p, lake_prefix)
+    report.impressions = len(index)
+    plast = _latest_predictions(store, s, lake_prefix)
+    commits: list[Commit] = []
+
+    def new_commit() -> Commit:
+        c = Commit()
+        c.record(f"{SEED_STREAM}/user_profiles/{iso(p)}/{len(commits)}", s - 1,
+                 {"stream": SEED_STREAM, "lines": 0, "events": 0, "quarantined": {}})
+        commits.append(c)
+        return c
+
+    commit = new_commit()
+    for (kind_pk, hour), (imps, clks) in _segment_hours(store, s, lake_prefix).items():
+        commit.add(seg.HOUR_TABLE, kind_pk, hour, imps, clks)
+        report.segment_rows += 1
+    for iid, (hour, values) in index.items():
+        commit.put(IMPRESSION, iid, hour, orjson.dumps({"at": [[hour, values]], "refs": []}))
+    pf = store.parquet_file(snapshot_key(p, lake_prefix))
+    for g in range(pf.num_row_groups):
+        part = pf.read_row_group(g, columns=_SNAPSHOT_COLUMNS, use_threads=False)
+        for start in range(0, part.num_rows, USERS_PER_COMMIT):
+            rows = part.slice(start, USERS_PER_COMMIT)
+            if commit.size() >= USERS_PER_COMMIT:
+                commit = new_commit()
+            for uid, doc in _documents(rows, s, events, plast):
+                _put_user(commit, uid, doc)
+                plast.pop(uid, None)
+                report.users += 1
+    # Users with predictions only (no impression nor click yet): their latest score counts.
+    for uid, latest in plast.items():
+        if commit.size() >= USERS_PER_COMMIT:
+            commit = new_commit()
+        doc = us.new_user()
+        doc["plast"], doc["h"] = latest, s
+        _put_user(commit, uid, doc)
+        report.users += 1
+    for i in range(0, len(records), FILES_PER_COMMIT):
+        commit = new_commit()
+        for key, arrival, stats in records[i:i + FILES_PER_COMMIT]:
+            commit.record(key, arrival, stats)
+    for c in commits:
+        if not state.commit(c):
+            raise RuntimeError(f"{state!r} already holds a seed commit of {iso(p)}: clear it")
+
+
+def _put_user(commit: Commit, uid: str, doc: dict) -> None:
+    last = max(filter(None, doc["arch"]), default=doc["first"] or doc["plast"][0])
+    hour = last - last % HOUR_MS
+    commit.put(USER, uid, hour, orjson.dumps(doc))
+    commit.put(HEAD, uid, hour, orjson.dumps(head_of(doc)))
+
+
+def _documents(rows: pa.Table, s: int, events: dict[str, list[list]],
+               plast: dict[str, list]) -> Iterable[tuple[str, dict]]:
+    """(user, document) of each snapshot row, as of s (the `user_state` layout)."""
+    keep = s - us.TILE_KEEP_MS
+    cols = {name: rows[name] for name in rows.column_names}
+    times = {name: _ms_or_none(cols[name]) for name in
+             ("first_ts", "last_impression_ts", "last_click_ts")}
+    plain = {name: cols[name].to_pylist() for name in
+             ("user_id", "impressions", "clicks", "spend", "campaigns", "campaign_impressions",
+              "campaign_clicks", "domains", "recent_hours", "recent_impressions",
+              "recent_clicks", "recent_spend")}
+    for i, uid in enumerate(plain["user_id"]):
+        ring = sorted(zip(plain["recent_hours"][i], plain["recent_impressions"][i],
+                          plain["recent_clicks"][i], plain["recent_spend"][i], strict=True))
+        doc = {"n": [plain["impressions"][i], plain["clicks"][i], plain["spend"][i]],
+               "first": times["first_ts"][i],
+               "arch": [times["last_impression_ts"][i], times["last_click_ts"][i]],
+               "tiles": {str(h * HOUR_MS): [ti, tc, ts] for h, ti, tc, ts in ring
+                         if h * HOUR_MS >= keep},
+               "ev": events.get(uid, []),
+               "camps": {c: [ci, cc, 0] for c, ci, cc in zip(
+                   plain["campaigns"][i], plain["campaign_impressions"][i],
+                   plain["campaign_clicks"][i], strict=True)},
+               "doms": dict.fromkeys(plain["domains"][i], 0),
+               "preds": [],
+               "h": s}
+        if uid in plast:
+            doc["plast"] = plast[uid]
+        yield uid, doc
+
+
+def _ms_or_none(col) -> list[int | None]:
+    """Epoch ms of a timestamp[ms] column, None for null."""
+    return pc.cast(col, pa.int64()).to_pylist()
+
+
+def _hour_impressions(store: Store, p: int, lake_prefix: str
+                      ) -> tuple[dict[str, list[list]], dict[str, tuple[int, list[str]]]]:
+    """Hour p's raw impressions: per user its `ev` entries, and per impression id its index
+    entry (hour, impression-derived segments)."""
+    imp = read_raw(store, "impressions", p, lake_prefix)
+    country = countries(imp["ip"]).to_pylist()
+    cols = {n: imp[n].to_pylist() for n in ("impression_id", "user_id", "campaign_id",
+                                             "domain", "cost")}
+    ts = ts_ms(imp["ts"]).tolist()
+    events: dict[str, list[list]] = {}
+    index: dict[str, tuple[int, list[str]]] = {}
+    for i, iid in enumerate(cols["impression_id"]):
+        domain = cols["domain"][i]
+        events.setdefault(cols["user_id"][i], []).append(
+            [ts[i], 0, iid, cols["campaign_id"][i], domain, cols["cost"][i], country[i]])
+        index.setdefault(iid, (p, seg.impression_values(country[i], domain)))
+    return events, index
+
+
+def _latest_predictions(store: Store, s: int, lake_prefix: str) -> dict[str, list]:
+    """Per user, the latest prediction [ts, id, score] of the 24 hours before s (greatest id on
+    ties), as `user_state` keeps it in `plast`."""
+    parts = [read_raw(store, "predictions", h, lake_prefix, missing_ok=True,
+                      columns=["prediction_id", "ts", "user_id", "score"])
+             for h in range(s - us.PREDICTION_LOOKBACK_MS, s, HOUR_MS)]
+    table = pa.concat_tables(parts)
+    out: dict[str, list] = {}
+    for pid, t, u, score in zip(table["prediction_id"].to_pylist(), ts_ms(table["ts"]).tolist(),
+                                table["user_id"].to_pylist(), table["score"].to_pylist(),
+                                strict=True):
+        best = out.get(u)
+        if best is None or (t, pid) > (best[0], best[1]):
+            out[u] = [t, pid, score]
+    return out
+
+
+def _segment_hours(store: Store, s: int, lake_prefix: str
+                   ) -> dict[tuple[str, int], tuple[int, int]]:
+    """(segment pk, hour) -> (impressions, clicks) of the 24 hours before s."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for h in range(s - seg.WINDOW_HOURS * HOUR_MS, s, HOUR_MS):
+        prof = read_segment_profile(store, h, lake_prefix)
+        if prof is None:
+            continue
+        for kind, segment, imps, clks in zip(*(prof[c].to_pylist() for c in (
+                "kind", "segment", "hour_impressions", "hour_clicks")), strict=True):
+            if imps or clks:
+                out[(seg.segment_pk(kind, segment), h)] = (imps, clks)
+    return out
