@@ -6,6 +6,7 @@ every landing file."""
 from __future__ import annotations
 
 import math
+import uuid
 
 import dagster as dg
 import pytest
@@ -20,7 +21,7 @@ from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
 from clicklake.resources.lake import LakeResource
-from clicklake.resources.online_store import SqliteOnlineStore
+from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
 
 START = parse_instant("2026-11-20T00:00:00Z")
 HOURS = 12
@@ -179,3 +180,19 @@ def test_without_a_snapshot_the_asset_folds_every_file(tmp_path):
     generate(store, start_ms=START, hours=2, users=50, seed=3)  # landing only: no lake yet
     meta = _rebuild(store.root, str(tmp_path / "online.db"), from_snapshot=True)
     assert meta["seed_snapshot_hour"] == "none" and meta["files_folded"] > 0
+
+
+def test_a_dynamodb_store_seeds_to_the_same_state(moto_endpoint, tmp_path):
+    store = Store(str(tmp_path / "lake"))
+    generate(store, start_ms=START, hours=8, users=30, seed=8, messy_scale=3.0)
+    build_lake(store, [START + i * HOUR_MS for i in range(8)])
+    keys = store.list("landing/")
+    p = seed_hour(store, keys)
+    assert p is not None
+    dynamo = DynamoDbOnlineStore(table_name=f"online-{uuid.uuid4().hex[:8]}",
+                                 endpoint_url=moto_endpoint, region="us-east-1",
+                                 create_table=True).state()
+    sqlite = SqliteState(str(tmp_path / "online.db"))
+    reports = [rebuild_from_snapshot(st, store, keys, p) for st in (dynamo, sqlite)]
+    assert reports[0].users == reports[1].users > 10
+    assert dynamo.dump() == sqlite.dump()
