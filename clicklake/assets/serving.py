@@ -27,9 +27,10 @@ from pydantic import Field
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
-from clicklake.platform.online.seed import rebuild_from_snapshot, seed_hour
+from clicklake.platform.online.fold import DEFAULT_RULES, IncompleteSeed
+from clicklake.platform.online.seed import SeedUnavailable, rebuild_from_snapshot, seed_hour
 from clicklake.platform.online.state import StaleLayout, StateStore
-from clicklake.platform.timeutil import HOUR_MS, iso
+from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import OnlineStoreResource
 
@@ -64,19 +65,28 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     prefix = f"{lake.landing_prefix}/"
     keys = config.files if config.files and not config.rebuild else store.list(prefix)
     seeded = None
+
+    def seed(p: int):
+        out = rebuild_from_snapshot(state, store, store.list(prefix), p,
+                                    lake_prefix=lake.lake_prefix,
+                                    landing_prefix=lake.landing_prefix,
+                                    files_per_commit=FILES_PER_COMMIT)
+        context.log.info(f"seeded {out.users} users from the user_profiles snapshot of {iso(p)} "
+                         f"in {out.seconds:.1f} s; {out.files_in_snapshot} landing files before "
+                         "it recorded, not read")
+        return out
+
     if config.rebuild and config.from_snapshot:
-        p = seed_hour(store, keys, lake_prefix=lake.lake_prefix,
-                      landing_prefix=lake.landing_prefix)
-        if p is None:
-            context.log.warning("no user_profiles snapshot ends before the online horizon "
-                                "(materialize user_profiles): folding every landing file")
-        else:
-            seeded = rebuild_from_snapshot(state, store, keys, p, lake_prefix=lake.lake_prefix,
-                                           landing_prefix=lake.landing_prefix,
-                                           files_per_commit=FILES_PER_COMMIT)
-            context.log.info(
-                f"seeded {seeded.users} users from the user_profiles snapshot of {iso(p)}; "
-                f"{seeded.files_in_snapshot} landing files before it recorded, not read")
+        try:
+            p = seed_hour(store, keys, lake_prefix=lake.lake_prefix,
+                          landing_prefix=lake.landing_prefix)
+            unsettled = _raw_unsettled(context, p)
+            if unsettled:
+                raise SeedUnavailable("; ".join(unsettled[:3]))
+            seeded = seed(p)
+        except SeedUnavailable as exc:
+            context.log.warning(f"cannot rebuild from a snapshot ({exc}): folding every "
+                                "landing file")
     if config.rebuild and seeded is None:
         state.clear()
     # The whole micro-batch in one atomic commit: each document and counter row written once.
@@ -84,6 +94,10 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     try:
         report = seeded.fold if seeded is not None else fold_files(
             state, store, keys, prefix=lake.landing_prefix, files_per_commit=FILES_PER_COMMIT)
+    except IncompleteSeed as exc:  # a seeding run died: seed again, then fold what came since
+        context.log.warning(f"{exc} (now)")
+        seeded = seed(exc.p)
+        report = seeded.fold
     except StaleLayout as exc:
         # The store has an older clicklake's table layout, or a newer one's documents (refused
         # before anything was written). Its state is derived from the landing zone, so
@@ -120,10 +134,35 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         "rebuild": config.rebuild or rebuilt_for is not None,
         "rebuild_reason": ("requested" if config.rebuild else rebuilt_for or "none"),
         "seed_snapshot_hour": iso(seeded.hour_ms) if seeded is not None else "none",
+        "seed_seconds": round(seeded.seconds, 3) if seeded is not None else 0.0,
         "seeded_users": seeded.users if seeded is not None else 0,
         "files_in_snapshot": seeded.files_in_snapshot if seeded is not None else 0,
         "events_in_snapshot": report.in_snapshot,
     })
+
+
+def _raw_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
+    """Why the raw partitions of hours p - 1 and p may hold less than the fold would: built
+    before their landing window closed, or with another allowed lateness than the fold's (from
+    their latest materializations; partitions built outside this instance are not checked)."""
+    lateness = DEFAULT_RULES.allowed_lateness_ms // 60_000
+    out = []
+    for stream in landing.STREAMS:
+        for h in (p - HOUR_MS, p):
+            records = context.instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(f"raw_{stream}"),
+                asset_partitions=[hour_partition_key(h)]), limit=1).records
+            if not records:
+                continue
+            meta = records[0].asset_materialization.metadata
+            allowed = meta["allowed_lateness_minutes"].value \
+                if "allowed_lateness_minutes" in meta else lateness
+            if allowed != lateness:
+                out.append(f"raw_{stream} {iso(h)} allowed {allowed} min of lateness, the "
+                           f"online fold {lateness}")
+            elif records[0].timestamp * 1000 < h + HOUR_MS + allowed * 60_000:
+                out.append(f"raw_{stream} {iso(h)} was built before its landing window closed")
+    return out
 
 
 # -- the sensor ----------------------------------------------------------------------------------

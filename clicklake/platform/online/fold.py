@@ -56,6 +56,24 @@ DEFAULT_RULES = Rules()
 RECENT_HOURS = 3  # event-level history kept beyond the allowed lateness
 USER, IMPRESSION = "user", "imp"
 HEAD = "head"  # user documents' heads (`user_head`), under the user's id
+SEED, SEED_KEY = "seed", "mark"  # a state seeded from a snapshot says so here (`seed`)
+
+
+class IncompleteSeed(RuntimeError):
+    """The state's seeding from the snapshot of hour `p` did not finish (a run died): seed it
+    again (`seed.rebuild_from_snapshot`) before folding anything on top."""
+
+    def __init__(self, p: int):
+        super().__init__(f"the online state's rebuild from the user_profiles snapshot of hour "
+                         f"{p} did not finish: rebuild it again")
+        self.p = p
+
+
+def seed_mark(state: StateStore) -> dict | None:
+    """{"p": snapshot hour, "start": p + 1 h, "done": bool} of a state seeded from a snapshot
+    (`seed`), None for one folded from the landing files alone."""
+    raw = state.get_docs(SEED, [SEED_KEY]).get(SEED_KEY)
+    return None if raw is None else orjson.loads(raw)
 
 
 def horizon_ms(watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:
@@ -565,13 +583,20 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
                since_ms: int | None = None) -> FoldReport:
     """Fold landing files in arrival order, in atomic commits of `files_per_commit` files (a
     micro-batch: the sensor's runs fold all their files in one); then purge what fell behind the
-    retention horizon. `since_ms`: fold only the events at or after it (a state `seed`ed from
-    the snapshot ending there holds the earlier ones; counted as `in_snapshot`)."""
+    retention horizon. Only the events at or after `since_ms` are folded, and on a state `seed`ed
+    from a snapshot only those at or after its end, whatever `since_ms` (the seed holds the
+    earlier ones; counted as `in_snapshot`). Raises `IncompleteSeed` on a state whose seeding
+    did not finish: it must be seeded again before anything is folded on top."""
     t0 = time.perf_counter()
     report = FoldReport()
     for rec in state.recover():  # a crashed run's half-applied commit, finished from its intent
         report.files += 1
         _count(report, rec.stats)
+    mark = seed_mark(state)
+    if mark is not None:
+        if not mark["done"]:
+            raise IncompleteSeed(mark["p"])
+        since_ms = max(mark["start"], since_ms if since_ms is not None else mark["start"])
     files, bad = order_files(keys, prefix)
     report.skipped += len(bad)
     done = state.folded([lf.key for lf, _ in files])

@@ -17,14 +17,22 @@ the horizon, so that only their sums are kept (`user_state.trim`). With S = P + 
 - a record of every landing file that cannot hold an event at or after S (arrival before
   S - future tolerance), so the sensor neither asks for them nor reports them late.
 
-Then the landing files from there on are folded with `since_ms = S`: their events before S are in
-the snapshot already (the raw layer built hour P once its landing window had closed), so they are
-left out and counted as `in_snapshot`. Reads are answered from the horizon on; the seed is chosen
-so that S is at or before the horizon of the newest landing file (`seed_hour`).
+Then the landing files from there on are folded from S on: their events before S are in the
+snapshot already, so they are left out and counted as `in_snapshot`. The state records the seed
+(`fold.seed_mark`): every later fold leaves out events before S too, and a seed that did not finish
+(a run died between its commits) refuses any fold until it is seeded again (`IncompleteSeed`).
+
+From the horizon on, the answers equal those of the state that folded every landing file (sums of
+spend within float rounding: the same costs added in another order), provided the lake holds what
+the batch path holds: the snapshot chain starts no later than the landing zone's events, and the
+raw partitions were built once their landing windows had closed, with the fold's lateness rules.
+`seed_hour` checks what the lake shows (the chain's start, every input partition); the
+`serving_lookup` asset also checks the raw partitions' materializations.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -41,17 +49,20 @@ from clicklake.platform.online.fold import (
     DEFAULT_RULES,
     HEAD,
     IMPRESSION,
+    SEED,
+    SEED_KEY,
     USER,
     FoldReport,
     fold_files,
     horizon_ms,
     order_files,
+    parse_file,
 )
 from clicklake.platform.online.state import Commit, StateStore
 from clicklake.platform.online.user_head import head_of
 from clicklake.platform.profiles import snapshot_key
 from clicklake.platform.raw import Rules, raw_key, read_raw
-from clicklake.platform.segments import read_segment_profile
+from clicklake.platform.segments import read_segment_profile, segment_key
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import ts_ms
 from clicklake.platform.timeutil import HOUR_MS, iso
@@ -71,24 +82,64 @@ class SeedReport:
     users: int = 0
     impressions: int = 0  # hour P's, kept as events and in the impression index
     segment_rows: int = 0
-    files_in_snapshot: int = 0  # landing files recorded without a fold
+    files_in_snapshot: int = 0  # landing files recorded without being read
+    seconds: float = 0.0  # the seed's own time, before the fold
     fold: FoldReport = field(default_factory=FoldReport)  # the landing files folded after
 
 
+class SeedUnavailable(LookupError):
+    """No snapshot can seed the state (the message says why): fold every landing file."""
+
+
 def seed_hour(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
-              lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX
-              ) -> int | None:
-    """The latest snapshot hour P whose end is at or before the horizon of the newest of `keys`
-    (and whose raw impressions exist), or None: no such snapshot, rebuild from every file."""
+              lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX) -> int:
+    """The latest snapshot hour P that can seed the state for `keys` (the landing files): its end
+    at or before the horizon of the newest file, the snapshot chain starting no later than the
+    files' events (the few files that could hold older ones are read), and every lake input of
+    `_seed` there (raw impressions of P, raw predictions and segment profiles of the 24 hours
+    before its end, from the history's start on). Raises `SeedUnavailable` saying what is
+    missing."""
     files, _ = order_files(keys, landing_prefix)
     if not files:
-        return None
+        raise SeedUnavailable("the landing zone holds no file")
+    lookup = LookupTable(store, lake_prefix)
+    hours = lookup.snapshot_hours(refresh=True)
+    if not len(hours):
+        raise SeedUnavailable(f"no user_profiles snapshot under {lake_prefix}/profiles/user/")
+    history = lookup.history_start()
+    # Only a file that arrived before this can hold an accepted event older than the chain
+    # (raw's lateness rule): read those few, and look.
+    before = [(lf, stream) for lf, stream in files
+              if lf.arrival_ms < history + HOUR_MS + rules.allowed_lateness_ms]
+    for lf, stream in before:
+        rows = parse_file(store.read_bytes(lf.key), stream, lf.arrival_ms, rules).rows
+        if rows and min(r[1] for r in rows) < history:
+            raise SeedUnavailable(
+                f"the user_profiles chain starts at {iso(history)}, but {lf.key} holds events "
+                "from before it: those are in no snapshot")
     horizon = horizon_ms(max(lf.arrival_ms for lf, _ in files), rules)
-    hours = LookupTable(store, lake_prefix).snapshot_hours(refresh=True)
-    for p in sorted(hours[hours + HOUR_MS <= horizon].tolist(), reverse=True):
-        if store.exists(raw_key("impressions", p, lake_prefix)):
+    usable = sorted(hours[hours + HOUR_MS <= horizon].tolist(), reverse=True)
+    if not usable:
+        raise SeedUnavailable(f"no user_profiles snapshot ends before the online horizon "
+                              f"{iso(horizon)}")
+    why = ""
+    for p in usable:
+        missing = _missing_inputs(store, int(p), history, lake_prefix)
+        if not missing:
             return int(p)
-    return None
+        why = why or f"the snapshot of {iso(int(p))} lacks {', '.join(missing[:4])}"
+    raise SeedUnavailable(why)
+
+
+def _missing_inputs(store: Store, p: int, history: int, lake_prefix: str) -> list[str]:
+    out = [] if store.exists(raw_key("impressions", p, lake_prefix)) else [
+        f"raw_impressions {iso(p)}"]
+    for h in range(max(history, p + HOUR_MS - us.PREDICTION_LOOKBACK_MS), p + HOUR_MS, HOUR_MS):
+        if not store.exists(raw_key("predictions", h, lake_prefix)):
+            out.append(f"raw_predictions {iso(h)}")
+        if not store.exists(segment_key(h, lake_prefix)):
+            out.append(f"segment_profiles {iso(h)}")
+    return out
 
 
 def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], p: int,
@@ -96,70 +147,88 @@ def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], 
                           landing_prefix: str = landing.DEFAULT_PREFIX,
                           files_per_commit: int = FILES_PER_COMMIT) -> SeedReport:
     """Clear `state`, seed it from snapshot `p` (see the module docstring) and fold the landing
-    files of `keys` that may hold events at or after p + 1 h."""
+    files of `keys` that may hold events at or after p + 1 h. `p` must end at or before the
+    horizon of the newest file (`seed_hour` picks the latest such snapshot whose inputs exist)."""
     s = p + HOUR_MS
     files, _ = order_files(keys, landing_prefix)
+    newest = max((lf.arrival_ms for lf, _ in files), default=None)
+    if newest is None or s > horizon_ms(newest, rules):
+        raise ValueError(f"the snapshot of {iso(p)} ends after the online horizon of the "
+                         "landing files: reads from the horizon on would miss its events")
+    t0 = time.perf_counter()
     cut = s - rules.future_tolerance_ms  # a file that arrived before it holds only ts < s
-    old = [(lf, stream) for lf, stream in files if lf.arrival_ms < cut]
-    report = SeedReport(p)
+    unread = [(lf.key, lf.arrival_ms, {"stream": stream, "lines": 0, "events": 0,
+                                       "quarantined": {}, "unread": True})
+              for lf, stream in files if lf.arrival_ms < cut]
+    report = SeedReport(p, files_in_snapshot=len(unread))
     state.clear()
-    records = [(lf.key, lf.arrival_ms, {"stream": stream, "lines": 0, "events": 0,
-                                        "quarantined": {}, "in_snapshot": True})
-               for lf, stream in old]
-    report.files_in_snapshot = len(records)
-    _seed(state, store, p, lake_prefix, report, records)
+    _seed(state, store, p, lake_prefix, report, unread)
+    report.seconds = time.perf_counter() - t0
     report.fold = fold_files(state, store, [lf.key for lf, _ in files if lf.arrival_ms >= cut],
                              rules, landing_prefix, files_per_commit, since_ms=s)
     return report
 
 
 def _seed(state: StateStore, store: Store, p: int, lake_prefix: str, report: SeedReport,
-          records: list[tuple[str, int, dict]]) -> None:
+          unread: list[tuple[str, int, dict]]) -> None:
+    """Write the seed in commits of about USERS_PER_COMMIT items, each applied as it is made:
+    the first marks the state as seeding (`fold.seed_mark`, not done), the last as seeded."""
     s = p + HOUR_MS
     events, index = _hour_impressions(store, p, lake_prefix)
     report.impressions = len(index)
     plast = _latest_predictions(store, s, lake_prefix)
-    commits: list[Commit] = []
+    made = [0]
+    commit = Commit()
 
-    def new_commit() -> Commit:
-        c = Commit()
-        c.record(f"{SEED_STREAM}/user_profiles/{iso(p)}/{len(commits)}", s - 1,
-                 {"stream": SEED_STREAM, "lines": 0, "events": 0, "quarantined": {}})
-        commits.append(c)
-        return c
+    def mark(done: bool) -> None:
+        commit.put(SEED, SEED_KEY, s, orjson.dumps({"p": p, "start": s, "done": done}))
 
-    commit = new_commit()
+    def flush(full: bool = True) -> None:
+        nonlocal commit
+        if full and commit.size() < USERS_PER_COMMIT:
+            return
+        commit.record(f"{SEED_STREAM}/user_profiles/{iso(p)}/{made[0]}", s - 1,
+                      {"stream": SEED_STREAM, "lines": 0, "events": 0, "quarantined": {}})
+        if not state.commit(commit):
+            raise RuntimeError(f"{state!r} already holds a seed commit of {iso(p)}: clear it")
+        made[0] += 1
+        commit = Commit()
+
+    mark(False)
     for (kind_pk, hour), (imps, clks) in _segment_hours(store, s, lake_prefix).items():
         commit.add(seg.HOUR_TABLE, kind_pk, hour, imps, clks)
         report.segment_rows += 1
+        flush()
     for iid, (hour, values) in index.items():
         commit.put(IMPRESSION, iid, hour, orjson.dumps({"at": [[hour, values]], "refs": []}))
+        flush()
     pf = store.parquet_file(snapshot_key(p, lake_prefix))
     for g in range(pf.num_row_groups):
         part = pf.read_row_group(g, columns=_SNAPSHOT_COLUMNS, use_threads=False)
-        for start in range(0, part.num_rows, USERS_PER_COMMIT):
-            rows = part.slice(start, USERS_PER_COMMIT)
-            if commit.size() >= USERS_PER_COMMIT:
-                commit = new_commit()
-            for uid, doc in _documents(rows, s, events, plast):
+        for start in range(0, part.num_rows, USERS_PER_COMMIT // 2):
+            for uid, doc in _documents(part.slice(start, USERS_PER_COMMIT // 2), s, events,
+                                       plast):
                 _put_user(commit, uid, doc)
                 plast.pop(uid, None)
                 report.users += 1
+            flush()
     # Users with predictions only (no impression nor click yet): their latest score counts.
     for uid, latest in plast.items():
-        if commit.size() >= USERS_PER_COMMIT:
-            commit = new_commit()
         doc = us.new_user()
         doc["plast"], doc["h"] = latest, s
         _put_user(commit, uid, doc)
         report.users += 1
-    for i in range(0, len(records), FILES_PER_COMMIT):
-        commit = new_commit()
-        for key, arrival, stats in records[i:i + FILES_PER_COMMIT]:
+        flush()
+    flush(full=False)
+    for i in range(0, len(unread), FILES_PER_COMMIT):
+        for key, arrival, stats in unread[i:i + FILES_PER_COMMIT]:
             commit.record(key, arrival, stats)
-    for c in commits:
-        if not state.commit(c):
-            raise RuntimeError(f"{state!r} already holds a seed commit of {iso(p)}: clear it")
+        if i + FILES_PER_COMMIT >= len(unread):
+            mark(True)
+        flush(full=False)
+    if not unread:
+        mark(True)
+        flush(full=False)
 
 
 def _put_user(commit: Commit, uid: str, doc: dict) -> None:
