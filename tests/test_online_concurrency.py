@@ -5,7 +5,6 @@ again: every update of both lands."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from clicklake.platform.online.state import Conflict
 from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import parse_instant
+from tests.online_helpers import close_enough, folded_in_order
 
 START = parse_instant("2026-11-22T00:00:00Z")
 
@@ -43,67 +43,44 @@ def on_time_zone(tmp_path_factory) -> Store:
     return store
 
 
-def _same(a, b) -> bool:
-    """Equal answers; sums of spend may differ in their last bits (added in another order)."""
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9)
-    return a == b
-
-
 def _keys(store: Store) -> list[str]:
     return [lf.key for lf, _ in order_files(store.list("landing/"))[0]]
 
 
-def test_a_commit_overtaken_by_another_writer_is_folded_again(landing_zone, tmp_path):
+@pytest.mark.parametrize("when", ["before its commit", "between its reads"])
+def test_a_batch_overtaken_by_another_writers_commit_is_folded_again(landing_zone, tmp_path,
+                                                                       when):
+    # The other writer commits after this batch began reading: just before its transaction,
+    # or while it reads its documents (the token must be taken before the first read).
     keys = _keys(landing_zone)
     first, mine, theirs = keys[:10], keys[10:40], keys[40:]
     db = str(tmp_path / "online.db")
     a, b = SqliteState(db), SqliteState(db)
     fold_files(a, landing_zone, first, files_per_commit=10)
-    real, overtaken = a.commit, []
+    overtaken = []
 
-    def commit_after_theirs(commit):
-        if not overtaken:  # the other writer commits after this batch read its documents
+    def theirs_once():
+        if not overtaken:
             overtaken.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
-        return real(commit)
 
-    a.commit = commit_after_theirs
+    if when == "before its commit":
+        real_commit = a.commit
+        a.commit = lambda commit: (theirs_once(), real_commit(commit))[1]
+    else:
+        real_get = a.get_docs
+
+        def get_docs(ns, ids):
+            found = real_get(ns, ids)
+            if ns == "user":  # the batch's documents
+                theirs_once()
+            return found
+
+        a.get_docs = get_docs
     report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
     assert overtaken[0].files == len(theirs) and report.files == len(mine)
-
+    assert report.conflicts == 1
     # The same files folded one writer at a time, theirs before mine (the order they landed in).
-    expected = SqliteState(str(tmp_path / "expected.db"))
-    for part in (first, theirs, mine):
-        fold_files(expected, landing_zone, part, files_per_commit=len(part))
-    assert SqliteState(db).dump() == expected.dump()
-
-
-def test_a_commit_between_the_batchs_reads_is_caught(landing_zone, tmp_path):
-    # The other writer commits while this batch reads its documents (not only just before
-    # its transaction): the token must be taken before the first read.
-    keys = _keys(landing_zone)
-    first, mine, theirs = keys[:10], keys[10:40], keys[40:]
-    db = str(tmp_path / "online.db")
-    a, b = SqliteState(db), SqliteState(db)
-    fold_files(a, landing_zone, first, files_per_commit=10)
-    real, overtaken = a.get_docs, []
-
-    def reads_then_theirs(ns, ids):
-        found = real(ns, ids)
-        if ns == "user" and not overtaken:  # the batch's documents
-            overtaken.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
-        return found
-
-    a.get_docs = reads_then_theirs
-    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
-    assert report.conflicts == 1 and report.files == len(mine)
-    expected = SqliteState(str(tmp_path / "expected.db"))
-    for part in (first, theirs, mine):
-        fold_files(expected, landing_zone, part, files_per_commit=len(part))
+    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
     assert SqliteState(db).dump() == expected.dump()
 
 
@@ -157,9 +134,8 @@ def test_documents_kept_from_before_another_writers_commit_are_not_reused(landin
     a.commit = then_theirs
     report = fold_files(a, landing_zone, first, files_per_commit=20)
     assert report.files == 40 and report.conflicts == 0
-    expected = SqliteState(str(tmp_path / "expected.db"))
-    for part in (first[:20], theirs, first[20:]):
-        fold_files(expected, landing_zone, part, files_per_commit=len(part))
+    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"),
+                               [first[:20], theirs, first[20:]])
     assert SqliteState(db).dump() == expected.dump()
 
 
@@ -236,9 +212,9 @@ def test_two_fold_processes_side_by_side_lose_no_update(on_time_zone, tmp_path):
     ours, theirs = OnlineFeatures(raced), OnlineFeatures(clean)
     for t in (wm, wm - 1_800_000):
         for u in users:
-            assert _same(ours.profile(u, t), theirs.profile(u, t)), u
+            assert close_enough(ours.profile(u, t), theirs.profile(u, t)), u
             got, want = (
                 {k: v.tolist() for k, v in o.feature_inputs(
                     u, "cmp-0001", t, "8.8.8.8", None, "news.example").items()}
                 for o in (ours, theirs))
-            assert _same(got, want), (u, got, want)
+            assert close_enough(got, want), (u, got, want)

@@ -6,7 +6,6 @@ is folded on top, and a lake that cannot seed exactly is refused with the reason
 
 from __future__ import annotations
 
-import math
 import uuid
 
 import dagster as dg
@@ -30,6 +29,7 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
+from tests.online_helpers import close_enough, die_at
 
 START = parse_instant("2026-11-20T00:00:00Z")
 HOURS = 30  # past the 24 h segment window and prediction look-back before the seed
@@ -51,17 +51,6 @@ def full(lake, tmp_path_factory) -> SqliteState:
     return state
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9,
-                                                                   abs_tol=1e-12)
-    return a == b
-
-
 def _known(profile: dict | None) -> dict | None:
     """A user with predictions only has no profile (the API's 404), however it is stored."""
     return profile if profile is not None and profile["known"] else None
@@ -75,13 +64,13 @@ def _compare(ours: OnlineFeatures, theirs: OnlineFeatures, users: list[str], tim
              contexts: list[tuple]) -> None:
     for t in times:
         for u in users:
-            assert _same(_known(ours.profile(u, t)), _known(theirs.profile(u, t))), (u, t)
-            assert _same(_known(ours.profile(u, t, lists=False)),
+            assert close_enough(_known(ours.profile(u, t)), _known(theirs.profile(u, t))), (u, t)
+            assert close_enough(_known(ours.profile(u, t, lists=False)),
                          _known(theirs.profile(u, t, lists=False))), (u, t)  # the heads
             for camp, ip, ua, domain in contexts:
                 got, want = ({k: v.tolist() for k, v in o.feature_inputs(
                     u, camp, t, ip, ua, domain).items()} for o in (ours, theirs))
-                assert _same(got, want), (u, t, camp, got, want)
+                assert close_enough(got, want), (u, t, camp, got, want)
 
 
 @pytest.mark.parametrize("hours_before", [0, 6], ids=["latest-snapshot", "hours-before"])
@@ -164,7 +153,7 @@ def test_the_seed_keeps_what_the_hours_after_it_still_read(tmp_path):
         for when in (t, t + 10 * MINUTE):
             got, want = ({k: v.tolist() for k, v in o.feature_inputs(
                 user, camp, when, ip, None, domain).items()} for o in (ours, theirs))
-            assert _same(got, want), (user, got, want)
+            assert close_enough(got, want), (user, got, want)
     got = ours.feature_inputs("u1", "c1", t + 10 * MINUTE, de, None, "a.example")
     assert got["country_clicks_24h"].tolist() == [2.0]  # k1 and k2: DE
     assert got["domain_clicks_24h"].tolist() == [1.0]  # k1: a.example
@@ -181,15 +170,7 @@ def test_a_seed_that_died_half_way_is_seeded_again_before_any_fold(lake, full, t
     db = str(tmp_path / "seeded.db")
     state = SqliteState(db)
     monkeypatch.setattr(seed_mod, "USERS_PER_COMMIT", 40)  # many commits
-    real, commits = state.commit, []
-
-    def dies_at_the_fourth(commit):
-        commits.append(commit)
-        if len(commits) == 4:
-            raise ConnectionError("the run's worker went away")
-        return real(commit)
-
-    state.commit = dies_at_the_fourth
+    die_at(state, 4)
     with pytest.raises(ConnectionError):
         rebuild_from_snapshot(state, lake, keys, p)
     again = SqliteState(db)
@@ -211,16 +192,9 @@ def test_a_fold_after_the_seed_leaves_out_what_the_snapshot_holds(lake, full, tm
     p = seed_hour(lake, keys) - 6 * HOUR_MS  # hours of files to fold after the seed
     db = str(tmp_path / "seeded.db")
     seeded = SqliteState(db)
-    real, folded = seeded.commit, []
-
-    def dies_folding(commit):
-        if commit.files[0].key.startswith("landing/") and "unread" not in commit.files[0].stats:
-            folded.append(commit)
-            if len(folded) == 1:  # before any of the files that straddle its end
-                raise ConnectionError("the run's worker went away")
-        return real(commit)
-
-    seeded.commit = dies_folding
+    # dies at its first commit of landing files, before any of the files that straddle its end
+    die_at(seeded, 1, lambda c: c.files[0].key.startswith("landing/")
+           and "unread" not in c.files[0].stats)
     with pytest.raises(ConnectionError):
         rebuild_from_snapshot(seeded, lake, keys, p, files_per_commit=3)
     report = fold_files(SqliteState(db), lake, keys, files_per_commit=7)
@@ -293,15 +267,7 @@ def test_the_asset_seeds_again_after_a_seed_that_died(lake, full, tmp_path, monk
     p = seed_hour(lake, keys)
     state = SqliteState(db)
     monkeypatch.setattr(seed_mod, "USERS_PER_COMMIT", 40)
-    real, n = state.commit, []
-
-    def dies(commit):
-        n.append(1)
-        if len(n) == 3:
-            raise ConnectionError("gone")
-        return real(commit)
-
-    state.commit = dies
+    die_at(state, 3)
     with pytest.raises(ConnectionError):
         rebuild_from_snapshot(state, lake, keys, p)
     meta = _rebuild(lake.root, db, from_snapshot=False, files=keys[-2:])  # a sensor run
