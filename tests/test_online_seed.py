@@ -29,7 +29,7 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
-from tests.online_helpers import close_enough, die_at
+from tests.online_helpers import close_enough, die_at, folded_in_order
 
 START = parse_instant("2026-11-20T00:00:00Z")
 HOURS = 30  # past the 24 h segment window and prediction look-back before the seed
@@ -133,11 +133,15 @@ def test_the_seed_keeps_what_the_hours_after_it_still_read(tmp_path):
                          "model": "m", "score": 0.1}),
         ("predictions", {"prediction_id": "p0", "ts": s - 24 * HOUR_MS, "user_id": "u6",
                          "model": "m", "score": 0.3}),  # the first instant of the look-back
+        ("predictions", {"prediction_id": "p7", "ts": s + 2 * MINUTE, "user_id": "u7",
+                         "model": "m", "score": 0.9}, s - 5 * MINUTE),  # stamped ahead
+        ("impressions", {"impression_id": "at-s", "ts": s, "user_id": "u8",
+                         "campaign_id": "c8", "ip": us}),  # exactly at the seed's end
         # the stream goes on for hours: the horizon passes the seed's end
         ("impressions", {"impression_id": "on", "ts": s + 4 * HOUR_MS + 10 * MINUTE,
                          "user_id": "u9", "campaign_id": "c9", "ip": us}),
     ]
-    land(store, [(st, ev, ev["ts"] + MINUTE) for st, ev in deliveries])
+    land(store, [(d[0], d[1], d[2] if len(d) > 2 else d[1]["ts"] + MINUTE) for d in deliveries])
     build_lake(store, [START + i * HOUR_MS for i in range(174)])
     keys = store.list("landing/")
     full = SqliteState(str(tmp_path / "full.db"))
@@ -149,7 +153,8 @@ def test_the_seed_keeps_what_the_hours_after_it_still_read(tmp_path):
     ours, theirs = OnlineFeatures(seeded), OnlineFeatures(full)
     for user, camp, ip, domain in (("u1", "c1", de, "a.example"), ("u4", "c2", de, "b.example"),
                                    ("u2", "c1", us, None), ("u5", "c5", us, None),
-                                   ("u6", "c1", us, None)):
+                                   ("u6", "c1", us, None), ("u7", "c1", us, None),
+                                   ("u8", "c8", us, None)):
         for when in (t, t + 10 * MINUTE):
             got, want = ({k: v.tolist() for k, v in o.feature_inputs(
                 user, camp, when, ip, None, domain).items()} for o in (ours, theirs))
@@ -161,22 +166,30 @@ def test_the_seed_keeps_what_the_hours_after_it_still_read(tmp_path):
     assert ours.feature_inputs("u6", "c1", t, us, None, None)["pred_score"].tolist() == [0.3]
     assert ours.profile("u5", t)["impressions_7d"] == 1 == theirs.profile("u5", t)[
         "impressions_7d"]
+    assert ours.feature_inputs("u7", "c1", t + 5 * MINUTE, us, None, None)[
+        "pred_score"].tolist() == [0.9]
+    assert ours.profile("u8", t + MINUTE)["impressions"] == 1
 
 
-def test_a_seed_that_died_half_way_is_seeded_again_before_any_fold(lake, full, tmp_path,
-                                                                   monkeypatch):
+@pytest.mark.parametrize("dies", ["seeding", "folding after"])
+def test_a_rebuild_that_died_is_seeded_again_before_any_fold(lake, full, tmp_path,
+                                                               monkeypatch, dies):
     keys = lake.list("landing/")
-    p = seed_hour(lake, keys)
+    p = seed_hour(lake, keys) - 6 * HOUR_MS  # hours of files to fold after the seed
     db = str(tmp_path / "seeded.db")
     state = SqliteState(db)
     monkeypatch.setattr(seed_mod, "USERS_PER_COMMIT", 40)  # many commits
-    die_at(state, 4)
+    if dies == "seeding":
+        die_at(state, 4)
+    else:  # at its first commit of landing files, before the files that straddle its end
+        die_at(state, 1, lambda c: c.files[0].key.startswith("landing/")
+               and "unread" not in c.files[0].stats)
     with pytest.raises(ConnectionError):
-        rebuild_from_snapshot(state, lake, keys, p)
+        rebuild_from_snapshot(state, lake, keys, p, files_per_commit=3)
     again = SqliteState(db)
     assert seed_mark(again) == {"p": p, "start": p + HOUR_MS, "done": False}
     with pytest.raises(IncompleteSeed) as err:  # a sensor run's fold refuses to go on top
-        fold_files(again, lake, keys[:3])
+        fold_files(again, lake, keys)
     assert err.value.p == p
     rebuild_from_snapshot(again, lake, keys, err.value.p, files_per_commit=10)
     assert seed_mark(again)["done"]
@@ -185,23 +198,19 @@ def test_a_seed_that_died_half_way_is_seeded_again_before_any_fold(lake, full, t
              [horizon_ms(wm), wm], [])
 
 
-def test_a_fold_after_the_seed_leaves_out_what_the_snapshot_holds(lake, full, tmp_path):
-    # The seed's own fold died; the sensor's next runs fold the rest without being told where
-    # the snapshot ends: the state's seed mark tells them.
+def test_a_rebuild_that_died_before_its_first_read_is_marked(lake, tmp_path, monkeypatch):
     keys = lake.list("landing/")
-    p = seed_hour(lake, keys) - 6 * HOUR_MS  # hours of files to fold after the seed
-    db = str(tmp_path / "seeded.db")
-    seeded = SqliteState(db)
-    # dies at its first commit of landing files, before any of the files that straddle its end
-    die_at(seeded, 1, lambda c: c.files[0].key.startswith("landing/")
-           and "unread" not in c.files[0].stats)
-    with pytest.raises(ConnectionError):
-        rebuild_from_snapshot(seeded, lake, keys, p, files_per_commit=3)
-    report = fold_files(SqliteState(db), lake, keys, files_per_commit=7)
-    assert report.files > 10 and report.in_snapshot > 0
-    wm = full.watermark_ms()
-    _compare(OnlineFeatures(SqliteState(db)), OnlineFeatures(full), _users(full)[::3],
-             [horizon_ms(wm), wm], [])
+    state = SqliteState(str(tmp_path / "seeded.db"))
+
+    def unreadable(*_):
+        raise OSError("the lake is unreachable")
+
+    monkeypatch.setattr(seed_mod, "_hour_impressions", unreadable)
+    p = seed_hour(lake, keys)
+    with pytest.raises(OSError):
+        rebuild_from_snapshot(state, lake, keys, p)
+    with pytest.raises(IncompleteSeed):
+        fold_files(state, lake, keys[-3:])
 
 
 def test_a_lake_that_cannot_seed_exactly_is_refused_with_the_reason(lake, tmp_path):
@@ -231,6 +240,12 @@ def test_a_lake_that_cannot_seed_exactly_is_refused_with_the_reason(lake, tmp_pa
             gaps.delete(segment_key(h))
     with pytest.raises(SeedUnavailable, match="segment_profiles"):
         seed_hour(gaps, gaps.list("landing/"))
+    # The oldest files are read (could they hold events older than the chain?): one deleted
+    # since the listing is passed over.
+    gone = gaps.list("landing/")[0]
+    gaps.delete(gone)
+    with pytest.raises(SeedUnavailable, match="segment_profiles"):
+        seed_hour(gaps, [*gaps.list("landing/"), gone])
     newest = max(lf.arrival_ms for lf, _ in order_files(keys)[0])
     with pytest.raises(ValueError, match="horizon"):  # a snapshot ending after the horizon
         rebuild_from_snapshot(SqliteState(str(tmp_path / "x.db")), lake, keys,
@@ -274,6 +289,26 @@ def test_the_asset_seeds_again_after_a_seed_that_died(lake, full, tmp_path, monk
     assert meta["seed_snapshot_hour"] == iso(p) and meta["seeded_users"] > 200
     t = horizon_ms(full.watermark_ms())
     _compare(OnlineFeatures(SqliteState(db)), OnlineFeatures(full), _users(full)[::4], [t], [])
+
+
+def test_a_seed_that_died_and_cannot_be_redone_becomes_a_full_refold(tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "lake"))
+    generate(store, start_ms=START, hours=8, users=30, seed=8, messy_scale=3.0)
+    build_lake(store, [START + i * HOUR_MS for i in range(8)])
+    keys = store.list("landing/")
+    p = seed_hour(store, keys)
+    db = str(tmp_path / "seeded.db")
+    state = SqliteState(db)
+    die_at(state, 2)
+    with pytest.raises(ConnectionError):
+        rebuild_from_snapshot(state, store, keys, p)
+    store.delete(segment_key(p))  # the lake lost an input of that seed since (retention)
+    meta = _rebuild(store.root, db, from_snapshot=False, files=keys[-2:])  # a sensor run
+    assert meta["seed_snapshot_hour"] == "none" and meta["files_folded"] == len(
+        order_files(keys)[0])
+    full = folded_in_order(store, str(tmp_path / "full.db"), [keys])
+    t = horizon_ms(full.watermark_ms())
+    _compare(OnlineFeatures(SqliteState(db)), OnlineFeatures(full), _users(full), [t], [])
 
 
 def test_without_a_snapshot_the_asset_folds_every_file(tmp_path):

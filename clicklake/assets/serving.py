@@ -28,7 +28,12 @@ from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
 from clicklake.platform.online.fold import DEFAULT_RULES, IncompleteSeed
-from clicklake.platform.online.seed import SeedUnavailable, rebuild_from_snapshot, seed_hour
+from clicklake.platform.online.seed import (
+    SeedUnavailable,
+    check_seed,
+    rebuild_from_snapshot,
+    seed_hour,
+)
 from clicklake.platform.online.state import StaleLayout, StateStore
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
@@ -80,7 +85,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         try:
             p = seed_hour(store, keys, lake_prefix=lake.lake_prefix,
                           landing_prefix=lake.landing_prefix)
-            unsettled = _raw_unsettled(context, p)
+            unsettled = _lake_unsettled(context, p)
             if unsettled:
                 raise SeedUnavailable("; ".join(unsettled[:3]))
             seeded = seed(p)
@@ -95,9 +100,21 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         report = seeded.fold if seeded is not None else fold_files(
             state, store, keys, prefix=lake.landing_prefix, files_per_commit=FILES_PER_COMMIT)
     except IncompleteSeed as exc:  # a seeding run died: seed again, then fold what came since
-        context.log.warning(f"{exc} (now)")
-        seeded = seed(exc.p)
-        report = seeded.fold
+        try:
+            check_seed(store, store.list(prefix), exc.p, lake_prefix=lake.lake_prefix,
+                       landing_prefix=lake.landing_prefix)
+            if unsettled := _lake_unsettled(context, exc.p):
+                raise SeedUnavailable("; ".join(unsettled[:3])) from None
+        except SeedUnavailable as why:
+            context.log.warning(f"{exc}, and it cannot be seeded again ({why}): folding every "
+                                "landing file")
+            state.clear()
+            report = fold_files(state, store, store.list(prefix), prefix=lake.landing_prefix,
+                                files_per_commit=FILES_PER_COMMIT)
+        else:
+            context.log.warning(f"{exc} (now)")
+            seeded = seed(exc.p)
+            report = seeded.fold
     except StaleLayout as exc:
         # The store has an older clicklake's table layout, or a newer one's documents (refused
         # before anything was written). Its state is derived from the landing zone, so
@@ -141,27 +158,45 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     })
 
 
-def _raw_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
-    """Why the raw partitions of hours p - 1 and p may hold less than the fold would: built
-    before their landing window closed, or with another allowed lateness than the fold's (from
-    their latest materializations; partitions built outside this instance are not checked)."""
+def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
+    """Why the lake may hold less than the fold would, from this instance's materializations
+    (partitions built elsewhere are not checked): a raw partition of the 24 hours up to p built
+    before its landing window closed or with another allowed lateness than the fold's, or the
+    snapshot of p built with inputs missing or before its hour's raw partitions."""
     lateness = DEFAULT_RULES.allowed_lateness_ms // 60_000
-    out = []
+    hours = {hour_partition_key(h): h for h in range(p - 24 * HOUR_MS, p + HOUR_MS, HOUR_MS)}
+    out, raw_built = [], 0.0
+
+    def latest(asset: str, partitions: list[str]) -> dict[str, dg.EventLogRecord]:
+        records = context.instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=partitions),
+            limit=20 * len(partitions)).records
+        found: dict[str, dg.EventLogRecord] = {}
+        for r in records:  # newest first
+            found.setdefault(r.partition_key, r)
+        return found
+
     for stream in landing.STREAMS:
-        for h in (p - HOUR_MS, p):
-            records = context.instance.fetch_materializations(dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey(f"raw_{stream}"),
-                asset_partitions=[hour_partition_key(h)]), limit=1).records
-            if not records:
-                continue
-            meta = records[0].asset_materialization.metadata
+        for key, record in latest(f"raw_{stream}", list(hours)).items():
+            h = hours[key]
+            meta = record.asset_materialization.metadata
             allowed = meta["allowed_lateness_minutes"].value \
                 if "allowed_lateness_minutes" in meta else lateness
             if allowed != lateness:
                 out.append(f"raw_{stream} {iso(h)} allowed {allowed} min of lateness, the "
                            f"online fold {lateness}")
-            elif records[0].timestamp * 1000 < h + HOUR_MS + allowed * 60_000:
+            elif record.timestamp * 1000 < h + HOUR_MS + allowed * 60_000:
                 out.append(f"raw_{stream} {iso(h)} was built before its landing window closed")
+            if h == p:
+                raw_built = max(raw_built, record.timestamp)
+    snapshot = latest("user_profiles", [hour_partition_key(p)]).get(hour_partition_key(p))
+    if snapshot is not None:
+        meta = snapshot.asset_materialization.metadata
+        missing = meta["missing_inputs"].value if "missing_inputs" in meta else "none"
+        if missing != "none":
+            out.append(f"user_profiles {iso(p)} was built without {missing}")
+        if snapshot.timestamp < raw_built:
+            out.append(f"user_profiles {iso(p)} was built before its raw partitions were rebuilt")
     return out
 
 

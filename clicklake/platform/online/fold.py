@@ -580,13 +580,14 @@ def order_files(keys: Iterable[str], prefix: str = landing.DEFAULT_PREFIX
 
 def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
                prefix: str = landing.DEFAULT_PREFIX, files_per_commit: int = 1,
-               since_ms: int | None = None) -> FoldReport:
+               since_ms: int | None = None, seeding: bool = False) -> FoldReport:
     """Fold landing files in arrival order, in atomic commits of `files_per_commit` files (a
     micro-batch: the sensor's runs fold all their files in one); then purge what fell behind the
     retention horizon. Only the events at or after `since_ms` are folded, and on a state `seed`ed
     from a snapshot only those at or after its end, whatever `since_ms` (the seed holds the
     earlier ones; counted as `in_snapshot`). Raises `IncompleteSeed` on a state whose seeding
-    did not finish: it must be seeded again before anything is folded on top."""
+    did not finish: it must be seeded again before anything is folded on top (`seeding`: this
+    fold is the seed's own, which finishes it)."""
     t0 = time.perf_counter()
     report = FoldReport()
     for rec in state.recover():  # a crashed run's half-applied commit, finished from its intent
@@ -594,7 +595,7 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
         _count(report, rec.stats)
     mark = seed_mark(state)
     if mark is not None:
-        if not mark["done"]:
+        if not mark["done"] and not seeding:
             raise IncompleteSeed(mark["p"])
         since_ms = max(mark["start"], since_ms if since_ms is not None else mark["start"])
     files, bad = order_files(keys, prefix)

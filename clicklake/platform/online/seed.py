@@ -19,15 +19,19 @@ the horizon, so that only their sums are kept (`user_state.trim`). With S = P + 
 
 Then the landing files from there on are folded from S on: their events before S are in the
 snapshot already, so they are left out and counted as `in_snapshot`. The state records the seed
-(`fold.seed_mark`): every later fold leaves out events before S too, and a seed that did not finish
-(a run died between its commits) refuses any fold until it is seeded again (`IncompleteSeed`).
+(`fold.seed_mark`) before anything is read, and marks it done once that fold is over: every later
+fold leaves out events before S too, and a rebuild that did not finish (a run died while seeding or
+folding) refuses any fold until it is seeded again (`IncompleteSeed`): the sensor would not ask
+for files it already passed, so resuming is the next seed's job.
 
 From the horizon on, the answers equal those of the state that folded every landing file (sums of
 spend within float rounding: the same costs added in another order), provided the lake holds what
 the batch path holds: the snapshot chain starts no later than the landing zone's events, and the
 raw partitions were built once their landing windows had closed, with the fold's lateness rules.
-`seed_hour` checks what the lake shows (the chain's start, every input partition); the
-`serving_lookup` asset also checks the raw partitions' materializations.
+`check_seed` checks what the lake shows (the chain's start, every input partition); the
+`serving_lookup` asset also checks the materializations of the last day's raw partitions and of
+the snapshot. Older raw partitions built too early are trusted as the batch path trusts them: the
+seeded state then agrees with the lake rather than with a refold.
 """
 
 from __future__ import annotations
@@ -93,12 +97,8 @@ class SeedUnavailable(LookupError):
 
 def seed_hour(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
               lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX) -> int:
-    """The latest snapshot hour P that can seed the state for `keys` (the landing files): its end
-    at or before the horizon of the newest file, the snapshot chain starting no later than the
-    files' events (the few files that could hold older ones are read), and every lake input of
-    `_seed` there (raw impressions of P, raw predictions and segment profiles of the 24 hours
-    before its end, from the history's start on). Raises `SeedUnavailable` saying what is
-    missing."""
+    """The latest snapshot hour P that can seed the state for `keys` (the landing files), by
+    `check_seed`. Raises `SeedUnavailable` saying why none can."""
     files, _ = order_files(keys, landing_prefix)
     if not files:
         raise SeedUnavailable("the landing zone holds no file")
@@ -106,40 +106,85 @@ def seed_hour(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
     hours = lookup.snapshot_hours(refresh=True)
     if not len(hours):
         raise SeedUnavailable(f"no user_profiles snapshot under {lake_prefix}/profiles/user/")
-    history = lookup.history_start()
-    # Only a file that arrived before this can hold an accepted event older than the chain
-    # (raw's lateness rule): read those few, and look.
-    before = [(lf, stream) for lf, stream in files
-              if lf.arrival_ms < history + HOUR_MS + rules.allowed_lateness_ms]
-    for lf, stream in before:
-        rows = parse_file(store.read_bytes(lf.key), stream, lf.arrival_ms, rules).rows
-        if rows and min(r[1] for r in rows) < history:
-            raise SeedUnavailable(
-                f"the user_profiles chain starts at {iso(history)}, but {lf.key} holds events "
-                "from before it: those are in no snapshot")
     horizon = horizon_ms(max(lf.arrival_ms for lf, _ in files), rules)
     usable = sorted(hours[hours + HOUR_MS <= horizon].tolist(), reverse=True)
     if not usable:
         raise SeedUnavailable(f"no user_profiles snapshot ends before the online horizon "
                               f"{iso(horizon)}")
-    why = ""
+    early = _before_history(store, files, lookup.history_start(), rules)
+    why = None
     for p in usable:
-        missing = _missing_inputs(store, int(p), history, lake_prefix)
-        if not missing:
+        try:
+            _check(store, int(p), lookup.history_start(), early, lake_prefix)
             return int(p)
-        why = why or f"the snapshot of {iso(int(p))} lacks {', '.join(missing[:4])}"
-    raise SeedUnavailable(why)
+        except SeedUnavailable as exc:
+            why = why or exc
+    raise why
 
 
-def _missing_inputs(store: Store, p: int, history: int, lake_prefix: str) -> list[str]:
-    out = [] if store.exists(raw_key("impressions", p, lake_prefix)) else [
-        f"raw_impressions {iso(p)}"]
-    for h in range(max(history, p + HOUR_MS - us.PREDICTION_LOOKBACK_MS), p + HOUR_MS, HOUR_MS):
-        if not store.exists(raw_key("predictions", h, lake_prefix)):
-            out.append(f"raw_predictions {iso(h)}")
-        if not store.exists(segment_key(h, lake_prefix)):
-            out.append(f"segment_profiles {iso(h)}")
+def check_seed(store: Store, keys: Iterable[str], p: int, rules: Rules = DEFAULT_RULES,
+               lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX) -> None:
+    """Raise `SeedUnavailable` unless snapshot `p` can seed the state for `keys` exactly: it
+    exists and ends at or before the horizon of the newest file; the snapshot chain starts
+    no later than the files' impressions and clicks (the few files that could hold older ones
+    are read), and than their predictions of the 24 hours before its end; and every lake input
+    of `_seed` is there (raw impressions of p; raw predictions and segment profiles of the 24
+    hours before its end, from the history's start on)."""
+    files, _ = order_files(keys, landing_prefix)
+    if not files:
+        raise SeedUnavailable("the landing zone holds no file")
+    if p + HOUR_MS > horizon_ms(max(lf.arrival_ms for lf, _ in files), rules):
+        raise SeedUnavailable(f"the snapshot of {iso(p)} ends after the online horizon")
+    lookup = LookupTable(store, lake_prefix)
+    if p not in set(lookup.snapshot_hours(refresh=True).tolist()):
+        raise SeedUnavailable(f"no user_profiles snapshot of {iso(p)}")
+    history = lookup.history_start()
+    _check(store, p, history, _before_history(store, files, history, rules), lake_prefix)
+
+
+def _before_history(store: Store, files: list, history: int, rules: Rules
+                    ) -> dict[str, int | None]:
+    """Per stream, the latest accepted event time before `history` in the landing files (None:
+    none). Only a file that arrived before history + 1 h + lateness can hold one (raw's rule):
+    those few are read; one deleted since the listing holds nothing any more."""
+    out: dict[str, int | None] = dict.fromkeys(landing.STREAMS)
+    for lf, stream in files:
+        if lf.arrival_ms >= history + HOUR_MS + rules.allowed_lateness_ms:
+            continue
+        try:
+            data = store.read_bytes(lf.key)
+        except FileNotFoundError:
+            continue
+        older = [r[1] for r in parse_file(data, stream, lf.arrival_ms, rules).rows
+                 if r[1] < history]
+        if older:
+            out[stream] = max(older + [out[stream] or older[0]])
     return out
+
+
+def _check(store: Store, p: int, history: int, early: dict[str, int | None],
+           lake_prefix: str) -> None:
+    s = p + HOUR_MS
+    for stream in ("impressions", "clicks"):
+        if early[stream] is not None:
+            raise SeedUnavailable(
+                f"the user_profiles chain starts at {iso(history)}, but landing files hold "
+                f"{stream} from before it (up to {iso(early[stream])}): those are in no snapshot")
+    if early["predictions"] is not None and early["predictions"] >= s - us.PREDICTION_LOOKBACK_MS:
+        raise SeedUnavailable(
+            f"landing files hold predictions from before the lake's history ({iso(history)}) "
+            f"that the snapshot of {iso(p)} would still read (up to "
+            f"{iso(early['predictions'])})")
+    missing = [] if store.exists(raw_key("impressions", p, lake_prefix)) else [
+        f"raw_impressions {iso(p)}"]
+    for h in range(max(history, s - us.PREDICTION_LOOKBACK_MS), s, HOUR_MS):
+        if not store.exists(raw_key("predictions", h, lake_prefix)):
+            missing.append(f"raw_predictions {iso(h)}")
+        if not store.exists(segment_key(h, lake_prefix)):
+            missing.append(f"segment_profiles {iso(h)}")
+    if missing:
+        raise SeedUnavailable(f"the snapshot of {iso(p)} lacks {', '.join(missing[:4])}"
+                              f"{' ...' if len(missing) > 4 else ''}")
 
 
 def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], p: int,
@@ -162,39 +207,51 @@ def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], 
               for lf, stream in files if lf.arrival_ms < cut]
     report = SeedReport(p, files_in_snapshot=len(unread))
     state.clear()
+    # Marked unfinished before anything is read: a run that dies from here on leaves a state
+    # that refuses every fold but the next seed's (`fold.IncompleteSeed`).
+    _commit(state, _seed_commit(p, "start", done=False))
     _seed(state, store, p, lake_prefix, report, unread)
     report.seconds = time.perf_counter() - t0
     report.fold = fold_files(state, store, [lf.key for lf, _ in files if lf.arrival_ms >= cut],
-                             rules, landing_prefix, files_per_commit, since_ms=s)
+                             rules, landing_prefix, files_per_commit, since_ms=s, seeding=True)
+    _commit(state, _seed_commit(p, "done", done=True))  # only now may other runs fold
     return report
+
+
+def _seed_commit(p: int, name: str, done: bool | None = None) -> Commit:
+    """A commit of the seed of snapshot p, named `name`; with `done`, it sets the seed mark."""
+    s = p + HOUR_MS
+    commit = Commit()
+    commit.record(f"{SEED_STREAM}/user_profiles/{iso(p)}/{name}", s - 1,
+                  {"stream": SEED_STREAM, "lines": 0, "events": 0, "quarantined": {}})
+    if done is not None:
+        commit.put(SEED, SEED_KEY, s, orjson.dumps({"p": p, "start": s, "done": done}))
+    return commit
+
+
+def _commit(state: StateStore, commit: Commit) -> None:
+    if not state.commit(commit):
+        raise RuntimeError(f"{state!r} already holds {commit.file_key}: clear it")
 
 
 def _seed(state: StateStore, store: Store, p: int, lake_prefix: str, report: SeedReport,
           unread: list[tuple[str, int, dict]]) -> None:
-    """Write the seed in commits of about USERS_PER_COMMIT items, each applied as it is made:
-    the first marks the state as seeding (`fold.seed_mark`, not done), the last as seeded."""
+    """Write the seed in commits of about USERS_PER_COMMIT items, each applied as it is made."""
     s = p + HOUR_MS
     events, index = _hour_impressions(store, p, lake_prefix)
     report.impressions = len(index)
     plast = _latest_predictions(store, s, lake_prefix)
     made = [0]
-    commit = Commit()
-
-    def mark(done: bool) -> None:
-        commit.put(SEED, SEED_KEY, s, orjson.dumps({"p": p, "start": s, "done": done}))
+    commit = _seed_commit(p, "0")
 
     def flush(full: bool = True) -> None:
         nonlocal commit
         if full and commit.size() < USERS_PER_COMMIT:
             return
-        commit.record(f"{SEED_STREAM}/user_profiles/{iso(p)}/{made[0]}", s - 1,
-                      {"stream": SEED_STREAM, "lines": 0, "events": 0, "quarantined": {}})
-        if not state.commit(commit):
-            raise RuntimeError(f"{state!r} already holds a seed commit of {iso(p)}: clear it")
+        _commit(state, commit)
         made[0] += 1
-        commit = Commit()
+        commit = _seed_commit(p, str(made[0]))
 
-    mark(False)
     for (kind_pk, hour), (imps, clks) in _segment_hours(store, s, lake_prefix).items():
         commit.add(seg.HOUR_TABLE, kind_pk, hour, imps, clks)
         report.segment_rows += 1
@@ -223,11 +280,6 @@ def _seed(state: StateStore, store: Store, p: int, lake_prefix: str, report: See
     for i in range(0, len(unread), FILES_PER_COMMIT):
         for key, arrival, stats in unread[i:i + FILES_PER_COMMIT]:
             commit.record(key, arrival, stats)
-        if i + FILES_PER_COMMIT >= len(unread):
-            mark(True)
-        flush(full=False)
-    if not unread:
-        mark(True)
         flush(full=False)
 
 
