@@ -32,7 +32,7 @@ def folded_in_order(store: Store, path: str, parts: list[list[str]]) -> SqliteSt
     return state
 
 
-def die_at(state, n: int, counts: Callable[[Commit], bool] = lambda c: True) -> None:
+def die_at(state, n: int, counts: Callable[[Commit], bool] = lambda _: True) -> None:
     """Make `state`'s n-th commit among those `counts` says yes to raise ConnectionError (a run
     whose worker went away) before anything of it is written."""
     real, seen = state.commit, []

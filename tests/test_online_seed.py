@@ -291,7 +291,7 @@ def test_the_asset_seeds_again_after_a_seed_that_died(lake, full, tmp_path, monk
     _compare(OnlineFeatures(SqliteState(db)), OnlineFeatures(full), _users(full)[::4], [t], [])
 
 
-def test_a_seed_that_died_and_cannot_be_redone_becomes_a_full_refold(tmp_path, monkeypatch):
+def test_a_seed_that_died_and_cannot_be_redone_becomes_a_full_refold(tmp_path):
     store = Store(str(tmp_path / "lake"))
     generate(store, start_ms=START, hours=8, users=30, seed=8, messy_scale=3.0)
     build_lake(store, [START + i * HOUR_MS for i in range(8)])

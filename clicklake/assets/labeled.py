@@ -18,6 +18,7 @@ from clicklake.assets.partitions import (
     lagged_hourly_partitions,
     run_hours,
 )
+from clicklake.assets.raw import landing_window
 from clicklake.platform.labeled import build_labeled_hours, labeled_key
 from clicklake.platform.labeled_quality import LABELED_CHECKS, labeled_check_specs
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
@@ -73,9 +74,7 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int) 
             raise dg.Failure(f"raw_{stream} {nxt} is not materialized yet: hour "
                              f"{hour_partition_key(hour_ms)} cannot be labeled before its next hour")
         record = records[0]
-        meta = record.asset_materialization.metadata
-        lateness = meta["allowed_lateness_minutes"].value if "allowed_lateness_minutes" in meta else 60
-        closes = (hour_ms + 2 * HOUR_MS) / 1000 + lateness * 60
+        _, closes = landing_window(record, hour_ms + HOUR_MS)
         if record.timestamp < closes:
             raise dg.Failure(
                 f"raw_{stream} {nxt} was materialized at {datetime.fromtimestamp(record.timestamp, UTC)}"

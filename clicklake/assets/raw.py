@@ -20,13 +20,23 @@ from clicklake.platform.raw import (
     write_raw_partition,
 )
 from clicklake.platform.raw_quality import raw_check_names, raw_check_specs
-from clicklake.platform.timeutil import MINUTE_MS, hour_partition_key, iso
+from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
 
 
 class RawConfig(dg.Config):
     allowed_lateness_minutes: int = 60
     future_tolerance_minutes: int = 15
+
+
+def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float]:
+    """(allowed lateness in minutes, epoch seconds its landing window closed) of the raw
+    partition of `hour_ms` whose materialization `record` is: it holds every event that may land
+    only if it was built after that."""
+    meta = record.asset_materialization.metadata
+    lateness = (meta["allowed_lateness_minutes"].value if "allowed_lateness_minutes" in meta
+                else RawConfig().allowed_lateness_minutes)
+    return lateness, (hour_ms + HOUR_MS) / 1000 + lateness * 60
 
 
 _DESCRIPTIONS = {

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
+from clicklake.assets.raw import landing_window
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
@@ -69,12 +70,29 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     store, state = lake.store(), online_store.state()
     prefix = f"{lake.landing_prefix}/"
     keys = config.files if config.files and not config.rebuild else store.list(prefix)
-    seeded = None
+    every = keys if config.rebuild else None  # every landing key, listed once when needed
+    seeded, rebuilt_for = None, None
 
-    def seed(p: int):
-        out = rebuild_from_snapshot(state, store, store.list(prefix), p,
-                                    lake_prefix=lake.lake_prefix,
-                                    landing_prefix=lake.landing_prefix,
+    def all_keys() -> list[str]:
+        nonlocal every
+        every = every if every is not None else store.list(prefix)
+        return every
+
+    def refold_all():
+        state.clear()
+        return fold_files(state, store, all_keys(), prefix=lake.landing_prefix,
+                          files_per_commit=FILES_PER_COMMIT)
+
+    def seed(p: int | None):
+        """Seed from snapshot p (None: the latest usable one), or SeedUnavailable."""
+        lake_keys = {"lake_prefix": lake.lake_prefix, "landing_prefix": lake.landing_prefix}
+        if p is None:
+            p = seed_hour(store, all_keys(), **lake_keys)
+        else:
+            check_seed(store, all_keys(), p, **lake_keys)
+        if unsettled := _lake_unsettled(context, p):
+            raise SeedUnavailable("; ".join(unsettled[:3]))
+        out = rebuild_from_snapshot(state, store, all_keys(), p, **lake_keys,
                                     files_per_commit=FILES_PER_COMMIT)
         context.log.info(f"seeded {out.users} users from the user_profiles snapshot of {iso(p)} "
                          f"in {out.seconds:.1f} s; {out.files_in_snapshot} landing files before "
@@ -83,47 +101,34 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
 
     if config.rebuild and config.from_snapshot:
         try:
-            p = seed_hour(store, keys, lake_prefix=lake.lake_prefix,
-                          landing_prefix=lake.landing_prefix)
-            unsettled = _lake_unsettled(context, p)
-            if unsettled:
-                raise SeedUnavailable("; ".join(unsettled[:3]))
-            seeded = seed(p)
+            seeded = seed(None)
         except SeedUnavailable as exc:
             context.log.warning(f"cannot rebuild from a snapshot ({exc}): folding every "
                                 "landing file")
-    if config.rebuild and seeded is None:
-        state.clear()
-    # The whole micro-batch in one atomic commit: each document and counter row written once.
-    rebuilt_for = None
     try:
-        report = seeded.fold if seeded is not None else fold_files(
-            state, store, keys, prefix=lake.landing_prefix, files_per_commit=FILES_PER_COMMIT)
+        if seeded is not None:
+            report = seeded.fold
+        elif config.rebuild:
+            report = refold_all()
+        else:  # the whole micro-batch in one atomic commit: each document and row written once
+            report = fold_files(state, store, keys, prefix=lake.landing_prefix,
+                                files_per_commit=FILES_PER_COMMIT)
     except IncompleteSeed as exc:  # a seeding run died: seed again, then fold what came since
         try:
-            check_seed(store, store.list(prefix), exc.p, lake_prefix=lake.lake_prefix,
-                       landing_prefix=lake.landing_prefix)
-            if unsettled := _lake_unsettled(context, exc.p):
-                raise SeedUnavailable("; ".join(unsettled[:3])) from None
+            seeded = seed(exc.p)
+            context.log.warning(f"{exc}: seeded again")
+            report = seeded.fold
         except SeedUnavailable as why:
             context.log.warning(f"{exc}, and it cannot be seeded again ({why}): folding every "
                                 "landing file")
-            state.clear()
-            report = fold_files(state, store, store.list(prefix), prefix=lake.landing_prefix,
-                                files_per_commit=FILES_PER_COMMIT)
-        else:
-            context.log.warning(f"{exc} (now)")
-            seeded = seed(exc.p)
-            report = seeded.fold
+            report = refold_all()
     except StaleLayout as exc:
         # The store has an older clicklake's table layout, or a newer one's documents (refused
         # before anything was written). Its state is derived from the landing zone, so
         # upgrading (or rolling back) is a rebuild, not an error.
         rebuilt_for = str(exc)
         context.log.warning(f"{exc} (now, from every landing file)")
-        state.clear()
-        report = fold_files(state, store, store.list(prefix), prefix=lake.landing_prefix,
-                            files_per_commit=FILES_PER_COMMIT)
+        report = refold_all()
     context.log.info(f"folded {report.files} files, {report.events_total} events in "
                      f"{report.seconds:.2f} s")
     if report.conflicts:
@@ -160,7 +165,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
 
 def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
     """Why the lake may hold less than the fold would, from this instance's materializations
-    (partitions built elsewhere are not checked): a raw partition of the 24 hours up to p built
+    (partitions built elsewhere are not checked): a raw partition of the hours p - 24 h to p built
     before its landing window closed or with another allowed lateness than the fold's, or the
     snapshot of p built with inputs missing or before its hour's raw partitions."""
     lateness = DEFAULT_RULES.allowed_lateness_ms // 60_000
@@ -179,13 +184,11 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
     for stream in landing.STREAMS:
         for key, record in latest(f"raw_{stream}", list(hours)).items():
             h = hours[key]
-            meta = record.asset_materialization.metadata
-            allowed = meta["allowed_lateness_minutes"].value \
-                if "allowed_lateness_minutes" in meta else lateness
+            allowed, closes = landing_window(record, h)
             if allowed != lateness:
                 out.append(f"raw_{stream} {iso(h)} allowed {allowed} min of lateness, the "
                            f"online fold {lateness}")
-            elif record.timestamp * 1000 < h + HOUR_MS + allowed * 60_000:
+            elif record.timestamp < closes:
                 out.append(f"raw_{stream} {iso(h)} was built before its landing window closed")
             if h == p:
                 raw_built = max(raw_built, record.timestamp)

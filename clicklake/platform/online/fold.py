@@ -50,7 +50,7 @@ from clicklake.platform.online.state import Commit, Conflict, FileRecord, StateS
 from clicklake.platform.online.user_head import head_of
 from clicklake.platform.raw import Rules
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS
+from clicklake.platform.timeutil import HOUR_MS, iso
 
 DEFAULT_RULES = Rules()
 RECENT_HOURS = 3  # event-level history kept beyond the allowed lateness
@@ -64,8 +64,8 @@ class IncompleteSeed(RuntimeError):
     again (`seed.rebuild_from_snapshot`) before folding anything on top."""
 
     def __init__(self, p: int):
-        super().__init__(f"the online state's rebuild from the user_profiles snapshot of hour "
-                         f"{p} did not finish: rebuild it again")
+        super().__init__(f"the online state's rebuild from the user_profiles snapshot of "
+                         f"{iso(p)} did not finish: it must be seeded again")
         self.p = p
 
 
@@ -74,6 +74,17 @@ def seed_mark(state: StateStore) -> dict | None:
     (`seed`), None for one folded from the landing files alone."""
     raw = state.get_docs(SEED, [SEED_KEY]).get(SEED_KEY)
     return None if raw is None else orjson.loads(raw)
+
+
+def _seed_start(state: StateStore, seeding: bool = False) -> int | None:
+    """Where a seeded state's folds start (None: a state not seeded); `IncompleteSeed` when its
+    seeding did not finish, unless this is that seeding's own fold."""
+    mark = seed_mark(state)
+    if mark is None:
+        return None
+    if not mark["done"] and not seeding:
+        raise IncompleteSeed(mark["p"])
+    return mark["start"]
 
 
 def horizon_ms(watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:
@@ -94,11 +105,14 @@ class ParsedFile:
     in_snapshot: int = 0  # accepted rows before a seeded state's start (`seed`): left out
 
 
-def _since(p: ParsedFile, since_ms: int) -> None:
+def _since(p: ParsedFile, since_ms: int, arrival_ms: int, rules: Rules) -> None:
     """Leave out `p`'s rows with ts < since_ms (a state seeded from a snapshot holds them)."""
-    keep = [i for i, r in enumerate(p.rows) if r[1] >= since_ms]
-    if len(keep) == len(p.rows):
+    lo = arrival_ms - HOUR_MS - rules.allowed_lateness_ms
+    if lo - lo % HOUR_MS + HOUR_MS >= since_ms:
+        return  # the file's accepted rows are all at or after it (raw's lateness rule)
+    if all(r[1] >= since_ms for r in p.rows):
         return
+    keep = [i for i, r in enumerate(p.rows) if r[1] >= since_ms]
     p.in_snapshot += len(p.rows) - len(keep)
     p.rows = [p.rows[i] for i in keep]
     if p.countries is not None:
@@ -283,8 +297,6 @@ class _Batch:
         self.users: dict[str, dict] = {}
         self.imps: dict[str, dict] = {}
         self.segments = seg.Deltas()
-        # taken before anything is read: the commit is refused if another writer commits after
-        commit.read_token = state.cache_token()
         self.cache = _cache_of(state, commit.read_token)
 
     def load_users(self, ids: Iterable[str]) -> None:
@@ -439,7 +451,8 @@ def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DE
     for _ in range(MAX_CONFLICTS):
         if not files or state.folded([f.key for f in files]):
             return None
-        commit = Commit()
+        # taken before anything is read: the commit is refused if another writer commits after
+        commit = Commit(read_token=state.cache_token())
         b = _Batch(state, commit)
         _fold_files(b, files)
         arrival = max(f.arrival_ms for f in files)
@@ -537,6 +550,9 @@ def fold_rows(state: StateStore, stream: str, rows: list[tuple], file_key: str, 
     q = Counter(quarantined or {})
     parsed = ParsedFile(stream, list(rows), len(rows) + sum(q.values()) if lines is None
                         else lines, q)
+    since = _seed_start(state)
+    if since is not None:
+        _since(parsed, since, arrival_ms, rules)
     records = fold_batch(state, [LandedFile(file_key, arrival_ms, parsed)], rules)
     return None if records is None else records[0].stats
 
@@ -580,24 +596,19 @@ def order_files(keys: Iterable[str], prefix: str = landing.DEFAULT_PREFIX
 
 def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
                prefix: str = landing.DEFAULT_PREFIX, files_per_commit: int = 1,
-               since_ms: int | None = None, seeding: bool = False) -> FoldReport:
+               seeding: bool = False) -> FoldReport:
     """Fold landing files in arrival order, in atomic commits of `files_per_commit` files (a
     micro-batch: the sensor's runs fold all their files in one); then purge what fell behind the
-    retention horizon. Only the events at or after `since_ms` are folded, and on a state `seed`ed
-    from a snapshot only those at or after its end, whatever `since_ms` (the seed holds the
-    earlier ones; counted as `in_snapshot`). Raises `IncompleteSeed` on a state whose seeding
-    did not finish: it must be seeded again before anything is folded on top (`seeding`: this
-    fold is the seed's own, which finishes it)."""
+    retention horizon. On a state `seed`ed from a snapshot only the events at or after its end
+    are folded (the seed holds the earlier ones; counted as `in_snapshot`). Raises
+    `IncompleteSeed` on a state whose seeding did not finish: it must be seeded again before
+    anything is folded on top (`seeding`: this fold is the seed's own, which finishes it)."""
     t0 = time.perf_counter()
     report = FoldReport()
     for rec in state.recover():  # a crashed run's half-applied commit, finished from its intent
         report.files += 1
         _count(report, rec.stats)
-    mark = seed_mark(state)
-    if mark is not None:
-        if not mark["done"] and not seeding:
-            raise IncompleteSeed(mark["p"])
-        since_ms = max(mark["start"], since_ms if since_ms is not None else mark["start"])
+    since_ms = _seed_start(state, seeding)
     files, bad = order_files(keys, prefix)
     report.skipped += len(bad)
     done = state.folded([lf.key for lf, _ in files])
@@ -626,8 +637,8 @@ def _fold_commit(state: StateStore, store: Store, files: list[tuple[landing.Land
     files = [(lf, stream) for lf, stream, _ in read]
     parsed = parse_batch([(data, stream, lf.arrival_ms) for lf, stream, data in read], rules)
     if since_ms is not None:
-        for p in parsed:
-            _since(p, since_ms)
+        for (lf, _), p in zip(files, parsed, strict=True):
+            _since(p, since_ms, lf.arrival_ms, rules)
     batch = [LandedFile(lf.key, lf.arrival_ms, p) for (lf, _), p in zip(files, parsed, strict=True)]
     records = fold_batch(state, batch, rules, report)
     if records is None and len(batch) > 1:  # another writer took some: fold the rest

@@ -95,28 +95,45 @@ class SeedUnavailable(LookupError):
     """No snapshot can seed the state (the message says why): fold every landing file."""
 
 
-def seed_hour(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
-              lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX) -> int:
-    """The latest snapshot hour P that can seed the state for `keys` (the landing files), by
-    `check_seed`. Raises `SeedUnavailable` saying why none can."""
+@dataclass
+class _LakeView:
+    """What choosing and checking a seed look at: the landing files, the snapshot chain's
+    hours and start, the horizon of the newest file, and the files' events before the chain."""
+
+    hours: list[int]
+    history: int
+    horizon: int
+    early: dict[str, int | None]
+
+
+def _view(store: Store, keys: Iterable[str], rules: Rules, lake_prefix: str,
+          landing_prefix: str) -> _LakeView:
     files, _ = order_files(keys, landing_prefix)
     if not files:
         raise SeedUnavailable("the landing zone holds no file")
     lookup = LookupTable(store, lake_prefix)
-    hours = lookup.snapshot_hours(refresh=True)
-    if not len(hours):
+    hours = lookup.snapshot_hours(refresh=True).tolist()
+    if not hours:
         raise SeedUnavailable(f"no user_profiles snapshot under {lake_prefix}/profiles/user/")
-    horizon = horizon_ms(max(lf.arrival_ms for lf, _ in files), rules)
-    usable = sorted(hours[hours + HOUR_MS <= horizon].tolist(), reverse=True)
+    history = lookup.history_start()
+    return _LakeView(hours, history, horizon_ms(max(lf.arrival_ms for lf, _ in files), rules),
+                     _before_history(store, files, history, rules))
+
+
+def seed_hour(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
+              lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX) -> int:
+    """The latest snapshot hour P that can seed the state for `keys` (the landing files), by
+    `check_seed`. Raises `SeedUnavailable` saying why none can."""
+    view = _view(store, keys, rules, lake_prefix, landing_prefix)
+    usable = sorted((h for h in view.hours if h + HOUR_MS <= view.horizon), reverse=True)
     if not usable:
         raise SeedUnavailable(f"no user_profiles snapshot ends before the online horizon "
-                              f"{iso(horizon)}")
-    early = _before_history(store, files, lookup.history_start(), rules)
+                              f"{iso(view.horizon)}")
     why = None
     for p in usable:
         try:
-            _check(store, int(p), lookup.history_start(), early, lake_prefix)
-            return int(p)
+            _check(store, p, view, lake_prefix)
+            return p
         except SeedUnavailable as exc:
             why = why or exc
     raise why
@@ -130,16 +147,12 @@ def check_seed(store: Store, keys: Iterable[str], p: int, rules: Rules = DEFAULT
     are read), and than their predictions of the 24 hours before its end; and every lake input
     of `_seed` is there (raw impressions of p; raw predictions and segment profiles of the 24
     hours before its end, from the history's start on)."""
-    files, _ = order_files(keys, landing_prefix)
-    if not files:
-        raise SeedUnavailable("the landing zone holds no file")
-    if p + HOUR_MS > horizon_ms(max(lf.arrival_ms for lf, _ in files), rules):
+    view = _view(store, keys, rules, lake_prefix, landing_prefix)
+    if p + HOUR_MS > view.horizon:
         raise SeedUnavailable(f"the snapshot of {iso(p)} ends after the online horizon")
-    lookup = LookupTable(store, lake_prefix)
-    if p not in set(lookup.snapshot_hours(refresh=True).tolist()):
+    if p not in view.hours:
         raise SeedUnavailable(f"no user_profiles snapshot of {iso(p)}")
-    history = lookup.history_start()
-    _check(store, p, history, _before_history(store, files, history, rules), lake_prefix)
+    _check(store, p, view, lake_prefix)
 
 
 def _before_history(store: Store, files: list, history: int, rules: Rules
@@ -162,9 +175,8 @@ def _before_history(store: Store, files: list, history: int, rules: Rules
     return out
 
 
-def _check(store: Store, p: int, history: int, early: dict[str, int | None],
-           lake_prefix: str) -> None:
-    s = p + HOUR_MS
+def _check(store: Store, p: int, view: _LakeView, lake_prefix: str) -> None:
+    s, history, early = p + HOUR_MS, view.history, view.early
     for stream in ("impressions", "clicks"):
         if early[stream] is not None:
             raise SeedUnavailable(
@@ -213,7 +225,7 @@ def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], 
     _seed(state, store, p, lake_prefix, report, unread)
     report.seconds = time.perf_counter() - t0
     report.fold = fold_files(state, store, [lf.key for lf, _ in files if lf.arrival_ms >= cut],
-                             rules, landing_prefix, files_per_commit, since_ms=s, seeding=True)
+                             rules, landing_prefix, files_per_commit, seeding=True)
     _commit(state, _seed_commit(p, "done", done=True))  # only now may other runs fold
     return report
 
@@ -241,16 +253,16 @@ def _seed(state: StateStore, store: Store, p: int, lake_prefix: str, report: See
     events, index = _hour_impressions(store, p, lake_prefix)
     report.impressions = len(index)
     plast = _latest_predictions(store, s, lake_prefix)
-    made = [0]
+    made = 0
     commit = _seed_commit(p, "0")
 
     def flush(full: bool = True) -> None:
-        nonlocal commit
+        nonlocal commit, made
         if full and commit.size() < USERS_PER_COMMIT:
             return
         _commit(state, commit)
-        made[0] += 1
-        commit = _seed_commit(p, str(made[0]))
+        made += 1
+        commit = _seed_commit(p, str(made))
 
     for (kind_pk, hour), (imps, clks) in _segment_hours(store, s, lake_prefix).items():
         commit.add(seg.HOUR_TABLE, kind_pk, hour, imps, clks)
@@ -356,9 +368,9 @@ def _latest_predictions(store: Store, s: int, lake_prefix: str) -> dict[str, lis
     for pid, t, u, score in zip(table["prediction_id"].to_pylist(), ts_ms(table["ts"]).tolist(),
                                 table["user_id"].to_pylist(), table["score"].to_pylist(),
                                 strict=True):
-        best = out.get(u)
-        if best is None or (t, pid) > (best[0], best[1]):
-            out[u] = [t, pid, score]
+        best, new = out.get(u), [t, pid, score]
+        if best is None or us.pred_order(new) > us.pred_order(best):
+            out[u] = new
     return out
 
 

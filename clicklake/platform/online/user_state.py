@@ -177,7 +177,7 @@ def trim(doc: dict, horizon_ms: int) -> None:
         old = [p for p in preds if p[0] < horizon_ms]
         if doc.get("plast") is not None:
             old.append(doc["plast"])
-        doc["plast"] = max(old, key=_pred_order)
+        doc["plast"] = max(old, key=pred_order)
         doc["preds"] = [p for p in preds if p[0] >= horizon_ms]
         gave_up = True
     if tiles:
@@ -225,7 +225,7 @@ def _trim_before(doc: dict, horizon_ms: int, keep_ms: int) -> None:
     doc["arch"] = [arch_i, arch_c]
 
 
-def _pred_order(p: list) -> tuple:
+def pred_order(p: list) -> tuple:
     return p[0], p[1]
 
 
