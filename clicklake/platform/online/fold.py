@@ -15,7 +15,9 @@ predictions by a mark (event hour, stream letter + id) in the state's compact ma
 Retention: documents and counters older than `horizon(watermark)` are purged after a batch, and a
 read must be at or after the horizon (older instants are the lake's lookup table's job). Dedup
 markers live as long, so a straggling file more than `RECENT_HOURS - lateness - 1` hours behind
-the newest one could slip a duplicate past the horizon: Firehose delivers within minutes.
+the newest one could slip a duplicate past the horizon, and its impressions can no longer move
+the segment counts of the clicks they would re-attribute (those events are trimmed): Firehose
+delivers within minutes, and the sensor's retries stay within a few hours.
 """
 
 from __future__ import annotations
@@ -393,7 +395,10 @@ def _fold_impressions(b: _Batch, rows: list[tuple], country: list[str] | None) -
     b.load_users(u for u, _, _ in todo)
     for user, ts, cid in todo:
         e = us.find_click(b.users[user], ts, cid)
-        if e is None:  # trimmed past the horizon: its hour is no longer read online
+        if e is None:
+            # Trimmed past the horizon: its profile hour is no longer read, but its segment
+            # counts still are (24 h windows), and keep the old attribution. Only a file folded
+            # more than RECENT_HOURS behind the newest lands here (see the module docstring).
             continue
         if e[4] is not None:
             b.load_imps([e[4]])
