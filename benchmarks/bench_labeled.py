@@ -18,6 +18,9 @@
    side: both sides then use the 2 cores). Every answer, and every full build's
    `user_impressions_life`, `user_clicks_life` and `label`, must equal DuckDB's on every row
    (the run fails otherwise).
+4. The online store rebuilt from the lake's latest usable user profile snapshot (`online.seed`)
+   and, for the baseline, by folding every landing file, each in a fresh subprocess: seconds and
+   peak RSS, and sampled profiles of both compared (`--no-online-rebuild` skips this).
 
 Timings are wall clock (`seconds`); `cpu_s` is the phase's process CPU time (all threads, it also
 counts the untimed writes of the outputs), a steadier figure on a shared machine.
@@ -320,9 +323,76 @@ def phase_duckdb(root: str, meta: dict, out_dir: str) -> dict:
     return {"seconds": seconds, "rows": table.num_rows}
 
 
+def _online_db(out_dir: str, name: str):
+    from clicklake.platform.online import SqliteState
+
+    return SqliteState(os.path.join(out_dir, name))
+
+
+def phase_rebuild_seed(root: str, meta: dict, out_dir: str) -> dict:
+    """The online store rebuilt from the latest usable user profile snapshot (`online.seed`)."""
+    from clicklake.platform.online.seed import rebuild_from_snapshot, seed_hour
+    from clicklake.platform.storage import Store
+
+    store = Store(root)
+    t0 = time.perf_counter()
+    keys = store.list("landing/")
+    report = rebuild_from_snapshot(_online_db(out_dir, "seeded.db"), store, keys,
+                                   seed_hour(store, keys))
+    return {"seconds": time.perf_counter() - t0, "seed_seconds": report.seconds,
+            "users": report.users, "files_read": report.fold.files,
+            "files_in_snapshot": report.files_in_snapshot,
+            "events_folded": report.fold.events_total}
+
+
+def phase_rebuild_refold(root: str, meta: dict, out_dir: str) -> dict:
+    """The online store rebuilt by folding every landing file (the sensor's runs' commits)."""
+    from clicklake.assets.serving import FILES_PER_COMMIT
+    from clicklake.platform.online import fold_files
+    from clicklake.platform.storage import Store
+
+    store = Store(root)
+    t0 = time.perf_counter()
+    report = fold_files(_online_db(out_dir, "refolded.db"), store, store.list("landing/"),
+                        files_per_commit=FILES_PER_COMMIT)
+    return {"seconds": time.perf_counter() - t0, "events_folded": report.events_total,
+            "files_read": report.files}
+
+
+def compare_rebuilds(out_dir: str, sample: int = 3000) -> dict:
+    """Profiles of sampled users from both rebuilt stores at their horizon and watermark:
+    differences beyond float rounding of spend (added in another order)."""
+    import math
+    import random
+
+    from clicklake.platform.online import OnlineFeatures, horizon_ms
+
+    seeded, refolded = _online_db(out_dir, "seeded.db"), _online_db(out_dir, "refolded.db")
+    users = [k for (k,) in refolded.conn.execute("SELECT key FROM docs WHERE ns='user'")]
+    wm = refolded.watermark_ms()
+
+    def close(a, b) -> bool:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+        if isinstance(a, float) and isinstance(b, float):
+            return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+        return a == b
+
+    def known(p):
+        return p if p is not None and p["known"] else None
+
+    a, b = OnlineFeatures(seeded), OnlineFeatures(refolded)
+    picked = random.Random(1).sample(users, min(sample, len(users)))
+    bad = sum(not close(known(a.profile(u, t)), known(b.profile(u, t)))
+              for u in picked for t in (horizon_ms(wm), wm))
+    return {"profiles_compared": 2 * len(picked), "profiles_differing": bad,
+            "same_watermark": seeded.watermark_ms() == wm}
+
+
 PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
           "labeled_hourly": phase_labeled_hourly, "minimal_ours": phase_minimal_ours,
-          "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb}
+          "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb,
+          "rebuild_seed": phase_rebuild_seed, "rebuild_refold": phase_rebuild_refold}
 
 
 def run_phase(name: str, root: str, out_dir: str) -> dict:
@@ -401,6 +471,8 @@ def main() -> None:
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench-results/labeled.json")
+    ap.add_argument("--no-online-rebuild", action="store_true",
+                    help="skip the online store's rebuilds (snapshot seed vs full refold, ~2 min)")
     args = ap.parse_args()
     if args.phase:
         _phase_main(args.phase, args.root, args.out_dir)
@@ -423,6 +495,11 @@ def main() -> None:
             "duckdb", "minimal_ours", "minimal_ours_2proc", "labeled", "labeled_2proc",
             "labeled_hourly")}
         check = compare(out_dir)
+        rebuild = None
+        if not args.no_online_rebuild:
+            rebuild = {name: run_phase(name, root, out_dir)
+                       for name in ("rebuild_seed", "rebuild_refold")}
+            rebuild["compared"] = compare_rebuilds(out_dir)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
         if not args.root:
@@ -462,6 +539,7 @@ def main() -> None:
             "minimal_ours_2proc_throughput_over_duckdb": duck["seconds"] / mini2["seconds"],
         },
         "exactness": check,
+        "online_rebuild": rebuild,
         "notes": "RSS measured per phase in a fresh subprocess from /proc/self/status: VmHWM "
                  "(peak) and its growth over VmRSS after imports. DuckDB runs with 2 threads "
                  "and reads the raw Parquet; the label uses the id/attribution rule.",
@@ -487,6 +565,15 @@ def main() -> None:
     print(f"full build as one range vs hour by hour: "
           f"{results['ratios']['full_build_range_cpu_over_hour_by_hour_cpu']:.2f}x the CPU")
     print(f"mismatches against DuckDB: {mis}")
+    if rebuild:
+        seed, refold = rebuild["rebuild_seed"], rebuild["rebuild_refold"]
+        print(f"online store rebuilt from the snapshot: {seed['seconds']:.1f} s "
+              f"({seed['peak_rss_mib']:.0f} MiB peak, {seed['users']:,} users seeded, "
+              f"{seed['files_read']} files read); from every landing file: "
+              f"{refold['seconds']:.1f} s ({refold['peak_rss_mib']:.0f} MiB peak, "
+              f"{refold['events_folded']:,} events): {refold['seconds'] / seed['seconds']:.1f}x; "
+              f"{rebuild['compared']['profiles_differing']} of "
+              f"{rebuild['compared']['profiles_compared']} profiles differ")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
