@@ -1,6 +1,6 @@
-"""The fold's cache of decoded documents between one process's commits: bounded, least recently
-committed out first, and invisible in the state (a fold with a tiny cache writes what one with
-the default writes)."""
+"""What bounds a fold's memory: the cache of decoded documents between one process's commits
+(bounded, least recently committed out first) and the lines a commit holds; neither shows in the
+state (a fold with a tiny cache, or tiny commits, writes what one with the defaults writes)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,29 @@ def test_a_small_cache_keeps_the_latest_documents_and_changes_nothing(landing_zo
     assert max(seen) > 6  # the cache overflowed within one commit, and across commits
     assert sum(n > 6 for n in seen) > 3
     assert small.dump() == default.dump()
+
+
+def test_a_commit_holds_at_most_so_many_lines(landing_zone, tmp_path, monkeypatch):
+    keys = [lf.key for lf, _ in order_files(landing_zone.list("landing/"))[0]]
+    one = SqliteState(str(tmp_path / "one.db"))
+    fold_files(one, landing_zone, keys, files_per_commit=len(keys))
+    monkeypatch.setattr(fold_mod, "MAX_LINES_PER_COMMIT", 30)
+    small = SqliteState(str(tmp_path / "small.db"))
+    real, sizes = small.commit, []
+
+    def counted(commit):
+        sizes.append(sum(r.stats["lines"] for r in commit.files))
+        return real(commit)
+
+    small.commit = counted
+    report = fold_files(small, landing_zone, keys, files_per_commit=len(keys))
+    assert report.files == len(keys) and len(sizes) > 5
+    assert all(n < 30 + max_file_lines(landing_zone, keys) for n in sizes)
+    assert sum(sizes) == report.lines
+    assert small.dump() == one.dump()
+
+
+def max_file_lines(store, keys) -> int:
+    from clicklake.platform.online.fold import parse_file
+    return max(parse_file(store.read_bytes(lf.key), st, lf.arrival_ms).lines
+               for lf, st in order_files(keys)[0])

@@ -43,7 +43,8 @@ from clicklake.resources.online_store import OnlineStoreResource
 SENSOR_INTERVAL_S = 15
 MAX_FILES_PER_RUN = 2000
 MAX_RUNS_IN_FLIGHT = 4  # runs of new files asked and not over: a backlog goes over several ticks
-FILES_PER_COMMIT = MAX_FILES_PER_RUN  # a run's files fold in one commit (a rebuild: in several)
+FILES_PER_COMMIT = MAX_FILES_PER_RUN  # a run's files fold in one commit, unless they hold
+# more than fold.MAX_LINES_PER_COMMIT lines (a backlog of a busy stream; a rebuild)
 CHECK_SAMPLE_USERS = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
