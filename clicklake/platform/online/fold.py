@@ -237,8 +237,9 @@ def add_countries(parsed: Sequence[ParsedFile]) -> None:
 CACHE_DOCS = 200_000  # decoded documents kept per namespace between one process's commits
 # A commit's lines at most, whatever its files: its documents and rows stay in memory until it
 # lands. A refold of 4 M events in commits of 2,000 files peaked at 6.4 GiB; with this bound at
-# 3.3 GiB (the document cache holds most of the rest), 13 % slower. Smaller bounds cost more
-# speed than they save memory (500 k: 2.8 GiB, 30 % slower).
+# 3.3 GiB, 13 % slower (a commit of 1 M lines holds ~2.5 GiB; the document cache little: 3.1 GiB
+# at a quarter of its size). Smaller bounds cost more speed than they save (500 k: 2.8 GiB, 30 %
+# slower): each commit rewrites the documents of every user it touches.
 MAX_LINES_PER_COMMIT = 1_000_000
 
 
