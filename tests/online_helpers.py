@@ -1,5 +1,5 @@
-"""Helpers the online store's tests share: answers compared within float rounding, a reference
-state folded one part after another, and a commit that dies on cue."""
+"""Helpers the online store's tests share: a generated landing zone, answers compared within float
+rounding, a reference state folded one part after another, and a commit that dies on cue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from collections.abc import Callable
 
 from clicklake.platform.online import SqliteState, fold_files
 from clicklake.platform.online.state import Commit
+from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
+
+
+def generated(folder, start_ms: int, **gen) -> Store:
+    """A store in `folder` holding a generated landing zone (`simulate.generate`'s arguments)."""
+    store = Store(str(folder))
+    generate(store, start_ms=start_ms, **gen)
+    return store
 
 
 def close_enough(a, b) -> bool:

@@ -18,19 +18,17 @@ from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
 from clicklake.platform.online import fold as fold_mod
 from clicklake.platform.online.fold import order_files
 from clicklake.platform.online.state import Conflict
-from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import parse_instant
-from tests.online_helpers import close_enough, folded_in_order
+from tests.online_helpers import close_enough, folded_in_order, generated
 
 START = parse_instant("2026-11-22T00:00:00Z")
 
 
 @pytest.fixture(scope="module")
 def landing_zone(tmp_path_factory) -> Store:
-    store = Store(str(tmp_path_factory.mktemp("landing")))
-    generate(store, start_ms=START, hours=2, users=200, seed=11, messy_scale=5.0)
-    return store
+    return generated(tmp_path_factory.mktemp("landing"), START,
+                     hours=2, users=200, seed=11, messy_scale=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +36,8 @@ def on_time_zone(tmp_path_factory) -> Store:
     """No late files: the whole stream stays within the online horizon, so any fold order gives
     the same answers (an older file folded after the horizon passed its hour cannot re-attribute
     its clicks: `fold` keeps recent history only)."""
-    store = Store(str(tmp_path_factory.mktemp("on-time")))
-    generate(store, start_ms=START, hours=3, users=300, seed=12, messy_scale=0.0)
-    return store
+    return generated(tmp_path_factory.mktemp("on-time"), START,
+                     hours=3, users=300, seed=12, messy_scale=0.0)
 
 
 def _keys(store: Store) -> list[str]:

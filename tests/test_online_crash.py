@@ -12,9 +12,9 @@ import textwrap
 import pytest
 
 from clicklake.platform.online import SqliteState, fold_files
-from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import parse_instant
+from tests.online_helpers import generated
 
 START = parse_instant("2026-11-22T00:00:00Z")
 
@@ -49,9 +49,8 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def landing_zone(tmp_path_factory) -> Store:
-    store = Store(str(tmp_path_factory.mktemp("landing")))
-    generate(store, start_ms=START, hours=2, users=300, seed=3, messy_scale=5.0)
-    return store
+    return generated(tmp_path_factory.mktemp("landing"), START,
+                     hours=2, users=300, seed=3, messy_scale=5.0)
 
 
 @pytest.mark.parametrize("die_after", [0, 7, 23])

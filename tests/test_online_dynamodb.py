@@ -10,19 +10,18 @@ import uuid
 import pytest
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
-from clicklake.platform.simulate import generate
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, parse_instant
 from clicklake.resources.online_store import DynamoDbOnlineStore, DynamoState
+from tests.online_helpers import generated
 
 START = parse_instant("2026-11-23T00:00:00Z")
 
 
 @pytest.fixture(scope="module")
 def landing_zone(tmp_path_factory) -> Store:
-    store = Store(str(tmp_path_factory.mktemp("landing")))
-    generate(store, start_ms=START, hours=1, users=30, seed=4, messy_scale=4.0)
-    return store
+    return generated(tmp_path_factory.mktemp("landing"), START,
+                     hours=1, users=30, seed=4, messy_scale=4.0)
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,16 @@ import pytest
 
 from clicklake.platform.online import SqliteState, fold_files
 from clicklake.platform.online import fold as fold_mod
-from clicklake.platform.online.fold import IMPRESSION, USER, order_files
-from clicklake.platform.simulate import generate
+from clicklake.platform.online.fold import IMPRESSION, USER, order_files, parse_file
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import parse_instant
+from tests.online_helpers import generated
 
 
 @pytest.fixture(scope="module")
 def landing_zone(tmp_path_factory) -> Store:
-    store = Store(str(tmp_path_factory.mktemp("landing")))
-    generate(store, start_ms=parse_instant("2026-11-22T00:00:00Z"), hours=2, users=150, seed=5,
-             messy_scale=5.0)
-    return store
+    return generated(tmp_path_factory.mktemp("landing"), parse_instant("2026-11-22T00:00:00Z"),
+                     hours=2, users=150, seed=5, messy_scale=5.0)
 
 
 def test_a_small_cache_keeps_the_latest_documents_and_changes_nothing(landing_zone, tmp_path,
@@ -64,12 +62,12 @@ def test_a_commit_holds_at_most_so_many_lines(landing_zone, tmp_path, monkeypatc
     small.commit = counted
     report = fold_files(small, landing_zone, keys, files_per_commit=len(keys))
     assert report.files == len(keys) and len(sizes) > 5
-    assert all(n < 30 + max_file_lines(landing_zone, keys) for n in sizes)
+    largest = max_file_lines(landing_zone, keys)
+    assert all(n < 30 + largest for n in sizes)
     assert sum(sizes) == report.lines
     assert small.dump() == one.dump()
 
 
 def max_file_lines(store, keys) -> int:
-    from clicklake.platform.online.fold import parse_file
     return max(parse_file(store.read_bytes(lf.key), st, lf.arrival_ms).lines
                for lf, st in order_files(keys)[0])

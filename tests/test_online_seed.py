@@ -29,7 +29,7 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
-from tests.online_helpers import close_enough, die_at, folded_in_order
+from tests.online_helpers import close_enough, die_at, folded_in_order, generated
 
 START = parse_instant("2026-11-20T00:00:00Z")
 HOURS = 30  # past the 24 h segment window and prediction look-back before the seed
@@ -38,8 +38,8 @@ MINUTE = 60_000
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> Store:
-    store = Store(str(tmp_path_factory.mktemp("seed-lake")))
-    generate(store, start_ms=START, hours=HOURS, users=250, seed=21, messy_scale=5.0)
+    store = generated(tmp_path_factory.mktemp("seed-lake"), START, hours=HOURS, users=250,
+                      seed=21, messy_scale=5.0)
     build_lake(store, [START + i * HOUR_MS for i in range(HOURS)])
     return store
 
@@ -292,8 +292,7 @@ def test_the_asset_seeds_again_after_a_seed_that_died(lake, full, tmp_path, monk
 
 
 def test_a_seed_that_died_and_cannot_be_redone_becomes_a_full_refold(tmp_path):
-    store = Store(str(tmp_path / "lake"))
-    generate(store, start_ms=START, hours=8, users=30, seed=8, messy_scale=3.0)
+    store = generated(tmp_path / "lake", START, hours=8, users=30, seed=8, messy_scale=3.0)
     build_lake(store, [START + i * HOUR_MS for i in range(8)])
     keys = store.list("landing/")
     p = seed_hour(store, keys)
@@ -319,8 +318,7 @@ def test_without_a_snapshot_the_asset_folds_every_file(tmp_path):
 
 
 def test_a_dynamodb_store_seeds_to_the_same_state(moto_endpoint, tmp_path):
-    store = Store(str(tmp_path / "lake"))
-    generate(store, start_ms=START, hours=8, users=30, seed=8, messy_scale=3.0)
+    store = generated(tmp_path / "lake", START, hours=8, users=30, seed=8, messy_scale=3.0)
     build_lake(store, [START + i * HOUR_MS for i in range(8)])
     keys = store.list("landing/")
     p = seed_hour(store, keys)

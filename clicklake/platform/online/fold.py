@@ -632,8 +632,9 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
             except FileNotFoundError:  # deleted since it was listed: nothing to fold, not recorded
                 report.missing.append(lf.key)
                 continue
-            pending.append((lf, parse_file(data, stream, lf.arrival_ms, rules)))
-            lines += pending[-1][1].lines
+            parsed = parse_file(data, stream, lf.arrival_ms, rules)
+            pending.append((lf, parsed))
+            lines += parsed.lines
             if len(pending) >= step or lines >= MAX_LINES_PER_COMMIT:
                 _fold_commit(state, pending, rules, report, since_ms)
                 pending, lines = [], 0
