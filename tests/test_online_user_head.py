@@ -142,3 +142,61 @@ def test_a_head_read_racing_a_fold_that_moves_the_horizon_is_refused(tmp_path):
 
     with pytest.raises(BeforeHorizon):
         OnlineFeatures(Raced(path)).profile("u1", t, lists=False)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_heads_lists_answer_as_the_document_after_its_last_event(seed):
+    rng = random.Random(seed)
+    doc = folded_doc(rng)
+    head_part, lists_part = uh.split(uh.encode(doc))  # as stored
+    head, lists = orjson.loads(head_part), orjson.loads(lists_part)
+    last = head[uh.LAST]
+    start = T0 if last is None else last + 1
+    for t in (start, start + 1, start + 500 * HOUR_MS):
+        assert uh.lists_from_head(lists, t) == (us.campaigns_at(doc, t), us.domains_at(doc, t))
+    after = lists[0]
+    if after is not None:  # a campaign or domain first seen at t is not in the lists yet
+        assert uh.lists_from_head(lists, after) is None
+        assert after <= start
+
+
+def test_a_head_without_lists_is_a_layout_3_head():
+    doc = folded_doc(random.Random(3))
+    stored = uh.encode(doc)
+    assert uh.split(stored)[0] == orjson.dumps(uh.head_of(doc))
+    assert uh.split(orjson.dumps(uh.head_of(doc))) == (orjson.dumps(uh.head_of(doc)), None)
+
+
+def test_profile_with_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
+    store, state, online = env
+    land(store, "impressions", H + 50 * MIN, [
+        impression("a", H - 30 * MIN, cost=0.5, campaign="c2"),
+        impression("b", H + 10 * MIN, cost=0.25, domain="x.com")], "1")
+    land(store, "clicks", H + 55 * MIN, [click("k", H + 20 * MIN, "b")], "2")
+    fold_files(state, store, store.list("landing/"))
+    reads = []
+    get = state.get_docs
+    monkeypatch.setattr(state, "get_docs", lambda ns, keys: reads.append(ns) or get(ns, keys))
+    now = H + 61 * MIN
+    reads.clear()
+    p = online.profile("u1", now)
+    assert reads == [fold.HEAD]
+    assert p["campaigns"] == {"c1": {"impressions": 1, "clicks": 1},
+                              "c2": {"impressions": 1, "clicks": 0}}
+    assert p["domains"] == ["x.com"]
+    reads.clear()
+    before = online.profile("u1", H + 10 * MIN)  # not after every event: the document
+    assert reads == [fold.HEAD, fold.USER]
+    assert before["campaigns"] == {"c2": {"impressions": 1, "clicks": 0}}
+    # the same answer from the document alone, and from a head of layout 3 (no lists)
+    heads = dict(state.conn.execute("SELECT key, value FROM docs WHERE ns=?", (fold.HEAD,)))
+    state.conn.execute("DELETE FROM docs WHERE ns=?", (fold.HEAD,))
+    state.conn.commit()
+    assert online.profile("u1", now) == p
+    state.conn.execute("INSERT INTO docs (ns, key, hour, value) VALUES (?, ?, 0, ?)",
+                       (fold.HEAD, "u1", uh.split(heads["u1"])[0]))
+    state.conn.commit()
+    reads.clear()
+    assert online.profile("u1", now) == p
+    assert reads == [fold.HEAD, fold.USER]
+    assert online.profile("u1", now, lists=False) == _counters(p)

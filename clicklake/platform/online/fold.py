@@ -47,9 +47,9 @@ from clicklake.platform.events import (
     plain_rows,
 )
 from clicklake.platform.online import segment_state as seg
+from clicklake.platform.online import user_head
 from clicklake.platform.online import user_state as us
 from clicklake.platform.online.state import Commit, Conflict, FileRecord, StateStore
-from clicklake.platform.online.user_head import head_of
 from clicklake.platform.raw import Rules
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso
@@ -346,7 +346,7 @@ class _Batch:
             last = max(map(first, doc["ev"]), default=doc["first"] or 0)
             hour = last - last % HOUR_MS
             out[uid] = (hour, dumps(doc))
-            heads[uid] = (hour, dumps(head_of(doc)))
+            heads[uid] = (hour, user_head.encode(doc))
         out = self.commit.docs.setdefault(IMPRESSION, {})
         for iid, doc in self.imps.items():
             at, refs = doc["at"], doc["refs"]

@@ -71,19 +71,15 @@ class OnlineFeatures:
         for an unknown user (no event folded at all). Raises BeforeHorizon for instants the
         state no longer holds.
 
-        Without the lists, a read after the user's latest event (a read "now") comes from the
-        user's head (`user_head`), a fraction of the document to fetch and decode."""
+        A read after the user's latest event (a read "now") comes from the user's head
+        (`user_head`), a fraction of the document to fetch and decode; the lists follow the
+        head in the same value and are decoded only when asked for."""
         self._check(ts_ms)
-        if not lists:
-            raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
-            head = None if raw is None else orjson.loads(raw)
-            if head is not None:
-                valid = user_head.valid_from(head)
-                if valid is not None:
-                    self._check(ts_ms, valid, f"{user_id}'s state's")
-                counters = user_head.profile_from_head(head, ts_ms)
-                if counters is not None:
-                    return self._profile(user_id, ts_ms, counters)
+        raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
+        if raw is not None:
+            out = self._from_head(user_id, ts_ms, raw, lists)
+            if out is not None:
+                return out
         doc = self._doc(user_id, ts_ms)
         if doc is None:
             return None
@@ -91,6 +87,27 @@ class OnlineFeatures:
         if lists:
             out["campaigns"] = us.campaigns_at(doc, ts_ms)
             out["domains"] = us.domains_at(doc, ts_ms)
+        return out
+
+    def _from_head(self, user_id: str, ts_ms: int, raw: bytes, lists: bool) -> dict | None:
+        """`profile` from the user's stored head, None when the document must answer (t not
+        after the user's events, or lists asked of a head written without them)."""
+        head_part, lists_part = user_head.split(raw)
+        if lists and lists_part is None:
+            return None
+        head = orjson.loads(head_part)
+        valid = user_head.valid_from(head)
+        if valid is not None:
+            self._check(ts_ms, valid, f"{user_id}'s state's")
+        counters = user_head.profile_from_head(head, ts_ms)
+        if counters is None:
+            return None
+        found = user_head.lists_from_head(orjson.loads(lists_part), ts_ms) if lists else None
+        if lists and found is None:
+            return None
+        out = self._profile(user_id, ts_ms, counters)
+        if found is not None:
+            out["campaigns"], out["domains"] = found
         return out
 
     @staticmethod

@@ -48,6 +48,7 @@ from clicklake.platform import landing
 from clicklake.platform.enrich import countries
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import segment_state as seg
+from clicklake.platform.online import user_head
 from clicklake.platform.online import user_state as us
 from clicklake.platform.online.fold import (
     DEFAULT_RULES,
@@ -63,7 +64,6 @@ from clicklake.platform.online.fold import (
     parse_file,
 )
 from clicklake.platform.online.state import Commit, StateStore
-from clicklake.platform.online.user_head import head_of
 from clicklake.platform.profiles import snapshot_key
 from clicklake.platform.raw import Rules, raw_key, read_raw
 from clicklake.platform.segments import read_segment_profile, segment_key
@@ -299,7 +299,7 @@ def _put_user(commit: Commit, uid: str, doc: dict) -> None:
     last = max(filter(None, doc["arch"]), default=doc["first"] or doc["plast"][0])
     hour = last - last % HOUR_MS
     commit.put(USER, uid, hour, orjson.dumps(doc))
-    commit.put(HEAD, uid, hour, orjson.dumps(head_of(doc)))
+    commit.put(HEAD, uid, hour, user_head.encode(doc))
 
 
 def _documents(rows: pa.Table, s: int, events: dict[str, list[list]],

@@ -28,10 +28,12 @@ LAYOUT = 2  # 2: minute rows with event logs (1 had millisecond rows, and marker
 # The user documents' own layout, recorded by each backend beside its data: 2 = trimmed to
 # aggregates before the horizon (`plast`, tiles of three counts, `h`), which the readers of
 # 1 (untrimmed; no record) cannot read; 3 = each document written with its head (`user_head`),
-# which a writer of 2 would leave stale (a document without a head is read from the document).
+# which a writer of 2 would leave stale (a document without a head is read from the document);
+# 4 = the head's value carries the profile's lists after a newline, which readers of 3 cannot
+# decode (a head of 3 without them is still read: the lists then come from the document).
 # A store recording a newer one than this code knows is refused by its writers and readers
 # alike (`check_docs_layout`).
-DOCS_LAYOUT = 3
+DOCS_LAYOUT = 4
 
 
 def check_docs_layout(found: int | None, where: str) -> None:

@@ -11,7 +11,12 @@ decoding the head costs a fraction of the document (a week-long user's document 
 campaign and domain it saw and a tile per hour with its last-event times: 14 KB at p99).
 
 A read at t at or before the user's latest impression or click (`last`) gets None: the
-document answers it (`user_state.profile_at`). The windows' spend adds the tiles' spend in hour
+document answers it (`user_state.profile_at`).
+
+The profile's lists (per-campaign counts and domains) follow the head in the same stored value,
+after a newline (`encode`), so a read of the counters alone decodes none of them: "now", every
+campaign and domain the user has is in them with its lifetime counts, so the lists are the
+document's own, sorted once at the write instead of at every read. The windows' spend adds the tiles' spend in hour
 order, not the document's order: equal within float rounding (the consistency tests' 1e-9).
 """
 
@@ -22,6 +27,8 @@ from collections.abc import Iterable
 from functools import partial
 from itertools import accumulate
 from operator import is_not, itemgetter
+
+import orjson
 
 from clicklake.platform.profiles import WINDOWS_H
 from clicklake.platform.timeutil import HOUR_MS
@@ -57,6 +64,39 @@ def head_of(doc: dict) -> list:
             len(doc["camps"]), len(doc["doms"]), base, [(h - base) // HOUR_MS for h in hours],
             list(accumulate(map(_i, vals), initial=0)),
             list(accumulate(map(_c, vals), initial=0)), list(map(_s, vals))]
+
+
+def lists_of(doc: dict) -> list:
+    """The profile's lists as of after every event of the document: [after, campaign names in
+    order, their impressions, their clicks, domains in order], `after` the latest first-seen
+    time among them (None when there is none): the lists answer instants past it."""
+    camps, doms = doc["camps"], doc["doms"]
+    names = sorted(camps)
+    firsts = [c[2] for c in camps.values()] + list(doms.values())
+    return [max(firsts, default=None), names, [camps[n][0] for n in names],
+            [camps[n][1] for n in names], sorted(doms)]
+
+
+def encode(doc: dict) -> bytes:
+    """The stored value: the head, a newline, the lists (orjson writes no raw newline)."""
+    return orjson.dumps(head_of(doc)) + b"\n" + orjson.dumps(lists_of(doc))
+
+
+def split(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(head, lists) of a stored value; lists None when the writer kept none (layout 3)."""
+    head, sep, lists = raw.partition(b"\n")
+    return head, lists if sep else None
+
+
+def lists_from_head(lists: list, t: int) -> tuple[dict[str, dict[str, int]], list[str]] | None:
+    """`user_state.campaigns_at(doc, t)` and `domains_at(doc, t)` from `lists_of(doc)`, for t
+    after the document's last event (the caller checks that with `profile_from_head`); None
+    when some campaign or domain is first seen at or after t (ask the document)."""
+    after, names, imps, clicks, domains = lists
+    if after is not None and t <= after:
+        return None
+    return ({n: {"impressions": i, "clicks": c} for n, i, c in zip(names, imps, clicks)},
+            domains)
 
 
 def profile_from_head(head: list, t: int) -> dict | None:
