@@ -302,9 +302,16 @@ class _Batch:
         self.imps: dict[str, dict] = {}
         self.segments = seg.Deltas()
         self.cache = _cache_of(state, commit.read_token)
+        # users of `users` with a click: the impressions' re-attribution pass skips the others
+        # (testing each impression's user document cost more than the pass, once per batch)
+        self.clickers: set[str] = set()
 
     def load_users(self, ids: Iterable[str]) -> None:
-        _load(self.state, USER, ids, self.users, us.new_user, self.cache)
+        users = self.users
+        before = len(users)
+        _load(self.state, USER, ids, users, us.new_user, self.cache)
+        if len(users) > before:  # the new ones come last (insertion order)
+            self.clickers.update(u for u, d in islice(users.items(), before, None) if d["n"][1])
 
     def load_imps(self, ids: Iterable[str]) -> None:
         _load(self.state, IMPRESSION, ids, self.imps, _new_imp, self.cache)
@@ -381,7 +388,7 @@ def _fold_impressions(b: _Batch, rows: list[tuple], country: list[str] | None) -
                     todo[(user, t, cid)] = None
     # A click attributed to "the user's latest impression" (via 0) may now have a later one:
     # the clicks of each user with any are scanned once (most users have none: skipped).
-    clicked = {u for u in set(uids) if users[u]["n"][1]}
+    clicked = b.clickers.intersection(uids)
     if clicked:
         by_user: dict[str, list[int]] = {}
         for user, ts in zip(uids, tss, strict=True):
@@ -415,6 +422,7 @@ def _fold_clicks(b: _Batch, rows: list[tuple], _countries: None = None) -> None:
     for cid, ts, user, camp, iid in rows:
         values, via = b.attribute(user, ts, iid)
         us.add_click(b.users[user], ts, cid, camp, iid, values, via)
+        b.clickers.add(user)
         if iid is not None:
             b.imps[iid]["refs"].append([user, ts, cid])
         b.segments.add_click(ts, camp, values)

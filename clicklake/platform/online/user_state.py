@@ -225,8 +225,7 @@ def _trim_before(doc: dict, horizon_ms: int, keep_ms: int) -> None:
     doc["arch"] = [arch_i, arch_c]
 
 
-def pred_order(p: list) -> tuple:
-    return p[0], p[1]
+pred_order = itemgetter(0, 1)  # predictions' order, (ts, id): a C-level key for `trim`'s max
 
 
 # -- answers as of t -------------------------------------------------------------------------------
