@@ -5,7 +5,9 @@
    platform functions the assets call (timed, reported as `lake_build`).
 2. FULL labeled build (every feature + the label) of every hour that has a next hour, as one
    range (`build_labeled_hours`, what a backfill run of the asset does: state carried from hour
-   to hour): impressions/s and peak RSS, in one process; then the same hours as two ranges
+   to hour): impressions/s and peak RSS, in one process (each next hour's reads, enrichment,
+   labels and segment counts prepared on a second thread while the hour is computed); the
+   same with everything on one thread (`prefetch=False`); then the same hours as two ranges
    (the first and second half) in 2 worker processes side by side, reported separately; and,
    for reference in the same run, the hours built one by one (`build_labeled_hour`, what a
    run of a single partition does, each hour reading everything it needs from the lake).
@@ -140,14 +142,16 @@ def _checked_writer(path: str) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, pa.schema([schema.field(c) for c in _CHECKED]))
 
 
-def _labeled_range(root: str, hours: list[int], path: str) -> tuple[float, int]:
+def _labeled_range(root: str, hours: list[int], path: str, prefetch: bool | None = None
+                   ) -> tuple[float, int]:
     """The full build of `hours` as one range (the asset's work minus its write), its compared
-    columns written to `path` hour by hour: build seconds (writes excluded) and rows."""
+    columns written to `path` hour by hour: build seconds (writes excluded) and rows.
+    `prefetch` as `build_labeled_hours` takes it (None: on when 2 CPUs or more)."""
     from clicklake.platform.labeled import build_labeled_hours
     from clicklake.platform.storage import Store
 
     build_s, rows = 0.0, 0
-    tables = build_labeled_hours(Store(root), hours, LABEL_WINDOW_MS)
+    tables = build_labeled_hours(Store(root), hours, LABEL_WINDOW_MS, prefetch=prefetch)
     with _checked_writer(path) as out:
         for _ in hours:
             t0 = time.perf_counter()
@@ -163,6 +167,13 @@ def phase_labeled(root: str, meta: dict, out_dir: str) -> dict:
     """The full labeled build of every labeled hour, one range in one process."""
     build_s, rows = _labeled_range(root, _hours(meta)[:-1],
                                    os.path.join(out_dir, "labeled.parquet"))
+    return {"seconds": build_s, "rows": rows}
+
+
+def phase_labeled_one_thread(root: str, meta: dict, out_dir: str) -> dict:
+    """The same range with no hour prepared ahead on a second thread: all on one core."""
+    build_s, rows = _labeled_range(root, _hours(meta)[:-1],
+                                   os.path.join(out_dir, "labeled_one_thread.parquet"), False)
     return {"seconds": build_s, "rows": rows}
 
 
@@ -390,6 +401,7 @@ def compare_rebuilds(out_dir: str, sample: int = 3000) -> dict:
 
 
 PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
+          "labeled_one_thread": phase_labeled_one_thread,
           "labeled_hourly": phase_labeled_hourly, "minimal_ours": phase_minimal_ours,
           "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb,
           "rebuild_seed": phase_rebuild_seed, "rebuild_refold": phase_rebuild_refold}
@@ -436,6 +448,7 @@ def compare(out_dir: str) -> dict:
     full = _sorted(os.path.join(out_dir, "labeled.parquet"))
     full2 = _sorted(*(os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)))
     hourly = _sorted(os.path.join(out_dir, "labeled_hourly.parquet"))
+    one = _sorted(os.path.join(out_dir, "labeled_one_thread.parquet"))
     ids = duck["impression_id"]
     if len(pc.unique(ids)) != len(ids):
         raise SystemExit("impression ids are not unique: the comparison needs them to be")
@@ -449,6 +462,8 @@ def compare(out_dir: str) -> dict:
                                      "n_clk": "user_clicks_life", "label": "label"}),
         ("full_build_hourly", hourly, {"n_imp": "user_impressions_life",
                                        "n_clk": "user_clicks_life", "label": "label"}),
+        ("full_build_one_thread", one, {"n_imp": "user_impressions_life",
+                                        "n_clk": "user_clicks_life", "label": "label"}),
     ):
         if not other["impression_id"].equals(ids):
             raise SystemExit(f"{name}: not the same impressions as the DuckDB baseline")
@@ -492,8 +507,8 @@ def main() -> None:
     out_dir = tempfile.mkdtemp(prefix="clicklake-bench-out-")
     try:
         phases = {name: run_phase(name, root, out_dir) for name in (
-            "duckdb", "minimal_ours", "minimal_ours_2proc", "labeled", "labeled_2proc",
-            "labeled_hourly")}
+            "duckdb", "minimal_ours", "minimal_ours_2proc", "labeled", "labeled_one_thread",
+            "labeled_2proc", "labeled_hourly")}
         check = compare(out_dir)
         rebuild = None
         if not args.no_online_rebuild:
@@ -508,6 +523,7 @@ def main() -> None:
     n = phases["labeled"]["rows"]
     lab, mini, duck = phases["labeled"], phases["minimal_ours"], phases["duckdb"]
     lab2, hourly = phases["labeled_2proc"], phases["labeled_hourly"]
+    one = phases["labeled_one_thread"]
     mini2 = phases["minimal_ours_2proc"]
     for p in (lab2, mini2):
         p["cpu_s"] += p.pop("workers_cpu_s")  # the phase's own CPU plus its workers'
@@ -521,6 +537,9 @@ def main() -> None:
         "full_labeled_build": {**lab, "impressions_per_s": n / lab["seconds"],
                                "impressions_per_cpu_s": n / lab["cpu_s"],
                                "peak_growth_mib_per_2m": lab["peak_growth_mib"] * 2e6 / n},
+        "full_labeled_build_one_thread": {
+            **one, "impressions_per_s": n / one["seconds"],
+            "impressions_per_cpu_s": n / one["cpu_s"]},
         "full_labeled_build_hour_by_hour": {
             **hourly, "impressions_per_s": n / hourly["seconds"],
             "impressions_per_cpu_s": n / hourly["cpu_s"]},
@@ -534,6 +553,8 @@ def main() -> None:
             "full_build_throughput_over_duckdb_minimal": duck["seconds"] / lab["seconds"],
             "full_build_2proc_throughput_over_duckdb_minimal": duck["seconds"] / lab2["seconds"],
             "full_build_range_cpu_over_hour_by_hour_cpu": lab["cpu_s"] / hourly["cpu_s"],
+            "full_build_throughput_over_one_thread": one["seconds"] / lab["seconds"],
+            "full_build_cpu_over_one_thread_cpu": lab["cpu_s"] / one["cpu_s"],
             "minimal_ours_cpu_over_duckdb_cpu": mini["cpu_s"] / duck["cpu_s"],
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
             "minimal_ours_2proc_throughput_over_duckdb": duck["seconds"] / mini2["seconds"],
@@ -550,7 +571,8 @@ def main() -> None:
           f"{meta['tiles_profiles_segments_s']:.1f} s")
     print(f"{'measure':<38} {'seconds':>8} {'CPU-s':>7} {'M imp/s':>8} {'peak MiB':>9} "
           f"{'growth MiB':>10}")
-    for label, p in (("full labeled build (ours)", lab), ("  same, 2 worker processes", lab2),
+    for label, p in (("full labeled build (ours)", lab), ("  same, one thread", one),
+                     ("  same, 2 worker processes", lab2),
                      ("  same, hour by hour (reference)", hourly),
                      ("minimal task (ours)", mini), ("  same, 2 worker processes", mini2),
                      ("minimal task (DuckDB SQL, 2 threads)", duck)):

@@ -46,12 +46,13 @@ def test_a_range_equals_its_hours_built_alone(tmp_path_factory, deliveries, wind
     for chosen in (labeled, [h for h, keep in zip(labeled, picked, strict=False) if keep]):
         if not chosen:
             continue
-        got = list(build_labeled_hours(store, chosen, window))
-        assert len(got) == len(chosen)
-        for h, table in zip(chosen, got, strict=True):
-            alone = build_labeled_hour(store, h, window)
-            assert table.equals(alone, check_metadata=True), (h, table.to_pylist(),
-                                                              alone.to_pylist())
+        alone = [build_labeled_hour(store, h, window) for h in chosen]
+        for prefetch in (True, False):  # the next hour prepared on a thread of its own, or not
+            got = list(build_labeled_hours(store, chosen, window, prefetch=prefetch))
+            assert len(got) == len(chosen)
+            for h, table, want in zip(chosen, got, alone, strict=True):
+                assert table.equals(want, check_metadata=True), (h, prefetch, table.to_pylist(),
+                                                                 want.to_pylist())
 
 
 @settings(max_examples=8, deadline=None,
@@ -95,6 +96,49 @@ def test_a_range_over_tiles_of_several_row_groups_equals_its_hours_alone(tmp_pat
     labeled = hours[:-1]
     for h, table in zip(labeled, build_labeled_hours(store, labeled, W), strict=True):
         assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h
+
+
+def _every_hour(hours: list[int]) -> list[tuple[str, dict, int]]:
+    """Deliveries (`streams()`'s form) of an impression, a click and a prediction each hour."""
+    out = []
+    for k, h in enumerate(hours):
+        imp = {"impression_id": f"i{k}", "ts": h + 600_000, "user_id": "u1",
+               "campaign_id": "c1", "domain": "a.com", "ip": "8.8.8.8", "user_agent": "curl/8",
+               "cost": 0.5}
+        out += [("impressions", imp, h + 700_000),
+                ("clicks", {"click_id": f"k{k}", "ts": h + 900_000, "user_id": "u1",
+                            "campaign_id": "c1", "impression_id": f"i{k}"}, h + 950_000),
+                ("predictions", {"prediction_id": f"p{k}", "ts": h + 300_000, "user_id": "u1",
+                                 "model": "m", "score": 0.5}, h + 350_000)]
+    return out
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_an_hour_that_cannot_be_built_fails_the_range_there(tmp_path, prefetch):
+    """An input of one hour that cannot be read (its raw predictions, read while the hour is
+    prepared, ahead of it when prefetching) fails the range at that hour as building it alone
+    does: the hours before it come out first."""
+    from clicklake.platform.raw import raw_key
+
+    store = Store(str(tmp_path))
+    hours = [H0 + k * HOUR_MS for k in range(N_HOURS + 2)]
+    fo.land(store, _every_hour(hours))
+    fo.build_lake(store, hours)
+    labeled = hours[:-1]
+    bad = 2
+    before = [build_labeled_hour(store, h, W) for h in labeled[:bad]]
+    assert all(t.num_rows == 1 for t in before)
+    with store.fs.open_output_stream(store.path(raw_key("predictions", labeled[bad]))) as f:
+        f.write(b"not parquet")
+    with pytest.raises(Exception) as alone:
+        build_labeled_hour(store, labeled[bad], W)
+    got = []
+    with pytest.raises(type(alone.value)):
+        for table in build_labeled_hours(store, labeled, W, prefetch=prefetch):
+            got.append(table)
+    assert len(got) == bad
+    for h, table, want in zip(labeled[:bad], got, before, strict=True):
+        assert table.equals(want, check_metadata=True), h
 
 
 def test_a_range_requires_ascending_hours(tmp_path):

@@ -77,8 +77,11 @@ static void release(Py_buffer *views, int n)
 
 /* Scratch memory kept from call to call. A fresh allocation of a few MiB per call (malloc maps
  * it, free unmaps it) cost more in page faults than the work itself: ~4,000 faults and ~10 ms per
- * labeled hour, against ~1 ms for the walk (measured). The functions using it keep the GIL,
- * which serializes their callers. */
+ * labeled hour, against ~1 ms for the walk (measured). The functions using it release the GIL
+ * for their walk and hold `scratch_lock` instead, which serializes them (not other threads). */
+static PyThread_type_lock scratch_lock;
+#define SCRATCH_BEGIN Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(scratch_lock, WAIT_LOCK);
+#define SCRATCH_END PyThread_release_lock(scratch_lock); Py_END_ALLOW_THREADS
 enum { SCRATCH_RUN, SCRATCH_PAIRS, SCRATCH_DOMAINS, SCRATCH_CODES, SCRATCH_FIRST, SCRATCH_N };
 static struct {
     void *p;
@@ -270,17 +273,15 @@ static PyObject *str_index(PyObject *self, PyObject *args)
                                           "or new codes not following the known strings");
         goto fail;
     }
-    if (add_from >= 0 && n > 0) {
-        first = scratch_get(SCRATCH_FIRST, (size_t)n * sizeof(int64_t)); /* new code -> query */
-        if (first == NULL) {
-            PyErr_NoMemory();
-            goto fail;
-        }
-    }
     uint64_t mask = (uint64_t)cap - 1;
     int64_t added = 0;
-    {
-    for (Py_ssize_t i = 0; i < n; i++) {
+    int nomem = 0;
+    SCRATCH_BEGIN
+    if (add_from >= 0 && n > 0) {
+        first = scratch_get(SCRATCH_FIRST, (size_t)n * sizeof(int64_t)); /* new code -> query */
+        nomem = first == NULL;
+    }
+    for (Py_ssize_t i = 0; i < n && !nomem; i++) {
         const uint8_t *p = qd + qo[i];
         int64_t len = (int64_t)qo[i + 1] - qo[i];
         uint64_t h = hash_bytes(p, len);
@@ -325,6 +326,10 @@ static PyObject *str_index(PyObject *self, PyObject *args)
         }
         out[i] = code;
     }
+    SCRATCH_END
+    if (nomem) {
+        PyErr_NoMemory();
+        goto fail;
     }
     if (full) {
         PyErr_SetString(PyExc_ValueError, full == 1 ? "str_index: the table is full"
@@ -540,10 +545,12 @@ static PyObject *hour_as_of(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "hour_as_of: an index or code out of range");
         goto fail;
     }
+    int mem;
+    SCRATCH_BEGIN
     UserRun *run = scratch_get(SCRATCH_RUN, ((size_t)nu + 1) * sizeof(UserRun));
     PairMap camps = {0};
     KeySet doms = {0};
-    int mem = run && pairmap_init(&camps, mi + mc, SCRATCH_PAIRS) == 0 &&
+    mem = run && pairmap_init(&camps, mi + mc, SCRATCH_PAIRS) == 0 &&
               keyset_init(&doms, mi, SCRATCH_DOMAINS) == 0;
     if (mem) {
         for (Py_ssize_t u = 0; u < nu; u++) {
@@ -625,6 +632,7 @@ static PyObject *hour_as_of(PyObject *self, PyObject *args)
             }
         }
     }
+    SCRATCH_END
     if (!mem) {
         PyErr_NoMemory();
         goto fail;
@@ -691,14 +699,13 @@ static PyObject *sums_as_of(PyObject *self, PyObject *args)
         goto fail;
     }
     size_t bytes = 2 * ((size_t)ncodes + 1) * sizeof(int64_t);
-    int64_t *sums = scratch_get(SCRATCH_CODES, bytes); /* per code: w1, w2 */
-    if (!sums) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    memset(sums, 0, bytes);
+    int64_t *sums;
+    SCRATCH_BEGIN
+    sums = scratch_get(SCRATCH_CODES, bytes); /* per code: w1, w2 */
+    if (sums)
+        memset(sums, 0, bytes);
     Py_ssize_t qi = 0, ei = 0;
-    while (qi < n) {
+    while (sums && qi < n) {
         Py_ssize_t k = q_order[qi];
         if (ei < m && e_ms[e_order[ei]] < q_t[k]) {
             Py_ssize_t e = e_order[ei++];
@@ -709,6 +716,11 @@ static PyObject *sums_as_of(PyObject *self, PyObject *args)
         qi++;
         O[k] = q_code[k] >= 0 ? sums[2 * q_code[k]] : 0;
         O[n + k] = q_code[k] >= 0 ? sums[2 * q_code[k] + 1] : 0;
+    }
+    SCRATCH_END
+    if (!sums) {
+        PyErr_NoMemory();
+        goto fail;
     }
     release(b, got);
     Py_RETURN_NONE;
@@ -748,15 +760,13 @@ static PyObject *latest_as_of(PyObject *self, PyObject *args)
     typedef struct {
         int64_t at, ms, rank;
     } Latest;
-    Latest *best = scratch_get(SCRATCH_CODES, ((size_t)ncodes + 1) * sizeof(Latest));
-    if (!best) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    for (Py_ssize_t c = 0; c < ncodes; c++)
+    Latest *best;
+    SCRATCH_BEGIN
+    best = scratch_get(SCRATCH_CODES, ((size_t)ncodes + 1) * sizeof(Latest));
+    for (Py_ssize_t c = 0; best && c < ncodes; c++)
         best[c].at = -1;
     Py_ssize_t qi = 0, ei = 0;
-    while (qi < n) {
+    while (best && qi < n) {
         Py_ssize_t k = q_order[qi];
         if (ei < m && e_ms[e_order[ei]] < q_t[k]) {
             Py_ssize_t e = e_order[ei++];
@@ -774,6 +784,11 @@ static PyObject *latest_as_of(PyObject *self, PyObject *args)
         int64_t at = q_code[k] >= 0 ? best[q_code[k]].at : -1;
         o_score[k] = at >= 0 ? e_score[at] : Py_NAN;
         o_when[k] = at >= 0 ? (double)e_ms[at] : Py_NAN;
+    }
+    SCRATCH_END
+    if (!best) {
+        PyErr_NoMemory();
+        goto fail;
     }
     release(b, got);
     Py_RETURN_NONE;
@@ -844,5 +859,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__hashkeys(void)
 {
+    scratch_lock = PyThread_allocate_lock();
+    if (scratch_lock == NULL)
+        return PyErr_NoMemory();
     return PyModule_Create(&module);
 }

@@ -205,12 +205,17 @@ class CarriedScores:
 
     def _read(self, hour_ms: int) -> tuple[pa.Array, np.ndarray, np.ndarray,
                                             pq.ParquetFile | None]:
+        return self.read_hour(self.store, hour_ms, self.lake_prefix)
+
+    @staticmethod
+    def read_hour(store: Store, hour_ms: int, lake_prefix: str = "lake"
+                  ) -> tuple[pa.Array, np.ndarray, np.ndarray, pq.ParquetFile | None]:
         """(user ids, ts, score, the file for `_tie_rank`) of a raw prediction hour (empty
         when missing)."""
-        key = raw_key("predictions", hour_ms, self.lake_prefix)
-        if not self.store.exists(key):
+        key = raw_key("predictions", hour_ms, lake_prefix)
+        if not store.exists(key):
             return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0), None
-        pf = self.store.parquet_file(key)
+        pf = store.parquet_file(key)
         part = pf.read(columns=["user_id", "ts", "score"], use_threads=False)
         users = part["user_id"].combine_chunks().cast(pa.string())
         score = part["score"].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -225,8 +230,8 @@ class CarriedScores:
             self.ts[code[sel]], self.score[code[sel]] = ts[sel], score[sel]
         self.as_of = hour_ms + HOUR_MS
 
-    def answer(self, hour_ms: int, user_codes: np.ndarray, ts_ms: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def answer(self, hour_ms: int, user_codes: np.ndarray, ts_ms: np.ndarray,
+               read: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(score, prediction ts) per query as `latest_scores_lake` answers it, for instants
         all in hour `hour_ms` (the hour right after the carried state); folds the hour in."""
         if self.as_of != hour_ms:
@@ -234,7 +239,7 @@ class CarriedScores:
         t = np.asarray(ts_ms, np.int64)
         if len(t) and (t.min() < hour_ms or t.max() >= hour_ms + HOUR_MS):
             raise ValueError("instants outside the hour")
-        users, p_ts, p_score, pf = self._read(hour_ms)
+        users, p_ts, p_score, pf = read if read is not None else self._read(hour_ms)
         code = self.users.codes(users)
         rank = _tie_rank(pf, code, p_ts)
         self._grow()
