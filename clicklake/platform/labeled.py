@@ -433,11 +433,20 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
 
 
 class _Inline:
-    """The executor's two calls, run in the caller's thread (`prefetch` off)."""
+    """The executor's two calls in the caller's thread (`prefetch` off): a job runs when its
+    result is asked for, so an hour is prepared after the hour before is built (one prepared
+    hour held at a time, not two)."""
 
-    @staticmethod
-    def submit(fn, *args) -> Future:
-        return _future(lambda: fn(*args))
+    class _Later:
+        def __init__(self, fn, args: tuple):
+            self.fn, self.args = fn, args
+
+        def result(self):
+            return self.fn(*self.args)
+
+    @classmethod
+    def submit(cls, fn, *args) -> _Later:
+        return cls._Later(fn, args)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         pass
