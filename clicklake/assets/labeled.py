@@ -119,11 +119,16 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     window_ms = config.label_window_minutes * 60_000
     checked: dict[str, list[HourOutcome]] = {name: [] for name, _ in LABELED_CHECKS}
     hours = run_hours(context)
-    # One pass over the range carries state from hour to hour; it builds an hour only when
-    # asked for the next table, so each hour is still checked for a complete next hour first.
-    tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix)
+    # One pass over the range carries state from hour to hour, reading each next hour ahead;
+    # it checks an hour's next hour is complete (`ready`) before reading anything of either,
+    # and a failed check fails the run at that hour, the hours before it written.
+    completeness: dict[int, dict] = {}
+
+    def ready(hour: int) -> None:
+        completeness[hour] = require_next_hour_complete(context, hour)
+
+    tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix, ready=ready)
     for hour in hours:
-        completeness = require_next_hour_complete(context, hour)
         table = next(tables)
         key = labeled_key(hour, lake.lake_prefix)
         nbytes = store.write_parquet(key, table)
@@ -142,7 +147,7 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
                 zero_copy_only=False)).sum()),
             "bytes": nbytes,
             "path": dg.MetadataValue.path(store.uri(key)),
-            **completeness,
+            **completeness.pop(hour),
         }, partition_key=hour_partition_key(hour))
         specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
         outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}

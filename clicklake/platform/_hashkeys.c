@@ -1,8 +1,8 @@
 /* Open-addressing hash tables for the carried state of a range of labeled hours.
  *
  * The tables live in arrays the caller owns (numpy arrays, passed through the buffer
- * protocol); these functions only probe and fill them (without the GIL, but for those using
- * the scratch memory below). Python decides when a table grows (see hashtables.py) and keeps it
+ * protocol); these functions only probe and fill them (without the GIL; those using the
+ * scratch memory below for long walks only). Python decides when a table grows (see hashtables.py) and keeps it
  * at most 70 % full, so a probe sequence always reaches an empty slot (checked all the same).
  * Linear probing over splitmix64-mixed keys.
  *
@@ -80,8 +80,20 @@ static void release(Py_buffer *views, int n)
  * labeled hour, against ~1 ms for the walk (measured). The functions using it release the GIL
  * for their walk and hold `scratch_lock` instead, which serializes them (not other threads). */
 static PyThread_type_lock scratch_lock;
-#define SCRATCH_BEGIN Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(scratch_lock, WAIT_LOCK);
-#define SCRATCH_END PyThread_release_lock(scratch_lock); Py_END_ALLOW_THREADS
+/* The GIL is let go only for a walk of NOGIL_MIN items or more: a tiny one (a REST request's
+ * as-of) would otherwise wait up to the interpreter's switch interval to take it back. Holding
+ * the GIL while waiting for `scratch_lock` cannot deadlock: its holder needs no GIL before it
+ * lets the lock go. */
+#define NOGIL_MIN 4096
+#define SCRATCH_BEGIN(work)                                                                     \
+    {                                                                                           \
+        PyThreadState *_save = (work) >= NOGIL_MIN ? PyEval_SaveThread() : NULL;               \
+        PyThread_acquire_lock(scratch_lock, WAIT_LOCK);
+#define SCRATCH_END                                                                             \
+    PyThread_release_lock(scratch_lock);                                                        \
+    if (_save)                                                                                  \
+        PyEval_RestoreThread(_save);                                                            \
+    }
 enum { SCRATCH_RUN, SCRATCH_PAIRS, SCRATCH_DOMAINS, SCRATCH_CODES, SCRATCH_FIRST, SCRATCH_N };
 static struct {
     void *p;
@@ -276,7 +288,7 @@ static PyObject *str_index(PyObject *self, PyObject *args)
     uint64_t mask = (uint64_t)cap - 1;
     int64_t added = 0;
     int nomem = 0;
-    SCRATCH_BEGIN
+    SCRATCH_BEGIN(n)
     if (add_from >= 0 && n > 0) {
         first = scratch_get(SCRATCH_FIRST, (size_t)n * sizeof(int64_t)); /* new code -> query */
         nomem = first == NULL;
@@ -546,7 +558,7 @@ static PyObject *hour_as_of(PyObject *self, PyObject *args)
         goto fail;
     }
     int mem;
-    SCRATCH_BEGIN
+    SCRATCH_BEGIN(n + mi + mc)
     UserRun *run = scratch_get(SCRATCH_RUN, ((size_t)nu + 1) * sizeof(UserRun));
     PairMap camps = {0};
     KeySet doms = {0};
@@ -700,7 +712,7 @@ static PyObject *sums_as_of(PyObject *self, PyObject *args)
     }
     size_t bytes = 2 * ((size_t)ncodes + 1) * sizeof(int64_t);
     int64_t *sums;
-    SCRATCH_BEGIN
+    SCRATCH_BEGIN(n + m)
     sums = scratch_get(SCRATCH_CODES, bytes); /* per code: w1, w2 */
     if (sums)
         memset(sums, 0, bytes);
@@ -761,7 +773,7 @@ static PyObject *latest_as_of(PyObject *self, PyObject *args)
         int64_t at, ms, rank;
     } Latest;
     Latest *best;
-    SCRATCH_BEGIN
+    SCRATCH_BEGIN(n + m)
     best = scratch_get(SCRATCH_CODES, ((size_t)ncodes + 1) * sizeof(Latest));
     for (Py_ssize_t c = 0; best && c < ncodes; c++)
         best[c].at = -1;

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -108,9 +108,8 @@ class FeatureContext:
 def _f(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if col.null_count == 0 and (pa.types.is_float64(col.type) or pa.types.is_int64(col.type)):
         # numpy's conversion of what Arrow's cast would give (counts, far below 2**53)
-        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-        parts = [c.to_numpy(zero_copy_only=False) for c in chunks]
-        v = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        v = (col.to_numpy() if isinstance(col, pa.ChunkedArray)  # no chunk at all: empty
+             else col.to_numpy(zero_copy_only=False))
         return v.astype(np.float64)
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
 
@@ -378,8 +377,8 @@ class _RangeCarry:
 
 
 def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT_LABEL_WINDOW_MS,
-                        lake_prefix: str = "lake", prefetch: bool | None = None
-                        ) -> Iterator[pa.Table]:
+                        lake_prefix: str = "lake", prefetch: bool | None = None,
+                        ready: Callable[[int], object] | None = None) -> Iterator[pa.Table]:
     """`build_labeled_hour` of each of `hours` (ascending), one table per hour, as they are
     built: the same rows, but the hours of the range share state instead of each reading it
     from the lake again: the latest score per user is updated from each prediction hour, the
@@ -388,13 +387,18 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
     that (a gap in the range or in the snapshot chain) starts its state afresh.
 
     `prefetch`: prepare each next hour on a background thread (None: when this process may run
-    on two CPUs or more; on one, the thread only adds switching: 3-15 % slower, measured)."""
+    on two CPUs or more; on one, the thread only adds switching: 3-15 % slower, measured).
+    `ready(h)`: called in the caller's thread before anything of hour h (or of the hour after
+    it, which labels it) is read, even ahead; what it raises is raised when hour h is asked for,
+    after the hours before it (the asset checks there that h's next hour is complete)."""
     hours = [int(h) for h in hours]
     if any(b <= a for a, b in itertools.pairwise(hours)):
         raise ValueError("hours must be ascending and distinct")
     if window_ms > HOUR_MS:
         raise ValueError("a label window longer than an hour needs more than the next hour")
     if len(hours) == 1:  # nothing to carry: reading what one hour needs is cheaper
+        if ready is not None:
+            ready(hours[0])
         yield build_labeled_hour(store, hours[0], window_ms, lake_prefix)
         return
     carry = _RangeCarry(store, lake_prefix)
@@ -404,22 +408,34 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
     # background thread while the hour before is computed: Parquet reads and most of Arrow's
     # and the hash tables' work run without the GIL, so the two overlap on two cores.
     if prefetch is None:
-        prefetch = len(os.sched_getaffinity(0)) >= 2
+        prefetch = _cpus() >= 2
     pool = ThreadPoolExecutor(1, thread_name_prefix="labeled-ahead") if prefetch else _Inline()
+
+    def submit(i: int, ahead: tuple[pa.Table, pa.Table] | None,
+               before: _PreparedHour | None) -> Future | _Inline.Later:
+        if ready is not None:
+            try:
+                ready(hours[i])
+            except Exception as e:  # noqa: BLE001 - raised again when hour i is asked for
+                failed: Future = Future()
+                failed.set_exception(e)
+                return failed
+        return pool.submit(_prepare_hour, store, hours, i, ahead, before, window_ms, lake_prefix)
+
     try:
-        job = pool.submit(_prepare_hour, store, hours, 0, None, None, window_ms, lake_prefix)
+        job = submit(0, None, None)
         for i, h in enumerate(hours):
             prep = job.result()
             more = i + 1 < len(hours) and hours[i + 1] == h + HOUR_MS
             if i + 1 < len(hours):
-                job = pool.submit(_prepare_hour, store, hours, i + 1,
-                                  (prep.nxt, prep.nxt_clk) if more else None,
-                                  prep if more else None, window_ms, lake_prefix)
+                job = submit(i + 1, (prep.nxt, prep.nxt_clk) if more else None,
+                             prep if more else None)
             if int(lookup.snapshot_hours().max(initial=-1)) < h - HOUR_MS:
                 lookup.snapshot_hours(refresh=True)  # see the snapshots a fresh lookup would see
             carry.start(h, prep.clk)
-            carry.ahead = {("tile", h - HOUR_MS): prep.tile,
-                           ("predictions", h): prep.predictions}
+            carry.ahead = {("predictions", h): prep.predictions}
+            if prep.tile is not None:
+                carry.ahead[("tile", h - HOUR_MS)] = prep.tile
             lookup.remember_raw("clicks", h, prep.clk)
             sources: dict[str, tuple] = {}
             features = compute_features(lake_feature_inputs(
@@ -437,7 +453,7 @@ class _Inline:
     result is asked for, so an hour is prepared after the hour before is built (one prepared
     hour held at a time, not two)."""
 
-    class _Later:
+    class Later:
         def __init__(self, fn, args: tuple):
             self.fn, self.args = fn, args
 
@@ -445,8 +461,8 @@ class _Inline:
             return self.fn(*self.args)
 
     @classmethod
-    def submit(cls, fn, *args) -> _Later:
-        return cls._Later(fn, args)
+    def submit(cls, fn, *args) -> Later:
+        return cls.Later(fn, args)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         pass
@@ -460,7 +476,7 @@ class _PreparedHour:
     nxt_clk: pa.Table
     enriched: pa.Table
     labeled: pa.Table
-    tile: Future
+    tile: Future | None  # None: not read ahead (no hour before it in the range to fold from)
     predictions: Future
     segments: dict[str, pa.Table]
     objects: dict[str, np.ndarray]
@@ -483,8 +499,11 @@ def _prepare_hour(store: Store, hours: list[int], i: int,
     enriched = enrich_impressions(imp)
     labeled = label_impressions(imp.select(list(PASSTHROUGH)), pa.concat_tables([clk, nxt_clk]),
                                 window_ms, context_impressions=nxt.select(_NEXT_COLUMNS))
-    # Read errors surface where the hour would have read them itself.
-    tile = _future(lambda: _read_tile(store, h - HOUR_MS, lake_prefix))
+    # Read errors surface where the hour would have read them itself. The tile of the hour
+    # before is folded only into the snapshot carried from that hour: after a gap, or for the
+    # first hour, the snapshot is read whole instead.
+    tile = (_future(lambda: _read_tile(store, h - HOUR_MS, lake_prefix)) if before is not None
+            else None)
     predictions = _future(lambda: CarriedScores.read_hour(store, h, lake_prefix))
     # The hour's segment counts: its events, the hour before's impressions (`before`, when it
     # is the hour before) for click countries, and the segment profile of the hour before.
@@ -496,6 +515,12 @@ def _prepare_hour(store: Store, hours: list[int], i: int,
     objects = {c: _objects(enriched[c]) for c in CATEGORICAL_INPUTS}
     return _PreparedHour(imp, clk, nxt, nxt_clk, enriched, labeled, tile, predictions,
                          segments, objects)
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (the affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 def _future(fn) -> Future:
