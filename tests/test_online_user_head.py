@@ -95,16 +95,23 @@ def _counters(p: dict) -> dict:
     return {k: v for k, v in p.items() if k not in ("campaigns", "domains")}
 
 
-def test_profile_without_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
-    store, state, online = env
+def _folded(store, state, monkeypatch, first_campaign: str = "c1") -> list[str]:
+    """u1's two impressions (the first on `first_campaign`) and a click on the second, folded;
+    the list the state's reads then append their namespaces to."""
     land(store, "impressions", H + 50 * MIN, [
-        impression("a", H - 30 * MIN, cost=0.5),
+        impression("a", H - 30 * MIN, cost=0.5, campaign=first_campaign),
         impression("b", H + 10 * MIN, cost=0.25, domain="x.com")], "1")
     land(store, "clicks", H + 55 * MIN, [click("k", H + 20 * MIN, "b")], "2")
     fold_files(state, store, store.list("landing/"))
-    reads = []
+    reads: list[str] = []
     get = state.get_docs
     monkeypatch.setattr(state, "get_docs", lambda ns, keys: reads.append(ns) or get(ns, keys))
+    return reads
+
+
+def test_profile_without_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
+    store, state, online = env
+    reads = _folded(store, state, monkeypatch)
     for t in (H + 20 * MIN + 1, H + 61 * MIN, H + 3 * 60 * MIN):  # after the click: the head
         reads.clear()
         p = online.profile("u1", t, lists=False)
@@ -171,14 +178,7 @@ def test_a_head_without_lists_is_a_layout_3_head():
 
 def test_profile_with_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
     store, state, online = env
-    land(store, "impressions", H + 50 * MIN, [
-        impression("a", H - 30 * MIN, cost=0.5, campaign="c2"),
-        impression("b", H + 10 * MIN, cost=0.25, domain="x.com")], "1")
-    land(store, "clicks", H + 55 * MIN, [click("k", H + 20 * MIN, "b")], "2")
-    fold_files(state, store, store.list("landing/"))
-    reads = []
-    get = state.get_docs
-    monkeypatch.setattr(state, "get_docs", lambda ns, keys: reads.append(ns) or get(ns, keys))
+    reads = _folded(store, state, monkeypatch, first_campaign="c2")
     now = H + 61 * MIN
     reads.clear()
     p = online.profile("u1", now)

@@ -183,7 +183,9 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     `whole_raw_hour`: `impressions` are exactly the raw impressions of one hour, so they double
     as that hour's events instead of being read and enriched again; `carried` (with
     `whole_raw_hour`) is the state a range of hours carries from the hour before; `sources`
-    as for `feature_inputs`."""
+    as for `feature_inputs`. `enriched` (`enrich_impressions` of `impressions`), `segments`
+    (their segment counts) and `objects` (their categorical inputs): made already by a range's
+    prepared hour (`_prepare_hour`), else made here."""
     n = impressions.num_rows
     users = impressions["user_id"].combine_chunks()
     camps = impressions["campaign_id"].combine_chunks()
@@ -207,11 +209,9 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
         enriched = enrich_impressions(impressions)
     if segments is None:
         segments = _hour_segments(store, impressions, enriched, camps, t, lake_prefix,
-                                  whole_raw_hour,
-                                  carried.segment_inputs() if carried else None)
+                                  whole_raw_hour, None)
     if carried:
         score, pred_ts = carried.scores(users, t, user_codes)
-        carried.hour_done(impressions, enriched)
     else:
         score, pred_ts = latest_scores_lake(store, users, t, PREDICTION_MAX_AGE_MS, lake_prefix)
     return feature_inputs(FeatureContext(enriched, profiles, user_campaign, segments, score,
@@ -244,7 +244,7 @@ def build_labeled_hour(store: Store, hour_ms: int, window_ms: int = DEFAULT_LABE
     sources: dict[str, tuple] = {}
     features = compute_features(lake_feature_inputs(store, imp, lake_prefix, whole_raw_hour=True,
                                                     sources=sources))
-    return _labeled_table(imp, clicks, nxt, features, window_ms, sources)
+    return _labeled_table(_labels(imp, clicks, nxt, window_ms), features, window_ms, sources)
 
 
 def _feature_column(name: str, values: np.ndarray, type_: pa.DataType,
@@ -259,13 +259,16 @@ def _feature_column(name: str, values: np.ndarray, type_: pa.DataType,
     return pa.array(values, type_, from_pandas=True)
 
 
-def _labeled_table(imp: pa.Table, clicks: pa.Table, nxt: pa.Table,
-                   features: dict[str, np.ndarray], window_ms: int,
-                   sources: dict[str, tuple] | None = None,
-                   labeled: pa.Table | None = None) -> pa.Table:
-    if labeled is None:
-        labeled = label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
-                                    context_impressions=nxt)
+def _labels(imp: pa.Table, clicks: pa.Table, nxt: pa.Table, window_ms: int) -> pa.Table:
+    """The hour's impressions (`PASSTHROUGH` columns) with their label: `clicks` of the hour and
+    the next, `nxt` the next hour's impressions as click-attribution candidates."""
+    return label_impressions(imp.select(list(PASSTHROUGH)), clicks, window_ms,
+                             context_impressions=nxt)
+
+
+def _labeled_table(labeled: pa.Table, features: dict[str, np.ndarray], window_ms: int,
+                   sources: dict[str, tuple] | None = None) -> pa.Table:
+    """`_labels`' table with the feature columns: the labeled dataset's rows."""
     schema = labeled_schema()
     columns = [labeled[c] for c in (*PASSTHROUGH, "label", "first_click_delay_ms")]
     columns += [_feature_column(name, features[name], schema.field(name).type, sources or {})
@@ -299,23 +302,22 @@ def _read_tile(store: Store, p: int, lake_prefix: str) -> pa.Table | None:
 
 class _RangeCarry:
     """What labeling hour H leaves for hour H+1 of the same range: every user's latest
-    prediction score (scores.CarriedScores), the user profile snapshot in memory
-    (profiles.CarriedSnapshot, folded with the next hour's tiles), and hour H's raw impressions
-    with their countries and H+1's raw clicks for the segment events of H+1."""
+    prediction score (scores.CarriedScores) and the user profile snapshot in memory
+    (profiles.CarriedSnapshot, folded with the next hour's tiles). The segment events of H+1
+    (H's impressions with their countries, H+1's clicks) go from one prepared hour to the next
+    (`_prepare_hour`)."""
 
     def __init__(self, store: Store, lake_prefix: str):
         self.store, self.lake_prefix = store, lake_prefix
         self.users = Interner()
         self.hour: int | None = None
-        self.clicks: pa.Table | None = None  # raw clicks of `hour`
         self._scores: CarriedScores | None = None
         self._snapshot: CarriedSnapshot | None = None
-        self._previous: tuple[int, pa.Table, pa.Array] | None = None  # (hour, impressions, countries)
         # inputs read ahead by a background thread: ("tile", p) / ("predictions", h) -> Future
         self.ahead: dict[tuple[str, int], Future] = {}
 
-    def start(self, hour_ms: int, clicks: pa.Table) -> None:
-        self.hour, self.clicks = hour_ms, clicks
+    def start(self, hour_ms: int) -> None:
+        self.hour = hour_ms
 
     def snapshot(self, lookup: LookupTable, t: np.ndarray) -> CarriedSnapshot | None:
         """The carried snapshot the lookup table's hour-after-snapshot path would read for
@@ -363,17 +365,6 @@ class _RangeCarry:
         ahead = self.ahead.pop(("predictions", self.hour), None)
         return self._scores.answer(self.hour, self.users.codes(user_ids) if codes is None
                                    else codes, t, ahead.result() if ahead is not None else None)
-
-    def segment_inputs(self) -> HourCarry:
-        prev = self._previous
-        if prev is not None and prev[0] == self.hour - HOUR_MS:
-            return HourCarry(prev[1], prev[2], self.clicks)
-        return HourCarry(clicks=self.clicks)
-
-    def hour_done(self, impressions: pa.Table, enriched: pa.Table) -> None:
-        # only what the next hour's click countries read (not the long user agent column)
-        self._previous = (self.hour, impressions.select(CLICK_COUNTRY_COLUMNS),
-                          enriched["country"].combine_chunks())
 
 
 def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT_LABEL_WINDOW_MS,
@@ -432,7 +423,7 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
                              prep if more else None)
             if int(lookup.snapshot_hours().max(initial=-1)) < h - HOUR_MS:
                 lookup.snapshot_hours(refresh=True)  # see the snapshots a fresh lookup would see
-            carry.start(h, prep.clk)
+            carry.start(h)
             carry.ahead = {("predictions", h): prep.predictions}
             if prep.tile is not None:
                 carry.ahead[("tile", h - HOUR_MS)] = prep.tile
@@ -442,8 +433,7 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
                 store, prep.imp, lake_prefix, lookup, whole_raw_hour=True, carried=carry,
                 sources=sources, enriched=prep.enriched, segments=prep.segments,
                 objects=prep.objects))
-            yield _labeled_table(prep.imp, None, None, features, window_ms, sources,
-                                 labeled=prep.labeled)
+            yield _labeled_table(prep.labeled, features, window_ms, sources)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -497,8 +487,7 @@ def _prepare_hour(store: Store, hours: list[int], i: int,
                None if more else _NEXT_COLUMNS, agents_encoded=True)
     nxt_clk = _raw(store, "clicks", h + HOUR_MS, lake_prefix)
     enriched = enrich_impressions(imp)
-    labeled = label_impressions(imp.select(list(PASSTHROUGH)), pa.concat_tables([clk, nxt_clk]),
-                                window_ms, context_impressions=nxt.select(_NEXT_COLUMNS))
+    labeled = _labels(imp, pa.concat_tables([clk, nxt_clk]), nxt.select(_NEXT_COLUMNS), window_ms)
     # Read errors surface where the hour would have read them itself. The tile of the hour
     # before is folded only into the snapshot carried from that hour: after a gap, or for the
     # first hour, the snapshot is read whole instead.
