@@ -181,6 +181,7 @@ def build_lake(root: str, hours: int, users: int) -> None:
     from clicklake.platform.simulate import generate
     from clicklake.platform.storage import Store
     from clicklake.platform.timeutil import parse_instant
+    from clicklake.platform.training import registry
     from clicklake.resources.endpoint import LocalModelServer
     from clicklake.resources.lake import LakeResource
     from clicklake.resources.online_store import SqliteOnlineStore
@@ -191,6 +192,11 @@ def build_lake(root: str, hours: int, users: int) -> None:
     run_flow({"lake": LakeResource(root=root), "trainer": LocalTrainer(),
               "endpoint": LocalModelServer(),
               "online_store": SqliteOnlineStore(path=f"{root}/online/online.db")}, start, hours)
+    store = Store(root)
+    if registry.champion(store) is None:  # every predict would be a 503: nothing to measure
+        last = registry.history(store)[-1:]
+        why = f"{last[0].model_id} {last[0].status}: {last[0].reason}" if last else "none trained"
+        raise SystemExit(f"the flow promoted no model ({why}): pick more --hours or --users")
 
 
 def predict_bodies(root: str, pairs: int) -> list[dict]:
@@ -417,8 +423,11 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=300, help="distinct predict bodies")
     ap.add_argument("--root", default=None, help="an existing lake with a champion model")
-    ap.add_argument("--hours", type=int, default=4)
-    ap.add_argument("--users", type=int, default=1500)
+    # 12 h: the training set keeps its last 4 labeled hours for validation, and a model trained
+    # on the 1-3 hours left scored AUC 0.5-0.64 on a small lake, under the gate's 0.6 floor: no
+    # champion, and every predict a 503 (3,000 users x 12 h: AUC 0.79, the lake in ~17 s).
+    ap.add_argument("--hours", type=int, default=12)
+    ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--source", choices=["lake", "online"], default="lake")
     ap.add_argument("--online-db", default=None,
                     help="--source online: this SQLite online store, already folded (default: "
