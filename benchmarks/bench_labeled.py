@@ -163,18 +163,17 @@ def _labeled_range(root: str, hours: list[int], path: str, prefetch: bool | None
     return build_s, rows
 
 
-def phase_labeled(root: str, meta: dict, out_dir: str) -> dict:
+def phase_labeled(root: str, meta: dict, out_dir: str, name: str = "labeled",
+                  prefetch: bool | None = None) -> dict:
     """The full labeled build of every labeled hour, one range in one process."""
     build_s, rows = _labeled_range(root, _hours(meta)[:-1],
-                                   os.path.join(out_dir, "labeled.parquet"))
+                                   os.path.join(out_dir, f"{name}.parquet"), prefetch)
     return {"seconds": build_s, "rows": rows}
 
 
 def phase_labeled_one_thread(root: str, meta: dict, out_dir: str) -> dict:
     """The same range with no hour prepared ahead on a second thread: all on one core."""
-    build_s, rows = _labeled_range(root, _hours(meta)[:-1],
-                                   os.path.join(out_dir, "labeled_one_thread.parquet"), False)
-    return {"seconds": build_s, "rows": rows}
+    return phase_labeled(root, meta, out_dir, "labeled_one_thread", prefetch=False)
 
 
 def phase_labeled_hourly(root: str, meta: dict, out_dir: str) -> dict:

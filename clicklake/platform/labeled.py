@@ -402,22 +402,23 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
         prefetch = _cpus() >= 2
     pool = ThreadPoolExecutor(1, thread_name_prefix="labeled-ahead") if prefetch else _Inline()
 
+    def continues(i: int) -> bool:  # the range's next hour is the hour after hours[i]
+        return i + 1 < len(hours) and hours[i + 1] == hours[i] + HOUR_MS
+
     def submit(i: int, ahead: tuple[pa.Table, pa.Table] | None,
                before: _PreparedHour | None) -> Future | _Inline.Later:
         if ready is not None:
-            try:
-                ready(hours[i])
-            except Exception as e:  # noqa: BLE001 - raised again when hour i is asked for
-                failed: Future = Future()
-                failed.set_exception(e)
-                return failed
-        return pool.submit(_prepare_hour, store, hours, i, ahead, before, window_ms, lake_prefix)
+            checked = _future(lambda: ready(hours[i]))  # what it raises: when hour i is asked for
+            if checked.exception() is not None:
+                return checked
+        return pool.submit(_prepare_hour, store, hours[i], continues(i), ahead, before,
+                           window_ms, lake_prefix)
 
     try:
         job = submit(0, None, None)
         for i, h in enumerate(hours):
             prep = job.result()
-            more = i + 1 < len(hours) and hours[i + 1] == h + HOUR_MS
+            more = continues(i)
             if i + 1 < len(hours):
                 job = submit(i + 1, (prep.nxt, prep.nxt_clk) if more else None,
                              prep if more else None)
@@ -472,17 +473,16 @@ class _PreparedHour:
     objects: dict[str, np.ndarray]
 
 
-def _prepare_hour(store: Store, hours: list[int], i: int,
+def _prepare_hour(store: Store, h: int, more: bool,
                   ahead: tuple[pa.Table, pa.Table] | None, before: _PreparedHour | None,
                   window_ms: int, lake_prefix: str) -> _PreparedHour:
-    """Hour `hours[i]`'s inputs that depend on no carried state (run in the background)."""
-    h = hours[i]
+    """Hour h's inputs that depend on no carried state (run in the background). `more`: the
+    range goes on to the next hour (its raw impressions are then read whole, to serve it)."""
     if ahead is not None:
         imp, clk = ahead
     else:
         imp = _raw(store, "impressions", h, lake_prefix, agents_encoded=True)
         clk = _raw(store, "clicks", h, lake_prefix)
-    more = i + 1 < len(hours) and hours[i + 1] == h + HOUR_MS
     nxt = _raw(store, "impressions", h + HOUR_MS, lake_prefix,
                None if more else _NEXT_COLUMNS, agents_encoded=True)
     nxt_clk = _raw(store, "clicks", h + HOUR_MS, lake_prefix)

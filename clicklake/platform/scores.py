@@ -180,7 +180,8 @@ class CarriedScores:
         self.score = np.zeros(0, np.float64)
         self.as_of = self._first_read(first_hour_ms)
         # The day before, read first and coded in one pass, then folded oldest first.
-        days = [self._read(h) for h in range(self.as_of, first_hour_ms, HOUR_MS)]
+        days = [self.read_hour(self.store, h, self.lake_prefix)
+                for h in range(self.as_of, first_hour_ms, HOUR_MS)]
         if days:
             codes = self.users.codes(pa.concat_arrays([d[0] for d in days]))  # one lookup
             self._grow()
@@ -202,10 +203,6 @@ class CarriedScores:
             extra = n - len(self.ts) + max(n // 2, 1024)
             self.ts = np.concatenate([self.ts, np.full(extra, _NO_TS)])
             self.score = np.concatenate([self.score, np.full(extra, np.nan)])
-
-    def _read(self, hour_ms: int) -> tuple[pa.Array, np.ndarray, np.ndarray,
-                                            pq.ParquetFile | None]:
-        return self.read_hour(self.store, hour_ms, self.lake_prefix)
 
     @staticmethod
     def read_hour(store: Store, hour_ms: int, lake_prefix: str = "lake"
@@ -233,13 +230,15 @@ class CarriedScores:
     def answer(self, hour_ms: int, user_codes: np.ndarray, ts_ms: np.ndarray,
                read: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(score, prediction ts) per query as `latest_scores_lake` answers it, for instants
-        all in hour `hour_ms` (the hour right after the carried state); folds the hour in."""
+        all in hour `hour_ms` (the hour right after the carried state); folds the hour in.
+        `read`: `read_hour` of that hour, when the caller has read it already (ahead)."""
         if self.as_of != hour_ms:
             raise ValueError(f"carried scores are as of {self.as_of}, not {hour_ms}")
         t = np.asarray(ts_ms, np.int64)
         if len(t) and (t.min() < hour_ms or t.max() >= hour_ms + HOUR_MS):
             raise ValueError("instants outside the hour")
-        users, p_ts, p_score, pf = read if read is not None else self._read(hour_ms)
+        users, p_ts, p_score, pf = read if read is not None else self.read_hour(
+            self.store, hour_ms, self.lake_prefix)
         code = self.users.codes(users)
         rank = _tie_rank(pf, code, p_ts)
         self._grow()
