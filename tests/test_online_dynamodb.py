@@ -10,10 +10,11 @@ import uuid
 import pytest
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+from clicklake.platform.online.fold import order_files
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, parse_instant
 from clicklake.resources.online_store import DynamoDbOnlineStore, DynamoState
-from tests.online_helpers import generated
+from tests.online_helpers import folded_in_order, generated
 
 START = parse_instant("2026-11-23T00:00:00Z")
 
@@ -78,7 +79,10 @@ def test_crash_between_transactions_of_one_file_is_finished_from_the_intent(
     files_started = {"n": 0}
 
     def crash_after_one_chunk_of_a_later_file(**kw):
-        chunk = int(kw["TransactItems"][-1]["Put"]["Item"]["sk"]["N"])
+        marker = kw["TransactItems"][-1].get("Put", {}).get("Item", {})
+        if not marker.get("pk", {}).get("S", "").startswith("a#"):
+            return real(**kw)  # not a chunk: the pending put with its version check
+        chunk = int(marker["sk"]["N"])
         if chunk == 0:
             files_started["n"] += 1
         if files_started["n"] >= 3 and chunk == 1:
@@ -263,3 +267,129 @@ def test_heads_are_written_after_their_documents(moto_endpoint):
     commit.docs[IMPRESSION] = {"i1": (0, b"{}")}
     kinds = [op[1].split("#")[1] for op in _dynamo(moto_endpoint)._ops(commit) if op[0] == "d"]
     assert kinds == [IMPRESSION, USER, HEAD]
+
+
+# -- two writers on one table: a batch read before another writer's commit is folded again -----
+
+
+def _two_writers(moto_endpoint) -> tuple[DynamoState, DynamoState]:
+    a = _dynamo(moto_endpoint)
+    return a, DynamoState(a.table, moto_endpoint, "us-east-1")
+
+
+def _parts(landing_zone) -> tuple[list[str], list[str], list[str]]:
+    keys = [lf.key for lf, _ in order_files(landing_zone.list("landing/"))[0]]
+    assert len(keys) >= 12
+    return keys[:4], keys[4:len(keys) // 2], keys[len(keys) // 2:]
+
+
+@pytest.mark.parametrize("when", ["before its commit", "between its reads",
+                                  "between its check and its intent"])
+def test_a_batch_overtaken_by_another_writers_commit_is_folded_again(moto_endpoint, landing_zone,
+                                                                       tmp_path, when):
+    # The last: the version check inside the intent's transaction catches what the check
+    # before it could not see.
+    first, mine, theirs = _parts(landing_zone)
+    a, b = _two_writers(moto_endpoint)
+    fold_files(a, landing_zone, first, files_per_commit=len(first))
+    overtaken = []
+
+    def theirs_once():
+        if not overtaken:
+            overtaken.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
+
+    if when == "before its commit":
+        real_commit = a.commit
+        a.commit = lambda commit: (theirs_once(), real_commit(commit))[1]
+    elif when == "between its check and its intent":
+        real_intent = a._write_intent
+        a._write_intent = lambda *args, **kw: (theirs_once(), real_intent(*args, **kw))[1]
+    else:
+        real_get = a.get_docs
+
+        def get_docs(ns, ids):
+            found = real_get(ns, ids)
+            if ns == "user":  # the batch's documents
+                theirs_once()
+            return found
+
+        a.get_docs = get_docs
+    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
+    assert overtaken[0].files == len(theirs) and report.files == len(mine)
+    assert report.conflicts == 1
+    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
+    assert a.dump() == expected.dump()
+
+
+def test_a_commit_another_writer_left_pending_is_finished_and_the_batch_folded_again(
+        moto_endpoint, landing_zone, tmp_path):
+    # The other writer dies between the transactions of its commit, after this batch read: this
+    # writer's commit finishes that one from its intent first, then folds its files again from
+    # a fresh read (`commit` says the state moved: False).
+    first, mine, theirs = _parts(landing_zone)
+    a, b = _two_writers(moto_endpoint)
+    fold_files(a, landing_zone, first, files_per_commit=len(first))
+    # Their commit takes several transactions (both writers cut the same chunks, as one
+    # version of clicklake does: the replay must find the chunk markers of the first attempt).
+    a.transaction_items = b.transaction_items = 10
+    real = b.client.transact_write_items
+
+    def dies_after_one_chunk(**kw):
+        marker = kw["TransactItems"][-1].get("Put", {}).get("Item", {})
+        if marker.get("pk", {}).get("S", "").startswith("a#") and marker["sk"]["N"] == "1":
+            raise _CrashAfter
+        return real(**kw)
+
+    b.client.transact_write_items = dies_after_one_chunk
+    real_commit, died = a.commit, []
+
+    def after_theirs_died(commit):
+        if not died:
+            with pytest.raises(_CrashAfter):
+                fold_files(b, landing_zone, theirs, files_per_commit=len(theirs))
+            died.append(True)
+            assert a._get("meta#pending") is not None
+        return real_commit(commit)
+
+    a.commit = after_theirs_died
+    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
+    assert report.files == len(mine) and died
+    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
+    assert a.dump() == expected.dump()
+    assert a._get("meta#pending") is None and a._scan("i#") == []
+
+
+def test_documents_kept_from_before_another_writers_commit_are_not_reused(
+        moto_endpoint, landing_zone, tmp_path):
+    # A writer keeps its last commit's documents decoded for its next batch (its own commits
+    # keep its token); another writer's commit in between makes them stale: read again.
+    first, mine, theirs = _parts(landing_zone)
+    ours = first + mine
+    a, b = _two_writers(moto_endpoint)
+    real, done = a.commit, []
+
+    def then_theirs(commit):
+        ok = real(commit)
+        if not done:  # after this run's first commit, before its second batch reads
+            done.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
+        return ok
+
+    a.commit = then_theirs
+    half = len(ours) // 2
+    report = fold_files(a, landing_zone, ours, files_per_commit=half)
+    assert report.files == len(ours) and report.conflicts == 0
+    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"),
+                               [ours[:half], theirs, ours[half:2 * half], ours[2 * half:]])
+    assert a.dump() == expected.dump()
+
+
+def test_a_writers_own_commits_keep_its_token(moto_endpoint, landing_zone):
+    first, mine, _ = _parts(landing_zone)
+    a, b = _two_writers(moto_endpoint)
+    token = a.cache_token()
+    fold_files(a, landing_zone, first, files_per_commit=2)
+    assert a.cache_token() == token  # its decoded documents stay valid
+    fold_files(b, landing_zone, mine[:1])
+    assert a.cache_token() != token
+    a.clear()  # a rebuild: the version is kept and moved, so no token from before matches
+    assert b.cache_token() not in (token, None) and b._version() > 0

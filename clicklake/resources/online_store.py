@@ -18,9 +18,17 @@ named by its first file's key:
 Every fold starts with `recover()`: a `pending` commit is finished from its stored intent (never a
 recomputed one), skipping the chunks whose marker exists; one that died before its marker is
 dropped (nothing of it was applied); one whose marker is already `done` (every update, record and
-the watermark landed) only has its clean-up finished. One folder at a time is assumed (the sensor's runs are
-serialized by the `online_fold` pool in deploy/dagster.yaml); SQLite needs no such care: one
-transaction holds a commit, and it refuses a batch another writer's commit overtook (`Conflict`).
+the watermark landed) only has its clean-up finished.
+
+Two folders at once. A batch reads its documents before its commit, so a commit another writer
+made in between would be overwritten. Every applied commit (a replay too) adds one to
+`meta#version` after its file records; a fold takes the version before it reads
+(`cache_token`), and step 1's `meta#pending` put is one transaction with a check that the version
+is still the one this writer last saw: otherwise the batch is refused (`Conflict`) and the fold
+reads and folds it again, as on SQLite, where one transaction holds a commit. A commit pending
+from another writer is finished by `recover()` first (its steps are idempotent), which moves the
+version. The `online_fold` pool (deploy/dagster.yaml) still runs the sensor's folds one at a
+time, so that they do not spend their work on refused batches.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from clicklake.platform.online.state import (
     DOCS_LAYOUT,
     Cell,
     Commit,
+    Conflict,
     FileRecord,
     StaleLayout,
     canonical_log,
@@ -53,6 +62,7 @@ DEFAULT_SQLITE_PATH = "data/online/online.db"
 _TRANSACTION_ITEMS = 100
 _INTENT_BYTES = 300_000  # per intent item (DynamoDB items hold at most 400 KB)
 _PENDING = "meta#pending"  # names the commit being applied, so any rerun finishes it first
+_VERSION = "meta#version"  # commits applied so far (`v`): a batch read before one is refused
 # A minute row's event log grows with every event of the minute (~6 bytes each): one item would
 # pass DynamoDB's 400 KB at ~1,100 events/s on a busy segment. So each commit puts its part of a
 # log as items of its own (`l#table#pk#minute`, sk = the commit's tag + a part number), at most
@@ -166,6 +176,10 @@ class DynamoState(StateStore):
                  create: bool = False):
         self.table = table
         self.client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region)
+        # The version this object expects (its own commits move it) and the token it gives for
+        # it: unchanged by this object's commits, changed by any other writer's.
+        self._seen: int | None = None
+        self._token = 0
         if create:
             self.create_table()
 
@@ -279,6 +293,27 @@ class DynamoState(StateStore):
         item = self._get("meta#watermark")
         return None if item is None else _n(item["wm"])
 
+    def _version(self) -> int:
+        item = self._get(_VERSION)
+        return 0 if item is None else _n(item["v"])
+
+    def cache_token(self) -> object | None:
+        v = self._version()
+        if v != self._seen:  # another writer committed (or a first look): a new token
+            self._seen, self._token = v, v
+        return ("dynamodb", self._token)
+
+    def _bump_version(self, own: bool) -> None:
+        """One more applied commit. `own`: this object's commit, which keeps its token when
+        the version was the one it expected (no other writer's commit came between)."""
+        old = self.client.update_item(
+            TableName=self.table, Key=self._key(_VERSION), UpdateExpression="ADD v :one",
+            ExpressionAttributeValues={":one": {"N": "1"}}, ReturnValues="UPDATED_OLD"
+        ).get("Attributes")
+        before = 0 if old is None else _n(old["v"])
+        if own and self._seen == before:
+            self._seen = before + 1
+
     def folded(self, file_keys: Sequence[str]) -> set[str]:
         items = self._batch_get([self._key("f#" + k) for k in dict.fromkeys(file_keys)])
         return {i["pk"]["S"][2:] for i in items if i["state"]["S"] == "done"}
@@ -313,10 +348,31 @@ class DynamoState(StateStore):
             ops += [["m", "m#" + k, hour] for k in sorted(set(keys))]
         return ops
 
-    def _write_intent(self, commit: Commit) -> tuple[list[list], int]:
+    def _write_intent(self, commit: Commit, checked: bool = False) -> tuple[list[list], int]:
+        """Step 1. `checked`: the pending put only while the version is the one this object
+        expects (one transaction), else `Conflict`: another writer committed, or is committing,
+        after this batch was read."""
         name = commit.file_key
-        self.client.put_item(TableName=self.table, Item={**self._key(_PENDING), "id": {"S": name}},
-                             ConditionExpression="attribute_not_exists(pk)")
+        pending = {"TableName": self.table, "Item": {**self._key(_PENDING), "id": {"S": name}},
+                   "ConditionExpression": "attribute_not_exists(pk)"}
+        if not checked:
+            self.client.put_item(**pending)
+        else:
+            seen = {"TableName": self.table, "Key": self._key(_VERSION)}
+            if self._seen:
+                seen.update(ConditionExpression="v = :v",
+                            ExpressionAttributeValues={":v": {"N": str(self._seen)}})
+            else:
+                seen["ConditionExpression"] = "attribute_not_exists(v) OR v = :zero"
+                seen["ExpressionAttributeValues"] = {":zero": {"N": "0"}}
+            try:
+                self.client.transact_write_items(
+                    TransactItems=[{"Put": pending}, {"ConditionCheck": seen}])
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                raise Conflict(f"DynamoDB table {self.table}: another writer committed, or is "
+                               f"committing, after the batch read it") from exc
         ops = self._ops(commit)
         body = orjson.dumps({"ops": ops, "files": [[f.key, f.arrival_ms, f.stats]
                                                    for f in commit.files]})
@@ -364,11 +420,14 @@ class DynamoState(StateStore):
         marker = self._get("f#" + name)
         if marker is None or marker["state"]["S"] == "done":
             # None: died writing the intent, nothing applied. Done: everything landed (the
-            # watermark moves before the records turn done); only the clean-up was cut short.
+            # watermark moves before the records turn done); only the clean-up was cut short,
+            # and maybe the version's move.
+            if marker is not None:
+                self._bump_version(own=False)
             self._clean_up(name)
             return []
         ops, files = self._read_intent(name)
-        self._apply(name, ops, files)
+        self._apply(name, ops, files, own=False)
         return files
 
     def _check_layout(self) -> None:
@@ -400,13 +459,15 @@ class DynamoState(StateStore):
         self.check_readable()  # every commit: a writer of a newer layout may have come since
         if self.recover() or self.folded([f.key for f in commit.files]):
             return False  # the state moved under this commit: it was computed from an older one
-        ops, _ = self._write_intent(commit)
-        self._apply(commit.file_key, ops, commit.files)
+        if commit.read_token is not None and commit.read_token != self.cache_token():
+            raise Conflict(f"DynamoDB table {self.table} changed after the batch read it")
+        ops, _ = self._write_intent(commit, checked=commit.read_token is not None)
+        self._apply(commit.file_key, ops, commit.files, own=True)
         return True
 
-    def _apply(self, name: str, ops: list[list], files: list[FileRecord]) -> None:
+    def _apply(self, name: str, ops: list[list], files: list[FileRecord], own: bool) -> None:
         """Steps 2 and 3 of the protocol: each chunk once, then the file records, the
-        watermark, and the intent's removal."""
+        version, and the intent's removal (`own`: this object's commit, not a replay)."""
         for n, part in enumerate(_chunk_ops(ops, self.transaction_items - 1)):
             applied = {"Put": {"TableName": self.table, "Item": self._key(
                 "a#" + name, n), "ConditionExpression": "attribute_not_exists(pk)"}}
@@ -435,6 +496,9 @@ class DynamoState(StateStore):
             self.client.put_item(TableName=self.table, Item={
                 **self._key("f#" + f.key), "state": {"S": "done"},
                 "arrival": {"N": str(f.arrival_ms)}, "stats": {"B": orjson.dumps(f.stats)}})
+        # Before the clean-up: a writer that sees no commit pending sees its version. (A replay
+        # cut short after this adds one more: tokens only change more often.)
+        self._bump_version(own)
         self._clean_up(name)
 
     def _clean_up(self, name: str) -> None:
@@ -512,5 +576,7 @@ class DynamoState(StateStore):
     def clear(self) -> None:
         self._layout_ok = False
         for item in self._scan(""):
-            self.client.delete_item(TableName=self.table,
-                                    Key=self._key(item["pk"]["S"], _n(item["sk"])))
+            if item["pk"]["S"] != _VERSION:  # kept and moved: a token from before never matches
+                self.client.delete_item(TableName=self.table,
+                                        Key=self._key(item["pk"]["S"], _n(item["sk"])))
+        self._bump_version(own=False)
