@@ -284,11 +284,11 @@ def _parts(landing_zone) -> tuple[list[str], list[str], list[str]]:
 
 
 @pytest.mark.parametrize("when", ["before its commit", "between its reads",
-                                  "between its check and its intent"])
+                                  "inside its commit, just before its intent"])
 def test_a_batch_overtaken_by_another_writers_commit_is_folded_again(moto_endpoint, landing_zone,
                                                                        tmp_path, when):
-    # The last: the version check inside the intent's transaction catches what the check
-    # before it could not see.
+    # The last: after the commit's recovery and folded checks, so only the version check in the
+    # pending put's transaction can see it.
     first, mine, theirs = _parts(landing_zone)
     a, b = _two_writers(moto_endpoint)
     fold_files(a, landing_zone, first, files_per_commit=len(first))
@@ -301,7 +301,7 @@ def test_a_batch_overtaken_by_another_writers_commit_is_folded_again(moto_endpoi
     if when == "before its commit":
         real_commit = a.commit
         a.commit = lambda commit: (theirs_once(), real_commit(commit))[1]
-    elif when == "between its check and its intent":
+    elif when == "inside its commit, just before its intent":
         real_intent = a._write_intent
         a._write_intent = lambda *args, **kw: (theirs_once(), real_intent(*args, **kw))[1]
     else:

@@ -24,8 +24,8 @@ Two folders at once. A batch reads its documents before its commit, so a commit 
 made in between would be overwritten. Every applied commit (a replay too) adds one to
 `meta#version` after its file records; a fold takes the version before it reads
 (`cache_token`), and step 1's `meta#pending` put is one transaction with a check that the version
-is still the one this writer last saw: otherwise the batch is refused (`Conflict`) and the fold
-reads and folds it again, as on SQLite, where one transaction holds a commit. A commit pending
+is still that one (moved only by this writer's own commits since): otherwise the batch is refused
+(`Conflict`) and the fold reads and folds it again, as on SQLite, where one transaction holds a commit. A commit pending
 from another writer is finished by `recover()` first (its steps are idempotent), which moves the
 version. The `online_fold` pool (deploy/dagster.yaml) still runs the sensor's folds one at a
 time, so that they do not spend their work on refused batches.
@@ -349,22 +349,19 @@ class DynamoState(StateStore):
         return ops
 
     def _write_intent(self, commit: Commit, checked: bool = False) -> tuple[list[list], int]:
-        """Step 1. `checked`: the pending put only while the version is the one this object
-        expects (one transaction), else `Conflict`: another writer committed, or is committing,
-        after this batch was read."""
+        """Step 1. `checked` (the batch took `cache_token` before its reads): the pending put
+        only while the version is still the one this object expects (one transaction), else
+        `Conflict`: another writer committed, or is committing, after the batch read."""
         name = commit.file_key
         pending = {"TableName": self.table, "Item": {**self._key(_PENDING), "id": {"S": name}},
                    "ConditionExpression": "attribute_not_exists(pk)"}
         if not checked:
             self.client.put_item(**pending)
         else:
-            seen = {"TableName": self.table, "Key": self._key(_VERSION)}
-            if self._seen:
-                seen.update(ConditionExpression="v = :v",
-                            ExpressionAttributeValues={":v": {"N": str(self._seen)}})
-            else:
-                seen["ConditionExpression"] = "attribute_not_exists(v) OR v = :zero"
-                seen["ExpressionAttributeValues"] = {":zero": {"N": "0"}}
+            v = self._seen or 0
+            seen = {"TableName": self.table, "Key": self._key(_VERSION),
+                    "ConditionExpression": "v = :v" if v else "attribute_not_exists(v) OR v = :v",
+                    "ExpressionAttributeValues": {":v": {"N": str(v)}}}
             try:
                 self.client.transact_write_items(
                     TransactItems=[{"Put": pending}, {"ConditionCheck": seen}])
@@ -459,8 +456,6 @@ class DynamoState(StateStore):
         self.check_readable()  # every commit: a writer of a newer layout may have come since
         if self.recover() or self.folded([f.key for f in commit.files]):
             return False  # the state moved under this commit: it was computed from an older one
-        if commit.read_token is not None and commit.read_token != self.cache_token():
-            raise Conflict(f"DynamoDB table {self.table} changed after the batch read it")
         ops, _ = self._write_intent(commit, checked=commit.read_token is not None)
         self._apply(commit.file_key, ops, commit.files, own=True)
         return True
