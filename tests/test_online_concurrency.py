@@ -20,7 +20,12 @@ from clicklake.platform.online.fold import order_files
 from clicklake.platform.online.state import Conflict
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import parse_instant
-from tests.online_helpers import close_enough, folded_in_order, generated
+from tests.online_helpers import (
+    close_enough,
+    generated,
+    overtaken_fold,
+    stale_cache_fold,
+)
 
 START = parse_instant("2026-11-22T00:00:00Z")
 
@@ -50,35 +55,10 @@ def test_a_batch_overtaken_by_another_writers_commit_is_folded_again(landing_zon
     # The other writer commits after this batch began reading: just before its transaction,
     # or while it reads its documents (the token must be taken before the first read).
     keys = _keys(landing_zone)
-    first, mine, theirs = keys[:10], keys[10:40], keys[40:]
     db = str(tmp_path / "online.db")
     a, b = SqliteState(db), SqliteState(db)
-    fold_files(a, landing_zone, first, files_per_commit=10)
-    overtaken = []
-
-    def theirs_once():
-        if not overtaken:
-            overtaken.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
-
-    if when == "before its commit":
-        real_commit = a.commit
-        a.commit = lambda commit: (theirs_once(), real_commit(commit))[1]
-    else:
-        real_get = a.get_docs
-
-        def get_docs(ns, ids):
-            found = real_get(ns, ids)
-            if ns == "user":  # the batch's documents
-                theirs_once()
-            return found
-
-        a.get_docs = get_docs
-    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
-    assert overtaken[0].files == len(theirs) and report.files == len(mine)
-    assert report.conflicts == 1
-    # The same files folded one writer at a time, theirs before mine (the order they landed in).
-    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
-    assert SqliteState(db).dump() == expected.dump()
+    overtaken_fold(a, b, landing_zone, keys[:10], keys[10:40], keys[40:], when,
+                   str(tmp_path / "expected.db"))
 
 
 def test_a_commit_made_while_this_one_waits_for_the_lock_is_caught(landing_zone, tmp_path):
@@ -117,23 +97,9 @@ def test_documents_kept_from_before_another_writers_commit_are_not_reused(landin
     # The fold keeps its last commit's documents decoded for its next one; another writer
     # committing in between makes them stale, so the next batch reads them again.
     keys = _keys(landing_zone)
-    first, theirs = keys[:40], keys[40:]
     db = str(tmp_path / "online.db")
-    a, b = SqliteState(db), SqliteState(db)
-    real, done = a.commit, []
-
-    def then_theirs(commit):
-        ok = real(commit)
-        if not done:  # after this run's first commit, before its second batch starts
-            done.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
-        return ok
-
-    a.commit = then_theirs
-    report = fold_files(a, landing_zone, first, files_per_commit=20)
-    assert report.files == 40 and report.conflicts == 0
-    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"),
-                               [first[:20], theirs, first[20:]])
-    assert SqliteState(db).dump() == expected.dump()
+    stale_cache_fold(SqliteState(db), SqliteState(db), landing_zone, keys[:40], keys[40:], 20,
+                     str(tmp_path / "expected.db"))
 
 
 def test_a_store_that_never_settles_gives_up_with_nothing_applied(landing_zone, tmp_path,

@@ -14,7 +14,7 @@ from clicklake.platform.online.fold import order_files
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, parse_instant
 from clicklake.resources.online_store import DynamoDbOnlineStore, DynamoState
-from tests.online_helpers import folded_in_order, generated
+from tests.online_helpers import folded_in_order, generated, overtaken_fold, stale_cache_fold
 
 START = parse_instant("2026-11-23T00:00:00Z")
 
@@ -284,41 +284,14 @@ def _parts(landing_zone) -> tuple[list[str], list[str], list[str]]:
 
 
 @pytest.mark.parametrize("when", ["before its commit", "between its reads",
-                                  "inside its commit, just before its intent"])
+                                  "just before its intent"])
 def test_a_batch_overtaken_by_another_writers_commit_is_folded_again(moto_endpoint, landing_zone,
                                                                        tmp_path, when):
-    # The last: after the commit's recovery and folded checks, so only the version check in the
-    # pending put's transaction can see it.
+    # The last strikes after the commit's recovery and folded checks: only the version check in
+    # the pending put's transaction can see it.
     first, mine, theirs = _parts(landing_zone)
     a, b = _two_writers(moto_endpoint)
-    fold_files(a, landing_zone, first, files_per_commit=len(first))
-    overtaken = []
-
-    def theirs_once():
-        if not overtaken:
-            overtaken.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
-
-    if when == "before its commit":
-        real_commit = a.commit
-        a.commit = lambda commit: (theirs_once(), real_commit(commit))[1]
-    elif when == "inside its commit, just before its intent":
-        real_intent = a._write_intent
-        a._write_intent = lambda *args, **kw: (theirs_once(), real_intent(*args, **kw))[1]
-    else:
-        real_get = a.get_docs
-
-        def get_docs(ns, ids):
-            found = real_get(ns, ids)
-            if ns == "user":  # the batch's documents
-                theirs_once()
-            return found
-
-        a.get_docs = get_docs
-    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
-    assert overtaken[0].files == len(theirs) and report.files == len(mine)
-    assert report.conflicts == 1
-    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
-    assert a.dump() == expected.dump()
+    overtaken_fold(a, b, landing_zone, first, mine, theirs, when, str(tmp_path / "expected.db"))
 
 
 def test_a_commit_another_writer_left_pending_is_finished_and_the_batch_folded_again(
@@ -366,21 +339,8 @@ def test_documents_kept_from_before_another_writers_commit_are_not_reused(
     first, mine, theirs = _parts(landing_zone)
     ours = first + mine
     a, b = _two_writers(moto_endpoint)
-    real, done = a.commit, []
-
-    def then_theirs(commit):
-        ok = real(commit)
-        if not done:  # after this run's first commit, before its second batch reads
-            done.append(fold_files(b, landing_zone, theirs, files_per_commit=len(theirs)))
-        return ok
-
-    a.commit = then_theirs
-    half = len(ours) // 2
-    report = fold_files(a, landing_zone, ours, files_per_commit=half)
-    assert report.files == len(ours) and report.conflicts == 0
-    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"),
-                               [ours[:half], theirs, ours[half:2 * half], ours[2 * half:]])
-    assert a.dump() == expected.dump()
+    stale_cache_fold(a, b, landing_zone, ours, theirs, len(ours) // 2,
+                     str(tmp_path / "expected.db"))
 
 
 def test_a_writers_own_commits_keep_its_token(moto_endpoint, landing_zone):
