@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -156,3 +157,13 @@ def test_the_readme_path_import_then_demo_on_the_imported_landing_zone(tmp_path)
     assert f"{HOURS} h from {iso(START)}" in demo.output
     labeled = sum(_in_labeled_hours(ts) for ts, *_ in events)
     assert f"Labeled impressions: {labeled} rows in {HOURS - 1} hours" in demo.output
+    # Every labeled row goes to training or validation, its label with it.
+    clicked = sum(int(d is not None and 0 < d <= WINDOW)
+                  for ts, _, _, d in events if _in_labeled_hours(ts))
+    split = re.search(r"Training set: ([\d,]+) rows \(([\d,]+) clicked\) to train, ([\d,]+) "
+                      r"\(([\d,]+) clicked\) to validate", demo.output)
+    assert split, demo.output
+    train, train_clicked, valid, valid_clicked = (int(g.replace(",", "")) for g in split.groups())
+    assert (train + valid, train_clicked + valid_clicked) == (labeled, clicked)
+    assert valid > 0 and train > 0
+    assert "rough figure" not in demo.output  # an imported log has no oracle to compare with
