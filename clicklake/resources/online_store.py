@@ -25,10 +25,11 @@ made in between would be overwritten. Every applied commit (a replay too) adds o
 `meta#version` after its file records; a fold takes the version before it reads
 (`cache_token`), and step 1's `meta#pending` put is one transaction with a check that the version
 is still that one (moved only by this writer's own commits since): otherwise the batch is refused
-(`Conflict`) and the fold reads and folds it again, as on SQLite, where one transaction holds a commit. A commit pending
-from another writer is finished by `recover()` first (its steps are idempotent), which moves the
-version. The `online_fold` pool (deploy/dagster.yaml) still runs the sensor's folds one at a
-time, so that they do not spend their work on refused batches.
+(`Conflict`) and the fold reads and folds it again, as on SQLite, where one transaction holds a
+commit. The same token lets a fold keep its documents decoded between its commits. What this does
+not cover: a commit still being written or applied looks like a dead writer's to `recover()`,
+which finishes it alongside (and may clean up under it). So folds must still run one at a time,
+as the `online_fold` pool (deploy/dagster.yaml) makes them.
 """
 
 from __future__ import annotations
