@@ -5,6 +5,7 @@ through the DynamoDB state answer like SQLite's."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -70,19 +71,28 @@ class _CrashAfter(Exception):
     pass
 
 
+def _chunk(kw: dict) -> int | None:
+    """The chunk number of a commit's chunk transaction (its `a#` marker), None for others."""
+    for item in kw["TransactItems"]:
+        key = item.get("Put", {}).get("Item", {})
+        if key.get("pk", {}).get("S", "").startswith("a#"):
+            return int(key["sk"]["N"])
+    return None
+
+
 def test_crash_between_transactions_of_one_file_is_finished_from_the_intent(
         moto_endpoint, landing_zone, sqlite_fold):
     state = _dynamo(moto_endpoint)
     keys = landing_zone.list("landing/")
     state.transaction_items = 10  # small transactions: every file needs several
+    state.lease_ms = 0  # a dead writer's lease has ended when the rerun comes
     real = state.client.transact_write_items
     files_started = {"n": 0}
 
     def crash_after_one_chunk_of_a_later_file(**kw):
-        marker = kw["TransactItems"][-1].get("Put", {}).get("Item", {})
-        if not marker.get("pk", {}).get("S", "").startswith("a#"):
+        chunk = _chunk(kw)
+        if chunk is None:
             return real(**kw)  # not a chunk: the pending put with its version check
-        chunk = int(marker["sk"]["N"])
         if chunk == 0:
             files_started["n"] += 1
         if files_started["n"] >= 3 and chunk == 1:
@@ -112,6 +122,7 @@ def test_a_crash_after_every_chunk_landed_is_finished_on_rerun(moto_endpoint, la
     """Killed in step 3 (moving the watermark, marking the records done, deleting the intent):
     the rerun leaves the state, the watermark and an empty log exactly as an uncrashed fold."""
     state = _dynamo(moto_endpoint)
+    state.lease_ms = 0  # a dead writer's lease has ended when the rerun comes
     keys = landing_zone.list("landing/")
     client = state.client
     real = {"update_item": client.update_item, "put_item": client.put_item,
@@ -305,11 +316,11 @@ def test_a_commit_another_writer_left_pending_is_finished_and_the_batch_folded_a
     # Their commit takes several transactions (both writers cut the same chunks, as one
     # version of clicklake does: the replay must find the chunk markers of the first attempt).
     a.transaction_items = b.transaction_items = 10
+    b.lease_ms = 1000  # this writer waits for its lease to end, then takes the commit over
     real = b.client.transact_write_items
 
     def dies_after_one_chunk(**kw):
-        marker = kw["TransactItems"][-1].get("Put", {}).get("Item", {})
-        if marker.get("pk", {}).get("S", "").startswith("a#") and marker["sk"]["N"] == "1":
+        if _chunk(kw) == 1:
             raise _CrashAfter
         return real(**kw)
 
@@ -353,3 +364,60 @@ def test_a_writers_own_commits_keep_its_token(moto_endpoint, landing_zone):
     assert a.cache_token() != token
     a.clear()  # a rebuild: the version is kept and moved, so no token from before matches
     assert b.cache_token() not in (token, None) and b._version() > 0
+
+
+def _paused_after_first_chunk(writer: DynamoState):
+    """Make `writer`'s commits stop after their first chunk until `go` is set (`paused` says it
+    stopped): a writer in the middle of applying a commit."""
+    paused, go, real = threading.Event(), threading.Event(), writer.client.transact_write_items
+
+    def transact(**kw):
+        out = real(**kw)
+        if _chunk(kw) == 0 and not go.is_set():
+            paused.set()
+            assert go.wait(60)
+        return out
+
+    writer.client.transact_write_items = transact
+    return paused, go
+
+
+@pytest.mark.parametrize("lease_ms", [30_000, 300])
+def test_a_commit_being_applied_is_waited_for_or_taken_over_and_its_writer_fenced(
+        moto_endpoint, landing_zone, tmp_path, lease_ms):
+    # Writer b stops in the middle of applying its commit. While its lease lasts (30 s), writer
+    # a's commit waits for it: b finishes, and a folds its batch again. Once the lease has
+    # ended (300 ms), a takes b's commit over and finishes it; b, resuming, is refused at its
+    # next transaction (fenced) and applies nothing twice. Either way: every update once.
+    first, mine, theirs = _parts(landing_zone)
+    a, b = _two_writers(moto_endpoint)
+    fold_files(a, landing_zone, first, files_per_commit=len(first))
+    a.transaction_items = b.transaction_items = 10
+    b.lease_ms = lease_ms
+    paused, go = _paused_after_first_chunk(b)
+    outcome: dict = {}
+
+    def fold_theirs():
+        try:
+            outcome["report"] = fold_files(b, landing_zone, theirs, files_per_commit=len(theirs))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=fold_theirs)
+    worker.start()
+    assert paused.wait(60)
+    if lease_ms > 1000:  # b resumes while a waits for its commit
+        threading.Timer(1.0, go.set).start()
+    report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
+    go.set()
+    worker.join(60)
+    assert "error" not in outcome, outcome
+    if lease_ms > 1000:  # a's fold began by waiting for b's commit, which b finished
+        assert (report.files, outcome["report"].files) == (len(mine), len(theirs))
+    else:  # a's fold began by finishing b's commit; b was refused, then found its files folded
+        assert report.files == len(theirs) + len(mine)
+        assert outcome["report"].conflicts == 1 and outcome["report"].files == 0
+        assert outcome["report"].skipped == len(theirs)
+    expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
+    assert a.dump() == expected.dump()
+    assert a._get("meta#pending") is None

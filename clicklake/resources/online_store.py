@@ -8,34 +8,40 @@ run killed between chunks would re-apply the first chunks' counter ADDs on the r
 rerun would compute its updates from a half-updated state. So a commit is a small write-ahead log,
 named by its first file's key:
 
-1. `meta#pending` names it (conditional: no other commit pending); its update list (computed once,
-   from the state before the commit) and its files' records are stored as intent items, and its
-   first file's record is put as `pending`;
-2. the list is applied in transactions of at most 99 updates + 1 conditional "chunk applied"
-   marker (attribute_not_exists), so each chunk lands exactly once;
-3. the watermark moves, every file's record is put as `done` (the first file's last), then the
-   intent, the chunk markers and `meta#pending` are deleted.
+1. its update list (computed once, from the state before the commit) and its files' records are
+   stored as intent items; then one transaction puts `meta#pending` naming it (conditional: no
+   other commit pending), with this writer as its owner until a lease ends, and its first file's
+   record as `pending`;
+2. the list is applied in transactions of at most 98 updates + 1 conditional "chunk applied"
+   marker (attribute_not_exists), so each chunk lands exactly once, + the renewal of the
+   writer's lease (conditional: it still owns the commit);
+3. the watermark moves, every file's record is put as `done` (the first file's last), the version
+   moves (below), then the intent, the chunk markers and `meta#pending` are deleted.
 Every fold starts with `recover()`: a `pending` commit is finished from its stored intent (never a
-recomputed one), skipping the chunks whose marker exists; one that died before its marker is
-dropped (nothing of it was applied); one whose marker is already `done` (every update, record and
-the watermark landed) only has its clean-up finished.
+recomputed one), skipping the chunks whose marker exists; one whose marker is already `done`
+(every update, record and the watermark landed) only has its clean-up finished. A pending commit
+whose writer's lease has not ended is being applied: `recover()` waits for it (a lease and a
+little at most, then `Conflict`). One whose lease ended is taken over (its owner changes, on the
+condition that nobody moved it since), which fences its writer: if that one was only slow, its
+next transaction fails on the owner and it applies nothing more.
 
 Two folders at once. A batch reads its documents before its commit, so a commit another writer
 made in between would be overwritten. Every applied commit (a replay too) adds one to
 `meta#version` after its file records; a fold takes the version before it reads
-(`cache_token`), and step 1's `meta#pending` put is one transaction with a check that the version
-is still that one (moved only by this writer's own commits since): otherwise the batch is refused
-(`Conflict`) and the fold reads and folds it again, as on SQLite, where one transaction holds a
-commit. The same token lets a fold keep its documents decoded between its commits. What this does
-not cover: a commit still being written or applied looks like a dead writer's to `recover()`,
-which finishes it alongside (and may clean up under it). So folds must still run one at a time,
-as the `online_fold` pool (deploy/dagster.yaml) makes them.
+(`cache_token`), and step 1's transaction also checks that the version is still that one (moved
+only by this writer's own commits since): otherwise the batch is refused (`Conflict`) and the
+fold reads and folds it again, as on SQLite, where one transaction holds a commit. The same token
+lets a fold keep its documents decoded between its commits. The `online_fold` pool
+(deploy/dagster.yaml) still runs the sensor's folds one at a time, so that they do not spend
+their work on refused batches or waits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -64,6 +70,9 @@ _TRANSACTION_ITEMS = 100
 _INTENT_BYTES = 300_000  # per intent item (DynamoDB items hold at most 400 KB)
 _PENDING = "meta#pending"  # names the commit being applied, so any rerun finishes it first
 _VERSION = "meta#version"  # commits applied so far (`v`): a batch read before one is refused
+# A pending commit belongs to its writer (`owner`) until `until`, which each of its transactions
+# moves on; past it, the writer is taken for dead and the next commit finishes it.
+_LEASE_MS = 120_000
 # A minute row's event log grows with every event of the minute (~6 bytes each): one item would
 # pass DynamoDB's 400 KB at ~1,100 events/s on a busy segment. So each commit puts its part of a
 # log as items of its own (`l#table#pk#minute`, sk = the commit's tag + a part number), at most
@@ -172,6 +181,7 @@ class DynamoState(StateStore):
     (chunk applied markers), `meta#watermark`, `meta#layout`."""
 
     transaction_items = _TRANSACTION_ITEMS  # DynamoDB's limit; tests lower it to force chunks
+    lease_ms = _LEASE_MS  # how long a pending commit is its writer's without a sign of life
 
     def __init__(self, table: str, endpoint_url: str | None = None, region: str | None = None,
                  create: bool = False):
@@ -181,6 +191,7 @@ class DynamoState(StateStore):
         # it: unchanged by this object's commits, changed by any other writer's.
         self._seen: int | None = None
         self._token = 0
+        self.owner = uuid.uuid4().hex  # this writer, in the pending commits it applies
         if create:
             self.create_table()
 
@@ -350,27 +361,12 @@ class DynamoState(StateStore):
         return ops
 
     def _write_intent(self, commit: Commit, checked: bool = False) -> tuple[list[list], int]:
-        """Step 1. `checked` (the batch took `cache_token` before its reads): the pending put
-        only while the version is still the one this object expects (one transaction), else
-        `Conflict`: another writer committed, or is committing, after the batch read."""
+        """Step 1: the intent's parts, then in one transaction `meta#pending` (naming the commit,
+        this writer its owner until its lease ends) and the first file's `pending` record; with
+        `checked` (the batch took `cache_token` before its reads) only while the version is
+        still the one this object expects. Refused (`Conflict`) when another commit is pending
+        or, checked, another writer committed after the batch read."""
         name = commit.file_key
-        pending = {"TableName": self.table, "Item": {**self._key(_PENDING), "id": {"S": name}},
-                   "ConditionExpression": "attribute_not_exists(pk)"}
-        if not checked:
-            self.client.put_item(**pending)
-        else:
-            v = self._seen or 0
-            seen = {"TableName": self.table, "Key": self._key(_VERSION),
-                    "ConditionExpression": "v = :v" if v else "attribute_not_exists(v) OR v = :v",
-                    "ExpressionAttributeValues": {":v": {"N": str(v)}}}
-            try:
-                self.client.transact_write_items(
-                    TransactItems=[{"Put": pending}, {"ConditionCheck": seen}])
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] != "TransactionCanceledException":
-                    raise
-                raise Conflict(f"DynamoDB table {self.table}: another writer committed, or is "
-                               f"committing, after the batch read it") from exc
         ops = self._ops(commit)
         body = orjson.dumps({"ops": ops, "files": [[f.key, f.arrival_ms, f.stats]
                                                    for f in commit.files]})
@@ -378,14 +374,48 @@ class DynamoState(StateStore):
         for n, part in enumerate(parts):
             self.client.put_item(TableName=self.table,
                                  Item={**self._key("i#" + name, n), "b": {"B": part}})
-        marker = {**self._key("f#" + name), "state": {"S": "pending"},
-                  "arrival": {"N": str(commit.arrival_ms)}, "parts": {"N": str(len(parts))}}
-        self.client.put_item(TableName=self.table, Item=marker,
-                             ConditionExpression="attribute_not_exists(pk)")
+        count = {"N": str(len(parts))}
+        items = [
+            {"Put": {"TableName": self.table, "Item": {
+                **self._key(_PENDING), "id": {"S": name}, "owner": {"S": self.owner},
+                "until": {"N": str(self._until())}, "parts": count},
+                "ConditionExpression": "attribute_not_exists(pk)"}},
+            # (a `pending` record no commit names: left by a writer cleaned up under)
+            {"Put": {"TableName": self.table, "Item": {
+                **self._key("f#" + name), "state": {"S": "pending"},
+                "arrival": {"N": str(commit.arrival_ms)}, "parts": count},
+                "ConditionExpression": "attribute_not_exists(pk) OR #s = :p",
+                "ExpressionAttributeNames": {"#s": "state"},
+                "ExpressionAttributeValues": {":p": {"S": "pending"}}}}]
+        if checked:
+            v = self._seen or 0
+            items.append({"ConditionCheck": {
+                "TableName": self.table, "Key": self._key(_VERSION),
+                "ConditionExpression": "v = :v" if v else "attribute_not_exists(v) OR v = :v",
+                "ExpressionAttributeValues": {":v": {"N": str(v)}}}})
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            raise Conflict(f"DynamoDB table {self.table}: another commit is pending, or another "
+                           f"writer committed after the batch read") from exc
         return ops, len(parts)
 
-    def _read_intent(self, name: str) -> tuple[list[list], list[FileRecord]]:
+    def _until(self) -> int:
+        return int(time.time() * 1000) + self.lease_ms
+
+    def _read_intent(self, name: str, parts: int | None
+                     ) -> tuple[list[list], list[FileRecord]] | None:
+        """The intent's ops and files (its first `parts` items: a failed attempt of the same
+        commit may have left more); None when they are gone (cleaned up: it was finished)."""
         items = sorted(self._query("i#" + name), key=lambda i: _n(i["sk"]))
+        if parts is not None:
+            items = items[:parts]
+            if len(items) < parts:
+                return None
+        if not items:
+            return None
         body = orjson.loads(b"".join(i["b"]["B"] for i in items))
         return body["ops"], [FileRecord(k, a, st) for k, a, st in body["files"]]
 
@@ -411,22 +441,62 @@ class DynamoState(StateStore):
                                                          ":c": {"N": str(op[4])}}}}
 
     def recover(self) -> list[FileRecord]:
-        pending = self._get(_PENDING)
-        if pending is None:
-            return []
+        """Finish the pending commit, if any, and return its files. One whose writer's lease has
+        not ended is waited for (it finishes by itself), at most a lease and a little: then
+        `Conflict` (the fold tries again later). One whose lease ended is taken over (fenced:
+        its writer's next transaction fails) and finished from its intent."""
+        waited_until = int(time.time() * 1000) + self.lease_ms + 5_000
+        while True:
+            pending = self._get(_PENDING)
+            if pending is None:
+                return []
+            now = int(time.time() * 1000)
+            mine = pending.get("owner", {}).get("S") == self.owner
+            if not mine and "until" in pending and _n(pending["until"]) > now:
+                if now > waited_until:
+                    raise Conflict(f"DynamoDB table {self.table}: commit {pending['id']['S']} "
+                                   "is still being applied by another writer")
+                time.sleep(0.2)
+                continue
+            if mine or self._take_over(pending):
+                break
         name = pending["id"]["S"]
         marker = self._get("f#" + name)
         if marker is None or marker["state"]["S"] == "done":
-            # None: died writing the intent, nothing applied. Done: everything landed (the
-            # watermark moves before the records turn done); only the clean-up was cut short,
-            # and maybe the version's move.
+            # None: died before its records (an older version's order), nothing applied. Done:
+            # everything landed (the watermark moves before the records turn done); only the
+            # clean-up was cut short, and maybe the version's move.
             if marker is not None:
                 self._bump_version(own=False)
             self._clean_up(name)
             return []
-        ops, files = self._read_intent(name)
-        self._apply(name, ops, files, own=False)
+        intent = self._read_intent(name, _n(pending["parts"]) if "parts" in pending else None)
+        if intent is None:  # finished and cleaned up by its writer meanwhile
+            return []
+        ops, files = intent
+        self._apply(name, ops, files, own=False, fenced="parts" in pending)
         return files
+
+    def _take_over(self, pending: dict) -> bool:
+        """Make this writer the owner of a pending commit whose lease ended, unless another
+        writer moved it first (then False: look again)."""
+        cond = ("#o = :o AND #u = :u" if "until" in pending and "owner" in pending
+                else "attribute_not_exists(#u)")
+        values = {":me": {"S": self.owner}, ":until": {"N": str(self._until())}, ":id": pending["id"]}
+        if "until" in pending and "owner" in pending:
+            values.update({":o": pending["owner"], ":u": pending["until"]})
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=self._key(_PENDING),
+                UpdateExpression="SET #o = :me, #u = :until",
+                ConditionExpression=f"#i = :id AND ({cond})",
+                ExpressionAttributeNames={"#i": "id", "#o": "owner", "#u": "until"},
+                ExpressionAttributeValues=values)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
 
     def _check_layout(self) -> None:
         """A table that has folded files but carries no `meta#layout` of this version holds an
@@ -458,23 +528,40 @@ class DynamoState(StateStore):
         if self.recover() or self.folded([f.key for f in commit.files]):
             return False  # the state moved under this commit: it was computed from an older one
         ops, _ = self._write_intent(commit, checked=commit.read_token is not None)
-        self._apply(commit.file_key, ops, commit.files, own=True)
+        self._apply(commit.file_key, ops, commit.files, own=True, fenced=True)
         return True
 
-    def _apply(self, name: str, ops: list[list], files: list[FileRecord], own: bool) -> None:
+    def _apply(self, name: str, ops: list[list], files: list[FileRecord], own: bool,
+               fenced: bool) -> None:
         """Steps 2 and 3 of the protocol: each chunk once, then the file records, the
-        version, and the intent's removal (`own`: this object's commit, not a replay)."""
-        for n, part in enumerate(_chunk_ops(ops, self.transaction_items - 1)):
+        version, and the intent's removal (`own`: this object's commit, not a replay). With
+        `fenced`, each chunk's transaction also renews this writer's lease on the pending
+        commit, and fails (`Conflict`) once another writer has taken it over; a commit pending
+        from an older version (no lease) is finished in its own chunks, unfenced."""
+        per = self.transaction_items - (2 if fenced else 1)
+        lease = {"Update": {
+            "TableName": self.table, "Key": self._key(_PENDING),
+            "UpdateExpression": "SET #u = :until", "ConditionExpression": "#o = :me AND #i = :id",
+            "ExpressionAttributeNames": {"#u": "until", "#o": "owner", "#i": "id"},
+            "ExpressionAttributeValues": {":me": {"S": self.owner}, ":id": {"S": name}}}}
+        for n, part in enumerate(_chunk_ops(ops, per)):
             applied = {"Put": {"TableName": self.table, "Item": self._key(
                 "a#" + name, n), "ConditionExpression": "attribute_not_exists(pk)"}}
+            items = [*(self._write(op) for op in part), applied]
+            if fenced:
+                lease["Update"]["ExpressionAttributeValues"][":until"] = {"N": str(self._until())}
+                items.append(lease)
             try:
-                self.client.transact_write_items(
-                    TransactItems=[*(self._write(op) for op in part), applied])
+                self.client.transact_write_items(TransactItems=items)
             except ClientError as exc:
-                reasons = exc.response.get("CancellationReasons") or []
-                if exc.response["Error"]["Code"] == "TransactionCanceledException" and reasons \
-                        and reasons[-1].get("Code") == "ConditionalCheckFailed":
-                    continue  # this chunk landed before the crash
+                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+                if exc.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
+                    raise
+                if fenced and reasons[-1] == "ConditionalCheckFailed":
+                    raise Conflict(f"DynamoDB table {self.table}: another writer took over "
+                                   f"commit {name}") from exc
+                if reasons[-2 if fenced else -1] == "ConditionalCheckFailed":
+                    continue  # this chunk landed before (a crash, or the writer taken over)
                 raise
         # The watermark first: once the commit's own marker is done, recovery only cleans up.
         arrival = max(f.arrival_ms for f in files)
@@ -498,12 +585,20 @@ class DynamoState(StateStore):
         self._clean_up(name)
 
     def _clean_up(self, name: str) -> None:
-        """Step 3's tail: the intent and chunk markers, then `meta#pending` (idempotent)."""
+        """Step 3's tail: the intent and chunk markers, then `meta#pending` if it still names
+        this commit (idempotent)."""
         for prefix in ("i#", "a#"):
             for item in self._query(prefix + name):
                 self.client.delete_item(TableName=self.table,
                                         Key=self._key(prefix + name, _n(item["sk"])))
-        self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
+        try:
+            self.client.delete_item(TableName=self.table, Key=self._key(_PENDING),
+                                    ConditionExpression="#i = :id",
+                                    ExpressionAttributeNames={"#i": "id"},
+                                    ExpressionAttributeValues={":id": {"S": name}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     # -- maintenance ---------------------------------------------------------------------------
     def purge(self, docs_before: dict[str, int], counters_before: dict[str, int],
