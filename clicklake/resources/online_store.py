@@ -471,7 +471,8 @@ class DynamoState(StateStore):
             self._clean_up(name)
             return []
         intent = self._read_intent(name, _n(pending["parts"]) if "parts" in pending else None)
-        if intent is None:  # finished and cleaned up by its writer meanwhile
+        if intent is None:  # finished by its writer, whose clean-up took the intent first
+            self._clean_up(name)
             return []
         ops, files = intent
         self._apply(name, ops, files, own=False, fenced="parts" in pending)
