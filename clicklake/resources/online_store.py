@@ -481,11 +481,13 @@ class DynamoState(StateStore):
     def _take_over(self, pending: dict) -> bool:
         """Make this writer the owner of a pending commit whose lease ended, unless another
         writer moved it first (then False: look again)."""
-        cond = ("#o = :o AND #u = :u" if "until" in pending and "owner" in pending
-                else "attribute_not_exists(#u)")
-        values = {":me": {"S": self.owner}, ":until": {"N": str(self._until())}, ":id": pending["id"]}
+        values = {":me": {"S": self.owner}, ":until": {"N": str(self._until())},
+                  ":id": pending["id"]}
         if "until" in pending and "owner" in pending:
+            cond = "#o = :o AND #u = :u"
             values.update({":o": pending["owner"], ":u": pending["until"]})
+        else:  # an older version's pending commit: no lease
+            cond = "attribute_not_exists(#u)"
         try:
             self.client.update_item(
                 TableName=self.table, Key=self._key(_PENDING),
