@@ -71,6 +71,13 @@ class _CrashAfter(Exception):
     pass
 
 
+def _updates(kw: dict) -> list:
+    """A chunk transaction's updates: its items but the chunk marker and the lease renewal."""
+    return [item for item in kw["TransactItems"]
+            if not item.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "").startswith("a#")
+            and item.get("Update", {}).get("Key", {}).get("pk", {}).get("S") != "meta#pending"]
+
+
 def _chunk(kw: dict) -> int | None:
     """The chunk number of a commit's chunk transaction (its `a#` marker), None for others."""
     for item in kw["TransactItems"]:
@@ -100,9 +107,11 @@ def test_crash_between_transactions_of_one_file_is_finished_from_the_intent(
         if chunk == 0:
             files_started["n"] += 1
         if files_started["n"] >= 3 and chunk == 1:
+            lost.extend(_updates(kw))
             raise _CrashAfter
         return real(**kw)
 
+    lost: list = []  # the updates of the chunk the crash cut off
     state.client.transact_write_items = crash_after_one_chunk_of_a_later_file
     with pytest.raises(_CrashAfter):
         fold_files(state, landing_zone, keys)
@@ -118,7 +127,17 @@ def test_crash_between_transactions_of_one_file_is_finished_from_the_intent(
 
     restarted = DynamoState(state.table, moto_endpoint, "us-east-1")  # a new process
     restarted.transaction_items = 10
+    resumed, real_restarted = [], restarted.client.transact_write_items
+
+    def recording(**kw):
+        if not resumed and _chunk(kw) == 1:  # (chunk 0 landed before: it is refused)
+            resumed.extend(_updates(kw))
+        return real_restarted(**kw)
+
+    restarted.client.transact_write_items = recording
     report = fold_files(restarted, landing_zone, keys)
+    # The rerun cut the chunks where the crashed writer did: its first chunk is the lost one.
+    assert resumed == lost and lost
     assert report.files == len(keys) - done
     assert restarted.dump() == sqlite_fold.dump()
     assert restarted._scan("i#") == [] and restarted._scan("a#") == []  # intents cleaned up
