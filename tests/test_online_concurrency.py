@@ -145,8 +145,9 @@ def test_two_fold_processes_side_by_side_lose_no_update(on_time_zone, tmp_path):
     clean = SqliteState(str(tmp_path / "clean.db"))
     fold_files(clean, on_time_zone, keys)
     # Raced until the two overlapped (a batch of one was overtaken by the other's commit): on a
-    # busy machine one may finish before the other starts.
-    for attempt in range(5):
+    # busy machine one may finish before the other starts (a CI run once saw 5 races in a row
+    # without a conflict; here almost every race has some: ~0.5 s each).
+    for attempt in range(20):
         db, go = str(tmp_path / f"online-{attempt}.db"), tmp_path / f"go-{attempt}"
         SqliteState(db).close()  # the schema, before two processes race to create it
         procs = [subprocess.Popen([sys.executable, "-c", CHILD, on_time_zone.root, db,
