@@ -137,6 +137,21 @@ def _n(v) -> int:
     return int(v["N"])
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _if_condition(call, **request) -> bool:
+    """A conditional write: whether its condition held (False: nothing written)."""
+    try:
+        call(**request)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True
+
+
 def _log_parts(log: str) -> list[str]:
     """A log cut after entries (each ends with ",") into parts of at most _LOG_CHARS."""
     parts, start = [], 0
@@ -360,7 +375,7 @@ class DynamoState(StateStore):
             ops += [["m", "m#" + k, hour] for k in sorted(set(keys))]
         return ops
 
-    def _write_intent(self, commit: Commit, checked: bool = False) -> tuple[list[list], int]:
+    def _write_intent(self, commit: Commit, checked: bool = False) -> list[list]:
         """Step 1: the intent's parts, then in one transaction `meta#pending` (naming the commit,
         this writer its owner until its lease ends) and the first file's `pending` record; with
         `checked` (the batch took `cache_token` before its reads) only while the version is
@@ -400,10 +415,10 @@ class DynamoState(StateStore):
                 raise
             raise Conflict(f"DynamoDB table {self.table}: another commit is pending, or another "
                            f"writer committed after the batch read") from exc
-        return ops, len(parts)
+        return ops
 
     def _until(self) -> int:
-        return int(time.time() * 1000) + self.lease_ms
+        return _now_ms() + self.lease_ms
 
     def _read_intent(self, name: str, parts: int | None
                      ) -> tuple[list[list], list[FileRecord]] | None:
@@ -445,12 +460,12 @@ class DynamoState(StateStore):
         not ended is waited for (it finishes by itself), at most a lease and a little: then
         `Conflict` (the fold tries again later). One whose lease ended is taken over (fenced:
         its writer's next transaction fails) and finished from its intent."""
-        waited_until = int(time.time() * 1000) + self.lease_ms + 5_000
+        waited_until = self._until() + 5_000
         while True:
             pending = self._get(_PENDING)
             if pending is None:
                 return []
-            now = int(time.time() * 1000)
+            now = _now_ms()
             mine = pending.get("owner", {}).get("S") == self.owner
             if not mine and "until" in pending and _n(pending["until"]) > now:
                 if now > waited_until:
@@ -488,18 +503,12 @@ class DynamoState(StateStore):
             values.update({":o": pending["owner"], ":u": pending["until"]})
         else:  # an older version's pending commit: no lease
             cond = "attribute_not_exists(#u)"
-        try:
-            self.client.update_item(
-                TableName=self.table, Key=self._key(_PENDING),
-                UpdateExpression="SET #o = :me, #u = :until",
-                ConditionExpression=f"#i = :id AND ({cond})",
-                ExpressionAttributeNames={"#i": "id", "#o": "owner", "#u": "until"},
-                ExpressionAttributeValues=values)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+        return _if_condition(
+            self.client.update_item, TableName=self.table, Key=self._key(_PENDING),
+            UpdateExpression="SET #o = :me, #u = :until",
+            ConditionExpression=f"#i = :id AND ({cond})",
+            ExpressionAttributeNames={"#i": "id", "#o": "owner", "#u": "until"},
+            ExpressionAttributeValues=values)
 
     def _check_layout(self) -> None:
         """A table that has folded files but carries no `meta#layout` of this version holds an
@@ -530,7 +539,7 @@ class DynamoState(StateStore):
         self.check_readable()  # every commit: a writer of a newer layout may have come since
         if self.recover() or self.folded([f.key for f in commit.files]):
             return False  # the state moved under this commit: it was computed from an older one
-        ops, _ = self._write_intent(commit, checked=commit.read_token is not None)
+        ops = self._write_intent(commit, checked=commit.read_token is not None)
         self._apply(commit.file_key, ops, commit.files, own=True, fenced=True)
         return True
 
@@ -568,15 +577,11 @@ class DynamoState(StateStore):
                 raise
         # The watermark first: once the commit's own marker is done, recovery only cleans up.
         arrival = max(f.arrival_ms for f in files)
-        try:
-            self.client.update_item(
-                TableName=self.table, Key=self._key("meta#watermark"),
-                UpdateExpression="SET wm = :a",
-                ConditionExpression="attribute_not_exists(wm) OR wm < :a",
-                ExpressionAttributeValues={":a": {"N": str(arrival)}})
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        _if_condition(  # forward only: a replay of an older commit leaves it
+            self.client.update_item, TableName=self.table, Key=self._key("meta#watermark"),
+            UpdateExpression="SET wm = :a",
+            ConditionExpression="attribute_not_exists(wm) OR wm < :a",
+            ExpressionAttributeValues={":a": {"N": str(arrival)}})
         # The commit's own marker (its first file's record) turns done last.
         for f in sorted(files, key=lambda f: f.key == name):
             self.client.put_item(TableName=self.table, Item={
@@ -594,14 +599,9 @@ class DynamoState(StateStore):
             for item in self._query(prefix + name):
                 self.client.delete_item(TableName=self.table,
                                         Key=self._key(prefix + name, _n(item["sk"])))
-        try:
-            self.client.delete_item(TableName=self.table, Key=self._key(_PENDING),
-                                    ConditionExpression="#i = :id",
-                                    ExpressionAttributeNames={"#i": "id"},
-                                    ExpressionAttributeValues={":id": {"S": name}})
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        _if_condition(self.client.delete_item, TableName=self.table, Key=self._key(_PENDING),
+                      ConditionExpression="#i = :id", ExpressionAttributeNames={"#i": "id"},
+                      ExpressionAttributeValues={":id": {"S": name}})
 
     # -- maintenance ---------------------------------------------------------------------------
     def purge(self, docs_before: dict[str, int], counters_before: dict[str, int],
