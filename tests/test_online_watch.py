@@ -2,9 +2,11 @@
 online store's record of folded files played by a set: failed runs' files asked again (and
 given up after so many attempts), a backlog asked over several ticks without losing a file,
 thousands of files landing late within the lookback, a key far in the future, a stream quiet
-for a week (listings per tick), late files in older folders (the hourly sweep), deleted files;
-and a property test over random landing orders, run failures and tick times: every file is
-folded or reported late, never both, never lost."""
+for a week (listings per tick), late files in older folders (the hourly sweep) and in folders
+days or months old (the daily sweep, a month of one stream a tick; what it reports is kept
+until folded or deleted), deleted files; and property tests over random landing orders, run
+failures and tick times, over hours and over a week: every file is folded or reported late,
+never both, never lost."""
 
 from __future__ import annotations
 
@@ -314,6 +316,13 @@ def test_cursors_of_the_right_json_but_wrong_types_start_over():
                 {**good, "streams": []}):
         cursor, problem = watch.read_cursor(orjson.dumps(bad).decode())
         assert cursor == {} and "starting over" in problem, bad
+    now = {**good, "v": 4, "streams": {"clicks": {**good["streams"]["clicks"],
+                                                  "deep": [20417, "2025/11"]}}}
+    assert watch.read_cursor(orjson.dumps(now).decode())[1] is None
+    for deep in ("2025/11", [20417, 11], [None, None], [1]):
+        bad = {**now, "streams": {"clicks": {**now["streams"]["clicks"], "deep": deep}}}
+        cursor, problem = watch.read_cursor(orjson.dumps(bad).decode())
+        assert cursor == {} and "starting over" in problem, deep
 
 
 def test_an_outage_of_the_fold_gives_up_no_file(tmp_path):
@@ -367,3 +376,123 @@ def test_retries_are_at_most_so_many_runs_a_tick_and_the_rest_wait(tmp_path):
         assert len(plan.batches) <= 2 and plan.given_up == []
         retried += plan.retried
     assert sorted(retried) == sorted(keys) and set(keys) <= z.folded
+
+
+DAY = watch.DAY_MS
+
+
+def _live(z: Zone, start: int, end: int, every: int = HOUR_MS, tag: int = 0) -> list:
+    """Ticks from start to end, a file of each stream landing on time before each; the plans."""
+    plans = []
+    for i, now in enumerate(range(start, end, every)):
+        for s in landing.STREAMS:
+            _put(z.store, s, now - MIN, tag + i)
+        plans.append(z.tick(now))
+    return plans
+
+
+def test_a_file_landing_days_late_is_reported_once_by_the_daily_sweep_and_kept_until_gone(
+        tmp_path):
+    z = Zone(str(tmp_path))
+    _live(z, H, H + 5 * DAY)
+    old = _put(z.store, "clicks", H + 2 * HOUR_MS, 10**6)  # four days behind, visible only now
+    plans = _live(z, H + 5 * DAY, H + 8 * DAY, tag=10**5)  # three days of ticks, three sweeps
+    assert [k for p in plans for k in p.late] == [old]  # reported once, on the next day
+    assert old not in z.folded and old in z.cursor["streams"]["clicks"]["late"]
+    reported_at = next(i for i, p in enumerate(plans) if p.late)
+    day_of = (H + 5 * DAY + reported_at * HOUR_MS) // DAY
+    assert day_of == (H + 5 * DAY) // DAY + 1  # the first tick of the next UTC day started it
+    os.remove(os.path.join(z.store.root, old))  # deleted (the landing zone's expiry)
+    _live(z, H + 8 * DAY, H + 9 * DAY + 3 * HOUR_MS, tag=2 * 10**5)
+    assert z.cursor["streams"]["clicks"]["late"] == []  # the next sweep forgot it
+
+
+def test_a_late_file_folded_by_a_rebuild_is_forgotten_and_a_given_up_one_is_not_reported(
+        tmp_path):
+    z = Zone(str(tmp_path))
+    _live(z, H, H + 3 * DAY)
+    late = _put(z.store, "impressions", H + HOUR_MS, 10**6)
+    plans = _live(z, H + 3 * DAY, H + 4 * DAY + 6 * HOUR_MS, tag=10**5)
+    assert [k for p in plans for k in p.late] == [late]
+    z.folded.add(late)  # a rebuild folds every landing file
+    _live(z, H + 4 * DAY + 6 * HOUR_MS, H + 5 * DAY + 6 * HOUR_MS, tag=2 * 10**5)
+    assert z.cursor["streams"]["impressions"]["late"] == []
+    # a file given up long ago stays reported as given up, not late, however old it gets
+    poison = z.cursor["streams"]["impressions"]
+    z.cursor["streams"]["impressions"] = poison | {"gone": [late]}
+    z.folded.discard(late)
+    plans = _live(z, H + 5 * DAY + 6 * HOUR_MS, H + 7 * DAY, tag=3 * 10**5)
+    assert [k for p in plans for k in p.late] == []
+    assert z.cursor["streams"]["impressions"]["gone"] == [late]
+
+
+def test_the_daily_sweep_walks_months_back_one_stream_month_a_tick(tmp_path, monkeypatch):
+    z = Zone(str(tmp_path))
+    start = H - 100 * DAY  # files across four months
+    for d in range(0, 100, 3):
+        for s in landing.STREAMS:
+            _put(z.store, s, start + d * DAY, d)
+    z.tick(H)  # the first tick lists every stream whole: nothing is late
+    assert z.folded and all(not z.tick(H + i * MIN).late for i in range(1, 20))
+    oldest = _put(z.store, "predictions", start + HOUR_MS, 10**6)  # lands in the oldest month
+    calls = []
+    for name in ("list", "subdirs"):
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, p, _r=real, _n=name: (
+            calls.append((_n, p)), _r(self, p))[1])
+    now = (H // DAY + 1) * DAY  # the next day: a new sweep (its first tick: the hourly one too)
+    z.tick(now)
+    late, ticks = [], 1
+    while not late:
+        calls.clear()
+        late = z.tick(now + ticks * MIN).late
+        ticks += 1
+        months = [p for n, p in calls if n == "list" and p.count("/") == 4]
+        assert len(months) <= 1, months  # one stream's month a tick
+        assert len(calls) <= 3 * 5 + 3, calls  # each stream's recent folders, and the sweep's
+    assert late == [oldest]
+    assert ticks <= 3 * 5  # every month of the first two streams, then four of the third
+    for i in range(3 * 5):  # the rest of the day: nothing more is listed nor reported
+        calls.clear()
+        assert z.tick(now + (ticks + i) * MIN).late == []
+        assert len(calls) <= 3 * 5 + 3, calls
+    assert len(calls) <= 3 * 5, calls  # the sweep is over for the day
+
+
+def test_a_cursor_of_the_version_before_goes_on_and_sweeps_that_day(tmp_path):
+    z = Zone(str(tmp_path))
+    _live(z, H, H + 3 * DAY)
+    stored = orjson.loads(watch.dump_cursor(z.cursor))
+    stored["v"] = 3
+    for e in stored["streams"].values():
+        del e["deep"]
+    cursor, problem = watch.read_cursor(orjson.dumps(stored).decode())
+    assert problem is None and all(e["deep"] is None for e in cursor["streams"].values())
+    assert cursor["streams"]["clicks"]["newest"] == z.cursor["streams"]["clicks"]["newest"]
+    z.cursor = cursor
+    old = _put(z.store, "clicks", H + HOUR_MS, 10**6)
+    plans = _live(z, H + 3 * DAY, H + 3 * DAY + 6 * HOUR_MS, tag=10**5)
+    assert [k for p in plans for k in p.late] == [old]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.tuples(st.sampled_from(landing.STREAMS),
+                                 st.integers(0, 6 * 24),  # key time, hours after H
+                                 st.integers(0, 4 * 24)),  # visible this many hours after it
+                       min_size=1, max_size=25))
+def test_over_a_week_every_file_is_folded_or_reported_once_however_late(tmp_path_factory,
+                                                                       events):
+    z = Zone(str(tmp_path_factory.mktemp("zone")))
+    pending = sorted((hour + delay, stream, hour, i)
+                     for i, (stream, hour, delay) in enumerate(events))
+    late: list[str] = []
+    keys = []
+    for now in range(H + 30 * MIN, H + 12 * DAY, HOUR_MS):
+        while pending and H + pending[0][0] * HOUR_MS <= now:
+            _, stream, hour, i = pending.pop(0)
+            keys.append(_put(z.store, stream, H + hour * HOUR_MS + MIN, i))
+        late += z.tick(now).late
+    assert len(late) == len(set(late))
+    for key in keys:
+        assert (key in z.folded) != (key in late), key

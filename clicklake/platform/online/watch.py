@@ -16,17 +16,22 @@ Per stream:
   `LOOKBACK_MS` before `newest` as the tick found it: a file visible that long after its key
   time is past the allowed lateness, which the raw layer does not wait for either. Such a file
   is reported as late (once) and not folded. Once an hour the tick also lists the day before the
-  window and reports the unfolded keys found there (a file may land in any older folder);
+  window and reports the unfolded keys found there (a file may land in any older folder), and
+  once a day the older folders are swept too, a month of one stream a tick (`_deep_step`), from
+  the newest month back to the oldest, for files that landed even later: nothing unfolded is
+  left unreported, however old its folder;
 - a key whose time is ahead of the clock (more than the raw layer's future tolerance) waits for
   the clock: folded, it would move the store's watermark, and so its horizon, into the future;
 - an asked key the listing no longer shows (deleted) is dropped with a report.
 
 At most `max_runs` runs are in flight: a backlog is asked over several ticks, oldest first.
 
-The cursor: per stream the newest key seen, the late and given-up keys reported (kept while the
-sweep can still list them), the hour of the last sweep; and per run in flight its request time,
-attempt and keys. `plan_tick` takes and gives it with plain key lists; `dump_cursor` stores the
-lists compressed (keys share long prefixes: ~10 bytes a key) and `read_cursor` reads them back.
+The cursor: per stream the newest key seen, the late and given-up keys reported (kept until the
+daily sweep finds them folded, by a rebuild, or deleted: so each is reported once, however
+long it stays), the hour of the last sweep, the daily sweep's day and the month it reached; and
+per run in flight its request time, attempt and keys. `plan_tick` takes and gives it with plain
+key lists; `dump_cursor` stores the lists compressed (keys share long prefixes: ~10 bytes a key)
+and `read_cursor` reads them back.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from clicklake.platform import landing
 from clicklake.platform.online.fold import stream_of_key
 from clicklake.platform.raw import DEFAULT_FUTURE_TOLERANCE_MS
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, floor_hour
+from clicklake.platform.timeutil import HOUR_MS, floor_hour, to_datetime
 
 LOOKBACK_MS = HOUR_MS
 RETRY_AFTER_MS = 10 * 60_000  # without a view of the run: a request this old has failed
@@ -51,9 +56,10 @@ MAX_ATTEMPTS = 5
 RETRY_BACKOFF_MS = 5 * 60_000  # attempt n is asked at least 5 min * 2**(n - 1) after attempt n-1
 STUCK_MS = 2 * HOUR_MS  # a run still queued or running this long after its request is dead
 SWEEP_MS = 24 * HOUR_MS  # how far before the window the hourly sweep looks for late files
+DAY_MS = 24 * HOUR_MS  # the daily sweep of older folders starts once a UTC day
 AHEAD_MS = DEFAULT_FUTURE_TOLERANCE_MS  # keys further ahead of the clock wait for it
 RETRY_SHRINK = 16  # attempt n runs at most max_files // 16 ** (n - 1) files (1 from the 4th)
-_VERSION = 3
+_VERSION = 4
 
 
 @dataclass
@@ -79,9 +85,11 @@ def _unpack(text: str) -> list[str]:
     return zlib.decompress(base64.b64decode(text)).decode().split("\n") if text else []
 
 
-def _stream_entry(newest=None, late=(), gone=(), swept=None) -> dict:
-    """A stream's cursor entry (late and given-up keys as lists)."""
-    return {"newest": newest, "late": list(late), "gone": list(gone), "swept": swept}
+def _stream_entry(newest=None, late=(), gone=(), swept=None, deep=None) -> dict:
+    """A stream's cursor entry (late and given-up keys as lists; `deep`: the daily sweep's
+    [day, month reached (None: that day's sweep is done)], None before the first)."""
+    return {"newest": newest, "late": list(late), "gone": list(gone), "swept": swept,
+            "deep": deep}
 
 
 def dump_cursor(cursor: dict) -> str:
@@ -105,9 +113,10 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
         raw = orjson.loads(text)
         if not isinstance(raw, dict):
             raise TypeError("not a JSON object")
-        if raw.get("v") == _VERSION:
+        if raw.get("v") in (3, _VERSION):  # 3: no daily sweep yet
             streams = {s: _stream_entry(_str_or_none(e["newest"]), _unpack(e["late"]),
-                                        _unpack(e["gone"]), e["swept"] and int(e["swept"]))
+                                        _unpack(e["gone"]), e["swept"] and int(e["swept"]),
+                                        _deep_state(e.get("deep")))
                        for s, e in raw["streams"].items() if s in landing.STREAMS}
             runs = {str(rk): {"at": int(r["at"]), "n": int(r["n"]), "keys": _unpack(r["keys"])}
                     for rk, r in raw["runs"].items()}
@@ -116,6 +125,13 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
                                            if s in landing.STREAMS}, "runs": {}}, None
     except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
         return {}, f"unreadable sensor cursor ({exc!r}): starting over from the store's record"
+
+
+def _deep_state(value) -> list | None:
+    if value is None:
+        return None
+    day, month = value
+    return [int(day), _str_or_none(month)]
 
 
 def _str_or_none(value) -> str | None:
@@ -156,10 +172,6 @@ def _listed(store: Store, stream: str, since_ms: int | None, prefix: str,
     return [(a, k) for k in keys if (a := _arrival(k)) is not None]
 
 
-def _reported(keys: set[str], keep_from: int | None) -> list[str]:
-    return sorted(k for k in keys if keep_from is None or (_arrival(k) or 0) >= keep_from)
-
-
 @dataclass
 class _Stream:
     """One stream on one tick."""
@@ -186,6 +198,57 @@ def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
                    if sweep else [], sweep, set(entry["late"]), set(entry["gone"]))
 
 
+def _month(ms: int) -> str:
+    return f"{to_datetime(ms):%Y/%m}"
+
+
+@dataclass
+class _Deep:
+    """One step of a stream's daily sweep of the folders older than the hourly sweep's."""
+
+    before: int  # it answers for keys of arrival before this (the hourly sweep's first hour)
+    month: str | None  # the month listed ("YYYY/MM"); None: no month left, the sweep is done
+    upper: str | None  # the month the step before listed (None: this is the sweep's first)
+    listed: list[tuple[int, str]]  # (arrival, key) of `month`, arrival before `before`
+    state: list  # the cursor's `deep` after this step
+
+    def covers(self, arrival: int | None) -> bool:
+        """Whether every key of this arrival that exists was listed by this step: in its month,
+        or in the months between it and the month before, which have no folder."""
+        if arrival is None or arrival >= self.before:
+            return False
+        m = _month(arrival)
+        return (self.month is None or m >= self.month) and (self.upper is None or m < self.upper)
+
+
+def _deep_due(entry: dict, today: int) -> bool:
+    day, reached = entry.get("deep") or (None, None)
+    return reached is not None or day != today
+
+
+def _deep_step(store: Store, stream: str, entry: dict, before: int, today: int,
+               prefix: str) -> _Deep:
+    """The next month of the stream's daily sweep: the newest month folder before `before`
+    (its first step) or before the month the step before listed. A few listings: the years,
+    the months of the newest years, and one month's keys."""
+    day, reached = entry.get("deep") or (None, None)
+    if reached is None:
+        day = today  # a new sweep, from the newest month
+    top = reached or _month(before - 1)
+    root = f"{prefix}/{stream}/"
+    for year in reversed([y for y in store.subdirs(root) if len(y) == 4 and y.isdigit()
+                          and y <= top[:4]]):
+        months = [f"{year}/{m}" for m in store.subdirs(f"{root}{year}/")
+                  if len(m) == 2 and m.isdigit()]
+        months = [m for m in months if (m < top if reached else m <= top)]
+        if months:
+            month = months[-1]
+            listed = [(a, k) for k in store.list(f"{root}{month}/")
+                      if (a := _arrival(k)) is not None and a < before]
+            return _Deep(before, month, reached, listed, [day, month])
+    return _Deep(before, None, reached, [], [day, None])
+
+
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
               prefix: str = landing.DEFAULT_PREFIX, max_files: int = 2000, max_runs: int = 4,
               run_over: Callable[[str], bool | None] | None = None,
@@ -204,7 +267,16 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
     run_files = {rk: run["keys"] for rk, run in runs_in.items()}
     streams = {s: _look(store, cursor.get("streams", {}).get(s) or _stream_entry(), s, now_ms,
                         prefix, watermark_ms) for s in landing.STREAMS}
+    # One stream's month of the daily sweep a tick: its listing and `folded` query stay small
+    # whatever the age of the landing zone (a year of 5-minute files is ~9 k keys a month).
+    deep: dict[str, _Deep] = {}
+    today = now_ms // DAY_MS
+    for s, st in streams.items():
+        if st.window is not None and _deep_due(st.entry, today):
+            deep[s] = _deep_step(store, s, st.entry, st.window - SWEEP_MS, today, prefix)
+            break
     every = [k for st in streams.values() for _, k in st.listed + st.swept]
+    every += [k for d in deep.values() for _, k in d.listed]
     done = folded(list(dict.fromkeys(every + [k for ks in run_files.values() for k in ks])))
 
     # Runs asked before: keys folded are done; the rest wait for their run, or are asked again.
@@ -275,6 +347,17 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
             if k not in busy and k not in st.late and k not in st.gone:
                 plan.late.append(k)
                 st.late.add(k)
+    for s, d in deep.items():
+        st = streams[s]
+        # Reported keys are forgotten once folded (a rebuild) or deleted, not before: the
+        # daily sweep would report them again.
+        there = {k for _, k in d.listed if k not in done}
+        st.late = {k for k in st.late if k in there or not d.covers(_arrival(k))}
+        st.gone = {k for k in st.gone if k in there or not d.covers(_arrival(k))}
+        for _, k in d.listed:
+            if k in there and k not in busy and k not in st.late and k not in st.gone:
+                plan.late.append(k)
+                st.late.add(k)
     new.sort()
     room = max(0, max_runs - len(in_flight)) * max_files
     kept, cutoff = new[:room], None
@@ -288,13 +371,10 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
         if st.entry["newest"] is not None:
             seen.append((_arrival(st.entry["newest"]) or 0, st.entry["newest"]))
         top = max(seen, default=None)
-        # reported keys are kept while a sweep from the next tick's window can list them
-        keep_from = None if top is None else floor_hour(top[0] - LOOKBACK_MS) - SWEEP_MS
-        out_streams[stream] = {
-            "newest": None if top is None else top[1],
-            "late": _reported(st.late, keep_from),
-            "gone": _reported(st.gone, keep_from),
-            "swept": now_ms // HOUR_MS if st.sweep else st.entry["swept"]}
+        out_streams[stream] = _stream_entry(
+            None if top is None else top[1], sorted(st.late), sorted(st.gone),
+            now_ms // HOUR_MS if st.sweep else st.entry["swept"],
+            deep[stream].state if stream in deep else st.entry.get("deep"))
 
     out_runs = {rk: runs_in[rk] | {"keys": keys} for rk, keys in in_flight.items()}
     fresh = [(1, [k for _, k in kept[i:i + max_files]]) for i in range(0, len(kept), max_files)]
