@@ -37,8 +37,8 @@ class Zone:
     """A landing zone, an online store's folded set, and ticks whose runs end at once, folding
     what they were asked, or failing when told to."""
 
-    def __init__(self, root: str):
-        self.store = Store(root)
+    def __init__(self, root: str | Store):
+        self.store = root if isinstance(root, Store) else Store(root)
         self.folded: set[str] = set()
         self.cursor: dict = {}
         self.over: dict[str, bool | None] = {}  # run key -> over?
@@ -496,3 +496,19 @@ def test_over_a_week_every_file_is_folded_or_reported_once_however_late(tmp_path
     assert len(late) == len(set(late))
     for key in keys:
         assert (key in z.folded) != (key in late), key
+
+
+def test_the_daily_sweep_finds_a_file_a_year_late_local_and_on_s3(tmp_path, moto_endpoint,
+                                                                   s3_bucket):
+    from clicklake.platform.storage import S3Options
+
+    for store in (Store(str(tmp_path)),
+                  Store(f"s3://{s3_bucket}/root", S3Options(endpoint_url=moto_endpoint))):
+        z = Zone(store)
+        for i, h in enumerate((H - 400 * DAY, H - 40 * DAY, H - 2 * DAY, H)):
+            landing.write_file(store, landing.firehose_key("clicks", h, f"u-{i}"), [b"{}"])
+        assert z.tick(H + MIN).late == [] and len(z.folded) == 4
+        late = landing.firehose_key("clicks", H - 400 * DAY + HOUR_MS, "u-late")
+        landing.write_file(store, late, [b"{}"])
+        reported = [k for n in range(30) for k in z.tick(H + DAY + n * MIN).late]
+        assert reported == [late] and late not in z.folded, store.root
