@@ -108,6 +108,12 @@ def test_a_file_visible_after_later_ones_is_still_requested_within_the_lookback(
     second = _tick(lake, first.cursor)
     assert [_files(r) for r in second.run_requests] == [[k1]]
     assert watch.read_cursor(second.cursor)[0]["streams"]["impressions"]["late"] == [late]
+    # counted on serving_lookup's page, not only in the tick's log
+    (seen,) = second.asset_events
+    assert seen.asset_key == serving_lookup.key
+    assert {k: v.value for k, v in seen.metadata.items()} == {
+        "late_files": 1, "given_up_files": 0, "deleted_files": 0, "late_files_sample": late}
+    assert first.asset_events == []
     _materialize(lake, online, [k1])
     assert _tick(lake, second.cursor).run_requests == []
     # a cursor of an earlier form goes on from its newest key (the store says what is folded)

@@ -278,9 +278,25 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
               "clicklake/last_arrival": iso(landing.parse_key(keys[-1]).arrival_ms)})
         for keys, run_key in zip(plan.batches, plan.run_keys, strict=True)]
     text = watch.dump_cursor(plan.cursor)
+    events = _reported_files(plan)
     if not requests:
-        return dg.SensorResult(skip_reason="no landing file to fold", cursor=text)
-    return dg.SensorResult(run_requests=requests, cursor=text)
+        return dg.SensorResult(skip_reason="no landing file to fold", cursor=text,
+                               asset_events=events)
+    return dg.SensorResult(run_requests=requests, cursor=text, asset_events=events)
+
+
+def _reported_files(plan: watch.TickPlan) -> list[dg.AssetObservation]:
+    """The files a tick reports and no run folds (late, given up, deleted), as an observation of
+    `serving_lookup`: counted on its page in the UI beside its materializations, not only in
+    the sensor's tick log."""
+    found = {"late_files": plan.late, "given_up_files": plan.given_up,
+             "deleted_files": plan.vanished}
+    if not any(found.values()):
+        return []
+    metadata: dict[str, object] = {name: len(keys) for name, keys in found.items()}
+    metadata.update({f"{name}_sample": dg.MetadataValue.text(_sample(keys))
+                     for name, keys in found.items() if keys})
+    return [dg.AssetObservation(asset_key=serving_lookup.key, metadata=metadata)]
 
 
 # -- the check -----------------------------------------------------------------------------------
