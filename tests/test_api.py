@@ -459,7 +459,8 @@ def test_clicklake_serve_on_loopback_with_a_token(lake):
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
 
 
-def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_path):
+def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_path,
+                                                             monkeypatch):
     """The landing zone folded into the online store (SQLite): the API over it scores an
     impression exactly as the labeled row, and its profile "now" equals the lookup table's at
     the same instant."""
@@ -518,3 +519,15 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     assert "campaigns" not in counters and "domains" not in counters
     assert {k: v for k, v in counters.items() if k != "as_of"} == {
         k: v for k, v in prof.items() if k not in ("as_of", "campaigns", "domains")}
+    # A newer clicklake writes the store now: this server refuses to guess, with a 503.
+    from clicklake.platform.online import read
+    from clicklake.platform.online.state import DOCS_LAYOUT
+
+    state.conn.execute("UPDATE meta SET v=? WHERE k='docs_layout'", (DOCS_LAYOUT + 1,))
+    later = time.monotonic() + read.LAYOUT_CHECK_S
+    monkeypatch.setattr(read.time, "monotonic", lambda: later)
+    r = rows.to_pylist()[0]
+    out = client.post("/v1/predict", json={
+        "user_id": r["user_id"], "campaign_id": r["campaign_id"],
+        "ts": round(r["ts"].timestamp() * 1000), "ip": r["ip"]})
+    assert out.status_code == 503 and out.json()["code"] == "stale_layout", out.text

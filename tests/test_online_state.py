@@ -117,10 +117,18 @@ def test_a_read_racing_a_fold_that_moves_the_horizon_is_refused_not_answered_wro
     assert later["pred_score"][0] == 0.99
 
 
-def test_documents_of_a_newer_layout_are_refused_by_readers_and_writers(env, tmp_path):
+def test_documents_of_a_newer_layout_are_refused_by_readers_and_writers(env, tmp_path,
+                                                                        monkeypatch):
     # What a later clicklake writes, this one may misread (this one's trimmed documents broke
-    # the readers before it): the store records its documents' layout, and both sides check.
+    # the readers before it): the store records its documents' layout, and both sides check,
+    # a server already running too.
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from clicklake.platform.online import read
     from clicklake.platform.online.state import DOCS_LAYOUT, StaleLayout
+    from clicklake.serving.app import lake_app
     from clicklake.serving.sources import open_online_source
 
     store, state, _ = env
@@ -129,10 +137,23 @@ def test_documents_of_a_newer_layout_are_refused_by_readers_and_writers(env, tmp
     path = str(tmp_path / "online.db")
     assert state.conn.execute("SELECT v FROM meta WHERE k='docs_layout'").fetchone()[0] == \
         DOCS_LAYOUT
-    open_online_source(path).profile("u1", H + 11 * MIN)  # readable
+    serving = open_online_source(path)  # a server opened before the newer writer came
+    serving.profile("u1", H + 11 * MIN)  # readable
     state.conn.execute("UPDATE meta SET v=? WHERE k='docs_layout'", (DOCS_LAYOUT + 1,))
     with pytest.raises(StaleLayout, match="newer clicklake"):
         open_online_source(path)
+    serving.profile("u1", H + 11 * MIN)  # the layout is read again every LAYOUT_CHECK_S only
+    later = time.monotonic() + read.LAYOUT_CHECK_S
+    monkeypatch.setattr(read.time, "monotonic", lambda: later)
+    with pytest.raises(StaleLayout, match="newer clicklake"):
+        serving.profile("u1", H + 11 * MIN)
+    with pytest.raises(StaleLayout, match="newer clicklake"):
+        serving.feature_inputs("u1", "c1", H + 11 * MIN, US_IP, "curl/8")
+    api = TestClient(lake_app(store, source=serving))  # and the REST API says so
+    for answer in (api.get("/v1/users/u1/profile"),
+                   api.get("/v1/users/u1/profile", params={"lists": "false"})):
+        assert answer.status_code == 503 and answer.json()["code"] == "stale_layout"
+        assert "newer clicklake" in answer.json()["detail"]
     land(store, "impressions", H + 20 * MIN, [impression("b", H + 15 * MIN)], "2")
     with pytest.raises(StaleLayout, match="newer clicklake"):
         fold_files(SqliteState(path), store, store.list("landing/"))

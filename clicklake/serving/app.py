@@ -38,6 +38,7 @@ from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
 from clicklake.platform.features import compute_features
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.online import BeforeHorizon
+from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import iso
 from clicklake.serving.auth import authorize, require_token
 from clicklake.serving.metrics import ApiMetrics
@@ -303,6 +304,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         except (SnapshotUnavailable, BeforeHorizon) as exc:  # too old for this source
             raise fail(422, f"no features for ts {iso(ts)}: {exc}", "features_unavailable"
                        ) from None
+        except StaleLayout as exc:  # a newer clicklake writes the online store now
+            raise fail(503, str(exc), "stale_layout") from None
         except LookupError as exc:
             raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
                        ) from None
@@ -347,7 +350,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     # exclude_unset: the lists are left out, not null, when they were not asked for
     @app.get("/v1/users/{user_id}/profile", response_model=ProfileOut,
              response_model_exclude_unset=True,
-             dependencies=[Depends(require_token)], responses={404: {"model": ErrorOut}},
+             dependencies=[Depends(require_token)],
+             responses={404: {"model": ErrorOut}, 503: {"model": ErrorOut}},
              summary="A user's profile now or as of an instant")
     async def profile(
         user_id: Annotated[str, Path(min_length=1, max_length=128)],
@@ -390,6 +394,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             row = reader(user_id, t)
         except (SnapshotUnavailable, BeforeHorizon) as exc:
             raise fail(404, str(exc), "snapshot_unavailable") from None
+        except StaleLayout as exc:
+            raise fail(503, str(exc), "stale_layout") from None
         if row is None or not row.get("known", True):  # no impression or click before t
             raise fail(404, f"user {user_id!r} has no events before {iso(t)}", "unknown_user")
         hidden = {"t", "known", "user_id", "before_history", "snapshot_as_of"}

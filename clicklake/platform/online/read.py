@@ -8,6 +8,7 @@ once every event with ts < t has been folded: same columns, dtypes and missing v
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import orjson
@@ -23,6 +24,7 @@ from clicklake.platform.raw import Rules
 from clicklake.platform.timeutil import HOUR_MS, iso
 
 _WINDOW_SUFFIX = {"life": "", "1h": "_1h", "24h": "_24h", "7d": "_7d"}
+LAYOUT_CHECK_S = 10.0  # how often a long-lived reader reads the store's layout record again
 
 
 class BeforeHorizon(LookupError):
@@ -34,6 +36,16 @@ class OnlineFeatures:
 
     def __init__(self, state: StateStore, rules: Rules = DEFAULT_RULES):
         self.state, self.rules = state, rules
+        self._layout_due = 0.0  # time.monotonic() of the next layout check
+
+    def _check_layout(self) -> None:
+        """Raise `StaleLayout` once a writer of a newer clicklake has recorded its documents'
+        layout: a server started before it cannot read them (it would fail on them, or misread
+        them). A read checks at most every `LAYOUT_CHECK_S` seconds (one small key read)."""
+        now = time.monotonic()
+        if now >= self._layout_due:
+            self.state.check_readable()
+            self._layout_due = now + LAYOUT_CHECK_S
 
     def watermark_ms(self) -> int | None:
         """Max arrival (key time) of the landing files folded so far."""
@@ -69,11 +81,12 @@ class OnlineFeatures:
         """The user's counters with event ts < ts_ms (`lookup.PROFILE_SCHEMA` names, times in
         epoch ms or None), plus per-campaign counts and domains unless `lists` is false; None
         for an unknown user (no event folded at all). Raises BeforeHorizon for instants the
-        state no longer holds.
+        state no longer holds, `StaleLayout` once a newer clicklake has written the store.
 
         A read after the user's latest event (a read "now") comes from the user's head
         (`user_head`), a fraction of the document to fetch and decode; the lists follow the
         head in the same value and are decoded only when asked for."""
+        self._check_layout()
         self._check(ts_ms)
         raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
         if raw is not None:
@@ -122,6 +135,7 @@ class OnlineFeatures:
                        ) -> dict[str, np.ndarray]:
         """`features.INPUT_COLUMNS` as length-1 arrays for an impression at ts_ms (`domain`: the
         impression's domain, for the per-domain segment counters; None = unknown)."""
+        self._check_layout()
         self._check(ts_ms)
         doc = self._doc(user_id, ts_ms) or us.new_user()
         p = us.profile_at(doc, ts_ms)
