@@ -333,8 +333,16 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
                 in_flight.setdefault(rk, []).append(k)
     busy = {k for keys in in_flight.values() for k in keys} | set(plan.retried) | done
 
+    for s, d in deep.items():
+        st = streams[s]
+        # Reported keys are forgotten once folded (a rebuild) or deleted, not before: the
+        # daily sweep would report them again.
+        there = {k for _, k in d.listed if k not in done}
+        st.late = {k for k in st.late if k in there or not d.covers(_arrival(k))}
+        st.gone = {k for k in st.gone if k in there or not d.covers(_arrival(k))}
+
     new: list[tuple[int, str]] = []
-    for st in streams.values():
+    for s, st in streams.items():
         for a, k in st.listed:
             if k in busy or k in st.late or k in st.gone or a > now_ms + AHEAD_MS:
                 continue  # (ahead of the clock: waits for it)
@@ -343,19 +351,8 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
                 st.late.add(k)
             else:
                 new.append((a, k))
-        for _, k in st.swept:
+        for _, k in st.swept + (deep[s].listed if s in deep else []):  # all before the window
             if k not in busy and k not in st.late and k not in st.gone:
-                plan.late.append(k)
-                st.late.add(k)
-    for s, d in deep.items():
-        st = streams[s]
-        # Reported keys are forgotten once folded (a rebuild) or deleted, not before: the
-        # daily sweep would report them again.
-        there = {k for _, k in d.listed if k not in done}
-        st.late = {k for k in st.late if k in there or not d.covers(_arrival(k))}
-        st.gone = {k for k in st.gone if k in there or not d.covers(_arrival(k))}
-        for _, k in d.listed:
-            if k in there and k not in busy and k not in st.late and k not in st.gone:
                 plan.late.append(k)
                 st.late.add(k)
     new.sort()
