@@ -5,6 +5,8 @@ a generated stream in test_online_consistency.py, which builds the lake it needs
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 import orjson
 
@@ -195,3 +197,57 @@ def test_a_store_of_an_older_layout_is_refused_by_serve_and_rebuilt_by_the_next_
     assert online.profile("u2", H + 10 * MIN)["impressions"] == 1
     assert _materialize(lake, SqliteOnlineStore(path=path), [k1])["files_folded"] == 0
     assert _materialize(lake, SqliteOnlineStore(path=path))["rebuild_reason"] == "none"
+
+
+def test_a_lost_cursor_takes_the_runs_asked_before_from_the_instance(tmp_path, monkeypatch):
+    # A reset (or unreadable) cursor forgot which runs were asked: a failed run's file older than
+    # the store's watermark was reported late instead of asked again. The instance remembers.
+    import types
+
+    from clicklake.assets import serving
+
+    store = Store(str(tmp_path / "lake"))
+    lake = LakeResource(root=store.root)
+    online = SqliteOnlineStore(path=str(tmp_path / "online.db"))
+    k0 = land(store, "impressions", H + 5 * MIN, [impression("i0", H + MIN)], "0")
+    k1 = land(store, "impressions", H + 3 * HOUR_MS, [impression("i1", H + 179 * MIN)], "1")
+    _materialize(lake, online, [k1])  # the watermark is hours past k0 now
+    instance = dg.DagsterInstance.ephemeral()
+
+    def boom(*args, **kwargs):
+        raise OSError("the lake was unreachable")
+
+    with monkeypatch.context() as m:  # the sensor's run for k0, which failed
+        m.setattr(serving, "fold_files", boom)
+        failed = dg.materialize(
+            serving_assets, instance=instance, raise_on_error=False,
+            run_config={"ops": {"serving_lookup": {"config": {"files": [k0]}}}},
+            resources={"lake": lake, "online_store": online},
+            tags={"dagster/sensor_name": serving.SENSOR_NAME, "dagster/run_key": "fold-k0",
+                  serving.ATTEMPT_TAG: "1"})
+    assert not failed.success
+    later = time.time() + watch.RETRY_BACKOFF_MS / 1000 + 60
+    monkeypatch.setattr(serving, "time", types.SimpleNamespace(time=lambda: later))
+
+    def tick(inst: dg.DagsterInstance):
+        return landing_to_serving(dg.build_sensor_context(
+            instance=inst, cursor=None, resources={"lake": lake, "online_store": online}))
+
+    blind = tick(dg.DagsterInstance.ephemeral())  # no record of it: late, as before
+    assert blind.run_requests == [] and watch.read_cursor(blind.cursor)[0]["streams"][
+        "impressions"]["late"] == [k0]
+    seen = tick(instance)  # its run failed: asked again, as its second attempt
+    assert [_files(r) for r in seen.run_requests] == [[k0]]
+    assert seen.run_requests[0].tags[serving.ATTEMPT_TAG] == "2"
+    assert seen.asset_events == []  # nothing reported late
+    _materialize(lake, online, [k0])
+    assert online.state().folded([k0]) == {k0}
+
+
+def test_a_cursor_from_runs_keeps_each_file_in_its_latest_run():
+    cursor = watch.cursor_from_runs([
+        ("fold-a", 1_000, 1, ["x", "y"]), ("fold-b", 2_000, 2, ["y"]), ("fold-c", 1_500, 1, ["z"])])
+    assert cursor["runs"] == {"fold-a": {"at": 1_000, "n": 1, "keys": ["x"]},
+                              "fold-b": {"at": 2_000, "n": 2, "keys": ["y"]},
+                              "fold-c": {"at": 1_500, "n": 1, "keys": ["z"]}}
+    assert watch.read_cursor(watch.dump_cursor(cursor)) == (cursor, None)

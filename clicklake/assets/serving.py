@@ -222,6 +222,29 @@ def _run_over(instance: dg.DagsterInstance) -> Callable[[str], bool | None]:
     return over
 
 
+SENSOR_NAME = "landing_to_serving"
+ATTEMPT_TAG = "clicklake/attempt"  # which attempt at its files a sensor run is
+ASKED_RUNS_MS = watch.SWEEP_MS  # a lost cursor is rebuilt from the sensor's runs of this long
+
+
+def _asked_runs(instance: dg.DagsterInstance, now_ms: int) -> list[tuple[str, int, int, list]]:
+    """(run key, request time, attempt, files) of this sensor's runs of the last
+    `ASKED_RUNS_MS`, from the instance's run records (`watch.cursor_from_runs`)."""
+    since = datetime.fromtimestamp((now_ms - ASKED_RUNS_MS) / 1000, UTC)
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={"dagster/sensor_name": SENSOR_NAME}, created_after=since))
+    out = []
+    for r in records:
+        run = r.dagster_run
+        run_key = run.tags.get("dagster/run_key")
+        files = (((run.run_config or {}).get("ops") or {}).get("serving_lookup") or {}).get(
+            "config", {}).get("files")
+        if run_key and files:
+            out.append((run_key, int(r.create_timestamp.timestamp() * 1000),
+                        int(run.tags.get(ATTEMPT_TAG, "1")), list(files)))
+    return out
+
+
 def _folded(state: StateStore, watermark_ms: int | None) -> Callable[[list[str]], set[str]]:
     def folded(keys: list[str]) -> set[str]:
         if not keys or watermark_ms is None:  # nothing folded yet: no need to ask
@@ -234,7 +257,7 @@ def _sample(keys: list[str]) -> str:
     return f"{', '.join(sorted(keys)[:5])}{' ...' if len(keys) > 5 else ''}"
 
 
-@dg.sensor(name="landing_to_serving", asset_selection=[serving_lookup],
+@dg.sensor(name=SENSOR_NAME, asset_selection=[serving_lookup],
            minimum_interval_seconds=SENSOR_INTERVAL_S,
            default_status=dg.DefaultSensorStatus.STOPPED)
 def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
@@ -246,12 +269,20 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
     cursor, problem = watch.read_cursor(context.cursor)
     if problem:
         context.log.warning(problem)
+    now_ms = int(time.time() * 1000)
+    if not cursor:  # none yet, or lost: the runs asked before are in the instance's records
+        asked = _asked_runs(context.instance, now_ms)
+        if asked:
+            context.log.info(f"no sensor cursor: {len(asked)} earlier runs of this sensor "
+                             f"taken from the instance (their files wait for them or are "
+                             f"asked again)")
+        cursor = watch.cursor_from_runs(asked)
     state = online_store.state()
     try:
         watermark = state.watermark_ms()
-        plan = watch.plan_tick(lake.store(), _folded(state, watermark), cursor,
-                               int(time.time() * 1000), lake.landing_prefix, MAX_FILES_PER_RUN,
-                               MAX_RUNS_IN_FLIGHT, _run_over(context.instance), watermark)
+        plan = watch.plan_tick(lake.store(), _folded(state, watermark), cursor, now_ms,
+                               lake.landing_prefix, MAX_FILES_PER_RUN, MAX_RUNS_IN_FLIGHT,
+                               _run_over(context.instance), watermark)
     finally:
         state.close()
     minutes = watch.LOOKBACK_MS // 60_000
@@ -274,6 +305,7 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
         run_key=run_key,
         run_config=dg.RunConfig(ops={"serving_lookup": ServingLookupConfig(files=keys)}),
         tags={"clicklake/files": str(len(keys)),
+              ATTEMPT_TAG: str(plan.cursor["runs"][run_key]["n"]),
               "clicklake/first_arrival": iso(landing.parse_key(keys[0]).arrival_ms),
               "clicklake/last_arrival": iso(landing.parse_key(keys[-1]).arrival_ms)})
         for keys, run_key in zip(plan.batches, plan.run_keys, strict=True)]

@@ -31,7 +31,8 @@ daily sweep finds them folded, by a rebuild, or deleted: so each is reported onc
 long it stays), the hour of the last sweep, the daily sweep's day and the month it reached; and
 per run in flight its request time, attempt and keys. `plan_tick` takes and gives it with plain
 key lists; `dump_cursor` stores the lists compressed (keys share long prefixes: ~10 bytes a key)
-and `read_cursor` reads them back.
+and `read_cursor` reads them back. A sensor without its cursor rebuilds the runs part from its
+runs' records (`cursor_from_runs`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -125,6 +126,23 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
                                            if s in landing.STREAMS}, "runs": {}}, None
     except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
         return {}, f"unreadable sensor cursor ({exc!r}): starting over from the store's record"
+
+
+def cursor_from_runs(runs: Iterable[tuple[str, int, int, list[str]]]) -> dict:
+    """A cursor for a sensor that lost its own (reset, unreadable, renamed): the runs it asked
+    for, as its run records tell them ((run key, request time, attempt, keys)), each key in the
+    latest run that asked for it. Its streams start afresh, from the store's watermark, but
+    files of runs still queued or running wait for them, and those of failed runs are asked
+    again, instead of both being reported late."""
+    latest: dict[str, tuple[int, int, str]] = {}
+    for run_key, at, attempt, keys in runs:
+        for k in keys:
+            if k not in latest or (at, attempt) > latest[k][:2]:
+                latest[k] = (at, attempt, run_key)
+    out: dict[str, dict] = {}
+    for k, (at, attempt, run_key) in sorted(latest.items()):
+        out.setdefault(run_key, {"at": at, "n": attempt, "keys": []})["keys"].append(k)
+    return {"v": _VERSION, "streams": {}, "runs": out}
 
 
 def _deep_state(value) -> list | None:
