@@ -239,9 +239,10 @@ def _asked_runs(instance: dg.DagsterInstance, now_ms: int) -> list[tuple[str, in
         run_key = run.tags.get("dagster/run_key")
         files = (((run.run_config or {}).get("ops") or {}).get("serving_lookup") or {}).get(
             "config", {}).get("files")
+        attempt = run.tags.get(ATTEMPT_TAG, "")  # none on runs of versions before the tag
         if run_key and files:
             out.append((run_key, int(r.create_timestamp.timestamp() * 1000),
-                        int(run.tags.get(ATTEMPT_TAG, "1")), list(files)))
+                        int(attempt) if attempt.isdigit() else 1, list(files)))
     return out
 
 

@@ -129,7 +129,7 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
 
 
 def cursor_from_runs(runs: Iterable[tuple[str, int, int, list[str]]]) -> dict:
-    """A cursor for a sensor that lost its own (reset, unreadable, renamed): the runs it asked
+    """A cursor for a sensor that lost its own (reset by hand, unreadable): the runs it asked
     for, as its run records tell them ((run key, request time, attempt, keys)), each key in the
     latest run that asked for it. Its streams start afresh, from the store's watermark, but
     files of runs still queued or running wait for them, and those of failed runs are asked
