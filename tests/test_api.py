@@ -519,9 +519,12 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     assert "campaigns" not in counters and "domains" not in counters
     assert {k: v for k, v in counters.items() if k != "as_of"} == {
         k: v for k, v in prof.items() if k not in ("as_of", "campaigns", "domains")}
-    # A newer clicklake writes the store now: this server refuses to guess, with a 503.
+    # A newer clicklake writes the store now: this server refuses to guess, with a 503, and its
+    # health check says so (a load balancer drains it, an orchestrator restarts it).
     from clicklake.platform.online import read
     from clicklake.platform.online.state import DOCS_LAYOUT
+
+    assert client.get("/healthz").json()["source_error"] is None
 
     state.conn.execute("UPDATE meta SET v=? WHERE k='docs_layout'", (DOCS_LAYOUT + 1,))
     later = time.monotonic() + read.LAYOUT_CHECK_S
@@ -531,3 +534,6 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
         "user_id": r["user_id"], "campaign_id": r["campaign_id"],
         "ts": round(r["ts"].timestamp() * 1000), "ip": r["ip"]})
     assert out.status_code == 503 and out.json()["code"] == "stale_layout", out.text
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    assert "newer clicklake" in health.json()["source_error"]

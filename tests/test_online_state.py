@@ -150,6 +150,8 @@ def test_documents_of_a_newer_layout_are_refused_by_readers_and_writers(env, tmp
     with pytest.raises(StaleLayout, match="newer clicklake"):
         serving.feature_inputs("u1", "c1", H + 11 * MIN, US_IP, "curl/8")
     api = TestClient(lake_app(store, source=serving))  # and the REST API says so
+    health = api.get("/healthz")  # (no model in this lake either)
+    assert health.status_code == 503 and "newer clicklake" in health.json()["source_error"]
     for answer in (api.get("/v1/users/u1/profile"),
                    api.get("/v1/users/u1/profile", params={"lists": "false"})):
         assert answer.status_code == 503 and answer.json()["code"] == "stale_layout"

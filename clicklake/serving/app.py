@@ -408,12 +408,27 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthOut,
                    responses={503: {"model": HealthOut}}, summary="Liveness and readiness")
     async def healthz() -> JSONResponse:
-        """200 when a model is loaded, 503 otherwise (no token needed: for load balancers)."""
+        """200 when a model is loaded and the feature source can be read, 503 otherwise (no
+        token needed: for load balancers and orchestrators, which then restart the server)."""
         m = model.current
-        body = HealthOut(status="ok" if m else "unavailable", model=_model_out(m) if m else None,
-                         source=source_kind, features_as_of=watermark_iso(),
-                         model_error=model.last_error)
-        return JSONResponse(body.model_dump(), status_code=200 if m else 503)
+        unreadable = source_error()
+        ok = m is not None and unreadable is None
+        body = HealthOut(status="ok" if ok else "unavailable",
+                         model=_model_out(m) if m else None, source=source_kind,
+                         features_as_of=watermark_iso(), model_error=model.last_error,
+                         source_error=unreadable)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    def source_error() -> str | None:
+        """Why the feature source cannot answer: an online store a newer clicklake has written
+        since the server started (`OnlineFeatures.check_layout`); None when it can."""
+        check = getattr(source, "check_layout", None)  # the lake's sources have no layout
+        try:
+            if check is not None:
+                check()
+        except StaleLayout as exc:
+            return str(exc)
+        return None
 
     @app.get("/metrics", dependencies=[Depends(require_token)], response_class=Response,
              summary="Prometheus metrics")

@@ -132,6 +132,7 @@ class HealthOut(BaseModel):
     source: str
     features_as_of: str | None
     model_error: str | None = None
+    source_error: str | None = None  # the feature source cannot be read (e.g. a newer layout)
 
 
 class CampaignCounts(BaseModel):

@@ -38,7 +38,7 @@ class OnlineFeatures:
         self.state, self.rules = state, rules
         self._layout_due = 0.0  # time.monotonic() of the next layout check
 
-    def _check_layout(self) -> None:
+    def check_layout(self) -> None:
         """Raise `StaleLayout` once a writer of a newer clicklake has recorded its documents'
         layout: a server started before it cannot read them (it would fail on them, or misread
         them). A read checks at most every `LAYOUT_CHECK_S` seconds (one small key read)."""
@@ -86,7 +86,7 @@ class OnlineFeatures:
         A read after the user's latest event (a read "now") comes from the user's head
         (`user_head`), a fraction of the document to fetch and decode; the lists follow the
         head in the same value and are decoded only when asked for."""
-        self._check_layout()
+        self.check_layout()
         self._check(ts_ms)
         raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
         if raw is not None:
@@ -135,7 +135,7 @@ class OnlineFeatures:
                        ) -> dict[str, np.ndarray]:
         """`features.INPUT_COLUMNS` as length-1 arrays for an impression at ts_ms (`domain`: the
         impression's domain, for the per-domain segment counters; None = unknown)."""
-        self._check_layout()
+        self.check_layout()
         self._check(ts_ms)
         doc = self._doc(user_id, ts_ms) or us.new_user()
         p = us.profile_at(doc, ts_ms)
