@@ -224,7 +224,7 @@ def _run_over(instance: dg.DagsterInstance) -> Callable[[str], bool | None]:
 
 SENSOR_NAME = "landing_to_serving"
 ATTEMPT_TAG = "clicklake/attempt"  # which attempt at its files a sensor run is
-ASKED_RUNS_MS = watch.SWEEP_MS  # a lost cursor is rebuilt from the sensor's runs of this long
+ASKED_RUNS_MS = 24 * HOUR_MS  # a lost cursor is rebuilt from the sensor's runs of this long
 
 
 def _asked_runs(instance: dg.DagsterInstance, now_ms: int) -> list[tuple[str, int, int, list]]:

@@ -422,10 +422,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     def source_error() -> str | None:
         """Why the feature source cannot answer: an online store a newer clicklake has written
         since the server started (`OnlineFeatures.check_layout`); None when it can."""
-        check = getattr(source, "check_layout", None)  # the lake's sources have no layout
         try:
-            if check is not None:
-                check()
+            source.check_layout()
         except StaleLayout as exc:
             return str(exc)
         return None

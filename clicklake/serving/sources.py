@@ -36,6 +36,9 @@ class OnlineFeatures(Protocol):
 
     def watermark_ms(self) -> int | None: ...
 
+    def check_layout(self) -> None:
+        """Raise `StaleLayout` when a newer clicklake has written the store since it opened."""
+
 
 _PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
 
@@ -87,6 +90,9 @@ class LakeFeatures:
 
     def watermark_ms(self) -> int | None:
         return self._watermark
+
+    def check_layout(self) -> None:
+        """Nothing to check: the lake's Parquet carries its schema, not a documents' layout."""
 
     def _state_t(self, ts_ms: int) -> int:
         return ts_ms if self._watermark is None else min(ts_ms, self._watermark)
