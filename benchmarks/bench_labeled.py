@@ -171,6 +171,22 @@ def phase_labeled(root: str, meta: dict, out_dir: str, name: str = "labeled",
     return {"seconds": build_s, "rows": rows}
 
 
+SCALING_HOURS = (12, 24)  # shorter ranges beside the full one: cost per impression, peak memory
+
+
+def phase_labeled_last(n_hours: int):
+    """The full build of the last `n_hours` labeled hours as one range (it starts from the
+    snapshot before them, as a backfill of those hours would): beside the full range, how cost
+    and peak memory grow with the number of hours (DESIGN §8: linear cost, flat memory)."""
+
+    def phase(root: str, meta: dict, out_dir: str) -> dict:
+        build_s, rows = _labeled_range(root, _hours(meta)[:-1][-n_hours:],
+                                       os.path.join(out_dir, f"labeled_{n_hours}h.parquet"))
+        return {"seconds": build_s, "rows": rows, "hours": n_hours}
+
+    return phase
+
+
 def phase_labeled_one_thread(root: str, meta: dict, out_dir: str) -> dict:
     """The same range with no hour prepared ahead on a second thread: all on one core."""
     return phase_labeled(root, meta, out_dir, "labeled_one_thread", prefetch=False)
@@ -403,7 +419,8 @@ PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
           "labeled_one_thread": phase_labeled_one_thread,
           "labeled_hourly": phase_labeled_hourly, "minimal_ours": phase_minimal_ours,
           "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb,
-          "rebuild_seed": phase_rebuild_seed, "rebuild_refold": phase_rebuild_refold}
+          "rebuild_seed": phase_rebuild_seed, "rebuild_refold": phase_rebuild_refold,
+          **{f"labeled_{h}h": phase_labeled_last(h) for h in SCALING_HOURS}}
 
 
 def run_phase(name: str, root: str, out_dir: str) -> dict:
@@ -472,8 +489,45 @@ def compare(out_dir: str) -> dict:
             b = other[col].to_numpy(zero_copy_only=False).astype(np.float64)
             mism[base_col] = int((a != b).sum())
         out[f"{name}_mismatches"] = mism
+    for h in SCALING_HOURS:  # each shorter range: its rows equal DuckDB's on its impressions
+        part = _sorted(os.path.join(out_dir, f"labeled_{h}h.parquet"))
+        base = duck.filter(pc.is_in(ids, part["impression_id"]))
+        if not part["impression_id"].equals(base["impression_id"]):
+            raise SystemExit(f"labeled_{h}h: impressions missing from or not in DuckDB's")
+        out[f"full_build_{h}h_mismatches"] = {
+            b: int((base[b].to_numpy().astype(np.float64)
+                    != part[c].to_numpy(zero_copy_only=False).astype(np.float64)).sum())
+            for b, c in (("n_imp", "user_impressions_life"), ("n_clk", "user_clicks_life"),
+                         ("label", "label"))}
     out["label_rate"] = float(duck["label"].to_numpy().mean())
     return out
+
+
+def _scaling(phases: dict, full: dict, meta: dict) -> dict:
+    """Cost per impression and peak memory growth of ranges of 12, 24 and all labeled hours,
+    and the full range's over the shortest's (DESIGN §8: linear cost is ~1x per impression,
+    flat memory ~1x growth)."""
+    runs = [phases[f"labeled_{h}h"] for h in SCALING_HOURS]
+    runs.append({**full, "hours": meta["hours"] - 1})
+    rows = [{"hours": r["hours"], "impressions": r["rows"], "seconds": round(r["seconds"], 3),
+             "cpu_s": round(r["cpu_s"], 3),
+             "cpu_us_per_impression": round(r["cpu_s"] / r["rows"] * 1e6, 3),
+             "wall_us_per_impression": round(r["seconds"] / r["rows"] * 1e6, 3),
+             "peak_growth_mib": round(r["peak_growth_mib"], 1)} for r in runs]
+    first, last = rows[0], rows[-1]
+    # Linear cost: CPU = fixed (the range's start: its snapshot) + marginal x impressions.
+    x = np.array([r["rows"] for r in runs], float)
+    y = np.array([r["cpu_s"] for r in runs])
+    marginal, fixed = np.polyfit(x, y, 1)
+    residual = np.abs(y - (fixed + marginal * x)) / y
+    return {"ranges": rows,
+            "linear_fit": {"fixed_cpu_s": round(float(fixed), 3),
+                           "marginal_cpu_us_per_impression": round(float(marginal) * 1e6, 3),
+                           "max_residual_pct": round(float(residual.max()) * 100, 2)},
+            "cpu_per_impression_full_over_shortest": round(
+                last["cpu_us_per_impression"] / first["cpu_us_per_impression"], 3),
+            "peak_growth_full_over_shortest": round(
+                last["peak_growth_mib"] / first["peak_growth_mib"], 3)}
 
 
 def main() -> None:
@@ -507,7 +561,7 @@ def main() -> None:
     try:
         phases = {name: run_phase(name, root, out_dir) for name in (
             "duckdb", "minimal_ours", "minimal_ours_2proc", "labeled", "labeled_one_thread",
-            "labeled_2proc", "labeled_hourly")}
+            "labeled_2proc", "labeled_hourly", *(f"labeled_{h}h" for h in SCALING_HOURS))}
         check = compare(out_dir)
         rebuild = None
         if not args.no_online_rebuild:
@@ -558,6 +612,7 @@ def main() -> None:
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
             "minimal_ours_2proc_throughput_over_duckdb": duck["seconds"] / mini2["seconds"],
         },
+        "scaling_with_hours": _scaling(phases, lab, meta),
         "exactness": check,
         "online_rebuild": rebuild,
         "notes": "RSS measured per phase in a fresh subprocess from /proc/self/status: VmHWM "
@@ -586,6 +641,15 @@ def main() -> None:
     print(f"full build as one range vs hour by hour: "
           f"{results['ratios']['full_build_range_cpu_over_hour_by_hour_cpu']:.2f}x the CPU")
     print(f"mismatches against DuckDB: {mis}")
+    sc = results["scaling_with_hours"]
+    for r in sc["ranges"]:
+        print(f"  range of {r['hours']:>2} h: {r['impressions']:>9,} impressions, "
+              f"{r['cpu_us_per_impression']:.2f} CPU-us and {r['wall_us_per_impression']:.2f} "
+              f"us each, peak growth {r['peak_growth_mib']:.0f} MiB")
+    fit = sc["linear_fit"]
+    print(f"  CPU = {fit['fixed_cpu_s']:.2f} s a range + {fit['marginal_cpu_us_per_impression']:.2f}"
+          f" us an impression (largest residual {fit['max_residual_pct']:.1f} %); full range "
+          f"over the shortest: {sc['peak_growth_full_over_shortest']:.2f}x the peak growth")
     if rebuild:
         seed, refold = rebuild["rebuild_seed"], rebuild["rebuild_refold"]
         print(f"online store rebuilt from the snapshot: {seed['seconds']:.1f} s "
