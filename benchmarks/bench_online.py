@@ -8,7 +8,9 @@
    earlier rounds) and with the fold's own parser (`parse_file`: fast path, same verdicts), and
    the rows each event writes (documents, counter rows, dedup marks of the commits); then the
    backlog fold again at a production-like size (`--scale-users` x `--scale-hours`, ~1 M
-   events), beside the exact parse of its files, and the reads of 2. on that state;
+   events), beside the exact parse of its files, and the reads of 2. on that state; with the
+   backlogs of its first quarter and half of the hours folded the same way, CPU per event by
+   backlog length (DESIGN §8: cost linear in events);
 2. in-process reads p50/p99 "now" (at the watermark): `OnlineFeatures.profile` (the counters of
    `lookup.PROFILE_SCHEMA` with the per-campaign counts and the domains), the same without the
    lists (`lists=False`: the counters alone, from the user's head), and `feature_inputs`, of
@@ -136,16 +138,31 @@ def bench_fold_at_scale(root: str, users: int, hours: int, reads: int) -> dict:
     on the resulting state."""
     sub = os.path.join(root, "scale")
     store = Store(os.path.join(sub, "lake"))
-    generate(store, start_ms=parse_instant("2026-11-10T00:00:00Z"), hours=hours, users=users,
-             seed=4)
+    start = parse_instant("2026-11-10T00:00:00Z")
+    generate(store, start_ms=start, hours=hours, users=users, seed=4)
     keys = store.list("landing/")
     n, _, parse_cpu = _parse_only(store, keys, parse_file_exact)
+    # DESIGN §8, cost linear in events: the first quarter and half of the same landing zone
+    # (same users) folded the same way, each into a fresh state, beside the whole.
+    scaling = []
+    for part in (hours // 4, hours // 2):
+        head = [lf.key for lf, _ in order_files(keys)[0] if lf.arrival_ms < start + part * HOUR_MS]
+        _, f = _fold_rate(sub, store, head, f"online-{part}h.db", FILES_PER_COMMIT,
+                          MAX_FILES_PER_RUN)
+        scaling.append({"hours": part, "events": f["events"], "cpu_seconds": f["cpu_seconds"],
+                        "events_per_cpu_s": f["events_per_cpu_s"]})
     state, fig = _fold_rate(sub, store, keys, "online.db", FILES_PER_COMMIT, MAX_FILES_PER_RUN)
     assert 0 < fig["events"] <= n  # duplicates are parsed, then dropped by the fold
+    scaling.append({"hours": hours, "events": fig["events"], "cpu_seconds": fig["cpu_seconds"],
+                    "events_per_cpu_s": fig["events_per_cpu_s"]})
+    for row in scaling:
+        row["cpu_per_event_over_shortest"] = round(
+            scaling[0]["events_per_cpu_s"] / row["events_per_cpu_s"], 3)
     out = {"users": users, "hours": hours, "files": len(order_files(keys)[0]), **fig,
            "baseline_parse_only_events_per_cpu_s": round(n / parse_cpu),
            "cpu_ratio_to_parse_only": round(fig["events_per_cpu_s"] / (n / parse_cpu), 4),
-           "target_events_per_s": 300_000, "reads": bench_reads(state, sub, reads)}
+           "target_events_per_s": 300_000, "scaling_with_hours": scaling,
+           "reads": bench_reads(state, sub, reads)}
     state.close()
     return out
 
