@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 
 import pytest
@@ -189,6 +190,31 @@ def test_not_gzip_at_all(data):
 def test_trailing_junk_after_a_good_member():
     decoded = decode_lines(encode_lines(LINES[:3]) + b"junk")
     assert decoded.lines == LINES[:3] and "corrupt" in decoded.error
+
+
+# Lines that barely compress, so each member spans several 4 KiB blocks of the salvage loop.
+HASHED = [b'{"n":%d,"h":"%s"}' % (i, hashlib.sha256(b"%d" % i).hexdigest().encode()) for i in range(600)]
+
+
+def test_a_damaged_last_member_keeps_every_line_of_the_intact_members():
+    first, second = encode_lines(HASHED[:200]), encode_lines(HASHED[200:500])
+    third = encode_lines(HASHED[500:])
+    assert len(first) > 4096 and len(second) > 4096 and len(first) % 4096 != 0
+    data = first + second + third[: len(third) // 2]
+    decoded = decode_lines(data)
+    assert decoded.lines[:500] == HASHED[:500]
+    readable = zlib.decompressobj(wbits=31).decompress(third[: len(third) // 2])
+    assert decoded.lines[500:] == readable[: readable.rfind(b"\n")].split(b"\n")
+    assert decoded.error == (
+        f"truncated gzip: member 3 (at byte {len(first) + len(second)}) ends before its end marker"
+    )
+
+
+def test_trailing_garbage_after_intact_members_keeps_every_line():
+    first, second = encode_lines(HASHED[:200]), encode_lines(HASHED[200:])
+    decoded = decode_lines(first + second + b"garbage")
+    assert decoded.lines == HASHED and decoded.tail == b""
+    assert decoded.error.startswith(f"corrupt gzip: member 3 (at byte {len(first) + len(second)}):")
 
 
 def test_write_and_read_file(tmp_path):

@@ -136,11 +136,15 @@ def _salvage(data: bytes) -> tuple[bytes, str | None]:
     Zero padding after the last member is accepted, as gzip(1) does.
     """
     out: list[bytes] = []
-    rest = data
-    while rest:
+    view = memoryview(data)
+    pos = member = 0  # an offset, not a copied remainder: many small members stay linear
+    while pos < len(data):
+        member += 1
+        # Named in the error, so a reader can tell which member is damaged and find it.
+        where = f"member {member} (at byte {pos})"
         d = zlib.decompressobj(wbits=47)  # 32 + 15: gzip (or zlib) header, 32 KiB window
-        for i in range(0, len(rest), 4096):
-            block = rest[i : i + 4096]
+        while not d.eof and pos < len(data):
+            block = view[pos : pos + 4096]
             before = d.copy()
             try:
                 out.append(d.decompress(block))
@@ -150,13 +154,13 @@ def _salvage(data: bytes) -> tuple[bytes, str | None]:
                         out.append(before.decompress(block[b : b + 1]))
                     except zlib.error:
                         break
-                return b"".join(out), f"corrupt gzip: {exc}"
-            if d.eof:
-                break
+                return b"".join(out), f"corrupt gzip: {where}: {exc}"
+            pos += len(block)
         if not d.eof:
-            return b"".join(out), "truncated gzip: the stream ends before its end marker"
-        rest = d.unused_data
-        if not rest.strip(b"\x00"):
+            return b"".join(out), f"truncated gzip: {where} ends before its end marker"
+        # The next member starts inside the last block fed; every later byte is still to read.
+        pos -= len(d.unused_data)
+        if data[pos : pos + 1] == b"\x00" and data.count(b"\x00", pos) == len(data) - pos:
             break
     return b"".join(out), None
 
