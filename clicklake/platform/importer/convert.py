@@ -15,7 +15,7 @@ from typing import Any
 
 from clicklake.platform.events import COST_MAX
 from clicklake.platform.importer.mapping import ClicksMapping, Mapping
-from clicklake.platform.importer.readers import RAW_KEEP, Problem, ReadError
+from clicklake.platform.importer.readers import RAW_KEEP, OutOfRange, Problem, ReadError
 
 # The event contract's range; outside it is almost always a wrong --time-format (seconds read as
 # ms, ...), and the raw layer would quarantine such events anyway.
@@ -48,8 +48,13 @@ class BadValue(ValueError):
 
 def parse_time(value: Any, fmt: str, name: str) -> int:
     """One source time value → epoch ms (UTC), or BadValue(BAD_TIME / MISSING_FIELD)."""
+    if isinstance(value, bytes):
+        value = _utf8(value, name)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise BadValue(MISSING_FIELD, f"{name} is empty")
+    if isinstance(value, OutOfRange):
+        raise BadValue(BAD_TIME, f"{name}: {value.value} ({value.type}) is outside the years "
+                                 "1-9999")
     try:
         ms = _parse_time(value, fmt)
     except (ValueError, OverflowError, TypeError):
@@ -88,11 +93,27 @@ def _parse_time(value: Any, fmt: str) -> int:
     return _ms(datetime.strptime(text, fmt))
 
 
-def _text(value: Any) -> str | None:
-    """A source value as event text; None for missing/blank."""
+def _utf8(value: bytes, name: str) -> str:
+    """A Parquet binary value (a string column written without the UTF8 annotation) as text."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadValue(MALFORMED, f"{name}: invalid UTF-8 bytes") from None
+
+
+def _text(value: Any, name: str) -> str | None:
+    """A source value as event text; None for missing/blank; BadValue when it is not one value."""
     if value is None:
         return None
-    if isinstance(value, float):
+    if type(value) is str:  # every CSV value: skip the type checks below
+        return value.strip() or None
+    if isinstance(value, bytes):
+        value = _utf8(value, name)  # str() would make "b'u1'" of it
+    elif isinstance(value, (list, tuple, dict)):  # a list, struct or map column
+        raise BadValue(BAD_VALUE, f"{name}: {str(value)[:40]!r} is a nested value, not text")
+    elif isinstance(value, OutOfRange):
+        raise BadValue(BAD_VALUE, f"{name}: {value.value} ({value.type}) is out of range")
+    elif isinstance(value, float):
         if not math.isfinite(value):
             return None
         if value == int(value):
@@ -101,17 +122,22 @@ def _text(value: Any) -> str | None:
     return s or None
 
 
-def _key(values: list[Any], idx: tuple[int, ...]) -> str | None:
+def _key(values: list[Any], idx: tuple[int, ...], names: tuple[str, ...]) -> str | None:
     """One column's text, or several joined by ':' (None when all are blank)."""
-    parts = [_text(values[i]) for i in idx]
+    parts = [_text(values[i], name) for i, name in zip(idx, names, strict=True)]
     if all(p is None for p in parts):
         return None
     return parts[0] if len(parts) == 1 else ":".join(p or "" for p in parts)
 
 
+def _str(value: Any) -> str:
+    # Bytes keep undecodable bytes as surrogates, as the CSV reader does, so they are caught.
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
 def row_material(values: list[Any]) -> bytes:
     """The bytes identifying a source row: every column, so only identical rows share them."""
-    parts = ["\x00" if v is None else str(v) for v in values]
+    parts = ["\x00" if v is None else _str(v) for v in values]
     return "\x1f".join(parts).encode("utf-8")  # raises on undecodable bytes (surrogates)
 
 
@@ -125,7 +151,7 @@ def derived_click_id(impression_id: str) -> str:
 
 
 def raw_text(values: list[Any], delimiter: str = ",") -> str:
-    text = delimiter.join("" if v is None else str(v) for v in values)
+    text = delimiter.join("" if v is None else _str(v) for v in values)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:RAW_KEEP]
 
 
@@ -184,18 +210,21 @@ class ImpressionConverter:
             return Problem(line_no, MALFORMED, "invalid UTF-8 bytes", raw_text(values, m.delimiter))
         try:
             ts = parse_time(values[self.time], m.time_format, m.time)
-            user = _key(values, self.user)
+            user = _key(values, self.user, m.user)
             if user is None:
                 raise BadValue(MISSING_FIELD, f"user ({', '.join(m.user)}) is empty")
-            campaign = _key(values, self.campaign)
+            campaign = _key(values, self.campaign, m.campaign)
             if campaign is None:
                 raise BadValue(MISSING_FIELD, f"campaign ({', '.join(m.campaign)}) is empty")
             if self.id is not None:
-                imp_id = _text(values[self.id])
+                imp_id = _text(values[self.id], m.id)
                 if imp_id is None:
                     raise BadValue(MISSING_FIELD, f"{m.id} is empty")
             else:
                 imp_id = "i" + digest(material)
+            domain = _key(values, self.site, m.site) if self.site else None
+            ip = _text(values[self.ip], m.ip) if self.ip is not None else None
+            ua = _text(values[self.ua], m.user_agent) if self.ua is not None else None
             cost = self._cost(values)
             click_ts = self._click_ts(values, ts)
         except BadValue as exc:
@@ -206,9 +235,9 @@ class ImpressionConverter:
             ts=ts,
             user_id=user,
             campaign_id=campaign,
-            domain=_key(values, self.site) if self.site else None,
-            ip=_text(values[self.ip]) if self.ip is not None else None,
-            user_agent=_text(values[self.ua]) if self.ua is not None else None,
+            domain=domain,
+            ip=ip,
+            user_agent=ua,
             cost=cost,
             click_ts=click_ts,
             click_id=derived_click_id(imp_id) if click_ts is not None else None,
@@ -219,7 +248,7 @@ class ImpressionConverter:
         if self.cost is None:
             return None
         v = values[self.cost]
-        if _text(v) is None:
+        if _text(v, self.m.cost) is None:
             return None  # unknown cost stays null; the pipeline reads it as zero spend
         try:
             x = float(v) if not isinstance(v, bool) else math.nan
@@ -234,7 +263,7 @@ class ImpressionConverter:
     def _click_ts(self, values: list[Any], ts: int) -> int | None:
         if self.label is not None:
             v = values[self.label]
-            t = _text(v)
+            t = _text(v, self.m.label)
             if t in ("1", "true", "True", "TRUE"):
                 return ts + self.delay_ms
             if t in ("0", "false", "False", "FALSE"):
@@ -242,7 +271,7 @@ class ImpressionConverter:
             raise BadValue(BAD_VALUE, f"{self.m.label}: {str(v)[:40]!r} is not a 0/1 label")
         if self.click_time is not None:
             v = values[self.click_time]
-            if _text(v) is None:
+            if not isinstance(v, OutOfRange) and _text(v, self.m.click_time) is None:
                 return None  # no click
             # A bad click time rejects the row: its label would be unknown.
             return parse_time(v, self.click_fmt, self.m.click_time)
@@ -267,15 +296,17 @@ class ClickConverter:
             return Problem(line_no, MALFORMED, "invalid UTF-8 bytes", raw_text(values, self.delimiter))
         try:
             ts = parse_time(values[self.time], self.fmt, c.time)
-            imp = _text(values[self.imp])
+            imp = _text(values[self.imp], c.impression_id)
             if imp is None:
                 raise BadValue(MISSING_FIELD, f"{c.impression_id} is empty")
             if self.id is not None:
-                click_id = _text(values[self.id])
+                click_id = _text(values[self.id], c.id)
                 if click_id is None:
                     raise BadValue(MISSING_FIELD, f"{c.id} is empty")
             else:
                 click_id = "c" + digest(material)
+            user = _key(values, self.user, c.user) if self.user else None
+            campaign = _key(values, self.campaign, c.campaign) if self.campaign else None
         except BadValue as exc:
             return Problem(line_no, exc.reason, str(exc), raw_text(values, self.delimiter))
         return ClickRow(
@@ -283,7 +314,7 @@ class ClickConverter:
             click_id=click_id,
             impression_id=imp,
             ts=ts,
-            user_id=_key(values, self.user) if self.user else None,
-            campaign_id=_key(values, self.campaign) if self.campaign else None,
+            user_id=user,
+            campaign_id=campaign,
             row_hash=hashlib.blake2b(material, digest_size=16).digest(),
         )

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 MAX_PREAMBLE_LINES = 1000  # how far to look for the header line
@@ -39,6 +40,19 @@ class Problem:
     reason: str
     detail: str
     raw: str = ""
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    """A typed Parquet value Python cannot hold (a timestamp or date past year 9999 or before
+    year 1), kept as its raw number so the row can be rejected with a reason instead of crashing
+    the import; `str` is stable, so it can take part in a row's hash like any other value."""
+
+    type: str
+    value: int | None
+
+    def __str__(self) -> str:
+        return f"{self.value} ({self.type}, out of range)"
 
 
 @dataclass
@@ -243,7 +257,7 @@ class ParquetReader(TableReader):
             except Exception as exc:  # noqa: BLE001 - a corrupt page ends the file, reported
                 yield Problem(row_no + 1, "malformed", f"unreadable Parquet data: {exc}")
                 return
-            cols = [c.to_pylist() for c in batch.columns]
+            cols = [_pylist(c) for c in batch.columns]
             for i in range(batch.num_rows):
                 row_no += 1
                 yield row_no, [c[i] for c in cols]
@@ -256,3 +270,20 @@ class ParquetReader(TableReader):
         self._pf = None
         if self._tmp and os.path.exists(self._tmp):
             os.unlink(self._tmp)
+
+
+def _pylist(column: pa.Array) -> list[Any]:
+    """A batch column as Python values; a value Python cannot hold becomes an `OutOfRange`."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError):
+        # Rare: only this column of this batch goes cell by cell, to find the bad values.
+        return [_cell(scalar, column.type) for scalar in column]
+
+
+def _cell(scalar: pa.Scalar, type_: pa.DataType) -> Any:
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError):
+        raw = getattr(scalar, "value", None)
+        return OutOfRange(str(type_), raw if isinstance(raw, int) else None)
