@@ -4,6 +4,7 @@ against the single-value helpers, and one lookup per distinct value."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 import threading
@@ -143,6 +144,20 @@ def test_country_of_normalises_whitespace_and_ipv4_mapped(ip, expected):
     assert country_of(ip) == expected
 
 
+# The same address in other spellings (::ffff:0:0/96, RFC 4291): each is its IPv4 address.
+@pytest.mark.parametrize(
+    ("ip", "expected"),
+    [("::ffff:808:808", "US"), ("0:0:0:0:0:ffff:8.8.8.8", "US"), ("0:0:0:0:0:FFFF:0808:0808", "US"),
+     ("::ffff:c163:9050", "DE"), (" ::ffff:808:808\t", "US"), ("\u3000::FfFf:808:808", "US"),
+     ("::ffff:a00:1", UNKNOWN),  # 10.0.0.1
+     ("::ffff:808:808%eth0", UNKNOWN), ("1::ffff:808:808", UNKNOWN), ("ffff::808:808", UNKNOWN),
+     ("::ffff:808:808:1", UNKNOWN), ("::ffff:8o8:808", UNKNOWN)],
+)
+def test_ipv4_mapped_addresses_in_every_spelling_on_both_paths(ip, expected):
+    assert country_of(ip) == expected
+    assert countries([ip, "8.8.8.8"]).to_pylist() == [expected, "US"]
+
+
 def _all_ips() -> list[str | None]:
     return [ip for ip, _ in PUBLIC_IPS] + UNKNOWN_IPS + [" 8.8.8.8", "::ffff:5.9.0.1"]
 
@@ -163,12 +178,21 @@ def _country_per_value(ip: str) -> str:
     ip = ip.strip()
     if ip[:7].lower() == "::ffff:" and "." in ip:
         ip = ip[7:]
+    else:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            address = None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None and \
+                address.scope_id is None:
+            ip = str(address.ipv4_mapped)
     code = iptocc.country_code([ip])[0]
     return code if code and len(code) == 2 and code.isalpha() else UNKNOWN
 
 
 _ADDRESS_PARTS = st.sampled_from(
     ["8.8.8.8", "5.9.0.1", "10.0.0.1", "2003::1", "::ffff:", "::FFFF:", "::fFfF:", "::ff", ".",
+     "0:0:0:0:0:", "ffff:", "FfFf:", "509:1", "808:808", "%e",
      ":", "1", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0",
      "\u2028", "\u3000", "\u200b", "\u180e", "\ufeff", "\u212a", "é", "x" * 30])
 

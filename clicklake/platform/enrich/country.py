@@ -8,6 +8,7 @@ documentation, multicast or unallocated ranges) and text that is not an address 
 from __future__ import annotations
 
 import functools
+import ipaddress
 
 import iptocc
 import numpy as np
@@ -33,12 +34,29 @@ _ASCII_WHITESPACE = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
 
 def _normalise(ip: str) -> str:
     """Surrounding whitespace stripped; an IPv4-mapped IPv6 address (dual-stack sockets report
-    clients as ``::ffff:a.b.c.d``) reduced to its IPv4 address. Per value, for the rare address
-    that is not ASCII (where Python's notion of whitespace is the reference)."""
+    clients as ``::ffff:a.b.c.d``) reduced to its IPv4 address, in any spelling. Per value, for
+    the rare address that is not ASCII (where Python's notion of whitespace is the reference)."""
     ip = ip.strip()
     if ip[:7].lower() == _IPV4_MAPPED_PREFIX and "." in ip:
         return ip[7:]
+    if "ffff" in ip.lower():
+        return _ipv4_mapped(ip)
     return ip
+
+
+@functools.lru_cache(maxsize=65_536)
+def _ipv4_mapped(ip: str) -> str:
+    """The IPv4 address of an IPv4-mapped IPv6 address in a spelling other than
+    ``::ffff:a.b.c.d`` (``::ffff:808:808``, ``0:0:0:0:0:ffff:8.8.8.8``); any other text as given.
+    Every such spelling holds "ffff" (the sixth group cannot be written otherwise), so callers
+    parse only text that does."""
+    try:
+        address = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return ip  # not an address: looked up as given, which places nothing
+    mapped = address.ipv4_mapped
+    # A zone makes it a link-local scoped address, not a client: left unplaced, as before.
+    return str(mapped) if mapped is not None and address.scope_id is None else ip
 
 
 def _cleaned(words: pa.Array) -> list[str]:
@@ -52,6 +70,11 @@ def _cleaned(words: pa.Array) -> list[str]:
     cleaned = pc.if_else(mapped, pc.utf8_slice_codeunits(trimmed, 7), trimmed)
     too_long = pc.greater(pc.utf8_length(words), _MAX_ADDRESS_LENGTH)
     out = pc.if_else(too_long, "", cleaned).to_pylist()
+    # Other spellings of a mapped address: few addresses hold "ffff", so only those are parsed.
+    spelled = pc.and_(pc.match_substring(pc.ascii_lower(trimmed), "ffff"),
+                      pc.invert(pc.or_(mapped, too_long)))
+    for i in np.flatnonzero(spelled.to_numpy(zero_copy_only=False)).tolist():
+        out[i] = _ipv4_mapped(out[i])
     other = np.flatnonzero(~pc.string_is_ascii(words).to_numpy(zero_copy_only=False)
                            & ~too_long.to_numpy(zero_copy_only=False))
     for i in other.tolist():
