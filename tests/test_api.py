@@ -537,3 +537,64 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     health = client.get("/healthz")
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
     assert "newer clicklake" in health.json()["source_error"]
+
+
+def test_a_failing_model_endpoint_is_a_503_never_a_500(lake, moto_endpoint):
+    """An endpoint answering nonsense (not one probability per row) or not answering at all:
+    503 `model_unavailable` with the reason, counted in /metrics."""
+    from clicklake.resources.endpoint import SageMakerEndpoint
+
+    body = {"user_id": "u0000300", "campaign_id": "cmp-0016", "ts": START + 2 * HOUR_MS}
+    queue = {"region": "us-east-1", "results": [
+        {"Body": "oops", "ContentType": "text/csv"},
+        {"Body": "0.2,0.3", "ContentType": "text/csv"},  # two scores for one row
+        {"Body": "1.7", "ContentType": "text/csv"},  # not a probability
+        {"Body": "0.25", "ContentType": "text/csv"}]}
+    urllib.request.urlopen(urllib.request.Request(
+        f"{moto_endpoint}/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps(queue).encode(), headers={"Content-Type": "application/json"})).read()
+    endpoint = SageMakerEndpoint(role_arn="", region="us-east-1", endpoint_url=moto_endpoint,
+                                 endpoint_name="ctr-api")
+    app = lake_app(lake, model=ModelSlot(lake, sagemaker=endpoint), source=LakeFeatures(lake))
+    c = TestClient(app)
+    # moto answers the same request the same way: each asks at another instant (other features)
+    for minute, answered in enumerate(("oops", "0.2,0.3", "1.7")):
+        resp = c.post("/v1/predict", json={**body, "ts": body["ts"] + minute * 60_000})
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["code"] == "model_unavailable" and answered in resp.json()["detail"]
+    resp = c.post("/v1/predict", json={**body, "ts": body["ts"] + 3 * 60_000})
+    assert resp.json()["probability"] == 0.25
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = SageMakerEndpoint(role_arn="", region="us-east-1",
+                             endpoint_url=f"http://127.0.0.1:{closed}", endpoint_name="ctr-api")
+    app = lake_app(lake, model=ModelSlot(lake, sagemaker=down), source=LakeFeatures(lake))
+    c = TestClient(app)
+    resp = c.post("/v1/predict", json=body)
+    assert resp.status_code == 503 and resp.json()["code"] == "model_unavailable", resp.text
+    assert "EndpointConnectionError" in resp.json()["detail"]
+    families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+    (errors,) = [s for s in families["clicklake_api_model_errors"].samples
+                 if s.name.endswith("_total")]
+    assert errors.value == 1
+
+
+def test_a_lake_without_profiles_is_the_servers_fault(lake, tmp_path):
+    """A champion but no user profile snapshots yet (user_profiles never ran, or was wiped):
+    503 with the reason on predict and profile, and /healthz says so (a load balancer keeps
+    traffic away), never a 4xx blaming the request."""
+    root = tmp_path / "copy"
+    shutil.copytree(lake.root, root, ignore=shutil.ignore_patterns("online"))
+    shutil.rmtree(root / "lake" / "profiles")
+    c = TestClient(lake_app(Store(str(root))))
+    health = c.get("/healthz")
+    assert health.status_code == 503 and "user_profiles" in health.json()["source_error"]
+    resp = c.post("/v1/predict", json={"user_id": "u0000300", "campaign_id": "cmp-0016"})
+    assert resp.status_code == 503 and resp.json()["code"] == "features_unavailable", resp.text
+    assert "no user profile snapshots" in resp.json()["detail"]
+    resp = c.get("/v1/users/u0000300/profile")
+    assert resp.status_code == 503 and resp.json()["code"] == "features_unavailable", resp.text
+    resp = c.get("/v1/users/u0000300/profile", params={"as_of": iso(START + HOUR_MS)})
+    assert resp.status_code == 503 and resp.json()["code"] == "features_unavailable", resp.text

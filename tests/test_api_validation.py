@@ -241,3 +241,125 @@ def test_a_response_is_counted_before_it_is_sent():
     with pytest.raises(RuntimeError):
         asyncio.run(RequestMetrics(fail, metrics)(dict(scope), receive, send))
     assert counted("500") == 1.0
+
+
+# -- characters that forge or hide text, headers, metrics labels, the CLI's numbers ----------------
+
+INVISIBLE = [
+    ({**OK, "user_id": "a\x85b"}, "user_id"),  # C1 next line
+    ({**OK, "campaign_id": "c\u2028"}, "campaign_id"),  # line separator
+    ({**OK, "impression_id": "\ufeffi-1"}, "impression_id"),  # byte order mark
+    ({**OK, "domain": "evil\u202emoc.example"}, "domain"),  # right-to-left override
+    ({**OK, "user_agent": "Mozilla/5.0\r\nX-Forged: 1"}, "user_agent"),
+    ({**OK, "user_agent": "curl\x00"}, "user_agent"),
+    ({**OK, "ip": "fe80::1%eth0"}, "ip"),  # a scope id: a local interface name, free text
+]
+
+
+@pytest.mark.parametrize(("body", "field"), INVISIBLE,
+                         ids=[f"{i}-{f}" for i, (_, f) in enumerate(INVISIBLE)])
+def test_control_and_invisible_characters_are_422(client, body, field):
+    test_invalid_fields_are_422_naming_the_field(client, body, field)
+
+
+def test_empty_user_agent_and_plain_unicode_are_accepted(client):
+    for extra in ({"user_agent": ""}, {"domain": "bücher.example"}, {"user_id": "用户-7"}):
+        resp = client.post("/v1/predict", json={**OK, **extra})
+        assert resp.status_code == 200, (extra, resp.text)
+
+
+@pytest.mark.parametrize("user_id", ["a%C2%85b", "u%E2%80%A8", "u%E2%80%AE"])
+def test_profile_path_with_invisible_characters_is_422(client, user_id):
+    resp = client.get(f"/v1/users/{user_id}/profile")
+    assert resp.status_code == 422 and "control characters" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("order", ["good_first", "bad_first"])
+def test_two_authorization_headers_are_refused_on_every_route(secured, order):
+    good, bad = f"Bearer {TOKEN}", "Bearer wrong"
+    pair = [good, bad] if order == "good_first" else [bad, good]
+    headers = [("Authorization", v) for v in pair]
+    for method, path in (("post", "/v1/predict"), ("get", "/v1/users/u0000300/profile"),
+                         ("get", "/metrics")):
+        resp = secured.request(method.upper(), path, headers=headers,
+                               **({"json": OK} if method == "post" else {}))
+        assert resp.status_code == 401, (path, resp.text)
+        assert "more than one Authorization header" in resp.json()["detail"]
+
+
+def _requests_counted(metrics, **labels) -> float:
+    return sum(s.value for family in metrics.registry.collect() for s in family.samples
+               if s.name == "clicklake_api_requests_total"
+               and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_made_up_http_methods_share_one_metrics_label(lake):
+    app = lake_app(lake)
+    c = TestClient(app)
+    for method in ("BREW", "PROPFIND", "X-CUSTOM", "BREW"):
+        assert c.request(method, "/v1/predict").status_code in (400, 405)
+    metrics = app.state.metrics
+    assert _requests_counted(metrics, method="other") == 4
+    methods = {s.labels["method"] for f in metrics.registry.collect() for s in f.samples
+               if s.name == "clicklake_api_requests_total"}
+    assert methods == {"other"}
+
+
+def test_a_client_that_leaves_mid_upload_is_counted_as_499_not_500(lake):
+    import asyncio
+
+    app = lake_app(lake)
+    sent = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "raw_path": b"/v1/predict",
+             "query_string": b"", "headers": [(b"content-type", b"application/json"),
+                                              (b"content-length", b"40")],
+             "http_version": "1.1", "scheme": "http", "server": ("test", 80),
+             "client": ("test", 1), "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    assert sent == []  # nobody to answer
+    metrics = app.state.metrics
+    assert _requests_counted(metrics, route="/v1/predict", status="499") == 1
+    assert _requests_counted(metrics, status="500") == 0
+
+
+def test_a_content_length_of_thousands_of_digits_is_413():
+    import asyncio
+
+    from clicklake.serving.middleware import BodyLimit
+
+    async def never(scope, receive, send):
+        raise AssertionError("the app must not be reached")
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict",
+             "headers": [(b"content-length", b"9" * 5000)]}
+    asyncio.run(BodyLimit(never, 16 * 1024)(scope, receive, send))
+    assert sent[0]["status"] == 413
+
+
+@pytest.mark.parametrize("args", [["--farm-ctr", "nan"], ["--value-per-click", "nan"],
+                                  ["--reload-every", "inf"], ["--startup-timeout", "nan"],
+                                  ["--value-per-click", "-inf"]])
+def test_serve_refuses_non_finite_numbers(args):
+    from click.testing import CliRunner
+
+    from clicklake.cli.serve import serve
+
+    # --port -1 after it: were the number let through, the command still stops (no server)
+    result = CliRunner().invoke(serve, [*args, "--port", "-1"])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{args[0]}'" in result.output

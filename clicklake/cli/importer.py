@@ -7,6 +7,7 @@ import sys
 import click
 import orjson
 
+from clicklake.cli.params import FiniteFloat
 from clicklake.platform.importer import (
     MappingError,
     ReadError,
@@ -43,11 +44,11 @@ def _tqdm(desc: str, total: int, unit: str):
 @click.option("--ip", help="IP address column (optional).")
 @click.option("--user-agent", help="User agent column (optional).")
 @click.option("--cost", help="Cost column in USD per impression (optional).")
-@click.option("--cost-scale", type=float, help="Multiply cost by this (0.001 for a CPM column).")
+@click.option("--cost-scale", type=FiniteFloat(), help="Multiply cost by this (0.001 for a CPM column).")
 @click.option("--click-time", help="Column with the click (or conversion) time; empty = none.")
 @click.option("--click-time-format", help="Format of --click-time (default: --time-format).")
 @click.option("--label", help="0/1 click label column; a 1 makes a click at time + delay.")
-@click.option("--click-delay", type=float, help="Seconds from impression to a labelled click "
+@click.option("--click-delay", type=FiniteFloat(), help="Seconds from impression to a labelled click "
                                                 "(default 30; keep it inside the label window).")
 @click.option("--delimiter", help="CSV field delimiter (default ','; 'tab' for TSV).")
 @click.option("--clicks", "clicks_file", type=click.Path(exists=True, dir_okay=False),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from clicklake.cli.params import FiniteFloat
 from clicklake.platform.decision import DecisionPolicy
 
 _DEFAULTS = DecisionPolicy()
@@ -33,10 +34,10 @@ _DEFAULTS = DecisionPolicy()
 @click.option("--endpoint-name", default="clicklake-ctr", show_default=True,
               help="SageMaker endpoint name (with --model sagemaker).")
 @click.option("--region", default=None, help="AWS region (default: the boto3 chain).")
-@click.option("--value-per-click", type=click.FloatRange(min=0),
+@click.option("--value-per-click", type=FiniteFloat(min=0),
               default=_DEFAULTS.default_value_per_click, show_default=True,
               help="USD a click is worth when a request does not say.")
-@click.option("--farm-ctr", type=click.FloatRange(0, 1, min_open=True),
+@click.option("--farm-ctr", type=FiniteFloat(0, 1, min_open=True),
               default=_DEFAULTS.farm_ctr_24h, show_default=True,
               help="click_farm: a user's 24 h CTR at or above this ...")
 @click.option("--farm-min-impressions", type=click.IntRange(min=1),
@@ -45,7 +46,7 @@ _DEFAULTS = DecisionPolicy()
 @click.option("--farm-burst", type=click.IntRange(min=1),
               default=_DEFAULTS.farm_burst_impressions_1h, show_default=True,
               help="click_farm: this many impressions of a user in the 1 h window.")
-@click.option("--reload-every", type=click.FloatRange(min=0.5), default=30.0,
+@click.option("--reload-every", type=FiniteFloat(min=0.5), default=30.0,
               show_default=True, help="Seconds between checks for a new champion model.")
 @click.option("--max-body", type=click.IntRange(min=256), default=16 * 1024, show_default=True,
               help="Largest request body accepted, in bytes (413 beyond).")
@@ -55,7 +56,7 @@ _DEFAULTS = DecisionPolicy()
               "feature source; /metrics sums them. On 2 shared cores 2 workers cost ~30 % more "
               "CPU per prediction and did not lower p99 beside a CPU hog (benchmarks/bench_api.py): "
               "use more than 1 where the server has cores to spare.")
-@click.option("--startup-timeout", type=click.FloatRange(min=1), default=300.0,
+@click.option("--startup-timeout", type=FiniteFloat(min=1), default=300.0,
               show_default=True,
               help="With --workers 2 or more: seconds a worker may take to be ready (model "
               "load, warm-up); a worker still starting then is killed and the server stops "

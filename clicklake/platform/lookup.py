@@ -390,6 +390,11 @@ class SnapshotUnavailable(LookupError):
     """No snapshot can answer for an instant (none built yet, or removed by retention)."""
 
 
+class NoSnapshots(SnapshotUnavailable):
+    """The lake holds no user profile snapshot at all: no instant can be answered yet (the
+    lake's fault, not the instant's)."""
+
+
 _PROFILE_COLUMNS = [
     "user_id", "first_ts", "last_impression_ts", "last_click_ts", "impressions", "clicks",
     "spend", "distinct_campaigns", "distinct_domains", "campaigns", "domains", "recent_hours",
@@ -434,7 +439,7 @@ class LookupTable:
         """Start of the history the snapshot chain folds (events before it were never counted)."""
         hours = self.snapshot_hours()
         if not len(hours):
-            raise SnapshotUnavailable(
+            raise NoSnapshots(
                 f"no user profile snapshots under {self.lake_prefix}/profiles/user/: "
                 "materialize user_profiles first")
         if self._history_start is None or self._history_start[0] != int(hours[0]):

@@ -103,11 +103,12 @@ class SageMakerEndpoint(ModelEndpointResource):
             raise ValueError("no AWS region: set `region` or AWS_REGION")
         return region
 
-    def _client(self, service: str):
+    def _client(self, service: str, config=None):
         import boto3
 
         return boto3.client(
-            service, region_name=self.resolved_region(), endpoint_url=self.endpoint_url
+            service, region_name=self.resolved_region(), endpoint_url=self.endpoint_url,
+            config=config,
         )
 
     def deploy(self, store: Store, model_id: str, prefix: str = "lake") -> Deployment:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,13 +37,13 @@ from starlette.types import Receive, Scope, Send
 
 from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
 from clicklake.platform.features import compute_features
-from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
+from clicklake.platform.lookup import LookupTable, NoSnapshots, SnapshotUnavailable
 from clicklake.platform.online import BeforeHorizon
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import iso
 from clicklake.serving.auth import authorize, require_token
 from clicklake.serving.metrics import ApiMetrics
-from clicklake.serving.middleware import BodyLimit, RequestMetrics
+from clicklake.serving.middleware import BodyLimit, RequestMetrics, client_gone
 from clicklake.serving.model import LoadedModel, ModelSlot
 from clicklake.serving.schemas import (
     ErrorOut,
@@ -51,6 +52,7 @@ from clicklake.serving.schemas import (
     PredictRequest,
     PredictResponse,
     ProfileOut,
+    has_control_characters,
     iso_or_none,
     now_ms,
     parse_ts,
@@ -161,10 +163,10 @@ def _serve_directly(app: FastAPI, path: str, handler) -> None:
         "the direct route makes the bearer check only: declare no other dependency")
 
     async def direct(scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = content_type = None
+        authorization, content_type = [], None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value.decode("latin-1")
+                authorization.append(value.decode("latin-1"))
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
         authorize(authorization, app.state.token)
@@ -172,7 +174,7 @@ def _serve_directly(app: FastAPI, path: str, handler) -> None:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return  # the client went away
+                return client_gone(scope)
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         payload = await handler(b"".join(chunks), content_type)
@@ -201,6 +203,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     the champion now if none is loaded."""
     config = config or ServingConfig()
     metrics = ApiMetrics()
+    lake_lock = threading.Lock()  # `lookup`: time travel reads run in the thread pool
     if model.current is None:
         model.refresh()
 
@@ -219,7 +222,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if callable(refresh):
             refresh()
         if lookup is not None:
-            lookup.snapshot_hours(refresh=True)  # time travel sees hours built since startup
+            with lake_lock:
+                lookup.snapshot_hours(refresh=True)  # time travel sees hours built since startup
         publish_model()
 
     @contextlib.asynccontextmanager
@@ -301,6 +305,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                 inputs = await run_in_threadpool(
                     lambda: past().feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                                   body.user_agent, domain=body.domain))
+        except NoSnapshots as exc:  # the lake's fault, not the request's
+            raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
+                       ) from None
         except (SnapshotUnavailable, BeforeHorizon) as exc:  # too old for this source
             raise fail(422, f"no features for ts {iso(ts)}: {exc}", "features_unavailable"
                        ) from None
@@ -313,7 +320,12 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if loaded.backend == "local":
             probability = float(loaded.predict(encoded)[0])
         else:
-            probability = float((await run_in_threadpool(loaded.predict, encoded))[0])
+            try:
+                probability = float((await run_in_threadpool(loaded.predict, encoded))[0])
+            except Exception as exc:  # noqa: BLE001 - down, throttled, or answered nonsense
+                metrics.model_errors.inc()
+                raise fail(503, f"the model endpoint of {loaded.model_id} failed: "
+                           f"{type(exc).__name__}: {exc}", "model_unavailable") from None
         verdict = decide(probability, is_crawler=bool(np.asarray(inputs["is_crawler"])[0]),
                          activity=UserActivity.from_inputs(inputs), cost=body.cost,
                          value_per_click=body.value_per_click, policy=config.policy)
@@ -365,7 +377,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         """Counters over the user's events with ts < the instant: lifetime and 1 h / 24 h / 7 d
         windows, recency, distinct campaigns and domains, and (unless `lists=false`) the
         per-campaign counts and the domains themselves."""
-        if any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+        if has_control_characters(user_id):
             raise fail(422, "user_id: control characters are not allowed", "invalid_request")
         if as_of is None:
             t, kind = now_ms(), "online" if source_kind == "online" else "lake"
@@ -385,13 +397,20 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             kind = "lake"
 
             def reader(u: str, at: int) -> dict | None:
-                row = lookup.profile(u, at)
-                if row["before_history"]:
+                with lake_lock:  # the lookup table's caches are not thread-safe
+                    row = lookup.profile(u, at)
+                    start = lookup.history_start() if row["before_history"] else None
+                if start is not None:
                     raise fail(404, f"no history as of {iso(at)}: the lake's history starts at "
-                               f"{iso(lookup.history_start())}", "before_history")
+                               f"{iso(start)}", "before_history")
                 return row if row["known"] else None
         try:
-            row = reader(user_id, t)
+            # Time travel reads Parquet (milliseconds, S3: more): off the event loop, so other
+            # requests are not held behind it. "Now" reads memory or one key: inline.
+            row = reader(user_id, t) if as_of is None else await run_in_threadpool(
+                reader, user_id, t)
+        except NoSnapshots as exc:
+            raise fail(503, str(exc), "features_unavailable") from None
         except (SnapshotUnavailable, BeforeHorizon) as exc:
             raise fail(404, str(exc), "snapshot_unavailable") from None
         except StaleLayout as exc:
@@ -421,11 +440,15 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
 
     def source_error() -> str | None:
         """Why the feature source cannot answer: an online store a newer clicklake has written
-        since the server started (`OnlineFeatures.check_layout`); None when it can."""
+        since the server started (`OnlineFeatures.check_layout`), a lake without profiles yet;
+        None when it can."""
         try:
             source.check_layout()
         except StaleLayout as exc:
             return str(exc)
+        if source_kind == "lake" and source.watermark_ms() is None:
+            return ("the lake has no user profile snapshot and segment profile of a common hour "
+                    "yet: materialize user_profiles and segment_profiles")
         return None
 
     @app.get("/metrics", dependencies=[Depends(require_token)], response_class=Response,

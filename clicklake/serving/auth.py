@@ -13,12 +13,17 @@ def token_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def authorize(authorization: str | None, expected: str | None) -> None:
-    """Raise a 401 unless the Authorization header carries the expected bearer token (any
-    request passes when no token is configured)."""
+def authorize(authorization: list[str], expected: str | None) -> None:
+    """Raise a 401 unless the request's one Authorization header (`authorization`: every one
+    it has) carries the expected bearer token (any request passes when no token is
+    configured). Several headers are refused: which one counts would depend on the route."""
     if not expected:
         return
-    scheme, _, token = (authorization or "").partition(" ")
+    if len(authorization) > 1:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            "more than one Authorization header: send exactly one",
+                            headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, token = (authorization[0] if authorization else "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a bearer token is required",
@@ -39,7 +44,7 @@ class BearerToken(HTTPBearer):
             "`clicklake serve --token`)."))
 
     async def __call__(self, request: Request) -> None:  # type: ignore[override]
-        authorize(request.headers.get("authorization"), request.app.state.token)
+        authorize(request.headers.getlist("authorization"), request.app.state.token)
 
 
 require_token = BearerToken()

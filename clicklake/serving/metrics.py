@@ -60,6 +60,9 @@ def keep_in_process() -> None:
         values.ValueClass = values.MutexValue
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class ApiMetrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -93,6 +96,9 @@ class ApiMetrics:
         self.model_reloads = Counter("clicklake_api_model_reloads",
                                      "Times a new champion was loaded (by each worker).",
                                      registry=r)
+        self.model_errors = Counter("clicklake_api_model_errors",
+                                    "Predictions the remote model endpoint failed (503).",
+                                    registry=r)
         # The stalest worker's watermark: a freshness alert must see a worker left behind.
         # Made when the first watermark is known (`set_features_as_of`): a gauge exists with 0
         # from its creation, and a worker still starting would pull the minimum down to 0.
@@ -108,6 +114,8 @@ class ApiMetrics:
         self._lock = threading.Lock()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        # Bounded label values: any other method a client makes up counts as "other".
+        method = method if method in _METHODS else "other"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
         if self.worker_requests is not None:

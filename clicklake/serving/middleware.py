@@ -21,6 +21,16 @@ async def _send_error(send: Send, status: int, detail: str, code: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+CLIENT_GONE = "clicklake.client_gone"  # scope key: the client left before it was answered
+CLIENT_CLOSED = 499  # the status counted for it (nginx's "client closed request"); never sent
+
+
+def client_gone(scope: Scope) -> None:
+    """Mark the request as abandoned by its client: `RequestMetrics` counts it as 499, not as
+    a server error."""
+    scope[CLIENT_GONE] = True
+
+
 class BodyLimit:
     """413 for a body over `max_bytes`: at once from Content-Length, else while it streams in.
     The body is read here in full (it is small by construction) and replayed to the app."""
@@ -33,14 +43,14 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         message = f"request body larger than {self.max_bytes} bytes"
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit()
+            if name == b"content-length" and (not value.isdigit() or len(value) > 18
                                               or int(value) > self.max_bytes):
                 return await _send_error(send, 413, message, "body_too_large")
         chunks, size = [], 0
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                return None
+                return client_gone(scope)
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
@@ -92,8 +102,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            if not counted:  # failed before answering
-                count(500)
+            if not counted:  # failed before answering, or the client left first
+                count(CLIENT_CLOSED if scope.get(CLIENT_GONE) else 500)
 
 
 def _route_of(scope: Scope) -> str:

@@ -134,19 +134,37 @@ class BoosterScorer:
             return np.array([self._call()], dtype=np.float64)
 
 
+ENDPOINT_CONNECT_TIMEOUT_S, ENDPOINT_READ_TIMEOUT_S = 2.0, 5.0
+
+
 class SageMakerScorer:
     """Scores through a SageMaker endpoint with one long-lived sagemaker-runtime client (creating
     a boto3 client costs milliseconds, too much to pay per request)."""
 
     def __init__(self, endpoint: SageMakerEndpoint):
+        from botocore.config import Config
+
         self.endpoint = endpoint
-        self._client = endpoint._client("sagemaker-runtime")
+        # A request waits for this call: botocore's defaults (60 s timeouts, 5 attempts) would
+        # hold it for minutes when the endpoint hangs. One retry, then the API answers 503.
+        self._client = endpoint._client("sagemaker-runtime", config=Config(
+            connect_timeout=ENDPOINT_CONNECT_TIMEOUT_S, read_timeout=ENDPOINT_READ_TIMEOUT_S,
+            retries={"mode": "standard", "total_max_attempts": 2}))
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         response = self._client.invoke_endpoint(
             EndpointName=self.endpoint.endpoint_name, ContentType=CONTENT_TYPE,
             Accept=CONTENT_TYPE, Body=features_to_csv(rows))
-        return parse_csv_scores(response["Body"].read())
+        body = response["Body"].read()
+        try:
+            scores = parse_csv_scores(body)
+        except (UnicodeDecodeError, ValueError):
+            scores = None
+        if scores is None or len(scores) != len(rows) or not (
+                np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()):
+            raise ValueError(f"the endpoint answered {body[:80]!r} for {len(rows)} row(s): "
+                             "expected as many probabilities")
+        return scores
 
 
 class ModelSlot:

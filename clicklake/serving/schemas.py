@@ -8,6 +8,7 @@ non-negative; `ts` is ISO-8601 (naive = UTC) or epoch milliseconds within a sane
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from datetime import datetime
 from typing import Annotated, Literal
@@ -19,8 +20,20 @@ from clicklake.platform.timeutil import parse_instant
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: older instants are certainly a unit mistake
 MAX_FUTURE_MS = 5 * 60_000  # clock skew tolerated between the caller and this server
 
-# No control characters: ids end up in logs, metrics-free but still printed in messages.
-_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# No control characters (C0, DEL, C1), line or paragraph separators, bidirectional overrides or
+# byte order marks: ids end up in logs and in messages, where they could forge or hide text.
+_CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F), (0x2028, 0x2029), (0x202A, 0x202E),
+                   (0x2066, 0x2069), (0xFEFF, 0xFEFF))
+# pydantic's patterns are Rust regexes (\x{...}); Python's `re` takes the characters as they are
+_ID_PATTERN = "^[^" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in _CONTROL_RANGES) + "]+$"
+_TEXT_PATTERN = _ID_PATTERN[:-2] + "*$"  # the same, empty allowed (an empty user agent is common)
+_CONTROL = re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+                                    for a, b in _CONTROL_RANGES) + "]")
+
+
+def has_control_characters(value: str) -> bool:
+    return _CONTROL.search(value) is not None
+
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=_ID_PATTERN)]
 Usd = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False, strict=True)]
 
@@ -63,7 +76,7 @@ class PredictRequest(BaseModel):
     domain: Annotated[StrictStr, Field(max_length=253, pattern=_ID_PATTERN)] | None = None
     ip: Annotated[StrictStr, Field(max_length=45)] | None = Field(
         default=None, description="IPv4 or IPv6 address of the viewer (country lookup).")
-    user_agent: Annotated[StrictStr, Field(max_length=2048)] | None = None
+    user_agent: Annotated[StrictStr, Field(max_length=2048, pattern=_TEXT_PATTERN)] | None = None
     cost: Usd | None = Field(default=None, description="USD paid for this impression.")
     value_per_click: Usd | None = Field(
         default=None, description="USD a click is worth; default: the server's configured value.")
@@ -77,6 +90,8 @@ class PredictRequest(BaseModel):
             ipaddress.ip_address(v)
         except ValueError:
             raise ValueError("not an IPv4 or IPv6 address") from None
+        if "%" in v:  # a scope id (fe80::1%eth0): a local interface's name, free text
+            raise ValueError("an IPv6 scope id (%...) is not a viewer's address")
         return v  # as given: enrichment parses it the same way the lake path does
 
     @field_validator("ts", mode="before")

@@ -1,0 +1,20 @@
+"""Parameter types shared by the commands."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+
+class FiniteFloat(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and ±inf (FloatRange lets nan through: every
+    comparison with it is false), with a usage error instead of a traceback later."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
