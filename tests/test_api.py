@@ -598,3 +598,34 @@ def test_a_lake_without_profiles_is_the_servers_fault(lake, tmp_path):
     assert resp.status_code == 503 and resp.json()["code"] == "features_unavailable", resp.text
     resp = c.get("/v1/users/u0000300/profile", params={"as_of": iso(START + HOUR_MS)})
     assert resp.status_code == 503 and resp.json()["code"] == "features_unavailable", resp.text
+
+
+def test_lake_reads_run_off_the_event_loop(lake):
+    """The lake's features (Parquet reads) and time-travel profiles run in the thread pool: a
+    slow read does not hold every other request behind it on the event loop's thread."""
+    import threading
+
+    seen = []
+
+    class Recording(LakeFeatures):
+        def feature_inputs(self, *args, **kwargs):
+            seen.append(("features", threading.current_thread()))
+            return super().feature_inputs(*args, **kwargs)
+
+    class RecordingLookup(LookupTable):
+        def profile(self, *args, **kwargs):
+            seen.append(("profile", threading.current_thread()))
+            return super().profile(*args, **kwargs)
+
+    from clicklake.serving import create_app
+
+    app = create_app(Recording(lake), ModelSlot(lake), RecordingLookup(lake), source_kind="lake")
+    seen.clear()  # the warm-up's read, at startup
+    with TestClient(app) as c:
+        loop_thread = c.portal.call(threading.current_thread)
+        assert c.post("/v1/predict", json={"user_id": "u0000300",
+                                           "campaign_id": "cmp-0016"}).status_code == 200
+        assert c.get("/v1/users/u0000300/profile",
+                     params={"as_of": iso(START + 3 * HOUR_MS)}).status_code == 200
+    assert [kind for kind, _ in seen] == ["features", "profile"]
+    assert all(thread is not loop_thread for _, thread in seen)

@@ -9,8 +9,9 @@
 The hot path reads memory only: the model and manifest are loaded at startup and swapped by a
 background task when the registry's champion changes; features come from the online source.
 Handlers are `async def` and do not await: a one-row prediction is shorter than a hop to the
-thread pool would be. Only a remote model (SageMaker) runs in the thread pool, since it waits
-on the network.
+thread pool would be. What waits on the network or on files runs in the thread pool, so other
+requests are not held behind it: a remote model (SageMaker), the lake's features (Parquet reads
+unless memoised) and time-travel profiles.
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     config = config or ServingConfig()
     metrics = ApiMetrics()
     lake_lock = threading.Lock()  # `lookup`: time travel reads run in the thread pool
+    lake_source = isinstance(source, LakeFeatures)
     if model.current is None:
         model.refresh()
 
@@ -295,8 +297,13 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         ts = body.ts_ms()
         try:
             try:
-                inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
-                                               body.user_agent, domain=body.domain)
+                if lake_source:  # Parquet reads (ms; S3: more) unless memoised: off the loop
+                    inputs = await run_in_threadpool(
+                        source.feature_inputs, body.user_id, body.campaign_id, ts, body.ip,
+                        body.user_agent, body.domain)
+                else:  # memory or one key read: shorter than the hop to the thread pool
+                    inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
+                                                   body.user_agent, domain=body.domain)
             except BeforeHorizon:
                 if past is None:
                     raise
