@@ -8,13 +8,13 @@ from clicklake.assets.raw import raw_assets
 from clicklake.assets.serving import serving_assets, serving_checks, serving_sensors
 from clicklake.assets.training import training_assets
 from clicklake.resources.backends import build_resources
-from clicklake.schedules import raw_hourly_job, raw_hourly_schedule
+from clicklake.schedules import hourly_automation, raw_hourly_job, raw_hourly_schedule
 
 defs = dg.Definitions(
     assets=[*raw_assets, *profile_assets, *labeled_assets, *training_assets, *serving_assets],
     asset_checks=[*serving_checks],
     jobs=[raw_hourly_job],
     schedules=[raw_hourly_schedule],
-    sensors=[*serving_sensors],
+    sensors=[*serving_sensors, hourly_automation],
     resources=build_resources(),  # CLICKLAKE_BACKEND: local (default) or aws
 )

@@ -1,4 +1,6 @@
-"""Hourly automation: materialize each raw partition once its landing window has closed."""
+"""Hourly automation: materialize each raw partition once its landing window has closed; the
+hourly assets downstream of raw follow through their automation conditions
+(`assets.automation`), evaluated by `hourly_automation`."""
 
 from __future__ import annotations
 
@@ -28,3 +30,14 @@ def raw_hourly_schedule(context: dg.ScheduleEvaluationContext):
     if key not in hourly_partitions.get_partition_keys(current_time=context.scheduled_execution_time):
         return dg.SkipReason(f"partition {key} is outside the partitions definition")
     return dg.RunRequest(run_key=key, partition_key=key)
+
+
+hourly_automation = dg.AutomationConditionSensorDefinition(
+    "hourly_automation",
+    target=dg.AssetSelection.groups("lookup", "labeled"),
+    default_status=dg.DefaultSensorStatus.RUNNING,  # acts only once raw hours are built
+    minimum_interval_seconds=60,
+    description="Builds each hour's tiles, snapshots and segment profiles once its raw partitions "
+    "are built, and each labeled hour and its prediction outcomes once the next hour's are: "
+    "inputs complete, their blocking checks passed, within the last 24 hours.",
+)

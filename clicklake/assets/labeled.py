@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from clicklake.assets.automation import when_inputs_complete
 from clicklake.assets.checks import HourOutcome, check_over_hours
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
@@ -105,7 +106,7 @@ class LabeledConfig(dg.Config):
     ],
     check_specs=[dg.AssetCheckSpec(n, asset="labeled_impressions", description=d, blocking=True)
                  for n, d in LABELED_CHECKS],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=when_inputs_complete(),
     description="Every impression of the hour with its feature vector as of strictly before its "
     "time (the time-travel lookup table, segment profiles, enrichment, latest prediction score) "
     "and its click label: 1 iff a click for it came within the label window after it. Lags one "
@@ -168,7 +169,7 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
         dg.AssetDep("raw_impressions", partition_mapping=_THIS_AND_NEXT),
         dg.AssetDep("raw_clicks", partition_mapping=_THIS_AND_NEXT),
     ],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=when_inputs_complete(),
     description="Each prediction of the hour joined to what happened (did the user click within "
     "the label window after it), with per-model AUC, calibration and accuracy: model monitoring.",
 )

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from clicklake.assets.automation import when_inputs_complete
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     chain_policy,
@@ -56,7 +57,8 @@ def _tile(store: Store, hour_ms: int, prefix: str, missing: list[str]) -> pa.Tab
 
 
 @dg.asset(partitions_def=hourly_partitions, backfill_policy=independent_hours_policy,
-          deps=RAW_DEPS, group_name="lookup", kinds={"parquet"})
+          deps=RAW_DEPS, group_name="lookup", kinds={"parquet"},
+          automation_condition=when_inputs_complete())
 def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """What each user did in one event-time hour: impressions, clicks, spend, campaigns (with
     per-campaign counts) and domains touched, first and last event time. One row per active user."""
@@ -95,6 +97,7 @@ class UserProfilesConfig(dg.Config):
     backfill_policy=chain_policy,
     group_name="lookup",
     kinds={"parquet"},
+    automation_condition=when_inputs_complete(),
 )
 def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
                   lake: LakeResource) -> dg.MaterializeResult:
@@ -155,6 +158,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     backfill_policy=chain_policy,
     group_name="lookup",
     kinds={"parquet"},
+    automation_condition=when_inputs_complete(),
 )
 def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Impressions, clicks and CTR per country, per campaign and overall over the 24 h sawtooth
