@@ -132,7 +132,19 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     for hour in hours:
         table = next(tables)
         key = labeled_key(hour, lake.lake_prefix)
-        nbytes = store.write_parquet(key, table)
+        # Checked before it is written: an hour failing a blocking check never reaches the lake
+        # (training reads every labeled file there), and an earlier copy of it goes.
+        specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
+        outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
+        failed = sorted(name for name, o in outcomes.items() if not o.passed)
+        for name, per_hour in checked.items():  # a check left out of specs is not enforced
+            per_hour.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
+        if failed:
+            store.delete(key)
+            nbytes = 0
+            context.log.error(f"{iso(hour)} failed {', '.join(failed)}: not written")
+        else:
+            nbytes = store.write_parquet(key, table)
         labels = table["label"].to_numpy()
         rate = float(labels.mean()) if len(labels) else 0.0
         context.log.info(f"labeled {table.num_rows} impressions of {iso(hour)}; "
@@ -147,13 +159,11 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
             "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
                 zero_copy_only=False)).sum()),
             "bytes": nbytes,
+            "written": not failed,
+            "failed_checks": ", ".join(failed) or "none",
             "path": dg.MetadataValue.path(store.uri(key)),
             **completeness.pop(hour),
         }, partition_key=hour_partition_key(hour))
-        specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
-        outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
-        for name, per_hour in checked.items():  # a check left out of specs is not enforced
-            per_hour.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
     yield dg.MaterializeResult()
     for name, description in LABELED_CHECKS:
         yield check_over_hours("labeled_impressions", name, description, checked[name])

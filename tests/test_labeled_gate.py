@@ -1,0 +1,66 @@
+"""A labeled hour failing a blocking check is not written to the lake (and an earlier copy of it
+is removed), so training, which reads every labeled file there, never trains on it."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+import pyarrow as pa
+
+import clicklake.assets.labeled as labeled_mod
+from clicklake.assets.labeled import labeled_hours_available, labeled_impressions
+from clicklake.assets.profiles import profile_assets
+from clicklake.assets.raw import raw_assets
+from clicklake.assets.training import training_set
+from clicklake.platform.labeled import labeled_key
+from clicklake.platform.simulate import generate
+from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, parse_instant
+from clicklake.resources.lake import LakeResource
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+START = parse_instant("2026-11-24T00:00:00Z")  # every landing window long closed
+
+
+def test_a_labeled_hour_failing_a_check_is_not_trained_on(tmp_path, monkeypatch):
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=START, hours=4, users=300, seed=3)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(4)]
+    resources = {"lake": lake}
+    tags = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1]}
+    real = labeled_mod.build_labeled_hours
+
+    def one_impression_twice(store, hours, *args, **kwargs):  # hour 1 only
+        for hour, table in zip(hours, real(store, hours, *args, **kwargs), strict=True):
+            yield pa.concat_tables([table, table.slice(0, 1)]) if hour == START + HOUR_MS \
+                else table
+
+    with dg.instance_for_test() as instance:
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
+        # hour 1 built fine first, then rebuilt with an impression twice
+        assert dg.materialize([labeled_impressions], partition_key=keys[1], resources=resources,
+                              instance=instance).success
+        assert store.exists(labeled_key(START + HOUR_MS))
+        monkeypatch.setattr(labeled_mod, "build_labeled_hours", one_impression_twice)
+        run = dg.materialize([labeled_impressions], resources=resources, instance=instance,
+                             tags={"dagster/asset_partition_range_start": keys[0],
+                                   "dagster/asset_partition_range_end": keys[2]},
+                             raise_on_error=False)
+        monkeypatch.setattr(labeled_mod, "build_labeled_hours", real)
+        assert not run.success
+        (check,) = [c for c in run.get_asset_check_evaluations() if not c.passed]
+        assert check.check_name == "impression_ids_unique"
+        assert check.metadata["failing_hours"].value == keys[1]
+        assert labeled_hours_available(store) == [START, START + 2 * HOUR_MS]
+        written = {m.partition: m.metadata["written"].value
+                   for m in run.asset_materializations_for_node("labeled_impressions")}
+        assert written == {keys[0]: True, keys[1]: False, keys[2]: True}
+
+        result = dg.materialize([training_set], resources=resources, instance=instance)
+        (mat,) = result.asset_materializations_for_node("training_set")
+        rows = sum(store.read_parquet(labeled_key(h)).num_rows
+                   for h in (START, START + 2 * HOUR_MS))
+        assert mat.metadata["dagster/row_count"].value == rows  # hours 0 and 2, not 1
