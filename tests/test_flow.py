@@ -123,3 +123,84 @@ def test_the_gate_blocks_a_worse_model_and_keeps_the_champion(flow):
     rejected = registry.history(store)[-1]
     assert rejected.status == registry.REJECTED and "below the floor" in rejected.reason
     assert registry.champion(store).model_id == champion
+
+
+def test_the_gate_scores_the_champion_on_the_new_models_validation_rows(flow, tmp_path):
+    """The champion's recorded AUC was measured on older hours (easier ones, say): the gate
+    scores the champion on the new model's own validation rows instead. A champion recorded at
+    0.999 but no better on today's rows does not block an equally good new model."""
+    import dagster as dg
+    import pytest
+
+    from clicklake.assets.training import training_assets
+    from clicklake.platform.training.artifact import load_booster
+    from clicklake.platform.training.csvformat import read_sagemaker_csv
+    from clicklake.platform.training.local import predict
+    from clicklake.platform.training.metrics import auc
+    from clicklake.platform.training_set import latest_training_set
+
+    store, _ = flow
+    shutil.copytree(store.root, tmp_path / "copy")
+    store = Store(str(tmp_path / "copy"))
+    champion = registry.champion(store).model_id
+    artifact = registry.artifact_of(store, champion)
+    registry.register(store, "clicklake-xgb-easy-hours", artifact,
+                      registry.manifest_of(store, champion), {"auc": 0.999})
+    registry.promote(store, "clicklake-xgb-easy-hours")
+    run = dg.materialize(training_assets, resources={
+        "lake": LakeResource(root=store.root), "trainer": LocalTrainer(),
+        "endpoint": LocalModelServer()},
+        run_config={"ops": {"click_model": {"config": {"auc_floor": 0.0, "min_child_weight": 1}}}},
+        raise_on_error=False)
+    [gate] = run.get_asset_check_evaluations()
+    assert gate.passed, gate.description
+    assert gate.metadata["champion_auc_recorded"].value == 0.999
+    ts = latest_training_set(store)
+    y, x = read_sagemaker_csv([store.read_bytes(k) for k in store.list(ts.validation_prefix)],
+                              ts.manifest.n_features)
+    assert gate.metadata["champion_auc"].value == pytest.approx(
+        auc(y, predict(load_booster(artifact), x)))
+    assert registry.champion(store).model_id == run.asset_materializations_for_node(
+        "click_model")[0].metadata["model_id"].value
+
+
+def test_a_champion_with_other_vocabularies_is_scored_with_its_own_codes(flow, tmp_path):
+    """A champion whose categorical vocabularies differ from the new training set's is scored on
+    the same validation rows encoded its own way: with empty vocabularies, every categorical
+    column of its matrix is 0 (out of vocabulary)."""
+    import dataclasses
+
+    import dagster as dg
+    import numpy as np
+    import pytest
+
+    from clicklake.assets.training import training_assets
+    from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES
+    from clicklake.platform.training.artifact import load_booster
+    from clicklake.platform.training.csvformat import read_sagemaker_csv
+    from clicklake.platform.training.local import predict
+    from clicklake.platform.training.metrics import auc
+    from clicklake.platform.training_set import latest_training_set
+
+    store, _ = flow
+    shutil.copytree(store.root, tmp_path / "copy")
+    store = Store(str(tmp_path / "copy"))
+    champion = registry.champion(store).model_id
+    artifact = registry.artifact_of(store, champion)
+    manifest = registry.manifest_of(store, champion)
+    blind = dataclasses.replace(manifest, categorical={c: [] for c in manifest.categorical})
+    registry.register(store, "clicklake-xgb-blind", artifact, blind, {"auc": 0.5})
+    registry.promote(store, "clicklake-xgb-blind")
+    run = dg.materialize(training_assets, resources={
+        "lake": LakeResource(root=store.root), "trainer": LocalTrainer(),
+        "endpoint": LocalModelServer()},
+        run_config={"ops": {"click_model": {"config": {"auc_floor": 0.0, "min_child_weight": 1}}}},
+        raise_on_error=False)
+    [gate] = run.get_asset_check_evaluations()
+    ts = latest_training_set(store)
+    y, x = read_sagemaker_csv([store.read_bytes(k) for k in store.list(ts.validation_prefix)],
+                              ts.manifest.n_features)
+    x[:, [FEATURE_NAMES.index(c) for c in CATEGORICAL]] = 0
+    assert np.isfinite(gate.metadata["champion_auc"].value)
+    assert gate.metadata["champion_auc"].value == pytest.approx(
+        auc(y, predict(load_booster(artifact), x)))

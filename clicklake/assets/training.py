@@ -20,7 +20,12 @@ from clicklake.platform.training import (
 from clicklake.platform.training.artifact import load_booster
 from clicklake.platform.training.csvformat import read_sagemaker_csv
 from clicklake.platform.training.local import predict
-from clicklake.platform.training_set import build_training_set, latest_training_set
+from clicklake.platform.training.metrics import auc
+from clicklake.platform.training_set import (
+    build_training_set,
+    latest_training_set,
+    validation_matrix,
+)
 from clicklake.resources.endpoint import ModelEndpointResource
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.trainer import TrainerResource
@@ -123,7 +128,8 @@ def click_model(context: dg.AssetExecutionContext, config: ClickModelConfig, lak
         "hyperparameters": hp,
     })
     champ = registry.champion(store, lake.lake_prefix)
-    verdict = gate(metrics, champ.metrics if champ else None, config.auc_floor,
+    champion_auc = _champion_auc(context, store, lake.lake_prefix, champ, ts, y, x)
+    verdict = gate(metrics, None if champ is None else {"auc": champion_auc}, config.auc_floor,
                    config.champion_tolerance)
     if not verdict.passed:
         registry.reject(store, model_id, "; ".join(verdict.reasons), lake.lake_prefix)
@@ -132,8 +138,39 @@ def click_model(context: dg.AssetExecutionContext, config: ClickModelConfig, lak
         description="; ".join(verdict.reasons) or "passed",
         metadata={"auc": metrics["auc"], "auc_floor": config.auc_floor,
                   "champion": champ.model_id if champ else "none",
-                  "champion_auc": champ.metrics.get("auc", float("nan")) if champ else float("nan")},
+                  "champion_auc": champion_auc if champ else float("nan"),
+                  "champion_auc_recorded": (champ.metrics.get("auc", float("nan")) if champ
+                                            else float("nan"))},
     )
+
+
+def _champion_auc(context, store, prefix: str, champ, ts, y: np.ndarray, x: np.ndarray) -> float:
+    """The champion's AUC on this training set's validation rows, so the gate compares both
+    models on the same rows: its recorded AUC was measured on older hours, which may have been
+    easier or harder. The recorded one when it cannot be scored here (it reads features this
+    version no longer computes, or its artifact is gone)."""
+    if champ is None:
+        return float("nan")
+    recorded = float(champ.metrics.get("auc", float("nan")))
+    try:
+        manifest = registry.manifest_of(store, champ.model_id, prefix)
+        if manifest.feature_names != ts.manifest.feature_names:
+            context.log.warning(f"champion {champ.model_id} reads other features: the gate uses "
+                                f"its recorded AUC {recorded:.4f}")
+            return recorded
+        booster = load_booster(registry.artifact_of(store, champ.model_id, prefix))
+    except (FileNotFoundError, KeyError) as exc:
+        context.log.warning(f"champion {champ.model_id} cannot be scored ({exc}): the gate uses "
+                            f"its recorded AUC {recorded:.4f}")
+        return recorded
+    if manifest.categorical != ts.manifest.categorical:  # its own codes for the categoricals
+        _, x = validation_matrix(
+            store, ts, manifest.categorical,
+            lambda h, cols: read_labeled_hour(store, h, cols, prefix))
+    value = auc(y, predict(booster, x))
+    context.log.info(f"champion {champ.model_id}: AUC {value:.4f} on these validation rows "
+                     f"(recorded {recorded:.4f})")
+    return value
 
 
 def _oracle(store, rows):

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES, build_vocabulary, encode
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import hour_partition_key, to_datetime
+from clicklake.platform.timeutil import hour_partition_key, parse_hour_partition_key, to_datetime
 from clicklake.platform.training.csvformat import write_sagemaker_csv
 from clicklake.platform.training.manifest import FeatureManifest
 
@@ -136,3 +136,14 @@ def latest_training_set(store: Store, prefix: str = "lake") -> TrainingSet:
     pointer = orjson.loads(store.read_bytes(key))
     manifest = FeatureManifest.from_json(store.read_bytes(f"{pointer['root']}/manifest.json"))
     return TrainingSet(pointer["set_id"], pointer["root"], manifest, pointer.get("stats", {}))
+
+
+def validation_matrix(store: Store, ts: TrainingSet, vocabularies: dict[str, list[str]],
+                      read_hour: Callable[[int, list[str] | None], pa.Table]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, matrix) of the training set's validation hours encoded with `vocabularies` (another
+    model's, to score it on the same rows), read back from the labeled hours."""
+    parts = [_matrix(read_hour(parse_hour_partition_key(h), None), vocabularies)
+             for h in ts.manifest.validation_hours]
+    return (np.concatenate([y for y, _ in parts]),
+            np.concatenate([x for _, x in parts]) if parts else np.empty((0, len(FEATURE_NAMES))))
