@@ -1,0 +1,79 @@
+"""The labeled hour's data checks on tiny hand-built tables: each passes on sane rows and fails
+on the one defect it is about."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clicklake.platform.features import CATEGORICAL
+from clicklake.platform.labeled import labeled_schema
+from clicklake.platform.labeled_quality import LABEL_RATE_MIN_ROWS, labeled_check_specs
+from clicklake.platform.quality import run_checks
+
+BOUNDS = (0.001, 0.3)
+
+
+def _sane(rows: int) -> pd.DataFrame:
+    data = {}
+    for field in labeled_schema():
+        if field.name in CATEGORICAL or field.type == "string":
+            data[field.name] = [f"{field.name}-{i % 3}" for i in range(rows)]
+        else:
+            data[field.name] = np.full(rows, 0.5)
+    data["impression_id"] = [f"i{i}" for i in range(rows)]
+    data["ts"] = pd.date_range("2026-11-24", periods=rows, freq="s", tz="UTC")
+    data.update(hour_of_day=np.full(rows, 7.0), day_of_week=np.full(rows, 2.0),
+                label=(np.arange(rows) % 20 == 0).astype(np.int8))  # a 5 % label rate
+    return pd.DataFrame(data)
+
+
+def _failed(df: pd.DataFrame) -> set[str]:
+    return {o.name for o in run_checks(df, labeled_check_specs(len(df), BOUNDS)) if not o.passed}
+
+
+def test_sane_rows_pass_every_check():
+    df = _sane(LABEL_RATE_MIN_ROWS)
+    assert {o.name for o in run_checks(df, labeled_check_specs(len(df), BOUNDS))} == {
+        "impression_ids_unique", "required_features_present", "feature_ranges_sane",
+        "label_rate_within_bounds"}
+    assert _failed(df) == set()
+
+
+def test_a_user_with_more_clicks_than_impressions_in_a_window_is_sane():
+    """Smoothed CTR (clicks + 0.4) / (impressions + 20) passes 1 once a window holds ~20 more
+    clicks than impressions, as a click farm's 1 h window can."""
+    df = _sane(50)
+    df.loc[3, ["user_clicks_1h", "user_impressions_1h"]] = [30.0, 2.0]
+    df.loc[3, "user_ctr_1h"] = (30 + 0.4) / (2 + 20)
+    df.loc[4, "uc_ctr"] = 1.2
+    assert _failed(df) == set()
+
+
+@pytest.mark.parametrize(("column", "value", "check"), [
+    ("user_ctr_1h", -0.01, "feature_ranges_sane"),
+    ("country_ctr_24h", 1.5, "feature_ranges_sane"),
+    ("pred_score", 1.01, "feature_ranges_sane"),
+    ("hour_of_day", 24.0, "feature_ranges_sane"),
+    ("secs_since_last_click", 0.0, "feature_ranges_sane"),
+    ("user_impressions_24h", -1.0, "feature_ranges_sane"),
+    ("uc_impressions", np.nan, "required_features_present"),
+])
+def test_one_bad_value_fails_its_check(column, value, check):
+    df = _sane(50)
+    df.loc[7, column] = value
+    assert _failed(df) == {check}
+
+
+def test_an_impression_twice_fails_uniqueness():
+    df = _sane(50)
+    df.loc[9, "impression_id"] = df.loc[8, "impression_id"]
+    assert _failed(df) == {"impression_ids_unique"}
+
+
+def test_the_label_rate_is_enforced_only_on_enough_rows():
+    df = _sane(LABEL_RATE_MIN_ROWS)
+    df["label"] = np.int8(0)
+    assert _failed(df) == {"label_rate_within_bounds"}
+    assert _failed(df.head(LABEL_RATE_MIN_ROWS - 1)) == set()
