@@ -64,3 +64,29 @@ def test_a_labeled_hour_failing_a_check_is_not_trained_on(tmp_path, monkeypatch)
         rows = sum(store.read_parquet(labeled_key(h)).num_rows
                    for h in (START, START + 2 * HOUR_MS))
         assert mat.metadata["dagster/row_count"].value == rows  # hours 0 and 2, not 1
+
+
+def test_a_labeled_hour_waits_for_its_own_raw_hour_as_for_the_next(tmp_path):
+    """Labeled hour H refuses raw H as it refuses raw H+1 when that was built before its landing
+    window closed (here: built with a week of allowed lateness, so its window is still open)."""
+    lake = LakeResource(root=str(tmp_path))
+    generate(lake.store(), start_ms=START, hours=3, users=200, seed=5)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(3)]
+    resources = {"lake": lake}
+    with dg.instance_for_test() as instance:
+        tags = {"dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1]}
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
+        assert dg.materialize([labeled_impressions], partition_key=keys[1], resources=resources,
+                              instance=instance).success
+        week = {"ops": {f"raw_{s}": {"config": {"allowed_lateness_minutes": 7 * 24 * 60}}
+                        for s in ("impressions", "clicks", "predictions")}}
+        assert dg.materialize(raw_assets, partition_key=keys[1], resources=resources,
+                              instance=instance, run_config=week).success
+        run = dg.materialize([labeled_impressions], partition_key=keys[1], resources=resources,
+                             instance=instance, raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"raw_impressions {keys[1]} was materialized at" in str(
+            failure.event_specific_data.error), failure

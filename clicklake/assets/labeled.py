@@ -63,25 +63,29 @@ def read_labeled_hour(store: Store, hour_ms: int, columns: list[str] | None,
 
 
 def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int) -> dict:
-    """Hour H is labeled only once raw impressions and clicks of H+1 were materialized after
-    their landing window closed; anything earlier could miss clicks. Raises dg.Failure."""
-    nxt = hour_partition_key(hour_ms + HOUR_MS)
+    """Hour H is labeled only once raw impressions and clicks of H and H+1 were materialized
+    after their landing windows closed; anything earlier could miss events or clicks (a raw hour
+    built early by hand and never rebuilt, say). Raises dg.Failure."""
     seen = {}
     for stream in ("impressions", "clicks"):
-        key = dg.AssetKey(f"raw_{stream}")
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[nxt]), limit=1).records
-        if not records:
-            raise dg.Failure(f"raw_{stream} {nxt} is not materialized yet: hour "
-                             f"{hour_partition_key(hour_ms)} cannot be labeled before its next hour")
-        record = records[0]
-        _, closes = landing_window(record, hour_ms + HOUR_MS)
-        if record.timestamp < closes:
-            raise dg.Failure(
-                f"raw_{stream} {nxt} was materialized at {datetime.fromtimestamp(record.timestamp, UTC)}"
-                f", before its landing window closed at {datetime.fromtimestamp(closes, UTC)}: "
-                "late events may be missing; rematerialize it first")
-        seen[f"raw_{stream}_next_hour_materialized_at"] = dg.MetadataValue.timestamp(record.timestamp)
+        for hour, label in ((hour_ms, ""), (hour_ms + HOUR_MS, "_next_hour")):
+            partition = hour_partition_key(hour)
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{stream}"),
+                                      asset_partitions=[partition]), limit=1).records
+            if not records:
+                raise dg.Failure(f"raw_{stream} {partition} is not materialized yet: hour "
+                                 f"{hour_partition_key(hour_ms)} cannot be labeled before it")
+            record = records[0]
+            _, closes = landing_window(record, hour)
+            if record.timestamp < closes:
+                raise dg.Failure(
+                    f"raw_{stream} {partition} was materialized at "
+                    f"{datetime.fromtimestamp(record.timestamp, UTC)}, before its landing window "
+                    f"closed at {datetime.fromtimestamp(closes, UTC)}: late events may be "
+                    "missing; rematerialize it first")
+            seen[f"raw_{stream}{label}_materialized_at"] = dg.MetadataValue.timestamp(
+                record.timestamp)
     return seen
 
 
