@@ -448,3 +448,52 @@ def test_a_commit_being_applied_is_waited_for_or_taken_over_and_its_writer_fence
     expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
     assert a.dump() == expected.dump()
     assert a._get("meta#pending") is None
+
+
+def test_ids_and_domains_of_any_length_and_non_ascii_documents_fit_dynamodbs_limits(
+        moto_endpoint, tmp_path):
+    """DynamoDB refuses a partition key over 2048 bytes and an item over 400 KB. Ids and domains
+    are free text of any length, and a document of non-ASCII names is several bytes a character:
+    such keys are stored hashed (under their kind's prefix, with the logical key beside) and
+    documents cut by bytes, so the fold, reads, dumps and purges go on as on SQLite. (A refused
+    commit stayed pending: every later fold replayed it and failed.)"""
+    from clicklake.platform.online import fold_rows
+    from clicklake.platform.online.state import Commit
+    from clicklake.resources.online_store import _MAX_PK_BYTES, _stored_pk
+
+    sqlite = SqliteState(str(tmp_path / "online.db"))
+    dynamo = _dynamo(moto_endpoint)
+    long_user, long_imp = "u" + "ü" * 1500, "i" + "x" * 3000  # 3 KB each
+    domain = "d" * 2100 + ".example"
+    impressions = [(long_imp, START + 1_000, long_user, "c" * 1200, domain, "8.8.8.8", "ua", 0.5),
+                   ("i-2", START + 2_000, "u2", "c1", None, "8.8.8.8", "ua", 0.25)]
+    clicks = [("k" * 2500, START + 61_000, long_user, "c" * 1200, long_imp)]
+    predictions = [("p" * 2500, START + 500, long_user, "m1", 0.3, long_imp)]
+    arrival = START + 5 * 60_000
+    for state in (sqlite, dynamo):
+        assert fold_rows(state, "impressions", impressions, "landing/impressions/a", arrival)
+        assert fold_rows(state, "clicks", clicks, "landing/clicks/b", arrival + 1)
+        assert fold_rows(state, "predictions", predictions, "landing/predictions/c", arrival + 2)
+        # a user document of non-ASCII names: ~600 KB of UTF-8 in 200 k characters
+        commit = Commit()
+        commit.record("landing/impressions/d", arrival + 3, {"events": 1})
+        cjk = ('{"camps":"' + "広告" * 100_000 + '"}').encode()
+        commit.put("user", "cjk", START, cjk)
+        assert state.commit(commit)
+        assert state.get_docs("user", ["cjk"]) == {"cjk": cjk}
+    assert len(_stored_pk(f"d#user#{long_user}").encode()) < _MAX_PK_BYTES
+    assert dynamo.dump() == sqlite.dump()
+    a, b = OnlineFeatures(dynamo), OnlineFeatures(sqlite)
+    t = START + 2 * 60_000
+    assert a.profile(long_user, t) == b.profile(long_user, t) is not None
+    fa = a.feature_inputs(long_user, "c" * 1200, t, "8.8.8.8", "ua", domain)
+    fb = b.feature_inputs(long_user, "c" * 1200, t, "8.8.8.8", "ua", domain)
+    assert {k: repr(v.tolist()) for k, v in fa.items()} == {
+        k: repr(v.tolist()) for k, v in fb.items()}
+    assert dynamo.marked([(START, "c:" + "k" * 2500)]) == {(START, "c:" + "k" * 2500)}
+    # the same files again: recorded, so nothing is folded twice
+    assert fold_rows(dynamo, "clicks", clicks, "landing/clicks/b", arrival + 1) is None
+    far = START + 30 * 24 * HOUR_MS
+    dynamo.purge({"user": far, "imp": far, "head": far}, {"seg_h": far, "seg_m": far}, far)
+    sqlite.purge({"user": far, "imp": far, "head": far}, {"seg_h": far, "seg_m": far}, far)
+    assert dynamo.dump()["docs"] == sqlite.dump()["docs"] == []

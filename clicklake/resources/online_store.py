@@ -83,9 +83,38 @@ DYNAMO_LAYOUT = 3  # 3: minute logs as items of their own (2 kept them in the mi
 # A document past one item (a bot's user document holds every event of its retention window) is
 # stored in parts: item 0 carries the part count `n`, items 1..n-1 the rest (stale parts of a
 # longer earlier version are never read, and retention removes them with the document).
-_DOC_CHARS = 300_000
+_DOC_BYTES = 300_000  # UTF-8 bytes: a part of non-ASCII text is cut between characters
 # TransactWriteItems also caps a transaction at 4 MB: chunks stop at this many bytes of values.
 _TRANSACTION_BYTES = 3_000_000
+# DynamoDB refuses a partition key over 2048 bytes, and ids and domains are free text of any
+# length: a longer key is stored as its kind's prefix and a hash (`_stored_pk`).
+_MAX_PK_BYTES = 1536
+
+
+def _stored_pk(pk: str) -> str:
+    """The partition key an item of logical key `pk` is stored under: `pk` itself, or past
+    _MAX_PK_BYTES its prefix (`d#ns#`, `c#table#`, `l#table#`, else up to the first `#`: scans
+    by prefix still find it) and a hash of the whole. Such items also carry `pk` as `lk`."""
+    if len(pk) <= _MAX_PK_BYTES // 4 or len(pk.encode()) <= _MAX_PK_BYTES:
+        return pk
+    cut = 2 if pk[:2] in ("d#", "c#", "l#") else 1
+    prefix = "#".join(pk.split("#", cut)[:cut])
+    return f"{prefix}#~{hashlib.blake2b(pk.encode(), digest_size=20).hexdigest()}"
+
+
+def _doc_parts(text: str) -> list[str]:
+    """`text` in parts of at most _DOC_BYTES UTF-8 bytes, each cut between characters."""
+    data = text.encode()
+    if len(data) <= _DOC_BYTES:
+        return [text]
+    parts, start = [], 0
+    while start < len(data):
+        end = min(start + _DOC_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character: back off
+            end -= 1
+        parts.append(data[start:end].decode())
+        start = end
+    return parts
 
 
 class OnlineStoreResource(dg.ConfigurableResource, ABC):
@@ -164,17 +193,23 @@ def _log_parts(log: str) -> list[str]:
 
 
 def _op_bytes(op: list) -> int:
+    return sum(len(v.encode()) for v in op if isinstance(v, str))
+
+
+def _op_chars(op: list) -> int:
+    """What intents written before `_op_bytes` measured (their replays must cut the same chunks)."""
     return sum(len(v) for v in op if isinstance(v, str))
 
 
-def _chunk_ops(ops: list[list], max_items: int, max_bytes: int = _TRANSACTION_BYTES
-               ) -> list[list[list]]:
+def _chunk_ops(ops: list[list], max_items: int, max_bytes: int = _TRANSACTION_BYTES,
+               measure=_op_bytes) -> list[list[list]]:
     """The commit's updates in transactions of at most `max_items` and about `max_bytes`
-    (deterministic: a replay from the stored intent cuts the same chunks)."""
+    (deterministic: a replay from the stored intent cuts the same chunks, with the intent's
+    own `measure`)."""
     out: list[list[list]] = [[]]
     size = 0
     for op in ops:
-        b = _op_bytes(op)
+        b = measure(op)
         if out[-1] and (len(out[-1]) >= max_items or size + b > max_bytes):
             out.append([])
             size = 0
@@ -224,7 +259,13 @@ class DynamoState(StateStore):
                 raise
 
     def _key(self, pk: str, sk: int = 0) -> dict:
-        return {"pk": {"S": pk}, "sk": {"N": str(sk)}}
+        return {"pk": {"S": _stored_pk(pk)}, "sk": {"N": str(sk)}}
+
+    def _item(self, pk: str, sk: int = 0) -> dict:
+        """An item's key attributes, and its logical key `lk` when it is stored hashed."""
+        stored = _stored_pk(pk)
+        key = {"pk": {"S": stored}, "sk": {"N": str(sk)}}
+        return key if stored == pk else {**key, "lk": {"S": pk}}
 
     def _get(self, pk: str, sk: int = 0) -> dict | None:
         return self.client.get_item(TableName=self.table, Key=self._key(pk, sk),
@@ -233,7 +274,7 @@ class DynamoState(StateStore):
     def _query(self, pk: str, lo: int | None = None, hi: int | None = None) -> list[dict]:
         kw = {"TableName": self.table, "ConsistentRead": True,
               "KeyConditionExpression": "pk = :p",
-              "ExpressionAttributeValues": {":p": {"S": pk}}}
+              "ExpressionAttributeValues": {":p": {"S": _stored_pk(pk)}}}
         if lo is not None:
             kw["KeyConditionExpression"] += " AND sk BETWEEN :lo AND :hi"
             kw["ExpressionAttributeValues"].update({":lo": {"N": str(lo)}, ":hi": {"N": str(hi)}})
@@ -260,16 +301,17 @@ class DynamoState(StateStore):
         out: dict[str, bytes] = {}
         split: list[tuple[str, int]] = []
         prefix = f"d#{ns}#"
-        for item in self._batch_get([self._key(prefix + k) for k in dict.fromkeys(keys)]):
-            out[item["pk"]["S"][len(prefix):]] = item["v"]["B"]
+        names = {_stored_pk(prefix + k): k for k in dict.fromkeys(keys)}
+        for item in self._batch_get([self._key(prefix + k) for k in names.values()]):
+            out[names[item["pk"]["S"]]] = item["v"]["B"]
             if "n" in item:
                 split.append((item["pk"]["S"], _n(item["n"])))
         if split:  # documents stored in parts: fetch the rest, join in order
             rest = {(i["pk"]["S"], _n(i["sk"])): i["v"]["B"] for i in self._batch_get(
                 [self._key(pk, n) for pk, parts in split for n in range(1, parts)])}
             for pk, parts in split:
-                out[pk[len(prefix):]] = b"".join(
-                    [out[pk[len(prefix):]], *(rest[(pk, n)] for n in range(1, parts))])
+                out[names[pk]] = b"".join(
+                    [out[names[pk]], *(rest[(pk, n)] for n in range(1, parts))])
         return out
 
     def sum_counters(self, table: str, pk: str, lo: int, hi: int) -> tuple[int, int]:
@@ -293,10 +335,10 @@ class DynamoState(StateStore):
         found = {(i["pk"]["S"], _n(i["sk"])): i for i in self._batch_get(
             [self._key(pk, sk) for pk, sk in keys])}
         logs = {(pk, sk): self._logs(f"l#{pk[2:]}#{sk}") for pk, sk in keys
-                if (pk, sk) in found}
+                if (_stored_pk(pk), sk) in found}
         out: list[Cell | None] = []
         for t, pk, sk in cells:
-            item = found.get((f"c#{t}#{pk}", sk))
+            item = found.get((_stored_pk(f"c#{t}#{pk}"), sk))
             out.append(None if item is None else (_n(item["i"]), _n(item["c"]),
                                                   *logs[(f"c#{t}#{pk}", sk)]))
         return out
@@ -309,8 +351,9 @@ class DynamoState(StateStore):
                 "".join(i["cl"]["S"] for i in items if "cl" in i))
 
     def marked(self, marks: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        names = {_stored_pk("m#" + k): k for _, k in marks}
         keys = [self._key("m#" + k, h) for h, k in dict.fromkeys(marks)]
-        return {(_n(i["sk"]), i["pk"]["S"][2:]) for i in self._batch_get(keys)}
+        return {(_n(i["sk"]), names[i["pk"]["S"]]) for i in self._batch_get(keys)}
 
     def is_folded(self, file_key: str) -> bool:
         item = self._get("f#" + file_key)
@@ -354,10 +397,10 @@ class DynamoState(StateStore):
         for ns, docs in sorted(commit.docs.items(), key=lambda item: (item[0] == HEAD, item[0])):
             for k, (h, v) in sorted(docs.items()):
                 text = None if v is None else v.decode()
-                if text is None or len(text) <= _DOC_CHARS:
+                parts = None if text is None else _doc_parts(text)
+                if parts is None or len(parts) == 1:
                     ops.append(["d", f"d#{ns}#{k}", h, text])
                     continue
-                parts = [text[i:i + _DOC_CHARS] for i in range(0, len(text), _DOC_CHARS)]
                 ops.append(["d", f"d#{ns}#{k}", h, parts[0], len(parts)])
                 ops += [["p", f"d#{ns}#{k}", n, h, part] for n, part in enumerate(parts)
                         if n]
@@ -384,7 +427,7 @@ class DynamoState(StateStore):
         name = commit.file_key
         ops = self._ops(commit)
         body = orjson.dumps({"ops": ops, "files": [[f.key, f.arrival_ms, f.stats]
-                                                   for f in commit.files]})
+                                                   for f in commit.files], "bytes": 1})
         parts = [body[i:i + _INTENT_BYTES] for i in range(0, len(body), _INTENT_BYTES)] or [b""]
         for n, part in enumerate(parts):
             self.client.put_item(TableName=self.table,
@@ -421,9 +464,10 @@ class DynamoState(StateStore):
         return _now_ms() + self.lease_ms
 
     def _read_intent(self, name: str, parts: int | None
-                     ) -> tuple[list[list], list[FileRecord]] | None:
-        """The intent's ops and files (its first `parts` items: a failed attempt of the same
-        commit may have left more); None when they are gone (cleaned up: it was finished)."""
+                     ) -> tuple[list[list], list[FileRecord], object] | None:
+        """The intent's ops, files and chunk measure (its first `parts` items: a failed attempt
+        of the same commit may have left more); None when they are gone (cleaned up: it was
+        finished)."""
         items = sorted(self._query("i#" + name), key=lambda i: _n(i["sk"]))
         if parts is not None:
             items = items[:parts]
@@ -432,7 +476,8 @@ class DynamoState(StateStore):
         if not items:
             return None
         body = orjson.loads(b"".join(i["b"]["B"] for i in items))
-        return body["ops"], [FileRecord(k, a, st) for k, a, st in body["files"]]
+        measure = _op_bytes if body.get("bytes") else _op_chars  # an older version's: chars
+        return body["ops"], [FileRecord(k, a, st) for k, a, st in body["files"]], measure
 
     def _write(self, op: list) -> dict:
         if op[0] == "d":
@@ -440,20 +485,23 @@ class DynamoState(StateStore):
                 return {"Delete": {"TableName": self.table, "Key": self._key(op[1])}}
             parts = {"n": {"N": str(op[4])}} if len(op) > 4 else {}
             return {"Put": {"TableName": self.table, "Item": {
-                **self._key(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()},
+                **self._item(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()},
                 **parts}}}
         if op[0] == "p":  # a later part of a document stored in parts
             return {"Put": {"TableName": self.table, "Item": {
-                **self._key(op[1], op[2]), "h": {"N": str(op[3])}, "v": {"B": op[4].encode()}}}}
+                **self._item(op[1], op[2]), "h": {"N": str(op[3])}, "v": {"B": op[4].encode()}}}}
         if op[0] == "m":
-            return {"Put": {"TableName": self.table, "Item": self._key(op[1], op[2])}}
+            return {"Put": {"TableName": self.table, "Item": self._item(op[1], op[2])}}
         if op[0] == "l":  # a put under the commit's own key: replaying it changes nothing
             return {"Put": {"TableName": self.table, "Item": {
-                **self._key(op[1], op[2]), "h": {"N": str(op[3])}, op[4]: {"S": op[5]}}}}
-        return {"Update": {"TableName": self.table, "Key": self._key(op[1], op[2]),
-                           "UpdateExpression": "ADD i :i, c :c",
-                           "ExpressionAttributeValues": {":i": {"N": str(op[3])},
-                                                         ":c": {"N": str(op[4])}}}}
+                **self._item(op[1], op[2]), "h": {"N": str(op[3])}, op[4]: {"S": op[5]}}}}
+        update = {"TableName": self.table, "Key": self._key(op[1], op[2]),
+                  "UpdateExpression": "ADD i :i, c :c",
+                  "ExpressionAttributeValues": {":i": {"N": str(op[3])}, ":c": {"N": str(op[4])}}}
+        if _stored_pk(op[1]) != op[1]:  # stored hashed: the row keeps its logical key
+            update["UpdateExpression"] += " SET lk = :lk"
+            update["ExpressionAttributeValues"][":lk"] = {"S": op[1]}
+        return {"Update": update}
 
     def recover(self) -> list[FileRecord]:
         """Finish the pending commit, if any, and return its files. One whose writer's lease has
@@ -489,8 +537,8 @@ class DynamoState(StateStore):
         if intent is None:  # finished by its writer, whose clean-up took the intent first
             self._clean_up(name)
             return []
-        ops, files = intent
-        self._apply(name, ops, files, own=False, fenced="parts" in pending)
+        ops, files, measure = intent
+        self._apply(name, ops, files, own=False, fenced="parts" in pending, measure=measure)
         return files
 
     def _take_over(self, pending: dict) -> bool:
@@ -544,7 +592,7 @@ class DynamoState(StateStore):
         return True
 
     def _apply(self, name: str, ops: list[list], files: list[FileRecord], own: bool,
-               fenced: bool) -> None:
+               fenced: bool, measure=_op_bytes) -> None:
         """Steps 2 and 3 of the protocol: each chunk once, then the file records, the
         version, and the intent's removal (`own`: this object's commit, not a replay). With
         `fenced`, each chunk's transaction also renews this writer's lease on the pending
@@ -556,7 +604,7 @@ class DynamoState(StateStore):
             "UpdateExpression": "SET #u = :until", "ConditionExpression": "#o = :me AND #i = :id",
             "ExpressionAttributeNames": {"#u": "until", "#o": "owner", "#i": "id"},
             "ExpressionAttributeValues": {":me": {"S": self.owner}, ":id": {"S": name}}}}
-        for n, part in enumerate(_chunk_ops(ops, per)):
+        for n, part in enumerate(_chunk_ops(ops, per, measure=measure)):
             applied = {"Put": {"TableName": self.table, "Item": self._key(
                 "a#" + name, n), "ConditionExpression": "attribute_not_exists(pk)"}}
             items = [*(self._write(op) for op in part), applied]
@@ -644,24 +692,24 @@ class DynamoState(StateStore):
         for item in items:
             if _n(item["sk"]):
                 continue  # a later part: joined to its document below (or a stale one)
-            _, ns, key = item["pk"]["S"].split("#", 2)
+            _, ns, key = _logical(item).split("#", 2)
             value = b"".join(parts[(item["pk"]["S"], n)]
                              for n in range(_n(item["n"]) if "n" in item else 1))
             docs.append((ns, key, _n(item["h"]), value))
         logs: dict[tuple[str, int], list[str]] = {}
         for item in self._scan("l#"):
-            key = ("c" + item["pk"]["S"][1:].rsplit("#", 1)[0], _n(item["h"]))
+            key = ("c" + _logical(item)[1:].rsplit("#", 1)[0], _n(item["h"]))
             cell = logs.setdefault(key, ["", ""])
             cell[0] += item.get("il", {}).get("S", "")
             cell[1] += item.get("cl", {}).get("S", "")
         for item in self._scan("c#"):
-            _, table, pk = item["pk"]["S"].split("#", 2)
-            il, cl = logs.get((item["pk"]["S"], _n(item["sk"])), ("", ""))
+            _, table, pk = _logical(item).split("#", 2)
+            il, cl = logs.get((_logical(item), _n(item["sk"])), ("", ""))
             row = (table, pk, _n(item["sk"]), _n(item["i"]), _n(item["c"]),
                    canonical_log(il), canonical_log(cl))
             if any(row[3:]):
                 counters.append(row)
-        marks = [(_n(i["sk"]), i["pk"]["S"][2:]) for i in self._scan("m#")]
+        marks = [(_n(i["sk"]), _logical(i)[2:]) for i in self._scan("m#")]
         files = [(i["pk"]["S"][2:], _n(i["arrival"]), bytes(i["stats"]["B"]))
                  for i in self._scan("f#") if i["state"]["S"] == "done"]
         return {"docs": sorted(docs), "counters": sorted(counters), "marks": sorted(marks),
@@ -674,3 +722,8 @@ class DynamoState(StateStore):
                 self.client.delete_item(TableName=self.table,
                                         Key=self._key(item["pk"]["S"], _n(item["sk"])))
         self._bump_version(own=False)
+
+
+def _logical(item: dict) -> str:
+    """The logical key of a stored item (`lk` when its key is stored hashed)."""
+    return item.get("lk", item["pk"])["S"]
