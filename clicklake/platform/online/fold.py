@@ -7,8 +7,10 @@ A file's lines get the batch path's verdicts, reusing its functions: `events.par
 (arrival, key, line); files fold in that order). A damaged gzip keeps the lines before the damage
 and counts one `malformed`, as raw does. Nothing is dropped without a count.
 
-A micro-batch gives the state folding its files one by one would (same order, same documents),
-but reads each document once, writes it once, and adds to each counter row once. Impressions are
+A micro-batch gives the state folding its files one by one would (same order, same answers at
+every instant the state keeps; when the retention horizon moves within the batch, what trimming
+has given up can differ, never an answer), but reads each document once, writes it once, and
+adds to each counter row once. Impressions are
 deduplicated by the copies their index document already lists (it is read anyway); clicks and
 predictions by a mark (event hour, stream letter + id) in the state's compact marks table.
 
