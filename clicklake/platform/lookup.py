@@ -486,13 +486,13 @@ class LookupTable:
         if held is not None and not all(c in held.column_names for c in need):
             del self._tables[key]
 
-        def load() -> pa.Table:
-            key = raw_key(stream, hour_ms, self.lake_prefix)
-            if not self.store.exists(key):
-                self.missing_raw_hours.add((stream, hour_ms))
-                return SPECS[stream].schema.empty_table()
-            return self.store.parquet_file(key).read(use_threads=False)  # see _snapshot_columns
-        return self._cached(key, load)
+        path = raw_key(stream, hour_ms, self.lake_prefix)
+        if key not in self._tables and not self.store.exists(path):
+            # Not cached: a long-lived table (the API's time travel) must see it once it is built.
+            self.missing_raw_hours.add((stream, hour_ms))
+            return SPECS[stream].schema.empty_table()
+        # see _snapshot_columns for use_threads
+        return self._cached(key, lambda: self.store.parquet_file(path).read(use_threads=False))
 
     def remember_raw(self, stream: str, hour_ms: int, table: pa.Table) -> None:
         """Hand over a raw hour the caller has already read (it is then not read again by a
