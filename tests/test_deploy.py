@@ -315,3 +315,27 @@ def test_constraints_pin_every_dependency_within_pyproject_ranges():
     lib = pins["dagster-postgres"].split(".")
     assert pins["dagster-aws"] == pins["dagster-postgres"]
     assert (int(lib[1]) - 16, lib[2]) == (int(core[1]), core[2])
+
+
+def test_the_run_task_role_allows_every_dynamodb_call_the_online_store_makes(template):
+    """Every DynamoDB API the online store calls (retention's scan included: a fold run ends
+    with one) is allowed to the run tasks; creating the table is the template's job."""
+    import ast
+
+    import clicklake.resources.online_store as module
+
+    calls = {node.func.attr for node in ast.walk(ast.parse(Path(module.__file__).read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "client"}
+    needs = {"batch_get_item": {"BatchGetItem"}, "delete_item": {"DeleteItem"},
+             "get_item": {"GetItem"}, "put_item": {"PutItem"}, "query": {"Query"},
+             "scan": {"Scan"}, "update_item": {"UpdateItem"},
+             "get_waiter": {"DescribeTable"},  # table_exists
+             "transact_write_items": {"PutItem", "UpdateItem", "DeleteItem",
+                                      "ConditionCheckItem"},
+             "create_table": set()}  # with create=True only (tests, a first local run)
+    assert calls <= set(needs), f"map the new DynamoDB calls to IAM actions: {calls - set(needs)}"
+    (stmt,) = [s for s in _statements(template, "DagsterRunTaskRole") if s["Sid"] == "OnlineStore"]
+    allowed = {a.removeprefix("dynamodb:") for a in _actions(stmt)}
+    missing = set().union(*(needs[c] for c in calls)) - allowed
+    assert not missing, f"the run task role lacks dynamodb:{sorted(missing)}"
