@@ -117,7 +117,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     except IncompleteSeed as exc:  # a seeding run died: seed again, then fold what came since
         try:
             seeded = seed(exc.p)
-            context.log.warning(f"{exc}: seeded again")
+            context.log.warning(f"{exc}: seeded it again")
             report = seeded.fold
         except SeedUnavailable as why:
             context.log.warning(f"{exc}, and it cannot be seeded again ({why}): folding every "

@@ -31,7 +31,8 @@ def _sum(materializations: list[dict], key: str) -> int:
 
 @click.command()
 @click.option("--root", default="data/demo", show_default=True,
-              help="Local folder for the demo's landing zone and lake (wiped first).")
+              help="Local folder for the demo's landing zone and lake: its landing/, lake/ "
+              "and truth/ are deleted first (only lake/ with --skip-generate).")
 @click.option("--hours", default=6, show_default=True, help="Hours of traffic to generate.")
 @click.option("--users", default=5000, show_default=True, help="Distinct users.")
 @click.option("--start", default="2026-11-24T00:00:00Z", show_default=True,
@@ -42,7 +43,8 @@ def _sum(materializations: list[dict], key: str) -> int:
               " predictions.")
 @click.option("--skip-generate", is_flag=True,
               help="Use the landing zone already under --root (e.g. from `clicklake import`);"
-              " the hours are those its impression files cover.")
+              " the hours are those its impression files cover (--hours, --users, --start and"
+              " --seed are then unused).")
 def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
          skip_generate: bool) -> None:
     """Generate HOURS of synthetic streams (or use an imported landing zone), materialize the

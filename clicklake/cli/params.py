@@ -13,6 +13,11 @@ class FiniteFloat(click.FloatRange):
 
     name = "finite float"
 
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return "finite"  # FloatRange would print "x<=None"
+        return super()._describe_range()
+
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
