@@ -175,8 +175,17 @@ def test_failed_rename_keeps_old_content_and_no_temp(tmp_path, monkeypatch):
 def test_list_hides_temp_files_of_writes_in_flight(tmp_path):
     store = Store(str(tmp_path))
     store.write_bytes("d/a", b"1")
-    (tmp_path / "d" / "b.tmp-0123abcd").write_bytes(b"partial")
+    (tmp_path / "d" / f"b.tmp-{'0123abcd' * 4}").write_bytes(b"partial")  # write_bytes' name
     assert store.list("d") == ["d/a"]
+
+
+def test_keys_that_merely_contain_tmp_are_listed(store):
+    """Only a local write's own temp file is hidden: a key that happens to hold ".tmp-" is a
+    key like any other (on S3 nothing is hidden: its writes make no temp files)."""
+    keys = ["exports/report.tmp-2026.csv", "lake/scratch.tmp-dir/part.parquet", "lake/ok.csv"]
+    for key in keys:
+        store.write_bytes(key, b"x")
+    assert store.list("") == sorted(keys)
 
 
 def test_read_of_missing_key_raises(store):

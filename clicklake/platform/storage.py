@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -19,6 +20,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 PARQUET_COMPRESSION = "zstd"
+
+# A local write's temp file (`write_bytes`): `<name>.tmp-<32 hex>`, never a key of its own.
+_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Store:
                 out.write(data)
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # `_TEMP`: hidden from listings
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -106,7 +110,7 @@ class Store:
         keys = [
             fi.path[len(root) :]
             for fi in self.fs.get_file_info(sel)
-            if fi.type == pafs.FileType.File and ".tmp-" not in fi.path
+            if fi.type == pafs.FileType.File and (self.is_s3 or not _TEMP.search(fi.base_name))
         ]
         return sorted(keys)
 
