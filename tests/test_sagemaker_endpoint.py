@@ -50,8 +50,8 @@ def test_deploy_creates_model_config_and_endpoint(moto_endpoint, lake, s3_bucket
         max_wait_attempts=3,
     )
     dep = endpoint.deploy(store, "model-20261125-01")
-    name = "ctr-test-1-model-20261125-01"
-    assert dep.details["model_name"] == name and dep.details["updated"] is False
+    name = dep.details["model_name"]  # the endpoint and model id, and a hash of them
+    assert name.startswith("ctr-test-1-model-20261125-01-") and len(name) == 37 and dep.details["updated"] is False
     sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
     model = sm.describe_model(ModelName=name)
     assert model["ExecutionRoleArn"] == ROLE
@@ -100,3 +100,19 @@ def test_parse_csv_scores_both_layouts():
     np.testing.assert_array_equal(parse_csv_scores(b"0.25,0.5,1e-3"), [0.25, 0.5, 0.001])
     np.testing.assert_array_equal(parse_csv_scores(b"0.25\n0.5\n"), [0.25, 0.5])
     assert parse_csv_scores(b"").size == 0
+
+
+def test_resource_names_are_distinct_for_distinct_model_ids():
+    """Cleaning and cutting alone made `m.1`, `m_1` and `m-1` one name, and any two long model
+    ids one name behind a long endpoint name: a deploy then replaced another's model."""
+    import re
+
+    from clicklake.resources.endpoint import _name
+
+    long_endpoint = "production-eu-west-1-shadow-v2-clicklake"
+    ids = ["m.1", "m_1", "m-1", "clicklake-xgb-20261126-090000-123",
+           "clicklake-xgb-20261126-090000-456"]
+    names = [_name(e, m) for e in ("ctr", long_endpoint) for m in ids]
+    assert len(set(names)) == len(names)
+    assert all(len(n) <= 63 and re.fullmatch(r"[a-zA-Z0-9](-?[a-zA-Z0-9])*", n) for n in names)
+    assert _name("ctr", "m.1") == _name("ctr", "m.1")  # stable: a redeploy finds its own

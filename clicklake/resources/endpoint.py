@@ -6,6 +6,7 @@ of features (in manifest order, NaN = missing) and returns click probabilities.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from abc import ABC, abstractmethod
@@ -70,9 +71,12 @@ class LocalModelServer(ModelEndpointResource):
 
 
 def _name(*parts: str) -> str:
-    """A SageMaker resource name: [a-zA-Z0-9-], at most 63 characters."""
+    """A SageMaker resource name: [a-zA-Z0-9-], at most 63 characters, distinct for distinct
+    parts: a hash of them ends it (cleaning and cutting alone gave `m.1` and `m_1`, or two long
+    model ids behind a long endpoint name, one name, and a deploy replaced another's model)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=4).hexdigest()
     name = re.sub(r"[^a-zA-Z0-9-]+", "-", "-".join(parts)).strip("-")
-    return name[:63].rstrip("-")
+    return f"{name[:63 - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def parse_csv_scores(body: bytes) -> np.ndarray:
