@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import orjson
 import pytest
 
 from clicklake.platform.storage import S3Options, Store
@@ -42,9 +43,18 @@ def _round_trip(store: Store) -> None:
         ("m1", "promoted", ""),
         ("m2", "rejected", "AUC 0.6400 is below the floor 0.6500"),
     ]
-    registry.promote(store, "m2", reason="manual override")
+    with pytest.raises(ValueError, match="rejected"):
+        registry.promote(store, "m2")  # a gate's rejection stands unless overridden
+    assert registry.champion(store).model_id == "m1"
+    registry.promote(store, "m2", reason="manual override", force=True)
     assert registry.champion(store).model_id == "m2"
     assert registry.history(store)[-1].reason == "manual override"
+    # the champion promoted again (a rerun of the deployment): it keeps its predecessor
+    promoted = registry.champion(store)
+    registry.promote(store, "m2")
+    pointer = orjson.loads(store.read_bytes("lake/models/champion.json"))
+    assert pointer["previous"] == "m1" and registry.champion(store) == promoted
+    assert [r.status for r in registry.history(store)].count("promoted") == 2
     with pytest.raises(KeyError):
         registry.promote(store, "nope")
     with pytest.raises(ValueError):

@@ -123,10 +123,19 @@ def artifact_of(store: Store, model_id: str, prefix: str = "lake") -> bytes:
     return store.read_bytes(_key(prefix, model_id, ARTIFACT_NAME))
 
 
-def promote(store: Store, model_id: str, prefix: str = "lake", reason: str = "") -> ModelRecord:
-    """Make `model_id` the champion (the pointer is one atomic write) and record it in history."""
+def promote(store: Store, model_id: str, prefix: str = "lake", reason: str = "",
+            force: bool = False) -> ModelRecord:
+    """Make `model_id` the champion (the pointer is one atomic write) and record it in history.
+    A model whose latest record is a rejection is refused unless `force` (a manual override,
+    with its `reason`); the champion promoted again is left as it is (its `previous` kept)."""
     _require(store, model_id, prefix)
+    last = [r for r in history(store, prefix) if r.model_id == model_id][-1:]
+    if last and last[0].status == REJECTED and not force:
+        raise ValueError(f"model {model_id!r} was rejected ({last[0].reason}): promote it with "
+                         "force=True to override")
     current = champion(store, prefix)
+    if current is not None and current.model_id == model_id:
+        return current  # promoted again (a rerun of the deployment): nothing changes
     now = iso(time.time_ns() // 1_000_000)
     pointer = {
         "model_id": model_id,
