@@ -97,6 +97,12 @@ def build_training_set(
 
     stats = {"train_rows": 0, "validation_rows": 0, "train_clicks": 0, "validation_clicks": 0}
     validation_rows: list[pa.Table] = []
+    # A set rebuilt under the same id (same last hour and hour count, another split, an hour
+    # filled in since) must not keep the parts of the earlier build: a stale validation part
+    # would be a training hour, and would not match validation_rows.parquet.
+    for split in ("train", "validation"):
+        for key in store.list(f"{root}/{split}/"):
+            store.delete(key)
     for h in hours:
         split = "validation" if h in valid_h else "train"
         table = read_hour(h, None)

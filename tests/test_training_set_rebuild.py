@@ -1,0 +1,43 @@
+"""A training set rebuilt under the same id (another validation split over the same hours) holds
+exactly the new split's parts: none of the earlier build's stay behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES
+from clicklake.platform.storage import Store
+from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, parse_instant
+from clicklake.platform.training.csvformat import read_sagemaker_csv
+from clicklake.platform.training_set import build_training_set
+
+START = parse_instant("2025-11-25T10:00:00Z")
+HOURS = [START + i * HOUR_MS for i in range(8)]
+
+
+def _hour(hour_ms: int, columns: list[str] | None) -> pa.Table:
+    rng = np.random.default_rng(hour_ms // HOUR_MS)
+    n = 25
+    data = {name: pa.array([f"v{int(x)}" for x in rng.integers(0, 3, n)]) if name in CATEGORICAL
+            else pa.array(rng.random(n)) for name in FEATURE_NAMES}
+    data["label"] = pa.array(rng.integers(0, 2, n).astype(np.int8))
+    data["impression_id"] = pa.array([f"{hour_ms}-{i}" for i in range(n)])
+    data["cost"] = pa.array(rng.random(n))
+    table = pa.table(data)
+    return table.select(columns) if columns else table
+
+
+def test_a_rebuild_with_another_split_keeps_no_stale_part(tmp_path):
+    store = Store(str(tmp_path))
+    for validation in (4, 2):
+        ts, stats = build_training_set(store, HOURS, validation, _hour, 900, set_id="ts-same")
+    parts = {split: sorted(k.rsplit("/", 1)[1] for k in store.list(f"{ts.root}/{split}/"))
+             for split in ("train", "validation")}
+    name = lambda h: f"part-{hour_partition_key(h).replace(':', '')}.csv"
+    assert parts == {"train": [name(h) for h in HOURS[:6]],
+                     "validation": [name(h) for h in HOURS[6:]]}
+    y, _ = read_sagemaker_csv([store.read_bytes(k) for k in store.list(ts.validation_prefix)],
+                              ts.manifest.n_features)
+    rows = store.read_parquet(f"{ts.root}/validation_rows.parquet")
+    assert len(y) == rows.num_rows == stats["validation_rows"] == 50
