@@ -204,3 +204,29 @@ def test_a_champion_with_other_vocabularies_is_scored_with_its_own_codes(flow, t
     assert np.isfinite(gate.metadata["champion_auc"].value)
     assert gate.metadata["champion_auc"].value == pytest.approx(
         auc(y, predict(load_booster(artifact), x)))
+
+
+def test_a_model_never_gated_is_not_deployed(flow, tmp_path):
+    """deployed_model promotes only a model whose gate passed: one whose click_model run died
+    between training (registered, materialized) and its gate has no verdict and is refused."""
+    import dagster as dg
+
+    from clicklake.assets.training import deployed_model
+
+    store, _ = flow
+    shutil.copytree(store.root, tmp_path / "copy")
+    store = Store(str(tmp_path / "copy"))
+    champion = registry.champion(store).model_id
+    assert registry.gate_status(store, champion) == registry.PASSED
+    registry.register(store, "clicklake-xgb-ungated", registry.artifact_of(store, champion),
+                      registry.manifest_of(store, champion), {"auc": 0.9})
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "click_model", metadata={"model_id": "clicklake-xgb-ungated"}))
+        run = dg.materialize([deployed_model], instance=instance, raise_on_error=False,
+                             resources={"lake": LakeResource(root=store.root),
+                                        "endpoint": LocalModelServer()})
+    assert not run.success
+    failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "has no gate verdict" in str(failure.event_specific_data.error)
+    assert registry.champion(store).model_id == champion

@@ -131,7 +131,9 @@ def click_model(context: dg.AssetExecutionContext, config: ClickModelConfig, lak
     champion_auc = _champion_auc(context, store, lake.lake_prefix, champ, ts, y, x)
     verdict = gate(metrics, None if champ is None else {"auc": champion_auc}, config.auc_floor,
                    config.champion_tolerance)
-    if not verdict.passed:
+    if verdict.passed:
+        registry.passed(store, model_id, "model_gate", lake.lake_prefix)
+    else:
         registry.reject(store, model_id, "; ".join(verdict.reasons), lake.lake_prefix)
     yield dg.AssetCheckResult(
         check_name="model_gate", passed=verdict.passed,
@@ -200,10 +202,13 @@ def deployed_model(context: dg.AssetExecutionContext, lake: LakeResource,
     if event is None:
         raise dg.Failure("click_model has never been materialized")
     model_id = event.asset_materialization.metadata["model_id"].value
-    rejected = [r for r in registry.history(store, lake.lake_prefix)
-                if r.model_id == model_id and r.status == registry.REJECTED]
-    if rejected:
-        raise dg.Failure(f"model {model_id} failed its gate: {rejected[-1].reason}")
+    verdict = registry.gate_status(store, model_id, lake.lake_prefix)
+    if verdict != registry.PASSED:  # rejected, or never gated (its run died before the gate)
+        rejected = [r for r in registry.history(store, lake.lake_prefix)
+                    if r.model_id == model_id and r.status == registry.REJECTED]
+        raise dg.Failure(f"model {model_id} failed its gate: {rejected[-1].reason}" if rejected
+                         else f"model {model_id} has no gate verdict (its click_model run did "
+                         "not reach model_gate): materialize click_model again")
     record = registry.promote(store, model_id, lake.lake_prefix, reason="passed model_gate")
     deployment = endpoint.deploy(store, model_id, lake.lake_prefix)
     return dg.MaterializeResult(metadata={

@@ -26,7 +26,7 @@ from clicklake.platform.timeutil import iso
 from clicklake.platform.training.artifact import ARTIFACT_NAME
 from clicklake.platform.training.manifest import FeatureManifest
 
-REGISTERED, PROMOTED, REJECTED = "registered", "promoted", "rejected"
+REGISTERED, PASSED, PROMOTED, REJECTED = "registered", "passed", "promoted", "rejected"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -144,6 +144,20 @@ def promote(store: Store, model_id: str, prefix: str = "lake", reason: str = "",
     }
     store.write_bytes(f"{_root(prefix)}/champion.json", _dumps(pointer))
     return _event(store, prefix, model_id, PROMOTED, reason, metrics_of(store, model_id, prefix))
+
+
+def passed(store: Store, model_id: str, reason: str = "", prefix: str = "lake") -> ModelRecord:
+    """Record that `model_id` passed the gate: the only models a deployment promotes."""
+    _require(store, model_id, prefix)
+    return _event(store, prefix, model_id, PASSED, reason, metrics_of(store, model_id, prefix))
+
+
+def gate_status(store: Store, model_id: str, prefix: str = "lake") -> str | None:
+    """PASSED or REJECTED: the model's latest gate verdict (None: never gated, e.g. its run
+    died between training and the gate)."""
+    verdicts = [r.status for r in history(store, prefix)
+                if r.model_id == model_id and r.status in (PASSED, REJECTED)]
+    return verdicts[-1] if verdicts else None
 
 
 def reject(store: Store, model_id: str, reason: str, prefix: str = "lake") -> ModelRecord:
