@@ -220,7 +220,7 @@ def test_a_model_never_gated_is_not_deployed(flow, tmp_path):
 
     store = _lake_copy(flow[0], tmp_path)
     champion = registry.champion(store).model_id
-    assert registry.gate_status(store, champion) == registry.PASSED
+    assert registry.gate_verdict(store, champion).status == registry.PASSED
     registry.register(store, "clicklake-xgb-ungated", registry.artifact_of(store, champion),
                       registry.manifest_of(store, champion), {"auc": 0.9})
     with dg.instance_for_test() as instance:

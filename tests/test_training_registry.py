@@ -55,6 +55,9 @@ def _round_trip(store: Store) -> None:
     pointer = orjson.loads(store.read_bytes("lake/models/champion.json"))
     assert pointer["previous"] == "m1" and registry.champion(store) == promoted
     assert [r.status for r in registry.history(store)].count("promoted") == 2
+    registry.promote(store, "m1")  # another champion since
+    with pytest.raises(ValueError, match="rejected"):  # the override did not undo the verdict
+        registry.promote(store, "m2")
     with pytest.raises(KeyError):
         registry.promote(store, "nope")
     with pytest.raises(ValueError):

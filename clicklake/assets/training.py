@@ -166,9 +166,17 @@ def _champion_auc(context, store, prefix: str, champ, ts, y: np.ndarray, x: np.n
                             f"its recorded AUC {recorded:.4f}")
         return recorded
     if manifest.categorical != ts.manifest.categorical:  # its own codes for the categoricals
-        _, x = validation_matrix(
-            store, ts, manifest.categorical,
-            lambda h, cols: read_labeled_hour(store, h, cols, prefix))
+        try:
+            y_again, x = validation_matrix(
+                store, ts, manifest.categorical,
+                lambda h, cols: read_labeled_hour(store, h, cols, prefix))
+        except (FileNotFoundError, KeyError):  # a validation hour removed since
+            y_again = None
+        if y_again is None or not np.array_equal(y_again, y):
+            # a validation hour was rebuilt (or removed) since the training set was made
+            context.log.warning(f"the validation hours changed since the training set was "
+                                f"made: the gate uses the champion's recorded AUC {recorded:.4f}")
+            return recorded
     value = auc(y, predict(booster, x))
     context.log.info(f"champion {champ.model_id}: AUC {value:.4f} on these validation rows "
                      f"(recorded {recorded:.4f})")
@@ -202,13 +210,12 @@ def deployed_model(context: dg.AssetExecutionContext, lake: LakeResource,
     if event is None:
         raise dg.Failure("click_model has never been materialized")
     model_id = event.asset_materialization.metadata["model_id"].value
-    verdict = registry.gate_status(store, model_id, lake.lake_prefix)
-    if verdict != registry.PASSED:  # rejected, or never gated (its run died before the gate)
-        rejected = [r for r in registry.history(store, lake.lake_prefix)
-                    if r.model_id == model_id and r.status == registry.REJECTED]
-        raise dg.Failure(f"model {model_id} failed its gate: {rejected[-1].reason}" if rejected
-                         else f"model {model_id} has no gate verdict (its click_model run did "
-                         "not reach model_gate): materialize click_model again")
+    verdict = registry.gate_verdict(store, model_id, lake.lake_prefix)
+    if verdict is None:  # its click_model run died between training and the gate
+        raise dg.Failure(f"model {model_id} has no gate verdict (its click_model run did not "
+                         "reach model_gate): materialize click_model again")
+    if verdict.status != registry.PASSED:
+        raise dg.Failure(f"model {model_id} failed its gate: {verdict.reason}")
     record = registry.promote(store, model_id, lake.lake_prefix, reason="passed model_gate")
     deployment = endpoint.deploy(store, model_id, lake.lake_prefix)
     return dg.MaterializeResult(metadata={

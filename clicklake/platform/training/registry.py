@@ -129,13 +129,13 @@ def promote(store: Store, model_id: str, prefix: str = "lake", reason: str = "",
     A model whose latest record is a rejection is refused unless `force` (a manual override,
     with its `reason`); the champion promoted again is left as it is (its `previous` kept)."""
     _require(store, model_id, prefix)
-    last = [r for r in history(store, prefix) if r.model_id == model_id][-1:]
-    if last and last[0].status == REJECTED and not force:
-        raise ValueError(f"model {model_id!r} was rejected ({last[0].reason}): promote it with "
-                         "force=True to override")
     current = champion(store, prefix)
     if current is not None and current.model_id == model_id:
         return current  # promoted again (a rerun of the deployment): nothing changes
+    verdict = gate_verdict(store, model_id, prefix)
+    if verdict is not None and verdict.status == REJECTED and not force:
+        raise ValueError(f"model {model_id!r} was rejected ({verdict.reason}): promote it with "
+                         "force=True to override")
     now = iso(time.time_ns() // 1_000_000)
     pointer = {
         "model_id": model_id,
@@ -152,10 +152,10 @@ def passed(store: Store, model_id: str, reason: str = "", prefix: str = "lake") 
     return _event(store, prefix, model_id, PASSED, reason, metrics_of(store, model_id, prefix))
 
 
-def gate_status(store: Store, model_id: str, prefix: str = "lake") -> str | None:
-    """PASSED or REJECTED: the model's latest gate verdict (None: never gated, e.g. its run
-    died between training and the gate)."""
-    verdicts = [r.status for r in history(store, prefix)
+def gate_verdict(store: Store, model_id: str, prefix: str = "lake") -> ModelRecord | None:
+    """The model's latest gate verdict, a PASSED or REJECTED record (None: never gated, e.g.
+    its run died between training and the gate). A manual promotion does not change it."""
+    verdicts = [r for r in history(store, prefix)
                 if r.model_id == model_id and r.status in (PASSED, REJECTED)]
     return verdicts[-1] if verdicts else None
 
