@@ -612,6 +612,10 @@ def test_lake_reads_run_off_the_event_loop(lake):
             seen.append(("features", threading.current_thread()))
             return super().feature_inputs(*args, **kwargs)
 
+        def profile(self, *args, **kwargs):
+            seen.append(("now", threading.current_thread()))
+            return super().profile(*args, **kwargs)
+
     class RecordingLookup(LookupTable):
         def profile(self, *args, **kwargs):
             seen.append(("profile", threading.current_thread()))
@@ -627,5 +631,6 @@ def test_lake_reads_run_off_the_event_loop(lake):
                                            "campaign_id": "cmp-0016"}).status_code == 200
         assert c.get("/v1/users/u0000300/profile",
                      params={"as_of": iso(START + 3 * HOUR_MS)}).status_code == 200
-    assert [kind for kind, _ in seen] == ["features", "profile"]
+        assert c.get("/v1/users/u0000300/profile").status_code == 200  # "now", from the lake
+    assert [kind for kind, _ in seen] == ["features", "profile", "now"]
     assert all(thread is not loop_thread for _, thread in seen)

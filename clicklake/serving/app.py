@@ -412,10 +412,10 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                                f"{iso(start)}", "before_history")
                 return row if row["known"] else None
         try:
-            # Time travel reads Parquet (milliseconds, S3: more): off the event loop, so other
-            # requests are not held behind it. "Now" reads memory or one key: inline.
-            row = reader(user_id, t) if as_of is None else await run_in_threadpool(
-                reader, user_id, t)
+            # The lake's reads are Parquet (milliseconds, S3: more): off the event loop, so other
+            # requests are not held behind them. The online store's "now" is one key: inline.
+            row = (await run_in_threadpool(reader, user_id, t) if as_of is not None or lake_source
+                   else reader(user_id, t))
         except NoSnapshots as exc:
             raise fail(503, str(exc), "features_unavailable") from None
         except (SnapshotUnavailable, BeforeHorizon) as exc:
