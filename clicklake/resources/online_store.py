@@ -102,6 +102,16 @@ def _stored_pk(pk: str) -> str:
     return f"{prefix}#~{hashlib.blake2b(pk.encode(), digest_size=20).hexdigest()}"
 
 
+_LK_BYTES = 65_536
+
+
+def _lk(pk: str) -> str:
+    """The logical key kept on a hashed item, cut to _LK_BYTES (between characters): only a
+    dump reads it, and a key that long (an id of 64 KB) is shown cut there."""
+    data = pk.encode()
+    return pk if len(data) <= _LK_BYTES else data[:_LK_BYTES].decode(errors="ignore")
+
+
 def _doc_parts(text: str) -> list[str]:
     """`text` in parts of at most _DOC_BYTES UTF-8 bytes, each cut between characters."""
     data = text.encode()
@@ -262,10 +272,11 @@ class DynamoState(StateStore):
         return {"pk": {"S": _stored_pk(pk)}, "sk": {"N": str(sk)}}
 
     def _item(self, pk: str, sk: int = 0) -> dict:
-        """An item's key attributes, and its logical key `lk` when it is stored hashed."""
+        """An item's key attributes, and its logical key `lk` when it is stored hashed (at most
+        _LK_BYTES of it, beside a document part of _DOC_BYTES: under 400 KB an item)."""
         stored = _stored_pk(pk)
         key = {"pk": {"S": stored}, "sk": {"N": str(sk)}}
-        return key if stored == pk else {**key, "lk": {"S": pk}}
+        return key if stored == pk else {**key, "lk": {"S": _lk(pk)}}
 
     def _get(self, pk: str, sk: int = 0) -> dict | None:
         return self.client.get_item(TableName=self.table, Key=self._key(pk, sk),
@@ -500,7 +511,7 @@ class DynamoState(StateStore):
                   "ExpressionAttributeValues": {":i": {"N": str(op[3])}, ":c": {"N": str(op[4])}}}
         if _stored_pk(op[1]) != op[1]:  # stored hashed: the row keeps its logical key
             update["UpdateExpression"] += " SET lk = :lk"
-            update["ExpressionAttributeValues"][":lk"] = {"S": op[1]}
+            update["ExpressionAttributeValues"][":lk"] = {"S": _lk(op[1])}
         return {"Update": update}
 
     def recover(self) -> list[FileRecord]:
