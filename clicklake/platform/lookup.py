@@ -429,6 +429,10 @@ class LookupTable:
     # -- what exists ---------------------------------------------------------------------------
     def snapshot_hours(self, refresh: bool = False) -> np.ndarray:
         """Partition hours (epoch ms) whose snapshot exists, ascending."""
+        if refresh:  # hours missing before may be built since: read them again when asked
+            for stream, hour in self.missing_raw_hours:
+                self._tables.pop(("raw", stream, hour), None)
+            self.missing_raw_hours.clear()
         if self._hours is None or refresh:
             prefix = f"{self.lake_prefix}/profiles/user/"
             hours = [h for h in (_hour_of_key(k) for k in self.store.list(prefix)) if h is not None]
@@ -486,13 +490,13 @@ class LookupTable:
         if held is not None and not all(c in held.column_names for c in need):
             del self._tables[key]
 
-        path = raw_key(stream, hour_ms, self.lake_prefix)
-        if key not in self._tables and not self.store.exists(path):
-            # Not cached: a long-lived table (the API's time travel) must see it once it is built.
-            self.missing_raw_hours.add((stream, hour_ms))
-            return SPECS[stream].schema.empty_table()
-        # see _snapshot_columns for use_threads
-        return self._cached(key, lambda: self.store.parquet_file(path).read(use_threads=False))
+        def load() -> pa.Table:
+            path = raw_key(stream, hour_ms, self.lake_prefix)
+            if not self.store.exists(path):
+                self.missing_raw_hours.add((stream, hour_ms))
+                return SPECS[stream].schema.empty_table()
+            return self.store.parquet_file(path).read(use_threads=False)  # see _snapshot_columns
+        return self._cached(key, load)
 
     def remember_raw(self, stream: str, hour_ms: int, table: pa.Table) -> None:
         """Hand over a raw hour the caller has already read (it is then not read again by a
