@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from clicklake.assets.automation import CATCH_UP
 from clicklake.assets.partitions import hourly_partitions
 
 # Partition H can still receive events until H+1h + allowed lateness (1 h by default); the tick at
@@ -39,5 +40,5 @@ hourly_automation = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=60,
     description="Builds each hour's tiles, snapshots and segment profiles once its raw partitions "
     "are built, and each labeled hour and its prediction outcomes once the next hour's are: "
-    "inputs complete, their blocking checks passed, within the last 24 hours.",
+    f"inputs complete, their blocking checks passed, within the last {CATCH_UP}.",
 )
