@@ -87,6 +87,22 @@ def parse_csv_scores(body: bytes) -> np.ndarray:
     return np.array([float(t) for t in re.split(r"[,\n]+", text) if t.strip()])
 
 
+def invoke_scores(client, endpoint_name: str, rows: np.ndarray) -> np.ndarray:
+    """The endpoint's probability for each of `rows` (a sagemaker-runtime client); ValueError
+    naming what it answered when that is not one probability in [0, 1] per row."""
+    body = client.invoke_endpoint(EndpointName=endpoint_name, ContentType=CONTENT_TYPE,
+                                  Accept=CONTENT_TYPE, Body=features_to_csv(rows))["Body"].read()
+    try:
+        scores = parse_csv_scores(body)
+    except (UnicodeDecodeError, ValueError):
+        scores = None
+    if scores is None or len(scores) != len(rows) or not (
+            np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()):
+        raise ValueError(f"the endpoint answered {body[:80]!r} for {len(rows)} row(s): "
+                         "expected as many probabilities")
+    return scores
+
+
 class SageMakerEndpoint(ModelEndpointResource):
     """A real-time SageMaker endpoint serving the built-in XGBoost image."""
 
@@ -179,10 +195,4 @@ class SageMakerEndpoint(ModelEndpointResource):
         )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        response = self._client("sagemaker-runtime").invoke_endpoint(
-            EndpointName=self.endpoint_name,
-            ContentType=CONTENT_TYPE,
-            Accept=CONTENT_TYPE,
-            Body=features_to_csv(rows),
-        )
-        return parse_csv_scores(response["Body"].read())
+        return invoke_scores(self._client("sagemaker-runtime"), self.endpoint_name, rows)

@@ -23,9 +23,8 @@ from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES, vocabulary_c
 from clicklake.platform.storage import Store
 from clicklake.platform.training import registry
 from clicklake.platform.training.artifact import load_booster
-from clicklake.platform.training.csvformat import CONTENT_TYPE, features_to_csv
 from clicklake.platform.training.manifest import FeatureManifest
-from clicklake.resources.endpoint import SageMakerEndpoint, parse_csv_scores
+from clicklake.resources.endpoint import SageMakerEndpoint, invoke_scores
 
 
 @dataclass(frozen=True)
@@ -152,19 +151,7 @@ class SageMakerScorer:
             retries={"mode": "standard", "total_max_attempts": 2}))
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        response = self._client.invoke_endpoint(
-            EndpointName=self.endpoint.endpoint_name, ContentType=CONTENT_TYPE,
-            Accept=CONTENT_TYPE, Body=features_to_csv(rows))
-        body = response["Body"].read()
-        try:
-            scores = parse_csv_scores(body)
-        except (UnicodeDecodeError, ValueError):
-            scores = None
-        if scores is None or len(scores) != len(rows) or not (
-                np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()):
-            raise ValueError(f"the endpoint answered {body[:80]!r} for {len(rows)} row(s): "
-                             "expected as many probabilities")
-        return scores
+        return invoke_scores(self._client, self.endpoint.endpoint_name, rows)
 
 
 class ModelSlot:
