@@ -62,17 +62,22 @@ def read_labeled_hour(store: Store, hour_ms: int, columns: list[str] | None,
     return store.read_parquet(labeled_key(hour_ms, prefix), columns)
 
 
-def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int) -> dict:
+def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
+                               known: dict | None = None) -> dict:
     """Hour H is labeled only once raw impressions and clicks of H and H+1 were materialized
     after their landing windows closed; anything earlier could miss events or clicks (a raw hour
-    built early by hand and never rebuilt, say). Raises dg.Failure."""
+    built early by hand and never rebuilt, say). Raises dg.Failure. `known`: the records a run's
+    earlier hours looked up (hour H's next hour is hour H+1's own), filled in here."""
     seen = {}
+    known = {} if known is None else known
     for stream in ("impressions", "clicks"):
         for hour, label in ((hour_ms, ""), (hour_ms + HOUR_MS, "_next_hour")):
             partition = hour_partition_key(hour)
-            records = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{stream}"),
-                                      asset_partitions=[partition]), limit=1).records
+            if (stream, hour) not in known:
+                known[(stream, hour)] = context.instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{stream}"),
+                                          asset_partitions=[partition]), limit=1).records
+            records = known[(stream, hour)]
             if not records:
                 raise dg.Failure(f"raw_{stream} {partition} is not materialized yet: hour "
                                  f"{hour_partition_key(hour_ms)} cannot be labeled before it")
@@ -128,9 +133,10 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     # it checks an hour's next hour is complete (`ready`) before reading anything of either,
     # and a failed check fails the run at that hour, the hours before it written.
     completeness: dict[int, dict] = {}
+    known: dict = {}  # raw materialization records looked up, shared by the range's hours
 
     def ready(hour: int) -> None:
-        completeness[hour] = require_next_hour_complete(context, hour)
+        completeness[hour] = require_next_hour_complete(context, hour, known)
 
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix, ready=ready)
     for hour in hours:
