@@ -175,7 +175,8 @@ def _serve_directly(app: FastAPI, path: str, handler) -> None:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return client_gone(scope)
+                client_gone(scope)
+                return
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         payload = await handler(b"".join(chunks), content_type)

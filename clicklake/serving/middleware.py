@@ -50,7 +50,8 @@ class BodyLimit:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                return client_gone(scope)
+                client_gone(scope)
+                return None
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:

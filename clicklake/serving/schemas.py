@@ -25,8 +25,9 @@ MAX_FUTURE_MS = 5 * 60_000  # clock skew tolerated between the caller and this s
 _CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F), (0x2028, 0x2029), (0x202A, 0x202E),
                    (0x2066, 0x2069), (0xFEFF, 0xFEFF))
 # pydantic's patterns are Rust regexes (\x{...}); Python's `re` takes the characters as they are
-_ID_PATTERN = "^[^" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in _CONTROL_RANGES) + "]+$"
-_TEXT_PATTERN = _ID_PATTERN[:-2] + "*$"  # the same, empty allowed (an empty user agent is common)
+_FREE = "[^" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in _CONTROL_RANGES) + "]"
+_ID_PATTERN = f"^{_FREE}+$"
+_TEXT_PATTERN = f"^{_FREE}*$"  # empty allowed: an empty user agent is common
 _CONTROL = re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}"
                                     for a, b in _CONTROL_RANGES) + "]")
 
