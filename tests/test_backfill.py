@@ -77,9 +77,8 @@ def home(tmp_path, monkeypatch):
                             "config": {"dequeue_interval_seconds": 1}},
         "concurrency": {"runs": {"max_concurrent_runs": MAX_RUNS}},
         "telemetry": {"enabled": False},
-        # The backfill alone: the automation sensors' daemon has nothing to do on these hours
-        # (days back). Beside the backfill daemon on a fresh SQLite instance, one CI run failed
-        # in the daemon's storage check (alembic's revision); not seen in 3 local runs.
+        # The backfill alone: the automation sensors have nothing to do on these hours (days
+        # back).
         "auto_materialize": {"enabled": False},
     }))
     (home / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_module": {
@@ -132,6 +131,14 @@ def _sequential_fold(store: Store) -> None:
 def test_48_hour_backfill_runs_in_parallel_and_keeps_the_chains_in_order(home):
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
+    # The instance's storages are made before the daemon starts: the test and the daemon making
+    # a fresh SQLite instance's tables at once raced (CI: "table alembic_version already
+    # exists" here, a failed revision check in the daemon).
+    with dg.DagsterInstance.get() as instance:
+        instance.get_runs(limit=1)
+        instance.get_backfills()
+        instance.all_instigator_state()
+        instance.get_latest_materialization_event(dg.AssetKey("raw_impressions"))
     log = open(home / "daemon.log", "wb")  # noqa: SIM115 (closed below)
     daemon = subprocess.Popen([sys.executable, "-c", DAEMON, str(home / "workspace.yaml")],
                               cwd=ROOT, env=os.environ.copy(), stdout=log,
