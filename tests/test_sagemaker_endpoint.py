@@ -7,6 +7,7 @@ request path, the CSV body, and the parsing of the reply."""
 from __future__ import annotations
 
 import json
+import types
 import urllib.request
 
 import boto3
@@ -61,12 +62,14 @@ def test_deploy_creates_model_config_and_endpoint(moto_endpoint, lake, s3_bucket
     assert model["PrimaryContainer"]["ModelDataUrl"] == (
         f"s3://{s3_bucket}/root/lake/models/model-20261125-01/model.tar.gz"
     )
-    config = sm.describe_endpoint_config(EndpointConfigName=name)
+    config_name = dep.details["endpoint_config_name"]  # also hashes the instances it asks for
+    assert config_name.startswith("ctr-test-1-model-20261125-01-") and config_name != name
+    config = sm.describe_endpoint_config(EndpointConfigName=config_name)
     (variant,) = config["ProductionVariants"]
     assert variant["ModelName"] == name and variant["InstanceType"] == "ml.m5.large"
     assert variant["InitialInstanceCount"] == 1
     ep = sm.describe_endpoint(EndpointName="ctr-test-1")
-    assert ep["EndpointConfigName"] == name and ep["EndpointStatus"] == "InService"
+    assert ep["EndpointConfigName"] == config_name and ep["EndpointStatus"] == "InService"
 
 
 def test_deploy_refuses_unregistered_and_local(moto_endpoint, lake, tmp_path):
@@ -116,3 +119,86 @@ def test_resource_names_are_distinct_for_distinct_model_ids():
     assert len(set(names)) == len(names)
     assert all(len(n) <= 63 and re.fullmatch(r"[a-zA-Z0-9](-?[a-zA-Z0-9])*", n) for n in names)
     assert _name("ctr", "m.1") == _name("ctr", "m.1")  # stable: a redeploy finds its own
+
+
+class _StrictSageMaker(SageMakerEndpoint):
+    """moto's SageMaker lets a model or endpoint config be created again under its own name
+    (replacing it); SageMaker refuses that ("Cannot create already existing model"). This
+    endpoint's client refuses it as SageMaker does, and records the calls it makes. moto has no
+    UpdateEndpoint: the client carries it out on moto's server as its effect (the endpoint then
+    serves the new config), by deleting and creating the endpoint."""
+
+    def _client(self, service: str, config=None):
+        from botocore.exceptions import ClientError
+
+        client = super()._client(service, config)
+        calls = self.__dict__.setdefault("_calls", [])
+
+        def refuse_existing(model, params, **_):
+            calls.append(model.name)
+            name, describe, key = {
+                "CreateModel": ("ModelName", client.describe_model, "ModelName"),
+                "CreateEndpointConfig": ("EndpointConfigName", client.describe_endpoint_config,
+                                         "EndpointConfigName"),
+                "CreateEndpoint": ("EndpointName", client.describe_endpoint, "EndpointName"),
+            }.get(model.name, (None, None, None))
+            if name is None:
+                return
+            try:
+                describe(**{key: params[name]})
+            except ClientError:
+                return  # does not exist: created
+            raise ClientError({"Error": {"Code": "ValidationException", "Message":
+                                         f"Cannot create already existing {params[name]}"}},
+                              model.name)
+
+        def update_endpoint(params, **_):
+            params = json.loads(params["body"])  # the request as sent (JSON protocol)
+            plain = super(_StrictSageMaker, self)._client(service, config)
+            plain.describe_endpoint_config(EndpointConfigName=params["EndpointConfigName"])
+            plain.delete_endpoint(EndpointName=params["EndpointName"])
+            arn = plain.create_endpoint(EndpointName=params["EndpointName"],
+                                        EndpointConfigName=params["EndpointConfigName"])
+            return types.SimpleNamespace(status_code=200, headers={}), arn
+
+        client.meta.events.register(f"before-parameter-build.{service}", refuse_existing)
+        client.meta.events.register(f"before-call.{service}.UpdateEndpoint", update_endpoint)
+        return client
+
+
+def test_redeploying_a_model_reuses_its_resources(moto_endpoint, lake):
+    """A rollback to an earlier model, and a rerun of a deploy, must not create again what
+    exists (SageMaker refuses it: the old code failed there) nor switch an endpoint to the
+    config it serves; another instance type gets a config of its own."""
+    store, artifact, _ = lake
+    registry.register(store, "model-20261125-02", artifact, FeatureManifest(
+        [f"f{i}" for i in range(5)]), {"auc": 0.81})
+    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
+                                endpoint_name="ctr-redeploy", poll_delay_s=1,
+                                max_wait_attempts=3)
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+    def serving() -> str:
+        return sm.describe_endpoint(EndpointName="ctr-redeploy")["EndpointConfigName"]
+
+    first = endpoint.deploy(store, "model-20261125-01")
+    second = endpoint.deploy(store, "model-20261125-02")
+    assert serving() == second.details["endpoint_config_name"] and second.details["updated"]
+    endpoint._calls.clear()
+    back = endpoint.deploy(store, "model-20261125-01")  # a rollback
+    assert back.details == {**first.details, "updated": True, "reused": True}
+    assert serving() == first.details["endpoint_config_name"]
+    assert [c for c in endpoint._calls if c.startswith(("Create", "Update"))] == ["UpdateEndpoint"]
+    endpoint._calls.clear()
+    again = endpoint.deploy(store, "model-20261125-01")  # a rerun: nothing to change
+    assert again.details == {**first.details, "updated": False, "reused": True}
+    assert not [c for c in endpoint._calls if c.startswith(("Create", "Update"))]
+    bigger = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
+                              endpoint_name="ctr-redeploy", instance_type="ml.m5.xlarge",
+                              poll_delay_s=1, max_wait_attempts=3)
+    moved = bigger.deploy(store, "model-20261125-01")
+    assert moved.details["model_name"] == first.details["model_name"]
+    assert moved.details["endpoint_config_name"] != first.details["endpoint_config_name"]
+    (variant,) = sm.describe_endpoint_config(EndpointConfigName=serving())["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.m5.xlarge"
+    assert variant["ModelName"] == first.details["model_name"]

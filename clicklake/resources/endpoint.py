@@ -70,13 +70,26 @@ class LocalModelServer(ModelEndpointResource):
         return booster_predict(self._booster, rows)
 
 
-def _name(*parts: str) -> str:
+def _name(*parts: str, extra: tuple[str, ...] = ()) -> str:
     """A SageMaker resource name: [a-zA-Z0-9-], at most 63 characters, distinct for distinct
-    parts: a hash of them ends it (cleaning and cutting alone gave `m.1` and `m_1`, or two long
-    model ids behind a long endpoint name, one name, and a deploy replaced another's model)."""
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=4).hexdigest()
+    parts: a hash of them and of `extra` (what the resource holds, not spelled in its name) ends
+    it (cleaning and cutting alone gave `m.1` and `m_1`, or two long model ids behind a long
+    endpoint name, one name, and a deploy replaced another's model)."""
+    digest = hashlib.blake2b("\x1f".join((*parts, *extra)).encode(), digest_size=4).hexdigest()
     name = re.sub(r"[^a-zA-Z0-9-]+", "-", "-".join(parts)).strip("-")
     return f"{name[:63 - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def _described(describe, **name: str) -> dict | None:
+    """What `describe` answers for the SageMaker resource it names, None when there is none."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return describe(**name)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+            return None  # SageMaker's "Could not find ..."
+        raise
 
 
 def parse_csv_scores(body: bytes) -> np.ndarray:
@@ -141,43 +154,44 @@ class SageMakerEndpoint(ModelEndpointResource):
         return self.deploy_artifact(model_data_url, model_id)
 
     def deploy_artifact(self, model_data_url: str, model_id: str) -> Deployment:
-        from botocore.exceptions import ClientError
-
+        """Idempotent: SageMaker refuses to create a model or endpoint config under a name that
+        exists and never changes one, so each name hashes what its resource holds, and one that
+        exists is used as it is. A redeploy of the same model (a rerun after the wait timed out,
+        a rollback to an earlier champion) then reuses its own resources, and switches the
+        endpoint only when it serves another config."""
         sm = self._client("sagemaker")
-        model_name = _name(self.endpoint_name, model_id)
         image = self.image_uri or xgboost_image_uri(self.resolved_region(), self.xgboost_version)
-        sm.create_model(
-            ModelName=model_name,
-            PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url},
-            ExecutionRoleArn=self.role_arn,
-        )
-        sm.create_endpoint_config(
-            EndpointConfigName=model_name,
-            ProductionVariants=[
-                {
-                    "VariantName": "AllTraffic",
-                    "ModelName": model_name,
-                    "InitialInstanceCount": self.instance_count,
-                    "InstanceType": self.instance_type,
-                    "InitialVariantWeight": 1.0,
-                }
-            ],
-        )
-        try:
-            sm.describe_endpoint(EndpointName=self.endpoint_name)
-            exists = True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in (
-                "ValidationException",
-                "ResourceNotFound",
-            ):
-                raise
-            exists = False
-        if exists:
+        model_name = _name(self.endpoint_name, model_id, extra=(image, model_data_url))
+        config_name = _name(self.endpoint_name, model_id, extra=(
+            model_name, self.instance_type, str(self.instance_count)))
+        reused = _described(sm.describe_model, ModelName=model_name) is not None
+        if not reused:
+            sm.create_model(
+                ModelName=model_name,
+                PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url},
+                ExecutionRoleArn=self.role_arn,
+            )
+        if _described(sm.describe_endpoint_config, EndpointConfigName=config_name) is None:
+            sm.create_endpoint_config(
+                EndpointConfigName=config_name,
+                ProductionVariants=[
+                    {
+                        "VariantName": "AllTraffic",
+                        "ModelName": model_name,
+                        "InitialInstanceCount": self.instance_count,
+                        "InstanceType": self.instance_type,
+                        "InitialVariantWeight": 1.0,
+                    }
+                ],
+            )
+        endpoint = _described(sm.describe_endpoint, EndpointName=self.endpoint_name)
+        current = None if endpoint is None else endpoint["EndpointConfigName"]
+        if current is None:
+            sm.create_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name)
+        elif current != config_name:
             # An update swaps the config behind the endpoint without downtime.
-            sm.update_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=model_name)
-        else:
-            sm.create_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=model_name)
+            sm.update_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name)
+        # else: it serves this config already (or is being switched to it): wait only
         sm.get_waiter("endpoint_in_service").wait(
             EndpointName=self.endpoint_name,
             WaiterConfig={"Delay": self.poll_delay_s, "MaxAttempts": self.max_wait_attempts},
@@ -187,10 +201,11 @@ class SageMakerEndpoint(ModelEndpointResource):
             self.endpoint_name,
             {
                 "model_name": model_name,
-                "endpoint_config_name": model_name,
+                "endpoint_config_name": config_name,
                 "model_data_url": model_data_url,
                 "image": image,
-                "updated": exists,
+                "updated": current is not None and current != config_name,
+                "reused": reused,
             },
         )
 
