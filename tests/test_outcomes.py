@@ -40,6 +40,21 @@ def test_named_and_anonymous_predictions():
     assert math.isnan(metrics["m2"]["auc"])  # one class only
 
 
+def test_a_click_stamped_in_two_hours_counts_for_anonymous_predictions():
+    """Copies of one click id stamped in hours H and H+1 are two raw events: the copy inside an
+    anonymous prediction's window counts whatever the order of the hours' clicks (keeping the
+    first copy by id gave 0, and 1 with the hours swapped), as it does for a named one."""
+    h, m = 1_699_999_200_000, 60_000
+    hour_h = _clicks([("k1", h + 10 * m, None, "u", "c")])
+    hour_next = _clicks([("k1", h + 60 * m + 30_000, None, "u", "c")])
+    preds = _preds([("named", h + 50 * m - 20, "u", "m", 0.5, "i1"),
+                    ("anon", h + 50 * m - 20, "u", "m", 0.5, None)])
+    imps = _imps([("i1", h + 50 * m, "u", "c")])
+    for clicks in ([hour_h, hour_next], [hour_next, hour_h]):
+        out = join_outcomes(preds, imps, pa.concat_tables(clicks))
+        assert out["clicked"].to_pylist() == [1, 1]
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     imps=st.lists(st.tuples(st.integers(0, 3 * W), st.sampled_from(["u1", "u2"])), max_size=8),
@@ -63,3 +78,28 @@ def test_outcomes_match_the_oracle(imps, clicks, preds):
             expected.append(int(any(c[3] == u and ts < c[1] <= ts + W for c in click_rows)))
     got = join_outcomes(_preds(pred_rows), _imps(imp_rows), _clicks(click_rows))
     assert got["clicked"].to_pylist() == expected
+
+
+def test_label_window_is_refused_outside_the_next_hour(tmp_path):
+    """Hour H reads the clicks of H and H+1: a window over an hour (or not positive) missed
+    clicks silently in prediction_outcomes; the run now fails before reading anything."""
+    import dagster as dg
+    import pytest
+
+    from clicklake.assets.labeled import prediction_outcomes
+    from clicklake.resources.lake import LakeResource
+
+    for minutes in (90, 0):
+        result = dg.materialize(
+            [prediction_outcomes], partition_key="2026-11-01-00:00",
+            resources={"lake": LakeResource(root=str(tmp_path))},
+            run_config={"ops": {"prediction_outcomes": {
+                "config": {"label_window_minutes": minutes}}}},
+            raise_on_error=False)
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert "label_window_minutes" in failure.event_specific_data.error.to_string()
+    with pytest.raises(ValueError, match="less than or equal to 60"):
+        from clicklake.assets.labeled import LabeledConfig
+
+        LabeledConfig(label_window_minutes=61)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from clicklake.assets.automation import when_inputs_complete
 from clicklake.assets.checks import HourOutcome, check_over_hours
@@ -95,7 +96,11 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
 
 
 class LabeledConfig(dg.Config):
-    label_window_minutes: int = 15
+    # Hour H reads the clicks of H and H+1 only: a longer window would miss clicks silently.
+    label_window_minutes: int = Field(
+        default=15, gt=0, le=60,
+        description="A click labels an impression (or a prediction) when it comes within this "
+        "many minutes after it: 1 to 60.")
     label_rate_min: float = 0.0005
     label_rate_max: float = 0.3
 

@@ -44,12 +44,13 @@ def join_outcomes(
     named = pd.notna(pred_imp)
     clicked[named] = [1 if i in labeled else 0 for i in pred_imp[named]]
 
-    # Anonymous predictions: any click of the user in (ts, ts + window].
+    # Anonymous predictions: any click of the user in (ts, ts + window]. Every copy of a click
+    # is looked at: "any" needs no dedup, and copies stamped in two hours are two raw events
+    # (keeping one copy by id missed the one inside the window).
     anon = np.flatnonzero(~named)
     if len(anon):
-        clk = pd.DataFrame({"click_id": clicks["click_id"].to_numpy(zero_copy_only=False),
-                            "user_id": clicks["user_id"].to_numpy(zero_copy_only=False),
-                            "ts": _ms(clicks["ts"])}).drop_duplicates("click_id")
+        clk = pd.DataFrame({"user_id": clicks["user_id"].to_numpy(zero_copy_only=False),
+                            "ts": _ms(clicks["ts"])})
         by_user = {u: np.sort(g["ts"].to_numpy()) for u, g in clk.groupby("user_id")}
         for i in anon:
             times = by_user.get(pred_user[i])
