@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from clicklake.platform.timeutil import parse_instant
 
@@ -35,7 +35,14 @@ _CONTROL = re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}"
 def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=_ID_PATTERN)]
+def _not_blank(value: str) -> str:
+    if value.isspace():
+        raise ValueError("blank")  # the raw layer refuses a blank id (missing_field)
+    return value
+
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=_ID_PATTERN),
+               AfterValidator(_not_blank)]
 Usd = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False, strict=True)]
 
 
@@ -81,6 +88,14 @@ class PredictRequest(BaseModel):
     cost: Usd | None = Field(default=None, description="USD paid for this impression.")
     value_per_click: Usd | None = Field(
         default=None, description="USD a click is worth; default: the server's configured value.")
+
+    @field_validator("domain", "ip", "user_agent", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, v: object) -> object:
+        # As the raw layer stores an optional field that is empty or blank: null. The features
+        # then match the labeled rows' (a blank domain counted under its own empty segment,
+        # the lake's impressions under "unknown").
+        return None if isinstance(v, str) and (not v or v.isspace()) else v
 
     @field_validator("ip")
     @classmethod
