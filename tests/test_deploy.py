@@ -218,6 +218,23 @@ def test_production_instance_needs_its_credentials(monkeypatch, tmp_path):
     assert "DAGSTER_PG_PASSWORD" in str(result.errors)
 
 
+@pytest.mark.parametrize("home", ["project", "deploy"])
+def test_online_folds_run_one_at_a_time(home, monkeypatch, tmp_path):
+    """Both instance configs give the `online_fold` pool one slot: a rebuild of the online store
+    clears it, so it must not run beside the sensor's folds (`serving_lookup` declares it)."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    from clicklake.assets.serving import serving_lookup
+
+    for k, v in PROD_ENV.items():
+        monkeypatch.setenv(k, v)
+    source = DEPLOY / "dagster.yaml" if home == "deploy" else DEPLOY.parent / "dagster.yaml"
+    (tmp_path / "dagster.yaml").write_text(source.read_text())
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert serving_lookup.op.pool == "online_fold"
+
+
 def test_run_limits_leave_room_for_the_schedule():
     runs = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["concurrency"]["runs"]
     backfill = [t for t in runs["tag_concurrency_limits"] if t["key"] == "dagster/backfill"]

@@ -28,13 +28,14 @@ from clicklake.assets.raw import landing_window
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
-from clicklake.platform.online.fold import DEFAULT_RULES, IncompleteSeed
+from clicklake.platform.online.fold import DEFAULT_RULES, IncompleteSeed, seed_mark
 from clicklake.platform.online.seed import (
     SeedUnavailable,
     check_seed,
     rebuild_from_snapshot,
     seed_hour,
 )
+from clicklake.platform.online.seed import refold_all as refold_every_file
 from clicklake.platform.online.state import StaleLayout, StateStore
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
@@ -70,19 +71,31 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     atomically). Same verdicts, dedup and windows as the batch path."""
     store, state = lake.store(), online_store.state()
     prefix = f"{lake.landing_prefix}/"
-    keys = config.files if config.files and not config.rebuild else store.list(prefix)
+    ahead = 0  # landing keys stamped ahead of the clock, left for a later run
+
+    def now_or_before(listed: list[str]) -> list[str]:
+        # As the sensor: a key stamped ahead of the clock (a producer's wrong clock) waits for
+        # it; folded now, its arrival would move the horizon, and the purge, far ahead.
+        nonlocal ahead
+        limit = time.time() * 1000 + watch.AHEAD_MS
+        kept = [k for k in listed if (lf := landing.parse_key(k)) is None
+                or lf.arrival_ms <= limit]
+        ahead = max(ahead, len(listed) - len(kept))
+        return kept
+
+    keys = now_or_before(config.files if config.files and not config.rebuild
+                         else store.list(prefix))
     every = keys if config.rebuild else None  # every landing key, listed once when needed
     seeded, rebuilt_for = None, None
 
     def all_keys() -> list[str]:
         nonlocal every
-        every = every if every is not None else store.list(prefix)
+        every = every if every is not None else now_or_before(store.list(prefix))
         return every
 
     def refold_all():
-        state.clear()
-        return fold_files(state, store, all_keys(), prefix=lake.landing_prefix,
-                          files_per_commit=FILES_PER_COMMIT)
+        return refold_every_file(state, store, all_keys(), landing_prefix=lake.landing_prefix,
+                                 files_per_commit=FILES_PER_COMMIT)
 
     def seed(p: int | None):
         """Seed from snapshot p (None: the latest usable one), or SeedUnavailable."""
@@ -114,22 +127,38 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         else:  # the whole micro-batch in one atomic commit: each document and row written once
             report = fold_files(state, store, keys, prefix=lake.landing_prefix,
                                 files_per_commit=FILES_PER_COMMIT)
-    except IncompleteSeed as exc:  # a seeding run died: seed again, then fold what came since
+    except IncompleteSeed as exc:  # a rebuilding run died: rebuild again, then fold the rest
+        rebuilt_for = str(exc)
         try:
+            if exc.p is None:
+                raise SeedUnavailable("it was a refold")
             seeded = seed(exc.p)
             context.log.warning(f"{exc}: seeded it again")
             report = seeded.fold
         except SeedUnavailable as why:
-            context.log.warning(f"{exc}, and it cannot be seeded again ({why}): folding every "
-                                "landing file")
+            context.log.warning(f"{exc} ({why}): folding every landing file")
             report = refold_all()
     except StaleLayout as exc:
         # The store has an older clicklake's table layout, or a newer one's documents (refused
-        # before anything was written). Its state is derived from the landing zone, so
-        # upgrading (or rolling back) is a rebuild, not an error.
+        # before anything was written). Its state is derived from the lake, so upgrading (or
+        # rolling back) is a rebuild, not an error: seeded again when it was seeded (its old
+        # landing files may be gone), else from every landing file.
         rebuilt_for = str(exc)
-        context.log.warning(f"{exc} (now, from every landing file)")
-        report = refold_all()
+        report = None
+        if _was_seeded(state):
+            try:
+                seeded = seed(None)
+                context.log.warning(f"{exc} (now, seeded again)")
+                report = seeded.fold
+            except SeedUnavailable as why:
+                context.log.warning(f"{exc}; it cannot be seeded again ({why})")
+        if report is None:
+            context.log.warning(f"{exc} (now, from every landing file)")
+            report = refold_all()
+    if ahead:
+        context.log.warning(f"{ahead} landing files are stamped more than "
+                            f"{watch.AHEAD_MS // 1000} s ahead of this clock: left for a later "
+                            "run (the sensor asks for them once the clock reaches them)")
     context.log.info(f"folded {report.files} files, {report.events_total} events in "
                      f"{report.seconds:.2f} s")
     if report.conflicts:
@@ -161,7 +190,17 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         "seeded_users": seeded.users if seeded is not None else 0,
         "files_in_snapshot": seeded.files_in_snapshot if seeded is not None else 0,
         "events_in_snapshot": report.in_snapshot,
+        "files_ahead_of_clock": ahead,
     })
+
+
+def _was_seeded(state: StateStore) -> bool:
+    """Whether a store this code cannot read holds a seed mark (read as far as it can be)."""
+    try:
+        mark = seed_mark(state)
+    except Exception:  # noqa: BLE001 - an unreadable layout: as good as no mark
+        return False
+    return mark is not None and "p" in mark
 
 
 def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:

@@ -726,10 +726,19 @@ class DynamoState(StateStore):
         return {"docs": sorted(docs), "counters": sorted(counters), "marks": sorted(marks),
                 "files": sorted(files)}
 
-    def clear(self) -> None:
+    def clear(self, keep: tuple[str, str, int, bytes] | None = None) -> None:
         self._layout_ok = False
+        kept = {_VERSION}  # kept and moved: a token from before never matches
+        if keep is not None:  # written first, and moved: no commit read before it lands
+            ns, key, hour, value = keep
+            self.client.transact_write_items(TransactItems=[
+                self._write(["d", f"d#{ns}#{key}", hour, value.decode()]),
+                {"Update": {"TableName": self.table, "Key": self._key(_VERSION),
+                            "UpdateExpression": "ADD v :one",
+                            "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
+            kept.add(_stored_pk(f"d#{ns}#{key}"))
         for item in self._scan(""):
-            if item["pk"]["S"] != _VERSION:  # kept and moved: a token from before never matches
+            if item["pk"]["S"] not in kept:
                 self.client.delete_item(TableName=self.table,
                                         Key=self._key(item["pk"]["S"], _n(item["sk"])))
         self._bump_version(own=False)

@@ -64,31 +64,41 @@ SEED, SEED_KEY = "seed", "mark"  # a state seeded from a snapshot says so here (
 
 
 class IncompleteSeed(RuntimeError):
-    """The state's seeding from the snapshot of hour `p` did not finish (a run died): seed it
-    again (`seed.rebuild_from_snapshot`) before folding anything on top."""
+    """The state's rebuild did not finish (a run died): from the user_profiles snapshot of hour
+    `p` (`seed.rebuild_from_snapshot`), or from every landing file when `p` is None
+    (`seed.refold_all`). It must be rebuilt again before anything is folded on top."""
 
-    def __init__(self, p: int):
-        super().__init__(f"the online state's rebuild from the user_profiles snapshot of "
-                         f"{iso(p)} did not finish: it must be seeded again")
+    def __init__(self, p: int | None):
+        what = ("from every landing file" if p is None else
+                f"from the user_profiles snapshot of {iso(p)}")
+        super().__init__(f"the online state's rebuild {what} did not finish: it must be "
+                         "rebuilt again")
         self.p = p
 
 
+class Rebuilt(RuntimeError):
+    """The state was rebuilt (or a rebuild started) by another run while this one folded:
+    nothing of the batch was applied. The files are folded by a later run."""
+
+
 def seed_mark(state: StateStore) -> dict | None:
-    """{"p": snapshot hour, "start": p + 1 h, "done": bool} of a state seeded from a snapshot
-    (`seed`), None for one folded from the landing files alone."""
+    """The mark of a rebuilt state: {"p": snapshot hour, "start": p + 1 h, "done": bool} of a
+    state seeded from a snapshot (`seed`), {"refold": true, "done": false} while a refold of
+    every landing file is under way (removed when it ends); None for a state folded from the
+    landing files alone."""
     raw = state.get_docs(SEED, [SEED_KEY]).get(SEED_KEY)
     return None if raw is None else orjson.loads(raw)
 
 
 def _seed_start(state: StateStore, seeding: bool = False) -> int | None:
     """Where a seeded state's folds start (None: a state not seeded); `IncompleteSeed` when its
-    seeding did not finish, unless this is that seeding's own fold."""
+    rebuild did not finish, unless this is that rebuild's own fold."""
     mark = seed_mark(state)
     if mark is None:
         return None
     if not mark["done"] and not seeding:
-        raise IncompleteSeed(mark["p"])
-    return mark["start"]
+        raise IncompleteSeed(mark.get("p"))
+    return mark.get("start")
 
 
 def horizon_ms(watermark_ms: int | None, rules: Rules = DEFAULT_RULES) -> int:
@@ -457,19 +467,29 @@ def _marks(stream: str, rows: list[tuple]) -> list[tuple[int, str]]:
 MAX_CONFLICTS = 20  # batches refused in a row because other writers kept committing
 
 
+_ANY_MARK = object()
+
+
 def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DEFAULT_RULES,
-               report: FoldReport | None = None) -> list[FileRecord] | None:
+               report: FoldReport | None = None, mark: dict | None | object = _ANY_MARK
+               ) -> list[FileRecord] | None:
     """Fold parsed landing files (in fold order) as ONE atomic commit that records every one of
     them: the same state as folding them one by one, with each document read and written once
     and each counter row added to once. Returns the files' records, or None (nothing changed)
     when any of them was already folded. A batch that another writer's commit overtook (a
     second fold run on the same store: `Conflict`) is folded again from a fresh read (counted
-    in `report.conflicts`)."""
+    in `report.conflicts`). `mark`: the `seed_mark` the run's files were parsed under; when
+    the state's differs (another run rebuilt it, or is rebuilding it), `Rebuilt`."""
     for _ in range(MAX_CONFLICTS):
         if not files or state.folded([f.key for f in files]):
             return None
         # taken before anything is read: the commit is refused if another writer commits after
         commit = Commit(read_token=state.cache_token())
+        if mark is not _ANY_MARK and seed_mark(state) != mark:
+            drop_cache(state)
+            raise Rebuilt(f"{state!r} was rebuilt, or is being rebuilt, by another run since "
+                          f"this one started: nothing of its batch of {len(files)} files was "
+                          "applied")
         b = _Batch(state, commit)
         _fold_files(b, files)
         arrival = max(f.arrival_ms for f in files)
@@ -570,7 +590,8 @@ def fold_rows(state: StateStore, stream: str, rows: list[tuple], file_key: str, 
     since = _seed_start(state)
     if since is not None:
         _since(parsed, since, arrival_ms, rules)
-    records = fold_batch(state, [LandedFile(file_key, arrival_ms, parsed)], rules)
+    records = fold_batch(state, [LandedFile(file_key, arrival_ms, parsed)], rules,
+                         mark=seed_mark(state))
     return None if records is None else records[0].stats
 
 
@@ -627,6 +648,7 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
         report.files += 1
         _count(report, rec.stats)
     since_ms = _seed_start(state, seeding)
+    mark = seed_mark(state)  # a commit finding another is refused (`Rebuilt`)
     files, bad = order_files(keys, prefix)
     report.skipped += len(bad)
     done = state.folded([lf.key for lf, _ in files])
@@ -646,10 +668,10 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
             pending.append((lf, parsed))
             lines += parsed.lines
             if len(pending) >= step or lines >= MAX_LINES_PER_COMMIT:
-                _fold_commit(state, pending, rules, report, since_ms)
+                _fold_commit(state, pending, rules, report, since_ms, mark)
                 pending, lines = [], 0
         if pending:
-            _fold_commit(state, pending, rules, report, since_ms)
+            _fold_commit(state, pending, rules, report, since_ms, mark)
         del pending
         report.watermark_ms = state.watermark_ms()
         report.purged = purge(state, report.watermark_ms, rules)  # also drops the doc cache
@@ -658,7 +680,8 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
 
 
 def _fold_commit(state: StateStore, files: list[tuple[landing.LandingFile, ParsedFile]],
-                 rules: Rules, report: FoldReport, since_ms: int | None = None) -> None:
+                 rules: Rules, report: FoldReport, since_ms: int | None = None,
+                 mark: dict | None | object = _ANY_MARK) -> None:
     """Fold parsed `files` as one commit and count them in `report`. The batch's objects die
     when this returns (before the cyclic collector is enabled again)."""
     add_countries([p for _, p in files])
@@ -666,9 +689,9 @@ def _fold_commit(state: StateStore, files: list[tuple[landing.LandingFile, Parse
         for lf, p in files:
             _since(p, since_ms, lf.arrival_ms, rules)
     batch = [LandedFile(lf.key, lf.arrival_ms, p) for lf, p in files]
-    records = fold_batch(state, batch, rules, report)
+    records = fold_batch(state, batch, rules, report, mark)
     if records is None and len(batch) > 1:  # another writer took some: fold the rest
-        records = [r for f in batch for r in fold_batch(state, [f], rules, report) or []]
+        records = [r for f in batch for r in fold_batch(state, [f], rules, report, mark) or []]
     if not records:
         report.skipped += len(batch)
         return

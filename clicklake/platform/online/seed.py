@@ -37,6 +37,7 @@ seeded state then agrees with the lake rather than with a refold.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -218,10 +219,10 @@ def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], 
                                        "quarantined": {}, "unread": True})
               for lf, stream in files if lf.arrival_ms < cut]
     report = SeedReport(p, files_in_snapshot=len(unread))
-    state.clear()
-    # Marked unfinished before anything is read: a run that dies from here on leaves a state
-    # that refuses every fold but the next seed's (`fold.IncompleteSeed`).
-    _commit(state, _seed_commit(p, "start", done=False))
+    # Marked unfinished with the clear, before anything is read: a run that dies from here on
+    # leaves a state that refuses every fold but the next rebuild's (`fold.IncompleteSeed`).
+    state.clear(keep=(SEED, SEED_KEY, s, _mark(p, done=False)))
+    _commit(state, _seed_commit(p, "start"))
     _seed(state, store, p, lake_prefix, report, unread)
     report.seconds = time.perf_counter() - t0
     report.fold = fold_files(state, store, [lf.key for lf, _ in files if lf.arrival_ms >= cut],
@@ -237,8 +238,38 @@ def _seed_commit(p: int, name: str, done: bool | None = None) -> Commit:
     commit.record(f"{SEED_STREAM}/user_profiles/{iso(p)}/{name}", s - 1,
                   {"stream": SEED_STREAM, "lines": 0, "events": 0, "quarantined": {}})
     if done is not None:
-        commit.put(SEED, SEED_KEY, s, orjson.dumps({"p": p, "start": s, "done": done}))
+        commit.put(SEED, SEED_KEY, s, _mark(p, done))
     return commit
+
+
+def _mark(p: int, done: bool) -> bytes:
+    return orjson.dumps({"p": p, "start": p + HOUR_MS, "done": done})
+
+
+REFOLD_MARK = orjson.dumps({"refold": True, "done": False})
+
+
+def refold_all(state: StateStore, store: Store, keys: Iterable[str],
+               rules: Rules = DEFAULT_RULES, landing_prefix: str = landing.DEFAULT_PREFIX,
+               files_per_commit: int = FILES_PER_COMMIT) -> FoldReport:
+    """Clear `state` and fold every landing file of `keys` again: the state of an incremental
+    fold of them. Marked unfinished with the clear and unmarked by its last commit: a run that
+    dies in between leaves a state that refuses every fold (`fold.IncompleteSeed` with no
+    snapshot) until a rebuild, not a partial state that later folds would go on from (the
+    files it had not reached yet were never asked again)."""
+    state.clear(keep=(SEED, SEED_KEY, 0, REFOLD_MARK))
+    report = fold_files(state, store, keys, rules, landing_prefix, files_per_commit,
+                        seeding=True)
+    if report.watermark_ms is None:  # nothing folded: the store is empty but for the mark
+        state.clear()
+        return report
+    done = Commit()
+    done.record(f"{SEED_STREAM}/refold/{iso(report.watermark_ms)}/{uuid.uuid4().hex}",
+                report.watermark_ms, {"stream": SEED_STREAM, "lines": 0, "events": 0,
+                                      "quarantined": {}})
+    done.put(SEED, SEED_KEY, 0, None)
+    _commit(state, done)
+    return report
 
 
 def _commit(state: StateStore, commit: Commit) -> None:

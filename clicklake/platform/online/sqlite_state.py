@@ -264,12 +264,20 @@ class SqliteState(StateStore):
                 "marks": [tuple(r) for r in marks],
                 "files": [(k, a, bytes(s)) for k, a, s in files]}
 
-    def clear(self) -> None:
+    def clear(self, keep: tuple[str, str, int, bytes] | None = None) -> None:
         self._changed()
         self._fold_cache = None  # the fold's decoded documents may be gone
-        # Dropped, not emptied, in one transaction: a rebuild also upgrades an older layout.
+        # Dropped, not emptied, in one transaction with `keep`'s insert: a rebuild also
+        # upgrades an older layout.
         drops = "".join(f"DROP TABLE IF EXISTS {table};" for table in _TABLES)
-        self.conn.executescript(f"BEGIN IMMEDIATE;{drops}{_SCHEMA}COMMIT;")
+        self.conn.executescript(f"BEGIN IMMEDIATE;{drops}{_SCHEMA}")
+        try:
+            if keep is not None:
+                self.conn.execute("INSERT INTO docs VALUES (?,?,?,?)", keep)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self.stale = False
         self._docs_marked = False
 

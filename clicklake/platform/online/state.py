@@ -201,8 +201,11 @@ class StateStore(ABC):
         (tests compare whole states)."""
 
     @abstractmethod
-    def clear(self) -> None:
-        """Forget everything (a rebuild starts here)."""
+    def clear(self, keep: tuple[str, str, int, bytes] | None = None) -> None:
+        """Forget everything (a rebuild starts here). `keep`: a document (namespace, key, hour,
+        value), the rebuild's mark, that the store holds from before anything is forgotten on:
+        a run dying anywhere in the clear, or after it, leaves a store holding the mark (and
+        whatever the clear has not deleted yet), never one without it."""
 
     def check_readable(self) -> None:
         """Raise `StaleLayout` when this code cannot read the store (an older table layout, or
