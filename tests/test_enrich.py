@@ -447,3 +447,16 @@ def test_engine_module_imports_no_orchestration_or_cloud_sdk():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'boto3', 'fastapi'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_chunked_dictionaries_holding_a_null_enrich_as_one_chunk_does():
+    """Arrow cannot unify dictionaries holding a null ("Cannot yet unify dictionaries with
+    nulls"): a column of two such chunks failed the whole batch where one chunk worked."""
+    d = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()),
+                                       pa.array(["curl/8.4.0", None]))
+    ips = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()),
+                                         pa.array(["8.8.8.8", None]))
+    two = pa.chunked_array([d, d])
+    assert user_agent_fields(two).to_pylist() == user_agent_fields(d).to_pylist() * 2
+    assert countries(pa.chunked_array([ips, ips])).to_pylist() == countries(
+        ips).to_pylist() * 2 == ["US", "unknown", "US"] * 2

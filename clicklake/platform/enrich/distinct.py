@@ -29,7 +29,11 @@ def as_string_array(values: StringValues) -> pa.Array:
         elif values.num_chunks == 1:
             values = values.chunk(0)
         elif pa.types.is_dictionary(values.type):
-            values = values.unify_dictionaries().combine_chunks()
+            try:
+                values = values.unify_dictionaries().combine_chunks()
+            except pa.ArrowInvalid:  # a dictionary holding a null: Arrow cannot unify it
+                values = pc.dictionary_encode(
+                    values.cast(values.type.value_type)).combine_chunks()
         elif pa.types.is_string(values.type):
             # Encoding first joins only the small indices, not a copy of all the text.
             values = pc.dictionary_encode(values).unify_dictionaries().combine_chunks()
