@@ -90,3 +90,31 @@ def test_a_labeled_hour_waits_for_its_own_raw_hour_as_for_the_next(tmp_path):
         failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
         assert f"raw_impressions {keys[1]} was materialized at" in str(
             failure.event_specific_data.error), failure
+
+
+def test_prediction_outcomes_wait_for_the_hours_predictions(tmp_path):
+    """prediction_outcomes of hour H read raw predictions of H: built before their landing
+    window closed they could lack late predictions, and were used anyway."""
+    from clicklake.assets.labeled import prediction_outcomes
+
+    lake = LakeResource(root=str(tmp_path))
+    generate(lake.store(), start_ms=START, hours=3, users=200, seed=5)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(3)]
+    resources = {"lake": lake}
+    with dg.instance_for_test() as instance:
+        tags = {"dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1]}
+        assert dg.materialize(raw_assets, tags=tags, resources=resources,
+                              instance=instance).success
+        assert dg.materialize([prediction_outcomes], partition_key=keys[1],
+                              resources=resources, instance=instance).success
+        week = {"ops": {"raw_predictions": {"config": {"allowed_lateness_minutes": 7 * 24 * 60}}}}
+        raw_predictions = next(a for a in raw_assets if a.key.path == ["raw_predictions"])
+        assert dg.materialize([raw_predictions], partition_key=keys[1], resources=resources,
+                              instance=instance, run_config=week).success
+        run = dg.materialize([prediction_outcomes], partition_key=keys[1], resources=resources,
+                             instance=instance, raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"raw_predictions {keys[1]} was materialized at" in str(
+            failure.event_specific_data.error), failure

@@ -64,34 +64,38 @@ def read_labeled_hour(store: Store, hour_ms: int, columns: list[str] | None,
 
 
 def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
-                               known: dict | None = None) -> dict:
-    """Hour H is labeled only once raw impressions and clicks of H and H+1 were materialized
-    after their landing windows closed; anything earlier could miss events or clicks (a raw hour
-    built early by hand and never rebuilt, say). Raises dg.Failure. `known`: the records a run's
-    earlier hours looked up (hour H's next hour is hour H+1's own), filled in here."""
+                               known: dict | None = None, this_hour_also: tuple[str, ...] = ()
+                               ) -> dict:
+    """Hour H is labeled only once raw impressions and clicks of H and H+1 (and the streams of
+    `this_hour_also` of H) were materialized after their landing windows closed; anything
+    earlier could miss events or clicks (a raw hour built early by hand and never rebuilt, say).
+    Raises dg.Failure. `known`: the records a run's earlier hours looked up (hour H's next hour
+    is hour H+1's own), filled in here."""
     seen = {}
     known = {} if known is None else known
-    for stream in ("impressions", "clicks"):
-        for hour, label in ((hour_ms, ""), (hour_ms + HOUR_MS, "_next_hour")):
-            partition = hour_partition_key(hour)
-            if (stream, hour) not in known:
-                known[(stream, hour)] = context.instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{stream}"),
-                                          asset_partitions=[partition]), limit=1).records
-            records = known[(stream, hour)]
-            if not records:
-                raise dg.Failure(f"raw_{stream} {partition} is not materialized yet: hour "
-                                 f"{hour_partition_key(hour_ms)} cannot be labeled before it")
-            record = records[0]
-            _, closes = landing_window(record, hour)
-            if record.timestamp < closes:
-                raise dg.Failure(
-                    f"raw_{stream} {partition} was materialized at "
-                    f"{datetime.fromtimestamp(record.timestamp, UTC)}, before its landing window "
-                    f"closed at {datetime.fromtimestamp(closes, UTC)}: late events may be "
-                    "missing; rematerialize it first")
-            seen[f"raw_{stream}{label}_materialized_at"] = dg.MetadataValue.timestamp(
-                record.timestamp)
+    hours = [(stream, hour, label) for stream in ("impressions", "clicks")
+             for hour, label in ((hour_ms, ""), (hour_ms + HOUR_MS, "_next_hour"))]
+    hours += [(stream, hour_ms, "") for stream in this_hour_also]
+    for stream, hour, label in hours:
+        partition = hour_partition_key(hour)
+        if (stream, hour) not in known:
+            known[(stream, hour)] = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{stream}"),
+                                      asset_partitions=[partition]), limit=1).records
+        records = known[(stream, hour)]
+        if not records:
+            raise dg.Failure(f"raw_{stream} {partition} is not materialized yet: hour "
+                             f"{hour_partition_key(hour_ms)} cannot be labeled before it")
+        record = records[0]
+        _, closes = landing_window(record, hour)
+        if record.timestamp < closes:
+            raise dg.Failure(
+                f"raw_{stream} {partition} was materialized at "
+                f"{datetime.fromtimestamp(record.timestamp, UTC)}, before its landing window "
+                f"closed at {datetime.fromtimestamp(closes, UTC)}: late events may be "
+                "missing; rematerialize it first")
+        seen[f"raw_{stream}{label}_materialized_at"] = dg.MetadataValue.timestamp(
+            record.timestamp)
     return seen
 
 
@@ -204,7 +208,7 @@ def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig
     prefix = lake.lake_prefix
     read = lambda stream, h: read_raw(store, stream, h, prefix)
     for hour in run_hours(context):
-        completeness = require_next_hour_complete(context, hour)
+        completeness = require_next_hour_complete(context, hour, this_hour_also=("predictions",))
         preds = read("predictions", hour)
         imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
         clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
@@ -213,12 +217,15 @@ def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig
         store.write_parquet(key, out)
         per_model = outcome_metrics(out)
         flat = {f"{model}/{k}": v for model, m in per_model.items() for k, v in m.items()
-                if not math.isnan(v)}  # drop NaN (undefined AUC for one-class hours)
+                if not math.isnan(v)}  # drop NaN (undefined AUC for one-class hours) ...
+        undefined = [f"{model}/{k}" for model, m in per_model.items() for k, v in m.items()
+                     if math.isnan(v)]  # ... and say which
         context.add_asset_metadata({
             "dagster/row_count": out.num_rows,
             "dagster/column_schema": column_schema(out.schema),
             "models": ", ".join(per_model) or "none",
             **flat,
+            "undefined_metrics": ", ".join(undefined) or "none",
             "path": dg.MetadataValue.path(store.uri(key)),
             **completeness,
         }, partition_key=hour_partition_key(hour))
