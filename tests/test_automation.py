@@ -1,7 +1,8 @@
 """The daemon's automation builds the hourly chain by itself: once the schedule has built a raw
 hour, its tiles and snapshots follow, and so do the labeled hour and prediction outcomes that
-were waiting for it; a raw hour failing a blocking check stops everything downstream of it.
-Evaluated with Dagster's own `evaluate_automation_conditions`, as the daemon's sensor ticks."""
+were waiting for it; a raw hour failing a blocking check is refused by every run built on it,
+while the hours after it go on. Evaluated with Dagster's own `evaluate_automation_conditions`,
+as the daemon's sensor ticks."""
 
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def now() -> datetime:
 
 def test_the_chain_follows_the_schedule_and_stops_at_a_failed_check(tmp_path, now, monkeypatch):
     now_hour = int(now.timestamp() * 1000) // HOUR_MS * HOUR_MS
-    h = now_hour - 5 * HOUR_MS  # hours h..h+2: landing windows closed by now
+    h = now_hour - 6 * HOUR_MS  # hours h..h+3: landing windows closed by now
     lake = LakeResource(root=str(tmp_path))
-    generate(lake.store(), start_ms=h, hours=3, users=120, seed=11)
+    generate(lake.store(), start_ms=h, hours=4, users=120, seed=11)
     key = hour_partition_key
     resources = {"lake": lake}
     defs = dg.Definitions(assets=[*raw_assets, *DOWNSTREAM], resources=resources)
@@ -68,7 +69,7 @@ def test_the_chain_follows_the_schedule_and_stops_at_a_failed_check(tmp_path, no
             "segment_profiles": [key(h + HOUR_MS)], "labeled_impressions": [key(h)],
             "prediction_outcomes": [key(h)]}
 
-        # Raw h+2 fails a blocking check (a click id twice): nothing downstream of it runs.
+        # Raw h+2 fails a blocking check (a click id twice); raw h+3 passes after it.
         real = raw_mod.build_raw_partition
 
         def one_click_twice(*args, **kwargs):
@@ -84,9 +85,28 @@ def test_the_chain_follows_the_schedule_and_stops_at_a_failed_check(tmp_path, no
         assert not run.success
         assert [c.check_name for c in run.get_asset_check_evaluations() if not c.passed] == [
             "ids_present_and_unique"]
+        assert dg.materialize(raw_assets, partition_key=key(h + 3 * HOUR_MS),
+                              resources=resources, instance=instance).success
         tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
                                                  evaluation_time=now + timedelta(minutes=3))
-        assert _requested(tick) == {name: [] for name in _requested(tick)}
+        # Dagster's check results are per asset, not per hour: the good hour after the bad one
+        # is not held back (the latest result failed), and the bad hour is not released by it
+        # (the latest result passed): each run built on raw h+2 refuses it by its own metadata.
+        assert key(h + 3 * HOUR_MS) in _requested(tick)["user_hour_tiles"]
+        by_name = {a.key.to_user_string(): a for a in DOWNSTREAM}
+        refused = [("user_hour_tiles", h + 2 * HOUR_MS), ("user_profiles", h + 2 * HOUR_MS),
+                   ("segment_profiles", h + 3 * HOUR_MS),  # raw h+2 is its hour before
+                   ("labeled_impressions", h + HOUR_MS),  # raw h+2 is its next hour
+                   ("prediction_outcomes", h + 2 * HOUR_MS)]
+        for name, hour in refused:
+            run = dg.materialize([by_name[name]], partition_key=key(hour), resources=resources,
+                                 instance=instance, raise_on_error=False)
+            assert not run.success, name
+            failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+            assert (f"raw_clicks {key(h + 2 * HOUR_MS)} failed its blocking checks "
+                    "(ids_present_and_unique)") in str(failure.event_specific_data.error), name
+        assert dg.materialize([by_name["user_hour_tiles"]], partition_key=key(h + 3 * HOUR_MS),
+                              resources=resources, instance=instance).success
 
 
 def test_the_definitions_evaluate_the_hourly_chain_with_their_own_sensor():
@@ -99,4 +119,4 @@ def test_the_definitions_evaluate_the_hourly_chain_with_their_own_sensor():
     assert targeted == {a.key.to_user_string() for a in DOWNSTREAM}
     for name in targeted:
         condition = graph.get(dg.AssetKey(name)).automation_condition
-        assert "blocking checks of inputs passed" in condition.get_label(), name
+        assert condition.get_label() == "eager over the last 24 h", name

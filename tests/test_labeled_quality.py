@@ -77,3 +77,19 @@ def test_the_label_rate_is_enforced_only_on_enough_rows():
     df["label"] = np.int8(0)
     assert _failed(df) == {"label_rate_within_bounds"}
     assert _failed(df.head(LABEL_RATE_MIN_ROWS - 1)) == set()
+
+
+def test_check_metadata_counts_only_the_hours_it_was_enforced_in():
+    """An hour with too few rows to judge is not enforced: it checked nothing (the metadata said
+    200 rows and 2 hours checked where none were)."""
+    from clicklake.assets.checks import HourOutcome, check_over_hours
+    from clicklake.platform.quality import CheckOutcome
+
+    passed = CheckOutcome("label_rate_in_bounds", True, "")
+    skipped = [HourOutcome(0, 100, None), HourOutcome(3_600_000, 100, None)]
+    meta = check_over_hours("labeled_impressions", "label_rate_in_bounds", "", skipped).metadata
+    assert (meta["rows_checked"].value, meta["hours_checked"].value,
+            meta["hours_not_enforced"].value) == (0, 0, 2)
+    meta = check_over_hours("labeled_impressions", "label_rate_in_bounds", "",
+                            [*skipped, HourOutcome(7_200_000, 900, passed)]).metadata
+    assert (meta["rows_checked"].value, meta["hours_checked"].value) == (900, 1)

@@ -1,10 +1,16 @@
 """When the hourly assets downstream of raw materialize by themselves: as soon as their inputs are
-complete and every blocking check of those inputs passed.
+complete.
 
 `raw_hourly_schedule` builds hour H at H+2h15, when its landing window has closed; by then the
 latest hourly partition is H+1 (and the latest labeled one H). Dagster's `eager()` looks at the
 latest partition only, so it would never fire on what the schedule builds: here it looks back
 `CATCH_UP` from the latest, which also lets the daemon catch up after a pause that short.
+
+A raw hour that failed its blocking checks is refused by the runs built on it (`checks.
+require_inputs_passed`, from the hour's own materialization): Dagster's
+`all_deps_blocking_checks_passed` reads one result per check and asset, the latest of any hour,
+so it released a bad hour once a later one passed, and held back every good hour while the
+latest had failed.
 """
 
 from __future__ import annotations
@@ -17,10 +23,7 @@ CATCH_UP = timedelta(hours=24)
 
 
 def when_inputs_complete() -> dg.AutomationCondition:
-    """`eager()` over the last `CATCH_UP` of partitions, and only on inputs whose blocking checks
-    passed (a raw hour failing its checks stops its tiles, snapshots and labeled hours)."""
-    return (dg.AutomationCondition.eager().replace(
-                "in_latest_time_window", dg.AutomationCondition.in_latest_time_window(CATCH_UP))
-            & dg.AutomationCondition.all_deps_blocking_checks_passed()
-            ).with_label(f"eager over the last {CATCH_UP / timedelta(hours=1):g} h, "
-                         "blocking checks of inputs passed")
+    """`eager()` over the last `CATCH_UP` of partitions."""
+    return dg.AutomationCondition.eager().replace(
+        "in_latest_time_window", dg.AutomationCondition.in_latest_time_window(CATCH_UP)
+    ).with_label(f"eager over the last {CATCH_UP / timedelta(hours=1):g} h")

@@ -2,6 +2,12 @@
 
 A check is evaluated once per run, so a backfill run of several hours reports one result per
 check: it passes only if every hour passed, and its metadata names the hours that failed.
+
+Dagster keeps one result per check and asset, not per partition: the latest, whichever hour it
+was for. So "blocking" cannot stop one bad hour by itself (a later good hour's result released
+it, and a bad hour's held back every good one). Each hour's materialization therefore names the
+checks it failed (`FAILED_CHECKS`), and the assets built on it refuse such an input hour
+(`require_inputs_passed`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,36 @@ import dagster as dg
 
 from clicklake.platform.quality import CheckOutcome
 from clicklake.platform.timeutil import hour_partition_key
+
+FAILED_CHECKS = "failed_checks"  # an hour's materialization metadata: "none" or the names
+
+
+def failed_checks(record: dg.EventLogRecord | None) -> str | None:
+    """The blocking checks the materialization failed (None: none, or not recorded)."""
+    if record is None or record.asset_materialization is None:
+        return None
+    value = record.asset_materialization.metadata.get(FAILED_CHECKS)
+    text = None if value is None else str(value.value)
+    return None if text in (None, "", "none") else text
+
+
+def require_inputs_passed(context: dg.AssetExecutionContext, what: str,
+                          inputs: list[tuple[str, int]], known: dict | None = None) -> None:
+    """dg.Failure when the latest materialization of an input (asset, hour) failed its
+    blocking checks. `known`: materialization records by (asset, hour), looked up and kept."""
+    known = {} if known is None else known
+    for asset, hour in inputs:
+        if (asset, hour) not in known:
+            known[(asset, hour)] = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                                      asset_partitions=[hour_partition_key(hour)]),
+                limit=1).records
+        records = known[(asset, hour)]
+        failed = failed_checks(records[0] if records else None)
+        if failed:
+            raise dg.Failure(f"{asset} {hour_partition_key(hour)} failed its blocking checks "
+                             f"({failed}): {what} is not built on it; fix its landing data "
+                             "and rematerialize it first")
 
 
 @dataclass(frozen=True)
@@ -41,8 +77,9 @@ def check_over_hours(asset: str, name: str, description: str,
         description=description,
         metadata={
             "failing_expectations": failures or "none",
-            "rows_checked": sum(h.rows for h in hours),
-            "hours_checked": len(hours),
+            # the hours it was enforced in (a skipped hour checked nothing)
+            "rows_checked": sum(h.rows for h in hours if h.outcome is not None),
+            "hours_checked": len(hours) - skipped,
             "hours_not_enforced": skipped,
             "failing_hours": ", ".join(hour_partition_key(h.hour_ms) for h in failed) or "none",
         },

@@ -13,7 +13,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from clicklake.assets.automation import when_inputs_complete
-from clicklake.assets.checks import HourOutcome, check_over_hours
+from clicklake.assets.checks import HourOutcome, check_over_hours, failed_checks
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     independent_hours_policy,
@@ -67,8 +67,9 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
                                known: dict | None = None, this_hour_also: tuple[str, ...] = ()
                                ) -> dict:
     """Hour H is labeled only once raw impressions and clicks of H and H+1 (and the streams of
-    `this_hour_also` of H) were materialized after their landing windows closed; anything
-    earlier could miss events or clicks (a raw hour built early by hand and never rebuilt, say).
+    `this_hour_also` of H) were materialized after their landing windows closed, and passed
+    their blocking checks (`checks.failed_checks`); anything earlier could miss events or
+    clicks (a raw hour built early by hand and never rebuilt, say).
     Raises dg.Failure. `known`: the records a run's earlier hours looked up (hour H's next hour
     is hour H+1's own), filled in here."""
     seen = {}
@@ -87,6 +88,10 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
             raise dg.Failure(f"raw_{stream} {partition} is not materialized yet: hour "
                              f"{hour_partition_key(hour_ms)} cannot be labeled before it")
         record = records[0]
+        if failed := failed_checks(record):
+            raise dg.Failure(f"raw_{stream} {partition} failed its blocking checks ({failed}): "
+                             f"hour {hour_partition_key(hour_ms)} is not built on it; fix its "
+                             "landing data and rematerialize it first")
         _, closes = landing_window(record, hour)
         if record.timestamp < closes:
             raise dg.Failure(

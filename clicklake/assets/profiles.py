@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from clicklake.assets.automation import when_inputs_complete
+from clicklake.assets.checks import require_inputs_passed
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     chain_policy,
@@ -64,6 +65,8 @@ def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     per-campaign counts) and domains touched, first and last event time. One row per active user."""
     store, prefix = lake.store(), lake.lake_prefix
     for hour in run_hours(context):
+        require_inputs_passed(context, f"user_hour_tiles {hour_partition_key(hour)}",
+                              [(k.to_user_string(), hour) for k in RAW_DEPS])
         missing = []
         imp = _raw(store, "impressions", hour, prefix, missing)
         clk = _raw(store, "clicks", hour, prefix, missing)
@@ -116,6 +119,8 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
         missing, started_from = [], prev
         # A gap (hours never materialized) is folded from tiles, or raw, so history stays whole.
         gap = range(base + HOUR_MS, hour, HOUR_MS) if base is not None else range(0)
+        require_inputs_passed(context, f"user_profiles {hour_partition_key(hour)}",
+                              [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS])
         for h in gap:
             prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing), h)
         tile = _tile(store, hour, prefix, missing)
@@ -164,7 +169,11 @@ def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     """Impressions, clicks and CTR per country, per campaign and overall over the 24 h sawtooth
     window, as of the end of the hour (clicks take their impression's country)."""
     store, prefix = lake.store(), lake.lake_prefix
+    known: dict = {}  # hour H's raw hour before is hour H-1's own
     for hour in run_hours(context):  # in order: each hour reads the ones just written
+        require_inputs_passed(context, f"segment_profiles {hour_partition_key(hour)}",
+                              [(k.to_user_string(), h) for k in RAW_DEPS
+                               for h in (hour - HOUR_MS, hour)], known)
         events = seg.hour_segment_events(store, hour, prefix)
         previous = [p for h in range(hour - (seg.WINDOW_HOURS - 1) * HOUR_MS, hour, HOUR_MS)
                     if (p := seg.read_segment_profile(store, h, prefix)) is not None]

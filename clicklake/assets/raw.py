@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from clicklake.assets.checks import HourOutcome, check_over_hours
+from clicklake.assets.checks import FAILED_CHECKS, HourOutcome, check_over_hours
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     HOURS_PER_RUN,
@@ -80,8 +80,14 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
                 f"{name} {iso(hour_ms)}: kept {part.kept} of {part.lines_read} lines from "
                 f"{part.files_read} files; quarantined {sum(part.quarantined_by_reason.values())}"
             )
+            outcomes = run_checks(part.table.to_pandas(), raw_check_specs(stream, hour_ms))
+            for outcome in outcomes:
+                checked.setdefault(outcome.name, []).append(HourOutcome(hour_ms, part.kept, outcome))
             context.add_asset_metadata(
                 {
+                    # Per hour: Dagster keeps one result per check, not per partition, so the
+                    # hours built on this one read it here (`checks.require_inputs_passed`).
+                    FAILED_CHECKS: ", ".join(o.name for o in outcomes if not o.passed) or "none",
                     "dagster/row_count": part.kept,
                     "dagster/column_schema": column_schema(part.table.schema),
                     "rows_kept": part.kept,
@@ -98,8 +104,6 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
                 },
                 partition_key=hour_partition_key(hour_ms),
             )
-            for outcome in run_checks(part.table.to_pandas(), raw_check_specs(stream, hour_ms)):
-                checked.setdefault(outcome.name, []).append(HourOutcome(hour_ms, part.kept, outcome))
         yield dg.MaterializeResult()
         for check, description in raw_check_names(stream):
             yield check_over_hours(name, check, description, checked[check])
