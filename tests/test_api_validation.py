@@ -43,7 +43,7 @@ BAD = [
     ({**OK, "user_id": ["u"]}, "user_id"),
     ({**OK, "user_id": "a\nb"}, "user_id"),
     ({**OK, "campaign_id": {"id": 1}}, "campaign_id"),
-    ({**OK, "impression_id": ""}, "impression_id"),
+    ({**OK, "user_id": " \t"}, "user_id"),
     ({**OK, "ts": "yesterday"}, "ts"),
     ({**OK, "ts": "2026-13-45T00:00:00Z"}, "ts"),
     ({**OK, "ts": 1_700_000_000}, "ts"),  # seconds, not milliseconds

@@ -89,7 +89,7 @@ class PredictRequest(BaseModel):
     value_per_click: Usd | None = Field(
         default=None, description="USD a click is worth; default: the server's configured value.")
 
-    @field_validator("domain", "ip", "user_agent", mode="before")
+    @field_validator("impression_id", "domain", "ip", "user_agent", mode="before")
     @classmethod
     def _blank_is_absent(cls, v: object) -> object:
         # As the raw layer stores an optional field that is empty or blank: null. The features
