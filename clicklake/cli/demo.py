@@ -9,6 +9,7 @@ import time
 
 import click
 
+from clicklake.cli.params import CONTEXT
 from clicklake.platform.landing import landed_hours
 from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
 
@@ -29,7 +30,7 @@ def _sum(materializations: list[dict], key: str) -> int:
     return sum(int(m.get(key, 0) or 0) for m in materializations)
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--root", default="data/demo", show_default=True,
               help="Local folder for the demo's landing zone and lake: its landing/, lake/ "
               "and truth/ are deleted first (only lake/ with --skip-generate).")

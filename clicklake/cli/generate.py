@@ -6,10 +6,12 @@ import sys
 
 import click
 
+from clicklake.cli.params import CONTEXT
+
 DEFAULT_START = "2026-11-24T00:00:00Z"
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
               help="Local folder or s3://bucket/prefix; files go under landing/ and truth/ "
                    "(env CLICKLAKE_ROOT).")

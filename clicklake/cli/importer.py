@@ -7,7 +7,7 @@ import sys
 import click
 import orjson
 
-from clicklake.cli.params import FiniteFloat
+from clicklake.cli.params import CONTEXT, FiniteFloat
 from clicklake.platform.importer import (
     MappingError,
     ReadError,
@@ -29,7 +29,7 @@ def _tqdm(desc: str, total: int, unit: str):
                 leave=False)
 
 
-@click.command("import")
+@click.command("import", context_settings=CONTEXT)
 @click.argument("log", type=click.Path(exists=True, dir_okay=False))
 @click.option("--mapping", "mapping_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with the column mapping (keys = these flags with underscores); "

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from clicklake.cli.params import CONTEXT
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import iso, parse_instant
@@ -18,7 +19,7 @@ def _plain(value):
     return value
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.argument("user")
 @click.option("--as-of", "as_of", default=None,
               help="Instant (ISO-8601, naive = UTC, or epoch ms); default: now.")

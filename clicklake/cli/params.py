@@ -6,6 +6,11 @@ import math
 
 import click
 
+# Every command's contexts, also when one is invoked by itself (not through `clicklake`): click
+# keeps the first help option it builds for a command, so a group-only setting gave `-h` or not
+# depending on how the command was first run.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
 
 class FiniteFloat(click.FloatRange):
     """`click.FloatRange` that also refuses nan and ±inf (FloatRange lets nan through: every

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from clicklake.cli.params import FiniteFloat
+from clicklake.cli.params import CONTEXT, FiniteFloat
 from clicklake.platform.decision import DecisionPolicy
 
 _DEFAULTS = DecisionPolicy()
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
               help="Local folder or s3://bucket/prefix holding the lake (env CLICKLAKE_ROOT).")
 @click.option("--lake-prefix", default="lake", show_default=True)
