@@ -202,3 +202,41 @@ def test_redeploying_a_model_reuses_its_resources(moto_endpoint, lake):
     (variant,) = sm.describe_endpoint_config(EndpointConfigName=serving())["ProductionVariants"]
     assert variant["InstanceType"] == "ml.m5.xlarge"
     assert variant["ModelName"] == first.details["model_name"]
+
+
+def test_a_rerun_while_the_endpoint_updates_waits_for_it_first(moto_endpoint, lake):
+    """A deploy rerun after its wait timed out finds the endpoint still Updating, still naming
+    the config it leaves: it waits for the update to end, then finds the endpoint serving its
+    config, instead of asking SageMaker (which refuses it) for another update mid-way."""
+    store, artifact, _ = lake
+    registry.register(store, "model-20261125-03", artifact, FeatureManifest(
+        [f"f{i}" for i in range(5)]), {"auc": 0.8})
+    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
+                                endpoint_name="ctr-busy", poll_delay_s=1, max_wait_attempts=3)
+    old = endpoint.deploy(store, "model-20261125-01")
+    new = endpoint.deploy(store, "model-20261125-03")
+    real = endpoint._client
+    updating = [True]
+
+    def client(service, config=None):
+        c = real(service, config)
+
+        def mid_update(parsed, model, **_):  # the first describe: still switching from `old`
+            if updating and model.name == "DescribeEndpoint":
+                updating.clear()
+                parsed["EndpointStatus"] = "Updating"
+                parsed["EndpointConfigName"] = old.details["endpoint_config_name"]
+
+        def refuse_mid_update(model, **_):
+            if model.name == "UpdateEndpoint" and not updating:
+                raise AssertionError("UpdateEndpoint called on an endpoint being updated")
+
+        c.meta.events.register(f"after-call.{service}", mid_update)
+        c.meta.events.register(f"before-parameter-build.{service}", refuse_mid_update)
+        return c
+
+    endpoint._client = client
+    endpoint._calls.clear()
+    again = endpoint.deploy(store, "model-20261125-03")
+    assert again.details == {**new.details, "updated": False, "reused": True}
+    assert not [c for c in endpoint._calls if c.startswith(("Create", "Update"))]

@@ -80,6 +80,9 @@ def _name(*parts: str, extra: tuple[str, ...] = ()) -> str:
     return f"{name[:63 - len(digest) - 1].rstrip('-')}-{digest}"
 
 
+_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack")  # endpoint states to wait out
+
+
 def _described(describe, **name: str) -> dict | None:
     """What `describe` answers for the SageMaker resource it names, None when there is none."""
     from botocore.exceptions import ClientError
@@ -185,17 +188,19 @@ class SageMakerEndpoint(ModelEndpointResource):
                 ],
             )
         endpoint = _described(sm.describe_endpoint, EndpointName=self.endpoint_name)
+        if endpoint is not None and endpoint.get("EndpointStatus") in _BUSY:
+            # An update under way (a rerun after a wait that timed out): SageMaker refuses
+            # another until it ends, and the config it ends on is the one to compare with.
+            self._wait(sm)
+            endpoint = _described(sm.describe_endpoint, EndpointName=self.endpoint_name)
         current = None if endpoint is None else endpoint["EndpointConfigName"]
         if current is None:
             sm.create_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name)
         elif current != config_name:
             # An update swaps the config behind the endpoint without downtime.
             sm.update_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name)
-        # else: it serves this config already (or is being switched to it): wait only
-        sm.get_waiter("endpoint_in_service").wait(
-            EndpointName=self.endpoint_name,
-            WaiterConfig={"Delay": self.poll_delay_s, "MaxAttempts": self.max_wait_attempts},
-        )
+        # else: it serves this config already: wait only
+        self._wait(sm)
         return Deployment(
             model_id,
             self.endpoint_name,
@@ -207,6 +212,12 @@ class SageMakerEndpoint(ModelEndpointResource):
                 "updated": current is not None and current != config_name,
                 "reused": reused,
             },
+        )
+
+    def _wait(self, sm) -> None:
+        sm.get_waiter("endpoint_in_service").wait(
+            EndpointName=self.endpoint_name,
+            WaiterConfig={"Delay": self.poll_delay_s, "MaxAttempts": self.max_wait_attempts},
         )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
