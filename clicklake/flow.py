@@ -27,6 +27,7 @@ RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_p
 class FlowResult:
     materializations: dict[str, list[dict]] = field(default_factory=dict)  # asset -> metadata
     failed_checks: list[str] = field(default_factory=list)
+    failed_steps: dict[str, str] = field(default_factory=dict)  # step -> its error's message
 
     def add(self, result: dg.ExecuteInProcessResult) -> None:
         for event in result.get_asset_materialization_events():
@@ -36,6 +37,16 @@ class FlowResult:
             self.materializations.setdefault(mat.asset_key.to_user_string(), []).append(meta)
         self.failed_checks += [f"{c.asset_key.to_user_string()}:{c.check_name}"
                                for c in result.get_asset_check_evaluations() if not c.passed]
+        for event in result.get_step_failure_events():
+            line = (event.step_failure_data.error.message.strip().splitlines() or [""])[0]
+            kind, _, text = line.partition(": ")  # "dagster....Failure: the reason"
+            self.failed_steps[event.step_key] = text if text and " " not in kind else line
+
+    def crashed(self) -> dict[str, str]:
+        """Failed steps but those of an asset whose blocking check failed (the check says why:
+        a model below its gate is an outcome, not a crash)."""
+        checked = {c.split(":")[0] for c in self.failed_checks}
+        return {step: msg for step, msg in self.failed_steps.items() if step not in checked}
 
     def latest(self, asset: str) -> dict:
         return self.materializations.get(asset, [{}])[-1]

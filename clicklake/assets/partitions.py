@@ -6,11 +6,12 @@ import warnings
 
 import dagster as dg
 
-from clicklake.platform.timeutil import HOUR_MS, to_ms
+from clicklake.platform.timeutil import HOUR_MS, parse_hour_partition_key, to_ms
 
 # Event-time hours. The start is fixed (definitions must not depend on the environment at import);
 # generated and imported streams default to hours after it.
 PARTITIONS_START = "2025-01-01-00:00"
+PARTITIONS_START_MS = parse_hour_partition_key(PARTITIONS_START)
 
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
 

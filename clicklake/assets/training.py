@@ -98,6 +98,10 @@ def click_model(context: dg.AssetExecutionContext, config: ClickModelConfig, lak
                 trainer: TrainerResource):
     store = lake.store()
     ts = latest_training_set(store, lake.lake_prefix)
+    if not 0.0 < ts.train_base_rate < 1.0:
+        raise dg.Failure(f"training set {ts.set_id} has {ts.stats.get('train_clicks', '?')} "
+                         f"clicks in {ts.stats.get('train_rows', '?')} training rows: a click "
+                         "model needs rows of both kinds (more hours or more users)")
     hp = hyperparameters(ts.train_base_rate, num_round=config.num_round,
                          max_depth=config.max_depth, eta=config.eta,
                          min_child_weight=config.min_child_weight)

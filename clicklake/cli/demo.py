@@ -21,6 +21,26 @@ def _landing_hours(store) -> tuple[int, int]:
     return hours[0], (hours[-1] - hours[0]) // HOUR_MS + 1
 
 
+MIN_HOURS = 3
+
+
+def _checked_hours(start_ms: int, hours: int, where: str) -> None:
+    """The demo's hours must be partitions that exist, and be over (Dagster partitions start at
+    `PARTITIONS_START`; an hour still landing cannot be built)."""
+    from clicklake.assets.partitions import PARTITIONS_START_MS
+
+    end = start_ms + hours * HOUR_MS
+    if start_ms < PARTITIONS_START_MS:
+        raise click.UsageError(f"{where}: from {iso(start_ms)}, before the first hourly "
+                               f"partition {iso(PARTITIONS_START_MS)} (for an old log: `clicklake "
+                               "import --shift-to` moves it)")
+    if end > time.time() * 1000:
+        raise click.UsageError(f"{where}: until {iso(end)}, in the future: those hours cannot "
+                               "be built yet")
+    if hours < MIN_HOURS:
+        raise click.UsageError(f"{where}: {hours} h, and the demo needs at least {MIN_HOURS}")
+
+
 # Below this many validation clicks an AUC is a rough figure (its standard error is ~0.02 at
 # 1,000 positives and ~0.06 at 60, the default demo's): the summary says so.
 FEW_VALIDATION_CLICKS = 1000
@@ -34,8 +54,11 @@ def _sum(materializations: list[dict], key: str) -> int:
 @click.option("--root", default="data/demo", show_default=True,
               help="Local folder for the demo's landing zone and lake: its landing/, lake/ "
               "and truth/ are deleted first (only lake/ with --skip-generate).")
-@click.option("--hours", default=6, show_default=True, help="Hours of traffic to generate.")
-@click.option("--users", default=5000, show_default=True, help="Distinct users.")
+@click.option("--hours", default=6, show_default=True, type=click.IntRange(min=MIN_HOURS),
+              help=f"Hours of traffic to generate (at least {MIN_HOURS}: the last hour is not "
+              "labeled, and the model needs a training and a validation hour).")
+@click.option("--users", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Distinct users.")
 @click.option("--start", default="2026-11-24T00:00:00Z", show_default=True,
               help="First hour (UTC) of the generated streams.")
 @click.option("--seed", default=7, show_default=True)
@@ -63,9 +86,17 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
 
     if root.startswith("s3://"):
         raise click.UsageError("the demo runs on a local folder; use the Dagster UI for S3")
-    start_ms = parse_instant(start)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise click.UsageError(f"--root {root} is a file, not a folder")
     t0 = time.perf_counter()
     if not skip_generate:
+        try:
+            start_ms = parse_instant(start)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise click.BadParameter(f"{start!r}: {exc}", param_hint="--start") from None
+        if start_ms % HOUR_MS:
+            raise click.BadParameter(f"{start!r} is not a whole UTC hour", param_hint="--start")
+        _checked_hours(start_ms, hours, "--start and --hours")
         for sub in ("landing", "lake", "truth"):
             shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
         click.echo(f"Generating {hours} h of streams for {users} users into {root}/landing ...")
@@ -74,6 +105,7 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
     else:
         shutil.rmtree(os.path.join(root, "lake"), ignore_errors=True)
         start_ms, hours = _landing_hours(Store(root))
+        _checked_hours(start_ms, hours, f"the landing zone under {root}")
         click.echo(f"Using the landing zone under {root}: {hours} h from {iso(start_ms)}")
 
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
@@ -86,6 +118,9 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
     other = [c for c in result.failed_checks if c not in gate]
     if other:
         raise click.ClickException(f"asset checks failed: {', '.join(other)}")
+    if crashed := result.crashed():
+        raise click.ClickException("the pipeline failed at " + "; ".join(
+            f"{step}: {message}" for step, message in crashed.items()))
 
     m = result.materializations
     click.echo("\nRaw layer (all partitions):")

@@ -66,12 +66,15 @@ def sample_requests(root: str, last_hour_ms: int, ts_ms: int) -> list[tuple[str,
     from clicklake.platform.storage import Store
     from clicklake.platform.timeutil import iso
 
-    imps = raw.read_raw(Store(root), "impressions", last_hour_ms)
-    row = next(r for r in reversed(imps.to_pylist()) if r["ip"] and r["user_agent"]
-               and r["domain"])
+    rows = raw.read_raw(Store(root), "impressions", last_hour_ms).to_pylist()
+    if not rows:
+        raise click.ClickException(f"no impressions in {iso(last_hour_ms)} to send")
+    # A row with every context field when there is one (an import may map no ip or agent).
+    row = next((r for r in reversed(rows) if r["ip"] and r["user_agent"] and r["domain"]),
+               rows[-1])
     base = {"user_id": row["user_id"], "campaign_id": row["campaign_id"], "ts": iso(ts_ms),
-            "domain": row["domain"], "ip": row["ip"], "user_agent": row["user_agent"],
             "cost": row["cost"] or 0.002}
+    base.update({k: row[k] for k in ("domain", "ip", "user_agent") if row[k]})
     return [("a real user's next impression, for an advertiser paying $2 a click",
              {**base, "value_per_click": 2.0}),
             ("the same, from a crawler", {**base, "value_per_click": 2.0,

@@ -1,0 +1,60 @@
+"""`clicklake demo` refuses what it cannot run before deleting or generating anything, says so
+when a step of the pipeline failed (it printed "Done" with exit code 0), and sends predictions
+for a landing zone whose impressions carry no ip, user agent or domain (an import's)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from clicklake.cli import main
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--start", "garbage"], "Invalid value for --start"),
+    (["--start", "2026-11-24T00:30:00Z"], "not a whole UTC hour"),
+    (["--start", "2024-06-01T00:00:00Z"], "before the first hourly partition"),
+    (["--start", "2999-01-01T00:00:00Z"], "in the future"),
+    (["--hours", "2"], "not in the range x>=3"),
+    (["--users", "0"], "not in the range x>=1"),
+])
+def test_bad_arguments_are_refused_before_anything_is_deleted(tmp_path, args, message):
+    kept = tmp_path / "landing" / "keep.txt"
+    kept.parent.mkdir()
+    kept.write_text("an earlier demo's file")
+    result = CliRunner().invoke(main, ["demo", "--root", str(tmp_path), "--no-serve", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert kept.exists()
+
+
+def test_a_root_that_is_a_file_is_refused(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = CliRunner().invoke(main, ["demo", "--root", str(afile)])
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_a_failed_step_fails_the_demo_with_its_reason(tmp_path):
+    """3 hours of 50 users hold no click: the model cannot be trained. The demo said "Done"."""
+    result = CliRunner().invoke(main, ["demo", "--root", str(tmp_path), "--hours", "3",
+                                       "--users", "50", "--no-serve"])
+    assert result.exit_code == 1, result.output
+    assert "the pipeline failed at click_model: training set" in result.output
+    assert "a click model needs rows of both kinds" in result.output
+    assert "Done in" not in result.output
+
+
+def test_sample_requests_of_impressions_without_context(monkeypatch):
+    from clicklake.cli import demo_serving
+    from clicklake.platform import raw
+
+    table = pa.table({"user_id": ["u1", "u2"], "campaign_id": ["c1", "c2"],
+                      "ip": [None, None], "user_agent": [None, None], "domain": [None, None],
+                      "cost": [None, 0.5]})
+    monkeypatch.setattr(raw, "read_raw", lambda *_: table)
+    requests = demo_serving.sample_requests("unused", 0, 3_600_000)
+    first = requests[0][1]
+    assert (first["user_id"], first["cost"]) == ("u2", 0.5)
+    assert not {"ip", "domain"} & set(first) and "user_agent" not in requests[2][1]
