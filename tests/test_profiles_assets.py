@@ -189,6 +189,13 @@ def test_lookup_cli(lake):
     assert out.exit_code == 0 and "no history" in out.output
     out = runner.invoke(main, [*base, "ann", "--as-of", "yesterday-ish"])
     assert out.exit_code == 2 and "neither ISO-8601" in out.output
+    # The REST API's bounds: 9999-12-31 walked the lake an hour at a time (19 GB, then killed);
+    # 20 digits or a negative epoch was an OverflowError traceback.
+    for far, why in (("9999-12-31T00:00:00Z", "in the future"),
+                     ("99999999999999999999", "in the future"),
+                     ("-99999999999999999", "before 2000-01-01")):
+        out = runner.invoke(main, [*base, "ann", f"--as-of={far}"])
+        assert out.exit_code == 2 and why in out.output, (far, out.output)
     empty = runner.invoke(main, ["lookup", "--root", lake.root + "/nothing", "ann"])
     assert empty.exit_code == 1 and "materialize user_profiles first" in empty.output
     assert f"lake root: {lake.root}/nothing" in empty.output

@@ -10,7 +10,9 @@ import click
 from clicklake.cli.params import CONTEXT
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import iso, parse_instant
+from clicklake.platform.timeutil import iso, parse_bounded_instant
+
+MAX_FUTURE_MS = 5 * 60_000  # as the REST API: clock skew between the caller and the lake
 
 
 def _plain(value):
@@ -30,11 +32,11 @@ def _plain(value):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: bool) -> None:
     """Print USER's profile as of an instant: events with ts < T only."""
-    try:
-        t = parse_instant(as_of) if as_of else int(time.time() * 1000)
-    except ValueError:
-        raise click.BadParameter(f"{as_of!r} is neither ISO-8601 nor epoch milliseconds",
-                                 param_hint="--as-of") from None
+    now = int(time.time() * 1000)
+    try:  # the REST API's bounds: a far-off instant walked the lake an hour at a time
+        t = parse_bounded_instant(as_of, MAX_FUTURE_MS, now) if as_of else now
+    except ValueError as exc:
+        raise click.BadParameter(f"{as_of!r}: {exc}", param_hint="--as-of") from None
     table = LookupTable(Store(root), lake_prefix)
     try:
         profile = table.profile(user, t)

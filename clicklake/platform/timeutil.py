@@ -35,6 +35,25 @@ def parse_instant(text: str) -> int:
     return to_ms(datetime.fromisoformat(text))  # 3.11 reads a "Z" suffix
 
 
+MIN_INSTANT_MS = 946_684_800_000  # 2000-01-01: older instants are certainly a unit mistake
+
+
+def parse_bounded_instant(text: str, max_future_ms: int, now_ms: int) -> int:
+    """`parse_instant` of a caller's instant, from 2000-01-01 to `max_future_ms` after `now_ms`;
+    ValueError with a message (an unbounded one cost a time-travel read a walk per hour to it)."""
+    if len(text) > 40:
+        raise ValueError("too long for an instant")
+    try:
+        ms = parse_instant(text)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError("neither ISO-8601 nor epoch milliseconds") from None
+    if ms < MIN_INSTANT_MS:
+        raise ValueError("before 2000-01-01 (epoch milliseconds expected, not seconds?)")
+    if ms > now_ms + max_future_ms:
+        raise ValueError("in the future")
+    return ms
+
+
 def hour_partition_key(hour_ms: int) -> str:
     """Dagster's hourly partition key format."""
     return to_datetime(hour_ms).strftime("%Y-%m-%d-%H:%M")

@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from clicklake.platform.timeutil import parse_instant
+from clicklake.platform.timeutil import MIN_INSTANT_MS, parse_bounded_instant
 
-MIN_TS_MS = 946_684_800_000  # 2000-01-01: older instants are certainly a unit mistake
+MIN_TS_MS = MIN_INSTANT_MS
 MAX_FUTURE_MS = 5 * 60_000  # clock skew tolerated between the caller and this server
 
 # No control characters (C0, DEL, C1), line or paragraph separators, bidirectional overrides or
@@ -53,19 +53,12 @@ def now_ms() -> int:
 def parse_ts(value: int | str, max_future_ms: int = MAX_FUTURE_MS) -> int:
     """Epoch ms from an int or a string (ISO-8601 or digits); ValueError with a message."""
     if isinstance(value, str):
-        if len(value) > 40:
-            raise ValueError("too long for an instant")
-        try:
-            ms = parse_instant(value)
-        except (ValueError, OverflowError, OSError):
-            raise ValueError("neither ISO-8601 nor epoch milliseconds") from None
-    else:
-        ms = value
-    if ms < MIN_TS_MS:
+        return parse_bounded_instant(value, max_future_ms, now_ms())
+    if value < MIN_TS_MS:
         raise ValueError("before 2000-01-01 (epoch milliseconds expected, not seconds?)")
-    if ms > now_ms() + max_future_ms:
+    if value > now_ms() + max_future_ms:
         raise ValueError("in the future")
-    return ms
+    return value
 
 
 class PredictRequest(BaseModel):
