@@ -15,7 +15,8 @@ from clicklake.cli import main
     (["--start", "garbage"], "Invalid value for --start"),
     (["--start", "2026-11-24T00:30:00Z"], "not a whole UTC hour"),
     (["--start", "2024-06-01T00:00:00Z"], "before the first hourly partition"),
-    (["--start", "2999-01-01T00:00:00Z"], "in the future"),
+    (["--start", "2099-01-01T00:00:00Z"], "in the future"),
+    (["--start", "2999-01-01T00:00:00Z"], "not between 2000 and 2100"),
     (["--hours", "2"], "not in the range x>=3"),
     (["--users", "0"], "not in the range x>=1"),
 ])

@@ -9,9 +9,9 @@ import time
 
 import click
 
-from clicklake.cli.params import CONTEXT
+from clicklake.cli.params import CONTEXT, check_root, parse_start
 from clicklake.platform.landing import landed_hours
-from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
+from clicklake.platform.timeutil import HOUR_MS, iso
 
 
 def _landing_hours(store) -> tuple[int, int]:
@@ -86,16 +86,10 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
 
     if root.startswith("s3://"):
         raise click.UsageError("the demo runs on a local folder; use the Dagster UI for S3")
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise click.UsageError(f"--root {root} is a file, not a folder")
+    check_root(root)
     t0 = time.perf_counter()
     if not skip_generate:
-        try:
-            start_ms = parse_instant(start)
-        except (ValueError, OverflowError, OSError) as exc:
-            raise click.BadParameter(f"{start!r}: {exc}", param_hint="--start") from None
-        if start_ms % HOUR_MS:
-            raise click.BadParameter(f"{start!r} is not a whole UTC hour", param_hint="--start")
+        start_ms = parse_start(start)
         _checked_hours(start_ms, hours, "--start and --hours")
         for sub in ("landing", "lake", "truth"):
             shutil.rmtree(os.path.join(root, sub), ignore_errors=True)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from clicklake.cli.params import CONTEXT
+from clicklake.cli.params import CONTEXT, check_root, parse_start
 
 DEFAULT_START = "2026-11-24T00:00:00Z"
 
@@ -48,20 +48,18 @@ def generate(root: str, start: str, hours: int, users: int, impressions: int | N
     from clicklake.platform.simulate import default_impressions
     from clicklake.platform.simulate import generate as run
     from clicklake.platform.storage import S3Options, Store
-    from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
+    from clicklake.platform.timeutil import iso
 
-    try:
-        start_ms = parse_instant(start)
-    except ValueError as exc:
-        raise click.BadParameter(f"{start!r} is not an ISO-8601 instant or epoch ms",
-                                 param_hint="--start") from exc
-    if start_ms % HOUR_MS:
-        raise click.BadParameter(f"{iso(start_ms)} is not a whole UTC hour", param_hint="--start")
+    start_ms = parse_start(start)
+    check_root(root)
     store = Store(root, S3Options(endpoint_url=s3_endpoint_url, region=s3_region))
     total = default_impressions(users, hours) if impressions is None else impressions
 
-    existing = [k for p in (f"{landing.DEFAULT_PREFIX}/", "truth/click_probability/")
-                for k in store.list(p)]
+    try:
+        existing = [k for p in (f"{landing.DEFAULT_PREFIX}/", "truth/click_probability/")
+                    for k in store.list(p)]
+    except OSError as exc:  # an unreachable S3 endpoint, a root that cannot be read
+        raise click.ClickException(f"cannot read {store.uri('')}: {exc}") from None
     if existing and replace:
         for key in existing:
             store.delete(key)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import click
 import orjson
 
-from clicklake.cli.params import CONTEXT, FiniteFloat
+from clicklake.cli.params import CONTEXT, FiniteFloat, check_root, parse_start
 from clicklake.platform.importer import (
     MappingError,
     ReadError,
@@ -17,7 +18,7 @@ from clicklake.platform.importer import (
 )
 from clicklake.platform.importer import import_log as run_import
 from clicklake.platform.storage import S3Options, Store
-from clicklake.platform.timeutil import iso, parse_instant
+from clicklake.platform.timeutil import iso
 
 FORMATS = "iso, epoch_s, epoch_ms, yymmddhh or a strptime pattern such as '%d/%m/%Y %H:%M'"
 
@@ -65,12 +66,15 @@ def _tqdm(desc: str, total: int, unit: str):
                    "(env CLICKLAKE_ROOT).")
 @click.option("--s3-endpoint-url", help="S3 endpoint (MinIO, moto, LocalStack).")
 @click.option("--source", help="Name of this import in landing file names and the rejects file "
-                               "(default: file name + hash of its path). Same source = replace.")
+                               "(default: file name + hash of its path). Same source = replace. "
+                               "Letters, digits, '.', '_' and '-', not starting with '.'.")
 @click.option("--shift-to", help="Move all times by whole weeks so the first event falls on or "
                                  "after this instant (ISO), keeping hour of day and weekday.")
-@click.option("--tmp-dir", type=click.Path(file_okay=False), help="Scratch folder for the sort.")
+@click.option("--tmp-dir", type=click.Path(file_okay=False, exists=True),
+              help="Scratch folder for the sort (an existing one).")
 @click.option("--memory-limit", default="512MB", show_default=True,
-              help="Memory cap of the external sort (DuckDB).")
+              help="Memory cap of the external sort (DuckDB): a number and a unit, e.g. 512MB, "
+              "2GiB.")
 @click.option("--show-rejects", default=20, show_default=True,
               help="How many bad rows to print.")
 @click.option("--progress/--no-progress", default=None,
@@ -117,9 +121,17 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
                                "(or a clicks: section in the mapping file)")
         if mapping.clicks is not None and not clicks_file:
             raise MappingError("the mapping describes a clicks table: pass it with --clicks FILE")
-        shift_ms = parse_instant(shift_to) if shift_to else None
     except (MappingError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
+    shift_ms = parse_start(shift_to, "--shift-to", whole_hour=False) if shift_to else None
+    if source is not None and not _SOURCE.fullmatch(source):
+        # it names files under <root>/landing and <root>/import-*: no path of its own
+        raise click.BadParameter(f"{source!r}: letters, digits, '.', '_' and '-' only, not "
+                                 "starting with '.'", param_hint="--source")
+    if not _MEMORY.fullmatch(memory_limit.strip()):
+        raise click.BadParameter(f"{memory_limit!r} is not a size such as 512MB or 2GiB",
+                                 param_hint="--memory-limit")
+    check_root(root)
     store = Store(root, S3Options(endpoint_url=s3_endpoint_url))
     try:
         report = run_import(store, mapping, log, clicks_file, source=source,
@@ -129,6 +141,8 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
                             keep_rejects=max(0, show_rejects))
     except (ReadError, MappingError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the root cannot be written (an unreachable S3 endpoint, say)
+        raise click.ClickException(f"cannot write under {store.uri('')}: {exc}") from None
     if as_json:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -174,4 +188,6 @@ def _print_summary(r, store: Store) -> None:
             echo(f"  {rec['table']} line {rec['line']}: {rec['reason']}: {rec['detail']}")
 
 
+_SOURCE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B)", re.IGNORECASE)
 import_log = import_log_cmd  # the name the command registry points at

@@ -118,22 +118,29 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         token=token or None, max_body=max_body, reload_every=reload_every,
         value_per_click=value_per_click, farm_ctr=farm_ctr,
         farm_min_impressions=farm_min_impressions, farm_burst=farm_burst)
+    # A store, lake or AWS setting that cannot be opened is refused with its message, not a
+    # traceback (a file that is no SQLite database, a --root that is a file, no AWS region).
+    import sqlite3
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    unopenable = (StaleLayout, OSError, sqlite3.Error, ValueError, BotoCoreError, ClientError)
     if workers == 1:  # this process serves
         keep_in_process()  # even had prometheus_client been imported before the line above
         try:
             app, slot = build_app(settings)
-        except StaleLayout as exc:
-            raise click.ClickException(str(exc)) from exc
+        except unopenable as exc:
+            raise click.ClickException(f"cannot serve: {exc}") from exc
         champion = slot.current.model_id if slot.current else None
     else:
         # Checked here, once, so a store the workers cannot read is refused with its message
         # rather than as N worker tracebacks; each worker then opens its own.
         try:
             open_source(settings)
-        except StaleLayout as exc:
-            raise click.ClickException(str(exc)) from exc
-        store = LakeResource(root=root, lake_prefix=lake_prefix, region=region).store()
-        champ = registry.champion(store, lake_prefix)
+            store = LakeResource(root=root, lake_prefix=lake_prefix, region=region).store()
+            champ = registry.champion(store, lake_prefix)
+        except unopenable as exc:
+            raise click.ClickException(f"cannot serve: {exc}") from exc
         champion = champ.model_id if champ else None
     if champion is None:
         click.echo(f"warning: no champion model under {root}/{lake_prefix}/models yet; "

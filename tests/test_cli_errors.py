@@ -1,0 +1,85 @@
+"""Bad arguments and unusable places get a usage error or a message naming the problem, never
+a traceback: serve's store and AWS settings, import's source, scratch folder, memory cap and
+shift, and a --root that is a file (each was a traceback; --source could write outside the
+root)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from clicklake.cli import main
+
+
+def _invoke(args: list[str], env: dict | None = None):
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        result.output, result.exception)
+    return result
+
+
+@pytest.fixture
+def places(tmp_path):
+    (tmp_path / "notdb.txt").write_text("not a database")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    log = tmp_path / "log.csv"
+    log.write_text("when,user,campaign\n2026-11-24T01:00:00Z,u1,c1\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--source", "online", "--online-db", "{p}/notdb.txt"], "file is not a database"),
+    (["--source", "online", "--online-db", "{p}/adir"], "unable to open database file"),
+    (["--source", "online", "--root", "{p}/afile"], "Not a directory"),
+    (["--model", "sagemaker"], "no AWS region"),
+    (["--source", "online", "--dynamodb-table", "t"], "region"),
+    (["--source", "online", "--online-db", "{p}/notdb.txt", "--workers", "2"],
+     "file is not a database"),
+])
+def test_serve_refuses_what_it_cannot_open(places, args, message, monkeypatch):
+    import uvicorn
+
+    from clicklake.serving import workers
+
+    def started(*_, **__):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    monkeypatch.setattr(workers, "run_workers", started)
+    args = [a.format(p=places) for a in args]
+    result = _invoke(["serve", "--root", str(places / "lake"), *args],
+                     env={"AWS_REGION": None, "AWS_DEFAULT_REGION": None})
+    assert result.exit_code == 1 and "cannot serve" in result.output, result.output
+    assert message in result.output, result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--source", "../../evil"], "letters, digits"),
+    (["--source", "a/b c"], "letters, digits"),
+    (["--tmp-dir", "/nonexistent/x"], "does not exist"),
+    (["--memory-limit", "lots"], "not a size"),
+    (["--memory-limit", "0"], "not a size"),
+    (["--shift-to", "99999999999999999999"], "between 2000 and 2100"),
+    (["--shift-to", "garbage"], "Invalid value for --shift-to"),
+    (["--root", "{p}/afile"], "is a file"),
+    (["--root", "{p}/afile/sub"], "is a file"),
+])
+def test_import_refuses_bad_options_before_writing(places, args, message):
+    args = [a.format(p=places) for a in args]
+    root = places / "imp"
+    result = _invoke(["import", str(places / "log.csv"), "--time", "when", "--user", "user",
+                      "--campaign", "campaign", "--no-progress", "--root", str(root), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (places / "evil.ndjson").exists() and not root.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--root", "{p}/afile"], "is a file"),
+    (["--start", "99999999999999999999"], "between 2000 and 2100"),
+])
+def test_generate_refuses_bad_options(places, args, message):
+    args = [a.format(p=places) for a in args]
+    result = _invoke(["generate", "--root", str(places / "g"), "--hours", "1", "--users", "5",
+                      *args])
+    assert result.exit_code == 2 and message in result.output, result.output
