@@ -27,6 +27,23 @@ def test_aws_selects_s3_sagemaker_and_names_from_the_environment(monkeypatch):
     assert isinstance(r["online_store"], DynamoDbOnlineStore)
     assert r["trainer"].instance_type == "ml.c5.2xlarge"
     assert r["endpoint"].endpoint_name == "ctr-prod"
+    assert (r["lake"].landing_prefix, r["lake"].lake_prefix) == ("landing", "lake")
+    assert r["trainer"].job_name_prefix == "clicklake-xgb"
+
+
+def test_aws_prefixes_follow_the_templates_parameters(monkeypatch):
+    """The CloudFormation template takes LandingPrefix, LakePrefix and SageMakerNamePrefix; the
+    code read none of them back (Firehose then wrote where clicklake never listed, and training
+    jobs fell outside the role's names)."""
+    from clicklake.resources.trainer import default_job_name
+
+    monkeypatch.setenv("CLICKLAKE_BACKEND", "aws")
+    monkeypatch.setenv("CLICKLAKE_LANDING_PREFIX", "firehose")
+    monkeypatch.setenv("CLICKLAKE_LAKE_PREFIX", "warehouse")
+    monkeypatch.setenv("CLICKLAKE_TRAINING_JOB_PREFIX", "prod-clicklake-xgb")
+    r = build_resources()
+    assert (r["lake"].landing_prefix, r["lake"].lake_prefix) == ("firehose", "warehouse")
+    assert default_job_name(r["trainer"].job_name_prefix).startswith("prod-clicklake-xgb-")
 
 
 def test_aws_names_resolve_at_run_time(monkeypatch):

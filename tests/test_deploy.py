@@ -12,6 +12,7 @@ import gzip
 import importlib
 import re
 import shlex
+import sys
 import tomllib
 from pathlib import Path
 
@@ -165,6 +166,103 @@ def test_run_tasks_may_pass_only_the_sagemaker_role(template):
     assert passing[0]["Condition"]["StringEquals"]["iam:PassedToService"] == \
         "sagemaker.amazonaws.com"
     assert all("*" not in a for s in statements for a in _actions(s))
+    # ... and, to start run tasks, the ECS task and execution roles to ECS only
+    launch = template["Resources"]["DagsterLaunchRunsPolicy"]["Properties"]
+    assert launch["Roles"] == [{"Ref": "DagsterRunTaskRole"}]
+    (ecs_pass,) = [s for s in launch["PolicyDocument"]["Statement"]
+                   if "iam:PassRole" in _actions(s)]
+    assert ecs_pass["Resource"] == [{"Fn::GetAtt": ["DagsterRunTaskRole", "Arn"]},
+                                    {"Fn::GetAtt": ["DagsterTaskExecutionRole", "Arn"]}]
+    assert ecs_pass["Condition"]["StringEquals"]["iam:PassedToService"] == \
+        "ecs-tasks.amazonaws.com"
+
+
+def test_the_daemon_may_launch_and_stop_the_runs_it_starts(template, moto_endpoint,
+                                                            monkeypatch):
+    """deploy/dagster.yaml's EcsRunLauncher, as configured, starts, checks and stops a run from
+    inside a daemon task (moto's ECS; the task metadata endpoint stubbed): every AWS call it
+    makes is granted to the task role the docs give the daemon. The role had no ECS action:
+    every run would have failed to launch."""
+    import http.server
+    import json
+    import threading
+
+    import boto3
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.launcher import LaunchRunContext
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.remote_origin import (
+        GrpcServerCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+    from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+
+    monkeypatch.setattr(NetworkInterface, "private_dns_name", None, raising=False)  # moto's ECS
+    for k, v in PROD_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    calls: list[str] = []
+    session = boto3.Session(region_name="us-east-1")
+    session.events.register("before-call", lambda model, **_: calls.append(
+        f"{model.service_model.signing_name}:{model.name}"))
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+    ecs, ec2 = session.client("ecs"), session.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="dagster", Description="tasks", VpcId=vpc)
+    cluster = ecs.create_cluster(clusterName="clicklake")["cluster"]["clusterArn"]
+    definition = ecs.register_task_definition(
+        family="clicklake-daemon", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+        cpu="256", memory="512", taskRoleArn="arn:aws:iam::123456789012:role/run-task",
+        executionRoleArn="arn:aws:iam::123456789012:role/execution",
+        containerDefinitions=[{"name": "daemon", "image": "repo/clicklake:abc", "memory": 512}],
+    )["taskDefinition"]["taskDefinitionArn"]
+    daemon = ecs.run_task(cluster="clicklake", taskDefinition=definition, launchType="FARGATE",
+                          networkConfiguration={"awsvpcConfiguration": {
+                              "subnets": [subnet], "securityGroups": [group["GroupId"]]}}
+                          )["tasks"][0]["taskArn"]
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = ({"Cluster": cluster, "TaskARN": daemon} if self.path.endswith("/task")
+                    else {"Name": "daemon"})
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", f"http://127.0.0.1:{server.server_port}/v4")
+    launcher = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["run_launcher"]
+    try:
+        with instance_for_test(overrides={"run_launcher": launcher}) as instance:
+            code = ModuleCodePointer("clicklake.definitions", "defs", str(ROOT))
+            run = create_run_for_test(
+                instance, job_name="raw_hourly_job",
+                job_code_origin=JobPythonOrigin("raw_hourly_job", RepositoryPythonOrigin(
+                    sys.executable, code, container_image="repo/clicklake:abc")),
+                remote_job_origin=RemoteJobOrigin(RemoteRepositoryOrigin(
+                    GrpcServerCodeLocationOrigin(host="code", port=4000,
+                                                 location_name="clicklake"),
+                    "__repository__"), "raw_hourly_job"))
+            calls.clear()
+            instance.run_launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+            assert instance.get_run_by_id(run.run_id).tags["ecs/task_arn"]
+            instance.run_launcher.check_run_worker_health(run)
+            instance.run_launcher.terminate(run.run_id)
+    finally:
+        server.shutdown()
+    made = set(calls)
+    assert {"ecs:RunTask", "ecs:RegisterTaskDefinition", "ecs:StopTask"} <= made, made
+    granted = {a for s in _statements(template, "DagsterRunTaskRole") for a in _actions(s)}
+    granted |= {a for s in template["Resources"]["DagsterLaunchRunsPolicy"]["Properties"][
+        "PolicyDocument"]["Statement"] for a in _actions(s)}
+    assert not made - granted, made - granted
 
 
 # ------------------------------------------------------------------ Dagster instance + workspace

@@ -50,10 +50,13 @@ def build_resources(backend: str | None = None) -> dict:
     region = dg.EnvVar("AWS_REGION")
     return {
         "lake": LakeResource(root=dg.EnvVar("CLICKLAKE_ROOT"), s3_endpoint_url=endpoint_url,
-                             region=region),
+                             region=region,
+                             landing_prefix=_env("CLICKLAKE_LANDING_PREFIX", "landing"),
+                             lake_prefix=_env("CLICKLAKE_LAKE_PREFIX", "lake")),
         "trainer": SageMakerTrainer(
             role_arn=dg.EnvVar("CLICKLAKE_SAGEMAKER_ROLE_ARN"), region=region,
             instance_type=_env("CLICKLAKE_TRAINING_INSTANCE_TYPE", "ml.m5.xlarge"),
+            job_name_prefix=_env("CLICKLAKE_TRAINING_JOB_PREFIX", "clicklake-xgb"),
             endpoint_url=endpoint_url,
         ),
         "endpoint": SageMakerEndpoint(

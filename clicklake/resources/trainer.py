@@ -140,6 +140,9 @@ class SageMakerTrainer(TrainerResource):
     image_uri: str | None = Field(default=None, description="Override of the XGBoost image URI.")
     xgboost_version: str = Field(default=MIN_VERSION, description="Built-in XGBoost image tag.")
     endpoint_url: str | None = Field(default=None, description="AWS endpoint override (tests).")
+    job_name_prefix: str = Field(
+        default="clicklake-xgb", description="Training job names start with this (the "
+        "CloudFormation template's role allows jobs named with its SageMakerNamePrefix).")
     max_runtime_s: int = Field(default=3600)
     poll_delay_s: int = Field(default=30, description="Seconds between job status polls.")
 
@@ -223,7 +226,7 @@ class SageMakerTrainer(TrainerResource):
     ) -> TrainingResult:
         from botocore.exceptions import WaiterError
 
-        name = _valid_name(job_name) if job_name else default_job_name()
+        name = _valid_name(job_name) if job_name else default_job_name(self.job_name_prefix)
         request = self.training_job_request(
             name, train_uri, validation_uri, output, hyperparameters
         )
