@@ -35,30 +35,47 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def baseline_seconds_per_row(rows: int, users: int, seed: int) -> tuple[float, float]:
-    """Pure Python, one record at a time: draw, json.dumps, gzip write. (wall, CPU) per row."""
+def baseline_seconds_per_row(rows: int, users: int, seed: int, stream: str = "impressions"
+                             ) -> tuple[float, float]:
+    """Pure Python, one record of `stream`'s shape at a time: draw, json.dumps, gzip write.
+    (wall, CPU) per row."""
     rnd = random.Random(seed)
     start = parse_instant(START)
     campaigns = [f"cmp-{i:04d}" for i in range(300)]
     domains = [f"site{i}.com" for i in range(3000)]
     ua = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
           "Chrome/131.0.0.0 Safari/537.36")
+
+    def impression(i: int) -> dict:
+        return {"impression_id": f"imp-{rnd.getrandbits(64):016x}",
+                "ts": iso(start + rnd.randrange(3_600_000)) if i % 2
+                else start + rnd.randrange(3_600_000),
+                "user_id": f"u{rnd.randrange(users):07d}", "campaign_id": rnd.choice(campaigns),
+                "domain": rnd.choice(domains),
+                "ip": ".".join(str(rnd.randrange(1, 255)) for _ in range(4)),
+                "user_agent": ua, "cost": round(rnd.uniform(0.0005, 0.02), 7)}
+
+    def click(i: int) -> dict:
+        return {"click_id": f"clk-{rnd.getrandbits(64):016x}",
+                "ts": iso(start + rnd.randrange(3_600_000)) if i % 2
+                else start + rnd.randrange(3_600_000),
+                "user_id": f"u{rnd.randrange(users):07d}", "campaign_id": rnd.choice(campaigns),
+                "impression_id": f"imp-{rnd.getrandbits(64):016x}"}
+
+    def prediction(i: int) -> dict:
+        return {"prediction_id": f"prd-{rnd.getrandbits(64):016x}",
+                "ts": iso(start + rnd.randrange(3_600_000)) if i % 2
+                else start + rnd.randrange(3_600_000),
+                "user_id": f"u{rnd.randrange(users):07d}", "model": "prod-2026-11",
+                "score": round(rnd.random(), 6),
+                "impression_id": f"imp-{rnd.getrandbits(64):016x}"}
+
+    record = {"impressions": impression, "clicks": click, "predictions": prediction}[stream]
     buf = io.BytesIO()
     t0, c0 = time.perf_counter(), time.process_time()
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
         for i in range(rows):
-            ts = start + rnd.randrange(3_600_000)
-            rec = {
-                "impression_id": f"imp-{rnd.getrandbits(64):016x}",
-                "ts": iso(ts) if i % 2 else ts,
-                "user_id": f"u{rnd.randrange(users):07d}",
-                "campaign_id": rnd.choice(campaigns),
-                "domain": rnd.choice(domains),
-                "ip": ".".join(str(rnd.randrange(1, 255)) for _ in range(4)),
-                "user_agent": ua,
-                "cost": round(rnd.uniform(0.0005, 0.02), 7),
-            }
-            gz.write(json.dumps(rec).encode() + b"\n")
+            gz.write(json.dumps(record(i)).encode() + b"\n")
     return (time.perf_counter() - t0) / rows, (time.process_time() - c0) / rows
 
 
@@ -79,9 +96,13 @@ def main(argv: list[str]) -> int:
         landing_bytes = sum(p.stat().st_size for p in Path(tmp, "landing").rglob("*.gz"))
     rss_generate = peak_rss_mib()
     lines = sum(s.lines.values())
-    per_row, cpu_per_row = baseline_seconds_per_row(min(args.slice, lines), args.users,
-                                                    args.seed)
-    baseline_s, baseline_cpu = per_row * lines, cpu_per_row * lines
+    # Each stream's lines at the cost of its own record shape (a prediction or click line is
+    # cheaper to write than an impression's).
+    per_stream = {st: baseline_seconds_per_row(min(args.slice, lines), args.users, args.seed, st)
+                  for st in s.lines}
+    baseline_s = sum(per_stream[st][0] * n for st, n in s.lines.items())
+    baseline_cpu = sum(per_stream[st][1] * n for st, n in s.lines.items())
+    per_row = baseline_s / lines
 
     result = {
         "benchmark": "generate",
@@ -99,7 +120,9 @@ def main(argv: list[str]) -> int:
         "peak_rss_mib": round(rss_generate, 1),
         "rss_before_mib": round(rss_before, 1),
         "baseline": {
-            "method": "pure-Python loop: random + json.dumps + gzip write per line",
+            "method": "pure-Python loop: random + json.dumps + gzip write per line, each "
+                      "stream's lines timed with its own record shape",
+            "cpu_seconds_per_row_by_stream": {st: v[1] for st, v in per_stream.items()},
             "slice_rows": min(args.slice, lines),
             "seconds_per_row": per_row,
             "extrapolated_seconds": round(baseline_s, 2),
