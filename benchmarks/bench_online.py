@@ -17,7 +17,8 @@
    random users, beside a sqlite3 primary-key read of a table of the same size;
 3. freshness: impressions land in new Firehose files every few seconds while the landing sensor
    ticks at its interval (sensor evaluated in-process with `dg.build_sensor_context`, each of its
-   run requests materialized in-process with `dg.materialize`, as a daemon would launch them);
+   run requests materialized in-process with `dg.materialize`: a daemon would start each run
+   in a process of its own, whose start-up, a few seconds, is not counted);
    latency = visible through `OnlineFeatures.profile` minus landed, p50/p95.
 
 Wall time on a shared machine swings with other load: the fold also reports CPU seconds, and its
