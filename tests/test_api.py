@@ -634,3 +634,51 @@ def test_lake_reads_run_off_the_event_loop(lake):
         assert c.get("/v1/users/u0000300/profile").status_code == 200  # "now", from the lake
     assert [kind for kind, _ in seen] == ["features", "profile", "now"]
     assert all(thread is not loop_thread for _, thread in seen)
+
+
+def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):
+    """While the online store is rebuilt (or its rebuild died), it holds part of the history:
+    predictions were scored on it as if its users had no past. Now they use the lake's
+    features (equal to a lake server's answer) and /healthz says so while staying ready;
+    without a lake behind it, 503 features_unavailable; profiles 503 meanwhile."""
+    from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+    from clicklake.platform.online import fold as fold_mod
+    from clicklake.platform.online.seed import REFOLD_MARK
+    from clicklake.serving import ModelSlot, create_app
+
+    keys = sorted(lake.list("landing/"))
+    state = SqliteState(str(tmp_path / "online.db"))
+    fold_files(state, lake, keys)
+    # a refold that has reached a tenth of the files
+    state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, REFOLD_MARK))
+    fold_files(state, lake, keys[:len(keys) // 10], seeding=True)
+    online = OnlineFeatures(state)
+    row = _labeled_with_context(lake, START + 2 * HOUR_MS, 3).to_pylist()[0]
+    body = {"user_id": row["user_id"], "campaign_id": row["campaign_id"],
+            "ts": round(row["ts"].timestamp() * 1000), "ip": row["ip"],
+            "user_agent": row["user_agent"], "domain": row["domain"]}
+    body = {k: v for k, v in body.items() if v is not None}
+    with TestClient(lake_app(lake, source=online)) as c, TestClient(lake_app(lake)) as by_lake:
+        out = c.post("/v1/predict", json=body)
+        assert out.status_code == 200, out.text
+        assert out.json()["probability"] == by_lake.post("/v1/predict", json=body).json()[
+            "probability"]
+        health = c.get("/healthz")
+        assert health.status_code == 200 and health.json()["source_error"] is None
+        assert "being rebuilt from every landing file" in health.json()["source_notice"]
+        profile = c.get(f"/v1/users/{row['user_id']}/profile")
+        assert (profile.status_code, profile.json()["code"]) == (503, "features_unavailable")
+    alone = create_app(online, ModelSlot(lake))  # no lake to fall back on
+    with TestClient(alone) as c:
+        out = c.post("/v1/predict", json=body)
+        assert (out.status_code, out.json()["code"]) == (503, "features_unavailable")
+        assert "being rebuilt" in out.json()["detail"]
+        assert c.get("/healthz").status_code == 503
+        # the rebuild done (its mark gone): served from the store again at the next check
+        fold_files(state, lake, keys, seeding=True)
+        state.clear()
+        fold_files(state, lake, keys)
+        online._layout_due = 0.0
+        now = {k: v for k, v in body.items() if k != "ts"}  # the store's horizon has moved on
+        assert c.post("/v1/predict", json=now).status_code == 200
+        assert c.get("/healthz").json()["source_notice"] is None

@@ -112,6 +112,7 @@ def _folded(store, state, monkeypatch, first_campaign: str = "c1") -> list[str]:
 def test_profile_without_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
     store, state, online = env
     reads = _folded(store, state, monkeypatch)
+    online.check_layout()  # its periodic reads (layout, rebuild mark) done: the profile's alone
     for t in (H + 20 * MIN + 1, H + 61 * MIN, H + 3 * 60 * MIN):  # after the click: the head
         reads.clear()
         p = online.profile("u1", t, lists=False)
@@ -179,6 +180,7 @@ def test_a_head_without_lists_is_a_layout_3_head():
 def test_profile_with_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
     store, state, online = env
     reads = _folded(store, state, monkeypatch, first_campaign="c2")
+    online.check_layout()  # its periodic reads (layout, rebuild mark) done: the profile's alone
     now = H + 61 * MIN
     reads.clear()
     p = online.profile("u1", now)

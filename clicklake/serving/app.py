@@ -40,6 +40,7 @@ from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
 from clicklake.platform.features import compute_features
 from clicklake.platform.lookup import LookupTable, NoSnapshots, SnapshotUnavailable
 from clicklake.platform.online import BeforeHorizon
+from clicklake.platform.online.read import Rebuilding
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import iso
 from clicklake.serving.auth import authorize, require_token
@@ -73,6 +74,9 @@ class ServingConfig:
 
 def _model_out(m: LoadedModel) -> ModelOut:
     return ModelOut(id=m.model_id, promoted_at=m.promoted_at, backend=m.backend)
+
+
+_REBUILDING = "rebuilding: "  # source_error's prefix for a store being rebuilt
 
 
 def _plain(key: str, value):
@@ -305,11 +309,11 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                 else:  # memory or one key read: shorter than the hop to the thread pool
                     inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                                    body.user_agent, domain=body.domain)
-            except BeforeHorizon:
+            except (BeforeHorizon, Rebuilding):
                 if past is None:
                     raise
-                # Older than the online store keeps: the lake's time travel (Parquet reads:
-                # off the event loop).
+                # Older than the online store keeps, or a store being rebuilt (it holds part
+                # of the history): the lake's time travel (Parquet reads: off the event loop).
                 inputs = await run_in_threadpool(
                     lambda: past().feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                                   body.user_agent, domain=body.domain))
@@ -417,7 +421,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             # requests are not held behind them. The online store's "now" is one key: inline.
             row = (await run_in_threadpool(reader, user_id, t) if as_of is not None or lake_source
                    else reader(user_id, t))
-        except NoSnapshots as exc:
+        except (NoSnapshots, Rebuilding) as exc:
             raise fail(503, str(exc), "features_unavailable") from None
         except (SnapshotUnavailable, BeforeHorizon) as exc:
             raise fail(404, str(exc), "snapshot_unavailable") from None
@@ -438,12 +442,15 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         """200 when a model is loaded and the feature source can be read, 503 otherwise (no
         token needed: for load balancers and orchestrators, which then restart the server)."""
         m = model.current
-        unreadable = source_error()
+        unreadable, notice = source_error(), None
+        if unreadable is not None and unreadable.startswith(_REBUILDING) and past is not None:
+            # predictions go on from the lake meanwhile: ready, and says so
+            unreadable, notice = None, f"{unreadable}: predictions use the lake's features"
         ok = m is not None and unreadable is None
         body = HealthOut(status="ok" if ok else "unavailable",
                          model=_model_out(m) if m else None, source=source_kind,
                          features_as_of=watermark_iso(), model_error=model.last_error,
-                         source_error=unreadable)
+                         source_error=unreadable, source_notice=notice)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     def source_error() -> str | None:
@@ -454,6 +461,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             source.check_layout()
         except StaleLayout as exc:
             return str(exc)
+        except Rebuilding as exc:
+            return f"{_REBUILDING}{exc}"
         if source_kind == "lake" and source.watermark_ms() is None:
             return ("the lake has no user profile snapshot and segment profile of a common hour "
                     "yet: materialize user_profiles and segment_profiles")

@@ -157,6 +157,8 @@ class HealthOut(BaseModel):
     features_as_of: str | None
     model_error: str | None = None
     source_error: str | None = None  # the feature source cannot be read (e.g. a newer layout)
+    # the source answers from a fallback: the lake's, while the online store is rebuilt
+    source_notice: str | None = None
 
 
 class CampaignCounts(BaseModel):

@@ -18,7 +18,7 @@ from clicklake.platform.features import INPUT_COLUMNS
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_head
 from clicklake.platform.online import user_state as us
-from clicklake.platform.online.fold import DEFAULT_RULES, HEAD, USER, horizon_ms
+from clicklake.platform.online.fold import DEFAULT_RULES, HEAD, USER, horizon_ms, seed_mark
 from clicklake.platform.online.state import StateStore
 from clicklake.platform.raw import Rules
 from clicklake.platform.timeutil import HOUR_MS, iso
@@ -31,21 +31,37 @@ class BeforeHorizon(LookupError):
     """The instant is older than the online state keeps: ask the lake's lookup table."""
 
 
+class Rebuilding(LookupError):
+    """The online store is being rebuilt, or its rebuild died (`fold.seed_mark` unfinished): it
+    holds only part of the history, so its answers would be wrong; ask the lake meanwhile."""
+
+
 class OnlineFeatures:
     """Reads over a `StateStore` (SQLite file or DynamoDB table). Cheap to create."""
 
     def __init__(self, state: StateStore, rules: Rules = DEFAULT_RULES):
         self.state, self.rules = state, rules
         self._layout_due = 0.0  # time.monotonic() of the next layout check
+        self._rebuilding: str | None = None
 
     def check_layout(self) -> None:
         """Raise `StaleLayout` once a writer of a newer clicklake has recorded its documents'
         layout: a server started before it cannot read them (it would fail on them, or misread
-        them). A read checks at most every `LAYOUT_CHECK_S` seconds (one small key read)."""
+        them); `Rebuilding` while the store is being rebuilt. A read checks at most every
+        `LAYOUT_CHECK_S` seconds (two small key reads)."""
         now = time.monotonic()
         if now >= self._layout_due:
             self.state.check_readable()
+            mark = seed_mark(self.state)
+            self._rebuilding = None if mark is None or mark["done"] else (
+                "the online store is being rebuilt "
+                + ("from every landing file" if mark.get("p") is None else
+                   f"from the user_profiles snapshot of {iso(mark['p'])}")
+                + " (or that rebuild died: the next serving_lookup run redoes it); it holds "
+                "part of the history until then")
             self._layout_due = now + LAYOUT_CHECK_S
+        if self._rebuilding is not None:
+            raise Rebuilding(self._rebuilding)
 
     def watermark_ms(self) -> int | None:
         """Max arrival (key time) of the landing files folded so far."""
