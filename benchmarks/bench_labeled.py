@@ -360,7 +360,7 @@ FROM cum q LEFT JOIN labeled lb ON lb.impression_id = q.id
 WHERE q.i = 1 AND q.t < $end_ms
 """
 # The running totals per (user, instant) joined back with ASOF, the query of earlier rounds:
-# the same answers, 1.3-1.4x the time of the window above (kept to show the baseline moved).
+# the same answers, 1.4-1.7x the time of the window above (kept to show the baseline moved).
 DUCKDB_SQL_ASOF = """
 WITH imp AS (SELECT impression_id, ts, user_id, campaign_id
              FROM read_parquet($imp_glob, hive_partitioning = false)),

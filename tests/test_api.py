@@ -661,11 +661,15 @@ def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):
     with TestClient(lake_app(lake, source=online)) as c, TestClient(lake_app(lake)) as by_lake:
         out = c.post("/v1/predict", json=body)
         assert out.status_code == 200, out.text
-        assert out.json()["probability"] == by_lake.post("/v1/predict", json=body).json()[
-            "probability"]
+        lake_answer = by_lake.post("/v1/predict", json=body).json()
+        assert out.json()["probability"] == lake_answer["probability"]
+        # as of the lake's watermark, whose features these are (not the store's)
+        assert out.json()["features_as_of"] == lake_answer["features_as_of"]
+        assert out.json()["features_as_of"] != iso(online.watermark_ms())
         health = c.get("/healthz")
         assert health.status_code == 200 and health.json()["source_error"] is None
         assert "being rebuilt from every landing file" in health.json()["source_notice"]
+        assert health.json()["features_as_of"] == lake_answer["features_as_of"]
         profile = c.get(f"/v1/users/{row['user_id']}/profile")
         assert (profile.status_code, profile.json()["code"]) == (503, "features_unavailable")
     alone = create_app(online, ModelSlot(lake))  # no lake to fall back on
@@ -682,3 +686,22 @@ def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):
         now = {k: v for k, v in body.items() if k != "ts"}  # the store's horizon has moved on
         assert c.post("/v1/predict", json=now).status_code == 200
         assert c.get("/healthz").json()["source_notice"] is None
+
+
+def test_a_store_being_rebuilt_over_a_lake_without_snapshots_is_not_ready(lake, tmp_path):
+    """The lake cannot answer either (no user profile snapshots): /healthz said ready, with
+    predictions "from the lake", while every prediction answered 503."""
+    from clicklake.platform.online import OnlineFeatures, SqliteState
+    from clicklake.platform.online import fold as fold_mod
+    from clicklake.platform.online.seed import REFOLD_MARK
+
+    bare = Store(str(tmp_path / "bare"))
+    shutil.copytree(os.path.join(lake.root, "lake", "models"),
+                    os.path.join(bare.root, "lake", "models"))  # a champion, no profiles
+    state = SqliteState(str(tmp_path / "online.db"))
+    state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, REFOLD_MARK))
+    with TestClient(lake_app(bare, source=OnlineFeatures(state))) as c:
+        health = c.get("/healthz")
+        assert health.status_code == 503 and "being rebuilt" in health.json()["source_error"]
+        out = c.post("/v1/predict", json={"user_id": "u1", "campaign_id": "c1"})
+        assert (out.status_code, out.json()["code"]) == (503, "features_unavailable")

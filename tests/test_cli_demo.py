@@ -59,3 +59,20 @@ def test_sample_requests_of_impressions_without_context(monkeypatch):
     first = requests[0][1]
     assert (first["user_id"], first["cost"]) == ("u2", 0.5)
     assert not {"ip", "domain"} & set(first) and "user_agent" not in requests[2][1]
+
+
+def test_skip_generate_checks_the_landing_zone_before_deleting_the_lake(tmp_path):
+    from clicklake.platform.simulate import generate
+    from clicklake.platform.storage import Store
+    from clicklake.platform.timeutil import parse_instant
+
+    generate(Store(str(tmp_path)), start_ms=parse_instant("2026-11-24T00:00:00Z"), hours=2,
+             users=20, seed=1)
+    marker = tmp_path / "lake" / "marker"
+    marker.parent.mkdir()
+    marker.write_text("an earlier build")
+    result = CliRunner().invoke(main, ["demo", "--root", str(tmp_path), "--skip-generate",
+                                       "--no-serve"])
+    assert result.exit_code == 2 and "needs at least 3" in result.output, result.output
+    assert marker.exists()
+

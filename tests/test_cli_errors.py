@@ -83,3 +83,35 @@ def test_generate_refuses_bad_options(places, args, message):
     result = _invoke(["generate", "--root", str(places / "g"), "--hours", "1", "--users", "5",
                       *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("limit", ["1G", "512MB", "2.5GB", "512MiB", "50%", "100000000B"])
+def test_import_takes_the_memory_limits_duckdb_takes(places, limit):
+    result = _invoke(["import", str(places / "log.csv"), "--time", "when", "--user", "user",
+                      "--campaign", "campaign", "--no-progress", "--root", str(places / "imp"),
+                      "--memory-limit", limit])
+    assert result.exit_code == 0, result.output
+
+
+def test_import_says_when_the_memory_limit_is_too_small(places):
+    result = _invoke(["import", str(places / "log.csv"), "--time", "when", "--user", "user",
+                      "--campaign", "campaign", "--no-progress", "--root", str(places / "imp"),
+                      "--memory-limit", "1000000B"])
+    assert result.exit_code == 1 and "needs more than --memory-limit 1000000B" in result.output
+
+
+def test_import_takes_back_the_source_name_it_made(places):
+    """The default source keeps a file name's letters, of any script: passing it back (to
+    replace that import) must be accepted."""
+    log = places / "données.csv"
+    log.write_text((places / "log.csv").read_text())
+    args = ["import", str(log), "--time", "when", "--user", "user", "--campaign", "campaign",
+            "--no-progress", "--root", str(places / "imp"), "--json"]
+    first = _invoke(args)
+    assert first.exit_code == 0, first.output
+    import json
+
+    source = json.loads(first.output)["source"]
+    assert source.startswith("données-")
+    again = _invoke([*args, "--source", source])
+    assert again.exit_code == 0, again.output

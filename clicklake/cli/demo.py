@@ -97,9 +97,9 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
         summary = generate(Store(root), start_ms=start_ms, hours=hours, users=users, seed=seed)
         click.echo(f"  {summary.to_dict()['events']} in {time.perf_counter() - t0:.1f} s")
     else:
-        shutil.rmtree(os.path.join(root, "lake"), ignore_errors=True)
-        start_ms, hours = _landing_hours(Store(root))
+        start_ms, hours = _landing_hours(Store(root))  # checked before anything is deleted
         _checked_hours(start_ms, hours, f"the landing zone under {root}")
+        shutil.rmtree(os.path.join(root, "lake"), ignore_errors=True)
         click.echo(f"Using the landing zone under {root}: {hours} h from {iso(start_ms)}")
 
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None

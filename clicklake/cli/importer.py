@@ -6,6 +6,7 @@ import re
 import sys
 
 import click
+import duckdb
 import orjson
 
 from clicklake.cli.params import CONTEXT, FiniteFloat, check_root, parse_start
@@ -73,8 +74,8 @@ def _tqdm(desc: str, total: int, unit: str):
 @click.option("--tmp-dir", type=click.Path(file_okay=False, exists=True),
               help="Scratch folder for the sort (an existing one).")
 @click.option("--memory-limit", default="512MB", show_default=True,
-              help="Memory cap of the external sort (DuckDB): a number and a unit, e.g. 512MB, "
-              "2GiB.")
+              help="Memory cap of the external sort (DuckDB): a size such as 512MB, 1G or 2GiB, "
+              "or a share of RAM such as 50%.")
 @click.option("--show-rejects", default=20, show_default=True,
               help="How many bad rows to print.")
 @click.option("--progress/--no-progress", default=None,
@@ -129,7 +130,8 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
         raise click.BadParameter(f"{source!r}: letters, digits, '.', '_' and '-' only, not "
                                  "starting with '.'", param_hint="--source")
     if not _MEMORY.fullmatch(memory_limit.strip()):
-        raise click.BadParameter(f"{memory_limit!r} is not a size such as 512MB or 2GiB",
+        raise click.BadParameter(f"{memory_limit!r} is not a size such as 512MB, 1G or 2GiB, "
+                                 "nor a share such as 50%",
                                  param_hint="--memory-limit")
     check_root(root)
     store = Store(root, S3Options(endpoint_url=s3_endpoint_url))
@@ -143,6 +145,9 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the root cannot be written (an unreachable S3 endpoint, say)
         raise click.ClickException(f"cannot write under {store.uri('')}: {exc}") from None
+    except duckdb.OutOfMemoryException as exc:
+        raise click.ClickException(f"the external sort needs more than --memory-limit "
+                                   f"{memory_limit}: {str(exc).splitlines()[0]}") from None
     if as_json:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -188,6 +193,9 @@ def _print_summary(r, store: Store) -> None:
             echo(f"  {rec['table']} line {rec['line']}: {rec['reason']}: {rec['detail']}")
 
 
-_SOURCE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-_MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B)", re.IGNORECASE)
+# Letters and digits of any script (the default source keeps a file name's), '_', '-', '.'
+# but first: no path of its own.
+_SOURCE = re.compile(r"[\w-][\w.-]*")
+# What DuckDB's memory_limit takes: a size (1G, 512MB, 2GiB, 1000000B) or a share of RAM.
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B?|B|%)", re.IGNORECASE)
 import_log = import_log_cmd  # the name the command registry points at

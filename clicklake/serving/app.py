@@ -300,6 +300,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if loaded is None:
             raise fail(503, "no model is deployed yet (materialize deployed_model)", "no_model")
         ts = body.ts_ms()
+        features_as_of = None  # the source's watermark, unless the lake answered for it
         try:
             try:
                 if lake_source:  # Parquet reads (ms; S3: more) unless memoised: off the loop
@@ -309,7 +310,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                 else:  # memory or one key read: shorter than the hop to the thread pool
                     inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                                    body.user_agent, domain=body.domain)
-            except (BeforeHorizon, Rebuilding):
+            except (BeforeHorizon, Rebuilding) as exc:
                 if past is None:
                     raise
                 # Older than the online store keeps, or a store being rebuilt (it holds part
@@ -317,6 +318,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                 inputs = await run_in_threadpool(
                     lambda: past().feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                                   body.user_agent, domain=body.domain))
+                if isinstance(exc, Rebuilding):  # "now" is the lake's watermark, not the store's
+                    wm = await run_in_threadpool(lambda: past().watermark_ms())
+                    features_as_of = "none" if wm is None else iso(wm)
         except NoSnapshots as exc:  # the lake's fault, not the request's
             raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
                        ) from None
@@ -355,7 +359,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             "cost": body.cost, "model": {"id": loaded.model_id,
                                          "promoted_at": loaded.promoted_at,
                                          "backend": loaded.backend},
-            "ts": iso(ts), "features_as_of": watermark_iso(),
+            "ts": iso(ts), "features_as_of": (watermark_iso() if features_as_of is None else
+                                              None if features_as_of == "none" else features_as_of),
             "latency_ms": round((time.perf_counter() - start) * 1000, 3)})
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(require_token)],
@@ -442,14 +447,16 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         """200 when a model is loaded and the feature source can be read, 503 otherwise (no
         token needed: for load balancers and orchestrators, which then restart the server)."""
         m = model.current
-        unreadable, notice = source_error(), None
+        unreadable, notice, as_of = source_error(), None, watermark_iso()
         if unreadable is not None and unreadable.startswith(_REBUILDING) and past is not None:
-            # predictions go on from the lake meanwhile: ready, and says so
-            unreadable, notice = None, f"{unreadable}: predictions use the lake's features"
+            lake_wm = await run_in_threadpool(lambda: past().watermark_ms())
+            if lake_wm is not None:  # predictions go on from the lake meanwhile: ready
+                notice = f"{unreadable}: predictions use the lake's features"
+                unreadable, as_of = None, iso(lake_wm)
         ok = m is not None and unreadable is None
         body = HealthOut(status="ok" if ok else "unavailable",
                          model=_model_out(m) if m else None, source=source_kind,
-                         features_as_of=watermark_iso(), model_error=model.last_error,
+                         features_as_of=as_of, model_error=model.last_error,
                          source_error=unreadable, source_notice=notice)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
