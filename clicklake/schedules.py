@@ -40,5 +40,6 @@ hourly_automation = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=60,
     description="Builds each hour's tiles, snapshots and segment profiles once its raw partitions "
     "are built, and each labeled hour and its prediction outcomes once the next hour's are: "
-    f"inputs complete, their blocking checks passed, within the last {CATCH_UP}.",
+    f"inputs complete, within the last {CATCH_UP} (a run refuses an input hour that failed its "
+    "blocking checks).",
 )

@@ -109,6 +109,47 @@ def test_the_chain_follows_the_schedule_and_stops_at_a_failed_check(tmp_path, no
                               resources=resources, instance=instance).success
 
 
+def test_a_labeled_hour_refuses_a_failed_predictions_hour_it_reads(tmp_path, monkeypatch):
+    """Labeled hours read a day of raw predictions for the latest scores: a predictions hour
+    failing `score_in_unit_interval` is refused, as impressions and clicks are."""
+    now_hour = int(datetime.now(UTC).timestamp() * 1000) // HOUR_MS * HOUR_MS
+    h = now_hour - 5 * HOUR_MS
+    lake = LakeResource(root=str(tmp_path))
+    generate(lake.store(), start_ms=h, hours=2, users=120, seed=11)
+    resources = {"lake": lake}
+    key = hour_partition_key
+    with dg.instance_for_test() as instance:
+        tags = {"dagster/asset_partition_range_start": key(h),
+                "dagster/asset_partition_range_end": key(h + HOUR_MS)}
+        assert dg.materialize(raw_assets, tags=tags, resources=resources,
+                              instance=instance).success
+        real = raw_mod.build_raw_partition
+
+        def a_score_above_one(*args, **kwargs):
+            part = real(*args, **kwargs)
+            if args[1] == "predictions":
+                scores = part.table["score"].to_pylist()
+                scores[0] = 1.5
+                part.table = part.table.set_column(
+                    part.table.schema.get_field_index("score"), "score",
+                    pa.array(scores, part.table.schema.field("score").type))
+            return part
+
+        monkeypatch.setattr(raw_mod, "build_raw_partition", a_score_above_one)
+        raw_predictions = next(a for a in raw_assets if a.key.path == ["raw_predictions"])
+        run = dg.materialize([raw_predictions], partition_key=key(h), resources=resources,
+                             instance=instance, raise_on_error=False)
+        monkeypatch.setattr(raw_mod, "build_raw_partition", real)
+        assert not run.success
+        labeled = next(a for a in labeled_assets if a.key.path == ["labeled_impressions"])
+        run = dg.materialize([labeled], partition_key=key(h), resources=resources,
+                             instance=instance, raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        assert (f"raw_predictions {key(h)} failed its blocking checks (score_in_unit_interval)"
+                in str(failure.event_specific_data.error)), failure
+
+
 def test_the_definitions_evaluate_the_hourly_chain_with_their_own_sensor():
     from clicklake.definitions import defs
 

@@ -13,7 +13,12 @@ import pyarrow as pa
 from pydantic import Field
 
 from clicklake.assets.automation import when_inputs_complete
-from clicklake.assets.checks import HourOutcome, check_over_hours, failed_checks
+from clicklake.assets.checks import (
+    HourOutcome,
+    check_over_hours,
+    failed_checks,
+    require_inputs_passed,
+)
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     independent_hours_policy,
@@ -21,6 +26,7 @@ from clicklake.assets.partitions import (
     run_hours,
 )
 from clicklake.assets.raw import landing_window
+from clicklake.platform.features import PREDICTION_MAX_AGE_MS
 from clicklake.platform.labeled import build_labeled_hours, labeled_key
 from clicklake.platform.labeled_quality import LABELED_CHECKS, labeled_check_specs
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
@@ -149,8 +155,15 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     completeness: dict[int, dict] = {}
     known: dict = {}  # raw materialization records looked up, shared by the range's hours
 
+    known_predictions: dict = {}
+
     def ready(hour: int) -> None:
         completeness[hour] = require_next_hour_complete(context, hour, known)
+        # the latest scores read a day of raw predictions: none of them a failed hour
+        require_inputs_passed(context, f"labeled_impressions {hour_partition_key(hour)}",
+                              [("raw_predictions", h) for h in range(
+                                  hour - PREDICTION_MAX_AGE_MS, hour + HOUR_MS, HOUR_MS)],
+                              known_predictions)
 
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix, ready=ready)
     for hour in hours:

@@ -13,6 +13,8 @@ credentials only from the standard boto3 chain.
 | `CLICKLAKE_ROOT` | the lake and landing root: a folder, or `s3://bucket/prefix` on AWS |
 | `CLICKLAKE_SAGEMAKER_ROLE_ARN` | the SageMaker execution role (training and endpoint) |
 | `CLICKLAKE_TRAINING_INSTANCE_TYPE` | default `ml.m5.xlarge` |
+| `CLICKLAKE_TRAINING_JOB_PREFIX` | training job names start with it, default `clicklake-xgb` |
+| `CLICKLAKE_LANDING_PREFIX`, `CLICKLAKE_LAKE_PREFIX` | prefixes below the root, defaults `landing`, `lake` (the template's `LandingPrefix`, `LakePrefix`) |
 | `CLICKLAKE_ENDPOINT_NAME`, `CLICKLAKE_ENDPOINT_INSTANCE_TYPE` | defaults `clicklake-ctr`, `ml.m5.large` |
 | `CLICKLAKE_DYNAMODB_TABLE` | the online store's table, default `clicklake-online` |
 | `CLICKLAKE_ONLINE_DB` | (local) the SQLite file of the online store, default `data/online/online.db` |
