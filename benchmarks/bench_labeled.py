@@ -329,6 +329,21 @@ def phase_minimal_ours_2proc(root: str, meta: dict, out_dir: str) -> dict:
                           [os.path.join(out_dir, f"minimal_2proc_{i}.parquet") for i in (0, 1)])
 
 
+# The label, shared by both queries: a click names its impression, else the latest earlier one
+# of the user x campaign; an impression is labeled by a click within the window after it.
+_LABEL_SQL = """last_imp AS (SELECT user_id, campaign_id, ts, max(impression_id) AS impression_id
+             FROM imp GROUP BY ALL),
+anon AS (SELECT c.click_id, c.ts, l.impression_id
+         FROM (SELECT * FROM clk WHERE impression_id IS NULL) c
+         ASOF JOIN last_imp l
+           ON c.user_id = l.user_id AND c.campaign_id = l.campaign_id AND c.ts > l.ts),
+attributed AS (SELECT DISTINCT click_id, ts, impression_id FROM (
+                 SELECT click_id, ts, impression_id FROM clk WHERE impression_id IS NOT NULL
+                 UNION ALL SELECT click_id, ts, impression_id FROM anon)),
+labeled AS (SELECT DISTINCT i.impression_id
+            FROM imp i JOIN attributed a ON a.impression_id = i.impression_id
+            WHERE a.ts > i.ts AND a.ts <= i.ts + to_milliseconds($window))
+"""
 DUCKDB_SQL = """
 WITH imp AS (SELECT impression_id, ts, user_id, campaign_id
              FROM read_parquet($imp_glob, hive_partitioning = false)),
@@ -341,24 +356,11 @@ ev AS (SELECT user_id, epoch_ms(ts) AS t, 1 AS i, 0 AS c, impression_id AS id FR
 cum AS (SELECT id, t, i, sum(i) OVER w AS n_imp, sum(c) OVER w AS n_clk FROM ev
         WINDOW w AS (PARTITION BY user_id ORDER BY t
                      RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
--- attribution: a click names its impression, else the latest earlier one of user x campaign
-last_imp AS (SELECT user_id, campaign_id, ts, max(impression_id) AS impression_id
-             FROM imp GROUP BY ALL),
-anon AS (SELECT c.click_id, c.ts, l.impression_id
-         FROM (SELECT * FROM clk WHERE impression_id IS NULL) c
-         ASOF JOIN last_imp l
-           ON c.user_id = l.user_id AND c.campaign_id = l.campaign_id AND c.ts > l.ts),
-attributed AS (SELECT DISTINCT click_id, ts, impression_id FROM (
-                 SELECT click_id, ts, impression_id FROM clk WHERE impression_id IS NOT NULL
-                 UNION ALL SELECT click_id, ts, impression_id FROM anon)),
-labeled AS (SELECT DISTINCT i.impression_id
-            FROM imp i JOIN attributed a ON a.impression_id = i.impression_id
-            WHERE a.ts > i.ts AND a.ts <= i.ts + to_milliseconds($window))
-SELECT q.id AS impression_id, coalesce(q.n_imp, 0) AS n_imp, coalesce(q.n_clk, 0) AS n_clk,
+{labels}SELECT q.id AS impression_id, coalesce(q.n_imp, 0) AS n_imp, coalesce(q.n_clk, 0) AS n_clk,
        (lb.impression_id IS NOT NULL)::TINYINT AS label
 FROM cum q LEFT JOIN labeled lb ON lb.impression_id = q.id
 WHERE q.i = 1 AND q.t < $end_ms
-"""
+""".replace("{labels}", _LABEL_SQL)
 # The running totals per (user, instant) joined back with ASOF, the query of earlier rounds:
 # the same answers, 1.4-1.7x the time of the window above (kept to show the baseline moved).
 DUCKDB_SQL_ASOF = """
@@ -371,24 +373,12 @@ ev AS (SELECT user_id, ts, count(*) AS i, 0 AS c FROM imp GROUP BY ALL
 per_ts AS (SELECT user_id, ts, sum(i) AS i, sum(c) AS c FROM ev GROUP BY ALL),
 run AS (SELECT user_id, ts, sum(i) OVER w AS ci, sum(c) OVER w AS cc FROM per_ts
         WINDOW w AS (PARTITION BY user_id ORDER BY ts ROWS UNBOUNDED PRECEDING)),
-last_imp AS (SELECT user_id, campaign_id, ts, max(impression_id) AS impression_id
-             FROM imp GROUP BY ALL),
-anon AS (SELECT c.click_id, c.ts, l.impression_id
-         FROM (SELECT * FROM clk WHERE impression_id IS NULL) c
-         ASOF JOIN last_imp l
-           ON c.user_id = l.user_id AND c.campaign_id = l.campaign_id AND c.ts > l.ts),
-attributed AS (SELECT DISTINCT click_id, ts, impression_id FROM (
-                 SELECT click_id, ts, impression_id FROM clk WHERE impression_id IS NOT NULL
-                 UNION ALL SELECT click_id, ts, impression_id FROM anon)),
-labeled AS (SELECT DISTINCT i.impression_id
-            FROM imp i JOIN attributed a ON a.impression_id = i.impression_id
-            WHERE a.ts > i.ts AND a.ts <= i.ts + to_milliseconds($window))
-SELECT q.impression_id, coalesce(r.ci, 0) AS n_imp, coalesce(r.cc, 0) AS n_clk,
+{labels}SELECT q.impression_id, coalesce(r.ci, 0) AS n_imp, coalesce(r.cc, 0) AS n_clk,
        (lb.impression_id IS NOT NULL)::TINYINT AS label
 FROM (SELECT * FROM imp WHERE epoch_ms(ts) < $end_ms) q
 ASOF LEFT JOIN run r ON q.user_id = r.user_id AND q.ts > r.ts
 LEFT JOIN labeled lb ON lb.impression_id = q.impression_id
-"""
+""".replace("{labels}", _LABEL_SQL)
 
 
 def _duckdb(root: str, meta: dict, out_dir: str, sql: str, name: str) -> dict:

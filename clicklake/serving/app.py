@@ -300,7 +300,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if loaded is None:
             raise fail(503, "no model is deployed yet (materialize deployed_model)", "no_model")
         ts = body.ts_ms()
-        features_as_of = None  # the source's watermark, unless the lake answered for it
+        features_as_of = watermark_iso  # the source's, unless the lake answered for it
         try:
             try:
                 if lake_source:  # Parquet reads (ms; S3: more) unless memoised: off the loop
@@ -320,7 +320,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                                                   body.user_agent, domain=body.domain))
                 if isinstance(exc, Rebuilding):  # "now" is the lake's watermark, not the store's
                     wm = await run_in_threadpool(lambda: past().watermark_ms())
-                    features_as_of = "none" if wm is None else iso(wm)
+                    features_as_of = lambda: None if wm is None else iso(wm)
         except NoSnapshots as exc:  # the lake's fault, not the request's
             raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
                        ) from None
@@ -359,8 +359,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             "cost": body.cost, "model": {"id": loaded.model_id,
                                          "promoted_at": loaded.promoted_at,
                                          "backend": loaded.backend},
-            "ts": iso(ts), "features_as_of": (watermark_iso() if features_as_of is None else
-                                              None if features_as_of == "none" else features_as_of),
+            "ts": iso(ts), "features_as_of": features_as_of(),
             "latency_ms": round((time.perf_counter() - start) * 1000, 3)})
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(require_token)],
