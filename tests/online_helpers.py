@@ -21,6 +21,23 @@ def generated(folder, start_ms: int, **gen) -> Store:
     return store
 
 
+def built_lake(folder, start_ms: int, hours: int, **gen) -> Store:
+    """`generated` landing files of `hours` and the lake built from them for every one of them
+    (raw, tiles, user and segment snapshots): what a seed of the online store reads."""
+    from feature_oracle import build_lake
+
+    store = generated(folder, start_ms, hours=hours, **gen)
+    build_lake(store, [start_ms + i * 3_600_000 for i in range(hours)])
+    return store
+
+
+def folded(path: str, store: Store, files_per_commit: int = 10) -> SqliteState:
+    """A SQLite online store at `path` with every landing file of `store` folded."""
+    state = SqliteState(path)
+    fold_files(state, store, store.list("landing/"), files_per_commit=files_per_commit)
+    return state
+
+
 def close_enough(a, b) -> bool:
     """Equal answers, NaN equal to NaN; floats within 1e-9 (sums of spend added in another
     order differ in their last bits)."""

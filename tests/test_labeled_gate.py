@@ -7,6 +7,7 @@ import warnings
 
 import dagster as dg
 import pyarrow as pa
+import pytest
 
 import clicklake.assets.labeled as labeled_mod
 from clicklake.assets.labeled import labeled_hours_available, labeled_impressions
@@ -66,9 +67,18 @@ def test_a_labeled_hour_failing_a_check_is_not_trained_on(tmp_path, monkeypatch)
         assert mat.metadata["dagster/row_count"].value == rows  # hours 0 and 2, not 1
 
 
-def test_a_labeled_hour_waits_for_its_own_raw_hour_as_for_the_next(tmp_path):
-    """Labeled hour H refuses raw H as it refuses raw H+1 when that was built before its landing
-    window closed (here: built with a week of allowed lateness, so its window is still open)."""
+@pytest.mark.parametrize(("asset", "early", "named"), [
+    # Labeled hour H refuses raw H as it refuses raw H+1
+    ("labeled_impressions", ("impressions", "clicks", "predictions"), "raw_impressions"),
+    # prediction_outcomes of H read raw predictions of H: they could lack late predictions
+    ("prediction_outcomes", ("predictions",), "raw_predictions"),
+])
+def test_an_hour_waits_for_the_raw_hours_it_reads_to_be_complete(tmp_path, asset, early, named):
+    """A raw hour built before its landing window closed (here: built again with a week of
+    allowed lateness, so its window is still open) is refused by the hours reading it."""
+    from clicklake.assets.labeled import labeled_assets
+
+    target = next(a for a in labeled_assets if a.key.path == [asset])
     lake = LakeResource(root=str(tmp_path))
     generate(lake.store(), start_ms=START, hours=3, users=200, seed=5)
     keys = [hour_partition_key(START + i * HOUR_MS) for i in range(3)]
@@ -78,43 +88,16 @@ def test_a_labeled_hour_waits_for_its_own_raw_hour_as_for_the_next(tmp_path):
                 "dagster/asset_partition_range_end": keys[-1]}
         for group in (raw_assets, profile_assets):
             assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
-        assert dg.materialize([labeled_impressions], partition_key=keys[1], resources=resources,
+        assert dg.materialize([target], partition_key=keys[1], resources=resources,
                               instance=instance).success
         week = {"ops": {f"raw_{s}": {"config": {"allowed_lateness_minutes": 7 * 24 * 60}}
-                        for s in ("impressions", "clicks", "predictions")}}
-        assert dg.materialize(raw_assets, partition_key=keys[1], resources=resources,
+                        for s in early}}
+        rebuilt = [a for a in raw_assets if a.key.path[0].removeprefix("raw_") in early]
+        assert dg.materialize(rebuilt, partition_key=keys[1], resources=resources,
                               instance=instance, run_config=week).success
-        run = dg.materialize([labeled_impressions], partition_key=keys[1], resources=resources,
+        run = dg.materialize([target], partition_key=keys[1], resources=resources,
                              instance=instance, raise_on_error=False)
         assert not run.success
         failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        assert f"raw_impressions {keys[1]} was materialized at" in str(
-            failure.event_specific_data.error), failure
-
-
-def test_prediction_outcomes_wait_for_the_hours_predictions(tmp_path):
-    """prediction_outcomes of hour H read raw predictions of H: built before their landing
-    window closed they could lack late predictions, and were used anyway."""
-    from clicklake.assets.labeled import prediction_outcomes
-
-    lake = LakeResource(root=str(tmp_path))
-    generate(lake.store(), start_ms=START, hours=3, users=200, seed=5)
-    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(3)]
-    resources = {"lake": lake}
-    with dg.instance_for_test() as instance:
-        tags = {"dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1]}
-        assert dg.materialize(raw_assets, tags=tags, resources=resources,
-                              instance=instance).success
-        assert dg.materialize([prediction_outcomes], partition_key=keys[1],
-                              resources=resources, instance=instance).success
-        week = {"ops": {"raw_predictions": {"config": {"allowed_lateness_minutes": 7 * 24 * 60}}}}
-        raw_predictions = next(a for a in raw_assets if a.key.path == ["raw_predictions"])
-        assert dg.materialize([raw_predictions], partition_key=keys[1], resources=resources,
-                              instance=instance, run_config=week).success
-        run = dg.materialize([prediction_outcomes], partition_key=keys[1], resources=resources,
-                             instance=instance, raise_on_error=False)
-        assert not run.success
-        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        assert f"raw_predictions {keys[1]} was materialized at" in str(
+        assert f"{named} {keys[1]} was materialized at" in str(
             failure.event_specific_data.error), failure

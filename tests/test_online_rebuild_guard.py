@@ -12,7 +12,6 @@ import uuid
 import dagster as dg
 import orjson
 import pytest
-from feature_oracle import build_lake
 
 from clicklake.assets.serving import serving_assets
 from clicklake.platform import landing
@@ -29,7 +28,7 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, parse_instant
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
-from tests.online_helpers import close_enough, die_at, generated
+from tests.online_helpers import built_lake, close_enough, die_at, folded
 
 START = parse_instant("2026-11-20T00:00:00Z")
 HOURS = 8
@@ -37,17 +36,12 @@ HOURS = 8
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> Store:
-    store = generated(tmp_path_factory.mktemp("guard-lake"), START, hours=HOURS, users=30,
-                      seed=8, messy_scale=3.0)
-    build_lake(store, [START + i * HOUR_MS for i in range(HOURS)])
-    return store
+    return built_lake(tmp_path_factory.mktemp("guard-lake"), START, HOURS, users=30, seed=8, messy_scale=3.0)
 
 
 @pytest.fixture(scope="module")
 def full(lake, tmp_path_factory) -> SqliteState:
-    state = SqliteState(str(tmp_path_factory.mktemp("full") / "full.db"))
-    fold_files(state, lake, lake.list("landing/"), files_per_commit=10)
-    return state
+    return folded(str(tmp_path_factory.mktemp("full") / "full.db"), lake)
 
 
 def _materialize(root: str, db: str, **config) -> dict:

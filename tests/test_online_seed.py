@@ -29,7 +29,13 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
-from tests.online_helpers import close_enough, die_at, folded_in_order, generated
+from tests.online_helpers import (
+    built_lake,
+    close_enough,
+    die_at,
+    folded,
+    folded_in_order,
+)
 
 START = parse_instant("2026-11-20T00:00:00Z")
 HOURS = 30  # past the 24 h segment window and prediction look-back before the seed
@@ -38,17 +44,12 @@ MINUTE = 60_000
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> Store:
-    store = generated(tmp_path_factory.mktemp("seed-lake"), START, hours=HOURS, users=250,
-                      seed=21, messy_scale=5.0)
-    build_lake(store, [START + i * HOUR_MS for i in range(HOURS)])
-    return store
+    return built_lake(tmp_path_factory.mktemp("seed-lake"), START, HOURS, users=250, seed=21, messy_scale=5.0)
 
 
 @pytest.fixture(scope="module")
 def full(lake, tmp_path_factory) -> SqliteState:
-    state = SqliteState(str(tmp_path_factory.mktemp("full") / "full.db"))
-    fold_files(state, lake, lake.list("landing/"), files_per_commit=10)
-    return state
+    return folded(str(tmp_path_factory.mktemp("full") / "full.db"), lake)
 
 
 def _known(profile: dict | None) -> dict | None:
@@ -292,8 +293,7 @@ def test_the_asset_seeds_again_after_a_seed_that_died(lake, full, tmp_path, monk
 
 
 def test_a_seed_that_died_and_cannot_be_redone_becomes_a_full_refold(tmp_path):
-    store = generated(tmp_path / "lake", START, hours=8, users=30, seed=8, messy_scale=3.0)
-    build_lake(store, [START + i * HOUR_MS for i in range(8)])
+    store = built_lake(tmp_path / "lake", START, 8, users=30, seed=8, messy_scale=3.0)
     keys = store.list("landing/")
     p = seed_hour(store, keys)
     db = str(tmp_path / "seeded.db")
@@ -318,8 +318,7 @@ def test_without_a_snapshot_the_asset_folds_every_file(tmp_path):
 
 
 def test_a_dynamodb_store_seeds_to_the_same_state(moto_endpoint, tmp_path):
-    store = generated(tmp_path / "lake", START, hours=8, users=30, seed=8, messy_scale=3.0)
-    build_lake(store, [START + i * HOUR_MS for i in range(8)])
+    store = built_lake(tmp_path / "lake", START, 8, users=30, seed=8, messy_scale=3.0)
     keys = store.list("landing/")
     p = seed_hour(store, keys)
     dynamo = DynamoDbOnlineStore(table_name=f"online-{uuid.uuid4().hex[:8]}",

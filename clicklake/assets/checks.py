@@ -31,23 +31,33 @@ def failed_checks(record: dg.EventLogRecord | None) -> str | None:
     return None if text in (None, "", "none") else text
 
 
+def latest_materialization(context: dg.AssetExecutionContext, asset: str, hour: int,
+                           known: dict) -> dg.EventLogRecord | None:
+    """The latest materialization of `asset`'s hour (None: never), looked up once per run:
+    `known` keeps them by (asset, hour) (a labeled hour's next hour is the next one's own)."""
+    if (asset, hour) not in known:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                                  asset_partitions=[hour_partition_key(hour)]), limit=1).records
+        known[(asset, hour)] = records[0] if records else None
+    return known[(asset, hour)]
+
+
+def require_passed(record: dg.EventLogRecord | None, asset: str, hour: int, what: str) -> None:
+    """dg.Failure when the materialization `record` of `asset`'s hour failed its checks."""
+    if failed := failed_checks(record):
+        raise dg.Failure(f"{asset} {hour_partition_key(hour)} failed its blocking checks "
+                         f"({failed}): {what} is not built on it; fix its landing data "
+                         "and rematerialize it first")
+
+
 def require_inputs_passed(context: dg.AssetExecutionContext, what: str,
                           inputs: list[tuple[str, int]], known: dict | None = None) -> None:
     """dg.Failure when the latest materialization of an input (asset, hour) failed its
-    blocking checks. `known`: materialization records by (asset, hour), looked up and kept."""
+    blocking checks. `known`: as `latest_materialization` takes it."""
     known = {} if known is None else known
     for asset, hour in inputs:
-        if (asset, hour) not in known:
-            known[(asset, hour)] = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
-                                      asset_partitions=[hour_partition_key(hour)]),
-                limit=1).records
-        records = known[(asset, hour)]
-        failed = failed_checks(records[0] if records else None)
-        if failed:
-            raise dg.Failure(f"{asset} {hour_partition_key(hour)} failed its blocking checks "
-                             f"({failed}): {what} is not built on it; fix its landing data "
-                             "and rematerialize it first")
+        require_passed(latest_materialization(context, asset, hour, known), asset, hour, what)
 
 
 @dataclass(frozen=True)

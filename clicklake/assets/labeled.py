@@ -16,8 +16,9 @@ from clicklake.assets.automation import when_inputs_complete
 from clicklake.assets.checks import (
     HourOutcome,
     check_over_hours,
-    failed_checks,
+    latest_materialization,
     require_inputs_passed,
+    require_passed,
 )
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
@@ -85,19 +86,11 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
     hours += [(stream, hour_ms, "") for stream in this_hour_also]
     for stream, hour, label in hours:
         partition = hour_partition_key(hour)
-        if (stream, hour) not in known:
-            known[(stream, hour)] = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{stream}"),
-                                      asset_partitions=[partition]), limit=1).records
-        records = known[(stream, hour)]
-        if not records:
+        record = latest_materialization(context, f"raw_{stream}", hour, known)
+        if record is None:
             raise dg.Failure(f"raw_{stream} {partition} is not materialized yet: hour "
                              f"{hour_partition_key(hour_ms)} cannot be labeled before it")
-        record = records[0]
-        if failed := failed_checks(record):
-            raise dg.Failure(f"raw_{stream} {partition} failed its blocking checks ({failed}): "
-                             f"hour {hour_partition_key(hour_ms)} is not built on it; fix its "
-                             "landing data and rematerialize it first")
+        require_passed(record, f"raw_{stream}", hour, f"hour {hour_partition_key(hour_ms)}")
         _, closes = landing_window(record, hour)
         if record.timestamp < closes:
             raise dg.Failure(
@@ -153,9 +146,7 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     # it checks an hour's next hour is complete (`ready`) before reading anything of either,
     # and a failed check fails the run at that hour, the hours before it written.
     completeness: dict[int, dict] = {}
-    known: dict = {}  # raw materialization records looked up, shared by the range's hours
-
-    known_predictions: dict = {}
+    known: dict = {}  # raw materialization records by (asset, hour), shared by the range's hours
 
     def ready(hour: int) -> None:
         completeness[hour] = require_next_hour_complete(context, hour, known)
@@ -163,7 +154,7 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
         require_inputs_passed(context, f"labeled_impressions {hour_partition_key(hour)}",
                               [("raw_predictions", h) for h in range(
                                   hour - PREDICTION_MAX_AGE_MS, hour + HOUR_MS, HOUR_MS)],
-                              known_predictions)
+                              known)
 
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix, ready=ready)
     for hour in hours:

@@ -10,9 +10,7 @@ import click
 from clicklake.cli.params import CONTEXT
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import iso, parse_bounded_instant
-
-MAX_FUTURE_MS = 5 * 60_000  # as the REST API: clock skew between the caller and the lake
+from clicklake.platform.timeutil import MAX_CLOCK_SKEW_MS, iso, parse_bounded_instant
 
 
 def _plain(value):
@@ -34,7 +32,7 @@ def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: b
     """Print USER's profile as of an instant: events with ts < T only."""
     now = int(time.time() * 1000)
     try:  # the REST API's bounds: a far-off instant walked the lake an hour at a time
-        t = parse_bounded_instant(as_of, MAX_FUTURE_MS, now) if as_of else now
+        t = parse_bounded_instant(as_of, MAX_CLOCK_SKEW_MS, now) if as_of else now
     except ValueError as exc:
         raise click.BadParameter(f"{as_of!r}: {exc}", param_hint="--as-of") from None
     table = LookupTable(Store(root), lake_prefix)

@@ -49,19 +49,19 @@ def check_root(root: str, option: str = "--root") -> None:
 def parse_start(text: str, option: str = "--start", whole_hour: bool = True) -> int:
     """An instant from ISO-8601 or epoch ms, between 2000 and 2100 (further off, the calendar
     functions overflow), a whole UTC hour unless not `whole_hour`."""
-    from clicklake.platform.timeutil import HOUR_MS, iso, parse_instant
+    from clicklake.platform.timeutil import HOUR_MS, MIN_INSTANT_MS, iso, parse_instant
 
     try:
         ms = parse_instant(text)
     except (ValueError, OverflowError, OSError):
         raise click.BadParameter(f"{text!r} is not an ISO-8601 instant or epoch ms",
                                  param_hint=option) from None
-    if not _YEAR_2000_MS <= ms < _YEAR_2100_MS:
+    if not MIN_INSTANT_MS <= ms < _YEAR_2100_MS:
         raise click.BadParameter(f"{text!r} is not between 2000 and 2100", param_hint=option)
     if whole_hour and ms % HOUR_MS:
         raise click.BadParameter(f"{iso(ms)} is not a whole UTC hour", param_hint=option)
     return ms
 
 
-_YEAR_2000_MS, _YEAR_2100_MS = 946_684_800_000, 4_102_444_800_000
+_YEAR_2100_MS = 4_102_444_800_000
 

@@ -36,6 +36,7 @@ def parse_instant(text: str) -> int:
 
 
 MIN_INSTANT_MS = 946_684_800_000  # 2000-01-01: older instants are certainly a unit mistake
+MAX_CLOCK_SKEW_MS = 5 * 60_000  # how far ahead of this clock a caller's instant may be
 
 
 def parse_bounded_instant(text: str, max_future_ms: int, now_ms: int) -> int:
@@ -47,6 +48,11 @@ def parse_bounded_instant(text: str, max_future_ms: int, now_ms: int) -> int:
         ms = parse_instant(text)
     except (ValueError, OverflowError, OSError):
         raise ValueError("neither ISO-8601 nor epoch milliseconds") from None
+    return bounded_instant(ms, max_future_ms, now_ms)
+
+
+def bounded_instant(ms: int, max_future_ms: int, now_ms: int) -> int:
+    """`ms` when from 2000-01-01 to `max_future_ms` after `now_ms`; ValueError otherwise."""
     if ms < MIN_INSTANT_MS:
         raise ValueError("before 2000-01-01 (epoch milliseconds expected, not seconds?)")
     if ms > now_ms + max_future_ms:

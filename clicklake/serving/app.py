@@ -76,9 +76,6 @@ def _model_out(m: LoadedModel) -> ModelOut:
     return ModelOut(id=m.model_id, promoted_at=m.promoted_at, backend=m.backend)
 
 
-_REBUILDING = "rebuilding: "  # source_error's prefix for a store being rebuilt
-
-
 def _plain(key: str, value):
     """JSON-ready profile values: instants as ISO-8601, numpy scalars as Python numbers."""
     if key.endswith("_ts"):
@@ -446,8 +443,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         """200 when a model is loaded and the feature source can be read, 503 otherwise (no
         token needed: for load balancers and orchestrators, which then restart the server)."""
         m = model.current
-        unreadable, notice, as_of = source_error(), None, watermark_iso()
-        if unreadable is not None and unreadable.startswith(_REBUILDING) and past is not None:
+        (unreadable, rebuilding), notice, as_of = source_error(), None, watermark_iso()
+        if rebuilding and past is not None:
             lake_wm = await run_in_threadpool(lambda: past().watermark_ms())
             if lake_wm is not None:  # predictions go on from the lake meanwhile: ready
                 notice = f"{unreadable}: predictions use the lake's features"
@@ -459,20 +456,20 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                          source_error=unreadable, source_notice=notice)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    def source_error() -> str | None:
-        """Why the feature source cannot answer: an online store a newer clicklake has written
-        since the server started (`OnlineFeatures.check_layout`), a lake without profiles yet;
-        None when it can."""
+    def source_error() -> tuple[str | None, bool]:
+        """Why the feature source cannot answer (None when it can): an online store a newer
+        clicklake has written since the server started (`OnlineFeatures.check_layout`), one
+        being rebuilt (then True: the lake may answer instead), a lake without profiles yet."""
         try:
             source.check_layout()
         except StaleLayout as exc:
-            return str(exc)
+            return str(exc), False
         except Rebuilding as exc:
-            return f"{_REBUILDING}{exc}"
+            return f"rebuilding: {exc}", True
         if source_kind == "lake" and source.watermark_ms() is None:
             return ("the lake has no user profile snapshot and segment profile of a common hour "
-                    "yet: materialize user_profiles and segment_profiles")
-        return None
+                    "yet: materialize user_profiles and segment_profiles"), False
+        return None, False
 
     @app.get("/metrics", dependencies=[Depends(require_token)], response_class=Response,
              summary="Prometheus metrics")

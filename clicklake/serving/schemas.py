@@ -15,10 +15,13 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from clicklake.platform.timeutil import MIN_INSTANT_MS, parse_bounded_instant
+from clicklake.platform.timeutil import (
+    MAX_CLOCK_SKEW_MS,
+    bounded_instant,
+    parse_bounded_instant,
+)
 
-MIN_TS_MS = MIN_INSTANT_MS
-MAX_FUTURE_MS = 5 * 60_000  # clock skew tolerated between the caller and this server
+MAX_FUTURE_MS = MAX_CLOCK_SKEW_MS  # clock skew tolerated between the caller and this server
 
 # No control characters (C0, DEL, C1), line or paragraph separators, bidirectional overrides or
 # byte order marks: ids end up in logs and in messages, where they could forge or hide text.
@@ -54,11 +57,7 @@ def parse_ts(value: int | str, max_future_ms: int = MAX_FUTURE_MS) -> int:
     """Epoch ms from an int or a string (ISO-8601 or digits); ValueError with a message."""
     if isinstance(value, str):
         return parse_bounded_instant(value, max_future_ms, now_ms())
-    if value < MIN_TS_MS:
-        raise ValueError("before 2000-01-01 (epoch milliseconds expected, not seconds?)")
-    if value > now_ms() + max_future_ms:
-        raise ValueError("in the future")
-    return value
+    return bounded_instant(value, max_future_ms, now_ms())
 
 
 class PredictRequest(BaseModel):

@@ -90,10 +90,9 @@ def seed_mark(state: StateStore) -> dict | None:
     return None if raw is None else orjson.loads(raw)
 
 
-def _seed_start(state: StateStore, seeding: bool = False) -> int | None:
-    """Where a seeded state's folds start (None: a state not seeded); `IncompleteSeed` when its
-    rebuild did not finish, unless this is that rebuild's own fold."""
-    mark = seed_mark(state)
+def _seed_start(mark: dict | None, seeding: bool = False) -> int | None:
+    """Where the folds of a state with `seed_mark` `mark` start (None: a state not seeded);
+    `IncompleteSeed` when its rebuild did not finish, unless this is that rebuild's own fold."""
     if mark is None:
         return None
     if not mark["done"] and not seeding:
@@ -587,11 +586,11 @@ def fold_rows(state: StateStore, stream: str, rows: list[tuple], file_key: str, 
     q = Counter(quarantined or {})
     parsed = ParsedFile(stream, list(rows), len(rows) + sum(q.values()) if lines is None
                         else lines, q)
-    since = _seed_start(state)
+    mark = seed_mark(state)
+    since = _seed_start(mark)
     if since is not None:
         _since(parsed, since, arrival_ms, rules)
-    records = fold_batch(state, [LandedFile(file_key, arrival_ms, parsed)], rules,
-                         mark=seed_mark(state))
+    records = fold_batch(state, [LandedFile(file_key, arrival_ms, parsed)], rules, mark=mark)
     return None if records is None else records[0].stats
 
 
@@ -647,8 +646,8 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
     for rec in state.recover():  # a crashed run's half-applied commit, finished from its intent
         report.files += 1
         _count(report, rec.stats)
-    since_ms = _seed_start(state, seeding)
     mark = seed_mark(state)  # a commit finding another is refused (`Rebuilt`)
+    since_ms = _seed_start(mark, seeding)
     files, bad = order_files(keys, prefix)
     report.skipped += len(bad)
     done = state.folded([lf.key for lf, _ in files])
