@@ -132,3 +132,9 @@ def die_at(state, n: int, counts: Callable[[Commit], bool] = lambda _: True) -> 
         return real(c)
 
     state.commit = commit
+
+
+def unrun(mark: dict) -> dict:
+    """A rebuild mark without its run's id (a fresh one each rebuild)."""
+    assert isinstance(mark.get("run"), str) and mark["run"]
+    return {k: v for k, v in mark.items() if k != "run"}

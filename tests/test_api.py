@@ -643,14 +643,14 @@ def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):
     without a lake behind it, 503 features_unavailable; profiles 503 meanwhile."""
     from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
     from clicklake.platform.online import fold as fold_mod
-    from clicklake.platform.online.seed import REFOLD_MARK
+    from clicklake.platform.online.seed import refold_mark
     from clicklake.serving import ModelSlot, create_app
 
     keys = sorted(lake.list("landing/"))
     state = SqliteState(str(tmp_path / "online.db"))
     fold_files(state, lake, keys)
     # a refold that has reached a tenth of the files
-    state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, REFOLD_MARK))
+    state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("r1")))
     fold_files(state, lake, keys[:len(keys) // 10], seeding=True)
     online = OnlineFeatures(state)
     row = _labeled_with_context(lake, START + 2 * HOUR_MS, 3).to_pylist()[0]
@@ -693,13 +693,13 @@ def test_a_store_being_rebuilt_over_a_lake_without_snapshots_is_not_ready(lake, 
     predictions "from the lake", while every prediction answered 503."""
     from clicklake.platform.online import OnlineFeatures, SqliteState
     from clicklake.platform.online import fold as fold_mod
-    from clicklake.platform.online.seed import REFOLD_MARK
+    from clicklake.platform.online.seed import refold_mark
 
     bare = Store(str(tmp_path / "bare"))
     shutil.copytree(os.path.join(lake.root, "lake", "models"),
                     os.path.join(bare.root, "lake", "models"))  # a champion, no profiles
     state = SqliteState(str(tmp_path / "online.db"))
-    state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, REFOLD_MARK))
+    state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("r1")))
     with TestClient(lake_app(bare, source=OnlineFeatures(state))) as c:
         health = c.get("/healthz")
         assert health.status_code == 503 and "being rebuilt" in health.json()["source_error"]

@@ -1,11 +1,13 @@
 """A rebuild of the online store (a refold of every landing file, or a seed from a snapshot) is
 marked unfinished together with its clear, so that a run dying anywhere in it leaves a store
 every fold refuses until it is rebuilt again, never a partial one later folds go on from; a
-fold whose store another run rebuilt under it applies nothing; and a rebuild leaves landing
+fold whose store another run rebuilt under it applies nothing, and nor does a rebuild another
+rebuild overtook (each marks the store with its own run id); and a rebuild leaves landing
 files stamped ahead of the clock for later, as the sensor does."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -19,16 +21,17 @@ from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files, h
 from clicklake.platform.online import fold as fold_mod
 from clicklake.platform.online.fold import IncompleteSeed, Rebuilt, order_files, seed_mark
 from clicklake.platform.online.seed import (
-    REFOLD_MARK,
     rebuild_from_snapshot,
     refold_all,
+    refold_mark,
     seed_hour,
 )
+from clicklake.platform.online.state import Commit, Fenced
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, parse_instant
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import DynamoDbOnlineStore, SqliteOnlineStore
-from tests.online_helpers import built_lake, close_enough, die_at, folded
+from tests.online_helpers import built_lake, close_enough, die_at, folded, unrun
 
 START = parse_instant("2026-11-20T00:00:00Z")
 HOURS = 8
@@ -71,7 +74,7 @@ def test_a_refold_that_died_is_refolded_before_any_fold(lake, full, tmp_path):
     with pytest.raises(ConnectionError):
         refold_all(state, lake, keys, files_per_commit=20)
     again = SqliteState(db)
-    assert seed_mark(again) == {"refold": True, "done": False}
+    assert unrun(seed_mark(again)) == {"refold": True, "done": False}
     with pytest.raises(IncompleteSeed) as err:  # a sensor run's fold refuses to go on top
         fold_files(again, lake, keys[-2:])
     assert err.value.p is None and "every landing file" in str(err.value)
@@ -92,7 +95,7 @@ def test_a_seed_that_died_at_its_first_commit_is_marked(lake, tmp_path):
     p = seed_hour(lake, keys)
     with pytest.raises(ConnectionError):
         rebuild_from_snapshot(state, lake, keys, p)
-    assert seed_mark(state) == {"p": p, "start": p + HOUR_MS, "done": False}
+    assert unrun(seed_mark(state)) == {"p": p, "start": p + HOUR_MS, "done": False}
     with pytest.raises(IncompleteSeed):
         fold_files(state, lake, keys[-1:])
 
@@ -116,9 +119,9 @@ def test_a_dynamodb_clear_that_died_keeps_the_mark(lake, moto_endpoint, monkeypa
 
     monkeypatch.setattr(state.client, "delete_item", delete_item)
     with pytest.raises(ConnectionError):
-        state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, REFOLD_MARK))
+        state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("r1")))
     monkeypatch.undo()
-    assert seed_mark(state) == {"refold": True, "done": False}
+    assert seed_mark(state) == {"refold": True, "done": False, "run": "r1"}
     assert state.cache_token() != token  # a batch read before the clear is refused
     with pytest.raises(IncompleteSeed):
         fold_files(state, lake, keys[40:45])
@@ -137,7 +140,7 @@ def test_a_fold_whose_store_was_rebuilt_under_it_applies_nothing(lake, tmp_path,
     def finish(self, horizon):
         if not once:  # between the batch's reads and its commit
             once.append(True)
-            rebuild.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, REFOLD_MARK))
+            rebuild.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("r1")))
         return real(self, horizon)
 
     monkeypatch.setattr(fold_mod._Batch, "finish", finish)
@@ -202,3 +205,133 @@ def test_a_seeded_store_of_an_older_layout_is_seeded_again(lake, full, tmp_path)
     fold_files(both, lake, keys)
     fold_files(both, store, [new])
     _same_answers(SqliteState(db), both)
+
+
+@pytest.mark.parametrize("kind", ["refold", "seed"])
+def test_a_rebuild_overtaken_by_another_stops(lake, full, tmp_path, kind):
+    """Two rebuilds at once (an instance without the pool limit): rebuild B clears the store
+    while rebuild A is under way, folds part of it, and dies. Before, both marks read the same:
+    A went on folding on top of B's partial store and its last commit marked the store done
+    with files missing (a refold), or its seed commits went on unchecked (a seed)."""
+    db = str(tmp_path / "online.db")
+    keys = lake.list("landing/")
+    a, b = SqliteState(db), SqliteState(db)
+    die_at(b, 3)
+    real, commits = a.commit, []
+
+    def commit(c):
+        commits.append(c)
+        if len(commits) == 3:  # B starts beside A's third commit, and dies at its own third
+            with pytest.raises(ConnectionError):
+                refold_all(b, lake, keys, files_per_commit=5)
+        return real(c)
+
+    a.commit = commit
+    with pytest.raises(Rebuilt):
+        if kind == "refold":
+            refold_all(a, lake, keys, files_per_commit=5)
+        else:
+            rebuild_from_snapshot(a, lake, keys, seed_hour(lake, keys), files_per_commit=5)
+    assert len(commits) == 3  # A committed nothing after B's clear
+    mark = seed_mark(SqliteState(db))
+    assert unrun(mark) == {"refold": True, "done": False}  # B's, left unfinished
+    assert mark["run"] == orjson.loads(b.get_docs(fold_mod.SEED, [fold_mod.SEED_KEY])[
+        fold_mod.SEED_KEY])["run"]
+    with pytest.raises(IncompleteSeed):
+        fold_files(SqliteState(db), lake, keys[-2:])
+    meta = _materialize(lake.root, db, files=keys[-2:])  # the next run rebuilds it again
+    assert "did not finish" in meta["rebuild_reason"]
+    assert seed_mark(SqliteState(db)) is None
+    _same_answers(SqliteState(db), full)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "dynamodb"])
+def test_a_commit_lands_only_on_the_mark_it_expects(lake, tmp_path, moto_endpoint, backend):
+    """`Commit.expect`: checked in the commit's first transaction on both backends."""
+    if backend == "sqlite":
+        state = SqliteState(str(tmp_path / "online.db"))
+    else:
+        state = DynamoDbOnlineStore(table_name=f"online-{uuid.uuid4().hex[:8]}",
+                                    endpoint_url=moto_endpoint, region="us-east-1",
+                                    create_table=True).state()
+    keys = [lf.key for lf, _ in order_files(lake.list("landing/"))[0]]
+    fold_files(state, lake, keys[:3])
+    mine, theirs = refold_mark("mine"), refold_mark("theirs")
+
+    def attempt(n: int, expect) -> bool:
+        c = Commit(expect=(fold_mod.SEED, fold_mod.SEED_KEY, expect))
+        c.record(f"seed/test/{n}", 1, {"stream": "seed", "lines": 0, "events": 0,
+                                        "quarantined": {}})
+        c.put("test", f"doc{n}", 0, b"x")
+        return state.commit(c)
+
+    with pytest.raises(Fenced):
+        attempt(1, mine)  # no mark at all
+    assert attempt(2, None)
+    state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, mine))
+    with pytest.raises(Fenced):
+        attempt(3, None)
+    with pytest.raises(Fenced):
+        attempt(4, theirs)
+    assert attempt(5, mine)
+    if backend == "dynamodb":  # the intent's transaction checks it too (a rebuild in between)
+        real = state.get_docs
+        state.get_docs = lambda ns, keys: {fold_mod.SEED_KEY: theirs} if ns == fold_mod.SEED \
+            else real(ns, keys)
+        with pytest.raises(Fenced):
+            attempt(6, theirs)
+        state.get_docs = real
+    docs = state.get_docs("test", [f"doc{n}" for n in range(1, 6)])
+    assert sorted(docs) == ["doc5"]  # doc2 went with the clear
+    assert state.folded([f"seed/test/{n}" for n in range(1, 6)]) == {"seed/test/5"}
+
+
+def test_a_dynamodb_clear_fences_a_commit_being_applied(lake, moto_endpoint):
+    """A commit lands in several transactions. A rebuild's clear beside one (another run's)
+    deletes `meta#pending` before it scans, so the commit's next chunk fails on its lease.
+    Before, the pending item was deleted in scan order: a chunk landing after the scan and
+    before that delete stayed in the cleared store, under the rebuild's fold."""
+    table = f"online-{uuid.uuid4().hex[:8]}"
+    a, b = (DynamoDbOnlineStore(table_name=table, endpoint_url=moto_endpoint,
+                                region="us-east-1", create_table=True).state() for _ in "ab")
+    assert a.client is not b.client
+    a.transaction_items = 12  # many chunks
+    keys = [lf.key for lf, _ in order_files(lake.list("landing/"))[0]][:3]
+    at_second_chunk, chunk_done, go = (threading.Event() for _ in range(3))
+    calls, failure = [], []
+    real_tx, real_delete = a.client.transact_write_items, b.client.delete_item
+
+    def transact(**kw):
+        calls.append(kw)
+        if len(calls) == 3:  # the intent, the first chunk, then the second chunk waits
+            at_second_chunk.set()
+            go.wait(30)
+        try:
+            return real_tx(**kw)
+        finally:
+            if len(calls) == 3:
+                chunk_done.set()
+
+    def delete(**kw):  # the clear's first delete lets the second chunk try first
+        if not go.is_set():
+            go.set()
+            chunk_done.wait(30)
+        return real_delete(**kw)
+
+    a.client.transact_write_items, b.client.delete_item = transact, delete
+
+    def run_a():
+        try:
+            fold_files(a, lake, keys, files_per_commit=3)
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            failure.append(exc)
+
+    worker = threading.Thread(target=run_a)
+    worker.start()
+    assert at_second_chunk.wait(30)
+    b.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("b")))
+    worker.join(30)
+    assert failure and isinstance(failure[0], Rebuilt), failure
+    dump = b.dump()
+    assert dump["docs"] == [(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("b"))]
+    assert not dump["counters"] and not dump["marks"] and not dump["files"]

@@ -58,6 +58,7 @@ from clicklake.platform.online.state import (
     Cell,
     Commit,
     Conflict,
+    Fenced,
     FileRecord,
     StaleLayout,
     canonical_log,
@@ -462,11 +463,26 @@ class DynamoState(StateStore):
                 "TableName": self.table, "Key": self._key(_VERSION),
                 "ConditionExpression": "v = :v" if v else "attribute_not_exists(v) OR v = :v",
                 "ExpressionAttributeValues": {":v": {"N": str(v)}}}})
+        if commit.expect is not None:
+            ns, key, value = commit.expect
+            check = {"TableName": self.table, "Key": self._key(f"d#{ns}#{key}")}
+            if value is None:
+                check["ConditionExpression"] = "attribute_not_exists(pk)"
+            else:
+                check["ConditionExpression"] = "v = :v"
+                check["ExpressionAttributeValues"] = {":v": {"B": value}}
+            items.append({"ConditionCheck": check})
         try:
             self.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+            if (commit.expect is not None and len(reasons) == len(items)
+                    and reasons[-1] == "ConditionalCheckFailed"):
+                raise Fenced(f"DynamoDB table {self.table}: {commit.expect[0]}/"
+                             f"{commit.expect[1]} is no longer what the commit expects (another "
+                             "run rebuilt the store, or is rebuilding it)") from exc
             raise Conflict(f"DynamoDB table {self.table}: another commit is pending, or another "
                            f"writer committed after the batch read") from exc
         return ops
@@ -596,8 +612,15 @@ class DynamoState(StateStore):
     def commit(self, commit: Commit) -> bool:
         self._check_layout()
         self.check_readable()  # every commit: a writer of a newer layout may have come since
-        if self.recover() or self.folded([f.key for f in commit.files]):
+        if self.recover():
             return False  # the state moved under this commit: it was computed from an older one
+        if commit.expect is not None:  # first: a rebuild since may have folded its files
+            ns, key, value = commit.expect  # (checked again in the intent's transaction)
+            if self.get_docs(ns, [key]).get(key) != value:
+                raise Fenced(f"DynamoDB table {self.table}: {ns}/{key} is no longer what the "
+                             "commit expects (another run rebuilt the store, or is rebuilding it)")
+        if self.folded([f.key for f in commit.files]):
+            return False
         ops = self._write_intent(commit, checked=commit.read_token is not None)
         self._apply(commit.file_key, ops, commit.files, own=True, fenced=True)
         return True
@@ -737,6 +760,9 @@ class DynamoState(StateStore):
                             "UpdateExpression": "ADD v :one",
                             "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
             kept.add(_stored_pk(f"d#{ns}#{key}"))
+        # Before the scan: a commit still being applied by another run fails its next chunk
+        # (the chunks renew a lease on this item), so none lands after the scan passed by.
+        self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
         for item in self._scan(""):
             if item["pk"]["S"] not in kept:
                 self.client.delete_item(TableName=self.table,

@@ -51,7 +51,7 @@ from clicklake.platform.events import (
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_head
 from clicklake.platform.online import user_state as us
-from clicklake.platform.online.state import Commit, Conflict, FileRecord, StateStore
+from clicklake.platform.online.state import Commit, Conflict, Fenced, FileRecord, StateStore
 from clicklake.platform.raw import Rules
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso
@@ -484,17 +484,24 @@ def fold_batch(state: StateStore, files: Sequence[LandedFile], rules: Rules = DE
             return None
         # taken before anything is read: the commit is refused if another writer commits after
         commit = Commit(read_token=state.cache_token())
-        if mark is not _ANY_MARK and seed_mark(state) != mark:
-            drop_cache(state)
-            raise Rebuilt(f"{state!r} was rebuilt, or is being rebuilt, by another run since "
+        rebuilt = Rebuilt(f"{state!r} was rebuilt, or is being rebuilt, by another run since "
                           f"this one started: nothing of its batch of {len(files)} files was "
                           "applied")
+        if mark is not _ANY_MARK:
+            if seed_mark(state) != mark:
+                drop_cache(state)
+                raise rebuilt
+            # and checked again as the commit lands (a rebuild may start in between)
+            commit.expect = (SEED, SEED_KEY, None if mark is None else orjson.dumps(mark))
         b = _Batch(state, commit)
         _fold_files(b, files)
         arrival = max(f.arrival_ms for f in files)
         b.finish(horizon_ms(max(state.watermark_ms() or arrival, arrival), rules))
         try:
             done = state.commit(commit)
+        except Fenced as exc:
+            drop_cache(state)
+            raise rebuilt from exc
         except Conflict:
             drop_cache(state)
             if report is not None:

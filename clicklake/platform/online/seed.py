@@ -59,12 +59,13 @@ from clicklake.platform.online.fold import (
     SEED_KEY,
     USER,
     FoldReport,
+    Rebuilt,
     fold_files,
     horizon_ms,
     order_files,
     parse_file,
 )
-from clicklake.platform.online.state import Commit, StateStore
+from clicklake.platform.online.state import Commit, Fenced, StateStore
 from clicklake.platform.profiles import snapshot_key
 from clicklake.platform.raw import Rules, raw_key, read_raw
 from clicklake.platform.segments import read_segment_profile, segment_key
@@ -221,32 +222,38 @@ def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], 
     report = SeedReport(p, files_in_snapshot=len(unread))
     # Marked unfinished with the clear, before anything is read: a run that dies from here on
     # leaves a state that refuses every fold but the next rebuild's (`fold.IncompleteSeed`).
-    state.clear(keep=(SEED, SEED_KEY, s, _mark(p, done=False)))
-    _commit(state, _seed_commit(p, "start"))
-    _seed(state, store, p, lake_prefix, report, unread)
+    run = uuid.uuid4().hex
+    state.clear(keep=(SEED, SEED_KEY, s, _mark(p, False, run)))
+    _commit(state, _seed_commit(p, "start", run))
+    _seed(state, store, p, lake_prefix, report, unread, run)
     report.seconds = time.perf_counter() - t0
     report.fold = fold_files(state, store, [lf.key for lf, _ in files if lf.arrival_ms >= cut],
                              rules, landing_prefix, files_per_commit, seeding=True)
-    _commit(state, _seed_commit(p, "done", done=True))  # only now may other runs fold
+    _commit(state, _seed_commit(p, "done", run, done=True))  # only now may other runs fold
     return report
 
 
-def _seed_commit(p: int, name: str, done: bool | None = None) -> Commit:
-    """A commit of the seed of snapshot p, named `name`; with `done`, it sets the seed mark."""
+def _seed_commit(p: int, name: str, run: str, done: bool = False) -> Commit:
+    """A commit of the seed of snapshot p by rebuild `run`, named `name`, applied only while
+    the store holds that rebuild's mark; with `done`, it marks the seed done."""
     s = p + HOUR_MS
-    commit = Commit()
+    commit = Commit(expect=(SEED, SEED_KEY, _mark(p, False, run)))
     commit.record(f"{SEED_STREAM}/user_profiles/{iso(p)}/{name}", s - 1,
                   {"stream": SEED_STREAM, "lines": 0, "events": 0, "quarantined": {}})
-    if done is not None:
-        commit.put(SEED, SEED_KEY, s, _mark(p, done))
+    if done:
+        commit.put(SEED, SEED_KEY, s, _mark(p, True, run))
     return commit
 
 
-def _mark(p: int, done: bool) -> bytes:
-    return orjson.dumps({"p": p, "start": p + HOUR_MS, "done": done})
+def _mark(p: int, done: bool, run: str) -> bytes:
+    """The seed mark (`fold.seed_mark`) of rebuild `run` (its own id: a run another rebuild
+    overtook commits nothing more, `fold.Rebuilt`)."""
+    return orjson.dumps({"p": p, "start": p + HOUR_MS, "done": done, "run": run})
 
 
-REFOLD_MARK = orjson.dumps({"refold": True, "done": False})
+def refold_mark(run: str) -> bytes:
+    """The mark of refold `run` while it is under way (its own id, as `_mark`'s)."""
+    return orjson.dumps({"refold": True, "done": False, "run": run})
 
 
 def refold_all(state: StateStore, store: Store, keys: Iterable[str],
@@ -257,14 +264,15 @@ def refold_all(state: StateStore, store: Store, keys: Iterable[str],
     dies in between leaves a state that refuses every fold (`fold.IncompleteSeed` with no
     snapshot) until a rebuild, not a partial state that later folds would go on from (the
     files it had not reached yet were never asked again)."""
-    state.clear(keep=(SEED, SEED_KEY, 0, REFOLD_MARK))
+    run = uuid.uuid4().hex
+    state.clear(keep=(SEED, SEED_KEY, 0, refold_mark(run)))
     report = fold_files(state, store, keys, rules, landing_prefix, files_per_commit,
                         seeding=True)
     if report.watermark_ms is None:  # nothing folded: the store is empty but for the mark
         state.clear()
         return report
-    done = Commit()
-    done.record(f"{SEED_STREAM}/refold/{iso(report.watermark_ms)}/{uuid.uuid4().hex}",
+    done = Commit(expect=(SEED, SEED_KEY, refold_mark(run)))
+    done.record(f"{SEED_STREAM}/refold/{iso(report.watermark_ms)}/{run}",
                 report.watermark_ms, {"stream": SEED_STREAM, "lines": 0, "events": 0,
                                       "quarantined": {}})
     done.put(SEED, SEED_KEY, 0, None)
@@ -273,19 +281,24 @@ def refold_all(state: StateStore, store: Store, keys: Iterable[str],
 
 
 def _commit(state: StateStore, commit: Commit) -> None:
-    if not state.commit(commit):
+    try:
+        done = state.commit(commit)
+    except Fenced as exc:
+        raise Rebuilt(f"{state!r} is being rebuilt by another run since this rebuild started: "
+                      "it stopped, and left the store to that rebuild") from exc
+    if not done:
         raise RuntimeError(f"{state!r} already holds {commit.file_key}: clear it")
 
 
 def _seed(state: StateStore, store: Store, p: int, lake_prefix: str, report: SeedReport,
-          unread: list[tuple[str, int, dict]]) -> None:
+          unread: list[tuple[str, int, dict]], run: str) -> None:
     """Write the seed in commits of about USERS_PER_COMMIT items, each applied as it is made."""
     s = p + HOUR_MS
     events, index = _hour_impressions(store, p, lake_prefix)
     report.impressions = len(index)
     plast = _latest_predictions(store, s, lake_prefix)
     made = 0
-    commit = _seed_commit(p, "0")
+    commit = _seed_commit(p, "0", run)
 
     def flush(full: bool = True) -> None:
         nonlocal commit, made
@@ -293,7 +306,7 @@ def _seed(state: StateStore, store: Store, p: int, lake_prefix: str, report: See
             return
         _commit(state, commit)
         made += 1
-        commit = _seed_commit(p, str(made))
+        commit = _seed_commit(p, str(made), run)
 
     for (kind_pk, hour), (imps, clks) in _segment_hours(store, s, lake_prefix).items():
         commit.add(seg.HOUR_TABLE, kind_pk, hour, imps, clks)

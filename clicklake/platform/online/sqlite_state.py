@@ -24,6 +24,7 @@ from clicklake.platform.online.state import (
     Cell,
     Commit,
     Conflict,
+    Fenced,
     StaleLayout,
     StateStore,
     canonical_log,
@@ -171,6 +172,13 @@ class SqliteState(StateStore):
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
+            if commit.expect is not None:  # first: a rebuild since may have folded its files
+                ns, key, value = commit.expect
+                row = c.execute("SELECT value FROM docs WHERE ns=? AND key=?",
+                                (ns, key)).fetchone()
+                if (None if row is None else bytes(row[0])) != value:
+                    raise Fenced(f"{self.path}: {ns}/{key} is no longer what the commit "
+                                 "expects (another run rebuilt the store, or is rebuilding it)")
             if self.folded([f.key for f in commit.files]):
                 c.execute("ROLLBACK")
                 return False

@@ -48,6 +48,11 @@ class Conflict(RuntimeError):
     overwrite that writer's): nothing was applied; fold the batch again from a fresh read."""
 
 
+class Fenced(Conflict):
+    """The document a commit expects (`Commit.expect`: the rebuild mark its run read) holds
+    something else: another run rebuilt the store, or is rebuilding it. Nothing was applied."""
+
+
 class StaleLayout(RuntimeError):
     """The store holds an older layout of the online state: rebuild it (serving_lookup with
     `rebuild: true` clears it and refolds every landing file)."""
@@ -76,6 +81,10 @@ class Commit:
     # `StateStore.cache_token()` before the batch read anything: a backend that gives tokens
     # refuses the commit (`Conflict`) when another writer has committed since
     read_token: object | None = None
+    # (namespace, key, bytes or None: absent) that document must hold when the commit lands,
+    # checked in its first transaction (`Fenced` otherwise): a run's rebuild mark, so a run
+    # that another rebuild overtook writes nothing on the rebuilt store
+    expect: tuple[str, str, bytes | None] | None = None
 
     @property
     def file_key(self) -> str:
@@ -179,7 +188,8 @@ class StateStore(ABC):
     def commit(self, commit: Commit) -> bool:
         """Apply `commit` and record its files, atomically. False (and no change) when any of
         them was already folded; `Conflict` (and no change) when `commit.read_token` is not
-        None and another writer committed after it was taken."""
+        None and another writer committed after it was taken; `Fenced` (and no change) when
+        the document `commit.expect` names holds anything else."""
 
     @abstractmethod
     def watermark_ms(self) -> int | None:
