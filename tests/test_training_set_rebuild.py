@@ -1,16 +1,18 @@
 """A training set rebuilt under the same id (another validation split over the same hours) holds
-exactly the new split's parts: none of the earlier build's stay behind."""
+exactly the new split's parts: none of the earlier build's stay behind; a rebuild that dies
+half-way leaves a set that is refused, not the old manifest over a mix of parts."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pyarrow as pa
 
 from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, parse_instant
 from clicklake.platform.training.csvformat import read_sagemaker_csv
-from clicklake.platform.training_set import build_training_set
+from clicklake.platform.training_set import build_training_set, latest_training_set
 
 START = parse_instant("2025-11-25T10:00:00Z")
 HOURS = [START + i * HOUR_MS for i in range(8)]
@@ -41,3 +43,29 @@ def test_a_rebuild_with_another_split_keeps_no_stale_part(tmp_path):
                               ts.manifest.n_features)
     rows = store.read_parquet(f"{ts.root}/validation_rows.parquet")
     assert len(y) == rows.num_rows == stats["validation_rows"] == 50
+
+
+def test_a_rebuild_that_died_is_refused_until_built_again(tmp_path, monkeypatch):
+    """Before, the old manifest (its split, its vocabularies) stayed over the new build's first
+    parts and the old build's remaining ones: a model trained from `latest_training_set` then
+    read validation hours as training ones."""
+    store = Store(str(tmp_path))
+    build_training_set(store, HOURS, 4, _hour, 900, set_id="ts-same")
+    real, parts = store.write_bytes, []
+
+    def write_bytes(key, data):
+        if "/part-" in key:
+            parts.append(key)
+            if len(parts) == 3:
+                raise ConnectionError("the run's worker went away")
+        return real(key, data)
+
+    monkeypatch.setattr(store, "write_bytes", write_bytes)
+    with pytest.raises(ConnectionError):
+        build_training_set(store, HOURS, 2, _hour, 900, set_id="ts-same")
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="ts-same has no manifest: its last build did not"):
+        latest_training_set(store)
+    ts, _ = build_training_set(store, HOURS, 2, _hour, 900, set_id="ts-same")
+    assert latest_training_set(store).manifest.validation_hours == ts.manifest.validation_hours
+    assert len(ts.manifest.validation_hours) == 2

@@ -99,7 +99,12 @@ def build_training_set(
     validation_rows: list[pa.Table] = []
     # A set rebuilt under the same id (same last hour and hour count, another split, an hour
     # filled in since) must not keep the parts of the earlier build: a stale validation part
-    # would be a training hour, and would not match validation_rows.parquet.
+    # would be a training hour, and would not match validation_rows.parquet. The manifest goes
+    # first and comes back last: a build that dies in between leaves a set without one, which
+    # `latest_training_set` refuses, not the old manifest over a mix of old and new parts.
+    for key in (f"{root}/manifest.json", f"{root}/validation_rows.parquet"):
+        if store.exists(key):
+            store.delete(key)
     for split in ("train", "validation"):
         for key in store.list(f"{root}/{split}/"):
             store.delete(key)
@@ -140,7 +145,11 @@ def latest_training_set(store: Store, prefix: str = "lake") -> TrainingSet:
     if not store.exists(key):
         raise FileNotFoundError("no training set yet: materialize training_set first")
     pointer = orjson.loads(store.read_bytes(key))
-    manifest = FeatureManifest.from_json(store.read_bytes(f"{pointer['root']}/manifest.json"))
+    manifest_key = f"{pointer['root']}/manifest.json"
+    if not store.exists(manifest_key):
+        raise FileNotFoundError(f"training set {pointer['set_id']} has no manifest: its last "
+                                "build did not finish; materialize training_set again")
+    manifest = FeatureManifest.from_json(store.read_bytes(manifest_key))
     return TrainingSet(pointer["set_id"], pointer["root"], manifest, pointer.get("stats", {}))
 
 
