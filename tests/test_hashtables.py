@@ -69,6 +69,28 @@ def test_int_table_values_go_in_the_order_keys_are_met():
         hashtables._hashkeys.int_find(t._keys, t._vals, np.zeros(3), np.zeros(3, np.int64))
 
 
+@pytest.mark.parametrize("keys", [np.array([5, 6], ">i8"), np.zeros(2, np.complex64)],
+                         ids=["big-endian", "complex"])
+def test_buffers_of_another_byte_order_or_kind_are_refused(keys):
+    """Before, the C functions read them as native int64: wrong codes, no error (and an index
+    of another byte order scattered into the wrong slot)."""
+    t = hashtables.IntTable()
+    t.add(np.array([5, 6]))
+    with pytest.raises(TypeError, match="integers of 8 bytes"):
+        hashtables._hashkeys.int_find(t._keys, t._vals, keys, np.empty(2, np.int64))
+    with pytest.raises(TypeError):
+        hashtables._hashkeys.scatter_add(np.zeros(3), np.array([1 << 24], ">i4"), np.ones(1))
+
+
+def test_rehash_into_a_full_table_is_refused():
+    """Before, it probed for a free slot forever, without the GIL (no Ctrl-C)."""
+    full = np.arange(4, dtype=np.int64)
+    old = np.array([99, np.iinfo(np.int64).min])
+    with pytest.raises(ValueError, match="no free slot"):
+        hashtables._hashkeys.rehash(full, np.zeros(4, np.int32), old, np.zeros(2, np.int32),
+                                    False)
+
+
 def test_a_failed_string_insert_leaves_the_table_as_it_was(monkeypatch):
     """Between the C call that gives new strings their codes and the append of the strings,
     a failure (here a MemoryError) takes the new codes back: later calls neither read past the

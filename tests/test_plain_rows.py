@@ -122,6 +122,40 @@ def test_bad_arguments_raise_instead_of_reading():
     with pytest.raises(ValueError):
         events._plainjson.rows([], (b"a", b"b"), b"I", (0.0,), (0.0,), 0, 1)
 
+    class Float:
+        def __float__(self):
+            return 1.0
+
+    with pytest.raises(TypeError):  # was SystemError: hi read while lo's error was pending
+        events._plainjson.rows([], (b"a",), b"I", ("not a number",), (Float(),), 0, 1)
+
+
+def test_lines_changed_by_a_finalizer_during_the_call_are_read_as_they_were():
+    """An allocation inside the call may run the cyclic collector and any finalizer, which may
+    change the list: the call reads its own copy (it read freed memory: a crash)."""
+    import gc
+
+    lines = [bytes(bytearray(PLAIN)) for _ in range(5_000)]
+
+    class ClearsTheLines:
+        def __del__(self):
+            lines.clear()
+
+    gc.collect()
+    garbage = ClearsTheLines()
+    garbage.cycle = garbage
+    del garbage
+    threshold = gc.get_threshold()
+    gc.set_threshold(50)
+    try:
+        rows, unsure, blank = events._plainjson.rows(lines, *events._plain_args(IMP), TS_MIN_MS,
+                                                     TS_MAX_MS - 1)
+    finally:
+        gc.set_threshold(*threshold)
+    assert not lines  # the finalizer ran during the call
+    assert len(rows) == 5_000 and unsure == blank == 0
+    assert set(rows) == {exact(IMP, PLAIN)}
+
 
 _iso = st.integers(TS_MIN_MS - 10**9, TS_MAX_MS + 10**9).map(
     lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")

@@ -5,8 +5,8 @@ half-way leaves a set that is refused, not the old manifest over a mix of parts.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import pyarrow as pa
+import pytest
 
 from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES
 from clicklake.platform.storage import Store

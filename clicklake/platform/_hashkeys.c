@@ -57,10 +57,16 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t i
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
     const char *f = view->format ? view->format : "B";
+#if PY_BIG_ENDIAN
+    if (*f == '>' || *f == '!' || *f == '=' || *f == '@')
+#else
     if (*f == '<' || *f == '=' || *f == '@')
+#endif
         f++;
-    int is_float = *f && strchr("efdg", *f) != NULL;
-    if (view->itemsize != itemsize || is_float != floats) {
+    /* native order only (another order passes as the wrong integers), and exactly the kind */
+    int ok = f[0] != '\0' && f[1] == '\0'
+             && (floats ? *f == 'd' : strchr("bBhHiIlLqQnNc", *f) != NULL);
+    if (view->itemsize != itemsize || !ok) {
         PyErr_Format(PyExc_TypeError, "%s: %s of %zd bytes expected, got format %s of %zd",
                      what, floats ? "floats" : "integers", itemsize, f, view->itemsize);
         PyBuffer_Release(view);
@@ -382,6 +388,7 @@ static PyObject *rehash(PyObject *self, PyObject *args)
     const char *ob = b[3].buf;
     const int64_t empty = strings ? -1 : EMPTY_KEY;
     uint64_t mask = (uint64_t)cap - 1;
+    int full = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < old; i++) {
         if (strings ? oa[i] < 0 : oa[i] == EMPTY_KEY)
@@ -392,12 +399,21 @@ static PyObject *rehash(PyObject *self, PyObject *args)
         else
             h = mix64((uint64_t)oa[i]);
         uint64_t s = h & mask;
-        while (na[s] != empty) /* ends: the new table holds more slots than entries */
+        Py_ssize_t probes = 0;
+        while (na[s] != empty && ++probes < cap) /* a full new table: refused below */
             s = (s + 1) & mask;
+        if (na[s] != empty) {
+            full = 1;
+            break;
+        }
         na[s] = oa[i];
         memcpy(nb + s * w, ob + i * w, (size_t)w);
     }
     Py_END_ALLOW_THREADS
+    if (full) {
+        PyErr_SetString(PyExc_ValueError, "rehash: the new table has no free slot (not empty?)");
+        goto fail;
+    }
     release(b, got);
     Py_RETURN_NONE;
 fail:

@@ -330,20 +330,30 @@ static PyObject *rows(PyObject *self, PyObject *args)
             return NULL;
         }
         lo[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(lo_o, i));
+        if (lo[i] == -1.0 && PyErr_Occurred())
+            return NULL;
         hi[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(hi_o, i));
-        if (PyErr_Occurred())
+        if (hi[i] == -1.0 && PyErr_Occurred())
             return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(lines), unsure = 0, blanks = 0;
-    PyObject *out = PyList_New(n);
-    if (out == NULL)
+    /* A copy holding its own references: an allocation below may run a finalizer that changes
+       `lines`, and the tokens point into a line's bytes until its row is made. */
+    PyObject *seq = PyList_GetSlice(lines, 0, PY_SSIZE_T_MAX);
+    if (seq == NULL)
         return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(seq), unsure = 0, blanks = 0;
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
     token tok[MAX_FIELDS];
     for (Py_ssize_t j = 0; j < n; j++) {
-        PyObject *line = PyList_GET_ITEM(lines, j), *r;
+        PyObject *line = PyList_GET_ITEM(seq, j), *r;
         if (!PyBytes_Check(line)) {
             PyErr_SetString(PyExc_TypeError, "rows: lines must be bytes");
             Py_DECREF(out);
+            Py_DECREF(seq);
             return NULL;
         }
         const char *p = PyBytes_AS_STRING(line);
@@ -357,6 +367,7 @@ static PyObject *rows(PyObject *self, PyObject *args)
         } else {
             if (PyErr_Occurred()) {
                 Py_DECREF(out);
+                Py_DECREF(seq);
                 return NULL;
             }
             r = Py_NewRef(Py_None);
@@ -364,6 +375,7 @@ static PyObject *rows(PyObject *self, PyObject *args)
         }
         PyList_SET_ITEM(out, j, r);
     }
+    Py_DECREF(seq);
     return Py_BuildValue("(Nnn)", out, unsure, blanks);
 }
 
