@@ -47,6 +47,18 @@ def test_a_failed_step_fails_the_demo_with_its_reason(tmp_path):
     assert "Done in" not in result.output
 
 
+def test_a_model_without_validation_clicks_is_summarized(tmp_path):
+    """150 users x 3 h, seed 6: 2 training clicks, none in the validation hour, so the AUC and
+    the spend saved are undefined (not recorded). The summary crashed on them (KeyError)."""
+    result = CliRunner().invoke(main, ["demo", "--root", str(tmp_path), "--hours", "3",
+                                       "--users", "150", "--seed", "6", "--no-serve"])
+    assert "61 (0 clicked) to validate" in result.output, result.output
+    assert ("validation AUC n/a (no validation click); spend saved at 95 % click retention n/a"
+            in result.output)
+    assert "Not deployed: the model failed its gate" in result.output
+    assert result.exit_code == 0, result.output
+
+
 def test_sample_requests_of_impressions_without_context(monkeypatch):
     from clicklake.cli import demo_serving
     from clicklake.platform import raw

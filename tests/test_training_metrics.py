@@ -136,6 +136,10 @@ def test_degenerate_inputs():
     assert math.isnan(auc(np.array([1, 1]), np.array([0.2, 0.3])))
     assert math.isnan(pr_auc(np.array([0, 0]), np.array([0.2, 0.3])))
     assert all(math.isnan(v) for v in spend_saved_at_click_retention(np.zeros(3), np.ones(3) / 2))
+    # No impression with a cost (an import without costs): nothing saved is known, not 0 %.
+    saved, t = spend_saved_at_click_retention(np.array([1, 0]), np.array([0.9, 0.1]),
+                                              np.array([np.nan, np.nan]))
+    assert math.isnan(saved) and t == 0.9
     with pytest.raises(ValueError):
         auc(np.array([0, 2]), np.array([0.1, 0.2]))
     with pytest.raises(ValueError):

@@ -41,8 +41,8 @@ def _checked_hours(start_ms: int, hours: int, where: str) -> None:
         raise click.UsageError(f"{where}: {hours} h, and the demo needs at least {MIN_HOURS}")
 
 
-# Below this many validation clicks an AUC is a rough figure (its standard error is ~0.02 at
-# 1,000 positives and ~0.06 at 60, the default demo's): the summary says so.
+# Below this many validation clicks an AUC is a rough figure (its bootstrap standard error is
+# ~0.01 at 1,000 positives and ~0.03 at 55, the default demo's): the summary says so.
 FEW_VALIDATION_CLICKS = 1000
 
 
@@ -135,12 +135,15 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
                    f" ({ts.get('validation_clicks', 0):,} clicked) to validate")
     model = result.latest("click_model")
     if model:
-        oracle = model.get("oracle_auc")
-        click.echo(f"Model {model['model_id']}: validation AUC {model['auc']:.4f}"
+        # metrics undefined on these rows (no validation click, no cost) are not recorded
+        oracle, auc, saved = model.get("oracle_auc"), model.get("auc"), model.get("spend_saved")
+        click.echo(f"Model {model['model_id']}: validation AUC "
+                   + (f"{auc:.4f}" if auc is not None else "n/a (no validation click)")
                    + (f" vs oracle {oracle:.4f} (ratio {model['auc_to_oracle']:.3f})"
-                      if oracle else "")
-                   + f"; spend saved at 95 % click retention {model['spend_saved']:.1%};"
-                   f" trained in {model['train_seconds']:.1f} s"
+                      if oracle and auc is not None else "")
+                   + "; spend saved at 95 % click retention "
+                   + (f"{saved:.1%}" if saved is not None else "n/a")
+                   + f"; trained in {model['train_seconds']:.1f} s"
                    f" ({model['train_rows_per_s']:,.0f} rows/s)")
         clicks = int(ts.get("validation_clicks", 0) or 0) if ts else 0
         if oracle and clicks < FEW_VALIDATION_CLICKS:

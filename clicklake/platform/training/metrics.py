@@ -103,7 +103,8 @@ def spend_saved_at_click_retention(
     The threshold is the highest score t such that impressions with score >= t still hold at least
     `retention` of all clicks; impressions with score < t are skipped. Returns
     (skipped cost / total cost, t). A missing (NaN) cost counts as 0; without a cost array every
-    impression costs 1 (the share of impressions skipped). Without clicks, (NaN, NaN).
+    impression costs 1 (the share of impressions skipped). Without clicks, (NaN, NaN); when no
+    impression has a cost (an import without costs), (NaN, t): nothing to save is known.
     """
     y, p = _arrays(y, p)
     if not 0.0 < retention <= 1.0:
@@ -124,7 +125,7 @@ def spend_saved_at_click_retention(
     threshold = float(sp[last[k]])
     total_cost = c.sum()
     if total_cost <= 0:
-        return 0.0, threshold
+        return math.nan, threshold
     kept_cost = np.cumsum(sc)[last[k]]
     return float((total_cost - kept_cost) / total_cost), threshold
 
