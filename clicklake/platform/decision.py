@@ -12,10 +12,14 @@ the reasons at once:
   plus the current one so far). Counts are the user's *raw* counts before the impression, not the
   smoothed CTR features, so the thresholds read as plain rates.
 - `expected_value_below_cost`: probability × value_per_click < cost (USD). A missing cost is 0,
-  which this rule never flags.
+  which this rule never flags. The probability is the model's: of a click within the label window
+  (15 min), so `value_per_click` is what such a click is worth (on the synthetic streams ~7 % of
+  clicks come later; their value is not counted).
 
-Defaults fit the synthetic streams (humans rarely pass 25 % CTR or a few dozen impressions an
-hour; farms click 20-45 % of what they see at 40× a median user's activity). Tune them for real
+Defaults fit the synthetic streams: humans rarely pass 25 % CTR, and farms click 20-45 % of
+what they see, so the 24 h rate rule catches them (most of a farm's impressions once it has 12).
+The burst rule is a guard for bursts beyond the synthetic farms (~10 impressions an hour, at most
+~45): at 60 it fires on no farm and on a handful of the heaviest human hours. Tune them for real
 traffic with `DecisionPolicy(...)` or the `clicklake serve` flags.
 """
 
@@ -35,7 +39,8 @@ REASON_CODES = (CRAWLER_USER_AGENT, CLICK_FARM, EXPECTED_VALUE_BELOW_COST)
 
 @dataclass(frozen=True)
 class DecisionPolicy:
-    default_value_per_click: float = 0.50  # USD a click is worth when a request does not say
+    # USD a click within the label window is worth, when a request does not say
+    default_value_per_click: float = 0.50
     farm_ctr_24h: float = 0.25
     farm_min_impressions_24h: int = 12
     farm_burst_impressions_1h: int = 60

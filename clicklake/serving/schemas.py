@@ -79,7 +79,8 @@ class PredictRequest(BaseModel):
     user_agent: Annotated[StrictStr, Field(max_length=2048, pattern=_TEXT_PATTERN)] | None = None
     cost: Usd | None = Field(default=None, description="USD paid for this impression.")
     value_per_click: Usd | None = Field(
-        default=None, description="USD a click is worth; default: the server's configured value.")
+        default=None, description="USD a click within the label window (15 min) is worth: the "
+        "model's probability is of such a click; default: the server's configured value.")
 
     @field_validator("impression_id", "domain", "ip", "user_agent", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from clicklake.platform.simulate.population import CLICK_FARM, CRAWLER, Populati
 from clicklake.platform.simulate.useragents import BROWSERS, CRAWLERS
 from clicklake.platform.timeutil import MINUTE_MS
 
-BASE_LOGIT = -4.3  # about 1.4 % before effects; humans land near 2 % overall
+BASE_LOGIT = -4.3  # about 1.4 % before effects; humans land near 2.5 % overall
 CRAWLER_P = 1e-4
 RECENT_CLICK_BOOST = 1.2  # logit boost right after a click, fading over RECENT_TAU
 RECENT_TAU_MS = 20 * MINUTE_MS
