@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from clicklake.flow import run_flow
 from clicklake.platform import raw
 from clicklake.platform.labeled import labeled_key
-from clicklake.platform.simulate import generate
+from clicklake.platform.simulate import generate, read_truth
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, hour_partition_key, parse_instant
-from clicklake.platform.training import registry
+from clicklake.platform.training import metrics, registry
+from clicklake.platform.training_set import latest_training_set
 from clicklake.resources.endpoint import LocalModelServer
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.trainer import LocalTrainer
@@ -96,7 +98,16 @@ def test_the_deployed_model_is_the_registry_champion(flow):
     model = result.latest("click_model")
     assert result.latest("deployed_model")["model_id"] == model["model_id"]
     assert registry.champion(store).model_id == model["model_id"]
-    assert 0.5 < model["auc"] <= 1 and 0 < model["oracle_auc"] <= 1
+    assert 0.5 < model["auc"] <= 1
+    # the oracle's AUC is the generator's true probabilities scored on the same validation rows
+    ts = latest_training_set(store)
+    rows = store.read_parquet(f"{ts.root}/validation_rows.parquet").to_pylist()
+    truth = read_truth(store).to_pylist()
+    p_click = {r["impression_id"]: r["p_click"] for r in truth}
+    y = [r["label"] for r in rows]
+    assert model["oracle_auc"] == pytest.approx(
+        metrics.auc(np.array(y), np.array([p_click[r["impression_id"]] for r in rows])))
+    assert 0 < sum(y) < len(y) and model["oracle_auc"] > model["auc"] - 0.05
     server = LocalModelServer()
     assert server.load_champion(store) == model["model_id"]
 

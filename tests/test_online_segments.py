@@ -103,3 +103,18 @@ def test_an_older_layout_is_refused_until_rebuilt(tmp_path):
     state.clear()  # what a rebuild does first
     assert fold_files(state, store, store.list("landing/")).events_total == 1
     assert window_24h(state, "global", "all", H + 2 * MIN) == (1, 0)
+
+
+def test_the_24_hour_window_drops_the_hour_it_passes(tmp_path):
+    """The window at t holds the hours from floor(t) - 24 h: an impression of hour H counts until
+    hour H + 24 h ends and not in hour H + 25 h (the other tests' streams span a few hours only,
+    and never reach the window's far edge)."""
+    store = Store(str(tmp_path / "lake"))
+    state = SqliteState(str(tmp_path / "online.db"))
+    day = 24 * 60 * MIN
+    land(store, "impressions", H + 6 * MIN, [impression("old", H + 5 * MIN)], "1")
+    land(store, "impressions", H + day + 6 * MIN, [impression("new", H + day + 5 * MIN)], "2")
+    fold_files(state, store, store.list("landing/"))
+    assert window_24h(state, "global", "all", H + day + 30 * MIN) == (2, 0)
+    assert window_24h(state, "global", "all", H + day + 60 * MIN - 1) == (2, 0)
+    assert window_24h(state, "global", "all", H + day + 61 * MIN) == (1, 0)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from clicklake.assets.profiles import profile_assets
 from clicklake.cli import main
-from clicklake.platform import profiles, raw, segments, tiles
+from clicklake.platform import hashtables, profiles, raw, segments, tiles
 from clicklake.platform.enrich import countries
 from clicklake.platform.events import CLICKS, IMPRESSIONS
 from clicklake.platform.storage import Store
@@ -207,8 +207,11 @@ def test_lookup_cli(lake):
     assert len(warnings) == 2 and all("hours from" in w for w in warnings), warnings
 
 
-def test_segment_counts_of_an_hours_own_impressions_match_a_count():
-    # The instants are the first events (a labeled hour): the search-free path, ties included.
+@pytest.mark.parametrize("native", [True, False], ids=["c-walk", "numpy"])
+def test_segment_counts_of_an_hours_own_impressions_match_a_count(monkeypatch, native):
+    # The instants are the first events (a labeled hour): the search-free path, ties included
+    # (numpy; the C walk when built).
+    monkeypatch.setattr(hashtables, "NATIVE", native and hashtables.NATIVE)
     rng = np.random.default_rng(0)
     f = 1000 * HOUR_MS
     for trial in range(200):
@@ -226,4 +229,29 @@ def test_segment_counts_of_an_hours_own_impressions_match_a_count():
         names = seg.to_pylist()
         for i in range(n):
             mine = [j for j in range(n + nc) if names[j] == (asked[i] or "") and ms[j] < t[i]]
+            assert (got_i[i], got_c[i]) == (sum(imp[mine]), len(mine) - sum(imp[mine])), trial
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-walk", "numpy"])
+def test_segment_counts_at_other_instants_match_a_count(monkeypatch, native):
+    """Instants that are not the hour's own events (the searches), some at an event's very
+    millisecond: only events strictly before count."""
+    monkeypatch.setattr(hashtables, "NATIVE", native and hashtables.NATIVE)
+    rng = np.random.default_rng(1)
+    f = 1000 * HOUR_MS
+    for trial in range(200):
+        ne, n = int(rng.integers(0, 30)), int(rng.integers(1, 20))
+        ms = np.sort(f + rng.integers(0, HOUR_MS if trial % 3 else 50, ne))
+        words = [f"s{i}" for i in range(int(rng.integers(1, 5)))]
+        seg = pa.array([words[rng.integers(len(words))] for _ in range(ne)], pa.string())
+        imp = rng.integers(0, 2, ne)
+        # half the instants on an event's millisecond, the rest anywhere in the hour
+        t = np.sort(np.where(rng.random(n) < 0.5, ms[rng.integers(0, ne, n)] if ne else f,
+                             f + rng.integers(1, HOUR_MS, n)))
+        asked = [None if rng.random() < 0.1 else words[rng.integers(len(words))] for _ in range(n)]
+        got_i, got_c = segments._kind_as_of(None, (seg, ms, imp, 1 - imp),
+                                             pa.array(asked, pa.string()), t, f)
+        names = seg.to_pylist()
+        for i in range(n):
+            mine = [j for j in range(ne) if names[j] == asked[i] and ms[j] < t[i]]
             assert (got_i[i], got_c[i]) == (sum(imp[mine]), len(mine) - sum(imp[mine])), trial

@@ -9,6 +9,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clicklake.platform import hashtables
 from clicklake.platform.scores import latest_scores
 
 TS = pa.timestamp("ms", tz="UTC")
@@ -35,6 +36,12 @@ def test_latest_score_matches_the_oracle(preds, queries):
         else:
             best = max(before, key=lambda r: (r[1], r[0]))
             assert (score[k], pred_ts[k]) == (best[3], best[1])
+
+
+def test_latest_score_matches_the_oracle_without_the_c_walk(monkeypatch):
+    """The numpy sort and search that runs without the C extension (no compiler at install)."""
+    monkeypatch.setattr(hashtables, "NATIVE", False)
+    test_latest_score_matches_the_oracle()
 
 
 H = 3_600_000
