@@ -508,6 +508,10 @@ def run_all(args, worker_counts: list[int], hog_counts: list[int], workdir: str)
     with open("bench-results/api.json", "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
+    inexact = [r for r in result["runs"] if not r["metrics_count_exact"]]
+    if inexact:
+        raise SystemExit(f"/metrics did not count exactly the predictions sent in {len(inexact)} "
+                         "run(s)")
     print(f"{'workers':>7} {'hogs':>4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} "
           f"{'CPU ms/predict':>14} {'/metrics exact':>14} {'load avg':>8}", file=sys.stderr)
     for r in result["summary"]:

@@ -747,6 +747,9 @@ def main() -> None:
     print(f"wrote {args.out}")
     if any(v for m in mis.values() for v in m.values()):
         raise SystemExit("exactness check failed")
+    if rebuild and (rebuild["compared"]["profiles_differing"]
+                    or not rebuild["compared"]["same_watermark"]):
+        raise SystemExit("the online store rebuilt from the snapshot differs from the refold")
 
 
 if __name__ == "__main__":
