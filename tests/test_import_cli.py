@@ -114,6 +114,12 @@ def test_cli_writes_to_s3(tmp_path, moto_endpoint, s3_bucket):
     ("26112510", "yymmddhh", "2026-11-25T10:00:00Z"),
     (14102100, "yymmddhh", "2014-10-21T00:00:00Z"),
     ("25/11/2026 10:00", "%d/%m/%Y %H:%M", "2026-11-25T10:00:00Z"),
+    # epoch fractions are truncated like ISO ones, not rounded into the next hour
+    ("1748854799.9996", "epoch_s", "2025-06-02T08:59:59.999Z"),
+    ("1748854799999.6", "epoch_ms", "2025-06-02T08:59:59.999Z"),
+    (1748854799.9996, "epoch_s", "2025-06-02T08:59:59.999Z"),  # a Parquet double
+    ("1748854799.0019999999999999999999999999", "epoch_s", "2025-06-02T08:59:59.001Z"),
+    ("1.7488548e9", "epoch_s", "2025-06-02T09:00:00Z"),
 ])
 def test_time_formats(value, fmt, iso):
     assert parse_time(value, fmt, "t") == parse_instant(iso)
@@ -125,6 +131,12 @@ def test_time_formats(value, fmt, iso):
     ("1795600800", "epoch_ms", "bad_time"),  # seconds read as ms: 1970, outside the range
     ("26132510", "yymmddhh", "bad_time"),  # month 13
     ("nan", "epoch_s", "bad_time"),
+    ("inf", "epoch_ms", "bad_time"),
+    ("1e999999999", "epoch_s", "bad_time"),
+    # a date without a time is not midnight (a forgotten --time-format yymmddhh, often)
+    ("2025-06-02", "iso", "bad_time"),
+    ("20121010", "iso", "bad_time"),
+    ("2025-W23-1", "iso", "bad_time"),
 ])
 def test_bad_times_get_a_reason(value, fmt, reason):
     with pytest.raises(BadValue) as exc:

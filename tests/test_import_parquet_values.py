@@ -105,3 +105,27 @@ def test_a_nested_value_for_a_text_field_is_a_bad_value(tmp_path):
     assert rejects(r)[:2] == [(1, "bad_value", "u: '[1, 2]' is a nested value, not text"),
                               (2, "bad_value", "u: '[3]' is a nested value, not text")]
     assert landed(store, "impressions") == []  # no "[1, 2]" user stored
+
+
+def test_an_infinite_cost_or_click_time_is_a_bad_value_not_an_absent_one(tmp_path):
+    # Before: ±inf read as "no cost" and "no click". NaN, a float column's null, stays absent.
+    s = H10 // 1000
+    table = pa.table({
+        "t": pa.array([H10] * 6, pa.timestamp("ms", tz="UTC")),
+        "u": [f"u{i}" for i in range(6)], "c": ["c"] * 6,
+        "cost": pa.array([float("inf"), float("-inf"), float("nan"), 0.25, 0.5, 0.5]),
+        "k": pa.array([s + 60.0, s + 60.0, s + 60.0, float("nan"), float("inf"),
+                       float("-inf")]),
+    })
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path)
+    store = Store(str(tmp_path / "data"))
+    m = mapping_from_dict({"time": "t", "user": "u", "campaign": "c", "cost": "cost",
+                           "click_time": "k", "click_time_format": "epoch_s"})
+    r = import_log(store, m, str(path))
+    assert [(line, reason) for line, reason, _ in rejects(r)] == [
+        (1, "bad_value"), (2, "bad_value"), (5, "bad_time"), (6, "bad_time")]
+    assert sorted((e["user_id"], e.get("cost")) for e in landed(store, "impressions")) == [
+        ("u2", None), ("u3", 0.25)]
+    assert [e["impression_id"] for e in landed(store, "clicks")] == [
+        next(e["impression_id"] for e in landed(store, "impressions") if e["user_id"] == "u2")]

@@ -225,9 +225,11 @@ def test_two_parquet_tables_joined_by_id(tmp_path):
     assert (r.click_rows_read, r.clicks, r.duplicate_clicks, r.orphan_clicks) == (5, 1, 1, 0)
     # b: click at 10:00:01 is before its impression at 10:00:02; c: clicked at 11:00:02, one
     # second before the impression at 11:00:03; zz: no such impression and no user column
-    assert [(x["table"], x["line"], x["reason"]) for x in r.first_rejects] == [
-        ("clicks", 2, "click_not_after_impression"), ("clicks", 4, "click_not_after_impression"),
-        ("clicks", 3, "unknown_impression")]
+    # found after the sort, they come in line order, with their raw row read again
+    assert [(x["table"], x["line"], x["reason"], x["raw"]) for x in r.first_rejects] == [
+        ("clicks", 2, "click_not_after_impression", f"b,{s + 1}"),
+        ("clicks", 3, "unknown_impression", f"zz,{s + 5}"),
+        ("clicks", 4, "click_not_after_impression", f"c,{s + 3602}")]
     [click] = landed(store, "clicks")
     assert {k: click[k] for k in ("ts", "impression_id", "user_id", "campaign_id")} == {
         "ts": H10 + 60_000, "impression_id": "a", "user_id": "u1", "campaign_id": "7"}

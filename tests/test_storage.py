@@ -38,6 +38,16 @@ def test_bytes_round_trip_and_overwrite(store):
     assert store.read_bytes("empty.bin") == b""
 
 
+def test_a_local_file_is_copied_in_chunks(store, tmp_path):
+    src = tmp_path / "big.bin"
+    data = bytes(range(256)) * 1000 + b"tail"
+    src.write_bytes(data)
+    store.write_bytes("d/f.bin", b"old")
+    store.write_file("d/f.bin", str(src), chunk=4096)
+    assert store.read_bytes("d/f.bin") == data
+    assert store.list("d") == ["d/f.bin"]
+
+
 def test_list_is_sorted_recursive_and_relative(store):
     for key in ["x/2/b", "x/1/a", "x/1/c", "y/z", "xx/other"]:
         store.write_bytes(key, key.encode())
@@ -151,7 +161,12 @@ def test_failed_local_write_keeps_old_content_and_no_temp(tmp_path, monkeypatch)
         store.write_bytes("d/f.bin", b"new content, much longer than the old one")
     with pytest.raises(OSError, match="No space"):
         store.write_parquet("d/t.parquet", TABLE)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 10_000)
+    with pytest.raises(OSError, match="No space"):
+        store.write_file("d/f.bin", str(src), chunk=1000)
     monkeypatch.undo()
+    os.remove(src)
     assert store.read_bytes("d/f.bin") == b"old content"
     assert os.listdir(tmp_path / "d") == ["f.bin"]
     assert store.list("d") == ["d/f.bin"]

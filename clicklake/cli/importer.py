@@ -153,7 +153,10 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
     else:
         _print_summary(report, store)
     if report.impressions == 0:
-        raise click.ClickException("no impression was imported: check the mapping and the rejects")
+        raise click.ClickException(
+            "no impression was imported, so nothing under landing/ changed (an earlier import "
+            f"of source {report.source} stays as it was): check the mapping and the rejects in "
+            f"{store.uri(report.rejects_key)}")
 
 
 def _no_bar(desc: str, total: int, unit: str):

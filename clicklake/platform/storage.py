@@ -12,6 +12,7 @@ import io
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from dataclasses import dataclass, field
 
@@ -67,16 +68,27 @@ class Store:
 
     # -- bytes ---------------------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> None:
+        self._publish(key, lambda out: out.write(data))
+
+    def write_file(self, key: str, local_path: str, chunk: int = 1 << 20) -> None:
+        """Copy a local file of any size to `key`, `chunk` bytes at a time (never whole in
+        memory), as atomically as `write_bytes`."""
+        with open(local_path, "rb") as src:
+            self._publish(key, lambda out: shutil.copyfileobj(src, out, chunk))
+
+    def _publish(self, key: str, write) -> None:
+        """`write(stream)` into `key`: one object on S3 (visible once complete), a temp file
+        renamed into place on a local root."""
         path = self.path(key)
         if self.is_s3:
             with self.fs.open_output_stream(path, compression=None, metadata={}) as out:
-                out.write(data)
+                write(out)
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # `_TEMP`: hidden from listings
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())  # the rename must never publish a file whose bytes are lost
             os.replace(tmp, path)

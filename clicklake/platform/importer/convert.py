@@ -11,6 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from clicklake.platform.events import COST_MAX
@@ -46,6 +47,10 @@ class BadValue(ValueError):
         self.reason = reason
 
 
+class _DateOnly(ValueError):
+    pass
+
+
 def parse_time(value: Any, fmt: str, name: str) -> int:
     """One source time value → epoch ms (UTC), or BadValue(BAD_TIME / MISSING_FIELD)."""
     if isinstance(value, bytes):
@@ -57,6 +62,9 @@ def parse_time(value: Any, fmt: str, name: str) -> int:
                                  "1-9999")
     try:
         ms = _parse_time(value, fmt)
+    except _DateOnly:
+        raise BadValue(BAD_TIME, f"{name}: {str(value)[:40]!r} is a date without a time "
+                                 f"(format {fmt})") from None
     except (ValueError, OverflowError, TypeError):
         raise BadValue(BAD_TIME, f"{name}: {str(value)[:40]!r} is not {fmt}") from None
     if not MIN_TS <= ms < MAX_TS:
@@ -74,10 +82,7 @@ def _parse_time(value: Any, fmt: str) -> int:
         raise TypeError("boolean")
     text = value.strip() if isinstance(value, str) else None
     if fmt == "epoch_ms" or fmt == "epoch_s":
-        x = float(text) if text is not None else float(value)
-        if not math.isfinite(x):
-            raise ValueError("not finite")
-        return round(x * (1000 if fmt == "epoch_s" else 1))
+        return _epoch_ms(text if text is not None else value, fmt == "epoch_s")
     if fmt == "yymmddhh":
         digits = text if text is not None else (str(value) if isinstance(value, int) else "")
         digits = digits.zfill(8)
@@ -89,8 +94,40 @@ def _parse_time(value: Any, fmt: str) -> int:
     if text is None:
         raise ValueError("not text")
     if fmt == "iso":
-        return _ms(datetime.fromisoformat(text))
+        dt = datetime.fromisoformat(text)
+        if len(text) <= 10:
+            # Every ISO date-time is longer than the longest date (YYYY-MM-DD): a date alone
+            # (2025-06-02, 20121010) is refused as the event contract refuses it, not read as
+            # midnight, which would be a silent guess (often a forgotten --time-format).
+            raise _DateOnly(text)
+        return _ms(dt)
     return _ms(datetime.strptime(text, fmt))
+
+
+def _epoch_ms(value: Any, seconds: bool) -> int:
+    """Epoch seconds or ms → ms, floored exactly like ISO times are: integer arithmetic on the
+    decimal digits, since a float product rounds (1748854799.9996 s would land in the next
+    hour). A float is taken by its shortest text (repr), as it was written."""
+    if isinstance(value, float):
+        value = repr(value)
+    elif not isinstance(value, str | int | Decimal):
+        raise TypeError(type(value).__name__)
+    try:
+        x = Decimal(value)
+    except ArithmeticError:  # decimal's InvalidOperation: not a number
+        raise ValueError("not a number") from None
+    if not x.is_finite():
+        raise ValueError("not finite")
+    sign, digits, exp = x.as_tuple()
+    n = int("".join(map(str, digits))) * (-1 if sign else 1)
+    e = int(exp) + (3 if seconds else 0)  # value in ms = n * 10**e
+    if len(digits) + e > 21:  # past 10**21 ms: no time at all (and 10**e would be huge)
+        raise ValueError("out of range")
+    if e >= 0:
+        return n * 10**e
+    if -e > len(digits):  # |value| < 1 ms
+        return -1 if n < 0 else 0
+    return n // 10**-e  # floor division: truncates toward the past, as ISO times do
 
 
 def _utf8(value: bytes, name: str) -> str:
@@ -114,8 +151,10 @@ def _text(value: Any, name: str) -> str | None:
     elif isinstance(value, OutOfRange):
         raise BadValue(BAD_VALUE, f"{name}: {value.value} ({value.type}) is out of range")
     elif isinstance(value, float):
-        if not math.isfinite(value):
-            return None
+        if math.isnan(value):
+            return None  # a Parquet float column's "no value"; ±inf is a value, and a bad one
+        if math.isinf(value):
+            return str(value)  # "inf": refused where a number or time is expected
         if value == int(value):
             value = int(value)  # a float-typed id column must not print as "12.0"
     s = str(value).strip()

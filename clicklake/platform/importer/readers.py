@@ -2,9 +2,10 @@
 
 Each reader yields `(line_no, values)` in the order of its `columns`, or a `Problem` for a row it
 cannot split; it never loads the whole file. CSV line numbers are physical lines of the
-(decompressed) text, counting any preamble, so a user can open the file at that line; Parquet rows
-are numbered from 1. Stray bytes before the header (a BOM, a banner, junk glued to the first column
-name) are skipped and reported; blank lines are counted and skipped.
+(decompressed) text, ending in "\n", counting any preamble, so a user can open the file at that
+line; Parquet rows are numbered from 1. Stray bytes before the header (a BOM, a banner, junk glued
+to the first column name) are skipped and reported; blank lines are counted and skipped. A stray
+CSV quote costs its own line only (see `CsvReader.rows`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import csv
 import gzip
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,33 +106,130 @@ def open_table(path: str, needed: list[str], delimiter: str = ",", tmp_dir: str 
 
 # -- CSV ---------------------------------------------------------------------------------------
 
+# A record is built from physical lines (split on "\n" only, so line numbers match `sed -n Np`).
+# A quoted field still open after this many lines, or a record past this many characters, is taken
+# as a stray quote: its first line is rejected and reading resumes on the next line, so one stray
+# `"` cannot swallow the rest of the file (nor hold it in memory).
+MAX_RECORD_LINES = 100
+MAX_RECORD_CHARS = 1 << 23  # also the longest physical line read at once
 
-def _match_header(fields: list[str], needed: list[str]) -> list[str] | None:
-    """The header's columns if `fields` is the header line, else None.
 
-    Junk glued before the first column name (a BOM, binary garbage) is cut off when the rest of
-    the first field is a needed name that does not appear elsewhere.
+class _Runaway(Exception):
+    """Raised from inside the CSV parser's input: the record being built ran past a limit."""
+
+
+class _Lines:
+    """Physical lines of the text as (line_no, text), with push-back; an over-long line comes as
+    (line_no, None), drained without holding it."""
+
+    def __init__(self, text: io.TextIOBase, line_no: int = 0):
+        self.text, self.line_no = text, line_no
+        self.pending: deque[tuple[int, str | None]] = deque()
+
+    def next(self) -> tuple[int, str | None] | None:
+        if self.pending:
+            return self.pending.popleft()
+        line = self.text.readline(MAX_RECORD_CHARS)
+        if not line:
+            return None
+        self.line_no += 1
+        if len(line) == MAX_RECORD_CHARS and not line.endswith(("\n", "\r")):
+            while (rest := self.text.readline(MAX_RECORD_CHARS)) and not rest.endswith(
+                    ("\n", "\r")):
+                pass
+            return self.line_no, None
+        return self.line_no, line
+
+
+class _Feed:
+    """The CSV parser's input: lines of one record at a time, remembered in `taken`, so a record
+    that goes wrong can be given back line by line."""
+
+    def __init__(self, lines: _Lines):
+        self.lines = lines
+        self.taken: list[tuple[int, str]] = []
+        self.chars = 0
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def start(self) -> None:
+        self.taken, self.chars = [], 0
+
+    def __next__(self) -> str:
+        # Checked before a line is read, so no line is lost when the record is abandoned.
+        if len(self.taken) >= MAX_RECORD_LINES:
+            raise _Runaway(f"still open after {len(self.taken)} lines")
+        if self.chars > MAX_RECORD_CHARS:
+            raise _Runaway(f"still open after {self.chars:,} characters")
+        item = self.lines.next()
+        if item is None:
+            raise StopIteration
+        if item[1] is None:
+            self.lines.pending.appendleft(item)  # reported on its own by rows()
+            raise _Runaway(f"line {item[0]} is longer than {MAX_RECORD_CHARS:,} characters")
+        self.taken.append(item)  # type: ignore[arg-type]
+        self.chars += len(item[1])
+        return item[1]
+
+
+def _line_end(path: str, gz: bool) -> str:
+    """"\n", or "\r" for a file whose lines all end in a bare CR (classic Mac OS, Excel's "CSV
+    (Macintosh)"), told by its first 64 KiB holding a CR and no LF."""
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except (OSError, EOFError, zlib.error):
+        return "\n"  # the real read reports it
+    return "\r" if b"\r" in head and b"\n" not in head else "\n"
+
+
+def _split(line: str, delimiter: str) -> list[str]:
+    try:
+        return [f.strip() for f in next(csv.reader([line], delimiter=delimiter), [])]
+    except csv.Error:
+        return []
+
+
+def _match_header(line: str, needed: list[str], delimiter: str) -> list[str] | None:
+    """The header's columns if `line` is the header line, else None.
+
+    Junk glued before the first column name (a BOM, binary garbage: anything but letters, digits,
+    `_`, the quote and the delimiter) is cut off, before the line is split so that a quoted
+    header works, when what follows is a needed name that does not appear elsewhere. A first column
+    that merely ends with a needed name (`click_time` for `time`) is not renamed.
     """
-    cols = [f.strip() for f in fields]
-    if cols and cols[0]:
-        first = cols[0]
-        if first not in needed:
-            for name in sorted(needed, key=len, reverse=True):
-                if first.endswith(name) and name not in cols[1:]:
-                    cols[0] = name
-                    break
-    return cols if set(needed) <= set(cols) else None
+    cols = _split(line, delimiter)
+    if set(needed) <= set(cols):
+        return cols
+    junk = re.match(f'[^\\w"{re.escape(delimiter)}]+', line)
+    if junk:
+        cut = _split(line[junk.end():], delimiter)
+        if cut and cut[0] in needed and cut[0] not in cut[1:] and set(needed) <= set(cut):
+            return cut
+    return None
+
+
+def _shown(text: str) -> str:
+    """A line as it goes into the rejects file: no line end, cut short, undecodable bytes as �."""
+    text = text.rstrip("\r\n")[:RAW_KEEP]
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class CsvReader(TableReader):
     @classmethod
     def open(cls, path: str, needed: list[str], delimiter: str, gz: bool) -> CsvReader:
+        newline = _line_end(path, gz)
         raw = open(path, "rb")  # noqa: SIM115 - closed by close()
         binary = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
         # surrogateescape keeps undecodable bytes visible so such rows are rejected, not mangled.
-        text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
+        # newline="\n": lines end at "\n" only, as `wc -l` and `sed` count them; a bare CR
+        # stays inside its line (the CSV parser refuses it outside quotes).
+        text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape",
+                                newline=newline)
         reader = cls(path, [], "B", os.path.getsize(path))
         reader._raw, reader._text, reader._delimiter = raw, text, delimiter
+        reader._lines = _Lines(text)
         try:
             reader._find_header(needed)
         except BaseException:
@@ -138,63 +238,108 @@ class CsvReader(TableReader):
         return reader
 
     def _find_header(self, needed: list[str]) -> None:
-        line_no = 0
         seen: list[str] = []
-        while line_no < MAX_PREAMBLE_LINES:
+        while self._lines.line_no < MAX_PREAMBLE_LINES:
             try:
-                line = self._text.readline()
+                item = self._lines.next()
             except (OSError, EOFError, zlib.error) as exc:
                 raise ReadError(f"{self.path}: unreadable before the header: {exc}") from None
-            if not line:
+            if item is None:
                 break
-            line_no += 1
-            try:
-                fields = next(csv.reader([line], delimiter=self._delimiter), [])
-            except csv.Error:
-                fields = []
-            cols = _match_header(fields, needed)
+            line_no, line = item
+            if line is None:
+                self.preamble.append((line_no, f"(a line over {MAX_RECORD_CHARS:,} characters)"))
+                seen.append("(an over-long line)")
+                continue
+            cols = _match_header(line, needed, self._delimiter)
             if cols is not None:
-                self.columns, self._offset = cols, line_no
+                self.columns = cols
                 return
             if line.strip():
-                self.preamble.append((line_no, line.rstrip("\r\n")[:RAW_KEEP]))
+                self.preamble.append((line_no, _shown(line)))
             seen.append(line.rstrip("\r\n")[:200])
         first = next((s for s in seen if s.strip()), "")
+        hint = ""
+        if any("\r" in s for s in seen):
+            hint = "; some of its lines end in a bare CR (\\r): give them \\n line ends"
         raise ReadError(
             f"{self.path}: no header line naming all of {', '.join(needed)} in the first "
-            f"{line_no} lines (first non-blank line: {first[:200]!r}); check the mapping's "
-            "column names and the delimiter"
+            f"{self._lines.line_no} lines (first non-blank line: {first[:200]!r}); check the "
+            f"mapping's column names and the delimiter{hint}"
         )
 
     def rows(self) -> Iterator[tuple[int, list[str]] | Problem]:
-        reader = csv.reader(self._text, delimiter=self._delimiter)
-        width = len(self.columns)
-        prev = 0
+        """Records of one or more physical lines. A record that goes wrong while a quoted field
+        spans lines (never closed, closed mid-field, too long, the wrong width, or holding a line
+        that is a row of its own) is a stray quote: its first line is `malformed` and its other
+        lines are read again as records, so the rows after a stray quote are not lost."""
+        lines, width, delim = self._lines, len(self.columns), self._delimiter
+        feed = _Feed(lines)
+        # strict: a quote closed in the middle of a field ("a"b) or never closed is an error,
+        # not a silently merged value.
+        reader = csv.reader(feed, delimiter=delim, strict=True)
+
+        def stray(why: str) -> Problem:
+            """The record's first line is bad; its other lines are read again as records."""
+            first, *rest = feed.taken
+            lines.pending.extendleft(reversed(rest))
+            return Problem(first[0], "malformed", "a quoted field opened on this line is not "
+                           f"closed properly ({why}); reading resumes on the next line",
+                           _shown(first[1]))
+
         while True:
+            feed.start()
             try:
                 fields = next(reader)
             except StopIteration:
                 return
+            except _Runaway as exc:
+                if feed.taken:
+                    yield stray(str(exc))
+                else:  # an over-long line where a record starts
+                    line_no, _ = lines.next()  # type: ignore[misc]
+                    yield Problem(line_no, "malformed",
+                                  f"line longer than {MAX_RECORD_CHARS:,} characters")
+                continue
             except csv.Error as exc:
-                start = self._offset + prev + 1
-                prev = reader.line_num
-                yield Problem(start, "malformed", f"CSV: {exc}")
+                msg, eof = str(exc), "unexpected end of data" in str(exc)
+                if "new-line character" in msg:
+                    msg = "a carriage return (\\r) inside an unquoted field"
+                if len(feed.taken) > 1:
+                    yield stray("the file ends inside it" if eof
+                                else f"line {feed.taken[-1][0]}: {msg}")
+                elif feed.taken:
+                    yield Problem(feed.taken[0][0], "malformed",
+                                  "CSV: the file ends inside a quoted field" if eof
+                                  else f"CSV: {msg}", _shown(feed.taken[0][1]))
+                else:  # not seen: the parser reads a line before it can fail
+                    yield Problem(lines.line_no, "malformed", f"CSV: {msg}")
                 continue
             except (OSError, EOFError, zlib.error) as exc:
-                yield Problem(self._offset + reader.line_num + 1, "malformed",
+                yield Problem(lines.line_no + 1, "malformed",
                               f"file ends in unreadable bytes: {exc}")
                 return
-            start = self._offset + prev + 1
-            prev = reader.line_num
-            if not fields or all(not f.strip() for f in fields):
-                self.blank_lines += reader.line_num - (start - self._offset) + 1
+            line_no, first = feed.taken[0]
+            if len(feed.taken) == 1 and not first.strip() and delim not in first:
+                self.blank_lines += 1  # only a truly empty (or whitespace) line is blank
                 continue
             if len(fields) != width:
-                raw = self._delimiter.join(fields)[:RAW_KEEP]
-                yield Problem(start, "malformed", f"expected {width} fields, found {len(fields)}",
-                              raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+                if len(feed.taken) > 1:
+                    yield stray(f"the record it makes has {len(fields)} fields, not {width}")
+                else:
+                    yield Problem(line_no, "malformed",
+                                  f"expected {width} fields, found {len(fields)}", _shown(first))
                 continue
-            yield start, fields
+            if len(feed.taken) > 1:
+                # A stray quote closed by another one further down (`"best shoes` ... `12"`)
+                # makes a record of the right width out of several rows: a line inside it that
+                # is a full row on its own gives it away. Real multi-line text rarely is one.
+                row_like = next((n for n, text in feed.taken[1:]
+                                 if len(_split(text, delim)) == width), None)
+                if row_like is not None:
+                    yield stray(f"line {row_like} inside it looks like a row of its own")
+                    continue
+            yield line_no, fields
 
     def position(self) -> int:
         try:

@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from clicklake.platform.importer.convert import (
     UNKNOWN_IMPRESSION,
     ClickConverter,
     ImpressionConverter,
+    raw_text,
 )
 from clicklake.platform.importer.mapping import Mapping
 from clicklake.platform.importer.readers import Problem, TableReader, open_table
@@ -36,7 +37,9 @@ from clicklake.platform.timeutil import HOUR_MS, iso
 WEEK_MS = 7 * 24 * HOUR_MS
 REJECTS_PREFIX = "import-rejects"
 MANIFESTS_PREFIX = "import-manifests"
+FAILED_REJECTS_PREFIX = f"{REJECTS_PREFIX}/failed"  # rejects of a run that imported nothing
 FIRST_REJECTS = 20
+UPLOAD_CHUNK = 1 << 20
 
 
 class Progress(Protocol):
@@ -133,10 +136,8 @@ class _Rejects:
         if len(self.first) < self.keep:
             self.first.append(rec)
 
-    def close(self) -> bytes:
+    def close(self) -> None:
         self.f.close()
-        with open(self.path, "rb") as f:
-            return f.read()
 
 
 def _scan(reader: TableReader, convert: Callable, spill: Spill, rejects: _Rejects, table: str,
@@ -206,18 +207,27 @@ def import_log(
             resolver = _stage(mapping, impressions_path, clicks_path, tmp, rejects, report,
                               progress, memory_limit)
             try:
+                _late_rejects(resolver, mapping, impressions_path, clicks_path, tmp, rejects)
                 _write(store, resolver, mapping, source, prefix, shift_to_ms, rejects, report,
                        progress)
             finally:
                 resolver.close()
         finally:
-            body = rejects.close()
-    report.bad_rows = dict(sorted(rejects.rows.items()))
-    report.rejected_clicks = dict(sorted(rejects.clicks.items()))
-    report.skipped_before_header = rejects.preamble
-    report.first_rejects = rejects.first
-    report.rejects_key = f"{REJECTS_PREFIX}/{source}.ndjson"
-    store.write_bytes(report.rejects_key, body)  # written even when empty: replaces an old one
+            rejects.close()
+        report.bad_rows = dict(sorted(rejects.rows.items()))
+        report.rejected_clicks = dict(sorted(rejects.clicks.items()))
+        report.skipped_before_header = rejects.preamble
+        report.first_rejects = rejects.first
+        if report.impressions:
+            report.rejects_key = f"{REJECTS_PREFIX}/{source}.ndjson"
+            # written even when empty: replaces an old one
+            store.write_file(report.rejects_key, rejects.path, UPLOAD_CHUNK)
+            store.delete(f"{FAILED_REJECTS_PREFIX}/{source}.ndjson")
+        else:
+            # Nothing imported (a wrong mapping, as a rule): the earlier import of this source,
+            # its manifest and its rejects file stay as they are; these rejects go aside.
+            report.rejects_key = f"{FAILED_REJECTS_PREFIX}/{source}.ndjson"
+            store.write_file(report.rejects_key, rejects.path, UPLOAD_CHUNK)
     return report
 
 
@@ -241,42 +251,92 @@ def _stage(mapping: Mapping, imp_path: str, clk_path: str | None, tmp: str, reje
     r = Resolver(tmp, memory_limit)
     r.load("imp", "impression_id", imp_spill.files)
     report.duplicate_rows = r.duplicates("imp")
-    for line, ident, first in r.conflicts("imp", "impression_id"):
-        rejects.add("impressions", line, CONFLICTING_ID,
-                    f"id {ident} already used by a different row on line {first}")
     if clk_spill is None:
-        for line, ident, ts, cts in r.rows(
-            "SELECT line_no, impression_id, ts, click_ts FROM imp WHERE rn = 1 "
-            "AND click_ts IS NOT NULL AND click_ts <= ts ORDER BY line_no"
-        ):
-            rejects.add("impressions", line, CLICK_NOT_AFTER,
-                        f"click at {iso(cts)} is not after impression {ident} at {iso(ts)}; "
-                        "the impression is kept without a click", dropped="click")
         return r
     r.load("clk", "click_id", clk_spill.files)
     report.duplicate_clicks = r.duplicates("clk")
-    for line, ident, first in r.conflicts("clk", "click_id"):
-        rejects.add("clicks", line, CONFLICTING_ID,
-                    f"click id {ident} already used by a different row on line {first}")
     r.join_clicks()
-    for line, ident, ts, its in r.rows(
-        "SELECT line_no, impression_id, ts, imp_ts FROM clk_joined WHERE matched AND ts <= imp_ts "
-        "ORDER BY line_no"
-    ):
-        rejects.add("clicks", line, CLICK_NOT_AFTER,
-                    f"click at {iso(ts)} is not after impression {ident} at {iso(its)}")
-    for line, ident in r.rows(
-        "SELECT line_no, impression_id FROM clk_joined WHERE NOT matched "
-        "AND (user_id IS NULL OR campaign_id IS NULL) ORDER BY line_no"
-    ):
-        rejects.add("clicks", line, UNKNOWN_IMPRESSION,
-                    f"impression {ident} is not in the log and the clicks table maps no "
-                    "user/campaign")
     report.orphan_clicks = r.count(
         "SELECT count(*) FROM clk_joined WHERE NOT matched "
         "AND user_id IS NOT NULL AND campaign_id IS NOT NULL"
     )
     return r
+
+
+def _late_sql(table: str, two_tables: bool) -> str:
+    """Rejects found after the sort, of one source table, by line: (line, reason, id, a, b)."""
+    if table == "impressions":
+        sql = ("SELECT line_no, 'conflicting_id' AS reason, impression_id AS ident, "
+               "first_line AS a, NULL::BIGINT AS b FROM imp WHERE rn > 1 AND row_hash <> first_hash")
+        if not two_tables:
+            sql += ("\nUNION ALL SELECT line_no, 'click_not_after', impression_id, ts, click_ts "
+                    "FROM imp WHERE rn = 1 AND click_ts IS NOT NULL AND click_ts <= ts")
+    else:
+        sql = ("SELECT line_no, 'conflicting_id' AS reason, click_id AS ident, first_line AS a, "
+               "NULL::BIGINT AS b FROM clk WHERE rn > 1 AND row_hash <> first_hash\n"
+               "UNION ALL SELECT line_no, 'click_not_after', impression_id, ts, imp_ts "
+               "FROM clk_joined WHERE matched AND ts <= imp_ts\n"
+               "UNION ALL SELECT line_no, 'unknown_impression', impression_id, NULL, NULL "
+               "FROM clk_joined WHERE NOT matched AND (user_id IS NULL OR campaign_id IS NULL)")
+    return f"SELECT * FROM ({sql}) ORDER BY line_no"
+
+
+def _late_detail(table: str, reason: str, ident: str, a: int | None, b: int | None
+                 ) -> tuple[str, str, str]:
+    """(reason, detail, dropped) of a reject found after the sort."""
+    if reason == "conflicting_id":
+        what = "id" if table == "impressions" else "click id"
+        return CONFLICTING_ID, f"{what} {ident} already used by a different row on line {a}", "row"
+    if reason == "unknown_impression":
+        detail = (f"impression {ident} is not in the log and the clicks table maps no "
+                  "user/campaign")
+        return UNKNOWN_IMPRESSION, detail, "row"
+    if table == "impressions":
+        detail = (f"click at {iso(b)} is not after impression {ident} at {iso(a)}; the "
+                  "impression is kept without a click")
+        return CLICK_NOT_AFTER, detail, "click"
+    return CLICK_NOT_AFTER, f"click at {iso(a)} is not after impression {ident} at {iso(b)}", "row"
+
+
+def _late_rejects(r: Resolver, mapping: Mapping, imp_path: str, clk_path: str | None, tmp: str,
+                  rejects: _Rejects) -> None:
+    """Reject the rows only the sort shows to be bad (a reused id, a click not after its
+    impression, a click of an unknown impression), with their raw text."""
+    two = clk_path is not None
+    _late_table(r.rows(_late_sql("impressions", two)), "impressions", imp_path,
+                mapping.columns(), mapping.delimiter, tmp, rejects)
+    if clk_path is not None and mapping.clicks is not None:
+        _late_table(r.rows(_late_sql("clicks", two)), "clicks", clk_path,
+                    mapping.clicks.columns(), mapping.delimiter, tmp, rejects)
+
+
+def _late_table(late: Iterator[tuple], table: str, path: str, needed: list[str], delimiter: str,
+                tmp: str, rejects: _Rejects) -> None:
+    """Merge one table's late rejects (by line) with a second read of its source, up to the last
+    such line, for their raw text; memory holds one batch of each."""
+    nxt = next(late, None)
+    if nxt is None:
+        return  # the usual case: no second read
+
+    def emit(raw: str) -> tuple | None:
+        reason, detail, dropped = _late_detail(table, *nxt[1:])
+        rejects.add(table, nxt[0], reason, detail, raw, dropped=dropped)
+        return next(late, None)
+
+    reader = open_table(path, needed, delimiter, tmp)
+    try:
+        for item in reader.rows():
+            if nxt is None:
+                break
+            if isinstance(item, Problem) or item[0] < nxt[0]:
+                continue
+            raw = raw_text(item[1], delimiter) if item[0] == nxt[0] else ""
+            while nxt is not None and nxt[0] <= item[0]:
+                nxt = emit(raw)
+    finally:
+        reader.close()
+    while nxt is not None:  # not found again (the file changed meanwhile): no raw text
+        nxt = emit("")
 
 
 IMPRESSION_FIELDS = ("impression_id", "ts", "user_id", "campaign_id", "domain", "ip",
@@ -297,6 +357,10 @@ def _write(store: Store, r: Resolver, mapping: Mapping, source: str, prefix: str
                    "WHERE (matched AND ts > imp_ts) OR (NOT matched AND user_id IS NOT NULL "
                    "AND campaign_id IS NOT NULL)")
     lo, hi, n_imp = r.con.sql("SELECT min(ts), max(ts), count(*) FROM imp WHERE rn = 1").fetchall()[0]
+    if not n_imp:
+        # Nothing to import: no file written, none deleted, the manifest kept, so a failed
+        # re-import (a wrong time format, say) leaves the earlier import of this source intact.
+        return
     clo, chi, n_clk = r.con.sql(f"SELECT min(ts), max(ts), count(*) FROM ({clk_sql})").fetchall()[0]
     times = [t for t in (lo, hi, clo, chi) if t is not None]
     shift = 0

@@ -64,8 +64,13 @@ class Spill:
         self.rows = []
 
 
+def _quote(text: str) -> str:
+    """A SQL string literal (SET takes no bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _files_sql(files: list[str]) -> str:
-    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+    return "[" + ", ".join(_quote(f) for f in files) + "]"
 
 
 class Resolver:
@@ -73,8 +78,9 @@ class Resolver:
 
     def __init__(self, folder: str, memory_limit: str = "512MB", threads: int | None = None):
         self.con = duckdb.connect(os.path.join(folder, "import.duckdb"))
-        self.con.execute(f"SET memory_limit = '{memory_limit}'")
-        self.con.execute(f"SET temp_directory = '{os.path.join(folder, 'duckdb-tmp')}'")
+        self.con.execute(f"SET memory_limit = {_quote(memory_limit)}")
+        # The scratch folder comes from --tmp-dir or TMPDIR: any path, an apostrophe included.
+        self.con.execute(f"SET temp_directory = {_quote(os.path.join(folder, 'duckdb-tmp'))}")
         self.con.execute("SET preserve_insertion_order = false")
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
@@ -99,13 +105,6 @@ class Resolver:
     def duplicates(self, table: str) -> int:
         """Rows identical to an earlier row with the same id."""
         return self.count(f"SELECT count(*) FROM {table} WHERE rn > 1 AND row_hash = first_hash")
-
-    def conflicts(self, table: str, key: str) -> Iterator[tuple[int, str, int]]:
-        """(line, id, first line) of rows whose id was already taken by a different row."""
-        yield from self._rows(f"""
-            SELECT line_no, {key}, first_line FROM {table}
-            WHERE rn > 1 AND row_hash <> first_hash ORDER BY line_no
-        """)
 
     def join_clicks(self) -> None:
         """Attach each kept click of the clicks table to its kept impression (if any)."""
