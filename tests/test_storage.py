@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -46,6 +48,30 @@ def test_a_local_file_is_copied_in_chunks(store, tmp_path):
     store.write_file("d/f.bin", str(src), chunk=4096)
     assert store.read_bytes("d/f.bin") == data
     assert store.list("d") == ["d/f.bin"]
+
+
+def test_a_copy_that_fails_midway_publishes_nothing(store, tmp_path, monkeypatch):
+    """On S3 the upload stream publishes what it holds when closed after an error: the copy
+    goes to a hidden temporary key, moved into place only once complete."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"y" * 50_000)
+    store.write_bytes("d/f.bin", b"old")
+    real, copied = shutil.copyfileobj, []
+
+    def fails_midway(fsrc, fdst, length=0):
+        fdst.write(fsrc.read(20_000))
+        copied.append(True)
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(shutil, "copyfileobj", fails_midway)
+    with pytest.raises(OSError, match="went away"):
+        store.write_file("d/f.bin", str(src))
+    monkeypatch.setattr(shutil, "copyfileobj", real)
+    assert copied and store.read_bytes("d/f.bin") == b"old"
+    assert store.list("d") == ["d/f.bin"]
+    if store.is_s3:  # nothing left behind, hidden or not
+        left = store.fs.get_file_info(pafs.FileSelector(store.path("d"), recursive=True))
+        assert [i.base_name for i in left] == ["f.bin"]
 
 
 def test_list_is_sorted_recursive_and_relative(store):

@@ -72,9 +72,20 @@ class Store:
 
     def write_file(self, key: str, local_path: str, chunk: int = 1 << 20) -> None:
         """Copy a local file of any size to `key`, `chunk` bytes at a time (never whole in
-        memory), as atomically as `write_bytes`."""
-        with open(local_path, "rb") as src:
-            self._publish(key, lambda out: shutil.copyfileobj(src, out, chunk))
+        memory), atomically. On S3 through a hidden temporary key moved into place: pyarrow's
+        upload stream cannot be aborted, and closing it after an error mid-copy publishes what
+        it holds so far (apache/arrow#40502)."""
+        target = f"{key}.tmp-{uuid.uuid4().hex}" if self.is_s3 else key
+        try:
+            with open(local_path, "rb") as src:
+                self._publish(target, lambda out: shutil.copyfileobj(src, out, chunk))
+            if target != key:
+                self.fs.move(self.path(target), self.path(key))
+        except BaseException:
+            if target != key:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(self.path(target))
+            raise
 
     def _publish(self, key: str, write) -> None:
         """`write(stream)` into `key`: one object on S3 (visible once complete), a temp file
@@ -122,7 +133,7 @@ class Store:
         keys = [
             fi.path[len(root) :]
             for fi in self.fs.get_file_info(sel)
-            if fi.type == pafs.FileType.File and (self.is_s3 or not _TEMP.search(fi.base_name))
+            if fi.type == pafs.FileType.File and not _TEMP.search(fi.base_name)
         ]
         return sorted(keys)
 
