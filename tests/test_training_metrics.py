@@ -65,7 +65,7 @@ def brute_spend(y, p, cost, retention):
         if kept >= retention * clicks - 1e-9:
             best = t  # ascending: the last that qualifies is the highest
     skipped = sum(cc for cc, pp in zip(c, p, strict=True) if pp < best)
-    return (skipped / sum(c) if sum(c) > 0 else 0.0), best
+    return (skipped / sum(c) if sum(c) > 0 else math.nan), best  # no cost known: undefined
 
 
 labels_scores = st.integers(2, 40).flatmap(
