@@ -58,8 +58,10 @@ def _table(rows, spec):
 
 
 def _raw_lake(root) -> Store:
+    """Raw partitions of every hour from H0 to the last of HOURS, the quiet ones empty (the
+    hourly schedule builds every hour: one never built is a gap downstream runs refuse)."""
     store = Store(str(root))
-    for h in HOURS:
+    for h in range(H0, HOURS[-1] + HOUR_MS, HOUR_MS):
         for rows, spec, stream in ((IMPS, IMPRESSIONS, "impressions"), (CLKS, CLICKS, "clicks")):
             part = [r for r in rows if h <= r["ts"] < h + HOUR_MS]
             store.write_parquet(raw.raw_key(stream, h), _table(part, spec))
@@ -255,3 +257,28 @@ def test_segment_counts_at_other_instants_match_a_count(monkeypatch, native):
         for i in range(n):
             mine = [j for j in range(ne) if names[j] == asked[i] and ms[j] < t[i]]
             assert (got_i[i], got_c[i]) == (sum(imp[mine]), len(mine) - sum(imp[mine])), trial
+
+
+def test_a_raw_hour_never_built_is_a_gap_the_chains_refuse(tmp_path):
+    """Raw hour 2 never built (deleted here), hours after it built: a snapshot, or the segment
+    profile reading it, built over it would lack its events for good, and stay so once it is
+    built (nothing refolds them). Before, it was read as an empty hour and the runs passed."""
+    store = _raw_lake(tmp_path)
+    _materialize(store, H0)
+    _materialize(store, H0 + HOUR_MS)
+    store.delete(raw.raw_key("clicks", H0 + 2 * HOUR_MS))
+    for hour, asset in ((H0 + 3 * HOUR_MS, "user_profiles"), (H0 + 2 * HOUR_MS, "segment_profiles")):
+        result = dg.materialize(profile_assets, partition_key=hour_partition_key(hour),
+                                selection=[asset], raise_on_error=False,
+                                resources={"lake": LakeResource(root=store.root)})
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        message = failure.step_failure_data.user_failure_data.description
+        assert "raw_clicks 2025-11-25-02:00, never materialized" in message, message
+        assert not store.exists((profiles.snapshot_key if asset == "user_profiles"
+                                 else segments.segment_key)(hour))
+    # the frontier is not a gap: a segment profile of the hour after the last raw one builds
+    last = HOURS[-1] + HOUR_MS
+    assert dg.materialize(profile_assets, partition_key=hour_partition_key(last),
+                          selection=["segment_profiles"],
+                          resources={"lake": LakeResource(root=store.root)}).success

@@ -20,6 +20,7 @@ from clicklake.assets.checks import (
     require_inputs_passed,
     require_passed,
 )
+from clicklake.assets.lake_inputs import raw_span, require_built
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     independent_hours_policy,
@@ -147,9 +148,16 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     # and a failed check fails the run at that hour, the hours before it written.
     completeness: dict[int, dict] = {}
     known: dict = {}  # raw materialization records by (asset, hour), shared by the range's hours
+    span = raw_span(store, lake.lake_prefix)
 
     def ready(hour: int) -> None:
         completeness[hour] = require_next_hour_complete(context, hour, known)
+        # (a record may live in another instance: the files must be there all the same)
+        require_built(store, lake.lake_prefix, f"labeled_impressions {hour_partition_key(hour)}",
+                      [(f"raw_{s}", h) for s in ("impressions", "clicks")
+                       for h in (hour, hour + HOUR_MS)]
+                      + [("raw_impressions", hour - HOUR_MS), ("user_profiles", hour - HOUR_MS)],
+                      span)
         # the latest scores read a day of raw predictions: none of them a failed hour
         require_inputs_passed(context, f"labeled_impressions {hour_partition_key(hour)}",
                               [("raw_predictions", h) for h in range(

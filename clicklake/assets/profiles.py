@@ -14,6 +14,7 @@ from pydantic import Field
 
 from clicklake.assets.automation import when_inputs_complete
 from clicklake.assets.checks import require_inputs_passed
+from clicklake.assets.lake_inputs import raw_span, require_built
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     chain_policy,
@@ -112,6 +113,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     existing = sorted(h for h in (_hour_of(k) for k in store.list(f"{prefix}/profiles/user/"))
                       if h is not None and h < hours[0])
     prev, base = None, None
+    span = raw_span(store, prefix)
     if existing:
         base = existing[-1]
         prev = store.read_parquet(prof.snapshot_key(base, prefix))
@@ -121,6 +123,9 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
         gap = range(base + HOUR_MS, hour, HOUR_MS) if base is not None else range(0)
         require_inputs_passed(context, f"user_profiles {hour_partition_key(hour)}",
                               [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS])
+        # a raw hour never built would be gone from this snapshot and every later one
+        require_built(store, prefix, f"user_profiles {hour_partition_key(hour)}",
+                      [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS], span)
         for h in gap:
             prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing), h)
         tile = _tile(store, hour, prefix, missing)
@@ -170,10 +175,14 @@ def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     window, as of the end of the hour (clicks take their impression's country)."""
     store, prefix = lake.store(), lake.lake_prefix
     known: dict = {}  # hour H's raw hour before is hour H-1's own
+    span = raw_span(store, prefix)
     for hour in run_hours(context):  # in order: each hour reads the ones just written
-        require_inputs_passed(context, f"segment_profiles {hour_partition_key(hour)}",
-                              [(k.to_user_string(), h) for k in RAW_DEPS
-                               for h in (hour - HOUR_MS, hour)], known)
+        what = f"segment_profiles {hour_partition_key(hour)}"
+        require_inputs_passed(context, what, [(k.to_user_string(), h) for k in RAW_DEPS
+                                              for h in (hour - HOUR_MS, hour)], known)
+        require_built(store, prefix, what, [("raw_impressions", hour - HOUR_MS),
+                                            ("raw_impressions", hour), ("raw_clicks", hour)],
+                      span)
         events = seg.hour_segment_events(store, hour, prefix)
         previous = [p for h in range(hour - (seg.WINDOW_HOURS - 1) * HOUR_MS, hour, HOUR_MS)
                     if (p := seg.read_segment_profile(store, h, prefix)) is not None]
