@@ -115,3 +115,17 @@ def test_import_takes_back_the_source_name_it_made(places):
     assert source.startswith("données-")
     again = _invoke([*args, "--source", source])
     assert again.exit_code == 0, again.output
+
+
+def test_lookup_reads_an_s3_root_through_the_endpoint_it_is_given(monkeypatch):
+    """It went to AWS whatever CLICKLAKE_S3_ENDPOINT_URL said, and an unreachable endpoint gave
+    a traceback."""
+    monkeypatch.setenv("CLICKLAKE_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    result = CliRunner().invoke(main, ["lookup", "u1", "--root", "s3://bkt/p",
+                                       "--s3-region", "us-east-1"])
+    assert result.exit_code == 1, result.output
+    assert "cannot read the lake under s3://bkt/p" in result.output
+    assert "127.0.0.1" in result.output and "amazonaws" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -30,7 +30,11 @@ from clicklake.assets.partitions import (
 from clicklake.assets.raw import landing_window
 from clicklake.platform.features import PREDICTION_MAX_AGE_MS
 from clicklake.platform.labeled import build_labeled_hours, labeled_key
-from clicklake.platform.labeled_quality import LABELED_CHECKS, labeled_check_specs
+from clicklake.platform.labeled_quality import (
+    DEFAULT_LABEL_RATE,
+    LABELED_CHECKS,
+    labeled_check_specs,
+)
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
 from clicklake.platform.raw import read_raw
 from clicklake.platform.storage import Store
@@ -110,8 +114,8 @@ class LabeledConfig(dg.Config):
         default=15, gt=0, le=60,
         description="A click labels an impression (or a prediction) when it comes within this "
         "many minutes after it: 1 to 60.")
-    label_rate_min: float = 0.0005
-    label_rate_max: float = 0.3
+    label_rate_min: float = DEFAULT_LABEL_RATE[0]
+    label_rate_max: float = DEFAULT_LABEL_RATE[1]
 
 
 @dg.asset(

@@ -400,8 +400,9 @@ def sample_users(lookup: LookupTable, at_ms: int, n: int = CHECK_SAMPLE_USERS) -
 @dg.asset_check(asset=serving_lookup, name="online_matches_lookup")
 def online_matches_lookup(lake: LakeResource, online_store: OnlineStoreResource
                           ) -> dg.AssetCheckResult:
-    """A sample of users' online profiles equal the time-travel lookup at the same instant W:
-    the latest instant both have complete (see `comparison_instant`): files still arriving late
+    """A sample of users' online profiles equal the time-travel lookup at the same instant W
+    (metadata `at`): the earlier of the end of the lake's last snapshot and the end of the last
+    hour the online store holds complete (its landing window closed): files still arriving late
     for hours after W are in neither comparison."""
     from clicklake.platform.raw import Rules
 

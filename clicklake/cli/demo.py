@@ -167,4 +167,6 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
         last_hour = start_ms + (hours - 1) * HOUR_MS
         serve_and_predict(root, last_hour, int(folded.get("watermark_ms") or last_hour + HOUR_MS))
     click.echo(f"\nDone in {time.perf_counter() - t0:.1f} s. Lake: {root}/lake"
-               "  (browse the runs and assets with `make dev`).")
+               + ("  (browse the runs and assets with `make dev`)." if instance is not None else
+                  "  (the runs went to a throwaway Dagster instance: set DAGSTER_HOME, as "
+                  "`make demo` does, to browse them with `make dev`)."))

@@ -9,7 +9,7 @@ import click
 
 from clicklake.cli.params import CONTEXT
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
-from clicklake.platform.storage import Store
+from clicklake.platform.storage import S3Options, Store
 from clicklake.platform.timeutil import MAX_CLOCK_SKEW_MS, iso, parse_bounded_instant
 
 
@@ -28,19 +28,26 @@ def _plain(value):
                    "`make demo` writes data/demo).")
 @click.option("--lake-prefix", default="lake", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: bool) -> None:
+@click.option("--s3-endpoint-url", default=None, envvar="CLICKLAKE_S3_ENDPOINT_URL",
+              help="S3-compatible endpoint (MinIO, moto, LocalStack) of an s3:// root.")
+@click.option("--s3-region", default=None, help="Region of the S3 bucket.")
+def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: bool,
+           s3_endpoint_url: str | None, s3_region: str | None) -> None:
     """Print USER's profile as of an instant: events with ts < T only."""
     now = int(time.time() * 1000)
     try:  # the REST API's bounds: a far-off instant walked the lake an hour at a time
         t = parse_bounded_instant(as_of, MAX_CLOCK_SKEW_MS, now) if as_of else now
     except ValueError as exc:
         raise click.BadParameter(f"{as_of!r}: {exc}", param_hint="--as-of") from None
-    table = LookupTable(Store(root), lake_prefix)
+    table = LookupTable(Store(root, S3Options(endpoint_url=s3_endpoint_url, region=s3_region)),
+                        lake_prefix)
     try:
         profile = table.profile(user, t)
     except SnapshotUnavailable as exc:
         raise click.ClickException(f"{exc} (lake root: {root}; --root or CLICKLAKE_ROOT picks "
                                    "another)") from None
+    except OSError as exc:  # an unreachable S3 endpoint, a root that cannot be read
+        raise click.ClickException(f"cannot read the lake under {root}: {exc}") from None
     profile = {k: _plain(v) for k, v in profile.items()}
     profile["snapshot_as_of"] = (iso(profile["snapshot_as_of"])
                                  if profile["snapshot_as_of"] is not None else None)

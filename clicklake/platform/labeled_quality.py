@@ -50,6 +50,9 @@ def labeled_check_specs(rows: int, label_rate: tuple[float, float]) -> list[Chec
     return checks
 
 
-# (name, description) of every check, for declaring them before any run.
+# The label rate's bounds unless the run's config says otherwise (`LabeledConfig`).
+DEFAULT_LABEL_RATE = (0.0005, 0.3)
+
+# (name, description) of every check, for declaring them before any run (the UI shows these).
 LABELED_CHECKS = tuple((c.name, c.description)
-                       for c in labeled_check_specs(LABEL_RATE_MIN_ROWS, (0.0, 1.0)))
+                       for c in labeled_check_specs(LABEL_RATE_MIN_ROWS, DEFAULT_LABEL_RATE))
