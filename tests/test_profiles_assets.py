@@ -282,3 +282,22 @@ def test_a_raw_hour_never_built_is_a_gap_the_chains_refuse(tmp_path):
     assert dg.materialize(profile_assets, partition_key=hour_partition_key(last),
                           selection=["segment_profiles"],
                           resources={"lake": LakeResource(root=store.root)}).success
+
+
+def test_a_chain_built_out_of_order_starts_at_the_lakes_history(tmp_path):
+    """Hour 2's snapshot built before hours 0 and 1 (out of order, or rerun once retention
+    deleted the snapshots before it) restarted history at hour 2: ann's impressions of hours 0
+    and 1 were gone from it and every later snapshot. It folds them from raw now, and a rebuild
+    of an earlier hour says which later snapshots it left stale."""
+    ordered, shuffled = _raw_lake(tmp_path / "ordered"), _raw_lake(tmp_path / "shuffled")
+    for h in (H0, H0 + HOUR_MS, H0 + 2 * HOUR_MS):
+        _materialize(ordered, h)
+    meta2 = _materialize(shuffled, H0 + 2 * HOUR_MS)
+    assert meta2["user_profiles"]["gap_hours_refolded"] == 2
+    key = profiles.snapshot_key(H0 + 2 * HOUR_MS)
+    assert shuffled.read_parquet(key).equals(ordered.read_parquet(key))
+    meta0 = _materialize(shuffled, H0)
+    assert meta0["user_profiles"]["later_snapshots_stale"] == (
+        "1 snapshots from 2025-11-25-02:00 to 2025-11-25-02:00: rematerialize user_profiles "
+        "from 2025-11-25-01:00 (and what reads them)")
+    assert "later_snapshots_stale" not in meta2["user_profiles"]

@@ -110,8 +110,10 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     hour's snapshot plus this hour's tiles; sorted by user_id in small zstd row groups."""
     hours = run_hours(context)
     store, prefix = lake.store(), lake.lake_prefix
-    existing = sorted(h for h in (_hour_of(k) for k in store.list(f"{prefix}/profiles/user/"))
-                      if h is not None and h < hours[0])
+    built = sorted(h for h in (_hour_of(k) for k in store.list(f"{prefix}/profiles/user/"))
+                   if h is not None)
+    existing = [h for h in built if h < hours[0]]
+    later = [h for h in built if h > hours[-1]]  # folded on the run's hours as they were
     prev, base = None, None
     span = raw_span(store, prefix)
     if existing:
@@ -120,7 +122,15 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     for hour in hours:  # in order: each hour folds into the snapshot just written
         missing, started_from = [], prev
         # A gap (hours never materialized) is folded from tiles, or raw, so history stays whole.
-        gap = range(base + HOUR_MS, hour, HOUR_MS) if base is not None else range(0)
+        # Without an earlier snapshot the history starts at the lake's first raw hour, not
+        # here: a chain built out of order, or rerun after retention deleted the snapshots
+        # before it, restarted from an empty history.
+        start = base + HOUR_MS if base is not None else span[0] if span else hour
+        gap = range(start, hour, HOUR_MS)
+        if len(gap) > 24:
+            context.log.info(f"user_profiles {hour_partition_key(hour)}: folding the "
+                             f"{len(gap)} hours before it from {iso(start)} (no snapshot "
+                             "between)")
         require_inputs_passed(context, f"user_profiles {hour_partition_key(hour)}",
                               [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS])
         # a raw hour never built would be gone from this snapshot and every later one
@@ -157,6 +167,16 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
             "path": dg.MetadataValue.path(store.uri(key)),
         }, partition_key=hour_partition_key(hour))
         prev, base = snap, hour
+    if later:
+        # Folded on this run's hours as they were before: they, and whatever read them, differ
+        # from a build from scratch until rebuilt (Dagster does not mark them stale: it skips
+        # an asset's dependency on its own previous partition past 100 partitions).
+        stale = (f"{len(later)} snapshots from {hour_partition_key(later[0])} to "
+                 f"{hour_partition_key(later[-1])}: rematerialize user_profiles from "
+                 f"{hour_partition_key(hours[-1] + HOUR_MS)} (and what reads them)")
+        context.log.warning(f"later snapshots are now stale: {stale}")
+        context.add_asset_metadata({"later_snapshots_stale": stale},
+                                   partition_key=hour_partition_key(hours[-1]))
     return dg.MaterializeResult()
 
 
