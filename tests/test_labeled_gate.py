@@ -99,7 +99,38 @@ def test_an_hour_waits_for_the_raw_hours_it_reads_to_be_complete(tmp_path, asset
                              instance=instance, raise_on_error=False)
         assert not run.success
         failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        assert f"{named} {keys[1]} was materialized at" in str(
+        assert f"{named} {keys[1]} read its landing files at" in str(
+            failure.event_specific_data.error), failure
+
+
+def test_a_raw_hour_is_judged_by_when_it_read_the_landing_zone(tmp_path, monkeypatch):
+    """A raw run that listed the landing zone before the window closed (with Firehose's buffer)
+    and recorded the hour after it: the guard compared the recording time, and passed an hour
+    that may lack the files landing in between."""
+    import clicklake.assets.raw as raw_mod
+    from clicklake.assets.labeled import labeled_assets
+
+    target = next(a for a in labeled_assets if a.key.path == ["labeled_impressions"])
+    lake = LakeResource(root=str(tmp_path))
+    generate(lake.store(), start_ms=START, hours=3, users=200, seed=5)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(3)]
+    resources = {"lake": lake}
+    with dg.instance_for_test() as instance:
+        tags = {"dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1]}
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
+        # hour 2 listed at 03:10 (its window closes at 04:00 + 15 min), recorded now
+        listed = (START + 3 * HOUR_MS + 10 * 60_000) / 1000
+        monkeypatch.setattr(raw_mod, "_clock", lambda: listed)
+        assert dg.materialize(raw_assets, partition_key=keys[2], resources=resources,
+                              instance=instance).success
+        monkeypatch.undo()
+        run = dg.materialize([target], partition_key=keys[1], resources=resources,
+                             instance=instance, raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"raw_impressions {keys[2]} read its landing files at" in str(
             failure.event_specific_data.error), failure
 
 

@@ -79,7 +79,8 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
                                known: dict | None = None, this_hour_also: tuple[str, ...] = ()
                                ) -> dict:
     """Hour H is labeled only once raw impressions and clicks of H and H+1 (and the streams of
-    `this_hour_also` of H) were materialized after their landing windows closed, and passed
+    `this_hour_also` of H) read their landing files after their landing windows closed (plus
+    Firehose's buffer: `raw.landing_window`), and passed
     their blocking checks (`checks.failed_checks`); anything earlier could miss events or
     clicks (a raw hour built early by hand and never rebuilt, say).
     Raises dg.Failure. `known`: the records a run's earlier hours looked up (hour H's next hour
@@ -96,13 +97,13 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
             raise dg.Failure(f"raw_{stream} {partition} is not materialized yet: hour "
                              f"{hour_partition_key(hour_ms)} cannot be labeled before it")
         require_passed(record, f"raw_{stream}", hour, f"hour {hour_partition_key(hour_ms)}")
-        _, closes = landing_window(record, hour)
-        if record.timestamp < closes:
+        _, closes, read_at = landing_window(record, hour)
+        if read_at < closes:
             raise dg.Failure(
-                f"raw_{stream} {partition} was materialized at "
-                f"{datetime.fromtimestamp(record.timestamp, UTC)}, before its landing window "
-                f"closed at {datetime.fromtimestamp(closes, UTC)}: late events may be "
-                "missing; rematerialize it first")
+                f"raw_{stream} {partition} read its landing files at "
+                f"{datetime.fromtimestamp(read_at, UTC)}, before its landing window closed "
+                f"(with Firehose's buffer) at {datetime.fromtimestamp(closes, UTC)}: late "
+                "events may be missing; rematerialize it first")
         seen[f"raw_{stream}{label}_materialized_at"] = dg.MetadataValue.timestamp(
             record.timestamp)
     return seen

@@ -1,5 +1,6 @@
 """Raw hourly assets: landing files → typed, deduplicated Parquet per event-time hour."""
 
+import time
 
 import dagster as dg
 
@@ -29,14 +30,24 @@ class RawConfig(dg.Config):
     future_tolerance_minutes: int = 15
 
 
-def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float]:
-    """(allowed lateness in minutes, epoch seconds its landing window closed) of the raw
-    partition of `hour_ms` whose materialization `record` is: it holds every event that may land
-    only if it was built after that."""
+# Files keyed before a window closes may become visible up to Firehose's buffer interval later
+# (the schedule builds hour H at H + 2 h 15 for the same reason).
+FIREHOSE_BUFFER_S = 15 * 60
+LANDING_READ_AT = "landing_read_at"
+_clock = time.time  # when a run lists the landing zone (tests set it)
+
+
+def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float, float]:
+    """(allowed lateness in minutes, epoch seconds by which every file of its landing window is
+    visible: its close plus Firehose's buffer, epoch seconds its landing files were listed) of
+    the raw partition of `hour_ms` whose materialization `record` is: it holds every event that
+    may land only if they were listed after the former. The listing, not the materialization:
+    a run records its hours when it ends, maybe long after it read them."""
     meta = record.asset_materialization.metadata
     lateness = (meta["allowed_lateness_minutes"].value if "allowed_lateness_minutes" in meta
                 else RawConfig().allowed_lateness_minutes)
-    return lateness, (hour_ms + HOUR_MS) / 1000 + lateness * 60
+    read_at = meta[LANDING_READ_AT].value if LANDING_READ_AT in meta else record.timestamp
+    return lateness, (hour_ms + HOUR_MS) / 1000 + lateness * 60 + FIREHOSE_BUFFER_S, read_at
 
 
 _DESCRIPTIONS = {
@@ -74,6 +85,7 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
         )
         checked: dict[str, list[HourOutcome]] = {}
         for hour_ms in run_hours(context):
+            read_at = _clock()  # before the listing: what lands after may be missed
             part = build_raw_partition(store, stream, hour_ms, rules, lake.landing_prefix)
             write_raw_partition(store, part, lake.lake_prefix)
             context.log.info(
@@ -95,6 +107,7 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
                     **{f"quarantined_{r}": n for r, n in part.quarantined_by_reason.items()},
                     "landing_files_read": part.files_read,
                     "allowed_lateness_minutes": config.allowed_lateness_minutes,
+                    LANDING_READ_AT: dg.MetadataValue.timestamp(read_at),
                     "landing_lines_read": part.lines_read,
                     "path": dg.MetadataValue.path(
                         store.uri(raw_key(stream, hour_ms, lake.lake_prefix))),

@@ -224,12 +224,13 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
     for stream in landing.STREAMS:
         for key, record in latest(f"raw_{stream}", list(hours)).items():
             h = hours[key]
-            allowed, closes = landing_window(record, h)
+            allowed, closes, read_at = landing_window(record, h)
             if allowed != lateness:
                 out.append(f"raw_{stream} {iso(h)} allowed {allowed} min of lateness, the "
                            f"online fold {lateness}")
-            elif record.timestamp < closes:
-                out.append(f"raw_{stream} {iso(h)} was built before its landing window closed")
+            elif read_at < closes:
+                out.append(f"raw_{stream} {iso(h)} read its landing files before its landing "
+                           "window closed")
             if h == p:
                 raw_built = max(raw_built, record.timestamp)
     snapshot = latest("user_profiles", [hour_partition_key(p)]).get(hour_partition_key(p))
