@@ -158,3 +158,42 @@ def test_an_hour_whose_snapshot_before_was_never_built_is_refused(tmp_path):
         assert (f"reads user_profiles {keys[1]}, never materialized"
                 in failure.step_failure_data.user_failure_data.description)
         assert not store.exists(labeled_key(START + 2 * HOUR_MS))
+
+
+def test_an_hour_whose_snapshot_sits_on_an_early_raw_hour_is_refused(tmp_path, monkeypatch):
+    """Raw hour 1 read its landing files before its window closed; the snapshots of hours 1
+    and 2 were folded on it. Labeled hour 3 (features from snapshot 2) checked only raw 3 and 4,
+    and passed: a user's lifetime impressions 18 where the complete hour gives 21."""
+    import clicklake.assets.raw as raw_mod
+
+    lake = LakeResource(root=str(tmp_path))
+    generate(lake.store(), start_ms=START, hours=5, users=150, seed=5)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(5)]
+    resources = {"lake": lake}
+    with dg.instance_for_test() as instance:
+        tags = {"dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1]}
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
+        assert dg.materialize([labeled_impressions], partition_key=keys[3], resources=resources,
+                              instance=instance).success
+        monkeypatch.setattr(raw_mod, "_clock", lambda: (START + 2 * HOUR_MS) / 1000)
+        assert dg.materialize(raw_assets, partition_key=keys[1], resources=resources,
+                              instance=instance).success
+        monkeypatch.undo()
+        snaps = [a for a in profile_assets if a.key.path == ["user_profiles"]]
+        run = dg.materialize(snaps, resources=resources, instance=instance,
+                             tags={"dagster/asset_partition_range_start": keys[1],
+                                   "dagster/asset_partition_range_end": keys[2]})
+        meta = {m.partition: m.metadata["inputs_incomplete"].value
+                for m in run.asset_materializations_for_node("user_profiles")}
+        assert meta == {keys[1]: f"raw_impressions {keys[1]} read early; raw_clicks {keys[1]} "
+                                 "read early",
+                        keys[2]: f"via user_profiles {keys[1]}: raw_impressions {keys[1]} read "
+                                 f"early; raw_clicks {keys[1]} read early"}
+        again = dg.materialize([labeled_impressions], partition_key=keys[3], resources=resources,
+                               instance=instance, raise_on_error=False)
+        assert not again.success
+        failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"user_profiles {keys[2]}, which hour {keys[3]}'s features are read from" in str(
+            failure.event_specific_data.error), failure

@@ -27,7 +27,7 @@ from clicklake.assets.partitions import (
     lagged_hourly_partitions,
     run_hours,
 )
-from clicklake.assets.raw import landing_window
+from clicklake.assets.raw import incomplete_inputs, landing_window
 from clicklake.platform.features import PREDICTION_MAX_AGE_MS
 from clicklake.platform.labeled import build_labeled_hours, labeled_key
 from clicklake.platform.labeled_quality import (
@@ -157,6 +157,13 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
 
     def ready(hour: int) -> None:
         completeness[hour] = require_next_hour_complete(context, hour, known)
+        # the features' snapshot holds the raw hours before: none of them read early
+        if early := incomplete_inputs(latest_materialization(context, "user_profiles",
+                                                             hour - HOUR_MS, known)):
+            raise dg.Failure(f"user_profiles {hour_partition_key(hour - HOUR_MS)}, which hour "
+                             f"{hour_partition_key(hour)}'s features are read from, is built on "
+                             f"raw hours that may lack events ({early}): rematerialize them, "
+                             "then the snapshots from the first of them")
         # (a record may live in another instance: the files must be there all the same)
         require_built(store, lake.lake_prefix, f"labeled_impressions {hour_partition_key(hour)}",
                       [(f"raw_{s}", h) for s in ("impressions", "clicks")

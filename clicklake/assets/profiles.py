@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from clicklake.assets.automation import when_inputs_complete
-from clicklake.assets.checks import require_inputs_passed
+from clicklake.assets.checks import latest_materialization, require_inputs_passed
 from clicklake.assets.lake_inputs import raw_span, require_built
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
@@ -22,6 +22,7 @@ from clicklake.assets.partitions import (
     independent_hours_policy,
     run_hours,
 )
+from clicklake.assets.raw import INPUTS_INCOMPLETE, incomplete_inputs, read_early
 from clicklake.platform import profiles as prof
 from clicklake.platform import segments as seg
 from clicklake.platform import tiles
@@ -116,9 +117,13 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     later = [h for h in built if h > hours[-1]]  # folded on the run's hours as they were
     prev, base = None, None
     span = raw_span(store, prefix)
+    known: dict = {}  # materialization records by (asset, hour), shared by the run's hours
+    incomplete = None  # the last snapshot's `inputs_incomplete` (None: complete)
     if existing:
         base = existing[-1]
         prev = store.read_parquet(prof.snapshot_key(base, prefix))
+        incomplete = incomplete_inputs(
+            latest_materialization(context, "user_profiles", base, known))
     for hour in hours:  # in order: each hour folds into the snapshot just written
         missing, started_from = [], prev
         # A gap (hours never materialized) is folded from tiles, or raw, so history stays whole.
@@ -132,7 +137,17 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
                              f"{len(gap)} hours before it from {iso(start)} (no snapshot "
                              "between)")
         require_inputs_passed(context, f"user_profiles {hour_partition_key(hour)}",
-                              [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS])
+                              [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS],
+                              known)
+        # A raw hour that read its landing files before its window closed may lack events:
+        # said here, and by every later snapshot (folded on this one), so that the labeled
+        # hours reading them refuse them as they refuse such a raw hour of their own.
+        early = [f"{k.to_user_string()} {hour_partition_key(h)} read early"
+                 for h in (*gap, hour) for k in RAW_DEPS
+                 if read_early(latest_materialization(context, k.to_user_string(), h, known), h)]
+        if incomplete is not None and base is not None:
+            early.append(f"via user_profiles {hour_partition_key(base)}: {incomplete}")
+        incomplete = "; ".join(early)[:500] or None
         # a raw hour never built would be gone from this snapshot and every later one
         require_built(store, prefix, f"user_profiles {hour_partition_key(hour)}",
                       [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS], span)
@@ -158,6 +173,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
             "started_from": ("empty history" if started_from is None
                              else iso(prof.snapshot_as_of(started_from))),
             "gap_hours_refolded": len(gap),
+            INPUTS_INCOMPLETE: incomplete or "none",
             "missing_inputs": ", ".join(missing) or "none",
             "bytes": nbytes,
             "bytes_per_user": round(prof.bytes_per_user(nbytes, snap.num_rows), 1),

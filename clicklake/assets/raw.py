@@ -35,6 +35,9 @@ class RawConfig(dg.Config):
 FIREHOSE_BUFFER_S = 15 * 60
 LANDING_READ_AT = "landing_read_at"
 _clock = time.time  # when a run lists the landing zone (tests set it)
+# A user snapshot's metadata: "none", or the raw hours under it (its own, its gap's, or through
+# the snapshots it was folded on) that read their landing files early
+INPUTS_INCOMPLETE = "inputs_incomplete"
 
 
 def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float, float]:
@@ -48,6 +51,24 @@ def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float,
                 else RawConfig().allowed_lateness_minutes)
     read_at = meta[LANDING_READ_AT].value if LANDING_READ_AT in meta else record.timestamp
     return lateness, (hour_ms + HOUR_MS) / 1000 + lateness * 60 + FIREHOSE_BUFFER_S, read_at
+
+
+def read_early(record: dg.EventLogRecord | None, hour_ms: int) -> bool:
+    """Whether the raw materialization `record` of `hour_ms` listed its landing files before
+    its window closed (False when there is no record: built in another instance)."""
+    if record is None or record.asset_materialization is None:
+        return False
+    _, closes, read_at = landing_window(record, hour_ms)
+    return read_at < closes
+
+
+def incomplete_inputs(record: dg.EventLogRecord | None) -> str | None:
+    """A user snapshot materialization's `INPUTS_INCOMPLETE` (None: complete, or unknown)."""
+    if record is None or record.asset_materialization is None:
+        return None
+    value = record.asset_materialization.metadata.get(INPUTS_INCOMPLETE)
+    text = None if value is None else str(value.value)
+    return None if text in (None, "", "none") else text
 
 
 _DESCRIPTIONS = {
