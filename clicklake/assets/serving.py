@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
-from clicklake.assets.raw import landing_window
+from clicklake.assets.raw import incomplete_inputs, landing_window
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
@@ -207,7 +207,8 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
     """Why the lake may hold less than the fold would, from this instance's materializations
     (partitions built elsewhere are not checked): a raw partition of the hours p - 24 h to p built
     before its landing window closed or with another allowed lateness than the fold's, or the
-    snapshot of p built with inputs missing or before its hour's raw partitions."""
+    snapshot of p built with inputs missing, on raw hours read early, or before a raw
+    impressions or clicks partition of its last day was rebuilt."""
     lateness = DEFAULT_RULES.allowed_lateness_ms // 60_000
     hours = {hour_partition_key(h): h for h in range(p - 24 * HOUR_MS, p + HOUR_MS, HOUR_MS)}
     out, raw_built = [], 0.0
@@ -231,8 +232,8 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
             elif read_at < closes:
                 out.append(f"raw_{stream} {iso(h)} read its landing files before its landing "
                            "window closed")
-            if h == p:
-                raw_built = max(raw_built, record.timestamp)
+            if stream != "predictions":  # a raw hour of the snapshot's last day rebuilt after
+                raw_built = max(raw_built, record.timestamp)  # it: the chain folded the old
     snapshot = latest("user_profiles", [hour_partition_key(p)]).get(hour_partition_key(p))
     if snapshot is not None:
         meta = snapshot.asset_materialization.metadata
@@ -240,7 +241,11 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
         if missing != "none":
             out.append(f"user_profiles {iso(p)} was built without {missing}")
         if snapshot.timestamp < raw_built:
-            out.append(f"user_profiles {iso(p)} was built before its raw partitions were rebuilt")
+            out.append(f"user_profiles {iso(p)} was built before raw partitions of its last day "
+                       "were rebuilt (the snapshots after them were not refolded)")
+        if early := incomplete_inputs(snapshot):
+            out.append(f"user_profiles {iso(p)} is folded on raw hours that read their landing "
+                       f"files early ({early})")
     return out
 
 
