@@ -187,10 +187,11 @@ def test_an_hour_whose_snapshot_sits_on_an_early_raw_hour_is_refused(tmp_path, m
                                    "dagster/asset_partition_range_end": keys[2]})
         meta = {m.partition: m.metadata["inputs_incomplete"].value
                 for m in run.asset_materializations_for_node("user_profiles")}
+        via = (f"via user_profiles {keys[1]}: raw_impressions {keys[1]} read early; raw_clicks "
+               f"{keys[1]} read early")
         assert meta == {keys[1]: f"raw_impressions {keys[1]} read early; raw_clicks {keys[1]} "
                                  "read early",
-                        keys[2]: f"via user_profiles {keys[1]}: raw_impressions {keys[1]} read "
-                                 f"early; raw_clicks {keys[1]} read early"}
+                        keys[2]: via, keys[3]: via, keys[4]: via}  # 3 and 4 refolded on them
         again = dg.materialize([labeled_impressions], partition_key=keys[3], resources=resources,
                                instance=instance, raise_on_error=False)
         assert not again.success

@@ -287,8 +287,7 @@ def test_a_raw_hour_never_built_is_a_gap_the_chains_refuse(tmp_path):
 def test_a_chain_built_out_of_order_starts_at_the_lakes_history(tmp_path):
     """Hour 2's snapshot built before hours 0 and 1 (out of order, or rerun once retention
     deleted the snapshots before it) restarted history at hour 2: ann's impressions of hours 0
-    and 1 were gone from it and every later snapshot. It folds them from raw now, and a rebuild
-    of an earlier hour says which later snapshots it left stale."""
+    and 1 were gone from it and every later snapshot. It folds them from raw now."""
     ordered, shuffled = _raw_lake(tmp_path / "ordered"), _raw_lake(tmp_path / "shuffled")
     for h in (H0, H0 + HOUR_MS, H0 + 2 * HOUR_MS):
         _materialize(ordered, h)
@@ -296,8 +295,45 @@ def test_a_chain_built_out_of_order_starts_at_the_lakes_history(tmp_path):
     assert meta2["user_profiles"]["gap_hours_refolded"] == 2
     key = profiles.snapshot_key(H0 + 2 * HOUR_MS)
     assert shuffled.read_parquet(key).equals(ordered.read_parquet(key))
-    meta0 = _materialize(shuffled, H0)
-    assert meta0["user_profiles"]["later_snapshots_stale"] == (
-        "1 snapshots from 2025-11-25-02:00 to 2025-11-25-02:00: rematerialize user_profiles "
+
+
+def _with_a_late_impression(store: Store, hour: int) -> None:
+    """Raw `hour` rebuilt with one more impression (a file landed late, within the lateness)."""
+    key = raw.raw_key("impressions", hour)
+    table = store.read_parquet(key)
+    late = table.slice(0, 1).set_column(0, table.schema.field(0), pa.array(["late-1"]))
+    store.write_parquet(key, pa.concat_tables([table, late]))
+
+
+def test_rebuilding_an_hour_refolds_the_snapshots_after_it(tmp_path):
+    """Raw hour 1 rebuilt with a late impression after snapshots 0..26 were built: rebuilding
+    hour 1 left snapshots 2.. folded on the old hour 1 (one impression short) and Dagster showed
+    them fresh. They are folded again, each with a materialization of its own; in a backfill
+    (whose later runs fold them) they are named stale instead."""
+    scratch, rebuilt = _raw_lake(tmp_path / "scratch"), _raw_lake(tmp_path / "rebuilt")
+    last = HOURS[-1]
+    chain = [H0, H0 + HOUR_MS, last]  # 2..25 a gap, folded by the snapshot of 26
+    for h in chain:
+        _materialize(rebuilt, h)
+    _with_a_late_impression(scratch, H0 + HOUR_MS)
+    _with_a_late_impression(rebuilt, H0 + HOUR_MS)
+    for h in chain:
+        _materialize(scratch, h)
+    result = dg.materialize(profile_assets, partition_key=hour_partition_key(H0 + HOUR_MS),
+                            resources={"lake": LakeResource(root=rebuilt.root)})
+    refolded = {m.partition: m.metadata["refolded_after"].value
+                for m in result.asset_materializations_for_node("user_profiles")
+                if "refolded_after" in m.metadata}
+    assert refolded == {hour_partition_key(last): hour_partition_key(H0 + HOUR_MS)}
+    for h in chain:
+        key = profiles.snapshot_key(h)
+        assert rebuilt.read_parquet(key).equals(scratch.read_parquet(key)), h
+
+    _with_a_late_impression(rebuilt, H0)  # again, hour 0, in a backfill run
+    result = dg.materialize(profile_assets, partition_key=hour_partition_key(H0),
+                            resources={"lake": LakeResource(root=rebuilt.root)},
+                            tags={"dagster/backfill": "b1"})
+    [meta] = [m.metadata for m in result.asset_materializations_for_node("user_profiles")]
+    assert meta["later_snapshots_stale"].value == (
+        "2 snapshots from 2025-11-25-01:00 to 2025-11-26-02:00: rematerialize user_profiles "
         "from 2025-11-25-01:00 (and what reads them)")
-    assert "later_snapshots_stale" not in meta2["user_profiles"]

@@ -115,55 +115,81 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
                    if h is not None)
     existing = [h for h in built if h < hours[0]]
     later = [h for h in built if h > hours[-1]]  # folded on the run's hours as they were
-    prev, base = None, None
-    span = raw_span(store, prefix)
-    known: dict = {}  # materialization records by (asset, hour), shared by the run's hours
-    incomplete = None  # the last snapshot's `inputs_incomplete` (None: complete)
+    chain = _Chain(context, store, prefix, config.row_group_users)
     if existing:
-        base = existing[-1]
-        prev = store.read_parquet(prof.snapshot_key(base, prefix))
-        incomplete = incomplete_inputs(
-            latest_materialization(context, "user_profiles", base, known))
+        chain.start_from(existing[-1])
     for hour in hours:  # in order: each hour folds into the snapshot just written
-        missing, started_from = [], prev
-        # A gap (hours never materialized) is folded from tiles, or raw, so history stays whole.
-        # Without an earlier snapshot the history starts at the lake's first raw hour, not
-        # here: a chain built out of order, or rerun after retention deleted the snapshots
-        # before it, restarted from an empty history.
-        start = base + HOUR_MS if base is not None else span[0] if span else hour
-        gap = range(start, hour, HOUR_MS)
-        if len(gap) > 24:
-            context.log.info(f"user_profiles {hour_partition_key(hour)}: folding the "
-                             f"{len(gap)} hours before it from {iso(start)} (no snapshot "
-                             "between)")
-        require_inputs_passed(context, f"user_profiles {hour_partition_key(hour)}",
-                              [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS],
-                              known)
-        # A raw hour that read its landing files before its window closed may lack events:
-        # said here, and by every later snapshot (folded on this one), so that the labeled
-        # hours reading them refuse them as they refuse such a raw hour of their own.
-        early = [f"{k.to_user_string()} {hour_partition_key(h)} read early"
-                 for h in (*gap, hour) for k in RAW_DEPS
-                 if read_early(latest_materialization(context, k.to_user_string(), h, known), h)]
-        if incomplete is not None and base is not None:
-            early.append(f"via user_profiles {hour_partition_key(base)}: {incomplete}")
-        incomplete = "; ".join(early)[:500] or None
-        # a raw hour never built would be gone from this snapshot and every later one
-        require_built(store, prefix, f"user_profiles {hour_partition_key(hour)}",
-                      [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS], span)
-        for h in gap:
-            prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing), h)
-        tile = _tile(store, hour, prefix, missing)
-        snap = prof.fold_snapshot(prev, tile, hour)
-        key = prof.snapshot_key(hour, prefix)
-        nbytes = store.write_parquet(key, snap, row_group_size=config.row_group_users)
-
+        meta = chain.fold(hour)
         cutoff = hour - config.retention_days * 24 * HOUR_MS
         deleted = [h for h in existing if h < cutoff]
         for h in deleted:
             store.delete(prof.snapshot_key(h, prefix))
         existing = [h for h in existing if h >= cutoff] + [hour]
-        context.add_asset_metadata({
+        context.add_asset_metadata({**meta, "retention_days": config.retention_days,
+                                    "snapshots_deleted": len(deleted)},
+                                   partition_key=hour_partition_key(hour))
+    if later:
+        _refold_later(context, chain, hours[-1], later)
+    return dg.MaterializeResult()
+
+
+class _Chain:
+    """The user snapshot chain as a run folds it, hour after hour: the last snapshot (`prev`,
+    of hour `base`) and what its inputs lacked (`incomplete`)."""
+
+    def __init__(self, context: dg.AssetExecutionContext, store: Store, prefix: str,
+                 row_group_users: int):
+        self.context, self.store, self.prefix = context, store, prefix
+        self.row_group_users = row_group_users
+        self.prev: pa.Table | None = None
+        self.base: int | None = None
+        self.incomplete: str | None = None  # the last snapshot's `inputs_incomplete`
+        self.span = raw_span(store, prefix)
+        self.known: dict = {}  # materialization records by (asset, hour)
+
+    def start_from(self, base: int) -> None:
+        self.base = base
+        self.prev = self.store.read_parquet(prof.snapshot_key(base, self.prefix))
+        self.incomplete = incomplete_inputs(
+            latest_materialization(self.context, "user_profiles", base, self.known))
+
+    def fold(self, hour: int) -> dict:
+        """Write the snapshot of `hour` (after `base`); its metadata."""
+        context, store, prefix, known = self.context, self.store, self.prefix, self.known
+        missing, started_from, base = [], self.prev, self.base
+        # A gap (hours never materialized) is folded from tiles, or raw, so history stays whole.
+        # Without an earlier snapshot the history starts at the lake's first raw hour, not
+        # here: a chain built out of order, or rerun after retention deleted the snapshots
+        # before it, restarted from an empty history.
+        start = base + HOUR_MS if base is not None else self.span[0] if self.span else hour
+        gap = range(start, hour, HOUR_MS)
+        if len(gap) > 24:
+            context.log.info(f"user_profiles {hour_partition_key(hour)}: folding the "
+                             f"{len(gap)} hours before it from {iso(start)} (no snapshot "
+                             "between)")
+        what = f"user_profiles {hour_partition_key(hour)}"
+        inputs = [(k.to_user_string(), h) for h in (*gap, hour) for k in RAW_DEPS]
+        require_inputs_passed(context, what, inputs, known)
+        # a raw hour never built would be gone from this snapshot and every later one
+        require_built(store, prefix, what, inputs, self.span)
+        # A raw hour that read its landing files before its window closed may lack events:
+        # said here, and by every later snapshot (folded on this one), so that the labeled
+        # hours reading them refuse them as they refuse such a raw hour of their own.
+        early = [f"{asset} {hour_partition_key(h)} read early" for asset, h in inputs
+                 if read_early(latest_materialization(context, asset, h, known), h)]
+        if self.incomplete is not None and base is not None:  # named by the first snapshot on it
+            early.append(self.incomplete if self.incomplete.startswith("via ") else
+                         f"via user_profiles {hour_partition_key(base)}: {self.incomplete}")
+        self.incomplete = "; ".join(early)[:500] or None
+        prev = self.prev
+        for h in gap:
+            prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing), h)
+        tile = _tile(store, hour, prefix, missing)
+        snap = prof.fold_snapshot(prev, tile, hour)
+        key = prof.snapshot_key(hour, prefix)
+        nbytes = store.write_parquet(key, snap, row_group_size=self.row_group_users)
+        self.prev, self.base = snap, hour
+        return {
             "dagster/row_count": snap.num_rows,
             "dagster/column_schema": column_schema(snap.schema),
             "users": snap.num_rows,
@@ -173,27 +199,44 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
             "started_from": ("empty history" if started_from is None
                              else iso(prof.snapshot_as_of(started_from))),
             "gap_hours_refolded": len(gap),
-            INPUTS_INCOMPLETE: incomplete or "none",
+            INPUTS_INCOMPLETE: self.incomplete or "none",
             "missing_inputs": ", ".join(missing) or "none",
             "bytes": nbytes,
             "bytes_per_user": round(prof.bytes_per_user(nbytes, snap.num_rows), 1),
-            "row_groups": -(-snap.num_rows // config.row_group_users) if snap.num_rows else 0,
-            "retention_days": config.retention_days,
-            "snapshots_deleted": len(deleted),
+            "row_groups": -(-snap.num_rows // self.row_group_users) if snap.num_rows else 0,
             "path": dg.MetadataValue.path(store.uri(key)),
-        }, partition_key=hour_partition_key(hour))
-        prev, base = snap, hour
-    if later:
-        # Folded on this run's hours as they were before: they, and whatever read them, differ
-        # from a build from scratch until rebuilt (Dagster does not mark them stale: it skips
-        # an asset's dependency on its own previous partition past 100 partitions).
-        stale = (f"{len(later)} snapshots from {hour_partition_key(later[0])} to "
-                 f"{hour_partition_key(later[-1])}: rematerialize user_profiles from "
-                 f"{hour_partition_key(hours[-1] + HOUR_MS)} (and what reads them)")
-        context.log.warning(f"later snapshots are now stale: {stale}")
+        }
+
+
+def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, last: int,
+                  later: list[int]) -> None:
+    """The snapshots after a run's hours were folded on those hours as they were before: fold
+    them again, each with a materialization of its own (so what reads them, within the
+    automation's day, follows). Not in a backfill (its later hours are its own runs' job, and
+    refolding the rest at every run of it would fold the chain again and again): there, and
+    when an hour cannot be folded, the rest are reported stale (Dagster does not mark them: it
+    skips an asset's dependency on its own previous partition past 100 partitions)."""
+    todo = list(later)
+    if "dagster/backfill" not in context.run.tags:
+        context.log.info(f"refolding the {len(todo)} snapshots after "
+                         f"{hour_partition_key(last)}, folded on it as it was")
+        while todo:
+            try:
+                meta = chain.fold(todo[0])
+            except dg.Failure as exc:
+                context.log.warning(f"cannot refold user_profiles {hour_partition_key(todo[0])}:"
+                                    f" {exc.description}")
+                break
+            context.log_event(dg.AssetMaterialization(
+                asset_key=context.asset_key, partition=hour_partition_key(todo.pop(0)),
+                metadata={**meta, "refolded_after": hour_partition_key(last)}))
+    if todo:
+        stale = (f"{len(todo)} snapshots from {hour_partition_key(todo[0])} to "
+                 f"{hour_partition_key(todo[-1])}: rematerialize user_profiles from "
+                 f"{hour_partition_key(todo[0])} (and what reads them)")
+        context.log.warning(f"later snapshots are stale: {stale}")
         context.add_asset_metadata({"later_snapshots_stale": stale},
-                                   partition_key=hour_partition_key(hours[-1]))
-    return dg.MaterializeResult()
+                                   partition_key=hour_partition_key(last))
 
 
 @dg.asset(
