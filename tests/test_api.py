@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import numpy as np
+import orjson
 import pyarrow.compute as pc
 import pytest
 from fastapi.testclient import TestClient
@@ -651,7 +652,7 @@ def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):
     fold_files(state, lake, keys)
     # a refold that has reached a tenth of the files
     state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("r1")))
-    fold_files(state, lake, keys[:len(keys) // 10], seeding=True)
+    fold_files(state, lake, keys[:len(keys) // 10], seeding=orjson.loads(refold_mark("r1")))
     online = OnlineFeatures(state)
     row = _labeled_with_context(lake, START + 2 * HOUR_MS, 3).to_pylist()[0]
     body = {"user_id": row["user_id"], "campaign_id": row["campaign_id"],
@@ -679,7 +680,7 @@ def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):
         assert "being rebuilt" in out.json()["detail"]
         assert c.get("/healthz").status_code == 503
         # the rebuild done (its mark gone): served from the store again at the next check
-        fold_files(state, lake, keys, seeding=True)
+        fold_files(state, lake, keys, seeding=orjson.loads(refold_mark("r1")))
         state.clear()
         fold_files(state, lake, keys)
         online._layout_due = 0.0

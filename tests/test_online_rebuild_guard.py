@@ -335,3 +335,58 @@ def test_a_dynamodb_clear_fences_a_commit_being_applied(lake, moto_endpoint):
     dump = b.dump()
     assert dump["docs"] == [(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("b"))]
     assert not dump["counters"] and not dump["marks"] and not dump["files"]
+
+
+def test_a_rebuild_overtaken_before_its_fold_does_not_fold_on_the_other(lake, full, tmp_path,
+                                                                          monkeypatch):
+    """Rebuild B clears the store between rebuild A's last seed commit and A's fold. A's fold
+    read the store's mark (B's) and expected it: its commits landed on B's store, B's seed
+    commits then overwrote the documents A folded into and B's fold skipped A's files (13 of 23
+    users differed from a full fold). A's fold expects A's own mark now, and stops."""
+    import threading
+
+    from clicklake.platform.online import seed as seed_mod
+
+    db = str(tmp_path / "online.db")
+    keys = lake.list("landing/")
+    a, b = SqliteState(db), SqliteState(db)
+    p = seed_hour(lake, keys)
+    a_at_fold, b_cleared, a_folded = threading.Event(), threading.Event(), threading.Event()
+    real_fold = seed_mod.fold_files
+
+    def fold_files(state, *args, **kw):
+        if state is not a:
+            return real_fold(state, *args, **kw)
+        a_at_fold.set()  # A's seed is written: B starts now
+        b_cleared.wait(60)
+        try:
+            return real_fold(state, *args, **kw)
+        finally:
+            a_folded.set()
+
+    monkeypatch.setattr(seed_mod, "fold_files", fold_files)
+    real_clear = b.clear
+
+    def clear(keep=None):
+        real_clear(keep)
+        b_cleared.set()
+        a_folded.wait(60)  # B's seed commits come after A's fold
+
+    b.clear = clear
+    out = {}
+
+    def run_b():
+        a_at_fold.wait(60)
+        out["b"] = rebuild_from_snapshot(b, lake, keys, p, files_per_commit=5)
+
+    worker = threading.Thread(target=run_b)
+    worker.start()
+    with pytest.raises(Rebuilt):
+        rebuild_from_snapshot(a, lake, keys, p, files_per_commit=5)
+    worker.join(60)
+    assert out["b"].fold.skipped == 0 and seed_mark(SqliteState(db))["done"]
+    t = horizon_ms(full.watermark_ms())
+    users = sorted(k for ns, k, _, _ in full.dump()["docs"] if ns == "user")
+    for u in users:
+        assert close_enough(OnlineFeatures(SqliteState(db)).profile(u, t),
+                            OnlineFeatures(full).profile(u, t)), u

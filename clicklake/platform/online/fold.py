@@ -640,21 +640,24 @@ def order_files(keys: Iterable[str], prefix: str = landing.DEFAULT_PREFIX
 
 def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
                prefix: str = landing.DEFAULT_PREFIX, files_per_commit: int = 1,
-               seeding: bool = False) -> FoldReport:
+               seeding: dict | None = None) -> FoldReport:
     """Fold landing files in arrival order, in atomic commits of `files_per_commit` files (a
     micro-batch: the sensor's runs fold all their files in one), fewer when they hold more than
     `MAX_LINES_PER_COMMIT` lines (memory stays bounded); then purge what fell behind the
     retention horizon. On a state `seed`ed from a snapshot only the events at or after its end
     are folded (the seed holds the earlier ones; counted as `in_snapshot`). Raises
     `IncompleteSeed` on a state whose seeding did not finish: it must be seeded again before
-    anything is folded on top (`seeding`: this fold is the seed's own, which finishes it)."""
+    anything is folded on top (`seeding`: this fold is a rebuild's own, which finishes it: the
+    rebuild's mark, which its commits expect; not the state's, which another rebuild may have
+    replaced since)."""
     t0 = time.perf_counter()
     report = FoldReport()
     for rec in state.recover():  # a crashed run's half-applied commit, finished from its intent
         report.files += 1
         _count(report, rec.stats)
-    mark = seed_mark(state)  # a commit finding another is refused (`Rebuilt`)
-    since_ms = _seed_start(mark, seeding)
+    # a commit finding another mark is refused (`Rebuilt`)
+    mark = seed_mark(state) if seeding is None else seeding
+    since_ms = _seed_start(mark, seeding is not None)
     files, bad = order_files(keys, prefix)
     report.skipped += len(bad)
     done = state.folded([lf.key for lf, _ in files])

@@ -228,7 +228,8 @@ def rebuild_from_snapshot(state: StateStore, store: Store, keys: Iterable[str], 
     _seed(state, store, p, lake_prefix, report, unread, run)
     report.seconds = time.perf_counter() - t0
     report.fold = fold_files(state, store, [lf.key for lf, _ in files if lf.arrival_ms >= cut],
-                             rules, landing_prefix, files_per_commit, seeding=True)
+                             rules, landing_prefix, files_per_commit,
+                             seeding=orjson.loads(_mark(p, False, run)))
     _commit(state, _seed_commit(p, "done", run, done=True))  # only now may other runs fold
     return report
 
@@ -267,7 +268,7 @@ def refold_all(state: StateStore, store: Store, keys: Iterable[str],
     run = uuid.uuid4().hex
     state.clear(keep=(SEED, SEED_KEY, 0, refold_mark(run)))
     report = fold_files(state, store, keys, rules, landing_prefix, files_per_commit,
-                        seeding=True)
+                        seeding=orjson.loads(refold_mark(run)))
     if report.watermark_ms is None:  # nothing folded: the store is empty but for the mark
         state.clear()
         return report
