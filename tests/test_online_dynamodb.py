@@ -153,16 +153,25 @@ def test_a_crash_after_every_chunk_landed_is_finished_on_rerun(moto_endpoint, la
     keys = landing_zone.list("landing/")
     client = state.client
     real = {"update_item": client.update_item, "put_item": client.put_item,
-            "delete_item": client.delete_item}
-    target = {"watermark": ("update_item", "meta#watermark"), "records": ("put_item", "f#"),
+            "delete_item": client.delete_item,
+            "transact_write_items": client.transact_write_items}
+    # (the watermark and the records are written under the commit's lease: in transactions)
+    target = {"watermark": ("Update", "meta#watermark"), "records": ("Put", "f#"),
               "clean_up": ("delete_item", "a#")}[step]
     seen = {"n": 0}
 
+    def hits(name, kw) -> bool:
+        if name == "transact_write_items":
+            return any(op == target[0] and (body.get("Key") or body.get("Item"))["pk"]["S"]
+                       .startswith(target[1]) and (op != "Put" or
+                                                   body["Item"].get("state", {}).get("S") == "done")
+                       for item in kw["TransactItems"] for op, body in item.items())
+        return name == target[0] and (kw.get("Key") or kw.get("Item"))["pk"]["S"].startswith(
+            target[1])
+
     def crashing(name):
         def call(**kw):
-            pk = (kw.get("Key") or kw.get("Item"))["pk"]["S"]
-            if name == target[0] and pk.startswith(target[1]) and (
-                    name != "put_item" or kw["Item"]["state"]["S"] == "done"):
+            if hits(name, kw):
                 seen["n"] += 1
                 if seen["n"] == 2:  # in the second commit: the first one finished whole
                     raise _CrashAfter

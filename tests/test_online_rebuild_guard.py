@@ -390,3 +390,52 @@ def test_a_rebuild_overtaken_before_its_fold_does_not_fold_on_the_other(lake, fu
     for u in users:
         assert close_enough(OnlineFeatures(SqliteState(db)).profile(u, t),
                             OnlineFeatures(full).profile(u, t)), u
+
+
+def test_a_dynamodb_clear_fences_a_commits_file_records(lake, moto_endpoint, tmp_path):
+    """Run A's commit has landed its last chunk; rebuild B clears the table before A writes its
+    watermark and file records. They were plain puts: they landed in B's store, which then
+    skipped those files as folded (9 users where the full fold has 10)."""
+    table = f"online-{uuid.uuid4().hex[:8]}"
+    a, b = (DynamoDbOnlineStore(table_name=table, endpoint_url=moto_endpoint,
+                                region="us-east-1", create_table=True).state() for _ in "ab")
+    keys = [lf.key for lf, _ in order_files(lake.list("landing/"))[0]][:30]
+    paused, go = threading.Event(), threading.Event()
+    real_tx = a.client.transact_write_items
+
+    def transact(**kw):  # A's first write after its last chunk: the watermark's
+        if any(i.get("Update", {}).get("Key", {}).get("pk", {}).get("S") == "meta#watermark"
+               for i in kw["TransactItems"]) and not go.is_set():
+            paused.set()
+            go.wait(60)
+        return real_tx(**kw)
+
+    a.client.transact_write_items = transact
+    real_commit = b.commit
+
+    def commit(c):  # after B's first commit on the cleared table, A goes on
+        done = real_commit(c)
+        if not go.is_set():
+            go.set()
+            worker.join(60)
+        return done
+
+    b.commit = commit
+    errors = []
+
+    def run_a():
+        try:
+            fold_files(a, lake, keys[-4:], files_per_commit=4)
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    worker = threading.Thread(target=run_a)
+    worker.start()
+    assert paused.wait(60)
+    report = refold_all(b, lake, keys, files_per_commit=10)
+    assert errors and isinstance(errors[0], Rebuilt), errors
+    assert report.files == len(keys) and report.skipped == 0
+    reference = SqliteState(str(tmp_path / "reference.db"))
+    fold_files(reference, lake, keys, files_per_commit=10)
+    got, want = b.dump(), reference.dump()
+    assert got["docs"] == want["docs"] and got["counters"] == want["counters"]

@@ -658,21 +658,50 @@ class DynamoState(StateStore):
                     continue  # this chunk landed before (a crash, or the writer taken over)
                 raise
         # The watermark first: once the commit's own marker is done, recovery only cleans up.
+        # Fenced too: a clear (a rebuild) between the last chunk and these would otherwise keep
+        # records of files whose events it wiped, and the rebuild would skip them.
         arrival = max(f.arrival_ms for f in files)
-        _if_condition(  # forward only: a replay of an older commit leaves it
-            self.client.update_item, TableName=self.table, Key=self._key("meta#watermark"),
-            UpdateExpression="SET wm = :a",
-            ConditionExpression="attribute_not_exists(wm) OR wm < :a",
-            ExpressionAttributeValues={":a": {"N": str(arrival)}})
+        watermark = {"Update": {  # forward only: a replay of an older commit leaves it
+            "TableName": self.table, "Key": self._key("meta#watermark"),
+            "UpdateExpression": "SET wm = :a",
+            "ConditionExpression": "attribute_not_exists(wm) OR wm < :a",
+            "ExpressionAttributeValues": {":a": {"N": str(arrival)}}}}
+        self._write_leased([watermark], lease if fenced else None, name, forward_only=True)
         # The commit's own marker (its first file's record) turns done last.
-        for f in sorted(files, key=lambda f: f.key == name):
-            self.client.put_item(TableName=self.table, Item={
-                **self._key("f#" + f.key), "state": {"S": "done"},
-                "arrival": {"N": str(f.arrival_ms)}, "stats": {"B": orjson.dumps(f.stats)}})
+        records = [{"Put": {"TableName": self.table, "Item": {
+            **self._key("f#" + f.key), "state": {"S": "done"},
+            "arrival": {"N": str(f.arrival_ms)}, "stats": {"B": orjson.dumps(f.stats)}}}}
+            for f in sorted(files, key=lambda f: f.key == name)]
+        for i in range(0, len(records), per):
+            self._write_leased(records[i:i + per], lease if fenced else None, name)
         # Before the clean-up: a writer that sees no commit pending sees its version. (A replay
         # cut short after this adds one more: tokens only change more often.)
         self._bump_version(own)
         self._clean_up(name)
+
+    def _write_leased(self, items: list[dict], lease: dict | None, name: str,
+                      forward_only: bool = False) -> None:
+        """`items` in one transaction, with `lease` (renewed) when fenced: `Conflict` once the
+        commit is no longer this writer's (taken over, or cleared by a rebuild). Unfenced, each
+        item on its own. `forward_only`: an item whose own condition fails is left as it is."""
+        if lease is None:
+            for item in items:
+                (op, body), = item.items()
+                call = self.client.update_item if op == "Update" else self.client.put_item
+                _if_condition(call, **body) if forward_only else call(**body)
+            return
+        lease["Update"]["ExpressionAttributeValues"][":until"] = {"N": str(self._until())}
+        try:
+            self.client.transact_write_items(TransactItems=[*items, lease])
+        except ClientError as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+            if exc.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
+                raise
+            if reasons[-1] == "ConditionalCheckFailed":
+                raise Conflict(f"DynamoDB table {self.table}: commit {name} is no longer this "
+                               "writer's (taken over, or cleared by a rebuild)") from exc
+            if not (forward_only and "ConditionalCheckFailed" in reasons[:-1]):
+                raise
 
     def _clean_up(self, name: str) -> None:
         """Step 3's tail: the intent and chunk markers, then `meta#pending` if it still names
