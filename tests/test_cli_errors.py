@@ -129,3 +129,10 @@ def test_lookup_reads_an_s3_root_through_the_endpoint_it_is_given(monkeypatch):
     assert "cannot read the lake under s3://bkt/p" in result.output
     assert "127.0.0.1" in result.output and "amazonaws" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_lookup_refuses_a_malformed_s3_endpoint():
+    result = CliRunner().invoke(main, ["lookup", "u1", "--root", "s3://bkt/p",
+                                       "--s3-endpoint-url", "ftp://minio:9000"])
+    assert result.exit_code == 2 and "--s3-endpoint-url" in result.output, result.output
+    assert "Invalid S3 connection scheme" in result.output

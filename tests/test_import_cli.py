@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clicklake.cli import main
 from clicklake.platform.importer import MappingError, load_mapping_dict, mapping_from_dict, merge
@@ -188,3 +190,15 @@ def test_invalid_utf8_row_is_a_malformed_reject_with_its_line(tmp_path):
                                                                   "campaign": "c"}), str(log))
     assert (r.impressions, r.bad_rows) == (1, {"malformed": 1})
     assert r.first_rejects[0]["line"] == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-10**17, 10**17), st.booleans(), st.sampled_from(["int", "str", "float"]))
+def test_epoch_integers_take_the_fast_path_to_the_same_answer(n, seconds, kind):
+    from decimal import Decimal
+
+    from clicklake.platform.importer.convert import _epoch_ms
+
+    value = {"int": n, "str": str(n), "float": float(n)}[kind]
+    exact = int(Decimal(repr(value) if kind == "float" else value) * (1000 if seconds else 1))
+    assert _epoch_ms(value, seconds) == exact

@@ -164,3 +164,10 @@ def test_a_file_whose_lines_all_end_in_a_bare_cr_is_read_line_by_line(tmp_path):
 def test_a_header_ending_in_a_bare_cr_amid_lf_lines_gets_a_hint(tmp_path):
     with pytest.raises(ReadError, match="bare CR"):
         run(tmp_path, f"ts,user,campaign,ua\r{T},u1,c1,x\n".encode())
+
+
+def test_a_bom_before_a_first_column_starting_with_a_symbol_is_cut_alone(tmp_path):
+    # The whole run of non-word characters was cut, `@` included: the header was not found.
+    m = mapping_from_dict({"time": "@timestamp", "user": "user", "campaign": "campaign"})
+    _, r = run(tmp_path, f"\ufeff@timestamp,user,campaign\n{T},u1,c1\n".encode(), m)
+    assert (r.rows_read, r.impressions) == (1, 1)

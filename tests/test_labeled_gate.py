@@ -155,8 +155,9 @@ def test_an_hour_whose_snapshot_before_was_never_built_is_refused(tmp_path):
                              resources={"lake": lake}, raise_on_error=False)
         assert not run.success
         [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
-        assert (f"reads user_profiles {keys[1]}, never materialized"
-                in failure.step_failure_data.user_failure_data.description)
+        message = failure.step_failure_data.user_failure_data.description
+        assert f"reads user_profiles {keys[1]}, never materialized" in message
+        assert "deleted by the snapshot retention" in message
         assert not store.exists(labeled_key(START + 2 * HOUR_MS))
 
 

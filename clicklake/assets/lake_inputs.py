@@ -41,6 +41,9 @@ def require_built(store: Store, prefix: str, what: str, needs: list[tuple[str, i
         if not store.exists(key):
             missing.append(f"{asset} {hour_partition_key(hour)}")
     if missing:
-        raise dg.Failure(f"{what} reads {', '.join(missing)}, never materialized: built without "
-                         "them it would lack their events for good (the lake would differ from a "
-                         "build from scratch). Materialize them first.")
+        retention = (" (a user snapshot may also have been deleted by the snapshot retention, "
+                     "user_profiles' `retention_days`: see docs/deploy.md on backfills longer "
+                     "than it)" if any(m.startswith("user_profiles") for m in missing) else "")
+        raise dg.Failure(f"{what} reads {', '.join(missing)}, never materialized{retention}: "
+                         "built without them it would lack their events for good (the lake "
+                         "would differ from a build from scratch). Materialize them first.")

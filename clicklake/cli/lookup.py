@@ -39,8 +39,11 @@ def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: b
         t = parse_bounded_instant(as_of, MAX_CLOCK_SKEW_MS, now) if as_of else now
     except ValueError as exc:
         raise click.BadParameter(f"{as_of!r}: {exc}", param_hint="--as-of") from None
-    table = LookupTable(Store(root, S3Options(endpoint_url=s3_endpoint_url, region=s3_region)),
-                        lake_prefix)
+    try:
+        store = Store(root, S3Options(endpoint_url=s3_endpoint_url, region=s3_region))
+    except ValueError as exc:  # pyarrow's ArrowInvalid: a malformed endpoint
+        raise click.BadParameter(str(exc), param_hint="--s3-endpoint-url") from None
+    table = LookupTable(store, lake_prefix)
     try:
         profile = table.profile(user, t)
     except SnapshotUnavailable as exc:

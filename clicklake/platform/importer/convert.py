@@ -108,6 +108,10 @@ def _epoch_ms(value: Any, seconds: bool) -> int:
     """Epoch seconds or ms → ms, floored exactly like ISO times are: integer arithmetic on the
     decimal digits, since a float product rounds (1748854799.9996 s would land in the next
     hour). A float is taken by its shortest text (repr), as it was written."""
+    if type(value) is int and -10**18 < value < 10**18:  # the usual: no fraction
+        return value * 1000 if seconds else value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return int(value) * 1000 if seconds else int(value)
     if isinstance(value, float):
         value = repr(value)
     elif not isinstance(value, str | int | Decimal):

@@ -203,10 +203,11 @@ def _match_header(line: str, needed: list[str], delimiter: str) -> list[str] | N
     if set(needed) <= set(cols):
         return cols
     junk = re.match(f'[^\\w"{re.escape(delimiter)}]+', line)
-    if junk:
-        cut = _split(line[junk.end():], delimiter)
-        if cut and cut[0] in needed and cut[0] not in cut[1:] and set(needed) <= set(cut):
-            return cut
+    if junk:  # any cut within the run (a BOM before `@timestamp` keeps its `@`)
+        for at in range(1, junk.end() + 1):
+            cut = _split(line[at:], delimiter)
+            if cut and cut[0] in needed and cut[0] not in cut[1:] and set(needed) <= set(cut):
+                return cut
     return None
 
 
