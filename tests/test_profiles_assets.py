@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from clicklake.assets.profiles import profile_assets
 from clicklake.cli import main
-from clicklake.platform import hashtables, profiles, raw, segments, tiles
+from clicklake.platform import hashtables, landing, profiles, raw, segments, tiles
 from clicklake.platform.enrich import countries
 from clicklake.platform.events import CLICKS, IMPRESSIONS
 from clicklake.platform.storage import Store
@@ -337,3 +337,34 @@ def test_rebuilding_an_hour_refolds_the_snapshots_after_it(tmp_path):
     assert meta["later_snapshots_stale"].value == (
         "2 snapshots from 2025-11-25-01:00 to 2025-11-26-02:00: rematerialize user_profiles "
         "from 2025-11-25-01:00 (and what reads them)")
+
+
+def test_a_snapshot_folds_raw_when_the_hours_tiles_predate_its_raw(tmp_path):
+    """Raw hour 1 rebuilt (a late file landed) and then the snapshots from hour 1, but not its
+    tiles: the snapshot folded the old tiles, and the chain after it lacked the late events."""
+    from clicklake.assets.raw import raw_assets
+    from clicklake.platform.simulate import generate
+
+    start = 1_795_478_400_000  # 2026-11-24T00:00Z
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=start, hours=4, users=80, seed=5)
+    late = sorted(store.list(landing.hour_prefix("impressions", start + HOUR_MS)))[3]
+    data = store.read_bytes(late)
+    store.delete(late)  # not landed yet when the lake is first built
+    hours = {"dagster/asset_partition_range_start": hour_partition_key(start),
+             "dagster/asset_partition_range_end": hour_partition_key(start + 3 * HOUR_MS)}
+    snaps = [a for a in profile_assets if a.key.path == ["user_profiles"]]
+    with dg.instance_for_test() as instance:
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=hours, resources={"lake": lake},
+                                  instance=instance).success
+        store.write_bytes(late, data)
+        assert dg.materialize(raw_assets, partition_key=hour_partition_key(start + HOUR_MS),
+                              resources={"lake": lake}, instance=instance).success
+        assert dg.materialize(snaps, partition_key=hour_partition_key(start + HOUR_MS),
+                              resources={"lake": lake}, instance=instance).success
+    raw_total = sum(store.read_parquet(raw.raw_key("impressions", start + i * HOUR_MS)).num_rows
+                    for i in range(3))
+    snap = store.read_parquet(profiles.snapshot_key(start + 2 * HOUR_MS))
+    assert sum(snap["impressions"].to_pylist()) == raw_total

@@ -50,9 +50,12 @@ def _raw(store: Store, stream: str, hour_ms: int, prefix: str, missing: list[str
     return SPECS[stream].schema.empty_table()
 
 
-def _tile(store: Store, hour_ms: int, prefix: str, missing: list[str]) -> pa.Table:
+def _tile(store: Store, hour_ms: int, prefix: str, missing: list[str],
+          stale: bool = False) -> pa.Table:
+    """The hour's user tiles: the stored ones, or from raw when there are none or they are
+    `stale` (built before the hour's raw was rebuilt)."""
     key = tiles.tile_key(hour_ms, prefix)
-    if store.exists(key):
+    if store.exists(key) and not stale:
         return store.read_parquet(key)
     imp = _raw(store, "impressions", hour_ms, prefix, missing)
     clk = _raw(store, "clicks", hour_ms, prefix, missing)
@@ -153,6 +156,17 @@ class _Chain:
         self.incomplete = incomplete_inputs(
             latest_materialization(self.context, "user_profiles", base, self.known))
 
+    def _stale(self, hour: int) -> bool:
+        """Whether the hour's stored tiles were built before its raw was last rebuilt (a
+        snapshot folded on them would lack the rebuild's late events; from this instance's
+        records: none, nothing known)."""
+        tile = latest_materialization(self.context, "user_hour_tiles", hour, self.known)
+        if tile is None:
+            return False
+        return any(r is not None and r.timestamp > tile.timestamp for r in (
+            latest_materialization(self.context, k.to_user_string(), hour, self.known)
+            for k in RAW_DEPS))
+
     def fold(self, hour: int) -> dict:
         """Write the snapshot of `hour` (after `base`); its metadata."""
         context, store, prefix, known = self.context, self.store, self.prefix, self.known
@@ -183,8 +197,8 @@ class _Chain:
         self.incomplete = "; ".join(early)[:500] or None
         prev = self.prev
         for h in gap:
-            prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing), h)
-        tile = _tile(store, hour, prefix, missing)
+            prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing, self._stale(h)), h)
+        tile = _tile(store, hour, prefix, missing, self._stale(hour))
         snap = prof.fold_snapshot(prev, tile, hour)
         key = prof.snapshot_key(hour, prefix)
         nbytes = store.write_parquet(key, snap, row_group_size=self.row_group_users)
