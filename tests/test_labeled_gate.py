@@ -4,6 +4,7 @@ is removed), so training, which reads every labeled file there, never trains on 
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import dagster as dg
 import pyarrow as pa
@@ -21,6 +22,22 @@ from clicklake.resources.lake import LakeResource
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 START = parse_instant("2026-11-24T00:00:00Z")  # every landing window long closed
+
+
+@contextmanager
+def _built_chain(tmp_path, hours: int, users: int, seed: int):
+    """A generated lake of `hours` hours with its raw hours and profile chains built, in a test
+    instance: (lake, partition keys, instance)."""
+    lake = LakeResource(root=str(tmp_path))
+    generate(lake.store(), start_ms=START, hours=hours, users=users, seed=seed)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(hours)]
+    with dg.instance_for_test() as instance:
+        tags = {"dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1]}
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=tags, resources={"lake": lake},
+                                  instance=instance).success
+        yield lake, keys, instance
 
 
 def test_a_labeled_hour_failing_a_check_is_not_trained_on(tmp_path, monkeypatch):
@@ -79,15 +96,8 @@ def test_an_hour_waits_for_the_raw_hours_it_reads_to_be_complete(tmp_path, asset
     from clicklake.assets.labeled import labeled_assets
 
     target = next(a for a in labeled_assets if a.key.path == [asset])
-    lake = LakeResource(root=str(tmp_path))
-    generate(lake.store(), start_ms=START, hours=3, users=200, seed=5)
-    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(3)]
-    resources = {"lake": lake}
-    with dg.instance_for_test() as instance:
-        tags = {"dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1]}
-        for group in (raw_assets, profile_assets):
-            assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
+    with _built_chain(tmp_path, hours=3, users=200, seed=5) as (lake, keys, instance):
+        resources = {"lake": lake}
         assert dg.materialize([target], partition_key=keys[1], resources=resources,
                               instance=instance).success
         week = {"ops": {f"raw_{s}": {"config": {"allowed_lateness_minutes": 7 * 24 * 60}}
@@ -111,15 +121,8 @@ def test_a_raw_hour_is_judged_by_when_it_read_the_landing_zone(tmp_path, monkeyp
     from clicklake.assets.labeled import labeled_assets
 
     target = next(a for a in labeled_assets if a.key.path == ["labeled_impressions"])
-    lake = LakeResource(root=str(tmp_path))
-    generate(lake.store(), start_ms=START, hours=3, users=200, seed=5)
-    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(3)]
-    resources = {"lake": lake}
-    with dg.instance_for_test() as instance:
-        tags = {"dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1]}
-        for group in (raw_assets, profile_assets):
-            assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
+    with _built_chain(tmp_path, hours=3, users=200, seed=5) as (lake, keys, instance):
+        resources = {"lake": lake}
         # hour 2 listed at 03:10 (its window closes at 04:00 + 15 min), recorded now
         listed = (START + 3 * HOUR_MS + 10 * 60_000) / 1000
         monkeypatch.setattr(raw_mod, "_clock", lambda: listed)
@@ -140,16 +143,8 @@ def test_an_hour_whose_snapshot_before_was_never_built_is_refused(tmp_path):
     snapshot's raw hours missing too, 66 of 116 rows differed from a build from scratch)."""
     from clicklake.platform.profiles import snapshot_key
 
-    lake = LakeResource(root=str(tmp_path))
-    store = lake.store()
-    generate(store, start_ms=START, hours=4, users=100, seed=3)
-    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(4)]
-    tags = {"dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1]}
-    with dg.instance_for_test() as instance:
-        for group in (raw_assets, profile_assets):
-            assert dg.materialize(group, tags=tags, resources={"lake": lake},
-                                  instance=instance).success
+    with _built_chain(tmp_path, hours=4, users=100, seed=3) as (lake, keys, instance):
+        store = lake.store()
         store.delete(snapshot_key(START + HOUR_MS))
         run = dg.materialize([labeled_impressions], partition_key=keys[2], instance=instance,
                              resources={"lake": lake}, raise_on_error=False)
@@ -167,15 +162,8 @@ def test_an_hour_whose_snapshot_sits_on_an_early_raw_hour_is_refused(tmp_path, m
     and passed: a user's lifetime impressions 18 where the complete hour gives 21."""
     import clicklake.assets.raw as raw_mod
 
-    lake = LakeResource(root=str(tmp_path))
-    generate(lake.store(), start_ms=START, hours=5, users=150, seed=5)
-    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(5)]
-    resources = {"lake": lake}
-    with dg.instance_for_test() as instance:
-        tags = {"dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1]}
-        for group in (raw_assets, profile_assets):
-            assert dg.materialize(group, tags=tags, resources=resources, instance=instance).success
+    with _built_chain(tmp_path, hours=5, users=150, seed=5) as (lake, keys, instance):
+        resources = {"lake": lake}
         assert dg.materialize([labeled_impressions], partition_key=keys[3], resources=resources,
                               instance=instance).success
         monkeypatch.setattr(raw_mod, "_clock", lambda: (START + 2 * HOUR_MS) / 1000)

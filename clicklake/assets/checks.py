@@ -22,13 +22,19 @@ from clicklake.platform.timeutil import hour_partition_key
 FAILED_CHECKS = "failed_checks"  # an hour's materialization metadata: "none" or the names
 
 
-def failed_checks(record: dg.EventLogRecord | None) -> str | None:
-    """The blocking checks the materialization failed (None: none, or not recorded)."""
+def recorded_text(record: dg.EventLogRecord | None, key: str) -> str | None:
+    """A materialization's metadata text under `key`; None when it is "none", empty, absent,
+    or there is no materialization."""
     if record is None or record.asset_materialization is None:
         return None
-    value = record.asset_materialization.metadata.get(FAILED_CHECKS)
+    value = record.asset_materialization.metadata.get(key)
     text = None if value is None else str(value.value)
     return None if text in (None, "", "none") else text
+
+
+def failed_checks(record: dg.EventLogRecord | None) -> str | None:
+    """The blocking checks the materialization failed (None: none, or not recorded)."""
+    return recorded_text(record, FAILED_CHECKS)
 
 
 def latest_materialization(context: dg.AssetExecutionContext, asset: str, hour: int,

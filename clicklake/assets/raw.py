@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from clicklake.assets.checks import FAILED_CHECKS, HourOutcome, check_over_hours
+from clicklake.assets.checks import FAILED_CHECKS, HourOutcome, check_over_hours, recorded_text
 from clicklake.assets.metadata import column_schema
 from clicklake.assets.partitions import (
     HOURS_PER_RUN,
@@ -64,11 +64,7 @@ def read_early(record: dg.EventLogRecord | None, hour_ms: int) -> bool:
 
 def incomplete_inputs(record: dg.EventLogRecord | None) -> str | None:
     """A user snapshot materialization's `INPUTS_INCOMPLETE` (None: complete, or unknown)."""
-    if record is None or record.asset_materialization is None:
-        return None
-    value = record.asset_materialization.metadata.get(INPUTS_INCOMPLETE)
-    text = None if value is None else str(value.value)
-    return None if text in (None, "", "none") else text
+    return recorded_text(record, INPUTS_INCOMPLETE)
 
 
 _DESCRIPTIONS = {
