@@ -11,6 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from clicklake.platform import storage
 from clicklake.platform.storage import S3Options, Store
 
 TABLE = pa.table(
@@ -51,8 +52,10 @@ def test_a_local_file_is_copied_in_chunks(store, tmp_path):
 
 
 def test_a_copy_that_fails_midway_publishes_nothing(store, tmp_path, monkeypatch):
-    """On S3 the upload stream publishes what it holds when closed after an error: the copy
-    goes to a hidden temporary key, moved into place only once complete."""
+    """On S3 the upload stream publishes what it holds when closed after an error: an object of
+    more than one part goes to a hidden temporary key, moved into place only once complete
+    (the part size lowered here: 5 MiB)."""
+    monkeypatch.setattr(storage, "S3_ONE_PART_BYTES", 1000)
     src = tmp_path / "big.bin"
     src.write_bytes(b"y" * 50_000)
     store.write_bytes("d/f.bin", b"old")
@@ -68,6 +71,8 @@ def test_a_copy_that_fails_midway_publishes_nothing(store, tmp_path, monkeypatch
         store.write_file("d/f.bin", str(src))
     monkeypatch.setattr(shutil, "copyfileobj", real)
     assert copied and store.read_bytes("d/f.bin") == b"old"
+    store.write_bytes("d/f.bin", b"z" * 5000)  # and whole writes go the same way
+    assert store.read_bytes("d/f.bin") == b"z" * 5000
     assert store.list("d") == ["d/f.bin"]
     if store.is_s3:  # nothing left behind, hidden or not
         left = store.fs.get_file_info(pafs.FileSelector(store.path("d"), recursive=True))

@@ -24,6 +24,9 @@ PARQUET_COMPRESSION = "zstd"
 
 # A local write's temp file (`write_bytes`): `<name>.tmp-<32 hex>`, never a key of its own.
 _TEMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
+# Below this, pyarrow uploads an S3 object in one part (its parts are at least 5 MiB): an upload
+# that fails publishes nothing.
+S3_ONE_PART_BYTES = 5 << 20
 
 
 @dataclass(frozen=True)
@@ -68,32 +71,36 @@ class Store:
 
     # -- bytes ---------------------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> None:
-        self._publish(key, lambda out: out.write(data))
+        self._publish(key, lambda out: out.write(data), len(data))
 
     def write_file(self, key: str, local_path: str, chunk: int = 1 << 20) -> None:
         """Copy a local file of any size to `key`, `chunk` bytes at a time (never whole in
-        memory), atomically. On S3 through a hidden temporary key moved into place: pyarrow's
-        upload stream cannot be aborted, and closing it after an error mid-copy publishes what
-        it holds so far (apache/arrow#40502)."""
-        target = f"{key}.tmp-{uuid.uuid4().hex}" if self.is_s3 else key
-        try:
-            with open(local_path, "rb") as src:
-                self._publish(target, lambda out: shutil.copyfileobj(src, out, chunk))
-            if target != key:
-                self.fs.move(self.path(target), self.path(key))
-        except BaseException:
-            if target != key:
-                with contextlib.suppress(OSError):
-                    self.fs.delete_file(self.path(target))
-            raise
+        memory), as atomically as `write_bytes`."""
+        with open(local_path, "rb") as src:
+            self._publish(key, lambda out: shutil.copyfileobj(src, out, chunk),
+                          os.fstat(src.fileno()).st_size)
 
-    def _publish(self, key: str, write) -> None:
-        """`write(stream)` into `key`: one object on S3 (visible once complete), a temp file
-        renamed into place on a local root."""
+    def _publish(self, key: str, write, size: int) -> None:
+        """`write(stream)` of `size` bytes into `key`: a temp file renamed into place on a local
+        root; one object on S3, visible once complete, and when it may take more than one part
+        (pyarrow's stream cannot be aborted: closed after an error mid-upload, it publishes the
+        parts it holds, apache/arrow#40502) written under a hidden temporary key, moved into
+        place once whole."""
         path = self.path(key)
-        if self.is_s3:
+        if self.is_s3 and size < S3_ONE_PART_BYTES:
             with self.fs.open_output_stream(path, compression=None, metadata={}) as out:
                 write(out)
+            return
+        if self.is_s3:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # `_TEMP`: hidden from listings
+            try:
+                with self.fs.open_output_stream(tmp, compression=None, metadata={}) as out:
+                    write(out)
+                self.fs.move(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(tmp)
+                raise
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # `_TEMP`: hidden from listings
