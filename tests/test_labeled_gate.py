@@ -187,3 +187,18 @@ def test_an_hour_whose_snapshot_sits_on_an_early_raw_hour_is_refused(tmp_path, m
         failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
         assert f"user_profiles {keys[2]}, which hour {keys[3]}'s features are read from" in str(
             failure.event_specific_data.error), failure
+
+
+def test_a_snapshot_rebuild_names_the_labeled_hours_built_on_the_old_chain(tmp_path):
+    with _built_chain(tmp_path, hours=4, users=100, seed=3) as (lake, keys, instance):
+        run = dg.materialize([labeled_impressions], instance=instance, resources={"lake": lake},
+                             tags={"dagster/asset_partition_range_start": keys[1],
+                                   "dagster/asset_partition_range_end": keys[2]})
+        assert run.success
+        snaps = [a for a in profile_assets if a.key.path == ["user_profiles"]]
+        run = dg.materialize(snaps, partition_key=keys[0], resources={"lake": lake},
+                             instance=instance)
+        [own] = [m.metadata for m in run.asset_materializations_for_node("user_profiles")
+                 if m.partition == keys[0]]
+        assert own["labeled_hours_on_old_snapshots"].value == (
+            f"2 labeled hours from {keys[1]} to {keys[2]}")

@@ -325,6 +325,9 @@ def test_rebuilding_an_hour_refolds_the_snapshots_after_it(tmp_path):
                 for m in result.asset_materializations_for_node("user_profiles")
                 if "refolded_after" in m.metadata}
     assert refolded == {hour_partition_key(last): hour_partition_key(H0 + HOUR_MS)}
+    assert "labeled_hours_on_old_snapshots" not in next(  # none built here
+        m.metadata for m in result.asset_materializations_for_node("user_profiles")
+        if m.partition == hour_partition_key(H0 + HOUR_MS))
     for h in chain:
         key = profiles.snapshot_key(h)
         assert rebuilt.read_parquet(key).equals(scratch.read_parquet(key)), h

@@ -27,6 +27,7 @@ from clicklake.platform import profiles as prof
 from clicklake.platform import segments as seg
 from clicklake.platform import tiles
 from clicklake.platform.events import SPECS
+from clicklake.platform.labeled import labeled_key
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso, parse_hour_partition_key
@@ -132,7 +133,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
                                     "snapshots_deleted": len(deleted)},
                                    partition_key=hour_partition_key(hour))
     if later:
-        _refold_later(context, chain, hours[-1], later)
+        _refold_later(context, chain, hours, later)
     return dg.MaterializeResult()
 
 
@@ -222,7 +223,7 @@ class _Chain:
         }
 
 
-def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, last: int,
+def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[int],
                   later: list[int]) -> None:
     """The snapshots after a run's hours were folded on those hours as they were before: fold
     them again, each with a materialization of its own (so what reads them, within the
@@ -230,7 +231,7 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, last: int,
     refolding the rest at every run of it would fold the chain again and again): there, and
     when an hour cannot be folded, the rest are reported stale (Dagster does not mark them: it
     skips an asset's dependency on its own previous partition past 100 partitions)."""
-    todo = list(later)
+    last, todo, refolded = hours[-1], list(later), []
     if "dagster/backfill" not in context.run.tags:
         context.log.info(f"refolding the {len(todo)} snapshots after "
                          f"{hour_partition_key(last)}, folded on it as it was")
@@ -241,9 +242,18 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, last: int,
                 context.log.warning(f"cannot refold user_profiles {hour_partition_key(todo[0])}:"
                                     f" {exc.description}")
                 break
+            refolded.append(todo.pop(0))
             context.log_event(dg.AssetMaterialization(
-                asset_key=context.asset_key, partition=hour_partition_key(todo.pop(0)),
+                asset_key=context.asset_key, partition=hour_partition_key(refolded[-1]),
                 metadata={**meta, "refolded_after": hour_partition_key(last)}))
+    # Labeled hour H reads snapshot H - 1: those built on the old snapshots are stale too
+    # (the automation rebuilds the last day's; older ones are a backfill's job).
+    labeled = [h + HOUR_MS for h in (*hours, *refolded)
+               if chain.store.exists(labeled_key(h + HOUR_MS, chain.prefix))]
+    if labeled:
+        context.add_asset_metadata({"labeled_hours_on_old_snapshots": (
+            f"{len(labeled)} labeled hours from {hour_partition_key(labeled[0])} to "
+            f"{hour_partition_key(labeled[-1])}")}, partition_key=hour_partition_key(last))
     if todo:
         stale = (f"{len(todo)} snapshots from {hour_partition_key(todo[0])} to "
                  f"{hour_partition_key(todo[-1])}: rematerialize user_profiles from "
