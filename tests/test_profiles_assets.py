@@ -209,6 +209,12 @@ def test_lookup_cli(lake):
     assert len(warnings) == 2 and all("hours from" in w for w in warnings), warnings
 
 
+def _count_before(names: list, ms, imp, asked: str | None, t: int) -> tuple[int, int]:
+    """(impressions, clicks) of the events of segment `asked` ("" for None) strictly before t."""
+    mine = [j for j in range(len(names)) if names[j] == (asked or "") and ms[j] < t]
+    return sum(imp[mine]), len(mine) - sum(imp[mine])
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["c-walk", "numpy"])
 def test_segment_counts_of_an_hours_own_impressions_match_a_count(monkeypatch, native):
     # The instants are the first events (a labeled hour): the search-free path, ties included
@@ -230,8 +236,7 @@ def test_segment_counts_of_an_hours_own_impressions_match_a_count(monkeypatch, n
         got_i, got_c = segments._kind_as_of(None, (seg, ms, imp, 1 - imp), q, t, f)
         names = seg.to_pylist()
         for i in range(n):
-            mine = [j for j in range(n + nc) if names[j] == (asked[i] or "") and ms[j] < t[i]]
-            assert (got_i[i], got_c[i]) == (sum(imp[mine]), len(mine) - sum(imp[mine])), trial
+            assert (got_i[i], got_c[i]) == _count_before(names, ms, imp, asked[i], t[i]), trial
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["c-walk", "numpy"])
@@ -255,8 +260,7 @@ def test_segment_counts_at_other_instants_match_a_count(monkeypatch, native):
                                              pa.array(asked, pa.string()), t, f)
         names = seg.to_pylist()
         for i in range(n):
-            mine = [j for j in range(ne) if names[j] == asked[i] and ms[j] < t[i]]
-            assert (got_i[i], got_c[i]) == (sum(imp[mine]), len(mine) - sum(imp[mine])), trial
+            assert (got_i[i], got_c[i]) == _count_before(names, ms, imp, asked[i], t[i]), trial
 
 
 def test_a_raw_hour_never_built_is_a_gap_the_chains_refuse(tmp_path):

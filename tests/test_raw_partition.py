@@ -24,7 +24,14 @@ from clicklake.platform.raw import (
     write_raw_partition,
 )
 from clicklake.platform.storage import S3Options, Store
-from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, floor_hour, iso
+from clicklake.platform.timeutil import (
+    HOUR_MS,
+    MINUTE_MS,
+    floor_hour,
+    hive_hour_of,
+    hive_hours,
+    iso,
+)
 
 H = 1795611600000  # 2026-11-25T13:00:00Z
 MIN = MINUTE_MS
@@ -261,6 +268,11 @@ def test_hive_layout_zero_pads_the_hour():
         "lake/raw/clicks/dt=2026-11-25/hour=09/part-0.parquet"
     )
     assert raw_key("clicks", H, lake_prefix="l2").startswith("l2/raw/clicks/")
+    # and read back: the hours of partition keys, sorted; other keys are none
+    keys = [raw_key("clicks", H), "lake/raw/clicks/_manifest.json", raw_key("clicks", H - 4 * HOUR_MS),
+            "lake/raw/clicks/dt=2026-11-25/hour=09/part-0.parquet.tmp-" + "0" * 32]
+    assert hive_hours(keys) == [H - 4 * HOUR_MS, H]
+    assert hive_hour_of(keys[1]) is None
 
 
 @pytest.mark.parametrize("stream", sorted(SPECS))

@@ -3,7 +3,6 @@ hour H needs the clicks of H+1. Labeled hours do not depend on each other, so a 
 them several hours per run, runs side by side; every hour has its own materialization."""
 
 import math
-import re
 import warnings
 from datetime import UTC, datetime
 
@@ -41,9 +40,9 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import (
     HOUR_MS,
     hive_hour_path,
+    hive_hours,
     hour_partition_key,
     iso,
-    parse_hour_partition_key,
 )
 from clicklake.resources.lake import LakeResource
 
@@ -58,16 +57,10 @@ with warnings.catch_warnings():  # the first hours have no earlier partitions; t
                                                        allow_nonexistent_upstream_partitions=True)
     _LAST_DAY = dg.TimeWindowPartitionMapping(start_offset=-24, end_offset=0,
                                               allow_nonexistent_upstream_partitions=True)
-_HIVE = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
 
 
 def labeled_hours_available(store: Store, prefix: str = "lake") -> list[int]:
-    hours = []
-    for key in store.list(f"{prefix}/labeled/impressions/"):
-        m = _HIVE.search(key)
-        if m:
-            hours.append(parse_hour_partition_key(f"{m[1]}-{m[2]}:00"))
-    return sorted(hours)
+    return hive_hours(store.list(f"{prefix}/labeled/impressions/"))
 
 
 def read_labeled_hour(store: Store, hour_ms: int, columns: list[str] | None,

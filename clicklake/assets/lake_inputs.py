@@ -7,23 +7,18 @@ H + 1: built from what exists, it is built again by the automation once raw H + 
 
 from __future__ import annotations
 
-import re
-
 import dagster as dg
 
 from clicklake.platform.profiles import snapshot_key
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import hour_partition_key, parse_hour_partition_key
-
-_HIVE = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
+from clicklake.platform.timeutil import hive_hours, hour_partition_key
 
 
 def raw_span(store: Store, prefix: str) -> tuple[int, int] | None:
     """The first and last hours of raw impressions in the lake (None: none yet)."""
-    hours = [parse_hour_partition_key(f"{m[1]}-{m[2]}:00")
-             for m in map(_HIVE.search, store.list(f"{prefix}/raw/impressions/")) if m]
-    return (min(hours), max(hours)) if hours else None
+    hours = hive_hours(store.list(f"{prefix}/raw/impressions/"))
+    return (hours[0], hours[-1]) if hours else None
 
 
 def require_built(store: Store, prefix: str, what: str, needs: list[tuple[str, int]],

@@ -5,7 +5,6 @@ A backfill builds tiles several hours per run, runs side by side, and folds each
 segment profiles) over its whole range in one run, hour after hour in order; every hour still gets
 its own materialization and metadata."""
 
-import re
 
 import dagster as dg
 import pyarrow as pa
@@ -30,17 +29,11 @@ from clicklake.platform.events import SPECS
 from clicklake.platform.labeled import labeled_key
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso, parse_hour_partition_key
+from clicklake.platform.timeutil import HOUR_MS, hive_hours, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
 
 RAW_DEPS = [dg.AssetKey("raw_impressions"), dg.AssetKey("raw_clicks")]
 _PREVIOUS_HOUR = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
-_HIVE = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
-
-
-def _hour_of(key: str) -> int | None:
-    m = _HIVE.search(key)
-    return parse_hour_partition_key(f"{m[1]}-{m[2]}:00") if m else None
 
 
 def _raw(store: Store, stream: str, hour_ms: int, prefix: str, missing: list[str]) -> pa.Table:
@@ -115,8 +108,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     hour's snapshot plus this hour's tiles; sorted by user_id in small zstd row groups."""
     hours = run_hours(context)
     store, prefix = lake.store(), lake.lake_prefix
-    built = sorted(h for h in (_hour_of(k) for k in store.list(f"{prefix}/profiles/user/"))
-                   if h is not None)
+    built = hive_hours(store.list(f"{prefix}/profiles/user/"))
     existing = [h for h in built if h < hours[0]]
     later = [h for h in built if h > hours[-1]]  # folded on the run's hours as they were
     chain = _Chain(context, store, prefix, config.row_group_users)

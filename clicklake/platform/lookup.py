@@ -12,10 +12,8 @@ costs O((pairs + events) log events) with no Python loop per pair.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +36,7 @@ from clicklake.platform.profiles import (
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import as_string_array, lex_order, ts_ms
-from clicklake.platform.timeutil import HOUR_MS, iso, to_ms
+from clicklake.platform.timeutil import HOUR_MS, hive_hours, iso
 
 NULL_MS = np.iinfo(np.int64).min
 
@@ -435,7 +433,7 @@ class LookupTable:
             self.missing_raw_hours.clear()
         if self._hours is None or refresh:
             prefix = f"{self.lake_prefix}/profiles/user/"
-            hours = [h for h in (_hour_of_key(k) for k in self.store.list(prefix)) if h is not None]
+            hours = hive_hours(self.store.list(prefix))
             self._hours = np.array(sorted(set(hours)), dtype=np.int64)
         return self._hours
 
@@ -1089,13 +1087,3 @@ def _since_start_native(hour: _HourEvents, qcode: np.ndarray, t: np.ndarray,
 
 def _concat(parts: list[pa.Table], stream: str) -> pa.Table:
     return pa.concat_tables(parts) if parts else SPECS[stream].schema.empty_table()
-
-
-def _hour_of_key(key: str) -> int | None:
-    m = _HIVE.search(key)
-    if not m:
-        return None
-    return to_ms(datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), tzinfo=UTC))
-
-
-_HIVE = re.compile(r"dt=(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})/hour=(?P<h>\d{2})/part-0\.parquet$")

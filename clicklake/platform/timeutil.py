@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 HOUR_MS = 3_600_000
@@ -74,11 +75,28 @@ def hive_hour_path(hour_ms: int) -> str:
     return f"dt={d:%Y-%m-%d}/hour={d:%H}"
 
 
+_HIVE_PART = re.compile(r"dt=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})/part-0\.parquet$")
+
+
+def hive_hour_of(key: str) -> int | None:
+    """The hour (epoch ms) of a `.../dt=YYYY-MM-DD/hour=HH/part-0.parquet` key (`hive_hour_path`'s
+    inverse), None for any other key."""
+    m = _HIVE_PART.search(key)
+    return None if m is None else to_ms(datetime(*map(int, m.groups()), tzinfo=UTC))
+
+
+def hive_hours(keys) -> list[int]:
+    """The hours of the partition files among `keys`, sorted."""
+    return sorted(h for h in map(hive_hour_of, keys) if h is not None)
+
+
 __all__ = [
     "HOUR_MS",
     "MINUTE_MS",
     "floor_hour",
+    "hive_hour_of",
     "hive_hour_path",
+    "hive_hours",
     "hour_partition_key",
     "iso",
     "parse_hour_partition_key",

@@ -688,7 +688,10 @@ class DynamoState(StateStore):
             for item in items:
                 (op, body), = item.items()
                 call = self.client.update_item if op == "Update" else self.client.put_item
-                _if_condition(call, **body) if forward_only else call(**body)
+                if forward_only:
+                    _if_condition(call, **body)
+                else:
+                    call(**body)
             return
         lease["Update"]["ExpressionAttributeValues"][":until"] = {"N": str(self._until())}
         try:

@@ -9,7 +9,6 @@ request for a past instant gets exactly the features the training row got.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +22,7 @@ from clicklake.platform.labeled import lake_feature_inputs
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, parse_instant
+from clicklake.platform.timeutil import HOUR_MS, hive_hours
 
 
 @runtime_checkable
@@ -40,14 +39,10 @@ class OnlineFeatures(Protocol):
         """Raise `StaleLayout` when a newer clicklake has written the store since it opened."""
 
 
-_PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/part-0\.parquet$")
-
-
 def _latest_hour(store: Store, prefix: str) -> int | None:
     """The latest hour with a partition file under `prefix` (Hive `dt=/hour=` keys)."""
-    hours = [parse_instant(f"{m[1]}T{m[2]}:00:00Z")
-             for m in (_PARTITION.search(k) for k in store.list(prefix)) if m]
-    return max(hours) if hours else None
+    hours = hive_hours(store.list(prefix))
+    return hours[-1] if hours else None
 
 
 class LakeFeatures:
