@@ -15,7 +15,6 @@ to a later impression than any in H).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -99,14 +98,6 @@ def _attribute(impressions: pa.Table, clicks: pa.Table) -> tuple[pa.Array, np.nd
         target = pa.concat_arrays([target, matched])
     rows = np.concatenate([named, anon])
     return c_id.take(pa.array(rows)), c_ts[rows], target
-
-
-def attribute_clicks(impressions: pa.Table, clicks: pa.Table) -> pd.DataFrame:
-    """Each distinct click with the impression it is for: columns click_id, click_ts,
-    impression_id (None when unattributable)."""
-    ids, ts, target = _attribute(impressions, clicks)
-    return pd.DataFrame({"click_id": ids.to_numpy(zero_copy_only=False), "click_ts": ts,
-                         "impression_id": target.to_numpy(zero_copy_only=False)})
 
 
 def label_impressions(
