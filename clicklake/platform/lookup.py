@@ -797,7 +797,12 @@ class LookupTable:
                                         ["campaigns", "domains"] if sets else []) if p >= 0 else None
             ids = sc["user_id"] if sc is not None else None
             if ids is not None and len(ids):
-                row = _to_np_codes(pc.index_in(quniq, value_set=as_string_array(ids)))
+                # The snapshot row of each user asked about (-1: none): the hash table is built
+                # on the hour's users, a fraction of the snapshot's (its user ids are unique).
+                user_of_row = _to_np_codes(pc.index_in(as_string_array(ids), value_set=quniq))
+                found = np.flatnonzero(user_of_row >= 0)
+                row = np.full(nu, -1, np.int64)
+                row[user_of_row[found]] = found
                 has = row >= 0
                 take = pa.array(np.maximum(row, 0))
                 for name in scal:
