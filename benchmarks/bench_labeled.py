@@ -146,9 +146,10 @@ def _checked_writer(path: str) -> pq.ParquetWriter:
 
 
 def _labeled_range(root: str, hours: list[int], path: str, prefetch: bool | None = None
-                   ) -> tuple[float, int]:
+                   ) -> tuple[float, int, float]:
     """The full build of `hours` as one range (the asset's work minus its write), its compared
-    columns written to `path` hour by hour: build seconds (writes excluded) and rows.
+    columns written to `path` hour by hour: build seconds (writes excluded), rows, and the
+    `time.perf_counter()` at which the last hour was built.
     `prefetch` as `build_labeled_hours` takes it (None: on when 2 CPUs or more)."""
     from clicklake.platform.labeled import build_labeled_hours
     from clicklake.platform.storage import Store
@@ -160,17 +161,18 @@ def _labeled_range(root: str, hours: list[int], path: str, prefetch: bool | None
             t0 = time.perf_counter()
             table = next(tables)
             build_s += time.perf_counter() - t0
+            end = time.perf_counter()
             rows += table.num_rows
             out.write_table(table.select(_CHECKED))
             del table
-    return build_s, rows
+    return build_s, rows, end
 
 
 def phase_labeled(root: str, meta: dict, out_dir: str, name: str = "labeled",
                   prefetch: bool | None = None) -> dict:
     """The full labeled build of every labeled hour, one range in one process."""
-    build_s, rows = _labeled_range(root, _hours(meta)[:-1],
-                                   os.path.join(out_dir, f"{name}.parquet"), prefetch)
+    build_s, rows, _ = _labeled_range(root, _hours(meta)[:-1],
+                                      os.path.join(out_dir, f"{name}.parquet"), prefetch)
     return {"seconds": build_s, "rows": rows}
 
 
@@ -183,8 +185,8 @@ def phase_labeled_last(n_hours: int):
     and peak memory grow with the number of hours (DESIGN §8: linear cost, flat memory)."""
 
     def phase(root: str, meta: dict, out_dir: str) -> dict:
-        build_s, rows = _labeled_range(root, _hours(meta)[:-1][-n_hours:],
-                                       os.path.join(out_dir, f"labeled_{n_hours}h.parquet"))
+        build_s, rows, _ = _labeled_range(root, _hours(meta)[:-1][-n_hours:],
+                                          os.path.join(out_dir, f"labeled_{n_hours}h.parquet"))
         return {"seconds": build_s, "rows": rows, "hours": n_hours}
 
     return phase
@@ -215,8 +217,10 @@ def phase_labeled_hourly(root: str, meta: dict, out_dir: str) -> dict:
 
 def _two_processes(work, root: str, hours: list[int], paths: list[str]) -> dict:
     """`work(root, half, path)` over the first and second half of `hours` in 2 worker processes
-    side by side (as two backfill runs of the asset would run): wall seconds, rows, workers'
-    CPU and largest peak RSS."""
+    side by side (as two backfill runs of the asset would run): seconds, rows, workers' CPU and
+    largest peak RSS. `seconds` is the slower worker's build seconds, counted as the
+    one-process phases count theirs (writes of the answers excluded) while the other worker
+    runs beside it; `wall_s` adds the pool's start and every write."""
     import functools
     import multiprocessing as mp
     import resource
@@ -231,8 +235,9 @@ def _two_processes(work, root: str, hours: list[int], paths: list[str]) -> dict:
     halves = [hours[:len(hours) // 2], hours[len(hours) // 2:]]
     with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
         done = list(pool.map(functools.partial(work, root), halves, paths))
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rows": sum(d[1] for d in done), "workers": 2,
+    wall = time.perf_counter() - t0
+    return {"seconds": max(d[0] for d in done), "wall_s": wall,
+            "rows": sum(d[1] for d in done), "workers": 2,
             "workers_cpu_s": children_cpu() - cpu0,
             "worker_peak_rss_mib_max": resource.getrusage(
                 resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
@@ -245,9 +250,15 @@ def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
                           [os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)])
 
 
-def _minimal_range(root: str, hours: list[int], path: str) -> tuple[float, int]:
+def _minimal_range(root: str, hours: list[int], path: str, prefetch: bool = True
+                   ) -> tuple[float, int, float]:
     """Our code on the minimal task for `hours`, its answers written to `path`: lifetime counts
-    from the lookup table + label_impressions. Build seconds (writes excluded) and rows."""
+    from the lookup table + label_impressions. As `build_labeled_hours` does, each next hour's
+    raw reads and labels are prepared on a second thread while the hour's lookup runs
+    (`prefetch`). Build seconds (the write of the answers excluded), rows, and the
+    `time.perf_counter()` at which the build ended (before the write)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from clicklake.platform.labeling import label_impressions
     from clicklake.platform.lookup import LookupTable
     from clicklake.platform.raw import read_raw
@@ -257,8 +268,7 @@ def _minimal_range(root: str, hours: list[int], path: str) -> tuple[float, int]:
 
     store = Store(root)
     lookup = LookupTable(store)
-    seconds, rows, parts = 0.0, 0, []
-    carried = None  # hour h+1's raw impressions and clicks, read once (as DuckDB reads each file)
+    rows, parts = 0, []
     # Only the columns the task reads, as DuckDB's scan does (the rest of an impression row is
     # enrichment input: ip, user agent, domain, cost).
     cols = ["impression_id", "ts", "user_id", "campaign_id"]
@@ -266,31 +276,50 @@ def _minimal_range(root: str, hours: list[int], path: str) -> tuple[float, int]:
     def read(stream: str, hour: int) -> pa.Table:
         return read_raw(store, stream, hour, columns=cols if stream == "impressions" else None)
 
-    for h in hours:
-        t0 = time.perf_counter()
+    def prepare(h: int, carried: tuple[pa.Table, pa.Table] | None) -> tuple:
+        """Hour h's raw rows, the next hour's, and h's labels. `carried`: hour h's impressions
+        and clicks read by the previous hour (each file is read once, as DuckDB reads it)."""
         imp, clk = carried or (read("impressions", h), read("clicks", h))
         nxt, nxt_clk = read("impressions", h + HOUR_MS), read("clicks", h + HOUR_MS)
-        carried = (nxt, nxt_clk)
-        clicks = pa.concat_tables([clk, nxt_clk])
-        lookup.remember_raw("impressions", h, imp)
-        lookup.remember_raw("clicks", h, clk)
-        prof = lookup.as_of(imp["user_id"].combine_chunks(), ts_ms(imp["ts"]),
-                            columns=["impressions", "clicks"])
-        lab = label_impressions(imp.select(["impression_id", "ts", "user_id", "campaign_id"]),
-                                clicks, LABEL_WINDOW_MS, context_impressions=nxt)
-        seconds += time.perf_counter() - t0
-        rows += imp.num_rows
-        parts.append(pa.table({"impression_id": imp["impression_id"],
-                               "n_imp": prof["impressions"], "n_clk": prof["clicks"],
-                               "label": lab["label"]}))
+        lab = label_impressions(imp.select(cols), pa.concat_tables([clk, nxt_clk]),
+                                LABEL_WINDOW_MS, context_impressions=nxt)
+        return imp, clk, (nxt, nxt_clk), lab
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit if prefetch else _now
+        ahead = run(prepare, hours[0], None) if hours else None
+        for i, h in enumerate(hours):
+            imp, clk, nxt, lab = ahead.result()
+            if i + 1 < len(hours):
+                ahead = run(prepare, hours[i + 1], nxt if hours[i + 1] == h + HOUR_MS else None)
+            lookup.remember_raw("impressions", h, imp)
+            lookup.remember_raw("clicks", h, clk)
+            prof = lookup.as_of(imp["user_id"].combine_chunks(), ts_ms(imp["ts"]),
+                                columns=["impressions", "clicks"])
+            rows += imp.num_rows
+            parts.append(pa.table({"impression_id": imp["impression_id"],
+                                   "n_imp": prof["impressions"], "n_clk": prof["clicks"],
+                                   "label": lab["label"]}))
+    end = time.perf_counter()
     pq.write_table(pa.concat_tables(parts), path)
-    return seconds, rows
+    return end - t0, rows, end
+
+
+class _now:
+    """A done future of fn(*args): `_minimal_range` without its second thread."""
+
+    def __init__(self, fn, *args):
+        self.value = fn(*args)
+
+    def result(self):
+        return self.value
 
 
 def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
     """The minimal task, our code, one process."""
-    seconds, rows = _minimal_range(root, _hours(meta)[:-1],
-                                   os.path.join(out_dir, "minimal_ours.parquet"))
+    seconds, rows, _ = _minimal_range(root, _hours(meta)[:-1],
+                                      os.path.join(out_dir, "minimal_ours.parquet"))
     return {"seconds": seconds, "rows": rows}
 
 
@@ -494,10 +523,13 @@ def run_phase(name: str, root: str, out_dir: str) -> dict:
 def _phase_main(name: str, root: str, out_dir: str) -> None:
     with open(os.path.join(root, _BUILT)) as f:
         meta = json.load(f)
-    import duckdb  # noqa: F401
-    import pandas  # noqa: F401
-
-    import clicklake.platform.labeled  # noqa: F401  (imports outside the measured growth)
+    # Imports outside the measured growth; each side only its own, so a phase's peak RSS is
+    # that of a process doing just its work: DuckDB's phases do not load clicklake's engine,
+    # ours do not load DuckDB (nor pandas: neither side uses it).
+    if name.startswith("duckdb"):
+        import duckdb  # noqa: F401
+    else:
+        import clicklake.platform.labeled  # noqa: F401
 
     rss0 = _status_kib("VmRSS")
     cpu0 = time.process_time()
