@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -17,10 +17,18 @@ def to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def to_ms(dt: datetime) -> int:
+    """Epoch milliseconds of `dt` (naive = UTC), sub-millisecond digits truncated toward the
+    past, as the raw layer reads event times (`events`): never rounded into the next
+    millisecond, whose hour or history may differ. Exact integer arithmetic (a float timestamp
+    loses microseconds)."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return round(dt.timestamp() * 1000)
+    return (dt - _EPOCH) // _MS
 
 
 def iso(ms: int) -> str:
