@@ -49,7 +49,7 @@ def reference_profile_at(doc: dict, t: int) -> dict:
     if last_c is None:
         last_c = max((v[4] for _, v in tiles if v[4] is not None), default=doc["arch"][1])
     out["last_impression_ts"], out["last_click_ts"] = last_i, last_c
-    out["impressions"], out["clicks"], out["spend"] = imp, clk, spend
+    out["impressions"], out["clicks"], out["spend"] = imp, clk, spend if imp else 0.0
     for w, width in WINDOWS_H.items():
         lo = f - width * HOUR_MS
         sums = list(cur)
@@ -173,3 +173,17 @@ def test_a_straggler_event_lengthens_a_shortened_tile_again():
     assert doc["tiles"][str(hour)] == [2, 1, 1.0, hour + 9, hour + 7]
     p = us.profile_at(doc, hour + 2 * HOUR_MS)
     assert (p["last_impression_ts"], p["last_click_ts"]) == (hour + 9, hour + 7)
+
+
+def test_lifetime_spend_before_every_impression_is_exactly_zero():
+    # The online lifetime spend is the total less the costs at or after t; with no impression
+    # before t that left a rounding residue (-1.1e-16 for these costs) where the lake has 0.0.
+    t = 1_764_000_000_000 - 1_764_000_000_000 % HOUR_MS
+    for seed in range(200):
+        rng = random.Random(seed)
+        users = {"u1": us.new_user()}
+        costs = [round(rng.uniform(0, 3), 4) for _ in range(rng.randint(2, 8))]
+        us.add_impressions(users, [(f"i{k}", t + k * 1000, "u1", "c1", "d", "1.2.3.4", "ua", c)
+                                   for k, c in enumerate(costs)], ["US"] * len(costs))
+        p = us.profile_at(users["u1"], t)
+        assert (p["impressions"], p["spend"]) == (0, 0.0), costs

@@ -260,6 +260,8 @@ def profile_at(doc: dict, t: int) -> dict:
                 cur_c += 1
                 if last_c is None or ts > last_c:
                     last_c = ts
+    if imp == 0:  # the total less the tail's costs leaves a rounding residue (even < 0)
+        spend = 0.0
     first = doc["first"]
     out = {"first_ts": first if first is not None and first < t else None}
     # The three windows (`_WINDOWS`) summed in locals, each from the partial hour and then in
