@@ -244,3 +244,29 @@ def test_a_model_never_gated_is_not_deployed(flow, tmp_path):
     failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
     assert "has no gate verdict" in str(failure.event_specific_data.error)
     assert registry.champion(store).model_id == champion
+
+
+def test_a_model_whose_deploy_fails_is_not_promoted(flow, tmp_path):
+    """The API follows the champion and encodes with its vocabularies: a gated model whose
+    deploy failed (or is still rolling out) must leave the champion where it was."""
+    import dagster as dg
+
+    from clicklake.assets.training import deployed_model
+
+    class FailingEndpoint(LocalModelServer):
+        def deploy(self, store, model_id, prefix="lake"):
+            raise RuntimeError("the endpoint update failed and rolled back")
+
+    store = _lake_copy(flow[0], tmp_path)
+    champion = registry.champion(store).model_id
+    registry.register(store, "clicklake-xgb-next", registry.artifact_of(store, champion),
+                      registry.manifest_of(store, champion), {"auc": 0.9})
+    registry.passed(store, "clicklake-xgb-next", "passed model_gate")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "click_model", metadata={"model_id": "clicklake-xgb-next"}))
+        run = dg.materialize([deployed_model], instance=instance, raise_on_error=False,
+                             resources={"lake": LakeResource(root=store.root),
+                                        "endpoint": FailingEndpoint()})
+    assert not run.success
+    assert registry.champion(store).model_id == champion

@@ -6,10 +6,12 @@ import math
 import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
+from pydantic import Field
 
 from clicklake.assets.labeled import LABELED_KEY, labeled_hours_available, read_labeled_hour
 from clicklake.platform.labeled import META_LABEL_WINDOW, labeled_key
 from clicklake.platform.labeling import DEFAULT_LABEL_WINDOW_MS
+from clicklake.platform.timeutil import hour_partition_key
 from clicklake.platform.training import (
     evaluate,
     feature_importance,
@@ -32,8 +34,11 @@ from clicklake.resources.trainer import TrainerResource
 
 
 class TrainingSetConfig(dg.Config):
-    window_hours: int = 24
-    validation_hours: int = 4
+    window_hours: int = Field(default=24, ge=2, description="The latest labeled hours used.")
+    validation_hours: int = Field(
+        default=4, ge=1, description="The last of them held out for validation: at most a "
+        "quarter of the hours used (fewer are held out when there are fewer hours, and the "
+        "run's log says so).")
 
 
 @dg.asset(
@@ -47,10 +52,13 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, l
     store = lake.store()
     hours = labeled_hours_available(store, lake.lake_prefix)[-config.window_hours:]
     validation = min(config.validation_hours, max(1, len(hours) // 4))
+    if validation < config.validation_hours:
+        context.log.warning(f"{validation} validation hours of the {config.validation_hours} "
+                            f"asked: at most a quarter of the {len(hours)} labeled hours")
     ts, stats = build_training_set(
         store, hours, validation,
         read_hour=lambda h, cols: read_labeled_hour(store, h, cols, lake.lake_prefix),
-        label_window_s=_label_window_s(store, lake.lake_prefix, hours[-1]) if hours
+        label_window_s=_one_label_window_s(store, lake.lake_prefix, hours) if hours
         else DEFAULT_LABEL_WINDOW_MS // 1000,
         prefix=lake.lake_prefix, progress=context.log.info,
     )
@@ -70,6 +78,22 @@ def _label_window_s(store, prefix: str, hour_ms: int) -> int:
     """The label window the hour was built with (its Parquet footer, not its rows)."""
     meta = store.parquet_file(labeled_key(hour_ms, prefix)).schema_arrow.metadata or {}
     return int(meta.get(META_LABEL_WINDOW, DEFAULT_LABEL_WINDOW_MS)) // 1000
+
+
+def _one_label_window_s(store, prefix: str, hours: list[int]) -> int:
+    """The label window all `hours` were built with; a Failure naming them when they differ
+    (a model would learn two definitions of a click under one manifest)."""
+    by_window: dict[int, list[int]] = {}
+    for h in hours:
+        by_window.setdefault(_label_window_s(store, prefix, h), []).append(h)
+    if len(by_window) > 1:
+        said = "; ".join(f"{w // 60} min: {', '.join(hour_partition_key(h) for h in hs[:4])}"
+                         + (f" and {len(hs) - 4} more" if len(hs) > 4 else "")
+                         for w, hs in sorted(by_window.items()))
+        raise dg.Failure(f"the labeled hours were built with different label windows ({said}): "
+                         "rematerialize the odd ones with the deployment's "
+                         "CLICKLAKE_LABEL_WINDOW_MINUTES")
+    return next(iter(by_window))
 
 
 class ClickModelConfig(dg.Config):
@@ -220,8 +244,10 @@ def deployed_model(context: dg.AssetExecutionContext, lake: LakeResource,
                          "reach model_gate): materialize click_model again")
     if verdict.status != registry.PASSED:
         raise dg.Failure(f"model {model_id} failed its gate: {verdict.reason}")
-    record = registry.promote(store, model_id, lake.lake_prefix, reason="passed model_gate")
+    # Deployed first, promoted once it serves: the REST API follows the champion and encodes
+    # with its vocabularies, so a deploy that fails (or is still rolling out) must not move it.
     deployment = endpoint.deploy(store, model_id, lake.lake_prefix)
+    record = registry.promote(store, model_id, lake.lake_prefix, reason="passed model_gate")
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "target": deployment.target, "promoted_at": record.created_at,
         "auc": record.metrics.get("auc", float("nan")), **{k: str(v) for k, v in deployment.details.items()},
