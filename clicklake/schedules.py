@@ -10,10 +10,14 @@ import dagster as dg
 
 from clicklake.assets.automation import CATCH_UP
 from clicklake.assets.partitions import hourly_partitions
+from clicklake.platform.settings import settings
 
-# Partition H can still receive events until H+1h + allowed lateness (1 h by default); the tick at
-# H+2h15 leaves Firehose's buffer time for the last files to land.
-RAW_WINDOW_CLOSES_AFTER = timedelta(hours=2)
+
+def raw_window_closes_after(allowed_lateness_minutes: int) -> timedelta:
+    """Whole hours from the start of partition H to the hour whose HH:15 tick builds it:
+    H can still receive events until H + 1 h + the allowed lateness, and the tick's 15 minutes
+    leave Firehose's buffer time for the last files to land (H + 2 h 15 with the default 1 h)."""
+    return timedelta(hours=1 + -(-allowed_lateness_minutes // 60))
 
 raw_hourly_job = dg.define_asset_job(
     "raw_hourly_job",
@@ -24,9 +28,10 @@ raw_hourly_job = dg.define_asset_job(
 
 @dg.schedule(job=raw_hourly_job, cron_schedule="15 * * * *", execution_timezone="UTC")
 def raw_hourly_schedule(context: dg.ScheduleEvaluationContext):
-    """At HH:15, build the raw partitions of the hour whose landing window just closed."""
+    """At HH:15, build the raw partitions of the hour whose landing window just closed (the
+    deployment's allowed lateness: `platform.settings`)."""
     hour = context.scheduled_execution_time.replace(minute=0, second=0, microsecond=0)
-    target = hour - RAW_WINDOW_CLOSES_AFTER
+    target = hour - raw_window_closes_after(settings().allowed_lateness_minutes)
     key = target.strftime("%Y-%m-%d-%H:%M")
     if key not in hourly_partitions.get_partition_keys(current_time=context.scheduled_execution_time):
         return dg.SkipReason(f"partition {key} is outside the partitions definition")

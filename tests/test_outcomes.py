@@ -80,26 +80,25 @@ def test_outcomes_match_the_oracle(imps, clicks, preds):
     assert got["clicked"].to_pylist() == expected
 
 
-def test_label_window_is_refused_outside_the_next_hour(tmp_path):
+def test_label_window_is_refused_outside_the_next_hour(tmp_path, monkeypatch):
     """Hour H reads the clicks of H and H+1: a window over an hour (or not positive) missed
-    clicks silently in prediction_outcomes; the run now fails before reading anything."""
+    clicks silently in prediction_outcomes; the run now fails before reading anything. The
+    window is the deployment's (an environment variable), not a run's."""
     import dagster as dg
     import pytest
 
     from clicklake.assets.labeled import prediction_outcomes
+    from clicklake.platform.settings import settings
     from clicklake.resources.lake import LakeResource
 
     for minutes in (90, 0):
+        monkeypatch.setenv("CLICKLAKE_LABEL_WINDOW_MINUTES", str(minutes))
         result = dg.materialize(
             [prediction_outcomes], partition_key="2026-11-01-00:00",
-            resources={"lake": LakeResource(root=str(tmp_path))},
-            run_config={"ops": {"prediction_outcomes": {
-                "config": {"label_window_minutes": minutes}}}},
-            raise_on_error=False)
+            resources={"lake": LakeResource(root=str(tmp_path))}, raise_on_error=False)
         assert not result.success
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        assert "label_window_minutes" in failure.event_specific_data.error.to_string()
-    with pytest.raises(ValueError, match="less than or equal to 60"):
-        from clicklake.assets.labeled import LabeledConfig
-
-        LabeledConfig(label_window_minutes=61)
+        assert (f"CLICKLAKE_LABEL_WINDOW_MINUTES={minutes}: must be from 1 to 60"
+                in failure.event_specific_data.error.to_string())
+    with pytest.raises(ValueError, match="must be from 1 to 60"):
+        settings({"CLICKLAKE_LABEL_WINDOW_MINUTES": "61"})

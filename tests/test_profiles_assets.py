@@ -73,11 +73,10 @@ def lake(tmp_path):
     return _raw_lake(tmp_path)
 
 
-def _materialize(store, hour, retention_days=30):
+def _materialize(store, hour):
     result = dg.materialize(
         profile_assets, partition_key=hour_partition_key(hour),
         resources={"lake": LakeResource(root=store.root)},
-        run_config={"ops": {"user_profiles": {"config": {"retention_days": retention_days}}}},
     )
     assert result.success
     return {e.asset_key.path[-1]: {k: v.value for k, v in e.materialization.metadata.items()}
@@ -94,7 +93,7 @@ def test_lineage_and_partitions():
     assert parents["segment_profiles"] == {"raw_impressions", "raw_clicks", "segment_profiles"}
 
 
-def test_materialize_hours_gap_and_retention(lake):
+def test_materialize_hours_gap_and_retention(lake, monkeypatch):
     meta0 = _materialize(lake, H0)
     meta1 = _materialize(lake, H0 + HOUR_MS)
     assert meta0["user_profiles"]["started_from"] == "empty history"
@@ -112,12 +111,18 @@ def test_materialize_hours_gap_and_retention(lake):
         assert row["impressions_1h"] == exp["impressions_1h"]
         assert row["distinct_campaigns"] == exp["distinct_campaigns"]
 
-    # Hour 26 after a gap: the missing hours are folded on the way; a 1-day retention deletes
-    # the two older snapshots.
-    meta26 = _materialize(lake, H0 + 26 * HOUR_MS, retention_days=1)
+    # Hour 26 after a gap: the missing hours are folded on the way; the default retention
+    # (30 days) deletes nothing, the deployment's 2 days at hour 50 the two oldest snapshots.
+    meta26 = _materialize(lake, H0 + 26 * HOUR_MS)
     assert meta26["user_profiles"]["gap_hours_refolded"] == 24
-    assert meta26["user_profiles"]["snapshots_deleted"] == 2
+    assert meta26["user_profiles"]["snapshots_deleted"] == 0
+    assert lake.exists(profiles.snapshot_key(H0))
+    monkeypatch.setenv("CLICKLAKE_RETENTION_DAYS", "2")
+    meta50 = _materialize(lake, H0 + 50 * HOUR_MS)
+    assert (meta50["user_profiles"]["snapshots_deleted"],
+            meta50["user_profiles"]["retention_days"]) == (2, 2)
     assert not lake.exists(profiles.snapshot_key(H0))
+    assert lake.exists(profiles.snapshot_key(H0 + 26 * HOUR_MS))
     snap26 = {r["user_id"]: r for r in lake.read_parquet(
         profiles.snapshot_key(H0 + 26 * HOUR_MS)).to_pylist()}
     exp = oracle.profile(imps, clks, "ann", H0 + 27 * HOUR_MS)

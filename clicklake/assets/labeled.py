@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
 
 from clicklake.assets.automation import when_inputs_complete
 from clicklake.assets.checks import (
@@ -36,9 +35,11 @@ from clicklake.platform.labeled_quality import (
 )
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
 from clicklake.platform.raw import read_raw
+from clicklake.platform.settings import settings
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import (
     HOUR_MS,
+    MINUTE_MS,
     hive_hour_path,
     hive_hours,
     hour_partition_key,
@@ -103,11 +104,8 @@ def require_next_hour_complete(context: dg.AssetExecutionContext, hour_ms: int,
 
 
 class LabeledConfig(dg.Config):
-    # Hour H reads the clicks of H and H+1 only: a longer window would miss clicks silently.
-    label_window_minutes: int = Field(
-        default=15, gt=0, le=60,
-        description="A click labels an impression (or a prediction) when it comes within this "
-        "many minutes after it: 1 to 60.")
+    # The label window is the deployment's (CLICKLAKE_LABEL_WINDOW_MINUTES, `platform.settings`),
+    # not a run's: hours labeled with two windows would train one model on two definitions.
     label_rate_min: float = DEFAULT_LABEL_RATE[0]
     label_rate_max: float = DEFAULT_LABEL_RATE[1]
 
@@ -138,7 +136,8 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
 
     store = lake.store()
-    window_ms = config.label_window_minutes * 60_000
+    window = settings().label_window_minutes
+    window_ms = window * MINUTE_MS
     checked: dict[str, list[HourOutcome]] = {name: [] for name, _ in LABELED_CHECKS}
     hours = run_hours(context)
     # One pass over the range carries state from hour to hour, reading each next hour ahead;
@@ -195,7 +194,7 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
             "dagster/column_schema": column_schema(table.schema),
             "label_rate": rate,
             "clicked_impressions": int(labels.sum()),
-            "label_window_minutes": config.label_window_minutes,
+            "label_window_minutes": window,
             "users": len(set(table["user_id"].to_pylist())),
             "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
                 zero_copy_only=False)).sum()),
@@ -224,9 +223,9 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     description="Each prediction of the hour joined to what happened (did the user click within "
     "the label window after it), with per-model AUC, calibration and accuracy: model monitoring.",
 )
-def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig,
-                        lake: LakeResource):
+def prediction_outcomes(context: dg.AssetExecutionContext, lake: LakeResource):
     store = lake.store()
+    window = settings().label_window_minutes
     prefix = lake.lake_prefix
     read = lambda stream, h: read_raw(store, stream, h, prefix)
     for hour in run_hours(context):
@@ -234,7 +233,7 @@ def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig
         preds = read("predictions", hour)
         imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
         clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
-        out = join_outcomes(preds, imps, clicks, config.label_window_minutes * 60_000)
+        out = join_outcomes(preds, imps, clicks, window * MINUTE_MS)
         key = f"{prefix}/outcomes/predictions/{hive_hour_path(hour)}/part-0.parquet"
         store.write_parquet(key, out)
         per_model = outcome_metrics(out)
@@ -248,6 +247,7 @@ def prediction_outcomes(context: dg.AssetExecutionContext, config: LabeledConfig
             "models": ", ".join(per_model) or "none",
             **flat,
             "undefined_metrics": ", ".join(undefined) or "none",
+            "label_window_minutes": window,
             "path": dg.MetadataValue.path(store.uri(key)),
             **completeness,
         }, partition_key=hour_partition_key(hour))

@@ -37,7 +37,7 @@ def require_built(store: Store, prefix: str, what: str, needs: list[tuple[str, i
             missing.append(f"{asset} {hour_partition_key(hour)}")
     if missing:
         retention = (" (a user snapshot may also have been deleted by the snapshot retention, "
-                     "user_profiles' `retention_days`: see docs/deploy.md on backfills longer "
+                     "CLICKLAKE_RETENTION_DAYS: see docs/deploy.md on backfills longer "
                      "than it)" if any(m.startswith("user_profiles") for m in missing) else "")
         raise dg.Failure(f"{what} reads {', '.join(missing)}, never materialized{retention}: "
                          "built without them it would lack their events for good (the lake "

@@ -28,6 +28,7 @@ from clicklake.platform import tiles
 from clicklake.platform.events import SPECS
 from clicklake.platform.labeled import labeled_key
 from clicklake.platform.raw import raw_key
+from clicklake.platform.settings import settings
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, hive_hours, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
@@ -86,8 +87,9 @@ def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
 
 
 class UserProfilesConfig(dg.Config):
-    retention_days: int = Field(default=prof.DEFAULT_RETENTION_DAYS,
-                                description="Hourly snapshots older than this are deleted.")
+    # Snapshots older than the deployment's CLICKLAKE_RETENTION_DAYS are deleted: one value for
+    # every run (`platform.settings`), or the next automated run would delete what a backfill
+    # run's longer retention kept.
     row_group_users: int = Field(default=prof.DEFAULT_ROW_GROUP_USERS,
                                  description="Users per Parquet row group (point-lookup read size).")
 
@@ -111,17 +113,18 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     built = hive_hours(store.list(f"{prefix}/profiles/user/"))
     existing = [h for h in built if h < hours[0]]
     later = [h for h in built if h > hours[-1]]  # folded on the run's hours as they were
+    retention_days = settings().retention_days
     chain = _Chain(context, store, prefix, config.row_group_users)
     if existing:
         chain.start_from(existing[-1])
     for hour in hours:  # in order: each hour folds into the snapshot just written
         meta = chain.fold(hour)
-        cutoff = hour - config.retention_days * 24 * HOUR_MS
+        cutoff = hour - retention_days * 24 * HOUR_MS
         deleted = [h for h in existing if h < cutoff]
         for h in deleted:
             store.delete(prof.snapshot_key(h, prefix))
         existing = [h for h in existing if h >= cutoff] + [hour]
-        context.add_asset_metadata({**meta, "retention_days": config.retention_days,
+        context.add_asset_metadata({**meta, "retention_days": retention_days,
                                     "snapshots_deleted": len(deleted)},
                                    partition_key=hour_partition_key(hour))
     if later:

@@ -14,21 +14,15 @@ from clicklake.assets.partitions import (
 )
 from clicklake.platform.landing import STREAMS
 from clicklake.platform.raw import (
-    Rules,
     build_raw_partition,
     quarantine_key,
     raw_key,
     write_raw_partition,
 )
 from clicklake.platform.raw_quality import raw_check_names, raw_check_specs
-from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, hour_partition_key, iso
+from clicklake.platform.settings import Settings, settings
+from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
-
-
-class RawConfig(dg.Config):
-    allowed_lateness_minutes: int = 60
-    future_tolerance_minutes: int = 15
-
 
 # Files keyed before a window closes may become visible up to Firehose's buffer interval later
 # (the schedule builds hour H at H + 2 h 15 for the same reason).
@@ -48,7 +42,7 @@ def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float,
     a run records its hours when it ends, maybe long after it read them."""
     meta = record.asset_materialization.metadata
     lateness = (meta["allowed_lateness_minutes"].value if "allowed_lateness_minutes" in meta
-                else RawConfig().allowed_lateness_minutes)
+                else Settings().allowed_lateness_minutes)
     read_at = meta[LANDING_READ_AT].value if LANDING_READ_AT in meta else record.timestamp
     return lateness, (hour_ms + HOUR_MS) / 1000 + lateness * 60 + FIREHOSE_BUFFER_S, read_at
 
@@ -92,14 +86,12 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
             for check, desc in raw_check_names(stream)
         ],
     )
-    def _asset(context: dg.AssetExecutionContext, config: RawConfig, lake: LakeResource):
+    def _asset(context: dg.AssetExecutionContext, lake: LakeResource):
         from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
 
         store = lake.store()
-        rules = Rules(
-            allowed_lateness_ms=config.allowed_lateness_minutes * MINUTE_MS,
-            future_tolerance_ms=config.future_tolerance_minutes * MINUTE_MS,
-        )
+        config = settings()  # the deployment's, for every run (`platform.settings`)
+        rules = config.rules()
         checked: dict[str, list[HourOutcome]] = {}
         for hour_ms in run_hours(context):
             read_at = _clock()  # before the listing: what lands after may be missed
@@ -124,6 +116,7 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
                     **{f"quarantined_{r}": n for r, n in part.quarantined_by_reason.items()},
                     "landing_files_read": part.files_read,
                     "allowed_lateness_minutes": config.allowed_lateness_minutes,
+                    "future_tolerance_minutes": config.future_tolerance_minutes,
                     LANDING_READ_AT: dg.MetadataValue.timestamp(read_at),
                     "landing_lines_read": part.lines_read,
                     "path": dg.MetadataValue.path(

@@ -28,7 +28,7 @@ from clicklake.assets.raw import incomplete_inputs, landing_window
 from clicklake.platform import landing
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online import BeforeHorizon, fold_files, horizon_ms, watch
-from clicklake.platform.online.fold import DEFAULT_RULES, IncompleteSeed, seed_mark
+from clicklake.platform.online.fold import IncompleteSeed, seed_mark
 from clicklake.platform.online.seed import (
     SeedUnavailable,
     check_seed,
@@ -37,6 +37,8 @@ from clicklake.platform.online.seed import (
 )
 from clicklake.platform.online.seed import refold_all as refold_every_file
 from clicklake.platform.online.state import StaleLayout, StateStore
+from clicklake.platform.raw import Rules
+from clicklake.platform.settings import settings
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso
 from clicklake.resources.lake import LakeResource
 from clicklake.resources.online_store import OnlineStoreResource
@@ -70,6 +72,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
     latest prediction score, folded from the landing files in micro-batches (each file once,
     atomically). Same verdicts, dedup and windows as the batch path."""
     store, state = lake.store(), online_store.state()
+    rules = settings().rules()  # the raw layer's: same verdicts (`platform.settings`)
     prefix = f"{lake.landing_prefix}/"
     ahead = 0  # landing keys stamped ahead of the clock, left for a later run
 
@@ -94,17 +97,19 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         return every
 
     def refold_all():
-        return refold_every_file(state, store, all_keys(), landing_prefix=lake.landing_prefix,
+        return refold_every_file(state, store, all_keys(), rules,
+                                 landing_prefix=lake.landing_prefix,
                                  files_per_commit=FILES_PER_COMMIT)
 
     def seed(p: int | None):
         """Seed from snapshot p (None: the latest usable one), or SeedUnavailable."""
-        lake_keys = {"lake_prefix": lake.lake_prefix, "landing_prefix": lake.landing_prefix}
+        lake_keys = {"rules": rules, "lake_prefix": lake.lake_prefix,
+                     "landing_prefix": lake.landing_prefix}
         if p is None:
             p = seed_hour(store, all_keys(), **lake_keys)
         else:
             check_seed(store, all_keys(), p, **lake_keys)
-        if unsettled := _lake_unsettled(context, p):
+        if unsettled := _lake_unsettled(context, p, rules):
             raise SeedUnavailable("; ".join(unsettled[:3]))
         out = rebuild_from_snapshot(state, store, all_keys(), p, **lake_keys,
                                     files_per_commit=FILES_PER_COMMIT)
@@ -125,7 +130,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         elif config.rebuild:
             report = refold_all()
         else:  # the whole micro-batch in one atomic commit: each document and row written once
-            report = fold_files(state, store, keys, prefix=lake.landing_prefix,
+            report = fold_files(state, store, keys, rules, prefix=lake.landing_prefix,
                                 files_per_commit=FILES_PER_COMMIT)
     except IncompleteSeed as exc:  # a rebuilding run died: rebuild again, then fold the rest
         rebuilt_for = str(exc)
@@ -203,13 +208,13 @@ def _was_seeded(state: StateStore) -> bool:
     return mark is not None and "p" in mark
 
 
-def _lake_unsettled(context: dg.AssetExecutionContext, p: int) -> list[str]:
+def _lake_unsettled(context: dg.AssetExecutionContext, p: int, rules: Rules) -> list[str]:
     """Why the lake may hold less than the fold would, from this instance's materializations
     (partitions built elsewhere are not checked): a raw partition of the hours p - 24 h to p built
     before its landing window closed or with another allowed lateness than the fold's, or the
     snapshot of p built with inputs missing, on raw hours read early, or before a raw
     impressions or clicks partition of its last day was rebuilt."""
-    lateness = DEFAULT_RULES.allowed_lateness_ms // 60_000
+    lateness = rules.allowed_lateness_ms // 60_000
     hours = {hour_partition_key(h): h for h in range(p - 24 * HOUR_MS, p + HOUR_MS, HOUR_MS)}
     out, raw_built = [], 0.0
 
@@ -410,8 +415,6 @@ def online_matches_lookup(lake: LakeResource, online_store: OnlineStoreResource
     (metadata `at`): the earlier of the end of the lake's last snapshot and the end of the last
     hour the online store holds complete (its landing window closed): files still arriving late
     for hours after W are in neither comparison."""
-    from clicklake.platform.raw import Rules
-
     online = online_store.features()
     wm = online.watermark_ms()
     lookup = LookupTable(lake.store(), lake.lake_prefix)
@@ -419,8 +422,9 @@ def online_matches_lookup(lake: LakeResource, online_store: OnlineStoreResource
     if wm is None or not len(hours):
         return dg.AssetCheckResult(passed=True, metadata={"compared_users": 0, "reason":
                                    "nothing to compare yet (no folded file or no snapshot)"})
-    w = comparison_instant(wm, int(hours[-1]), Rules().allowed_lateness_ms)
-    if w < horizon_ms(wm):
+    rules = settings().rules()
+    w = comparison_instant(wm, int(hours[-1]), rules.allowed_lateness_ms)
+    if w < horizon_ms(wm, rules):
         return dg.AssetCheckResult(passed=True, metadata={
             "compared_users": 0, "reason": f"lake snapshots end at {iso(w)}, before the online "
             "horizon: materialize user_profiles"})

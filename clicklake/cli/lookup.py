@@ -26,7 +26,8 @@ def _plain(value):
 @click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
               help="Local folder or s3://bucket/prefix holding the lake (env CLICKLAKE_ROOT; "
                    "`make demo` writes data/demo).")
-@click.option("--lake-prefix", default="lake", show_default=True)
+@click.option("--lake-prefix", default="lake", show_default=True, envvar="CLICKLAKE_LAKE_PREFIX",
+              help="Prefix of the lake below the root (env CLICKLAKE_LAKE_PREFIX).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--s3-endpoint-url", default=None, envvar="CLICKLAKE_S3_ENDPOINT_URL",
               help="S3-compatible endpoint (MinIO, moto, LocalStack) of an s3:// root.")

@@ -13,7 +13,8 @@ _DEFAULTS = DecisionPolicy()
 @click.command(context_settings=CONTEXT)
 @click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
               help="Local folder or s3://bucket/prefix holding the lake (env CLICKLAKE_ROOT).")
-@click.option("--lake-prefix", default="lake", show_default=True)
+@click.option("--lake-prefix", default="lake", show_default=True, envvar="CLICKLAKE_LAKE_PREFIX",
+              help="Prefix of the lake below the root (env CLICKLAKE_LAKE_PREFIX).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; 0.0.0.0 exposes the API beyond this machine.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -26,8 +27,9 @@ _DEFAULTS = DecisionPolicy()
 @click.option("--online-db", default=None, envvar="CLICKLAKE_ONLINE_DB",
               help="SQLite file of the online store (--source online; env CLICKLAKE_ONLINE_DB, "
               "default <root>/online/online.db for a local root).")
-@click.option("--dynamodb-table", default=None,
-              help="Read the online store from this DynamoDB table instead (--source online).")
+@click.option("--dynamodb-table", default=None, envvar="CLICKLAKE_DYNAMODB_TABLE",
+              help="Read the online store from this DynamoDB table instead (--source online; "
+              "env CLICKLAKE_DYNAMODB_TABLE).")
 @click.option("--model", "model_backend", type=click.Choice(["local", "sagemaker"]),
               default="local", show_default=True,
               help="Score with the champion's booster in process, or its SageMaker endpoint.")

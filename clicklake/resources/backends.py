@@ -14,12 +14,15 @@ credentials only from the standard boto3 chain.
 | `CLICKLAKE_SAGEMAKER_ROLE_ARN` | the SageMaker execution role (training and endpoint) |
 | `CLICKLAKE_TRAINING_INSTANCE_TYPE` | default `ml.m5.xlarge` |
 | `CLICKLAKE_TRAINING_JOB_PREFIX` | training job names start with it, default `clicklake-xgb` |
-| `CLICKLAKE_LANDING_PREFIX`, `CLICKLAKE_LAKE_PREFIX` | prefixes below the root, defaults `landing`, `lake` (the template's `LandingPrefix`, `LakePrefix`) |
+| `CLICKLAKE_LANDING_PREFIX`, `CLICKLAKE_LAKE_PREFIX` | prefixes below the root, defaults `landing`, `lake` (the template's `LandingPrefix`, `LakePrefix`; both backends) |
 | `CLICKLAKE_ENDPOINT_NAME`, `CLICKLAKE_ENDPOINT_INSTANCE_TYPE` | defaults `clicklake-ctr`, `ml.m5.large` |
 | `CLICKLAKE_DYNAMODB_TABLE` | the online store's table, default `clicklake-online` |
 | `CLICKLAKE_ONLINE_DB` | (local) the SQLite file of the online store, default `data/online/online.db` |
 | `AWS_REGION` | the region of every service |
 | `CLICKLAKE_AWS_ENDPOINT_URL` | an endpoint override for every AWS service (tests only) |
+
+The lake's settings (allowed lateness, label window, snapshot retention) are environment
+variables too, read by every run, tick and server: `platform.settings`.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ def build_resources(backend: str | None = None) -> dict:
     """The resources of `backend` (default: `CLICKLAKE_BACKEND`, else `local`)."""
     backend = (backend or os.environ.get("CLICKLAKE_BACKEND") or "local").lower()
     if backend == "local":
-        return {"lake": LakeResource(), "trainer": LocalTrainer(), "endpoint": LocalModelServer(),
+        return {"lake": LakeResource(landing_prefix=_env("CLICKLAKE_LANDING_PREFIX", "landing"),
+                                     lake_prefix=_env("CLICKLAKE_LAKE_PREFIX", "lake")),
+                "trainer": LocalTrainer(), "endpoint": LocalModelServer(),
                 "online_store": SqliteOnlineStore()}
     if backend != "aws":
         raise ValueError(f"CLICKLAKE_BACKEND must be one of {BACKENDS}, not {backend!r}")

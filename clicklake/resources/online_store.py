@@ -65,6 +65,7 @@ from clicklake.platform.online.state import (
     check_docs_layout,
     chunks,
 )
+from clicklake.platform.settings import settings
 
 DEFAULT_SQLITE_PATH = "data/online/online.db"
 _TRANSACTION_ITEMS = 100
@@ -135,7 +136,8 @@ class OnlineStoreResource(dg.ConfigurableResource, ABC):
     def state(self) -> StateStore: ...
 
     def features(self) -> OnlineFeatures:
-        return OnlineFeatures(self.state())
+        # the deployment's lateness: the horizon the fold purged to (`platform.settings`)
+        return OnlineFeatures(self.state(), settings().rules())
 
 
 def default_sqlite_path(root: str | None = None) -> str:
