@@ -22,7 +22,14 @@ from clicklake.platform.training.hyperparams import hyperparameters
 from clicklake.platform.training.local import predict, train_local
 from clicklake.platform.training.manifest import FeatureManifest
 from clicklake.platform.training.synthetic import synthetic_clicks
-from clicklake.resources.endpoint import SageMakerEndpoint, parse_csv_scores
+from clicklake.resources.endpoint import (
+    UNNAMED_VARIANT,
+    SageMakerEndpoint,
+    ServedByAnotherModel,
+    invoke_scores,
+    parse_csv_scores,
+    variant_name,
+)
 
 ROLE = "arn:aws:iam::123456789012:role/clicklake-sagemaker"
 
@@ -68,6 +75,8 @@ def test_deploy_creates_model_config_and_endpoint(moto_endpoint, lake, s3_bucket
     (variant,) = config["ProductionVariants"]
     assert variant["ModelName"] == name and variant["InstanceType"] == "ml.m5.large"
     assert variant["InitialInstanceCount"] == 1
+    # named for the model: an answer of the endpoint says which model computed it
+    assert variant["VariantName"] == variant_name("model-20261125-01")
     ep = sm.describe_endpoint(EndpointName="ctr-test-1")
     assert ep["EndpointConfigName"] == config_name and ep["EndpointStatus"] == "InService"
 
@@ -97,6 +106,36 @@ def test_invoke_goes_through_sagemaker_runtime(moto_endpoint, lake):
         role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint, endpoint_name="ctr-invoke"
     )
     np.testing.assert_array_equal(endpoint.predict(rows), expected)
+
+
+def _queue(moto_endpoint: str, *results: dict) -> None:
+    """Queue moto's next answers of invoke_endpoint (one per distinct request)."""
+    queue = {"region": "us-east-1", "results": [{"ContentType": "text/csv", **r} for r in results]}
+    urllib.request.urlopen(urllib.request.Request(
+        f"{moto_endpoint}/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps(queue).encode(), headers={"Content-Type": "application/json"})).read()
+
+
+def test_an_answer_from_another_models_variant_is_refused(moto_endpoint, lake):
+    """The rows are encoded for one model: an answer the endpoint computed with another (a
+    deploy under way or failed) raises, naming that variant, rather than giving its scores.
+    The model's own variant, and an endpoint deployed before variants were named for their
+    model (`AllTraffic`: cannot be checked), give the scores."""
+    _, _, rows = lake
+    ours, theirs = variant_name("model-20261125-01"), variant_name("model-20261125-02")
+    client = boto3.client("sagemaker-runtime", endpoint_url=moto_endpoint,
+                          region_name="us-east-1")
+    body = "0.1\n0.2\n0.3\n0.4"
+    # moto answers a body it has seen as before: each case sends other rows
+    _queue(moto_endpoint, {"Body": body, "InvokedProductionVariant": theirs})
+    with pytest.raises(ServedByAnotherModel) as raised:
+        invoke_scores(client, "ctr-variants", rows + 100, variant=ours)
+    assert raised.value.invoked_variant == theirs
+    for shift, answered in ((200, ours), (300, UNNAMED_VARIANT)):
+        _queue(moto_endpoint, {"Body": body, "InvokedProductionVariant": answered})
+        np.testing.assert_array_equal(
+            invoke_scores(client, "ctr-variants", rows + shift, variant=ours),
+            [0.1, 0.2, 0.3, 0.4])
 
 
 def test_parse_csv_scores_both_layouts():
@@ -240,3 +279,34 @@ def test_a_rerun_while_the_endpoint_updates_waits_for_it_first(moto_endpoint, la
     again = endpoint.deploy(store, "model-20261125-03")
     assert again.details == {**new.details, "updated": False, "reused": True}
     assert not [c for c in endpoint._calls if c.startswith(("Create", "Update"))]
+
+
+def test_an_endpoint_deployed_before_named_variants_is_switched_to_one(moto_endpoint, lake):
+    """An endpoint an older version deployed serves a config of the same model under the name
+    that version gave it, with the variant `AllTraffic`. Deploying that model again must not
+    reuse that config (the endpoint's answers would go on naming no model) but switch the
+    endpoint to one whose variant is named for the model."""
+    from clicklake.platform.training.images import MIN_VERSION, xgboost_image_uri
+    from clicklake.resources.endpoint import _name
+
+    store, _, _ = lake
+    model_id, endpoint_name = "model-20261125-01", "ctr-upgrade"
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
+    image = xgboost_image_uri("us-east-1", MIN_VERSION)
+    model_name = _name(endpoint_name, model_id, extra=(
+        image, store.uri(registry.artifact_key(model_id))))
+    old_config = _name(endpoint_name, model_id, extra=(model_name, "ml.m5.large", "1"))
+    sm.create_model(ModelName=model_name, ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": image, "ModelDataUrl": store.uri(registry.artifact_key(model_id))})
+    sm.create_endpoint_config(EndpointConfigName=old_config, ProductionVariants=[{
+        "VariantName": UNNAMED_VARIANT, "ModelName": model_name, "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.large", "InitialVariantWeight": 1.0}])
+    sm.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=old_config)
+    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
+                                endpoint_name=endpoint_name, poll_delay_s=1, max_wait_attempts=3)
+    dep = endpoint.deploy(store, model_id)
+    assert dep.details["model_name"] == model_name and dep.details["reused"]
+    assert dep.details["endpoint_config_name"] != old_config and dep.details["updated"]
+    serving = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    (variant,) = sm.describe_endpoint_config(EndpointConfigName=serving)["ProductionVariants"]
+    assert variant["VariantName"] == variant_name(model_id)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pyarrow as pa
 import pytest
-from landing_factory import H, MIN, impression, land
+from landing_factory import MIN, H, impression, land
 
 import clicklake.assets.raw as raw_assets_module
 from clicklake.assets.training import _one_label_window_s

@@ -103,11 +103,40 @@ def parse_csv_scores(body: bytes) -> np.ndarray:
     return np.array([float(t) for t in re.split(r"[,\n]+", text) if t.strip()])
 
 
-def invoke_scores(client, endpoint_name: str, rows: np.ndarray) -> np.ndarray:
+def variant_name(model_id: str) -> str:
+    """The production variant a model is deployed as: an endpoint's answer names the variant
+    that computed it, and so the model, whose vocabularies the rows must be encoded with."""
+    return _name("model", model_id)
+
+
+# The one variant of every deploy before variants were named for their model.
+UNNAMED_VARIANT = "AllTraffic"
+
+
+class ServedByAnotherModel(Exception):
+    """The endpoint answered from another model's variant than the one the rows were encoded
+    for (a deploy under way or failed): its scores are not for these rows, and are dropped."""
+
+    def __init__(self, invoked_variant: str, expected_variant: str):
+        super().__init__(f"the endpoint answered from variant {invoked_variant!r}, not "
+                         f"{expected_variant!r} (the model the row was encoded for)")
+        self.invoked_variant = invoked_variant
+
+
+def invoke_scores(client, endpoint_name: str, rows: np.ndarray,
+                  variant: str | None = None) -> np.ndarray:
     """The endpoint's probability for each of `rows` (a sagemaker-runtime client); ValueError
-    naming what it answered when that is not one probability in [0, 1] per row."""
-    body = client.invoke_endpoint(EndpointName=endpoint_name, ContentType=CONTENT_TYPE,
-                                  Accept=CONTENT_TYPE, Body=features_to_csv(rows))["Body"].read()
+    naming what it answered when that is not one probability in [0, 1] per row. `variant`: the
+    variant the rows were encoded for; an answer from another one raises `ServedByAnotherModel`
+    (an answer from `UNNAMED_VARIANT`, or naming none, is taken as before: it cannot be checked)."""
+    answer = client.invoke_endpoint(EndpointName=endpoint_name, ContentType=CONTENT_TYPE,
+                                    Accept=CONTENT_TYPE, Body=features_to_csv(rows))
+    body = answer["Body"].read()  # first: an unread answer keeps its connection from the pool
+    invoked = answer.get("InvokedProductionVariant")
+    # An endpoint deployed before variants were named for their model answers from
+    # UNNAMED_VARIANT (a test double may name none): taken as before, as it cannot be checked.
+    if variant is not None and invoked not in (None, UNNAMED_VARIANT, variant):
+        raise ServedByAnotherModel(invoked, variant)
     try:
         scores = parse_csv_scores(body)
     except (UnicodeDecodeError, ValueError):
@@ -165,8 +194,11 @@ class SageMakerEndpoint(ModelEndpointResource):
         sm = self._client("sagemaker")
         image = self.image_uri or xgboost_image_uri(self.resolved_region(), self.xgboost_version)
         model_name = _name(self.endpoint_name, model_id, extra=(image, model_data_url))
+        variant = variant_name(model_id)
+        # The variant is in the hash: a config of an older deploy (variant "AllTraffic") is
+        # not reused, so the endpoint's answers name the model from this deploy on.
         config_name = _name(self.endpoint_name, model_id, extra=(
-            model_name, self.instance_type, str(self.instance_count)))
+            model_name, self.instance_type, str(self.instance_count), variant))
         reused = _described(sm.describe_model, ModelName=model_name) is not None
         if not reused:
             sm.create_model(
@@ -179,7 +211,7 @@ class SageMakerEndpoint(ModelEndpointResource):
                 EndpointConfigName=config_name,
                 ProductionVariants=[
                     {
-                        "VariantName": "AllTraffic",
+                        "VariantName": variant,
                         "ModelName": model_name,
                         "InitialInstanceCount": self.instance_count,
                         "InstanceType": self.instance_type,

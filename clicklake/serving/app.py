@@ -43,6 +43,7 @@ from clicklake.platform.online import BeforeHorizon
 from clicklake.platform.online.read import Rebuilding
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import iso
+from clicklake.resources.endpoint import ServedByAnotherModel
 from clicklake.serving.auth import authorize, require_token
 from clicklake.serving.metrics import ApiMetrics
 from clicklake.serving.middleware import BodyLimit, RequestMetrics, client_gone
@@ -208,13 +209,18 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     metrics = ApiMetrics()
     lake_lock = threading.Lock()  # `lookup`: time travel reads run in the thread pool
     lake_source = isinstance(source, LakeFeatures)
+    model_info_lock = threading.Lock()  # set by the checks' thread and by requests that follow
     if model.current is None:
         model.refresh()
 
+    def publish_model_info() -> None:
+        with model_info_lock:
+            m = model.current
+            if m is not None:
+                metrics.set_model(m.model_id, m.promoted_at, m.backend)
+
     def publish_model() -> None:
-        m = model.current
-        if m is not None:
-            metrics.set_model(m.model_id, m.promoted_at, m.backend)
+        publish_model_info()
         wm = source.watermark_ms()
         if wm is not None:
             metrics.set_features_as_of(wm / 1000)
@@ -288,6 +294,46 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         wm = source.watermark_ms()
         return None if wm is None else iso(wm)
 
+    async def endpoint_score(loaded: LoadedModel, features: dict) -> float:
+        """The endpoint's probability for the features encoded for `loaded`; 503 when it fails.
+        `ServedByAnotherModel` passes through: the endpoint serves another model."""
+        try:
+            return float((await run_in_threadpool(loaded.predict,
+                                                  loaded.encode_one(features)))[0])
+        except ServedByAnotherModel:
+            raise
+        except Exception as exc:  # noqa: BLE001 - down, throttled, or answered nonsense
+            metrics.model_errors.inc()
+            raise fail(503, f"the model endpoint of {loaded.model_id} failed: "
+                       f"{type(exc).__name__}: {exc}", "model_unavailable") from None
+
+    async def remote_score(loaded: LoadedModel, features: dict) -> tuple[LoadedModel, float]:
+        """The model that scored and its probability. When the endpoint answers from another
+        model's variant (a deploy under way or failed), that model is loaded and the features
+        encoded with its vocabularies are scored again, once: never a probability computed
+        from codes of another vocabulary; 503 `model_switching` when that does not settle."""
+        try:
+            return loaded, await endpoint_score(loaded, features)
+        except ServedByAnotherModel as exc:
+            followed = await follow_endpoint(exc.invoked_variant)
+        try:
+            return followed, await endpoint_score(followed, features)
+        except ServedByAnotherModel as exc:  # switched again meanwhile: the caller may retry
+            metrics.model_errors.inc()
+            raise fail(503, f"the model endpoint is switching models: {exc}",
+                       "model_switching") from None
+
+    async def follow_endpoint(variant: str) -> LoadedModel:
+        """The model the endpoint serves, loaded in the slot (registry reads: off the loop)."""
+        try:
+            followed = await run_in_threadpool(model.follow, variant)
+        except Exception as exc:  # noqa: BLE001 - not in the registry, or unreadable
+            metrics.model_errors.inc()
+            raise fail(503, "the model endpoint answers from another model, which cannot be "
+                       f"loaded: {type(exc).__name__}: {exc}", "model_switching") from None
+        publish_model_info()
+        return followed
+
     async def score(raw: bytes, content_type: str | None) -> bytes:
         """POST /v1/predict's work: the raw request body -> the JSON answer. Errors raise
         (HTTPException, RequestValidationError) and are answered by the handlers above."""
@@ -329,16 +375,11 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         except LookupError as exc:
             raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
                        ) from None
-        encoded = loaded.encode_one(compute_features(inputs))
+        features = compute_features(inputs)
         if loaded.backend == "local":
-            probability = float(loaded.predict(encoded)[0])
+            probability = float(loaded.predict(loaded.encode_one(features))[0])
         else:
-            try:
-                probability = float((await run_in_threadpool(loaded.predict, encoded))[0])
-            except Exception as exc:  # noqa: BLE001 - down, throttled, or answered nonsense
-                metrics.model_errors.inc()
-                raise fail(503, f"the model endpoint of {loaded.model_id} failed: "
-                           f"{type(exc).__name__}: {exc}", "model_unavailable") from None
+            loaded, probability = await remote_score(loaded, features)
         verdict = decide(probability, is_crawler=bool(np.asarray(inputs["is_crawler"])[0]),
                          activity=UserActivity.from_inputs(inputs), cost=body.cost,
                          value_per_click=body.value_per_click, policy=config.policy)

@@ -7,12 +7,16 @@ changed. Requests read `slot.current` once, so a swap never mixes two models in 
 Backends: the in-process booster (what `LocalModelServer` loads; default) or the SageMaker endpoint the
 `deployed_model` asset updates (sagemaker-runtime `invoke_endpoint`, text/csv). Either way the
 manifest (feature order, categorical vocabularies) comes from the registry, so a request is
-encoded exactly as the training CSV was.
+encoded exactly as the training CSV was. The endpoint's answer names the variant, so the model,
+that computed it: one of another model than the request was encoded for (a deploy under way or
+failed) is refused, and `ModelSlot.follow` loads that model.
 """
 
 from __future__ import annotations
 
+import posixpath
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,9 +26,9 @@ import numpy as np
 from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES, vocabulary_codes
 from clicklake.platform.storage import Store
 from clicklake.platform.training import registry
-from clicklake.platform.training.artifact import load_booster
+from clicklake.platform.training.artifact import ARTIFACT_NAME, load_booster
 from clicklake.platform.training.manifest import FeatureManifest
-from clicklake.resources.endpoint import SageMakerEndpoint, invoke_scores
+from clicklake.resources.endpoint import SageMakerEndpoint, invoke_scores, variant_name
 
 
 @dataclass(frozen=True)
@@ -136,26 +140,45 @@ class BoosterScorer:
 ENDPOINT_CONNECT_TIMEOUT_S, ENDPOINT_READ_TIMEOUT_S = 2.0, 5.0
 
 
+def _runtime_client(endpoint: SageMakerEndpoint):
+    from botocore.config import Config
+
+    # A request waits for this call: botocore's defaults (60 s timeouts, 5 attempts) would
+    # hold it for minutes when the endpoint hangs. One retry, then the API answers 503.
+    return endpoint._client("sagemaker-runtime", config=Config(
+        connect_timeout=ENDPOINT_CONNECT_TIMEOUT_S, read_timeout=ENDPOINT_READ_TIMEOUT_S,
+        retries={"mode": "standard", "total_max_attempts": 2}))
+
+
 class SageMakerScorer:
     """Scores through a SageMaker endpoint with one long-lived sagemaker-runtime client (creating
-    a boto3 client costs milliseconds, too much to pay per request)."""
+    a boto3 client costs milliseconds, too much to pay per request). `variant`: the production
+    variant of the model the rows are encoded for; an answer from another variant raises
+    `ServedByAnotherModel` rather than giving scores computed with other vocabularies."""
 
-    def __init__(self, endpoint: SageMakerEndpoint):
-        from botocore.config import Config
+    def __init__(self, endpoint: SageMakerEndpoint, variant: str | None = None, client=None):
+        self.endpoint, self.variant = endpoint, variant
+        self._client = client if client is not None else _runtime_client(endpoint)
 
-        self.endpoint = endpoint
-        # A request waits for this call: botocore's defaults (60 s timeouts, 5 attempts) would
-        # hold it for minutes when the endpoint hangs. One retry, then the API answers 503.
-        self._client = endpoint._client("sagemaker-runtime", config=Config(
-            connect_timeout=ENDPOINT_CONNECT_TIMEOUT_S, read_timeout=ENDPOINT_READ_TIMEOUT_S,
-            retries={"mode": "standard", "total_max_attempts": 2}))
+    def for_model(self, model_id: str) -> SageMakerScorer:
+        """A scorer of `model_id`'s rows, over this one's client (shared by every model)."""
+        return SageMakerScorer(self.endpoint, variant_name(model_id), self._client)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return invoke_scores(self._client, self.endpoint.endpoint_name, rows)
+        return invoke_scores(self._client, self.endpoint.endpoint_name, rows, self.variant)
+
+
+class NoModelOfVariant(LookupError):
+    """The endpoint answers from a variant no registered model is deployed as."""
+
+
+RELIST_EVERY_S = 10.0  # an unknown variant lists the registry at most this often
 
 
 class ModelSlot:
-    """Holds the current champion; `refresh()` follows the registry's pointer."""
+    """Holds the current champion; `refresh()` follows the registry's pointer. On SageMaker,
+    `follow(variant)` loads the model the endpoint answers from instead, when that differs (a
+    deploy under way or failed): requests are encoded for the model that scores them."""
 
     def __init__(self, store: Store, lake_prefix: str = "lake",
                  sagemaker: SageMakerEndpoint | None = None):
@@ -164,6 +187,11 @@ class ModelSlot:
         self.last_error: str | None = None
         self._scorer = SageMakerScorer(sagemaker) if sagemaker is not None else None
         self._lock = threading.Lock()
+        # The champion `follow` left for the model the endpoint serves: `refresh` leaves it
+        # be, rather than loading it back every check until the endpoint serves it.
+        self._passed_over: str | None = None
+        self._variants: dict[str, str] = {}  # variant -> registered model id, as last listed
+        self._listed_at = -RELIST_EVERY_S
 
     @property
     def backend(self) -> str:
@@ -173,7 +201,7 @@ class ModelSlot:
         manifest = registry.manifest_of(self.store, model_id, self.lake_prefix)
         columns = _columns(manifest)
         if self._scorer is not None:
-            predict_rows = self._scorer
+            predict_rows = self._scorer.for_model(model_id)
         else:
             # The same booster LocalModelServer loads, but single-threaded: for one row, OpenMP
             # threads are pure overhead, and on a busy CPU a barrier waiting for a descheduled
@@ -190,12 +218,52 @@ class ModelSlot:
         with self._lock:
             try:
                 champ = registry.champion(self.store, self.lake_prefix)
-                if champ is None or (self.current and self.current.model_id == champ.model_id):
+                loaded = self.current.model_id if self.current is not None else None
+                if champ is None or champ.model_id in (loaded, self._passed_over):
                     self.last_error = None
                     return False
                 self.current = self.load(champ.model_id, champ.created_at)
+                self._passed_over = None
                 self.last_error = None
                 return True
             except Exception as exc:  # noqa: BLE001 - keep serving the model we have
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 return False
+
+    def follow(self, variant: str) -> LoadedModel:
+        """Load, as `current`, the registered model deployed as `variant` (the one the endpoint
+        answered from), and return it: the champion, else any model of the registry.
+        `NoModelOfVariant` when none is."""
+        with self._lock:
+            current = self.current
+            if current is not None and variant_name(current.model_id) == variant:
+                return current  # another request followed it first
+            champ = registry.champion(self.store, self.lake_prefix)
+            if champ is not None and variant_name(champ.model_id) == variant:
+                self.current, self._passed_over = self.load(champ.model_id, champ.created_at), None
+                return self.current
+            model_id = self._model_of(variant)
+            # Not the champion: promoted_at unknown (the history would have to be read whole).
+            self.current = self.load(model_id)
+            self._passed_over = champ.model_id if champ is not None else None
+            return self.current
+
+    def _model_of(self, variant: str) -> str:
+        """The registered model deployed as `variant`; the registry is listed again on a miss
+        (a model registered since), at most every `RELIST_EVERY_S` (requests wait on the lock)."""
+        if variant not in self._variants and time.monotonic() - self._listed_at >= RELIST_EVERY_S:
+            self._variants = {variant_name(m): m for m in _registered_ids(self.store,
+                                                                          self.lake_prefix)}
+            self._listed_at = time.monotonic()
+        if variant not in self._variants:
+            raise NoModelOfVariant(f"the endpoint serves variant {variant!r}, which no model of "
+                                   "the registry is deployed as")
+        return self._variants[variant]
+
+
+def _registered_ids(store: Store, prefix: str) -> list[str]:
+    """Ids of the registry's models: those with an artifact (what marks one registered)."""
+    root = posixpath.dirname(posixpath.dirname(registry.artifact_key("-", prefix)))
+    return [posixpath.basename(posixpath.dirname(k)) for k in store.list(root)
+            if posixpath.basename(k) == ARTIFACT_NAME
+            and posixpath.dirname(posixpath.dirname(k)) == root]
