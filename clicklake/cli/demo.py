@@ -61,7 +61,7 @@ def _sum(materializations: list[dict], key: str) -> int:
               help="Distinct users.")
 @click.option("--start", default="2026-11-24T00:00:00Z", show_default=True,
               help="First hour (UTC) of the generated streams.")
-@click.option("--seed", default=7, show_default=True)
+@click.option("--seed", default=7, show_default=True, type=click.IntRange(min=0))
 @click.option("--serve/--no-serve", default=True, show_default=True,
               help="Fold the streams into the online store, start the REST API and send a few"
               " predictions.")

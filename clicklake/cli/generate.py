@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from clicklake.cli.params import CONTEXT, check_root, parse_start
+from clicklake.cli.params import CONTEXT, check_root, check_span, parse_start
 
 DEFAULT_START = "2026-11-24T00:00:00Z"
 
@@ -21,7 +21,7 @@ DEFAULT_START = "2026-11-24T00:00:00Z"
 @click.option("--users", default=10_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--impressions", type=click.IntRange(min=0), default=None,
               help="Total impressions [default: 0.42 x users x hours].")
-@click.option("--seed", default=7, show_default=True, type=int,
+@click.option("--seed", default=7, show_default=True, type=click.IntRange(min=0),
               help="Same seed and options give byte-identical files.")
 @click.option("--clean", is_flag=True,
               help="No messy records (duplicates, broken lines, late and future events).")
@@ -51,6 +51,7 @@ def generate(root: str, start: str, hours: int, users: int, impressions: int | N
     from clicklake.platform.timeutil import iso
 
     start_ms = parse_start(start)
+    check_span(start_ms, hours, "--hours")
     check_root(root)
     store = Store(root, S3Options(endpoint_url=s3_endpoint_url, region=s3_region))
     total = default_impressions(users, hours) if impressions is None else impressions
@@ -73,8 +74,13 @@ def generate(root: str, start: str, hours: int, users: int, impressions: int | N
                f"impressions, seed {seed}{', clean' if clean else ''} → {store.uri('')}", err=True)
     with tqdm(total=total, unit="imp", unit_scale=True, desc="generate", file=sys.stderr,
               disable=None if progress is None else not progress) as bar:
-        summary = run(store, start_ms=start_ms, hours=hours, users=users, impressions=total,
-                      seed=seed, clean=clean, progress=bar.update)
+        try:
+            summary = run(store, start_ms=start_ms, hours=hours, users=users, impressions=total,
+                          seed=seed, clean=clean, progress=bar.update)
+        except MemoryError:
+            raise click.ClickException(f"not enough memory for {users:,} users and {total:,} "
+                                       "impressions: generate fewer, or in pieces of hours "
+                                       "(one run per piece, each with its --start)") from None
 
     click.echo(f"{'stream':<12} {'events':>10} {'messy':>8} {'lines':>10} {'files':>6}")
     for s in landing.STREAMS:

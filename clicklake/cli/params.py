@@ -65,3 +65,12 @@ def parse_start(text: str, option: str = "--start", whole_hour: bool = True) -> 
 
 _YEAR_2100_MS = 4_102_444_800_000
 
+
+def check_span(start_ms: int, hours: int, option: str) -> None:
+    """Hours from `start_ms` must end by 2100: the raw layer refuses later event times."""
+    from clicklake.platform.timeutil import HOUR_MS, iso
+
+    if start_ms + hours * HOUR_MS > _YEAR_2100_MS:
+        raise click.BadParameter(f"{hours} h from {iso(start_ms)} run past 2100 (event times "
+                                 "from 2100 on are refused as bad values)", param_hint=option)
+

@@ -109,7 +109,10 @@ def generate(
     ss = np.random.SeedSequence(seed)
     pop_ss, plan_ss, ids_ss, writer_ss, hours_ss = ss.spawn(5)
     pop = build_population(np.random.default_rng(pop_ss), users)
-    ids_rng = np.random.default_rng(ids_ss)
+    # The ids draw on the start hour too: a run of later hours into the same root (the README
+    # adds an hour after the demo) must not repeat the earlier run's ids, which the raw layer
+    # would take for duplicates and the oracle's join for the earlier impressions.
+    ids_rng = np.random.default_rng([*map(int, ids_ss.generate_state(4)), start_ms // HOUR_MS])
     id_seqs = {
         "impressions": IdSequence(ids_rng, "imp-"),
         "clicks": IdSequence(ids_rng, "clk-"),
