@@ -76,6 +76,40 @@ def test_rematerializing_gives_the_same_bytes(tmp_path):
     assert store.read_bytes(raw.quarantine_key("impressions", H)) == first_q
 
 
+@pytest.mark.parametrize("same_instance", [True, False])
+def test_a_rebuild_after_landing_files_expired_keeps_the_partition(tmp_path, same_instance):
+    """Landing files expire (90 days in the template) and raw partitions stay: a rebuild then
+    found nothing and replaced the hour with an empty one, every check passing. It is refused,
+    naming the hour; deleting the partition first rebuilds it from what is left."""
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    _landing(store)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(raw_assets, partition_key=KEY, resources={"lake": lake},
+                              instance=instance).success
+        kept = store.read_bytes(raw.raw_key("impressions", H))
+        gone = [k for k in store.list("landing/impressions/") if "000000000001" in k]
+        assert gone
+        store.delete(gone[0])  # one of the two impression files expired
+        if not same_instance:  # no record of the build: only an emptied hour is caught
+            for k in store.list("landing/impressions/"):
+                store.delete(k)
+        run = dg.materialize(raw_assets, partition_key=KEY, resources={"lake": lake},
+                             instance=instance if same_instance else None,
+                             raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        said = str(failure.event_specific_data.error)
+        assert f"raw_impressions {KEY}: the landing zone now holds " in said
+        assert ("1 landing files of the 2 it was built from" if same_instance
+                else "0 landing files (expired") in said
+        assert store.read_bytes(raw.raw_key("impressions", H)) == kept
+        store.delete(raw.raw_key("impressions", H))
+        assert dg.materialize(raw_assets, partition_key=KEY, resources={"lake": lake},
+                              instance=instance).success
+        assert raw.read_raw(store, "impressions", H).num_rows == (1 if same_instance else 0)
+
+
 def test_gx_checks_fail_on_a_bad_partition():
     bad = pd.DataFrame({
         "impression_id": ["a", "a", None],

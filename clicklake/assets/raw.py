@@ -61,6 +61,41 @@ def incomplete_inputs(record: dg.EventLogRecord | None) -> str | None:
     return recorded_text(record, INPUTS_INCOMPLETE)
 
 
+def _files_read_before(context: dg.AssetExecutionContext, asset: str,
+                       hours: list[int]) -> dict[int, int]:
+    """The landing files each hour's latest materialization in this instance read."""
+    keys = {hour_partition_key(h): h for h in hours}
+    records = context.instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(asset), asset_partitions=list(keys)), limit=20 * len(keys)).records
+    out: dict[int, int] = {}
+    for r in records:  # newest first
+        meta = r.asset_materialization.metadata if r.asset_materialization else {}
+        if r.partition_key in keys and "landing_files_read" in meta:
+            out.setdefault(keys[r.partition_key], meta["landing_files_read"].value)
+    return out
+
+
+def _refuse_losing_files(store, asset: str, part, files_before: int | None,
+                         lake_prefix: str) -> None:
+    """A rebuild that finds fewer landing files than the partition was built from would drop
+    their events for good: the landing zone's retention (90 days in the template) has expired
+    them, or they were deleted. Refused, keeping the partition; deleting it first is the way to
+    rebuild from what is left. Without a record (built in another instance), only a rebuild
+    finding no file over a partition holding rows is caught."""
+    key = raw_key(part.stream, part.hour_ms, lake_prefix)
+    if files_before is not None and part.files_read >= files_before or not store.exists(key):
+        return  # nothing lost, or nothing to keep (never built, or deleted to be rebuilt)
+    lost = files_before is not None or (
+        part.files_read == 0 and store.parquet_file(key).metadata.num_rows > 0)
+    if lost:
+        was = "" if files_before is None else f" of the {files_before} it was built from"
+        raise dg.Failure(
+            f"{asset} {hour_partition_key(part.hour_ms)}: the landing zone now holds "
+            f"{part.files_read} landing files{was} (expired by the landing retention, or "
+            f"deleted): rebuilt, the hour would lose their events for good, so the partition "
+            f"is kept as it is. To rebuild it from what is left anyway, delete {key} first.")
+
+
 _DESCRIPTIONS = {
     "impressions": "Ad impressions bought, one row per impression_id, for one event-time hour.",
     "clicks": "Clicks on impressions, one row per click_id, for one event-time hour.",
@@ -93,9 +128,12 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
         config = settings()  # the deployment's, for every run (`platform.settings`)
         rules = config.rules()
         checked: dict[str, list[HourOutcome]] = {}
-        for hour_ms in run_hours(context):
+        hours = run_hours(context)
+        before = _files_read_before(context, name, hours)
+        for hour_ms in hours:
             read_at = _clock()  # before the listing: what lands after may be missed
             part = build_raw_partition(store, stream, hour_ms, rules, lake.landing_prefix)
+            _refuse_losing_files(store, name, part, before.get(hour_ms), lake.lake_prefix)
             write_raw_partition(store, part, lake.lake_prefix)
             context.log.info(
                 f"{name} {iso(hour_ms)}: kept {part.kept} of {part.lines_read} lines from "
