@@ -371,3 +371,24 @@ def test_a_snapshot_whose_last_day_had_a_raw_hour_rebuilt_after_it_is_not_seeded
         logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
         assert any("cannot rebuild from a snapshot" in m and "raw partitions of its last day"
                    in m for m in logs), logs
+
+
+def test_a_rebuild_after_the_first_landing_files_expired_seeds_from_a_snapshot(tmp_path):
+    """A refold folds the landing files left: once the landing zone's retention had expired the
+    lake's first hours, a rebuild (asked for, or after an upgrade's layout change) cut every
+    user's lifetime counters back to the files left (504 -> 184 impressions in the review's
+    lake), and said it succeeded. It seeds from a snapshot instead."""
+    store = built_lake(tmp_path / "lake", START, 8, users=60, seed=4, messy_scale=3.0)
+    keys = store.list("landing/")
+    full = folded_in_order(store, str(tmp_path / "full.db"), [keys])
+    for k in keys:
+        if order_files([k])[0][0][0].arrival_ms < START + 3 * HOUR_MS:
+            store.delete(k)
+    meta = _rebuild(store.root, str(tmp_path / "rebuilt.db"), from_snapshot=False)
+    assert meta["rebuild"] and meta["seed_snapshot_hour"] != "none"
+    t = horizon_ms(full.watermark_ms())
+    _compare(OnlineFeatures(SqliteState(str(tmp_path / "rebuilt.db"))), OnlineFeatures(full),
+             _users(full), [t, full.watermark_ms() + 1], [])
+    assert seed_mod.landing_gap(store, store.list("landing/")).startswith(
+        "the landing zone starts at 2026-11-20T03:")
+    assert seed_mod.landing_gap(store, keys) is None

@@ -32,6 +32,7 @@ from clicklake.platform.online.fold import IncompleteSeed, seed_mark
 from clicklake.platform.online.seed import (
     SeedUnavailable,
     check_seed,
+    landing_gap,
     rebuild_from_snapshot,
     seed_hour,
 )
@@ -97,9 +98,21 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         return every
 
     def refold_all():
-        return refold_every_file(state, store, all_keys(), rules,
-                                 landing_prefix=lake.landing_prefix,
-                                 files_per_commit=FILES_PER_COMMIT)
+        """Every landing file folded from scratch; seeded from a snapshot instead when the
+        landing zone no longer holds the lake's first hours (a refold would lose them)."""
+        nonlocal seeded
+        gap = landing_gap(store, all_keys(), rules, lake.lake_prefix, lake.landing_prefix)
+        if gap is None:
+            return refold_every_file(state, store, all_keys(), rules,
+                                     landing_prefix=lake.landing_prefix,
+                                     files_per_commit=FILES_PER_COMMIT)
+        try:
+            seeded = seed(None)
+        except SeedUnavailable as why:
+            raise dg.Failure(f"the online store cannot be rebuilt: {gap}; and no user_profiles "
+                             f"snapshot can seed it ({why})") from None
+        context.log.warning(f"{gap}: seeded from a snapshot instead")
+        return seeded.fold
 
     def seed(p: int | None):
         """Seed from snapshot p (None: the latest usable one), or SeedUnavailable."""

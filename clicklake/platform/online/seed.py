@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 
 from clicklake.platform import landing
 from clicklake.platform.enrich import countries
-from clicklake.platform.lookup import LookupTable
+from clicklake.platform.lookup import LookupTable, NoSnapshots
 from clicklake.platform.online import segment_state as seg
 from clicklake.platform.online import user_head
 from clicklake.platform.online import user_state as us
@@ -155,6 +155,27 @@ def check_seed(store: Store, keys: Iterable[str], p: int, rules: Rules = DEFAULT
     if p not in view.hours:
         raise SeedUnavailable(f"no user_profiles snapshot of {iso(p)}")
     _check(store, p, view, lake_prefix)
+
+
+def landing_gap(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
+                lake_prefix: str = "lake", landing_prefix: str = landing.DEFAULT_PREFIX
+                ) -> str | None:
+    """Why folding the landing files `keys` from scratch would not rebuild the lake's history
+    (the files of its first hours have expired: the landing zone's retention), or None when it
+    would, or the lake has no snapshot to say where its history starts."""
+    try:
+        history = LookupTable(store, lake_prefix).history_start()
+    except NoSnapshots:
+        return None
+    files, _ = order_files(keys, landing_prefix)
+    first = min((lf.arrival_ms for lf, _ in files), default=None)
+    # the history's first hour lands by its end plus the allowed lateness
+    if first is not None and first - first % HOUR_MS <= history + HOUR_MS + rules.allowed_lateness_ms:
+        return None
+    oldest = "holds no file" if first is None else f"starts at {iso(first)}"
+    return (f"the landing zone {oldest}, while the lake's history starts at {iso(history)}: "
+            "the files before have expired (or were deleted), and a refold of those left "
+            "would lose their events")
 
 
 def _before_history(store: Store, files: list, history: int, rules: Rules
