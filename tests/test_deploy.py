@@ -333,6 +333,20 @@ def test_online_folds_run_one_at_a_time(home, monkeypatch, tmp_path):
     assert serving_lookup.op.pool == "online_fold"
 
 
+def test_runs_that_read_what_another_run_of_them_rewrites_take_one_slot():
+    """Two user_profiles runs at once (an operator's refold beside the automation's next hour)
+    left a snapshot folded on the old chain, and a training set rebuilt while click_model read
+    it mixed two sets' hours: each declares a pool, which the instance configs give one slot."""
+    from clicklake.assets.profiles import segment_profiles, user_profiles
+    from clicklake.assets.training import click_model, training_set
+
+    pools = {a.key.to_user_string(): a.op.pool
+             for a in (user_profiles, segment_profiles, training_set, click_model)}
+    assert pools == {"user_profiles": "user_profiles_chain",
+                     "segment_profiles": "segment_profiles_chain",
+                     "training_set": "training", "click_model": "training"}
+
+
 def test_run_limits_leave_room_for_the_schedule():
     runs = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["concurrency"]["runs"]
     backfill = [t for t in runs["tag_concurrency_limits"] if t["key"] == "dagster/backfill"]

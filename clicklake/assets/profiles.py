@@ -95,6 +95,9 @@ class UserProfilesConfig(dg.Config):
 
 
 @dg.asset(
+    # One run at a time (the instance configs give a pool one slot): a run lists the later
+    # snapshots it refolds when it starts, and one folded beside it stays on the old chain.
+    pool="user_profiles_chain",
     partitions_def=hourly_partitions,
     deps=[dg.AssetDep("user_hour_tiles"),
           dg.AssetDep("user_profiles", partition_mapping=_PREVIOUS_HOUR)],
@@ -259,6 +262,8 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[
 
 
 @dg.asset(
+    # One run at a time, as user_profiles: each hour folds the ones before it.
+    pool="segment_profiles_chain",
     partitions_def=hourly_partitions,
     deps=[dg.AssetDep(k, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=0))
           for k in RAW_DEPS]

@@ -42,6 +42,9 @@ class TrainingSetConfig(dg.Config):
 
 
 @dg.asset(
+    # One of training_set and click_model at a time: a set rebuilt under its id while a model
+    # read it mixed two sets' hours (it validated on hours it trained on).
+    pool="training",
     deps=[LABELED_KEY],
     group_name="training",
     kinds={"csv", "s3"},
@@ -107,6 +110,8 @@ class ClickModelConfig(dg.Config):
 
 
 @dg.asset(
+    # with training_set (see there)
+    pool="training",
     deps=[training_set],
     group_name="training",
     kinds={"xgboost"},
