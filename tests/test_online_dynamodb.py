@@ -67,6 +67,28 @@ def test_dynamodb_fold_equals_sqlite_fold_and_reads_agree(moto_endpoint, landing
             k: repr(v.tolist()) for k, v in fb.items()}  # repr: NaN equals NaN
 
 
+def test_a_purge_scans_the_table_only_when_the_horizon_moved(moto_endpoint, landing_zone,
+                                                               monkeypatch):
+    """Every fold run ends with a purge, and each purge scanned the whole table six times,
+    whatever it had to drop: a one-file run cost in proportion to the table's age."""
+    from clicklake.platform.online.fold import purge
+
+    state = _dynamo(moto_endpoint)
+    fold_files(state, landing_zone, landing_zone.list("landing/"))
+    scans = []
+    real = state._scan
+    monkeypatch.setattr(state, "_scan", lambda prefix: scans.append(prefix) or real(prefix))
+    wm = state.watermark_ms()
+    assert purge(state, wm) == 0 and scans == []  # the fold's own purge had these bounds
+    purge(state, wm + 2 * HOUR_MS)
+    assert len(scans) == 6
+    purge(state, wm + 2 * HOUR_MS)
+    assert len(scans) == 6
+    state.clear()  # a rebuild starts afresh (one scan of its own): its first purge scans
+    purge(state, wm + 2 * HOUR_MS)
+    assert len(scans) == 13 and scans[6] == ""
+
+
 class _CrashAfter(Exception):
     pass
 

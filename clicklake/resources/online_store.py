@@ -72,6 +72,7 @@ _TRANSACTION_ITEMS = 100
 _INTENT_BYTES = 300_000  # per intent item (DynamoDB items hold at most 400 KB)
 _PENDING = "meta#pending"  # names the commit being applied, so any rerun finishes it first
 _VERSION = "meta#version"  # commits applied so far (`v`): a batch read before one is refused
+_PURGED = "meta#purged"  # the bounds of the last purge (`v`): the same bounds purge nothing new
 # A pending commit belongs to its writer (`owner`) until `until`, which each of its transactions
 # moves on; past it, the writer is taken for dead and the next commit finishes it.
 _LEASE_MS = 120_000
@@ -722,7 +723,14 @@ class DynamoState(StateStore):
     # -- maintenance ---------------------------------------------------------------------------
     def purge(self, docs_before: dict[str, int], counters_before: dict[str, int],
               marks_before: int | None = None) -> int:
-        """Retention by scan: a maintenance pass (production would set TTL attributes instead)."""
+        """Retention by scan: a maintenance pass (production would set TTL attributes instead).
+        Only when the bounds moved since the last one (the horizon moves once an hour): each
+        scan reads, and bills, the whole table, and every fold run ends with a purge."""
+        bounds = orjson.dumps([sorted(docs_before.items()), sorted(counters_before.items()),
+                               marks_before])
+        last = self._get(_PURGED)
+        if last is not None and bytes(last["v"]["B"]) == bounds:
+            return 0
         n = 0
         for ns, hour in docs_before.items():
             for item in self._scan(f"d#{ns}#"):
@@ -746,6 +754,9 @@ class DynamoState(StateStore):
                     self.client.delete_item(TableName=self.table,
                                             Key=self._key(item["pk"]["S"], _n(item["sk"])))
                     n += 1
+        # after the deletions: a purge cut short is done again
+        self.client.put_item(TableName=self.table, Item={**self._key(_PURGED),
+                                                         "v": {"B": bounds}})
         return n
 
     def folded_files(self) -> list[tuple[str, int, dict]]:
