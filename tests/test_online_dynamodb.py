@@ -89,6 +89,44 @@ def test_a_purge_scans_the_table_only_when_the_horizon_moved(moto_endpoint, land
     assert len(scans) == 13 and scans[6] == ""
 
 
+def test_a_throttled_transaction_is_tried_again_after_a_pause_not_taken_for_a_conflict(
+        moto_endpoint, landing_zone, sqlite_fold, monkeypatch):
+    """DynamoDB cancels a transaction it throttles (botocore does not retry that): it was taken
+    for another writer's commit, the batch folded again 20 times without a pause, and the run
+    failed saying other writers had committed."""
+    from botocore.exceptions import ClientError
+
+    from clicklake.resources import online_store
+
+    state = _dynamo(moto_endpoint)
+    real = state.client.transact_write_items
+    throttled = {"left": 5, "calls": 0}
+
+    def throttle(**kw):
+        throttled["calls"] += 1
+        if throttled["left"]:
+            throttled["left"] -= 1
+            raise ClientError({"Error": {"Code": "TransactionCanceledException"},
+                               "CancellationReasons": [{"Code": "ThrottlingError"}] + [
+                                   {"Code": "None"}] * (len(kw["TransactItems"]) - 1)},
+                              "TransactWriteItems")
+        return real(**kw)
+
+    pauses = []
+    monkeypatch.setattr(state.client, "transact_write_items", throttle)
+    monkeypatch.setattr(online_store, "_pause", pauses.append)
+    report = fold_files(state, landing_zone, landing_zone.list("landing/"))
+    assert report.conflicts == 0 and pauses == [0, 1, 2, 3, 4]
+    assert state.dump() == sqlite_fold.dump()
+    other = _dynamo(moto_endpoint)  # throttled throughout: fails as such, after the pauses
+    throttled["left"] = 10**6
+    monkeypatch.setattr(other.client, "transact_write_items", throttle)
+    calls = throttled["calls"]
+    with pytest.raises(ClientError, match="TransactionCanceledException"):
+        fold_files(other, landing_zone, landing_zone.list("landing/"))
+    assert throttled["calls"] - calls == online_store.TRANSACT_ATTEMPTS
+
+
 class _CrashAfter(Exception):
     pass
 

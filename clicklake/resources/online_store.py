@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -72,6 +73,9 @@ _TRANSACTION_ITEMS = 100
 _INTENT_BYTES = 300_000  # per intent item (DynamoDB items hold at most 400 KB)
 _PENDING = "meta#pending"  # names the commit being applied, so any rerun finishes it first
 _VERSION = "meta#version"  # commits applied so far (`v`): a batch read before one is refused
+_TRANSIENT = {"ThrottlingError", "TransactionConflict", "ProvisionedThroughputExceeded",
+              "RequestLimitExceeded"}  # cancellation reasons worth another try
+TRANSACT_ATTEMPTS = 8  # pauses of 50 ms doubling, with jitter: about 6 s in all at most
 _PURGED = "meta#purged"  # the bounds of the last purge (`v`): the same bounds purge nothing new
 # A pending commit belongs to its writer (`owner`) until `until`, which each of its transactions
 # moves on; past it, the writer is taken for dead and the next commit finishes it.
@@ -182,6 +186,11 @@ def _n(v) -> int:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _pause(attempt: int) -> None:
+    """Exponential backoff with full jitter: 50 ms, 100 ms, ... doubling per attempt."""
+    time.sleep(random.uniform(0, 0.05 * 2**attempt))
 
 
 def _if_condition(call, **request) -> bool:
@@ -339,10 +348,14 @@ class DynamoState(StateStore):
         out: list[dict] = []
         for part in chunks(keys, 100):
             request = {self.table: {"Keys": list(part), "ConsistentRead": True}}
+            attempt = 0
             while request:
                 resp = self.client.batch_get_item(RequestItems=request)
                 out += resp["Responses"].get(self.table, [])
                 request = resp.get("UnprocessedKeys") or None
+                if request:  # throttled: AWS asks for a growing pause, not a tight loop
+                    _pause(min(attempt, 6))
+                    attempt += 1
         return out
 
     def get_cells(self, cells: Sequence[tuple[str, str, int]]) -> list[Cell | None]:
@@ -476,11 +489,13 @@ class DynamoState(StateStore):
                 check["ExpressionAttributeValues"] = {":v": {"B": value}}
             items.append({"ConditionCheck": check})
         try:
-            self.client.transact_write_items(TransactItems=items)
+            self._transact(items)
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+            if "ConditionalCheckFailed" not in reasons:
+                raise  # throttled still after `_transact`'s pauses: not another writer
             if (commit.expect is not None and len(reasons) == len(items)
                     and reasons[-1] == "ConditionalCheckFailed"):
                 raise Fenced(f"DynamoDB table {self.table}: {commit.expect[0]}/"
@@ -492,6 +507,24 @@ class DynamoState(StateStore):
 
     def _until(self) -> int:
         return _now_ms() + self.lease_ms
+
+    def _transact(self, items: list[dict]) -> None:
+        """TransactWriteItems, again after a pause while DynamoDB cancels it for throttling or
+        a transaction conflict on an item (nothing of it applied; botocore does not retry
+        these): taken for another writer's commit, a throttled batch was folded again 20 times
+        without a pause, then failed as "other writers committed". Other cancellations (a
+        condition that failed) and the last transient one raise as they are."""
+        for attempt in range(TRANSACT_ATTEMPTS):
+            try:
+                self.client.transact_write_items(TransactItems=items)
+                return
+            except ClientError as exc:
+                reasons = {r.get("Code") for r in exc.response.get("CancellationReasons") or []}
+                if (exc.response["Error"]["Code"] != "TransactionCanceledException"
+                        or not reasons & _TRANSIENT or reasons - _TRANSIENT - {"None", None}
+                        or attempt == TRANSACT_ATTEMPTS - 1):
+                    raise
+            _pause(attempt)
 
     def _read_intent(self, name: str, parts: int | None
                      ) -> tuple[list[list], list[FileRecord], object] | None:
@@ -649,7 +682,7 @@ class DynamoState(StateStore):
                 lease["Update"]["ExpressionAttributeValues"][":until"] = {"N": str(self._until())}
                 items.append(lease)
             try:
-                self.client.transact_write_items(TransactItems=items)
+                self._transact(items)
             except ClientError as exc:
                 reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
                 if exc.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
@@ -698,7 +731,7 @@ class DynamoState(StateStore):
             return
         lease["Update"]["ExpressionAttributeValues"][":until"] = {"N": str(self._until())}
         try:
-            self.client.transact_write_items(TransactItems=[*items, lease])
+            self._transact([*items, lease])
         except ClientError as exc:
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
             if exc.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
