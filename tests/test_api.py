@@ -637,6 +637,43 @@ def test_lake_reads_run_off_the_event_loop(lake):
     assert all(thread is not loop_thread for _, thread in seen)
 
 
+def test_remote_online_reads_run_off_the_event_loop_and_sqlite_reads_on_it(lake, tmp_path):
+    """A DynamoDB read (~11 round trips for a prediction) ran inline on the event loop, holding
+    every other request behind it; a SQLite key read stays inline (shorter than the hop)."""
+    import threading
+
+    from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+    from clicklake.serving import create_app
+
+    state = SqliteState(str(tmp_path / "online.db"))
+    fold_files(state, lake, lake.list("landing/"))
+    user = "u0000300"
+    now = {"user_id": user, "campaign_id": "cmp-0016"}
+
+    class Remote:  # a store that is not a local SQLite file (DynamoDB's reads go over HTTP)
+        def __getattr__(self, name):
+            return getattr(state, name)
+
+    class Recording(OnlineFeatures):
+        def feature_inputs(self, *args, **kwargs):
+            seen.append(threading.current_thread())
+            return super().feature_inputs(*args, **kwargs)
+
+        def profile(self, *args, **kwargs):
+            seen.append(threading.current_thread())
+            return super().profile(*args, **kwargs)
+
+    for store, inline in ((Remote(), False), (state, True)):
+        seen = []
+        with TestClient(create_app(Recording(store), ModelSlot(lake))) as c:
+            loop_thread = c.portal.call(threading.current_thread)
+            seen.clear()  # the warm-up's read, at startup
+            assert c.post("/v1/predict", json=now).status_code == 200
+            assert c.get(f"/v1/users/{user}/profile").status_code == 200
+        assert len(seen) == 2
+        assert all((thread is loop_thread) == inline for thread in seen), inline
+
+
 def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):
     """While the online store is rebuilt (or its rebuild died), it holds part of the history:
     predictions were scored on it as if its users had no past. Now they use the lake's

@@ -39,7 +39,7 @@ from starlette.types import Receive, Scope, Send
 from clicklake.platform.decision import DecisionPolicy, UserActivity, decide
 from clicklake.platform.features import compute_features
 from clicklake.platform.lookup import LookupTable, NoSnapshots, SnapshotUnavailable
-from clicklake.platform.online import BeforeHorizon
+from clicklake.platform.online import BeforeHorizon, SqliteState
 from clicklake.platform.online.read import Rebuilding
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import iso
@@ -208,7 +208,10 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     config = config or ServingConfig()
     metrics = ApiMetrics()
     lake_lock = threading.Lock()  # `lookup`: time travel reads run in the thread pool
-    lake_source = isinstance(source, LakeFeatures)
+    # Reads off the event loop unless they are local and short: the lake's are Parquet
+    # (milliseconds; S3: more), DynamoDB's ~11 network round trips for a prediction; a SQLite
+    # key read is shorter than the hop to the thread pool.
+    offload = not isinstance(getattr(source, "state", None), SqliteState)
     model_info_lock = threading.Lock()  # set by the checks' thread and by requests that follow
     if model.current is None:
         model.refresh()
@@ -346,11 +349,11 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         features_as_of = watermark_iso  # the source's, unless the lake answered for it
         try:
             try:
-                if lake_source:  # Parquet reads (ms; S3: more) unless memoised: off the loop
+                if offload:
                     inputs = await run_in_threadpool(
                         source.feature_inputs, body.user_id, body.campaign_id, ts, body.ip,
                         body.user_agent, body.domain)
-                else:  # memory or one key read: shorter than the hop to the thread pool
+                else:
                     inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                                    body.user_agent, domain=body.domain)
             except (BeforeHorizon, Rebuilding) as exc:
@@ -459,9 +462,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                                f"{iso(start)}", "before_history")
                 return row if row["known"] else None
         try:
-            # The lake's reads are Parquet (milliseconds, S3: more): off the event loop, so other
-            # requests are not held behind them. The online store's "now" is one key: inline.
-            row = (await run_in_threadpool(reader, user_id, t) if as_of is not None or lake_source
+            # Time travel reads the lake: off the event loop, as `offload` says for the source.
+            row = (await run_in_threadpool(reader, user_id, t) if as_of is not None or offload
                    else reader(user_id, t))
         except (NoSnapshots, Rebuilding) as exc:
             raise fail(503, str(exc), "features_unavailable") from None
