@@ -101,7 +101,7 @@ def test_a_seed_that_died_at_its_first_commit_is_marked(lake, tmp_path):
 
 
 def test_a_dynamodb_clear_that_died_keeps_the_mark(lake, moto_endpoint, monkeypatch):
-    """DynamoDB deletes item by item: the mark is written (and the version moved) before the
+    """DynamoDB deletes page by page: the mark is written (and the version moved) before the
     first delete, and kept by them."""
     state = DynamoDbOnlineStore(table_name=f"online-{uuid.uuid4().hex[:8]}",
                                 endpoint_url=moto_endpoint, region="us-east-1",
@@ -109,15 +109,15 @@ def test_a_dynamodb_clear_that_died_keeps_the_mark(lake, moto_endpoint, monkeypa
     keys = lake.list("landing/")
     fold_files(state, lake, keys[:40])
     token = state.cache_token()
-    real, deleted = state.client.delete_item, []
+    real, deleted = state.client.batch_write_item, []
 
-    def delete_item(**kw):
-        if len(deleted) == 25:
+    def batch_write_item(**kw):
+        if len(deleted) == 2:
             raise ConnectionError("the run's worker went away")
         deleted.append(kw)
         return real(**kw)
 
-    monkeypatch.setattr(state.client, "delete_item", delete_item)
+    monkeypatch.setattr(state.client, "batch_write_item", batch_write_item)
     with pytest.raises(ConnectionError):
         state.clear(keep=(fold_mod.SEED, fold_mod.SEED_KEY, 0, refold_mark("r1")))
     monkeypatch.undo()

@@ -841,11 +841,30 @@ class DynamoState(StateStore):
         # Before the scan: a commit still being applied by another run fails its next chunk
         # (the chunks renew a lease on this item), so none lands after the scan passed by.
         self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
-        for item in self._scan(""):
-            if item["pk"]["S"] not in kept:
-                self.client.delete_item(TableName=self.table,
-                                        Key=self._key(item["pk"]["S"], _n(item["sk"])))
+        # Page by page, keys only, 25 deletes a request: a list of every item with its value
+        # took ~3x the table's size in memory before the first delete (a large table's
+        # rebuild died there, and every later run tried again and died the same way).
+        kw = {"TableName": self.table, "ProjectionExpression": "pk, sk", "ConsistentRead": True}
+        while True:
+            page = self.client.scan(**kw)
+            doomed = [{"DeleteRequest": {"Key": {"pk": i["pk"], "sk": i["sk"]}}}
+                      for i in page["Items"] if i["pk"]["S"] not in kept]
+            for part in chunks(doomed, 25):
+                self._batch_write(list(part))
+            if "LastEvaluatedKey" not in page:
+                break
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         self._bump_version(own=False)
+
+    def _batch_write(self, requests: list[dict]) -> None:
+        """BatchWriteItem of up to 25 requests, the unprocessed ones again after a pause."""
+        attempt = 0
+        while requests:
+            resp = self.client.batch_write_item(RequestItems={self.table: requests})
+            requests = resp.get("UnprocessedItems", {}).get(self.table, [])
+            if requests:
+                _pause(min(attempt, 6))
+                attempt += 1
 
 
 def _logical(item: dict) -> str:
