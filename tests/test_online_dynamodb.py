@@ -596,3 +596,39 @@ def test_a_clear_deletes_page_by_page_keys_only(moto_endpoint, landing_zone, mon
     assert all(n <= 25 for kind, n, _ in log if kind == "write")
     left = state.client.scan(TableName=state.table)["Items"]
     assert [i["pk"]["S"] for i in left] == ["meta#version"]
+
+
+def test_a_document_in_parts_is_read_whole_from_one_value(moto_endpoint, monkeypatch):
+    """A commit writes a document's parts over several transactions: a read between two of
+    them joined the old value's first part to the new one's others (a JSON error, a missing
+    part, or a wrong answer). The read waits and reads again; parts that never agree raise."""
+    from clicklake.platform.online.state import Commit
+    from clicklake.resources import online_store
+
+    monkeypatch.setattr(online_store, "_DOC_BYTES", 1_000)
+    state = _dynamo(moto_endpoint)
+
+    def commit(n: int, value: bytes) -> list[list]:
+        c = Commit()
+        c.record(f"landing/impressions/file-{n}", START + n, {"events": 1})
+        c.put("user", "heavy", START, value)
+        return state._ops(c)
+
+    old, new = b"[" + b"1," * 1_500 + b"1]", b"[" + b"2," * 1_700 + b"2]"
+    state._transact([state._write(op) for op in commit(0, old)])
+    ops = commit(1, new)
+    assert len(ops) == 4 and [op[0] for op in ops] == ["d", "p", "p", "p"]
+    state._transact([state._write(op) for op in ops[1:]])  # the new value's later parts first
+    pauses = []
+
+    def pause(attempt):  # the commit's last transaction lands while the reader waits
+        pauses.append(attempt)
+        if attempt == 2:
+            state._transact([state._write(ops[0])])
+
+    monkeypatch.setattr(online_store, "_pause", pause)
+    assert state.get_docs("user", ["heavy"]) == {"heavy": new} and pauses == [0, 1, 2]
+    state._transact([state._write(op) for op in commit(2, old)[1:]])  # and never the first
+    with pytest.raises(online_store.TornRead, match="'heavy'"):
+        state.get_docs("user", ["heavy"])
+    assert len(pauses) == 3 + online_store.READ_ATTEMPTS

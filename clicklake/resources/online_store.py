@@ -76,6 +76,7 @@ _VERSION = "meta#version"  # commits applied so far (`v`): a batch read before o
 _TRANSIENT = {"ThrottlingError", "TransactionConflict", "ProvisionedThroughputExceeded",
               "RequestLimitExceeded"}  # cancellation reasons worth another try
 TRANSACT_ATTEMPTS = 8  # pauses of 50 ms doubling, with jitter: about 6 s in all at most
+READ_ATTEMPTS = 8  # reads of a document whose parts disagree, with `_pause` between
 _PURGED = "meta#purged"  # the bounds of the last purge (`v`): the same bounds purge nothing new
 # A pending commit belongs to its writer (`owner`) until `until`, which each of its transactions
 # moves on; past it, the writer is taken for dead and the next commit finishes it.
@@ -186,6 +187,10 @@ def _n(v) -> int:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class TornRead(LookupError):
+    """A document stored in parts kept changing while it was read (`DynamoState.get_docs`)."""
 
 
 def _pause(attempt: int) -> None:
@@ -322,21 +327,40 @@ class DynamoState(StateStore):
 
     # -- reads ---------------------------------------------------------------------------------
     def get_docs(self, ns: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """Documents stored in parts are joined only from parts of one value (the digest each
+        part carries): a commit writes them over several transactions, and a read between two
+        of them mixed an old value's first part with the new one's others (a JSON error, a
+        missing part, or a wrong answer). Such a read waits a moment and reads again;
+        `TornRead` when the parts never agree."""
         out: dict[str, bytes] = {}
-        split: list[tuple[str, int]] = []
         prefix = f"d#{ns}#"
         names = {_stored_pk(prefix + k): k for k in dict.fromkeys(keys)}
-        for item in self._batch_get([self._key(prefix + k) for k in names.values()]):
-            out[names[item["pk"]["S"]]] = item["v"]["B"]
-            if "n" in item:
-                split.append((item["pk"]["S"], _n(item["n"])))
-        if split:  # documents stored in parts: fetch the rest, join in order
-            rest = {(i["pk"]["S"], _n(i["sk"])): i["v"]["B"] for i in self._batch_get(
-                [self._key(pk, n) for pk, parts in split for n in range(1, parts)])}
-            for pk, parts in split:
-                out[names[pk]] = b"".join(
-                    [out[names[pk]], *(rest[(pk, n)] for n in range(1, parts))])
-        return out
+        todo = list(names)
+        for attempt in range(READ_ATTEMPTS):
+            split: list[dict] = []
+            for item in self._batch_get([self._key(prefix + names[pk]) for pk in todo]):
+                if "n" in item:
+                    split.append(item)
+                else:
+                    out[names[item["pk"]["S"]]] = item["v"]["B"]
+            if not split:
+                return out
+            rest = {(i["pk"]["S"], _n(i["sk"])): i for i in self._batch_get(
+                [self._key(i["pk"]["S"], n) for i in split for n in range(1, _n(i["n"]))])}
+            todo = []
+            for first in split:
+                pk = first["pk"]["S"]
+                parts = [first, *(rest.get((pk, n)) for n in range(1, _n(first["n"])))]
+                if all(p is not None and p.get("g") == first.get("g") for p in parts):
+                    out[names[pk]] = b"".join(p["v"]["B"] for p in parts)
+                else:
+                    todo.append(pk)
+            if not todo:
+                return out
+            _pause(attempt)
+        raise TornRead(f"DynamoDB table {self.table}: the parts of {names[todo[0]]!r} (and "
+                       f"{len(todo) - 1} more) kept changing while read: a commit is "
+                       "writing them; ask again")
 
     def sum_counters(self, table: str, pk: str, lo: int, hi: int) -> tuple[int, int]:
         if hi <= lo:
@@ -429,8 +453,11 @@ class DynamoState(StateStore):
                 if parts is None or len(parts) == 1:
                     ops.append(["d", f"d#{ns}#{k}", h, text])
                     continue
-                ops.append(["d", f"d#{ns}#{k}", h, parts[0], len(parts)])
-                ops += [["p", f"d#{ns}#{k}", n, h, part] for n, part in enumerate(parts)
+                # Every part carries the whole value's digest: parts land in several
+                # transactions, and a reader joins only parts of one value (`get_docs`).
+                g = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+                ops.append(["d", f"d#{ns}#{k}", h, parts[0], len(parts), g])
+                ops += [["p", f"d#{ns}#{k}", n, h, part, g] for n, part in enumerate(parts)
                         if n]
         for table, cells in sorted(commit.counters.items()):
             for (pk, sk), (di, dc, il, cl) in sorted(cells.items()):
@@ -547,12 +574,16 @@ class DynamoState(StateStore):
             if op[3] is None:
                 return {"Delete": {"TableName": self.table, "Key": self._key(op[1])}}
             parts = {"n": {"N": str(op[4])}} if len(op) > 4 else {}
+            if len(op) > 5:  # (an intent of an older version has no digest)
+                parts["g"] = {"S": op[5]}
             return {"Put": {"TableName": self.table, "Item": {
                 **self._item(op[1]), "h": {"N": str(op[2])}, "v": {"B": op[3].encode()},
                 **parts}}}
         if op[0] == "p":  # a later part of a document stored in parts
+            digest = {"g": {"S": op[5]}} if len(op) > 5 else {}
             return {"Put": {"TableName": self.table, "Item": {
-                **self._item(op[1], op[2]), "h": {"N": str(op[3])}, "v": {"B": op[4].encode()}}}}
+                **self._item(op[1], op[2]), "h": {"N": str(op[3])}, "v": {"B": op[4].encode()},
+                **digest}}}
         if op[0] == "m":
             return {"Put": {"TableName": self.table, "Item": self._item(op[1], op[2])}}
         if op[0] == "l":  # a put under the commit's own key: replaying it changes nothing

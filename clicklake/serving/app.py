@@ -44,6 +44,7 @@ from clicklake.platform.online.read import Rebuilding
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import iso
 from clicklake.resources.endpoint import ServedByAnotherModel
+from clicklake.resources.online_store import TornRead
 from clicklake.serving.auth import authorize, require_token
 from clicklake.serving.metrics import ApiMetrics
 from clicklake.serving.middleware import BodyLimit, RequestMetrics, client_gone
@@ -465,7 +466,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             # Time travel reads the lake: off the event loop, as `offload` says for the source.
             row = (await run_in_threadpool(reader, user_id, t) if as_of is not None or offload
                    else reader(user_id, t))
-        except (NoSnapshots, Rebuilding) as exc:
+        except (NoSnapshots, Rebuilding, TornRead) as exc:
             raise fail(503, str(exc), "features_unavailable") from None
         except (SnapshotUnavailable, BeforeHorizon) as exc:
             raise fail(404, str(exc), "snapshot_unavailable") from None
