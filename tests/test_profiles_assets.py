@@ -380,3 +380,49 @@ def test_a_snapshot_folds_raw_when_the_hours_tiles_predate_its_raw(tmp_path):
                     for i in range(3))
     snap = store.read_parquet(profiles.snapshot_key(start + 2 * HOUR_MS))
     assert sum(snap["impressions"].to_pylist()) == raw_total
+
+
+def test_a_tile_that_read_raw_before_its_rebuild_is_stale_however_late_it_recorded(
+        tmp_path, monkeypatch):
+    """A tiles run read raw hour 1, then a raw rebuild (a late file) recorded, then the tiles run
+    recorded: compared by the times they recorded, the tiles looked newer than raw and the
+    snapshot folded them, missing the late file's events in every snapshot after."""
+    from clicklake.assets import profiles as profile_module
+    from clicklake.assets.raw import raw_assets
+    from clicklake.platform.simulate import generate
+
+    start = 1_795_478_400_000  # 2026-11-24T00:00Z
+    h1 = start + HOUR_MS
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=start, hours=4, users=80, seed=5)
+    late = sorted(store.list(landing.hour_prefix("impressions", h1)))[3]
+    data = store.read_bytes(late)
+    store.delete(late)
+    hours = {"dagster/asset_partition_range_start": hour_partition_key(start),
+             "dagster/asset_partition_range_end": hour_partition_key(start + 3 * HOUR_MS)}
+    tile_asset = [a for a in profile_assets if a.key.path == ["user_hour_tiles"]]
+    snaps = [a for a in profile_assets if a.key.path == ["user_profiles"]]
+    with dg.instance_for_test() as instance:
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=hours, resources={"lake": lake},
+                                  instance=instance).success
+        old_raw = {s: raw.read_raw(store, s, h1) for s in ("impressions", "clicks")}
+        read_at = profile_module._clock()  # the tiles run reads the old raw here ...
+        store.write_bytes(late, data)
+        assert dg.materialize(raw_assets, partition_key=hour_partition_key(h1),
+                              resources={"lake": lake}, instance=instance).success
+        with monkeypatch.context() as m:  # ... and records after the raw rebuild did
+            m.setattr(profile_module, "_clock", lambda: read_at)
+            m.setattr(profile_module, "_raw", lambda _s, stream, *_a: old_raw[stream])
+            assert dg.materialize(tile_asset, partition_key=hour_partition_key(h1),
+                                  resources={"lake": lake}, instance=instance).success
+        run = dg.materialize(snaps, partition_key=hour_partition_key(h1),
+                             resources={"lake": lake}, instance=instance)
+    (meta,) = [m.metadata for m in run.asset_materializations_for_node("user_profiles")
+               if m.partition == hour_partition_key(h1)]
+    assert meta["stale_tiles_folded_from_raw"].value == hour_partition_key(h1)
+    raw_total = sum(store.read_parquet(raw.raw_key("impressions", start + i * HOUR_MS)).num_rows
+                    for i in range(3))
+    snap = store.read_parquet(profiles.snapshot_key(start + 2 * HOUR_MS))
+    assert sum(snap["impressions"].to_pylist()) == raw_total

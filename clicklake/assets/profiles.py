@@ -6,6 +6,8 @@ segment profiles) over its whole range in one run, hour after hour in order; eve
 its own materialization and metadata."""
 
 
+import time
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +37,10 @@ from clicklake.resources.lake import LakeResource
 
 RAW_DEPS = [dg.AssetKey("raw_impressions"), dg.AssetKey("raw_clicks")]
 _PREVIOUS_HOUR = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+
+
+RAW_READ_AT = "raw_read_at"  # a tile's metadata: when its run read the hour's raw partitions
+_clock = time.time  # (tests set it)
 
 
 def _raw(store: Store, stream: str, hour_ms: int, prefix: str, missing: list[str]) -> pa.Table:
@@ -68,6 +74,7 @@ def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
         require_inputs_passed(context, f"user_hour_tiles {hour_partition_key(hour)}",
                               [(k.to_user_string(), hour) for k in RAW_DEPS])
         missing = []
+        read_at = _clock()  # before the reads: a raw rebuild recorded after it may be missed
         imp = _raw(store, "impressions", hour, prefix, missing)
         clk = _raw(store, "clicks", hour, prefix, missing)
         tile = tiles.build_user_hour_tiles(imp, clk, hour)
@@ -80,6 +87,7 @@ def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             "impressions": int(imp.num_rows),
             "clicks": int(clk.num_rows),
             "missing_raw_partitions": ", ".join(missing) or "none",
+            RAW_READ_AT: dg.MetadataValue.timestamp(read_at),
             "bytes": nbytes,
             "path": dg.MetadataValue.path(store.uri(key)),
         }, partition_key=hour_partition_key(hour))
@@ -156,13 +164,16 @@ class _Chain:
             latest_materialization(self.context, "user_profiles", base, self.known))
 
     def _stale(self, hour: int) -> bool:
-        """Whether the hour's stored tiles were built before its raw was last rebuilt (a
+        """Whether the hour's stored tiles read its raw before raw was last rebuilt (a
         snapshot folded on them would lack the rebuild's late events; from this instance's
-        records: none, nothing known)."""
+        records: none, nothing known). When the tile's run read raw, not when it recorded:
+        a run that read the old raw and recorded after the rebuild was taken as fresh."""
         tile = latest_materialization(self.context, "user_hour_tiles", hour, self.known)
         if tile is None:
             return False
-        return any(r is not None and r.timestamp > tile.timestamp for r in (
+        meta = tile.asset_materialization.metadata if tile.asset_materialization else {}
+        read_at = meta[RAW_READ_AT].value if RAW_READ_AT in meta else tile.timestamp
+        return any(r is not None and r.timestamp > read_at for r in (
             latest_materialization(self.context, k.to_user_string(), hour, self.known)
             for k in RAW_DEPS))
 
@@ -195,9 +206,15 @@ class _Chain:
                          f"via user_profiles {hour_partition_key(base)}: {self.incomplete}")
         self.incomplete = "; ".join(early)[:500] or None
         prev = self.prev
+        stale = [h for h in [*gap, hour] if self._stale(h)]
+        if stale:
+            context.log.warning(
+                f"user_profiles {hour_partition_key(hour)}: the user_hour_tiles of "
+                f"{', '.join(map(hour_partition_key, stale))} read raw before it was rebuilt: "
+                "folded from raw; rematerialize those tiles (the labeled ranges read them)")
         for h in gap:
-            prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing, self._stale(h)), h)
-        tile = _tile(store, hour, prefix, missing, self._stale(hour))
+            prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing, h in stale), h)
+        tile = _tile(store, hour, prefix, missing, hour in stale)
         snap = prof.fold_snapshot(prev, tile, hour)
         key = prof.snapshot_key(hour, prefix)
         nbytes = store.write_parquet(key, snap, row_group_size=self.row_group_users)
@@ -214,6 +231,7 @@ class _Chain:
             "gap_hours_refolded": len(gap),
             INPUTS_INCOMPLETE: self.incomplete or "none",
             "missing_inputs": ", ".join(missing) or "none",
+            "stale_tiles_folded_from_raw": ", ".join(map(hour_partition_key, stale)) or "none",
             "bytes": nbytes,
             "bytes_per_user": round(prof.bytes_per_user(nbytes, snap.num_rows), 1),
             "row_groups": -(-snap.num_rows // self.row_group_users) if snap.num_rows else 0,
