@@ -458,7 +458,8 @@ def test_the_run_task_role_allows_every_dynamodb_call_the_online_store_makes(tem
              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
              and node.value.attr == "client"}
     assert {"scan", "query", "transact_write_items"} <= calls
-    needs = {"batch_get_item": {"BatchGetItem"}, "delete_item": {"DeleteItem"},
+    needs = {"batch_get_item": {"BatchGetItem"}, "batch_write_item": {"BatchWriteItem"},
+             "delete_item": {"DeleteItem"},
              "get_item": {"GetItem"}, "put_item": {"PutItem"}, "query": {"Query"},
              "scan": {"Scan"}, "update_item": {"UpdateItem"},
              "get_waiter": {"DescribeTable"},  # table_exists
