@@ -222,24 +222,34 @@ def test_a_champion_with_other_vocabularies_is_scored_with_its_own_codes(flow, t
         _champion_auc_on_validation(store, artifact, CATEGORICAL))
 
 
-def test_a_model_never_gated_is_not_deployed(flow, tmp_path):
-    """deployed_model promotes only a model whose gate passed: one whose click_model run died
-    between training (registered, materialized) and its gate has no verdict and is refused."""
+def _deploy_a_copy_of_the_champion(store, model_id: str, endpoint, gated: bool):
+    """Register the champion's artifact as `model_id` (its gate passed when `gated`), make it
+    click_model's latest materialization, and run deployed_model: the run's result."""
     import dagster as dg
 
     from clicklake.assets.training import deployed_model
 
+    champion = registry.champion(store).model_id
+    registry.register(store, model_id, registry.artifact_of(store, champion),
+                      registry.manifest_of(store, champion), {"auc": 0.9})
+    if gated:
+        registry.passed(store, model_id, "passed model_gate")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "click_model", metadata={"model_id": model_id}))
+        return dg.materialize([deployed_model], instance=instance, raise_on_error=False,
+                              resources={"lake": LakeResource(root=store.root),
+                                         "endpoint": endpoint})
+
+
+def test_a_model_never_gated_is_not_deployed(flow, tmp_path):
+    """deployed_model promotes only a model whose gate passed: one whose click_model run died
+    between training (registered, materialized) and its gate has no verdict and is refused."""
     store = _lake_copy(flow[0], tmp_path)
     champion = registry.champion(store).model_id
     assert registry.gate_verdict(store, champion).status == registry.PASSED
-    registry.register(store, "clicklake-xgb-ungated", registry.artifact_of(store, champion),
-                      registry.manifest_of(store, champion), {"auc": 0.9})
-    with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            "click_model", metadata={"model_id": "clicklake-xgb-ungated"}))
-        run = dg.materialize([deployed_model], instance=instance, raise_on_error=False,
-                             resources={"lake": LakeResource(root=store.root),
-                                        "endpoint": LocalModelServer()})
+    run = _deploy_a_copy_of_the_champion(store, "clicklake-xgb-ungated", LocalModelServer(),
+                                         gated=False)
     assert not run.success
     failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
     assert "has no gate verdict" in str(failure.event_specific_data.error)
@@ -249,9 +259,6 @@ def test_a_model_never_gated_is_not_deployed(flow, tmp_path):
 def test_a_model_whose_deploy_fails_is_not_promoted(flow, tmp_path):
     """The API follows the champion and encodes with its vocabularies: a gated model whose
     deploy failed (or is still rolling out) must leave the champion where it was."""
-    import dagster as dg
-
-    from clicklake.assets.training import deployed_model
 
     class FailingEndpoint(LocalModelServer):
         def deploy(self, store, model_id, prefix="lake"):
@@ -259,14 +266,7 @@ def test_a_model_whose_deploy_fails_is_not_promoted(flow, tmp_path):
 
     store = _lake_copy(flow[0], tmp_path)
     champion = registry.champion(store).model_id
-    registry.register(store, "clicklake-xgb-next", registry.artifact_of(store, champion),
-                      registry.manifest_of(store, champion), {"auc": 0.9})
-    registry.passed(store, "clicklake-xgb-next", "passed model_gate")
-    with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            "click_model", metadata={"model_id": "clicklake-xgb-next"}))
-        run = dg.materialize([deployed_model], instance=instance, raise_on_error=False,
-                             resources={"lake": LakeResource(root=store.root),
-                                        "endpoint": FailingEndpoint()})
+    run = _deploy_a_copy_of_the_champion(store, "clicklake-xgb-next", FailingEndpoint(),
+                                         gated=True)
     assert not run.success
     assert registry.champion(store).model_id == champion
