@@ -24,6 +24,15 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 START = parse_instant("2026-11-24T00:00:00Z")  # every landing window long closed
 
 
+def _refusal(target, key: str, resources: dict, instance) -> str:
+    """The error of a run of `target`'s partition `key` that must fail."""
+    run = dg.materialize([target], partition_key=key, resources=resources, instance=instance,
+                         raise_on_error=False)
+    assert not run.success
+    failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+    return str(failure.event_specific_data.error)
+
+
 @contextmanager
 def _built_chain(tmp_path, hours: int, users: int, seed: int):
     """A generated lake of `hours` hours with its raw hours and profile chains built, in a test
@@ -105,12 +114,8 @@ def test_an_hour_waits_for_the_raw_hours_it_reads_to_be_complete(tmp_path, asset
             env.setenv("CLICKLAKE_ALLOWED_LATENESS_MINUTES", str(7 * 24 * 60))
             assert dg.materialize(rebuilt, partition_key=keys[1], resources=resources,
                                   instance=instance).success
-        run = dg.materialize([target], partition_key=keys[1], resources=resources,
-                             instance=instance, raise_on_error=False)
-        assert not run.success
-        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        assert f"{named} {keys[1]} read its landing files at" in str(
-            failure.event_specific_data.error), failure
+        said = _refusal(target, keys[1], resources, instance)
+        assert f"{named} {keys[1]} read its landing files at" in said, said
 
 
 def test_a_raw_hour_is_judged_by_when_it_read_the_landing_zone(tmp_path, monkeypatch):
@@ -129,12 +134,8 @@ def test_a_raw_hour_is_judged_by_when_it_read_the_landing_zone(tmp_path, monkeyp
         assert dg.materialize(raw_assets, partition_key=keys[2], resources=resources,
                               instance=instance).success
         monkeypatch.undo()
-        run = dg.materialize([target], partition_key=keys[1], resources=resources,
-                             instance=instance, raise_on_error=False)
-        assert not run.success
-        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        assert f"raw_impressions {keys[2]} read its landing files at" in str(
-            failure.event_specific_data.error), failure
+        said = _refusal(target, keys[1], resources, instance)
+        assert f"raw_impressions {keys[2]} read its landing files at" in said, said
 
 
 def test_an_hour_whose_snapshot_before_was_never_built_is_refused(tmp_path):
