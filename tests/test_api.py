@@ -656,12 +656,20 @@ def test_remote_online_reads_run_off_the_event_loop_and_sqlite_reads_on_it(lake,
 
     class Recording(OnlineFeatures):
         def feature_inputs(self, *args, **kwargs):
-            seen.append(threading.current_thread())
+            seen.append(("features", threading.current_thread()))
             return super().feature_inputs(*args, **kwargs)
 
         def profile(self, *args, **kwargs):
-            seen.append(threading.current_thread())
+            seen.append(("profile", threading.current_thread()))
             return super().profile(*args, **kwargs)
+
+        def watermark_ms(self):  # the answers' features_as_of, /healthz
+            seen.append(("watermark", threading.current_thread()))
+            return super().watermark_ms()
+
+        def check_layout(self):
+            seen.append(("layout", threading.current_thread()))
+            return super().check_layout()
 
     for store, inline in ((Remote(), False), (state, True)):
         seen = []
@@ -670,8 +678,12 @@ def test_remote_online_reads_run_off_the_event_loop_and_sqlite_reads_on_it(lake,
             seen.clear()  # the warm-up's read, at startup
             assert c.post("/v1/predict", json=now).status_code == 200
             assert c.get(f"/v1/users/{user}/profile").status_code == 200
-        assert len(seen) == 2
-        assert all((thread is loop_thread) == inline for thread in seen), inline
+            assert c.get("/healthz").status_code == 200
+        reads = [kind for kind, _ in seen]
+        assert {"features", "profile", "watermark", "layout"} <= set(reads), reads
+        on_loop = {kind for kind, thread in seen if thread is loop_thread}
+        # none on the event loop for a remote store; a SQLite store's reads stay inline
+        assert on_loop == ({"features", "profile", "watermark", "layout"} if inline else set())
 
 
 def test_a_store_being_rebuilt_is_not_served_from(lake, champion, tmp_path):

@@ -1,8 +1,8 @@
 """The API on a SageMaker endpoint that serves another model than the one it encodes for.
 
-`deployed_model` promotes a champion, then switches the endpoint over to it (minutes), and a
-deploy may fail: meanwhile the endpoint scores with one model while the API's champion is
-another, whose vocabularies give a categorical value another code. The endpoint's answer names
+`deployed_model` switches the endpoint over to a new model (minutes), then promotes it, and a
+deploy may fail (or a model be promoted by hand): meanwhile the endpoint scores with one model
+while the API's champion is another, whose vocabularies give a categorical value another code. The endpoint's answer names
 the variant that computed it; the API then follows the endpoint: encodes the request for that
 model and asks again, or answers 503, never a probability computed from another model's codes.
 
@@ -138,6 +138,26 @@ def test_the_api_follows_the_endpoint_both_ways_through_a_deploy(api, moto_endpo
     assert _sent(calls) == [(variant_name(A), codes[A]), (variant_name(B), codes[B])]
     assert client.get("/healthz").json()["model"]["id"] == B
     assert _model_info(client) == B
+
+
+def test_a_deploy_then_its_promotion(api, moto_endpoint):
+    """deployed_model's order: the endpoint serves B before B is promoted. The API follows the
+    endpoint to B (not yet champion: no promotion time), then B's promotion gives it its time,
+    in the answers, /healthz and the model metric (it stayed empty until a restart)."""
+    client, slot, calls = api
+    _queue(moto_endpoint, ("0.2", variant_name(B)), ("0.22", variant_name(B)))
+    resp = _predict(client, START + 4 * HOUR_MS + 600_000)
+    assert resp.status_code == 200 and resp.json()["model"] == {
+        "id": B, "promoted_at": "", "backend": "sagemaker:ctr-switch"}, resp.text
+    registry.promote(slot.store, B)
+    promoted = registry.champion(slot.store).created_at
+    client.app.state.refresh_all()
+    assert slot.current.model_id == B and slot.current.promoted_at == promoted
+    assert client.get("/healthz").json()["model"]["promoted_at"] == promoted
+    _queue(moto_endpoint, ("0.3", variant_name(B)))
+    resp = _predict(client, START + 5 * HOUR_MS + 600_000)
+    assert resp.json()["model"]["promoted_at"] == promoted
+    assert [v for v, _ in calls][-1] == variant_name(B) and _model_info(client) == B
 
 
 def test_a_variant_of_no_registered_model_is_a_503(api, moto_endpoint):

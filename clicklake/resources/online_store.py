@@ -357,7 +357,8 @@ class DynamoState(StateStore):
                     todo.append(pk)
             if not todo:
                 return out
-            _pause(attempt)
+            if attempt < READ_ATTEMPTS - 1:  # (none after the last read)
+                _pause(attempt)
         raise TornRead(f"DynamoDB table {self.table}: the parts of {names[todo[0]]!r} (and "
                        f"{len(todo) - 1} more) kept changing while read: a commit is "
                        "writing them; ask again")
@@ -863,7 +864,7 @@ class DynamoState(StateStore):
         kept = {_VERSION}  # kept and moved: a token from before never matches
         if keep is not None:  # written first, and moved: no commit read before it lands
             ns, key, hour, value = keep
-            self.client.transact_write_items(TransactItems=[
+            self._transact([
                 self._write(["d", f"d#{ns}#{key}", hour, value.decode()]),
                 {"Update": {"TableName": self.table, "Key": self._key(_VERSION),
                             "UpdateExpression": "ADD v :one",

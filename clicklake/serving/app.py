@@ -401,7 +401,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             "cost": body.cost, "model": {"id": loaded.model_id,
                                          "promoted_at": loaded.promoted_at,
                                          "backend": loaded.backend},
-            "ts": iso(ts), "features_as_of": features_as_of(),
+            "ts": iso(ts), "features_as_of": (await run_in_threadpool(features_as_of)
+                                              if offload else features_as_of()),
             "latency_ms": round((time.perf_counter() - start) * 1000, 3)})
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(require_token)],
@@ -478,8 +479,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if not lists:
             hidden |= {"campaigns", "domains"}
         out = {k: _plain(k, v) for k, v in row.items() if k not in hidden}
-        return ProfileOut(user_id=user_id, as_of=iso(t), features_as_of=watermark_iso(),
-                          source=kind, **out)
+        as_of = await run_in_threadpool(watermark_iso) if offload else watermark_iso()
+        return ProfileOut(user_id=user_id, as_of=iso(t), features_as_of=as_of, source=kind,
+                          **out)
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthOut,
                    responses={503: {"model": HealthOut}}, summary="Liveness and readiness")
@@ -487,7 +489,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         """200 when a model is loaded and the feature source can be read, 503 otherwise (no
         token needed: for load balancers and orchestrators, which then restart the server)."""
         m = model.current
-        (unreadable, rebuilding), notice, as_of = source_error(), None, watermark_iso()
+        (unreadable, rebuilding), as_of = (await run_in_threadpool(health_reads) if offload
+                                           else health_reads())
+        notice = None
         if rebuilding and past is not None:
             lake_wm = await run_in_threadpool(lambda: past().watermark_ms())
             if lake_wm is not None:  # predictions go on from the lake meanwhile: ready
@@ -499,6 +503,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                          features_as_of=as_of, model_error=model.last_error,
                          source_error=unreadable, source_notice=notice)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    def health_reads() -> tuple[tuple[str | None, bool], str | None]:
+        return source_error(), watermark_iso()
 
     def source_error() -> tuple[str | None, bool]:
         """Why the feature source cannot answer (None when it can): an online store a newer

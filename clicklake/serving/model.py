@@ -14,6 +14,7 @@ failed) is refused, and `ModelSlot.follow` loads that model.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import threading
 import time
@@ -218,7 +219,15 @@ class ModelSlot:
         with self._lock:
             try:
                 champ = registry.champion(self.store, self.lake_prefix)
-                loaded = self.current.model_id if self.current is not None else None
+                current = self.current
+                loaded = current.model_id if current is not None else None
+                if champ is not None and champ.model_id == loaded != self._passed_over and (
+                        current.promoted_at != champ.created_at):
+                    # followed on the endpoint before its promotion (deploy, then promote):
+                    # the same model, now with its promotion
+                    self.current = dataclasses.replace(current, promoted_at=champ.created_at)
+                    self._passed_over, self.last_error = None, None
+                    return True
                 if champ is None or champ.model_id in (loaded, self._passed_over):
                     self.last_error = None
                     return False
