@@ -76,38 +76,89 @@ def test_rematerializing_gives_the_same_bytes(tmp_path):
     assert store.read_bytes(raw.quarantine_key("impressions", H)) == first_q
 
 
-@pytest.mark.parametrize("same_instance", [True, False])
-def test_a_rebuild_after_landing_files_expired_keeps_the_partition(tmp_path, same_instance):
+def _refusal(lake: LakeResource, key: str = KEY, assets=raw_assets, **run) -> str:
+    result = dg.materialize(assets, partition_key=key, resources={"lake": lake},
+                            raise_on_error=False, **run)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return str(failure.event_specific_data.error)
+
+
+def test_a_rebuild_after_landing_files_expired_keeps_the_partition(tmp_path):
     """Landing files expire (90 days in the template) and raw partitions stay: a rebuild then
-    found nothing and replaced the hour with an empty one, every check passing. It is refused,
-    naming the hour; deleting the partition first rebuilds it from what is left."""
+    replaced the hour with what was left (nothing, after the whole window), every check
+    passing. The partition records the files it was built from; a rebuild missing any is
+    refused, naming the hour, whichever instance built it. Deleting the partition first
+    rebuilds it from what is left."""
     lake = LakeResource(root=str(tmp_path))
     store = lake.store()
     _landing(store)
-    with dg.instance_for_test() as instance:
-        assert dg.materialize(raw_assets, partition_key=KEY, resources={"lake": lake},
-                              instance=instance).success
-        kept = store.read_bytes(raw.raw_key("impressions", H))
-        gone = [k for k in store.list("landing/impressions/") if "000000000001" in k]
-        assert gone
-        store.delete(gone[0])  # one of the two impression files expired
-        if not same_instance:  # no record of the build: only an emptied hour is caught
-            for k in store.list("landing/impressions/"):
-                store.delete(k)
-        run = dg.materialize(raw_assets, partition_key=KEY, resources={"lake": lake},
-                             instance=instance if same_instance else None,
-                             raise_on_error=False)
-        assert not run.success
-        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        said = str(failure.event_specific_data.error)
-        assert f"raw_impressions {KEY}: the landing zone now holds " in said
-        assert ("1 landing files of the 2 it was built from" if same_instance
-                else "0 landing files (expired") in said
-        assert store.read_bytes(raw.raw_key("impressions", H)) == kept
-        store.delete(raw.raw_key("impressions", H))
-        assert dg.materialize(raw_assets, partition_key=KEY, resources={"lake": lake},
-                              instance=instance).success
-        assert raw.read_raw(store, "impressions", H).num_rows == (1 if same_instance else 0)
+    assert _materialize(lake).success
+    kept = store.read_bytes(raw.raw_key("impressions", H))
+    (gone,) = [k for k in store.list("landing/impressions/") if "000000000001" in k]
+    store.delete(gone)  # one of the two impression files expired
+    said = _refusal(lake)
+    assert f"{KEY}: 1 of its landing files gone, e.g. {gone}" in said
+    assert "raw_impressions: rebuilt, 1 hour(s) would lose" in said
+    assert store.read_bytes(raw.raw_key("impressions", H)) == kept
+    store.delete(raw.raw_key("impressions", H))
+    assert _materialize(lake).success
+    assert raw.read_raw(store, "impressions", H).num_rows == 1  # i5, of the file left
+
+
+def test_a_lost_file_is_seen_beside_a_new_one_and_a_range_is_checked_first(tmp_path):
+    """A count of files hid a lost one behind a late one; a range refused at its second hour
+    had rewritten its first (without recording it)."""
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    a = land(store, "impressions", H + 5 * MIN, [impression("a", H + MIN)], tag="1")
+    b = land(store, "impressions", H + HOUR_MS + 5 * MIN, [impression("b", H + HOUR_MS + MIN)],
+             tag="2")
+    both = {"dagster/asset_partition_range_start": KEY,
+            "dagster/asset_partition_range_end": hour_partition_key(H + HOUR_MS)}
+    imps = [a for a in raw_assets if a.key.path == ["raw_impressions"]]
+    assert dg.materialize(imps, tags=both, resources={"lake": lake}).success
+    first = store.read_bytes(raw.raw_key("impressions", H))
+    store.delete(b)  # hour 14 loses b ...
+    land(store, "impressions", H + HOUR_MS + 10 * MIN,  # ... as c lands (read by 13 and 14)
+         [impression("c", H + HOUR_MS + 2 * MIN), impression("late", H + 30 * MIN)], tag="3")
+    result = dg.materialize(imps, tags=both, resources={"lake": lake}, raise_on_error=False)
+    assert not result.success
+    assert store.read_bytes(raw.raw_key("impressions", H)) == first  # 13 not rewritten
+    assert raw.read_raw(store, "impressions", H + HOUR_MS)["impression_id"].to_pylist() == ["b"]
+    assert a in store.list("landing/impressions/")
+
+
+def test_a_lower_lateness_rebuilds_without_the_files_it_no_longer_reads(tmp_path, monkeypatch):
+    """Lowering the lateness shrinks the hours a raw hour reads (the README says to rebuild them
+    after a change): the files beyond are not asked for."""
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    land(store, "impressions", H + 5 * MIN, [impression("a", H + MIN)], tag="1")
+    land(store, "impressions", H + 2 * HOUR_MS + 30 * MIN, [impression("late", H + 9 * MIN)],
+         tag="2")
+    imps = [a for a in raw_assets if a.key.path == ["raw_impressions"]]
+    monkeypatch.setenv("CLICKLAKE_ALLOWED_LATENESS_MINUTES", "120")
+    assert _materialize(lake, assets=imps).success
+    assert raw.read_raw(store, "impressions", H).num_rows == 2
+    monkeypatch.setenv("CLICKLAKE_ALLOWED_LATENESS_MINUTES", "60")
+    assert _materialize(lake, assets=imps).success
+    assert raw.read_raw(store, "impressions", H)["impression_id"].to_pylist() == ["a"]
+
+
+def test_a_partition_of_an_older_clicklake_is_kept_when_no_landing_file_is_left(tmp_path):
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    _landing(store)
+    imps = [a for a in raw_assets if a.key.path == ["raw_impressions"]]
+    assert _materialize(lake, assets=imps).success
+    key = raw.raw_key("impressions", H)
+    store.write_parquet(key, raw.read_raw(store, "impressions", H).replace_schema_metadata())
+    for k in store.list("landing/impressions/"):
+        store.delete(k)
+    assert "no landing file left of a partition built by an older clicklake" in _refusal(
+        lake, assets=imps)
+    assert raw.read_raw(store, "impressions", H).num_rows == 3
 
 
 def test_gx_checks_fail_on_a_bad_partition():

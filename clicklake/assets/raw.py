@@ -15,6 +15,7 @@ from clicklake.assets.partitions import (
 from clicklake.platform.landing import STREAMS
 from clicklake.platform.raw import (
     build_raw_partition,
+    lost_landing_files,
     quarantine_key,
     raw_key,
     write_raw_partition,
@@ -61,39 +62,29 @@ def incomplete_inputs(record: dg.EventLogRecord | None) -> str | None:
     return recorded_text(record, INPUTS_INCOMPLETE)
 
 
-def _files_read_before(context: dg.AssetExecutionContext, asset: str,
-                       hours: list[int]) -> dict[int, int]:
-    """The landing files each hour's latest materialization in this instance read."""
-    keys = {hour_partition_key(h): h for h in hours}
-    records = context.instance.fetch_materializations(dg.AssetRecordsFilter(
-        asset_key=dg.AssetKey(asset), asset_partitions=list(keys)), limit=20 * len(keys)).records
-    out: dict[int, int] = {}
-    for r in records:  # newest first
-        meta = r.asset_materialization.metadata if r.asset_materialization else {}
-        if r.partition_key in keys and "landing_files_read" in meta:
-            out.setdefault(keys[r.partition_key], meta["landing_files_read"].value)
-    return out
-
-
-def _refuse_losing_files(store, asset: str, part, files_before: int | None,
-                         lake_prefix: str) -> None:
-    """A rebuild that finds fewer landing files than the partition was built from would drop
-    their events for good: the landing zone's retention (90 days in the template) has expired
-    them, or they were deleted. Refused, keeping the partition; deleting it first is the way to
-    rebuild from what is left. Without a record (built in another instance), only a rebuild
-    finding no file over a partition holding rows is caught."""
-    key = raw_key(part.stream, part.hour_ms, lake_prefix)
-    if files_before is not None and part.files_read >= files_before or not store.exists(key):
-        return  # nothing lost, or nothing to keep (never built, or deleted to be rebuilt)
-    lost = files_before is not None or (
-        part.files_read == 0 and store.parquet_file(key).metadata.num_rows > 0)
-    if lost:
-        was = "" if files_before is None else f" of the {files_before} it was built from"
-        raise dg.Failure(
-            f"{asset} {hour_partition_key(part.hour_ms)}: the landing zone now holds "
-            f"{part.files_read} landing files{was} (expired by the landing retention, or "
-            f"deleted): rebuilt, the hour would lose their events for good, so the partition "
-            f"is kept as it is. To rebuild it from what is left anyway, delete {key} first.")
+def _refuse_losing_files(store, asset: str, stream: str, hours: list[int], rules,
+                         landing_prefix: str, lake_prefix: str) -> None:
+    """A rebuild of an hour whose landing files are gone (`raw.lost_landing_files`) would drop
+    their events for good: the landing zone's retention (90 days in the template) expired
+    them, or they were deleted. Every hour of the run is checked before any is written, and
+    the run refused, keeping the partitions; deleting an hour's partition first is the way to
+    rebuild it from what is left."""
+    lost = {h: lost_landing_files(store, stream, h, rules, landing_prefix, lake_prefix)
+            for h in hours}
+    bad = {h: files for h, files in lost.items() if files != []}
+    if not bad:
+        return
+    said = "; ".join(
+        f"{hour_partition_key(h)}: "
+        + ("no landing file left of a partition built by an older clicklake" if files is None
+           else f"{len(files)} of its landing files gone, e.g. {files[0]}")
+        for h, files in sorted(bad.items())[:5])
+    first = raw_key(stream, min(bad), lake_prefix)
+    raise dg.Failure(
+        f"{asset}: rebuilt, {len(bad)} hour(s) would lose the events of landing files that are "
+        f"gone (expired by the landing retention, or deleted): {said}. Their partitions are "
+        f"kept as they are. To rebuild an hour from what is left anyway, delete its partition "
+        f"first ({store.uri(first)} for {hour_partition_key(min(bad))}).")
 
 
 _DESCRIPTIONS = {
@@ -129,11 +120,11 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
         rules = config.rules()
         checked: dict[str, list[HourOutcome]] = {}
         hours = run_hours(context)
-        before = _files_read_before(context, name, hours)
+        _refuse_losing_files(store, name, stream, hours, rules, lake.landing_prefix,
+                             lake.lake_prefix)
         for hour_ms in hours:
             read_at = _clock()  # before the listing: what lands after may be missed
             part = build_raw_partition(store, stream, hour_ms, rules, lake.landing_prefix)
-            _refuse_losing_files(store, name, part, before.get(hour_ms), lake.lake_prefix)
             write_raw_partition(store, part, lake.lake_prefix)
             context.log.info(
                 f"{name} {iso(hour_ms)}: kept {part.kept} of {part.lines_read} lines from "

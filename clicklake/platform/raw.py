@@ -85,6 +85,7 @@ class RawPartition:
     files_read: int
     lines_read: int
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    landing_keys: list[str] = field(default_factory=list)  # the files read, in arrival order
 
     @property
     def kept(self) -> int:
@@ -192,6 +193,7 @@ def build_raw_partition(
         files_read=len(files),
         lines_read=lines_read,
         quarantined_by_reason={r: counts.get(r, 0) for r in REASONS},
+        landing_keys=[lf.key for lf in files],
     )
 
 
@@ -204,9 +206,42 @@ def _rows_to_table(spec: StreamSpec, rows: list[tuple]) -> pa.Table:
     return table.take(pc.sort_indices(table, [("ts", "ascending"), (spec.id_field, "ascending")]))
 
 
+# A raw partition's footer: the landing keys it was built from (`lost_landing_files`)
+META_LANDING_KEYS = b"clicklake.landing_keys"
+
+
 def write_raw_partition(store: Store, part: RawPartition, lake_prefix: str = "lake") -> None:
-    store.write_parquet(raw_key(part.stream, part.hour_ms, lake_prefix), part.table)
+    table = part.table.replace_schema_metadata({
+        **(part.table.schema.metadata or {}),
+        META_LANDING_KEYS: orjson.dumps(sorted(part.landing_keys))})
+    store.write_parquet(raw_key(part.stream, part.hour_ms, lake_prefix), table)
     store.write_parquet(quarantine_key(part.stream, part.hour_ms, lake_prefix), part.quarantine)
+
+
+def lost_landing_files(store: Store, stream: str, hour_ms: int, rules: Rules = Rules(),
+                       landing_prefix: str = landing.DEFAULT_PREFIX,
+                       lake_prefix: str = "lake") -> list[str] | None:
+    """The landing files the stored raw partition of `hour_ms` was built from that a rebuild
+    under `rules` would read but are gone (the landing zone's retention expired them, or they
+    were deleted): rebuilt, the hour would lose their events. Files outside `rules`' arrival
+    hours (a lower lateness since) are not asked for. [] when none is lost or nothing is
+    stored; None when the partition predates the record (an older clicklake wrote it) and
+    holds rows while no landing file of its hours is left."""
+    key = raw_key(stream, hour_ms, lake_prefix)
+    if not store.exists(key):
+        return []
+    first, last = rules.arrival_hours(hour_ms)
+    now = {lf.key for lf in landing.list_hours(store, stream, first, last, landing_prefix)}
+    footer = store.parquet_file(key)
+    recorded = (footer.schema_arrow.metadata or {}).get(META_LANDING_KEYS)
+    if recorded is None:
+        return None if not now and footer.metadata.num_rows else []
+    lost = []
+    for k in orjson.loads(recorded):
+        lf = landing.parse_key(k)
+        if lf is not None and first <= floor_hour(lf.arrival_ms) <= last and k not in now:
+            lost.append(k)
+    return lost
 
 
 def read_raw(store: Store, stream: str, hour_ms: int, lake_prefix: str = "lake",
