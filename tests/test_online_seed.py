@@ -392,3 +392,20 @@ def test_a_rebuild_after_the_first_landing_files_expired_seeds_from_a_snapshot(t
     assert seed_mod.landing_gap(store, store.list("landing/")).startswith(
         "the landing zone starts at 2026-11-20T03:")
     assert seed_mod.landing_gap(store, keys) is None
+
+
+def test_the_landing_gap_is_read_from_the_first_hour_with_events(tmp_path):
+    """A file arriving at or after the first hour's end plus the lateness cannot hold its
+    events: the landing zone starting there has lost them (this was taken as whole). A chain
+    started on hours without events, before the first landing file, has lost nothing."""
+    store = Store(str(tmp_path / "lake"))
+    generate(store, start_ms=START, hours=3, users=30, seed=2, clean=True)
+    build_lake(store, [START + i * HOUR_MS for i in range(-3, 3)])  # 3 empty hours first
+    keys = store.list("landing/")
+    assert seed_mod.landing_gap(store, keys) is None
+    late = [k for k in keys if order_files([k])[0][0][0].arrival_ms >= START + 2 * HOUR_MS]
+    late_lake = Store(str(tmp_path / "late"))
+    generate(late_lake, start_ms=START, hours=3, users=30, seed=2, clean=True)
+    build_lake(late_lake, [START + i * HOUR_MS for i in range(3)])
+    assert seed_mod.landing_gap(late_lake, late).startswith("the landing zone starts at "
+                                                             "2026-11-20T02:")

@@ -169,8 +169,19 @@ def landing_gap(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
         return None
     files, _ = order_files(keys, landing_prefix)
     first = min((lf.arrival_ms for lf, _ in files), default=None)
-    # the history's first hour lands by its end plus the allowed lateness
-    if first is not None and first - first % HOUR_MS <= history + HOUR_MS + rules.allowed_lateness_ms:
+    # A file of the history's first hour arrives before its end plus the allowed lateness
+    # (raw's rule); hours before the first file that hold no event (a chain started on empty
+    # hours) lose nothing.
+    covered = history + HOUR_MS + rules.allowed_lateness_ms
+    if first is not None and first < covered:
+        return None
+    h = history
+    while h < (covered if first is None else first - first % HOUR_MS):
+        if any(store.exists(k) and store.parquet_file(k).metadata.num_rows
+               for k in (raw_key(s, h, lake_prefix) for s in ("impressions", "clicks"))):
+            break
+        h += HOUR_MS
+    else:
         return None
     oldest = "holds no file" if first is None else f"starts at {iso(first)}"
     return (f"the landing zone {oldest}, while the lake's history starts at {iso(history)}: "
