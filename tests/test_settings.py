@@ -3,7 +3,8 @@ and reader, so the raw layer, the online fold, the schedule and the training set
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import os
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -92,3 +93,23 @@ def test_a_training_set_over_two_label_windows_is_refused(tmp_path):
     with pytest.raises(dg.Failure, match=r"different label windows \(15 min: 2026-11-25-14:00, "
                        r"2026-11-25-15:00; 60 min: 2026-11-25-13:00\)"):
         _one_label_window_s(store, "lake", hours)
+
+
+@pytest.mark.parametrize(("lateness", "hours"), [("60", 24), ("120", 25), ("1440", 47),
+                                                 ("10080", 191)])
+def test_the_automation_looks_back_past_the_schedules_delay(lateness, hours):
+    """A lateness of a day or more delays the schedule past the automation's 24 h look-back:
+    nothing followed the hours it built. The look-back grows with the lateness (read when the
+    definitions load: a fresh interpreter each)."""
+    import subprocess
+    import sys
+
+    from clicklake.schedules import raw_window_closes_after
+
+    code = "from clicklake.assets.automation import CATCH_UP; print(CATCH_UP.total_seconds())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ,
+                                          "CLICKLAKE_ALLOWED_LATENESS_MINUTES": lateness}).stdout
+    catch_up = timedelta(seconds=float(out))
+    assert catch_up == timedelta(hours=hours)
+    assert catch_up - raw_window_closes_after(int(lateness)) >= timedelta(hours=22)
