@@ -46,6 +46,17 @@ def test_aws_prefixes_follow_the_templates_parameters(monkeypatch):
     assert default_job_name(r["trainer"].job_name_prefix).startswith("prod-clicklake-xgb-")
 
 
+@pytest.mark.parametrize("backend", ["local", "aws"])
+def test_prefixes_from_the_environment_on_both_backends_blank_as_unset(monkeypatch, backend):
+    """The local backend ignored CLICKLAKE_LAKE_PREFIX (serve and lookup read it); a blank
+    value put the lake at the root while the CLI, as click does, took it as unset."""
+    monkeypatch.setenv("CLICKLAKE_BACKEND", backend)
+    monkeypatch.setenv("CLICKLAKE_LAKE_PREFIX", "warehouse")
+    monkeypatch.setenv("CLICKLAKE_LANDING_PREFIX", " ")
+    r = build_resources()
+    assert (r["lake"].landing_prefix, r["lake"].lake_prefix) == ("landing", "warehouse")
+
+
 def test_aws_names_resolve_at_run_time(monkeypatch):
     """Role and root are EnvVars: unset when the code loads, read when a run starts."""
     import dagster as dg

@@ -37,8 +37,8 @@ class TrainingSetConfig(dg.Config):
     window_hours: int = Field(default=24, ge=2, description="The latest labeled hours used.")
     validation_hours: int = Field(
         default=4, ge=1, description="The last of them held out for validation: at most a "
-        "quarter of the hours used (fewer are held out when there are fewer hours, and the "
-        "run's log says so).")
+        "quarter of the hours used, and at least one (the run's log says when fewer are held "
+        "out than asked).")
 
 
 @dg.asset(
@@ -57,7 +57,7 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, l
     validation = min(config.validation_hours, max(1, len(hours) // 4))
     if validation < config.validation_hours:
         context.log.warning(f"{validation} validation hours of the {config.validation_hours} "
-                            f"asked: at most a quarter of the {len(hours)} labeled hours")
+                            f"asked: a quarter of the {len(hours)} labeled hours, at least one")
     ts, stats = build_training_set(
         store, hours, validation,
         read_hour=lambda h, cols: read_labeled_hour(store, h, cols, lake.lake_prefix),

@@ -40,7 +40,9 @@ BACKENDS = ("local", "aws")
 
 
 def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+    # blank is unset, as click reads the CLI's environment variables (a blank lake prefix
+    # put the pipeline's lake at the root while `serve` and `lookup` read `lake/`)
+    return os.environ.get(name, "").strip() or default
 
 
 def build_resources(backend: str | None = None) -> dict:
