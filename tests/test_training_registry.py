@@ -35,6 +35,7 @@ def _round_trip(store: Store) -> None:
     assert store.exists("lake/models/m1/model.tar.gz")
     assert store.exists("lake/models/m1/metrics.json")
     assert store.exists("lake/models/m1/manifest.json")
+    assert sorted(registry.model_ids(store)) == ["m1", "m2"]  # not history/, not a bare file
 
     events = [(r.model_id, r.status, r.reason) for r in registry.history(store)]
     assert events == [

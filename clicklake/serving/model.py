@@ -15,7 +15,6 @@ failed) is refused, and `ModelSlot.follow` loads that model.
 from __future__ import annotations
 
 import dataclasses
-import posixpath
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import numpy as np
 from clicklake.platform.features import CATEGORICAL, FEATURE_NAMES, vocabulary_codes
 from clicklake.platform.storage import Store
 from clicklake.platform.training import registry
-from clicklake.platform.training.artifact import ARTIFACT_NAME, load_booster
+from clicklake.platform.training.artifact import load_booster
 from clicklake.platform.training.manifest import FeatureManifest
 from clicklake.resources.endpoint import SageMakerEndpoint, invoke_scores, variant_name
 
@@ -261,18 +260,11 @@ class ModelSlot:
         """The registered model deployed as `variant`; the registry is listed again on a miss
         (a model registered since), at most every `RELIST_EVERY_S` (requests wait on the lock)."""
         if variant not in self._variants and time.monotonic() - self._listed_at >= RELIST_EVERY_S:
-            self._variants = {variant_name(m): m for m in _registered_ids(self.store,
-                                                                          self.lake_prefix)}
+            self._variants = {variant_name(m): m
+                              for m in registry.model_ids(self.store, self.lake_prefix)}
             self._listed_at = time.monotonic()
         if variant not in self._variants:
             raise NoModelOfVariant(f"the endpoint serves variant {variant!r}, which no model of "
                                    "the registry is deployed as")
         return self._variants[variant]
 
-
-def _registered_ids(store: Store, prefix: str) -> list[str]:
-    """Ids of the registry's models: those with an artifact (what marks one registered)."""
-    root = posixpath.dirname(posixpath.dirname(registry.artifact_key("-", prefix)))
-    return [posixpath.basename(posixpath.dirname(k)) for k in store.list(root)
-            if posixpath.basename(k) == ARTIFACT_NAME
-            and posixpath.dirname(posixpath.dirname(k)) == root]

@@ -182,6 +182,17 @@ def champion(store: Store, prefix: str = "lake") -> ModelRecord | None:
     )
 
 
+def model_ids(store: Store, prefix: str = "lake") -> list[str]:
+    """Ids of the registered models: those with an artifact (what marks one registered)."""
+    root = _root(prefix)
+    out = []
+    for key in store.list(f"{root}/"):
+        model_id, _, name = key[len(root) + 1:].partition("/")
+        if name == ARTIFACT_NAME:
+            out.append(model_id)
+    return out
+
+
 def history(store: Store, prefix: str = "lake") -> list[ModelRecord]:
     """Every registration, promotion and rejection, oldest first."""
     out = []
