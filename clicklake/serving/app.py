@@ -213,6 +213,14 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     # (milliseconds; S3: more), DynamoDB's ~11 network round trips for a prediction; a SQLite
     # key read is shorter than the hop to the thread pool.
     offload = not isinstance(getattr(source, "state", None), SqliteState)
+
+    async def source_read(fn, *args, off_loop: bool = False, **kwargs):
+        """fn(*args, **kwargs) in the thread pool when the source's reads leave the event loop
+        (`offload`, or `off_loop`: a lake read for this request), inline otherwise."""
+        if offload or off_loop:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
     model_info_lock = threading.Lock()  # set by the checks' thread and by requests that follow
     if model.current is None:
         model.refresh()
@@ -350,13 +358,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         features_as_of = watermark_iso  # the source's, unless the lake answered for it
         try:
             try:
-                if offload:
-                    inputs = await run_in_threadpool(
-                        source.feature_inputs, body.user_id, body.campaign_id, ts, body.ip,
-                        body.user_agent, body.domain)
-                else:
-                    inputs = source.feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
-                                                   body.user_agent, domain=body.domain)
+                inputs = await source_read(source.feature_inputs, body.user_id,
+                                           body.campaign_id, ts, body.ip, body.user_agent,
+                                           domain=body.domain)
             except (BeforeHorizon, Rebuilding) as exc:
                 if past is None:
                     raise
@@ -401,8 +405,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             "cost": body.cost, "model": {"id": loaded.model_id,
                                          "promoted_at": loaded.promoted_at,
                                          "backend": loaded.backend},
-            "ts": iso(ts), "features_as_of": (await run_in_threadpool(features_as_of)
-                                              if offload else features_as_of()),
+            "ts": iso(ts), "features_as_of": await source_read(features_as_of),
             "latency_ms": round((time.perf_counter() - start) * 1000, 3)})
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(require_token)],
@@ -464,9 +467,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                                f"{iso(start)}", "before_history")
                 return row if row["known"] else None
         try:
-            # Time travel reads the lake: off the event loop, as `offload` says for the source.
-            row = (await run_in_threadpool(reader, user_id, t) if as_of is not None or offload
-                   else reader(user_id, t))
+            # time travel reads the lake
+            row = await source_read(reader, user_id, t, off_loop=as_of is not None)
         except (NoSnapshots, Rebuilding, TornRead) as exc:
             raise fail(503, str(exc), "features_unavailable") from None
         except (SnapshotUnavailable, BeforeHorizon) as exc:
@@ -479,9 +481,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if not lists:
             hidden |= {"campaigns", "domains"}
         out = {k: _plain(k, v) for k, v in row.items() if k not in hidden}
-        as_of = await run_in_threadpool(watermark_iso) if offload else watermark_iso()
-        return ProfileOut(user_id=user_id, as_of=iso(t), features_as_of=as_of, source=kind,
-                          **out)
+        return ProfileOut(user_id=user_id, as_of=iso(t),
+                          features_as_of=await source_read(watermark_iso), source=kind, **out)
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthOut,
                    responses={503: {"model": HealthOut}}, summary="Liveness and readiness")
@@ -489,8 +490,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         """200 when a model is loaded and the feature source can be read, 503 otherwise (no
         token needed: for load balancers and orchestrators, which then restart the server)."""
         m = model.current
-        (unreadable, rebuilding), as_of = (await run_in_threadpool(health_reads) if offload
-                                           else health_reads())
+        (unreadable, rebuilding), as_of = await source_read(health_reads)
         notice = None
         if rebuilding and past is not None:
             lake_wm = await run_in_threadpool(lambda: past().watermark_ms())
