@@ -76,16 +76,19 @@ def test_a_purge_scans_the_table_only_when_the_horizon_moved(moto_endpoint, land
     state = _dynamo(moto_endpoint)
     fold_files(state, landing_zone, landing_zone.list("landing/"))
     scans = []
-    real = state._scan
-    monkeypatch.setattr(state, "_scan", lambda prefix: scans.append(prefix) or real(prefix))
+    real = state._scan_pages
+    monkeypatch.setattr(state, "_scan_pages",
+                        lambda prefix, **kw: scans.append(prefix) or real(prefix, **kw))
     wm = state.watermark_ms()
     assert purge(state, wm) == 0 and scans == []  # the fold's own purge had these bounds
     purge(state, wm + 2 * HOUR_MS)
     assert len(scans) == 6
     purge(state, wm + 2 * HOUR_MS)
     assert len(scans) == 6
-    state.clear()  # a rebuild starts afresh: its first purge scans
+    state.clear()  # a rebuild starts afresh (its own scan: every item): its first purge scans
     purge(state, wm + 2 * HOUR_MS)
+    assert scans[6] is None
+    del scans[6]
     assert len(scans) == 12
 
 
@@ -591,7 +594,7 @@ def test_a_clear_deletes_page_by_page_keys_only(moto_endpoint, landing_zone, mon
     state.clear()
     monkeypatch.undo()
     scans = [e for e in log if e[0] == "scan"]
-    assert len(scans) > 3 and all(attrs <= {"pk", "sk"} for _, _, attrs in scans)
+    assert len(scans) > 3 and all(attrs <= {"pk", "sk", "h"} for _, _, attrs in scans)
     assert log[1][0] == "write"  # the first page deleted before the second is read
     assert all(n <= 25 for kind, n, _ in log if kind == "write")
     left = state.client.scan(TableName=state.table)["Items"]

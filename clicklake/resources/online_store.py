@@ -44,7 +44,7 @@ import random
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import boto3
 import dagster as dg
@@ -310,20 +310,45 @@ class DynamoState(StateStore):
         return self._pages(self.client.query, kw)
 
     def _scan(self, prefix: str) -> list[dict]:
-        return self._pages(self.client.scan, {
-            "TableName": self.table, "FilterExpression": "begins_with(pk, :p)",
-            "ExpressionAttributeValues": {":p": {"S": prefix}}, "ConsistentRead": True})
+        return [item for page in self._scan_pages(prefix) for item in page]
+
+    def _scan_pages(self, prefix: str | None, keys_only: bool = False) -> Iterator[list[dict]]:
+        """The items whose key starts with `prefix` (None: every item), a page at a time (1 MB
+        on AWS); `keys_only`: their keys and hour (`h`) alone."""
+        kw: dict = {"TableName": self.table, "ConsistentRead": True}
+        if prefix is not None:
+            kw.update(FilterExpression="begins_with(pk, :p)",
+                      ExpressionAttributeValues={":p": {"S": prefix}})
+        if keys_only:
+            kw.update(ProjectionExpression="pk, sk, #h", ExpressionAttributeNames={"#h": "h"})
+        return self._page_items(self.client.scan, kw)
+
+    @classmethod
+    def _pages(cls, call, kw: dict) -> list[dict]:
+        """Every item of a query or scan, page after page."""
+        return [item for page in cls._page_items(call, kw) for item in page]
 
     @staticmethod
-    def _pages(call, kw: dict) -> list[dict]:
-        """Every item of a query or scan, page after page."""
-        items: list[dict] = []
+    def _page_items(call, kw: dict) -> Iterator[list[dict]]:
         while True:
             resp = call(**kw)
-            items += resp["Items"]
+            yield resp["Items"]
             if "LastEvaluatedKey" not in resp:
-                return items
+                return
             kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def _delete_pages(self, prefix: str | None, doomed, counted=lambda item: 1) -> int:
+        """Delete the items under `prefix` for which `doomed(item)` holds, page by page, 25 a
+        request (its keys and hour only are read: the whole table's values held at once took
+        ~3x its size in memory). Returns the sum of `counted` over them."""
+        n = 0
+        for page in self._scan_pages(prefix, keys_only=True):
+            gone = [item for item in page if doomed(item)]
+            for part in chunks(gone, 25):
+                self._batch_write([{"DeleteRequest": {"Key": {"pk": i["pk"], "sk": i["sk"]}}}
+                                   for i in part])
+            n += sum(map(counted, gone))
+        return n
 
     # -- reads ---------------------------------------------------------------------------------
     def get_docs(self, ns: str, keys: Sequence[str]) -> dict[str, bytes]:
@@ -797,28 +822,15 @@ class DynamoState(StateStore):
         if last is not None and bytes(last["v"]["B"]) == bounds:
             return 0
         n = 0
-        for ns, hour in docs_before.items():
-            for item in self._scan(f"d#{ns}#"):
-                if _n(item["h"]) < hour:
-                    self.client.delete_item(TableName=self.table,
-                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
-                    n += _n(item["sk"]) == 0  # a document's parts count as the document
+        for ns, hour in docs_before.items():  # a document's parts count as the document
+            n += self._delete_pages(f"d#{ns}#", lambda i, b=hour: _n(i["h"]) < b,
+                                    lambda i: _n(i["sk"]) == 0)
         for table, bound in counters_before.items():
-            for item in self._scan(f"c#{table}#"):
-                if _n(item["sk"]) < bound:
-                    self.client.delete_item(TableName=self.table,
-                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
-                    n += 1
-            for item in self._scan(f"l#{table}#"):  # the rows' log parts go with them
-                if _n(item["h"]) < bound:
-                    self.client.delete_item(TableName=self.table,
-                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
+            n += self._delete_pages(f"c#{table}#", lambda i, b=bound: _n(i["sk"]) < b)
+            # the rows' log parts go with them
+            self._delete_pages(f"l#{table}#", lambda i, b=bound: _n(i["h"]) < b)
         if marks_before is not None:
-            for item in self._scan("m#"):
-                if _n(item["sk"]) < marks_before:
-                    self.client.delete_item(TableName=self.table,
-                                            Key=self._key(item["pk"]["S"], _n(item["sk"])))
-                    n += 1
+            n += self._delete_pages("m#", lambda i: _n(i["sk"]) < marks_before)
         # after the deletions: a purge cut short is done again
         self.client.put_item(TableName=self.table, Item={**self._key(_PURGED),
                                                          "v": {"B": bounds}})
@@ -873,19 +885,9 @@ class DynamoState(StateStore):
         # Before the scan: a commit still being applied by another run fails its next chunk
         # (the chunks renew a lease on this item), so none lands after the scan passed by.
         self.client.delete_item(TableName=self.table, Key=self._key(_PENDING))
-        # Page by page, keys only, 25 deletes a request: a list of every item with its value
-        # took ~3x the table's size in memory before the first delete (a large table's
-        # rebuild died there, and every later run tried again and died the same way).
-        kw = {"TableName": self.table, "ProjectionExpression": "pk, sk", "ConsistentRead": True}
-        while True:
-            page = self.client.scan(**kw)
-            doomed = [{"DeleteRequest": {"Key": {"pk": i["pk"], "sk": i["sk"]}}}
-                      for i in page["Items"] if i["pk"]["S"] not in kept]
-            for part in chunks(doomed, 25):
-                self._batch_write(list(part))
-            if "LastEvaluatedKey" not in page:
-                break
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        # page by page (a large table's rebuild died holding it whole, and every later run
+        # the same way)
+        self._delete_pages(None, lambda item: item["pk"]["S"] not in kept)
         self._bump_version(own=False)
 
     def _batch_write(self, requests: list[dict]) -> None:
