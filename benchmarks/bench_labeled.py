@@ -16,11 +16,13 @@
    (a click names its impression; a click without an id goes to the user's latest earlier
    impression on the same campaign, ties to the greatest id). Timed: a DuckDB SQL query (2
    threads; one window over each user's events; the ASOF query of earlier rounds beside it)
-   and our own code (`LookupTable.as_of` of just those two lifetime counts +
-   `label_impressions`) in one process, and in 2 processes (the halves of the hours side by
-   side: both sides then use the 2 cores). Ours reads the lake's hourly user snapshots, which
-   DuckDB does not: building them from raw for every hour is timed too (`minimal_inputs`), and
-   added for the comparison from raw. Every answer, and every full build's
+   and our own code from raw as DuckDB starts (`LifetimeCounts`: the two lifetime counts
+   carried hour by hour from raw events, + `label_impressions`) in one process, and in 2
+   processes (the halves of the hours side by side: both sides then use the 2 cores; the
+   second half first counts the raw hours before it). For reference, the same task answered
+   from the lake's lookup table (`LookupTable.as_of` of the two counts, reading each hour's
+   user snapshot, which the pipeline's assets built: not timed). Every answer, and every full
+   build's
    `user_impressions_life`, `user_clicks_life` and `label`, must equal DuckDB's on every row
    (the run fails otherwise).
 4. The online store rebuilt from the lake's latest usable user profile snapshot (`online.seed`)
@@ -250,31 +252,36 @@ def phase_labeled_2proc(root: str, meta: dict, out_dir: str) -> dict:
                           [os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)])
 
 
-def _minimal_range(root: str, hours: list[int], path: str, prefetch: bool = True
-                   ) -> tuple[float, int, float]:
-    """Our code on the minimal task for `hours`, its answers written to `path`: lifetime counts
-    from the lookup table + label_impressions. As `build_labeled_hours` does, each next hour's
-    raw reads and labels are prepared on a second thread while the hour's lookup runs
-    (`prefetch`). Build seconds (the write of the answers excluded), rows, and the
+def _minimal_range(root: str, hours: list[int], path: str, prefetch: bool = True,
+                   source: str = "raw") -> tuple[float, int, float]:
+    """Our code on the minimal task for `hours`, its answers written to `path`: the lifetime
+    counts + label_impressions. `source` "raw": the counts carried hour by hour from raw events
+    (`LifetimeCounts`), from the lake's first raw hour as DuckDB's query starts (a range starting
+    later first counts the raw hours before it, in its timing). "lookup": the lookup table
+    (`LookupTable.as_of` of the two counts), which reads each hour's user snapshot - built by
+    the pipeline's hourly assets, not timed here. As `build_labeled_hours` does, each next
+    hour's raw reads and labels are prepared on a second thread while the hour's counts are
+    computed (`prefetch`). Build seconds (the write of the answers excluded), rows, and the
     `time.perf_counter()` at which the build ended (before the write)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from clicklake.platform.labeling import label_impressions
+    from clicklake.platform.lifetime_counts import LifetimeCounts
     from clicklake.platform.lookup import LookupTable
     from clicklake.platform.raw import read_raw
     from clicklake.platform.storage import Store
     from clicklake.platform.tiles import ts_ms
-    from clicklake.platform.timeutil import HOUR_MS
+    from clicklake.platform.timeutil import HOUR_MS, hive_hours
 
     store = Store(root)
-    lookup = LookupTable(store)
     rows, parts = 0, []
     # Only the columns the task reads, as DuckDB's scan does (the rest of an impression row is
     # enrichment input: ip, user agent, domain, cost).
     cols = ["impression_id", "ts", "user_id", "campaign_id"]
 
-    def read(stream: str, hour: int) -> pa.Table:
-        return read_raw(store, stream, hour, columns=cols if stream == "impressions" else None)
+    def read(stream: str, hour: int, columns: list[str] | None = None) -> pa.Table:
+        return read_raw(store, stream, hour,
+                        columns=columns or (cols if stream == "impressions" else None))
 
     def prepare(h: int, carried: tuple[pa.Table, pa.Table] | None) -> tuple:
         """Hour h's raw rows, the next hour's, and h's labels. `carried`: hour h's impressions
@@ -286,6 +293,14 @@ def _minimal_range(root: str, hours: list[int], path: str, prefetch: bool = True
         return imp, clk, (nxt, nxt_clk), lab
 
     t0 = time.perf_counter()
+    if source == "raw":
+        first = min(hive_hours(store.list("lake/raw/impressions/")), default=hours[0])
+        counts = LifetimeCounts(first)
+        for h in range(first, hours[0], HOUR_MS):  # history before the range: counted only
+            counts.skip_hour(read("impressions", h, ["ts", "user_id"]),
+                             read("clicks", h, ["ts", "user_id"]))
+    else:
+        lookup = LookupTable(store)
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit if prefetch else _now
         ahead = run(prepare, hours[0], None) if hours else None
@@ -293,14 +308,17 @@ def _minimal_range(root: str, hours: list[int], path: str, prefetch: bool = True
             imp, clk, nxt, lab = ahead.result()
             if i + 1 < len(hours):
                 ahead = run(prepare, hours[i + 1], nxt if hours[i + 1] == h + HOUR_MS else None)
-            lookup.remember_raw("impressions", h, imp)
-            lookup.remember_raw("clicks", h, clk)
-            prof = lookup.as_of(imp["user_id"].combine_chunks(), ts_ms(imp["ts"]),
-                                columns=["impressions", "clicks"])
+            if source == "raw":
+                n_imp, n_clk = counts.count_hour(imp, clk)
+            else:
+                lookup.remember_raw("impressions", h, imp)
+                lookup.remember_raw("clicks", h, clk)
+                prof = lookup.as_of(imp["user_id"].combine_chunks(), ts_ms(imp["ts"]),
+                                    columns=["impressions", "clicks"])
+                n_imp, n_clk = prof["impressions"], prof["clicks"]
             rows += imp.num_rows
             parts.append(pa.table({"impression_id": imp["impression_id"],
-                                   "n_imp": prof["impressions"], "n_clk": prof["clicks"],
-                                   "label": lab["label"]}))
+                                   "n_imp": n_imp, "n_clk": n_clk, "label": lab["label"]}))
     end = time.perf_counter()
     pq.write_table(pa.concat_tables(parts), path)
     return end - t0, rows, end
@@ -317,43 +335,24 @@ class _now:
 
 
 def phase_minimal_ours(root: str, meta: dict, out_dir: str) -> dict:
-    """The minimal task, our code, one process."""
+    """The minimal task, our code from raw, one process."""
     seconds, rows, _ = _minimal_range(root, _hours(meta)[:-1],
                                       os.path.join(out_dir, "minimal_ours.parquet"))
     return {"seconds": seconds, "rows": rows}
 
 
-def phase_minimal_inputs(root: str, meta: dict, out_dir: str) -> dict:
-    """What our minimal task reads and DuckDB does not: the lake's hourly user tiles and profile
-    snapshots (the lookup table), built from raw for every hour as the `user_hour_tiles` and
-    `user_profiles` assets build them, and written (to `out_dir`, not the lake). The pipeline
-    builds them hour by hour anyway; from raw alone, the task costs this too."""
-    from clicklake.platform import profiles, tiles
-    from clicklake.platform.raw import read_raw
-    from clicklake.platform.storage import Store
-
-    store, out = Store(root), Store(os.path.join(out_dir, "minimal_inputs"))
-    build_s = write_s = 0.0
-    snap = None
-    for h in _hours(meta):
-        t0 = time.perf_counter()
-        tile = tiles.build_user_hour_tiles(read_raw(store, "impressions", h),
-                                           read_raw(store, "clicks", h), h)
-        snap = profiles.fold_snapshot(snap, tile, h)
-        t1 = time.perf_counter()
-        out.write_parquet(tiles.tile_key(h), tile)
-        out.write_parquet(profiles.snapshot_key(h), snap,
-                          row_group_size=profiles.DEFAULT_ROW_GROUP_USERS)
-        build_s += t1 - t0
-        write_s += time.perf_counter() - t1
-    shutil.rmtree(os.path.join(out_dir, "minimal_inputs"), ignore_errors=True)
-    return {"seconds": build_s + write_s, "build_seconds": build_s, "write_seconds": write_s,
-            "rows": 0}
+def phase_minimal_ours_lookup(root: str, meta: dict, out_dir: str) -> dict:
+    """The minimal task, our code reading the lookup table's snapshots, one process."""
+    seconds, rows, _ = _minimal_range(root, _hours(meta)[:-1],
+                                      os.path.join(out_dir, "minimal_ours_lookup.parquet"),
+                                      source="lookup")
+    return {"seconds": seconds, "rows": rows}
 
 
 def phase_minimal_ours_2proc(root: str, meta: dict, out_dir: str) -> dict:
-    """The minimal task, our code, the two halves of the hours in 2 processes side by side (the
-    DuckDB baseline runs on 2 threads)."""
+    """The minimal task, our code from raw, the two halves of the hours in 2 processes side by
+    side (the DuckDB baseline runs on 2 threads); the second half first counts the raw hours
+    of the first."""
     return _two_processes(_minimal_range, root, _hours(meta)[:-1],
                           [os.path.join(out_dir, f"minimal_2proc_{i}.parquet") for i in (0, 1)])
 
@@ -507,7 +506,7 @@ PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
           "labeled_one_thread": phase_labeled_one_thread,
           "labeled_hourly": phase_labeled_hourly, "minimal_ours": phase_minimal_ours,
           "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb,
-          "duckdb_asof": phase_duckdb_asof, "minimal_inputs": phase_minimal_inputs,
+          "duckdb_asof": phase_duckdb_asof, "minimal_ours_lookup": phase_minimal_ours_lookup,
           "rebuild_seed": phase_rebuild_seed, "rebuild_refold": phase_rebuild_refold,
           **{f"labeled_{h}h": phase_labeled_last(h) for h in SCALING_HOURS}}
 
@@ -553,6 +552,7 @@ def compare(out_dir: str) -> dict:
     duck = _sorted(os.path.join(out_dir, "minimal_duckdb.parquet"))
     ours = _sorted(os.path.join(out_dir, "minimal_ours.parquet"))
     ours2 = _sorted(*(os.path.join(out_dir, f"minimal_2proc_{i}.parquet") for i in (0, 1)))
+    ours_lookup = _sorted(os.path.join(out_dir, "minimal_ours_lookup.parquet"))
     full = _sorted(os.path.join(out_dir, "labeled.parquet"))
     full2 = _sorted(*(os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)))
     hourly = _sorted(os.path.join(out_dir, "labeled_hourly.parquet"))
@@ -567,6 +567,8 @@ def compare(out_dir: str) -> dict:
                                              "label": "label"}),
         ("minimal_ours", ours, {"n_imp": "n_imp", "n_clk": "n_clk", "label": "label"}),
         ("minimal_ours_2proc", ours2, {"n_imp": "n_imp", "n_clk": "n_clk", "label": "label"}),
+        ("minimal_ours_lookup", ours_lookup, {"n_imp": "n_imp", "n_clk": "n_clk",
+                                              "label": "label"}),
         ("full_build", full, {"n_imp": "user_impressions_life", "n_clk": "user_clicks_life",
                               "label": "label"}),
         ("full_build_2proc", full2, {"n_imp": "user_impressions_life",
@@ -655,7 +657,7 @@ def main() -> None:
     out_dir = tempfile.mkdtemp(prefix="clicklake-bench-out-")
     try:
         phases = {name: run_phase(name, root, out_dir) for name in (
-            "duckdb", "duckdb_asof", "minimal_inputs", "minimal_ours", "minimal_ours_2proc",
+            "duckdb", "duckdb_asof", "minimal_ours", "minimal_ours_2proc", "minimal_ours_lookup",
             "labeled", "labeled_one_thread",
             "labeled_2proc", "labeled_hourly", *(f"labeled_{h}h" for h in SCALING_HOURS))}
         check = compare(out_dir)
@@ -671,9 +673,7 @@ def main() -> None:
 
     n = phases["labeled"]["rows"]
     lab, mini, duck = phases["labeled"], phases["minimal_ours"], phases["duckdb"]
-    duck_asof, inputs = phases["duckdb_asof"], phases["minimal_inputs"]
-    # From raw, as DuckDB starts: the lookup table ours reads, then the task.
-    end_to_end = inputs["seconds"] + mini["seconds"]
+    duck_asof, mini_lookup = phases["duckdb_asof"], phases["minimal_ours_lookup"]
     lab2, hourly = phases["labeled_2proc"], phases["labeled_hourly"]
     one = phases["labeled_one_thread"]
     mini2 = phases["minimal_ours_2proc"]
@@ -703,9 +703,8 @@ def main() -> None:
         "minimal_duckdb": {**duck, "impressions_per_s": duck["rows"] / duck["seconds"]},
         "minimal_duckdb_asof_query": {**duck_asof,
                                       "impressions_per_s": duck_asof["rows"] / duck_asof["seconds"]},
-        "minimal_inputs_ours": inputs,
-        "minimal_ours_from_raw": {"seconds": end_to_end,
-                                  "impressions_per_s": mini["rows"] / end_to_end},
+        "minimal_ours_lookup": {**mini_lookup,
+                                "impressions_per_s": mini_lookup["rows"] / mini_lookup["seconds"]},
         "ratios": {
             "full_build_throughput_over_duckdb_minimal": duck["seconds"] / lab["seconds"],
             "full_build_2proc_throughput_over_duckdb_minimal": duck["seconds"] / lab2["seconds"],
@@ -715,7 +714,7 @@ def main() -> None:
             "minimal_ours_cpu_over_duckdb_cpu": mini["cpu_s"] / duck["cpu_s"],
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
             "minimal_ours_2proc_throughput_over_duckdb": duck["seconds"] / mini2["seconds"],
-            "minimal_ours_from_raw_throughput_over_duckdb": duck["seconds"] / end_to_end,
+            "minimal_ours_lookup_throughput_over_duckdb": duck["seconds"] / mini_lookup["seconds"],
             "duckdb_window_query_speedup_over_asof_query": duck_asof["seconds"] / duck["seconds"],
         },
         "scaling_with_hours": _scaling(phases, lab, meta),
@@ -724,10 +723,10 @@ def main() -> None:
         "notes": "RSS measured per phase in a fresh subprocess from /proc/self/status: VmHWM "
                  "(peak) and its growth over VmRSS after imports (MiB). DuckDB runs with 2 "
                  "threads and reads the raw Parquet; the label uses the id/attribution rule. "
-                 "Ours on the minimal task reads the lake's hourly user snapshots (the lookup "
-                 "table, built by the pipeline's hourly assets): `minimal_ours_from_raw` adds "
-                 "building them for every hour (`minimal_inputs_ours`), as DuckDB starts from "
-                 "raw.",
+                 "Ours on the minimal task starts from raw, as DuckDB does: the lifetime counts "
+                 "carried hour by hour from raw events (LifetimeCounts). `minimal_ours_lookup` "
+                 "answers from the lake's lookup table instead (LookupTable.as_of): it reads "
+                 "the hourly user snapshots the pipeline's assets built, not timed here.",
     }
     mis = {k: v for k, v in check.items() if k.endswith("_mismatches")}
     print(f"lake: {meta['rows']['impressions']:,} impressions, {meta['rows']['clicks']:,} clicks;"
@@ -738,8 +737,9 @@ def main() -> None:
     for label, p in (("full labeled build (ours)", lab), ("  same, one thread", one),
                      ("  same, 2 worker processes", lab2),
                      ("  same, hour by hour (reference)", hourly),
-                     ("minimal task (ours)", mini), ("  same, 2 worker processes", mini2),
-                     ("  its inputs from raw (tiles, snapshots)", {**inputs, "rows": n}),
+                     ("minimal task (ours, from raw)", mini),
+                     ("  same, 2 worker processes", mini2),
+                     ("  same, from the lookup table", mini_lookup),
                      ("minimal task (DuckDB SQL, 2 threads)", duck),
                      ("  same, earlier ASOF query", duck_asof)):
         print(f"{label:<38} {p['seconds']:>8.2f} {p['cpu_s']:>7.2f} "
@@ -750,8 +750,8 @@ def main() -> None:
     print(f"full build vs DuckDB minimal: {r['full_build_throughput_over_duckdb_minimal']:.2f}x"
           f" throughput; minimal ours vs DuckDB: {r['minimal_ours_throughput_over_duckdb']:.2f}x"
           f" (1 process), {r['minimal_ours_2proc_throughput_over_duckdb']:.2f}x (2 processes);"
-          f" from raw (its snapshots built too): "
-          f"{r['minimal_ours_from_raw_throughput_over_duckdb']:.2f}x")
+          f" from the lookup table: "
+          f"{r['minimal_ours_lookup_throughput_over_duckdb']:.2f}x")
     print(f"full build as one range vs hour by hour: "
           f"{results['ratios']['full_build_range_cpu_over_hour_by_hour_cpu']:.2f}x the CPU")
     print(f"mismatches against DuckDB: {mis}")
