@@ -409,3 +409,29 @@ def test_the_landing_gap_is_read_from_the_first_hour_with_events(tmp_path):
     build_lake(late_lake, [START + i * HOUR_MS for i in range(3)])
     assert seed_mod.landing_gap(late_lake, late).startswith("the landing zone starts at "
                                                              "2026-11-20T02:")
+
+
+def test_a_new_stores_first_fold_after_the_first_landing_files_expired_seeds(tmp_path):
+    """A new online store's first fold is a refold: the sensor's run over the landing files
+    left started every user's counters short (the landing gap was checked only on a rebuild).
+    It seeds from a snapshot instead, and answers as the full refold; a new store over a
+    landing zone that still holds every file folds it as before."""
+    store = built_lake(tmp_path / "lake", START, 8, users=60, seed=4, messy_scale=3.0)
+    keys = store.list("landing/")
+    full = folded_in_order(store, str(tmp_path / "full.db"), [keys])
+    whole = _rebuild(store.root, str(tmp_path / "whole.db"), from_snapshot=False, files=keys)
+    assert not whole["rebuild"] and whole["seed_snapshot_hour"] == "none"
+    for k in keys:
+        if order_files([k])[0][0][0].arrival_ms < START + 3 * HOUR_MS:
+            store.delete(k)
+    meta = _rebuild(store.root, str(tmp_path / "new.db"), from_snapshot=False,
+                    files=store.list("landing/"))
+    assert meta["rebuild"] and meta["seed_snapshot_hour"] != "none", meta
+    assert "landing zone lacks" in meta["rebuild_reason"]
+    t = horizon_ms(full.watermark_ms())
+    _compare(OnlineFeatures(SqliteState(str(tmp_path / "new.db"))), OnlineFeatures(full),
+             _users(full), [t, full.watermark_ms() + 1], [])
+    # Once folded, later runs fold their files as usual (the store is no longer new).
+    again = _rebuild(store.root, str(tmp_path / "new.db"), from_snapshot=False,
+                     files=store.list("landing/"))
+    assert not again["rebuild"] and again["files_folded"] == 0

@@ -142,6 +142,12 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
             report = seeded.fold
         elif config.rebuild:
             report = refold_all()
+        elif state.watermark_ms() is None and landing_gap(
+                store, all_keys(), rules, lake.lake_prefix, lake.landing_prefix) is not None:
+            # A new store's first fold is a refold: where the landing zone has lost the lake's
+            # first hours, folding what is left would start every counter short. Seeded instead.
+            rebuilt_for = "a new online store, and the landing zone lacks the lake's first hours"
+            report = refold_all()
         else:  # the whole micro-batch in one atomic commit: each document and row written once
             report = fold_files(state, store, keys, rules, prefix=lake.landing_prefix,
                                 files_per_commit=FILES_PER_COMMIT)
