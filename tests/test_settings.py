@@ -64,6 +64,7 @@ def test_the_online_fold_keeps_what_the_raw_layer_keeps_under_a_longer_lateness(
     assert meta["allowed_lateness_minutes"].value == 120
     meta = fold.get_asset_materialization_events()[0].materialization.metadata
     assert (meta["events_folded"].value, meta["quarantined"].value) == (2, {})
+    assert meta["allowed_lateness_minutes"].value == 120
     assert online.features().profile("u1", H + HOUR_MS)["impressions"] == 2
 
 

@@ -215,6 +215,9 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
         "files_in_snapshot": seeded.files_in_snapshot if seeded is not None else 0,
         "events_in_snapshot": report.in_snapshot,
         "files_ahead_of_clock": ahead,
+        # The verdicts the fold gave, as the raw layer's metadata records its own.
+        "allowed_lateness_minutes": rules.allowed_lateness_ms // 60_000,
+        "future_tolerance_minutes": rules.future_tolerance_ms // 60_000,
     })
 
 
