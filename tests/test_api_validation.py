@@ -53,6 +53,9 @@ BAD = [
     ({**OK, "ts": True}, "ts"),
     ({**OK, "ts": "2999-01-01T00:00:00Z"}, "ts"),
     ({**OK, "ts": "9" * 41}, "ts"),
+    ({**OK, "ts": "2026-11-24+05:00"}, "ts"),  # a date and an offset: no time (was 05:00)
+    ({**OK, "ts": "2026-11-24"}, "ts"),  # a date alone: an impression has a time of day
+    ({**OK, "ts": "\u0661\u0667\u0669\u0665\u0665\u0667\u0663\u0668\u0660\u0660\u0660\u0660\u0660"}, "ts"),
     ({**OK, "ip": "999.1.1.1"}, "ip"),
     ({**OK, "ip": "not-an-ip"}, "ip"),
     ({**OK, "ip": 12345}, "ip"),

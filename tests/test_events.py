@@ -165,6 +165,13 @@ def test_ts_forms(value, expected):
         ("2026-11-25", BAD_TYPE),  # a date says no time of day
         ("20261125", BAD_VALUE),  # digits are epoch ms: a 1970 instant, not an ISO basic date
         ("2026-W48-3", BAD_TYPE),
+        # A date then an offset: Python reads any character as the date-time separator, so
+        # this was 05:00 on the 25th, ten hours off the instant it names (no time at all).
+        ("2026-11-25+05:00", BAD_TYPE),
+        ("20261125+0530", BAD_TYPE),
+        ("2026-11-25Z", BAD_TYPE),
+        ("2026-11-25_13:00:00Z", BAD_TYPE),  # ISO separates date and time by T
+        ("2026-11-25T13:00:00\u0662Z", BAD_TYPE),
         ("2026-11-25T25:00:00Z", BAD_TYPE),
         (" 2026-11-25T13:00:00Z", BAD_TYPE),
         ("-5", BAD_TYPE),  # not all digits, not ISO

@@ -20,3 +20,29 @@ def test_sub_millisecond_digits_are_truncated_as_the_raw_layer_does():
         for text in (dt.isoformat(), dt.replace(tzinfo=None).isoformat(),
                      dt.astimezone(UTC).isoformat().replace("+00:00", "Z")):
             assert parse_instant(text) == event_ms(text), text
+
+
+def test_a_date_with_an_offset_is_no_instant_anywhere():
+    """Python reads any one character between date and time, so 2026-11-25+05:00 (a date with
+    an offset) read as 05:00 on the 25th in the lake, the API and the command line alike, ten
+    hours off. Every reader now refuses it; a command line's date alone is still its midnight,
+    while the event contract and the API (`date_only=False`) refuse that too."""
+    import pytest
+
+    from clicklake.platform.events import Rejected
+    from clicklake.platform.timeutil import DateOnly
+
+    for text in ("2026-11-25+05:00", "20261125+0530", "2026-11-25-00:00", "2026-11-25Z"):
+        with pytest.raises(ValueError, match="not an ISO-8601 date and time"):
+            parse_instant(text)
+        with pytest.raises(Rejected):
+            event_ms(text)
+    assert parse_instant("2026-11-25") == to_ms(datetime(2026, 11, 25, tzinfo=UTC))
+    with pytest.raises(DateOnly):
+        parse_instant("2026-11-25", date_only=False)
+    with pytest.raises(ValueError, match="non-ASCII"):
+        parse_instant("\u0661\u0667\u0669\u0665\u0665\u0667\u0663\u0668\u0660\u0660\u0660\u0660")
+    # What the shape check lets through reads as before, on both paths.
+    for text in ("2026-11-25T10:00:00+05:30", "2026-11-25 10:00Z", "2026-11-25t10:00",
+                 "20261125T100000Z", "2026-W48-3T10:00"):
+        assert parse_instant(text) == event_ms(text), text

@@ -32,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pyarrow as pa
 
+from clicklake.platform.timeutil import DateOnly, from_iso
+
 TS = pa.timestamp("ms", tz="UTC")
 
 MALFORMED = "malformed"
@@ -134,11 +136,11 @@ def _checked_ms(ms: int, name: str) -> int:
 
 def _iso_ms(value: str, name: str) -> int:
     try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise Rejected(BAD_TYPE, f"{name}: {value[:40]!r} is not ISO-8601") from None
-    if len(value) <= 10:  # every ISO date-time is longer than the longest date, YYYY-MM-DD
-        raise Rejected(BAD_TYPE, f"{name}: {value!r} is a date without a time")
+        dt = from_iso(value)
+    except DateOnly:
+        raise Rejected(BAD_TYPE, f"{name}: {value!r} is a date without a time") from None
+    except ValueError as exc:
+        raise Rejected(BAD_TYPE, f"{name}: {exc}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     try:

@@ -36,25 +36,61 @@ def iso(ms: int) -> str:
     return to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def parse_instant(text: str) -> int:
-    """Parse a user-given instant: ISO-8601 (naive means UTC) or epoch milliseconds."""
+# An ISO-8601 date (calendar or week, extended or basic), then T (or t, or a space) and the
+# hour. `datetime.fromisoformat` takes any one character between the date and the time, so a
+# date with an offset, 2026-11-25+05:00, read as 05:00 on that day: a silent ten-hour shift.
+_ISO_DATE = r"(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}-W\d{2}-\d|\d{4}W\d{3})"
+_ISO_DATE_ONLY = re.compile(_ISO_DATE, re.ASCII)
+_ISO_DATE_TIME = re.compile(_ISO_DATE + r"[Tt ]\d", re.ASCII)
+
+
+class DateOnly(ValueError):
+    """An ISO-8601 date without a time, where an instant is asked for."""
+
+
+def from_iso(text: str, date_only: bool = False) -> datetime:
+    """`datetime.fromisoformat` of an ISO-8601 date and time (naive or with an offset; "Z" is
+    read by 3.11), after checking its shape: ValueError for anything else, `DateOnly` for a
+    date alone unless `date_only` (then its midnight: a command line's day)."""
+    if not text.isascii():
+        raise ValueError(f"{text[:40]!r} is not ISO-8601 (characters outside ASCII)")
+    if _ISO_DATE_TIME.match(text):
+        return datetime.fromisoformat(text)
+    if _ISO_DATE_ONLY.fullmatch(text):
+        if date_only:
+            return datetime.fromisoformat(text)
+        raise DateOnly(f"{text!r} is a date without a time")
+    if _ISO_DATE_ONLY.match(text):
+        raise ValueError(f"{text[:40]!r} is not an ISO-8601 date and time (a date, then T and "
+                         "the time)")
+    raise ValueError(f"{text[:40]!r} is not ISO-8601")
+
+
+def parse_instant(text: str, date_only: bool = True) -> int:
+    """Parse a user-given instant: ISO-8601 (naive means UTC) or epoch milliseconds (ASCII
+    digits). A date alone is its midnight, unless not `date_only` (ValueError then)."""
     text = text.strip()
+    if not text.isascii():
+        raise ValueError(f"{text[:40]!r} is neither ISO-8601 nor epoch ms (non-ASCII)")
     if text.lstrip("-").isdigit():
         return int(text)
-    return to_ms(datetime.fromisoformat(text))  # 3.11 reads a "Z" suffix
+    return to_ms(from_iso(text, date_only))
 
 
 MIN_INSTANT_MS = 946_684_800_000  # 2000-01-01: older instants are certainly a unit mistake
 MAX_CLOCK_SKEW_MS = 5 * 60_000  # how far ahead of this clock a caller's instant may be
 
 
-def parse_bounded_instant(text: str, max_future_ms: int, now_ms: int) -> int:
+def parse_bounded_instant(text: str, max_future_ms: int, now_ms: int,
+                          date_only: bool = True) -> int:
     """`parse_instant` of a caller's instant, from 2000-01-01 to `max_future_ms` after `now_ms`;
     ValueError with a message (an unbounded one cost a time-travel read a walk per hour to it)."""
     if len(text) > 40:
         raise ValueError("too long for an instant")
     try:
-        ms = parse_instant(text)
+        ms = parse_instant(text, date_only)
+    except DateOnly:
+        raise ValueError("a date without a time") from None
     except (ValueError, OverflowError, OSError):
         raise ValueError("neither ISO-8601 nor epoch milliseconds") from None
     return bounded_instant(ms, max_future_ms, now_ms)
@@ -101,7 +137,9 @@ def hive_hours(keys) -> list[int]:
 __all__ = [
     "HOUR_MS",
     "MINUTE_MS",
+    "DateOnly",
     "floor_hour",
+    "from_iso",
     "hive_hour_of",
     "hive_hour_path",
     "hive_hours",

@@ -56,7 +56,8 @@ def now_ms() -> int:
 def parse_ts(value: int | str, max_future_ms: int = MAX_FUTURE_MS) -> int:
     """Epoch ms from an int or a string (ISO-8601 or digits); ValueError with a message."""
     if isinstance(value, str):
-        return parse_bounded_instant(value, max_future_ms, now_ms())
+        # An impression's time, as the event contract reads one: no date alone for midnight.
+        return parse_bounded_instant(value, max_future_ms, now_ms(), date_only=False)
     return bounded_instant(value, max_future_ms, now_ms())
 
 
