@@ -222,3 +222,35 @@ def test_write_and_read_file(tmp_path):
     key = firehose_key("clicks", H13, UUID)
     landing.write_file(store, key, LINES[:4])
     assert landing.read_lines(store, key).lines == LINES[:4]
+
+
+def test_keys_outside_the_hour_folders_are_landing_files_for_neither_path(tmp_path):
+    """A key beside the hour folders, in a folder of its own above them, or below an hour
+    folder: the raw layer, which lists the hour folders, never read such a file, while the
+    online fold (listing the whole prefix) folded it: 3 impressions online, 1 in the lake."""
+    import orjson
+
+    from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+    from clicklake.platform.raw import build_raw_partition
+
+    store = Store(str(tmp_path))
+    name = f"impressions-1-2026-11-25-13-05-00-{UUID}.gz"
+    keys = {"firehose": firehose_key("impressions", H13 + 5 * 60_000, UUID),
+            "beside": f"landing/impressions/{name}",
+            "replay": f"landing/impressions/replay/2026/11/25/13/{name}",
+            "below": f"landing/impressions/2026/11/25/13/again/{name}",
+            "unknown_stream": f"landing/views/2026/11/25/13/{name}"}
+    for n, (what, key) in enumerate(keys.items()):
+        landing.write_file(store, key, [orjson.dumps({
+            "impression_id": f"i-{what}", "ts": H13 + 60_000 * (n + 1), "user_id": "u1",
+            "campaign_id": "c1"})])
+    assert [landing.layout_file(k) is not None for k in keys.values()] == [
+        True, False, False, False, False]
+    assert landing.layout_file(keys["firehose"])[1] == "impressions"
+    assert [lf.key for lf in list_hour(store, "impressions", H13)] == [keys["firehose"]]
+    raw = build_raw_partition(store, "impressions", H13)
+    assert raw.table["impression_id"].to_pylist() == ["i-firehose"]
+    state = SqliteState(str(tmp_path / "online.db"))
+    report = fold_files(state, store, store.list("landing/"))
+    assert (report.files, report.skipped) == (1, 4)
+    assert OnlineFeatures(state).profile("u1", H13 + HOUR_MS, lists=False)["impressions"] == 1

@@ -96,12 +96,31 @@ def parse_key(key: str) -> LandingFile | None:
     return None
 
 
+def layout_file(key: str, prefix: str = DEFAULT_PREFIX) -> tuple[LandingFile, str] | None:
+    """(file, stream) of a key laid out as Firehose writes, `<prefix>/<stream>/YYYY/MM/DD/HH/
+    <name>` with a known stream; None for any other key. A file elsewhere under the prefix (a
+    replay folder, a file beside the hour folders or below them) is in no hour folder the raw
+    layer reads: the online fold must not count it either, or the two would disagree."""
+    if not key.startswith(prefix + "/"):
+        return None
+    parts = key[len(prefix) + 1:].split("/")
+    if len(parts) != 6 or parts[0] not in STREAMS:
+        return None
+    lf = parse_key(key)
+    # parse_key takes the folder's hour over a name's that disagrees; a folder that is no
+    # date leaves the name's, which is then in another folder.
+    if lf is None or not key.startswith(hour_prefix(parts[0], floor_hour(lf.arrival_ms), prefix)):
+        return None
+    return lf, parts[0]
+
+
 def list_hour(
     store: Store, stream: str, hour_ms: int, prefix: str = DEFAULT_PREFIX
 ) -> list[LandingFile]:
-    """Landing files of one arrival hour, in arrival order."""
-    files = [parse_key(k) for k in store.list(hour_prefix(stream, hour_ms, prefix))]
-    return sorted(f for f in files if f is not None)
+    """Landing files of one arrival hour, in arrival order (keys in folders below the hour's
+    are not landing files: `layout_file`)."""
+    files = [layout_file(k, prefix) for k in store.list(hour_prefix(stream, hour_ms, prefix))]
+    return sorted(f[0] for f in files if f is not None)
 
 
 def list_hours(
@@ -198,5 +217,5 @@ def write_file(store: Store, key: str, lines: list[bytes]) -> None:
 
 def landed_hours(store: Store, stream: str, prefix: str = DEFAULT_PREFIX) -> list[int]:
     """Arrival hours (epoch ms, ascending) that hold at least one file of `stream`."""
-    files = (parse_key(k) for k in store.list(f"{prefix}/{stream}/"))
-    return sorted({f.arrival_ms - f.arrival_ms % HOUR_MS for f in files if f is not None})
+    files = (layout_file(k, prefix) for k in store.list(f"{prefix}/{stream}/"))
+    return sorted({floor_hour(f[0].arrival_ms) for f in files if f is not None})

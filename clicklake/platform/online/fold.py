@@ -627,14 +627,15 @@ class FoldReport:
 def order_files(keys: Iterable[str], prefix: str = landing.DEFAULT_PREFIX
                 ) -> tuple[list[tuple[landing.LandingFile, str]], list[str]]:
     """Landing keys in fold order (arrival, key) with their stream; and the keys that are not
-    landing files of a known stream. A key listed twice is folded once."""
+    landing files of a known stream, in the hour folders the raw layer reads
+    (`landing.layout_file`). A key listed twice is folded once."""
     good, bad = [], []
     for k in dict.fromkeys(keys):
-        lf, stream = landing.parse_key(k), stream_of_key(k, prefix)
-        if lf is None or stream is None:
+        found = landing.layout_file(k, prefix)
+        if found is None:
             bad.append(k)
         else:
-            good.append((lf, stream))
+            good.append(found)
     return sorted(good), bad
 
 

@@ -178,7 +178,8 @@ def _arrival(key: str) -> int | None:
 def _listed(store: Store, stream: str, since_ms: int | None, prefix: str,
             before_ms: int | None = None) -> list[tuple[int, str]]:
     """(arrival, key) of the stream's landing keys in the hour folders from since_ms's on (all
-    of them when None), and before before_ms's hour when given; keys that say no time left out."""
+    of them when None), and before before_ms's hour when given; keys that are no landing file
+    (`landing.layout_file`) left out."""
     if since_ms is None:
         keys = store.list(f"{prefix}/{stream}/")
     else:
@@ -187,7 +188,9 @@ def _listed(store: Store, stream: str, since_ms: int | None, prefix: str,
             end = landing.hour_prefix(stream, before_ms, prefix)
             folders = [f for f in folders if f < end]
         keys = [k for folder in folders for k in store.list(folder)]
-    return [(a, k) for k in keys if (a := _arrival(k)) is not None]
+    # Only keys in the hour folders the raw layer reads: the fold skips any other.
+    return [(f[0].arrival_ms, k) for k in keys if (f := landing.layout_file(k, prefix))
+            is not None]
 
 
 @dataclass
