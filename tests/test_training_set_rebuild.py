@@ -69,3 +69,46 @@ def test_a_rebuild_that_died_is_refused_until_built_again(tmp_path, monkeypatch)
     ts, _ = build_training_set(store, HOURS, 2, _hour, 900, set_id="ts-same")
     assert latest_training_set(store).manifest.validation_hours == ts.manifest.validation_hours
     assert len(ts.manifest.validation_hours) == 2
+
+
+def test_a_rebuild_that_died_before_its_pointer_gives_its_own_counts(tmp_path, monkeypatch):
+    """The row and click counts came from the pointer, written after the manifest: a rebuild
+    under the same id (another split) that died between the two left a complete set with the
+    previous build's counts, so click_model took another base rate (0.58 for 0.54) and trained
+    another model. The counts are the manifest's, and those of the CSV parts."""
+    store = Store(str(tmp_path))
+    build_training_set(store, HOURS, 4, _hour, 900, set_id="ts-same")
+    real = store.write_bytes
+
+    def dies_at_the_pointer(key, data):
+        if key.endswith("training_sets/latest.json"):
+            raise ConnectionError("the worker died")
+        return real(key, data)
+
+    monkeypatch.setattr(store, "write_bytes", dies_at_the_pointer)
+    with pytest.raises(ConnectionError):
+        build_training_set(store, HOURS, 2, _hour, 900, set_id="ts-same")
+    monkeypatch.setattr(store, "write_bytes", real)
+    ts = latest_training_set(store)
+    y, _ = read_sagemaker_csv([store.read_bytes(k) for k in store.list(ts.train_prefix)],
+                              ts.manifest.n_features)
+    assert (ts.stats["train_rows"], ts.stats["train_clicks"]) == (len(y), int(y.sum()))
+    assert len(ts.manifest.train_hours) == 6
+
+
+def test_a_manifest_without_counts_takes_the_pointers_only_when_they_agree(tmp_path):
+    """A set built before the manifest held its click counts: the pointer's are taken when its
+    row counts are the manifest's; otherwise the set is refused, to be built again."""
+    import orjson
+
+    store = Store(str(tmp_path))
+    ts, stats = build_training_set(store, HOURS, 2, _hour, 900, set_id="ts-old")
+    key = f"{ts.root}/manifest.json"
+    old = orjson.loads(store.read_bytes(key))
+    del old["train_clicks"], old["validation_clicks"]
+    store.write_bytes(key, orjson.dumps(old))
+    assert latest_training_set(store).stats == stats
+    old["train_rows"] += 1
+    store.write_bytes(key, orjson.dumps(old))
+    with pytest.raises(FileNotFoundError, match="materialize training_set again"):
+        latest_training_set(store)

@@ -132,6 +132,8 @@ def build_training_set(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         train_rows=stats["train_rows"],
         validation_rows=stats["validation_rows"],
+        train_clicks=stats["train_clicks"],
+        validation_clicks=stats["validation_clicks"],
     )
     store.write_parquet(f"{root}/validation_rows.parquet", pa.concat_tables(validation_rows))
     store.write_bytes(f"{root}/manifest.json", manifest.to_json())
@@ -150,7 +152,21 @@ def latest_training_set(store: Store, prefix: str = "lake") -> TrainingSet:
         raise FileNotFoundError(f"training set {pointer['set_id']} has no manifest: its last "
                                 "build did not finish; materialize training_set again")
     manifest = FeatureManifest.from_json(store.read_bytes(manifest_key))
-    return TrainingSet(pointer["set_id"], pointer["root"], manifest, pointer.get("stats", {}))
+    # The counts come from the manifest, written last with the parts: a rebuild under the same
+    # id that died before the pointer left the previous build's counts there (another base
+    # rate, so another model).
+    stats = {"train_rows": manifest.train_rows, "validation_rows": manifest.validation_rows,
+             "train_clicks": manifest.train_clicks,
+             "validation_clicks": manifest.validation_clicks}
+    if manifest.train_clicks is None or manifest.validation_clicks is None:  # an older manifest
+        held = pointer.get("stats", {})
+        if any(held.get(k) != stats[k] for k in ("train_rows", "validation_rows")):
+            raise FileNotFoundError(
+                f"training set {pointer['set_id']}: its pointer's counts are not its manifest's "
+                "(a rebuild died before the pointer); materialize training_set again")
+        stats.update(train_clicks=held.get("train_clicks", 0),
+                     validation_clicks=held.get("validation_clicks", 0))
+    return TrainingSet(pointer["set_id"], pointer["root"], manifest, stats)
 
 
 def validation_matrix(store: Store, ts: TrainingSet, vocabularies: dict[str, list[str]],

@@ -25,6 +25,9 @@ class FeatureManifest:
     created_at: str = ""  # ISO-8601 UTC
     train_rows: int = 0
     validation_rows: int = 0
+    # None in a manifest written before they were recorded here (its pointer held them).
+    train_clicks: int | None = None
+    validation_clicks: int | None = None
     version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:
