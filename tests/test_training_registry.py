@@ -73,3 +73,28 @@ def test_registry_on_s3(moto_endpoint, s3_bucket):
     _round_trip(
         Store(f"s3://{s3_bucket}/root", S3Options(endpoint_url=moto_endpoint, region="us-east-1"))
     )
+
+
+def test_a_promotion_whose_history_record_was_lost_is_recorded_by_the_rerun(tmp_path,
+                                                                            monkeypatch):
+    """The pointer is written, then the history record: a run that died in between left the
+    champion moved with no promotion in the (append-only) history, and its rerun, finding the
+    champion already that model, wrote none."""
+    store = Store(str(tmp_path))
+    registry.register(store, "m1", pack_model(b"one"), MANIFEST, {"auc": 0.7})
+    real = store.write_bytes
+
+    def dies_after_the_pointer(key, data):
+        if "/history/" in key and key.endswith("-promoted.json"):
+            raise ConnectionError("the run died")
+        return real(key, data)
+
+    monkeypatch.setattr(store, "write_bytes", dies_after_the_pointer)
+    with pytest.raises(ConnectionError):
+        registry.promote(store, "m1")
+    monkeypatch.setattr(store, "write_bytes", real)
+    assert registry.champion(store).model_id == "m1"
+    registry.promote(store, "m1")
+    registry.promote(store, "m1")  # and once only
+    assert [(r.model_id, r.status) for r in registry.history(store)] == [
+        ("m1", "registered"), ("m1", "promoted")]

@@ -131,7 +131,12 @@ def promote(store: Store, model_id: str, prefix: str = "lake", reason: str = "",
     _require(store, model_id, prefix)
     current = champion(store, prefix)
     if current is not None and current.model_id == model_id:
-        return current  # promoted again (a rerun of the deployment): nothing changes
+        # Promoted again (a rerun of the deployment): nothing changes, unless the run that
+        # moved the pointer died before its history record, which is written now.
+        if not any(r.model_id == model_id and r.status == PROMOTED
+                   and r.created_at >= current.created_at for r in history(store, prefix)):
+            _event(store, prefix, model_id, PROMOTED, reason, current.metrics)
+        return current
     verdict = gate_verdict(store, model_id, prefix)
     if verdict is not None and verdict.status == REJECTED and not force:
         raise ValueError(f"model {model_id!r} was rejected ({verdict.reason}): promote it with "
