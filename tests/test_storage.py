@@ -239,3 +239,41 @@ def test_read_of_missing_key_raises(store):
         store.read_bytes("missing/key")
     with pytest.raises((FileNotFoundError, OSError)):
         pq.read_table(store.path("missing.parquet"), filesystem=store.fs)
+
+
+def test_an_s3_move_killed_halfway_leaves_nothing_in_the_data_folder(moto_endpoint, s3_bucket,
+                                                                     monkeypatch):
+    """S3's move is a copy, then a delete: a process killed between the two left a whole copy
+    of the object beside it (`<key>.tmp-<hex>`), hidden from `Store.list` but not from a
+    reader listing the folder itself (a SageMaker channel read a training hour twice). The
+    temporary key is outside every data prefix now (the deployment expires it)."""
+    store = Store(f"s3://{s3_bucket}", S3Options(endpoint_url=moto_endpoint, region="us-east-1"))
+    monkeypatch.setattr(storage, "S3_ONE_PART_BYTES", 1000)
+
+    class Killed(BaseException):
+        pass
+
+    class DiesAfterTheCopy:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def move(self, src, dest):
+            self.fs.copy_file(src, dest)
+            raise Killed  # the delete of `src` never happens
+
+        def delete_file(self, path):
+            raise Killed  # nor any clean-up: the process is gone
+
+    real = store.fs
+    store.fs = DiesAfterTheCopy(real)
+    with pytest.raises(Killed):
+        store.write_bytes("lake/training_sets/s/train/part-1.csv", b"1,0\n" * 1000)
+    store.fs = real
+    folder = real.get_file_info(pafs.FileSelector(store.path("lake/training_sets/s/train"),
+                                                  recursive=True))
+    assert [i.base_name for i in folder] == ["part-1.csv"]
+    left = real.get_file_info(pafs.FileSelector(store.path(storage.S3_TEMP_PREFIX)))
+    assert len(left) == 1 and store.list("") == ["lake/training_sets/s/train/part-1.csv"]

@@ -27,6 +27,9 @@ _TEMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
 # Below this, pyarrow uploads an S3 object in one part (its parts are at least 5 MiB): an upload
 # that fails publishes nothing.
 S3_ONE_PART_BYTES = 5 << 20
+# Where larger S3 objects are uploaded before their move into place (the deployment's
+# lifecycle rule expires what a killed process left there).
+S3_TEMP_PREFIX = ".tmp"
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,10 @@ class Store:
                 write(out)
             return
         if self.is_s3:
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # `_TEMP`: hidden from listings
+            # Outside every data prefix: S3's move is a copy then a delete, and a process killed
+            # between the two left a whole copy beside the object, which a reader listing the
+            # folder itself (a SageMaker channel, Athena) took for data.
+            tmp = f"{self.base}/{S3_TEMP_PREFIX}/{uuid.uuid4().hex}.tmp-{uuid.uuid4().hex}"
             try:
                 with self.fs.open_output_stream(tmp, compression=None, metadata={}) as out:
                     write(out)
