@@ -46,12 +46,15 @@ def test_a_timestamp_past_year_9999_rejects_its_row_only(tmp_path):
         ("u1", H10), ("u3", H10 + 1_000)]
 
 
-def test_a_date_past_year_9999_rejects_its_row_only(tmp_path):
-    days = H10 // 86_400_000
-    d = pa.array([days, 10**8, -(10**8)], pa.date32())
-    _, r = run(tmp_path, pa.table({"t": d, "u": ["u1", "u2", "u3"], "c": ["c"] * 3}))
-    assert (r.impressions, r.bad_rows) == (1, {"bad_time": 2})
-    assert [(line, reason) for line, reason, _ in rejects(r)] == [(2, "bad_time"), (3, "bad_time")]
+def test_a_date_past_year_9999_is_a_bad_time_and_loses_no_row_where_unmapped(tmp_path):
+    d = pa.array([10**8, -(10**8)], pa.date32())
+    t = pa.array([H10, H10], pa.timestamp("ms", tz="UTC"))
+    _, r = run(tmp_path, pa.table({"t": t, "d": d, "u": ["u1", "u2"], "c": ["c"] * 2}))
+    assert (r.impressions, r.bad_rows) == (2, {})  # unmapped: read, kept in the row identity
+    _, r = run(tmp_path, pa.table({"t": d, "u": ["u2", "u3"], "c": ["c"] * 2}), "mapped")
+    assert (r.impressions, r.bad_rows) == (0, {"bad_time": 2})
+    assert [(line, reason) for line, reason, _ in rejects(r)] == [(1, "bad_time"), (2, "bad_time")]
+    assert "outside the years 1-9999" in rejects(r)[0][2]
 
 
 def test_an_out_of_range_value_in_an_unmapped_column_loses_no_row(tmp_path):

@@ -98,7 +98,7 @@ def test_exposure_per_row_csv_with_click_times(tmp_path):
     assert raw_totals(store, r.hours) == {"impressions": (4, 0), "clicks": (2, 0)}
 
 
-def test_landing_files_are_five_minute_buffers_keyed_by_their_start(tmp_path):
+def test_landing_files_are_five_minute_buffers_keyed_by_their_last_event(tmp_path):
     log = tmp_path / "log.csv"
     log.write_bytes(CSV_A)
     store = Store(str(tmp_path / "data"))
@@ -106,12 +106,13 @@ def test_landing_files_are_five_minute_buffers_keyed_by_their_start(tmp_path):
     keys = store.list("landing/impressions")
     times = sorted(landing.parse_key(k).arrival_ms for k in keys)
     assert times == [H10 + 5 * 60_000, H10 + 10 * 60_000, H10 + 20 * 60_000,
-                     H10 + HOUR_MS + 55 * 60_000]
-    # every event sits in the buffer that starts at or before it, less than 5 minutes earlier
+                     H10 + HOUR_MS + 59 * 60_000 + 30_000]
+    # every event sits in a 5-minute buffer, in a file that arrives at or after it, that hour
     for key in keys:
         arrival = landing.parse_key(key).arrival_ms
         for line in landing.read_lines(store, key).lines:
-            assert 0 <= orjson.loads(line)["ts"] - arrival < 5 * 60_000
+            ts = orjson.loads(line)["ts"]
+            assert 0 <= arrival - ts < 5 * 60_000 and arrival // HOUR_MS == ts // HOUR_MS
 
 
 def test_reimport_writes_identical_keys_and_bytes(tmp_path):

@@ -13,6 +13,7 @@ from clicklake.cli.params import CONTEXT, FiniteFloat, check_root, parse_start
 from clicklake.platform.importer import (
     MappingError,
     ReadError,
+    ShiftError,
     load_mapping_dict,
     mapping_from_dict,
     merge,
@@ -21,7 +22,8 @@ from clicklake.platform.importer import import_log as run_import
 from clicklake.platform.storage import S3Options, Store
 from clicklake.platform.timeutil import iso
 
-FORMATS = "iso, epoch_s, epoch_ms, yymmddhh or a strptime pattern such as '%d/%m/%Y %H:%M'"
+FORMATS = ("iso, epoch_s, epoch_ms, yymmddhh or a strptime pattern such as '%d/%m/%Y %H:%M' "
+           "(%z for a numeric offset; %Z, a zone name, is refused)")
 
 
 def _tqdm(desc: str, total: int, unit: str):
@@ -50,8 +52,9 @@ def _tqdm(desc: str, total: int, unit: str):
 @click.option("--click-time", help="Column with the click (or conversion) time; empty = none.")
 @click.option("--click-time-format", help="Format of --click-time (default: --time-format).")
 @click.option("--label", help="0/1 click label column; a 1 makes a click at time + delay.")
-@click.option("--click-delay", type=FiniteFloat(), help="Seconds from impression to a labelled click "
-                                                "(default 30; keep it inside the label window).")
+@click.option("--click-delay", type=FiniteFloat(),
+              help="Seconds from impression to a labelled click, floored to whole ms (default 30; "
+                   "0.001 to 86400; keep it inside the label window).")
 @click.option("--delimiter", help="CSV field delimiter (default ','; 'tab' for TSV).")
 @click.option("--clicks", "clicks_file", type=click.Path(exists=True, dir_okay=False),
               help="Separate clicks table (CSV or Parquet) joined to the impressions by id.")
@@ -70,7 +73,8 @@ def _tqdm(desc: str, total: int, unit: str):
                                "(default: file name + hash of its path). Same source = replace. "
                                "Letters, digits, '.', '_' and '-', not starting with '.'.")
 @click.option("--shift-to", help="Move all times by whole weeks so the first event falls on or "
-                                 "after this instant (ISO), keeping hour of day and weekday.")
+                                 "after this instant (ISO), keeping hour of day and weekday; "
+                                 "refused if the last event would reach 2100.")
 @click.option("--tmp-dir", type=click.Path(file_okay=False, exists=True),
               help="Scratch folder for the sort (an existing one).")
 @click.option("--memory-limit", default="512MB", show_default=True,
@@ -141,6 +145,9 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
                             progress=_tqdm if (sys.stderr.isatty() if progress is None
                                                else progress) else _no_bar,
                             keep_rejects=max(0, show_rejects))
+    except ShiftError as exc:  # found once the times are known; nothing was written
+        raise click.BadParameter(str(exc).removeprefix("--shift-to "),
+                                 param_hint="--shift-to") from None
     except (ReadError, MappingError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the root cannot be written (an unreachable S3 endpoint, say)

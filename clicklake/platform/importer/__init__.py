@@ -9,7 +9,7 @@ from clicklake.platform.importer.mapping import (
     merge,
 )
 from clicklake.platform.importer.readers import ReadError
-from clicklake.platform.importer.run import ImportReport, default_source, import_log
+from clicklake.platform.importer.run import ImportReport, ShiftError, default_source, import_log
 
 __all__ = [
     "ClicksMapping",
@@ -17,6 +17,7 @@ __all__ = [
     "Mapping",
     "MappingError",
     "ReadError",
+    "ShiftError",
     "default_source",
     "import_log",
     "load_mapping_dict",

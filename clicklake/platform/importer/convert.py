@@ -15,8 +15,14 @@ from decimal import Decimal
 from typing import Any
 
 from clicklake.platform.events import COST_MAX
-from clicklake.platform.importer.mapping import ClicksMapping, Mapping
+from clicklake.platform.importer.mapping import (
+    ClicksMapping,
+    Mapping,
+    check_time_format,
+    click_delay_ms,
+)
 from clicklake.platform.importer.readers import RAW_KEEP, OutOfRange, Problem, ReadError
+from clicklake.platform.timeutil import DateOnly, from_iso
 
 # The event contract's range; outside it is almost always a wrong --time-format (seconds read as
 # ms, ...), and the raw layer would quarantine such events anyway.
@@ -76,8 +82,8 @@ def parse_time(value: Any, fmt: str, name: str) -> int:
 def _parse_time(value: Any, fmt: str) -> int:
     if isinstance(value, datetime):  # a typed Parquet timestamp needs no format
         return _ms(value)
-    if isinstance(value, date):
-        return _ms(datetime(value.year, value.month, value.day))
+    if isinstance(value, date):  # a Parquet date32/date64: no time of day, as a CSV date
+        raise _DateOnly(value)
     if isinstance(value, bool):
         raise TypeError("boolean")
     text = value.strip() if isinstance(value, str) else None
@@ -94,13 +100,14 @@ def _parse_time(value: Any, fmt: str) -> int:
     if text is None:
         raise ValueError("not text")
     if fmt == "iso":
-        dt = datetime.fromisoformat(text)
-        if len(text) <= 10:
-            # Every ISO date-time is longer than the longest date (YYYY-MM-DD): a date alone
-            # (2025-06-02, 20121010) is refused as the event contract refuses it, not read as
-            # midnight, which would be a silent guess (often a forgotten --time-format).
-            raise _DateOnly(text)
-        return _ms(dt)
+        try:
+            # The event contract's shape check (`timeutil.from_iso`): a date alone (2025-06-02,
+            # 20121010) is refused, not read as midnight, which would be a silent guess (often
+            # a forgotten --time-format); so is a date with an offset, which Python reads as a
+            # time of that day.
+            return _ms(from_iso(text))
+        except DateOnly:
+            raise _DateOnly(text) from None
     return _ms(datetime.strptime(text, fmt))
 
 
@@ -243,7 +250,9 @@ class ImpressionConverter:
         self.id, self.ip, self.ua, self.cost = one(m.id), one(m.ip), one(m.user_agent), one(m.cost)
         self.click_time, self.label = one(m.click_time), one(m.label)
         self.click_fmt = m.click_time_format or m.time_format
-        self.delay_ms = round(m.click_delay_s * 1000)
+        for fmt, key in ((m.time_format, "time_format"), (self.click_fmt, "click_time_format")):
+            check_time_format(fmt, key)  # also for a Mapping built without mapping_from_dict
+        self.delay_ms = click_delay_ms(m.click_delay_s)  # floored, not rounded, and >= 1 ms
 
     def convert(self, line_no: int, values: list[Any]) -> ImpressionRow | Problem:
         m = self.m
@@ -325,6 +334,7 @@ class ClickConverter:
     def __init__(self, c: ClicksMapping, default_fmt: str, columns: list[str], path: str,
                  delimiter: str = ","):
         self.c, self.fmt, self.delimiter = c, c.time_format or default_fmt, delimiter
+        check_time_format(self.fmt, "clicks.time_format")
         ix = lambda names: _index(columns, names, path)
         self.time, self.imp = ix((c.time,))[0], ix((c.impression_id,))[0]
         self.id = ix((c.id,))[0] if c.id else None

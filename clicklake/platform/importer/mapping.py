@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 import yaml
@@ -52,10 +53,49 @@ def _time_format(value: Any, key: str) -> str | None:
     if fmt.lower() in TIME_FORMATS:
         return fmt.lower()
     if "%" in fmt:
+        check_time_format(fmt, key)
         return fmt
     raise MappingError(
         f"{key}: {value!r} is not one of {', '.join(TIME_FORMATS)} or a strptime pattern with %"
     )
+
+
+def check_time_format(fmt: str, key: str) -> None:
+    """Refuse %Z: strptime matches only UTC, GMT and this machine's zone names and drops the
+    zone, so the instant would depend on the machine's TZ."""
+    directives = fmt.split("%%")  # "%%Z" is a literal "%Z", not the directive
+    if any("%Z" in part for part in directives):
+        raise MappingError(
+            f"{key}: {fmt!r} has %Z (a time zone name), which strptime matches only for UTC, "
+            "GMT and this machine's zone and then ignores; use %z, a numeric offset such as "
+            "-0500, +05:30 or Z (a time without an offset is UTC)"
+        )
+
+
+MAX_CLICK_DELAY_MS = 24 * 3_600_000  # far past any label window; keeps click times in range
+
+
+def click_delay_ms(value: Any, key: str = "click_delay") -> int:
+    """Seconds → whole ms, floored exactly: Decimal of the text (a float by its shortest repr,
+    as written), since rounding 900.0009 s gave 900001 ms, past a 15-minute label window."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise MappingError(f"{key}: {value!r} is not a number")
+    try:
+        x = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    except InvalidOperation:
+        raise MappingError(f"{key}: {value!r} is not a number") from None
+    if not x.is_finite():
+        raise MappingError(f"{key}: {value!r} is not finite")
+    if x > Decimal(MAX_CLICK_DELAY_MS) / 1000:
+        raise MappingError(f"{key}: {value!r} s is more than a day (the label window is at "
+                           "most an hour)")
+    with localcontext() as ctx:  # exact: no rounding to the default 28 digits
+        ctx.prec = len(x.as_tuple().digits) + 10
+        ms = int(x.scaleb(3).to_integral_value(rounding=ROUND_FLOOR))
+    if ms < 1:
+        raise MappingError(f"{key}: {value!r} s is under 1 ms; a labelled click must follow its "
+                           "impression by at least 1 ms (0.001 s)")
+    return ms
 
 
 def _number(value: Any, key: str) -> float | None:
@@ -145,6 +185,9 @@ def mapping_from_dict(d: dict[str, Any]) -> Mapping:
     delay = _number(d.get("click_delay"), "click_delay")
     if delay is not None and delay <= 0:
         raise MappingError("click_delay: must be more than 0 seconds (a click follows its impression)")
+    if delay is not None:
+        # stored as whole ms in seconds, so the converter's exact floor gives the same ms
+        delay = click_delay_ms(d["click_delay"]) / 1000
     scale = _number(d.get("cost_scale"), "cost_scale")
     if scale is not None and scale < 0:
         raise MappingError("cost_scale: must not be negative")

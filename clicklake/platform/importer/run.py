@@ -22,6 +22,8 @@ from clicklake.platform import landing
 from clicklake.platform.importer.convert import (
     CLICK_NOT_AFTER,
     CONFLICTING_ID,
+    MAX_TS,
+    MIN_TS,
     UNKNOWN_IMPRESSION,
     ClickConverter,
     ImpressionConverter,
@@ -40,6 +42,10 @@ MANIFESTS_PREFIX = "import-manifests"
 FAILED_REJECTS_PREFIX = f"{REJECTS_PREFIX}/failed"  # rejects of a run that imported nothing
 FIRST_REJECTS = 20
 UPLOAD_CHUNK = 1 << 20
+
+
+class ShiftError(ValueError):
+    """--shift-to would move event times out of 2000-2099; nothing was written."""
 
 
 class Progress(Protocol):
@@ -370,6 +376,16 @@ def _write(store: Store, r: Resolver, mapping: Mapping, source: str, prefix: str
     report.shift_ms = shift
     if times:
         report.first_ts, report.last_ts = min(times) + shift, max(times) + shift
+        # Checked after the shift, before any file: the raw layer refuses times outside 2000-2099.
+        if shift and report.last_ts >= MAX_TS:
+            latest = min(times) + (MAX_TS - 1 - max(times)) // WEEK_MS * WEEK_MS
+            raise ShiftError(f"--shift-to {iso(shift_to_ms)} moves the last event to "
+                             f"{iso(report.last_ts)}, past 2099 (event times from 2100 on are "
+                             f"refused); this log spans {iso(min(times))} .. {iso(max(times))}: "
+                             f"shift to {iso(latest)} or earlier")
+        if shift and report.first_ts < MIN_TS:
+            raise ShiftError(f"--shift-to {iso(shift_to_ms)} moves the first event to "
+                             f"{iso(report.first_ts)}, before 2000 (refused as a bad time)")
 
     hours: set[int] = set()
     keys: list[str] = []

@@ -1,10 +1,15 @@
 """Sorted events → Firehose-layout landing files, one per stream and 5-minute buffer.
 
-Each event goes into the buffer of its own event time and the key carries the buffer start as the
-arrival time, so the raw layer sees every imported event as on time (never `late`, never
-`future`). File names carry a uuid derived from the import's source tag, the stream, the buffer
-and a part number: re-importing the same source writes the same keys with the same bytes,
-replacing the earlier files instead of duplicating them.
+Each event goes into the buffer of its own event time (a buffer never spans an hour boundary).
+The key's arrival time is the file's last event time rounded up to the whole second (Firehose
+names carry seconds), at most the last whole second of the events' hour. So no event is ahead
+of its file's arrival (never `future`, whatever the future tolerance) and every file arrives in
+its events' own hour (never `late`, whatever the allowed lateness). The one exception a
+second-precision key cannot avoid: with a future tolerance of 0, an event inside the last
+second of an hour with a fraction (10:59:59.5) is up to 999 ms ahead of its file's 10:59:59.
+File names carry a uuid derived from the import's source tag, the stream, the buffer and a part
+number: re-importing the same source writes the same keys with the same bytes, replacing the
+earlier files instead of duplicating them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import uuid
 
 from clicklake.platform import landing
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import MINUTE_MS, floor_hour
+from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, floor_hour
 
 BUFFER_MS = 5 * MINUTE_MS
 MAX_LINES_PER_FILE = 100_000  # a busy buffer is cut into parts, so memory stays bounded
@@ -30,6 +35,9 @@ class BufferWriter:
 
     def __init__(self, store: Store, stream: str, source: str, prefix: str = landing.DEFAULT_PREFIX,
                  buffer_ms: int = BUFFER_MS, max_lines: int = MAX_LINES_PER_FILE):
+        if buffer_ms <= 0 or HOUR_MS % buffer_ms:
+            raise ValueError(f"buffer_ms {buffer_ms} must divide an hour (a buffer must not span "
+                             "two hours)")
         self.store, self.stream, self.source, self.prefix = store, stream, source, prefix
         self.buffer_ms, self.max_lines = buffer_ms, max_lines
         self.keys: list[str] = []
@@ -38,6 +46,7 @@ class BufferWriter:
         self._buffer: int | None = None
         self._part = 0
         self._lines: list[bytes] = []
+        self._last_ts = 0
 
     def add(self, ts: int, line: bytes) -> None:
         buf = ts - ts % self.buffer_ms
@@ -51,14 +60,20 @@ class BufferWriter:
             self._flush()
             self._part += 1
         self._lines.append(line)
+        self._last_ts = ts
         self.events += 1
+
+    def _arrival(self) -> int:
+        """The last event rounded up to the second, kept inside its hour (see the module doc)."""
+        up = -(-self._last_ts // 1000) * 1000
+        return min(up, floor_hour(self._buffer) + HOUR_MS - 1000)
 
     def _flush(self) -> None:
         if not self._lines:
             return
         key = landing.firehose_key(
-            self.stream, self._buffer, file_uuid(self.source, self.stream, self._buffer, self._part),
-            self.prefix,
+            self.stream, self._arrival(),
+            file_uuid(self.source, self.stream, self._buffer, self._part), self.prefix,
         )
         landing.write_file(self.store, key, self._lines)
         self.keys.append(key)
