@@ -103,14 +103,18 @@ def build_lake(root: str, users: int, hours: int, seed: int) -> dict:
     t_raw = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    snap, seg_prev = None, []
+    snap, seg_prev, snap_id = None, [], ""
     for i in range(hours):
         h = start + i * HOUR_MS
         imp = store.read_parquet(f"lake/raw/impressions/{_hive(h)}/part-0.parquet")
         clk = store.read_parquet(f"lake/raw/clicks/{_hive(h)}/part-0.parquet")
-        tile = tiles.build_user_hour_tiles(imp, clk, h)
+        # Stamped and linked as the user_hour_tiles and user_profiles assets write them (a
+        # labeled range folds a tile only where the snapshot says it folded that file).
+        tile = tiles.stamped(tiles.build_user_hour_tiles(imp, clk, h))
         store.write_parquet(tiles.tile_key(h), tile)
-        snap = profiles.fold_snapshot(snap, tile, h)
+        snap = profiles.stamp_snapshot(profiles.fold_snapshot(snap, tile, h), snap_id,
+                                       tiles.tile_id(tile))
+        snap_id = profiles.chain_link(snap.schema.metadata)[0]
         store.write_parquet(profiles.snapshot_key(h), snap,
                             row_group_size=profiles.DEFAULT_ROW_GROUP_USERS)
         events = segments.hour_segment_events(store, h)

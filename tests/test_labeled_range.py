@@ -348,3 +348,55 @@ def test_the_interner_survives_hash_collisions(monkeypatch):
     assert interner.codes(pa.array(["a", "b", "a"])).tolist() == [0, 1, 0]
     assert interner.codes(pa.array(["c", "b", "a", "c"])).tolist() == [2, 1, 0, 2]
     assert interner.codes(pa.array(["d", "b"]), add=False).tolist() == [-1, 1]
+
+
+def test_a_range_folds_a_tile_only_where_its_snapshot_folded_that_file(tmp_path, monkeypatch):
+    """A range folded tile file p into its carried snapshot, taking it for snapshot p. Raw p
+    rebuilt with a late file, its tiles rebuilt, and the user_profiles run of p died: snapshot
+    p was the old one, the tile the new, and labeled hour p + 1 had other features in a range
+    (a backfill) than alone (the automation), 9 rows of 32 in the review's lake. A snapshot
+    names the tile file and the snapshot it was folded on; a range folds only what matches,
+    and reads the snapshot otherwise."""
+    import dagster as dg
+
+    from clicklake.assets.profiles import profile_assets
+    from clicklake.assets.raw import raw_assets
+    from clicklake.platform import labeled, landing
+    from clicklake.platform.simulate import generate
+    from clicklake.platform.timeutil import hour_partition_key
+    from clicklake.resources.lake import LakeResource
+
+    start = 1_795_478_400_000  # 2026-11-24T00:00Z
+    h1, h2 = start + HOUR_MS, start + 2 * HOUR_MS
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=start, hours=4, users=80, seed=5)
+    late = sorted(store.list(landing.hour_prefix("impressions", h1)))[3]
+    data = store.read_bytes(late)
+    store.delete(late)  # it lands late, within the lateness
+    whole = {"dagster/asset_partition_range_start": hour_partition_key(start),
+             "dagster/asset_partition_range_end": hour_partition_key(start + 3 * HOUR_MS)}
+    tiles_asset = [a for a in profile_assets if a.key.path == ["user_hour_tiles"]]
+    reads = []
+    real_read = labeled._RangeCarry._read_snapshot
+    monkeypatch.setattr(labeled._RangeCarry, "_read_snapshot",
+                        lambda self, p: reads.append(p) or real_read(self, p))
+    with dg.instance_for_test() as instance:
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=whole, resources={"lake": lake},
+                                  instance=instance).success
+        # the chain as the assets wrote it: read once, then folded tile by tile
+        list(build_labeled_hours(store, [start, h1, h2]))
+        assert reads == []  # the first hour's snapshot is the empty history
+        list(build_labeled_hours(store, [h1, h2]))
+        assert reads == [start]
+        store.write_bytes(late, data)
+        one = {"partition_key": hour_partition_key(h1), "resources": {"lake": lake},
+               "instance": instance}
+        assert dg.materialize(raw_assets, **one).success
+        assert dg.materialize(tiles_asset, **one).success
+        # ... and the user_profiles run of h1 dies: its snapshot is the old one
+    alone = build_labeled_hour(store, h2)
+    reads.clear()
+    assert list(build_labeled_hours(store, [h1, h2]))[-1].equals(alone)
+    assert reads == [start, h1]

@@ -426,3 +426,63 @@ def test_a_tile_that_read_raw_before_its_rebuild_is_stale_however_late_it_record
                     for i in range(3))
     snap = store.read_parquet(profiles.snapshot_key(start + 2 * HOUR_MS))
     assert sum(snap["impressions"].to_pylist()) == raw_total
+
+
+def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path, monkeypatch):
+    """Rebuilding hour 1 refolds snapshots 2 and 3; a run that died writing 3 left it on the
+    old chain (129 lifetime impressions where raw has 134) and nothing said so. The refold
+    marks its start in the lake first and clears it once done; the chain's next run (here the
+    next hour's) finds the mark and folds the rest again before its own hour."""
+    import pyarrow.compute as pc
+
+    from clicklake.assets.raw import raw_assets
+    from clicklake.platform.simulate import generate
+
+    start = 1_795_478_400_000
+    hs = [start + i * HOUR_MS for i in range(5)]
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=start, hours=5, users=80, seed=5)
+    late = sorted(store.list(landing.hour_prefix("impressions", hs[1])))[3]
+    data = store.read_bytes(late)
+    store.delete(late)
+    first4 = {"dagster/asset_partition_range_start": hour_partition_key(hs[0]),
+              "dagster/asset_partition_range_end": hour_partition_key(hs[3])}
+    pick = [a for a in profile_assets if a.key.path == ["user_profiles"]]
+    tiles_asset = [a for a in profile_assets if a.key.path == ["user_hour_tiles"]]
+
+    def lifetime(h):
+        return pc.sum(store.read_parquet(profiles.snapshot_key(h))["impressions"]).as_py()
+
+    def raw_total(h):
+        return sum(raw.read_raw(store, "impressions", x).num_rows for x in hs if x <= h)
+
+    with dg.instance_for_test() as instance:
+        res = {"resources": {"lake": lake}, "instance": instance}
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=first4, **res).success
+        store.write_bytes(late, data)
+        one = {"partition_key": hour_partition_key(hs[1]), **res}
+        assert dg.materialize(raw_assets, **one).success
+        assert dg.materialize(tiles_asset, **one).success
+        real = Store.write_parquet
+
+        def dies_at_the_last(self, key, table, row_group_size=None):
+            if key == profiles.snapshot_key(hs[3]):
+                raise ConnectionError("the run died refolding the last snapshot")
+            return real(self, key, table, row_group_size)
+
+        monkeypatch.setattr(Store, "write_parquet", dies_at_the_last)
+        assert not dg.materialize(pick, raise_on_error=False, **one).success
+        monkeypatch.setattr(Store, "write_parquet", real)
+        assert lifetime(hs[2]) == raw_total(hs[2]) and lifetime(hs[3]) < raw_total(hs[3])
+        assert profiles.pending_refold(store) == hs[2]
+        nxt = {"partition_key": hour_partition_key(hs[4]), **res}
+        assert dg.materialize(raw_assets, **nxt).success
+        assert dg.materialize(tiles_asset, **nxt).success
+        result = dg.materialize(pick, **nxt)
+        assert result.success
+        assert [lifetime(h) for h in hs] == [raw_total(h) for h in hs]
+        assert profiles.pending_refold(store) is None
+        refolded = [e.materialization.partition for e in result.get_asset_materialization_events()]
+        assert refolded == [hour_partition_key(h) for h in hs[2:]]

@@ -79,7 +79,7 @@ def user_hour_tiles(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
         clk = _raw(store, "clicks", hour, prefix, missing)
         tile = tiles.build_user_hour_tiles(imp, clk, hour)
         key = tiles.tile_key(hour, prefix)
-        nbytes = store.write_parquet(key, tile)
+        nbytes = store.write_parquet(key, tiles.stamped(tile))
         context.add_asset_metadata({
             "dagster/row_count": tile.num_rows,
             "dagster/column_schema": column_schema(tile.schema),
@@ -122,12 +122,21 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     hours = run_hours(context)
     store, prefix = lake.store(), lake.lake_prefix
     built = hive_hours(store.list(f"{prefix}/profiles/user/"))
-    existing = [h for h in built if h < hours[0]]
+    # A refold of later snapshots that died part-way: those from its first hour before this
+    # run's are folded again first (those after are this run's later ones anyway).
+    pending = prof.pending_refold(store, prefix)
+    redo = ([h for h in built if pending <= h < hours[0]]
+            if pending is not None and "dagster/backfill" not in context.run.tags else [])
+    existing = [h for h in built if h < (redo[0] if redo else hours[0])]
     later = [h for h in built if h > hours[-1]]  # folded on the run's hours as they were
     retention_days = settings().retention_days
     chain = _Chain(context, store, prefix, config.row_group_users)
     if existing:
         chain.start_from(existing[-1])
+    if redo:
+        _finish_refold(context, chain, redo, built, hours)
+    elif pending is not None and not later and "dagster/backfill" not in context.run.tags:
+        prof.clear_refold(store, prefix)  # this run's hours are the marked ones and the last
     for hour in hours:  # in order: each hour folds into the snapshot just written
         meta = chain.fold(hour)
         cutoff = hour - retention_days * 24 * HOUR_MS
@@ -152,6 +161,7 @@ class _Chain:
         self.context, self.store, self.prefix = context, store, prefix
         self.row_group_users = row_group_users
         self.prev: pa.Table | None = None
+        self.prev_id = ""  # the chain identity of `prev` ("": an empty history)
         self.base: int | None = None
         self.incomplete: str | None = None  # the last snapshot's `inputs_incomplete`
         self.span = raw_span(store, prefix)
@@ -160,6 +170,8 @@ class _Chain:
     def start_from(self, base: int) -> None:
         self.base = base
         self.prev = self.store.read_parquet(prof.snapshot_key(base, self.prefix))
+        # An older clicklake's snapshot has no identity: what is folded on it links to none.
+        self.prev_id = prof.chain_link(self.prev.schema.metadata)[0] or "unknown"
         self.incomplete = incomplete_inputs(
             latest_materialization(self.context, "user_profiles", base, self.known))
 
@@ -215,10 +227,12 @@ class _Chain:
         for h in gap:
             prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing, h in stale), h)
         tile = _tile(store, hour, prefix, missing, hour in stale)
-        snap = prof.fold_snapshot(prev, tile, hour)
+        snap = prof.stamp_snapshot(prof.fold_snapshot(prev, tile, hour), self.prev_id,
+                                   tiles.tile_id(tile) or "")
         key = prof.snapshot_key(hour, prefix)
         nbytes = store.write_parquet(key, snap, row_group_size=self.row_group_users)
         self.prev, self.base = snap, hour
+        self.prev_id = prof.chain_link(snap.schema.metadata)[0]
         return {
             "dagster/row_count": snap.num_rows,
             "dagster/column_schema": column_schema(snap.schema),
@@ -239,6 +253,31 @@ class _Chain:
         }
 
 
+def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[int],
+                   built: list[int], hours: list[int]) -> None:
+    """Fold again the snapshots `redo` (before the run's hours) that a refold which died left
+    on the old chain, each with a materialization of its own. One that cannot be folded stops
+    it: they stay stale, said so, and the run's hours fold on the snapshot before them."""
+    context.log.warning(f"a refold of the user snapshots from {hour_partition_key(redo[0])} "
+                        f"did not finish: folding {len(redo)} of them again first")
+    for h in redo:
+        try:
+            meta = chain.fold(h)
+        except dg.Failure as exc:
+            stale = (f"snapshots from {hour_partition_key(h)} (a refold that did not finish, "
+                     f"and {exc.description})")
+            context.log.warning(f"later snapshots are stale: {stale}")
+            context.add_asset_metadata({"later_snapshots_stale": stale},
+                                       partition_key=hour_partition_key(hours[0]))
+            chain.start_from(max(b for b in built if b < hours[0]))
+            return
+        context.log_event(dg.AssetMaterialization(
+            asset_key=context.asset_key, partition=hour_partition_key(h),
+            metadata={**meta, "refolded_after": "a refold that did not finish"}))
+    if not [b for b in built if b > hours[-1]]:  # no later refold to clear the marker
+        prof.clear_refold(chain.store, chain.prefix)
+
+
 def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[int],
                   later: list[int]) -> None:
     """The snapshots after a run's hours were folded on those hours as they were before: fold
@@ -251,6 +290,7 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[
     if "dagster/backfill" not in context.run.tags:
         context.log.info(f"refolding the {len(todo)} snapshots after "
                          f"{hour_partition_key(last)}, folded on it as it was")
+        prof.mark_refold(chain.store, todo[0], chain.prefix)  # cleared below, once done
         while todo:
             try:
                 meta = chain.fold(todo[0])
@@ -262,6 +302,9 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[
             context.log_event(dg.AssetMaterialization(
                 asset_key=context.asset_key, partition=hour_partition_key(refolded[-1]),
                 metadata={**meta, "refolded_after": hour_partition_key(last)}))
+        # Done, or stopped at an hour that cannot be folded (said below): a next run would
+        # stop there too, so it is not asked to finish.
+        prof.clear_refold(chain.store, chain.prefix)
     # Labeled hour H reads snapshot H - 1: those built on the old snapshots are stale too
     # (the automation rebuilds the last day's; older ones are a backfill's job).
     labeled = [h + HOUR_MS for h in (*hours, *refolded)

@@ -40,6 +40,7 @@ from clicklake.platform.profiles import (
     CARRIED_COLUMNS,
     META_AS_OF,
     CarriedSnapshot,
+    chain_link,
     snapshot_key,
 )
 from clicklake.platform.raw import raw_key
@@ -51,7 +52,7 @@ from clicklake.platform.segments import (
 )
 from clicklake.platform.segments import UNKNOWN as UNKNOWN_SEGMENT
 from clicklake.platform.storage import Store
-from clicklake.platform.tiles import Interner, tile_key, ts_ms
+from clicklake.platform.tiles import Interner, tile_id, tile_key, ts_ms
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path, iso
 
 CATEGORICAL_INPUTS = ("country", "device_type", "os", "browser")
@@ -330,17 +331,25 @@ class _RangeCarry:
         p, s = fast
         state = self._snapshot
         if state is not None and state.as_of == s - HOUR_MS and p >= 0:
-            # snapshot(p) = fold(snapshot(p - 1), tiles(p)): the chain folds hour by hour
+            # snapshot(p) = fold(snapshot(p - 1), tiles(p)): the chain folds hour by hour -
+            # when snapshot p says it was folded from this tile file on the snapshot carried
+            # (a tile rebuilt since, or a snapshot on another predecessor, and the fold here
+            # would not be the stored snapshot a single hour reads: that is read instead).
             ahead = self.ahead.pop(("tile", p), None)
             tiles = ahead.result() if ahead is not None else _read_tile(
                 self.store, p, self.lake_prefix)
-            if tiles is not None:
+            own, parent, folded = chain_link(self.store.parquet_file(
+                snapshot_key(p, self.lake_prefix)).schema_arrow.metadata)
+            if (tiles is not None and own is not None and state.chain_id is not None
+                    and parent == state.chain_id and folded == tile_id(tiles)):
                 state.fold(tiles, p)
+                state.chain_id = own
         if state is None or state.as_of != s:
             if p >= 0:
                 state = self._read_snapshot(p)
             else:
                 state = CarriedSnapshot(self.users, s)
+                state.chain_id = ""  # an empty history
         self._snapshot = state
         return state
 
@@ -354,7 +363,9 @@ class _RangeCarry:
         parts = (pf.read_row_group(i, columns=CARRIED_COLUMNS, use_threads=False)
                  for i in range(pf.num_row_groups))
         as_of = int(pf.schema_arrow.metadata[META_AS_OF])
-        return CarriedSnapshot.from_snapshot_parts(parts, as_of, self.users)
+        state = CarriedSnapshot.from_snapshot_parts(parts, as_of, self.users)
+        state.chain_id = chain_link(pf.schema_arrow.metadata)[0]
+        return state
 
     def scores(self, user_ids: pa.Array, t: np.ndarray, codes: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -17,12 +17,16 @@ A snapshot "as of" T (= end of hour H) holds, per user, everything with ts < T:
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.platform import hashtables
 from clicklake.platform.events import TS
+from clicklake.platform.storage import Store
 from clicklake.platform.tiles import (
     TILE_SCHEMA,
     Interner,
@@ -42,6 +46,27 @@ DEFAULT_RETENTION_DAYS = 30
 NULL_MS = np.iinfo(np.int64).min
 META_AS_OF = b"clicklake.as_of_ms"
 META_HISTORY_START = b"clicklake.history_start_ms"
+# The snapshot chain's links: each snapshot's identity, that of the snapshot it was folded on
+# ("" for an empty history) and of the tile file it folded ("" when folded from raw). A
+# snapshot folded on another version of its predecessor, or from another tile, says so.
+META_CHAIN_ID = b"clicklake.chain_id"
+META_CHAIN_PARENT = b"clicklake.chain_parent"
+META_CHAIN_TILE = b"clicklake.chain_tile"
+
+
+def stamp_snapshot(snapshot: pa.Table, parent: str, tile: str) -> pa.Table:
+    """`snapshot` with a new identity and its links (`META_CHAIN_*`), to be written."""
+    return snapshot.replace_schema_metadata({
+        **(snapshot.schema.metadata or {}), META_CHAIN_ID: uuid.uuid4().hex.encode(),
+        META_CHAIN_PARENT: parent.encode(), META_CHAIN_TILE: tile.encode()})
+
+
+def chain_link(metadata: dict | None) -> tuple[str | None, str | None, str | None]:
+    """(identity, parent, tile) of a snapshot's schema metadata; None where it has none (an
+    older clicklake wrote it)."""
+    meta = metadata or {}
+    return tuple(meta[k].decode() if k in meta else None  # type: ignore[return-value]
+                 for k in (META_CHAIN_ID, META_CHAIN_PARENT, META_CHAIN_TILE))
 
 _window_fields = [
     pa.field(f"{m}_{w}", pa.float64() if m == "spend" else pa.int64(), nullable=False)
@@ -75,6 +100,32 @@ SNAPSHOT_SCHEMA = pa.schema(
 def snapshot_key(hour_ms: int, lake_prefix: str = "lake") -> str:
     """Key of the snapshot as of the END of hour `hour_ms` (partition `hour_ms`)."""
     return f"{lake_prefix}/profiles/user/{hive_hour_path(hour_ms)}/part-0.parquet"
+
+
+# A refold of the snapshots after a rebuilt hour rewrites them one by one: one that died
+# part-way left the rest folded on the old chain, and nothing said so. The refold writes this
+# marker first and removes it once done; the chain's next run finishes what it finds marked.
+def _refold_marker(lake_prefix: str) -> str:
+    return f"{lake_prefix}/profiles/user_refold_pending.json"
+
+
+def mark_refold(store: Store, from_hour_ms: int, lake_prefix: str = "lake") -> None:
+    """Record that the snapshots from `from_hour_ms` on are about to be refolded."""
+    held = pending_refold(store, lake_prefix)
+    first = from_hour_ms if held is None else min(held, from_hour_ms)
+    store.write_bytes(_refold_marker(lake_prefix), f'{{"from_hour_ms": {first}}}'.encode())
+
+
+def pending_refold(store: Store, lake_prefix: str = "lake") -> int | None:
+    """The first snapshot hour of a refold that did not finish, None when none is pending."""
+    key = _refold_marker(lake_prefix)
+    if not store.exists(key):
+        return None
+    return int(orjson.loads(store.read_bytes(key))["from_hour_ms"])
+
+
+def clear_refold(store: Store, lake_prefix: str = "lake") -> None:
+    store.delete(_refold_marker(lake_prefix))
 
 
 def empty_snapshot(as_of_ms: int) -> pa.Table:
@@ -277,6 +328,9 @@ class CarriedSnapshot:
 
     def __init__(self, users: Interner, as_of_ms: int):
         self.users, self.as_of = users, as_of_ms
+        # The identity of the stored snapshot this state equals (`chain_link`): "" for an empty
+        # history, None when unknown. The caller keeps it as it reads and folds.
+        self.chain_id: str | None = None
         self.campaigns, self.domains = Interner(), Interner()
         self.vals: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in _STATE_INT}
         self.vals.update({n: np.full(0, NULL_MS) for n in _STATE_TS})

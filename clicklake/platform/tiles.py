@@ -7,6 +7,8 @@ domains count non-null impression domains. A null cost is 0 spend.
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -157,6 +159,24 @@ def build_user_hour_tiles(impressions: pa.Table, clicks: pa.Table, hour_ms: int)
 
 def tile_key(hour_ms: int, lake_prefix: str = "lake") -> str:
     return f"{lake_prefix}/tiles/user_hour/{hive_hour_path(hour_ms)}/part-0.parquet"
+
+
+# A tile file's identity, new at each write: the snapshot folded from it names it, so a reader
+# folding the same file (a range of labeled hours) knows it folds what the snapshot folded.
+META_TILE_ID = b"clicklake.tile_id"
+
+
+def stamped(tile: pa.Table) -> pa.Table:
+    """`tile` with a new identity, to be written as the hour's tile file."""
+    return tile.replace_schema_metadata({**(tile.schema.metadata or {}),
+                                         META_TILE_ID: uuid.uuid4().hex.encode()})
+
+
+def tile_id(tile: pa.Table) -> str | None:
+    """The identity of a tile file read whole (None: built in memory, or by an older
+    clicklake)."""
+    value = (tile.schema.metadata or {}).get(META_TILE_ID)
+    return value.decode() if value else None
 
 
 def pooled_empty(n: int, dtype) -> np.ndarray:
