@@ -136,3 +136,8 @@ def test_lookup_refuses_a_malformed_s3_endpoint():
                                        "--s3-endpoint-url", "ftp://minio:9000"])
     assert result.exit_code == 2 and "--s3-endpoint-url" in result.output, result.output
     assert "Invalid S3 connection scheme" in result.output
+
+
+def test_an_instants_error_quotes_at_most_40_characters():
+    out = CliRunner().invoke(main, ["generate", "--start", "x" * 5000, "--root", "unused"])
+    assert out.exit_code == 2 and "x" * 40 in out.output and "x" * 41 not in out.output

@@ -196,6 +196,8 @@ def test_lookup_cli(lake):
     assert out.exit_code == 0 and "no history" in out.output
     out = runner.invoke(main, [*base, "ann", "--as-of", "yesterday-ish"])
     assert out.exit_code == 2 and "neither ISO-8601" in out.output
+    out = runner.invoke(main, [*base, "ann", "--as-of", ""])  # an unset variable: not "now"
+    assert out.exit_code == 2 and "--as-of" in out.output
     # The REST API's bounds: 9999-12-31 walked the lake an hour at a time (19 GB, then killed);
     # 20 digits or a negative epoch was an OverflowError traceback.
     for far, why in (("9999-12-31T00:00:00Z", "in the future"),

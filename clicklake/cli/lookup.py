@@ -37,9 +37,10 @@ def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: b
     """Print USER's profile as of an instant: events with ts < T only."""
     now = int(time.time() * 1000)
     try:  # the REST API's bounds: a far-off instant walked the lake an hour at a time
-        t = parse_bounded_instant(as_of, MAX_CLOCK_SKEW_MS, now) if as_of else now
+        # Only an absent --as-of is now: an empty one is a mistake (an unset shell variable).
+        t = parse_bounded_instant(as_of, MAX_CLOCK_SKEW_MS, now) if as_of is not None else now
     except ValueError as exc:
-        raise click.BadParameter(f"{as_of!r}: {exc}", param_hint="--as-of") from None
+        raise click.BadParameter(f"{as_of[:40]!r}: {exc}", param_hint="--as-of") from None
     try:
         store = Store(root, S3Options(endpoint_url=s3_endpoint_url, region=s3_region))
     except ValueError as exc:  # pyarrow's ArrowInvalid: a malformed endpoint

@@ -54,10 +54,11 @@ def parse_start(text: str, option: str = "--start", whole_hour: bool = True) -> 
     try:
         ms = parse_instant(text)
     except (ValueError, OverflowError, OSError):
-        raise click.BadParameter(f"{text!r} is not an ISO-8601 instant or epoch ms",
+        raise click.BadParameter(f"{text[:40]!r} is not an ISO-8601 instant or epoch ms",
                                  param_hint=option) from None
     if not MIN_INSTANT_MS <= ms < _YEAR_2100_MS:
-        raise click.BadParameter(f"{text!r} is not between 2000 and 2100", param_hint=option)
+        raise click.BadParameter(f"{text[:40]!r} is not between 2000 and 2100",
+                                 param_hint=option)
     if whole_hour and ms % HOUR_MS:
         raise click.BadParameter(f"{iso(ms)} is not a whole UTC hour", param_hint=option)
     return ms
