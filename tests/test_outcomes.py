@@ -102,3 +102,45 @@ def test_label_window_is_refused_outside_the_next_hour(tmp_path, monkeypatch):
                 in failure.event_specific_data.error.to_string())
     with pytest.raises(ValueError, match="must be from 1 to 60"):
         settings({"CLICKLAKE_LABEL_WINDOW_MINUTES": "61"})
+
+
+def test_predictions_naming_an_impression_of_no_hour_read_are_counted(tmp_path):
+    """A prediction naming an impression outside hour H and H+1 (stamped after an impression of
+    the hour before, say) is taken as not clicked: the run counts and says it."""
+    import dagster as dg
+    import pyarrow.parquet as pq
+
+    from clicklake.assets.labeled import prediction_outcomes
+    from clicklake.assets.raw import raw_assets
+    from clicklake.platform.raw import raw_key
+    from clicklake.platform.simulate import generate
+    from clicklake.platform.timeutil import HOUR_MS, hour_partition_key
+    from clicklake.resources.lake import LakeResource
+
+    start = 1_795_478_400_000
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=start, hours=3, users=40, seed=3)
+    h = start + HOUR_MS
+    tags = {"dagster/asset_partition_range_start": hour_partition_key(start),
+            "dagster/asset_partition_range_end": hour_partition_key(start + 2 * HOUR_MS)}
+
+    def unseen() -> int:
+        result = dg.materialize([prediction_outcomes], partition_key=hour_partition_key(h),
+                                resources={"lake": lake}, instance=instance)
+        meta = result.get_asset_materialization_events()[0].materialization.metadata
+        return meta["predictions_naming_an_unseen_impression"].value
+
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(raw_assets, tags=tags, resources={"lake": lake},
+                              instance=instance).success
+        before = unseen()
+        key = raw_key("predictions", h)
+        preds = store.read_parquet(key)
+        extra = preds.slice(0, 1).set_column(
+            preds.schema.get_field_index("impression_id"), "impression_id",
+            pa.array(["imp-of-another-hour"], preds.schema.field("impression_id").type))
+        extra = extra.set_column(preds.schema.get_field_index("prediction_id"), "prediction_id",
+                                 pa.array(["p-extra"], preds.schema.field("prediction_id").type))
+        pq.write_table(pa.concat_tables([preds, extra.cast(preds.schema)]), store.path(key))
+        assert unseen() == before + 1

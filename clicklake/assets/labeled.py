@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clicklake.assets.automation import when_inputs_complete
 from clicklake.assets.checks import (
@@ -234,6 +235,15 @@ def prediction_outcomes(context: dg.AssetExecutionContext, lake: LakeResource):
         imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
         clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
         out = join_outcomes(preds, imps, clicks, window * MINUTE_MS)
+        # A prediction naming an impression of another hour (stamped after it, or an hour
+        # before) is taken as not clicked: said, not hidden.
+        named = pc.drop_null(preds["impression_id"])
+        unseen = int(pc.sum(pc.invert(pc.is_in(named, value_set=pc.unique(
+            imps["impression_id"])))).as_py() or 0) if len(named) else 0
+        if unseen:
+            context.log.warning(f"prediction_outcomes {hour_partition_key(hour)}: {unseen} "
+                                "predictions name an impression that is not in this hour or "
+                                "the next: counted as not clicked")
         key = f"{prefix}/outcomes/predictions/{hive_hour_path(hour)}/part-0.parquet"
         store.write_parquet(key, out)
         per_model = outcome_metrics(out)
@@ -248,6 +258,7 @@ def prediction_outcomes(context: dg.AssetExecutionContext, lake: LakeResource):
             **flat,
             "undefined_metrics": ", ".join(undefined) or "none",
             "label_window_minutes": window,
+            "predictions_naming_an_unseen_impression": unseen,
             "path": dg.MetadataValue.path(store.uri(key)),
             **completeness,
         }, partition_key=hour_partition_key(hour))
