@@ -471,3 +471,27 @@ def test_the_run_task_role_allows_every_dynamodb_call_the_online_store_makes(tem
     allowed = {a.removeprefix("dynamodb:") for a in _actions(stmt)}
     missing = set().union(*(needs[c] for c in calls)) - allowed
     assert not missing, f"the run task role lacks dynamodb:{sorted(missing)}"
+
+
+def test_run_tasks_may_write_the_temporary_keys_of_their_uploads(template):
+    """An S3 upload of 5 MiB or more goes through a temporary key, then is moved into place:
+    the run tasks' role must put, read and delete it (at the bucket's root it was denied), and
+    the bucket expires what a killed move left there."""
+    import fnmatch
+
+    from clicklake.platform.storage import s3_temp_key
+
+    params = {"LakeBucket.Arn": "arn:aws:s3:::lake-bucket",
+              "LakePrefix": template["Parameters"]["LakePrefix"]["Default"]}
+    lake = params["LakePrefix"]
+    allowed = [_sub(r, params) for s in _statements(template, "DagsterRunTaskRole")
+               if {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"} <= set(_actions(s))
+               for r in _resources(s)]
+    for key in (f"{lake}/profiles/user/dt=2026-11-25/hour=13/part-0.parquet",
+                f"{lake}/training_sets/ts-1/train/part-2026-11-25-1300.csv"):
+        temp = f"arn:aws:s3:::lake-bucket/{s3_temp_key(key)}"
+        assert any(fnmatch.fnmatchcase(temp, pattern) for pattern in allowed), temp
+        rules = template["Resources"]["LakeBucket"]["Properties"]["LifecycleConfiguration"]
+        expiring = [_sub(r["Prefix"], params) for r in rules["Rules"]
+                    if r.get("ExpirationInDays") == 1]
+        assert any(s3_temp_key(key).startswith(p) for p in expiring)

@@ -435,3 +435,20 @@ def test_a_new_stores_first_fold_after_the_first_landing_files_expired_seeds(tmp
     again = _rebuild(store.root, str(tmp_path / "new.db"), from_snapshot=False,
                      files=store.list("landing/"))
     assert not again["rebuild"] and again["files_folded"] == 0
+
+
+def test_a_snapshot_a_refold_has_yet_to_reach_does_not_seed(tmp_path):
+    """A refold of the snapshots after a rebuilt hour that died left the later ones on the old
+    chain (its mark in the lake says from where): the seed took them (6 lifetime impressions
+    where the refold has 7). Snapshots from the mark on are refused; an earlier one seeds."""
+    from clicklake.platform import profiles
+
+    store = built_lake(tmp_path / "lake", START, 8, users=60, seed=4)
+    keys = store.list("landing/")
+    latest = seed_hour(store, keys)
+    profiles.mark_refold(store, latest - HOUR_MS)
+    with pytest.raises(SeedUnavailable, match="being refolded"):
+        seed_mod.check_seed(store, keys, latest)
+    assert seed_hour(store, keys) == latest - 2 * HOUR_MS
+    profiles.clear_refold(store)
+    assert seed_hour(store, keys) == latest

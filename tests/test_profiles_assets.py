@@ -479,6 +479,12 @@ def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path
         monkeypatch.setattr(Store, "write_parquet", real)
         assert lifetime(hs[2]) == raw_total(hs[2]) and lifetime(hs[3]) < raw_total(hs[3])
         assert profiles.pending_refold(store) == hs[2]
+        # A rerun of the stale hour itself that dies too leaves the mark for the next run.
+        monkeypatch.setattr(Store, "write_parquet", dies_at_the_last)
+        again = {"partition_key": hour_partition_key(hs[3]), **res}
+        assert not dg.materialize(pick, raise_on_error=False, **again).success
+        monkeypatch.setattr(Store, "write_parquet", real)
+        assert profiles.pending_refold(store) == hs[2]
         nxt = {"partition_key": hour_partition_key(hs[4]), **res}
         assert dg.materialize(raw_assets, **nxt).success
         assert dg.materialize(tiles_asset, **nxt).success

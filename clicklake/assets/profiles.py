@@ -134,9 +134,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     if existing:
         chain.start_from(existing[-1])
     if redo:
-        _finish_refold(context, chain, redo, built, hours)
-    elif pending is not None and not later and "dagster/backfill" not in context.run.tags:
-        prof.clear_refold(store, prefix)  # this run's hours are the marked ones and the last
+        _finish_refold(context, chain, redo, hours)
     for hour in hours:  # in order: each hour folds into the snapshot just written
         meta = chain.fold(hour)
         cutoff = hour - retention_days * 24 * HOUR_MS
@@ -148,7 +146,9 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
                                     "snapshots_deleted": len(deleted)},
                                    partition_key=hour_partition_key(hour))
     if later:
-        _refold_later(context, chain, hours, later)
+        _refold_later(context, chain, hours, later)  # it clears a pending refold once done
+    elif pending is not None and "dagster/backfill" not in context.run.tags:
+        prof.clear_refold(store, prefix)  # the marked snapshots are all folded again now
     return dg.MaterializeResult()
 
 
@@ -254,10 +254,11 @@ class _Chain:
 
 
 def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[int],
-                   built: list[int], hours: list[int]) -> None:
+                   hours: list[int]) -> None:
     """Fold again the snapshots `redo` (before the run's hours) that a refold which died left
     on the old chain, each with a materialization of its own. One that cannot be folded stops
-    it: they stay stale, said so, and the run's hours fold on the snapshot before them."""
+    it: they stay stale, said so (as `_refold_later` says it, and as it, not asked again: a
+    next run would stop there too), and the run's hours fold on the snapshot before them."""
     context.log.warning(f"a refold of the user snapshots from {hour_partition_key(redo[0])} "
                         f"did not finish: folding {len(redo)} of them again first")
     for h in redo:
@@ -269,13 +270,12 @@ def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[
             context.log.warning(f"later snapshots are stale: {stale}")
             context.add_asset_metadata({"later_snapshots_stale": stale},
                                        partition_key=hour_partition_key(hours[0]))
-            chain.start_from(max(b for b in built if b < hours[0]))
+            prof.clear_refold(chain.store, chain.prefix)
+            chain.start_from(redo[-1])
             return
         context.log_event(dg.AssetMaterialization(
             asset_key=context.asset_key, partition=hour_partition_key(h),
             metadata={**meta, "refolded_after": "a refold that did not finish"}))
-    if not [b for b in built if b > hours[-1]]:  # no later refold to clear the marker
-        prof.clear_refold(chain.store, chain.prefix)
 
 
 def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[int],

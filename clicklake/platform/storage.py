@@ -32,6 +32,17 @@ S3_ONE_PART_BYTES = 5 << 20
 S3_TEMP_PREFIX = ".tmp"
 
 
+def s3_temp_key(key: str) -> str:
+    """The temporary key of an upload of `key` (below the root): in a `.tmp/` folder of the
+    key's top folder (`lake/.tmp/...` for `lake/raw/...`). Outside every data folder: S3's move
+    is a copy then a delete, and a process killed between the two left a whole copy beside
+    the object, which a reader listing that folder (a SageMaker channel, Athena) took for data.
+    Within the top folder: the one the deployment's roles may write (`lake/*`, `dagster/*`)."""
+    top, _, rest = key.lstrip("/").partition("/")
+    folder = f"{top}/{S3_TEMP_PREFIX}" if rest else S3_TEMP_PREFIX
+    return f"{folder}/{uuid.uuid4().hex}.tmp-{uuid.uuid4().hex}"  # `_TEMP`: hidden
+
+
 @dataclass(frozen=True)
 class S3Options:
     endpoint_url: str | None = None
@@ -95,10 +106,7 @@ class Store:
                 write(out)
             return
         if self.is_s3:
-            # Outside every data prefix: S3's move is a copy then a delete, and a process killed
-            # between the two left a whole copy beside the object, which a reader listing the
-            # folder itself (a SageMaker channel, Athena) took for data.
-            tmp = f"{self.base}/{S3_TEMP_PREFIX}/{uuid.uuid4().hex}.tmp-{uuid.uuid4().hex}"
+            tmp = self.path(s3_temp_key(key))
             try:
                 with self.fs.open_output_stream(tmp, compression=None, metadata={}) as out:
                     write(out)

@@ -66,7 +66,7 @@ from clicklake.platform.online.fold import (
     parse_file,
 )
 from clicklake.platform.online.state import Commit, Fenced, StateStore
-from clicklake.platform.profiles import snapshot_key
+from clicklake.platform.profiles import pending_refold, snapshot_key
 from clicklake.platform.raw import Rules, raw_key, read_raw
 from clicklake.platform.segments import read_segment_profile, segment_key
 from clicklake.platform.storage import Store
@@ -211,6 +211,12 @@ def _before_history(store: Store, files: list, history: int, rules: Rules
 
 def _check(store: Store, p: int, view: _LakeView, lake_prefix: str) -> None:
     s, history, early = p + HOUR_MS, view.history, view.early
+    pending = pending_refold(store, lake_prefix)
+    if pending is not None and p >= pending:
+        raise SeedUnavailable(
+            f"the user_profiles snapshots from {iso(pending)} are being refolded (a refold "
+            "that did not finish: the chain's next run finishes it); the snapshot of "
+            f"{iso(p)} may lack events")
     for stream in ("impressions", "clicks"):
         if early[stream] is not None:
             raise SeedUnavailable(
