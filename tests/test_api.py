@@ -303,6 +303,11 @@ def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
     iso_form = client.get("/v1/users/u0000300/profile",
                           params={"as_of": iso(t).replace("Z", "+00:00")}).json()
     assert iso_form == past
+    # A day is its midnight, as for `clicklake lookup --as-of` (an impression's ts is refused).
+    day = t - t % 86_400_000
+    by_day = client.get("/v1/users/u0000300/profile", params={"as_of": iso(day)[:10]})
+    assert by_day.status_code == 404 and "before" in by_day.text.lower() or (
+        by_day.status_code == 200 and by_day.json()["as_of"] == iso(day)), by_day.text
     for params in ({}, {"as_of": str(t)}):  # the counters alone, from either source
         counters = client.get("/v1/users/u0000300/profile",
                               params={**params, "lists": "false"}).json()

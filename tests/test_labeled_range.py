@@ -400,3 +400,40 @@ def test_a_range_folds_a_tile_only_where_its_snapshot_folded_that_file(tmp_path,
     reads.clear()
     assert list(build_labeled_hours(store, [h1, h2]))[-1].equals(alone)
     assert reads == [start, h1]
+
+
+def test_a_lake_written_before_the_links_is_folded_as_before(tmp_path, monkeypatch):
+    """Snapshots and tiles of an older clicklake carry no links: a range read every snapshot
+    whole (answers the same, 6 hours in 1.6 s instead of 1.2). Both without links: folded as
+    before. A tile rebuilt since carries an identity its snapshot does not name: read."""
+    import pyarrow.parquet as pq
+
+    from clicklake.platform import labeled
+    from clicklake.platform.simulate import generate
+
+    start = H0
+    store = Store(str(tmp_path))
+    generate(store, start_ms=start, hours=5, users=60, seed=2, clean=True)
+    hours = [start + k * HOUR_MS for k in range(5)]
+    fo.build_lake(store, hours)
+    for key in [*(tiles.tile_key(h) for h in hours), *(profiles.snapshot_key(h) for h in hours)]:
+        table = pq.read_table(store.path(key))
+        meta = {k: v for k, v in (table.schema.metadata or {}).items()
+                if k not in (tiles.META_TILE_ID, profiles.META_CHAIN_ID,
+                             profiles.META_CHAIN_PARENT, profiles.META_CHAIN_TILE)}
+        pq.write_table(table.replace_schema_metadata(meta), store.path(key))
+    reads = []
+    real = labeled._RangeCarry._read_snapshot
+    monkeypatch.setattr(labeled._RangeCarry, "_read_snapshot",
+                        lambda self, p: reads.append(p) or real(self, p))
+    labeled_hours = hours[1:4]
+    alone = [build_labeled_hour(store, h) for h in labeled_hours]
+    assert [t.equals(a) for t, a in zip(build_labeled_hours(store, labeled_hours), alone,
+                                        strict=True)] == [True] * 3
+    assert reads == [hours[0]]
+    key = tiles.tile_key(hours[2])  # rebuilt by this version: an identity, named by no snapshot
+    pq.write_table(tiles.stamped(pq.read_table(store.path(key))), store.path(key))
+    reads.clear()
+    assert [t.equals(a) for t, a in zip(build_labeled_hours(store, labeled_hours), alone,
+                                        strict=True)] == [True] * 3
+    assert reads == [hours[0], hours[2]]

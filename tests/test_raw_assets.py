@@ -251,3 +251,32 @@ def test_raw_assets_against_s3(moto_endpoint, s3_bucket, tmp_path, prefix):
             raw.read_raw(local_lake.store(), stream, H))
     assert s3_lake.store().list("lake/quarantine/impressions") == [
         "lake/quarantine/impressions/dt=2026-11-25/hour=13/part-0.parquet"]
+
+
+def test_a_file_renamed_with_its_uuid_is_not_lost_and_one_below_its_hour_is_named(tmp_path):
+    """A re-imported log's files keep their uuids under a new arrival time (imports are now
+    stamped with their last event's): the rebuild was refused, every file taken for gone. A
+    file below an hour folder, read by an older clicklake and no longer read, was called gone
+    while it was there: it is named as no longer read."""
+    from clicklake.platform import landing
+
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    _landing(store)
+    assert _materialize(lake).success
+    (first,) = [k for k in store.list("landing/impressions/") if "000000000001" in k]
+    renamed = landing.firehose_key("impressions", landing.parse_key(first).arrival_ms + 7_000,
+                                   landing.name_uuid(first))
+    store.write_bytes(renamed, store.read_bytes(first))
+    store.delete(first)
+    assert raw.lost_landing_files(store, "impressions", H) == []
+    assert _materialize(lake).success
+    # As an older clicklake recorded it: built from a file below the hour folder, too.
+    below = renamed.replace("/impressions-1-", "/retry/impressions-1-").replace(
+        landing.name_uuid(renamed), "00000000-0000-4000-8000-0000000000ff")
+    store.write_bytes(below, store.read_bytes(renamed))
+    part = raw.build_raw_partition(store, "impressions", H)
+    part.landing_keys = [*part.landing_keys, below]
+    raw.write_raw_partition(store, part)
+    said = _refusal(lake)
+    assert f"{KEY}: 1 no longer read, outside the hour folders" in said and below in said

@@ -74,17 +74,29 @@ def _refuse_losing_files(store, asset: str, stream: str, hours: list[int], rules
     bad = {h: files for h, files in lost.items() if files != []}
     if not bad:
         return
-    said = "; ".join(
-        f"{hour_partition_key(h)}: "
-        + ("no landing file left of a partition built by an older clicklake" if files is None
-           else f"{len(files)} of its landing files gone, e.g. {files[0]}")
-        for h, files in sorted(bad.items())[:5])
+    def why(files: list[str] | None) -> str:
+        if files is None:
+            return "no landing file left of a partition built by an older clicklake"
+        # Still there but not read: a file below an hour folder, which an older clicklake
+        # read and the raw layer now reads only in the hour folders Firehose writes.
+        moved = [k for k in files if store.exists(k)]
+        gone = [k for k in files if k not in moved]
+        parts = []
+        if gone:
+            parts.append(f"{len(gone)} of its landing files gone, e.g. {gone[0]}")
+        if moved:
+            parts.append(f"{len(moved)} no longer read, outside the hour folders (move them "
+                         f"into their hour's folder), e.g. {moved[0]}")
+        return "; ".join(parts)
+
+    said = "; ".join(f"{hour_partition_key(h)}: {why(files)}"
+                     for h, files in sorted(bad.items())[:5])
     first = raw_key(stream, min(bad), lake_prefix)
     raise dg.Failure(
         f"{asset}: rebuilt, {len(bad)} hour(s) would lose the events of landing files that are "
-        f"gone (expired by the landing retention, or deleted): {said}. Their partitions are "
-        f"kept as they are. To rebuild an hour from what is left anyway, delete its partition "
-        f"first ({store.uri(first)} for {hour_partition_key(min(bad))}).")
+        f"gone (expired by the landing retention, or deleted) or no longer read: {said}. Their "
+        f"partitions are kept as they are. To rebuild an hour from what is left anyway, delete "
+        f"its partition first ({store.uri(first)} for {hour_partition_key(min(bad))}).")
 
 
 _DESCRIPTIONS = {

@@ -340,8 +340,12 @@ class _RangeCarry:
                 self.store, p, self.lake_prefix)
             own, parent, folded = chain_link(self.store.parquet_file(
                 snapshot_key(p, self.lake_prefix)).schema_arrow.metadata)
-            if (tiles is not None and own is not None and state.chain_id is not None
-                    and parent == state.chain_id and folded == tile_id(tiles)):
+            linked = (own is not None and state.chain_id is not None and parent == state.chain_id
+                      and tiles is not None and folded == tile_id(tiles))
+            # Snapshot and tile both written by an older clicklake, which recorded no links:
+            # folded as it folded them (a tile rebuilt since carries an identity).
+            older = own is None and tiles is not None and tile_id(tiles) is None
+            if linked or older:
                 state.fold(tiles, p)
                 state.chain_id = own
         if state is None or state.as_of != s:

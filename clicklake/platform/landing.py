@@ -96,6 +96,13 @@ def parse_key(key: str) -> LandingFile | None:
     return None
 
 
+def name_uuid(key: str) -> str | None:
+    """The uuid of a Firehose object name (None for another name): a file renamed with
+    another arrival time but the same uuid (a re-import's buffer, stamped anew) is the same."""
+    m = _NAME.match(key.rsplit("/", 1)[-1])
+    return m["uuid"] if m else None
+
+
 def layout_file(key: str, prefix: str = DEFAULT_PREFIX) -> tuple[LandingFile, str] | None:
     """(file, stream) of a key laid out as Firehose writes, `<prefix>/<stream>/YYYY/MM/DD/HH/
     <name>` with a known stream; None for any other key. A file elsewhere under the prefix (a

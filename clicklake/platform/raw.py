@@ -236,10 +236,14 @@ def lost_landing_files(store: Store, stream: str, hour_ms: int, rules: Rules = R
     recorded = (footer.schema_arrow.metadata or {}).get(META_LANDING_KEYS)
     if recorded is None:
         return None if not now and footer.metadata.num_rows else []
+    # A file replaced under another name with its uuid (an import run again, whose files are
+    # stamped with their last event's time since) is there still.
+    uuids = {u for k in now if (u := landing.name_uuid(k)) is not None}
     lost = []
     for k in orjson.loads(recorded):
         lf = landing.parse_key(k)
-        if lf is not None and first <= floor_hour(lf.arrival_ms) <= last and k not in now:
+        if (lf is not None and first <= floor_hour(lf.arrival_ms) <= last and k not in now
+                and landing.name_uuid(k) not in uuids):
             lost.append(k)
     return lost
 

@@ -53,11 +53,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def parse_ts(value: int | str, max_future_ms: int = MAX_FUTURE_MS) -> int:
-    """Epoch ms from an int or a string (ISO-8601 or digits); ValueError with a message."""
+def parse_ts(value: int | str, max_future_ms: int = MAX_FUTURE_MS, date_only: bool = True
+             ) -> int:
+    """Epoch ms from an int or a string (ISO-8601 or digits); ValueError with a message. A
+    date alone is its midnight unless not `date_only`."""
     if isinstance(value, str):
-        # An impression's time, as the event contract reads one: no date alone for midnight.
-        return parse_bounded_instant(value, max_future_ms, now_ms(), date_only=False)
+        return parse_bounded_instant(value, max_future_ms, now_ms(), date_only=date_only)
     return bounded_instant(value, max_future_ms, now_ms())
 
 
@@ -113,7 +114,9 @@ class PredictRequest(BaseModel):
         if isinstance(v, bool) or not isinstance(v, int | str):
             # ValueError, not TypeError: pydantic turns only ValueError into a 422.
             raise ValueError("an ISO-8601 string or an integer of epoch milliseconds")  # noqa: TRY004
-        return parse_ts(v)
+        # An impression's time, as the event contract reads one: no date alone for midnight
+        # (a profile's ?as_of= may be a day, as `clicklake lookup --as-of` takes one).
+        return parse_ts(v, date_only=False)
 
     def ts_ms(self) -> int:
         return now_ms() if self.ts is None else int(self.ts)

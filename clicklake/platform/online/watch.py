@@ -264,8 +264,9 @@ def _deep_step(store: Store, stream: str, entry: dict, before: int, today: int,
         months = [m for m in months if (m < top if reached else m <= top)]
         if months:
             month = months[-1]
-            listed = [(a, k) for k in store.list(f"{root}{month}/")
-                      if (a := _arrival(k)) is not None and a < before]
+            listed = [(f[0].arrival_ms, k) for k in store.list(f"{root}{month}/")
+                      if (f := landing.layout_file(k, prefix)) is not None
+                      and f[0].arrival_ms < before]
             return _Deep(before, month, reached, listed, [day, month])
     return _Deep(before, None, reached, [], [day, None])
 
@@ -308,7 +309,9 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
         left = []
         for k in run_files[rk]:
             st, a = streams.get(stream_of_key(k, prefix)), _arrival(k)
-            if k in done:
+            # A key no landing file (asked before the fold read only the hour folders'): the
+            # fold skips it, so asking again would only fail.
+            if k in done or landing.layout_file(k, prefix) is None:
                 continue
             if k not in shown and (st is None or st.window is None or a is None
                                    or a >= st.window):
