@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -304,6 +305,9 @@ def _encode(doc: dict) -> bytes:
     return memoryview(orjson.dumps(doc)).tobytes()
 
 
+INDEXED_EVENTS = 64  # from this many events in a user document, its lookups use an index
+
+
 class _Batch:
     """The documents one commit reads and rewrites, and the attribution rule over them."""
 
@@ -316,6 +320,18 @@ class _Batch:
         # users of `users` with a click: the impressions' re-attribution pass skips the others
         # (testing each impression's user document cost more than the pass, once per batch)
         self.clickers: set[str] = set()
+        self._indexes: dict[str, us.EventIndex] = {}  # of users with many events
+
+    def index(self, user: str) -> us.EventIndex | None:
+        """The user's `EventIndex` when its document holds many events (None: a scan is
+        cheaper), kept for the batch."""
+        ev = self.users[user]["ev"]
+        if len(ev) < INDEXED_EVENTS:
+            return None
+        idx = self._indexes.get(user)
+        if idx is None or idx.ev is not ev:
+            idx = self._indexes[user] = us.EventIndex(ev)
+        return idx
 
     def load_users(self, ids: Iterable[str]) -> None:
         users = self.users
@@ -350,7 +366,9 @@ class _Batch:
             hours = [a for a in self.imps[impression_id]["at"] if lo <= a[0] < hi]
             if hours:
                 return min(hours)[1], 1
-        best = us.latest_impression(self.users[user], lo, ts)
+        idx = self.index(user)
+        best = (idx.latest_impression(lo, ts) if idx is not None
+                else us.latest_impression(self.users[user], lo, ts))
         if best is None:
             return list(seg.UNKNOWN_VALUES), 0
         return seg.impression_values(best[6], best[4]), 0
@@ -406,15 +424,21 @@ def _fold_impressions(b: _Batch, rows: list[tuple], country: list[str] | None) -
             if user in clicked:
                 by_user.setdefault(user, []).append(ts)
         for user, times in by_user.items():
+            # A click after one of the times t, before the end of the hour after t's: some t
+            # in [floor_hour(click - 2 h) + 1 h, click) (sorted times: no scan per click).
+            times.sort()
             for e in users[user]["ev"]:
-                if e[1] == 1 and e[6] == 0 and any(
-                        t < e[0] < t - t % HOUR_MS + 2 * HOUR_MS for t in times):
-                    todo[(user, e[0], e[2])] = None
+                if e[1] == 1 and e[6] == 0:
+                    m = e[0] - 2 * HOUR_MS
+                    m = m - m % HOUR_MS + HOUR_MS
+                    if bisect_left(times, m) < bisect_left(times, e[0]):
+                        todo[(user, e[0], e[2])] = None
     if not todo:
         return
     b.load_users(u for u, _, _ in todo)
     for user, ts, cid in todo:
-        e = us.find_click(b.users[user], ts, cid)
+        idx = b.index(user)
+        e = idx.find_click(ts, cid) if idx is not None else us.find_click(b.users[user], ts, cid)
         if e is None:
             # Trimmed past the horizon: its profile hour is no longer read, but its segment
             # counts still are (24 h windows), and keep the old attribution. Only a file folded

@@ -30,6 +30,7 @@ aggregate above relies on it.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from operator import itemgetter
 
 from clicklake.platform.profiles import RING_HOURS, WINDOWS_H
@@ -151,6 +152,46 @@ def latest_impression(doc: dict, lo: int, hi: int) -> list | None:
         if e[1] == 0 and lo <= e[0] < hi and (best is None or (e[0], e[2]) > (best[0], best[2])):
             best = e
     return best
+
+
+class EventIndex:
+    """`find_click` and `latest_impression` over one user document's events in logarithmic
+    time: its impressions sorted by (ts, id) and its clicks by (ts, id), kept in step with
+    `ev` as events are appended to it (a scan per click was quadratic for a click farm: 8 k
+    clicks on 16 k impressions took 14 s). Only appends are followed: a batch makes no other
+    change to `ev` before its `trim`."""
+
+    __slots__ = ("clicks", "ev", "imp_events", "imp_keys", "seen")
+
+    def __init__(self, ev: list) -> None:
+        self.ev, self.seen = ev, 0
+        self.imp_keys: list[tuple[int, str]] = []
+        self.imp_events: list[list] = []
+        self.clicks: dict[tuple[int, str], list] = {}
+
+    def _sync(self) -> None:
+        ev, keys, events = self.ev, self.imp_keys, self.imp_events
+        for e in ev[self.seen:]:
+            if e[1] == 0:
+                at = bisect_right(keys, (e[0], e[2]))  # a tie keeps the earlier one first
+                keys.insert(at, (e[0], e[2]))
+                events.insert(at, e)
+            else:
+                self.clicks.setdefault((e[0], e[2]), e)  # the first, as the scan finds it
+        self.seen = len(ev)
+
+    def find_click(self, ts: int, event_id: str) -> list | None:
+        self._sync()
+        return self.clicks.get((ts, event_id))
+
+    def latest_impression(self, lo: int, hi: int) -> list | None:
+        self._sync()
+        i = bisect_left(self.imp_keys, (hi,)) - 1  # the greatest (ts, id) with ts < hi
+        if i < 0 or self.imp_keys[i][0] < lo:
+            return None
+        # Equal (ts, id) keys (a duplicate): the scan keeps the first met, here the last key.
+        first = bisect_left(self.imp_keys, self.imp_keys[i])
+        return self.imp_events[first]
 
 
 def trim(doc: dict, horizon_ms: int) -> None:
