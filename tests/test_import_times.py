@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from test_import_shapes import landed
 
 from clicklake.cli import main
 from clicklake.platform import landing
@@ -24,13 +24,6 @@ H10 = parse_instant("2026-11-25T10:00:00Z")
 BASE = {"time": "t", "user": "u", "campaign": "c"}
 WEEK_MS = 7 * 24 * HOUR_MS
 Y2100 = parse_instant("2100-01-01T00:00:00Z")
-
-
-def events(store: Store, stream: str) -> list[dict]:
-    out = []
-    for key in store.list(f"landing/{stream}"):
-        out += [orjson.loads(line) for line in landing.read_lines(store, key).lines]
-    return out
 
 
 def csv_log(tmp_path, rows: list[str], header: str = "t,u,c") -> str:
@@ -171,7 +164,7 @@ def test_a_labelled_click_is_the_delay_floored_to_the_millisecond(tmp_path, dela
     log = csv_log(tmp_path, ["2026-11-25T10:00:00Z,u1,c1,1"], header="t,u,c,l")
     store = Store(str(tmp_path / "d"))
     r = import_log(store, mapping_from_dict({**BASE, "label": "l", "click_delay": delay}), log)
-    assert r.clicks == 1 and [e["ts"] for e in events(store, "clicks")] == [H10 + ms]
+    assert r.clicks == 1 and [e["ts"] for e in landed(store, "clicks")] == [H10 + ms]
 
 
 @pytest.mark.parametrize(("delay", "msg"), [

@@ -103,10 +103,7 @@ class LifetimeCounts:
         n_imp, n_clk = np.empty(n_i, np.int64), np.empty(n_i, np.int64)
         n_imp[rows] = imp_before[is_imp] + self.impressions[ic[rows]]
         n_clk[rows] = clk_before[is_imp] + self.clicks[ic[rows]]
-        m = len(self.impressions)
-        self.impressions += np.bincount(ic, minlength=m)
-        self.clicks += np.bincount(cc, minlength=m)
-        self.as_of += HOUR_MS
+        self._advance(ic, cc)
         return n_imp, n_clk
 
     def skip_hour(self, impressions: pa.Table, clicks: pa.Table) -> None:
@@ -114,7 +111,10 @@ class LifetimeCounts:
         ic, _ = self._codes(impressions, "impressions")
         cc, _ = self._codes(clicks, "clicks")
         self._grow()
+        self._advance(ic, cc)
+
+    def _advance(self, impression_codes: np.ndarray, click_codes: np.ndarray) -> None:
         m = len(self.impressions)
-        self.impressions += np.bincount(ic, minlength=m)
-        self.clicks += np.bincount(cc, minlength=m)
+        self.impressions += np.bincount(impression_codes, minlength=m)
+        self.clicks += np.bincount(click_codes, minlength=m)
         self.as_of += HOUR_MS
