@@ -34,6 +34,21 @@ def test_count_before_counts_net_entries_before_the_offset(log, offset, want):
     assert count_before(log, offset) == want
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_a_long_log_counts_as_the_brute_force(seed):
+    """A busy segment's log (the global one holds every event of the minute) is compared as
+    one array: the same count as entry by entry, at its entries' own offsets and the minute's
+    ends, take-backs (the text path) included."""
+    rng = random.Random(seed)
+    offsets = [rng.randrange(0, 60_000) for _ in range(rng.choice([999, 1000, 5000]))]
+    log = "".join(f"{o:05d}," for o in offsets)
+    for offset in (0, 1, 60_000, *rng.sample(offsets, 5)):
+        assert count_before(log, offset) == sum(o < offset for o in offsets), offset
+        taken = log + f"-{offsets[0]:05d},"
+        assert count_before(taken, offset) == (sum(o < offset for o in offsets)
+                                               - (offsets[0] < offset))
+
+
 def test_canonical_log_nets_and_sorts():
     assert canonical_log("00020,00010,-00020,00010,") == "00010,00010,"
     assert canonical_log("-00005,") == "-00005,"

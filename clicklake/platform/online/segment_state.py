@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+
 from clicklake.platform.online.state import Commit, StateStore
 from clicklake.platform.segments import KINDS, UNKNOWN, WINDOW_HOURS
 from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS
@@ -180,14 +182,23 @@ _CAMPAIGN = segment_pk("campaign", "")
 _IMPRESSION_PREFIX = tuple(segment_pk(kind, "") for kind in IMPRESSION_KINDS)
 
 
+# From this many characters (1,000 entries), a log without take-backs is compared as one
+# array of 6-byte entries: the `global` segment's log holds every event of the minute, and a
+# split per read cost ~15 ms at 2 k events/s (190 ms at 16 k/s), on every /predict.
+_VECTOR_CHARS = 6_000
+
+
 def count_before(log: str, offset: int) -> int:
     """Net entries of a minute log whose millisecond is before `offset` (0..60000)."""
     if not log:
         return 0
     lim = f"{offset:05d}"
-    toks = log.split(",")  # the last one is "", and "" < lim: hence the - 1
     if "-" not in log:
-        return sum(map(lim.__gt__, toks)) - 1
+        if len(log) >= _VECTOR_CHARS and not len(log) % 6:  # each entry `OFFSET,`: 6 chars
+            entries = np.frombuffer(log.encode("ascii"), dtype="S6")
+            return int(np.count_nonzero(entries < (lim + ",").encode()))
+        return sum(map(lim.__gt__, log.split(","))) - 1  # the last token is "", < lim
+    toks = log.split(",")
     n = 0
     for tok in toks[:-1]:
         if tok[0] == "-":
