@@ -112,9 +112,7 @@ def build_lake(root: str, users: int, hours: int, seed: int) -> dict:
         # labeled range folds a tile only where the snapshot says it folded that file).
         tile = tiles.stamped(tiles.build_user_hour_tiles(imp, clk, h))
         store.write_parquet(tiles.tile_key(h), tile)
-        snap = profiles.stamp_snapshot(profiles.fold_snapshot(snap, tile, h), snap_id,
-                                       tiles.tile_id(tile))
-        snap_id = profiles.chain_link(snap.schema.metadata)[0]
+        snap, snap_id = profiles.fold_linked(snap, snap_id, tile, h)
         store.write_parquet(profiles.snapshot_key(h), snap,
                             row_group_size=profiles.DEFAULT_ROW_GROUP_USERS)
         events = segments.hour_segment_events(store, h)

@@ -261,9 +261,7 @@ def build_lake(store: Store, hours: list[int]) -> None:
         tile = tiles.stamped(tiles.build_user_hour_tiles(raw.read_raw(store, "impressions", h),
                                                          raw.read_raw(store, "clicks", h), h))
         store.write_parquet(tiles.tile_key(h), tile)
-        snap = profiles.stamp_snapshot(profiles.fold_snapshot(snap, tile, h), snap_id,
-                                       tiles.tile_id(tile))
-        snap_id = profiles.chain_link(snap.schema.metadata)[0]
+        snap, snap_id = profiles.fold_linked(snap, snap_id, tile, h)
         store.write_parquet(profiles.snapshot_key(h), snap)
         events = segments.hour_segment_events(store, h)
         previous = [p for g in range(h - (segments.WINDOW_HOURS - 1) * HOUR_MS, h, HOUR_MS)

@@ -227,12 +227,10 @@ class _Chain:
         for h in gap:
             prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing, h in stale), h)
         tile = _tile(store, hour, prefix, missing, hour in stale)
-        snap = prof.stamp_snapshot(prof.fold_snapshot(prev, tile, hour), self.prev_id,
-                                   tiles.tile_id(tile) or "")
+        snap, snap_id = prof.fold_linked(prev, self.prev_id, tile, hour)
         key = prof.snapshot_key(hour, prefix)
         nbytes = store.write_parquet(key, snap, row_group_size=self.row_group_users)
-        self.prev, self.base = snap, hour
-        self.prev_id = prof.chain_link(snap.schema.metadata)[0]
+        self.prev, self.base, self.prev_id = snap, hour, snap_id
         return {
             "dagster/row_count": snap.num_rows,
             "dagster/column_schema": column_schema(snap.schema),
@@ -253,29 +251,41 @@ class _Chain:
         }
 
 
-def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[int],
-                   hours: list[int]) -> None:
-    """Fold again the snapshots `redo` (before the run's hours) that a refold which died left
-    on the old chain, each with a materialization of its own. One that cannot be folded stops
-    it: they stay stale, said so (as `_refold_later` says it, and as it, not asked again: a
-    next run would stop there too), and the run's hours fold on the snapshot before them."""
-    context.log.warning(f"a refold of the user snapshots from {hour_partition_key(redo[0])} "
-                        f"did not finish: folding {len(redo)} of them again first")
-    for h in redo:
+def _fold_again(context: dg.AssetExecutionContext, chain: _Chain, hours: list[int],
+                after: str) -> tuple[list[int], dg.Failure | None]:
+    """Fold `hours` again in order on the chain, each with a materialization of its own
+    (`refolded_after`: why); the hours folded, and the failure that stopped it at the next
+    one (None: all folded)."""
+    done = []
+    for h in hours:
         try:
             meta = chain.fold(h)
         except dg.Failure as exc:
-            stale = (f"snapshots from {hour_partition_key(h)} (a refold that did not finish, "
-                     f"and {exc.description})")
-            context.log.warning(f"later snapshots are stale: {stale}")
-            context.add_asset_metadata({"later_snapshots_stale": stale},
-                                       partition_key=hour_partition_key(hours[0]))
-            prof.clear_refold(chain.store, chain.prefix)
-            chain.start_from(redo[-1])
-            return
+            return done, exc
+        done.append(h)
         context.log_event(dg.AssetMaterialization(
             asset_key=context.asset_key, partition=hour_partition_key(h),
-            metadata={**meta, "refolded_after": "a refold that did not finish"}))
+            metadata={**meta, "refolded_after": after}))
+    return done, None
+
+
+def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[int],
+                   hours: list[int]) -> None:
+    """Fold again the snapshots `redo` (before the run's hours) that a refold which died left
+    on the old chain. One that cannot be folded stops it: they stay stale, said so (as
+    `_refold_later` says it, and as it, not asked again: a next run would stop there too),
+    and the run's hours fold on the snapshot before them."""
+    context.log.warning(f"a refold of the user snapshots from {hour_partition_key(redo[0])} "
+                        f"did not finish: folding {len(redo)} of them again first")
+    done, failure = _fold_again(context, chain, redo, "a refold that did not finish")
+    if failure is not None:
+        stale = (f"snapshots from {hour_partition_key(redo[len(done)])} (a refold that did not "
+                 f"finish, and {failure.description})")
+        context.log.warning(f"later snapshots are stale: {stale}")
+        context.add_asset_metadata({"later_snapshots_stale": stale},
+                                   partition_key=hour_partition_key(hours[0]))
+        prof.clear_refold(chain.store, chain.prefix)
+        chain.start_from(redo[-1])
 
 
 def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[int],
@@ -291,17 +301,11 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[
         context.log.info(f"refolding the {len(todo)} snapshots after "
                          f"{hour_partition_key(last)}, folded on it as it was")
         prof.mark_refold(chain.store, todo[0], chain.prefix)  # cleared below, once done
-        while todo:
-            try:
-                meta = chain.fold(todo[0])
-            except dg.Failure as exc:
-                context.log.warning(f"cannot refold user_profiles {hour_partition_key(todo[0])}:"
-                                    f" {exc.description}")
-                break
-            refolded.append(todo.pop(0))
-            context.log_event(dg.AssetMaterialization(
-                asset_key=context.asset_key, partition=hour_partition_key(refolded[-1]),
-                metadata={**meta, "refolded_after": hour_partition_key(last)}))
+        refolded, failure = _fold_again(context, chain, todo, hour_partition_key(last))
+        todo = todo[len(refolded):]
+        if failure is not None:
+            context.log.warning(f"cannot refold user_profiles {hour_partition_key(todo[0])}:"
+                                f" {failure.description}")
         # Done, or stopped at an hour that cannot be folded (said below): a next run would
         # stop there too, so it is not asked to finish.
         prof.clear_refold(chain.store, chain.prefix)

@@ -338,16 +338,16 @@ class _RangeCarry:
             ahead = self.ahead.pop(("tile", p), None)
             tiles = ahead.result() if ahead is not None else _read_tile(
                 self.store, p, self.lake_prefix)
-            own, parent, folded = chain_link(self.store.parquet_file(
-                snapshot_key(p, self.lake_prefix)).schema_arrow.metadata)
-            linked = (own is not None and state.chain_id is not None and parent == state.chain_id
-                      and tiles is not None and folded == tile_id(tiles))
-            # Snapshot and tile both written by an older clicklake, which recorded no links:
-            # folded as it folded them (a tile rebuilt since carries an identity).
-            older = own is None and tiles is not None and tile_id(tiles) is None
-            if linked or older:
-                state.fold(tiles, p)
-                state.chain_id = own
+            if tiles is not None:
+                own, parent, folded = chain_link(self.store.parquet_file(
+                    snapshot_key(p, self.lake_prefix)).schema_arrow.metadata)
+                linked = (own is not None and state.chain_id is not None
+                          and parent == state.chain_id and folded == tile_id(tiles))
+                # Snapshot and tile both written by an older clicklake, which recorded no
+                # links: folded as it folded them (a tile rebuilt since carries an identity).
+                if linked or (own is None and tile_id(tiles) is None):
+                    state.fold(tiles, p)
+                    state.chain_id = own
         if state is None or state.as_of != s:
             if p >= 0:
                 state = self._read_snapshot(p)

@@ -35,6 +35,7 @@ from clicklake.platform.tiles import (
     nest,
     pooled,
     pooled_insert,
+    tile_id,
     ts_ms,
 )
 from clicklake.platform.timeutil import HOUR_MS, hive_hour_path
@@ -59,6 +60,15 @@ def stamp_snapshot(snapshot: pa.Table, parent: str, tile: str) -> pa.Table:
     return snapshot.replace_schema_metadata({
         **(snapshot.schema.metadata or {}), META_CHAIN_ID: uuid.uuid4().hex.encode(),
         META_CHAIN_PARENT: parent.encode(), META_CHAIN_TILE: tile.encode()})
+
+
+def fold_linked(previous: pa.Table | None, previous_id: str, tile: pa.Table, hour_ms: int
+                ) -> tuple[pa.Table, str]:
+    """`fold_snapshot`, stamped with its links (`stamp_snapshot`: on `previous_id`, from the
+    tile file `tile` was read from, "" when built in memory): the snapshot and its identity."""
+    snap = stamp_snapshot(fold_snapshot(previous, tile, hour_ms), previous_id,
+                          tile_id(tile) or "")
+    return snap, snap.schema.metadata[META_CHAIN_ID].decode()
 
 
 def chain_link(metadata: dict | None) -> tuple[str | None, str | None, str | None]:

@@ -106,6 +106,7 @@ class _LakeView:
     history: int
     horizon: int
     early: dict[str, int | None]
+    refold_from: int | None  # the first snapshot a pending refold has yet to reach
 
 
 def _view(store: Store, keys: Iterable[str], rules: Rules, lake_prefix: str,
@@ -119,7 +120,8 @@ def _view(store: Store, keys: Iterable[str], rules: Rules, lake_prefix: str,
         raise SeedUnavailable(f"no user_profiles snapshot under {lake_prefix}/profiles/user/")
     history = lookup.history_start()
     return _LakeView(hours, history, horizon_ms(max(lf.arrival_ms for lf, _ in files), rules),
-                     _before_history(store, files, history, rules))
+                     _before_history(store, files, history, rules),
+                     pending_refold(store, lake_prefix))
 
 
 def seed_hour(store: Store, keys: Iterable[str], rules: Rules = DEFAULT_RULES,
@@ -211,7 +213,7 @@ def _before_history(store: Store, files: list, history: int, rules: Rules
 
 def _check(store: Store, p: int, view: _LakeView, lake_prefix: str) -> None:
     s, history, early = p + HOUR_MS, view.history, view.early
-    pending = pending_refold(store, lake_prefix)
+    pending = view.refold_from
     if pending is not None and p >= pending:
         raise SeedUnavailable(
             f"the user_profiles snapshots from {iso(pending)} are being refolded (a refold "
