@@ -514,6 +514,11 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
     want = LookupTable(lake).profile("u0000300", parse_instant(prof["as_of"]))
     assert (prof["impressions"], prof["clicks"], prof["campaigns"]) == (
         want["impressions"], want["clicks"], want["campaigns"])
+    # written without the response model (the lists as the store keeps them), yet its form
+    from clicklake.serving.schemas import ProfileOut, iso_or_none
+
+    assert ProfileOut.model_validate(prof).model_dump(mode="json", exclude_unset=True) == prof
+    assert prof["last_impression_ts"] == iso_or_none(want["last_impression_ts"])
     # a user with predictions only has no profile yet: 404, as from the lake
     from clicklake.platform.online import fold_rows
 

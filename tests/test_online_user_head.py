@@ -156,15 +156,22 @@ def test_a_head_read_racing_a_fold_that_moves_the_horizon_is_refused(tmp_path):
 def test_the_heads_lists_answer_as_the_document_after_its_last_event(seed):
     rng = random.Random(seed)
     doc = folded_doc(rng)
-    head_part, lists_part = uh.split(uh.encode(doc))  # as stored
-    head, lists = orjson.loads(head_part), orjson.loads(lists_part)
+    head_part, lists = uh.split(uh.encode(doc))  # as stored
+    head = orjson.loads(head_part)
+    assert head[uh.AFTER] == uh.lists_of(doc)[0]
     last = head[uh.LAST]
     start = T0 if last is None else last + 1
     for t in (start, start + 1, start + 500 * HOUR_MS):
-        assert uh.lists_from_head(lists, t) == (us.campaigns_at(doc, t), us.domains_at(doc, t))
-    after = lists[0]
+        want = (us.campaigns_at(doc, t), us.domains_at(doc, t))
+        assert uh.lists_from_head(head, lists, t) == want
+        # as JSON text, for a response: the same values once decoded
+        as_text = uh.lists_from_head(head, lists, t, encoded=True)
+        assert all(isinstance(x, orjson.Fragment) for x in as_text)
+        assert orjson.loads(orjson.dumps(list(as_text))) == list(want)
+    after = head[uh.AFTER]
     if after is not None:  # a campaign or domain first seen at t is not in the lists yet
-        assert uh.lists_from_head(lists, after) is None
+        assert uh.lists_from_head(head, lists, after) is None
+        assert uh.lists_from_head(head, lists, after, encoded=True) is None
         assert after <= start
 
 
@@ -175,6 +182,20 @@ def test_a_head_without_lists_is_a_layout_3_head():
     alone = orjson.dumps(uh.head_of(doc))
     head, lists = uh.split(alone)
     assert (bytes(head), lists) == (alone, None)
+
+
+def test_a_head_of_layout_4_is_read_without_its_lists():
+    """Layout 4 kept the lists on one line in another form: this reader takes its head and
+    leaves the lists to the document."""
+    doc = folded_doc(random.Random(5))
+    camps = doc["camps"]
+    names = sorted(camps)
+    old_lists = [None, names, [camps[n][0] for n in names], [camps[n][1] for n in names],
+                 sorted(doc["doms"])]
+    old_head = uh.head_of(doc)[:uh.AFTER]
+    stored = orjson.dumps(old_head) + b"\n" + orjson.dumps(old_lists)
+    head, lists = uh.split(stored)
+    assert (bytes(head), lists) == (orjson.dumps(old_head), None)
 
 
 def test_profile_with_lists_reads_the_head_now_and_the_document_before(env, monkeypatch):
@@ -204,3 +225,22 @@ def test_profile_with_lists_reads_the_head_now_and_the_document_before(env, monk
     assert online.profile("u1", now) == p
     assert reads == [fold.HEAD, fold.USER]
     assert online.profile("u1", now, lists=False) == _counters(p)
+
+
+def _decoded(profile: dict) -> dict:
+    return {k: orjson.loads(orjson.dumps(v)) if isinstance(v, orjson.Fragment) else v
+            for k, v in profile.items()}
+
+
+def test_encoded_lists_are_the_lists_as_json_from_the_head_and_the_document(env, monkeypatch):
+    store, state, online = env
+    reads = _folded(store, state, monkeypatch, first_campaign="c2")
+    online.check_layout()
+    for t, path in ((H + 61 * MIN, [fold.HEAD]), (H + 10 * MIN, [fold.HEAD, fold.USER])):
+        reads.clear()
+        got = online.profile("u1", t, encoded=True)
+        assert reads == path
+        assert isinstance(got["campaigns"], orjson.Fragment)
+        assert isinstance(got["domains"], orjson.Fragment)
+        assert _decoded(got) == online.profile("u1", t)
+    assert "campaigns" not in online.profile("u1", H + 61 * MIN, lists=False, encoded=True)

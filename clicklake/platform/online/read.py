@@ -43,6 +43,7 @@ class OnlineFeatures:
         self.state, self.rules = state, rules
         self._layout_due = 0.0  # time.monotonic() of the next layout check
         self._rebuilding: str | None = None
+        self._horizon: tuple[int | None, int] = (None, horizon_ms(None, rules))
 
     def check_layout(self) -> None:
         """Raise `StaleLayout` once a writer of a newer clicklake has recorded its documents'
@@ -69,7 +70,10 @@ class OnlineFeatures:
 
     def horizon_ms(self) -> int:
         """Earliest instant answered exactly (event-level history starts here)."""
-        return horizon_ms(self.state.watermark_ms(), self.rules)
+        wm = self.state.watermark_ms()
+        if wm != self._horizon[0]:  # a read's own cost is a few microseconds: keep it once
+            self._horizon = (wm, horizon_ms(wm, self.rules))
+        return self._horizon[1]
 
     def _check(self, t: int, h: int | None = None, whose: str = "the online") -> None:
         """Raise BeforeHorizon for an instant whose hour is before horizon `h` (default: the
@@ -93,20 +97,23 @@ class OnlineFeatures:
             self._check(t, h, f"{user_id}'s state's")
         return doc
 
-    def profile(self, user_id: str, ts_ms: int, lists: bool = True) -> dict | None:
+    def profile(self, user_id: str, ts_ms: int, lists: bool = True, encoded: bool = False
+                ) -> dict | None:
         """The user's counters with event ts < ts_ms (`lookup.PROFILE_SCHEMA` names, times in
         epoch ms or None), plus per-campaign counts and domains unless `lists` is false; None
         for an unknown user (no event folded at all). Raises BeforeHorizon for instants the
         state no longer holds, `StaleLayout` once a newer clicklake has written the store.
+        `encoded`: the lists as JSON text (`orjson.Fragment`s, for `orjson.dumps` to write into
+        a response as they are), not as Python objects.
 
         A read after the user's latest event (a read "now") comes from the user's head
         (`user_head`), a fraction of the document to fetch and decode; the lists follow the
-        head in the same value and are decoded only when asked for."""
+        head in the same value, in their JSON form, and are decoded only when asked for."""
         self.check_layout()
         self._check(ts_ms)
         raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
         if raw is not None:
-            out = self._from_head(user_id, ts_ms, raw, lists)
+            out = self._from_head(user_id, ts_ms, raw, lists, encoded)
             if out is not None:
                 return out
         doc = self._doc(user_id, ts_ms)
@@ -114,11 +121,14 @@ class OnlineFeatures:
             return None
         out = self._profile(user_id, ts_ms, us.profile_at(doc, ts_ms))
         if lists:
-            out["campaigns"] = us.campaigns_at(doc, ts_ms)
-            out["domains"] = us.domains_at(doc, ts_ms)
+            found = us.campaigns_at(doc, ts_ms), us.domains_at(doc, ts_ms)
+            if encoded:
+                found = tuple(orjson.Fragment(orjson.dumps(x)) for x in found)
+            out["campaigns"], out["domains"] = found
         return out
 
-    def _from_head(self, user_id: str, ts_ms: int, raw: bytes, lists: bool) -> dict | None:
+    def _from_head(self, user_id: str, ts_ms: int, raw: bytes, lists: bool, encoded: bool
+                   ) -> dict | None:
         """`profile` from the user's stored head, None when the document must answer (t not
         after the user's events, or lists asked of a head written without them)."""
         head_part, lists_part = user_head.split(raw)
@@ -131,7 +141,8 @@ class OnlineFeatures:
         counters = user_head.profile_from_head(head, ts_ms)
         if counters is None:
             return None
-        found = user_head.lists_from_head(orjson.loads(lists_part), ts_ms) if lists else None
+        found = (user_head.lists_from_head(head, lists_part, ts_ms, encoded) if lists
+                 else None)
         if lists and found is None:
             return None
         out = self._profile(user_id, ts_ms, counters)

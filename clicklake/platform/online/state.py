@@ -30,10 +30,11 @@ LAYOUT = 2  # 2: minute rows with event logs (1 had millisecond rows, and marker
 # 1 (untrimmed; no record) cannot read; 3 = each document written with its head (`user_head`),
 # which a writer of 2 would leave stale (a document without a head is read from the document);
 # 4 = the head's value carries the profile's lists after a newline, which readers of 3 cannot
-# decode (a head of 3 without them is still read: the lists then come from the document).
-# A store recording a newer one than this code knows is refused by its writers and readers
-# alike (`check_docs_layout`).
-DOCS_LAYOUT = 4
+# decode (a head of 3 without them is still read: the lists then come from the document);
+# 5 = the lists are two lines in the profile's JSON form, which readers of 4 cannot decode (a
+# head of 4 is still read, its lists from the document). A store recording a newer one than
+# this code knows is refused by its writers and readers alike (`check_docs_layout`).
+DOCS_LAYOUT = 5
 
 
 def check_docs_layout(found: int | None, where: str) -> None:
