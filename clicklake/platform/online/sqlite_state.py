@@ -35,12 +35,22 @@ from clicklake.platform.online.state import (
 # No index on hour / sk: each would double the cost of every write, and retention only has work
 # to do when the horizon crosses an hour (`purge` remembers its last bounds in `meta`), when one
 # scan of the namespace or table is cheap. Marks lead with their hour: a range delete purges them.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS docs (ns TEXT NOT NULL, key TEXT NOT NULL, hour INTEGER NOT NULL,
-    value BLOB NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counters (tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
+#
+# Documents and counter rows are ordinary rowid tables with a unique index on their key, not
+# WITHOUT ROWID tables: a bot's document or a busy minute's event log runs to megabytes, and in a
+# WITHOUT ROWID table such a row can become a divider key of the B-tree's inner pages, which
+# SQLite then reads whole for every comparison against it: every other write slowed from 40 ms
+# a commit to seconds (measured). The index holds the keys alone; the same fold and reads cost
+# the same (measured). An older store is moved over by its first writer (`_rowid_tables`).
+_TABLE_COLUMNS = {
+    "docs": """(ns TEXT NOT NULL, key TEXT NOT NULL, hour INTEGER NOT NULL,
+    value BLOB NOT NULL, UNIQUE (ns, key))""",
+    "counters": """(tbl TEXT NOT NULL, pk TEXT NOT NULL, sk INTEGER NOT NULL,
     imp INTEGER NOT NULL, clk INTEGER NOT NULL, ilog TEXT NOT NULL, clog TEXT NOT NULL,
-    PRIMARY KEY (tbl, pk, sk)) WITHOUT ROWID;
+    UNIQUE (tbl, pk, sk))""",
+}
+_SCHEMA = "".join(f"CREATE TABLE IF NOT EXISTS {table} {columns};\n"
+                  for table, columns in _TABLE_COLUMNS.items()) + """
 CREATE TABLE IF NOT EXISTS marks (hour INTEGER NOT NULL, key TEXT NOT NULL,
     PRIMARY KEY (hour, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
@@ -83,6 +93,7 @@ class SqliteState(StateStore):
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(counters)")}
         self.stale = "ilog" not in columns
         self._docs_marked = False  # DOCS_LAYOUT recorded by this connection
+        self._rowid_checked = False  # `_rowid_tables` done by this connection
 
     def _check_layout(self) -> None:
         if self.stale:
@@ -166,9 +177,35 @@ class SqliteState(StateStore):
             out.update(k for (k,) in self.conn.execute(q, part))
         return out
 
+    def _rowid_tables(self) -> None:
+        """Move `docs` and `counters` of an older store out of WITHOUT ROWID tables (see
+        `_TABLE_COLUMNS`), in one transaction; checked once per connection, by writers."""
+        c = self.conn
+
+        def old_tables() -> list[str]:
+            return [table for table in _TABLE_COLUMNS if "WITHOUT ROWID" in c.execute(
+                "SELECT sql FROM sqlite_master WHERE type='table' AND name=?",
+                (table,)).fetchone()[0].upper()]
+
+        if old_tables():
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for table in old_tables():  # again: another writer may have moved them since
+                    c.execute(f"CREATE TABLE {table}_rowid {_TABLE_COLUMNS[table]}")
+                    c.execute(f"INSERT INTO {table}_rowid SELECT * FROM {table}")
+                    c.execute(f"DROP TABLE {table}")
+                    c.execute(f"ALTER TABLE {table}_rowid RENAME TO {table}")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        self._rowid_checked = True
+
     def commit(self, commit: Commit) -> bool:
         self._check_layout()
         self._changed()
+        if not self._rowid_checked:
+            self._rowid_tables()
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
