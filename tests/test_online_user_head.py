@@ -7,10 +7,14 @@ older writer's) still answers, and a read racing a fold that moves the horizon i
 
 from __future__ import annotations
 
+import math
 import random
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, fold, fold_files
 from clicklake.platform.online import user_head as uh
@@ -244,3 +248,83 @@ def test_encoded_lists_are_the_lists_as_json_from_the_head_and_the_document(env,
         assert isinstance(got["domains"], orjson.Fragment)
         assert _decoded(got) == online.profile("u1", t)
     assert "campaigns" not in online.profile("u1", H + 61 * MIN, lists=False, encoded=True)
+
+
+# Names that would fool a careless search of the campaigns' JSON text: quotes, backslashes,
+# braces, colons, commas, the inner keys' own names, other names as prefixes and suffixes.
+_NAME_PARTS = ['"', "\\", ":", "{", "}", ",", "c1", "impressions", "clicks", ":{", '":{"',
+               '"impressions":', " ", "é", "\n", "\x00", "\u2028"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from(_NAME_PARTS), max_size=4).map("".join),
+                          st.integers(0, 10**6), st.integers(0, 10**6)),
+                max_size=12),
+       st.lists(st.sampled_from(_NAME_PARTS), max_size=4).map("".join))
+def test_one_campaigns_counts_are_found_in_the_text_as_decoded(camps, absent):
+    doc = us.new_user()
+    doc["camps"] = {name: [imp, clk, T0] for name, imp, clk in camps}
+    _, stored = uh.split(uh.encode(doc))
+    text = stored[0]
+    assert orjson.loads(text) == uh.lists_of(doc)[1]
+    for name in {*doc["camps"], absent}:
+        want = tuple(doc["camps"][name][:2]) if name in doc["camps"] else (0, 0)
+        assert uh.campaign_counts(text, name) == want, name
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_heads_latest_prediction_answers_as_the_document_after_it(seed):
+    rng = random.Random(seed)
+    doc = us.new_user()
+    times = [T0 + rng.randrange(60 * HOUR_MS) for _ in range(rng.randint(0, 20))]
+    times += rng.sample(times, min(len(times), 3))  # ties on ts, with other ids and scores
+    horizon = T0
+    for n, ts in enumerate(times):
+        us.add_predictions({"u": doc}, [(f"p{rng.randrange(5)}{n}", ts, "u", "m", rng.random(),
+                                         None)])
+        if rng.random() < 0.2:
+            horizon = max(horizon, ts - ts % HOUR_MS - rng.randrange(0, 30) * HOUR_MS)
+            us.trim(doc, horizon)
+    head = orjson.loads(orjson.dumps(uh.head_of(doc)))
+    latest = max(times, default=None)
+    start = T0 if latest is None else latest + 1
+    for t in (start, start + 1, start + 23 * HOUR_MS, start + 24 * HOUR_MS, start + 25 * HOUR_MS,
+              start + 400 * HOUR_MS):
+        got, want = uh.prediction_from_head(head, t), us.latest_prediction_at(doc, t)
+        assert got == want or all(map(math.isnan, got + want)), t
+    if latest is not None:
+        assert uh.prediction_from_head(head, latest) is None
+
+
+def _same_inputs(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for k, v in want.items():
+        if v.dtype.kind == "f":
+            np.testing.assert_allclose(got[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+        else:
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_feature_inputs_read_the_head_now_and_the_document_before(env, monkeypatch):
+    store, state, online = env
+    reads = _folded(store, state, monkeypatch)
+    fold.fold_rows(state, "predictions", [("p1", H + 30 * MIN, "u1", "m", 0.25, "b")],
+                   "replay/p1", H + 56 * MIN)
+    online.check_layout()
+    instants = (H + 10 * MIN, H + 20 * MIN, H + 30 * MIN, H + 30 * MIN + 1, H + 61 * MIN,
+                H + 3 * 60 * MIN)
+    got = {}
+    for t in instants:
+        for campaign in ("c1", "c2"):
+            reads.clear()
+            got[t, campaign] = online.feature_inputs("u1", campaign, t, US_IP, "curl/8", "x.com")
+            user_reads = [ns for ns in reads if ns in (fold.HEAD, fold.USER)]
+            # after every impression, click and prediction the head answers; before, the document
+            assert user_reads == ([fold.HEAD] if t > H + 30 * MIN else [fold.HEAD, fold.USER]), t
+    assert got[H + 61 * MIN, "c1"]["pred_score"][0] == 0.25
+    assert got[H + 61 * MIN, "c1"]["uc_impressions"][0] == 2
+    assert got[H + 61 * MIN, "c2"]["uc_impressions"][0] == 0
+    state.conn.execute("DELETE FROM docs WHERE ns=?", (fold.HEAD,))  # the documents alone
+    state.conn.commit()
+    for (t, campaign), inputs in got.items():
+        _same_inputs(inputs, online.feature_inputs("u1", campaign, t, US_IP, "curl/8", "x.com"))

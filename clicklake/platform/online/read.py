@@ -150,6 +150,29 @@ class OnlineFeatures:
             out["campaigns"], out["domains"] = found
         return out
 
+    def _inputs_from_head(self, user_id: str, campaign_id: str, ts_ms: int
+                          ) -> tuple[dict, tuple[int, int], tuple[float, float]] | None:
+        """The user's part of `feature_inputs` (`user_state.profile_at`, `user_campaign_at`,
+        `latest_prediction_at`) from the user's head, or None when the document must answer: t
+        not after the user's latest impression, click and prediction, or no head of this layout.
+        A read "now" then never decodes the document, whose events since the horizon run to
+        megabytes for a bot."""
+        raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
+        if raw is None:
+            return None
+        head_part, lists = user_head.split(raw)
+        if lists is None:
+            return None
+        head = orjson.loads(head_part)
+        valid = user_head.valid_from(head)
+        if valid is not None:
+            self._check(ts_ms, valid, f"{user_id}'s state's")
+        counters = user_head.profile_from_head(head, ts_ms)
+        prediction = user_head.prediction_from_head(head, ts_ms)
+        if counters is None or prediction is None:
+            return None
+        return counters, user_head.campaign_counts(lists[0], campaign_id), prediction
+
     @staticmethod
     def _profile(user_id: str, ts_ms: int, counters: dict) -> dict:
         out = {"user_id": user_id, "t": ts_ms}
@@ -164,8 +187,12 @@ class OnlineFeatures:
         impression's domain, for the per-domain segment counters; None = unknown)."""
         self.check_layout()
         self._check(ts_ms)
-        doc = self._doc(user_id, ts_ms) or us.new_user()
-        p = us.profile_at(doc, ts_ms)
+        now = self._inputs_from_head(user_id, campaign_id, ts_ms)
+        if now is None:
+            doc = self._doc(user_id, ts_ms) or us.new_user()
+            now = (us.profile_at(doc, ts_ms), us.user_campaign_at(doc, campaign_id, ts_ms),
+                   us.latest_prediction_at(doc, ts_ms))
+        p, uc, (score, pred_ts) = now
         out: dict[str, np.ndarray] = {"ts_ms": np.array([ts_ms], dtype=np.int64)}
         for w, suffix in _WINDOW_SUFFIX.items():
             for m in ("impressions", "clicks", "spend"):
@@ -175,7 +202,6 @@ class OnlineFeatures:
             out[name] = np.array([math.nan if p[key] is None else p[key]], dtype=np.float64)
         out["user_distinct_campaigns"] = np.array([p["distinct_campaigns"]], dtype=np.float64)
         out["user_distinct_domains"] = np.array([p["distinct_domains"]], dtype=np.float64)
-        uc = us.user_campaign_at(doc, campaign_id, ts_ms)
         out["uc_impressions"] = np.array([uc[0]], dtype=np.float64)
         out["uc_clicks"] = np.array([uc[1]], dtype=np.float64)
         country = country_of(ip)
@@ -192,7 +218,6 @@ class OnlineFeatures:
         out["os"] = np.array([ua.os], dtype=object)
         out["browser"] = np.array([ua.browser], dtype=object)
         out["is_crawler"] = np.array([ua.is_crawler], dtype=bool)
-        score, pred_ts = us.latest_prediction_at(doc, ts_ms)
         out["pred_score"] = np.array([score], dtype=np.float64)
         out["pred_ts_ms"] = np.array([pred_ts], dtype=np.float64)
         return {c: out[c] for c in INPUT_COLUMNS}
