@@ -14,7 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clicklake.platform.online import SqliteState, fold_files, fold_rows
-from clicklake.platform.online.segment_state import count_before, window_24h
+from clicklake.platform.online.segment_state import (
+    SegmentWindows,
+    _SortedLog,
+    count_before,
+    window_24h,
+)
 from clicklake.platform.online.sqlite_state import StaleLayout
 from clicklake.platform.online.state import canonical_log
 from clicklake.platform.storage import Store
@@ -42,11 +47,15 @@ def test_a_long_log_counts_as_the_brute_force(seed):
     rng = random.Random(seed)
     offsets = [rng.randrange(0, 60_000) for _ in range(rng.choice([999, 1000, 5000]))]
     log = "".join(f"{o:05d}," for o in offsets)
-    for offset in (0, 1, 60_000, *rng.sample(offsets, 5)):
+    taken = log + f"-{offsets[0]:05d},"
+    # scanned on its first read, sorted once for the next (a reader that asks again and again)
+    kept = {text: _SortedLog(text) for text in (log, taken)}
+    for offset in (0, 1, 60_000, *rng.sample(offsets, 5), 0):
         assert count_before(log, offset) == sum(o < offset for o in offsets), offset
-        taken = log + f"-{offsets[0]:05d},"
         assert count_before(taken, offset) == (sum(o < offset for o in offsets)
                                                - (offsets[0] < offset))
+        for text, sorted_log in kept.items():
+            assert sorted_log.before(offset) == count_before(text, offset), offset
 
 
 def test_canonical_log_nets_and_sorts():
@@ -73,15 +82,23 @@ def test_windows_equal_brute_force_at_every_instant(tmp_path_factory, seed, comm
     rows += [("clicks", (k, ts, u, c, iid)) for k, ts, u, c, iid in clks]
     rng.shuffle(rows)
     arrival = base + 5 * MIN
+    instants = [base, base + 2 * MIN, H + 60 * MIN, base + 4 * MIN + 1]
+    instants += [rng.choice(imps)[1] + rng.choice([0, 1]) for _ in range(6)]
+    instants += [rng.choice(clks)[1] + rng.choice([0, 1]) for _ in range(4)]
+    pairs = [("global", "all"), ("campaign", "c1"), ("campaign", "c2"), ("country", "US"),
+             ("country", "unknown")]
+    # Readers that keep what they read, asked between the commits: one on the writer's own
+    # connection, one on a connection of its own (as the API's)
+    kept = [SegmentWindows(state), SegmentWindows(SqliteState(state.path))]
     for n in range(commits):
         part = rows[n::commits]
         for stream in ("clicks", "impressions"):
             batch = [r for s, r in part if s == stream]
             if batch:
                 fold_rows(state, stream, batch, f"{stream}-{seed}-{n}", arrival)
-    instants = [base, base + 2 * MIN, H + 60 * MIN, base + 4 * MIN + 1]
-    instants += [rng.choice(imps)[1] + rng.choice([0, 1]) for _ in range(6)]
-    instants += [rng.choice(clks)[1] + rng.choice([0, 1]) for _ in range(4)]
+        for t in instants:
+            want = [window_24h(state, kind, seg, t) for kind, seg in pairs]
+            assert all(reader.windows_24h(pairs, t) == want for reader in kept), (n, t - base)
     for t in instants:
         for kind, seg, pick in (("global", "all", lambda c: True),
                                 ("campaign", "c1", lambda c: c == "c1")):

@@ -44,6 +44,7 @@ class OnlineFeatures:
         self._layout_due = 0.0  # time.monotonic() of the next layout check
         self._rebuilding: str | None = None
         self._horizon: tuple[int | None, int] = (None, horizon_ms(None, rules))
+        self._segments = seg.SegmentWindows(state)
 
     def check_layout(self) -> None:
         """Raise `StaleLayout` once a writer of a newer clicklake has recorded its documents'
@@ -208,7 +209,7 @@ class OnlineFeatures:
         own = {"global": "all", "country": country, "campaign": campaign_id,
                "domain": seg.UNKNOWN if domain is None else domain}
         pairs = [(kind, own[kind]) for kind in seg.KINDS]
-        for (kind, _), (imps, clks) in zip(pairs, seg.windows_24h(self.state, pairs, ts_ms),
+        for (kind, _), (imps, clks) in zip(pairs, self._segments.windows_24h(pairs, ts_ms),
                                            strict=True):
             out[f"{kind}_impressions_24h"] = np.array([imps], dtype=np.float64)
             out[f"{kind}_clicks_24h"] = np.array([clks], dtype=np.float64)

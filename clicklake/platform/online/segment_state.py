@@ -20,6 +20,7 @@ re-attributes the click (the fold moves the click's count from the old country t
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 
@@ -225,6 +226,93 @@ def _windows(state: StateStore, pks: list[str], t: int) -> list[tuple[int, int]]
     return out
 
 
+class SegmentWindows:
+    """`windows_24h` of one state for a reader that asks again and again (the API): each
+    (segment, minute) read keeps its sums before the minute and its minute's logs, sorted, until
+    anything is written to the state (`StateStore.read_version`; a backend that cannot say reads
+    every time). A read in the same minute then takes a bisection per log, however busy the
+    segment: the `global` segment's log holds every event of the minute, and counting it cost
+    every /predict 1.4 ms at 2 k events/s and 13 ms at 16 k/s; the next fold's commit makes the
+    first read after it pay that once. Not thread-safe: one per reading thread."""
+
+    MAX_KEPT = 4096  # (segment, minute) entries: domains are free text
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self._version: object | None = None
+        self._kept: dict[tuple[str, int], tuple[int, int, _SortedLog, _SortedLog]] = {}
+
+    def windows_24h(self, pairs: list[tuple[str, str]], t: int) -> list[tuple[int, int]]:
+        version = self.state.read_version()
+        if version is None:
+            return windows_24h(self.state, pairs, t)
+        if version != self._version:
+            self._kept, self._version = {}, version
+        m = t - t % MINUTE_MS
+        pks = [segment_pk(kind, segment) for kind, segment in pairs]
+        kept = self._kept
+        missing = [pk for pk in dict.fromkeys(pks) if (pk, m) not in kept]
+        if missing:
+            if len(kept) + len(missing) > self.MAX_KEPT:
+                kept.clear()
+            f = t - t % HOUR_MS
+            ranges, cells = [], []
+            for pk in missing:
+                ranges += [(HOUR_TABLE, pk, f - WINDOW_HOURS * HOUR_MS, f),
+                           (MINUTE_TABLE, pk, f, m)]
+                cells.append((MINUTE_TABLE, pk, m))
+            sums, rows = self.state.sum_ranges_and_cells(ranges, cells)
+            for i, (pk, row) in enumerate(zip(missing, rows, strict=True)):
+                (hi, hc), (mi, mc) = sums[2 * i], sums[2 * i + 1]
+                kept[pk, m] = (hi + mi, hc + mc, _SortedLog(row[2] if row else ""),
+                               _SortedLog(row[3] if row else ""))
+        out = []
+        for pk in pks:
+            imps, clks, imp_log, clk_log = kept[pk, m]
+            out.append((imps + imp_log.before(t - m), clks + clk_log.before(t - m)))
+        return out
+
+
+class _SortedLog:
+    """A minute log, counted by `count_before` on its first read and sorted for bisection from
+    its second on (a log read once costs no sort): the entries taken back (`-OFFSET,`) apart;
+    a long log without any as one array of integers."""
+
+    __slots__ = ("added", "array", "log", "reads", "taken")
+
+    def __init__(self, log: str) -> None:
+        self.log: str | None = log  # until sorted
+        self.reads = 0
+        self.array = None
+        self.added: list[int] = []
+        self.taken: list[int] = []
+
+    def before(self, offset: int) -> int:
+        """Net entries before millisecond `offset`, as `count_before(log, offset)`."""
+        log = self.log
+        if log is not None:
+            if self.reads == 0:  # the first read: a scan (a log read once costs no sort)
+                self.reads = 1
+                return count_before(log, offset)
+            self.log = None
+            self._sort(log)
+        if self.array is not None:
+            return int(self.array.searchsorted(np.int32(offset)))  # a Python int: a cast copy
+        return bisect_left(self.added, offset) - bisect_left(self.taken, offset)
+
+    def _sort(self, log: str) -> None:
+        if "-" not in log and len(log) >= _VECTOR_CHARS and not len(log) % 6:
+            d = np.frombuffer(log.encode("ascii"), dtype=np.uint8).reshape(-1, 6)
+            # column by column in int32: 6x faster than a matrix product of the digits
+            ms = (d[:, 0] * np.int32(10_000) + d[:, 1] * np.int32(1_000)
+                  + d[:, 2] * np.int32(100) + d[:, 3] * np.int32(10) + d[:, 4])
+            self.array = np.sort(ms - np.int32(48 * 11_111))  # the digits' ASCII zeros
+            return
+        toks = log.split(",")[:-1]
+        self.added = sorted(int(tok) for tok in toks if tok[0] != "-")
+        self.taken = sorted(int(tok[1:]) for tok in toks if tok[0] == "-")
+
+
 def window_24h(state: StateStore, kind: str, segment: str, t: int) -> tuple[int, int]:
     """(impressions, clicks) of the segment with floor(t) - 24 h <= ts < t."""
     return _windows(state, [segment_pk(kind, segment)], t)[0]
@@ -236,4 +324,5 @@ def windows_24h(state: StateStore, pairs: list[tuple[str, str]], t: int) -> list
     return _windows(state, [segment_pk(kind, segment) for kind, segment in pairs], t)
 
 
-__all__ = ["IMPRESSION_KINDS", "UNKNOWN", "Deltas", "impression_values", "window_24h"]
+__all__ = ["IMPRESSION_KINDS", "UNKNOWN", "Deltas", "SegmentWindows", "impression_values",
+           "window_24h"]

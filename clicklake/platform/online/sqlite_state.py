@@ -164,6 +164,12 @@ class SqliteState(StateStore):
         # Unchanged by this connection's own commits, changed by any other connection's.
         return (id(self.conn), self.conn.execute("PRAGMA data_version").fetchone()[0])
 
+    def read_version(self) -> object | None:
+        # data_version: other connections' commits; total_changes: this one's writes, whatever
+        # wrote them
+        return (id(self.conn), self.conn.execute("PRAGMA data_version").fetchone()[0],
+                self.conn.total_changes)
+
     def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
         return self.sum_ranges_and_cells(ranges, [])[0]
 

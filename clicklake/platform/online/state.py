@@ -154,6 +154,12 @@ class StateStore(ABC):
         to one run by `deploy/dagster.yaml`)."""
         return None
 
+    def read_version(self) -> object | None:
+        """A value that changes whenever anything is written to the state, by any writer (this
+        object's own writes included), for readers to keep what they read until it does; None
+        (the default) = unknown: read every time."""
+        return None
+
     def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
         """`sum_counters` of each (table, pk, lo, hi); a backend may answer them in one trip."""
         return [self.sum_counters(t, pk, lo, hi) if hi > lo else (0, 0)
