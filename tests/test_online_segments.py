@@ -56,6 +56,8 @@ def test_a_long_log_counts_as_the_brute_force(seed):
                                                - (offsets[0] < offset))
         for text, sorted_log in kept.items():
             assert sorted_log.before(offset) == count_before(text, offset), offset
+    array = kept[log].array  # sorted as milliseconds (numpy 1.x kept a uint8 product in 16 bits)
+    assert array is None or (array.dtype.kind == "i" and 0 <= array[0] <= array[-1] < 60_000)
 
 
 def test_canonical_log_nets_and_sorts():
@@ -150,3 +152,43 @@ def test_the_24_hour_window_drops_the_hour_it_passes(tmp_path):
     assert window_24h(state, "global", "all", H + day + 30 * MIN) == (2, 0)
     assert window_24h(state, "global", "all", H + day + 60 * MIN - 1) == (2, 0)
     assert window_24h(state, "global", "all", H + day + 61 * MIN) == (1, 0)
+
+
+def test_kept_windows_are_dropped_by_a_clear_and_shared_by_threads(tmp_path):
+    """A reader's kept rows go with a rebuild's `clear` on its own connection (dropping the
+    tables changes no row); threads sharing one reader take turns, so none counts a busy log
+    while another sorts it."""
+    import threading
+
+    from clicklake.platform.timeutil import MINUTE_MS
+
+    state = SqliteState(str(tmp_path / "online.db"))
+    m = H + 30 * MINUTE_MS
+    n = 30_000
+    rows = [(f"i{k}", m + k * MINUTE_MS // n, f"u{k % 500}", "hot", "d.com", US_IP, None, None)
+            for k in range(n)]
+    fold_rows(state, "impressions", rows, "busy", m + MINUTE_MS + 5_000)
+    t = m + 59_000
+    pairs = [("global", "all"), ("campaign", "hot")]
+    want = [window_24h(state, kind, seg, t) for kind, seg in pairs]
+    assert want[0][0] == sum(1 for r in rows if r[1] < t)
+    wrong = []
+    for _ in range(8):
+        reader = SegmentWindows(SqliteState(state.path))
+        assert reader.windows_24h(pairs, t) == want  # the first read scans; the next sort
+
+        def read(reader=reader) -> None:
+            got = reader.windows_24h(pairs, t)
+            if got != want:
+                wrong.append(got)
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert wrong == []
+    kept = SegmentWindows(state)
+    assert kept.windows_24h(pairs, t) == want
+    state.clear()
+    assert kept.windows_24h(pairs, t) == [(0, 0), (0, 0)]

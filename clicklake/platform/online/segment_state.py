@@ -20,6 +20,7 @@ re-attributes the click (the fold moves the click's count from the old country t
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
@@ -233,7 +234,7 @@ class SegmentWindows:
     every time). A read in the same minute then takes a bisection per log, however busy the
     segment: the `global` segment's log holds every event of the minute, and counting it cost
     every /predict 1.4 ms at 2 k events/s and 13 ms at 16 k/s; the next fold's commit makes the
-    first read after it pay that once. Not thread-safe: one per reading thread."""
+    first read after it pay that once. Reads of several threads take turns."""
 
     MAX_KEPT = 4096  # (segment, minute) entries: domains are free text
 
@@ -241,8 +242,13 @@ class SegmentWindows:
         self.state = state
         self._version: object | None = None
         self._kept: dict[tuple[str, int], tuple[int, int, _SortedLog, _SortedLog]] = {}
+        self._lock = threading.Lock()  # a log sorted by one thread is not read by another
 
     def windows_24h(self, pairs: list[tuple[str, str]], t: int) -> list[tuple[int, int]]:
+        with self._lock:
+            return self._windows_24h(pairs, t)
+
+    def _windows_24h(self, pairs: list[tuple[str, str]], t: int) -> list[tuple[int, int]]:
         version = self.state.read_version()
         if version is None:
             return windows_24h(self.state, pairs, t)
@@ -303,10 +309,12 @@ class _SortedLog:
     def _sort(self, log: str) -> None:
         if "-" not in log and len(log) >= _VECTOR_CHARS and not len(log) % 6:
             d = np.frombuffer(log.encode("ascii"), dtype=np.uint8).reshape(-1, 6)
-            # column by column in int32: 6x faster than a matrix product of the digits
-            ms = (d[:, 0] * np.int32(10_000) + d[:, 1] * np.int32(1_000)
-                  + d[:, 2] * np.int32(100) + d[:, 3] * np.int32(10) + d[:, 4])
-            self.array = np.sort(ms - np.int32(48 * 11_111))  # the digits' ASCII zeros
+            # column by column, each made int32 first (numpy 1.x would keep a uint8 column
+            # times a small scalar in 16 bits): 5x faster than a matrix product of the digits
+            ms = d[:, 0].astype(np.int32) * 10_000
+            for column, place in ((1, 1_000), (2, 100), (3, 10), (4, 1)):
+                ms += d[:, column].astype(np.int32) * place
+            self.array = np.sort(ms - 48 * 11_111)  # the digits' ASCII zeros
             return
         toks = log.split(",")[:-1]
         self.added = sorted(int(tok) for tok in toks if tok[0] != "-")

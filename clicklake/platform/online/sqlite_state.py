@@ -94,6 +94,7 @@ class SqliteState(StateStore):
         self.stale = "ilog" not in columns
         self._docs_marked = False  # DOCS_LAYOUT recorded by this connection
         self._rowid_checked = False  # `_rowid_tables` done by this connection
+        self._cleared = 0  # `clear`s made (`read_version`)
 
     def _check_layout(self) -> None:
         if self.stale:
@@ -165,10 +166,10 @@ class SqliteState(StateStore):
         return (id(self.conn), self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def read_version(self) -> object | None:
-        # data_version: other connections' commits; total_changes: this one's writes, whatever
-        # wrote them
+        # data_version: other connections' commits; total_changes: this one's row writes,
+        # whatever made them; _cleared: this object's `clear`s (dropping tables changes no row)
         return (id(self.conn), self.conn.execute("PRAGMA data_version").fetchone()[0],
-                self.conn.total_changes)
+                self.conn.total_changes, self._cleared)
 
     def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
         return self.sum_ranges_and_cells(ranges, [])[0]
@@ -331,6 +332,7 @@ class SqliteState(StateStore):
             raise
         self.stale = False
         self._docs_marked = False
+        self._cleared += 1
 
     def close(self) -> None:
         self.conn.close()
