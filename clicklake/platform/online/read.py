@@ -93,10 +93,20 @@ class OnlineFeatures:
         if raw is None:
             return None
         doc = orjson.loads(raw)
-        h = us.valid_from(doc)
-        if h is not None:
-            self._check(t, h, f"{user_id}'s state's")
+        self._check_user(user_id, t, us.valid_from(doc))
         return doc
+
+    def _check_user(self, user_id: str, t: int, valid_from: int | None) -> None:
+        if valid_from is not None:
+            self._check(t, valid_from, f"{user_id}'s state's")
+
+    def _head(self, user_id: str, t: int, raw: bytes) -> tuple[list, tuple | None]:
+        """The user's stored head, decoded and checked against t as `_doc` checks the
+        document, and its lists (`user_head.split`: None when it has none of this layout)."""
+        head_part, lists = user_head.split(raw)
+        head = orjson.loads(head_part)
+        self._check_user(user_id, t, user_head.valid_from(head))
+        return head, lists
 
     def profile(self, user_id: str, ts_ms: int, lists: bool = True, encoded: bool = False
                 ) -> dict | None:
@@ -132,13 +142,9 @@ class OnlineFeatures:
                    ) -> dict | None:
         """`profile` from the user's stored head, None when the document must answer (t not
         after the user's events, or lists asked of a head written without them)."""
-        head_part, lists_part = user_head.split(raw)
+        head, lists_part = self._head(user_id, ts_ms, raw)
         if lists and lists_part is None:
             return None
-        head = orjson.loads(head_part)
-        valid = user_head.valid_from(head)
-        if valid is not None:
-            self._check(ts_ms, valid, f"{user_id}'s state's")
         counters = user_head.profile_from_head(head, ts_ms)
         if counters is None:
             return None
@@ -161,13 +167,9 @@ class OnlineFeatures:
         raw = self.state.get_docs(HEAD, [user_id]).get(user_id)
         if raw is None:
             return None
-        head_part, lists = user_head.split(raw)
+        head, lists = self._head(user_id, ts_ms, raw)
         if lists is None:
             return None
-        head = orjson.loads(head_part)
-        valid = user_head.valid_from(head)
-        if valid is not None:
-            self._check(ts_ms, valid, f"{user_id}'s state's")
         counters = user_head.profile_from_head(head, ts_ms)
         prediction = user_head.prediction_from_head(head, ts_ms)
         if counters is None or prediction is None:
