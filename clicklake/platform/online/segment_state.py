@@ -210,20 +210,27 @@ def count_before(log: str, offset: int) -> int:
     return n
 
 
-def _windows(state: StateStore, pks: list[str], t: int) -> list[tuple[int, int]]:
+def _rows(state: StateStore, pks: list[str], t: int) -> list[tuple[int, int, tuple | None]]:
+    """Per segment: (impressions, clicks) of the window before t's minute, and the minute's
+    row (None when it has none), in one `StateStore.sum_ranges_and_cells` call."""
     f, m = t - t % HOUR_MS, t - t % MINUTE_MS
     ranges, cells = [], []
     for pk in pks:
         ranges += [(HOUR_TABLE, pk, f - WINDOW_HOURS * HOUR_MS, f), (MINUTE_TABLE, pk, f, m)]
         cells.append((MINUTE_TABLE, pk, m))
     sums, rows = state.sum_ranges_and_cells(ranges, cells)
+    return [(sums[2 * i][0] + sums[2 * i + 1][0], sums[2 * i][1] + sums[2 * i + 1][1], row)
+            for i, row in enumerate(rows)]
+
+
+def _windows(state: StateStore, pks: list[str], t: int) -> list[tuple[int, int]]:
+    m = t - t % MINUTE_MS
     out = []
-    for i, row in enumerate(rows):
-        (hi, hc), (mi, mc) = sums[2 * i], sums[2 * i + 1]
+    for imps, clks, row in _rows(state, pks, t):
         if row is not None and t > m:
-            hi += count_before(row[2], t - m)
-            hc += count_before(row[3], t - m)
-        out.append((hi + mi, hc + mc))
+            imps += count_before(row[2], t - m)
+            clks += count_before(row[3], t - m)
+        out.append((imps, clks))
     return out
 
 
@@ -261,16 +268,9 @@ class SegmentWindows:
         if missing:
             if len(kept) + len(missing) > self.MAX_KEPT:
                 kept.clear()
-            f = t - t % HOUR_MS
-            ranges, cells = [], []
-            for pk in missing:
-                ranges += [(HOUR_TABLE, pk, f - WINDOW_HOURS * HOUR_MS, f),
-                           (MINUTE_TABLE, pk, f, m)]
-                cells.append((MINUTE_TABLE, pk, m))
-            sums, rows = self.state.sum_ranges_and_cells(ranges, cells)
-            for i, (pk, row) in enumerate(zip(missing, rows, strict=True)):
-                (hi, hc), (mi, mc) = sums[2 * i], sums[2 * i + 1]
-                kept[pk, m] = (hi + mi, hc + mc, _SortedLog(row[2] if row else ""),
+            for pk, (imps, clks, row) in zip(missing, _rows(self.state, missing, t),
+                                             strict=True):
+                kept[pk, m] = (imps, clks, _SortedLog(row[2] if row else ""),
                                _SortedLog(row[3] if row else ""))
         out = []
         for pk in pks:
