@@ -635,3 +635,56 @@ def test_a_document_in_parts_is_read_whole_from_one_value(moto_endpoint, monkeyp
     with pytest.raises(online_store.TornRead, match="'heavy'"):
         state.get_docs("user", ["heavy"])
     assert len(pauses) == 3 + online_store.READ_ATTEMPTS - 1  # none after the last read
+
+
+class _CountingClient:
+    """A boto3 client that counts the requests made through it."""
+
+    def __init__(self, client) -> None:
+        self.client, self.calls = client, []
+
+    def __getattr__(self, name):
+        method = getattr(self.client, name)
+        if not callable(method):
+            return method
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_kept_segment_rows_follow_the_tables_version(moto_endpoint, landing_zone):
+    """The API's reader keeps the segment rows it read until the table's version moves: a read
+    again is one key read instead of a query per range and log; another writer's commit makes
+    it read them again."""
+    from clicklake.platform.online.segment_state import SegmentWindows, windows_24h
+
+    state = _dynamo(moto_endpoint)
+    files = [lf.key for lf, _ in order_files(landing_zone.list("landing/"))[0]]
+    fold_files(state, landing_zone, files[:len(files) // 2])
+    reader = DynamoState(state.table, moto_endpoint, "us-east-1")  # as the API opens it
+    counting = reader.client = _CountingClient(reader.client)
+    kept = SegmentWindows(reader)
+    pairs = [("global", "all"), ("campaign", "c001"), ("country", "US"), ("country", "unknown")]
+    t = START + HOUR_MS - 1
+
+    def uncached(at: int) -> list[tuple[int, int]]:
+        return windows_24h(reader, pairs, at)
+
+    before = uncached(t)
+    counting.calls.clear()
+    uncached(t)
+    every_time = len(counting.calls)
+    assert kept.windows_24h(pairs, t) == before
+    assert kept.windows_24h(pairs, t - 7) == uncached(t - 7)  # the same minute, from its logs
+    counting.calls.clear()
+    assert kept.windows_24h(pairs, t) == before
+    assert counting.calls == ["get_item"], counting.calls  # the version alone
+    assert every_time >= 9, every_time  # a query per range, the minute rows, their logs
+    fold_files(DynamoState(state.table, moto_endpoint, "us-east-1"), landing_zone,
+               files[len(files) // 2:])  # another writer
+    after = uncached(t)
+    assert after != before
+    assert kept.windows_24h(pairs, t) == after

@@ -445,6 +445,14 @@ class DynamoState(StateStore):
         item = self._get(_VERSION)
         return 0 if item is None else _n(item["v"])
 
+    def read_version(self) -> object | None:
+        # Every commit (this writer's or another's, a replayed one) and every clear moves the
+        # version, once applied whole; a purge does not, but it drops only rows before what
+        # any read from the horizon on asks for (`fold.purge`). One key read: a reader that
+        # keeps segment rows (`segment_state.SegmentWindows`) saves the 9-13 round trips of a
+        # prediction's four segments (a query per range, the minute rows, their logs).
+        return ("dynamodb", self._version())
+
     def cache_token(self) -> object | None:
         v = self._version()
         if v != self._seen:  # another writer committed (or a first look): a new token

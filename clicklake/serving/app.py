@@ -211,8 +211,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     metrics = ApiMetrics()
     lake_lock = threading.Lock()  # `lookup`: time travel reads run in the thread pool
     # Reads off the event loop unless they are local and short: the lake's are Parquet
-    # (milliseconds; S3: more), DynamoDB's ~11 network round trips for a prediction; a SQLite
-    # key read is shorter than the hop to the thread pool.
+    # (milliseconds; S3: more), DynamoDB's network round trips (a prediction's segment rows:
+    # one while they are kept, 9-13 after a commit); a SQLite key read is shorter than the hop
+    # to the thread pool.
     offload = not isinstance(getattr(source, "state", None), SqliteState)
 
     async def source_read(fn, *args, off_loop: bool = False, **kwargs):
