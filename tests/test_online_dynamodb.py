@@ -681,10 +681,54 @@ def test_kept_segment_rows_follow_the_tables_version(moto_endpoint, landing_zone
     assert kept.windows_24h(pairs, t - 7) == uncached(t - 7)  # the same minute, from its logs
     counting.calls.clear()
     assert kept.windows_24h(pairs, t) == before
-    assert counting.calls == ["get_item"], counting.calls  # the version alone
+    assert counting.calls == ["batch_get_item"], counting.calls  # the version alone
     assert every_time >= 9, every_time  # a query per range, the minute rows, their logs
     fold_files(DynamoState(state.table, moto_endpoint, "us-east-1"), landing_zone,
                files[len(files) // 2:])  # another writer
     after = uncached(t)
     assert after != before
     assert kept.windows_24h(pairs, t) == after
+
+
+def test_segment_rows_read_during_a_commit_are_not_kept(moto_endpoint, landing_zone):
+    """A commit's rows change between its transactions, and its writer may die between two:
+    rows a reader reads meanwhile are not kept, so it never answers from a half-applied commit
+    once more has landed (nor after the rerun finishes it)."""
+    from clicklake.platform.online.segment_state import SegmentWindows, windows_24h
+
+    state = _dynamo(moto_endpoint)
+    files = [lf.key for lf, _ in order_files(landing_zone.list("landing/"))[0]]
+    fold_files(state, landing_zone, files[:len(files) // 2])
+    reader = DynamoState(state.table, moto_endpoint, "us-east-1")
+    kept = SegmentWindows(reader)
+    pairs = [("global", "all"), ("campaign", "c001"), ("country", "US"), ("country", "unknown")]
+    t = START + HOUR_MS - 1
+    assert kept.windows_24h(pairs, t) == windows_24h(reader, pairs, t)
+
+    class Died(Exception):
+        pass
+
+    dying = DynamoState(state.table, moto_endpoint, "us-east-1")
+    dying.transaction_items = 10  # the commit lands in many transactions
+    dying.lease_ms = 0  # its rerun need not wait for the dead writer's lease
+    real, seen = dying.client.transact_write_items, []
+
+    def transaction(**kw):
+        names = [str(op) for op in kw["TransactItems"]]
+        if not seen and any("c#seg_m#global" in n for n in names):
+            seen.append(kept.windows_24h(pairs, t))  # a /predict in the middle of the commit
+            assert reader.read_version() is None
+        elif seen:
+            raise Died  # before the version moves
+        return real(**kw)
+
+    dying.client.transact_write_items = transaction
+    with pytest.raises(Died):
+        fold_files(dying, landing_zone, files[len(files) // 2:])
+    assert seen
+    for at in (t, t - 1, t - 2):  # what the dead writer landed is read, not the kept rows
+        assert kept.windows_24h(pairs, at) == windows_24h(reader, pairs, at)
+    fold_files(DynamoState(state.table, moto_endpoint, "us-east-1"), landing_zone,
+               files[len(files) // 2:])  # the rerun finishes it
+    assert reader.read_version() is not None
+    assert kept.windows_24h(pairs, t) == windows_24h(reader, pairs, t)

@@ -446,12 +446,20 @@ class DynamoState(StateStore):
         return 0 if item is None else _n(item["v"])
 
     def read_version(self) -> object | None:
-        # Every commit (this writer's or another's, a replayed one) and every clear moves the
-        # version, once applied whole; a purge does not, but it drops only rows before what
-        # any read from the horizon on asks for (`fold.purge`). One key read: a reader that
-        # keeps segment rows (`segment_state.SegmentWindows`) saves the 9-13 round trips of a
-        # prediction's four segments (a query per range, the minute rows, their logs).
-        return ("dynamodb", self._version())
+        # A commit lands in several transactions, its rows changing between them, and moves
+        # the version once all of them are applied; its pending record stands from before the
+        # first until after that move (and after a writer died mid-commit, until a rerun
+        # finishes it). So: the version while no commit is pending, None (read every time)
+        # while one is. A clear moves the version too; a purge does not, but it drops only
+        # rows before what any read from the horizon on asks for (`fold.purge`). One batch
+        # read, against the 5-13 round trips of a prediction's four segments (a query per
+        # range, the minute rows, their logs) that a reader keeping them saves.
+        items = self._batch_get([self._key(_VERSION), self._key(_PENDING)])
+        found = {i["pk"]["S"]: i for i in items}
+        if _stored_pk(_PENDING) in found:
+            return None
+        version = found.get(_stored_pk(_VERSION))
+        return ("dynamodb", 0 if version is None else _n(version["v"]))
 
     def cache_token(self) -> object | None:
         v = self._version()

@@ -212,7 +212,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
     lake_lock = threading.Lock()  # `lookup`: time travel reads run in the thread pool
     # Reads off the event loop unless they are local and short: the lake's are Parquet
     # (milliseconds; S3: more), DynamoDB's network round trips (a prediction's segment rows:
-    # one while they are kept, 9-13 after a commit); a SQLite key read is shorter than the hop
+    # one while they are kept, 6-14 after a commit); a SQLite key read is shorter than the hop
     # to the thread pool.
     offload = not isinstance(getattr(source, "state", None), SqliteState)
 

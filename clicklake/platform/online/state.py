@@ -155,9 +155,11 @@ class StateStore(ABC):
         return None
 
     def read_version(self) -> object | None:
-        """A value that changes whenever anything is written to the state, by any writer (this
-        object's own writes included), for readers to keep what they read until it does; None
-        (the default) = unknown: read every time."""
+        """A value that changes whenever a write to the state completes, by any writer (this
+        object's own writes included), and that is not given while one is under way, for
+        readers to keep what they read until it changes (rows older than any read from the
+        horizon on may go without it: a purge); None (the default, or while a write is under
+        way) = read every time."""
         return None
 
     def sum_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
