@@ -28,7 +28,7 @@ import random
 import tempfile
 import time
 
-import numpy as np
+from bench_online import pct  # the same percentiles as the online benchmark's
 
 from clicklake.platform.online import OnlineFeatures, SqliteState, fold_rows
 from clicklake.platform.online import segment_state as seg
@@ -43,12 +43,6 @@ FOLD_ROWS = 50_000  # rows per fold_rows call (one commit each)
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-def pct(ns: list[int]) -> dict[str, float]:
-    a = np.asarray(ns, dtype=np.float64) / 1000.0
-    return {"p50_us": round(float(np.percentile(a, 50)), 2),
-            "p99_us": round(float(np.percentile(a, 99)), 2)}
 
 
 def _timed(fn, args: list) -> list[int]:

@@ -238,10 +238,10 @@ class SegmentWindows:
     """`windows_24h` of one state for a reader that asks again and again (the API): each
     (segment, minute) read keeps its sums before the minute and its minute's logs, sorted, until
     a write to the state completes (`StateStore.read_version`; while one is under way, or on a
-    backend that cannot say, it reads every time). A read in the same minute then takes a bisection per log, however busy the
-    segment: the `global` segment's log holds every event of the minute, and counting it cost
-    every /predict 1.4 ms at 2 k events/s and 13 ms at 16 k/s; the next fold's commit makes the
-    first read after it pay that once. Threads share one: the rows are read outside its lock
+    backend that cannot say, it reads every time). A read in the same minute then takes a
+    bisection per log, however busy the segment: the `global` segment's log holds every event
+    of the minute, and counting it cost every /predict 1.4 ms at 2 k events/s and 13 ms at
+    16 k/s; the next fold's commit makes the first read after it pay that once. Threads share one: the rows are read outside its lock
     (DynamoDB's reads run on several threads), counted inside."""
 
     MAX_KEPT = 4096  # (segment, minute) entries: domains are free text
@@ -286,11 +286,11 @@ class _SortedLog:
     its second on (a log read once costs no sort): the entries taken back (`-OFFSET,`) apart;
     a long log without any as one array of integers."""
 
-    __slots__ = ("added", "array", "log", "reads", "taken")
+    __slots__ = ("added", "array", "log", "scanned", "taken")
 
     def __init__(self, log: str) -> None:
         self.log: str | None = log  # until sorted
-        self.reads = 0
+        self.scanned = False
         self.array = None
         self.added: list[int] = []
         self.taken: list[int] = []
@@ -299,8 +299,8 @@ class _SortedLog:
         """Net entries before millisecond `offset`, as `count_before(log, offset)`."""
         log = self.log
         if log is not None:
-            if self.reads == 0:  # the first read: a scan (a log read once costs no sort)
-                self.reads = 1
+            if not self.scanned:  # the first read: a scan (a log read once costs no sort)
+                self.scanned = True
                 return count_before(log, offset)
             self.log = None
             self._sort(log)

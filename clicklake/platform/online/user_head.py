@@ -82,18 +82,18 @@ def _latest_prediction(doc: dict) -> list | None:
     return max(preds if before is None else [before, *preds], key=pred_order, default=None)
 
 
-def lists_of(doc: dict) -> tuple[int | None, dict[str, dict[str, int]], list[str]]:
-    """The profile's lists as of after every event of the document: (after, campaigns, domains)
-    as `user_state.campaigns_at` and `domains_at` give them, in name order; `after` the latest
-    first-seen time among them (None when there is none): the lists answer instants past it."""
+def lists_of(doc: dict) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The profile's lists as of after every event of the document: (campaigns, domains) as
+    `user_state.campaigns_at` and `domains_at` give them, in name order; they answer instants
+    past the head's AFTER (`_after`)."""
     camps = doc["camps"]
-    return (_after(doc),
-            {n: {"impressions": camps[n][0], "clicks": camps[n][1]} for n in sorted(camps)},
+    return ({n: {"impressions": camps[n][0], "clicks": camps[n][1]} for n in sorted(camps)},
             sorted(doc["doms"]))
 
 
 def _after(doc: dict) -> int | None:
-    """The latest first-seen time of the document's campaigns and domains (None: it has none)."""
+    """The latest first-seen time of the document's campaigns and domains (None: it has none):
+    the lists answer instants past it."""
     return max(chain(map(_first_seen, doc["camps"].values()), doc["doms"].values()),
                default=None)
 
@@ -101,8 +101,7 @@ def _after(doc: dict) -> int | None:
 def encode(doc: dict) -> bytes:
     """The stored value: the head, then the campaigns and the domains of `lists_of`, a line each
     (orjson writes no raw newline)."""
-    _, camps, doms = lists_of(doc)
-    return b"\n".join((orjson.dumps(head_of(doc)), orjson.dumps(camps), orjson.dumps(doms)))
+    return b"\n".join((orjson.dumps(head_of(doc)), *map(orjson.dumps, lists_of(doc))))
 
 
 def split(raw: bytes) -> tuple[memoryview, tuple[memoryview, memoryview] | None]:
