@@ -180,6 +180,35 @@ def test_string_table_grows_and_keeps_its_codes(interner_path):
     assert interner.codes(pa.array(["user-000042", "nobody"]), add=False).tolist() == [42, -1]
 
 
+def test_threads_sharing_an_interner_get_one_code_per_string(interner_path):
+    """A labeled range interns each next hour's users on a second thread while the hour being
+    built interns on the first: overlapping batches from two threads, growing the table
+    several times, still give each string one code, the same in every thread."""
+    import threading
+
+    interner = tiles.Interner()
+    batches = [pa.array([f"u{(k * 7919 + i) % 60_000}" for i in range(20_000)])
+               for k in range(6)]
+    got: dict[int, list[np.ndarray]] = {0: [], 1: []}
+
+    def run(which: int) -> None:
+        for b in (batches if which == 0 else batches[::-1]):
+            got[which].append(interner.codes(b))
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    code_of: dict[str, int] = {}
+    for which, order in ((0, batches), (1, batches[::-1])):
+        for b, codes in zip(order, got[which], strict=True):
+            for word, code in zip(b.to_pylist(), codes.tolist(), strict=True):
+                assert code_of.setdefault(word, code) == code
+    assert sorted(code_of.values()) == list(range(len(interner)))
+    assert interner.codes(pa.array(list(code_of)), add=False).tolist() == list(code_of.values())
+
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), n_users=st.integers(1, 6), nc=st.integers(1, 4), nd=st.integers(1, 3),
        span=st.integers(1, 40), with_campaigns=st.booleans())

@@ -177,7 +177,8 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
                         sources: dict[str, tuple] | None = None,
                         enriched: pa.Table | None = None,
                         segments: dict[str, pa.Table] | None = None,
-                        objects: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                        objects: dict[str, np.ndarray] | None = None,
+                        user_codes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """`features.INPUT_COLUMNS` for impressions at any instants (each as of strictly before its
     own ts), from the lake: the time-travel lookup, segment profiles and raw predictions. The
     labeled dataset calls it for an hour of impressions, the REST API's as-of path for one.
@@ -186,7 +187,8 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
     `whole_raw_hour`) is the state a range of hours carries from the hour before; `sources`
     as for `feature_inputs`. `enriched` (`enrich_impressions` of `impressions`), `segments`
     (their segment counts) and `objects` (their categorical inputs): made already by a range's
-    prepared hour (`_prepare_hour`), else made here."""
+    prepared hour (`_prepare_hour`), else made here; so are `user_codes` (with `carried`: the
+    impressions' users in its interner)."""
     n = impressions.num_rows
     users = impressions["user_id"].combine_chunks()
     camps = impressions["campaign_id"].combine_chunks()
@@ -196,12 +198,11 @@ def lake_feature_inputs(store: Store, impressions: pa.Table, lake_prefix: str = 
         # A range's lookup table outlives the hour: it keeps only the columns it reads.
         lookup.remember_raw("impressions", int(t.min() - t.min() % HOUR_MS),
                             impressions.select(_LOOKUP_COLUMNS) if carried else impressions)
-    user_codes = None
     if n:
         state = carried.snapshot(lookup, t) if carried else None
-        # The hour's users interned once (after the fold has interned the tile's), for both
-        # the carried snapshot and the carried scores.
-        user_codes = carried.users.codes(users) if carried else None
+        # The hour's users interned once, for both the carried snapshot and the carried scores.
+        if carried and user_codes is None:
+            user_codes = carried.users.codes(users)
         profiles, user_campaign = lookup.as_of_with_campaigns(
             users, camps, t, carried=state, user_codes=user_codes)
     else:
@@ -336,8 +337,8 @@ class _RangeCarry:
             # (a tile rebuilt since, or a snapshot on another predecessor, and the fold here
             # would not be the stored snapshot a single hour reads: that is read instead).
             ahead = self.ahead.pop(("tile", p), None)
-            tiles = ahead.result() if ahead is not None else _read_tile(
-                self.store, p, self.lake_prefix)
+            tiles, codes = ahead.result() if ahead is not None else (_read_tile(
+                self.store, p, self.lake_prefix), None)
             if tiles is not None:
                 own, parent, folded = chain_link(self.store.parquet_file(
                     snapshot_key(p, self.lake_prefix)).schema_arrow.metadata)
@@ -346,7 +347,7 @@ class _RangeCarry:
                 # Snapshot and tile both written by an older clicklake, which recorded no
                 # links: folded as it folded them (a tile rebuilt since carries an identity).
                 if linked or (own is None and tile_id(tiles) is None):
-                    state.fold(tiles, p)
+                    state.fold(tiles, p, codes)
                     state.chain_id = own
         if state is None or state.as_of != s:
             if p >= 0:
@@ -378,8 +379,10 @@ class _RangeCarry:
             self._scores = CarriedScores(self.store, self.users, self.hour,
                                          PREDICTION_MAX_AGE_MS, self.lake_prefix)
         ahead = self.ahead.pop(("predictions", self.hour), None)
+        if ahead is not None:  # prepared on the second thread with these users' codes
+            return self._scores.answer(self.hour, codes, t, prepared=ahead.result())
         return self._scores.answer(self.hour, self.users.codes(user_ids) if codes is None
-                                   else codes, t, ahead.result() if ahead is not None else None)
+                                   else codes, t)
 
 
 def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT_LABEL_WINDOW_MS,
@@ -427,7 +430,7 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
             if checked.exception() is not None:
                 return checked
         return pool.submit(_prepare_hour, store, hours[i], continues(i), ahead, before,
-                           window_ms, lake_prefix)
+                           window_ms, lake_prefix, carry.users)
 
     try:
         job = submit(0, None, None)
@@ -448,7 +451,7 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
             features = compute_features(lake_feature_inputs(
                 store, prep.imp, lake_prefix, lookup, whole_raw_hour=True, carried=carry,
                 sources=sources, enriched=prep.enriched, segments=prep.segments,
-                objects=prep.objects))
+                objects=prep.objects, user_codes=prep.user_codes))
             yield _labeled_table(prep.labeled, features, window_ms, sources)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -482,17 +485,23 @@ class _PreparedHour:
     nxt_clk: pa.Table
     enriched: pa.Table
     labeled: pa.Table
-    tile: Future | None  # None: not read ahead (no hour before it in the range to fold from)
-    predictions: Future
+    # (tiles or None, their user codes); None: not read ahead (no hour before it in the range
+    # to fold from)
+    tile: Future | None
+    predictions: Future  # scores.PreparedScores
     segments: dict[str, pa.Table]
     objects: dict[str, np.ndarray]
+    user_codes: np.ndarray  # of `imp`'s users, in the range's interner
 
 
 def _prepare_hour(store: Store, h: int, more: bool,
                   ahead: tuple[pa.Table, pa.Table] | None, before: _PreparedHour | None,
-                  window_ms: int, lake_prefix: str) -> _PreparedHour:
+                  window_ms: int, lake_prefix: str, users: Interner) -> _PreparedHour:
     """Hour h's inputs that depend on no carried state (run in the background). `more`: the
-    range goes on to the next hour (its raw impressions are then read whole, to serve it)."""
+    range goes on to the next hour (its raw impressions are then read whole, to serve it).
+    `users`: the range's user interner (shared with the hour being built: it takes a lock);
+    the hour's users, the tile's and the predictions' are interned here, off the build's
+    thread."""
     if ahead is not None:
         imp, clk = ahead
     else:
@@ -506,19 +515,29 @@ def _prepare_hour(store: Store, h: int, more: bool,
     # Read errors surface where the hour would have read them itself. The tile of the hour
     # before is folded only into the snapshot carried from that hour: after a gap, or for the
     # first hour, the snapshot is read whole instead.
-    tile = (_future(lambda: _read_tile(store, h - HOUR_MS, lake_prefix)) if before is not None
-            else None)
-    predictions = _future(lambda: CarriedScores.read_hour(store, h, lake_prefix))
+    tile = (_future(lambda: _coded_tile(store, h - HOUR_MS, lake_prefix, users))
+            if before is not None else None)
+    user_codes = users.codes(imp["user_id"])
+    t = ts_ms(imp["ts"])
+    predictions = _future(lambda: CarriedScores.prepare(
+        CarriedScores.read_hour(store, h, lake_prefix), users, user_codes, t))
     # The hour's segment counts: its events, the hour before's impressions (`before`, when it
     # is the hour before) for click countries, and the segment profile of the hour before.
     carried = (HourCarry(before.imp.select(CLICK_COUNTRY_COLUMNS),
                          before.enriched["country"].combine_chunks(), clk)
                if before is not None else HourCarry(clicks=clk))
     segments = _hour_segments(store, imp, enriched, imp["campaign_id"].combine_chunks(),
-                              ts_ms(imp["ts"]), lake_prefix, True, carried)
+                              t, lake_prefix, True, carried)
     objects = {c: _objects(enriched[c]) for c in CATEGORICAL_INPUTS}
     return _PreparedHour(imp, clk, nxt, nxt_clk, enriched, labeled, tile, predictions,
-                         segments, objects)
+                         segments, objects, user_codes)
+
+
+def _coded_tile(store: Store, p: int, lake_prefix: str, users: Interner
+                ) -> tuple[pa.Table | None, np.ndarray | None]:
+    """`_read_tile` and the codes of its users."""
+    tiles = _read_tile(store, p, lake_prefix)
+    return tiles, (users.codes(tiles["user_id"]) if tiles is not None else None)
 
 
 def _cpus() -> int:

@@ -425,11 +425,12 @@ class CarriedSnapshot:
                 len(self.users) + 1) * _KEY_WIDTH >= 2**62:
             raise ValueError("too many distinct users, campaigns or domains for carried keys")
 
-    def fold(self, tile: pa.Table, hour_ms: int) -> None:
-        """Fold the tiles of the hour right after the state (as `fold_snapshot` does)."""
+    def fold(self, tile: pa.Table, hour_ms: int, codes: np.ndarray | None = None) -> None:
+        """Fold the tiles of the hour right after the state (as `fold_snapshot` does).
+        `codes`: the tile's user codes in `users`, when the caller has them already."""
         if hour_ms != self.as_of:
             raise ValueError(f"the state is as of {self.as_of}: cannot fold hour {hour_ms}")
-        code = self.users.codes(tile["user_id"])
+        code = self.users.codes(tile["user_id"]) if codes is None else codes
         self._grow()
         v = self.vals
 

@@ -8,6 +8,8 @@ columns it needs and only until every query is answered, keeping the rows of the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -189,7 +191,7 @@ class CarriedScores:
             for h, (ids, ts, score, pf) in zip(range(self.as_of, first_hour_ms, HOUR_MS),
                                                days, strict=True):
                 code = codes[at:at + len(ids)]
-                self._fold(code, ts, _tie_rank(pf, code, ts), score, h)
+                self._fold(code, ts, score, _latest_rows(code, ts, _tie_rank(pf, code, ts)), h)
                 at += len(ids)
         self.as_of = first_hour_ms
 
@@ -218,36 +220,69 @@ class CarriedScores:
         score = part["score"].to_numpy(zero_copy_only=False).astype(np.float64)
         return users, _ms(part["ts"]), score, pf
 
-    def _fold(self, code, ts, rank, score, hour_ms: int) -> None:
-        if len(code):
-            order = lex_order(code, ts, rank)
-            last = np.ones(len(order), bool)  # the last row of each user: latest ts, then id
-            last[:-1] = code[order][1:] != code[order][:-1]
-            sel = order[last]
-            self.ts[code[sel]], self.score[code[sel]] = ts[sel], score[sel]
+    def _fold(self, code, ts, score, latest: np.ndarray, hour_ms: int) -> None:
+        """Fold a prediction hour in: `latest`, its rows `_latest_rows` keeps."""
+        self.ts[code[latest]], self.score[code[latest]] = ts[latest], score[latest]
         self.as_of = hour_ms + HOUR_MS
 
+    @staticmethod
+    def prepare(read: tuple, users: Interner, user_codes: np.ndarray, ts_ms: np.ndarray
+                ) -> PreparedScores:
+        """What `answer` computes from the hour's predictions (`read_hour`) and queries alone,
+        before the carried state is at that hour: a range prepares it on its second thread."""
+        p_users, p_ts, p_score, pf = read
+        code = users.codes(p_users)
+        rank = _tie_rank(pf, code, p_ts)
+        q = np.asarray(user_codes, np.int64)
+        score, when = _answer(code, p_ts, rank, p_score, q, np.asarray(ts_ms, np.int64))
+        return PreparedScores(code, p_ts, p_score, _latest_rows(code, p_ts, rank), q, score,
+                              when)
+
     def answer(self, hour_ms: int, user_codes: np.ndarray, ts_ms: np.ndarray,
-               read: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+               read: tuple | None = None, prepared: PreparedScores | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """(score, prediction ts) per query as `latest_scores_lake` answers it, for instants
         all in hour `hour_ms` (the hour right after the carried state); folds the hour in.
-        `read`: `read_hour` of that hour, when the caller has read it already (ahead)."""
+        `read`: `read_hour` of that hour, when the caller has read it already (ahead);
+        `prepared`: `prepare` of it with these queries, when the caller has made it."""
         if self.as_of != hour_ms:
             raise ValueError(f"carried scores are as of {self.as_of}, not {hour_ms}")
         t = np.asarray(ts_ms, np.int64)
         if len(t) and (t.min() < hour_ms or t.max() >= hour_ms + HOUR_MS):
             raise ValueError("instants outside the hour")
-        users, p_ts, p_score, pf = read if read is not None else self.read_hour(
-            self.store, hour_ms, self.lake_prefix)
-        code = self.users.codes(users)
-        rank = _tie_rank(pf, code, p_ts)
-        self._grow()
-        q = np.asarray(user_codes, np.int64)
-        score, when = _answer(code, p_ts, rank, p_score, q, t)
+        if prepared is not None and len(prepared.q) != len(t):
+            raise ValueError("prepared for other queries")
+        if prepared is None:
+            prepared = self.prepare(read if read is not None else self.read_hour(
+                self.store, hour_ms, self.lake_prefix), self.users, user_codes, t)
+        q, score, when = prepared.q, prepared.score.copy(), prepared.when.copy()
         self._grow()
         rest = np.flatnonzero(np.isnan(when) & (q >= 0))
         old = self.ts[q[rest]]
         ok = (old != _NO_TS) & (old >= self._first_read(hour_ms))
         score[rest[ok]], when[rest[ok]] = self.score[q[rest[ok]]], old[ok].astype(np.float64)
-        self._fold(code, p_ts, rank, p_score, hour_ms)
+        self._fold(prepared.code, prepared.ts, prepared.p_score, prepared.latest, hour_ms)
         return score, when
+
+
+@dataclass
+class PreparedScores:
+    """`CarriedScores.prepare`: one prediction hour against one hour's queries."""
+
+    code: np.ndarray  # the predictions' user codes
+    ts: np.ndarray
+    p_score: np.ndarray
+    latest: np.ndarray  # the rows `_fold` keeps: each user's latest (ts, then id)
+    q: np.ndarray  # the queries' user codes
+    score: np.ndarray  # the answers from the hour's own predictions (NaN: none before t)
+    when: np.ndarray
+
+
+def _latest_rows(code: np.ndarray, ts: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """The row of each user's latest prediction (latest ts, then greatest id rank)."""
+    if not len(code):
+        return np.zeros(0, np.int64)
+    order = lex_order(code, ts, rank)
+    last = np.ones(len(order), bool)  # the last row of each user: latest ts, then id
+    last[:-1] = code[order][1:] != code[order][:-1]
+    return order[last]

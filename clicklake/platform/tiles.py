@@ -7,6 +7,7 @@ domains count non-null impression domains. A null cost is 0 spend.
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import numpy as np
@@ -280,9 +281,13 @@ class Interner:
     64-bit hashes: a call hashes its distinct values, finds candidates by binary search and
     confirms them by comparing the strings (a value whose hash matches a different string goes
     through Arrow's exact hash lookup instead). The last inputs' distinct values are
-    remembered, so asking again about the same values costs a compare."""
+    remembered, so asking again about the same values costs a compare.
+
+    Threads may share one: `codes` takes a lock (a labeled range interns each next hour's
+    users on its second thread while the current hour reads codes on the first)."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         # On the C hash table when built (`hashtables`); the numpy path below otherwise.
         self._table = hashtables.StringTable() if hashtables.NATIVE else None
         self._known = pa.array([], pa.string())
@@ -295,8 +300,12 @@ class Interner:
 
     def codes(self, values: pa.Array | pa.ChunkedArray, add: bool = True) -> np.ndarray:
         """The code of each value (int64); a null, or a new value when not `add`, is -1."""
+        with self._lock:
+            return self._codes(values, add)
+
+    def _codes(self, values: pa.Array | pa.ChunkedArray, add: bool) -> np.ndarray:
         if isinstance(values, pa.ChunkedArray):
-            parts = [self.codes(c, add) for c in values.chunks]
+            parts = [self._codes(c, add) for c in values.chunks]
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
         if self._table is not None and not pa.types.is_dictionary(values.type):
             # The C table takes repeated strings as they are: no dictionary to build first.
