@@ -526,10 +526,14 @@ def _phase_main(name: str, root: str, out_dir: str) -> None:
         meta = json.load(f)
     # Imports outside the measured growth; each side only its own, so a phase's peak RSS is
     # that of a process doing just its work: DuckDB's phases do not load clicklake's engine,
-    # ours do not load DuckDB (nor pandas: neither side uses it).
+    # ours do not load DuckDB. Ours import pandas first: pyarrow imports it at its first
+    # `pa.array` of a Python list (0.2 s inside the first hour otherwise), and the asset's
+    # process has it loaded before any run (Dagster and Great Expectations import it).
     if name.startswith("duckdb"):
         import duckdb  # noqa: F401
     else:
+        import pandas  # noqa: F401
+
         import clicklake.platform.labeled  # noqa: F401
 
     rss0 = _status_kib("VmRSS")
