@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clicklake.platform import storage
 from clicklake.platform.storage import S3Options, Store
@@ -277,3 +279,57 @@ def test_an_s3_move_killed_halfway_leaves_nothing_in_the_data_folder(moto_endpoi
     assert [i.base_name for i in folder] == ["part-1.csv"]
     left = real.get_file_info(pafs.FileSelector(store.path(f"lake/{storage.S3_TEMP_PREFIX}")))
     assert len(left) == 1 and store.list("") == ["lake/training_sets/s/train/part-1.csv"]
+
+
+def _hour(day: int, hour: int) -> int:
+    from clicklake.platform.timeutil import HOUR_MS
+
+    return 1_795_478_400_000 + (day * 24 + hour) * HOUR_MS  # 2026-11-24T00:00Z + day, hour
+
+
+def test_hive_span_is_the_ends_of_the_listed_partitions(store):
+    """The first and last partition hours from folder listings at the two ends equal the ends
+    of every key listed, past folders that hold no partition file."""
+    from clicklake.platform.timeutil import hive_hour_path, hive_hours
+
+    p = "lake/raw/impressions"
+    assert store.hive_span(p) is None
+    store.write_bytes(f"{p}/dt=2026-11-24/hour=03/notes.txt", b"x")  # no partition file yet
+    store.write_bytes(f"{p}/README", b"x")
+    assert store.hive_span(p) is None
+    for day, hour in [(1, 5), (1, 17), (2, 0), (3, 23), (3, 2)]:
+        store.write_bytes(f"{p}/{hive_hour_path(_hour(day, hour))}/part-0.parquet", b"x")
+    store.write_bytes(f"{p}/dt=2026-11-28/hour=07/other.parquet", b"x")  # after the last one
+    store.write_bytes(f"{p}/dt=2026-11-28/hour=x7/part-0.parquet", b"x")
+    store.write_bytes(f"{p}/dt=someday/hour=01/part-0.parquet", b"x")
+    store.write_bytes(f"{p}/other/dt=2026-11-29/hour=01/part-0.parquet", b"x")  # not directly below
+    want = hive_hours(k for k in store.list(p) if "/other/" not in k)
+    assert (want[0], want[-1]) == (_hour(1, 5), _hour(3, 23))
+    assert store.hive_span(p) == (want[0], want[-1])
+    assert store.hive_span(p + "/") == (want[0], want[-1])
+
+
+def test_hive_span_skips_folders_that_are_no_date(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("p/dt=2026-02-30/hour=01/part-0.parquet", b"x")  # no such day
+    store.write_bytes("p/dt=2026-11-24/hour=24/part-0.parquet", b"x")  # no such hour
+    assert store.hive_span("p") is None
+    store.write_bytes("p/dt=2026-11-25/hour=00/part-0.parquet", b"x")
+    assert store.hive_span("p") == (_hour(1, 0), _hour(1, 0))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.sets(st.tuples(st.integers(0, 40), st.integers(0, 23)), max_size=12),
+       decoys=st.sets(st.tuples(st.integers(0, 40), st.integers(0, 23)), max_size=6))
+def test_hive_span_equals_the_listing_oracle(tmp_path_factory, parts, decoys):
+    """Random partition hours and hour folders holding other files only."""
+    from clicklake.platform.timeutil import hive_hour_path, hive_hours
+
+    store = Store(str(tmp_path_factory.mktemp("span")))
+    for day, hour in parts:
+        store.write_bytes(f"p/{hive_hour_path(_hour(day, hour))}/part-0.parquet", b"x")
+    for day, hour in decoys:
+        store.write_bytes(f"p/{hive_hour_path(_hour(day, hour))}/part-1.parquet", b"x")
+    want = hive_hours(store.list("p"))
+    assert store.hive_span("p") == ((want[0], want[-1]) if want else None)

@@ -12,13 +12,12 @@ import dagster as dg
 from clicklake.platform.profiles import snapshot_key
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import hive_hours, hour_partition_key
+from clicklake.platform.timeutil import hour_partition_key
 
 
 def raw_span(store: Store, prefix: str) -> tuple[int, int] | None:
     """The first and last hours of raw impressions in the lake (None: none yet)."""
-    hours = hive_hours(store.list(f"{prefix}/raw/impressions/"))
-    return (hours[0], hours[-1]) if hours else None
+    return store.hive_span(f"{prefix}/raw/impressions/")
 
 
 def require_built(store: Store, prefix: str, what: str, needs: list[tuple[str, int]],

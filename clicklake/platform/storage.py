@@ -20,8 +20,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from clicklake.platform.timeutil import hive_hour_of
+
 PARQUET_COMPRESSION = "zstd"
 
+# The folders of a Hive hour partition (`timeutil.hive_hour_path`): zero-padded, so their names
+# sort as their hours do.
+_HIVE_DAY = re.compile(r"dt=\d{4}-\d{2}-\d{2}")
+_HIVE_HOUR = re.compile(r"hour=\d{2}")
 # A local write's temp file (`write_bytes`): `<name>.tmp-<32 hex>`, never a key of its own.
 _TEMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
 # Below this, pyarrow uploads an S3 object in one part (its parts are at least 5 MiB): an upload
@@ -164,6 +170,33 @@ class Store:
         sel = pafs.FileSelector(self.path(prefix), recursive=False, allow_not_found=True)
         return sorted(fi.base_name for fi in self.fs.get_file_info(sel)
                       if fi.type == pafs.FileType.Directory)
+
+    def hive_span(self, prefix: str) -> tuple[int, int] | None:
+        """The first and last hours (epoch ms) with a partition file directly below `prefix`
+        (`dt=YYYY-MM-DD/hour=HH/part-0.parquet`, `timeutil.hive_hour_path`), None when none:
+        the ends of `hive_hours(self.list(prefix))`, from a listing of the day folders and of
+        the hour folders of the days at each end (on S3: delimited LISTs and a HEAD per hour
+        tried), not of every file: a run asking where the lake starts reads a few dozen names
+        after a year, not 8,760 keys."""
+        base = prefix.rstrip("/")
+        days = [d for d in self.subdirs(base) if _HIVE_DAY.fullmatch(d)]
+        first = self._end_hour(base, days)
+        return None if first is None else (first, self._end_hour(base, days[::-1], last=True))
+
+    def _end_hour(self, base: str, days: list[str], last: bool = False) -> int | None:
+        """The first (`last`: the last) hour of `days` in the order given holding a partition
+        file."""
+        for day in days:
+            hours = [h for h in self.subdirs(f"{base}/{day}") if _HIVE_HOUR.fullmatch(h)]
+            for hour in reversed(hours) if last else hours:
+                key = f"{base}/{day}/{hour}/part-0.parquet"
+                try:
+                    ms = hive_hour_of(key)
+                except ValueError:  # not a date (dt=2026-02-30): not a partition
+                    continue
+                if ms is not None and self.exists(key):
+                    return ms
+        return None
 
     # -- parquet -------------------------------------------------------------------------------
     def write_parquet(self, key: str, table: pa.Table, row_group_size: int | None = None) -> int:

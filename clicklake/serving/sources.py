@@ -22,7 +22,7 @@ from clicklake.platform.labeled import lake_feature_inputs
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, hive_hours
+from clicklake.platform.timeutil import HOUR_MS
 
 
 @runtime_checkable
@@ -41,8 +41,8 @@ class OnlineFeatures(Protocol):
 
 def _latest_hour(store: Store, prefix: str) -> int | None:
     """The latest hour with a partition file under `prefix` (Hive `dt=/hour=` keys)."""
-    hours = hive_hours(store.list(prefix))
-    return hours[-1] if hours else None
+    span = store.hive_span(prefix)
+    return None if span is None else span[1]
 
 
 class LakeFeatures:
