@@ -307,6 +307,8 @@ def test_hive_span_is_the_ends_of_the_listed_partitions(store):
     assert (want[0], want[-1]) == (_hour(1, 5), _hour(3, 23))
     assert store.hive_span(p) == (want[0], want[-1])
     assert store.hive_span(p + "/") == (want[0], want[-1])
+    assert store.hive_latest(p, 4) == want[-4:] == [_hour(1, 17), _hour(2, 0), _hour(3, 2),
+                                                     _hour(3, 23)]
 
 
 def test_hive_span_skips_folders_that_are_no_date(tmp_path):
@@ -333,3 +335,5 @@ def test_hive_span_equals_the_listing_oracle(tmp_path_factory, parts, decoys):
         store.write_bytes(f"p/{hive_hour_path(_hour(day, hour))}/part-1.parquet", b"x")
     want = hive_hours(store.list("p"))
     assert store.hive_span("p") == ((want[0], want[-1]) if want else None)
+    for n in (0, 1, 3, 30):
+        assert store.hive_latest("p", n) == (want[-n:] if n else [])

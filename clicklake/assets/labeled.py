@@ -61,7 +61,12 @@ with warnings.catch_warnings():  # the first hours have no earlier partitions; t
                                               allow_nonexistent_upstream_partitions=True)
 
 
-def labeled_hours_available(store: Store, prefix: str = "lake") -> list[int]:
+def labeled_hours_available(store: Store, prefix: str = "lake", last: int | None = None
+                            ) -> list[int]:
+    """The labeled hours built, ascending; `last`: only the latest that many (read from the
+    last days' folders, not from a listing of every hour)."""
+    if last is not None:
+        return store.hive_latest(f"{prefix}/labeled/impressions/", last)
     return hive_hours(store.list(f"{prefix}/labeled/impressions/"))
 
 

@@ -53,7 +53,7 @@ class TrainingSetConfig(dg.Config):
 )
 def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lake: LakeResource):
     store = lake.store()
-    hours = labeled_hours_available(store, lake.lake_prefix)[-config.window_hours:]
+    hours = labeled_hours_available(store, lake.lake_prefix, last=config.window_hours)
     validation = min(config.validation_hours, max(1, len(hours) // 4))
     if validation < config.validation_hours:
         context.log.warning(f"{validation} validation hours of the {config.validation_hours} "

@@ -174,29 +174,45 @@ class Store:
     def hive_span(self, prefix: str) -> tuple[int, int] | None:
         """The first and last hours (epoch ms) with a partition file directly below `prefix`
         (`dt=YYYY-MM-DD/hour=HH/part-0.parquet`, `timeutil.hive_hour_path`), None when none:
-        the ends of `hive_hours(self.list(prefix))`, from a listing of the day folders and of
-        the hour folders of the days at each end (on S3: delimited LISTs and a HEAD per hour
-        tried), not of every file: a run asking where the lake starts reads a few dozen names
-        after a year, not 8,760 keys."""
+        from a listing of the day folders and of the days at each end (on S3: one delimited LIST
+        and a LIST a day), not of every file: a run asking where the lake starts reads a few
+        dozen names after a year, not 8,760 keys."""
         base = prefix.rstrip("/")
-        days = [d for d in self.subdirs(base) if _HIVE_DAY.fullmatch(d)]
-        first = self._end_hour(base, days)
-        return None if first is None else (first, self._end_hour(base, days[::-1], last=True))
+        days = self._hive_days(base)
+        first = next((h[0] for d in days if (h := self._day_hours(base, d))), None)
+        if first is None:
+            return None
+        return first, next(h[-1] for d in reversed(days) if (h := self._day_hours(base, d)))
 
-    def _end_hour(self, base: str, days: list[str], last: bool = False) -> int | None:
-        """The first (`last`: the last) hour of `days` in the order given holding a partition
-        file."""
-        for day in days:
-            hours = [h for h in self.subdirs(f"{base}/{day}") if _HIVE_HOUR.fullmatch(h)]
-            for hour in reversed(hours) if last else hours:
-                key = f"{base}/{day}/{hour}/part-0.parquet"
-                try:
-                    ms = hive_hour_of(key)
-                except ValueError:  # not a date (dt=2026-02-30): not a partition
-                    continue
-                if ms is not None and self.exists(key):
-                    return ms
-        return None
+    def hive_latest(self, prefix: str, n: int) -> list[int]:
+        """The latest `n` partition hours below `prefix` (as `hive_span` finds them), ascending:
+        the days listed from the last one back until they hold `n`."""
+        base = prefix.rstrip("/")
+        hours: list[int] = []
+        for day in reversed(self._hive_days(base)):
+            if len(hours) >= n:
+                break
+            hours = self._day_hours(base, day) + hours
+        return hours[-n:] if n > 0 else []
+
+    def _hive_days(self, base: str) -> list[str]:
+        return [d for d in self.subdirs(base) if _HIVE_DAY.fullmatch(d)]
+
+    def _day_hours(self, base: str, day: str) -> list[int]:
+        """The hours of day folder `day` holding a partition file, ascending."""
+        hours = []
+        for key in self.list(f"{base}/{day}/"):
+            parts = key[len(base) + 1:].split("/")
+            if len(parts) != 3 or parts[2] != "part-0.parquet" or not _HIVE_HOUR.fullmatch(
+                    parts[1]):
+                continue
+            try:
+                ms = hive_hour_of(key)
+            except ValueError:  # not a date (dt=2026-02-30, hour=24): not a partition
+                continue
+            if ms is not None:
+                hours.append(ms)
+        return sorted(hours)
 
     # -- parquet -------------------------------------------------------------------------------
     def write_parquet(self, key: str, table: pa.Table, row_group_size: int | None = None) -> int:
