@@ -190,16 +190,20 @@ def test_threads_sharing_an_interner_get_one_code_per_string(interner_path):
     batches = [pa.array([f"u{(k * 7919 + i) % 60_000}" for i in range(20_000)])
                for k in range(6)]
     got: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    sizes: dict[int, list[int]] = {0: [], 1: []}
 
     def run(which: int) -> None:
         for b in (batches if which == 0 else batches[::-1]):
             got[which].append(interner.codes(b))
+            sizes[which].append(len(interner))  # what callers size their arrays by
 
     threads = [threading.Thread(target=run, args=(w,)) for w in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for which in (0, 1):  # never below a code handed out before
+        assert all(n > int(c.max()) for n, c in zip(sizes[which], got[which], strict=True))
     code_of: dict[str, int] = {}
     for which, order in ((0, batches), (1, batches[::-1])):
         for b, codes in zip(order, got[which], strict=True):

@@ -314,13 +314,22 @@ def test_carried_scores_equal_the_lake_search(tmp_path_factory, preds, ties, mis
     _write_prediction_hours(store, rows[::-1])
     users = tiles.Interner()
     carried = CarriedScores(store, users, first * HOUR_MS, max_age_h * HOUR_MS)
+    # the same, each hour prepared first (what a range's second thread does)
+    ahead = CarriedScores(store, users, first * HOUR_MS, max_age_h * HOUR_MS)
     who = pa.array([u for u, _ in at], pa.string())
     for h in range(first, 40):
         t = np.array([h * HOUR_MS + a for _, a in at])
         want = latest_scores_lake(store, who, t, max_age_h * HOUR_MS)
-        got = carried.answer(h * HOUR_MS, users.codes(who), t)
-        for w, g in zip(want, got, strict=True):
+        codes = users.codes(who)
+        got = carried.answer(h * HOUR_MS, codes, t)
+        prepared = CarriedScores.prepare(CarriedScores.read_hour(store, h * HOUR_MS), users,
+                                         codes, t)
+        with pytest.raises(ValueError, match="other queries"):
+            ahead.answer(h * HOUR_MS, codes + 1, t, prepared)
+        got_ahead = ahead.answer(h * HOUR_MS, None, t, prepared)
+        for w, g, a in zip(want, got, got_ahead, strict=True):
             assert np.array_equal(w, g, equal_nan=True), (h, w, g)
+            assert np.array_equal(w, a, equal_nan=True), (h, w, a)
 
 
 # -- interning -----------------------------------------------------------------------------------

@@ -380,7 +380,7 @@ class _RangeCarry:
                                          PREDICTION_MAX_AGE_MS, self.lake_prefix)
         ahead = self.ahead.pop(("predictions", self.hour), None)
         if ahead is not None:  # prepared on the second thread with these users' codes
-            return self._scores.answer(self.hour, codes, t, prepared=ahead.result())
+            return self._scores.answer(self.hour, codes, t, ahead.result())
         return self._scores.answer(self.hour, self.users.codes(user_ids) if codes is None
                                    else codes, t)
 

@@ -238,23 +238,23 @@ class CarriedScores:
         return PreparedScores(code, p_ts, p_score, _latest_rows(code, p_ts, rank), q, score,
                               when)
 
-    def answer(self, hour_ms: int, user_codes: np.ndarray, ts_ms: np.ndarray,
-               read: tuple | None = None, prepared: PreparedScores | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def answer(self, hour_ms: int, user_codes: np.ndarray | None, ts_ms: np.ndarray,
+               prepared: PreparedScores | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(score, prediction ts) per query as `latest_scores_lake` answers it, for instants
         all in hour `hour_ms` (the hour right after the carried state); folds the hour in.
-        `read`: `read_hour` of that hour, when the caller has read it already (ahead);
-        `prepared`: `prepare` of it with these queries, when the caller has made it."""
+        `prepared`: `prepare` of that hour with these queries (`user_codes` may then be None),
+        when the caller has made it (ahead, on another thread)."""
         if self.as_of != hour_ms:
             raise ValueError(f"carried scores are as of {self.as_of}, not {hour_ms}")
         t = np.asarray(ts_ms, np.int64)
         if len(t) and (t.min() < hour_ms or t.max() >= hour_ms + HOUR_MS):
             raise ValueError("instants outside the hour")
-        if prepared is not None and len(prepared.q) != len(t):
-            raise ValueError("prepared for other queries")
         if prepared is None:
-            prepared = self.prepare(read if read is not None else self.read_hour(
-                self.store, hour_ms, self.lake_prefix), self.users, user_codes, t)
+            prepared = self.prepare(self.read_hour(self.store, hour_ms, self.lake_prefix),
+                                    self.users, user_codes, t)
+        elif len(prepared.q) != len(t) or (user_codes is not None and user_codes is not prepared.q
+                                          and not np.array_equal(user_codes, prepared.q)):
+            raise ValueError("prepared for other queries")
         q, score, when = prepared.q, prepared.score.copy(), prepared.when.copy()
         self._grow()
         rest = np.flatnonzero(np.isnan(when) & (q >= 0))
