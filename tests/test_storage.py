@@ -306,7 +306,7 @@ def test_hive_span_is_the_ends_of_the_listed_partitions(store):
     want = hive_hours(k for k in store.list(p) if "/other/" not in k)
     assert (want[0], want[-1]) == (_hour(1, 5), _hour(3, 23))
     assert store.hive_span(p) == (want[0], want[-1])
-    assert store.hive_span(p + "/") == (want[0], want[-1])
+    assert store.hive_span(p + "/") == store.hive_span("/" + p) == (want[0], want[-1])
     assert store.hive_latest(p, 4) == want[-4:] == [_hour(1, 17), _hour(2, 0), _hour(3, 2),
                                                      _hour(3, 23)]
 
@@ -337,3 +337,18 @@ def test_hive_span_equals_the_listing_oracle(tmp_path_factory, parts, decoys):
     assert store.hive_span("p") == ((want[0], want[-1]) if want else None)
     for n in (0, 1, 3, 30):
         assert store.hive_latest("p", n) == (want[-n:] if n else [])
+
+
+def test_hive_ends_past_days_a_retention_emptied(store):
+    """Deleting a partition's file (as the snapshot retention does) leaves its folders on a
+    local disk: the ends are still the hours with files."""
+    from clicklake.platform.timeutil import hive_hour_path
+
+    p = "lake/profiles/user"
+    for day in range(6):
+        store.write_bytes(f"{p}/{hive_hour_path(_hour(day, 12))}/part-0.parquet", b"x")
+    for day in range(4):
+        store.delete(f"{p}/{hive_hour_path(_hour(day, 12))}/part-0.parquet")
+    assert store.hive_span(p) == (_hour(4, 12), _hour(5, 12))
+    assert store.hive_latest(p, 1) == [_hour(5, 12)]
+    assert store.hive_latest(p, 9) == [_hour(4, 12), _hour(5, 12)]

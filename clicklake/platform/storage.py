@@ -175,19 +175,22 @@ class Store:
         """The first and last hours (epoch ms) with a partition file directly below `prefix`
         (`dt=YYYY-MM-DD/hour=HH/part-0.parquet`, `timeutil.hive_hour_path`), None when none:
         from a listing of the day folders and of the days at each end (on S3: one delimited LIST
-        and a LIST a day), not of every file: a run asking where the lake starts reads a few
-        dozen names after a year, not 8,760 keys."""
-        base = prefix.rstrip("/")
+        and a LIST a day tried), not of every file: a run asking where the lake starts reads a
+        few dozen names after a year, not 8,760 keys. (Days emptied by a retention on a local
+        disk keep their folders: `hive_latest` alone does not walk them.)"""
+        base = prefix.strip("/")
         days = self._hive_days(base)
         first = next((h[0] for d in days if (h := self._day_hours(base, d))), None)
         if first is None:
             return None
-        return first, next(h[-1] for d in reversed(days) if (h := self._day_hours(base, d)))
+        # (a partition deleted between the two walks: the first one is all there is)
+        return first, next((h[-1] for d in reversed(days) if (h := self._day_hours(base, d))),
+                           first)
 
     def hive_latest(self, prefix: str, n: int) -> list[int]:
         """The latest `n` partition hours below `prefix` (as `hive_span` finds them), ascending:
         the days listed from the last one back until they hold `n`."""
-        base = prefix.rstrip("/")
+        base = prefix.strip("/")
         hours: list[int] = []
         for day in reversed(self._hive_days(base)):
             if len(hours) >= n:
@@ -199,12 +202,18 @@ class Store:
         return [d for d in self.subdirs(base) if _HIVE_DAY.fullmatch(d)]
 
     def _day_hours(self, base: str, day: str) -> list[int]:
-        """The hours of day folder `day` holding a partition file, ascending."""
+        """The hours of day folder `day` holding a partition file, ascending (one listing of
+        the folder: on S3 a single LIST, not `list`'s probes of what the prefix is first)."""
         hours = []
-        for key in self.list(f"{base}/{day}/"):
-            parts = key[len(base) + 1:].split("/")
-            if len(parts) != 3 or parts[2] != "part-0.parquet" or not _HIVE_HOUR.fullmatch(
-                    parts[1]):
+        sel = pafs.FileSelector(self.path(f"{base}/{day}"), recursive=True, allow_not_found=True)
+        root = self.base + "/"
+        for info in self.fs.get_file_info(sel):
+            if info.type != pafs.FileType.File:
+                continue
+            key = info.path[len(root):]
+            parts = key.removeprefix(f"{base}/" if base else "").split("/")
+            if parts[0] != day or len(parts) != 3 or parts[2] != "part-0.parquet" or \
+                    not _HIVE_HOUR.fullmatch(parts[1]):
                 continue
             try:
                 ms = hive_hour_of(key)

@@ -41,8 +41,8 @@ class OnlineFeatures(Protocol):
 
 def _latest_hour(store: Store, prefix: str) -> int | None:
     """The latest hour with a partition file under `prefix` (Hive `dt=/hour=` keys)."""
-    span = store.hive_span(prefix)
-    return None if span is None else span[1]
+    latest = store.hive_latest(prefix, 1)
+    return latest[-1] if latest else None
 
 
 class LakeFeatures:
