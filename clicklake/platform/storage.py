@@ -176,8 +176,9 @@ class Store:
         (`dt=YYYY-MM-DD/hour=HH/part-0.parquet`, `timeutil.hive_hour_path`), None when none:
         from a listing of the day folders and of the days at each end (on S3: one delimited LIST
         and a LIST a day tried), not of every file: a run asking where the lake starts reads a
-        few dozen names after a year, not 8,760 keys. (Days emptied by a retention on a local
-        disk keep their folders: `hive_latest` alone does not walk them.)"""
+        few dozen names after a year, not 8,760 keys. It walks forward from the first day: for
+        the last hours of a prefix whose early days a retention emptied (a local disk keeps
+        their folders), `hive_latest` walks back from the last day instead."""
         base = prefix.strip("/")
         days = self._hive_days(base)
         first = next((h[0] for d in days if (h := self._day_hours(base, d))), None)
