@@ -141,6 +141,30 @@ def test_an_hour_that_cannot_be_built_fails_the_range_there(tmp_path, prefetch):
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
+def test_a_range_starting_mid_lake_reads_its_start_once(tmp_path, monkeypatch, prefetch):
+    """A range's first hour reads the snapshot before it and the day of predictions before it
+    once (ahead, while the hour's inputs are prepared, when prefetching), and the range still
+    equals its hours built alone."""
+    from clicklake.platform import labeled as lab
+
+    store = Store(str(tmp_path))
+    hours = [H0 + k * HOUR_MS for k in range(N_HOURS + 2)]
+    fo.land(store, _every_hour(hours))
+    fo.build_lake(store, hours)
+    labeled = hours[2:-1]
+    reads, made = [], []
+    read_snapshot, make_scores = lab._RangeCarry._read_snapshot, CarriedScores.__init__
+    monkeypatch.setattr(lab._RangeCarry, "_read_snapshot",
+                        lambda self, p: reads.append(p) or read_snapshot(self, p))
+    monkeypatch.setattr(CarriedScores, "__init__",
+                        lambda self, *a, **k: made.append(a[2]) or make_scores(self, *a, **k))
+    got = list(build_labeled_hours(store, labeled, W, prefetch=prefetch))
+    assert reads == [labeled[0] - HOUR_MS] and made == [labeled[0]]
+    for h, table in zip(labeled, got, strict=True):
+        assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
 def test_ready_runs_before_anything_of_its_hour_or_the_next_is_read(tmp_path, monkeypatch,
                                                                       prefetch):
     """`ready(h)` (the asset's check that h's next hour is complete) comes before any raw read

@@ -315,11 +315,27 @@ class _RangeCarry:
         self.hour: int | None = None
         self._scores: CarriedScores | None = None
         self._snapshot: CarriedSnapshot | None = None
+        self._scores_ahead: Future | None = None  # the first hour's scores, made ahead (`warm`)
         # inputs read ahead by a background thread: ("tile", p) / ("predictions", h) -> Future
         self.ahead: dict[tuple[str, int], Future] = {}
 
     def start(self, hour_ms: int) -> None:
         self.hour = hour_ms
+
+    def warm(self, lookup: LookupTable, hour_ms: int, pool: ThreadPoolExecutor) -> None:
+        """Read what hour `hour_ms`, the range's first, needs of the lake's state while its
+        own inputs are prepared: the snapshot before it, whole, in this thread, and the day of
+        predictions before it on `pool`'s thread, after the hour's inputs. A 12-hour range (a
+        backfill run) spent about a second on them before its first hour, one thread idle.
+        What fails is left for the hour itself to raise, where it would have."""
+        self._scores_ahead = pool.submit(CarriedScores, self.store, self.users, hour_ms,
+                                         PREDICTION_MAX_AGE_MS, self.lake_prefix)
+        try:
+            fast = lookup._hour_after_plan(np.array([hour_ms], np.int64))
+            if fast is not None and fast[0] >= 0:
+                self._snapshot = self._read_snapshot(fast[0])
+        except Exception:  # noqa: BLE001 - raised again by the hour that reads it
+            self._snapshot = None
 
     def snapshot(self, lookup: LookupTable, t: np.ndarray) -> CarriedSnapshot | None:
         """The carried snapshot the lookup table's hour-after-snapshot path would read for
@@ -375,6 +391,9 @@ class _RangeCarry:
     def scores(self, user_ids: pa.Array, t: np.ndarray, codes: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """`codes`: the users' codes, when the caller has interned them already."""
+        ahead, self._scores_ahead = self._scores_ahead, None
+        if ahead is not None and self._scores is None:
+            self._scores = ahead.result()  # what it raises: where making it here would have
         if self._scores is None or self._scores.as_of != self.hour:
             self._scores = CarriedScores(self.store, self.users, self.hour,
                                          PREDICTION_MAX_AGE_MS, self.lake_prefix)
@@ -434,6 +453,8 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
 
     try:
         job = submit(0, None, None)
+        if prefetch and not (job.done() and job.exception() is not None):  # not refused
+            carry.warm(lookup, hours[0], pool)
         for i, h in enumerate(hours):
             prep = job.result()
             more = continues(i)
