@@ -163,6 +163,15 @@ def test_a_range_starting_mid_lake_reads_its_start_once(tmp_path, monkeypatch, p
     for h, table in zip(labeled, got, strict=True):
         assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h
 
+    def refuse(h: int) -> None:
+        raise LookupError(h)
+
+    reads.clear()
+    made.clear()
+    with pytest.raises(LookupError):  # refused first hour: nothing of it read, even ahead
+        next(build_labeled_hours(store, labeled, W, prefetch=prefetch, ready=refuse))
+    assert reads == [] and made == []
+
 
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_ready_runs_before_anything_of_its_hour_or_the_next_is_read(tmp_path, monkeypatch,

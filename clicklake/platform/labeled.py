@@ -453,7 +453,8 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
 
     try:
         job = submit(0, None, None)
-        if prefetch and not (job.done() and job.exception() is not None):  # not refused
+        # (not when hour 0 was refused, or its preparation failed already)
+        if prefetch and not (job.done() and job.exception() is not None):
             carry.warm(lookup, hours[0], pool)
         for i, h in enumerate(hours):
             prep = job.result()
