@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threads import run_together
 
 from clicklake.platform import enrich
 from clicklake.platform.enrich import (
@@ -381,11 +382,7 @@ def test_concurrent_callers_get_the_sequential_answers():
                     user_agent_fields(uas).to_pylist() != [vars_of(w) for w in want_uas]:
                 errors.append("user agent")
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(*[worker] * 8)
     assert errors == []
 
 

@@ -184,7 +184,7 @@ def test_threads_sharing_an_interner_get_one_code_per_string(interner_path):
     """A labeled range interns each next hour's users on a second thread while the hour being
     built interns on the first: overlapping batches from two threads, growing the table
     several times, still give each string one code, the same in every thread."""
-    import threading
+    from threads import run_together
 
     interner = tiles.Interner()
     batches = [pa.array([f"u{(k * 7919 + i) % 60_000}" for i in range(20_000)])
@@ -197,11 +197,7 @@ def test_threads_sharing_an_interner_get_one_code_per_string(interner_path):
             got[which].append(interner.codes(b))
             sizes[which].append(len(interner))  # what callers size their arrays by
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(lambda: run(0), lambda: run(1))
     for which in (0, 1):  # never below a code handed out before
         assert all(n > int(c.max()) for n, c in zip(sizes[which], got[which], strict=True))
     code_of: dict[str, int] = {}

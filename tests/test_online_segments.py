@@ -158,7 +158,7 @@ def test_kept_windows_are_dropped_by_a_clear_and_shared_by_threads(tmp_path):
     """A reader's kept rows go with a rebuild's `clear` on its own connection (dropping the
     tables changes no row); threads sharing one reader take turns, so none counts a busy log
     while another sorts it."""
-    import threading
+    from threads import run_together
 
     from clicklake.platform.timeutil import MINUTE_MS
 
@@ -182,11 +182,7 @@ def test_kept_windows_are_dropped_by_a_clear_and_shared_by_threads(tmp_path):
             if got != want:
                 wrong.append(got)
 
-        threads = [threading.Thread(target=read) for _ in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        run_together(*[read] * 4)
     assert wrong == []
     kept = SegmentWindows(state)
     assert kept.windows_24h(pairs, t) == want

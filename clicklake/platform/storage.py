@@ -181,12 +181,17 @@ class Store:
         their folders), `hive_latest` walks back from the last day instead."""
         base = prefix.strip("/")
         days = self._hive_days(base)
-        first = next((h[0] for d in days if (h := self._day_hours(base, d))), None)
+        listed = {}  # day -> its hours: a day at both ends (one day of data) is listed once
+
+        def hours_of(day: str) -> list[int]:
+            if day not in listed:
+                listed[day] = self._day_hours(base, day)
+            return listed[day]
+
+        first = next((h[0] for d in days if (h := hours_of(d))), None)
         if first is None:
             return None
-        # (a partition deleted between the two walks: the first one is all there is)
-        return first, next((h[-1] for d in reversed(days) if (h := self._day_hours(base, d))),
-                           first)
+        return first, next(h[-1] for d in reversed(days) if (h := hours_of(d)))
 
     def hive_latest(self, prefix: str, n: int) -> list[int]:
         """The latest `n` partition hours below `prefix` (as `hive_span` finds them), ascending:
