@@ -52,7 +52,7 @@ import numpy as np
 from clicklake.assets.serving import FILES_PER_COMMIT, MAX_FILES_PER_RUN
 from clicklake.platform import landing
 from clicklake.platform.enrich import countries
-from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files, parse_file
+from clicklake.platform.online import OnlineFeatures, SqliteState, fold, fold_files, parse_file
 from clicklake.platform.online.fold import order_files, parse_file_exact
 from clicklake.platform.online.state import Commit
 from clicklake.platform.simulate import generate
@@ -191,6 +191,7 @@ def bench_fold(root: str, users: int, hours: int, batch_files: int) -> tuple[Sql
     # The old way, for reference: every file its own commit.
     _, per_file = _fold_rate(root, store, keys, "per-file.db", 1)
     assert sensor["events"] == small["events"] == per_file["events"]
+    slow = bench_slow_reads(root, store, keys)
     base = {"baseline_parse_only_events_per_s": round(n / parse_s),
             "baseline_parse_only_events_per_cpu_s": round(n / parse_cpu),
             "fast_parse_only_events_per_s": round(n / fast_s),
@@ -203,7 +204,47 @@ def bench_fold(root: str, users: int, hours: int, batch_files: int) -> tuple[Sql
                                                     / base["fast_parse_only_events_per_cpu_s"], 4)
     return state, {"files": len(order_files(keys)[0]), "events": sensor["events"], **base,
                    "sensor_run": sensor, "small_runs": small, "one_file_per_commit": per_file,
-                   "target_events_per_s": 300_000}
+                   "slow_reads": slow, "target_events_per_s": 300_000}
+
+
+class SlowStore(Store):
+    """A local store whose every read first waits `wait_s`, as an S3 GET waits for its first
+    byte (tens of milliseconds; this machine has no S3 to measure against)."""
+
+    def __init__(self, root: str, wait_s: float):
+        super().__init__(root)
+        self.wait_s = wait_s
+
+    def read_bytes(self, key: str) -> bytes:
+        time.sleep(self.wait_s)
+        return super().read_bytes(key)
+
+
+def bench_slow_reads(root: str, store: Store, keys: list[str], wait_ms: float = 20.0,
+                     files: int = 200) -> dict:
+    """The sensor run's fold of the first `files` files from a store whose reads wait `wait_ms`
+    each: with the fold's read-ahead (`fold.read_ahead`), and with one read at a time (the
+    baseline: the loop before it), alternately, the same state from both."""
+    head = [lf.key for lf, _ in order_files(keys)[0]][:files]
+    slow = SlowStore(store.root, wait_ms / 1000)
+    out: dict = {"files": len(head), "read_wait_ms": wait_ms,
+                 "read_threads": fold.READ_THREADS, "ahead_files": fold.READ_AHEAD}
+    dumps = {}
+    for label, ahead, threads in (("one_at_a_time", 1, 1), ("read_ahead", fold.READ_AHEAD,
+                                                              fold.READ_THREADS)):
+        before = fold.READ_AHEAD, fold.READ_THREADS
+        fold.READ_AHEAD, fold.READ_THREADS = ahead, threads
+        try:
+            state, fig = _fold_rate(root, slow, head, f"slow-{label}.db", FILES_PER_COMMIT,
+                                    MAX_FILES_PER_RUN)
+        finally:
+            fold.READ_AHEAD, fold.READ_THREADS = before
+        dumps[label] = state.dump()
+        state.close()
+        out[label] = {k: fig[k] for k in ("events", "seconds", "cpu_seconds", "events_per_s")}
+    assert dumps["one_at_a_time"] == dumps["read_ahead"]
+    out["speedup"] = round(out["one_at_a_time"]["seconds"] / out["read_ahead"]["seconds"], 2)
+    return out
 
 
 def bench_reads(state: SqliteState, root: str, reads: int) -> dict:

@@ -28,9 +28,10 @@ import gc
 import math
 import time
 from bisect import bisect_left
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter
@@ -138,8 +139,10 @@ def stream_of_key(key: str, prefix: str = landing.DEFAULT_PREFIX) -> str | None:
     return parts[0] if parts and parts[0] in SPECS else None
 
 
-def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT_RULES) -> ParsedFile:
-    """Accepted rows and quarantine counts of one landing object (raw's rules, line by line).
+def parse_file(data: bytes | landing.DecodedFile, stream: str, arrival_ms: int,
+               rules: Rules = DEFAULT_RULES) -> ParsedFile:
+    """Accepted rows and quarantine counts of one landing object (raw's rules, line by line):
+    its bytes, or its `landing.decode_lines` (decoded ahead, `read_ahead`).
 
     Plain lines take `events.plain_rows` (C) or `events.fast_parser` and a range test of ts
     against the file's bounds; a line either check is not sure of goes through `parse_object`
@@ -150,7 +153,7 @@ def parse_file(data: bytes, stream: str, arrival_ms: int, rules: Rules = DEFAULT
     hi = arrival_ms + rules.future_tolerance_ms
     lo = arrival_ms - HOUR_MS - rules.allowed_lateness_ms
     lo = lo - lo % HOUR_MS + HOUR_MS
-    decoded = landing.decode_lines(data)
+    decoded = data if isinstance(data, landing.DecodedFile) else landing.decode_lines(data)
     out = ParsedFile(stream, [])
     plain = plain_rows(spec, decoded.lines, lo, hi)
     if plain is not None and not plain[1] and not plain[2]:  # the usual file: a row per line
@@ -692,18 +695,19 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
         step = max(1, files_per_commit)
         pending: list[tuple[landing.LandingFile, ParsedFile]] = []
         lines = 0
-        for lf, stream in todo:
-            try:
-                data = store.read_bytes(lf.key)
-            except FileNotFoundError:  # deleted since it was listed: nothing to fold, not recorded
-                report.missing.append(lf.key)
-                continue
-            parsed = parse_file(data, stream, lf.arrival_ms, rules)
-            pending.append((lf, parsed))
-            lines += parsed.lines
-            if len(pending) >= step or lines >= MAX_LINES_PER_COMMIT:
-                _fold_commit(state, pending, rules, report, since_ms, mark)
-                pending, lines = [], 0
+        # closed on the way out, an exception included: the reads under way end first
+        with closing(read_ahead(store, [lf.key for lf, _ in todo], todo, READ_AHEAD,
+                                READ_THREADS)) as landed:
+            for (lf, stream), decoded in landed:
+                if decoded is None:  # deleted since it was listed: nothing to fold, not recorded
+                    report.missing.append(lf.key)
+                    continue
+                parsed = parse_file(decoded, stream, lf.arrival_ms, rules)
+                pending.append((lf, parsed))
+                lines += parsed.lines
+                if len(pending) >= step or lines >= MAX_LINES_PER_COMMIT:
+                    _fold_commit(state, pending, rules, report, since_ms, mark)
+                    pending, lines = [], 0
         if pending:
             _fold_commit(state, pending, rules, report, since_ms, mark)
         del pending
@@ -711,6 +715,52 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
         report.purged = purge(state, report.watermark_ms, rules)  # also drops the doc cache
     report.seconds = time.perf_counter() - t0
     return report
+
+
+READ_THREADS = 8  # landing objects read at once (S3: each GET waits tens of ms for its first byte)
+READ_AHEAD = 16  # objects read and decompressed ahead of the one being parsed
+
+
+def _read_decoded(store: Store, key: str) -> landing.DecodedFile | None:
+    try:
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        return None
+    return landing.decode_lines(data)
+
+
+def read_ahead(store: Store, keys: Sequence[str], items: Sequence | None = None,
+               ahead: int = READ_AHEAD, threads: int = READ_THREADS
+               ) -> Iterator[tuple[object, landing.DecodedFile | None]]:
+    """(item, its object's `landing.decode_lines`, None when the key is gone) for each key, in
+    order (`items`: what to pair them with, the keys by default), read and decompressed up to
+    `ahead` objects ahead on `threads` threads: both release the GIL, so the GETs' waits and
+    the gunzip overlap the parse and the fold. Anything else a read raises is raised when its
+    key's turn comes, as a plain loop would; the reads still under way when the consumer
+    stops are waited for, the others not started."""
+    items = keys if items is None else items
+    if not keys:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, ahead, len(keys))),
+                            thread_name_prefix="landing-read") as pool:
+        window: deque = deque()
+        todo = iter(zip(items, keys, strict=True))
+
+        def more() -> None:
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append((nxt[0], pool.submit(_read_decoded, store, nxt[1])))
+
+        try:
+            for _ in range(max(1, ahead)):
+                more()
+            while window:
+                item, fut = window.popleft()
+                more()
+                yield item, fut.result()
+        finally:
+            for _, fut in window:
+                fut.cancel()
 
 
 def _fold_commit(state: StateStore, files: list[tuple[landing.LandingFile, ParsedFile]],
