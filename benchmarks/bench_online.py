@@ -10,7 +10,9 @@
    backlog fold again at a production-like size (`--scale-users` x `--scale-hours`, ~1 M
    events), beside the exact parse of its files, and the reads of 2. on that state; with the
    backlogs of its first quarter and half of the hours folded the same way, CPU per event by
-   backlog length (DESIGN §8: cost linear in events);
+   backlog length (DESIGN §8: cost linear in events); and a sensor run's fold from a store
+   whose every read waits 20 ms (an S3 GET's first byte), with the fold's read-ahead beside
+   one read at a time;
 2. in-process reads p50/p99 "now" (at the watermark): `OnlineFeatures.profile` as the API's
    profile route reads it (the counters of `lookup.PROFILE_SCHEMA` with the per-campaign counts
    and the domains as the JSON text the response carries, `encoded=True`), the same with the
@@ -221,27 +223,32 @@ class SlowStore(Store):
 
 
 def bench_slow_reads(root: str, store: Store, keys: list[str], wait_ms: float = 20.0,
-                     files: int = 200) -> dict:
+                     files: int = 200, rounds: int = 2) -> dict:
     """The sensor run's fold of the first `files` files from a store whose reads wait `wait_ms`
-    each: with the fold's read-ahead (`fold.read_ahead`), and with one read at a time (the
-    baseline: the loop before it), alternately, the same state from both."""
+    each: with the fold's read-ahead (`fold.read_ahead`), and with one read at a time in the
+    fold's own thread (`READ_AHEAD` 0: the loop before the read-ahead, the baseline), in
+    alternating rounds (the best of each), the same state from both."""
     head = [lf.key for lf, _ in order_files(keys)[0]][:files]
     slow = SlowStore(store.root, wait_ms / 1000)
-    out: dict = {"files": len(head), "read_wait_ms": wait_ms,
-                 "read_threads": fold.READ_THREADS, "ahead_files": fold.READ_AHEAD}
+    out: dict = {"files": len(head), "read_wait_ms": wait_ms, "rounds": rounds,
+                 "read_threads": fold.READ_THREADS, "ahead_files": fold.READ_AHEAD,
+                 "ahead_bytes": fold.READ_AHEAD_BYTES}
     dumps = {}
-    for label, ahead, threads in (("one_at_a_time", 1, 1), ("read_ahead", fold.READ_AHEAD,
-                                                              fold.READ_THREADS)):
-        before = fold.READ_AHEAD, fold.READ_THREADS
-        fold.READ_AHEAD, fold.READ_THREADS = ahead, threads
-        try:
-            state, fig = _fold_rate(root, slow, head, f"slow-{label}.db", FILES_PER_COMMIT,
-                                    MAX_FILES_PER_RUN)
-        finally:
-            fold.READ_AHEAD, fold.READ_THREADS = before
-        dumps[label] = state.dump()
-        state.close()
-        out[label] = {k: fig[k] for k in ("events", "seconds", "cpu_seconds", "events_per_s")}
+    for _ in range(rounds):
+        for label, ahead in (("one_at_a_time", 0), ("read_ahead", fold.READ_AHEAD)):
+            before = fold.READ_AHEAD
+            fold.READ_AHEAD = ahead
+            try:
+                state, fig = _fold_rate(root, slow, head, f"slow-{label}.db", FILES_PER_COMMIT,
+                                        MAX_FILES_PER_RUN)
+            finally:
+                fold.READ_AHEAD = before
+            dumps[label] = state.dump()
+            state.close()
+            best = out.get(label)
+            if best is None or fig["seconds"] < best["seconds"]:
+                out[label] = {k: fig[k] for k in ("events", "seconds", "cpu_seconds",
+                                                  "events_per_s")}
     assert dumps["one_at_a_time"] == dumps["read_ahead"]
     out["speedup"] = round(out["one_at_a_time"]["seconds"] / out["read_ahead"]["seconds"], 2)
     return out

@@ -697,7 +697,7 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
         lines = 0
         # closed on the way out, an exception included: the reads under way end first
         with closing(read_ahead(store, [lf.key for lf, _ in todo], todo, READ_AHEAD,
-                                READ_THREADS)) as landed:
+                                READ_THREADS, READ_AHEAD_BYTES)) as landed:
             for (lf, stream), decoded in landed:
                 if decoded is None:  # deleted since it was listed: nothing to fold, not recorded
                     report.missing.append(lf.key)
@@ -718,46 +718,64 @@ def fold_files(state: StateStore, store: Store, keys: Iterable[str], rules: Rule
 
 
 READ_THREADS = 8  # landing objects read at once (S3: each GET waits tens of ms for its first byte)
-READ_AHEAD = 16  # objects read and decompressed ahead of the one being parsed
+READ_AHEAD = 16  # objects read and decompressed ahead of the one being parsed, at most
+# ... and fewer when they are big: about this many decompressed bytes held ahead (a Firehose
+# object is a few MB once decompressed; an importer's part tens of MB)
+READ_AHEAD_BYTES = 64 << 20
 
 
-def _read_decoded(store: Store, key: str) -> landing.DecodedFile | None:
+def _read_decoded(store: Store, key: str) -> tuple[landing.DecodedFile | None, int]:
+    """The object's `landing.decode_lines` (None when the key is gone) and its decompressed
+    size."""
     try:
         data = store.read_bytes(key)
     except FileNotFoundError:
-        return None
-    return landing.decode_lines(data)
+        return None, 0
+    decoded = landing.decode_lines(data)
+    return decoded, sum(map(len, decoded.lines)) + len(decoded.lines)
 
 
 def read_ahead(store: Store, keys: Sequence[str], items: Sequence | None = None,
-               ahead: int = READ_AHEAD, threads: int = READ_THREADS
+               ahead: int = READ_AHEAD, threads: int = READ_THREADS,
+               ahead_bytes: int = READ_AHEAD_BYTES
                ) -> Iterator[tuple[object, landing.DecodedFile | None]]:
     """(item, its object's `landing.decode_lines`, None when the key is gone) for each key, in
-    order (`items`: what to pair them with, the keys by default), read and decompressed up to
-    `ahead` objects ahead on `threads` threads: both release the GIL, so the GETs' waits and
-    the gunzip overlap the parse and the fold. Anything else a read raises is raised when its
-    key's turn comes, as a plain loop would; the reads still under way when the consumer
-    stops are waited for, the others not started."""
+    order (`items`: what to pair them with, the keys by default), read and decompressed ahead
+    on `threads` threads: the reads and the inflate release the GIL, so the GETs' waits and
+    the gunzip overlap the parse and the fold. At most `ahead` objects are ahead, fewer when
+    the largest one seen so far says `ahead_bytes` would not hold them (two until one is seen);
+    `ahead` 0: one at a time, in the caller's thread. Anything else a read raises is raised
+    when its key's turn comes, as a plain loop would; the reads still under way when the
+    consumer stops are waited for, the others not started."""
     items = keys if items is None else items
+    pairs = zip(items, keys, strict=True)
+    if ahead <= 0:
+        for item, key in pairs:
+            yield item, _read_decoded(store, key)[0]
+        return
     if not keys:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(threads, ahead, len(keys))),
                             thread_name_prefix="landing-read") as pool:
         window: deque = deque()
-        todo = iter(zip(items, keys, strict=True))
+        largest = 0
 
-        def more() -> None:
-            nxt = next(todo, None)
-            if nxt is not None:
+        def fill() -> None:
+            room = min(ahead, 2) if largest == 0 else max(1, min(ahead, ahead_bytes // largest))
+            while len(window) < room:
+                nxt = next(pairs, None)
+                if nxt is None:
+                    return
                 window.append((nxt[0], pool.submit(_read_decoded, store, nxt[1])))
 
         try:
-            for _ in range(max(1, ahead)):
-                more()
+            fill()
             while window:
                 item, fut = window.popleft()
-                more()
-                yield item, fut.result()
+                decoded, size = fut.result()
+                largest = max(largest, size)
+                fill()
+                yield item, decoded
         finally:
             for _, fut in window:
                 fut.cancel()
