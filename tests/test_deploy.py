@@ -495,3 +495,16 @@ def test_run_tasks_may_write_the_temporary_keys_of_their_uploads(template):
         expiring = [_sub(r["Prefix"], params) for r in rules["Rules"]
                     if r.get("ExpirationInDays") == 1]
         assert any(s3_temp_key(key).startswith(p) for p in expiring)
+
+
+def test_the_step_logs_of_the_runs_expire(template):
+    """The compute-log manager's prefix (deploy/dagster.yaml) in the lake bucket, which the
+    stack names as the compute-log bucket, has an expiry: the pruned runs' logs go too."""
+    prefix = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["compute_logs"]["config"][
+        "prefix"]
+    assert template["Outputs"]["ComputeLogBucket"]["Value"] == {"Ref": "LakeBucket"}
+    rules = template["Resources"]["LakeBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiring = [r for r in rules if r.get("ExpirationInDays") == {"Ref": "ComputeLogRetentionDays"}
+                and r["Status"] == "Enabled"]
+    assert [r["Prefix"] for r in expiring] == [f"{prefix}/"]
+    assert template["Parameters"]["ComputeLogRetentionDays"]["Default"] >= 14

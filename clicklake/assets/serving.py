@@ -279,7 +279,7 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int, rules: Rules) -> 
 # -- the sensor ----------------------------------------------------------------------------------
 
 
-_RUN_OVER = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
+RUN_OVER = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
              dg.DagsterRunStatus.CANCELED}
 
 
@@ -290,7 +290,7 @@ def _run_over(instance: dg.DagsterInstance) -> Callable[[str], bool | None]:
     def over(run_key: str) -> bool | None:
         records = instance.get_run_records(
             dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
-        return records[0].dagster_run.status in _RUN_OVER if records else None
+        return records[0].dagster_run.status in RUN_OVER if records else None
     return over
 
 

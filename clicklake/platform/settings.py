@@ -13,6 +13,7 @@ by `clicklake serve` alike; the assets record the values they used in their meta
 | `CLICKLAKE_FUTURE_TOLERANCE_MINUTES` | 15 | 0 to 1440 |
 | `CLICKLAKE_LABEL_WINDOW_MINUTES` | 15 | 1 to 60 (a labeled hour reads the next hour's clicks only) |
 | `CLICKLAKE_RETENTION_DAYS` | 30 | 2 to 36500 (hourly user snapshots kept) |
+| `CLICKLAKE_RUN_HISTORY_DAYS` | 14 | 2 to 36500 (the landing sensor's finished runs kept) |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Settings:
     future_tolerance_minutes: int = DEFAULT_FUTURE_TOLERANCE_MS // MINUTE_MS
     label_window_minutes: int = DEFAULT_LABEL_WINDOW_MS // MINUTE_MS
     retention_days: int = DEFAULT_RETENTION_DAYS
+    run_history_days: int = 14
 
     def rules(self) -> Rules:
         """The raw layer's rules (what is late, what is in the future) under these settings."""
@@ -45,12 +47,14 @@ class Settings:
 
 
 # variable -> (field, lowest, highest); a retention under 2 days would delete the snapshots the
-# automation's day of catch-up still reads
+# automation's day of catch-up still reads, and the sensor runs a lost sensor cursor is rebuilt
+# from (the last 24 hours')
 VARIABLES = {
     "CLICKLAKE_ALLOWED_LATENESS_MINUTES": ("allowed_lateness_minutes", 0, 7 * 24 * 60),
     "CLICKLAKE_FUTURE_TOLERANCE_MINUTES": ("future_tolerance_minutes", 0, 24 * 60),
     "CLICKLAKE_LABEL_WINDOW_MINUTES": ("label_window_minutes", 1, 60),
     "CLICKLAKE_RETENTION_DAYS": ("retention_days", 2, 36_500),
+    "CLICKLAKE_RUN_HISTORY_DAYS": ("run_history_days", 2, 36_500),
 }
 
 

@@ -1,0 +1,90 @@
+"""Run history retention: the landing sensor launches a `serving_lookup` run for about every
+tick that finds files (~1,400 a day), each leaving its event rows in the Dagster instance's
+storage; over months they slow the instance's queries and the UI. A daily job deletes the
+sensor's finished runs older than `CLICKLAKE_RUN_HISTORY_DAYS` (14), with their event logs
+(their `serving_lookup` materializations among them: the asset's history then starts there).
+
+Nothing else is deleted: the hourly runs of the lake's assets keep their materializations,
+which later runs read (inputs complete, checks passed), and a run still queued or running is
+never touched. The sensor rebuilds a lost cursor from its runs of the last 24 hours, which the
+shortest retention (2 days) keeps."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from pydantic import Field
+
+from clicklake.assets.serving import RUN_OVER, SENSOR_NAME
+from clicklake.platform.settings import VARIABLES, settings
+
+PAGE = 200  # run records asked for at a time
+MIN_DAYS = VARIABLES["CLICKLAKE_RUN_HISTORY_DAYS"][1]
+
+
+@dataclass(frozen=True)
+class Pruned:
+    deleted: int
+    cutoff: datetime  # runs created before it were deleted
+    more: bool  # finished runs before the cutoff are left: `limit` ended the pass
+
+
+def prune_sensor_runs(instance: dg.DagsterInstance, now: datetime, days: int,
+                      limit: int = 10_000, log=None) -> Pruned:
+    """Delete the landing sensor's finished runs created more than `days` before `now`, oldest
+    pages first, at most `limit` of them (a first pass over a long history is spread over a
+    few days rather than one long run)."""
+    if days < MIN_DAYS:
+        raise ValueError(f"a run history of {days} days: at least {MIN_DAYS} days are kept (a "
+                         "lost sensor cursor is rebuilt from the sensor's runs of the last 24 "
+                         "hours)")
+    cutoff = now - timedelta(days=days)
+    old = dg.RunsFilter(tags={"dagster/sensor_name": SENSOR_NAME}, statuses=sorted(
+        RUN_OVER, key=lambda s: s.value), created_before=cutoff)
+    deleted = 0
+    while deleted < limit:
+        records = instance.get_run_records(old, limit=min(PAGE, limit - deleted))
+        if not records:
+            return Pruned(deleted, cutoff, False)
+        for record in records:
+            instance.delete_run(record.dagster_run.run_id)
+        deleted += len(records)
+        if log is not None:
+            log(f"deleted {deleted} runs of {SENSOR_NAME} created before {cutoff.isoformat()}")
+    return Pruned(deleted, cutoff, bool(instance.get_run_records(old, limit=1)))
+
+
+class RunHistoryConfig(dg.Config):
+    days: int | None = Field(
+        default=None, description="Days of the landing sensor's runs to keep (default: "
+        "CLICKLAKE_RUN_HISTORY_DAYS, 14).")
+    limit: int = Field(default=10_000, ge=1, description="Runs deleted at most by this run.")
+
+
+@dg.op(description="Delete the landing sensor's finished runs older than the run history "
+                   "retention, with their event logs.")
+def prune_run_history(context: dg.OpExecutionContext, config: RunHistoryConfig) -> dg.Output:
+    days = settings().run_history_days if config.days is None else config.days
+    try:
+        pruned = prune_sensor_runs(context.instance, datetime.now(UTC), days, config.limit,
+                                   context.log.info)
+    except ValueError as exc:  # too short a retention: said plainly in the UI
+        raise dg.Failure(str(exc)) from None
+    if pruned.more:
+        context.log.info(f"stopped at {config.limit} runs: the rest goes in the next runs")
+    return dg.Output(pruned.deleted, metadata={
+        "runs_deleted": pruned.deleted, "created_before": pruned.cutoff.isoformat(),
+        "days_kept": days, "more_left": pruned.more, "sensor": SENSOR_NAME})
+
+
+@dg.job(description="Run history retention: the landing sensor's finished runs older than "
+                    "CLICKLAKE_RUN_HISTORY_DAYS (14) are deleted, with their event logs.")
+def prune_run_history_job():
+    prune_run_history()
+
+
+prune_run_history_schedule = dg.ScheduleDefinition(
+    name="prune_run_history_daily", job=prune_run_history_job, cron_schedule="30 3 * * *",
+    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily at 03:30 UTC: delete the landing sensor's finished runs older than "
+                "CLICKLAKE_RUN_HISTORY_DAYS (14).")
