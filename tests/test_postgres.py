@@ -222,3 +222,35 @@ def test_schedule_tick_recorded_in_postgres(pg_instance, postgres):
     assert run.tags["dagster/partition"] == expected
     assert run.status == dg.DagsterRunStatus.QUEUED  # the QueuedRunCoordinator holds it
     assert _psql_count(postgres, "select count(*) from job_ticks where status = 'SUCCESS'") >= 1
+
+
+def test_run_history_prune_on_postgres(pg_instance, postgres):
+    """The run history job on PostgreSQL storage: the landing sensor's old finished runs go
+    with their events and check executions (read straight from the tables); a run without the
+    sensor's tag stays."""
+    from clicklake.assets.serving import SENSOR_NAME
+    from clicklake.run_history import prune_sensor_runs
+
+    instance, _ = pg_instance
+
+    @dg.asset
+    def folded() -> int:
+        return 1
+
+    @dg.asset_check(asset=folded)
+    def folded_matches() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True)
+
+    sensor_run = dg.materialize([folded, folded_matches], instance=instance,
+                                tags={"dagster/sensor_name": SENSOR_NAME}).run_id
+    other_run = dg.materialize([folded, folded_matches], instance=instance).run_id
+
+    def count(table: str, run_id: str) -> int:
+        return _psql_count(postgres, f"select count(*) from {table} where run_id = '{run_id}'")
+
+    assert [count(t, sensor_run) for t in ("runs", "asset_check_executions")] == [1, 1]
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=15)
+    assert prune_sensor_runs(instance, later, days=14).deleted == 1
+    assert [count(t, sensor_run) for t in ("runs", "event_logs", "asset_check_executions")
+            ] == [0, 0, 0]
+    assert [count(t, other_run) for t in ("runs", "asset_check_executions")] == [1, 1]

@@ -4,7 +4,7 @@ stays."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
@@ -31,6 +31,11 @@ def hourly() -> int:
     return 2
 
 
+@dg.asset_check(asset=folded)
+def folded_matches() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
 @dg.op
 def fails() -> None:
     raise RuntimeError("the lake was unreachable")
@@ -44,9 +49,9 @@ def failing_job():
 def _history(instance: dg.DagsterInstance) -> dict[str, str]:
     """Run id -> what it is, for runs of every kind."""
     runs = {}
-    for i in range(3):
-        result = dg.materialize([folded], instance=instance, tags={**SENSOR_TAGS,
-                                                                  "dagster/run_key": f"k{i}"})
+    for i in range(3):  # with the asset's check, as the sensor's runs have theirs
+        result = dg.materialize([folded, folded_matches], instance=instance,
+                                tags={**SENSOR_TAGS, "dagster/run_key": f"k{i}"})
         runs[result.run_id] = "sensor, succeeded"
     failed = failing_job.execute_in_process(instance=instance, tags=SENSOR_TAGS,
                                             raise_on_error=False)
@@ -82,6 +87,61 @@ def test_the_sensors_finished_runs_past_the_retention_go_and_nothing_else():
         assert [r.run_id for r in left] == [r for r, what in runs.items()
                                             if what == "another sensor"]
         assert len(instance.fetch_materializations(dg.AssetKey("hourly"), limit=10).records) == 1
+        # and their check executions (Dagster's delete_run keeps them)
+        check = dg.AssetCheckKey(dg.AssetKey("folded"), "folded_matches")
+        assert instance.event_log_storage.get_asset_check_execution_history(check, limit=10) == []
+
+
+def test_runs_go_oldest_first_by_creation_time_page_after_page(monkeypatch):
+    """Runs created at known instants (a frozen clock): those older than the retention go,
+    oldest first, across several pages; one younger by two hours stays."""
+    from dagster._core.test_utils import create_run_for_test, freeze_time
+
+    monkeypatch.setattr(run_history, "PAGE", 2)
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    ages = {"30d": timedelta(days=30), "25d": timedelta(days=25), "20d": timedelta(days=20),
+            "16d": timedelta(days=16), "14d+2h": timedelta(days=14, hours=2),
+            "14d-2h": timedelta(days=14, hours=-2), "1d": timedelta(days=1)}
+    with dg.instance_for_test() as instance:
+        ids = {}
+        for name, age in ages.items():
+            with freeze_time(now - age):
+                ids[create_run_for_test(instance, status=dg.DagsterRunStatus.SUCCESS,
+                                        tags=SENSOR_TAGS).run_id] = name
+
+        def left() -> list[str]:
+            return sorted((ids[r] for r in _left(instance)), key=lambda n: ages[n])
+
+        assert prune_sensor_runs(instance, now, days=14, limit=1).deleted == 1
+        assert left() == ["1d", "14d-2h", "14d+2h", "16d", "20d", "25d"]  # the oldest went
+        third = prune_sensor_runs(instance, now, days=14, limit=3)
+        assert (third.deleted, third.more) == (3, True)  # pages of 2: a full one, then one
+        assert left() == ["1d", "14d-2h", "14d+2h"]
+        last = prune_sensor_runs(instance, now.astimezone(timezone(timedelta(hours=-5))),
+                                 days=14)  # the same instant, another zone
+        assert (last.deleted, last.more) == (1, False)
+        assert left() == ["1d", "14d-2h"]
+
+
+@pytest.mark.parametrize(("status", "goes"), [
+    (dg.DagsterRunStatus.SUCCESS, True), (dg.DagsterRunStatus.FAILURE, True),
+    (dg.DagsterRunStatus.CANCELED, True), (dg.DagsterRunStatus.NOT_STARTED, False),
+    (dg.DagsterRunStatus.STARTING, False),
+    (dg.DagsterRunStatus.STARTED, False), (dg.DagsterRunStatus.CANCELING, False),
+])
+def test_only_runs_that_ended_go(status, goes):
+    from dagster._core.test_utils import create_run_for_test
+
+    with dg.instance_for_test() as instance:
+        run = create_run_for_test(instance, status=status, tags=SENSOR_TAGS)
+        pruned = prune_sensor_runs(instance, datetime.now(UTC) + timedelta(days=15), days=14)
+        assert pruned.deleted == int(goes)
+        assert (run.run_id in _left(instance)) is not goes
+
+
+def test_a_time_without_a_zone_is_refused():
+    with dg.instance_for_test() as instance, pytest.raises(ValueError, match="time zone"):
+        prune_sensor_runs(instance, datetime(2026, 11, 27, 12, 0), days=14)
 
 
 def test_a_pass_stops_at_its_limit_and_says_more_are_left():
@@ -138,8 +198,18 @@ def test_a_config_below_the_minimum_fails_the_run_with_a_message():
         assert error.cls_name == "Failure" and "at least 2 days are kept" in error.message
 
 
+def test_a_bad_setting_fails_the_run_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("CLICKLAKE_RUN_HISTORY_DAYS", "1")
+    with dg.instance_for_test() as instance:
+        result = prune_run_history_job.execute_in_process(instance=instance,
+                                                          raise_on_error=False)
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert "CLICKLAKE_RUN_HISTORY_DAYS=1" in failure.event_specific_data.error.message
+
+
 def test_the_schedule_runs_daily_and_is_on_by_default():
     assert defs.get_job_def("prune_run_history_job") is not None
+    assert prune_run_history_schedule.execution_timezone == "UTC"
     assert prune_run_history_schedule.cron_schedule == "30 3 * * *"
     assert prune_run_history_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     request = prune_run_history_schedule.evaluate_tick(dg.build_schedule_context(
