@@ -243,6 +243,22 @@ def test_read_of_missing_key_raises(store):
         pq.read_table(store.path("missing.parquet"), filesystem=store.fs)
 
 
+@pytest.mark.parametrize("damage", ["not parquet", "cut short"])
+def test_an_unreadable_parquet_file_is_named_in_the_error(store, damage):
+    """Arrow's error names no file: a run reading many partitions must say which one."""
+    store.write_parquet("raw/part.parquet", pa.table({"x": list(range(1000))}))
+    data = store.read_bytes("raw/part.parquet")
+    store.write_bytes("raw/part.parquet", b"no footer here" if damage == "not parquet"
+                      else data[:len(data) // 2])
+    with pytest.raises(pa.ArrowInvalid) as caught:
+        store.parquet_file("raw/part.parquet")
+    assert str(caught.value).startswith(f"{store.uri('raw/part.parquet')} is not a readable "
+                                        "Parquet file: ")
+    store.write_parquet("raw/part.parquet", pa.table({"x": [1, 2]}))  # and a good one reads
+    assert store.parquet_file("raw/part.parquet", read_dictionary=["x"]).read()["x"].to_pylist(
+        ) == [1, 2]
+
+
 def test_an_s3_move_killed_halfway_leaves_nothing_in_the_data_folder(moto_endpoint, s3_bucket,
                                                                      monkeypatch):
     """S3's move is a copy, then a delete: a process killed between the two left a whole copy

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from clicklake.platform.enrich import enrich_impressions
 from clicklake.platform.events import SPECS
@@ -87,8 +86,7 @@ def _raw(store: Store, stream: str, hour_ms: int, prefix: str,
     # dictionary-encoded as Parquet stores them (a few dozen distinct strings per hour, ~4 MB
     # once decoded), for a caller whose only reader of them is enrichment (which resolves a
     # dictionary as it is) - a range, whose lookup table keeps no user agents.
-    pf = pq.ParquetFile(store.fs.open_input_file(store.path(key)),
-                        read_dictionary=["user_agent"] if agents_encoded else None)
+    pf = store.parquet_file(key, read_dictionary=["user_agent"] if agents_encoded else None)
     return pf.read(columns=columns, use_threads=False)
 
 
@@ -293,8 +291,7 @@ def _read_tile(store: Store, p: int, lake_prefix: str) -> pa.Table | None:
         return None
     # Campaign and domain lists dictionary-encoded as Parquet stores them: the
     # fold then interns each distinct value once, not every list element.
-    tiles_pf = pq.ParquetFile(store.fs.open_input_file(store.path(tile)),
-                              read_dictionary=_TILE_DICTIONARY)
+    tiles_pf = store.parquet_file(tile, read_dictionary=_TILE_DICTIONARY)
     if tiles_pf.num_row_groups > 1:
         # Each row group brings its own dictionary, and Arrow cannot read nested
         # lists of several dictionaries into one table (an hour of 1 M+ users).
@@ -378,9 +375,9 @@ class _RangeCarry:
         """Snapshot partition p as carried state, read one row group at a time (the whole
         table, ~50 MiB for 100 k users, never held at once: a range starting mid-lake peaked
         on it), campaign and domain lists dictionary-encoded as Parquet stores them."""
-        pf = pq.ParquetFile(self.store.fs.open_input_file(
-            self.store.path(snapshot_key(p, self.lake_prefix))),
-            read_dictionary=["campaigns.list.element", "domains.list.element"])
+        pf = self.store.parquet_file(snapshot_key(p, self.lake_prefix),
+                                     read_dictionary=["campaigns.list.element",
+                                                      "domains.list.element"])
         parts = (pf.read_row_group(i, columns=CARRIED_COLUMNS, use_threads=False)
                  for i in range(pf.num_row_groups))
         as_of = int(pf.schema_arrow.metadata[META_AS_OF])

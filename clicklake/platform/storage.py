@@ -246,5 +246,13 @@ class Store:
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path(key), filesystem=self.fs, columns=columns)
 
-    def parquet_file(self, key: str) -> pq.ParquetFile:
-        return pq.ParquetFile(self.fs.open_input_file(self.path(key)))
+    def parquet_file(self, key: str, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
+        """The Parquet file at `key`, its footer read; a file that is not Parquet (damaged, cut
+        short) raises `pa.ArrowInvalid` naming it (Arrow's own message names no file)."""
+        source = self.fs.open_input_file(self.path(key))
+        try:
+            return pq.ParquetFile(source, read_dictionary=read_dictionary)
+        except pa.ArrowInvalid as exc:
+            source.close()
+            raise pa.ArrowInvalid(f"{self.uri(key)} is not a readable Parquet file: {exc}"
+                                  ) from exc
