@@ -53,6 +53,7 @@ class Pruned:
     deleted: int
     cutoff: datetime  # runs created before it were deleted
     more: bool  # finished runs before the cutoff are left: `limit` ended the pass
+    checks: bool = True  # their check executions went too (False: this storage kept them)
 
 
 def prune_sensor_runs(instance: dg.DagsterInstance, now: datetime, days: int,
@@ -70,19 +71,19 @@ def prune_sensor_runs(instance: dg.DagsterInstance, now: datetime, days: int,
     cutoff = now - timedelta(days=days)
     old = dg.RunsFilter(tags={"dagster/sensor_name": SENSOR_NAME}, statuses=sorted(
         RUN_OVER, key=lambda s: s.value), created_before=cutoff)
-    deleted = 0
+    deleted, checks = 0, True
     while deleted < limit:
         records = instance.get_run_records(old, limit=min(PAGE, limit - deleted), ascending=True)
         if not records:
-            return Pruned(deleted, cutoff, False)
+            return Pruned(deleted, cutoff, False, checks)
         ids = [record.dagster_run.run_id for record in records]
         for run_id in ids:
             instance.delete_run(run_id)
-        _delete_check_executions(instance, ids)
+        checks = _delete_check_executions(instance, ids) and checks
         deleted += len(records)
         if log is not None:
             log(f"deleted {deleted} runs of {SENSOR_NAME} created before {cutoff.isoformat()}")
-    return Pruned(deleted, cutoff, bool(instance.get_run_records(old, limit=1)))
+    return Pruned(deleted, cutoff, bool(instance.get_run_records(old, limit=1)), checks)
 
 
 class RunHistoryConfig(dg.Config):
@@ -105,7 +106,8 @@ def prune_run_history(context: dg.OpExecutionContext, config: RunHistoryConfig) 
         context.log.info(f"stopped at {config.limit} runs: the rest goes in the next runs")
     return dg.Output(pruned.deleted, metadata={
         "runs_deleted": pruned.deleted, "created_before": pruned.cutoff.isoformat(),
-        "days_kept": days, "more_left": pruned.more, "sensor": SENSOR_NAME})
+        "days_kept": days, "more_left": pruned.more, "sensor": SENSOR_NAME,
+        "check_executions_deleted": pruned.checks})
 
 
 @dg.job(description="Run history retention: the landing sensor's finished runs older than "

@@ -78,7 +78,7 @@ def test_the_sensors_finished_runs_past_the_retention_go_and_nothing_else():
         assert (kept.deleted, kept.more) == (0, False)  # a day younger than the retention
         assert _left(instance) == set(runs)
         pruned = prune_sensor_runs(instance, now + timedelta(days=15), days=14)
-        assert (pruned.deleted, pruned.more) == (4, False)
+        assert (pruned.deleted, pruned.more, pruned.checks) == (4, False, True)
         assert pruned.cutoff == now + timedelta(days=1)
         assert {runs[r] for r in _left(instance)} == {"sensor, not started", "another sensor",
                                                       "no sensor"}
@@ -183,6 +183,7 @@ def test_the_daily_job_prunes_with_the_deployments_setting(monkeypatch):
         metadata = event.event_specific_data.metadata
         assert metadata["runs_deleted"].value == 4 and metadata["days_kept"].value == 14
         assert metadata["more_left"].value is False
+        assert metadata["check_executions_deleted"].value is True
         assert {runs.get(r, "the job's own") for r in _left(instance)} == {
             "sensor, not started", "another sensor", "no sensor", "the job's own"}
 
