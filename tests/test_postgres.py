@@ -230,17 +230,9 @@ def test_run_history_prune_on_postgres(pg_instance, postgres):
     sensor's tag stays."""
     from clicklake.assets.serving import SENSOR_NAME
     from clicklake.run_history import prune_sensor_runs
+    from tests.test_run_history import folded, folded_matches
 
     instance, _ = pg_instance
-
-    @dg.asset
-    def folded() -> int:
-        return 1
-
-    @dg.asset_check(asset=folded)
-    def folded_matches() -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(passed=True)
-
     sensor_run = dg.materialize([folded, folded_matches], instance=instance,
                                 tags={"dagster/sensor_name": SENSOR_NAME}).run_id
     other_run = dg.materialize([folded, folded_matches], instance=instance).run_id
