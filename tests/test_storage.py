@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import shutil
 
 import pyarrow as pa
@@ -243,20 +244,53 @@ def test_read_of_missing_key_raises(store):
         pq.read_table(store.path("missing.parquet"), filesystem=store.fs)
 
 
-@pytest.mark.parametrize("damage", ["not parquet", "cut short"])
-def test_an_unreadable_parquet_file_is_named_in_the_error(store, damage):
-    """Arrow's error names no file: a run reading many partitions must say which one."""
-    store.write_parquet("raw/part.parquet", pa.table({"x": list(range(1000))}))
-    data = store.read_bytes("raw/part.parquet")
-    store.write_bytes("raw/part.parquet", b"no footer here" if damage == "not parquet"
-                      else data[:len(data) // 2])
-    with pytest.raises(pa.ArrowInvalid) as caught:
-        store.parquet_file("raw/part.parquet")
-    assert str(caught.value).startswith(f"{store.uri('raw/part.parquet')} is not a readable "
-                                        "Parquet file: ")
-    store.write_parquet("raw/part.parquet", pa.table({"x": [1, 2]}))  # and a good one reads
-    assert store.parquet_file("raw/part.parquet", read_dictionary=["x"]).read()["x"].to_pylist(
-        ) == [1, 2]
+def _damaged(data: bytes, damage: str) -> bytes:
+    footer = int.from_bytes(data[-8:-4], "little")  # the footer's length, before "PAR1"
+    body = len(data) - 8 - footer
+    if damage == "not parquet":
+        return b"no footer here"
+    if damage == "cut short":
+        return data[:len(data) // 2]
+    if damage == "garbled footer":  # its magic bytes intact
+        return data[:body] + b"\xff" * footer + data[-8:]
+    # a stretch of the compressed values, inside a page
+    return data[:body // 4] + bytes(b ^ 0x5A for b in data[body // 4:body // 2]) + data[body // 2:]
+
+
+@pytest.mark.parametrize(("damage", "at"), [
+    ("not parquet", "open"), ("cut short", "open"), ("garbled footer", "open"),
+    ("garbled page", "read")])
+def test_a_damaged_parquet_file_is_named_in_the_error(store, damage, at):
+    """Arrow's errors name no file: a run reading many partitions must say which one, whether
+    the damage shows when the file is opened or when the page is read."""
+    key = "raw/part.parquet"
+    store.write_parquet(key, pa.table({"v": [f"value-{i}" for i in range(20_000)]}))
+    store.write_bytes(key, _damaged(store.read_bytes(key), damage))
+    with pytest.raises((pa.ArrowInvalid, OSError)) as caught:
+        if at == "open":
+            store.parquet_file(key)
+        else:
+            pf = store.parquet_file(key)
+            pf.read()
+    assert str(caught.value).startswith(f"{store.uri(key)}: ")
+    assert not isinstance(caught.value, FileNotFoundError)
+    with pytest.raises((pa.ArrowInvalid, OSError), match=re.escape(key)):
+        store.read_parquet(key)
+    if at == "read":  # and read by row group, or in batches
+        with pytest.raises(OSError, match=f"^{re.escape(store.uri(key))}: "):
+            store.parquet_file(key).read_row_group(0)
+        with pytest.raises(OSError, match=f"^{re.escape(store.uri(key))}: "):
+            list(store.parquet_file(key).iter_batches())
+    store.write_parquet(key, pa.table({"v": ["a", "b"]}))  # a good file reads as before
+    assert store.parquet_file(key, read_dictionary=["v"]).read()["v"].type == pa.dictionary(
+        pa.int32(), pa.string())
+
+
+def test_a_missing_parquet_file_stays_file_not_found(store):
+    with pytest.raises(FileNotFoundError):
+        store.parquet_file("raw/missing.parquet")
+    with pytest.raises(FileNotFoundError, match=re.escape("raw/missing.parquet")):
+        store.read_parquet("raw/missing.parquet")
 
 
 def test_an_s3_move_killed_halfway_leaves_nothing_in_the_data_folder(moto_endpoint, s3_bucket,

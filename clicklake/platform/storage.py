@@ -244,15 +244,59 @@ class Store:
         return len(data)
 
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path(key), filesystem=self.fs, columns=columns)
+        with _named(self.uri(key)):
+            return pq.read_table(self.path(key), filesystem=self.fs, columns=columns)
 
     def parquet_file(self, key: str, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
-        """The Parquet file at `key`, its footer read; a file that is not Parquet (damaged, cut
-        short) raises `pa.ArrowInvalid` naming it (Arrow's own message names no file)."""
+        """The Parquet file at `key`, its footer read. A damaged file (not Parquet, cut short,
+        a garbled footer or data page) raises what Arrow raises, naming the file, at the open
+        or at the read that meets the damage: Arrow's own messages name none, and a labeled
+        range reads dozens of partitions."""
         source = self.fs.open_input_file(self.path(key))
         try:
-            return pq.ParquetFile(source, read_dictionary=read_dictionary)
-        except pa.ArrowInvalid as exc:
+            with _named(self.uri(key)):
+                return _NamedParquetFile(source, self.uri(key), read_dictionary=read_dictionary)
+        except BaseException:
             source.close()
-            raise pa.ArrowInvalid(f"{self.uri(key)} is not a readable Parquet file: {exc}"
-                                  ) from exc
+            raise
+
+
+@contextlib.contextmanager
+def _named(uri: str):
+    """Arrow's errors of a damaged file (`ArrowInvalid`, `OSError`) again, of the same type
+    (a missing file's is still a `FileNotFoundError`), naming `uri` when their message does
+    not."""
+    try:
+        yield
+    except (pa.ArrowInvalid, OSError) as exc:
+        if uri in str(exc):
+            raise
+        try:
+            named = type(exc)(f"{uri}: {exc}")
+        except Exception:  # noqa: BLE001 - a type that takes other arguments
+            named = OSError(f"{uri}: {exc}")
+        raise named from exc
+
+
+class _NamedParquetFile(pq.ParquetFile):
+    """`pq.ParquetFile` whose reads name the file in the errors of a damaged one (`_named`)."""
+
+    def __init__(self, source, uri: str, **kwargs):
+        super().__init__(source, **kwargs)
+        self.uri = uri
+
+    def read(self, *args, **kwargs):
+        with _named(self.uri):
+            return super().read(*args, **kwargs)
+
+    def read_row_group(self, *args, **kwargs):
+        with _named(self.uri):
+            return super().read_row_group(*args, **kwargs)
+
+    def read_row_groups(self, *args, **kwargs):
+        with _named(self.uri):
+            return super().read_row_groups(*args, **kwargs)
+
+    def iter_batches(self, *args, **kwargs):
+        with _named(self.uri):
+            yield from super().iter_batches(*args, **kwargs)
