@@ -92,6 +92,18 @@ def test_list_is_sorted_recursive_and_relative(store):
     assert store.list("") == ["x/1/a", "x/1/c", "x/2/b", "xx/other", "y/z"]
 
 
+def test_list_versions_are_the_listed_keys_and_a_rewrite_shows(store):
+    store.write_bytes("a/x.bin", b"one")
+    store.write_bytes("a/b/y.bin", b"two")
+    versions = store.list_versions("a/")
+    assert sorted(versions) == store.list("a/") == ["a/b/y.bin", "a/x.bin"]
+    assert versions["a/x.bin"][0] == 3
+    store.write_bytes("a/x.bin", b"one, rewritten")
+    after = store.list_versions("a/")
+    assert after["a/x.bin"] != versions["a/x.bin"] and after["a/b/y.bin"] == versions["a/b/y.bin"]
+    assert store.list_versions("missing/") == {}
+
+
 def test_list_of_missing_prefix_is_empty(store):
     assert store.list("nothing/here/") == []
     assert store.list("nothing") == []

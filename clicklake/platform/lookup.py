@@ -36,7 +36,7 @@ from clicklake.platform.profiles import (
 from clicklake.platform.raw import raw_key
 from clicklake.platform.storage import Store
 from clicklake.platform.tiles import as_string_array, lex_order, ts_ms
-from clicklake.platform.timeutil import HOUR_MS, hive_hours, iso
+from clicklake.platform.timeutil import HOUR_MS, hive_hour_of, hive_hours, iso
 
 NULL_MS = np.iinfo(np.int64).min
 
@@ -399,6 +399,7 @@ _PROFILE_COLUMNS = [
     "recent_impressions", "recent_clicks", "recent_spend",
 ]
 ROW_GROUP_CACHE = 256  # decoded snapshot row groups kept for repeated point lookups
+FOOTER_CACHE = 64  # snapshot footers kept, each with its file open (a day and more of hours)
 _CAMPAIGN_COLUMNS = ["user_id", "campaigns", "campaign_impressions", "campaign_clicks"]
 # The raw columns the lookup reads of each stream (the rest is enrichment input).
 _EVENT_COLUMNS = {"impressions": ("ts", "user_id", "campaign_id", "domain", "cost"),
@@ -417,7 +418,9 @@ class LookupTable:
         self._cache_hours = max(cache_hours, 1)
         self._hours: np.ndarray | None = None
         self._tables: OrderedDict[tuple, pa.Table] = OrderedDict()
-        self._files: dict[str, tuple[pq.ParquetFile, list, list]] = {}
+        # footers of the snapshots read, least recently used first (each holds its file open)
+        self._files: OrderedDict[str, tuple[pq.ParquetFile, list, list]] = OrderedDict()
+        self._versions: dict[str, tuple[int, int | None]] | None = None  # snapshots listed
         self._row_groups: OrderedDict[tuple, pa.Table] = OrderedDict()
         self._user_index: OrderedDict[tuple, tuple[pa.Table, np.ndarray]] = OrderedDict()
         self.missing_raw_hours: set[tuple[str, int]] = set()
@@ -433,9 +436,29 @@ class LookupTable:
             self.missing_raw_hours.clear()
         if self._hours is None or refresh:
             prefix = f"{self.lake_prefix}/profiles/user/"
-            hours = hive_hours(self.store.list(prefix))
-            self._hours = np.array(sorted(set(hours)), dtype=np.int64)
+            versions = self.store.list_versions(prefix)
+            # A snapshot rewritten (a refold of its hour) or deleted since the last listing:
+            # whatever was read of it goes, or a long-lived table (the API's) would answer
+            # from the old file for good (its open handle, its cached row groups).
+            for key, was in (self._versions or {}).items():
+                if versions.get(key) != was:
+                    self._forget_snapshot(key)
+            self._versions = versions
+            self._hours = np.array(sorted(set(hive_hours(versions))), dtype=np.int64)
         return self._hours
+
+    def _forget_snapshot(self, key: str) -> None:
+        hour = hive_hour_of(key)
+        entry = self._files.pop(key, None)
+        if entry is not None:
+            entry[0].close(force=True)
+        self._schemas.pop(key, None)
+        for k in [k for k in self._row_groups if k[0] == hour]:  # (hour, group, columns)
+            del self._row_groups[k]
+        for k in [k for k in self._tables if k[0] in ("snap", "snapcols") and k[1] == hour]:
+            del self._tables[k]
+        if self._history_start is not None and self._history_start[0] == hour:
+            self._history_start = None
 
     def history_start(self) -> int:
         """Start of the history the snapshot chain folds (events before it were never counted)."""
@@ -518,7 +541,9 @@ class LookupTable:
         return self._cached(("snap", hour_ms, cols), lambda: self.store.read_parquet(key, list(cols)))
 
     def _footer(self, key: str) -> tuple[pq.ParquetFile, list, list]:
-        if key not in self._files:
+        if key in self._files:
+            self._files.move_to_end(key)
+        else:
             pf = self.store.parquet_file(key)
             col = pf.schema_arrow.get_field_index("user_id")
             mins, maxs = [], []
@@ -527,6 +552,8 @@ class LookupTable:
                 mins.append(st.min if st is not None and st.has_min_max else None)
                 maxs.append(st.max if st is not None and st.has_min_max else None)
             self._files[key] = (pf, mins, maxs)
+            while len(self._files) > FOOTER_CACHE:
+                self._files.popitem(last=False)[1][0].close(force=True)
         return self._files[key]
 
     def snapshot_rows(self, hour_ms: int, user_ids: list[str],

@@ -149,20 +149,26 @@ class Store:
 
     def list(self, prefix: str) -> list[str]:
         """Keys of all files below `prefix` (relative to the root), sorted; [] when absent."""
+        return sorted(key for key, _ in self._files_below(prefix))
+
+    def list_versions(self, prefix: str) -> dict[str, tuple[int, int | None]]:
+        """Key -> (size, modification time in ns) of all files below `prefix`, from the same
+        one listing as `list` (on S3 the LIST response carries both): a key rewritten since an
+        earlier listing shows a new version (on S3 to the second: a rewrite of the same size
+        within the same second does not show)."""
+        return {key: (info.size, info.mtime_ns) for key, info in self._files_below(prefix)}
+
+    def _files_below(self, prefix: str) -> list[tuple[str, pafs.FileInfo]]:
         base = self.path(prefix)
         info = self.fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:
             return []
         if info.type == pafs.FileType.File:
-            return [prefix]
+            return [(prefix, info)]
         sel = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         root = self.base + "/"
-        keys = [
-            fi.path[len(root) :]
-            for fi in self.fs.get_file_info(sel)
-            if fi.type == pafs.FileType.File and not _TEMP.search(fi.base_name)
-        ]
-        return sorted(keys)
+        return [(fi.path[len(root):], fi) for fi in self.fs.get_file_info(sel)
+                if fi.type == pafs.FileType.File and not _TEMP.search(fi.base_name)]
 
     def subdirs(self, prefix: str) -> list[str]:
         """Names of the folders directly below `prefix`, sorted; [] when absent. One listing
