@@ -131,6 +131,22 @@ def test_lookup_reads_an_s3_root_through_the_endpoint_it_is_given(monkeypatch):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_lookup_of_a_damaged_snapshot_names_the_file_without_a_traceback(tmp_path):
+    from clicklake.platform import profiles
+    from clicklake.platform.storage import Store
+    from tests.test_lookup_refresh import START, _one_snapshot
+
+    store = Store(str(tmp_path))
+    user = _one_snapshot(store)["user_id"][0].as_py()
+    key = profiles.snapshot_key(START)
+    store.write_bytes(key, store.read_bytes(key)[:200])  # cut short
+    result = CliRunner().invoke(main, ["lookup", user, "--root", str(tmp_path),
+                                       "--as-of", "2026-11-24T00:59:00Z"])
+    assert result.exit_code == 1, result.output
+    assert f"cannot read the lake under {tmp_path}: {store.uri(key)}: " in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_lookup_refuses_a_malformed_s3_endpoint():
     result = CliRunner().invoke(main, ["lookup", "u1", "--root", "s3://bkt/p",
                                        "--s3-endpoint-url", "ftp://minio:9000"])

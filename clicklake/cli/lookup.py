@@ -6,6 +6,7 @@ import json
 import time
 
 import click
+import pyarrow as pa
 
 from clicklake.cli.params import CONTEXT
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
@@ -51,7 +52,8 @@ def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: b
     except SnapshotUnavailable as exc:
         raise click.ClickException(f"{exc} (lake root: {root}; --root or CLICKLAKE_ROOT picks "
                                    "another)") from None
-    except OSError as exc:  # an unreachable S3 endpoint, a root that cannot be read
+    except (OSError, pa.ArrowInvalid) as exc:  # an unreachable S3 endpoint, an unreadable
+        # root, a damaged partition (the error names its file)
         raise click.ClickException(f"cannot read the lake under {root}: {exc}") from None
     profile = {k: _plain(v) for k, v in profile.items()}
     profile["snapshot_as_of"] = (iso(profile["snapshot_as_of"])
