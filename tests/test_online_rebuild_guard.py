@@ -298,25 +298,39 @@ def test_a_dynamodb_clear_fences_a_commit_being_applied(lake, moto_endpoint):
     a.transaction_items = 12  # many chunks
     keys = [lf.key for lf, _ in order_files(lake.list("landing/"))[0]][:3]
     at_second_chunk, chunk_done, go = (threading.Event() for _ in range(3))
+    pending_gone, third_done = threading.Event(), threading.Event()
     calls, failure = [], []
     real_tx, real_delete = a.client.transact_write_items, b.client.delete_item
 
     def transact(**kw):
         calls.append(kw)
-        if len(calls) == 3:  # the intent, the first chunk, then the second chunk waits
+        n = len(calls)
+        if n == 3:  # the intent, the first chunk, then the second chunk waits
             at_second_chunk.set()
             go.wait(30)
+        if n == 4:  # the third chunk: once the clear has deleted `meta#pending`
+            pending_gone.wait(30)
         try:
             return real_tx(**kw)
         finally:
-            if len(calls) == 3:
+            if n == 3:
                 chunk_done.set()
+            if n == 4:
+                third_done.set()
 
     def delete(**kw):  # the clear's first delete lets the second chunk try first
-        if not go.is_set():
-            go.set()
-            chunk_done.wait(30)
-        return real_delete(**kw)
+        if go.is_set():
+            return real_delete(**kw)
+        go.set()
+        chunk_done.wait(30)
+        try:
+            return real_delete(**kw)
+        finally:
+            # The clear's scan waits for the third chunk to be refused: moto undoes a refused
+            # transaction by restoring the whole table as it was when the transaction began,
+            # which would bring back what the scan deleted meanwhile (real DynamoDB does not).
+            pending_gone.set()
+            third_done.wait(30)
 
     a.client.transact_write_items, b.client.delete_item = transact, delete
 
