@@ -18,6 +18,10 @@ from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import parse_instant
 
 
+def _no_read_threads() -> bool:
+    return not [t for t in threading.enumerate() if t.name.startswith("landing-read")]
+
+
 class Recording(Store):
     """A local store whose reads sleep a random while (out of order on threads), record which
     keys were asked for, and fail for keys in `broken`."""
@@ -147,7 +151,7 @@ def test_a_consumer_that_stops_waits_for_the_reads_under_way_and_starts_no_more(
     landed.close()  # returns once the two held reads ended
     assert gate.is_set()
     assert sorted(started) == keys[:3]
-    assert not [t for t in threading.enumerate() if t.name.startswith("landing-read")]
+    assert _no_read_threads()
 
 
 def test_no_keys_read_nothing(tmp_path):
@@ -158,10 +162,6 @@ def _landing(tmp_path) -> tuple[Store, list[str]]:
     lake = Store(str(tmp_path / "lake"))
     generate(lake, start_ms=parse_instant("2026-03-01T00:00:00Z"), hours=2, users=60, seed=5)
     return lake, [lf.key for lf, _ in order_files(lake.list("landing/"))[0]]
-
-
-def _no_read_threads() -> bool:
-    return not [t for t in threading.enumerate() if t.name.startswith("landing-read")]
 
 
 def test_a_fold_with_slow_out_of_order_reads_gives_the_plain_folds_state(tmp_path, monkeypatch):
