@@ -144,6 +144,42 @@ def test_zero_padding_after_the_last_member_is_harmless():
     assert decoded.lines == LINES[:5] and decoded.error is None
 
 
+def test_many_small_members_read_as_one_file():
+    # One member per line, as a producer appending each record writes: read in one pass (the
+    # member loop once copied the rest of the input after each member; benchmarks/
+    # bench_landing.py measures the scaling).
+    data = b"".join(encode_lines([line]) for line in HASHED)
+    decoded = decode_lines(data)
+    assert decoded.lines == HASHED and decoded.error is None and decoded.tail == b""
+
+
+@given(st.lists(st.tuples(st.binary(max_size=3000), st.integers(0, 3), st.sampled_from([0, 1, 9])),
+                min_size=1, max_size=8), st.integers(0, 40))
+def test_members_of_any_size_with_zero_padding_read_as_gzip_reads_them(members, trailing):
+    # Members from empty to several of the first member's blocks, incompressible or not, with
+    # zero padding between them and after the last: decoded exactly as gzip.decompress does.
+    data = b"".join(gzip.compress(body * repeat, compresslevel=level, mtime=0) + b"\x00" * pad
+                    for (body, repeat, level), pad in zip(members, [1, 0, 7, 0, 2, 0, 0, 5]))
+    data += b"\x00" * trailing
+    body = gzip.decompress(data)
+    assert landing._gunzip(data) == body
+    decoded = decode_lines(data)
+    assert decoded.error is None and b"".join(x + b"\n" for x in decoded.lines) == (
+        body if not body or body.endswith(b"\n") else body + b"\n")
+
+
+def test_a_member_larger_than_the_largest_block_reads_whole():
+    body = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(80_000))  # 2.5 MB
+    data = encode_lines(LINES[:2]) + gzip.compress(body, mtime=0) + encode_lines(LINES[2:4])
+    assert landing._gunzip(data) == gzip.decompress(data)
+    big_end = len(data) - len(encode_lines(LINES[2:4]))
+    for cut in (big_end - 30, len(data) - 30):  # truncated: left to `_salvage`, as before
+        with pytest.raises((EOFError, zlib.error)):
+            landing._gunzip(data[:cut])
+        decoded = decode_lines(data[:cut])
+        assert decoded.lines[:2] == LINES[:2] and "truncated" in decoded.error
+
+
 @pytest.mark.parametrize("cut", [1, 9, 10, 200, 5_000, -9, -8, -1])
 def test_truncated_gzip_keeps_every_complete_line(cut):
     data = encode_lines(LINES)

@@ -191,6 +191,38 @@ def _salvage(data: bytes) -> tuple[bytes, str | None]:
     return b"".join(out), None
 
 
+# Input fed per call after the first member (which is fed whole: most objects are one member),
+# from 4 KiB at a member's start, doubling to 1 MiB: the bytes after a member's end are copied
+# (`unused_data`), so they must stay few for a small member, while a big one takes few calls.
+_GUNZIP_FIRST_BLOCK, _GUNZIP_MAX_BLOCK = 1 << 12, 1 << 20
+_NOT_ZERO = re.compile(rb"[^\x00]")
+
+
+def _gunzip(data: bytes) -> bytes:
+    """`gzip.decompress(data)`, in time linear in the members: Python's copies the rest of
+    the input after each member, so an object of many small members (a producer appending
+    one per record) took quadratic time (16 k members of 1.7 MB: 2.4 s). Raises `zlib.error`
+    or `EOFError` on damage, for `_salvage` to say where; zero padding between and after
+    members is skipped, as gzip.decompress does."""
+    out: list[bytes] = []
+    view = memoryview(data)
+    pos, end = 0, len(data)
+    while pos < end:
+        d = zlib.decompressobj(wbits=47)  # as `_salvage` reads a member
+        size = _GUNZIP_FIRST_BLOCK if pos else end
+        while not d.eof:
+            if pos >= end:
+                raise EOFError("a gzip member ends before its end marker")
+            block = view[pos : pos + size]
+            out.append(d.decompress(block))
+            pos += len(block)
+            size = min(2 * size, _GUNZIP_MAX_BLOCK)
+        pos -= len(d.unused_data)  # the next member starts inside the last block fed
+        nonzero = _NOT_ZERO.search(data, pos)
+        pos = end if nonzero is None else nonzero.start()
+    return b"".join(out)
+
+
 def decode_lines(data: bytes) -> DecodedFile:
     """Lines of a landing object. A corrupt or truncated gzip keeps what could be read.
 
@@ -199,10 +231,10 @@ def decode_lines(data: bytes) -> DecodedFile:
     caller can show it in the one `malformed` row that reports the file.
     """
     try:
-        body = gzip.decompress(data)
+        body = _gunzip(data)
         error = None
         tail = b""
-    except (OSError, EOFError, zlib.error):
+    except (EOFError, zlib.error):
         body, error = _salvage(data)
         tail = b""
         if error is not None:
