@@ -41,6 +41,7 @@ from clicklake.platform.training.artifact import load_booster
 from clicklake.platform.training.local import predict as booster_predict
 from clicklake.serving import LakeFeatures, ModelSlot, ServingConfig, lake_app
 from clicklake.serving.schemas import PredictResponse
+from tests.landing_factory import impression, land
 
 START = parse_instant("2026-11-24T00:00:00Z")
 HOURS = 4
@@ -61,6 +62,11 @@ def built_lake(tmp_path_factory) -> str:
 
         root = str(tmp_path_factory.mktemp("api-lake"))
         generate(Store(root), start_ms=START, hours=HOURS, users=1500, seed=7)
+        # Ids are any text: a campaign named like a time field ("_ts") stays a campaign.
+        t = START + 3 * HOUR_MS + 20 * 60_000
+        land(Store(root), "impressions", t + 30_000, [impression(
+            "imp-spring-1", t, user="u0000300", campaign="spring_ts", domain="shop.example")],
+            tag="7")
         result = run_flow({"lake": LakeResource(root=root), "trainer": LocalTrainer(),
                            "endpoint": LocalModelServer(),
                            "online_store": SqliteOnlineStore(path=f"{root}/online/online.db")},
@@ -293,6 +299,8 @@ def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
         assert now[k] == want[k]
     assert now["spend"] == pytest.approx(want["spend"], rel=0, abs=0)
     assert now["domains"] == want["domains"]
+    assert now["campaigns"]["spring_ts"] == want["campaigns"]["spring_ts"] == {
+        "impressions": 1, "clicks": 0}
     t = START + HOUR_MS + 1_234_567
     past = client.get("/v1/users/u0000300/profile", params={"as_of": str(t)}).json()
     want = table.profile("u0000300", t)

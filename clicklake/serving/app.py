@@ -80,13 +80,18 @@ def _model_out(m: LoadedModel) -> ModelOut:
 
 
 def _plain(key: str, value):
-    """JSON-ready profile values: instants as ISO-8601, numpy scalars as Python numbers."""
-    if key.endswith("_ts"):
-        return iso_or_none(value)
+    """JSON-ready profile fields: instants (the `*_ts` fields) as ISO-8601, the rest as
+    `_plain_value`."""
+    return iso_or_none(value) if key.endswith("_ts") else _plain_value(value)
+
+
+def _plain_value(value):
+    """numpy scalars as Python numbers, inside dicts too. Nested keys are data, not field
+    names: a campaign id may end in "_ts"."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
-        return {k: _plain(k, v) for k, v in value.items()}
+        return {k: _plain_value(v) for k, v in value.items()}
     return value
 
 
