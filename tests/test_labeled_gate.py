@@ -138,23 +138,47 @@ def test_a_raw_hour_is_judged_by_when_it_read_the_landing_zone(tmp_path, monkeyp
         assert f"raw_impressions {keys[2]} read its landing files at" in said, said
 
 
-def test_an_hour_whose_snapshot_before_was_never_built_is_refused(tmp_path):
-    """Labeled hour 2 reads the user snapshot of hour 1: never built (deleted here), the hour's
-    features were taken from an older one and its raw hours, and the run passed (with the
-    snapshot's raw hours missing too, 66 of 116 rows differed from a build from scratch)."""
+@pytest.mark.parametrize(("asset", "hour"), [
+    ("user_profiles", 1), ("segment_profiles", 1), ("raw_predictions", 0),
+    ("raw_predictions", 2)])
+def test_an_hour_whose_inputs_were_never_built_is_refused(tmp_path, asset, hour):
+    """Labeled hour 2 reads the user snapshot and the segment profile of hour 1 and the raw
+    predictions of hours 0 to 2. One never built (deleted here) was read as "nothing happened"
+    and the run passed: a missing user snapshot made the features come from an older one and its
+    raw hours (66 of 116 rows differed from a build from scratch), a missing segment profile
+    every segment CTR and lift the defaults, missing predictions no latest score."""
     from clicklake.platform.profiles import snapshot_key
+    from clicklake.platform.raw import raw_key
+    from clicklake.platform.segments import segment_key
 
+    key = {"user_profiles": snapshot_key, "segment_profiles": segment_key,
+           "raw_predictions": lambda h: raw_key("predictions", h)}[asset](START + hour * HOUR_MS)
     with _built_chain(tmp_path, hours=4, users=100, seed=3) as (lake, keys, instance):
         store = lake.store()
-        store.delete(snapshot_key(START + HOUR_MS))
+        assert store.exists(key)
+        store.delete(key)
         run = dg.materialize([labeled_impressions], partition_key=keys[2], instance=instance,
                              resources={"lake": lake}, raise_on_error=False)
         assert not run.success
         [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
         message = failure.step_failure_data.user_failure_data.description
-        assert f"reads user_profiles {keys[1]}, never materialized" in message
-        assert "deleted by the snapshot retention" in message
+        assert f"reads {asset} {keys[hour]}, never materialized" in message, message
+        assert ("deleted by the snapshot retention" in message) == (asset == "user_profiles")
         assert not store.exists(labeled_key(START + 2 * HOUR_MS))
+
+
+@pytest.mark.parametrize(("stream", "hour"), [("predictions", 1), ("clicks", 2)])
+def test_outcomes_of_an_hour_whose_raw_file_is_gone_are_refused_clearly(tmp_path, stream, hour):
+    """A raw hour recorded as built whose file is gone (deleted, another instance's record):
+    prediction_outcomes ended in a FileNotFoundError traceback."""
+    from clicklake.assets.labeled import labeled_assets
+    from clicklake.platform.raw import raw_key
+
+    target = next(a for a in labeled_assets if a.key.path == ["prediction_outcomes"])
+    with _built_chain(tmp_path, hours=4, users=100, seed=3) as (lake, keys, instance):
+        lake.store().delete(raw_key(stream, START + hour * HOUR_MS))
+        said = _refusal(target, keys[1], {"lake": lake}, instance)
+        assert f"reads raw_{stream} {keys[hour]}, never materialized" in said, said
 
 
 def test_an_hour_whose_snapshot_sits_on_an_early_raw_hour_is_refused(tmp_path, monkeypatch):

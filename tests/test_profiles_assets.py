@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 import oracle
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
@@ -293,6 +294,48 @@ def test_a_raw_hour_never_built_is_a_gap_the_chains_refuse(tmp_path):
     assert dg.materialize(profile_assets, partition_key=hour_partition_key(last),
                           selection=["segment_profiles"],
                           resources={"lake": LakeResource(root=store.root)}).success
+
+
+def test_a_segment_profile_after_a_gap_counts_the_gaps_hours_from_raw(tmp_path):
+    """Segment profiles of hours 1 to 4 never built, hour 5 asked for: its 24 h window took the
+    missing hours as empty (2 impressions where the lake holds 6, nothing said). They are now
+    counted from their raw hours, as user_profiles folds a gap: the same profile as built hour
+    by hour."""
+    imps = [_imp(10 + i, H0 + h * HOUR_MS + 7 * M * (i + 1), user, camp, "a.com", "8.8.8.8", 0.1)
+            for i, (h, user, camp) in enumerate([(0, "ann", "c1"), (3, "bob", "c2"),
+                                                 (3, "ann", "c1"), (4, "cy", "c1"),
+                                                 (5, "ann", "c2"), (5, "bob", "c2")])]
+    clks = [_clk(10, H0 + 4 * HOUR_MS + 40 * M, "cy", "c1", "i13")]
+
+    def lake(name: str) -> Store:
+        store = Store(str(tmp_path / name))
+        for h in range(H0, H0 + 6 * HOUR_MS, HOUR_MS):
+            for rows, spec, stream in ((imps, IMPRESSIONS, "impressions"),
+                                       (clks, CLICKS, "clicks")):
+                part = [r for r in rows if h <= r["ts"] < h + HOUR_MS]
+                store.write_parquet(raw.raw_key(stream, h), _table(part, spec))
+        return store
+
+    def build(store: Store, first: int, last: int) -> dg.ExecuteInProcessResult:
+        return dg.materialize(profile_assets, selection=["segment_profiles"],
+                              resources={"lake": LakeResource(root=store.root)},
+                              tags={"dagster/asset_partition_range_start": hour_partition_key(first),
+                                    "dagster/asset_partition_range_end": hour_partition_key(last)})
+
+    gapped, whole = lake("gapped"), lake("whole")
+    assert build(gapped, H0, H0).success
+    result = build(gapped, H0 + 5 * HOUR_MS, H0 + 5 * HOUR_MS)
+    assert build(whole, H0, H0 + 5 * HOUR_MS).success
+    [meta] = [{k: v.value for k, v in m.metadata.items()}
+              for m in result.asset_materializations_for_node("segment_profiles")]
+    assert (meta["gap_hours_from_raw"], meta["earlier_hours_found"]) == (4, 1)
+    key = segments.segment_key(H0 + 5 * HOUR_MS)
+    got = gapped.read_parquet(key)
+    assert got.equals(whole.read_parquet(key))
+    [glob] = got.filter(pc.equal(got["kind"], "global")).to_pylist()
+    assert (glob["impressions_24h"], glob["clicks_24h"]) == (6, 1)
+    for h in range(1, 5):  # the gap's hours are counted, not built
+        assert not gapped.exists(segments.segment_key(H0 + h * HOUR_MS))
 
 
 def test_a_chain_built_out_of_order_starts_at_the_lakes_history(tmp_path):

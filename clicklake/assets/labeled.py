@@ -162,17 +162,20 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
                              f"{hour_partition_key(hour)}'s features are read from, is built on "
                              f"raw hours that may lack events ({early}): rematerialize them, "
                              "then the snapshots from the first of them")
-        # (a record may live in another instance: the files must be there all the same)
+        # (a record may live in another instance: the files must be there all the same). The
+        # segment CTRs read the segment profile of the hour before, the latest scores a day of
+        # raw predictions: missing, each read as "nothing happened".
+        predictions = [("raw_predictions", h) for h in range(
+            hour - PREDICTION_MAX_AGE_MS, hour + HOUR_MS, HOUR_MS)]
         require_built(store, lake.lake_prefix, f"labeled_impressions {hour_partition_key(hour)}",
                       [(f"raw_{s}", h) for s in ("impressions", "clicks")
                        for h in (hour, hour + HOUR_MS)]
-                      + [("raw_impressions", hour - HOUR_MS), ("user_profiles", hour - HOUR_MS)],
+                      + [("raw_impressions", hour - HOUR_MS), ("user_profiles", hour - HOUR_MS),
+                         ("segment_profiles", hour - HOUR_MS), *predictions],
                       span)
-        # the latest scores read a day of raw predictions: none of them a failed hour
+        # ... and none of the predictions a failed hour
         require_inputs_passed(context, f"labeled_impressions {hour_partition_key(hour)}",
-                              [("raw_predictions", h) for h in range(
-                                  hour - PREDICTION_MAX_AGE_MS, hour + HOUR_MS, HOUR_MS)],
-                              known)
+                              predictions, known)
 
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix, ready=ready)
     for hour in hours:
@@ -234,8 +237,12 @@ def prediction_outcomes(context: dg.AssetExecutionContext, lake: LakeResource):
     window = settings().label_window_minutes
     prefix = lake.lake_prefix
     read = lambda stream, h: read_raw(store, stream, h, prefix)
+    span = raw_span(store, prefix)
     for hour in run_hours(context):
         completeness = require_next_hour_complete(context, hour, this_hour_also=("predictions",))
+        require_built(store, prefix, f"prediction_outcomes {hour_partition_key(hour)}",
+                      [("raw_predictions", hour)] + [(f"raw_{s}", h) for s in (
+                          "impressions", "clicks") for h in (hour, hour + HOUR_MS)], span)
         preds = read("predictions", hour)
         imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
         clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])

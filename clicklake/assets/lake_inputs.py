@@ -11,6 +11,7 @@ import dagster as dg
 
 from clicklake.platform.profiles import snapshot_key
 from clicklake.platform.raw import raw_key
+from clicklake.platform.segments import segment_key
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import hour_partition_key
 
@@ -20,17 +21,20 @@ def raw_span(store: Store, prefix: str) -> tuple[int, int] | None:
     return store.hive_span(f"{prefix}/raw/impressions/")
 
 
+_PROFILE_KEYS = {"user_profiles": snapshot_key, "segment_profiles": segment_key}
+
+
 def require_built(store: Store, prefix: str, what: str, needs: list[tuple[str, int]],
                   span: tuple[int, int] | None = None) -> None:
-    """Raise dg.Failure naming every input of `needs` — ("raw_<stream>" or "user_profiles",
-    hour) — whose lake file is absent, but for hours outside the lake's raw hours (`span`,
-    looked up when None)."""
+    """Raise dg.Failure naming every input of `needs` — ("raw_<stream>", "user_profiles" or
+    "segment_profiles", hour) — whose lake file is absent, but for hours outside the lake's raw
+    hours (`span`, looked up when None)."""
     span = raw_span(store, prefix) if span is None else span
     missing = []
     for asset, hour in needs:
         if span is None or not span[0] <= hour <= span[1]:
             continue
-        key = (snapshot_key(hour, prefix) if asset == "user_profiles"
+        key = (_PROFILE_KEYS[asset](hour, prefix) if asset in _PROFILE_KEYS
                else raw_key(asset.removeprefix("raw_"), hour, prefix))
         if not store.exists(key):
             missing.append(f"{asset} {hour_partition_key(hour)}")

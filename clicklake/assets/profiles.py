@@ -346,14 +346,21 @@ def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     span = raw_span(store, prefix)
     for hour in run_hours(context):  # in order: each hour reads the ones just written
         what = f"segment_profiles {hour_partition_key(hour)}"
+        # The window adds the own-hour counts of the profiles of the 23 hours before. One never
+        # built inside the lake's raw hours (a gap) is counted from its raw hours instead, as
+        # user_profiles folds a gap: taken as empty, it shortened the window silently.
+        earlier = range(hour - (seg.WINDOW_HOURS - 1) * HOUR_MS, hour, HOUR_MS)
+        stored = {h: seg.read_segment_profile(store, h, prefix) for h in earlier}
+        gap = [h for h, p in stored.items() if p is None and span and span[0] <= h <= span[1]]
+        raw_hours = sorted({hour, *gap})
         require_inputs_passed(context, what, [(k.to_user_string(), h) for k in RAW_DEPS
-                                              for h in (hour - HOUR_MS, hour)], known)
-        require_built(store, prefix, what, [("raw_impressions", hour - HOUR_MS),
-                                            ("raw_impressions", hour), ("raw_clicks", hour)],
-                      span)
+                                              for g in raw_hours for h in (g - HOUR_MS, g)], known)
+        require_built(store, prefix, what, [(asset, h) for g in raw_hours for asset, h in (
+            ("raw_impressions", g - HOUR_MS), ("raw_impressions", g), ("raw_clicks", g))], span)
+        for h in gap:  # its own-hour counts are all the window reads of it
+            stored[h] = seg.segment_profile(seg.hour_segment_events(store, h, prefix), [], h)
         events = seg.hour_segment_events(store, hour, prefix)
-        previous = [p for h in range(hour - (seg.WINDOW_HOURS - 1) * HOUR_MS, hour, HOUR_MS)
-                    if (p := seg.read_segment_profile(store, h, prefix)) is not None]
+        previous = [p for p in stored.values() if p is not None]
         table = seg.segment_profile(events, previous, hour)
         key = seg.segment_key(hour, prefix)
         nbytes = store.write_parquet(key, table)
@@ -367,7 +374,8 @@ def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> d
             "campaigns": counts["campaign"],
             "global_impressions_24h": glob[0]["impressions_24h"] if glob else 0,
             "global_ctr_24h": (glob[0]["ctr_24h"] or 0.0) if glob else 0.0,
-            "earlier_hours_found": len(previous),
+            "earlier_hours_found": len(previous) - len(gap),
+            "gap_hours_from_raw": len(gap),
             "bytes": nbytes,
             "path": dg.MetadataValue.path(store.uri(key)),
         }, partition_key=hour_partition_key(hour))
