@@ -167,6 +167,31 @@ def test_an_hour_whose_inputs_were_never_built_is_refused(tmp_path, asset, hour)
         assert not store.exists(labeled_key(START + 2 * HOUR_MS))
 
 
+def test_a_range_refused_at_a_later_hour_writes_none_of_its_hours(tmp_path):
+    """A ranged run (as a backfill launches) whose last hour's next raw hour is not built yet:
+    it failed at that hour after writing the hours before it, which training_set then read
+    while Dagster recorded none of them (the run's hours are recorded together at its end)."""
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=START, hours=4, users=200, seed=5)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(4)]
+    span = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[2]}
+    with dg.instance_for_test() as instance:
+        for group in (raw_assets, profile_assets):  # raw hour 3 not built yet
+            assert dg.materialize(group, tags=span, resources={"lake": lake},
+                                  instance=instance).success
+        run = dg.materialize([labeled_impressions], tags=span, resources={"lake": lake},
+                             instance=instance, raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"raw_impressions {keys[3]} is not materialized yet" in str(
+            failure.event_specific_data.error)
+        assert labeled_hours_available(store) == []
+        assert not instance.fetch_materializations(dg.AssetKey("labeled_impressions"),
+                                                   limit=5).records
+
+
 @pytest.mark.parametrize(("stream", "hour"), [("predictions", 1), ("clicks", 2)])
 def test_outcomes_of_an_hour_whose_raw_file_is_gone_are_refused_clearly(tmp_path, stream, hour):
     """A raw hour recorded as built whose file is gone (deleted, another instance's record):

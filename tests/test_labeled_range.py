@@ -163,61 +163,6 @@ def test_a_range_starting_mid_lake_reads_its_start_once(tmp_path, monkeypatch, p
     for h, table in zip(labeled, got, strict=True):
         assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h
 
-    def refuse(h: int) -> None:
-        raise LookupError(h)
-
-    reads.clear()
-    made.clear()
-    with pytest.raises(LookupError):  # refused first hour: nothing of it read, even ahead
-        next(build_labeled_hours(store, labeled, W, prefetch=prefetch, ready=refuse))
-    assert reads == [] and made == []
-
-
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_ready_runs_before_anything_of_its_hour_or_the_next_is_read(tmp_path, monkeypatch,
-                                                                      prefetch):
-    """`ready(h)` (the asset's check that h's next hour is complete) comes before any raw read
-    of h or h + 1, even a read ahead on the second thread; what it raises for an hour comes
-    out when that hour is asked for, after the hours before it."""
-    from clicklake.platform import labeled as lb
-
-    store = Store(str(tmp_path))
-    hours = [H0 + k * HOUR_MS for k in range(N_HOURS + 2)]
-    fo.land(store, _every_hour(hours))
-    fo.build_lake(store, hours)
-    labeled = hours[:-1]
-    events: list[tuple[str, int]] = []  # list.append: atomic across threads
-    raw = lb._raw
-
-    def logged_raw(store, stream, hour_ms, *args, **kwargs):
-        events.append(("read", hour_ms))
-        return raw(store, stream, hour_ms, *args, **kwargs)
-
-    monkeypatch.setattr(lb, "_raw", logged_raw)
-    got = list(build_labeled_hours(store, labeled, W, prefetch=prefetch,
-                                   ready=lambda h: events.append(("ready", h))))
-    assert [e[1] for e in events if e[0] == "ready"] == labeled
-    done: set[int] = set()
-    for kind, h in events:
-        if kind == "ready":
-            done.add(h)
-        else:  # hour h is read to label h (ready(h)) or the hour before it (ready(h - 1 h))
-            assert {h, h - HOUR_MS} & done, (h, events)
-    assert len(got) == len(labeled)
-
-    class NotYet(Exception):
-        pass
-
-    def ready(h: int) -> None:
-        if h == labeled[2]:
-            raise NotYet(h)
-
-    monkeypatch.setattr(lb, "_raw", raw)
-    came = []
-    with pytest.raises(NotYet):
-        came.extend(build_labeled_hours(store, labeled, W, prefetch=prefetch, ready=ready))
-    assert [t.equals(g) for t, g in zip(came, got[:2], strict=True)] == [True, True]
-
 
 def test_a_range_requires_ascending_hours(tmp_path):
     with pytest.raises(ValueError, match="ascending"):

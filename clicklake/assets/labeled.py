@@ -146,9 +146,11 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     window_ms = window * MINUTE_MS
     checked: dict[str, list[HourOutcome]] = {name: [] for name, _ in LABELED_CHECKS}
     hours = run_hours(context)
-    # One pass over the range carries state from hour to hour, reading each next hour ahead;
-    # it checks an hour's next hour is complete (`ready`) before reading anything of either,
-    # and a failed check fails the run at that hour, the hours before it written.
+    # Every hour's inputs are checked (`ready`: its next hour complete, its inputs built and
+    # passed) before any hour is written: a ranged run's hours are recorded together at its end,
+    # so a refusal at a later hour left the earlier ones in the lake (read by training_set)
+    # with no materialization, metadata or check result. Then one pass over the range carries
+    # state from hour to hour, reading each next hour ahead.
     completeness: dict[int, dict] = {}
     known: dict = {}  # raw materialization records by (asset, hour), shared by the range's hours
     span = raw_span(store, lake.lake_prefix)
@@ -177,7 +179,9 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
         require_inputs_passed(context, f"labeled_impressions {hour_partition_key(hour)}",
                               predictions, known)
 
-    tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix, ready=ready)
+    for hour in hours:
+        ready(hour)
+    tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix)
     for hour in hours:
         table = next(tables)
         key = labeled_key(hour, lake.lake_prefix)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -402,8 +402,8 @@ class _RangeCarry:
 
 
 def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT_LABEL_WINDOW_MS,
-                        lake_prefix: str = "lake", prefetch: bool | None = None,
-                        ready: Callable[[int], object] | None = None) -> Iterator[pa.Table]:
+                        lake_prefix: str = "lake", prefetch: bool | None = None
+                        ) -> Iterator[pa.Table]:
     """`build_labeled_hour` of each of `hours` (ascending), one table per hour, as they are
     built: the same rows, but the hours of the range share state instead of each reading it
     from the lake again: the latest score per user is updated from each prediction hour, the
@@ -413,17 +413,13 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
 
     `prefetch`: prepare each next hour on a background thread (None: when this process may run
     on two CPUs or more; on one, the thread only adds switching: 3-15 % slower, measured).
-    `ready(h)`: called in the caller's thread before anything of hour h (or of the hour after
-    it, which labels it) is read, even ahead; what it raises is raised when hour h is asked for,
-    after the hours before it (the asset checks there that h's next hour is complete)."""
+    The caller checks beforehand that every hour's inputs are complete (the asset does)."""
     hours = [int(h) for h in hours]
     if any(b <= a for a, b in itertools.pairwise(hours)):
         raise ValueError("hours must be ascending and distinct")
     if window_ms > HOUR_MS:
         raise ValueError("a label window longer than an hour needs more than the next hour")
     if len(hours) == 1:  # nothing to carry: reading what one hour needs is cheaper
-        if ready is not None:
-            ready(hours[0])
         yield build_labeled_hour(store, hours[0], window_ms, lake_prefix)
         return
     carry = _RangeCarry(store, lake_prefix)
@@ -441,16 +437,12 @@ def build_labeled_hours(store: Store, hours: list[int], window_ms: int = DEFAULT
 
     def submit(i: int, ahead: tuple[pa.Table, pa.Table] | None,
                before: _PreparedHour | None) -> Future | _Inline.Later:
-        if ready is not None:
-            checked = _future(lambda: ready(hours[i]))  # what it raises: when hour i is asked for
-            if checked.exception() is not None:
-                return checked
         return pool.submit(_prepare_hour, store, hours[i], continues(i), ahead, before,
                            window_ms, lake_prefix, carry.users)
 
     try:
         job = submit(0, None, None)
-        # (not when hour 0 was refused, or its preparation failed already)
+        # (not when hour 0's preparation failed already)
         if prefetch and not (job.done() and job.exception() is not None):
             carry.warm(lookup, hours[0], pool)
         for i, h in enumerate(hours):
