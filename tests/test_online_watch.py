@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,6 +114,36 @@ def test_a_backlog_is_asked_over_several_ticks_and_none_of_it_is_late(tmp_path):
         asked += [k for b in plan.batches for k in b]
     assert sorted(asked) == sorted(keys)  # each once
     assert [landing.parse_key(k) for k in asked] == sorted(landing.parse_key(k) for k in asked)
+
+
+@pytest.mark.parametrize("lateness_min", [0, 60, 90, 24 * 60])
+def test_a_file_is_late_only_once_the_raw_hour_of_its_key_time_was_built(tmp_path,
+                                                                           lateness_min):
+    """A file visible some time after its key time (Firehose retrying a delivery) is folded
+    while the raw hour of its key time is still to be built, which keeps its events; after
+    that it is late. The fixed hour of lookback reported one 75 min old as late, while the raw
+    layer (built at the hour + 2 h 15 with an hour of lateness) kept it."""
+    from clicklake.assets.raw import FIREHOSE_BUFFER_S
+
+    lateness = lateness_min * MIN
+    lookback = watch.lookback_ms(lateness)
+    z = Zone(str(tmp_path))
+    newest = T + 59 * MIN  # the newest key seen, as the raw hour of T + 1 h's window runs
+    _put(z.store, "clicks", newest, 1)
+    z.tick(newest, lookback=lookback)
+    # The oldest key time whose raw hour is not built yet when the newest key is written
+    # (its landing window and Firehose's buffer still open), and the one before it.
+    key_hour = newest - lateness - HOUR_MS - FIREHOSE_BUFFER_S * 1000
+    on_time = _put(z.store, "clicks", key_hour + 1000, 2)  # key times are in seconds
+    plan = z.tick(newest + 1, lookback=lookback)
+    assert plan.batches == [[on_time]] and plan.late == []
+    late = _put(z.store, "clicks", key_hour - 1000, 3)
+    plan = z.tick(newest + 2, lookback=lookback)
+    assert plan.batches == [] and plan.late == [late]
+    if lateness_min == 60:  # the reviewer's case: 75 min after its key time, with the defaults
+        assert lookback == watch.LOOKBACK_MS == 2 * HOUR_MS + 15 * MIN
+        kept = _put(z.store, "clicks", newest - 75 * MIN, 4)
+        assert z.tick(newest + 3).batches == [[kept]]
 
 
 def test_a_key_far_ahead_of_the_clock_waits_for_it_and_stalls_nothing(tmp_path):

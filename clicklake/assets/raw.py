@@ -12,7 +12,7 @@ from clicklake.assets.partitions import (
     independent_hours_policy,
     run_hours,
 )
-from clicklake.platform.landing import STREAMS
+from clicklake.platform.landing import FIREHOSE_BUFFER_MS, STREAMS
 from clicklake.platform.raw import (
     build_raw_partition,
     lost_landing_files,
@@ -27,7 +27,7 @@ from clicklake.resources.lake import LakeResource
 
 # Files keyed before a window closes may become visible up to Firehose's buffer interval later
 # (the schedule builds hour H at H + 2 h 15 for the same reason).
-FIREHOSE_BUFFER_S = 15 * 60
+FIREHOSE_BUFFER_S = FIREHOSE_BUFFER_MS // 1000
 LANDING_READ_AT = "landing_read_at"
 _clock = time.time  # when a run lists the landing zone (tests set it)
 # A user snapshot's metadata: "none", or the raw hours under it (its own, its gap's, or through

@@ -353,17 +353,18 @@ def landing_to_serving(context: dg.SensorEvaluationContext, lake: LakeResource,
     state = online_store.state()
     try:
         watermark = state.watermark_ms()
+        lookback = watch.lookback_ms(settings().rules().allowed_lateness_ms)
         plan = watch.plan_tick(lake.store(), _folded(state, watermark), cursor, now_ms,
                                lake.landing_prefix, MAX_FILES_PER_RUN, MAX_RUNS_IN_FLIGHT,
-                               _run_over(context.instance), watermark)
+                               _run_over(context.instance), watermark, lookback)
     finally:
         state.close()
-    minutes = watch.LOOKBACK_MS // 60_000
     if plan.late:
         context.log.warning(
-            f"{len(plan.late)} landing files became visible more than {minutes} min after "
-            f"their key time (past the allowed lateness): not folded online. To take them, "
-            f"re-materialize their raw hours and rebuild serving_lookup: {_sample(plan.late)}")
+            f"{len(plan.late)} landing files became visible more than {lookback // 60_000} min "
+            f"after their key time (after the raw hour of that time was built): not folded "
+            f"online. To take them, re-materialize their raw hours and rebuild serving_lookup: "
+            f"{_sample(plan.late)}")
     if plan.retried:
         context.log.warning(f"{len(plan.retried)} files asked before are still not folded (their "
                             f"run ended without them): asked again: {_sample(plan.retried)}")

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, floor_hour, to_datetime, to_ms
+from clicklake.platform.timeutil import HOUR_MS, MINUTE_MS, floor_hour, to_datetime, to_ms
 
 STREAMS = ("impressions", "clicks", "predictions")
 DEFAULT_PREFIX = "landing"
+# A file keyed at a time may become visible up to Firehose's buffer interval later: a raw hour
+# is built once its landing window has closed and this much more has passed.
+FIREHOSE_BUFFER_MS = 15 * MINUTE_MS
 
 _NAME = re.compile(
     r"^(?P<stream>[A-Za-z0-9_.-]+?)-(?P<version>\d+)-"

@@ -10,12 +10,13 @@ fails every run it is in cannot take the others down with it), at most `max_runs
 tick.
 
 Per stream:
-- listed: the hour folders from the one holding `newest - LOOKBACK_MS` on (`landing.hour_folders`:
+- listed: the hour folders from the one holding `newest - lookback` on (`landing.hour_folders`:
   a few listings whatever the gap; the whole stream on its first tick);
-- a listed key neither folded, asked, nor reported is asked, unless it sorts more than
-  `LOOKBACK_MS` before `newest` as the tick found it: a file visible that long after its key
-  time is past the allowed lateness, which the raw layer does not wait for either. Such a file
-  is reported as late (once) and not folded. Once an hour the tick also lists the day before the
+- a listed key neither folded, asked, nor reported is asked, unless it sorts more than the
+  lookback (`lookback_ms`: an hour, the allowed lateness and Firehose's buffer) before `newest`
+  as the tick found it: a file visible that long after its key time came after the raw hour of
+  its key time was built (its landing window closed, plus the buffer), so the raw layer does not
+  hold its events either. Such a file is reported as late (once) and not folded. Once an hour the tick also lists the day before the
   window and reports the unfolded keys found there (a file may land in any older folder), and
   once a day the older folders are swept too, a month of one stream a tick (`_deep_step`), from
   the newest month back to the oldest, for files that landed even later: nothing unfolded is
@@ -47,11 +48,20 @@ import orjson
 
 from clicklake.platform import landing
 from clicklake.platform.online.fold import stream_of_key
-from clicklake.platform.raw import DEFAULT_FUTURE_TOLERANCE_MS
+from clicklake.platform.raw import DEFAULT_FUTURE_TOLERANCE_MS, DEFAULT_LATENESS_MS
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, floor_hour, to_datetime
 
-LOOKBACK_MS = HOUR_MS
+
+def lookback_ms(allowed_lateness_ms: int) -> int:
+    """How long after its key time a file may become visible and still be folded: until the raw
+    hour of its key time is built (the hour, the allowed lateness, Firehose's buffer). A fixed
+    hour reported files as late whose events the raw layer kept (one visible 75 min after its
+    key time, with the default hour of lateness)."""
+    return HOUR_MS + allowed_lateness_ms + landing.FIREHOSE_BUFFER_MS
+
+
+LOOKBACK_MS = lookback_ms(DEFAULT_LATENESS_MS)
 RETRY_AFTER_MS = 10 * 60_000  # without a view of the run: a request this old has failed
 MAX_ATTEMPTS = 5
 RETRY_BACKOFF_MS = 5 * 60_000  # attempt n is asked at least 5 min * 2**(n - 1) after attempt n-1
@@ -208,10 +218,10 @@ class _Stream:
 
 
 def _look(store: Store, entry: dict, stream: str, now_ms: int, prefix: str,
-          watermark_ms: int | None) -> _Stream:
+          watermark_ms: int | None, lookback: int) -> _Stream:
     newest = entry["newest"]
     newest_ms = watermark_ms if newest is None else _arrival(newest)
-    since = None if newest_ms is None else newest_ms - LOOKBACK_MS
+    since = None if newest_ms is None else newest_ms - lookback
     window = None if since is None else floor_hour(since)
     sweep = window is not None and entry["swept"] != now_ms // HOUR_MS
     return _Stream(entry, since, window, _listed(store, stream, since, prefix),
@@ -274,7 +284,7 @@ def _deep_step(store: Store, stream: str, entry: dict, before: int, today: int,
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
               prefix: str = landing.DEFAULT_PREFIX, max_files: int = 2000, max_runs: int = 4,
               run_over: Callable[[str], bool | None] | None = None,
-              watermark_ms: int | None = None) -> TickPlan:
+              watermark_ms: int | None = None, lookback: int = LOOKBACK_MS) -> TickPlan:
     """The runs to request and what to report on a tick at `now_ms` (see the module docstring).
     `folded(keys)`: the keys the online store has folded; `run_over(run_key)`: whether the run
     asked for some keys can no longer fold them (None, or no `run_over`: unknown, and
@@ -283,12 +293,13 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
     keys in flight
     (the oldest keys first, the rest on later ticks); retries besides. `watermark_ms`: the
     store's (its newest folded key time): where a stream the cursor does not know (a reset
-    cursor) starts, so files reported late before are not folded now."""
+    cursor) starts, so files reported late before are not folded now. `lookback`:
+    `lookback_ms` of the deployment's allowed lateness."""
     plan = TickPlan()
     runs_in = cursor.get("runs", {})
     run_files = {rk: run["keys"] for rk, run in runs_in.items()}
     streams = {s: _look(store, cursor.get("streams", {}).get(s) or _stream_entry(), s, now_ms,
-                        prefix, watermark_ms) for s in landing.STREAMS}
+                        prefix, watermark_ms, lookback) for s in landing.STREAMS}
     # One stream's month of the daily sweep a tick: its listing and `folded` query stay small
     # whatever the age of the landing zone (a year of 5-minute files is ~9 k keys a month).
     deep: dict[str, _Deep] = {}
