@@ -294,7 +294,8 @@ def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
     wm = LakeFeatures(lake).watermark_ms()
     now = client.get("/v1/users/u0000300/profile").json()
     want = table.profile("u0000300", wm)
-    assert now["source"] == "lake" and now["features_as_of"] == iso(wm)
+    # "now" on the lake is its watermark: the windows end there, and the answer says so
+    assert now["source"] == "lake" and now["as_of"] == now["features_as_of"] == iso(wm)
     for k in ("impressions", "clicks", "impressions_24h", "clicks_1h", "distinct_domains"):
         assert now[k] == want[k]
     assert now["spend"] == pytest.approx(want["spend"], rel=0, abs=0)
@@ -516,7 +517,14 @@ def test_online_source_predictions_equal_the_training_path(lake, champion, tmp_p
         online.feature_inputs(first["user_id"], first["campaign_id"],
                               round(first["ts"].timestamp() * 1000), first["ip"],
                               first["user_agent"])
-    predict_each()
+    # ... stamped with the lake's watermark: the online store's is hours ahead of the events
+    # the lake answered from (so is a time-travel profile's)
+    lake_as_of = iso(LakeFeatures(lake).watermark_ms())
+    assert lake_as_of != iso(online.watermark_ms())
+    assert all(a["features_as_of"] == lake_as_of for a in predict_each())
+    past = client.get("/v1/users/u0000300/profile",
+                      params={"as_of": str(START + HOUR_MS + 1_234_567)}).json()
+    assert (past["source"], past["features_as_of"]) == ("lake", lake_as_of)
     prof = client.get("/v1/users/u0000300/profile").json()
     assert prof["source"] == "online"
     want = LookupTable(lake).profile("u0000300", parse_instant(prof["as_of"]))

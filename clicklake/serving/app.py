@@ -313,6 +313,14 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         wm = source.watermark_ms()
         return None if wm is None else iso(wm)
 
+    async def lake_watermark_iso() -> str | None:
+        """The watermark of the lake's answers (time travel, instants the online store no
+        longer keeps): the lake's, not the online store's, which may be hours ahead of it."""
+        if past is None:  # a lake server: its source is the lake
+            return await source_read(watermark_iso)
+        wm = await run_in_threadpool(lambda: past().watermark_ms())
+        return None if wm is None else iso(wm)
+
     async def endpoint_score(loaded: LoadedModel, features: dict) -> float:
         """The endpoint's probability for the features encoded for `loaded`; 503 when it fails.
         `ServedByAnotherModel` passes through: the endpoint serves another model."""
@@ -368,7 +376,7 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                 inputs = await source_read(source.feature_inputs, body.user_id,
                                            body.campaign_id, ts, body.ip, body.user_agent,
                                            domain=body.domain)
-            except (BeforeHorizon, Rebuilding) as exc:
+            except (BeforeHorizon, Rebuilding):
                 if past is None:
                     raise
                 # Older than the online store keeps, or a store being rebuilt (it holds part
@@ -376,9 +384,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
                 inputs = await run_in_threadpool(
                     lambda: past().feature_inputs(body.user_id, body.campaign_id, ts, body.ip,
                                                   body.user_agent, domain=body.domain))
-                if isinstance(exc, Rebuilding):  # "now" is the lake's watermark, not the store's
-                    wm = await run_in_threadpool(lambda: past().watermark_ms())
-                    features_as_of = lambda: None if wm is None else iso(wm)
+                lake_as_of = await lake_watermark_iso()  # the lake's events, not the store's
+                features_as_of = lambda: lake_as_of
         except NoSnapshots as exc:  # the lake's fault, not the request's
             raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
                        ) from None
@@ -451,6 +458,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         as_text = as_of is None and isinstance(source, OnlineStoreFeatures)
         if as_of is None:
             t, kind = now_ms(), "online" if source_kind == "online" else "lake"
+            if kind == "lake" and (wm := source.watermark_ms()) is not None:
+                t = min(t, wm)  # the lake answers as of its watermark: the windows end there
 
             def reader(u: str, at: int) -> dict | None:
                 if as_text:  # the lists as the store keeps them, JSON (`OnlineFeatures.profile`)
@@ -491,8 +500,10 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if not lists:
             hidden |= {"campaigns", "domains"}
         out = {k: _plain(k, v) for k, v in row.items() if k not in hidden}
-        head = {"user_id": user_id, "as_of": iso(t),
-                "features_as_of": await source_read(watermark_iso), "source": kind}
+        features_as_of = (await source_read(watermark_iso) if kind == "online"
+                          else await lake_watermark_iso())
+        head = {"user_id": user_id, "as_of": iso(t), "features_as_of": features_as_of,
+                "source": kind}
         if as_text:
             # ProfileOut's fields, written by orjson with the lists' JSON as it is: validating
             # a week-long user's 170 campaigns would cost more than the read
