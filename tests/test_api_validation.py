@@ -159,6 +159,22 @@ def test_token_required_when_configured(secured, headers):
         assert resp.json()["detail"] and resp.headers["www-authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize("token", ["s3cret\n", " s3cret", "s3cret ", "s3c ret", "sécret",
+                                   "s3cret\x00"])
+def test_a_token_that_no_request_could_carry_is_refused_at_startup(lake, token):
+    # Header bytes read as Latin-1 and a request's token stripped: the server started, said a
+    # token was required, and answered 401 to the exact token and to the stripped one.
+    with pytest.raises(ValueError, match="visible ASCII"):
+        lake_app(lake, config=ServingConfig(token=token))
+
+
+def test_any_visible_ascii_token_is_taken_and_matched(lake):
+    token = "A-z0._~+/!#$%&'*=?^`{|}" + '"(),:;<>@[\\]'
+    c = TestClient(lake_app(lake, config=ServingConfig(token=token)))
+    assert c.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert c.get("/metrics", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+
+
 def test_right_token_passes_and_health_and_docs_are_open(secured):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert secured.post("/v1/predict", json=OK, headers=auth).status_code == 200

@@ -54,6 +54,16 @@ def test_serve_refuses_what_it_cannot_open(places, args, message, monkeypatch):
     assert message in result.output, result.output
 
 
+def test_serve_refuses_a_token_no_request_could_carry(places, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: pytest.fail("the server started"))
+    result = _invoke(["serve", "--root", str(places / "lake")],
+                     env={"CLICKLAKE_API_TOKEN": "s3cret\n"})  # a secret file's last newline
+    assert result.exit_code == 2, result.output
+    assert "CLICKLAKE_API_TOKEN" in result.output and "visible ASCII" in result.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "../../evil"], "letters, digits"),
     (["--source", "a/b c"], "letters, digits"),

@@ -10,6 +10,16 @@ from clicklake.platform.decision import DecisionPolicy
 _DEFAULTS = DecisionPolicy()
 
 
+def _token(value: str | None) -> str | None:
+    from clicklake.serving.auth import check_token
+
+    try:
+        return check_token(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--token' / CLICKLAKE_API_TOKEN"
+                                 ) from None
+
+
 @click.command(context_settings=CONTEXT)
 @click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
               help="Local folder or s3://bucket/prefix holding the lake (env CLICKLAKE_ROOT).")
@@ -19,8 +29,10 @@ _DEFAULTS = DecisionPolicy()
               help="Interface to bind; 0.0.0.0 exposes the API beyond this machine.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--token", envvar="CLICKLAKE_API_TOKEN", default=None, show_envvar=True,
-              help="Bearer token required on /v1/* and /metrics. Prefer the environment "
-              "variable: a flag is visible to other users in the process list.")
+              callback=lambda ctx, param, value: _token(value),
+              help="Bearer token required on /v1/* and /metrics (visible ASCII, no spaces). "
+              "Prefer the environment variable: a flag is visible to other users in the "
+              "process list.")
 @click.option("--source", type=click.Choice(["lake", "online"]), default="lake",
               show_default=True,
               help="Features from the lake (time-travel lookup, hourly fresh) or the online store.")

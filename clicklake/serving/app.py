@@ -46,7 +46,7 @@ from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.timeutil import iso
 from clicklake.resources.endpoint import ServedByAnotherModel
 from clicklake.resources.online_store import TornRead
-from clicklake.serving.auth import authorize, require_token
+from clicklake.serving.auth import authorize, check_token, require_token
 from clicklake.serving.metrics import ApiMetrics
 from clicklake.serving.middleware import BodyLimit, RequestMetrics, client_gone
 from clicklake.serving.model import LoadedModel, ModelSlot
@@ -73,6 +73,9 @@ class ServingConfig:
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
     max_body_bytes: int = MAX_BODY_BYTES
     reload_every_s: float = 30.0  # how often the champion pointer and the source are re-checked
+
+    def __post_init__(self) -> None:
+        self.token = check_token(self.token)
 
 
 def _model_out(m: LoadedModel) -> ModelOut:

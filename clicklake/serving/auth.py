@@ -8,6 +8,20 @@ from fastapi import HTTPException, Request, status
 from fastapi.security import HTTPBearer
 
 
+def check_token(token: str | None) -> str | None:
+    """The token to configure, or ValueError: visible ASCII, no spaces. Starlette reads header
+    bytes as Latin-1 and a request's token is stripped, so a token with other characters or
+    with surrounding whitespace (a secret file's final newline) could never match: the server
+    started, said a token was required, and refused everyone."""
+    if not token:
+        return None
+    bad = sorted({repr(c) for c in token if not "!" <= c <= "~"})
+    if bad:
+        raise ValueError(f"the API token may hold visible ASCII characters only, not "
+                         f"{', '.join(bad[:5])} (a trailing newline from a secret file?)")
+    return token
+
+
 def token_matches(given: str, expected: str) -> bool:
     """Constant-time comparison, so response timing does not leak how much of a guess matched."""
     return hmac.compare_digest(given.encode(), expected.encode())
