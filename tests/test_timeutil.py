@@ -3,6 +3,8 @@
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from clicklake.platform.events import event_ms
 from clicklake.platform.timeutil import parse_instant, to_ms
 
@@ -46,3 +48,16 @@ def test_a_date_with_an_offset_is_no_instant_anywhere():
     for text in ("2026-11-25T10:00:00+05:30", "2026-11-25 10:00Z", "2026-11-25t10:00",
                  "20261125T100000Z", "2026-W48-3T10:00"):
         assert parse_instant(text) == event_ms(text), text
+
+
+@pytest.mark.parametrize("text", ["2026-11-24T01:00:00\x00", "2026-11-24T01:00:00\x0b",
+                                  "2026-11-24T01:00:00Z\x0c", "\x1f2026-11-24T01:00:00",
+                                  "1795482000000\n", "2026-11-24T01:00\x7f:00"])
+def test_an_instant_with_a_control_character_is_refused(text):
+    # fromisoformat ignored a trailing NUL, and stripping took vertical tab and form feed as
+    # spaces: the API answered 200 for what it refuses in every id field
+    with pytest.raises(ValueError, match="control characters"):
+        parse_instant(text)
+    with pytest.raises(Exception, match="control characters"):  # an event's time too
+        event_ms(text.strip(" "))
+    assert parse_instant(" 2026-11-24T01:00:00 ") == parse_instant("2026-11-24T01:00:00")

@@ -44,6 +44,16 @@ _ISO_DATE_ONLY = re.compile(_ISO_DATE, re.ASCII)
 _ISO_DATE_TIME = re.compile(_ISO_DATE + r"[Tt ]\d", re.ASCII)
 
 
+# A control character anywhere in an instant: `fromisoformat` ignored a trailing NUL, and the
+# whitespace stripped around an instant included vertical tab and form feed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control(text: str) -> None:
+    if _CONTROL.search(text):
+        raise ValueError(f"{text[:40]!r} holds control characters")
+
+
 class DateOnly(ValueError):
     """An ISO-8601 date without a time, where an instant is asked for."""
 
@@ -54,6 +64,7 @@ def from_iso(text: str, date_only: bool = False) -> datetime:
     date alone unless `date_only` (then its midnight: a command line's day)."""
     if not text.isascii():
         raise ValueError(f"{text[:40]!r} is not ISO-8601 (characters outside ASCII)")
+    _no_control(text)
     if _ISO_DATE_TIME.match(text):
         return datetime.fromisoformat(text)
     if _ISO_DATE_ONLY.fullmatch(text):
@@ -68,7 +79,9 @@ def from_iso(text: str, date_only: bool = False) -> datetime:
 
 def parse_instant(text: str, date_only: bool = True) -> int:
     """Parse a user-given instant: ISO-8601 (naive means UTC) or epoch milliseconds (ASCII
-    digits). A date alone is its midnight, unless not `date_only` (ValueError then)."""
+    digits). A date alone is its midnight, unless not `date_only` (ValueError then). Spaces
+    around it are ignored, control characters refused."""
+    _no_control(text)
     text = text.strip()
     if not text.isascii():
         raise ValueError(f"{text[:40]!r} is neither ISO-8601 nor epoch ms (non-ASCII)")
