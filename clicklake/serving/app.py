@@ -457,7 +457,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         windows, recency, distinct campaigns and domains, and (unless `lists=false`) the
         per-campaign counts and the domains themselves."""
         if has_control_characters(user_id):
-            raise fail(422, "user_id: control characters are not allowed", "invalid_request")
+            raise fail(422, "user_id: control characters (or invisible ones) are not allowed",
+                       "invalid_request")
         as_text = as_of is None and isinstance(source, OnlineStoreFeatures)
         if as_of is None:
             t, kind = now_ms(), "online" if source_kind == "online" else "lake"
@@ -513,8 +514,11 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             return Response(orjson.dumps({**head, **out}), media_type="application/json")
         return ProfileOut(**head, **out)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthOut,
-                   responses={503: {"model": HealthOut}}, summary="Liveness and readiness")
+    # HEAD answers as GET but stays out of the OpenAPI document: one route of both methods gave
+    # them the same operationId, which client generators and validators refuse.
+    @app.head("/healthz", include_in_schema=False)
+    @app.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}},
+             summary="Liveness and readiness")
     async def healthz() -> JSONResponse:
         """200 when a model is loaded and the feature source can be read, 503 otherwise (no
         token needed: for load balancers and orchestrators, which then restart the server)."""

@@ -23,14 +23,12 @@ from clicklake.platform.timeutil import (
 
 MAX_FUTURE_MS = MAX_CLOCK_SKEW_MS  # clock skew tolerated between the caller and this server
 
-# No control characters (C0, DEL, C1), line or paragraph separators, bidirectional overrides or
-# byte order marks: ids end up in logs and in messages, where they could forge or hide text.
-_CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F), (0x2028, 0x2029), (0x202A, 0x202E),
+# No control characters (C0, DEL, C1), line or paragraph separators, bidirectional marks,
+# overrides and isolates, zero-width characters or byte order marks: ids end up in logs and in
+# messages, where they could forge or hide text ("u1" and "u1" + zero-width space look alike).
+_CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F), (0x061C, 0x061C), (0x180E, 0x180E),
+                   (0x200B, 0x200F), (0x2028, 0x2029), (0x202A, 0x202E), (0x2060, 0x2064),
                    (0x2066, 0x2069), (0xFEFF, 0xFEFF))
-# pydantic's patterns are Rust regexes (\x{...}); Python's `re` takes the characters as they are
-_FREE = "[^" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in _CONTROL_RANGES) + "]"
-_ID_PATTERN = f"^{_FREE}+$"
-_TEXT_PATTERN = f"^{_FREE}*$"  # empty allowed: an empty user agent is common
 _CONTROL = re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}"
                                     for a, b in _CONTROL_RANGES) + "]")
 
@@ -38,13 +36,20 @@ _CONTROL = re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}"
 def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
+
+def _no_control(value: str) -> str:
+    if has_control_characters(value):  # a plain message, not the character class's pattern
+        raise ValueError("control characters (or invisible ones) are not allowed")
+    return value
+
+
 def _not_blank(value: str) -> str:
     if value.isspace():
         raise ValueError("blank")  # the raw layer refuses a blank id (missing_field)
     return value
 
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=_ID_PATTERN),
+Id = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterValidator(_no_control),
                AfterValidator(_not_blank)]
 Usd = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False, strict=True)]
 
@@ -75,10 +80,11 @@ class PredictRequest(BaseModel):
     ts: int | str | None = Field(
         default=None, description="Impression time: ISO-8601 (naive = UTC) or epoch ms; "
         "default now. From 2000-01-01 to 5 minutes ahead of the server clock.")
-    domain: Annotated[StrictStr, Field(max_length=253, pattern=_ID_PATTERN)] | None = None
+    domain: Annotated[StrictStr, Field(max_length=253), AfterValidator(_no_control)] | None = None
     ip: Annotated[StrictStr, Field(max_length=45)] | None = Field(
         default=None, description="IPv4 or IPv6 address of the viewer (country lookup).")
-    user_agent: Annotated[StrictStr, Field(max_length=2048, pattern=_TEXT_PATTERN)] | None = None
+    user_agent: Annotated[StrictStr, Field(max_length=2048),
+                          AfterValidator(_no_control)] | None = None
     cost: Usd | None = Field(default=None, description="USD paid for this impression.")
     value_per_click: Usd | None = Field(
         default=None, description="USD a click within the label window (15 min) is worth: the "
