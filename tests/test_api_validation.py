@@ -294,6 +294,22 @@ INVISIBLE = [
 ]
 
 
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"user_id":"u0000300","campaign_id":"cmp-0016","cost":100,"cost":0}', "cost"),
+    (b'{"user_id":"u0000300","campaign_id":"cmp-0016","user_agent":"Googlebot/2.1",'
+     b'"\\u0075ser_agent":"Mozilla/5.0"}', "user_agent"),  # the same key, escaped
+])
+def test_a_field_given_twice_is_422(client, raw, field):
+    # The last copy won silently, where a proxy or a log reader may take the first: a crawler
+    # scored as a browser, a $100 impression served at cost 0.
+    resp = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert f"{field}: given twice" in resp.json()["detail"], resp.text
+    once = raw.replace(b',"cost":0', b"").replace(b',"\\u0075ser_agent":"Mozilla/5.0"', b"")
+    assert client.post("/v1/predict", content=once,
+                       headers={"content-type": "application/json"}).status_code == 200
+
+
 @pytest.mark.parametrize(("body", "field"), INVISIBLE,
                          ids=[f"{i}-{f}" for i, (_, f) in enumerate(INVISIBLE)])
 def test_control_and_invisible_characters_are_422(client, body, field):
