@@ -296,8 +296,8 @@ INVISIBLE = [
 
 @pytest.mark.parametrize(("raw", "field"), [
     (b'{"user_id":"u0000300","campaign_id":"cmp-0016","cost":100,"cost":0}', "cost"),
-    (b'{"user_id":"u0000300","campaign_id":"cmp-0016","user_agent":"Googlebot/2.1",'
-     b'"\\u0075ser_agent":"Mozilla/5.0"}', "user_agent"),  # the same key, escaped
+    ((b'{"user_id":"u0000300","campaign_id":"cmp-0016","user_agent":"Googlebot/2.1",'
+      b'"\\u0075ser_agent":"Mozilla/5.0"}'), "user_agent"),  # the same key, escaped
 ])
 def test_a_field_given_twice_is_422(client, raw, field):
     # The last copy won silently, where a proxy or a log reader may take the first: a crawler
