@@ -93,3 +93,15 @@ def test_check_metadata_counts_only_the_hours_it_was_enforced_in():
     meta = check_over_hours("labeled_impressions", "label_rate_in_bounds", "",
                             [*skipped, HourOutcome(7_200_000, 900, passed)]).metadata
     assert (meta["rows_checked"].value, meta["hours_checked"].value) == (900, 1)
+
+
+def test_each_failure_is_named_by_its_own_expectation_whatever_the_order():
+    # GX returns results grouped by column, not in the suite's order: matched by position, the
+    # between(c) failure was reported as not_null(a).
+    from clicklake.platform.quality import CheckSpec
+
+    df = pd.DataFrame({"b": [1.0, 2.0, 3.0], "a": [1, 1, 2], "c": [5, -1, 7]})
+    spec = (("not_null", "b"), ("unique", "a"), ("between", "c", 0, None), ("not_null", "a"))
+    for order in (spec, spec[::-1], spec[2:] + spec[:2]):
+        [outcome] = run_checks(df, [CheckSpec("x", "d", order)])
+        assert outcome.failures == {"unique(a)": 2, "between(c, 0, None)": 1}, order

@@ -51,25 +51,31 @@ def _gx_context():
 
 
 def _expectation(spec: ExpectationSpec):
+    """The GX expectation of `spec`, carrying its label in `meta`: GX returns results grouped
+    by column, not in the suite's order, so each result is matched to its spec by it."""
     import great_expectations as gx
 
     kind, column, *args = spec
+    common = {"column": column, "meta": {_META: _label(spec)}}
     if kind == "not_null":
-        return gx.expectations.ExpectColumnValuesToNotBeNull(column=column)
+        return gx.expectations.ExpectColumnValuesToNotBeNull(**common)
     if kind == "unique":
-        return gx.expectations.ExpectColumnValuesToBeUnique(column=column)
+        return gx.expectations.ExpectColumnValuesToBeUnique(**common)
     if kind == "between":
         lo, hi = args
-        return gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi)
+        return gx.expectations.ExpectColumnValuesToBeBetween(**common, min_value=lo, max_value=hi)
     if kind == "in_window":
         lo, hi = args
         return gx.expectations.ExpectColumnValuesToBeBetween(
-            column=column, min_value=lo, max_value=hi, strict_max=True
+            **common, min_value=lo, max_value=hi, strict_max=True
         )
     if kind == "mean_between":
         lo, hi = args
-        return gx.expectations.ExpectColumnMeanToBeBetween(column=column, min_value=lo, max_value=hi)
+        return gx.expectations.ExpectColumnMeanToBeBetween(**common, min_value=lo, max_value=hi)
     raise ValueError(f"unknown expectation kind {kind!r}")
+
+
+_META = "clicklake_check"
 
 
 def _label(spec: ExpectationSpec) -> str:
@@ -97,12 +103,13 @@ def run_checks(df: pd.DataFrame, checks: list[CheckSpec]) -> list[CheckOutcome]:
                 )
                 result = vd.run(batch_parameters={"dataframe": df})
                 failures = {}
-                for spec, res in zip(check.expectations, result.results, strict=True):
+                for res in result.results:
                     if not res.success:
                         observed = res.result.get("unexpected_count")
                         if observed is None:  # aggregate expectations report a value instead
                             observed = res.result.get("observed_value")
-                        failures[_label(spec)] = observed if observed is not None else 0
+                        label = res.expectation_config.meta[_META]
+                        failures[label] = observed if observed is not None else 0
                 outcomes.append(CheckOutcome(check.name, bool(result.success), check.description,
                                              failures))
                 ctx.validation_definitions.delete(suite.name)
