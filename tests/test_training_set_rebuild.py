@@ -112,3 +112,27 @@ def test_a_manifest_without_counts_takes_the_pointers_only_when_they_agree(tmp_p
     store.write_bytes(key, orjson.dumps(old))
     with pytest.raises(FileNotFoundError, match="materialize training_set again"):
         latest_training_set(store)
+
+
+def test_an_hour_without_rows_writes_no_part_and_a_split_without_rows_is_refused(tmp_path):
+    # SageMaker's XGBoost container reads each file's first line to find the delimiter: an
+    # empty part (a quiet hour, a gap in an imported log) failed the training job.
+    store = Store(str(tmp_path))
+    quiet = {HOURS[2], HOURS[7]}
+
+    def hour(hour_ms: int, columns: list[str] | None) -> pa.Table:
+        table = _hour(hour_ms, columns)
+        return table.slice(0, 0) if hour_ms in quiet else table
+
+    ts, stats = build_training_set(store, HOURS, 2, hour, 900, set_id="ts-quiet")
+    written = {k.rsplit("/", 1)[1] for split in ("train", "validation")
+               for k in store.list(f"{ts.root}/{split}/")}
+    assert written == {f"part-{hour_partition_key(h).replace(':', '')}.csv"
+                       for h in HOURS if h not in quiet}
+    assert all(store.read_bytes(f"{ts.root}/{split}/{name}") for split in ("train", "validation")
+               for name in written if store.exists(f"{ts.root}/{split}/{name}"))
+    assert ts.manifest.source_partitions == [hour_partition_key(h) for h in HOURS]
+    assert (stats["train_rows"], stats["validation_rows"]) == (5 * 25, 25)
+    quiet |= {HOURS[6]}
+    with pytest.raises(ValueError, match="validation hours .* hold no labeled rows"):
+        build_training_set(store, HOURS, 2, hour, 900, set_id="ts-quiet")

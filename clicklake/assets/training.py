@@ -58,13 +58,16 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, l
     if validation < config.validation_hours:
         context.log.warning(f"{validation} validation hours of the {config.validation_hours} "
                             f"asked: a quarter of the {len(hours)} labeled hours, at least one")
-    ts, stats = build_training_set(
-        store, hours, validation,
-        read_hour=lambda h, cols: read_labeled_hour(store, h, cols, lake.lake_prefix),
-        label_window_s=_one_label_window_s(store, lake.lake_prefix, hours) if hours
-        else DEFAULT_LABEL_WINDOW_MS // 1000,
-        prefix=lake.lake_prefix, progress=context.log.info,
-    )
+    try:
+        ts, stats = build_training_set(
+            store, hours, validation,
+            read_hour=lambda h, cols: read_labeled_hour(store, h, cols, lake.lake_prefix),
+            label_window_s=_one_label_window_s(store, lake.lake_prefix, hours) if hours
+            else DEFAULT_LABEL_WINDOW_MS // 1000,
+            prefix=lake.lake_prefix, progress=context.log.info,
+        )
+    except ValueError as exc:  # too few hours, or a split without rows: said, not a traceback
+        raise dg.Failure(f"no training set: {exc}") from None
     return dg.MaterializeResult(metadata={
         "set_id": ts.set_id,
         "path": dg.MetadataValue.path(store.uri(ts.root)),

@@ -112,16 +112,26 @@ def build_training_set(
         split = "validation" if h in valid_h else "train"
         table = read_hour(h, None)
         y, x = _matrix(table, vocabularies)
-        buf = io.BytesIO()
-        write_sagemaker_csv([(y, x)], buf)
-        store.write_bytes(f"{root}/{split}/part-{hour_partition_key(h).replace(':', '')}.csv",
-                          buf.getvalue())
+        # An hour without rows (a quiet hour, a gap in an imported log) writes no part: SageMaker's
+        # XGBoost container reads every file's first line to find the delimiter, and an empty
+        # file failed the training job ("Could not determine delimiter").
+        if len(y):
+            buf = io.BytesIO()
+            write_sagemaker_csv([(y, x)], buf)
+            store.write_bytes(
+                f"{root}/{split}/part-{hour_partition_key(h).replace(':', '')}.csv",
+                buf.getvalue())
         stats[f"{split}_rows"] += len(y)
         stats[f"{split}_clicks"] += int(y.sum())
         if split == "validation":
             validation_rows.append(table.select(["impression_id", "label", "cost"]))
         if progress:
             progress(f"{split} hour {hour_partition_key(h)}: {len(y)} rows")
+    for split, part_hours in (("train", train_h), ("validation", valid_h)):
+        if not stats[f"{split}_rows"]:
+            raise ValueError(f"the {split} hours ({hour_partition_key(part_hours[0])} .. "
+                             f"{hour_partition_key(part_hours[-1])}) hold no labeled rows: "
+                             f"nothing to {'train' if split == 'train' else 'validate'} on")
     manifest = FeatureManifest(
         feature_names=list(FEATURE_NAMES),
         categorical=vocabularies,
