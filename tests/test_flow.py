@@ -203,6 +203,23 @@ def test_the_gate_scores_the_champion_on_the_new_models_validation_rows(flow, tm
         "click_model")[0].metadata["model_id"].value
 
 
+def test_a_champion_that_trained_on_the_validation_hours_is_judged_by_its_recorded_auc(
+        flow, tmp_path):
+    """The split moved back (more validation hours asked, a labeled hour removed): the champion
+    trained on some of the new validation hours. Scored on them it looks far better than it is
+    (in-sample), and a good model was rejected against that: its recorded AUC is used."""
+    from clicklake.platform.training_set import latest_training_set
+
+    store = _lake_copy(flow[0], tmp_path)
+    split = latest_training_set(store).manifest
+    _champion_as(store, "clicklake-xgb-saw-them", {"auc": 0.42},
+                 train_hours=split.train_hours + split.validation_hours[:1])
+    _, gate = _train_again(store)
+    assert gate.metadata["champion_auc"].value == gate.metadata[
+        "champion_auc_recorded"].value == 0.42
+    assert gate.passed, gate.description
+
+
 def test_a_champion_with_other_vocabularies_is_scored_with_its_own_codes(flow, tmp_path):
     """A champion whose categorical vocabularies differ from the new training set's is scored on
     the same validation rows encoded its own way: with empty vocabularies, every categorical

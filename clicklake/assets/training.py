@@ -201,6 +201,15 @@ def _champion_auc(context, store, prefix: str, champ, ts, y: np.ndarray, x: np.n
         context.log.warning(f"champion {champ.model_id} cannot be scored ({exc}): the gate uses "
                             f"its recorded AUC {recorded:.4f}")
         return recorded
+    seen = sorted(set(manifest.train_hours) & set(ts.manifest.validation_hours))
+    if seen:
+        # The split moved back (more validation hours asked, a labeled hour removed): scored
+        # on rows it trained on, the champion looks far better than it is, and a good model
+        # was rejected against that in-sample AUC.
+        context.log.warning(f"champion {champ.model_id} trained on {len(seen)} of these "
+                            f"validation hours ({seen[0]} .. {seen[-1]}): the gate uses its "
+                            f"recorded AUC {recorded:.4f}")
+        return recorded
     if manifest.categorical != ts.manifest.categorical:  # its own codes for the categoricals
         try:
             y_again, x = validation_matrix(
