@@ -167,6 +167,21 @@ def test_a_labelled_click_is_the_delay_floored_to_the_millisecond(tmp_path, dela
     assert r.clicks == 1 and [e["ts"] for e in landed(store, "clicks")] == [H10 + ms]
 
 
+def test_a_labelled_click_falling_after_2099_rejects_its_row(tmp_path):
+    # The impression at 2099-12-31T23:59:59.999 is in range, its click 30 s later is not: the
+    # import counted the click, the raw layer refused it later (bad_value), and the impression
+    # stayed labeled 0. The row is refused now, as a bad click time refuses it.
+    log = csv_log(tmp_path, [f"{Y2100 - 1},u5,c1,1", f"{Y2100 - 31_000},u5,c1,1"],
+                  header="t,u,c,l")
+    store = Store(str(tmp_path / "d"))
+    r = import_log(store, mapping_from_dict({**BASE, "time_format": "epoch_ms", "label": "l",
+                                             "click_delay": 30}), log)
+    assert (r.impressions, r.clicks, r.bad_rows) == (1, 1, {"bad_time": 1})
+    assert r.first_rejects[0]["detail"] == ("l: the click it stands for, 30 s after the "
+                                            "impression, falls after 2099")
+    assert [e["ts"] for e in landed(store, "clicks")] == [Y2100 - 1_000]
+
+
 @pytest.mark.parametrize(("delay", "msg"), [
     (0.0004, "at least 1 ms"), ("0.0009999", "at least 1 ms"), (1e-9, "at least 1 ms"),
     (86_400.001, "more than a day"), (1e20, "more than a day"),  # 1e20 crashed the writer

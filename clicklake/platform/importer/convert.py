@@ -317,6 +317,12 @@ class ImpressionConverter:
             v = values[self.label]
             t = _text(v, self.m.label)
             if t in ("1", "true", "True", "TRUE"):
+                # As a click time is bounded (`parse_time`): past 2099 the raw layer would
+                # refuse the click, and the impression alone would be labeled 0.
+                if ts + self.delay_ms >= MAX_TS:
+                    raise BadValue(BAD_TIME, f"{self.m.label}: the click it stands for, "
+                                             f"{self.delay_ms // 1000} s after the impression, "
+                                             "falls after 2099")
                 return ts + self.delay_ms
             if t in ("0", "false", "False", "FALSE"):
                 return None
