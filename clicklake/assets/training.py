@@ -248,8 +248,10 @@ def _oracle(store, rows):
     deps=[click_model],
     group_name="training",
     kinds={"xgboost"},
-    description="The model the REST API serves: the newest click model that passed its gate,"
-    " promoted to champion in the lake's registry and deployed by the endpoint resource.",
+    description="The model the REST API serves: the newest click model, once it has passed its"
+    " gate, deployed by the endpoint resource and promoted to champion in the lake's registry."
+    " A newest model that failed its gate is not deployed (the run fails, naming the reason):"
+    " the champion before it keeps serving.",
 )
 def deployed_model(context: dg.AssetExecutionContext, lake: LakeResource,
                    endpoint: ModelEndpointResource):
