@@ -53,10 +53,6 @@ def impression_country(imp: dict) -> str:
     return country_of(imp.get("ip"))
 
 
-def country_map(impressions: list[dict]) -> dict[str, str]:
-    return {r["impression_id"]: impression_country(r) for r in impressions}
-
-
 def latest_prediction(predictions: list[dict], user: str, t: int) -> tuple[float, float]:
     """(score, ts) of the user's latest prediction with ts < t; NaN, NaN when none."""
     best = None
@@ -69,10 +65,9 @@ def latest_prediction(predictions: list[dict], user: str, t: int) -> tuple[float
 
 
 def feature_inputs(imp: dict, impressions: list[dict], clicks: list[dict],
-                   predictions: list[dict], countries: dict[str, str] | None = None) -> dict:
+                   predictions: list[dict]) -> dict:
     """Every `features.INPUT_COLUMNS` value of impression `imp` (one dict of scalars)."""
     t, user, campaign = imp["ts"], imp["user_id"], imp["campaign_id"]
-    countries = countries if countries is not None else country_map(impressions)
     p = oracle.profile(impressions, clicks, user, t)
     out: dict = {"ts_ms": t}
     suffix = {"life": "", "1h": "_1h", "24h": "_24h", "7d": "_7d"}
@@ -86,7 +81,8 @@ def feature_inputs(imp: dict, impressions: list[dict], clicks: list[dict],
     out["user_distinct_domains"] = float(p["distinct_domains"])
     uc_i, uc_c = oracle.user_campaign(impressions, clicks, user, campaign, t)
     out["uc_impressions"], out["uc_clicks"] = float(uc_i), float(uc_c)
-    seg = oracle.segments(impressions, clicks, countries, t, hours=24)
+    # each row's own country: an id may come back in another hour, from another address
+    seg = oracle.segments(impressions, clicks, impression_country, t, hours=24)
     for kind, segment in (("country", impression_country(imp)), ("campaign", campaign),
                           ("domain", imp.get("domain") or "unknown"), ("global", "all")):
         i, c = seg.get((kind, segment), (0, 0))
@@ -172,12 +168,11 @@ def labeled_rows(hour_ms: int, impressions: list[dict], clicks: list[dict],
                  ) -> dict[str, dict]:
     """impression_id → the expected labeled row (passthrough, label, delay, every feature) of
     each impression of hour `hour_ms`."""
-    countries = country_map(impressions)
     out = {}
     for imp in impressions:
         if floor_hour(imp["ts"]) != hour_ms:
             continue
-        x = feature_inputs(imp, impressions, clicks, predictions, countries)
+        x = feature_inputs(imp, impressions, clicks, predictions)
         lab, delay = label(imp, impressions, clicks, window_ms)
         row = {k: imp.get(k) for k in ("impression_id", "ts", "user_id", "campaign_id", "domain",
                                        "cost")}

@@ -7,6 +7,7 @@ DESIGN §4-5 written out literally, so the fast paths can be checked against it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import pyarrow as pa
@@ -87,11 +88,13 @@ def click_impression(click: dict, impressions: list[dict]) -> dict | None:
     return None
 
 
-def click_country(click: dict, impressions: list[dict], country_of: dict[str, str]) -> str:
-    """Country of a click (`click_impression`'s), 'unknown' without one. `country_of` maps
-    impression_id -> country."""
+def click_country(click: dict, impressions: list[dict], country_of: Callable[[dict], str]
+                  ) -> str:
+    """Country of a click (`click_impression`'s), 'unknown' without one. `country_of` gives an
+    impression row's country: per row, not per id (an id may come back in another hour, from
+    another address)."""
     imp = click_impression(click, impressions)
-    return "unknown" if imp is None else country_of[imp["impression_id"]]
+    return "unknown" if imp is None else country_of(imp)
 
 
 def click_domain(click: dict, impressions: list[dict]) -> str:
@@ -99,7 +102,8 @@ def click_domain(click: dict, impressions: list[dict]) -> str:
     return "unknown" if imp is None or imp.get("domain") is None else imp["domain"]
 
 
-def segments(impressions: list[dict], clicks: list[dict], country_of: dict[str, str], t: int,
+def segments(impressions: list[dict], clicks: list[dict], country_of: Callable[[dict], str],
+             t: int,
              hours: int = 24) -> dict[tuple[str, str], tuple[int, int]]:
     """{(kind, segment): (impressions, clicks)} over the sawtooth window at t; kinds are
     'global', 'country', 'campaign', 'domain'."""
@@ -113,7 +117,7 @@ def segments(impressions: list[dict], clicks: list[dict], country_of: dict[str, 
     for r in impressions:
         if in_window(r["ts"], t, hours):
             add(("global", "all"), 1, 0)
-            add(("country", country_of[r["impression_id"]]), 1, 0)
+            add(("country", country_of(r)), 1, 0)
             add(("campaign", r["campaign_id"]), 1, 0)
             add(("domain", r.get("domain") or "unknown"), 1, 0)
     for r in clicks:

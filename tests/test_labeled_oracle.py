@@ -147,3 +147,23 @@ def test_labeled_hours_match_oracle(tmp_path_factory, deliveries, window):
     kept = fo.kept_by_raw_rules(deliveries, LATENESS)
     bad = fo.check_hours(store, hours[:-1], kept, window)
     assert not bad, "\n".join(bad[:40])
+
+
+def test_an_id_seen_again_in_another_hour_counts_under_each_rows_own_country(tmp_path):
+    # The raw layer keeps both copies (an id is unique per event hour). The oracle keyed
+    # countries by id, so the last copy's country stood for both and it reported the
+    # platform, which counts each row under its own address's country, as wrong.
+    imp = lambda i, ts, user, ip: {"impression_id": i, "ts": ts, "user_id": user,  # noqa: E731
+                                   "campaign_id": "c1", "ip": ip}
+    events = [("impressions", imp("X", H0 + MINUTE_MS, "u1", "8.8.8.8"), H0 + MINUTE_MS),
+              ("impressions", imp("X", H0 + HOUR_MS + MINUTE_MS, "u1", "81.2.69.142"),
+               H0 + HOUR_MS + MINUTE_MS),
+              ("impressions", imp("Y", H0 + HOUR_MS + 2 * MINUTE_MS, "u2", "8.8.8.8"),
+               H0 + HOUR_MS + 2 * MINUTE_MS)]
+    store = Store(str(tmp_path))
+    fo.land(store, events)
+    hours = [H0 + k * HOUR_MS for k in range(3)]
+    fo.build_lake(store, hours)
+    kept = fo.kept_by_raw_rules(events)
+    assert len(kept["impressions"]) == 3
+    assert fo.check_hours(store, hours[:2], kept) == []

@@ -163,8 +163,9 @@ def test_segment_profiles_match_oracle(lake):
     _materialize(lake, H0)
     _materialize(lake, H0 + HOUR_MS)
     imp_t = _table(IMPS, IMPRESSIONS)
-    country_of = dict(zip(imp_t["impression_id"].to_pylist(),
-                          countries(imp_t["ip"]).to_pylist(), strict=True))
+    by_id = dict(zip(imp_t["impression_id"].to_pylist(), countries(imp_t["ip"]).to_pylist(),
+                     strict=True))  # (ids are unique in this lake)
+    country_of = lambda row: by_id[row["impression_id"]]
     imps, clks = oracle.rows_of(imp_t), oracle.rows_of(_table(CLKS, CLICKS))
     table = lake.read_parquet(segments.segment_key(H0 + HOUR_MS))
     got = {(r["kind"], r["segment"]): (r["impressions_24h"], r["clicks_24h"])
