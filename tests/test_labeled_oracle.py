@@ -153,7 +153,7 @@ def test_an_id_seen_again_in_another_hour_counts_under_each_rows_own_country(tmp
     # The raw layer keeps both copies (an id is unique per event hour). The oracle keyed
     # countries by id, so the last copy's country stood for both and it reported the
     # platform, which counts each row under its own address's country, as wrong.
-    imp = lambda i, ts, user, ip: {"impression_id": i, "ts": ts, "user_id": user,  # noqa: E731
+    imp = lambda i, ts, user, ip: {"impression_id": i, "ts": ts, "user_id": user,
                                    "campaign_id": "c1", "ip": ip}
     events = [("impressions", imp("X", H0 + MINUTE_MS, "u1", "8.8.8.8"), H0 + MINUTE_MS),
               ("impressions", imp("X", H0 + HOUR_MS + MINUTE_MS, "u1", "81.2.69.142"),
