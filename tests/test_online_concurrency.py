@@ -182,3 +182,46 @@ def test_two_fold_processes_side_by_side_lose_no_update(on_time_zone, tmp_path):
                     u, "cmp-0001", t, "8.8.8.8", None, "news.example").items()}
                 for o in (ours, theirs))
             assert close_enough(got, want), (u, got, want)
+
+
+@pytest.mark.parametrize("now_read", [False, True])
+def test_a_past_read_raced_by_a_horizon_move_is_refused_not_undercounted(tmp_path, now_read):
+    """A read at an instant in the hour at the horizon; after its horizon check a fold commits a
+    file an hour later and purges the segment rows before the new horizon. The user part was
+    guarded (its document's `valid_from`), the segment counters not: the answer counted 0 of
+    the 2 impressions before t, where a read a moment later says BeforeHorizon."""
+    from clicklake.platform.online import BeforeHorizon
+    from clicklake.platform.online.fold import horizon_ms
+    from clicklake.platform.timeutil import HOUR_MS
+    from tests.landing_factory import MIN, impression, land
+
+    store = Store(str(tmp_path / "lake"))
+    hour = parse_instant("2026-11-25T13:00:00Z")
+    h0, us = horizon_ms(hour), "8.8.8.8"  # the horizon while the watermark is in `hour`
+    keys = [land(store, "impressions", h0 + 10 * MIN, [
+                impression("a1", h0 + 5 * MIN, user="u2", ip=us),
+                impression("a2", h0 + 6 * MIN, user="u2", ip=us)], "1"),
+            land(store, "impressions", hour + 5 * MIN, [
+                impression("b1", hour + MIN, user="u3", ip=us)], "2")]
+    later = land(store, "impressions", hour + HOUR_MS + 5 * MIN, [
+        impression("c1", hour + HOUR_MS + MIN, user="u3", ip=us)], "3")
+    path = str(tmp_path / "online.db")
+    writer = SqliteState(path)
+    fold_files(writer, store, keys)
+    t = hour + 30 * MIN if now_read else h0 + 30 * MIN
+    calm = OnlineFeatures(SqliteState(path)).feature_inputs("u1", "c1", t, us, None)
+    assert calm["global_impressions_24h"][0] == (3 if now_read else 2)
+
+    class Raced(OnlineFeatures):
+        def _inputs_from_head(self, *args):  # after the horizon check: the next run commits
+            fold_files(writer, store, [later])
+            return super()._inputs_from_head(*args)
+
+    if now_read:  # an instant the new horizon does not reach: answered, no second check
+        got = Raced(SqliteState(path)).feature_inputs("u1", "c1", t, us, None)
+        assert got["global_impressions_24h"][0] == 3
+        return
+    with pytest.raises(BeforeHorizon):
+        Raced(SqliteState(path)).feature_inputs("u1", "c1", t, us, None)
+    with pytest.raises(BeforeHorizon):  # as a read after the commit says
+        OnlineFeatures(SqliteState(path)).feature_inputs("u1", "c1", t, us, None)

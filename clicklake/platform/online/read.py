@@ -211,8 +211,16 @@ class OnlineFeatures:
         own = {"global": "all", "country": country, "campaign": campaign_id,
                "domain": seg.UNKNOWN if domain is None else domain}
         pairs = [(kind, own[kind]) for kind in seg.KINDS]
-        for (kind, _), (imps, clks) in zip(pairs, self._segments.windows_24h(pairs, ts_ms),
-                                           strict=True):
+        windows = self._segments.windows_24h(pairs, ts_ms)
+        wm = self._horizon[0]  # as `_check` read it
+        if wm is not None and ts_ms < wm - wm % HOUR_MS:
+            # An instant before the watermark's hour: a fold committing since `_check` may have
+            # moved the horizon past it and purged the segment rows just read (the user part
+            # is guarded by its document's `valid_from`; the segments have none). The watermark
+            # is committed before the purge on both backends, so a fresh check sees any purge
+            # that could have hit the read. "Now" reads skip it (no extra round trip).
+            self._check(ts_ms)
+        for (kind, _), (imps, clks) in zip(pairs, windows, strict=True):
             out[f"{kind}_impressions_24h"] = np.array([imps], dtype=np.float64)
             out[f"{kind}_clicks_24h"] = np.array([clks], dtype=np.float64)
         ua = user_agent_of(user_agent)
