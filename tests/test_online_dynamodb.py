@@ -404,12 +404,16 @@ def test_a_batch_overtaken_by_another_writers_commit_is_folded_again(moto_endpoi
     overtaken_fold(a, b, landing_zone, first, mine, theirs, when, str(tmp_path / "expected.db"))
 
 
+@pytest.mark.parametrize("one_file", [False, True])
 def test_a_commit_another_writer_left_pending_is_finished_and_the_batch_folded_again(
-        moto_endpoint, landing_zone, tmp_path):
+        moto_endpoint, landing_zone, tmp_path, one_file):
     # The other writer dies between the transactions of its commit, after this batch read: this
     # writer's commit finishes that one from its intent first, then folds its files again from
-    # a fresh read (`commit` says the state moved: False).
+    # a fresh read (`commit` raises Conflict). A batch of one file was reported as folded
+    # before (skipped) and its file left unfolded: only bigger batches were folded again, file
+    # by file.
     first, mine, theirs = _parts(landing_zone)
+    mine = mine[:1] if one_file else mine
     a, b = _two_writers(moto_endpoint)
     fold_files(a, landing_zone, first, files_per_commit=len(first))
     # Their commit takes several transactions (both writers cut the same chunks, as one
@@ -436,7 +440,7 @@ def test_a_commit_another_writer_left_pending_is_finished_and_the_batch_folded_a
 
     a.commit = after_theirs_died
     report = fold_files(a, landing_zone, mine, files_per_commit=len(mine))
-    assert report.files == len(mine) and died
+    assert (report.files, report.skipped, report.conflicts) == (len(mine), 0, 1) and died
     expected = folded_in_order(landing_zone, str(tmp_path / "expected.db"), [first, theirs, mine])
     assert a.dump() == expected.dump()
     assert a._get("meta#pending") is None and a._scan("i#") == []

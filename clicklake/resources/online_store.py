@@ -722,7 +722,11 @@ class DynamoState(StateStore):
         self._check_layout()
         self.check_readable()  # every commit: a writer of a newer layout may have come since
         if self.recover():
-            return False  # the state moved under this commit: it was computed from an older one
+            # The state moved under this commit (it was computed from an older one): folded
+            # again from a fresh read, as after any other writer's commit. Returning "not done"
+            # counted a one-file batch as folded before, and left its file unfolded.
+            raise Conflict(f"DynamoDB table {self.table}: another writer's unfinished commit "
+                           "was finished first")
         if commit.expect is not None:  # first: a rebuild since may have folded its files
             ns, key, value = commit.expect  # (checked again in the intent's transaction)
             if self.get_docs(ns, [key]).get(key) != value:

@@ -196,9 +196,11 @@ class StateStore(ABC):
     @abstractmethod
     def commit(self, commit: Commit) -> bool:
         """Apply `commit` and record its files, atomically. False (and no change) when any of
-        them was already folded; `Conflict` (and no change) when `commit.read_token` is not
-        None and another writer committed after it was taken; `Fenced` (and no change) when
-        the document `commit.expect` names holds anything else."""
+        them was already folded; `Conflict` (and no change of its own) when `commit.read_token`
+        is not None and another writer committed after it was taken, or when a commit another
+        writer left unfinished was finished first (`recover`): either way the batch is folded
+        again from a fresh read; `Fenced` (and no change) when the document `commit.expect`
+        names holds anything else."""
 
     @abstractmethod
     def watermark_ms(self) -> int | None:
