@@ -19,7 +19,10 @@ read must be at or after the horizon (older instants are the lake's lookup table
 markers live as long, so a straggling file more than `RECENT_HOURS - lateness - 1` hours behind
 the newest one could slip a duplicate past the horizon, and its impressions can no longer move
 the segment counts of the clicks they would re-attribute (those events are trimmed): Firehose
-delivers within minutes, and the sensor's retries stay within a few hours.
+delivers within minutes, and the sensor's retries stay within a few hours. The sensor folds a
+file visible up to an hour, the allowed lateness and 15 minutes after its key time (as long as
+the raw hour of that time waits for it, `watch.lookback_ms`): with more than an hour of
+lateness, such a file's oldest events may lie under the horizon, and get that treatment.
 """
 
 from __future__ import annotations
