@@ -120,29 +120,33 @@ def test_a_backlog_is_asked_over_several_ticks_and_none_of_it_is_late(tmp_path):
 def test_a_file_is_late_only_once_the_raw_hour_of_its_key_time_was_built(tmp_path,
                                                                            lateness_min):
     """A file visible some time after its key time (Firehose retrying a delivery) is folded
-    while the raw hour of its key time is still to be built, which keeps its events; after
-    that it is late. The fixed hour of lookback reported one 75 min old as late, while the raw
-    layer (built at the hour + 2 h 15 with an hour of lateness) kept it."""
+    while the raw hour of its key time is still to be built (the schedule builds hour H at
+    H + 1 h + lateness + 15 min), and reported late after, as the raw layer has built that hour
+    without it. A fixed hour after the key time reported one 75 min old as late, which the raw
+    layer kept; judged from the key time instead of its hour, one keyed at 10:50 and visible at
+    12:30 was folded, though raw 10:00 was built at 12:15 without it."""
     from clicklake.assets.raw import FIREHOSE_BUFFER_S
+    from clicklake.platform.timeutil import floor_hour
 
     lateness = lateness_min * MIN
     lookback = watch.lookback_ms(lateness)
     z = Zone(str(tmp_path))
-    newest = T + 59 * MIN  # the newest key seen, as the raw hour of T + 1 h's window runs
+    newest = T + 30 * MIN  # the newest key seen when the straggler becomes visible
     _put(z.store, "clicks", newest, 1)
     z.tick(newest, lookback=lookback)
-    # The oldest key time whose raw hour is not built yet when the newest key is written
-    # (its landing window and Firehose's buffer still open), and the one before it.
-    key_hour = newest - lateness - HOUR_MS - FIREHOSE_BUFFER_S * 1000
-    on_time = _put(z.store, "clicks", key_hour + 1000, 2)  # key times are in seconds
+    # The raw hour built last before `newest` (hour + 1 h + lateness + 15 min <= newest), and
+    # the next, still to be built
+    built = floor_hour(newest - HOUR_MS - lateness - FIREHOSE_BUFFER_S * 1000)
+    assert built + lookback <= newest < built + HOUR_MS + lookback
+    on_time = _put(z.store, "clicks", built + HOUR_MS + 1000, 2)  # key times are in seconds
     plan = z.tick(newest + 1, lookback=lookback)
     assert plan.batches == [[on_time]] and plan.late == []
-    late = _put(z.store, "clicks", key_hour - 1000, 3)
+    late = _put(z.store, "clicks", built + HOUR_MS - 1000, 3)  # the hour built: at its end
     plan = z.tick(newest + 2, lookback=lookback)
     assert plan.batches == [] and plan.late == [late]
-    if lateness_min == 60:  # the reviewer's case: 75 min after its key time, with the defaults
+    if lateness_min == 60:  # with the defaults: raw 10:00 is built at 12:15
         assert lookback == watch.LOOKBACK_MS == 2 * HOUR_MS + 15 * MIN
-        kept = _put(z.store, "clicks", newest - 75 * MIN, 4)
+        kept = _put(z.store, "clicks", newest - 75 * MIN, 4)  # 11:15 at 12:30: raw 11:00 open
         assert z.tick(newest + 3).batches == [[kept]]
 
 

@@ -12,11 +12,12 @@ tick.
 Per stream:
 - listed: the hour folders from the one holding `newest - lookback` on (`landing.hour_folders`:
   a few listings whatever the gap; the whole stream on its first tick);
-- a listed key neither folded, asked, nor reported is asked, unless it sorts more than the
-  lookback (`lookback_ms`: an hour, the allowed lateness and Firehose's buffer) before `newest`
-  as the tick found it: a file visible that long after its key time came after the raw hour of
-  its key time was built (its landing window closed, plus the buffer), so the raw layer does not
-  hold its events either. Such a file is reported as late (once) and not folded. Once an hour the tick also lists the day before the
+- a listed key neither folded, asked, nor reported is asked, unless the hour of its key time
+  starts more than the lookback (`lookback_ms`: an hour, the allowed lateness and Firehose's
+  buffer) before `newest` as the tick found it: the raw hour of its key time was built then
+  (its landing window closed, plus the buffer), so the raw layer does not hold the file's events
+  of that hour either (nor of earlier hours, built before). Such a file is reported as late
+  (once) and not folded. Once an hour the tick also lists the day before the
   window and reports the unfolded keys found there (a file may land in any older folder), and
   once a day the older folders are swept too, a month of one stream a tick (`_deep_step`), from
   the newest month back to the oldest, for files that landed even later: nothing unfolded is
@@ -54,10 +55,10 @@ from clicklake.platform.timeutil import HOUR_MS, floor_hour, to_datetime
 
 
 def lookback_ms(allowed_lateness_ms: int) -> int:
-    """How long after its key time a file may become visible and still be folded: until the raw
-    hour of its key time is built (the hour, the allowed lateness, Firehose's buffer). A fixed
-    hour reported files as late whose events the raw layer kept (one visible 75 min after its
-    key time, with the default hour of lateness)."""
+    """How long after the start of its key time's hour a file may become visible and still be
+    folded: until the raw hour of its key time is built (the hour, the allowed lateness,
+    Firehose's buffer). A fixed hour after the key time reported files as late whose events the
+    raw layer kept (one visible 75 min after its key time, with the default hour of lateness)."""
     return HOUR_MS + allowed_lateness_ms + landing.FIREHOSE_BUFFER_MS
 
 
@@ -381,7 +382,8 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
         for a, k in st.listed:
             if k in busy or k in st.late or k in st.gone or a > now_ms + AHEAD_MS:
                 continue  # (ahead of the clock: waits for it)
-            if st.since is not None and a < st.since:
+            # late once the raw hour of its key time is built: that hour's start + lookback
+            if st.since is not None and floor_hour(a) < st.since:
                 plan.late.append(k)
                 st.late.add(k)
             else:
