@@ -358,6 +358,11 @@ def test_cursors_of_the_right_json_but_wrong_types_start_over():
         bad = {**now, "streams": {"clicks": {**now["streams"]["clicks"], "deep": deep}}}
         cursor, problem = watch.read_cursor(orjson.dumps(bad).decode())
         assert cursor == {} and "starting over" in problem, deep
+    # A later version's cursor (after a rollback), or any object naming a version: read as the
+    # oldest form, it dropped the runs in flight (their files then reported late), silently.
+    for other in ({**now, "v": 5}, {"v": 2}, {"v": "4"}):
+        cursor, problem = watch.read_cursor(orjson.dumps(other).decode())
+        assert cursor == {} and "cursor version" in problem, other
 
 
 def test_an_outage_of_the_fold_gives_up_no_file(tmp_path):

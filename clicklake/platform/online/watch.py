@@ -133,6 +133,8 @@ def read_cursor(text: str | None) -> tuple[dict, str | None]:
             runs = {str(rk): {"at": int(r["at"]), "n": int(r["n"]), "keys": _unpack(r["keys"])}
                     for rk, r in raw["runs"].items()}
             return {"v": _VERSION, "streams": streams, "runs": runs}, None
+        if "v" in raw:  # another version's (a rollback), or not ours: its runs are unknown
+            raise ValueError(f"cursor version {raw['v']!r}, not {_VERSION}")
         return {"v": _VERSION, "streams": {s: _legacy(raw[s]) for s in raw
                                            if s in landing.STREAMS}, "runs": {}}, None
     except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
