@@ -736,3 +736,15 @@ def test_segment_rows_read_during_a_commit_are_not_kept(moto_endpoint, landing_z
                files[len(files) // 2:])  # the rerun finishes it
     assert reader.read_version() is not None
     assert kept.windows_24h(pairs, t) == windows_24h(reader, pairs, t)
+
+
+def test_a_missing_table_is_named_with_the_fix(moto_endpoint):
+    # The first read failed with "Requested resource not found", naming neither the table nor
+    # what to do: in the sensor's tick, in every serving_lookup run, at the API's start.
+    table = f"absent-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ValueError, match=f"DynamoDB table '{table}' does not exist .*create_table"):
+        DynamoDbOnlineStore(table_name=table, endpoint_url=moto_endpoint,
+                            region="us-east-1").state()
+    DynamoDbOnlineStore(table_name=table, endpoint_url=moto_endpoint, region="us-east-1",
+                        create_table=True).state()  # created: no error
+    DynamoState(table, moto_endpoint, "us-east-1")  # and found

@@ -272,6 +272,22 @@ class DynamoState(StateStore):
         self.owner = uuid.uuid4().hex  # this writer, in the pending commits it applies
         if create:
             self.create_table()
+        else:
+            self._require_table()
+
+    def _require_table(self) -> None:
+        """A clear error for a table that does not exist: the first read said only "Requested
+        resource not found", naming neither the table nor the fix."""
+        try:
+            self.client.describe_table(TableName=self.table)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            where = self.client.meta.region_name
+            raise ValueError(
+                f"DynamoDB table {self.table!r} does not exist (region {where}, endpoint "
+                f"{self.client.meta.endpoint_url}): create it (deploy/cloudformation/"
+                "clicklake.yaml does) or set the online store's create_table") from None
 
     def create_table(self) -> None:
         try:
