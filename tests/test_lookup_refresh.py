@@ -34,6 +34,7 @@ def test_a_raw_hour_built_after_it_was_found_missing_is_read_after_a_refresh(tmp
     t = np.array([second + HOUR_MS - 1], dtype=np.int64)
     table = LookupTable(store)
     before = table.as_of(pa.array([user]), t)["impressions"][0].as_py()
+    assert table.profile(user, int(t[0]))["impressions"] == before  # (one user: its index)
     assert ("impressions", second) in table.missing_raw_hours
     write_raw_partition(store, raw1)  # built now, after the table found it missing
     assert table.as_of(pa.array([user]), t)["impressions"][0].as_py() == before  # cached
@@ -41,6 +42,9 @@ def test_a_raw_hour_built_after_it_was_found_missing_is_read_after_a_refresh(tmp
     after = table.as_of(pa.array([user]), t)["impressions"][0].as_py()
     in_hour = sum(u == user for u in raw1.table["user_id"].to_pylist())
     assert in_hour > 0 and after == before + in_hour
+    # by `profile` too (the API's ?as_of), which reads a per-user index of the hour: built on
+    # the empty table, it kept answering without the hour's events
+    assert table.profile(user, int(t[0]))["impressions"] == after
 
 
 def _one_snapshot(store: Store) -> pa.Table:

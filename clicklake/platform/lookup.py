@@ -433,6 +433,9 @@ class LookupTable:
         if refresh:  # hours missing before may be built since: read them again when asked
             for stream, hour in self.missing_raw_hours:
                 self._tables.pop(("raw", stream, hour), None)
+                # ... and the per-user index built on its empty table (`profile` reads through
+                # it: a time-travel profile kept answering without the hour's events)
+                self._user_index.pop((stream, hour), None)
             self.missing_raw_hours.clear()
         if self._hours is None or refresh:
             prefix = f"{self.lake_prefix}/profiles/user/"
