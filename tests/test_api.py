@@ -781,3 +781,48 @@ def test_a_store_being_rebuilt_over_a_lake_without_snapshots_is_not_ready(lake, 
         assert health.status_code == 503 and "being rebuilt" in health.json()["source_error"]
         out = c.post("/v1/predict", json={"user_id": "u1", "campaign_id": "c1"})
         assert (out.status_code, out.json()["code"]) == (503, "features_unavailable")
+
+
+def test_a_lake_request_waiting_behind_a_refresh_answers_at_the_new_watermark(lake, tmp_path):
+    """A request on the lake source read the watermark, then waited for the source's lock
+    behind the reload tick's refresh, which moved the watermark and emptied the cache: it
+    stored its inputs of the old watermark in the new cache under a key without the instant,
+    and "now" answered from the hour before until the next move."""
+    import shutil
+    import threading
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake.root, root)
+    hour = "dt=2026-11-24/hour=03"  # the lake's last hour, not built yet
+    parts = [root / "lake" / kind / hour for kind in (
+        "raw/impressions", "raw/clicks", "raw/predictions", "profiles/user", "profiles/segment")]
+    for p in parts:
+        p.rename(f"{p}.later")
+    source = LakeFeatures(Store(str(root)))
+    before = source.watermark_ms()
+
+    class RefreshFirst:  # the first request to take the lock finds the refresh ahead of it
+        def __init__(self, inner):
+            self.inner, self.fired = inner, False
+
+        def __enter__(self):
+            if not self.fired:
+                self.fired = True
+                for p in parts:  # the hour lands; the reload tick refreshes, lock first
+                    os.rename(f"{p}.later", p)
+                refresh = threading.Thread(target=source.refresh)
+                refresh.start()
+                refresh.join()
+            return self.inner.__enter__()
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+    source._lock = RefreshFirst(source._lock)
+    args = ("u0000082", "cmp-0093", START + 6 * HOUR_MS, "1.2.3.4", "Mozilla/5.0")
+    source.feature_inputs(*args)
+    assert source.watermark_ms() == before + HOUR_MS
+    served = source.feature_inputs(*args)
+    fresh = LakeFeatures(Store(str(root))).feature_inputs(*args)
+    for name, value in fresh.items():
+        np.testing.assert_array_equal(served[name], value, err_msg=name)

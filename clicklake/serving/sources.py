@@ -57,7 +57,9 @@ class LakeFeatures:
     LRU; `refresh()` re-reads the watermark and drops every cache when it moved.
     """
 
-    def __init__(self, store: Store, lake_prefix: str = "lake", cache_size: int = 100_000):
+    # ~8 KB an entry (some forty one-value arrays): 10 k is ~80 MB a worker. 100 k, as before,
+    # was ~750 MB a worker, filled within the hour by the traffic's (ip, user agent) variety.
+    def __init__(self, store: Store, lake_prefix: str = "lake", cache_size: int = 10_000):
         self.store, self.lake_prefix, self.cache_size = store, lake_prefix, cache_size
         self._lock = threading.Lock()  # LookupTable's caches are not thread-safe
         self._memo: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
@@ -95,10 +97,13 @@ class LakeFeatures:
     def feature_inputs(self, user_id: str, campaign_id: str, ts_ms: int, ip: str | None,
                        user_agent: str | None, domain: str | None = None
                        ) -> dict[str, np.ndarray]:
-        t = self._state_t(ts_ms)
-        at_watermark = self._watermark is not None and t == self._watermark
-        key = (user_id, campaign_id, ip, user_agent, domain) if at_watermark else None
         with self._lock:
+            # The instant and the key under the lock: a request that read the watermark before a
+            # `refresh` waited here, then stored its answer at the old watermark in the new
+            # cache, under a key without time, for the hour until the next move.
+            t = self._state_t(ts_ms)
+            at_watermark = self._watermark is not None and t == self._watermark
+            key = (user_id, campaign_id, ip, user_agent, domain) if at_watermark else None
             if key is not None and key in self._memo:
                 self._memo.move_to_end(key)
                 inputs = self._memo[key]
