@@ -826,3 +826,17 @@ def test_a_lake_request_waiting_behind_a_refresh_answers_at_the_new_watermark(la
     fresh = LakeFeatures(Store(str(root))).feature_inputs(*args)
     for name, value in fresh.items():
         np.testing.assert_array_equal(served[name], value, err_msg=name)
+
+
+def test_the_demos_server_ignores_a_deployments_serve_settings(lake, monkeypatch, capsys):
+    """`make demo` starts `clicklake serve` on its own store: the environment's serve settings
+    made every demo call a 401 (a token), or opened a DynamoDB table instead (a table name)."""
+    from clicklake.cli import demo_serving
+
+    monkeypatch.setenv("CLICKLAKE_API_TOKEN", "deployment-token")
+    monkeypatch.setenv("CLICKLAKE_DYNAMODB_TABLE", "deployment-table")
+    monkeypatch.setenv("CLICKLAKE_LAKE_PREFIX", "elsewhere")
+    last = START + (HOURS - 1) * HOUR_MS
+    demo_serving.serve_and_predict(lake.root, last, last + HOUR_MS - 60_000)
+    out = capsys.readouterr().out
+    assert out.count("HTTP 200") == 3 and "401" not in out, out

@@ -42,6 +42,14 @@ def online_db(root: str) -> str:
     return os.path.join(root, "online", "online.db")
 
 
+def _without_serve_settings(env) -> dict[str, str]:
+    """`env` without the variables `clicklake serve` reads its options from."""
+    from clicklake.cli.serve import serve
+
+    names = {p.envvar for p in serve.params if isinstance(p.envvar, str)}
+    return {k: v for k, v in env.items() if k not in names}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,12 +93,14 @@ def sample_requests(root: str, last_hour_ms: int, ts_ms: int) -> list[tuple[str,
 def serve_and_predict(root: str, last_hour_ms: int, ts_ms: int) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "clicklake", "serve", "--root", root, "--source", "online",
-           "--online-db", online_db(root), "--port", str(port)]
+    cmd = [sys.executable, "-m", "clicklake", "serve", "--root", root, "--lake-prefix", "lake",
+           "--source", "online", "--online-db", online_db(root), "--port", str(port)]
     click.echo(f"\n$ clicklake serve --root {root} --source online --port {port} &")
     # A session of its own: should it not stop in time, it is killed with its worker processes.
+    # Without serve's own settings from the environment: a deployment's token made every demo
+    # call a 401, its DynamoDB table took the place of the demo's store.
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+                              start_new_session=True, env=_without_serve_settings(os.environ))
     try:
         deadline = time.monotonic() + 90
         while True:
