@@ -171,3 +171,16 @@ def test_a_bom_before_a_first_column_starting_with_a_symbol_is_cut_alone(tmp_pat
     m = mapping_from_dict({"time": "@timestamp", "user": "user", "campaign": "campaign"})
     _, r = run(tmp_path, f"\ufeff@timestamp,user,campaign\n{T},u1,c1\n".encode(), m)
     assert (r.rows_read, r.impressions) == (1, 1)
+
+
+def test_bytes_that_are_not_utf8_reject_a_row_only_in_a_column_it_reads(tmp_path):
+    # A Latin-1 note in a column no field reads rejected its row (no column named); in a mapped
+    # column it still does, naming the column.
+    text = (b"ts,user,campaign,note\n" + f"{T},u1,c1,".encode() + b"caf\xe9\n"
+            + f"{T},u\xe92,c1,fine\n".encode("latin-1") + f"{T},u3,c1,ok\n".encode())
+    store, r = run(tmp_path, text, mapping_from_dict(
+        {"time": "ts", "user": "user", "campaign": "campaign"}))
+    assert (r.rows_read, r.impressions, r.bad_rows) == (3, 2, {"malformed": 1})
+    assert [(x["line"], x["reason"], x["detail"]) for x in r.first_rejects] == [
+        (3, "malformed", "user: invalid UTF-8 bytes")]
+    assert [e["user_id"] for e in landed(store)] == ["u1", "u3"]

@@ -94,9 +94,26 @@ def test_invalid_utf8_in_a_binary_column_is_a_malformed_row(tmp_path):
     store, r = run(tmp_path, pa.table({"t": t, "u": u, "c": ["c"] * 2}))
     assert (r.impressions, r.bad_rows) == (1, {"malformed": 1})
     [rej] = r.first_rejects
-    assert (rej["line"], rej["reason"], rej["detail"]) == (1, "malformed", "invalid UTF-8 bytes")
+    assert (rej["line"], rej["reason"], rej["detail"]) == (1, "malformed",
+                                                          "u: invalid UTF-8 bytes")
     assert "u\ufffd1" in rej["raw"]  # shown, not as a bytes repr
     assert [e["user_id"] for e in landed(store, "impressions")] == ["u2"]
+
+
+def test_a_binary_column_the_mapping_does_not_read_rejects_nothing(tmp_path):
+    # 16-byte binary request ids (a Spark or BigQuery BYTES column) in a column no field reads:
+    # every row was `malformed` ("invalid UTF-8 bytes", no column named), and nothing imported.
+    t = pa.array([H10, H10 + 1_000, H10 + 2_000], pa.timestamp("ms"))
+    req = pa.array([b"\xff\x00\x10" * 5 + b"a", b"\x80" * 16, b"\xff\x00\x10" * 5 + b"a"],
+                   pa.binary(16))
+    store, r = run(tmp_path, pa.table({"t": t, "u": ["u1", "u2", "u1"], "c": ["c"] * 3,
+                                       "req": req}))
+    assert (r.rows_read, r.impressions, r.bad_rows) == (3, 3, {})
+    ids = [e["impression_id"] for e in landed(store, "impressions")]
+    assert len(set(ids)) == 3  # the binary column is part of each row's identity
+    store2, _ = run(tmp_path, pa.table({"t": t, "u": ["u1", "u2", "u1"], "c": ["c"] * 3,
+                                        "req": req}), name="again")
+    assert [e["impression_id"] for e in landed(store2, "impressions")] == ids
 
 
 def test_a_nested_value_for_a_text_field_is_a_bad_value(tmp_path):

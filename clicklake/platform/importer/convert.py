@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -154,6 +155,8 @@ def _text(value: Any, name: str) -> str | None:
     if value is None:
         return None
     if type(value) is str:  # every CSV value: skip the type checks below
+        if not value.isascii() and _UNDECODED.search(value):
+            raise BadValue(MALFORMED, f"{name}: invalid UTF-8 bytes")
         return value.strip() or None
     if isinstance(value, bytes):
         value = _utf8(value, name)  # str() would make "b'u1'" of it
@@ -185,10 +188,16 @@ def _str(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
+# What a CSV reader's (or `_str`'s) surrogateescape makes of bytes that are not UTF-8
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
 def row_material(values: list[Any]) -> bytes:
-    """The bytes identifying a source row: every column, so only identical rows share them."""
+    """The bytes identifying a source row: every column, so only identical rows share them.
+    Bytes that are not UTF-8 go in as they are (a binary id or hash column the mapping does not
+    read rejected every row; a mapped column with them is refused by `_text`, by name)."""
     parts = ["\x00" if v is None else _str(v) for v in values]
-    return "\x1f".join(parts).encode("utf-8")  # raises on undecodable bytes (surrogates)
+    return "\x1f".join(parts).encode("utf-8", "surrogateescape")
 
 
 def digest(material: bytes, size: int = 10) -> str:
