@@ -3,6 +3,8 @@ row-level parsing rules (time formats, header detection, mapping validation)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -115,6 +117,9 @@ def test_cli_writes_to_s3(tmp_path, moto_endpoint, s3_bucket):
     ("1795600800000", "epoch_ms", "2026-11-25T10:00:00Z"),
     ("26112510", "yymmddhh", "2026-11-25T10:00:00Z"),
     (14102100, "yymmddhh", "2014-10-21T00:00:00Z"),
+    # an integer column with a null reaches Parquet as doubles (pandas), or as decimals
+    (26112510.0, "yymmddhh", "2026-11-25T10:00:00Z"),
+    (Decimal(26112510), "yymmddhh", "2026-11-25T10:00:00Z"),
     ("25/11/2026 10:00", "%d/%m/%Y %H:%M", "2026-11-25T10:00:00Z"),
     # epoch fractions are truncated like ISO ones, not rounded into the next hour
     ("1748854799.9996", "epoch_s", "2025-06-02T08:59:59.999Z"),
@@ -132,6 +137,7 @@ def test_time_formats(value, fmt, iso):
     ("yesterday", "iso", "bad_time"),
     ("1795600800", "epoch_ms", "bad_time"),  # seconds read as ms: 1970, outside the range
     ("26132510", "yymmddhh", "bad_time"),  # month 13
+    (26112510.5, "yymmddhh", "bad_time"),  # not a whole hour code
     ("nan", "epoch_s", "bad_time"),
     ("inf", "epoch_ms", "bad_time"),
     ("1e999999999", "epoch_s", "bad_time"),
@@ -154,6 +160,10 @@ def test_bad_times_get_a_reason(value, fmt, reason):
     ({"time": "t", "user": "u", "campaign": "c", "click_delay": 0}, "more than 0"),
     ({"time": "t", "user": "u", "campaign": "c", "time_format": "unix"}, "not one of"),
     ({"time": "t", "user": "u", "campaign": "c", "colour": "red"}, "unknown mapping key"),
+    # a pattern without a time of day read every event at midnight (`iso` refuses a date)
+    ({"time": "t", "user": "u", "campaign": "c", "time_format": "%d/%m/%Y"}, "no time of day"),
+    ({"time": "t", "user": "u", "campaign": "c", "click_time": "k",
+      "click_time_format": "%Y%m%d"}, "no time of day"),
 ])
 def test_mapping_validation(d, msg):
     with pytest.raises(MappingError, match=msg):

@@ -91,6 +91,8 @@ def _parse_time(value: Any, fmt: str) -> int:
     if fmt == "epoch_ms" or fmt == "epoch_s":
         return _epoch_ms(text if text is not None else value, fmt == "epoch_s")
     if fmt == "yymmddhh":
+        if isinstance(value, float | Decimal) and value == int(value):
+            value = int(value)  # an integer column with a null is read as floats (25060210.0)
         digits = text if text is not None else (str(value) if isinstance(value, int) else "")
         digits = digits.zfill(8)
         if len(digits) != 8 or not digits.isdigit():

@@ -60,15 +60,27 @@ def _time_format(value: Any, key: str) -> str | None:
     )
 
 
+# strptime directives that give a time of day (or a whole instant)
+_TIME_OF_DAY = ("%H", "%I", "%M", "%S", "%X", "%c", "%T", "%R", "%s")
+
+
 def check_time_format(fmt: str, key: str) -> None:
     """Refuse %Z: strptime matches only UTC, GMT and this machine's zone names and drops the
-    zone, so the instant would depend on the machine's TZ."""
+    zone, so the instant would depend on the machine's TZ. Refuse a pattern without a time of
+    day: strptime reads it as midnight, the silent guess a date alone gets refused for (a
+    `bad_time` under `iso`)."""
     directives = fmt.split("%%")  # "%%Z" is a literal "%Z", not the directive
     if any("%Z" in part for part in directives):
         raise MappingError(
             f"{key}: {fmt!r} has %Z (a time zone name), which strptime matches only for UTC, "
             "GMT and this machine's zone and then ignores; use %z, a numeric offset such as "
             "-0500, +05:30 or Z (a time without an offset is UTC)"
+        )
+    if "%" in fmt and not any(d in part for part in directives for d in _TIME_OF_DAY):
+        raise MappingError(
+            f"{key}: {fmt!r} has no time of day (%H, %M, %S...): every event would be read "
+            "at midnight, a guess; a log of hours is `yymmddhh`, one of dates cannot be placed "
+            "in the hour its events happened"
         )
 
 
