@@ -3,6 +3,7 @@ row-level parsing rules (time formats, header detection, mapping validation)."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -168,6 +169,25 @@ def test_bad_times_get_a_reason(value, fmt, reason):
 def test_mapping_validation(d, msg):
     with pytest.raises(MappingError, match=msg):
         mapping_from_dict(d)
+
+
+@pytest.mark.parametrize(("yaml_text", "msg"), [
+    ("time: t\nuser: u\ncampaign: c\n1: x\n", "unknown mapping key\\(s\\): 1;"),
+    ("time: t\nuser: u\ncampaign: c\nclicks:\n  time: t\n  impression_id: i\n  on: x\n",
+     "unknown clicks key\\(s\\): True;"),  # YAML 1.1 reads `on` as a boolean
+    ("time: t\nuser: u\ncampaign: c\nclicks: 5\n", "clicks: must be an object"),
+    ("time: t\nuser: u\ncampaign: c\nclicks: abc\n", "clicks: must be an object"),
+])
+def test_a_mapping_file_with_keys_that_are_no_names_is_a_usage_error(tmp_path, yaml_text, msg):
+    # each was a TypeError traceback (or an unhelpful "dictionary update sequence" message):
+    # the CLI merges its own clicks flags into the file's
+    (tmp_path / "log.csv").write_text(LOG)
+    (tmp_path / "m.yaml").write_text(yaml_text)
+    result = CliRunner().invoke(main, ["import", str(tmp_path / "log.csv"), "--mapping",
+                                       str(tmp_path / "m.yaml"), "--root", str(tmp_path / "d")])
+    assert isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.exit_code == 2 and re.search(msg, result.output), result.output
+
 
 
 def test_header_is_found_after_a_banner_and_missing_columns_are_named(tmp_path):

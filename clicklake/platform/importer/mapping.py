@@ -175,7 +175,8 @@ def mapping_from_dict(d: dict[str, Any]) -> Mapping:
     """Validate a plain dict (from YAML or flags) into a Mapping; MappingError says what is wrong."""
     if not isinstance(d, dict):
         raise MappingError("a mapping must be a YAML object of key: value pairs")
-    unknown = sorted(set(d) - _TOP_KEYS)
+    # (keys as YAML reads them: 1, or on/off/yes/no read as booleans, are no names)
+    unknown = sorted(map(repr, set(d) - _TOP_KEYS))
     if unknown:
         raise MappingError(
             f"unknown mapping key(s): {', '.join(unknown)}; known: {', '.join(sorted(_TOP_KEYS))}"
@@ -230,7 +231,7 @@ def mapping_from_dict(d: dict[str, Any]) -> Mapping:
 def _clicks_from_dict(d: Any) -> ClicksMapping:
     if not isinstance(d, dict):
         raise MappingError("clicks: must be an object with at least `time` and `impression_id`")
-    unknown = sorted(set(d) - _CLICK_KEYS)
+    unknown = sorted(map(repr, set(d) - _CLICK_KEYS))
     if unknown:
         raise MappingError(
             f"unknown clicks key(s): {', '.join(unknown)}; known: {', '.join(sorted(_CLICK_KEYS))}"
@@ -268,6 +269,8 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if key == "clicks" and isinstance(value, dict):
+            if not isinstance(out.get("clicks") or {}, dict):
+                continue  # the YAML's is not an object: `_clicks_from_dict` says so
             sub = dict(out.get("clicks") or {})
             sub.update({k: v for k, v in value.items() if v is not None})
             if sub:
