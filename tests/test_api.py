@@ -840,3 +840,27 @@ def test_the_demos_server_ignores_a_deployments_serve_settings(lake, monkeypatch
     demo_serving.serve_and_predict(lake.root, last, last + HOUR_MS - 60_000)
     out = capsys.readouterr().out
     assert out.count("HTTP 200") == 3 and "401" not in out, out
+
+
+def test_the_lake_source_follows_a_rewritten_snapshot_at_the_same_watermark(lake, tmp_path):
+    """A refold rewrites the latest user snapshot in place: the watermark does not move, and
+    the lake source kept answering "now" from the old file, refresh or not, while time travel
+    on the same server saw the new one."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake.root, root)
+    source = LakeFeatures(Store(str(root)))
+    user, now = "u0000082", START + 10 * HOUR_MS
+    before = source.profile(user, now)["impressions"]
+    snap = root / "lake/profiles/user/dt=2026-11-24/hour=03/part-0.parquet"
+    table = pq.read_table(snap)
+    at = table.column_names.index("impressions")
+    table = table.set_column(at, table.schema.field(at), pc.if_else(
+        pc.equal(table["user_id"], user), pc.add(table["impressions"], 1000),
+        table["impressions"])).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(table, snap)
+    assert source.refresh() and not source.refresh()  # seen once, then nothing new
+    assert source.profile(user, now)["impressions"] == before + 1000

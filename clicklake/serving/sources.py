@@ -54,7 +54,8 @@ class LakeFeatures:
     and score age), which is what "now" means for a lake that is refreshed hourly. A request
     before the watermark is exact time travel. State at the watermark cannot change until the
     lake does, so those answers are memoised per (user, campaign, ip, user agent) in a bounded
-    LRU; `refresh()` re-reads the watermark and drops every cache when it moved.
+    LRU; `refresh()` re-reads the watermark and the profile files' versions, and drops every
+    cache when either changed (a refold rewrites the snapshots of hours already built).
     """
 
     # ~8 KB an entry (some forty one-value arrays): 10 k is ~80 MB a worker. 100 k, as before,
@@ -65,6 +66,7 @@ class LakeFeatures:
         self._memo: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
         self.lookup = LookupTable(store, lake_prefix)
         self._watermark = self._read_watermark()
+        self._versions = self._read_versions()
 
     def _read_watermark(self) -> int | None:
         p = self.lake_prefix
@@ -74,13 +76,22 @@ class LakeFeatures:
             return None
         return min(user, seg) + HOUR_MS
 
+    def _read_versions(self) -> dict:
+        """(size, mtime) of every user snapshot and segment profile: read outside the lock (a
+        listing of the snapshots kept), compared by `refresh`."""
+        p = self.lake_prefix
+        return {**self.store.list_versions(f"{p}/profiles/user/"),
+                **self.store.list_versions(f"{p}/profiles/segment/")}
+
     def refresh(self) -> bool:
-        """Re-read the watermark; returns whether it moved (then every cache is dropped)."""
-        watermark = self._read_watermark()
+        """Re-read the watermark and the profiles' versions; returns whether either changed
+        (then every cache is dropped). The watermark alone missed a refold rewriting the
+        latest snapshot: "now" kept answering from the old one while time travel saw the new."""
+        watermark, versions = self._read_watermark(), self._read_versions()
         with self._lock:
-            if watermark == self._watermark:
+            if watermark == self._watermark and versions == self._versions:
                 return False
-            self._watermark = watermark
+            self._watermark, self._versions = watermark, versions
             self._memo.clear()
             self.lookup = LookupTable(self.store, self.lake_prefix)
         return True
