@@ -247,3 +247,19 @@ def test_an_older_stores_without_rowid_tables_are_moved_over_by_its_first_writer
     assert {k: v for k, v in after.items() if k != "files"} != {
         k: v for k, v in before.items() if k != "files"}  # b folded on the moved tables
     assert after["files"][0] == before["files"][0]
+
+
+@pytest.mark.parametrize("where", ["parent_is_a_file", "a_folder", "not_a_database"])
+def test_a_store_that_cannot_be_opened_is_named_with_its_setting(tmp_path, where):
+    # The bare errors were "File exists" (a parent that is a file) and "unable to open
+    # database file" (a folder), naming no path: in every sensor tick and serving_lookup run.
+    from clicklake.platform.online.sqlite_state import UnusableStore
+
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "text.db").write_text("not a database " * 100)
+    path = {"parent_is_a_file": tmp_path / "afile" / "online.db", "a_folder": tmp_path / "adir",
+            "not_a_database": tmp_path / "text.db"}[where]
+    with pytest.raises(UnusableStore, match="CLICKLAKE_ONLINE_DB") as exc:
+        SqliteState(str(path))
+    assert str(path) in str(exc.value)

@@ -64,12 +64,27 @@ _IN = 500  # keys per IN (...) query, well under SQLite's variable limit
 _TABLES = ("docs", "counters", "marks", "files", "meta")
 
 
-__all__ = ["SqliteState", "StaleLayout"]
+__all__ = ["SqliteState", "StaleLayout", "UnusableStore"]
+
+
+class UnusableStore(OSError):
+    """The store's file cannot be opened or created where it is configured."""
 
 
 class SqliteState(StateStore):
     def __init__(self, path: str):
         self.path = path
+        try:
+            self._open()
+        except (OSError, sqlite3.Error) as exc:
+            # Named, with its setting: the bare errors were "File exists" for a parent that is
+            # a file, "unable to open database file" for a folder, naming no path.
+            raise UnusableStore(f"the online store {os.path.abspath(path)} cannot be opened "
+                                f"({type(exc).__name__}: {exc}): set CLICKLAKE_ONLINE_DB or "
+                                "the online store resource's path") from exc
+
+    def _open(self) -> None:
+        path = self.path
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         # Autocommit mode: transactions are explicit, so a commit is exactly one BEGIN..COMMIT.
