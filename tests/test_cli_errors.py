@@ -67,6 +67,9 @@ def test_serve_refuses_a_token_no_request_could_carry(places, monkeypatch):
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "../../evil"], "letters, digits"),
     (["--source", "a/b c"], "letters, digits"),
+    # a name the file system refused once the landing files were written (left unmanaged)
+    (["--source", "s" * 101], "at most 100"),
+    (["--source", "é" * 51], "at most 100"),
     (["--tmp-dir", "/nonexistent/x"], "does not exist"),
     (["--memory-limit", "lots"], "not a size"),
     (["--memory-limit", "0"], "not a size"),

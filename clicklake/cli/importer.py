@@ -133,6 +133,11 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
         # it names files under <root>/landing and <root>/import-*: no path of its own
         raise click.BadParameter(f"{source!r}: letters, digits, '.', '_' and '-' only, not "
                                  "starting with '.'", param_hint="--source")
+    if source is not None and len(source.encode()) > MAX_SOURCE_BYTES:
+        # in file names (its manifest, its rejects): too long, the run failed once its landing
+        # files were written, leaving them to no manifest
+        raise click.BadParameter(f"{len(source.encode())} bytes: at most {MAX_SOURCE_BYTES}",
+                                 param_hint="--source")
     if not _MEMORY.fullmatch(memory_limit.strip()):
         raise click.BadParameter(f"{memory_limit!r} is not a size such as 512MB, 1G or 2GiB, "
                                  "nor a share such as 50%",
@@ -206,6 +211,7 @@ def _print_summary(r, store: Store) -> None:
 # Letters and digits of any script (the default source keeps a file name's), '_', '-', '.'
 # but first: no path of its own.
 _SOURCE = re.compile(r"[\w-][\w.-]*")
+MAX_SOURCE_BYTES = 100
 # What DuckDB's memory_limit takes: a size (1G, 512MB, 2GiB, 1000000B) or a share of RAM.
 _MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B?|B|%)", re.IGNORECASE)
 import_log = import_log_cmd  # the name the command registry points at
