@@ -256,3 +256,44 @@ def test_a_cursor_from_runs_keeps_each_file_in_its_latest_run():
                               "fold-b": {"at": 2_000, "n": 2, "keys": ["y"]},
                               "fold-c": {"at": 1_500, "n": 1, "keys": ["z"]}}
     assert watch.read_cursor(watch.dump_cursor(cursor)) == (cursor, None)
+
+
+def test_the_sensor_tells_a_queued_run_from_a_running_or_an_ended_one():
+    # A queued run is never taken as dead (`watch.QUEUED`); a started one is, after a while
+    # (its worker may have died unseen); an ended one is over; an unknown key is None.
+    from types import SimpleNamespace
+
+    from clicklake.assets.serving import _run_over
+    from clicklake.platform.online import watch
+
+    with dg.instance_for_test() as instance:
+        for key, status in (("s", dg.DagsterRunStatus.STARTED),
+                            ("f", dg.DagsterRunStatus.FAILURE)):
+            run = instance.create_run_for_job(_noop_job, tags={"dagster/run_key": key})
+            if status == dg.DagsterRunStatus.FAILURE:
+                instance.report_run_failed(run)
+            else:
+                instance.handle_new_event(_started(run))
+        over = _run_over(instance)
+        assert [over(k) for k in ("s", "f", "none")] == [False, True, None]
+    # A queued run cannot be made here without a code location: the instance's records, as
+    # the run queue leaves them, stood in by their one field read
+    queued = SimpleNamespace(get_run_records=lambda *a, **k: [SimpleNamespace(
+        dagster_run=SimpleNamespace(status=dg.DagsterRunStatus.QUEUED))])
+    assert _run_over(queued)("q") == watch.QUEUED
+
+
+def _started(run):
+    return dg.EventLogEntry(
+        error_info=None, level="debug", user_message="", run_id=run.run_id, timestamp=0.0,
+        dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, run.job_name))
+
+
+@dg.op
+def _noop() -> None:
+    pass
+
+
+@dg.job
+def _noop_job():
+    _noop()

@@ -340,6 +340,21 @@ def test_a_run_that_never_ends_is_given_its_files_back_after_a_while(tmp_path):
     assert z.tick(T + watch.STUCK_MS).batches == [[k]]
 
 
+def test_a_run_waiting_in_the_queue_is_never_taken_as_dead(tmp_path):
+    # Queued behind a rebuild holding the fold's one slot for hours: taken as dead after 2 h,
+    # its files were asked again (a second run queued behind the first), and after the fifth
+    # attempt given up, though nothing had failed.
+    z = Zone(str(tmp_path))
+    k = _put(z.store, "clicks", H, 1)
+    first = z.tick(T, fold=False)
+    z.over[first.run_keys[0]] = watch.QUEUED
+    for hours in (1, 3, 12, 48):
+        plan = z.tick(T + hours * HOUR_MS, fold=False)
+        assert (plan.batches, plan.retried, plan.given_up) == ([], [], []), hours
+    z.over[first.run_keys[0]] = True  # it ran at last, and failed: asked again
+    assert z.tick(T + 49 * HOUR_MS).batches == [[k]]
+
+
 def test_cursors_of_the_right_json_but_wrong_types_start_over():
     good = {"v": 3, "streams": {"clicks": {"newest": None, "late": "", "gone": "",
                                            "swept": None}}, "runs": {}}

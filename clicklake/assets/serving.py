@@ -283,14 +283,18 @@ RUN_OVER = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
              dg.DagsterRunStatus.CANCELED}
 
 
-def _run_over(instance: dg.DagsterInstance) -> Callable[[str], bool | None]:
+def _run_over(instance: dg.DagsterInstance) -> Callable[[str], bool | str | None]:
     """Whether the sensor's run with this run key can no longer fold its files (it ended);
-    None when the instance has no such run (not launched yet, or skipped as a duplicate key:
-    the planner then waits `watch.RETRY_AFTER_MS`)."""
-    def over(run_key: str) -> bool | None:
+    `watch.QUEUED` while it waits in the run queue (never taken as dead); None when the
+    instance has no such run (not launched yet, or skipped as a duplicate key: the planner
+    then waits `watch.RETRY_AFTER_MS`)."""
+    def over(run_key: str) -> bool | str | None:
         records = instance.get_run_records(
             dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
-        return records[0].dagster_run.status in RUN_OVER if records else None
+        if not records:
+            return None
+        status = records[0].dagster_run.status
+        return watch.QUEUED if status == dg.DagsterRunStatus.QUEUED else status in RUN_OVER
     return over
 
 

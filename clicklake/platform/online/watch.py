@@ -66,7 +66,10 @@ LOOKBACK_MS = lookback_ms(DEFAULT_LATENESS_MS)
 RETRY_AFTER_MS = 10 * 60_000  # without a view of the run: a request this old has failed
 MAX_ATTEMPTS = 5
 RETRY_BACKOFF_MS = 5 * 60_000  # attempt n is asked at least 5 min * 2**(n - 1) after attempt n-1
-STUCK_MS = 2 * HOUR_MS  # a run still queued or running this long after its request is dead
+STUCK_MS = 2 * HOUR_MS  # a run still starting or running this long after its request is dead
+# `run_over`'s answer for a run waiting in the run queue: never taken as dead, however long it
+# waits (behind a rebuild holding the fold's one slot, say): a retry would only queue behind it
+QUEUED = "queued"
 SWEEP_MS = 24 * HOUR_MS  # how far before the window the hourly sweep looks for late files
 DAY_MS = 24 * HOUR_MS  # the daily sweep of older folders starts once a UTC day
 AHEAD_MS = DEFAULT_FUTURE_TOLERANCE_MS  # keys further ahead of the clock wait for it
@@ -286,7 +289,7 @@ def _deep_step(store: Store, stream: str, entry: dict, before: int, today: int,
 
 def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dict, now_ms: int,
               prefix: str = landing.DEFAULT_PREFIX, max_files: int = 2000, max_runs: int = 4,
-              run_over: Callable[[str], bool | None] | None = None,
+              run_over: Callable[[str], bool | str | None] | None = None,
               watermark_ms: int | None = None, lookback: int = LOOKBACK_MS) -> TickPlan:
     """The runs to request and what to report on a tick at `now_ms` (see the module docstring).
     `folded(keys)`: the keys the online store has folded; `run_over(run_key)`: whether the run
@@ -334,14 +337,14 @@ def plan_tick(store: Store, folded: Callable[[list[str]], set[str]], cursor: dic
                 left.append(k)
         if not left:
             continue
-        over, age = run_over(rk) if run_over is not None else None, now_ms - run["at"]
-        # Over (or unknown for RETRY_AFTER_MS, or "running" for STUCK_MS: its worker died),
-        # and then a back-off that doubles with each attempt: an outage of the fold must not
-        # spend every attempt in minutes.
+        status, age = run_over(rk) if run_over is not None else None, now_ms - run["at"]
+        # Over (or unknown for RETRY_AFTER_MS, or running for STUCK_MS: its worker died; not
+        # queued, which waits its turn), and then a back-off that doubles with each attempt: an
+        # outage of the fold must not spend every attempt in minutes.
         wait = RETRY_BACKOFF_MS * 2 ** (run["n"] - 1)
-        if over is None:
-            over = age >= RETRY_AFTER_MS
-        if not ((over or age >= STUCK_MS) and age >= wait):
+        over = age >= RETRY_AFTER_MS if status is None else status is True
+        stuck = age >= STUCK_MS and status != QUEUED
+        if not ((over or stuck) and age >= wait):
             in_flight[rk] = left
             continue
         for k in left:
