@@ -265,6 +265,7 @@ class DynamoState(StateStore):
                  create: bool = False):
         self.table = table
         self.client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region)
+        self._where = f"region {region or 'from the environment'}, endpoint {endpoint_url or 'AWS'}"
         # The version this object expects (its own commits move it) and the token it gives for
         # it: unchanged by this object's commits, changed by any other writer's.
         self._seen: int | None = None
@@ -283,11 +284,10 @@ class DynamoState(StateStore):
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise
-            where = self.client.meta.region_name
             raise ValueError(
-                f"DynamoDB table {self.table!r} does not exist (region {where}, endpoint "
-                f"{self.client.meta.endpoint_url}): create it (deploy/cloudformation/"
-                "clicklake.yaml does) or set the online store's create_table") from None
+                f"DynamoDB table {self.table!r} does not exist ({self._where}): create it "
+                "(deploy/cloudformation/clicklake.yaml does) or set the online store's "
+                "create_table") from None
 
     def create_table(self) -> None:
         try:
