@@ -474,11 +474,14 @@ def test_a_tile_that_read_raw_before_its_rebuild_is_stale_however_late_it_record
     assert sum(snap["impressions"].to_pylist()) == raw_total
 
 
-def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backfill", [False, True])
+def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path, monkeypatch,
+                                                                         backfill):
     """Rebuilding hour 1 refolds snapshots 2 and 3; a run that died writing 3 left it on the
     old chain (129 lifetime impressions where raw has 134) and nothing said so. The refold
     marks its start in the lake first and clears it once done; the chain's next run (here the
-    next hour's) finds the mark and folds the rest again before its own hour."""
+    next hour's) finds the mark and folds the rest again before its own hour. A backfill's run
+    (as the automation's are) folded on the stale snapshot instead, and said nothing."""
     import pyarrow.compute as pc
 
     from clicklake.assets.raw import raw_assets
@@ -532,7 +535,8 @@ def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path
         nxt = {"partition_key": hour_partition_key(hs[4]), **res}
         assert dg.materialize(raw_assets, **nxt).success
         assert dg.materialize(tiles_asset, **nxt).success
-        result = dg.materialize(pick, **nxt)
+        result = dg.materialize(pick, **nxt, **({"tags": {"dagster/backfill": "b1"}}
+                                                 if backfill else {}))
         assert result.success
         assert [lifetime(h) for h in hs] == [raw_total(h) for h in hs]
         assert profiles.pending_refold(store) is None

@@ -123,10 +123,12 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
     store, prefix = lake.store(), lake.lake_prefix
     built = hive_hours(store.list(f"{prefix}/profiles/user/"))
     # A refold of later snapshots that died part-way: those from its first hour before this
-    # run's are folded again first (those after are this run's later ones anyway).
+    # run's are folded again first (those after are this run's later ones anyway). In a
+    # backfill too: its run folded on the stale ones and said nothing (snapshots 3-5 each 5
+    # impressions short of a build from scratch), and the automation's runs are backfills.
     pending = prof.pending_refold(store, prefix)
-    redo = ([h for h in built if pending <= h < hours[0]]
-            if pending is not None and "dagster/backfill" not in context.run.tags else [])
+    backfill = "dagster/backfill" in context.run.tags
+    redo = [h for h in built if pending <= h < hours[0]] if pending is not None else []
     existing = [h for h in built if h < (redo[0] if redo else hours[0])]
     later = [h for h in built if h > hours[-1]]  # folded on the run's hours as they were
     retention_days = settings().retention_days
@@ -147,7 +149,12 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
                                    partition_key=hour_partition_key(hour))
     if later:
         _refold_later(context, chain, hours, later)  # it clears a pending refold once done
-    elif pending is not None and "dagster/backfill" not in context.run.tags:
+        if backfill and prof.pending_refold(store, prefix) is not None:
+            # A backfill leaves its later snapshots to its later runs: only they are still on
+            # the old chain (its next run starts there, not at the hours folded again here).
+            prof.clear_refold(store, prefix)
+            prof.mark_refold(store, later[0], prefix)
+    elif pending is not None:
         prof.clear_refold(store, prefix)  # the marked snapshots are all folded again now
     return dg.MaterializeResult()
 
