@@ -156,3 +156,13 @@ def test_evaluate_with_oracle():
     assert m["auc_to_oracle"] == pytest.approx(m["auc"])
     assert m["base_rate"] == 0.5 and m["rows"] == 6
     assert set(m) >= {"log_loss", "pr_auc", "ece", "spend_saved", "skip_threshold"}
+
+
+def test_a_model_that_skips_nothing_saves_exactly_nothing():
+    # One score for every row keeps every impression: the saving was total minus a running sum
+    # rounded another way, -7e-16, which the demo printed as "-0.0 %".
+    rng = np.random.default_rng(3)
+    cost = rng.random(1000) * 0.01
+    y = (rng.random(1000) < 0.1).astype(np.int64)
+    saved, threshold = spend_saved_at_click_retention(y, np.full(1000, 0.2), cost, 0.95)
+    assert saved == 0.0 and threshold == 0.2
