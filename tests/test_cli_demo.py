@@ -88,3 +88,19 @@ def test_skip_generate_checks_the_landing_zone_before_deleting_the_lake(tmp_path
     assert result.exit_code == 2 and "needs at least 3" in result.output, result.output
     assert marker.exists()
 
+
+
+def test_skip_generate_takes_a_generated_zones_event_hours_not_its_late_arrivals(tmp_path):
+    # The generator's late records land hours after its last event hour: taken from the arrival
+    # hours, those empty hours became the demo's validation hours, and its training failed.
+    from clicklake.cli.demo import _landing_hours
+    from clicklake.platform.landing import landed_hours
+    from clicklake.platform.simulate import generate
+    from clicklake.platform.storage import Store
+    from clicklake.platform.timeutil import HOUR_MS, parse_instant
+
+    start, store = parse_instant("2026-11-24T00:00:00Z"), Store(str(tmp_path))
+    generate(store, start_ms=start, hours=4, users=300, seed=1)
+    arrivals = landed_hours(store, "impressions")
+    assert arrivals[-1] > start + 3 * HOUR_MS  # late records arrive after the last event hour
+    assert _landing_hours(store) == (start, 4)

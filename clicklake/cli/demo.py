@@ -15,10 +15,19 @@ from clicklake.platform.timeutil import HOUR_MS, iso
 
 
 def _landing_hours(store) -> tuple[int, int]:
-    hours = landed_hours(store, "impressions")
-    if not hours:
+    """(first hour, hours) of the landing zone's events. A generated zone's are its truth
+    hours: its late records land hours after the last event hour, and the arrival hours made
+    those empty hours the demo's validation hours (its training failed: "hold no labeled
+    rows"). An imported zone has no truth: its files arrive in the hours of their events."""
+    from clicklake.platform.simulate.truth import DEFAULT_PREFIX
+
+    if not landed_hours(store, "impressions"):
         raise click.UsageError("no impression files in the landing zone: import or generate first")
-    return hours[0], (hours[-1] - hours[0]) // HOUR_MS + 1
+    span = store.hive_span(f"{DEFAULT_PREFIX}/click_probability/")
+    if span is None:
+        hours = landed_hours(store, "impressions")
+        span = (hours[0], hours[-1])
+    return span[0], (span[1] - span[0]) // HOUR_MS + 1
 
 
 MIN_HOURS = 3
