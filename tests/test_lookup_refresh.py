@@ -5,6 +5,8 @@ file open, are bounded."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -99,3 +101,33 @@ def test_the_footers_kept_are_bounded_and_those_dropped_are_closed(tmp_path, mon
     table.snapshot_rows(hours[2], [user])  # used again: the newest, the next to go is hours[3]
     table.snapshot_rows(hours[0], [user])
     assert list(table._files) == [profiles.snapshot_key(h) for h in (hours[4], hours[2], hours[0])]
+
+
+def test_a_raw_hour_rebuilt_since_it_was_read_is_read_again_after_a_refresh(tmp_path):
+    """A late file landed and its raw hour was rebuilt: a long-lived table (the API's time
+    travel) kept answering from the rows it held until they fell out of its cache, while
+    `clicklake lookup` read the new ones."""
+    store = Store(str(tmp_path))
+    generate(store, start_ms=START, hours=2, users=60, seed=2, clean=True)
+    raw0 = {s: build_raw_partition(store, s, START, Rules()) for s in ("impressions", "clicks")}
+    for part in raw0.values():
+        write_raw_partition(store, part)
+    tile = tiles.build_user_hour_tiles(raw0["impressions"].table, raw0["clicks"].table, START)
+    store.write_parquet(profiles.snapshot_key(START), profiles.fold_snapshot(None, tile, START))
+    second = START + HOUR_MS
+    raw1 = build_raw_partition(store, "impressions", second, Rules())
+    write_raw_partition(store, raw1)
+    user = raw1.table["user_id"][0].as_py()
+    t = second + HOUR_MS - 1
+    table = LookupTable(store)
+    before = table.profile(user, t)["impressions"]
+    assert table.as_of(pa.array([user]), np.array([t]))["impressions"][0].as_py() == before
+    row = raw1.table.slice(0, 1).to_pylist()[0]  # the late file's impression of that user
+    row.update(impression_id="late-1", ts=row["ts"] + dt.timedelta(seconds=1))
+    raw1.table = pa.concat_tables([raw1.table, pa.Table.from_pylist([row],
+                                                                    schema=raw1.table.schema)])
+    write_raw_partition(store, raw1)  # rebuilt
+    assert table.profile(user, t)["impressions"] == before  # held until a refresh
+    table.snapshot_hours(refresh=True)
+    assert table.profile(user, t)["impressions"] == before + 1
+    assert table.as_of(pa.array([user]), np.array([t]))["impressions"][0].as_py() == before + 1

@@ -12,6 +12,7 @@ costs O((pairs + events) log events) with no Python loop per pair.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -424,6 +425,7 @@ class LookupTable:
         self._row_groups: OrderedDict[tuple, pa.Table] = OrderedDict()
         self._user_index: OrderedDict[tuple, tuple[pa.Table, np.ndarray]] = OrderedDict()
         self.missing_raw_hours: set[tuple[str, int]] = set()
+        self._raw_read_at: dict[tuple[str, int], int] = {}  # raw hours read: when (ns)
         self._history_start: tuple[int, int] | None = None  # (first snapshot hour, its start)
         self._schemas: dict[str, pa.Schema] = {}
 
@@ -437,6 +439,7 @@ class LookupTable:
                 # it: a time-travel profile kept answering without the hour's events)
                 self._user_index.pop((stream, hour), None)
             self.missing_raw_hours.clear()
+            self._forget_rebuilt_raw()
         if self._hours is None or refresh:
             prefix = f"{self.lake_prefix}/profiles/user/"
             versions = self.store.list_versions(prefix)
@@ -449,6 +452,26 @@ class LookupTable:
             self._versions = versions
             self._hours = np.array(sorted(set(hive_hours(versions))), dtype=np.int64)
         return self._hours
+
+    # A file written this close before its read may be older than the read's own copy:
+    # clocks (a file system's, S3's to the second) are compared with this process's.
+    _REWRITE_MARGIN_NS = 5_000_000_000
+
+    def _forget_rebuilt_raw(self) -> None:
+        """Drop the raw hours read before their file was written again (a rebuilt hour: a late
+        file landed): a long-lived table (the API's time travel) answered from the old rows for
+        as long as they stayed cached. One stat per raw hour held."""
+        for (stream, hour), at in list(self._raw_read_at.items()):
+            key = ("raw", stream, hour)
+            if key in self._tables:
+                path = raw_key(stream, hour, self.lake_prefix)
+                version = self.store.list_versions(path).get(path)
+                mtime = None if version is None else version[1]
+                if mtime is not None and mtime < at - self._REWRITE_MARGIN_NS:
+                    continue  # unchanged since it was read
+                del self._tables[key]
+                self._user_index.pop((stream, hour), None)
+            del self._raw_read_at[(stream, hour)]
 
     def _forget_snapshot(self, key: str) -> None:
         hour = hive_hour_of(key)
@@ -519,6 +542,7 @@ class LookupTable:
             if not self.store.exists(path):
                 self.missing_raw_hours.add((stream, hour_ms))
                 return SPECS[stream].schema.empty_table()
+            self._raw_read_at[(stream, hour_ms)] = time.time_ns()  # `_forget_rebuilt_raw`
             return self.store.parquet_file(path).read(use_threads=False)  # see _snapshot_columns
         return self._cached(key, load)
 
