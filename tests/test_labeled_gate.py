@@ -252,3 +252,24 @@ def test_a_snapshot_rebuild_names_the_labeled_hours_built_on_the_old_chain(tmp_p
                  if m.partition == keys[0]]
         assert own["labeled_hours_on_old_snapshots"].value == (
             f"2 labeled hours from {keys[1]} to {keys[2]}")
+
+
+def test_a_rebuild_at_the_chains_end_names_the_labeled_hours_built_on_it_too(tmp_path):
+    # Rebuilding snapshots 1 and 2 when no later snapshot exists: the labeled hours read them
+    # (2 and 3) were named only when later snapshots were refolded, here by nobody.
+    with _built_chain(tmp_path, hours=4, users=100, seed=3) as (lake, keys, instance):
+        assert dg.materialize([labeled_impressions], instance=instance, resources={"lake": lake},
+                              tags={"dagster/asset_partition_range_start": keys[1],
+                                    "dagster/asset_partition_range_end": keys[2]}).success
+        from clicklake.platform.profiles import snapshot_key
+
+        lake.store().delete(snapshot_key(START + 3 * HOUR_MS))  # the chain now ends at hour 2
+        snaps = [a for a in profile_assets if a.key.path == ["user_profiles"]]
+        run = dg.materialize(snaps, resources={"lake": lake}, instance=instance,
+                             tags={"dagster/asset_partition_range_start": keys[1],
+                                   "dagster/asset_partition_range_end": keys[2]})
+        meta = {m.partition: m.metadata for m in run.asset_materializations_for_node(
+            "user_profiles")}
+        # labeled 2 read snapshot 1 (rebuilt); labeled 3, reading snapshot 2, was never built
+        assert meta[keys[2]]["labeled_hours_on_old_snapshots"].value == (
+            f"1 labeled hours from {keys[2]} to {keys[2]}")

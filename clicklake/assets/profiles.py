@@ -154,8 +154,10 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
             # the old chain (its next run starts there, not at the hours folded again here).
             prof.clear_refold(store, prefix)
             prof.mark_refold(store, later[0], prefix)
-    elif pending is not None:
-        prof.clear_refold(store, prefix)  # the marked snapshots are all folded again now
+    else:  # (with later snapshots, `_refold_later` says it, of those refolded too)
+        _flag_labeled_on_old_snapshots(context, chain, hours)
+        if pending is not None:
+            prof.clear_refold(store, prefix)  # the marked snapshots are all folded again now
     return dg.MaterializeResult()
 
 
@@ -295,6 +297,20 @@ def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[
         chain.start_from(redo[-1])
 
 
+def _flag_labeled_on_old_snapshots(context: dg.AssetExecutionContext, chain: _Chain,
+                                   folded: list[int]) -> None:
+    """Labeled hour H reads snapshot H - 1: those built on the old snapshots of `folded` (the
+    run's hours, and those it refolded) are stale too (the automation rebuilds the last day's;
+    older ones are a backfill's job): named on the last hour's metadata. Said whether or not
+    later snapshots were refolded: a rebuild at the chain's end said nothing."""
+    labeled = [h + HOUR_MS for h in folded
+               if chain.store.exists(labeled_key(h + HOUR_MS, chain.prefix))]
+    if labeled:
+        context.add_asset_metadata({"labeled_hours_on_old_snapshots": (
+            f"{len(labeled)} labeled hours from {hour_partition_key(labeled[0])} to "
+            f"{hour_partition_key(labeled[-1])}")}, partition_key=hour_partition_key(folded[-1]))
+
+
 def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[int],
                   later: list[int]) -> None:
     """The snapshots after a run's hours were folded on those hours as they were before: fold
@@ -316,14 +332,7 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[
         # Done, or stopped at an hour that cannot be folded (said below): a next run would
         # stop there too, so it is not asked to finish.
         prof.clear_refold(chain.store, chain.prefix)
-    # Labeled hour H reads snapshot H - 1: those built on the old snapshots are stale too
-    # (the automation rebuilds the last day's; older ones are a backfill's job).
-    labeled = [h + HOUR_MS for h in (*hours, *refolded)
-               if chain.store.exists(labeled_key(h + HOUR_MS, chain.prefix))]
-    if labeled:
-        context.add_asset_metadata({"labeled_hours_on_old_snapshots": (
-            f"{len(labeled)} labeled hours from {hour_partition_key(labeled[0])} to "
-            f"{hour_partition_key(labeled[-1])}")}, partition_key=hour_partition_key(last))
+    _flag_labeled_on_old_snapshots(context, chain, [*hours, *refolded])
     if todo:
         stale = (f"{len(todo)} snapshots from {hour_partition_key(todo[0])} to "
                  f"{hour_partition_key(todo[-1])}: rematerialize user_profiles from "
