@@ -155,7 +155,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
             prof.clear_refold(store, prefix)
             prof.mark_refold(store, later[0], prefix)
     else:  # (with later snapshots, `_refold_later` says it, of those refolded too)
-        _flag_labeled_on_old_snapshots(context, chain, hours)
+        _flag_labeled_on_old_snapshots(context, chain, hours, hours[-1])
         if pending is not None:
             prof.clear_refold(store, prefix)  # the marked snapshots are all folded again now
     return dg.MaterializeResult()
@@ -298,17 +298,17 @@ def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[
 
 
 def _flag_labeled_on_old_snapshots(context: dg.AssetExecutionContext, chain: _Chain,
-                                   folded: list[int]) -> None:
+                                   folded: list[int], at: int) -> None:
     """Labeled hour H reads snapshot H - 1: those built on the old snapshots of `folded` (the
     run's hours, and those it refolded) are stale too (the automation rebuilds the last day's;
-    older ones are a backfill's job): named on the last hour's metadata. Said whether or not
-    later snapshots were refolded: a rebuild at the chain's end said nothing."""
+    older ones are a backfill's job): named on the metadata of the run's hour `at`. Said
+    whether or not later snapshots were refolded: a rebuild at the chain's end said nothing."""
     labeled = [h + HOUR_MS for h in folded
                if chain.store.exists(labeled_key(h + HOUR_MS, chain.prefix))]
     if labeled:
         context.add_asset_metadata({"labeled_hours_on_old_snapshots": (
             f"{len(labeled)} labeled hours from {hour_partition_key(labeled[0])} to "
-            f"{hour_partition_key(labeled[-1])}")}, partition_key=hour_partition_key(folded[-1]))
+            f"{hour_partition_key(labeled[-1])}")}, partition_key=hour_partition_key(at))
 
 
 def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[int],
@@ -332,7 +332,7 @@ def _refold_later(context: dg.AssetExecutionContext, chain: _Chain, hours: list[
         # Done, or stopped at an hour that cannot be folded (said below): a next run would
         # stop there too, so it is not asked to finish.
         prof.clear_refold(chain.store, chain.prefix)
-    _flag_labeled_on_old_snapshots(context, chain, [*hours, *refolded])
+    _flag_labeled_on_old_snapshots(context, chain, [*hours, *refolded], last)
     if todo:
         stale = (f"{len(todo)} snapshots from {hour_partition_key(todo[0])} to "
                  f"{hour_partition_key(todo[-1])}: rematerialize user_profiles from "
