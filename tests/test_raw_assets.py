@@ -280,3 +280,25 @@ def test_a_file_renamed_with_its_uuid_is_not_lost_and_one_below_its_hour_is_name
     raw.write_raw_partition(store, part)
     said = _refusal(lake)
     assert f"{KEY}: 1 no longer read, outside the hour folders" in said and below in said
+
+
+def test_a_file_that_gave_the_hour_nothing_can_expire_without_refusing_its_rebuild(tmp_path):
+    """Hour H reads the hour before's files too (a record may be stamped ahead of its file).
+    Every file read was recorded, so once the day before expired (lifecycle rules expire
+    whole days) the rebuild of each day's first hour was refused, though it lost nothing. Only
+    the files that gave the hour a kept or a quarantine row are recorded now."""
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    _landing(store)
+    before = land(store, "impressions", H - 10 * MIN, [impression("i0", H - 20 * MIN)],
+                  tag="5")  # hour H - 1's: read for hour H, nothing of it
+    ahead = land(store, "impressions", H - 2 * MIN, [impression("i9", H + MIN)],
+                 tag="6")  # stamped ahead of its file (within the tolerance): one of hour H's
+    assert _materialize(lake).success
+    assert raw.read_raw(store, "impressions", H).num_rows == 4  # i1, i2, i5, i9
+    store.delete(before)  # expired: the rebuild loses nothing
+    assert raw.lost_landing_files(store, "impressions", H) == []
+    assert _materialize(lake).success
+    store.delete(ahead)  # it held an event of the hour: a rebuild would lose it
+    assert raw.lost_landing_files(store, "impressions", H) == [ahead]
+    assert "would lose the events of landing files that are gone" in _refusal(lake)

@@ -85,7 +85,11 @@ class RawPartition:
     files_read: int
     lines_read: int
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    landing_keys: list[str] = field(default_factory=list)  # the files read, in arrival order
+    # The files that gave it a kept or a quarantine row, in arrival order: those a rebuild
+    # must find again (one read but holding nothing of the hour, such as the hour before's, read
+    # for the future tolerance, can expire with no loss: recording every file read refused the
+    # rebuild of each day's first hour once the day before had expired)
+    landing_keys: list[str] = field(default_factory=list)
 
     @property
     def kept(self) -> int:
@@ -115,10 +119,12 @@ def build_raw_partition(
     kept: dict[str, tuple] = {}
     quarantine: list[tuple] = []
     lines_read = 0
+    used: set[str] = set()  # files giving the partition a row (`landing_keys`)
 
     def reject(reason, detail, line, lf, no, event_id=None, ts=None):
         raw = line[:RAW_MAX_LINE].decode("utf-8", "replace")
         quarantine.append((reason, detail, event_id, ts, lf.key, no, lf.arrival_ms, raw))
+        used.add(lf.key)
 
     for lf in files:
         owns_arrival = floor_hour(lf.arrival_ms) == hour_ms
@@ -176,6 +182,7 @@ def build_raw_partition(
                 )
                 continue
             kept[event_id] = (*row, lf.arrival_ms, lf.key, no)
+            used.add(lf.key)
         if decoded.error and owns_arrival:
             reject(MALFORMED, decoded.error, decoded.tail, lf, len(decoded.lines) + 1)
 
@@ -193,7 +200,7 @@ def build_raw_partition(
         files_read=len(files),
         lines_read=lines_read,
         quarantined_by_reason={r: counts.get(r, 0) for r in REASONS},
-        landing_keys=[lf.key for lf in files],
+        landing_keys=[lf.key for lf in files if lf.key in used],
     )
 
 
