@@ -525,13 +525,14 @@ def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path
         assert not dg.materialize(pick, raise_on_error=False, **one).success
         monkeypatch.setattr(Store, "write_parquet", real)
         assert lifetime(hs[2]) == raw_total(hs[2]) and lifetime(hs[3]) < raw_total(hs[3])
-        assert profiles.pending_refold(store) == hs[2]
+        # marked from the run's own hour: its rewritten file's record is the old one still
+        assert profiles.pending_refold(store) == hs[1]
         # A rerun of the stale hour itself that dies too leaves the mark for the next run.
         monkeypatch.setattr(Store, "write_parquet", dies_at_the_last)
         again = {"partition_key": hour_partition_key(hs[3]), **res}
         assert not dg.materialize(pick, raise_on_error=False, **again).success
         monkeypatch.setattr(Store, "write_parquet", real)
-        assert profiles.pending_refold(store) == hs[2]
+        assert profiles.pending_refold(store) == hs[1]
         nxt = {"partition_key": hour_partition_key(hs[4]), **res}
         assert dg.materialize(raw_assets, **nxt).success
         assert dg.materialize(tiles_asset, **nxt).success
@@ -541,4 +542,60 @@ def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path
         assert [lifetime(h) for h in hs] == [raw_total(h) for h in hs]
         assert profiles.pending_refold(store) is None
         refolded = [e.materialization.partition for e in result.get_asset_materialization_events()]
-        assert refolded == [hour_partition_key(h) for h in hs[2:]]
+        assert refolded == [hour_partition_key(h) for h in hs[1:]]
+
+
+def test_a_resumed_refold_records_the_hours_the_dead_run_rewrote(tmp_path, monkeypatch):
+    """Raw hour 1 was read early, so snapshots 1 on said `inputs_incomplete`; rebuilt once its
+    window closed, the rerun of snapshot 1 died refolding snapshot 3. It had rewritten
+    snapshot 1's file, but its record (and `inputs_incomplete`) stayed the old one, and the
+    resumed refold started after it: every labeled hour from 2 on refused the snapshots until
+    snapshot 1 was rerun by hand. The mark now starts at the run's own first hour."""
+    import clicklake.assets.raw as raw_mod
+    from clicklake.assets.raw import raw_assets
+    from clicklake.platform.simulate import generate
+
+    start = 1_795_478_400_000
+    hs = [start + i * HOUR_MS for i in range(6)]
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=start, hours=6, users=80, seed=5)
+    late = sorted(store.list(landing.hour_prefix("impressions", hs[1])))[3]
+    data = store.read_bytes(late)
+    store.delete(late)
+    first5 = {"dagster/asset_partition_range_start": hour_partition_key(hs[0]),
+              "dagster/asset_partition_range_end": hour_partition_key(hs[4])}
+    pick = [a for a in profile_assets if a.key.path == ["user_profiles"]]
+    tiles_asset = [a for a in profile_assets if a.key.path == ["user_hour_tiles"]]
+    with dg.instance_for_test() as instance:
+        res = {"resources": {"lake": lake}, "instance": instance}
+        assert dg.materialize(raw_assets, tags=first5, **res).success
+        one = {"partition_key": hour_partition_key(hs[1]), **res}
+        monkeypatch.setattr(raw_mod, "_clock", lambda: (hs[1] + 30 * 60_000) / 1000)
+        assert dg.materialize(raw_assets, **one).success  # read early, inside its hour
+        monkeypatch.undo()
+        assert dg.materialize(profile_assets, tags=first5, **res).success
+        store.write_bytes(late, data)
+        assert dg.materialize(raw_assets, **one).success
+        assert dg.materialize(tiles_asset, **one).success
+        real = Store.write_parquet
+
+        def dies_at_3(self, key, table, row_group_size=None):
+            if key == profiles.snapshot_key(hs[3]):
+                raise ConnectionError("the run died refolding snapshot 3")
+            return real(self, key, table, row_group_size)
+
+        monkeypatch.setattr(Store, "write_parquet", dies_at_3)
+        assert not dg.materialize(pick, raise_on_error=False, **one).success
+        monkeypatch.setattr(Store, "write_parquet", real)
+        nxt = {"partition_key": hour_partition_key(hs[5]), **res}
+        assert dg.materialize(raw_assets, **nxt).success
+        assert dg.materialize(tiles_asset, **nxt).success
+        assert dg.materialize(pick, **nxt).success
+        said = {}
+        for h in hs:
+            [record] = instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("user_profiles"),
+                asset_partitions=[hour_partition_key(h)]), limit=1).records
+            said[h] = record.asset_materialization.metadata["inputs_incomplete"].value
+        assert said == dict.fromkeys(hs, "none")

@@ -137,6 +137,13 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
         chain.start_from(existing[-1])
     if redo:
         _finish_refold(context, chain, redo, hours)
+    marked = not backfill and (bool(later) or any(h in built for h in hours))
+    if marked:
+        # Marked before the first write: a run that dies has rewritten some of its own hours'
+        # files while their records (counts, `inputs_incomplete`) stay the old ones, so the
+        # next run folds them again too and records them (labeled hours refused snapshots a
+        # resumed refold left saying "read early"). `_refold_later` clears it once done.
+        prof.mark_refold(store, hours[0], prefix)
     for hour in hours:  # in order: each hour folds into the snapshot just written
         meta = chain.fold(hour)
         cutoff = hour - retention_days * 24 * HOUR_MS
@@ -156,7 +163,7 @@ def user_profiles(context: dg.AssetExecutionContext, config: UserProfilesConfig,
             prof.mark_refold(store, later[0], prefix)
     else:  # (with later snapshots, `_refold_later` says it, of those refolded too)
         _flag_labeled_on_old_snapshots(context, chain, hours, hours[-1])
-        if pending is not None:
+        if pending is not None or marked:
             prof.clear_refold(store, prefix)  # the marked snapshots are all folded again now
     return dg.MaterializeResult()
 
@@ -287,6 +294,7 @@ def _finish_refold(context: dg.AssetExecutionContext, chain: _Chain, redo: list[
     context.log.warning(f"a refold of the user snapshots from {hour_partition_key(redo[0])} "
                         f"did not finish: folding {len(redo)} of them again first")
     done, failure = _fold_again(context, chain, redo, "a refold that did not finish")
+    _flag_labeled_on_old_snapshots(context, chain, done, hours[0])
     if failure is not None:
         stale = (f"snapshots from {hour_partition_key(redo[len(done)])} (a refold that did not "
                  f"finish, and {failure.description})")
