@@ -21,7 +21,8 @@ from clicklake.platform.timeutil import HOUR_MS, parse_instant
 START = parse_instant("2026-11-24T00:00:00Z")
 
 
-def test_a_raw_hour_built_after_it_was_found_missing_is_read_after_a_refresh(tmp_path):
+def _first_hour_built(tmp_path) -> Store:
+    """Two generated hours, the first built (raw and its snapshot), the second not yet."""
     store = Store(str(tmp_path))
     generate(store, start_ms=START, hours=2, users=60, seed=2, clean=True)
     raw0 = {s: build_raw_partition(store, s, START, Rules()) for s in ("impressions", "clicks")}
@@ -29,6 +30,11 @@ def test_a_raw_hour_built_after_it_was_found_missing_is_read_after_a_refresh(tmp
         write_raw_partition(store, part)
     tile = tiles.build_user_hour_tiles(raw0["impressions"].table, raw0["clicks"].table, START)
     store.write_parquet(profiles.snapshot_key(START), profiles.fold_snapshot(None, tile, START))
+    return store
+
+
+def test_a_raw_hour_built_after_it_was_found_missing_is_read_after_a_refresh(tmp_path):
+    store = _first_hour_built(tmp_path)
 
     second = START + HOUR_MS
     raw1 = build_raw_partition(store, "impressions", second, Rules())
@@ -107,13 +113,7 @@ def test_a_raw_hour_rebuilt_since_it_was_read_is_read_again_after_a_refresh(tmp_
     """A late file landed and its raw hour was rebuilt: a long-lived table (the API's time
     travel) kept answering from the rows it held until they fell out of its cache, while
     `clicklake lookup` read the new ones."""
-    store = Store(str(tmp_path))
-    generate(store, start_ms=START, hours=2, users=60, seed=2, clean=True)
-    raw0 = {s: build_raw_partition(store, s, START, Rules()) for s in ("impressions", "clicks")}
-    for part in raw0.values():
-        write_raw_partition(store, part)
-    tile = tiles.build_user_hour_tiles(raw0["impressions"].table, raw0["clicks"].table, START)
-    store.write_parquet(profiles.snapshot_key(START), profiles.fold_snapshot(None, tile, START))
+    store = _first_hour_built(tmp_path)
     second = START + HOUR_MS
     raw1 = build_raw_partition(store, "impressions", second, Rules())
     write_raw_partition(store, raw1)

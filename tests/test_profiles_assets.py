@@ -474,6 +474,31 @@ def test_a_tile_that_read_raw_before_its_rebuild_is_stale_however_late_it_record
     assert sum(snap["impressions"].to_pylist()) == raw_total
 
 
+def _lake_with_a_late_file(tmp_path, hours: int):
+    """A generated lake of `hours` hours whose 4th impressions file of hour 1 is held back, to
+    land late: (lake, store, the hours, (its key, its bytes))."""
+    from clicklake.platform.simulate import generate
+
+    start = 1_795_478_400_000
+    hs = [start + i * HOUR_MS for i in range(hours)]
+    lake = LakeResource(root=str(tmp_path))
+    store = lake.store()
+    generate(store, start_ms=start, hours=hours, users=80, seed=5)
+    late = sorted(store.list(landing.hour_prefix("impressions", hs[1])))[3]
+    data = store.read_bytes(late)
+    store.delete(late)
+    return lake, store, hs, (late, data)
+
+
+def _span(first: int, last: int) -> dict:
+    return {"dagster/asset_partition_range_start": hour_partition_key(first),
+            "dagster/asset_partition_range_end": hour_partition_key(last)}
+
+
+def _profile_asset(name: str) -> list:
+    return [a for a in profile_assets if a.key.path == [name]]
+
+
 @pytest.mark.parametrize("backfill", [False, True])
 def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path, monkeypatch,
                                                                          backfill):
@@ -485,20 +510,10 @@ def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path
     import pyarrow.compute as pc
 
     from clicklake.assets.raw import raw_assets
-    from clicklake.platform.simulate import generate
 
-    start = 1_795_478_400_000
-    hs = [start + i * HOUR_MS for i in range(5)]
-    lake = LakeResource(root=str(tmp_path))
-    store = lake.store()
-    generate(store, start_ms=start, hours=5, users=80, seed=5)
-    late = sorted(store.list(landing.hour_prefix("impressions", hs[1])))[3]
-    data = store.read_bytes(late)
-    store.delete(late)
-    first4 = {"dagster/asset_partition_range_start": hour_partition_key(hs[0]),
-              "dagster/asset_partition_range_end": hour_partition_key(hs[3])}
-    pick = [a for a in profile_assets if a.key.path == ["user_profiles"]]
-    tiles_asset = [a for a in profile_assets if a.key.path == ["user_hour_tiles"]]
+    lake, store, hs, (late, data) = _lake_with_a_late_file(tmp_path, 5)
+    first4 = _span(hs[0], hs[3])
+    pick, tiles_asset = _profile_asset("user_profiles"), _profile_asset("user_hour_tiles")
 
     def lifetime(h):
         return pc.sum(store.read_parquet(profiles.snapshot_key(h))["impressions"]).as_py()
@@ -553,20 +568,10 @@ def test_a_resumed_refold_records_the_hours_the_dead_run_rewrote(tmp_path, monke
     snapshot 1 was rerun by hand. The mark now starts at the run's own first hour."""
     import clicklake.assets.raw as raw_mod
     from clicklake.assets.raw import raw_assets
-    from clicklake.platform.simulate import generate
 
-    start = 1_795_478_400_000
-    hs = [start + i * HOUR_MS for i in range(6)]
-    lake = LakeResource(root=str(tmp_path))
-    store = lake.store()
-    generate(store, start_ms=start, hours=6, users=80, seed=5)
-    late = sorted(store.list(landing.hour_prefix("impressions", hs[1])))[3]
-    data = store.read_bytes(late)
-    store.delete(late)
-    first5 = {"dagster/asset_partition_range_start": hour_partition_key(hs[0]),
-              "dagster/asset_partition_range_end": hour_partition_key(hs[4])}
-    pick = [a for a in profile_assets if a.key.path == ["user_profiles"]]
-    tiles_asset = [a for a in profile_assets if a.key.path == ["user_hour_tiles"]]
+    lake, store, hs, (late, data) = _lake_with_a_late_file(tmp_path, 6)
+    first5 = _span(hs[0], hs[4])
+    pick, tiles_asset = _profile_asset("user_profiles"), _profile_asset("user_hour_tiles")
     with dg.instance_for_test() as instance:
         res = {"resources": {"lake": lake}, "instance": instance}
         assert dg.materialize(raw_assets, tags=first5, **res).success
