@@ -76,8 +76,8 @@ def _sum(materializations: list[dict], key: str) -> int:
               " predictions.")
 @click.option("--skip-generate", is_flag=True,
               help="Use the landing zone already under --root (e.g. from `clicklake import`);"
-              " the hours are those its impression files cover (--hours, --users, --start and"
-              " --seed are then unused).")
+              " the hours are its events' (a generated zone's truth hours, an imported one's"
+              " impression files' hours; --hours, --users, --start and --seed are then unused).")
 def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
          skip_generate: bool) -> None:
     """Generate HOURS of synthetic streams (or use an imported landing zone), materialize the
