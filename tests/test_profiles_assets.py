@@ -320,8 +320,7 @@ def test_a_segment_profile_after_a_gap_counts_the_gaps_hours_from_raw(tmp_path):
     def build(store: Store, first: int, last: int) -> dg.ExecuteInProcessResult:
         return dg.materialize(profile_assets, selection=["segment_profiles"],
                               resources={"lake": LakeResource(root=store.root)},
-                              tags={"dagster/asset_partition_range_start": hour_partition_key(first),
-                                    "dagster/asset_partition_range_end": hour_partition_key(last)})
+                              tags=_span(first, last))
 
     gapped, whole = lake("gapped"), lake("whole")
     assert build(gapped, H0, H0).success

@@ -368,6 +368,7 @@ def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     store, prefix = lake.store(), lake.lake_prefix
     known: dict = {}  # hour H's raw hour before is hour H-1's own
     span = raw_span(store, prefix)
+    from_raw: dict[int, pa.Table] = {}  # gap hours' own counts, made once for the run's hours
     for hour in run_hours(context):  # in order: each hour reads the ones just written
         what = f"segment_profiles {hour_partition_key(hour)}"
         # The window adds the own-hour counts of the profiles of the 23 hours before. One never
@@ -382,7 +383,10 @@ def segment_profiles(context: dg.AssetExecutionContext, lake: LakeResource) -> d
         require_built(store, prefix, what, [(asset, h) for g in raw_hours for asset, h in (
             ("raw_impressions", g - HOUR_MS), ("raw_impressions", g), ("raw_clicks", g))], span)
         for h in gap:  # its own-hour counts are all the window reads of it
-            stored[h] = seg.segment_profile(seg.hour_segment_events(store, h, prefix), [], h)
+            if h not in from_raw:
+                from_raw[h] = seg.segment_profile(seg.hour_segment_events(store, h, prefix), [],
+                                                  h)
+            stored[h] = from_raw[h]
         events = seg.hour_segment_events(store, hour, prefix)
         previous = [p for p in stored.values() if p is not None]
         table = seg.segment_profile(events, previous, hour)

@@ -2,8 +2,9 @@
 `online_matches_lookup` check against the time-travel lookup table.
 
 The sensor lists the recent landing keys (cheap ticks: the hour folders from the lookback behind
-its newest key on, as long as the raw layer waits for an hour's files: `watch.lookback_ms`) and asks the online store which are folded (`platform.online.watch`). Each batch
-of unfolded keys becomes one run (`run_key` = a hash of the batch) that folds exactly those
+its newest key on, as long as the raw layer waits for an hour's files: `watch.lookback_ms`) and
+asks the online store which are folded (`platform.online.watch`). Each batch of unfolded keys
+becomes one run (`run_key` = a hash of the batch) that folds exactly those
 files; a file already folded is skipped, so a retried or duplicated run is harmless, and a file
 whose run failed is asked again on a later tick.
 

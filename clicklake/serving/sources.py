@@ -21,6 +21,8 @@ from clicklake.platform.events import TS
 from clicklake.platform.labeled import lake_feature_inputs
 from clicklake.platform.lookup import LookupTable
 from clicklake.platform.online.state import StaleLayout
+from clicklake.platform.profiles import snapshot_key
+from clicklake.platform.segments import segment_key
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS
 
@@ -66,7 +68,7 @@ class LakeFeatures:
         self._memo: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
         self.lookup = LookupTable(store, lake_prefix)
         self._watermark = self._read_watermark()
-        self._versions = self._read_versions()
+        self._versions = self._read_versions(self._watermark)
 
     def _read_watermark(self) -> int | None:
         p = self.lake_prefix
@@ -76,18 +78,23 @@ class LakeFeatures:
             return None
         return min(user, seg) + HOUR_MS
 
-    def _read_versions(self) -> dict:
-        """(size, mtime) of every user snapshot and segment profile: read outside the lock (a
-        listing of the snapshots kept), compared by `refresh`."""
-        p = self.lake_prefix
-        return {**self.store.list_versions(f"{p}/profiles/user/"),
-                **self.store.list_versions(f"{p}/profiles/segment/")}
+    def _read_versions(self, watermark: int | None) -> dict:
+        """(size, mtime) of the user snapshot and the segment profile the watermark's answers
+        read (of the hour before it): two stats, not a listing of every snapshot kept at every
+        reload tick. Read outside the lock, compared by `refresh`."""
+        if watermark is None:
+            return {}
+        keys = (snapshot_key(watermark - HOUR_MS, self.lake_prefix),
+                segment_key(watermark - HOUR_MS, self.lake_prefix))
+        return {k: self.store.list_versions(k).get(k) for k in keys}
 
     def refresh(self) -> bool:
-        """Re-read the watermark and the profiles' versions; returns whether either changed
-        (then every cache is dropped). The watermark alone missed a refold rewriting the
-        latest snapshot: "now" kept answering from the old one while time travel saw the new."""
-        watermark, versions = self._read_watermark(), self._read_versions()
+        """Re-read the watermark and the versions of the profiles it answers from; returns
+        whether either changed (then every cache is dropped). The watermark alone missed a
+        refold rewriting the latest snapshot: "now" kept answering from the old one while time
+        travel saw the new. (A refold of older hours only is seen when the watermark moves.)"""
+        watermark = self._read_watermark()
+        versions = self._read_versions(watermark)
         with self._lock:
             if watermark == self._watermark and versions == self._versions:
                 return False
