@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import dagster as dg
 import numpy as np
 import pytest
 
@@ -271,6 +272,36 @@ def test_a_model_never_gated_is_not_deployed(flow, tmp_path):
     failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
     assert "has no gate verdict" in str(failure.event_specific_data.error)
     assert registry.champion(store).model_id == champion
+
+
+def test_the_run_deploys_the_model_it_gated(flow, tmp_path):
+    """Another click_model run landing between this run's click_model and its deployed_model
+    (two runs side by side) leaves this run deploying its own gated model, not the newer one."""
+    from clicklake.assets.training import deployed_model
+
+    store = _lake_copy(flow[0], tmp_path)
+    champion = registry.champion(store).model_id
+    for model_id in ("clicklake-xgb-ours", "clicklake-xgb-theirs"):
+        registry.register(store, model_id, registry.artifact_of(store, champion),
+                          registry.manifest_of(store, champion), {"auc": 0.9})
+        registry.passed(store, model_id, "passed model_gate")
+
+    @dg.asset(name="click_model")
+    def trained_here(context):
+        yield dg.MaterializeResult(metadata={"model_id": "clicklake-xgb-ours"})
+        # the other run's materialization lands while this run is between its two steps
+        context.instance.report_runless_asset_event(dg.AssetMaterialization(
+            "click_model", metadata={"model_id": "clicklake-xgb-theirs"}))
+
+    with dg.instance_for_test() as instance:
+        run = dg.materialize([trained_here, deployed_model], instance=instance,
+                             resources={"lake": LakeResource(root=store.root),
+                                        "endpoint": LocalModelServer()})
+        assert instance.get_latest_materialization_event(dg.AssetKey("click_model")) \
+            .asset_materialization.metadata["model_id"].value == "clicklake-xgb-theirs"
+    assert run.asset_materializations_for_node("deployed_model")[0] \
+        .metadata["model_id"].value == "clicklake-xgb-ours"
+    assert registry.champion(store).model_id == "clicklake-xgb-ours"
 
 
 def test_a_model_whose_deploy_fails_is_not_promoted(flow, tmp_path):

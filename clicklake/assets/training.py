@@ -248,18 +248,15 @@ def _oracle(store, rows):
     deps=[click_model],
     group_name="training",
     kinds={"xgboost"},
-    description="The model the REST API serves: the newest click model, once it has passed its"
-    " gate, deployed by the endpoint resource and promoted to champion in the lake's registry."
+    description="The model the REST API serves: the click model trained in the same run (else"
+    " the newest), once it has passed its gate, deployed by the endpoint resource and promoted to champion in the lake's registry."
     " A newest model that failed its gate is not deployed (the run fails, naming the reason):"
     " the champion before it keeps serving.",
 )
 def deployed_model(context: dg.AssetExecutionContext, lake: LakeResource,
                    endpoint: ModelEndpointResource):
     store = lake.store()
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("click_model"))
-    if event is None:
-        raise dg.Failure("click_model has never been materialized")
-    model_id = event.asset_materialization.metadata["model_id"].value
+    model_id = _model_to_deploy(context)
     verdict = registry.gate_verdict(store, model_id, lake.lake_prefix)
     if verdict is None:  # its click_model run died between training and the gate
         raise dg.Failure(f"model {model_id} has no gate verdict (its click_model run did not "
@@ -274,6 +271,22 @@ def deployed_model(context: dg.AssetExecutionContext, lake: LakeResource,
         "model_id": model_id, "target": deployment.target, "promoted_at": record.created_at,
         "auc": record.metrics.get("auc", float("nan")), **{k: str(v) for k, v in deployment.details.items()},
     })
+
+
+def _model_to_deploy(context: dg.AssetExecutionContext) -> str:
+    """The click model this run trained when it trained one, else the latest materialized: a
+    click_model run landing between this run's gate and its deploy must not have its model
+    deployed under this run's verdict, nor this run's gated model skipped."""
+    key = dg.AssetKey("click_model")
+    ours = [e.asset_materialization for e in context.instance.all_logs(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if e.asset_materialization is not None and e.asset_materialization.asset_key == key]
+    if ours:
+        return ours[-1].metadata["model_id"].value
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None:
+        raise dg.Failure("click_model has never been materialized")
+    return event.asset_materialization.metadata["model_id"].value
 
 
 training_assets = [training_set, click_model, deployed_model]
