@@ -117,3 +117,85 @@ def test_a_scratch_folder_with_an_apostrophe_works(tmp_path):
     log.write_text(LOG)
     r = import_log(Store(str(tmp_path / "data")), MAP, str(log), tmp_dir=str(scratch))
     assert r.impressions == 4 and list(scratch.iterdir()) == []
+
+
+def _log_over_buffers(path, times_ms: list[int]) -> None:
+    path.write_text("ts,user,campaign\n" + "".join(f"{t},u{i % 5},c{i % 3}\n"
+                                                   for i, t in enumerate(times_ms)))
+
+
+class _Died(Exception):
+    pass
+
+
+def test_an_import_that_dies_part_way_names_its_files_for_the_next_import(tmp_path, monkeypatch):
+    """Every landing file is named in the manifest before it is written: an import that dies
+    after some files, followed by an import of a changed log, leaves only the new files."""
+    from clicklake.platform import landing
+
+    monkeypatch.setattr(run, "MAX_LINES_PER_FILE", 3)  # buffers cut into parts too
+    base = 1748851200000
+    log = tmp_path / "log.csv"
+    _log_over_buffers(log, [base + i * 97_000 for i in range(60)])  # ~97 min: 20 buffers
+    store = Store(str(tmp_path / "data"))
+    whole = import_log(store, MAP, str(log), source="s").files_written
+    for k in store.list(""):
+        store.delete(k)
+
+    written = []
+    real_write = landing.write_file
+
+    def dies_after_five(st, key, lines):
+        if len(written) == 5:
+            raise _Died
+        real_write(st, key, lines)
+        written.append(key)
+
+    monkeypatch.setattr(landing, "write_file", dies_after_five)
+    try:
+        import_log(store, MAP, str(log), source="s")
+    except _Died:
+        pass
+    monkeypatch.setattr(landing, "write_file", real_write)
+    manifest = orjson.loads(store.read_bytes("import-manifests/s.json"))
+    assert len(written) == 5 and set(store.list("landing")) == set(written)
+    assert set(written) <= set(manifest["pending"]) and len(manifest["pending"]) == whole
+
+    _log_over_buffers(log, [base + 7 * 3_600_000 + i * 1000 for i in range(4)])  # moved
+    r = import_log(store, MAP, str(log), source="s")
+    assert set(store.list("landing")) == set(
+        orjson.loads(store.read_bytes("import-manifests/s.json"))["keys"])
+    assert (r.files_written, r.stale_files_removed) == (2, 5)
+    assert "pending" not in orjson.loads(store.read_bytes("import-manifests/s.json"))
+
+
+def test_the_pending_keys_are_the_keys_written(tmp_path, monkeypatch):
+    """The keys named before writing equal the keys written, on times that end parts and
+    buffers at every kind of edge: ties, a fraction of a second, a buffer's last millisecond,
+    an hour's last second, clicks as well as impressions."""
+    import random
+
+    from clicklake.platform import landing
+
+    monkeypatch.setattr(run, "MAX_LINES_PER_FILE", 4)
+    pending = []
+    real_mark = run._mark_pending
+    monkeypatch.setattr(run, "_mark_pending",
+                        lambda st, key, planned: (pending.append(planned), real_mark(st, key, planned)))
+    rng = random.Random(7)
+    base = 1748851200000
+    edges = [0, 1, 999, 1000, 299_999, 300_000, 3_599_000, 3_599_001, 3_599_999, 3_600_000]
+    for trial in range(6):
+        times = [base + rng.choice(edges) + rng.randrange(3) * 3_600_000 for _ in range(40)]
+        times += [base + rng.randrange(3 * 3_600_000) for _ in range(40)]
+        rows = "".join(f"{t},u{i % 7},c{i % 3},{t + rng.choice([1, 500, 61_000])}\n"
+                       for i, t in enumerate(times))
+        log = tmp_path / f"log{trial}.csv"
+        log.write_text("ts,user,campaign,clicked\n" + rows)
+        store = Store(str(tmp_path / f"data{trial}"))
+        pending.clear()
+        mapping = mapping_from_dict({"time": "ts", "time_format": "epoch_ms", "user": "user",
+                                     "campaign": "campaign", "click_time": "clicked"})
+        r = import_log(store, mapping, str(log), source="s")
+        assert r.clicks > 0
+        assert sorted(pending[0]) == sorted(store.list(landing.DEFAULT_PREFIX))

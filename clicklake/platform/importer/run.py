@@ -32,7 +32,12 @@ from clicklake.platform.importer.convert import (
 from clicklake.platform.importer.mapping import Mapping
 from clicklake.platform.importer.readers import Problem, TableReader, open_table
 from clicklake.platform.importer.staging import CLICK_STAGE, IMPRESSION_STAGE, Resolver, Spill
-from clicklake.platform.importer.writer import BufferWriter
+from clicklake.platform.importer.writer import (
+    BUFFER_MS,
+    MAX_LINES_PER_FILE,
+    BufferWriter,
+    file_key,
+)
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, iso
 
@@ -387,13 +392,18 @@ def _write(store: Store, r: Resolver, mapping: Mapping, source: str, prefix: str
             raise ShiftError(f"--shift-to {iso(shift_to_ms)} moves the first event to "
                              f"{iso(report.first_ts)}, before 2000 (refused as a bad time)")
 
+    streams = (("impressions", imp_sql, IMPRESSION_FIELDS, n_imp),
+               ("clicks", clk_sql + " ORDER BY ts, click_id", CLICK_FIELDS, n_clk))
+    report.manifest_key = f"{MANIFESTS_PREFIX}/{source}.json"
+    # Every file's key is named in the manifest before any is written: an import that dies
+    # part way leaves no landing file its source's next import does not know to replace.
+    _mark_pending(store, report.manifest_key, [
+        k for stream, sql, _, _ in streams
+        for k in _planned_keys(r, stream, sql, source, prefix, shift)])
     hours: set[int] = set()
     keys: list[str] = []
-    for stream, sql, names, total in (
-        ("impressions", imp_sql, IMPRESSION_FIELDS, n_imp),
-        ("clicks", clk_sql + " ORDER BY ts, click_id", CLICK_FIELDS, n_clk),
-    ):
-        w = BufferWriter(store, stream, source, prefix)
+    for stream, sql, names, total in streams:
+        w = BufferWriter(store, stream, source, prefix, BUFFER_MS, MAX_LINES_PER_FILE)
         bar = progress(f"write {stream}", int(total), "events")
         try:
             for batch in r.batches(sql):
@@ -412,26 +422,61 @@ def _write(store: Store, r: Resolver, mapping: Mapping, source: str, prefix: str
             report.clicks = w.events
     report.hours = sorted(hours)
     report.files_written = len(keys)
-    report.manifest_key = f"{MANIFESTS_PREFIX}/{source}.json"
     report.stale_files_removed = _replace_manifest(store, report.manifest_key, keys, mapping,
                                                    prefix)
 
 
+def _planned_keys(r: Resolver, stream: str, sql: str, source: str, prefix: str,
+                  shift: int) -> list[str]:
+    """The keys `BufferWriter` will give this stream's files: one per buffer and part, named
+    by the part's last event (a part is `MAX_LINES_PER_FILE` events of the buffer in order)."""
+    parts = r.con.sql(
+        f"SELECT buf, part, max(ts) FROM (SELECT ts, ts // {BUFFER_MS} * {BUFFER_MS} AS buf, "
+        f"(row_number() OVER (PARTITION BY ts // {BUFFER_MS} ORDER BY ts) - 1) "
+        f"// {MAX_LINES_PER_FILE} AS part FROM (SELECT ts + {shift} AS ts FROM ({sql}))) "
+        "GROUP BY buf, part").fetchall()
+    return [file_key(stream, source, prefix, buf, part, last) for buf, part, last in parts]
+
+
+def _manifest(store: Store, key: str) -> dict:
+    """A source's manifest as written, or an empty one (none yet, or unreadable)."""
+    if not store.exists(key):
+        return {}
+    try:
+        doc = orjson.loads(store.read_bytes(key))
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _listed(doc: dict, field_name: str) -> list[str]:
+    keys = doc.get(field_name, [])
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+
+
+def _mark_pending(store: Store, key: str, planned: list[str]) -> None:
+    """Add the files about to be written to the manifest's pending keys, kept until an import
+    of the source completes (a pending list left by an import that died is added to)."""
+    doc = _manifest(store, key)
+    pending = _listed(doc, "pending")
+    known = set(pending)
+    doc["pending"] = pending + [k for k in planned if k not in known]
+    store.write_bytes(key, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+
+
 def _replace_manifest(store: Store, key: str, keys: list[str], mapping: Mapping,
                       prefix: str) -> int:
-    """Record this import's files; delete files an earlier import of the same source wrote but
-    this one did not (the log shrank or moved in time), so a re-import fully replaces it."""
+    """Record this import's files; delete files an earlier import of the same source wrote (or
+    was writing when it died) but this one did not (the log shrank or moved in time), so a
+    re-import fully replaces it."""
     removed = 0
-    if store.exists(key):
-        try:
-            old = orjson.loads(store.read_bytes(key)).get("keys", [])
-        except (orjson.JSONDecodeError, AttributeError):
-            old = []
+    doc = _manifest(store, key)
+    old = _listed(doc, "keys") + _listed(doc, "pending")
+    if old:
         current = set(keys)
-        for k in old:
+        for k in dict.fromkeys(old):
             # Only landing files are ever deleted, whatever the manifest says.
-            if (isinstance(k, str) and k not in current and k.startswith(prefix + "/")
-                    and store.exists(k)):
+            if k not in current and k.startswith(prefix + "/") and store.exists(k):
                 store.delete(k)
                 removed += 1
     store.write_bytes(key, orjson.dumps({"mapping": asdict(mapping), "keys": keys},

@@ -30,6 +30,20 @@ def file_uuid(source: str, stream: str, buffer_ms: int, part: int) -> str:
     return str(uuid.UUID(bytes=h.digest()))
 
 
+def arrival_ms(last_ts: int, buffer: int) -> int:
+    """A file's arrival: its last event rounded up to the second, kept inside its hour (see the
+    module doc)."""
+    up = -(-last_ts // 1000) * 1000
+    return min(up, floor_hour(buffer) + HOUR_MS - 1000)
+
+
+def file_key(stream: str, source: str, prefix: str, buffer: int, part: int, last_ts: int) -> str:
+    """The landing key of one buffer's part, from its last event: the importer names every file
+    it will write before writing any (its manifest's pending keys)."""
+    return landing.firehose_key(stream, arrival_ms(last_ts, buffer),
+                                file_uuid(source, stream, buffer, part), prefix)
+
+
 class BufferWriter:
     """Takes (ts, line) in time order; writes a landing file whenever a buffer or part fills."""
 
@@ -63,18 +77,11 @@ class BufferWriter:
         self._last_ts = ts
         self.events += 1
 
-    def _arrival(self) -> int:
-        """The last event rounded up to the second, kept inside its hour (see the module doc)."""
-        up = -(-self._last_ts // 1000) * 1000
-        return min(up, floor_hour(self._buffer) + HOUR_MS - 1000)
-
     def _flush(self) -> None:
         if not self._lines:
             return
-        key = landing.firehose_key(
-            self.stream, self._arrival(),
-            file_uuid(self.source, self.stream, self._buffer, self._part), self.prefix,
-        )
+        key = file_key(self.stream, self.source, self.prefix, self._buffer, self._part,
+                       self._last_ts)
         landing.write_file(self.store, key, self._lines)
         self.keys.append(key)
         self.hours.add(floor_hour(self._buffer))
