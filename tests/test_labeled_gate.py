@@ -167,10 +167,14 @@ def test_an_hour_whose_inputs_were_never_built_is_refused(tmp_path, asset, hour)
         assert not store.exists(labeled_key(START + 2 * HOUR_MS))
 
 
-def test_a_range_refused_at_a_later_hour_writes_none_of_its_hours(tmp_path):
+@pytest.mark.parametrize("asset", ["labeled_impressions", "prediction_outcomes"])
+def test_a_range_refused_at_a_later_hour_writes_none_of_its_hours(tmp_path, asset):
     """A ranged run (as a backfill launches) whose last hour's next raw hour is not built yet:
     it failed at that hour after writing the hours before it, which training_set then read
-    while Dagster recorded none of them (the run's hours are recorded together at its end)."""
+    while Dagster recorded none of them (the run's hours are recorded together at its end);
+    prediction_outcomes' files likewise, with no metrics in the UI."""
+    from clicklake.assets.labeled import labeled_assets
+
     lake = LakeResource(root=str(tmp_path))
     store = lake.store()
     generate(store, start_ms=START, hours=4, users=200, seed=5)
@@ -181,15 +185,16 @@ def test_a_range_refused_at_a_later_hour_writes_none_of_its_hours(tmp_path):
         for group in (raw_assets, profile_assets):  # raw hour 3 not built yet
             assert dg.materialize(group, tags=span, resources={"lake": lake},
                                   instance=instance).success
-        run = dg.materialize([labeled_impressions], tags=span, resources={"lake": lake},
+        target = next(a for a in labeled_assets if a.key.path == [asset])
+        run = dg.materialize([target], tags=span, resources={"lake": lake},
                              instance=instance, raise_on_error=False)
         assert not run.success
         failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
         assert f"raw_impressions {keys[3]} is not materialized yet" in str(
             failure.event_specific_data.error)
         assert labeled_hours_available(store) == []
-        assert not instance.fetch_materializations(dg.AssetKey("labeled_impressions"),
-                                                   limit=5).records
+        assert not store.list("lake/outcomes")
+        assert not instance.fetch_materializations(dg.AssetKey(asset), limit=5).records
 
 
 @pytest.mark.parametrize(("stream", "hour"), [("predictions", 1), ("clicks", 2)])

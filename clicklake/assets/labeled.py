@@ -242,11 +242,18 @@ def prediction_outcomes(context: dg.AssetExecutionContext, lake: LakeResource):
     prefix = lake.lake_prefix
     read = lambda stream, h: read_raw(store, stream, h, prefix)
     span = raw_span(store, prefix)
-    for hour in run_hours(context):
-        completeness = require_next_hour_complete(context, hour, this_hour_also=("predictions",))
+    hours = run_hours(context)
+    # Every hour checked before any is written, as labeled_impressions does: a refusal at a
+    # later hour left the earlier hours' files in the lake with no materialization or metrics.
+    completeness: dict[int, dict] = {}
+    known: dict = {}
+    for hour in hours:
+        completeness[hour] = require_next_hour_complete(context, hour, known,
+                                                        this_hour_also=("predictions",))
         require_built(store, prefix, f"prediction_outcomes {hour_partition_key(hour)}",
                       [("raw_predictions", hour)] + [(f"raw_{s}", h) for s in (
                           "impressions", "clicks") for h in (hour, hour + HOUR_MS)], span)
+    for hour in hours:
         preds = read("predictions", hour)
         imps = pa.concat_tables([read("impressions", hour), read("impressions", hour + HOUR_MS)])
         clicks = pa.concat_tables([read("clicks", hour), read("clicks", hour + HOUR_MS)])
@@ -276,7 +283,7 @@ def prediction_outcomes(context: dg.AssetExecutionContext, lake: LakeResource):
             "label_window_minutes": window,
             "predictions_naming_an_unseen_impression": unseen,
             "path": dg.MetadataValue.path(store.uri(key)),
-            **completeness,
+            **completeness[hour],
         }, partition_key=hour_partition_key(hour))
     return dg.MaterializeResult()
 
