@@ -221,6 +221,17 @@ def test_a_champion_that_trained_on_the_validation_hours_is_judged_by_its_record
     assert gate.passed, gate.description
 
 
+def test_a_champion_whose_artifact_is_unreadable_is_judged_by_its_recorded_auc(flow, tmp_path):
+    """A truncated or foreign champion artifact raised out of click_model after the new model
+    was registered: it never got a verdict, and every retrain failed the same way."""
+    store = _lake_copy(flow[0], tmp_path)
+    _champion_as(store, "clicklake-xgb-truncated", {"auc": 0.42})
+    store.write_bytes(registry.artifact_key("clicklake-xgb-truncated"), b"\x1f\x8b\x08 cut")
+    run, gate = _train_again(store)
+    assert gate.metadata["champion_auc"].value == 0.42
+    assert gate.passed and run.success, gate.description
+
+
 def test_a_champion_with_other_vocabularies_is_scored_with_its_own_codes(flow, tmp_path):
     """A champion whose categorical vocabularies differ from the new training set's is scored on
     the same validation rows encoded its own way: with empty vocabularies, every categorical

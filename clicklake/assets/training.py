@@ -197,9 +197,11 @@ def _champion_auc(context, store, prefix: str, champ, ts, y: np.ndarray, x: np.n
                                 f"its recorded AUC {recorded:.4f}")
             return recorded
         booster = load_booster(registry.artifact_of(store, champ.model_id, prefix))
-    except (FileNotFoundError, KeyError) as exc:
-        context.log.warning(f"champion {champ.model_id} cannot be scored ({exc}): the gate uses "
-                            f"its recorded AUC {recorded:.4f}")
+    except Exception as exc:  # noqa: BLE001 - gone, truncated or of another layout: the
+        # challenger is already registered, and must get its verdict all the same
+        context.log.warning(f"champion {champ.model_id} cannot be scored ("
+                            f"{type(exc).__name__}: {exc}): the gate uses its recorded AUC "
+                            f"{recorded:.4f}")
         return recorded
     seen = sorted(set(manifest.train_hours) & set(ts.manifest.validation_hours))
     if seen:
