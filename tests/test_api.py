@@ -282,6 +282,17 @@ def test_decide_rules(kw, codes):
     assert out.decision == ("skip" if codes else "serve")
 
 
+@pytest.mark.parametrize(("probability", "cost"), [(0.0041999, 0.0021), (1e-5, 5.000001e-06)])
+def test_the_cost_reason_states_both_sides_of_its_comparison_truly(probability, cost):
+    """Rounded, a true skip read "0.002100 USD < cost 0.0021 USD" or "(0.0000 × 0.5)"."""
+    out = decide(probability, is_crawler=False, activity=UserActivity(0, 0, 0), cost=cost)
+    [reason] = out.reasons
+    ev, _, said_cost = reason.message.removeprefix("expected value ").partition(" USD (")
+    assert float(ev) == out.expected_value and float(ev) < cost
+    assert float(said_cost.rpartition("< cost ")[2].removesuffix(" USD")) == cost
+    assert f"({probability!r} × 0.5)" in reason.message
+
+
 def test_policy_rejects_nonsense():
     for bad in ({"farm_ctr_24h": 0}, {"farm_ctr_24h": 1.5}, {"default_value_per_click": -1},
                 {"default_value_per_click": float("nan")}, {"farm_burst_impressions_1h": 0}):

@@ -91,7 +91,8 @@ def click_farm_reason(activity: UserActivity, policy: DecisionPolicy) -> Reason 
                       f"(CTR {clk / imp:.1%} >= {policy.farm_ctr_24h:.1%})")
     if activity.impressions_1h >= policy.farm_burst_impressions_1h:
         return Reason(CLICK_FARM, f"impression burst: {activity.impressions_1h:.0f} impressions "
-                      f"in the last hour (>= {policy.farm_burst_impressions_1h})")
+                      f"in the 1 h window (the previous hour and this one so far; >= "
+                      f"{policy.farm_burst_impressions_1h})")
     return None
 
 
@@ -109,6 +110,8 @@ def decide(probability: float, *, is_crawler: bool, activity: UserActivity,
         reasons.append(farm)
     if cost is not None and ev < cost:
         reasons.append(Reason(EXPECTED_VALUE_BELOW_COST,
-                              f"expected value {ev:.6f} USD ({probability:.4f} × {vpc:g}) "
-                              f"< cost {cost:g} USD"))
+                              # shortest exact forms: the rule compares exact floats, and
+                              # rounding made "0.002100 < 0.0021"
+                              f"expected value {ev!r} USD ({float(probability)!r} × {vpc!r}) "
+                              f"< cost {float(cost)!r} USD"))
     return Decision(SKIP if reasons else SERVE, tuple(reasons), ev, vpc)
