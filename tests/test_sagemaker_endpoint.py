@@ -310,3 +310,101 @@ def test_an_endpoint_deployed_before_named_variants_is_switched_to_one(moto_endp
     serving = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
     (variant,) = sm.describe_endpoint_config(EndpointConfigName=serving)["ProductionVariants"]
     assert variant["VariantName"] == variant_name(model_id)
+
+
+def _with_hooks(endpoint: SageMakerEndpoint, hooks: dict):
+    """`endpoint` whose clients carry botocore hooks, {event: handler} ("{service}" in an event
+    stands for the client's), ahead of its own."""
+    real = endpoint._client
+
+    def client(service, config=None):
+        c = real(service, config)
+        for event, handler in hooks.items():
+            c.meta.events.register_first(event.format(service=service), handler)
+        return c
+
+    endpoint._client = client
+    return endpoint
+
+
+def test_an_update_that_rolled_back_is_a_failed_deploy(moto_endpoint, lake):
+    """SageMaker rolls a failed update back: the endpoint is InService again on its old config,
+    with a FailureReason. The deploy reported success and the model was promoted while the
+    endpoint served the one before."""
+    from clicklake.resources.endpoint import EndpointDeployFailed
+
+    store, artifact, _ = lake
+    registry.register(store, "model-20261125-04", artifact, FeatureManifest(
+        [f"f{i}" for i in range(5)]), {"auc": 0.8})
+    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
+                                endpoint_name="ctr-rollback", poll_delay_s=1,
+                                max_wait_attempts=3)
+    old = endpoint.deploy(store, "model-20261125-01")
+    reason = "The primary container for production variant X did not pass the ping health check."
+
+    def rolled_back(**_):  # the update is accepted, fails, and is rolled back
+        return types.SimpleNamespace(status_code=200, headers={}), {"EndpointArn": "arn"}
+
+    def with_reason(parsed, model, **_):
+        if model.name == "DescribeEndpoint":
+            parsed["FailureReason"] = reason
+
+    _with_hooks(endpoint, {"before-call.{service}.UpdateEndpoint": rolled_back,
+                           "after-call.{service}": with_reason})
+    with pytest.raises(EndpointDeployFailed, match="ping health check") as failed:
+        endpoint.deploy(store, "model-20261125-04")
+    assert old.details["endpoint_config_name"] in str(failed.value)
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
+    assert sm.describe_endpoint(EndpointName="ctr-rollback")["EndpointConfigName"] == \
+        old.details["endpoint_config_name"]
+
+
+def test_a_failed_endpoint_is_replaced_and_its_reason_given(moto_endpoint, lake):
+    """A Failed endpoint takes only DeleteEndpoint: the update every later deploy asked for was
+    refused, and the waiter's bare "matched expected path: Failed" hid SageMaker's reason."""
+    from clicklake.resources.endpoint import EndpointDeployFailed
+
+    store, artifact, _ = lake
+    registry.register(store, "model-20261125-05", artifact, FeatureManifest(
+        [f"f{i}" for i in range(5)]), {"auc": 0.8})
+    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
+                                endpoint_name="ctr-failed", poll_delay_s=1, max_wait_attempts=2)
+    endpoint.deploy(store, "model-20261125-01")
+    failed = [True]
+
+    def as_failed(parsed, model, **_):
+        if model.name == "DescribeEndpoint" and failed:
+            parsed.update(EndpointStatus="Failed", FailureReason="out of capacity")
+
+    def refuse_on_failed(model, **_):
+        if model.name == "DeleteEndpoint":
+            failed.clear()
+        elif model.name == "UpdateEndpoint" and failed:
+            raise AssertionError("UpdateEndpoint on a failed endpoint (SageMaker refuses it)")
+
+    _with_hooks(endpoint, {"after-call.{service}": as_failed,
+                           "before-parameter-build.{service}": refuse_on_failed})
+    endpoint._calls.clear()
+    dep = endpoint.deploy(store, "model-20261125-05")
+    assert dep.details["replaced_failed_endpoint"] and not dep.details["updated"]
+    assert [c for c in endpoint._calls if c.endswith("Endpoint")
+            and not c.startswith("Describe")] == ["DeleteEndpoint", "CreateEndpoint"]
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
+    assert sm.describe_endpoint(EndpointName="ctr-failed")["EndpointConfigName"] == \
+        dep.details["endpoint_config_name"]
+
+    # created anew and failing: SageMaker's reason, not the waiter's "matched expected path"
+    created = []
+
+    def fails_once_created(parsed, model, **_):
+        if model.name == "CreateEndpoint":
+            created.append(True)
+        elif model.name == "DescribeEndpoint" and created:
+            parsed.update(EndpointStatus="Failed", FailureReason="out of capacity")
+
+    again = _with_hooks(_StrictSageMaker(
+        role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
+        endpoint_name="ctr-failed-new", poll_delay_s=1, max_wait_attempts=2),
+        {"after-call.{service}": fails_once_created})
+    with pytest.raises(EndpointDeployFailed, match="is Failed, not InService: out of capacity"):
+        again.deploy(store, "model-20261125-05")

@@ -113,6 +113,11 @@ def variant_name(model_id: str) -> str:
 UNNAMED_VARIANT = "AllTraffic"
 
 
+class EndpointDeployFailed(RuntimeError):
+    """The endpoint did not come to serve the config a deploy asked for (SageMaker's reason
+    in the message): the model must not be promoted."""
+
+
 class ServedByAnotherModel(Exception):
     """The endpoint answered from another model's variant than the one the rows were encoded
     for (a deploy under way or failed): its scores are not for these rows, and are dropped."""
@@ -223,8 +228,16 @@ class SageMakerEndpoint(ModelEndpointResource):
         if endpoint is not None and endpoint.get("EndpointStatus") in _BUSY:
             # An update under way (a rerun after a wait that timed out): SageMaker refuses
             # another until it ends, and the config it ends on is the one to compare with.
-            self._wait(sm)
-            endpoint = _described(sm.describe_endpoint, EndpointName=self.endpoint_name)
+            endpoint = self._wait(sm, failed_ok=True)
+        replaced = endpoint is not None and endpoint.get("EndpointStatus") == "Failed"
+        if replaced:
+            # DeleteEndpoint is the only call SageMaker takes on a failed endpoint: without
+            # this every later deploy failed until someone deleted it by hand.
+            sm.delete_endpoint(EndpointName=self.endpoint_name)
+            sm.get_waiter("endpoint_deleted").wait(
+                EndpointName=self.endpoint_name,
+                WaiterConfig={"Delay": self.poll_delay_s, "MaxAttempts": self.max_wait_attempts})
+            endpoint = None
         current = None if endpoint is None else endpoint["EndpointConfigName"]
         if current is None:
             sm.create_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name)
@@ -232,7 +245,13 @@ class SageMakerEndpoint(ModelEndpointResource):
             # An update swaps the config behind the endpoint without downtime.
             sm.update_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name)
         # else: it serves this config already: wait only
-        self._wait(sm)
+        served = self._wait(sm)
+        if served["EndpointConfigName"] != config_name:
+            # A failed update rolls back: InService again, on the old config, with a reason.
+            raise EndpointDeployFailed(
+                f"endpoint {self.endpoint_name} still serves {served['EndpointConfigName']}, "
+                f"not {config_name} (model {model_id}): "
+                f"{served.get('FailureReason') or 'the update was rolled back'}")
         return Deployment(
             model_id,
             self.endpoint_name,
@@ -243,14 +262,29 @@ class SageMakerEndpoint(ModelEndpointResource):
                 "image": image,
                 "updated": current is not None and current != config_name,
                 "reused": reused,
+                "replaced_failed_endpoint": replaced,
             },
         )
 
-    def _wait(self, sm) -> None:
-        sm.get_waiter("endpoint_in_service").wait(
-            EndpointName=self.endpoint_name,
-            WaiterConfig={"Delay": self.poll_delay_s, "MaxAttempts": self.max_wait_attempts},
-        )
+    def _wait(self, sm, failed_ok: bool = False) -> dict:
+        """The endpoint's description once in service (`Failed` too when `failed_ok`); else
+        EndpointDeployFailed with SageMaker's reason, not the waiter's bare message."""
+        from botocore.exceptions import WaiterError
+
+        try:
+            sm.get_waiter("endpoint_in_service").wait(
+                EndpointName=self.endpoint_name,
+                WaiterConfig={"Delay": self.poll_delay_s, "MaxAttempts": self.max_wait_attempts},
+            )
+        except WaiterError as exc:
+            endpoint = _described(sm.describe_endpoint, EndpointName=self.endpoint_name)
+            status = "gone" if endpoint is None else endpoint.get("EndpointStatus")
+            if failed_ok and status == "Failed":
+                return endpoint
+            reason = (endpoint or {}).get("FailureReason") or str(exc)
+            raise EndpointDeployFailed(f"endpoint {self.endpoint_name} is {status}, not "
+                                       f"InService: {reason}") from exc
+        return sm.describe_endpoint(EndpointName=self.endpoint_name)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         return invoke_scores(self._client("sagemaker-runtime"), self.endpoint_name, rows)
