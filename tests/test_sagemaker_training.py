@@ -132,3 +132,39 @@ def test_request_validation(trainer):
     with pytest.raises(ValueError, match="name"):
         trainer.train("s3://b/t", None, "s3://b/o", hp, job_name="bad_name!")
     assert SageMakerTrainer(role_arn=ROLE, image_uri="my/image:1").resolved_image() == "my/image:1"
+
+
+def test_a_job_still_running_after_the_wait_is_stopped(trainer, channels, s3_bucket,
+                                                       monkeypatch):
+    """The wait's budget ran out with the job InProgress: it was left running (billing, and a
+    retry of the run started a second job) under a "no reason given" error."""
+    _, _, _, hp, _ = channels
+    import botocore.client
+    import botocore.waiter
+
+    real_call = botocore.client.BaseClient._make_api_call
+    calls = []
+
+    def call(self, operation, params):
+        calls.append(operation)
+        response = real_call(self, operation, params)
+        if operation == "DescribeTrainingJob" and "StopTrainingJob" not in calls:
+            response = {**response, "TrainingJobStatus": "InProgress"}
+        return response
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", call)
+    quick = trainer.model_copy(update={"max_runtime_s": 1, "poll_delay_s": 0})
+    base = f"s3://{s3_bucket}/lake"
+    with pytest.raises(TrainingFailed, match="still running after the wait.*stopped") as err:
+        quick.train(f"{base}/training_set/train/", None, f"{base}/out", hp, job_name="ctr-job-4")
+    assert err.value.status == "InProgress" and calls.count("StopTrainingJob") == 1
+
+    calls.clear()  # the run terminated mid-wait: the job is stopped, the interruption goes on
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(botocore.waiter.Waiter, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quick.train(f"{base}/training_set/train/", None, f"{base}/out", hp, job_name="ctr-job-5")
+    assert calls[-1] == "StopTrainingJob"

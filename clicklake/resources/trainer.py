@@ -241,8 +241,17 @@ class SageMakerTrainer(TrainerResource):
             )
         except WaiterError:
             pass  # a Failed job ends the waiter with an error; describe below says why
+        except BaseException:
+            # The run was terminated (or the wait broke): a job left running bills on, and a
+            # retry of the run would start a second one beside it.
+            self._stop(sm, name)
+            raise
         desc = sm.describe_training_job(TrainingJobName=name)
         status = desc["TrainingJobStatus"]
+        if status in ("InProgress", "Stopping"):
+            self._stop(sm, name)
+            raise TrainingFailed(name, status, f"still running after the wait of {attempts} "
+                                 f"polls {self.poll_delay_s} s apart: stopped")
         if status != "Completed":
             raise TrainingFailed(name, status, desc.get("FailureReason"))
         artifact_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
@@ -256,3 +265,13 @@ class SageMakerTrainer(TrainerResource):
             artifact_uri=artifact_uri,
             hyperparameters=dict(request["HyperParameters"]),
         )
+
+    @staticmethod
+    def _stop(sm, name: str) -> None:
+        """Stop a job that may still run; one that has ended already is left as it is."""
+        from botocore.exceptions import ClientError
+
+        try:
+            sm.stop_training_job(TrainingJobName=name)
+        except ClientError:
+            pass  # ended meanwhile (SageMaker refuses to stop a job that is not running)
