@@ -170,3 +170,22 @@ def test_lookup_refuses_a_malformed_s3_endpoint():
 def test_an_instants_error_quotes_at_most_40_characters():
     out = CliRunner().invoke(main, ["generate", "--start", "x" * 5000, "--root", "unused"])
     assert out.exit_code == 2 and "x" * 40 in out.output and "x" * 41 not in out.output
+
+
+def test_serve_takes_the_deployments_endpoint_name_and_region(places, monkeypatch):
+    """The pipeline deploys to CLICKLAKE_ENDPOINT_NAME in AWS_REGION: serve read neither, and
+    scored on another endpoint (every predict a 503) or found no region."""
+    from clicklake.serving import workers
+
+    seen = {}
+
+    def build_app(settings):
+        seen["settings"] = settings
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(workers, "build_app", build_app)
+    result = _invoke(["serve", "--root", str(places / "lake"), "--model", "sagemaker"],
+                     env={"CLICKLAKE_ENDPOINT_NAME": "prod-ctr", "AWS_REGION": "eu-west-1",
+                          "AWS_DEFAULT_REGION": None})
+    assert "stop here" in result.output, result.output
+    assert (seen["settings"].endpoint_name, seen["settings"].region) == ("prod-ctr", "eu-west-1")

@@ -748,3 +748,13 @@ def test_a_missing_table_is_named_with_the_fix(moto_endpoint):
     DynamoDbOnlineStore(table_name=table, endpoint_url=moto_endpoint, region="us-east-1",
                         create_table=True).state()  # created: no error
     DynamoState(table, moto_endpoint, "us-east-1")  # and found
+
+
+def test_the_region_comes_from_aws_region_as_for_every_other_service(moto_endpoint,
+                                                                      monkeypatch):
+    """boto3 reads only AWS_DEFAULT_REGION: with the deployment's AWS_REGION alone the online
+    store failed ("You must specify a region") where the lake and SageMaker worked."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    state = DynamoState(f"clicklake-region-{uuid.uuid4().hex[:8]}", moto_endpoint, create=True)
+    assert state.client.meta.region_name == "eu-west-1"

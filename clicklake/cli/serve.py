@@ -46,8 +46,11 @@ def _token(value: str | None) -> str | None:
               default="local", show_default=True,
               help="Score with the champion's booster in process, or its SageMaker endpoint.")
 @click.option("--endpoint-name", default="clicklake-ctr", show_default=True,
-              help="SageMaker endpoint name (with --model sagemaker).")
-@click.option("--region", default=None, help="AWS region (default: the boto3 chain).")
+              envvar="CLICKLAKE_ENDPOINT_NAME", show_envvar=True,
+              help="SageMaker endpoint name (with --model sagemaker): the one the pipeline "
+              "deploys to.")
+@click.option("--region", default=None, envvar="AWS_REGION", show_envvar=True,
+              help="AWS region (default: the boto3 chain).")
 @click.option("--value-per-click", type=FiniteFloat(min=0),
               default=_DEFAULTS.default_value_per_click, show_default=True,
               help="USD a click within the label window (15 min) is worth when a request does "

@@ -264,6 +264,8 @@ class DynamoState(StateStore):
     def __init__(self, table: str, endpoint_url: str | None = None, region: str | None = None,
                  create: bool = False):
         self.table = table
+        # AWS_REGION as for every other service here (boto3 itself reads only the default's)
+        region = region or os.environ.get("AWS_REGION") or None
         self.client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region)
         self._where = f"region {region or 'from the environment'}, endpoint {endpoint_url or 'AWS'}"
         # The version this object expects (its own commits move it) and the token it gives for
