@@ -54,11 +54,13 @@ def test_a_local_file_is_copied_in_chunks(store, tmp_path):
     assert store.list("d") == ["d/f.bin"]
 
 
-def test_a_copy_that_fails_midway_publishes_nothing(store, tmp_path, monkeypatch):
+@pytest.mark.parametrize("one_part_bytes", [1000, storage.S3_ONE_PART_BYTES])
+def test_a_copy_that_fails_midway_publishes_nothing(store, tmp_path, monkeypatch,
+                                                     one_part_bytes):
     """On S3 the upload stream publishes what it holds when closed after an error: an object of
     more than one part goes to a hidden temporary key, moved into place only once complete
-    (the part size lowered here: 5 MiB)."""
-    monkeypatch.setattr(storage, "S3_ONE_PART_BYTES", 1000)
+    (the part size lowered here: 5 MiB); one of a single part is gathered whole first."""
+    monkeypatch.setattr(storage, "S3_ONE_PART_BYTES", one_part_bytes)
     src = tmp_path / "big.bin"
     src.write_bytes(b"y" * 50_000)
     store.write_bytes("d/f.bin", b"old")

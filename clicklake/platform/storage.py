@@ -108,8 +108,12 @@ class Store:
         place once whole."""
         path = self.path(key)
         if self.is_s3 and size < S3_ONE_PART_BYTES:
+            # Gathered first (under 5 MiB): the stream's close, even after an error, uploads
+            # whatever it holds as the whole object.
+            gathered = io.BytesIO()
+            write(gathered)
             with self.fs.open_output_stream(path, compression=None, metadata={}) as out:
-                write(out)
+                out.write(gathered.getbuffer())
             return
         if self.is_s3:
             tmp = self.path(s3_temp_key(key))
