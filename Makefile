@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# The Dagster instance is configured by ./dagster.yaml and keeps its storage in .dagster/.
-export DAGSTER_HOME := $(CURDIR)
+# The Dagster instance is configured by ./dagster.yaml and keeps its storage in .dagster/, unless
+# DAGSTER_HOME is set already (another lake's instance: README, "Your own data, end to end").
+export DAGSTER_HOME ?= $(CURDIR)
 # Where `make demo` writes its landing zone and lake, and what `make dev` shows.
 export CLICKLAKE_ROOT ?= data/demo
 

@@ -104,3 +104,13 @@ def test_skip_generate_takes_a_generated_zones_event_hours_not_its_late_arrivals
     arrivals = landed_hours(store, "impressions")
     assert arrivals[-1] > start + 3 * HOUR_MS  # late records arrive after the last event hour
     assert _landing_hours(store) == (start, 4)
+
+
+def test_the_closing_hint_names_the_root_make_dev_must_show(tmp_path, monkeypatch):
+    """`make dev` shows CLICKLAKE_ROOT (data/demo by default): a demo on another root must say
+    so, or the UI opens on the demo lake's runs and the sensor watches the wrong landing zone."""
+    from clicklake.cli.demo import _dev_command
+
+    monkeypatch.chdir(tmp_path)
+    assert _dev_command("data/demo") == _dev_command(str(tmp_path / "data/demo")) == "make dev"
+    assert _dev_command("data/mine") == "CLICKLAKE_ROOT=data/mine make dev"

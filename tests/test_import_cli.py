@@ -232,3 +232,22 @@ def test_epoch_integers_take_the_fast_path_to_the_same_answer(n, seconds, kind):
     value = {"int": n, "str": str(n), "float": float(n)}[kind]
     exact = int(Decimal(repr(value) if kind == "float" else value) * (1000 if seconds else 1))
     assert _epoch_ms(value, seconds) == exact
+
+
+def test_the_deployments_landing_prefix_is_where_the_files_go(tmp_path):
+    """A deployment whose template moved the landing prefix reads its landing files there: the
+    importer wrote `landing/` whatever CLICKLAKE_LANDING_PREFIX said, out of the assets' sight."""
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    root = tmp_path / "d"
+    res = CliRunner().invoke(main, ["import", str(log), *FLAGS, "--root", str(root),
+                                    "--no-progress"],
+                             env={"CLICKLAKE_LANDING_PREFIX": "incoming/firehose"})
+    assert res.exit_code == 0, res.output
+    assert f"({root}/incoming/firehose)" in res.output
+    store = Store(str(root))
+    assert store.list("incoming/firehose") and not store.list("landing")
+    for bad in ("/abs", "../up", "a//b", ""):
+        res = CliRunner().invoke(main, ["import", str(log), *FLAGS, "--root", str(root),
+                                        "--landing-prefix", bad])
+        assert res.exit_code == 2 and "--landing-prefix" in res.output, (bad, res.output)

@@ -83,7 +83,8 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
     """Generate HOURS of synthetic streams (or use an imported landing zone), materialize the
     whole asset graph through Dagster in order — raw → tiles → profiles → labeled → training set →
     model → gate → deployment — and print a summary. Runs are recorded in the instance under
-    DAGSTER_HOME when it is set, so `make dev` shows them."""
+    DAGSTER_HOME when it is set, so `make dev` (which keeps a DAGSTER_HOME set before it, with
+    CLICKLAKE_ROOT for a root other than data/demo) shows them."""
     import dagster as dg
 
     from clicklake.flow import run_flow
@@ -176,6 +177,15 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
         last_hour = start_ms + (hours - 1) * HOUR_MS
         serve_and_predict(root, last_hour, int(folded.get("watermark_ms") or last_hour + HOUR_MS))
     click.echo(f"\nDone in {time.perf_counter() - t0:.1f} s. Lake: {root}/lake"
-               + ("  (browse the runs and assets with `make dev`)." if instance is not None else
+               + (f"  (browse the runs and assets with `{_dev_command(root)}`)."
+                  if instance is not None else
                   "  (the runs went to a throwaway Dagster instance: set DAGSTER_HOME, as "
                   "`make demo` does, to browse them with `make dev`)."))
+
+
+def _dev_command(root: str) -> str:
+    """How to open the UI on this run's lake: `make dev` shows CLICKLAKE_ROOT (data/demo)."""
+    import os
+
+    default = os.path.abspath("data/demo")
+    return "make dev" if os.path.abspath(root) == default else f"CLICKLAKE_ROOT={root} make dev"

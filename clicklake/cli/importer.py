@@ -66,9 +66,14 @@ def _tqdm(desc: str, total: int, unit: str):
 @click.option("--clicks-campaign", help="Campaign column(s) of the clicks table "
                                         "(default: the impression's).")
 @click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",
-              help="Data root: a folder or s3://bucket/prefix; files go to <root>/landing/ "
+              help="Data root: a folder or s3://bucket/prefix; files go to <root>/<landing prefix>/ "
                    "(env CLICKLAKE_ROOT).")
-@click.option("--s3-endpoint-url", help="S3 endpoint (MinIO, moto, LocalStack).")
+@click.option("--s3-endpoint-url", envvar="CLICKLAKE_S3_ENDPOINT_URL", show_envvar=True,
+              help="S3 endpoint (MinIO, moto, LocalStack).")
+@click.option("--landing-prefix", default="landing", show_default=True,
+              envvar="CLICKLAKE_LANDING_PREFIX", show_envvar=True,
+              help="Folder below the root the landing files go to: the deployment's landing "
+              "prefix, where the raw assets and the sensor read.")
 @click.option("--source", help="Name of this import in landing file names and the rejects file "
                                "(default: file name + hash of its path). Same source = replace. "
                                "Letters, digits, '.', '_' and '-', not starting with '.'.")
@@ -88,7 +93,8 @@ def _tqdm(desc: str, total: int, unit: str):
 def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, id_, ip, user_agent,
                    cost, cost_scale, click_time, click_time_format, label, click_delay, delimiter,
                    clicks_file, clicks_time, clicks_time_format, clicks_impression_id, clicks_id,
-                   clicks_user, clicks_campaign, root, s3_endpoint_url, source, shift_to, tmp_dir,
+                   clicks_user, clicks_campaign, root, s3_endpoint_url, landing_prefix, source,
+                   shift_to, tmp_dir,
                    memory_limit, show_rejects, progress, as_json):
     """Import an ad log LOG (CSV or Parquet, plain or gzip) into the landing zone.
 
@@ -142,10 +148,16 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
         raise click.BadParameter(f"{memory_limit!r} is not a size such as 512MB, 1G or 2GiB, "
                                  "nor a share such as 50%",
                                  param_hint="--memory-limit")
+    if not re.fullmatch(r"[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*", landing_prefix) or any(
+            part in (".", "..") for part in landing_prefix.split("/")):
+        raise click.BadParameter(f"{landing_prefix!r} is not a folder below the root (letters, "
+                                 "digits, '_', '.', '=', '-', parts joined by '/')",
+                                 param_hint="--landing-prefix")
     check_root(root)
     store = Store(root, S3Options(endpoint_url=s3_endpoint_url))
     try:
         report = run_import(store, mapping, log, clicks_file, source=source,
+                            prefix=landing_prefix,
                             shift_to_ms=shift_ms, tmp_dir=tmp_dir, memory_limit=memory_limit,
                             progress=_tqdm if (sys.stderr.isatty() if progress is None
                                                else progress) else _no_bar,
@@ -163,11 +175,12 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
     if as_json:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
-        _print_summary(report, store)
+        _print_summary(report, store, landing_prefix)
     if report.impressions == 0:
         raise click.ClickException(
-            "no impression was imported, so nothing under landing/ changed (an earlier import "
-            f"of source {report.source} stays as it was): check the mapping and the rejects in "
+            f"no impression was imported, so nothing under {landing_prefix}/ changed (an "
+            f"earlier import of source {report.source} stays as it was): check the mapping and "
+            "the rejects in "
             f"{store.uri(report.rejects_key)}")
 
 
@@ -177,7 +190,7 @@ def _no_bar(desc: str, total: int, unit: str):
     return _NoProgress()
 
 
-def _print_summary(r, store: Store) -> None:
+def _print_summary(r, store: Store, landing_prefix: str = "landing") -> None:
     echo = click.echo
     echo(f"source {r.source}")
     echo(f"rows read           {r.rows_read:>12,}" + (f"  (+{r.click_rows_read:,} click rows)"
@@ -196,7 +209,7 @@ def _print_summary(r, store: Store) -> None:
     if r.blank_lines or r.skipped_before_header:
         echo(f"skipped: {r.blank_lines:,} blank line(s), {r.skipped_before_header:,} line(s) "
              "before the header")
-    echo(f"files written       {r.files_written:>12,}  ({store.uri('landing')})")
+    echo(f"files written       {r.files_written:>12,}  ({store.uri(landing_prefix)})")
     if r.stale_files_removed:
         echo(f"stale files removed {r.stale_files_removed:>12,}  (from the previous import)")
     if r.first_ts is not None:

@@ -53,8 +53,9 @@ def _token(value: str | None) -> str | None:
               help="AWS region (default: the boto3 chain).")
 @click.option("--value-per-click", type=FiniteFloat(min=0),
               default=_DEFAULTS.default_value_per_click, show_default=True,
-              help="USD a click within the label window (15 min) is worth when a request does "
-              "not say (the model's probability is of such a click).")
+              help="USD a click within the label window (CLICKLAKE_LABEL_WINDOW_MINUTES, default "
+              "15) is worth when a request does not say (the model's probability is of such a "
+              "click).")
 @click.option("--farm-ctr", type=FiniteFloat(0, 1, min_open=True),
               default=_DEFAULTS.farm_ctr_24h, show_default=True,
               help="click_farm: a user's 24 h CTR at or above this ...")
