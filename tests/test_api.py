@@ -300,6 +300,29 @@ def test_policy_rejects_nonsense():
             DecisionPolicy(**bad)
 
 
+def test_a_lake_that_cannot_be_read_is_a_503_with_its_code(lake):
+    """The lake unreachable (an S3 endpoint that does not resolve, a disk error) answered a
+    plain-text 500 to time travel: the failure is the server's side, said in JSON."""
+    class Unreachable:  # the file system once the endpoint stops resolving
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            def fails(*args, **kwargs):
+                raise OSError("When reading information for key 'lake/...': Could not resolve "
+                              "host")
+            return fails
+
+    store = Store(lake.root)
+    with TestClient(lake_app(store)) as c:
+        store.fs = Unreachable(store.fs)
+        r = c.get("/v1/users/u0000300/profile", params={"as_of": str(START + HOUR_MS + 7)})
+    assert r.status_code == 503, r.text
+    assert r.json() == {"code": "features_unavailable", "detail": "the feature source cannot "
+                        "be read: When reading information for key 'lake/...': Could not "
+                        "resolve host"}
+
+
 def test_profile_now_and_as_of_match_the_lookup_table(client, lake):
     table = LookupTable(lake)
     wm = LakeFeatures(lake).watermark_ms()

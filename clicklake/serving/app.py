@@ -332,6 +332,14 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         return JSONResponse(status_code=exc.status_code, content={"detail": detail, "code": code},
                             headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(OSError)
+    async def unreadable_source(request: Request, exc: OSError) -> JSONResponse:
+        # The lake or store could not be read (an S3 endpoint unreachable, a disk error): the
+        # server's side, said as such, not a plain-text 500.
+        return JSONResponse(status_code=503, content={
+            "detail": f"the feature source cannot be read: {exc}",
+            "code": "features_unavailable"})
+
     def fail(status: int, detail: str, code: str) -> HTTPException:
         exc = HTTPException(status, detail)
         exc.code = code  # type: ignore[attr-defined]
