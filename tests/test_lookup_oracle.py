@@ -203,3 +203,29 @@ def test_a_null_campaign_asked_for_counts_nothing(tmp_path, monkeypatch, native)
                                            pa.array(["c2", None, "c1"]), np.full(3, t))
         assert [(r["impressions"], r["clicks"]) for r in uc.to_pylist()] == [
             (1, 1), (0, 0), (1, 0)], t
+
+
+def test_a_users_spend_carries_no_rounding_of_other_users_costs(tmp_path):
+    """Asked in a batch spanning two hours (the general path), a user's spend was the
+    difference of two running totals over every user sorted before it: another user's large
+    cost changed it in its last digits, and the answer depended on what else was asked."""
+    import tests.feature_oracle as fo
+    from clicklake.platform.timeutil import MINUTE_MS, parse_instant
+
+    h0 = parse_instant("2026-11-20T00:00:00Z")
+
+    def imp(i, ts, user, cost):
+        return ("impressions", {"impression_id": i, "ts": ts, "user_id": user,
+                                "campaign_id": "c1", "cost": cost}, ts)
+
+    store = Store(str(tmp_path))
+    fo.land(store, [imp("a9", h0 + MINUTE_MS, "a0", 0.0),
+                    imp("a1", h0 + HOUR_MS + MINUTE_MS, "a0", 999_999.123),
+                    imp("b1", h0 + HOUR_MS + 2 * MINUTE_MS, "u1", 0.1),
+                    imp("b0", h0 + 5 * MINUTE_MS, "u1", 0.2)])
+    fo.build_lake(store, [h0 + k * HOUR_MS for k in range(3)])
+    t = h0 + HOUR_MS + 10 * MINUTE_MS
+    table = lookup.LookupTable(store)
+    alone = table.as_of(["u1"], [t])["spend"][0].as_py()
+    batch = table.as_of(["u1", "u1"], [t, h0 + 30 * MINUTE_MS])["spend"][0].as_py()
+    assert alone == batch == 0.2 + 0.1

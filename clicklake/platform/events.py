@@ -120,9 +120,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 TS_MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything earlier is taken for epoch seconds
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive)
-# No impression costs a trillion, even in micros; and sums of costs below it stay finite (two
-# costs of 1e308 summed to inf, which JSON documents cannot hold).
-COST_MAX = 1e12
+# No impression costs a million USD (a CPM column not scaled reads a thousand times too high,
+# and stays far below). Below it, sums of costs stay finite (two costs of 1e308 summed to inf,
+# which JSON documents cannot hold) and exact enough: the online store answers a past instant
+# as a user's total spend less the costs after it, and a later cost of 1e9 moved an earlier
+# spend of 0.1 in its eighth digit (1e6: the eleventh, inside the checks' 1e-9).
+COST_MAX = 1e6
 
 
 def _checked_ms(ms: int, name: str) -> int:
