@@ -181,6 +181,52 @@ def phase_labeled(root: str, meta: dict, out_dir: str, name: str = "labeled",
     return {"seconds": build_s, "rows": rows}
 
 
+def phase_labeled_as_asset(root: str, meta: dict, out_dir: str) -> dict:
+    """The range as the asset runs it, in a process holding what the asset's holds (Dagster,
+    Great Expectations): each hour built, checked (`check_and_write`: the four checks in Great
+    Expectations) and written to a lake of its own, with the metadata's own computations.
+    Seconds and CPU exclude Great Expectations' import and context (`gx_start_s`, once a
+    process), counted apart; the peak RSS includes them."""
+    import dagster  # noqa: F401
+
+    from clicklake.platform.labeled import build_labeled_hours, labeled_key
+    from clicklake.platform.labeled_quality import DEFAULT_LABEL_RATE, check_and_write
+    from clicklake.platform.quality import run_checks
+    from clicklake.platform.storage import Store
+
+    t0 = time.perf_counter()
+    run_checks(pa.table({"x": [1]}).to_pandas(), [])  # imports GX, makes its context
+    gx_start = time.perf_counter() - t0
+    cpu0 = time.process_time()
+    out = Store(os.path.join(out_dir, "as_asset"))
+    hours = _hours(meta)[:-1]
+    parts = {"build_s": 0.0, "checks_and_write_s": 0.0, "metadata_s": 0.0}
+    rows, failed_hours = 0, 0
+    t_all = time.perf_counter()
+    tables = build_labeled_hours(Store(root), hours, LABEL_WINDOW_MS)
+    with _checked_writer(os.path.join(out_dir, "labeled_as_asset.parquet")) as check:
+        for h in hours:
+            t = time.perf_counter()
+            table = next(tables)
+            parts["build_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            _, failed, _ = check_and_write(out, labeled_key(h), table, DEFAULT_LABEL_RATE)
+            parts["checks_and_write_s"] += time.perf_counter() - t
+            t = time.perf_counter()  # what the asset computes for each hour's metadata
+            float(table["label"].to_numpy().mean())
+            pc.count_distinct(table["user_id"]).as_py()
+            int(np.isfinite(table["pred_score"].to_numpy(zero_copy_only=False)).sum())
+            parts["metadata_s"] += time.perf_counter() - t
+            rows += table.num_rows
+            failed_hours += bool(failed)
+            check.write_table(table.select(_CHECKED))  # (not the asset's: for the comparison)
+            del table
+    seconds = time.perf_counter() - t_all
+    return {"seconds": seconds, "rows": rows, "gx_start_s": gx_start,
+            "cpu_s_timed": time.process_time() - cpu0, "hours_failing_a_check": failed_hours,
+            **parts}
+
+
 SCALING_HOURS = (12, 24)  # shorter ranges beside the full one: cost per impression, peak memory
 
 
@@ -510,6 +556,7 @@ def compare_rebuilds(out_dir: str, sample: int = 3000) -> dict:
 
 
 PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
+          "labeled_as_asset": phase_labeled_as_asset,
           "labeled_one_thread": phase_labeled_one_thread,
           "labeled_hourly": phase_labeled_hourly, "minimal_ours": phase_minimal_ours,
           "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb,
@@ -568,6 +615,7 @@ def compare(out_dir: str) -> dict:
     full2 = _sorted(*(os.path.join(out_dir, f"labeled_2proc_{i}.parquet") for i in (0, 1)))
     hourly = _sorted(os.path.join(out_dir, "labeled_hourly.parquet"))
     one = _sorted(os.path.join(out_dir, "labeled_one_thread.parquet"))
+    as_asset = _sorted(os.path.join(out_dir, "labeled_as_asset.parquet"))
     ids = duck["impression_id"]
     if len(pc.unique(ids)) != len(ids):
         raise SystemExit("impression ids are not unique: the comparison needs them to be")
@@ -588,6 +636,8 @@ def compare(out_dir: str) -> dict:
                                        "n_clk": "user_clicks_life", "label": "label"}),
         ("full_build_one_thread", one, {"n_imp": "user_impressions_life",
                                         "n_clk": "user_clicks_life", "label": "label"}),
+        ("full_build_as_asset", as_asset, {"n_imp": "user_impressions_life",
+                                           "n_clk": "user_clicks_life", "label": "label"}),
     ):
         if not other["impression_id"].equals(ids):
             raise SystemExit(f"{name}: not the same impressions as the DuckDB baseline")
@@ -669,7 +719,7 @@ def main() -> None:
     try:
         phases = {name: run_phase(name, root, out_dir) for name in (
             "duckdb", "duckdb_asof", "minimal_ours", "minimal_ours_2proc", "minimal_ours_lookup",
-            "labeled", "labeled_one_thread",
+            "labeled", "labeled_as_asset", "labeled_one_thread",
             "labeled_2proc", "labeled_hourly", *(f"labeled_{h}h" for h in SCALING_HOURS))}
         check = compare(out_dir)
         rebuild = None
@@ -687,6 +737,7 @@ def main() -> None:
     duck_asof, mini_lookup = phases["duckdb_asof"], phases["minimal_ours_lookup"]
     lab2, hourly = phases["labeled_2proc"], phases["labeled_hourly"]
     one = phases["labeled_one_thread"]
+    asset = phases["labeled_as_asset"]
     mini2 = phases["minimal_ours_2proc"]
     for p in (lab2, mini2):
         p["cpu_s"] += p.pop("workers_cpu_s")  # the phase's own CPU plus its workers'
@@ -700,6 +751,12 @@ def main() -> None:
         "full_labeled_build": {**lab, "impressions_per_s": n / lab["seconds"],
                                "impressions_per_cpu_s": n / lab["cpu_s"],
                                "peak_growth_mib_per_2m": lab["peak_growth_mib"] * 2e6 / n},
+        "labeled_as_the_asset_runs_it": {
+            **asset, "impressions_per_s": n / asset["seconds"],
+            "impressions_per_cpu_s": n / asset["cpu_s_timed"],
+            "note": "build + Great Expectations checks + Parquet write + metadata, hour by "
+                    "hour; seconds exclude gx_start_s (once a process); peak RSS with Dagster "
+                    "and Great Expectations loaded, as in the asset's process"},
         "full_labeled_build_one_thread": {
             **one, "impressions_per_s": n / one["seconds"],
             "impressions_per_cpu_s": n / one["cpu_s"]},
@@ -721,6 +778,7 @@ def main() -> None:
             "full_build_2proc_throughput_over_duckdb_minimal": duck["seconds"] / lab2["seconds"],
             "full_build_range_cpu_over_hour_by_hour_cpu": lab["cpu_s"] / hourly["cpu_s"],
             "full_build_throughput_over_one_thread": one["seconds"] / lab["seconds"],
+            "as_asset_throughput_over_build_only": lab["seconds"] / asset["seconds"],
             "full_build_cpu_over_one_thread_cpu": lab["cpu_s"] / one["cpu_s"],
             "minimal_ours_cpu_over_duckdb_cpu": mini["cpu_s"] / duck["cpu_s"],
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
@@ -745,7 +803,8 @@ def main() -> None:
           f"{meta['tiles_profiles_segments_s']:.1f} s")
     print(f"{'measure':<38} {'seconds':>8} {'CPU-s':>7} {'M imp/s':>8} {'peak MiB':>9} "
           f"{'growth MiB':>10}")
-    for label, p in (("full labeled build (ours)", lab), ("  same, one thread", one),
+    for label, p in (("full labeled build (ours)", lab),
+                     ("  as the asset: + checks, write", asset), ("  same, one thread", one),
                      ("  same, 2 worker processes", lab2),
                      ("  same, hour by hour (reference)", hourly),
                      ("minimal task (ours, from raw)", mini),
@@ -757,6 +816,10 @@ def main() -> None:
               f"{p['rows'] / p['seconds'] / 1e6:>8.3f} {p['peak_rss_mib']:>9.0f} "
               f"{p['peak_growth_mib']:>10.0f}")
     print(f"  (2 processes: largest worker peak {lab2['worker_peak_rss_mib_max']:.0f} MiB)")
+    print(f"  (as the asset: build {asset['build_s']:.2f} s, checks and write "
+          f"{asset['checks_and_write_s']:.2f} s, metadata {asset['metadata_s']:.2f} s; Great "
+          f"Expectations' start {asset['gx_start_s']:.2f} s once a process, not in the figures; "
+          f"{asset['hours_failing_a_check']} hours failing a check)")
     r = results["ratios"]
     print(f"full build vs DuckDB minimal: {r['full_build_throughput_over_duckdb_minimal']:.2f}x"
           f" throughput; minimal ours vs DuckDB: {r['minimal_ours_throughput_over_duckdb']:.2f}x"

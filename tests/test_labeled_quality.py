@@ -105,3 +105,19 @@ def test_each_failure_is_named_by_its_own_expectation_whatever_the_order():
     for order in (spec, spec[::-1], spec[2:] + spec[:2]):
         [outcome] = run_checks(df, [CheckSpec("x", "d", order)])
         assert outcome.failures == {"unique(a)": 2, "between(c, 0, None)": 1}, order
+
+
+def test_checks_sharing_an_expectation_each_report_its_failure():
+    """All checks' expectations are validated as one suite: a spec two checks hold fails both,
+    each with its unexpected count, and a check of passing specs passes."""
+    from clicklake.platform.quality import CheckSpec
+
+    df = pd.DataFrame({"a": [1.0, None, None], "b": [0, 1, 2]})
+    shared = ("not_null", "a")
+    out = run_checks(df, [CheckSpec("one", "d", (shared, ("between", "b", 0, 2))),
+                          CheckSpec("two", "d", (("unique", "b"), shared)),
+                          CheckSpec("three", "d", (("between", "b", 0, 1),)),
+                          CheckSpec("four", "d", (("mean_between", "b", 0.5, 1.5),))])
+    assert [(o.name, o.passed, o.failures) for o in out] == [
+        ("one", False, {"not_null(a)": 2}), ("two", False, {"not_null(a)": 2}),
+        ("three", False, {"between(b, 0, 1)": 1}), ("four", True, {})]

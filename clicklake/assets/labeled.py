@@ -32,7 +32,7 @@ from clicklake.platform.labeled import build_labeled_hours, labeled_key
 from clicklake.platform.labeled_quality import (
     DEFAULT_LABEL_RATE,
     LABELED_CHECKS,
-    labeled_check_specs,
+    check_and_write,
 )
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
 from clicklake.platform.raw import read_raw
@@ -139,8 +139,6 @@ class LabeledConfig(dg.Config):
 )
 def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig,
                         lake: LakeResource):
-    from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
-
     store = lake.store()
     window = settings().label_window_minutes
     window_ms = window * MINUTE_MS
@@ -187,17 +185,12 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
         key = labeled_key(hour, lake.lake_prefix)
         # Checked before it is written: an hour failing a blocking check never reaches the lake
         # (training reads every labeled file there), and an earlier copy of it goes.
-        specs = labeled_check_specs(table.num_rows, (config.label_rate_min, config.label_rate_max))
-        outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
-        failed = sorted(name for name, o in outcomes.items() if not o.passed)
+        outcomes, failed, nbytes = check_and_write(
+            store, key, table, (config.label_rate_min, config.label_rate_max))
         for name, per_hour in checked.items():  # a check left out of specs is not enforced
             per_hour.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
         if failed:
-            store.delete(key)
-            nbytes = 0
             context.log.error(f"{iso(hour)} failed {', '.join(failed)}: not written")
-        else:
-            nbytes = store.write_parquet(key, table)
         labels = table["label"].to_numpy()
         rate = float(labels.mean()) if len(labels) else 0.0
         context.log.info(f"labeled {table.num_rows} impressions of {iso(hour)}; "
@@ -208,7 +201,7 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
             "label_rate": rate,
             "clicked_impressions": int(labels.sum()),
             "label_window_minutes": window,
-            "users": len(set(table["user_id"].to_pylist())),
+            "users": pc.count_distinct(table["user_id"]).as_py(),
             "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
                 zero_copy_only=False)).sum()),
             "bytes": nbytes,

@@ -56,3 +56,21 @@ DEFAULT_LABEL_RATE = (0.0005, 0.3)
 # (name, description) of every check, for declaring them before any run (the UI shows these).
 LABELED_CHECKS = tuple((c.name, c.description)
                        for c in labeled_check_specs(LABEL_RATE_MIN_ROWS, DEFAULT_LABEL_RATE))
+
+
+def check_and_write(store, key: str, table, label_rate: tuple[float, float]
+                    ) -> tuple[dict, list[str], int]:
+    """A labeled hour checked, then written to `key` when every check passed (else an earlier
+    copy there is deleted: training reads every labeled file): its outcomes by check name, the
+    checks failed, the bytes written. What the asset does with each hour it builds, and what
+    the benchmark times beside the build."""
+    from clicklake.platform.labeled import text_columns
+    from clicklake.platform.quality import run_checks  # Great Expectations: on first use
+
+    specs = labeled_check_specs(table.num_rows, label_rate)
+    outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
+    failed = sorted(name for name, o in outcomes.items() if not o.passed)
+    if failed:
+        store.delete(key)
+        return outcomes, failed, 0
+    return outcomes, failed, store.write_parquet(key, table, use_dictionary=text_columns(table))

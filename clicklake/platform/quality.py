@@ -50,13 +50,14 @@ def _gx_context():
         return _context
 
 
-def _expectation(spec: ExpectationSpec):
-    """The GX expectation of `spec`, carrying its label in `meta`: GX returns results grouped
-    by column, not in the suite's order, so each result is matched to its spec by it."""
+def _expectation(spec: ExpectationSpec, tag: int = 0):
+    """The GX expectation of `spec`, carrying its label and `tag` in `meta`: GX returns results
+    grouped by column, not in the suite's order, so each result is matched to its spec by the
+    tag (a spec may be in two checks)."""
     import great_expectations as gx
 
     kind, column, *args = spec
-    common = {"column": column, "meta": {_META: _label(spec)}}
+    common = {"column": column, "meta": {_META: _label(spec), _TAG: tag}}
     if kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(**common)
     if kind == "unique":
@@ -76,6 +77,7 @@ def _expectation(spec: ExpectationSpec):
 
 
 _META = "clicklake_check"
+_TAG = "clicklake_spec"
 
 
 def _label(spec: ExpectationSpec) -> str:
@@ -84,36 +86,38 @@ def _label(spec: ExpectationSpec) -> str:
 
 
 def run_checks(df: pd.DataFrame, checks: list[CheckSpec]) -> list[CheckOutcome]:
-    """Validate `df` against each check's expectations with one GX ValidationDefinition each."""
+    """Validate `df` against every check's expectations in one GX suite, validated on the batch
+    directly, pass or fail only (GX's fixed cost per expectation and per validation is most of
+    an hour's checking: a ValidationDefinition per check, each computing every unexpected
+    count, took 2.3x as long); the expectations that failed are validated again for their
+    unexpected counts."""
     import great_expectations as gx
 
     ctx = _gx_context()
-    outcomes = []
+    tagged = [(i, spec) for i, check in enumerate(checks) for spec in check.expectations]
+    failures: list[dict[str, int]] = [{} for _ in checks]
     with _lock:  # the ephemeral context is shared; GX registries are not thread-safe
         source = ctx.data_sources.add_pandas(f"df-{uuid.uuid4().hex}")
-        batch = source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("all")
         try:
-            for check in checks:
-                suite = gx.ExpectationSuite(name=f"{check.name}-{uuid.uuid4().hex}")
-                for spec in check.expectations:
-                    suite.add_expectation(_expectation(spec))
-                suite = ctx.suites.add(suite)
-                vd = ctx.validation_definitions.add(
-                    gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
-                )
-                result = vd.run(batch_parameters={"dataframe": df})
-                failures = {}
-                for res in result.results:
-                    if not res.success:
-                        observed = res.result.get("unexpected_count")
-                        if observed is None:  # aggregate expectations report a value instead
-                            observed = res.result.get("observed_value")
-                        label = res.expectation_config.meta[_META]
-                        failures[label] = observed if observed is not None else 0
-                outcomes.append(CheckOutcome(check.name, bool(result.success), check.description,
-                                             failures))
-                ctx.validation_definitions.delete(suite.name)
-                ctx.suites.delete(suite.name)
+            batch = source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe(
+                "all").get_batch(batch_parameters={"dataframe": df})
+
+            def failed(specs: list[tuple[int, ExpectationSpec]], result_format: str) -> list:
+                if not specs:
+                    return []
+                suite = gx.ExpectationSuite(name=f"checks-{uuid.uuid4().hex}", expectations=[
+                    _expectation(spec, tag=n) for n, (_, spec) in enumerate(specs)])
+                result = batch.validate(suite, result_format=result_format)
+                return [(specs[r.expectation_config.meta[_TAG]], r) for r in result.results
+                        if not r.success]
+
+            again = [spec for spec, _ in failed(tagged, "BOOLEAN_ONLY")]
+            for (i, spec), res in failed(again, "BASIC"):
+                observed = res.result.get("unexpected_count")
+                if observed is None:  # aggregate expectations report a value instead
+                    observed = res.result.get("observed_value")
+                failures[i][_label(spec)] = observed if observed is not None else 0
         finally:
             ctx.data_sources.delete(source.name)
-    return outcomes
+    return [CheckOutcome(check.name, not failures[i], check.description, failures[i])
+            for i, check in enumerate(checks)]

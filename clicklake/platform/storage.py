@@ -240,14 +240,17 @@ class Store:
         return sorted(hours)
 
     # -- parquet -------------------------------------------------------------------------------
-    def write_parquet(self, key: str, table: pa.Table, row_group_size: int | None = None) -> int:
-        """Write `table` atomically as zstd Parquet; returns the bytes written."""
+    def write_parquet(self, key: str, table: pa.Table, row_group_size: int | None = None,
+                      use_dictionary: bool | list[str] = True) -> int:
+        """Write `table` atomically as zstd Parquet; returns the bytes written.
+        `use_dictionary`: as pyarrow's (the columns to dictionary-encode, or all or none)."""
         buf = io.BytesIO()
         pq.write_table(
             table,
             buf,
             compression=PARQUET_COMPRESSION,
             row_group_size=row_group_size,
+            use_dictionary=use_dictionary,
         )
         data = buf.getvalue()
         self.write_bytes(key, data)
