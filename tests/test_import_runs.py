@@ -199,3 +199,23 @@ def test_the_pending_keys_are_the_keys_written(tmp_path, monkeypatch):
         r = import_log(store, mapping, str(log), source="s")
         assert r.clicks > 0
         assert sorted(pending[0]) == sorted(store.list(landing.DEFAULT_PREFIX))
+
+
+def test_each_landing_prefix_keeps_its_own_manifest(tmp_path):
+    """One manifest a source overwrote whatever the prefix: an import into another prefix
+    dropped the first prefix's files from it, and the next import there left them for good."""
+    log = tmp_path / "log.csv"
+    store = Store(str(tmp_path / "data"))
+    base = 1748851200000
+    _log_over_buffers(log, [base + i * 1000 for i in range(3)])
+    first = import_log(store, MAP, str(log), source="s")
+    other = import_log(store, MAP, str(log), source="s", prefix="alt")
+    assert (first.manifest_key, other.manifest_key) == (
+        "import-manifests/s.json", "import-manifests/alt/s.json")
+    assert other.stale_files_removed == 0 and len(store.list("alt")) == 1
+    _log_over_buffers(log, [base + 7 * 3_600_000 + i * 1000 for i in range(3)])  # moved
+    again = import_log(store, MAP, str(log), source="s")
+    assert again.stale_files_removed == 1
+    assert store.list("landing") == orjson.loads(
+        store.read_bytes("import-manifests/s.json"))["keys"]
+    assert len(store.list("alt")) == 1  # the other prefix's import is its own

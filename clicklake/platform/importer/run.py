@@ -394,7 +394,7 @@ def _write(store: Store, r: Resolver, mapping: Mapping, source: str, prefix: str
 
     streams = (("impressions", imp_sql, IMPRESSION_FIELDS, n_imp),
                ("clicks", clk_sql + " ORDER BY ts, click_id", CLICK_FIELDS, n_clk))
-    report.manifest_key = f"{MANIFESTS_PREFIX}/{source}.json"
+    report.manifest_key = manifest_key(source, prefix)
     # Every file's key is named in the manifest before any is written: an import that dies
     # part way leaves no landing file its source's next import does not know to replace.
     _mark_pending(store, report.manifest_key, [
@@ -424,6 +424,15 @@ def _write(store: Store, r: Resolver, mapping: Mapping, source: str, prefix: str
     report.files_written = len(keys)
     report.stale_files_removed = _replace_manifest(store, report.manifest_key, keys, mapping,
                                                    prefix)
+
+
+def manifest_key(source: str, prefix: str = landing.DEFAULT_PREFIX) -> str:
+    """Where a source's manifest lives: one per landing prefix, so an import into another
+    prefix neither drops this one's files from its manifest (left, never replaced) nor replaces
+    them (only files below the import's own prefix are ever deleted)."""
+    if prefix == landing.DEFAULT_PREFIX:
+        return f"{MANIFESTS_PREFIX}/{source}.json"
+    return f"{MANIFESTS_PREFIX}/{prefix}/{source}.json"
 
 
 def _planned_keys(r: Resolver, stream: str, sql: str, source: str, prefix: str,
