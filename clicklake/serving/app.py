@@ -332,18 +332,15 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         return JSONResponse(status_code=exc.status_code, content={"detail": detail, "code": code},
                             headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(OSError)
-    async def unreadable_source(request: Request, exc: OSError) -> JSONResponse:
-        # The lake or store could not be read (an S3 endpoint unreachable, a disk error): the
-        # server's side, said as such, not a plain-text 500.
-        return JSONResponse(status_code=503, content={
-            "detail": f"the feature source cannot be read: {exc}",
-            "code": "features_unavailable"})
-
     def fail(status: int, detail: str, code: str) -> HTTPException:
         exc = HTTPException(status, detail)
         exc.code = code  # type: ignore[attr-defined]
         return exc
+
+    def unreadable(exc: OSError) -> HTTPException:
+        """The lake or store could not be read: the server's side, said as such (a plain-text
+        500 before)."""
+        return fail(503, f"the feature source cannot be read: {exc}", "features_unavailable")
 
     def watermark_iso() -> str | None:
         wm = source.watermark_ms()
@@ -433,6 +430,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         except LookupError as exc:
             raise fail(503, f"the feature source cannot answer: {exc}", "features_unavailable"
                        ) from None
+        except OSError as exc:  # the lake or store unreadable (an S3 endpoint unreachable)
+            raise unreadable(exc) from None
         features = compute_features(inputs)
         if loaded.backend == "local":
             probability = float(loaded.predict(loaded.encode_one(features))[0])
@@ -527,6 +526,8 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
             row = await source_read(reader, user_id, t, off_loop=as_of is not None)
         except (NoSnapshots, Rebuilding, TornRead) as exc:
             raise fail(503, str(exc), "features_unavailable") from None
+        except OSError as exc:
+            raise unreadable(exc) from None
         except (SnapshotUnavailable, BeforeHorizon) as exc:
             raise fail(404, str(exc), "snapshot_unavailable") from None
         except StaleLayout as exc:
@@ -537,8 +538,11 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         if not lists:
             hidden |= {"campaigns", "domains"}
         out = {k: _plain(k, v) for k, v in row.items() if k not in hidden}
-        features_as_of = (await source_read(watermark_iso) if kind == "online"
-                          else await lake_watermark_iso())
+        try:
+            features_as_of = (await source_read(watermark_iso) if kind == "online"
+                              else await lake_watermark_iso())
+        except OSError as exc:
+            raise unreadable(exc) from None
         head = {"user_id": user_id, "as_of": iso(t), "features_as_of": features_as_of,
                 "source": kind}
         if as_text:
