@@ -61,6 +61,18 @@ def main() -> None:
     score = val["pred_score"].to_numpy(zero_copy_only=False).astype(np.float64)
     has = ~np.isnan(score)
     production = auc(y[has], score[has])
+    # Ours on the same rows as the production model's (those with a score), for a like-for-like
+    # comparison: model_auc is over every validation row.
+    from clicklake.platform.training import registry
+    from clicklake.platform.training.artifact import load_booster
+    from clicklake.platform.training.csvformat import read_sagemaker_csv
+    from clicklake.platform.training.local import predict
+
+    y_csv, x = read_sagemaker_csv([store.read_bytes(k) for k in store.list(ts.validation_prefix)],
+                                  ts.manifest.n_features)
+    assert np.array_equal(y_csv, y), "the validation CSV's rows are not the labeled rows"
+    ours = predict(load_booster(registry.artifact_of(store, model["model_id"])), x)
+    ours_same_rows = auc(y[has], ours[has])
     out = {
         "users": args.users, "hours": args.hours,
         "impressions": summary.events["impressions"], "generate_s": round(t_gen, 1),
@@ -68,7 +80,9 @@ def main() -> None:
         "validation_rows": ts.stats["validation_rows"],
         "model_auc": model["auc"], "oracle_auc": model.get("oracle_auc"),
         "auc_to_oracle": model.get("auc_to_oracle"),
-        "production_model_auc (prediction stream, same rows with a score)": production,
+        "rows_with_a_production_score": int(has.sum()),
+        "production_model_auc (prediction stream, the rows with a score)": production,
+        "model_auc_on_the_rows_with_a_production_score": ours_same_rows,
         "log_loss": model["log_loss"], "ece": model["ece"], "pr_auc": model["pr_auc"],
         "spend_saved_at_95pct_clicks": model["spend_saved"],
         "train_seconds": model["train_seconds"], "train_rows_per_s": model["train_rows_per_s"],
