@@ -205,16 +205,24 @@ class _StrictSageMaker(SageMakerEndpoint):
         return client
 
 
+def _another_model(store: Store, artifact: bytes, model_id: str, auc: float = 0.8) -> None:
+    registry.register(store, model_id, artifact, FeatureManifest([f"f{i}" for i in range(5)]),
+                      {"auc": auc})
+
+
+def _strict(moto_endpoint: str, endpoint_name: str, **fields) -> _StrictSageMaker:
+    return _StrictSageMaker(**{"role_arn": ROLE, "region": "us-east-1",
+                               "endpoint_url": moto_endpoint, "endpoint_name": endpoint_name,
+                               "poll_delay_s": 1, "max_wait_attempts": 3, **fields})
+
+
 def test_redeploying_a_model_reuses_its_resources(moto_endpoint, lake):
     """A rollback to an earlier model, and a rerun of a deploy, must not create again what
     exists (SageMaker refuses it: the old code failed there) nor switch an endpoint to the
     config it serves; another instance type gets a config of its own."""
     store, artifact, _ = lake
-    registry.register(store, "model-20261125-02", artifact, FeatureManifest(
-        [f"f{i}" for i in range(5)]), {"auc": 0.81})
-    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
-                                endpoint_name="ctr-redeploy", poll_delay_s=1,
-                                max_wait_attempts=3)
+    _another_model(store, artifact, "model-20261125-02", auc=0.81)
+    endpoint = _strict(moto_endpoint, "ctr-redeploy")
     sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
 
     def serving() -> str:
@@ -232,9 +240,7 @@ def test_redeploying_a_model_reuses_its_resources(moto_endpoint, lake):
     again = endpoint.deploy(store, "model-20261125-01")  # a rerun: nothing to change
     assert again.details == {**first.details, "updated": False, "reused": True}
     assert not [c for c in endpoint._calls if c.startswith(("Create", "Update"))]
-    bigger = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
-                              endpoint_name="ctr-redeploy", instance_type="ml.m5.xlarge",
-                              poll_delay_s=1, max_wait_attempts=3)
+    bigger = _strict(moto_endpoint, "ctr-redeploy", instance_type="ml.m5.xlarge")
     moved = bigger.deploy(store, "model-20261125-01")
     assert moved.details["model_name"] == first.details["model_name"]
     assert moved.details["endpoint_config_name"] != first.details["endpoint_config_name"]
@@ -248,10 +254,8 @@ def test_a_rerun_while_the_endpoint_updates_waits_for_it_first(moto_endpoint, la
     the config it leaves: it waits for the update to end, then finds the endpoint serving its
     config, instead of asking SageMaker (which refuses it) for another update mid-way."""
     store, artifact, _ = lake
-    registry.register(store, "model-20261125-03", artifact, FeatureManifest(
-        [f"f{i}" for i in range(5)]), {"auc": 0.8})
-    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
-                                endpoint_name="ctr-busy", poll_delay_s=1, max_wait_attempts=3)
+    _another_model(store, artifact, "model-20261125-03")
+    endpoint = _strict(moto_endpoint, "ctr-busy")
     old = endpoint.deploy(store, "model-20261125-01")
     new = endpoint.deploy(store, "model-20261125-03")
     real = endpoint._client
@@ -302,8 +306,7 @@ def test_an_endpoint_deployed_before_named_variants_is_switched_to_one(moto_endp
         "VariantName": UNNAMED_VARIANT, "ModelName": model_name, "InitialInstanceCount": 1,
         "InstanceType": "ml.m5.large", "InitialVariantWeight": 1.0}])
     sm.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=old_config)
-    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
-                                endpoint_name=endpoint_name, poll_delay_s=1, max_wait_attempts=3)
+    endpoint = _strict(moto_endpoint, endpoint_name)
     dep = endpoint.deploy(store, model_id)
     assert dep.details["model_name"] == model_name and dep.details["reused"]
     assert dep.details["endpoint_config_name"] != old_config and dep.details["updated"]
@@ -334,11 +337,8 @@ def test_an_update_that_rolled_back_is_a_failed_deploy(moto_endpoint, lake):
     from clicklake.resources.endpoint import EndpointDeployFailed
 
     store, artifact, _ = lake
-    registry.register(store, "model-20261125-04", artifact, FeatureManifest(
-        [f"f{i}" for i in range(5)]), {"auc": 0.8})
-    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
-                                endpoint_name="ctr-rollback", poll_delay_s=1,
-                                max_wait_attempts=3)
+    _another_model(store, artifact, "model-20261125-04")
+    endpoint = _strict(moto_endpoint, "ctr-rollback")
     old = endpoint.deploy(store, "model-20261125-01")
     reason = "The primary container for production variant X did not pass the ping health check."
 
@@ -365,10 +365,8 @@ def test_a_failed_endpoint_is_replaced_and_its_reason_given(moto_endpoint, lake)
     from clicklake.resources.endpoint import EndpointDeployFailed
 
     store, artifact, _ = lake
-    registry.register(store, "model-20261125-05", artifact, FeatureManifest(
-        [f"f{i}" for i in range(5)]), {"auc": 0.8})
-    endpoint = _StrictSageMaker(role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
-                                endpoint_name="ctr-failed", poll_delay_s=1, max_wait_attempts=2)
+    _another_model(store, artifact, "model-20261125-05")
+    endpoint = _strict(moto_endpoint, "ctr-failed", max_wait_attempts=2)
     endpoint.deploy(store, "model-20261125-01")
     failed = [True]
 
@@ -402,9 +400,7 @@ def test_a_failed_endpoint_is_replaced_and_its_reason_given(moto_endpoint, lake)
         elif model.name == "DescribeEndpoint" and created:
             parsed.update(EndpointStatus="Failed", FailureReason="out of capacity")
 
-    again = _with_hooks(_StrictSageMaker(
-        role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint,
-        endpoint_name="ctr-failed-new", poll_delay_s=1, max_wait_attempts=2),
-        {"after-call.{service}": fails_once_created})
+    again = _with_hooks(_strict(moto_endpoint, "ctr-failed-new", max_wait_attempts=2),
+                        {"after-call.{service}": fails_once_created})
     with pytest.raises(EndpointDeployFailed, match="is Failed, not InService: out of capacity"):
         again.deploy(store, "model-20261125-05")
