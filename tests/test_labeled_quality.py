@@ -121,3 +121,23 @@ def test_checks_sharing_an_expectation_each_report_its_failure():
     assert [(o.name, o.passed, o.failures) for o in out] == [
         ("one", False, {"not_null(a)": 2}), ("two", False, {"not_null(a)": 2}),
         ("three", False, {"between(b, 0, 1)": 1}), ("four", True, {})]
+
+
+def test_the_checked_frame_reads_as_the_table_does():
+    """Checks validate `checked_frame` (text kept in Arrow, only the columns read): a NaN
+    feature and a missing id are nulls there as in a plain conversion, a repeated id is a
+    duplicate, and the columns no check reads are left out."""
+    import pyarrow as pa
+
+    from clicklake.platform.quality import CheckSpec, checked_frame
+
+    table = pa.table({"impression_id": ["a", "b", "b", None], "x": [0.5, float("nan"), 1.0, 2.0],
+                      "unread": ["p", "q", "r", "s"]})
+    checks = [CheckSpec("ids", "d", (("not_null", "impression_id"), ("unique", "impression_id"))),
+              CheckSpec("x", "d", (("not_null", "x"), ("between", "x", 0, 1)))]
+    frame = checked_frame(table, checks)
+    assert list(frame.columns) == ["impression_id", "x"]
+    for df in (frame, table.to_pandas()):
+        assert [(o.name, o.failures) for o in run_checks(df, checks)] == [
+            ("ids", {"not_null(impression_id)": 1, "unique(impression_id)": 2}),
+            ("x", {"not_null(x)": 1, "between(x, 0, 1)": 1})]

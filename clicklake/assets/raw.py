@@ -125,7 +125,8 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
         ],
     )
     def _asset(context: dg.AssetExecutionContext, lake: LakeResource):
-        from clicklake.platform.quality import run_checks  # GX imports slowly: only when checking
+        # GX imports slowly: only when checking
+        from clicklake.platform.quality import checked_frame, run_checks
 
         store = lake.store()
         config = settings()  # the deployment's, for every run (`platform.settings`)
@@ -142,7 +143,8 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
                 f"{name} {iso(hour_ms)}: kept {part.kept} of {part.lines_read} lines from "
                 f"{part.files_read} files; quarantined {sum(part.quarantined_by_reason.values())}"
             )
-            outcomes = run_checks(part.table.to_pandas(), raw_check_specs(stream, hour_ms))
+            specs = raw_check_specs(stream, hour_ms)
+            outcomes = run_checks(checked_frame(part.table, specs), specs)
             for outcome in outcomes:
                 checked.setdefault(outcome.name, []).append(HourOutcome(hour_ms, part.kept, outcome))
             context.add_asset_metadata(

@@ -65,10 +65,10 @@ def check_and_write(store, key: str, table, label_rate: tuple[float, float]
     checks failed, the bytes written. What the asset does with each hour it builds, and what
     the benchmark times beside the build."""
     from clicklake.platform.labeled import text_columns
-    from clicklake.platform.quality import run_checks  # Great Expectations: on first use
+    from clicklake.platform.quality import checked_frame, run_checks  # GX: on first use
 
     specs = labeled_check_specs(table.num_rows, label_rate)
-    outcomes = {o.name: o for o in run_checks(table.to_pandas(), specs)}
+    outcomes = {o.name: o for o in run_checks(checked_frame(table, specs), specs)}
     failed = sorted(name for name, o in outcomes.items() if not o.passed)
     if failed:
         store.delete(key)
