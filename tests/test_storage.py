@@ -416,3 +416,30 @@ def test_hive_ends_past_days_a_retention_emptied(store):
     assert store.hive_span(p) == (_hour(4, 12), _hour(5, 12))
     assert store.hive_latest(p, 1) == [_hour(5, 12)]
     assert store.hive_latest(p, 9) == [_hour(4, 12), _hour(5, 12)]
+
+
+def test_a_temp_file_a_killed_write_left_is_hidden_from_hive_readers(tmp_path, monkeypatch):
+    """A process killed just before its rename leaves its temp file in the partition folder:
+    our listings skipped it, but an Arrow dataset (or Spark) over the Hive folders read it as
+    part of the partition, counting its rows twice."""
+    import os
+    import re
+
+    import pyarrow.dataset as ds
+
+    store = Store(str(tmp_path))
+    real = os.replace
+
+    def leaves_a_copy(src, dst):  # a second writer of the same key, killed before its rename
+        folder, name = os.path.split(src)
+        os.link(src, os.path.join(folder, re.sub(r"[0-9a-f]{32}$", "f" * 32, name)))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", leaves_a_copy)
+    store.write_parquet("lake/raw/x/dt=2026-11-25/hour=09/part-0.parquet",
+                        pa.table({"a": [1, 2, 3]}))
+    monkeypatch.setattr(os, "replace", real)
+    assert len(os.listdir(tmp_path / "lake/raw/x/dt=2026-11-25/hour=09")) == 2
+    assert store.list("lake/raw/x") == ["lake/raw/x/dt=2026-11-25/hour=09/part-0.parquet"]
+    assert ds.dataset(str(tmp_path / "lake/raw/x"), format="parquet",
+                      partitioning="hive").count_rows() == 3

@@ -28,7 +28,8 @@ PARQUET_COMPRESSION = "zstd"
 # sort as their hours do.
 _HIVE_DAY = re.compile(r"dt=\d{4}-\d{2}-\d{2}")
 _HIVE_HOUR = re.compile(r"hour=\d{2}")
-# A local write's temp file (`write_bytes`): `<name>.tmp-<32 hex>`, never a key of its own.
+# A local write's temp file (`write_bytes`): `.<name>.tmp-<32 hex>` (`<name>.tmp-<32 hex>` before),
+# never a key of its own.
 _TEMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
 # Below this, pyarrow uploads an S3 object in one part (its parts are at least 5 MiB): an upload
 # that fails publishes nothing.
@@ -127,7 +128,11 @@ class Store:
                 raise
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # `_TEMP`: hidden from listings
+        # `.<name>.tmp-<hex>`: hidden from our listings (`_TEMP`) and, by its leading dot,
+        # from other readers of the Hive folders (Arrow datasets, Spark), which would have read
+        # a file a killed process left here as part of the partition.
+        folder, name = os.path.split(path)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
         try:
             with open(tmp, "wb") as f:
                 write(f)
