@@ -278,3 +278,34 @@ def test_a_rebuild_at_the_chains_end_names_the_labeled_hours_built_on_it_too(tmp
         # labeled 2 read snapshot 1 (rebuilt); labeled 3, reading snapshot 2, was never built
         assert meta[keys[2]]["labeled_hours_on_old_snapshots"].value == (
             f"1 labeled hours from {keys[2]} to {keys[2]}")
+
+
+def test_an_hour_whose_snapshot_is_refolded_while_it_is_built_is_not_written(tmp_path,
+                                                                             monkeypatch):
+    """user_profiles refolds the chain (after a rebuilt hour) while a ranged labeled run builds:
+    the run's later hour was written from the old snapshot after the refold had named the
+    labeled hours to redo, and kept stale features with nothing saying so."""
+    from clicklake.platform import profiles
+
+    real = labeled_mod.build_labeled_hours
+
+    def refolded_meanwhile(store, hours, *args, **kwargs):
+        tables = real(store, hours, *args, **kwargs)
+        yield next(tables)
+        # the refold rewrites the snapshot the second hour was built from (a new identity)
+        key = profiles.snapshot_key(hours[1] - HOUR_MS)
+        store.write_parquet(key, profiles.stamp_snapshot(store.read_parquet(key), "", ""))
+        yield from tables
+
+    with _built_chain(tmp_path, hours=4, users=200, seed=5) as (lake, keys, instance):
+        monkeypatch.setattr(labeled_mod, "build_labeled_hours", refolded_meanwhile)
+        run = dg.materialize([labeled_impressions], resources={"lake": lake}, instance=instance,
+                             tags={"dagster/asset_partition_range_start": keys[0],
+                                   "dagster/asset_partition_range_end": keys[2]},
+                             raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"user_profiles {keys[0]} was rebuilt while this run built labeled hour " \
+               f"{keys[1]}" in str(failure.event_specific_data.error)
+    store = lake.store()
+    assert store.exists(labeled_key(START)) and not store.exists(labeled_key(START + HOUR_MS))

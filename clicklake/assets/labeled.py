@@ -35,6 +35,7 @@ from clicklake.platform.labeled_quality import (
     check_and_write,
 )
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
+from clicklake.platform.profiles import snapshot_identity
 from clicklake.platform.raw import read_raw
 from clicklake.platform.settings import settings
 from clicklake.platform.storage import Store
@@ -179,10 +180,22 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
 
     for hour in hours:
         ready(hour)
+    # The snapshots the features are read from, as they stand now: a refold of the chain
+    # (user_profiles after a rebuilt hour) may rewrite them while the range is built, and an
+    # hour written from the old chain after the refold has named the labeled hours to redo
+    # would keep stale features, unflagged.
+    read_from = {hour: snapshot_identity(store, hour - HOUR_MS, lake.lake_prefix)
+                 for hour in hours}
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix)
     for hour in hours:
         table = next(tables)
         key = labeled_key(hour, lake.lake_prefix)
+        if snapshot_identity(store, hour - HOUR_MS, lake.lake_prefix) != read_from[hour]:
+            raise dg.Failure(
+                f"user_profiles {hour_partition_key(hour - HOUR_MS)} was rebuilt while this "
+                f"run built labeled hour {hour_partition_key(hour)} from it (a refold of the "
+                "snapshot chain): not written; rematerialize labeled_impressions from "
+                f"{hour_partition_key(hour)} once user_profiles is done")
         # Checked before it is written: an hour failing a blocking check never reaches the lake
         # (training reads every labeled file there), and an earlier copy of it goes.
         outcomes, failed, nbytes = check_and_write(

@@ -107,6 +107,15 @@ SNAPSHOT_SCHEMA = pa.schema(
 )
 
 
+def snapshot_identity(store, hour_ms: int, lake_prefix: str = "lake") -> str | None:
+    """The chain identity of hour `hour_ms`'s snapshot as stored (its footer alone), None when
+    there is none (not built, or written by an older clicklake): a rebuild gives a new one."""
+    key = snapshot_key(hour_ms, lake_prefix)
+    if not store.exists(key):
+        return None
+    return chain_link(store.parquet_file(key).schema_arrow.metadata)[0]
+
+
 def snapshot_key(hour_ms: int, lake_prefix: str = "lake") -> str:
     """Key of the snapshot as of the END of hour `hour_ms` (partition `hour_ms`)."""
     return f"{lake_prefix}/profiles/user/{hive_hour_path(hour_ms)}/part-0.parquet"
