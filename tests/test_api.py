@@ -874,6 +874,37 @@ def test_the_demos_server_ignores_a_deployments_serve_settings(lake, monkeypatch
     demo_serving.serve_and_predict(lake.root, last, last + HOUR_MS - 60_000)
     out = capsys.readouterr().out
     assert out.count("HTTP 200") == 3 and "401" not in out, out
+    # and each shows what it says: served, skipped as a crawler, skipped as priced over its
+    # expected value (a click farm's user, or the row's own cost, made them a matter of luck)
+    answers = [orjson.loads(line.removeprefix("HTTP 200 ")) for line in out.splitlines()
+               if line.startswith("HTTP 200 ")]
+    assert [(a["decision"], [r["code"] for r in a["reasons"]]) for a in answers] == [
+        ("serve", []), ("skip", [CRAWLER_USER_AGENT]), ("skip", [EXPECTED_VALUE_BELOW_COST])]
+
+
+def test_the_demo_stops_a_server_that_never_becomes_healthy(lake, tmp_path, monkeypatch):
+    """A server that started but answered /healthz 503 (no model deployed) hung the demo for
+    good: it read the server's log to its end, which never came, without stopping it."""
+    import click
+
+    from clicklake.cli import demo_serving
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake.root, root)
+    (root / "lake/models/champion.json").unlink()
+    monkeypatch.setattr(demo_serving, "START_TIMEOUT_S", 4)
+    started = []
+    real = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(demo_serving.subprocess, "Popen", popen)
+    t0 = time.monotonic()
+    with pytest.raises(click.ClickException, match="the API did not start"):
+        demo_serving.serve_and_predict(str(root), START, START + 60_000)
+    assert time.monotonic() - t0 < 60 and started[0].poll() is not None
 
 
 def test_the_lake_source_follows_a_rewritten_snapshot_at_the_same_watermark(lake, tmp_path):
