@@ -68,9 +68,10 @@ def test_sample_requests_of_impressions_without_context(monkeypatch):
                       "cost": [None, 0.5]})
     monkeypatch.setattr(raw, "read_raw", lambda *_: table)
     requests = demo_serving.sample_requests("unused", 0, 3_600_000)
-    first = requests[0][1]
+    first = requests[0]
     assert (first["user_id"], first["cost"]) == ("u2", 0.5)
-    assert not {"ip", "domain"} & set(first) and "user_agent" not in requests[2][1]
+    assert [r["user_id"] for r in requests] == ["u2", "u1"]  # the latest first
+    assert not {"ip", "domain", "user_agent"} & set(first)
 
 
 def test_skip_generate_checks_the_landing_zone_before_deleting_the_lake(tmp_path):
@@ -114,3 +115,44 @@ def test_the_closing_hint_names_the_root_make_dev_must_show(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert _dev_command("data/demo") == _dev_command(str(tmp_path / "data/demo")) == "make dev"
     assert _dev_command("data/mine") == "CLICKLAKE_ROOT=data/mine make dev"
+
+
+def test_sigterm_and_sighup_end_the_demo_through_its_clean_up():
+    """The demo's server runs in a session of its own: SIGTERM or SIGHUP ended the demo at once,
+    skipping the `finally` that stops the server, which then kept running and its port."""
+    import os
+    import signal
+
+    from clicklake.cli.demo_serving import _stops_on_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        cleaned = []
+        with pytest.raises(SystemExit) as stopped, _stops_on_signals():
+            try:
+                os.kill(os.getpid(), sig)
+                signal.pthread_kill(signal.pthread_self(), 0)  # let the handler run
+            finally:
+                cleaned.append(sig)
+        assert cleaned == [sig] and stopped.value.code == 128 + sig
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_skip_generate_ignores_a_truth_the_landing_zone_does_not_cover(tmp_path):
+    """A generated run's truth left beside an imported landing zone of other dates: its hours
+    were taken for the demo's, which then held no labeled rows."""
+    from clicklake.cli.demo import _landing_hours
+    from clicklake.platform.simulate import generate
+    from clicklake.platform.storage import Store
+    from clicklake.platform.timeutil import HOUR_MS, parse_instant
+
+    old, new = Store(str(tmp_path / "old")), Store(str(tmp_path / "new"))
+    generate(old, start_ms=parse_instant("2026-11-24T00:00:00Z"), hours=3, users=50, seed=1)
+    start = parse_instant("2026-11-20T00:00:00Z")
+    generate(new, start_ms=start, hours=3, users=50, seed=1)
+    for key in new.list("truth"):
+        new.delete(key)  # an imported zone: no truth of its own ...
+    for key in old.list("truth"):
+        new.write_bytes(key, old.read_bytes(key))  # ... but a generated run's, left behind
+    first, hours = _landing_hours(new)
+    assert first == start and hours >= 3 and first + hours * HOUR_MS > start + 2 * HOUR_MS

@@ -23,10 +23,12 @@ def _landing_hours(store) -> tuple[int, int]:
 
     if not landed_hours(store, "impressions"):
         raise click.UsageError("no impression files in the landing zone: import or generate first")
+    landed = landed_hours(store, "impressions")
     span = store.hive_span(f"{DEFAULT_PREFIX}/click_probability/")
-    if span is None:
-        hours = landed_hours(store, "impressions")
-        span = (hours[0], hours[-1])
+    if span is None or span[0] < landed[0] or span[1] > landed[-1]:
+        # no truth, or one a generated run left that the landed files do not cover (an import
+        # replaced that run's zone: its hours held no labeled rows)
+        span = (landed[0], landed[-1])
     return span[0], (span[1] - span[0]) // HOUR_MS + 1
 
 
