@@ -368,3 +368,20 @@ def test_no_oracle_over_truth_files_that_repeat_ids(tmp_path):
     assert _oracle(store, rows).tolist() == truth["p_click"].to_pylist()
     store.write_parquet(truth_key(START + 5 * HOUR_MS), truth)
     assert _oracle(store, rows) is None
+
+
+def test_a_later_run_into_the_same_root_names_its_files_anew(tmp_path):
+    """The README adds an hour after the demo into the same root: its files repeated the first
+    run's uuids (a file's identity in the raw layer's records), as its ids once did."""
+    from clicklake.platform import landing
+    from clicklake.platform.simulate import generate
+    from clicklake.platform.storage import Store
+    from clicklake.platform.timeutil import HOUR_MS, parse_instant
+
+    store = Store(str(tmp_path))
+    start = parse_instant("2026-11-24T00:00:00Z")
+    generate(store, start_ms=start, hours=2, users=100, seed=7)
+    first = {landing.name_uuid(k) for k in store.list("landing")}
+    generate(store, start_ms=start + 2 * HOUR_MS, hours=1, users=100, seed=7)
+    later = {landing.name_uuid(k) for k in store.list("landing")} - first
+    assert later and len(store.list("landing")) == len(first) + len(later)

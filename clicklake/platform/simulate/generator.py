@@ -127,10 +127,14 @@ def generate(
     state = _ClickState(users)
     arrivals_seen: list[int] = []
 
+    # The file names draw on the start hour too, as the ids do: a later run into the same root
+    # repeated the earlier run's file uuids, a file's identity in the raw layer's records.
+    writer_seeds = [[*map(int, w.generate_state(4)), start_ms // HOUR_MS]
+                    for w in writer_ss.spawn(len(landing.STREAMS))]
     with ThreadPoolExecutor(max_workers=2) as pool:
         writers = {
             s: FirehoseWriter(store, s, np.random.default_rng(w), landing_prefix, executor=pool)
-            for s, w in zip(landing.STREAMS, writer_ss.spawn(len(landing.STREAMS)), strict=True)
+            for s, w in zip(landing.STREAMS, writer_seeds, strict=True)
         }
         for i, (hour_ss, n) in enumerate(zip(hours_ss.spawn(hours), per_hour, strict=True)):
             hour_ms = start_ms + i * HOUR_MS
