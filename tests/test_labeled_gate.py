@@ -309,3 +309,58 @@ def test_an_hour_whose_snapshot_is_refolded_while_it_is_built_is_not_written(tmp
                f"{keys[1]}" in str(failure.event_specific_data.error)
     store = lake.store()
     assert store.exists(labeled_key(START)) and not store.exists(labeled_key(START + HOUR_MS))
+
+
+@pytest.mark.parametrize("dies_in", ["raw_impressions", "user_profiles"])
+def test_an_early_raw_hour_is_known_from_the_files_when_its_run_died(tmp_path, monkeypatch,
+                                                                      dies_in):
+    """Raw impressions of hour 1 read their landing files early (a manual run before the window
+    closed); then a run dies after writing files but before Dagster records its hours: the raw
+    run itself, or the user_profiles run folding the chain over hour 1. The warning travelled
+    only in the records, so the snapshots folded after took the chain as complete and labeled
+    hour 6 was built on events that may be missing."""
+    import clicklake.assets.raw as raw_mod
+    from clicklake.assets.profiles import user_hour_tiles, user_profiles
+    from clicklake.platform import profiles, quality
+
+    lake = LakeResource(root=str(tmp_path))
+    generate(lake.store(), start_ms=START, hours=8, users=200, seed=5)
+    keys = [hour_partition_key(START + i * HOUR_MS) for i in range(8)]
+    res = {"lake": lake}
+    raw_imp = next(a for a in raw_assets if a.key.path == ["raw_impressions"])
+
+    def span(a: int, b: int) -> dict:
+        return {"dagster/asset_partition_range_start": keys[a],
+                "dagster/asset_partition_range_end": keys[b]}
+
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(raw_assets, tags=span(0, 7), resources=res,
+                              instance=instance).success
+        with monkeypatch.context() as m:  # hour 1 again, listed before its window closed
+            m.setattr(raw_mod, "_clock", lambda: (START + 2 * HOUR_MS) / 1000)
+            if dies_in == "raw_impressions":  # ... and the run killed in its checks
+                m.setattr(quality, "run_checks", lambda *a, **k: (_ for _ in ()).throw(
+                    SystemExit("killed")))
+            run = dg.materialize([raw_imp], partition_key=keys[1], resources=res,
+                                 instance=instance, raise_on_error=False)
+            assert run.success == (dies_in != "raw_impressions")
+        others = [a for a in profile_assets if a.key.path != ["user_profiles"]]
+        assert dg.materialize(others, tags=span(0, 7), resources=res, instance=instance).success
+        assert user_hour_tiles in others
+        if dies_in == "user_profiles":
+            real = profiles.fold_linked
+
+            def dies_at_hour_3(prev, prev_id, tile, hour):
+                if hour == START + 3 * HOUR_MS:
+                    raise SystemExit("killed")
+                return real(prev, prev_id, tile, hour)
+
+            with monkeypatch.context() as m:
+                m.setattr(profiles, "fold_linked", dies_at_hour_3)
+                assert not dg.materialize([user_profiles], tags=span(0, 3), resources=res,
+                                          instance=instance, raise_on_error=False).success
+        assert dg.materialize([user_profiles], tags=span(0 if dies_in != "user_profiles" else 4,
+                                                         5), resources=res,
+                              instance=instance).success
+        message = _refusal(labeled_impressions, keys[6], res, instance)
+    assert f"raw_impressions {keys[1]} read early" in message, message

@@ -29,7 +29,7 @@ from clicklake.platform import segments as seg
 from clicklake.platform import tiles
 from clicklake.platform.events import SPECS
 from clicklake.platform.labeled import labeled_key
-from clicklake.platform.raw import raw_key
+from clicklake.platform.raw import listed_at, raw_key
 from clicklake.platform.settings import settings
 from clicklake.platform.storage import Store
 from clicklake.platform.timeutil import HOUR_MS, hive_hours, hour_partition_key, iso
@@ -188,8 +188,17 @@ class _Chain:
         self.prev = self.store.read_parquet(prof.snapshot_key(base, self.prefix))
         # An older clicklake's snapshot has no identity: what is folded on it links to none.
         self.prev_id = prof.chain_link(self.prev.schema.metadata)[0] or "unknown"
-        self.incomplete = incomplete_inputs(
+        said, incomplete = prof.inputs_incomplete_of(self.prev.schema.metadata)
+        self.incomplete = incomplete if said else incomplete_inputs(
             latest_materialization(self.context, "user_profiles", base, self.known))
+
+    def _read_early(self, asset: str, hour: int) -> bool:
+        """The record's word, or the stored file's: a rebuild that read early and died before
+        recording its hours left the record of the build before it, which had not."""
+        if read_early(latest_materialization(self.context, asset, hour, self.known), hour):
+            return True
+        listed = listed_at(self.store, asset.removeprefix("raw_"), hour, self.prefix)
+        return listed is not None and read_early(None, hour, listed)
 
     def _stale(self, hour: int) -> bool:
         """Whether the hour's stored tiles read its raw before raw was last rebuilt (a
@@ -228,7 +237,7 @@ class _Chain:
         # said here, and by every later snapshot (folded on this one), so that the labeled
         # hours reading them refuse them as they refuse such a raw hour of their own.
         early = [f"{asset} {hour_partition_key(h)} read early" for asset, h in inputs
-                 if read_early(latest_materialization(context, asset, h, known), h)]
+                 if self._read_early(asset, h)]
         if self.incomplete is not None and base is not None:  # named by the first snapshot on it
             early.append(self.incomplete if self.incomplete.startswith("via ") else
                          f"via user_profiles {hour_partition_key(base)}: {self.incomplete}")
@@ -244,6 +253,7 @@ class _Chain:
             prev = prof.fold_snapshot(prev, _tile(store, h, prefix, missing, h in stale), h)
         tile = _tile(store, hour, prefix, missing, hour in stale)
         snap, snap_id = prof.fold_linked(prev, self.prev_id, tile, hour)
+        snap = prof.with_inputs_incomplete(snap, self.incomplete)
         key = prof.snapshot_key(hour, prefix)
         nbytes = store.write_parquet(key, snap, row_group_size=self.row_group_users)
         self.prev, self.base, self.prev_id = snap, hour, snap_id

@@ -48,11 +48,17 @@ def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float,
     return lateness, (hour_ms + HOUR_MS) / 1000 + lateness * 60 + FIREHOSE_BUFFER_S, read_at
 
 
-def read_early(record: dg.EventLogRecord | None, hour_ms: int) -> bool:
+def read_early(record: dg.EventLogRecord | None, hour_ms: int,
+               listed: tuple[float, int] | None = None) -> bool:
     """Whether the raw materialization `record` of `hour_ms` listed its landing files before
-    its window closed (False when there is no record: built in another instance)."""
+    its window closed. Without a record (a run that died before recording its hours, or
+    another instance's), `listed`, the stored file's own word (`raw.listed_at`), decides;
+    without either, False (an older clicklake's file)."""
     if record is None or record.asset_materialization is None:
-        return False
+        if listed is None:
+            return False
+        read_at, lateness = listed
+        return read_at < (hour_ms + HOUR_MS) / 1000 + lateness * 60 + FIREHOSE_BUFFER_S
     _, closes, read_at = landing_window(record, hour_ms)
     return read_at < closes
 
@@ -138,7 +144,11 @@ def _raw_asset(stream: str) -> dg.AssetsDefinition:
         for hour_ms in hours:
             read_at = _clock()  # before the listing: what lands after may be missed
             part = build_raw_partition(store, stream, hour_ms, rules, lake.landing_prefix)
-            write_raw_partition(store, part, lake.lake_prefix)
+            # Said in the file only when early: a rebuild after the window closed (the usual
+            # case) keeps the same bytes.
+            listed = (read_at, config.allowed_lateness_minutes)
+            write_raw_partition(store, part, lake.lake_prefix,
+                                listed=listed if read_early(None, hour_ms, listed) else None)
             context.log.info(
                 f"{name} {iso(hour_ms)}: kept {part.kept} of {part.lines_read} lines from "
                 f"{part.files_read} files; quarantined {sum(part.quarantined_by_reason.values())}"

@@ -53,6 +53,23 @@ META_HISTORY_START = b"clicklake.history_start_ms"
 META_CHAIN_ID = b"clicklake.chain_id"
 META_CHAIN_PARENT = b"clicklake.chain_parent"
 META_CHAIN_TILE = b"clicklake.chain_tile"
+# What the snapshot's inputs lacked ("": nothing; the user_profiles record's
+# `inputs_incomplete`), in the file too: a run that died before recording its hours left
+# snapshots whose warning nothing else carried, and the chain folded on them lost it.
+META_INPUTS_INCOMPLETE = b"clicklake.inputs_incomplete"
+
+
+def with_inputs_incomplete(snapshot: pa.Table, incomplete: str | None) -> pa.Table:
+    return snapshot.replace_schema_metadata({**(snapshot.schema.metadata or {}),
+                                             META_INPUTS_INCOMPLETE: (incomplete or "").encode()})
+
+
+def inputs_incomplete_of(metadata: dict | None) -> tuple[bool, str | None]:
+    """(whether a snapshot's footer says what its inputs lacked, what: None for nothing)."""
+    meta = metadata or {}
+    if META_INPUTS_INCOMPLETE not in meta:
+        return False, None
+    return True, meta[META_INPUTS_INCOMPLETE].decode() or None
 
 
 def stamp_snapshot(snapshot: pa.Table, parent: str, tile: str) -> pa.Table:
@@ -114,6 +131,16 @@ def snapshot_identity(store, hour_ms: int, lake_prefix: str = "lake") -> str | N
     if not store.exists(key):
         return None
     return chain_link(store.parquet_file(key).schema_arrow.metadata)[0]
+
+
+def stored_inputs_incomplete(store, hour_ms: int, lake_prefix: str = "lake"
+                             ) -> tuple[bool, str | None]:
+    """`inputs_incomplete_of` the stored snapshot of `hour_ms` ((False, None): not built, or
+    written by an older clicklake)."""
+    key = snapshot_key(hour_ms, lake_prefix)
+    if not store.exists(key):
+        return False, None
+    return inputs_incomplete_of(store.parquet_file(key).schema_arrow.metadata)
 
 
 def snapshot_key(hour_ms: int, lake_prefix: str = "lake") -> str:

@@ -215,14 +215,35 @@ def _rows_to_table(spec: StreamSpec, rows: list[tuple]) -> pa.Table:
 
 # A raw partition's footer: the landing keys it was built from (`lost_landing_files`)
 META_LANDING_KEYS = b"clicklake.landing_keys"
+META_LISTED_AT = b"clicklake.listed_at"  # (epoch s, lateness minutes): `write_raw_partition`
 
 
-def write_raw_partition(store: Store, part: RawPartition, lake_prefix: str = "lake") -> None:
+def write_raw_partition(store: Store, part: RawPartition, lake_prefix: str = "lake",
+                        listed: tuple[float, int] | None = None) -> None:
+    """`listed`: (epoch seconds the landing files were listed, the allowed lateness in minutes
+    then), kept in the file's footer (`listed_at`; the raw asset gives it when the listing came
+    before the hour's landing window closed): that the hour may lack events is known from the
+    file itself, even without the run's record."""
+    extra = {} if listed is None else {META_LISTED_AT: orjson.dumps(list(listed))}
     table = part.table.replace_schema_metadata({
         **(part.table.schema.metadata or {}),
-        META_LANDING_KEYS: orjson.dumps(sorted(part.landing_keys))})
+        META_LANDING_KEYS: orjson.dumps(sorted(part.landing_keys)), **extra})
     store.write_parquet(raw_key(part.stream, part.hour_ms, lake_prefix), table)
     store.write_parquet(quarantine_key(part.stream, part.hour_ms, lake_prefix), part.quarantine)
+
+
+def listed_at(store: Store, stream: str, hour_ms: int, lake_prefix: str = "lake"
+              ) -> tuple[float, int] | None:
+    """(epoch seconds, lateness minutes) the stored partition's footer says its landing files
+    were listed at (`write_raw_partition`); None when not built or not said."""
+    key = raw_key(stream, hour_ms, lake_prefix)
+    if not store.exists(key):
+        return None
+    meta = store.parquet_file(key).schema_arrow.metadata or {}
+    if META_LISTED_AT not in meta:
+        return None
+    at, lateness = orjson.loads(meta[META_LISTED_AT])
+    return float(at), int(lateness)
 
 
 def lost_landing_files(store: Store, stream: str, hour_ms: int, rules: Rules = Rules(),
