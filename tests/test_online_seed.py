@@ -452,3 +452,38 @@ def test_a_snapshot_a_refold_has_yet_to_reach_does_not_seed(tmp_path):
     assert seed_hour(store, keys) == latest - 2 * HOUR_MS
     profiles.clear_refold(store)
     assert seed_hour(store, keys) == latest
+
+
+def test_a_snapshot_whose_file_says_it_read_early_inputs_is_not_seeded_from(tmp_path):
+    """What a snapshot's inputs lacked was read from its record only: a snapshot whose run died
+    before recording it, or recorded in another instance, seeded the store though its file
+    says it is folded on a raw hour read early."""
+    from clicklake.assets.profiles import profile_assets
+    from clicklake.assets.raw import raw_assets
+    from clicklake.platform import profiles
+
+    root = tmp_path / "lake"
+    store = Store(str(root))
+    generate(store, start_ms=START, hours=30, users=40, seed=4)
+    keys = store.list("landing/")
+    lake = LakeResource(root=str(root))
+    tags = {"dagster/asset_partition_range_start": hour_partition_key(START),
+            "dagster/asset_partition_range_end": hour_partition_key(START + 29 * HOUR_MS)}
+    with dg.instance_for_test() as builder:
+        for group in (raw_assets, profile_assets):
+            assert dg.materialize(group, tags=tags, resources={"lake": lake},
+                                  instance=builder).success
+    p = seed_hour(store, keys)
+    key = profiles.snapshot_key(p)
+    store.write_parquet(key, profiles.with_inputs_incomplete(
+        store.read_parquet(key), f"raw_impressions {hour_partition_key(p)} read early"))
+    with dg.instance_for_test() as instance:  # no record of the lake's runs here
+        result = dg.materialize(
+            serving_assets, instance=instance, raise_on_error=False,
+            run_config={"ops": {"serving_lookup": {"config": {"rebuild": True,
+                                                              "from_snapshot": True}}}},
+            resources={"lake": lake, "online_store": SqliteOnlineStore(
+                path=str(tmp_path / "online.db"))})
+        logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("cannot rebuild from a snapshot" in m and "read their landing files early" in m
+               for m in logs), logs

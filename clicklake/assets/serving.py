@@ -39,6 +39,7 @@ from clicklake.platform.online.seed import (
 )
 from clicklake.platform.online.seed import refold_all as refold_every_file
 from clicklake.platform.online.state import StaleLayout, StateStore
+from clicklake.platform.profiles import stored_inputs_incomplete
 from clicklake.platform.raw import Rules
 from clicklake.platform.settings import settings
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso
@@ -123,7 +124,7 @@ def serving_lookup(context: dg.AssetExecutionContext, config: ServingLookupConfi
             p = seed_hour(store, all_keys(), **lake_keys)
         else:
             check_seed(store, all_keys(), p, **lake_keys)
-        if unsettled := _lake_unsettled(context, p, rules):
+        if unsettled := _lake_unsettled(context, p, rules, store, lake.lake_prefix):
             raise SeedUnavailable("; ".join(unsettled[:3]))
         out = rebuild_from_snapshot(state, store, all_keys(), p, **lake_keys,
                                     files_per_commit=FILES_PER_COMMIT)
@@ -231,7 +232,8 @@ def _was_seeded(state: StateStore) -> bool:
     return mark is not None and "p" in mark
 
 
-def _lake_unsettled(context: dg.AssetExecutionContext, p: int, rules: Rules) -> list[str]:
+def _lake_unsettled(context: dg.AssetExecutionContext, p: int, rules: Rules, store,
+                    lake_prefix: str) -> list[str]:
     """Why the lake may hold less than the fold would, from this instance's materializations
     (partitions built elsewhere are not checked): a raw partition of the hours p - 24 h to p built
     before its landing window closed or with another allowed lateness than the fold's, or the
@@ -271,9 +273,14 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int, rules: Rules) -> 
         if snapshot.timestamp < raw_built:
             out.append(f"user_profiles {iso(p)} was built before raw partitions of its last day "
                        "were rebuilt (the snapshots after them were not refolded)")
-        if early := incomplete_inputs(snapshot):
-            out.append(f"user_profiles {iso(p)} is folded on raw hours that read their landing "
-                       f"files early ({early})")
+    # what the snapshot's inputs lacked: its file says (a run that died before recording it),
+    # else its record
+    said, early = stored_inputs_incomplete(store, p, lake_prefix)
+    if not said and snapshot is not None:
+        early = incomplete_inputs(snapshot)
+    if early:
+        out.append(f"user_profiles {iso(p)} is folded on raw hours that read their landing "
+                   f"files early ({early})")
     return out
 
 
