@@ -319,8 +319,10 @@ class Interner:
             return out
         enc = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(
             values.cast(pa.string()))
-        if enc is values and len(pc.unique(enc.dictionary)) != len(enc.dictionary):
+        if (self._table is None and enc is values
+                and len(pc.unique(enc.dictionary)) != len(enc.dictionary)):
             # a dictionary repeating a value (Arrow allows it): each copy got a code of its own
+            # here (the C table gives equal strings one code by itself)
             enc = pc.dictionary_encode(values.cast(pa.string()))
         words = enc.dictionary.cast(pa.string())
         local = self._lookup(words, add)
