@@ -290,3 +290,21 @@ def test_unsorted_input_spilled_in_many_chunks_comes_out_sorted(tmp_path, monkey
         got = [orjson.loads(x)["ts"] for x in landing.read_lines(store, key).lines]
         assert got == sorted(got)
     assert raw_totals(store, r.hours) == {"impressions": (n, 0), "clicks": (0, 0)}
+
+
+def test_users_of_several_columns_stay_apart_whatever_their_values_hold(tmp_path):
+    """Joined with ':', (dev "a:b", ip "c") and (dev "a", ip "b:c") were one user "a:b:c", their
+    histories and labels pooled; parts without ':' or '\\' read as before."""
+    log = tmp_path / "log.csv"
+    log.write_text("ts,id,dev,ip,camp\n"
+                   "2026-11-25T10:00:00Z,e1,a:b,c,k1\n"
+                   "2026-11-25T10:05:00Z,e2,a,b:c,k1\n"
+                   "2026-11-25T10:06:00Z,e3,a\\,c,k1\n"
+                   "2026-11-25T10:07:00Z,e4,plain,1.2.3.4,k1\n")
+    store = Store(str(tmp_path / "data"))
+    import_log(store, mapping_from_dict({"time": "ts", "id": "id", "user": ["dev", "ip"],
+                                         "campaign": "camp"}), str(log))
+    users = [e["user_id"] for e in sorted(landed(store, "impressions"),
+                                          key=lambda e: e["impression_id"])]
+    assert users == ["a\\:b:c", "a:b\\:c", "a\\\\:c", "plain:1.2.3.4"]
+    assert len(set(users)) == 4

@@ -178,11 +178,15 @@ def _text(value: Any, name: str) -> str | None:
 
 
 def _key(values: list[Any], idx: tuple[int, ...], names: tuple[str, ...]) -> str | None:
-    """One column's text, or several joined by ':' (None when all are blank)."""
+    """One column's text, or several joined by ':' (None when all are blank), a ':' or '\\'
+    inside a part escaped by a '\\': ("a:b", "c") and ("a", "b:c") were both "a:b:c", one
+    user. Parts without either read as before."""
     parts = [_text(values[i], name) for i, name in zip(idx, names, strict=True)]
     if all(p is None for p in parts):
         return None
-    return parts[0] if len(parts) == 1 else ":".join(p or "" for p in parts)
+    if len(parts) == 1:
+        return parts[0]
+    return ":".join((p or "").replace("\\", "\\\\").replace(":", "\\:") for p in parts)
 
 
 def _str(value: Any) -> str:
