@@ -18,7 +18,7 @@ from clicklake.cli import main
     (["--start", "2099-01-01T00:00:00Z"], "in the future"),
     (["--start", "2999-01-01T00:00:00Z"], "not between 2000 and 2100"),
     (["--hours", "2"], "not in the range x>=3"),
-    (["--users", "0"], "not in the range x>=1"),
+    (["--users", "0"], "not in the range 1<=x<=100000000"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_deleted(tmp_path, args, message):
     kept = tmp_path / "landing" / "keep.txt"

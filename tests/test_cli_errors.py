@@ -31,7 +31,6 @@ def places(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "online", "--online-db", "{p}/notdb.txt"], "file is not a database"),
     (["--source", "online", "--online-db", "{p}/adir"], "unable to open database file"),
-    (["--source", "online", "--root", "{p}/afile"], "Not a directory"),
     (["--model", "sagemaker"], "no AWS region"),
     (["--source", "online", "--dynamodb-table", "t"], "region"),
     (["--source", "online", "--online-db", "{p}/notdb.txt", "--workers", "2"],
@@ -189,3 +188,45 @@ def test_serve_takes_the_deployments_endpoint_name_and_region(places, monkeypatc
                           "AWS_DEFAULT_REGION": None})
     assert "stop here" in result.output, result.output
     assert (seen["settings"].endpoint_name, seen["settings"].region) == ("prod-ctr", "eu-west-1")
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--hours", "1", "--users", "5"],
+    ["lookup", "u1"],
+    ["serve"],
+    ["demo", "--no-serve"],
+])
+@pytest.mark.parametrize(("root", "message"), [
+    ("s3://", "names no bucket"),
+    ("s3:///x", "names no bucket"),
+    ("{p}/dangling", "which does not exist"),
+    ("{p}/afile", "is a file"),
+])
+def test_every_command_refuses_a_root_it_cannot_use(places, monkeypatch, command, root,
+                                                    message):
+    """An s3:// root without a bucket wrote to a bucket named after the first folder ('landing')
+    or gave a traceback; a dangling link a FileNotFoundError traceback; serve and lookup took a
+    file for a root."""
+    import os
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: pytest.fail("the server started"))
+    os.symlink(places / "missing-target", places / "dangling")
+    if root.startswith("s3") and command[0] == "demo":
+        message = "local folder"  # the demo refuses S3 as such
+    result = _invoke([*command, "--root", root.format(p=places)])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_serve_refuses_port_0_whose_real_port_it_never_said(places):
+    result = _invoke(["serve", "--root", str(places / "lake"), "--port", "0"])
+    assert result.exit_code == 2 and "--port" in result.output, result.output
+
+
+def test_generate_says_what_it_cannot_write(places):
+    """A write error mid-run (here: a file where the truth folder goes) was a traceback."""
+    (places / "g").mkdir()
+    (places / "g" / "truth").write_text("")
+    result = _invoke(["generate", "--root", str(places / "g"), "--hours", "1", "--users", "5"])
+    assert result.exit_code == 1 and "cannot write under" in result.output, result.output

@@ -68,7 +68,7 @@ def _sum(materializations: list[dict], key: str) -> int:
 @click.option("--hours", default=6, show_default=True, type=click.IntRange(min=MIN_HOURS),
               help=f"Hours of traffic to generate (at least {MIN_HOURS}: the last hour is not "
               "labeled, and the model needs a training and a validation hour).")
-@click.option("--users", default=5000, show_default=True, type=click.IntRange(min=1),
+@click.option("--users", default=5000, show_default=True, type=click.IntRange(1, 100_000_000),
               help="Distinct users.")
 @click.option("--start", default="2026-11-24T00:00:00Z", show_default=True,
               help="First hour (UTC) of the generated streams.")
@@ -106,7 +106,14 @@ def demo(root: str, hours: int, users: int, start: str, seed: int, serve: bool,
         for sub in ("landing", "lake", "truth"):
             shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
         click.echo(f"Generating {hours} h of streams for {users} users into {root}/landing ...")
-        summary = generate(Store(root), start_ms=start_ms, hours=hours, users=users, seed=seed)
+        try:
+            summary = generate(Store(root), start_ms=start_ms, hours=hours, users=users,
+                               seed=seed)
+        except OSError as exc:  # a full disk, a read-only folder
+            raise click.ClickException(f"cannot write under {root}: {exc}") from None
+        except MemoryError:
+            raise click.ClickException(f"not enough memory for {users:,} users: fewer, or "
+                                       "`clicklake generate` in pieces of hours") from None
         click.echo(f"  {summary.to_dict()['events']} in {time.perf_counter() - t0:.1f} s")
     else:
         start_ms, hours = _landing_hours(Store(root))  # checked before anything is deleted

@@ -18,8 +18,8 @@ DEFAULT_START = "2026-11-24T00:00:00Z"
 @click.option("--start", default=DEFAULT_START, show_default=True,
               help="First event hour (UTC), ISO-8601 or epoch ms; must be a whole hour.")
 @click.option("--hours", default=6, show_default=True, type=click.IntRange(min=1))
-@click.option("--users", default=10_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--impressions", type=click.IntRange(min=0), default=None,
+@click.option("--users", default=10_000, show_default=True, type=click.IntRange(1, 100_000_000))
+@click.option("--impressions", type=click.IntRange(0, 10_000_000_000), default=None,
               help="Total impressions [default: 0.42 x users x hours].")
 @click.option("--seed", default=7, show_default=True, type=click.IntRange(min=0),
               help="Same seed and options give byte-identical files.")
@@ -81,6 +81,8 @@ def generate(root: str, start: str, hours: int, users: int, impressions: int | N
             raise click.ClickException(f"not enough memory for {users:,} users and {total:,} "
                                        "impressions: generate fewer, or in pieces of hours "
                                        "(one run per piece, each with its --start)") from None
+        except OSError as exc:  # a full disk, a read-only folder, a file where a folder goes
+            raise click.ClickException(f"cannot write under {store.uri('')}: {exc}") from None
 
     click.echo(f"{'stream':<12} {'events':>10} {'messy':>8} {'lines':>10} {'files':>6}")
     for s in landing.STREAMS:

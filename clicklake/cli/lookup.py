@@ -8,7 +8,7 @@ import time
 import click
 import pyarrow as pa
 
-from clicklake.cli.params import CONTEXT
+from clicklake.cli.params import CONTEXT, check_root
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.storage import S3Options, Store
 from clicklake.platform.timeutil import MAX_CLOCK_SKEW_MS, iso, parse_bounded_instant
@@ -42,6 +42,7 @@ def lookup(user: str, as_of: str | None, root: str, lake_prefix: str, as_json: b
         t = parse_bounded_instant(as_of, MAX_CLOCK_SKEW_MS, now) if as_of is not None else now
     except ValueError as exc:
         raise click.BadParameter(f"{as_of[:40]!r}: {exc}", param_hint="--as-of") from None
+    check_root(root)
     try:
         store = Store(root, S3Options(endpoint_url=s3_endpoint_url, region=s3_region))
     except ValueError as exc:  # pyarrow's ArrowInvalid: a malformed endpoint

@@ -35,8 +35,14 @@ def check_root(root: str, option: str = "--root") -> None:
     """A local root must be a folder or not exist yet under a folder: a file on its way gave a
     NotADirectoryError traceback at the first write."""
     if root.startswith("s3://"):
+        if not root[len("s3://"):].split("/", 1)[0]:
+            raise click.BadParameter(f"{root!r} names no bucket: s3://BUCKET[/prefix]",
+                                     param_hint=option)
         return
     path = os.path.abspath(root)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise click.BadParameter(f"{path} is a link to {os.readlink(path)}, which does not "
+                                 "exist", param_hint=option)
     while not os.path.exists(path):
         parent = os.path.dirname(path)
         if parent == path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clicklake.cli.params import CONTEXT, FiniteFloat
+from clicklake.cli.params import CONTEXT, FiniteFloat, check_root
 from clicklake.platform.decision import DecisionPolicy
 
 _DEFAULTS = DecisionPolicy()
@@ -27,7 +27,7 @@ def _token(value: str | None) -> str | None:
               help="Prefix of the lake below the root (env CLICKLAKE_LAKE_PREFIX).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; 0.0.0.0 exposes the API beyond this machine.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--token", envvar="CLICKLAKE_API_TOKEN", default=None, show_envvar=True,
               callback=lambda ctx, param, value: _token(value),
               help="Bearer token required on /v1/* and /metrics (visible ASCII, no spaces). "
@@ -103,6 +103,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     """
     import os
 
+    check_root(root)  # a file, a dangling link, an s3:// root with no bucket: refused here
     # Neither path writes into a directory inherited from the environment (it would mix in
     # whatever other processes wrote there): one process keeps its metrics in memory, several
     # workers use a private directory of their own. Dropped before anything imports

@@ -65,6 +65,9 @@ class Store:
 
     def __post_init__(self) -> None:
         if self.root.startswith("s3://"):
+            bucket = self.root[len("s3://"):].split("/", 1)[0]
+            if not bucket:  # "s3://" or "s3:///x": the first folder below would be the bucket
+                raise ValueError(f"{self.root!r} names no bucket: s3://BUCKET[/prefix]")
             self.is_s3 = True
             kwargs: dict = {}
             if self.s3.endpoint_url:
