@@ -220,6 +220,15 @@ def test_unknown_routes_and_methods_answer_json(client):
     assert resp.status_code == 405 and resp.json()["code"] == "method_not_allowed"
 
 
+def test_a_trailing_slash_is_not_redirected_to_the_hosts_the_request_names(client):
+    """A trailing slash answered 307 to the same path on the Host header's host (an open
+    redirect, replayed with its body by clients, before any token check)."""
+    resp = client.post("/v1/predict/", json={}, headers={"Host": "evil.example"},
+                       follow_redirects=False)
+    assert resp.status_code == 404 and resp.json()["code"] == "not_found"
+    assert "location" not in resp.headers
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,

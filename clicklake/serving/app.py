@@ -305,6 +305,9 @@ def create_app(source: OnlineFeatures, model: ModelSlot, lookup: LookupTable | N
         description="Click probability and serve/skip decisions for ad impressions, and user "
         "profiles now or as of any past instant. Errors are JSON `{detail, code}`.",
         lifespan=lifespan,
+        # A trailing slash answered a 307 to the same path on whatever host the request's Host
+        # header named (an open redirect, before the token check): an unknown route is a 404.
+        redirect_slashes=False,
         responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
         docs_url=None,  # served below from the installed Swagger UI files, not from a CDN
     )
