@@ -381,6 +381,16 @@ def test_profile_errors_are_clear(client, path, params, status, code):
         assert "%2B" in resp.json()["detail"]
 
 
+def test_a_prediction_before_the_lakes_history_is_refused_as_a_profile_is(client):
+    """A profile at an instant before the lake's history is refused; a prediction at it was
+    scored as a user with no history, which the lake cannot know."""
+    body = {"user_id": "u0000300", "campaign_id": "cmp-0001", "ts": "2025-01-01T00:00:00Z"}
+    resp = client.post("/v1/predict", json=body)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["code"] == "features_unavailable"
+    assert "history starts at 2026-11-24T00:00:00" in resp.json()["detail"]
+
+
 def test_healthz_and_metrics(lake, champion):
     with TestClient(lake_app(lake)) as c:
         health = c.get("/healthz").json()

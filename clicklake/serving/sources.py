@@ -19,12 +19,12 @@ import pyarrow as pa
 
 from clicklake.platform.events import TS
 from clicklake.platform.labeled import lake_feature_inputs
-from clicklake.platform.lookup import LookupTable
+from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.online.state import StaleLayout
 from clicklake.platform.profiles import snapshot_key
 from clicklake.platform.segments import segment_key
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS
+from clicklake.platform.timeutil import HOUR_MS, iso
 
 
 @runtime_checkable
@@ -126,6 +126,10 @@ class LakeFeatures:
                 self._memo.move_to_end(key)
                 inputs = self._memo[key]
             else:
+                if not at_watermark and t < (start := self.lookup.history_start()):
+                    # scored as a user with no history, while a profile at the same instant
+                    # answered "before history": the lake cannot answer for it
+                    raise SnapshotUnavailable(f"the lake's history starts at {iso(start)}")
                 impression = pa.table({
                     "ts": pa.array([t], pa.int64()).cast(TS),
                     "user_id": pa.array([user_id], pa.string()),
