@@ -72,6 +72,8 @@ def test_serve_refuses_a_token_no_request_could_carry(places, monkeypatch):
     (["--tmp-dir", "/nonexistent/x"], "does not exist"),
     (["--memory-limit", "lots"], "not a size"),
     (["--memory-limit", "0"], "not a size"),
+    (["--memory-limit", "1000%"], "--memory-limit"),  # the right shape, refused by DuckDB:
+    (["--memory-limit", "99999999TB"], "--memory-limit"),  # tracebacks once the work began
     (["--shift-to", "99999999999999999999"], "between 2000 and 2100"),
     (["--shift-to", "garbage"], "Invalid value for --shift-to"),
     (["--root", "{p}/afile"], "is a file"),

@@ -148,6 +148,11 @@ def import_log_cmd(log, mapping_file, time, time_format, user, campaign, site, i
         raise click.BadParameter(f"{memory_limit!r} is not a size such as 512MB, 1G or 2GiB, "
                                  "nor a share such as 50%",
                                  param_hint="--memory-limit")
+    try:  # sizes of the right shape DuckDB refuses still (1000%, 99999999TB): before any work
+        duckdb.connect().execute(f"SET memory_limit = '{memory_limit.strip()}'")
+    except duckdb.Error as exc:
+        raise click.BadParameter(f"{memory_limit!r}: {str(exc).splitlines()[0]}",
+                                 param_hint="--memory-limit") from None
     if not re.fullmatch(r"[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*", landing_prefix) or any(
             part in (".", "..") for part in landing_prefix.split("/")):
         raise click.BadParameter(f"{landing_prefix!r} is not a folder below the root (letters, "
