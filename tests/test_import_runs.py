@@ -219,3 +219,16 @@ def test_each_landing_prefix_keeps_its_own_manifest(tmp_path):
     assert store.list("landing") == orjson.loads(
         store.read_bytes("import-manifests/s.json"))["keys"]
     assert len(store.list("alt")) == 1  # the other prefix's import is its own
+
+
+def test_a_mapped_column_named_twice_in_the_header_is_refused(tmp_path):
+    """The first of two `user_id` columns was read, silently: every row given the wrong user
+    (or, for the time, the wrong time), with 0 bad rows."""
+    import pytest
+
+    from clicklake.platform.importer import ReadError
+
+    log = tmp_path / "log.csv"
+    log.write_text("ts,user,user,campaign\n1748851200000,alice,bob,c1\n")
+    with pytest.raises(ReadError, match="names user more than once"):
+        import_log(Store(str(tmp_path / "data")), MAP, str(log), source="s")

@@ -254,6 +254,10 @@ class CsvReader(TableReader):
                 continue
             cols = _match_header(line, needed, self._delimiter)
             if cols is not None:
+                twice = sorted({c for c in needed if cols.count(c) > 1})
+                if twice:  # the first was read, silently: a wrong user, or every time wrong
+                    raise ReadError(f"{self.path}: the header names {', '.join(twice)} more "
+                                    "than once: which column the mapping means is unknown")
                 self.columns = cols
                 return
             if line.strip():
