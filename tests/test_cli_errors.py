@@ -232,3 +232,16 @@ def test_generate_says_what_it_cannot_write(places):
     (places / "g" / "truth").write_text("")
     result = _invoke(["generate", "--root", str(places / "g"), "--hours", "1", "--users", "5"])
     assert result.exit_code == 1 and "cannot write under" in result.output, result.output
+
+
+def test_serve_says_so_at_every_start_on_an_online_store_never_folded(places, monkeypatch):
+    """Its first start on a wrong --root warned, then created the store there: every later
+    start served that empty store with no word, every user unknown."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: None)
+    args = ["serve", "--root", str(places / "typo"), "--source", "online"]
+    first, second = _invoke(args), _invoke(args)
+    assert first.exit_code == second.exit_code == 0, (first.output, second.output)
+    assert "no online store at" in first.output
+    assert "holds no folded file yet" in second.output, second.output

@@ -128,7 +128,8 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         from clicklake.resources.online_store import default_sqlite_path
 
         online_db = default_sqlite_path(root)  # beside the lake, where serving_lookup folds
-    if source == "online" and not dynamodb_table and not os.path.exists(online_db):
+    missing = source == "online" and not dynamodb_table and not os.path.exists(online_db)
+    if missing:
         click.echo(f"warning: no online store at {online_db} yet (a wrong --root or "
                    f"--online-db?): every user is unknown until serving_lookup folds landing "
                    f"files there", err=True)
@@ -152,16 +153,22 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         except unopenable as exc:
             raise click.ClickException(f"cannot serve: {exc}") from exc
         champion = slot.current.model_id if slot.current else None
+        opened = app.state.source
     else:
         # Checked here, once, so a store the workers cannot read is refused with its message
         # rather than as N worker tracebacks; each worker then opens its own.
         try:
-            open_source(settings)
+            opened = open_source(settings)
             store = LakeResource(root=root, lake_prefix=lake_prefix, region=region).store()
             champ = registry.champion(store, lake_prefix)
         except unopenable as exc:
             raise click.ClickException(f"cannot serve: {exc}") from exc
         champion = champ.model_id if champ else None
+    if source == "online" and not missing and opened.watermark_ms() is None:
+        # (opening it created the file a wrong --root named: said again at every start)
+        click.echo(f"warning: the online store at {dynamodb_table or online_db} holds no folded "
+                   "file yet (a wrong --root or --online-db?): every user is unknown until "
+                   "serving_lookup folds landing files there", err=True)
     if champion is None:
         click.echo(f"warning: no champion model under {root}/{lake_prefix}/models yet; "
                    f"/v1/predict answers 503 until one is promoted", err=True)
