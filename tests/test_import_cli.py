@@ -177,6 +177,9 @@ def test_mapping_validation(d, msg):
      "unknown clicks key\\(s\\): True;"),  # YAML 1.1 reads `on` as a boolean
     ("time: t\nuser: u\ncampaign: c\nclicks: 5\n", "clicks: must be an object"),
     ("time: t\nuser: u\ncampaign: c\nclicks: abc\n", "clicks: must be an object"),
+    # a key given twice: the last was taken, silently
+    ("time: t\nuser: u\ncampaign: c\ntime: t2\n", "'time' is given twice"),
+    ("time: t\nuser: u\ncampaign: c\nclicks:\n  time: a\n  time: b\n", "'time' is given twice"),
 ])
 def test_a_mapping_file_with_keys_that_are_no_names_is_a_usage_error(tmp_path, yaml_text, msg):
     # each was a TypeError traceback (or an unhelpful "dictionary update sequence" message):

@@ -8,6 +8,7 @@ lives under a `clicks:` section.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation, localcontext
@@ -249,10 +250,30 @@ def _clicks_from_dict(d: Any) -> ClicksMapping:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key given twice in one mapping: PyYAML keeps the last silently
+    (`time: ts` then `time: ts2` read ts2)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: refused below as not a plain key
+                twice = False
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark)
+            with contextlib.suppress(TypeError):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_mapping_dict(text: str) -> dict[str, Any]:
     """Parse the YAML text of a mapping file into a plain dict (MappingError when it is not one)."""
     try:
-        d = yaml.safe_load(text)
+        d = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise MappingError(f"mapping file is not valid YAML: {exc}") from None
     if d is None:
