@@ -245,3 +245,16 @@ def test_serve_says_so_at_every_start_on_an_online_store_never_folded(places, mo
     assert first.exit_code == second.exit_code == 0, (first.output, second.output)
     assert "no online store at" in first.output
     assert "holds no folded file yet" in second.output, second.output
+
+
+def test_arguments_that_are_no_utf8_are_refused_or_taken_as_paths(places):
+    """A Latin-1 byte in an argument (surrogate-escaped by Python) gave UnicodeEncodeError
+    tracebacks: as a user id or a root it is refused; as a log's file name it is a path."""
+    bad = "u\udcff"
+    result = _invoke(["lookup", bad, "--root", str(places / "lake")])
+    assert result.exit_code == 2 and "not UTF-8" in result.output, result.output
+    result = _invoke(["generate", "--root", str(places / bad), "--hours", "1", "--users", "5"])
+    assert result.exit_code == 2 and "not UTF-8" in result.output, result.output
+    from clicklake.platform.importer.run import default_source
+
+    assert default_source(str(places / f"log{bad}.csv")).startswith("logu_-")

@@ -8,7 +8,7 @@ import time
 import click
 import pyarrow as pa
 
-from clicklake.cli.params import CONTEXT, check_root
+from clicklake.cli.params import CONTEXT, check_root, utf8
 from clicklake.platform.lookup import LookupTable, SnapshotUnavailable
 from clicklake.platform.storage import S3Options, Store
 from clicklake.platform.timeutil import MAX_CLOCK_SKEW_MS, iso, parse_bounded_instant
@@ -21,7 +21,7 @@ def _plain(value):
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("user")
+@click.argument("user", callback=lambda ctx, param, value: utf8(value, "USER"))
 @click.option("--as-of", "as_of", default=None,
               help="Instant (ISO-8601, naive = UTC, or epoch ms); default: now.")
 @click.option("--root", default="data", show_default=True, envvar="CLICKLAKE_ROOT",

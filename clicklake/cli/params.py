@@ -31,9 +31,21 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+def utf8(value: str, option: str) -> str:
+    """`value` when it is text: bytes that are no UTF-8 (a Latin-1 argument) reach Python as
+    surrogates, which the lake's keys and files cannot hold (a UnicodeEncodeError traceback)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter(f"{value!r} holds bytes that are not UTF-8",
+                                 param_hint=option) from None
+    return value
+
+
 def check_root(root: str, option: str = "--root") -> None:
     """A local root must be a folder or not exist yet under a folder: a file on its way gave a
     NotADirectoryError traceback at the first write."""
+    utf8(root, option)
     if root.startswith("s3://"):
         if not root[len("s3://"):].split("/", 1)[0]:
             raise click.BadParameter(f"{root!r} names no bucket: s3://BUCKET[/prefix]",

@@ -118,7 +118,9 @@ def default_source(impressions_path: str, clicks_path: str | None = None) -> str
                                                    else [])
     stem = os.path.basename(impressions_path).split(".")[0] or "log"
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:40]
-    return f"{stem}-{hashlib.blake2b(chr(31).join(paths).encode(), digest_size=4).hexdigest()}"
+    # the paths' bytes: a file name that is no UTF-8 (Latin-1, say) is a path all the same
+    material = b"\x1f".join(os.fsencode(p) for p in paths)
+    return f"{stem}-{hashlib.blake2b(material, digest_size=4).hexdigest()}"
 
 
 class _Rejects:
