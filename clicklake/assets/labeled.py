@@ -35,7 +35,12 @@ from clicklake.platform.labeled_quality import (
     check_and_write,
 )
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
-from clicklake.platform.profiles import snapshot_identity, stored_inputs_incomplete
+from clicklake.platform.profiles import (
+    chain_link,
+    inputs_incomplete_of,
+    snapshot_identity,
+    stored_footer,
+)
 from clicklake.platform.raw import read_raw
 from clicklake.platform.settings import settings
 from clicklake.platform.storage import Store
@@ -154,10 +159,14 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     known: dict = {}  # raw materialization records by (asset, hour), shared by the range's hours
     span = raw_span(store, lake.lake_prefix)
 
+    read_from: dict[int, str | None] = {}  # the identity of each hour's snapshot, as read
+
     def ready(hour: int) -> None:
         completeness[hour] = require_next_hour_complete(context, hour, known)
         # the features' snapshot holds the raw hours before: none of them read early
-        said, early = stored_inputs_incomplete(store, hour - HOUR_MS, lake.lake_prefix)
+        footer = stored_footer(store, hour - HOUR_MS, lake.lake_prefix)
+        read_from[hour] = chain_link(footer)[0]
+        said, early = inputs_incomplete_of(footer)
         if not said:  # a snapshot an older clicklake wrote: its record says
             early = incomplete_inputs(latest_materialization(context, "user_profiles",
                                                              hour - HOUR_MS, known))
@@ -183,12 +192,10 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
 
     for hour in hours:
         ready(hour)
-    # The snapshots the features are read from, as they stand now: a refold of the chain
-    # (user_profiles after a rebuilt hour) may rewrite them while the range is built, and an
-    # hour written from the old chain after the refold has named the labeled hours to redo
-    # would keep stale features, unflagged.
-    read_from = {hour: snapshot_identity(store, hour - HOUR_MS, lake.lake_prefix)
-                 for hour in hours}
+    # `read_from`: the snapshots the features are read from, as they stood when checked. A
+    # refold of the chain (user_profiles after a rebuilt hour) may rewrite them while the range
+    # is built, and an hour written from the old chain after the refold has named the labeled
+    # hours to redo would keep stale features, unflagged.
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix)
     for hour in hours:
         table = next(tables)

@@ -45,7 +45,13 @@ def landing_window(record: dg.EventLogRecord, hour_ms: int) -> tuple[int, float,
     lateness = (meta["allowed_lateness_minutes"].value if "allowed_lateness_minutes" in meta
                 else Settings().allowed_lateness_minutes)
     read_at = meta[LANDING_READ_AT].value if LANDING_READ_AT in meta else record.timestamp
-    return lateness, (hour_ms + HOUR_MS) / 1000 + lateness * 60 + FIREHOSE_BUFFER_S, read_at
+    return lateness, _window_closes(hour_ms, lateness), read_at
+
+
+def _window_closes(hour_ms: int, lateness_minutes: int) -> float:
+    """Epoch seconds by which every landing file of `hour_ms` is visible: its landing window's
+    close plus Firehose's buffer."""
+    return (hour_ms + HOUR_MS) / 1000 + lateness_minutes * 60 + FIREHOSE_BUFFER_S
 
 
 def read_early(record: dg.EventLogRecord | None, hour_ms: int,
@@ -58,7 +64,7 @@ def read_early(record: dg.EventLogRecord | None, hour_ms: int,
         if listed is None:
             return False
         read_at, lateness = listed
-        return read_at < (hour_ms + HOUR_MS) / 1000 + lateness * 60 + FIREHOSE_BUFFER_S
+        return read_at < _window_closes(hour_ms, lateness)
     _, closes, read_at = landing_window(record, hour_ms)
     return read_at < closes
 

@@ -39,7 +39,7 @@ from clicklake.platform.online.seed import (
 )
 from clicklake.platform.online.seed import refold_all as refold_every_file
 from clicklake.platform.online.state import StaleLayout, StateStore
-from clicklake.platform.profiles import stored_inputs_incomplete
+from clicklake.platform.profiles import inputs_incomplete_of, stored_footer
 from clicklake.platform.raw import Rules
 from clicklake.platform.settings import settings
 from clicklake.platform.timeutil import HOUR_MS, hour_partition_key, iso
@@ -275,7 +275,7 @@ def _lake_unsettled(context: dg.AssetExecutionContext, p: int, rules: Rules, sto
                        "were rebuilt (the snapshots after them were not refolded)")
     # what the snapshot's inputs lacked: its file says (a run that died before recording it),
     # else its record
-    said, early = stored_inputs_incomplete(store, p, lake_prefix)
+    said, early = inputs_incomplete_of(stored_footer(store, p, lake_prefix))
     if not said and snapshot is not None:
         early = incomplete_inputs(snapshot)
     if early:

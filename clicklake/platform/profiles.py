@@ -124,23 +124,19 @@ SNAPSHOT_SCHEMA = pa.schema(
 )
 
 
-def snapshot_identity(store, hour_ms: int, lake_prefix: str = "lake") -> str | None:
-    """The chain identity of hour `hour_ms`'s snapshot as stored (its footer alone), None when
-    there is none (not built, or written by an older clicklake): a rebuild gives a new one."""
+def stored_footer(store, hour_ms: int, lake_prefix: str = "lake") -> dict | None:
+    """The schema metadata of hour `hour_ms`'s stored snapshot (its footer alone), None when
+    not built."""
     key = snapshot_key(hour_ms, lake_prefix)
     if not store.exists(key):
         return None
-    return chain_link(store.parquet_file(key).schema_arrow.metadata)[0]
+    return store.parquet_file(key).schema_arrow.metadata or {}
 
 
-def stored_inputs_incomplete(store, hour_ms: int, lake_prefix: str = "lake"
-                             ) -> tuple[bool, str | None]:
-    """`inputs_incomplete_of` the stored snapshot of `hour_ms` ((False, None): not built, or
-    written by an older clicklake)."""
-    key = snapshot_key(hour_ms, lake_prefix)
-    if not store.exists(key):
-        return False, None
-    return inputs_incomplete_of(store.parquet_file(key).schema_arrow.metadata)
+def snapshot_identity(store, hour_ms: int, lake_prefix: str = "lake") -> str | None:
+    """The chain identity of hour `hour_ms`'s snapshot as stored, None when there is none (not
+    built, or written by an older clicklake): a rebuild gives a new one."""
+    return chain_link(stored_footer(store, hour_ms, lake_prefix))[0]
 
 
 def snapshot_key(hour_ms: int, lake_prefix: str = "lake") -> str:
