@@ -190,7 +190,11 @@ def phase_labeled_as_asset(root: str, meta: dict, out_dir: str) -> dict:
     import dagster  # noqa: F401
 
     from clicklake.platform.labeled import build_labeled_hours, labeled_key
-    from clicklake.platform.labeled_quality import DEFAULT_LABEL_RATE, check_and_write
+    from clicklake.platform.labeled_quality import (
+        DEFAULT_LABEL_RATE,
+        check_and_write,
+        hour_summary,
+    )
     from clicklake.platform.quality import run_checks
     from clicklake.platform.storage import Store
 
@@ -213,9 +217,7 @@ def phase_labeled_as_asset(root: str, meta: dict, out_dir: str) -> dict:
             _, failed, _ = check_and_write(out, labeled_key(h), table, DEFAULT_LABEL_RATE)
             parts["checks_and_write_s"] += time.perf_counter() - t
             t = time.perf_counter()  # what the asset computes for each hour's metadata
-            float(table["label"].to_numpy().mean())
-            pc.count_distinct(table["user_id"]).as_py()
-            int(np.isfinite(table["pred_score"].to_numpy(zero_copy_only=False)).sum())
+            hour_summary(table)
             parts["metadata_s"] += time.perf_counter() - t
             rows += table.num_rows
             failed_hours += bool(failed)

@@ -489,6 +489,18 @@ def _lake_with_a_late_file(tmp_path, hours: int):
     return lake, store, hs, (late, data)
 
 
+def _dies_writing(dying_key: str, message: str):
+    """`Store.write_parquet` as a run dying at the write of `dying_key` sees it."""
+    real = Store.write_parquet
+
+    def write(self, key, table, *args, **kwargs):
+        if key == dying_key:
+            raise ConnectionError(message)
+        return real(self, key, table, *args, **kwargs)
+
+    return write
+
+
 def _span(first: int, last: int) -> dict:
     return {"dagster/asset_partition_range_start": hour_partition_key(first),
             "dagster/asset_partition_range_end": hour_partition_key(last)}
@@ -529,12 +541,8 @@ def test_a_refold_that_died_part_way_is_finished_by_the_chains_next_run(tmp_path
         assert dg.materialize(raw_assets, **one).success
         assert dg.materialize(tiles_asset, **one).success
         real = Store.write_parquet
-
-        def dies_at_the_last(self, key, table, row_group_size=None):
-            if key == profiles.snapshot_key(hs[3]):
-                raise ConnectionError("the run died refolding the last snapshot")
-            return real(self, key, table, row_group_size)
-
+        dies_at_the_last = _dies_writing(profiles.snapshot_key(hs[3]),
+                                         "the run died refolding the last snapshot")
         monkeypatch.setattr(Store, "write_parquet", dies_at_the_last)
         assert not dg.materialize(pick, raise_on_error=False, **one).success
         monkeypatch.setattr(Store, "write_parquet", real)
@@ -583,12 +591,7 @@ def test_a_resumed_refold_records_the_hours_the_dead_run_rewrote(tmp_path, monke
         assert dg.materialize(raw_assets, **one).success
         assert dg.materialize(tiles_asset, **one).success
         real = Store.write_parquet
-
-        def dies_at_3(self, key, table, row_group_size=None):
-            if key == profiles.snapshot_key(hs[3]):
-                raise ConnectionError("the run died refolding snapshot 3")
-            return real(self, key, table, row_group_size)
-
+        dies_at_3 = _dies_writing(profiles.snapshot_key(hs[3]), "the run died refolding snapshot 3")
         monkeypatch.setattr(Store, "write_parquet", dies_at_3)
         assert not dg.materialize(pick, raise_on_error=False, **one).success
         monkeypatch.setattr(Store, "write_parquet", real)

@@ -7,7 +7,6 @@ import warnings
 from datetime import UTC, datetime
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,6 +32,7 @@ from clicklake.platform.labeled_quality import (
     DEFAULT_LABEL_RATE,
     LABELED_CHECKS,
     check_and_write,
+    hour_summary,
 )
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
 from clicklake.platform.profiles import (
@@ -214,19 +214,14 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
             per_hour.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
         if failed:
             context.log.error(f"{iso(hour)} failed {', '.join(failed)}: not written")
-        labels = table["label"].to_numpy()
-        rate = float(labels.mean()) if len(labels) else 0.0
+        summary = hour_summary(table)
         context.log.info(f"labeled {table.num_rows} impressions of {iso(hour)}; "
-                         f"label rate {rate:.4f}")
+                         f"label rate {summary['label_rate']:.4f}")
         context.add_asset_metadata({
             "dagster/row_count": table.num_rows,
             "dagster/column_schema": column_schema(table.schema),
-            "label_rate": rate,
-            "clicked_impressions": int(labels.sum()),
+            **summary,
             "label_window_minutes": window,
-            "users": pc.count_distinct(table["user_id"]).as_py(),
-            "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
-                zero_copy_only=False)).sum()),
             "bytes": nbytes,
             "written": not failed,
             "failed_checks": ", ".join(failed) or "none",

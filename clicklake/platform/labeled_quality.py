@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow.compute as pc
+
 from clicklake.platform.features import CATEGORICAL, WINDOWS
 from clicklake.platform.quality import CheckSpec
 
@@ -74,3 +77,16 @@ def check_and_write(store, key: str, table, label_rate: tuple[float, float]
         store.delete(key)
         return outcomes, failed, 0
     return outcomes, failed, store.write_parquet(key, table, use_dictionary=text_columns(table))
+
+
+def hour_summary(table) -> dict:
+    """What a labeled hour's metadata says of its rows: the label rate, the clicked impressions,
+    the distinct users, the rows with a prediction score (the asset's, and the benchmark's)."""
+    labels = table["label"].to_numpy()
+    return {
+        "label_rate": float(labels.mean()) if len(labels) else 0.0,
+        "clicked_impressions": int(labels.sum()),
+        "users": pc.count_distinct(table["user_id"]).as_py(),
+        "with_prediction_score": int(np.isfinite(table["pred_score"].to_numpy(
+            zero_copy_only=False)).sum()),
+    }
