@@ -3,6 +3,9 @@ on the one defect it is about."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -141,3 +144,21 @@ def test_the_checked_frame_reads_as_the_table_does():
         assert [(o.name, o.failures) for o in run_checks(df, checks)] == [
             ("ids", {"not_null(impression_id)": 1, "unique(impression_id)": 2}),
             ("x", {"not_null(x)": 1, "between(x, 0, 1)": 1})]
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_a_validation_frees_what_it_holds_before_returning(collecting):
+    """GX holds the validated frame (and its metric results) in reference cycles between its
+    batch, engine and data source: freed as run_checks returns, not at a full collection hours
+    later in a ranged run; the caller's setting of automatic collection is left as it was."""
+    df = _sane(600)
+    held = weakref.ref(df)
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert not _failed(df)
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+    del df
+    assert held() is None
