@@ -9,6 +9,8 @@ import weakref
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clicklake.platform.features import CATEGORICAL
 from clicklake.platform.labeled import labeled_schema
@@ -162,3 +164,36 @@ def test_a_validation_frees_what_it_holds_before_returning(collecting):
         (gc.enable if was else gc.disable)()
     del df
     assert held() is None
+
+
+_TEXT = st.one_of(st.none(), st.sampled_from(["", "a", "b", "é", "a\x00", "ab"]),
+                  st.text(max_size=3))
+
+
+@settings(max_examples=25, deadline=None)
+@given(ids=st.lists(_TEXT, max_size=12), chunk=st.integers(1, 5), dictionary=st.booleans())
+def test_text_checked_as_codes_fails_exactly_as_its_values(ids, chunk, dictionary):
+    """Text checked only for nulls and repeats goes to GX as its dictionary codes: the same
+    outcome and unexpected counts as the values themselves, over nulls, empty and non-ASCII
+    text, several chunks, and a dictionary column that repeats a value in its dictionary."""
+    import pyarrow as pa
+
+    from clicklake.platform.quality import CheckSpec, checked_frame
+
+    plain = pa.array(ids, pa.string())
+    column = pa.chunked_array([plain[i:i + chunk] for i in range(0, len(ids), chunk)] or [plain],
+                              pa.string())
+    if dictionary and len(ids):  # every value given two codes of its own
+        values = [v for v in dict.fromkeys(i for i in ids if i is not None)] * 2
+        codes = [None if i is None else values.index(i) + len(values) // 2 * (n % 2)
+                 for n, i in enumerate(ids)]
+        column = pa.chunked_array([pa.DictionaryArray.from_arrays(
+            pa.array(codes, pa.int32()), pa.array(values, pa.string()))])
+    table = pa.table({"id": column, "also": column, "x": pa.array(range(len(ids)), pa.int64())})
+    checks = [CheckSpec("ids", "d", (("not_null", "id"), ("unique", "id"))),
+              CheckSpec("also", "d", (("unique", "also"),))]
+    frame = checked_frame(table, checks)
+    assert list(frame.columns) == ["id", "also"]
+    expected = run_checks(pd.DataFrame({"id": pd.Series(ids, dtype=object),
+                                        "also": pd.Series(ids, dtype=object)}), checks)
+    assert run_checks(frame, checks) == expected
