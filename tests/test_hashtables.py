@@ -91,6 +91,26 @@ def test_rehash_into_a_full_table_is_refused():
                                     False)
 
 
+def test_an_int_insert_into_a_full_table_leaves_it_as_it_was():
+    """A table with no room for every new key refuses the call, and the keys it had already
+    placed are taken back: a retry into a larger table gives each key a value of its own."""
+    empty = np.iinfo(np.int64).min
+    keys, values = np.full(4, empty, np.int64), np.zeros(4, np.int32)
+    assert hashtables._hashkeys.int_insert(keys, values, np.array([7], np.int64),
+                                           np.empty(1, np.int64), 0) == 1
+    before = keys.copy()
+    with pytest.raises(ValueError, match="full"):
+        hashtables._hashkeys.int_insert(keys, values, np.array([10, 7, 20, 30, 40], np.int64),
+                                        np.empty(5, np.int64), 1)
+    assert keys.tolist() == before.tolist()
+    big_keys, big_values = np.full(16, empty, np.int64), np.zeros(16, np.int32)
+    hashtables._hashkeys.rehash(big_keys, big_values, keys, values, False)
+    out = np.empty(5, np.int64)
+    assert hashtables._hashkeys.int_insert(big_keys, big_values,
+                                           np.array([10, 7, 20, 30, 40], np.int64), out, 1) == 5
+    assert out.tolist() == [1, 0, 2, 3, 4]
+
+
 def test_a_failed_string_insert_leaves_the_table_as_it_was(monkeypatch):
     """Between the C call that gives new strings their codes and the append of the strings,
     a failure (here a MemoryError) takes the new codes back: later calls neither read past the
@@ -168,6 +188,16 @@ def test_a_dictionary_with_repeated_values_gets_one_code_per_string(interner_pat
                                          pa.array(["x", "y", "x"]))
     assert interner.codes(arr).tolist() == [0, 1, 0, 0, -1]
     assert interner.codes(pa.array(["y", "x", "z"])).tolist() == [1, 0, 2]
+
+
+def test_a_null_in_a_dictionary_is_a_null(interner_path):
+    """Arrow lets a dictionary hold a null itself: a value pointing at it has no code, like a
+    null index (the C path refused the call; the numpy one coded the null as a string)."""
+    interner = tiles.Interner()
+    arr = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2], pa.int32()),
+                                         pa.array(["a", None, "b"]))
+    assert interner.codes(arr).tolist() == [0, -1, -1, 1]
+    assert interner.codes(pa.array(["b", "a"])).tolist() == [1, 0]
 
 
 def test_string_table_grows_and_keeps_its_codes(interner_path):

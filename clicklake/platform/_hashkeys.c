@@ -241,6 +241,11 @@ static PyObject *int_insert(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     if (full) {
+        /* back to the table before the call: its entries hold the values from `next` on, and
+           with linear probing no older entry's probe passes a newer one */
+        for (Py_ssize_t s = 0; s < cap; s++)
+            if (tk[s] != EMPTY_KEY && tv[s] >= next)
+                tk[s] = EMPTY_KEY;
         PyErr_SetString(PyExc_ValueError, "int_insert: the table is full");
         goto fail;
     }

@@ -307,6 +307,8 @@ class Interner:
         if isinstance(values, pa.ChunkedArray):
             parts = [self._codes(c, add) for c in values.chunks]
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if pa.types.is_dictionary(values.type) and values.dictionary.null_count:
+            values = values.cast(values.type.value_type)  # a null in the dictionary: decoded
         if self._table is not None and not pa.types.is_dictionary(values.type):
             # The C table takes repeated strings as they are: no dictionary to build first.
             words = values.cast(pa.string())
