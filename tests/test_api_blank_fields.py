@@ -57,3 +57,20 @@ def test_blank_ids_are_refused(field):
     base = {"user_id": "u", "campaign_id": "c"}
     with pytest.raises(ValidationError, match=field):
         PredictRequest.model_validate({**base, field: "  "})
+
+
+def test_lake_source_now_answers_each_domain_its_own_segment_counts(tmp_path):
+    """Requests at "now" are memoised by what they ask: a second domain gets its own domain
+    counts, not the first one's."""
+    minute = 60_000
+    deliveries = [("impressions", {"impression_id": i, "ts": H + k * minute, "user_id": f"u{i}",
+                                   "campaign_id": "c1", "domain": d}, H + k * minute)
+                  for k, (i, d) in enumerate([("a", "a.com"), ("b", "a.com"), ("c", "b.org")], 1)]
+    store = Store(str(tmp_path))
+    fo.land(store, deliveries)
+    fo.build_lake(store, [H + k * HOUR_MS for k in range(2)])
+    source = LakeFeatures(store)
+    now = source.watermark_ms() + 10 * minute  # answered as of the watermark
+    got = [source.feature_inputs("ux", "c1", now, None, None, domain=d)[
+        "domain_impressions_24h"][0] for d in ("a.com", "b.org", "a.com")]
+    assert got == [2.0, 1.0, 2.0]

@@ -329,3 +329,33 @@ def test_a_model_whose_deploy_fails_is_not_promoted(flow, tmp_path):
                                          gated=True)
     assert not run.success
     assert registry.champion(store).model_id == champion
+
+
+def test_a_model_that_failed_its_gate_is_never_deployed(flow, tmp_path):
+    """deployed_model refuses a model its gate rejected before the endpoint is touched: after
+    the deploy, the champion pointer's refusal would come too late (the endpoint would serve
+    the rejected model while the registry named the old one)."""
+    from clicklake.assets.training import deployed_model
+
+    deployed = []
+
+    class Recording(LocalModelServer):
+        def deploy(self, store, model_id, prefix="lake"):
+            deployed.append(model_id)
+            return super().deploy(store, model_id, prefix)
+
+    store = _lake_copy(flow[0], tmp_path)
+    champion = registry.champion(store).model_id
+    registry.register(store, "clicklake-xgb-bad", registry.artifact_of(store, champion),
+                      registry.manifest_of(store, champion), {"auc": 0.51})
+    registry.reject(store, "clicklake-xgb-bad", "AUC 0.5100 is below the floor 0.6000")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "click_model", metadata={"model_id": "clicklake-xgb-bad"}))
+        run = dg.materialize([deployed_model], instance=instance, raise_on_error=False,
+                             resources={"lake": LakeResource(root=store.root),
+                                        "endpoint": Recording()})
+    assert not run.success
+    failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "failed its gate" in str(failure.event_specific_data.error)
+    assert deployed == [] and registry.champion(store).model_id == champion

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from clicklake.platform import landing, lookup, profiles, raw, tiles
 from clicklake.platform.storage import Store
-from clicklake.platform.timeutil import HOUR_MS, floor_hour, iso
+from clicklake.platform.timeutil import HOUR_MS, floor_hour, iso, parse_instant
 
 H0 = 1_764_028_800_000  # 2025-11-25T00:00Z
 LATENESS = raw.DEFAULT_LATENESS_MS
@@ -229,3 +229,44 @@ def test_a_users_spend_carries_no_rounding_of_other_users_costs(tmp_path):
     alone = table.as_of(["u1"], [t])["spend"][0].as_py()
     batch = table.as_of(["u1", "u1"], [t, h0 + 30 * MINUTE_MS])["spend"][0].as_py()
     assert alone == batch == 0.2 + 0.1
+
+
+_H = parse_instant("2026-11-25T13:00:00Z")
+
+
+def _one_user_lake(tmp_path, events):
+    import feature_oracle as fo
+
+    deliveries = [("impressions", {"impression_id": i, "ts": ts, "user_id": "u1",
+                                   "campaign_id": c, "domain": d, "cost": 0.5}, ts)
+                  for i, ts, c, d in events]
+    store = Store(str(tmp_path))
+    fo.land(store, deliveries)
+    fo.build_lake(store, [_H + k * HOUR_MS for k in range(3)])
+    return store
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_an_event_at_exactly_t_is_not_history_on_both_paths(tmp_path, monkeypatch, native):
+    """The hour after a snapshot is answered by one pass over its events, in C or (a build
+    without the extension) in numpy: on both, an event at exactly t is not history."""
+    from clicklake.platform import hashtables
+
+    monkeypatch.setattr(hashtables, "NATIVE", native and hashtables.NATIVE)
+    t = _H + HOUR_MS + 20 * 60_000
+    store = _one_user_lake(tmp_path, [("a", _H + 5 * 60_000, "c1", "a.com"),
+                                      ("b", t, "c2", "b.org"), ("c", t + 1, "c1", None)])
+    asked = [t, t + 1, t + 2]  # in one call: the hour's events read up to the latest instant
+    got = [(r["impressions"], r["distinct_campaigns"], r["distinct_domains"])
+           for r in lookup.LookupTable(store).as_of(["u1"] * 3, asked).to_pylist()]
+    assert got == [(1, 1, 1), (2, 2, 2), (3, 2, 2)]
+
+
+def test_profile_lists_leave_out_an_event_at_exactly_t(tmp_path):
+    """A profile's campaigns and domains, like its counts, hold only what came strictly before t."""
+    t = _H + HOUR_MS + 20 * 60_000
+    store = _one_user_lake(tmp_path, [("a", _H + 5 * 60_000, "c1", "a.com"),
+                                      ("b", t, "c2", "b.org")])
+    profile = lookup.LookupTable(store).profile("u1", t)
+    assert profile["domains"] == ["a.com"]
+    assert profile["campaigns"] == {"c1": {"impressions": 1, "clicks": 0}}

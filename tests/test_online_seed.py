@@ -487,3 +487,34 @@ def test_a_snapshot_whose_file_says_it_read_early_inputs_is_not_seeded_from(tmp_
         logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
     assert any("cannot rebuild from a snapshot" in m and "read their landing files early" in m
                for m in logs), logs
+
+
+def test_an_event_of_the_seed_hour_arriving_after_it_counts_once(tmp_path):
+    """An impression and its click of the snapshot's last hour, landed after that hour ended:
+    the snapshot holds them, so a store seeded from it skips their files rather than fold them
+    again; it agrees with a full refold (one impression, one click)."""
+    minute = 60_000
+    store = Store(str(tmp_path / "lake"))
+    p, s = START + 10 * HOUR_MS, START + 11 * HOUR_MS
+    us = "8.8.8.8"
+    deliveries = [("impressions", {"impression_id": f"f{i}",
+                                   "ts": START + i * HOUR_MS + 5 * minute,
+                                   "user_id": "filler", "campaign_id": "c9", "ip": us},
+                   START + i * HOUR_MS + 6 * minute) for i in range(16)]
+    deliveries += [("impressions", {"impression_id": "late", "ts": s - 2 * minute,
+                                    "user_id": "u1", "campaign_id": "c1", "ip": us},
+                    s + 3 * minute),
+                   ("clicks", {"click_id": "k", "ts": s - minute, "user_id": "u1",
+                               "campaign_id": "c1", "impression_id": "late"}, s + 4 * minute)]
+    land(store, deliveries)
+    build_lake(store, [START + i * HOUR_MS for i in range(16)])
+    keys = store.list("landing/")
+    full = SqliteState(str(tmp_path / "full.db"))
+    fold_files(full, store, keys)
+    assert horizon_ms(full.watermark_ms()) >= s
+    seeded = SqliteState(str(tmp_path / "seeded.db"))
+    report = rebuild_from_snapshot(seeded, store, keys, p)
+    t = s + HOUR_MS
+    a, b = OnlineFeatures(seeded).profile("u1", t), OnlineFeatures(full).profile("u1", t)
+    assert (a["impressions"], a["clicks"]) == (b["impressions"], b["clicks"]) == (1, 1)
+    assert report.fold.in_snapshot == 2

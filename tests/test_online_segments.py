@@ -188,3 +188,28 @@ def test_kept_windows_are_dropped_by_a_clear_and_shared_by_threads(tmp_path):
     assert kept.windows_24h(pairs, t) == want
     state.clear()
     assert kept.windows_24h(pairs, t) == [(0, 0), (0, 0)]
+
+
+def test_a_click_naming_an_impression_of_the_next_hour_takes_the_lakes_country(tmp_path):
+    """A click may name only an impression of its own hour or the hour before (the lake's
+    rule); one naming an impression of the next hour takes its country from the user's latest
+    earlier impression instead, online as in the lake (the oracle's `click_country`)."""
+    import oracle
+
+    from clicklake.platform.enrich import country_of
+
+    us_ip, de_ip = "8.8.8.8", "46.4.0.1"
+    store = Store(str(tmp_path / "lake"))
+    state = SqliteState(str(tmp_path / "online.db"))
+    land(store, "impressions", H + 10 * MIN, [impression("i-us", H + 5 * MIN, ip=us_ip)], "1")
+    # the named impression arrives, and is folded, before the click
+    land(store, "impressions", H + 70 * MIN, [impression("i-de", H + 65 * MIN, ip=de_ip)], "2")
+    land(store, "clicks", H + 75 * MIN, [click("k1", H + 50 * MIN, "i-de")], "3")
+    fold_files(state, store, store.list("landing/"))
+    imps = [{"impression_id": "i-us", "ts": H + 5 * MIN, "user_id": "u1", "ip": us_ip},
+            {"impression_id": "i-de", "ts": H + 65 * MIN, "user_id": "u1", "ip": de_ip}]
+    clk = {"click_id": "k1", "ts": H + 50 * MIN, "impression_id": "i-de", "user_id": "u1"}
+    assert oracle.click_country(clk, imps, lambda r: country_of(r["ip"])) == "US"
+    t = H + 80 * MIN
+    assert window_24h(state, "country", "US", t) == (1, 1)
+    assert window_24h(state, "country", "DE", t) == (1, 0)

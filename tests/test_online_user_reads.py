@@ -187,3 +187,22 @@ def test_lifetime_spend_before_every_impression_is_exactly_zero():
                                    for k, c in enumerate(costs)], ["US"] * len(costs))
         p = us.profile_at(users["u1"], t)
         assert (p["impressions"], p["spend"]) == (0, 0.0), costs
+
+
+def test_an_online_profile_lists_only_what_came_strictly_before_t(tmp_path):
+    """Folded for real: the online profile's domains leave out a domain first seen at exactly t,
+    and hold it a millisecond later."""
+    from clicklake.platform.online import OnlineFeatures, SqliteState, fold_files
+    from clicklake.platform.storage import Store
+    from tests.landing_factory import MIN, H, impression, land
+
+    store = Store(str(tmp_path / "lake"))
+    state = SqliteState(str(tmp_path / "online.db"))
+    land(store, "impressions", H + 50 * MIN, [
+        impression("a", H - 30 * MIN, cost=0.5),
+        impression("b", H + 10 * MIN, cost=0.25, domain="x.com")], "1")
+    fold_files(state, store, store.list("landing/"))
+    online = OnlineFeatures(state)
+    at = online.profile("u1", H + 10 * MIN)
+    assert (at["distinct_domains"], at["domains"]) == (0, [])
+    assert online.profile("u1", H + 10 * MIN + 1)["domains"] == ["x.com"]

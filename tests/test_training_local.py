@@ -151,3 +151,12 @@ def test_local_trainer_resource_and_model_server(tmp_path, data):
     assert server.load_champion(store) == "m1"
     np.testing.assert_array_equal(server.predict(xv), scores)
     assert auc(yv, server.predict(xv)) > 0.7
+
+
+def test_the_gate_at_the_floor_and_at_the_tolerance_exactly():
+    """The floor and the tolerance are inclusive: a model exactly at the floor passes, as does
+    one worse than the champion by exactly the tolerance (binary fractions: exact sums)."""
+    assert gate({"auc": 0.75}, None, 0.75, 0.25).passed
+    assert not gate({"auc": 0.75 - 2**-20}, None, 0.75, 0.25).passed
+    assert gate({"auc": 0.5}, {"auc": 0.75}, 0.0, 0.25).passed
+    assert not gate({"auc": 0.5}, {"auc": 0.75 + 2**-20}, 0.0, 0.25).passed

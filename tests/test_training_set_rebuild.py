@@ -136,3 +136,33 @@ def test_an_hour_without_rows_writes_no_part_and_a_split_without_rows_is_refused
     quiet |= {HOURS[6]}
     with pytest.raises(ValueError, match="validation hours .* hold no labeled rows"):
         build_training_set(store, HOURS, 2, hour, 900, set_id="ts-quiet")
+
+
+def test_vocabularies_come_from_training_hours_seen_at_least_the_minimum(tmp_path):
+    """A categorical value enters the manifest's vocabulary only if the training hours hold it
+    at least MIN_CATEGORY_COUNT times: not one seen once short of it, nor one seen only in the
+    validation hours (that would leak them into training)."""
+    from clicklake.platform.training_set import MIN_CATEGORY_COUNT
+
+    h0 = parse_instant("2026-11-25T13:00:00Z")
+    hours = [h0 + k * HOUR_MS for k in range(3)]
+
+    def hour(h, columns):
+        if h == hours[-1]:  # validation
+            countries = ["ZZ"] * 20
+        elif h == hours[0]:
+            countries = (["DE"] * MIN_CATEGORY_COUNT + ["FR"] * (MIN_CATEGORY_COUNT - 1)
+                         + ["US"] * 3)
+        else:
+            countries = ["US"] * 3
+        n = len(countries)
+        data = {c: pa.array(countries if c == "country" else ["x"] * n) for c in CATEGORICAL}
+        data.update({f: pa.array(np.zeros(n)) for f in FEATURE_NAMES if f not in CATEGORICAL})
+        data.update(label=pa.array(np.arange(n) % 2, pa.int8()),
+                    impression_id=pa.array([f"{h}-{i}" for i in range(n)]),
+                    cost=pa.array(np.zeros(n)))
+        table = pa.table(data)
+        return table.select(columns) if columns else table
+
+    ts, _ = build_training_set(Store(str(tmp_path)), hours, 1, hour, 900, set_id="ts-voc")
+    assert ts.manifest.categorical["country"] == ["DE", "US"]
