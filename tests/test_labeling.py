@@ -86,6 +86,17 @@ def test_duplicate_click_ids_count_once_and_delay_is_the_first():
     assert out["first_click_delay_ms"].to_pylist() == [200]
 
 
+def test_a_repeated_impression_id_shares_the_first_ones_time_and_label():
+    """Rows repeating an impression id (the raw layer keeps one; a caller may pass more) take
+    the first row's time: its label and delay, not their own."""
+    t = 1_000_000
+    clicks = _clicks([("k", t + 100, "i", "u", "c")])
+    out = label_impressions(_imps([("i", t, "u", "c"), ("i", t + 10, "u", "c"),
+                                   ("i", t + 200, "u", "c")]), clicks)
+    assert out["label"].to_pylist() == [1, 1, 1]
+    assert out["first_click_delay_ms"].to_pylist() == [100, 100, 100]
+
+
 def test_window_is_configurable():
     t = 1_000_000
     clicks = _clicks([("k", t + 60_001, "i", "u", "c")])

@@ -270,3 +270,34 @@ def test_profile_lists_leave_out_an_event_at_exactly_t(tmp_path):
     profile = lookup.LookupTable(store).profile("u1", t)
     assert profile["domains"] == ["a.com"]
     assert profile["campaigns"] == {"c1": {"impressions": 1, "clicks": 0}}
+
+
+def test_an_instant_whose_snapshot_retention_removed_is_refused(tmp_path):
+    """Time travel to an instant whose starting snapshot retention has deleted (the chain
+    starts earlier) is refused with a clear error, not answered as an empty history; later
+    instants still answer."""
+    t = _H + HOUR_MS + 20 * 60_000
+    store = _one_user_lake(tmp_path, [("a", _H + 5 * 60_000, "c1", "a.com"),
+                                      ("b", t, "c2", "b.org")])
+    table = lookup.LookupTable(store)
+    assert table.as_of(["u1"], t).column("impressions").to_pylist() == [1]
+    store.delete(profiles.snapshot_key(_H))
+    table = lookup.LookupTable(store)
+    with pytest.raises(lookup.SnapshotUnavailable, match="removed by retention"):
+        table.as_of(["u1"], t)
+    assert table.as_of(["u1"], _H + 2 * HOUR_MS + 1).column("impressions").to_pylist() == [2]
+
+
+def test_segment_counts_over_a_missing_segment_profile_are_refused(tmp_path):
+    """Segment counts read the segment profile of the hour before t: one missing inside the
+    chain (not before its start) is an error, not a silent undercount."""
+    from clicklake.platform import segments
+
+    t = _H + 2 * HOUR_MS + 10 * 60_000
+    store = _one_user_lake(tmp_path, [("a", _H + 5 * 60_000, "c1", "a.com"),
+                                      ("b", _H + HOUR_MS + 5 * 60_000, "c1", "a.com")])
+    got = segments.segments_as_of_lake(store, ["domain"], ["a.com"], [t]).to_pylist()
+    assert got[0]["impressions_24h"] == 2
+    store.delete(segments.segment_key(_H + HOUR_MS))
+    with pytest.raises(LookupError, match="is missing"):
+        segments.segments_as_of_lake(store, ["domain"], ["a.com"], [t])
