@@ -445,10 +445,23 @@ def test_follows_a_new_champion_and_keeps_serving_without_one(lake, tmp_path):
     assert resp.status_code == 503 and resp.json()["code"] == "no_model"
 
 
-def test_sagemaker_backend_scores_through_sagemaker_runtime(lake, champion, moto_endpoint):
+def test_sagemaker_backend_scores_through_sagemaker_runtime(lake, champion, moto_endpoint,
+                                                           monkeypatch):
     """moto's endpoint answers from a queue: queue what the built-in XGBoost container would
-    return for this row (the booster's score) and check the API returns it."""
+    return for this row (the booster's score) and check the API returns it, and that the row
+    sent to the endpoint is exactly the encoded feature vector (moto answers whatever it is
+    sent, so the score alone would not show a wrong encoding)."""
     from clicklake.resources.endpoint import SageMakerEndpoint
+    from clicklake.serving import model as serving_model
+
+    sent = []
+    real = serving_model.invoke_scores
+
+    def recorded(client, endpoint_name, rows, variant=None):
+        sent.append(rows.copy())
+        return real(client, endpoint_name, rows, variant)
+
+    monkeypatch.setattr(serving_model, "invoke_scores", recorded)
 
     model_id, manifest, booster = champion
     source = LakeFeatures(lake)
@@ -469,6 +482,9 @@ def test_sagemaker_backend_scores_through_sagemaker_runtime(lake, champion, moto
     assert out["probability"] == score
     assert out["model"] == {"id": model_id, "promoted_at": registry.champion(lake).created_at,
                             "backend": "sagemaker:ctr-api"}
+    [rows] = sent
+    expected = encode(compute_features(inputs), manifest.categorical)
+    assert rows.shape == expected.shape and np.array_equal(rows, expected, equal_nan=True)
 
 
 def _free_port() -> int:
