@@ -58,8 +58,8 @@ def _expectation(spec: ExpectationSpec, tag: int = 0):
     tag (a spec may be in two checks)."""
     import great_expectations as gx
 
-    kind, column, *args = spec
-    common = {"column": column, "meta": {_META: _label(spec), _TAG: tag}}
+    kind, _, *args = spec
+    common = _common(spec, tag)
     if kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(**common)
     if kind == "unique":
@@ -91,7 +91,7 @@ def _screening(spec: ExpectationSpec, tag: int, df: pd.DataFrame) -> list:
             and not pd.api.types.is_bool_dtype(df[column].dtype)):
         return [_expectation(spec, tag)]
     lo, hi = args
-    common = {"column": column, "meta": {_META: _label(spec), _TAG: tag}}
+    common = _common(spec, tag)
     screens = []
     if lo is not None:
         screens.append(gx.expectations.ExpectColumnMinToBeBetween(**common, min_value=lo))
@@ -103,6 +103,11 @@ def _screening(spec: ExpectationSpec, tag: int, df: pd.DataFrame) -> list:
 
 _META = "clicklake_check"
 _TAG = "clicklake_spec"
+
+
+def _common(spec: ExpectationSpec, tag: int) -> dict:
+    """The arguments every expectation of `spec` takes: its column, its label and tag in `meta`."""
+    return {"column": spec[1], "meta": {_META: _label(spec), _TAG: tag}}
 
 
 def _label(spec: ExpectationSpec) -> str:
