@@ -9,6 +9,7 @@ import weakref
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -230,3 +231,36 @@ def test_bounds_screened_as_minimum_and_maximum_fail_exactly_as_the_values(
         (lo is not None and v < lo) or (hi is not None and (v >= hi if window else v > hi))))
     [out] = run_checks(pd.DataFrame({"x": column}), checks)
     assert out.failures == ({f"{kind}(x, {lo}, {hi})": bad} if bad else {})
+
+
+@pytest.mark.parametrize("column, bounds", [
+    (np.array([0.7], np.float32), (0.7, None)),  # the bound rounded to float32: 0.7f < 0.7
+    (np.array([0.001], np.float32), (None, 0.001)),
+    (np.array([2**63 + 1], np.uint64), (0, 2**63)),  # past what a float64 minimum tells apart
+    (pd.array([2**53 + 1], dtype="Int64"), (0, 2**53)),
+    (pa.array([0.5, float("nan")]).to_pandas(types_mapper=pd.ArrowDtype), (0, 1)),  # no null
+])
+def test_bounds_are_screened_only_where_a_minimum_answers_as_the_values_do(column, bounds):
+    """Outside int64, float64 and small ints, a column's minimum or maximum compared with
+    GX's float bound is not what its per-value test answers: those are validated per value."""
+    from clicklake.platform.quality import CheckSpec
+
+    lo, hi = bounds
+    [out] = run_checks(pd.DataFrame({"x": column}), [CheckSpec("b", "d", (("between", "x", lo, hi),))])
+    assert out.failures == {f"between(x, {lo}, {hi})": 1}
+
+
+def test_an_interrupt_while_collecting_leaves_collection_on(monkeypatch):
+    """The collection after a validation may be interrupted (Ctrl-C, a run terminated): the
+    automatic collection it paused is on again all the same."""
+    from clicklake.platform import quality
+
+    def interrupted(generation=2):
+        raise KeyboardInterrupt
+
+    assert gc.isenabled()
+    monkeypatch.setattr(quality.gc, "collect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _failed(_sane(10))
+    monkeypatch.undo()
+    assert gc.isenabled()

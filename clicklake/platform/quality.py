@@ -12,6 +12,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 # ("not_null", column) | ("unique", column) | ("between", column, min, max) (inclusive; None =
@@ -86,9 +87,14 @@ def _screening(spec: ExpectationSpec, tag: int, df: pd.DataFrame) -> list:
     import great_expectations as gx
 
     kind, column, *args = spec
-    if kind not in ("between", "in_window") or column not in df.columns or not (
-            pd.api.types.is_numeric_dtype(df[column].dtype)
-            and not pd.api.types.is_bool_dtype(df[column].dtype)):
+    # Only where a minimum or maximum compares with GX's (float) bound as its per-value test
+    # does: int64 and float64, compared vectorised by both, and ints every float64 holds. Not
+    # float32 (the bound rounded to the column's precision), uint64 or pandas' nullable and
+    # Arrow types (their values compared one by one as Python numbers; an Arrow NaN is no null).
+    dtype = getattr(df[column], "dtype", None) if column in df.columns else None
+    if kind not in ("between", "in_window") or not isinstance(dtype, np.dtype) or not (
+            dtype in (np.dtype(np.int64), np.dtype(np.float64))
+            or (dtype.kind in "iu" and dtype.itemsize <= 4)):
         return [_expectation(spec, tag)]
     lo, hi = args
     common = _common(spec, tag)
@@ -138,15 +144,21 @@ def checked_frame(table, checks: list[CheckSpec]) -> pd.DataFrame:
     columns = []
     for name in names:
         column = table[name]
-        if pa.types.is_dictionary(column.type):  # a dictionary may repeat a value: decoded
-            column = column.cast(column.type.value_type)
-        if kinds[name] <= _CODES_ANSWER and (pa.types.is_string(column.type)
-                                             or pa.types.is_large_string(column.type)):
-            column = pc.dictionary_encode(column.combine_chunks()).indices
+        if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type):
+            column = column.cast(column.type.value_type)  # its dictionary may repeat a value
+        if kinds[name] <= _CODES_ANSWER and _is_text(column.type):
+            # large_string: one chunk of more than 2 GiB of text would overflow string offsets
+            column = pc.dictionary_encode(column.cast(pa.large_string()).combine_chunks()).indices
         columns.append(column)
     return pa.table(columns, names=names).to_pandas(
         types_mapper=lambda t: pd.ArrowDtype(t) if (
-            pa.types.is_string(t) or pa.types.is_large_string(t)) else None)
+            _is_text(t) or pa.types.is_dictionary(t)) else None)
+
+
+def _is_text(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 @contextmanager
@@ -159,13 +171,15 @@ def _cycles_freed_after():
     during the validation, so everything it made is still young after it, and the young
     generation is collected then (a few milliseconds)."""
     enabled = gc.isenabled()
-    gc.disable()
-    try:
+    try:  # an interrupt anywhere in here still leaves collection as the caller had it
+        gc.disable()
         yield
     finally:
-        gc.collect(0)
-        if enabled:
-            gc.enable()
+        try:
+            gc.collect(0)
+        finally:
+            if enabled:
+                gc.enable()
 
 
 def run_checks(df: pd.DataFrame, checks: list[CheckSpec]) -> list[CheckOutcome]:
