@@ -90,8 +90,21 @@ def test_deploy_refuses_unregistered_and_local(moto_endpoint, lake, tmp_path):
         endpoint.deploy(Store(str(tmp_path)), "model-20261125-01")
 
 
-def test_invoke_goes_through_sagemaker_runtime(moto_endpoint, lake):
+def test_invoke_goes_through_sagemaker_runtime(moto_endpoint, lake, monkeypatch):
+    """The rows go over HTTP as the built-in container reads them (CSV, no header, one line a
+    row, empty for a missing value: checked on the request itself, since moto answers whatever
+    it is sent), and the container's answer comes back as the scores."""
     _, artifact, rows = lake
+    sent = []
+    make_client = SageMakerEndpoint._client
+
+    def watched(self, service, config=None):
+        client = make_client(self, service, config)
+        client.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint",
+                                    lambda request, **_: sent.append(request))
+        return client
+
+    monkeypatch.setattr(SageMakerEndpoint, "_client", watched)
     expected = predict(load_booster(artifact), rows)
     # The container answers text/csv with one score per line.
     body = "\n".join(repr(float(v)) for v in expected)
@@ -106,6 +119,11 @@ def test_invoke_goes_through_sagemaker_runtime(moto_endpoint, lake):
         role_arn=ROLE, region="us-east-1", endpoint_url=moto_endpoint, endpoint_name="ctr-invoke"
     )
     np.testing.assert_array_equal(endpoint.predict(rows), expected)
+    [request] = sent
+    assert request.headers["Content-Type"] == b"text/csv"
+    lines = request.body.decode().splitlines()
+    got = np.array([[float(v) if v else np.nan for v in line.split(",")] for line in lines])
+    assert got.shape == rows.shape and np.array_equal(got, rows, equal_nan=True)
 
 
 def _queue(moto_endpoint: str, *results: dict) -> None:
