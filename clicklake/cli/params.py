@@ -47,9 +47,12 @@ def check_root(root: str, option: str = "--root") -> None:
     NotADirectoryError traceback at the first write."""
     utf8(root, option)
     if root.startswith("s3://"):
-        if not root[len("s3://"):].split("/", 1)[0]:
-            raise click.BadParameter(f"{root!r} names no bucket: s3://BUCKET[/prefix]",
-                                     param_hint=option)
+        from clicklake.platform.storage import check_s3_root
+
+        try:
+            check_s3_root(root)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
         return
     path = os.path.abspath(root)
     if os.path.islink(path) and not os.path.exists(path):

@@ -128,11 +128,13 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         from clicklake.resources.online_store import default_sqlite_path
 
         online_db = default_sqlite_path(root)  # beside the lake, where serving_lookup folds
+    def empty_store(what: str) -> None:
+        click.echo(f"warning: {what} (a wrong --root or --online-db?): every user is unknown "
+                   "until serving_lookup folds landing files there", err=True)
+
     missing = source == "online" and not dynamodb_table and not os.path.exists(online_db)
     if missing:
-        click.echo(f"warning: no online store at {online_db} yet (a wrong --root or "
-                   f"--online-db?): every user is unknown until serving_lookup folds landing "
-                   f"files there", err=True)
+        empty_store(f"no online store at {online_db} yet")
     settings = ServeSettings(
         root=root, lake_prefix=lake_prefix, region=region, source=source, online_db=online_db,
         dynamodb_table=dynamodb_table, model_backend=model_backend, endpoint_name=endpoint_name,
@@ -166,9 +168,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
         champion = champ.model_id if champ else None
     if source == "online" and not missing and opened.watermark_ms() is None:
         # (opening it created the file a wrong --root named: said again at every start)
-        click.echo(f"warning: the online store at {dynamodb_table or online_db} holds no folded "
-                   "file yet (a wrong --root or --online-db?): every user is unknown until "
-                   "serving_lookup folds landing files there", err=True)
+        empty_store(f"the online store at {dynamodb_table or online_db} holds no folded file yet")
     if champion is None:
         click.echo(f"warning: no champion model under {root}/{lake_prefix}/models yet; "
                    f"/v1/predict answers 503 until one is promoted", err=True)

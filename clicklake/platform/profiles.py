@@ -127,10 +127,7 @@ SNAPSHOT_SCHEMA = pa.schema(
 def stored_footer(store, hour_ms: int, lake_prefix: str = "lake") -> dict | None:
     """The schema metadata of hour `hour_ms`'s stored snapshot (its footer alone), None when
     not built."""
-    key = snapshot_key(hour_ms, lake_prefix)
-    if not store.exists(key):
-        return None
-    return store.parquet_file(key).schema_arrow.metadata or {}
+    return store.footer(snapshot_key(hour_ms, lake_prefix))
 
 
 def snapshot_identity(store, hour_ms: int, lake_prefix: str = "lake") -> str | None:

@@ -236,11 +236,8 @@ def listed_at(store: Store, stream: str, hour_ms: int, lake_prefix: str = "lake"
               ) -> tuple[float, int] | None:
     """(epoch seconds, lateness minutes) the stored partition's footer says its landing files
     were listed at (`write_raw_partition`); None when not built or not said."""
-    key = raw_key(stream, hour_ms, lake_prefix)
-    if not store.exists(key):
-        return None
-    meta = store.parquet_file(key).schema_arrow.metadata or {}
-    if META_LISTED_AT not in meta:
+    meta = store.footer(raw_key(stream, hour_ms, lake_prefix))
+    if not meta or META_LISTED_AT not in meta:
         return None
     at, lateness = orjson.loads(meta[META_LISTED_AT])
     return float(at), int(lateness)

@@ -56,6 +56,13 @@ class S3Options:
     region: str | None = None
 
 
+def check_s3_root(root: str) -> None:
+    """ValueError when an s3:// root names no bucket ("s3://" or "s3:///x": the first folder
+    below would be taken for the bucket)."""
+    if not root[len("s3://"):].split("/", 1)[0]:
+        raise ValueError(f"{root!r} names no bucket: s3://BUCKET[/prefix]")
+
+
 @dataclass
 class Store:
     """A root (local folder or s3://bucket/prefix) and the filesystem that serves it."""
@@ -65,9 +72,7 @@ class Store:
 
     def __post_init__(self) -> None:
         if self.root.startswith("s3://"):
-            bucket = self.root[len("s3://"):].split("/", 1)[0]
-            if not bucket:  # "s3://" or "s3:///x": the first folder below would be the bucket
-                raise ValueError(f"{self.root!r} names no bucket: s3://BUCKET[/prefix]")
+            check_s3_root(self.root)
             self.is_s3 = True
             kwargs: dict = {}
             if self.s3.endpoint_url:
@@ -267,6 +272,13 @@ class Store:
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         with _named(self.uri(key)):
             return pq.read_table(self.path(key), filesystem=self.fs, columns=columns)
+
+    def footer(self, key: str) -> dict | None:
+        """The schema metadata in the footer of the Parquet file at `key` ({} when it has none),
+        None when there is no file: the footer alone is read."""
+        if not self.exists(key):
+            return None
+        return self.parquet_file(key).schema_arrow.metadata or {}
 
     def parquet_file(self, key: str, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
         """The Parquet file at `key`, its footer read. A damaged file (not Parquet, cut short,
