@@ -899,7 +899,7 @@ def test_the_demos_server_ignores_a_deployments_serve_settings(lake, monkeypatch
     last = START + (HOURS - 1) * HOUR_MS
     demo_serving.serve_and_predict(lake.root, last, last + HOUR_MS - 60_000)
     out = capsys.readouterr().out
-    assert out.count("HTTP 200") == 3 and "401" not in out, out
+    assert out.count("HTTP 200") == 3 and "HTTP 401" not in out, out
     # and each shows what it says: served, skipped as a crawler, skipped as priced over its
     # expected value (a click farm's user, or the row's own cost, made them a matter of luck)
     answers = [orjson.loads(line.removeprefix("HTTP 200 ")) for line in out.splitlines()
