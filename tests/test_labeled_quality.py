@@ -264,3 +264,60 @@ def test_an_interrupt_while_collecting_leaves_collection_on(monkeypatch):
         _failed(_sane(10))
     monkeypatch.undo()
     assert gc.isenabled()
+
+
+_KINDS = [("ExpectColumnValuesToNotBeNull", {}), ("ExpectColumnValuesToBeUnique", {}),
+          ("ExpectColumnValuesToBeBetween", {"min_value": 0, "max_value": 2}),
+          ("ExpectColumnValuesToBeBetween", {"min_value": 0, "max_value": 2, "strict_max": True}),
+          ("ExpectColumnMinToBeBetween", {"min_value": 0}),
+          ("ExpectColumnMaxToBeBetween", {"max_value": 2, "strict_max": True}),
+          ("ExpectColumnMeanToBeBetween", {"min_value": 0.5, "max_value": 1.5})]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 1.0, 2.0, 2.5])), max_size=6))
+def test_a_memoized_expectation_validates_as_gx_own(values):
+    """The checks' expectation classes build their configuration once (`quality._memoized`):
+    each validates a column exactly as GX's own class does (success and result)."""
+    import great_expectations as gx
+
+    from clicklake.platform import quality
+
+    g = quality._gx_setup()
+    df = pd.DataFrame({"x": pd.Series(values, dtype="float64")})
+    for name, kwargs in _KINDS:
+        ours, theirs = (cls(column="x", **kwargs)
+                        for cls in (g.kinds[name], getattr(gx.expectations, name)))
+        assert type(ours).__mro__[1] is type(theirs)
+        assert _validate_alone(g, df, ours) == _validate_alone(g, df, theirs), (name, kwargs)
+
+
+def _validate_alone(g, df: pd.DataFrame, expectation) -> tuple:
+    from great_expectations.validator.v1_validator import Validator
+
+    r = Validator(batch_definition=g.frames, batch_parameters={"dataframe": df},
+                  result_format="COMPLETE").validate_expectation(expectation)
+    return r.success, repr(r.result)  # as text: NaN values compare equal
+
+
+def test_a_memoized_configuration_follows_a_change_of_its_expectation():
+    from clicklake.platform import quality
+
+    e = quality._gx_setup().kinds["ExpectColumnValuesToBeBetween"](column="a", min_value=0)
+    assert e.configuration.kwargs["column"] == "a"
+    assert e.configuration is e.configuration  # built once
+    e.column, e.max_value = "b", 3
+    assert (e.configuration.kwargs["column"], e.configuration.kwargs["max_value"]) == ("b", 3)
+
+
+def test_validations_leave_nothing_behind_in_gx():
+    """Every frame is validated through one data source: none is added per validation (each
+    addition cost GX a save of its config), and its engine keeps no batch of the last frame."""
+    from clicklake.platform import quality
+
+    for rows in (30, 40):
+        assert not _failed(_sane(rows))
+    g = quality._gx_setup()
+    assert [s.name for s in g.context.data_sources.all().values()] == ["clicklake-frames"]
+    manager = g.frames.data_asset.datasource.get_execution_engine().batch_manager
+    assert not manager.batch_data_cache and manager.active_batch is None

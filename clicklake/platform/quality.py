@@ -37,45 +37,87 @@ class CheckOutcome:
 
 
 _lock = threading.Lock()
-_context = None
+_gx = None
 
 
-def _gx_context():
-    global _context
-    with _lock:
-        if _context is None:
-            import great_expectations as gx
-            from great_expectations.data_context.types.base import ProgressBarsConfig
+class _Gx:
+    """What the checks use of GX, set up once a process (under `_lock`): an ephemeral context
+    with one pandas data source, data asset and batch definition that every frame is validated
+    through (adding and deleting them per validation cost GX a save of its project config as
+    YAML each, four a validation: a sixth of a labeled hour's checking), and the expectation
+    classes (`_memoized`)."""
 
-            ctx = gx.get_context(mode="ephemeral")
-            ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-            _context = ctx
-        return _context
+    KINDS = ("ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeUnique",
+             "ExpectColumnValuesToBeBetween", "ExpectColumnMinToBeBetween",
+             "ExpectColumnMaxToBeBetween", "ExpectColumnMeanToBeBetween")
+
+    def __init__(self):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.frames = self.context.data_sources.add_pandas("clicklake-frames").add_dataframe_asset(
+            "frame").add_batch_definition_whole_dataframe("whole")
+        self.kinds = {name: _memoized(getattr(gx.expectations, name)) for name in self.KINDS}
+
+
+def _gx_setup() -> _Gx:
+    global _gx
+    if _gx is None:  # checked again under the lock; once set, read without it (run_checks holds it)
+        with _lock:
+            if _gx is None:
+                _gx = _Gx()
+    return _gx
+
+
+def _memoized(base: type) -> type:
+    """`base` with its `configuration` built once per instance until an attribute is set. GX
+    builds it again (a pydantic dict of the model, a regex over the class name) at every look-up
+    of a keyword, ~70 times per expectation per validation: a third of a labeled hour's
+    checking. Registered with GX under its own name (`clicklake_expect_...`); validated
+    exactly as `base` (same keys, metrics and result)."""
+    from great_expectations.compatibility.pydantic import PrivateAttr
+
+    def configuration(self):
+        memo = self._configuration_memo
+        if memo is None:
+            memo = self._configuration_memo = base.configuration.fget(self)
+        return memo
+
+    def __setattr__(self, name, value):
+        base.__setattr__(self, name, value)
+        if name != "_configuration_memo":
+            base.__setattr__(self, "_configuration_memo", None)
+
+    return type(f"Clicklake{base.__name__}", (base,), {
+        "__module__": __name__, "__annotations__": {},
+        "_configuration_memo": PrivateAttr(default=None),
+        "configuration": property(configuration), "__setattr__": __setattr__})
 
 
 def _expectation(spec: ExpectationSpec, tag: int = 0):
     """The GX expectation of `spec`, carrying its label and `tag` in `meta`: GX returns results
     grouped by column, not in the suite's order, so each result is matched to its spec by the
     tag (a spec may be in two checks)."""
-    import great_expectations as gx
-
+    kinds = _gx_setup().kinds
     kind, _, *args = spec
     common = _common(spec, tag)
     if kind == "not_null":
-        return gx.expectations.ExpectColumnValuesToNotBeNull(**common)
+        return kinds["ExpectColumnValuesToNotBeNull"](**common)
     if kind == "unique":
-        return gx.expectations.ExpectColumnValuesToBeUnique(**common)
+        return kinds["ExpectColumnValuesToBeUnique"](**common)
     if kind == "between":
         lo, hi = args
-        return gx.expectations.ExpectColumnValuesToBeBetween(**common, min_value=lo, max_value=hi)
+        return kinds["ExpectColumnValuesToBeBetween"](**common, min_value=lo, max_value=hi)
     if kind == "in_window":
         lo, hi = args
-        return gx.expectations.ExpectColumnValuesToBeBetween(
+        return kinds["ExpectColumnValuesToBeBetween"](
             **common, min_value=lo, max_value=hi, strict_max=True
         )
     if kind == "mean_between":
         lo, hi = args
-        return gx.expectations.ExpectColumnMeanToBeBetween(**common, min_value=lo, max_value=hi)
+        return kinds["ExpectColumnMeanToBeBetween"](**common, min_value=lo, max_value=hi)
     raise ValueError(f"unknown expectation kind {kind!r}")
 
 
@@ -84,8 +126,6 @@ def _screening(spec: ExpectationSpec, tag: int, df: pd.DataFrame) -> list:
     bounds as its minimum and maximum (an aggregate; a map expectation filters the whole frame
     of its column's nulls first), where `spec` itself is validated only if they fail (an
     all-null column has no minimum: its bounds then fail here and are settled by `spec`)."""
-    import great_expectations as gx
-
     kind, column, *args = spec
     # Only where a minimum or maximum compares with GX's (float) bound as its per-value test
     # does: int64 and float64, compared vectorised by both, and ints every float64 holds. Not
@@ -100,9 +140,9 @@ def _screening(spec: ExpectationSpec, tag: int, df: pd.DataFrame) -> list:
     common = _common(spec, tag)
     screens = []
     if lo is not None:
-        screens.append(gx.expectations.ExpectColumnMinToBeBetween(**common, min_value=lo))
+        screens.append(_gx_setup().kinds["ExpectColumnMinToBeBetween"](**common, min_value=lo))
     if hi is not None:
-        screens.append(gx.expectations.ExpectColumnMaxToBeBetween(
+        screens.append(_gx_setup().kinds["ExpectColumnMaxToBeBetween"](
             **common, max_value=hi, strict_max=kind == "in_window"))
     return screens or [_expectation(spec, tag)]
 
@@ -183,48 +223,50 @@ def _cycles_freed_after():
 
 
 def run_checks(df: pd.DataFrame, checks: list[CheckSpec]) -> list[CheckOutcome]:
-    """Validate `df` against every check's expectations in one GX suite, validated on the batch
-    directly, pass or fail only (GX's fixed cost per expectation and per validation is most of
-    an hour's checking: a ValidationDefinition per check, each computing every unexpected
-    count, took 2.3x as long), a number's bounds screened as its minimum and maximum
-    (`_screening`); the expectations that failed are validated again, as themselves, for their
-    unexpected counts."""
+    """Validate `df` against every check's expectations in one GX suite, pass or fail only
+    (GX's fixed cost per expectation and per validation is most of an hour's checking: a
+    ValidationDefinition per check, each computing every unexpected count, took 2.3x as long),
+    a number's bounds screened as its minimum and maximum (`_screening`); the expectations that
+    failed are validated again, as themselves, for their unexpected counts."""
     tagged = [(i, spec) for i, check in enumerate(checks) for spec in check.expectations]
     failures: list[dict[str, int]] = [{} for _ in checks]
-    ctx = _gx_context()
-    # The ephemeral context is shared; GX registries are not thread-safe.
+    g = _gx_setup()
+    # One data source serves every validation, and GX registries are not thread-safe.
     with _lock, _cycles_freed_after():
-        for (i, spec), observed in _failed_counts(ctx, df, tagged):
+        for (i, spec), observed in _failed_counts(g, df, tagged):
             failures[i][_label(spec)] = observed
     return [CheckOutcome(check.name, not failures[i], check.description, failures[i])
             for i, check in enumerate(checks)]
 
 
-def _failed_counts(ctx, df: pd.DataFrame, tagged: list) -> list:
+def _failed_counts(g: _Gx, df: pd.DataFrame, tagged: list) -> list:
     """(tagged spec, unexpected count or observed value) of each expectation `df` fails. Its
-    own function so GX's batch is no longer referenced once it returns (the collection after
-    it frees the batch with the rest)."""
+    own function so GX's validator is no longer referenced once it returns (the collection
+    after it frees it with the rest)."""
     import great_expectations as gx
+    from great_expectations.validator.v1_validator import Validator
 
-    source = ctx.data_sources.add_pandas(f"df-{uuid.uuid4().hex}")
+    # One validator, so one batch for both validations below: GX fingerprints the whole frame
+    # each time it makes a batch of it (`Batch.validate` made a second one).
+    validator = Validator(batch_definition=g.frames, batch_parameters={"dataframe": df})
+    engine = g.frames.data_asset.datasource.get_execution_engine()
+
+    def failed(specs: list[tuple[int, ExpectationSpec]], result_format: str,
+               screen: bool = False) -> list:
+        if not specs:
+            return []
+        suite = gx.ExpectationSuite(name=f"checks-{uuid.uuid4().hex}", expectations=[
+            e for n, (_, spec) in enumerate(specs)
+            for e in (_screening(spec, n, df) if screen else [_expectation(spec, n)])])
+        validator.result_format = result_format
+        result = validator.validate_expectation_suite(suite)
+        first: dict = {}  # by spec: a spec screened by two expectations fails once
+        for r in result.results:
+            if not r.success:
+                first.setdefault(r.expectation_config.meta[_TAG], r)
+        return [(specs[tag], r) for tag, r in first.items()]
+
     try:
-        batch = source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe(
-            "all").get_batch(batch_parameters={"dataframe": df})
-
-        def failed(specs: list[tuple[int, ExpectationSpec]], result_format: str,
-                   screen: bool = False) -> list:
-            if not specs:
-                return []
-            suite = gx.ExpectationSuite(name=f"checks-{uuid.uuid4().hex}", expectations=[
-                e for n, (_, spec) in enumerate(specs)
-                for e in (_screening(spec, n, df) if screen else [_expectation(spec, n)])])
-            result = batch.validate(suite, result_format=result_format)
-            first: dict = {}  # by spec: a spec screened by two expectations fails once
-            for r in result.results:
-                if not r.success:
-                    first.setdefault(r.expectation_config.meta[_TAG], r)
-            return [(specs[tag], r) for tag, r in first.items()]
-
         # pass or fail of every spec (screened), then the unexpected counts of those failed
         again = [spec for spec, _ in failed(tagged, "BOOLEAN_ONLY", screen=True)]
         counts = []
@@ -235,4 +277,6 @@ def _failed_counts(ctx, df: pd.DataFrame, tagged: list) -> list:
             counts.append((spec, observed if observed is not None else 0))
         return counts
     finally:
-        ctx.data_sources.delete(source.name)
+        # the shared data source's engine keeps the last batch it loaded: not this frame
+        engine.batch_manager.reset_batch_cache()
+        engine.batch_manager.batch_data_cache.clear()
