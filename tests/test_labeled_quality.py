@@ -321,3 +321,21 @@ def test_validations_leave_nothing_behind_in_gx():
     assert [s.name for s in g.context.data_sources.all().values()] == ["clicklake-frames"]
     manager = g.frames.data_asset.datasource.get_execution_engine().batch_manager
     assert not manager.batch_data_cache and manager.active_batch is None
+
+
+def test_an_hour_is_written_only_once_its_checks_pass_and_as_write_parquet_writes_it(tmp_path):
+    """`check_and_write` encodes the hour while its checks run: a passing hour's file is the
+    one `Store.write_parquet` writes; a failing hour writes nothing and its earlier copy goes."""
+    from clicklake.platform.labeled import text_columns
+    from clicklake.platform.labeled_quality import check_and_write
+    from clicklake.platform.storage import Store
+
+    store = Store(str(tmp_path))
+    table = pa.Table.from_pandas(_sane(600), preserve_index=False)
+    _, failed, written = check_and_write(store, "hour.parquet", table, BOUNDS)
+    store.write_parquet("plain.parquet", table, use_dictionary=text_columns(table))
+    assert failed == [] and written == len(store.read_bytes("hour.parquet"))
+    assert store.read_bytes("hour.parquet") == store.read_bytes("plain.parquet")
+    _, failed, written = check_and_write(store, "hour.parquet",
+                                         pa.concat_tables([table, table.slice(0, 1)]), BOUNDS)
+    assert (failed, written, store.exists("hour.parquet")) == (["impression_ids_unique"], 0, False)

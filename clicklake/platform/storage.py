@@ -63,6 +63,16 @@ def check_s3_root(root: str) -> None:
         raise ValueError(f"{root!r} names no bucket: s3://BUCKET[/prefix]")
 
 
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None,
+                  use_dictionary: bool | list[str] = True) -> bytes:
+    """`table` as the bytes of a zstd Parquet file, as `Store.write_parquet` writes it (Arrow
+    encodes and compresses without the GIL: a caller may do this on a thread of its own)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=PARQUET_COMPRESSION, row_group_size=row_group_size,
+                   use_dictionary=use_dictionary)
+    return buf.getvalue()
+
+
 @dataclass
 class Store:
     """A root (local folder or s3://bucket/prefix) and the filesystem that serves it."""
@@ -255,17 +265,9 @@ class Store:
     # -- parquet -------------------------------------------------------------------------------
     def write_parquet(self, key: str, table: pa.Table, row_group_size: int | None = None,
                       use_dictionary: bool | list[str] = True) -> int:
-        """Write `table` atomically as zstd Parquet; returns the bytes written.
+        """Write `table` atomically as zstd Parquet (`parquet_bytes`); returns the bytes written.
         `use_dictionary`: as pyarrow's (the columns to dictionary-encode, or all or none)."""
-        buf = io.BytesIO()
-        pq.write_table(
-            table,
-            buf,
-            compression=PARQUET_COMPRESSION,
-            row_group_size=row_group_size,
-            use_dictionary=use_dictionary,
-        )
-        data = buf.getvalue()
+        data = parquet_bytes(table, row_group_size, use_dictionary)
         self.write_bytes(key, data)
         return len(data)
 
