@@ -63,6 +63,17 @@ def profile(impressions: list[dict], clicks: list[dict], user: str, t: int) -> d
     return out
 
 
+def profile_lists(impressions: list[dict], clicks: list[dict], user: str, t: int) -> dict:
+    """The profile's lists at t: {campaign: {"impressions", "clicks"}} of every campaign of the
+    user's impressions and clicks with ts < t, and the sorted domains of its impressions."""
+    camps = {r["campaign_id"] for r in impressions + clicks
+             if r["user_id"] == user and r["ts"] < t}
+    counts = {c: user_campaign(impressions, clicks, user, c, t) for c in sorted(camps)}
+    return {"campaigns": {c: {"impressions": i, "clicks": k} for c, (i, k) in counts.items()},
+            "domains": sorted({r["domain"] for r in impressions if r["user_id"] == user
+                               and r["ts"] < t and r["domain"] is not None})}
+
+
 def user_campaign(impressions: list[dict], clicks: list[dict], user: str, campaign: str,
                   t: int) -> tuple[int, int]:
     """(impressions, clicks) of `user` on `campaign` with ts < t."""

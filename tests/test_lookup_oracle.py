@@ -178,10 +178,14 @@ def test_snapshots_and_as_of_match_oracle(tmp_path_factory, events, data):
     for (u, c, t), row in zip(camps, uc, strict=True):
         assert (row["impressions"], row["clicks"]) == oracle.user_campaign(imps, clks, u, c, t)
 
-    # The point lookup agrees with the batch.
-    u, t = pairs[0]
-    one = table.profile(u, t)
-    _same(oracle.profile(imps, clks, u, t), one, f"profile {u}@{iso(t)}")
+    # The point lookup agrees with the oracle, its lists too.
+    t = instants[0]
+    for u in USERS:
+        one = table.profile(u, t)
+        _same(oracle.profile(imps, clks, u, t), one, f"profile {u}@{iso(t)}")
+        lists = oracle.profile_lists(imps, clks, u, t)
+        assert (one["campaigns"], one["domains"]) == (lists["campaigns"], lists["domains"]), \
+            f"profile lists {u}@{iso(t)}"
 
 
 @pytest.mark.parametrize("native", [True, False])
