@@ -308,6 +308,8 @@ def test_a_memoized_configuration_follows_a_change_of_its_expectation():
     assert e.configuration is e.configuration  # built once
     e.column, e.max_value = "b", 3
     assert (e.configuration.kwargs["column"], e.configuration.kwargs["max_value"]) == ("b", 3)
+    copied = e.copy(update={"column": "c"})
+    assert (copied.configuration.kwargs["column"], e.configuration.kwargs["column"]) == ("c", "b")
 
 
 def test_validations_leave_nothing_behind_in_gx():
@@ -319,8 +321,9 @@ def test_validations_leave_nothing_behind_in_gx():
         assert not _failed(_sane(rows))
     g = quality._gx_setup()
     assert [s.name for s in g.context.data_sources.all().values()] == ["clicklake-frames"]
-    manager = g.frames.data_asset.datasource.get_execution_engine().batch_manager
-    assert not manager.batch_data_cache and manager.active_batch is None
+    engine = g.frames.data_asset.datasource.get_execution_engine()
+    assert not engine.batch_manager.batch_data_cache and engine.batch_manager.active_batch is None
+    assert not engine._metric_cache  # per-row results among them, under the same batch id
 
 
 def test_an_hour_is_written_only_once_its_checks_pass_and_as_write_parquet_writes_it(tmp_path):

@@ -72,18 +72,20 @@ def _gx_setup() -> _Gx:
 
 
 def _memoized(base: type) -> type:
-    """`base` with its `configuration` built once per instance until an attribute is set. GX
-    builds it again (a pydantic dict of the model, a regex over the class name) at every look-up
-    of a keyword, ~70 times per expectation per validation: a third of a labeled hour's
-    checking. Registered with GX under its own name (`clicklake_expect_...`); validated
+    """`base` with its `configuration` built once per instance, again after an attribute is set
+    or in a copy (a new `__dict__`). GX builds it again (a pydantic dict of the model, a regex
+    over the class name) at every look-up of a keyword, ~70 times per expectation per
+    validation: a third of a labeled hour's checking. For the checks' own expectations only,
+    which nothing changes in place (a value inside a field, e.g. `meta`, changed in place is
+    not seen). Registered with GX under its own name (`clicklake_expect_...`); validated
     exactly as `base` (same keys, metrics and result)."""
     from great_expectations.compatibility.pydantic import PrivateAttr
 
     def configuration(self):
         memo = self._configuration_memo
-        if memo is None:
-            memo = self._configuration_memo = base.configuration.fget(self)
-        return memo
+        if memo is None or memo[0] is not self.__dict__:  # none yet, or a copy's
+            memo = self._configuration_memo = (self.__dict__, base.configuration.fget(self))
+        return memo[1]
 
     def __setattr__(self, name, value):
         base.__setattr__(self, name, value)
@@ -277,6 +279,9 @@ def _failed_counts(g: _Gx, df: pd.DataFrame, tagged: list) -> list:
             counts.append((spec, observed if observed is not None else 0))
         return counts
     finally:
-        # the shared data source's engine keeps the last batch it loaded: not this frame
+        # The shared data source's engine keeps the last batch it loaded, and every metric it
+        # computed (per-row Series among them) keyed by the batch's id, the same for every
+        # frame: neither outlives the frame, and no frame's metrics are another's.
         engine.batch_manager.reset_batch_cache()
         engine.batch_manager.batch_data_cache.clear()
+        engine._metric_cache.clear()
