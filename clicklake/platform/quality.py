@@ -44,8 +44,7 @@ class _Gx:
     """What the checks use of GX, set up once a process (under `_lock`): an ephemeral context
     with one pandas data source, data asset and batch definition that every frame is validated
     through (adding and deleting them per validation cost GX a save of its project config as
-    YAML each, four a validation: a sixth of a labeled hour's checking), and the expectation
-    classes (`_memoized`)."""
+    YAML each, four a validation), and the expectation classes (`_memoized`)."""
 
     KINDS = ("ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeUnique",
              "ExpectColumnValuesToBeBetween", "ExpectColumnMinToBeBetween",
@@ -139,12 +138,12 @@ def _screening(spec: ExpectationSpec, tag: int, df: pd.DataFrame) -> list:
             or (dtype.kind in "iu" and dtype.itemsize <= 4)):
         return [_expectation(spec, tag)]
     lo, hi = args
-    common = _common(spec, tag)
+    common, kinds = _common(spec, tag), _gx_setup().kinds
     screens = []
     if lo is not None:
-        screens.append(_gx_setup().kinds["ExpectColumnMinToBeBetween"](**common, min_value=lo))
+        screens.append(kinds["ExpectColumnMinToBeBetween"](**common, min_value=lo))
     if hi is not None:
-        screens.append(_gx_setup().kinds["ExpectColumnMaxToBeBetween"](
+        screens.append(kinds["ExpectColumnMaxToBeBetween"](
             **common, max_value=hi, strict_max=kind == "in_window"))
     return screens or [_expectation(spec, tag)]
 
