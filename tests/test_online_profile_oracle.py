@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import oracle
-import pytest
 from feature_oracle import kept_by_raw_rules, land
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -66,8 +65,7 @@ def _approx(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sent=deliveries(), data=st.data())
 def test_online_profiles_equal_the_oracle(tmp_path_factory, sent, data):
     root = tmp_path_factory.mktemp("online_oracle")
@@ -117,7 +115,3 @@ def test_the_oracle_lists_by_hand():
         "domains": ["x.com"]}
     assert oracle.profile_lists(imps, clks, "u", 10)["campaigns"]["c2"] == {
         "impressions": 1, "clicks": 0}
-
-
-if __name__ == "__main__":
-    pytest.main([__file__])
