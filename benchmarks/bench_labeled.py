@@ -42,6 +42,7 @@ Writes bench-results/labeled.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -181,18 +182,21 @@ def phase_labeled(root: str, meta: dict, out_dir: str, name: str = "labeled",
     return {"seconds": build_s, "rows": rows}
 
 
-def phase_labeled_as_asset(root: str, meta: dict, out_dir: str) -> dict:
+def phase_labeled_as_asset(root: str, meta: dict, out_dir: str, name: str = "as_asset",
+                           group_rows: int | None = None) -> dict:
     """The range as the asset runs it, in a process holding what the asset's holds (Dagster,
-    Great Expectations): each hour built, checked (`check_and_write`: the four checks in Great
-    Expectations) and written to a lake of its own, with the metadata's own computations.
-    Seconds and CPU exclude Great Expectations' import and context (`gx_start_s`, once a
-    process), counted apart; the peak RSS includes them."""
+    Great Expectations): each hour built, checked (`checked_hours`: the four checks in Great
+    Expectations, consecutive hours validated together up to `group_rows` rows, the asset's
+    default unless given) and written to a lake of its own, with the metadata's own
+    computations. Seconds and CPU exclude Great Expectations' import and context
+    (`gx_start_s`, once a process), counted apart; the peak RSS includes them."""
     import dagster  # noqa: F401
 
     from clicklake.platform.labeled import build_labeled_hours, labeled_key
     from clicklake.platform.labeled_quality import (
+        CHECK_GROUP_ROWS,
         DEFAULT_LABEL_RATE,
-        check_and_write,
+        checked_hours,
         hour_summary,
     )
     from clicklake.platform.quality import run_checks
@@ -202,31 +206,46 @@ def phase_labeled_as_asset(root: str, meta: dict, out_dir: str) -> dict:
     run_checks(pa.table({"x": [1]}).to_pandas(), [])  # imports GX, makes its context
     gx_start = time.perf_counter() - t0
     cpu0 = time.process_time()
-    out = Store(os.path.join(out_dir, "as_asset"))
+    out = Store(os.path.join(out_dir, name))
     hours = _hours(meta)[:-1]
+    group_rows = CHECK_GROUP_ROWS if group_rows is None else group_rows
     parts = {"build_s": 0.0, "checks_and_write_s": 0.0, "metadata_s": 0.0}
     rows, failed_hours = 0, 0
     t_all = time.perf_counter()
     tables = build_labeled_hours(Store(root), hours, LABEL_WINDOW_MS)
-    with _checked_writer(os.path.join(out_dir, "labeled_as_asset.parquet")) as check:
+
+    def built():  # the build's share timed apart, as each hour is asked of it
         for h in hours:
             t = time.perf_counter()
             table = next(tables)
             parts["build_s"] += time.perf_counter() - t
-            t = time.perf_counter()
-            _, failed, _ = check_and_write(out, labeled_key(h), table, DEFAULT_LABEL_RATE)
+            yield labeled_key(h), table
+
+    with _checked_writer(os.path.join(out_dir, f"labeled_{name}.parquet")) as check:
+        done = checked_hours(out, built(), DEFAULT_LABEL_RATE, group_rows)
+        while True:
+            t = time.perf_counter()  # what is left, the checks and the writes (a group at a time)
+            hour = next(done, None)
             parts["checks_and_write_s"] += time.perf_counter() - t
+            if hour is None:
+                break
             t = time.perf_counter()  # what the asset computes for each hour's metadata
-            hour_summary(table)
+            hour_summary(hour.table)
             parts["metadata_s"] += time.perf_counter() - t
-            rows += table.num_rows
-            failed_hours += bool(failed)
-            check.write_table(table.select(_CHECKED))  # (not the asset's: for the comparison)
-            del table
+            rows += hour.table.num_rows
+            failed_hours += bool(hour.failed)
+            check.write_table(hour.table.select(_CHECKED))  # (not the asset's: for the comparison)
+            del hour
+    parts["checks_and_write_s"] -= parts["build_s"]
     seconds = time.perf_counter() - t_all
     return {"seconds": seconds, "rows": rows, "gx_start_s": gx_start,
             "cpu_s_timed": time.process_time() - cpu0, "hours_failing_a_check": failed_hours,
-            **parts}
+            "check_group_rows": group_rows, **parts}
+
+
+def phase_labeled_as_asset_hourly_checks(root: str, meta: dict, out_dir: str) -> dict:
+    """The same, each hour validated alone (the baseline of the grouped checks)."""
+    return phase_labeled_as_asset(root, meta, out_dir, "as_asset_hourly_checks", group_rows=1)
 
 
 SCALING_HOURS = (12, 24)  # shorter ranges beside the full one: cost per impression, peak memory
@@ -559,6 +578,7 @@ def compare_rebuilds(out_dir: str, sample: int = 3000) -> dict:
 
 PHASES = {"labeled": phase_labeled, "labeled_2proc": phase_labeled_2proc,
           "labeled_as_asset": phase_labeled_as_asset,
+          "labeled_as_asset_hourly_checks": phase_labeled_as_asset_hourly_checks,
           "labeled_one_thread": phase_labeled_one_thread,
           "labeled_hourly": phase_labeled_hourly, "minimal_ours": phase_minimal_ours,
           "minimal_ours_2proc": phase_minimal_ours_2proc, "duckdb": phase_duckdb,
@@ -608,6 +628,16 @@ def _sorted(*paths: str) -> pa.Table:
     return t.take(pc.sort_indices(t, [("impression_id", "ascending")]))
 
 
+def _file_digests(root: str) -> dict[str, str]:
+    digests = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
 def compare(out_dir: str) -> dict:
     duck = _sorted(os.path.join(out_dir, "minimal_duckdb.parquet"))
     ours = _sorted(os.path.join(out_dir, "minimal_ours.parquet"))
@@ -618,6 +648,7 @@ def compare(out_dir: str) -> dict:
     hourly = _sorted(os.path.join(out_dir, "labeled_hourly.parquet"))
     one = _sorted(os.path.join(out_dir, "labeled_one_thread.parquet"))
     as_asset = _sorted(os.path.join(out_dir, "labeled_as_asset.parquet"))
+    as_asset_hourly = _sorted(os.path.join(out_dir, "labeled_as_asset_hourly_checks.parquet"))
     ids = duck["impression_id"]
     if len(pc.unique(ids)) != len(ids):
         raise SystemExit("impression ids are not unique: the comparison needs them to be")
@@ -640,6 +671,8 @@ def compare(out_dir: str) -> dict:
                                         "n_clk": "user_clicks_life", "label": "label"}),
         ("full_build_as_asset", as_asset, {"n_imp": "user_impressions_life",
                                            "n_clk": "user_clicks_life", "label": "label"}),
+        ("full_build_as_asset_hourly_checks", as_asset_hourly, {
+            "n_imp": "user_impressions_life", "n_clk": "user_clicks_life", "label": "label"}),
     ):
         if not other["impression_id"].equals(ids):
             raise SystemExit(f"{name}: not the same impressions as the DuckDB baseline")
@@ -649,6 +682,10 @@ def compare(out_dir: str) -> dict:
             b = other[col].to_numpy(zero_copy_only=False).astype(np.float64)
             mism[base_col] = int((a != b).sum())
         out[f"{name}_mismatches"] = mism
+    # the asset's files, written from hours checked together and alone: the same bytes
+    files = [_file_digests(os.path.join(out_dir, d)) for d in ("as_asset", "as_asset_hourly_checks")]
+    out["as_asset_files"] = len(files[0])
+    out["as_asset_files_equal_each_hour_checked_alone"] = files[0] == files[1]
     for h in SCALING_HOURS:  # each shorter range: its rows equal DuckDB's on its impressions
         part = _sorted(os.path.join(out_dir, f"labeled_{h}h.parquet"))
         base = duck.filter(pc.is_in(ids, part["impression_id"]))
@@ -721,7 +758,7 @@ def main() -> None:
     try:
         phases = {name: run_phase(name, root, out_dir) for name in (
             "duckdb", "duckdb_asof", "minimal_ours", "minimal_ours_2proc", "minimal_ours_lookup",
-            "labeled", "labeled_as_asset", "labeled_one_thread",
+            "labeled", "labeled_as_asset", "labeled_as_asset_hourly_checks", "labeled_one_thread",
             "labeled_2proc", "labeled_hourly", *(f"labeled_{h}h" for h in SCALING_HOURS))}
         check = compare(out_dir)
         rebuild = None
@@ -740,6 +777,7 @@ def main() -> None:
     lab2, hourly = phases["labeled_2proc"], phases["labeled_hourly"]
     one = phases["labeled_one_thread"]
     asset = phases["labeled_as_asset"]
+    asset_hourly = phases["labeled_as_asset_hourly_checks"]
     mini2 = phases["minimal_ours_2proc"]
     for p in (lab2, mini2):
         p["cpu_s"] += p.pop("workers_cpu_s")  # the phase's own CPU plus its workers'
@@ -756,9 +794,13 @@ def main() -> None:
         "labeled_as_the_asset_runs_it": {
             **asset, "impressions_per_s": n / asset["seconds"],
             "impressions_per_cpu_s": n / asset["cpu_s_timed"],
-            "note": "build + Great Expectations checks + Parquet write + metadata, hour by "
-                    "hour; seconds exclude gx_start_s (once a process); peak RSS with Dagster "
-                    "and Great Expectations loaded, as in the asset's process"},
+            "note": "build + Great Expectations checks (consecutive hours validated together "
+                    "up to check_group_rows rows) + Parquet write + metadata; seconds exclude "
+                    "gx_start_s (once a process); peak RSS with Dagster and Great "
+                    "Expectations loaded, as in the asset's process"},
+        "labeled_as_the_asset_runs_it_each_hour_checked_alone": {
+            **asset_hourly, "impressions_per_s": n / asset_hourly["seconds"],
+            "impressions_per_cpu_s": n / asset_hourly["cpu_s_timed"]},
         "full_labeled_build_one_thread": {
             **one, "impressions_per_s": n / one["seconds"],
             "impressions_per_cpu_s": n / one["cpu_s"]},
@@ -781,6 +823,8 @@ def main() -> None:
             "full_build_range_cpu_over_hour_by_hour_cpu": lab["cpu_s"] / hourly["cpu_s"],
             "full_build_throughput_over_one_thread": one["seconds"] / lab["seconds"],
             "as_asset_throughput_over_build_only": lab["seconds"] / asset["seconds"],
+            "as_asset_throughput_over_each_hour_checked_alone":
+                asset_hourly["seconds"] / asset["seconds"],
             "full_build_cpu_over_one_thread_cpu": lab["cpu_s"] / one["cpu_s"],
             "minimal_ours_cpu_over_duckdb_cpu": mini["cpu_s"] / duck["cpu_s"],
             "minimal_ours_throughput_over_duckdb": duck["seconds"] / mini["seconds"],
@@ -806,7 +850,8 @@ def main() -> None:
     print(f"{'measure':<38} {'seconds':>8} {'CPU-s':>7} {'M imp/s':>8} {'peak MiB':>9} "
           f"{'growth MiB':>10}")
     for label, p in (("full labeled build (ours)", lab),
-                     ("  as the asset: + checks, write", asset), ("  same, one thread", one),
+                     ("  as the asset: + checks, write", asset),
+                     ("    each hour checked alone", asset_hourly), ("  same, one thread", one),
                      ("  same, 2 worker processes", lab2),
                      ("  same, hour by hour (reference)", hourly),
                      ("minimal task (ours, from raw)", mini),
@@ -821,7 +866,9 @@ def main() -> None:
     print(f"  (as the asset: build {asset['build_s']:.2f} s, checks and write "
           f"{asset['checks_and_write_s']:.2f} s, metadata {asset['metadata_s']:.2f} s; Great "
           f"Expectations' start {asset['gx_start_s']:.2f} s once a process, not in the figures; "
-          f"{asset['hours_failing_a_check']} hours failing a check)")
+          f"{asset['hours_failing_a_check']} hours failing a check; hours validated together "
+          f"up to {asset['check_group_rows']:,} rows: checks and write "
+          f"{asset_hourly['checks_and_write_s']:.2f} s when each hour is checked alone)")
     r = results["ratios"]
     print(f"full build vs DuckDB minimal: {r['full_build_throughput_over_duckdb_minimal']:.2f}x"
           f" throughput; minimal ours vs DuckDB: {r['minimal_ours_throughput_over_duckdb']:.2f}x"
@@ -831,6 +878,8 @@ def main() -> None:
     print(f"full build as one range vs hour by hour: "
           f"{results['ratios']['full_build_range_cpu_over_hour_by_hour_cpu']:.2f}x the CPU")
     print(f"mismatches against DuckDB: {mis}")
+    print(f"the asset's {check['as_asset_files']} files, hours checked together and alone: "
+          f"{'the same bytes' if check['as_asset_files_equal_each_hour_checked_alone'] else 'DIFFERENT'}")
     sc = results["scaling_with_hours"]
     for r in sc["ranges"]:
         print(f"  range of {r['hours']:>2} h: {r['impressions']:>9,} impressions, "

@@ -49,7 +49,22 @@ def _built_chain(tmp_path, hours: int, users: int, seed: int):
         yield lake, keys, instance
 
 
-def test_a_labeled_hour_failing_a_check_is_not_trained_on(tmp_path, monkeypatch):
+@pytest.mark.parametrize("group_rows", [None, 1])
+def test_a_labeled_hour_failing_a_check_is_not_trained_on(tmp_path, monkeypatch, group_rows):
+    """Whether the range's hours are validated together (the default: the group fails, then
+    each hour is validated alone) or each alone (`check_group_rows` 1)."""
+    from clicklake.platform import quality
+
+    validations = []
+    real_checks = quality.run_checks
+
+    def counted(df, checks):
+        validations.append(len(df))
+        return real_checks(df, checks)
+
+    monkeypatch.setattr(quality, "run_checks", counted)
+    config = {} if group_rows is None else {
+        "ops": {"labeled_impressions": {"config": {"check_group_rows": group_rows}}}}
     lake = LakeResource(root=str(tmp_path))
     store = lake.store()
     generate(store, start_ms=START, hours=4, users=300, seed=3)
@@ -72,12 +87,16 @@ def test_a_labeled_hour_failing_a_check_is_not_trained_on(tmp_path, monkeypatch)
                               instance=instance).success
         assert store.exists(labeled_key(START + HOUR_MS))
         monkeypatch.setattr(labeled_mod, "build_labeled_hours", one_impression_twice)
+        validations.clear()
         run = dg.materialize([labeled_impressions], resources=resources, instance=instance,
                              tags={"dagster/asset_partition_range_start": keys[0],
                                    "dagster/asset_partition_range_end": keys[2]},
-                             raise_on_error=False)
+                             run_config=config, raise_on_error=False)
         monkeypatch.setattr(labeled_mod, "build_labeled_hours", real)
         assert not run.success
+        hours = [m.metadata["dagster/row_count"].value
+                 for m in run.asset_materializations_for_node("labeled_impressions")]
+        assert validations == ([sum(hours)] if group_rows is None else []) + hours
         (check,) = [c for c in run.get_asset_check_evaluations() if not c.passed]
         assert check.check_name == "impression_ids_unique"
         assert check.metadata["failing_hours"].value == keys[1]

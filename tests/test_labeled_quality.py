@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from clicklake.platform.features import CATEGORICAL
@@ -342,3 +342,121 @@ def test_an_hour_is_written_only_once_its_checks_pass_and_as_write_parquet_write
     _, failed, written = check_and_write(store, "hour.parquet",
                                          pa.concat_tables([table, table.slice(0, 1)]), BOUNDS)
     assert (failed, written, store.exists("hour.parquet")) == (["impression_ids_unique"], 0, False)
+
+
+# -- hours checked together (`checked_hours`) ----------------------------------------------------
+
+def _hour(n: int, rows: int, defect: str | None) -> pa.Table:
+    """A sane labeled hour of its own ids, with `defect`: one that fails a check of its own, or
+    one only a group would see (`shared_id`: an id of hour 0, unique within each hour)."""
+    df = _sane(rows)
+    df["impression_id"] = [f"h{n}-{i}" for i in range(rows)]
+    if defect == "null_feature":
+        df.loc[rows - 1, "uc_impressions"] = np.nan
+    elif defect == "out_of_range":
+        df.loc[0, "pred_score"] = 1.5
+    elif defect == "id_twice":
+        df.loc[1, "impression_id"] = df.loc[0, "impression_id"]
+    elif defect == "shared_id":
+        df.loc[0, "impression_id"] = "h0-0"
+    elif defect in ("no_clicks", "rate_at_max", "rate_past_max"):
+        # 0, exactly 0.3 (150 / 500: the bound is inclusive) and just past it
+        clicked = {"no_clicks": 0, "rate_at_max": rows * 3 // 10,
+                   "rate_past_max": rows * 3 // 10 + 1}[defect]
+        df["label"] = (np.arange(rows) < clicked).astype(np.int8)
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def _alone(table: pa.Table) -> dict:
+    from clicklake.platform.quality import checked_frame
+
+    specs = labeled_check_specs(table.num_rows, BOUNDS)
+    return {o.name: o for o in run_checks(checked_frame(table, specs), specs)}
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([40, LABEL_RATE_MIN_ROWS - 1, LABEL_RATE_MIN_ROWS]),
+                          st.sampled_from([None, None, None, "null_feature", "out_of_range",
+                                           "id_twice", "shared_id", "no_clicks", "rate_at_max",
+                                           "rate_past_max"])), min_size=1, max_size=4),
+       st.sampled_from([1, LABEL_RATE_MIN_ROWS + 1, 10**9]))
+@example([(LABEL_RATE_MIN_ROWS, None), (LABEL_RATE_MIN_ROWS, "rate_past_max")], 10**9)
+@example([(LABEL_RATE_MIN_ROWS, "rate_at_max"), (40, "no_clicks")], 10**9)
+@example([(40, None), (LABEL_RATE_MIN_ROWS, "no_clicks"), (40, "shared_id")], 10**9)
+def test_hours_checked_together_get_each_hours_own_outcomes_and_files(tmp_path_factory, hours,
+                                                                      group_rows):
+    """Whatever the group, each hour's outcomes (pass or fail, counts, descriptions) are those
+    of its own validation, and exactly the passing hours are written, as `write_parquet` writes
+    them (a failing hour's earlier copy goes)."""
+    from clicklake.platform.labeled import text_columns
+    from clicklake.platform.labeled_quality import checked_hours
+    from clicklake.platform.storage import Store
+
+    store = Store(str(tmp_path_factory.mktemp("hours")))
+    tables = [_hour(n, rows, defect) for n, (rows, defect) in enumerate(hours)]
+    keys = [f"h{n}.parquet" for n in range(len(tables))]
+    for key in keys:
+        store.write_bytes(key, b"an earlier copy")
+    done = list(checked_hours(store, zip(keys, tables), BOUNDS, group_rows))
+    assert [d.key for d in done] == keys and all(
+        d.table is t for d, t in zip(done, tables, strict=True))
+    for d, table in zip(done, tables, strict=True):
+        alone = _alone(table)
+        assert d.outcomes == alone
+        assert d.failed == sorted(n for n, o in alone.items() if not o.passed)
+        if d.failed:
+            assert d.nbytes == 0 and not store.exists(d.key)
+        else:
+            store.write_parquet("plain.parquet", table, use_dictionary=text_columns(table))
+            assert store.read_bytes(d.key) == store.read_bytes("plain.parquet")
+            assert d.nbytes == len(store.read_bytes(d.key))
+
+
+def test_passing_hours_are_validated_once_a_group(monkeypatch, tmp_path):
+    """Consecutive hours are validated as one frame until the group reaches `group_rows`; a
+    group failing anything is validated again hour by hour."""
+    from clicklake.platform import quality
+    from clicklake.platform.labeled_quality import checked_hours
+    from clicklake.platform.storage import Store
+
+    validated = []
+
+    def counting(df, checks):
+        validated.append(len(df))
+        return run_checks(df, checks)
+
+    monkeypatch.setattr(quality, "run_checks", counting)
+    store = Store(str(tmp_path))
+
+    def frames_validated(defects, group_rows):
+        validated.clear()
+        hours = [(f"h{n}", _hour(n, 600, d)) for n, d in enumerate(defects)]
+        assert len(list(checked_hours(store, hours, BOUNDS, group_rows))) == len(hours)
+        return validated[:]
+
+    assert frames_validated([None] * 3, 10**9) == [1800]
+    assert frames_validated([None] * 3, 1200) == [1200, 600]
+    assert frames_validated([None] * 3, 1) == [600] * 3
+    assert frames_validated([None, "shared_id", None], 10**9) == [1800, 600, 600, 600]
+
+
+def test_hours_given_before_a_failing_one_are_still_checked_and_written(tmp_path):
+    """The asset's build raises when it refuses an hour (its snapshot refolded meanwhile): the
+    hours before it, waiting in their group, are checked and written as when each hour was
+    written as it came, then the error goes on."""
+    from clicklake.platform.labeled_quality import checked_hours
+    from clicklake.platform.storage import Store
+
+    store = Store(str(tmp_path))
+
+    def refused_at_the_third():
+        yield "h0", _hour(0, 600, None)
+        yield "h1", _hour(1, 600, "out_of_range")
+        raise RuntimeError("hour 2 refused")
+
+    done = []
+    with pytest.raises(RuntimeError, match="hour 2 refused"):
+        for hour in checked_hours(store, refused_at_the_third(), BOUNDS, 10**9):
+            done.append((hour.key, hour.failed))
+    assert done == [("h0", []), ("h1", ["feature_ranges_sane"])]
+    assert store.exists("h0") and not store.exists("h1")

@@ -29,9 +29,10 @@ from clicklake.assets.raw import incomplete_inputs, landing_window
 from clicklake.platform.features import PREDICTION_MAX_AGE_MS
 from clicklake.platform.labeled import build_labeled_hours, labeled_key
 from clicklake.platform.labeled_quality import (
+    CHECK_GROUP_ROWS,
     DEFAULT_LABEL_RATE,
     LABELED_CHECKS,
-    check_and_write,
+    checked_hours,
     hour_summary,
 )
 from clicklake.platform.outcomes import join_outcomes, outcome_metrics
@@ -120,6 +121,10 @@ class LabeledConfig(dg.Config):
     # not a run's: hours labeled with two windows would train one model on two definitions.
     label_rate_min: float = DEFAULT_LABEL_RATE[0]
     label_rate_max: float = DEFAULT_LABEL_RATE[1]
+    # Consecutive hours of a ranged run are validated together until they hold this many rows
+    # (1 or less: each hour alone): Great Expectations' cost is mostly per validation, while
+    # each row held until its group is checked costs ~0.7 KB of memory.
+    check_group_rows: int = CHECK_GROUP_ROWS
 
 
 @dg.asset(
@@ -197,21 +202,26 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     # is built, and an hour written from the old chain after the refold has named the labeled
     # hours to redo would keep stale features, unflagged.
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix)
-    for hour in hours:
-        table = next(tables)
-        key = labeled_key(hour, lake.lake_prefix)
-        if snapshot_identity(store, hour - HOUR_MS, lake.lake_prefix) != read_from[hour]:
-            raise dg.Failure(
-                f"user_profiles {hour_partition_key(hour - HOUR_MS)} was rebuilt while this "
-                f"run built labeled hour {hour_partition_key(hour)} from it (a refold of the "
-                "snapshot chain): not written; rematerialize labeled_impressions from "
-                f"{hour_partition_key(hour)} once user_profiles is done")
-        # Checked before it is written: an hour failing a blocking check never reaches the lake
-        # (training reads every labeled file there), and an earlier copy of it goes.
-        outcomes, failed, nbytes = check_and_write(
-            store, key, table, (config.label_rate_min, config.label_rate_max))
+    hour_of = {labeled_key(hour, lake.lake_prefix): hour for hour in hours}
+
+    def built():
+        for hour, table in zip(hours, tables, strict=True):
+            if snapshot_identity(store, hour - HOUR_MS, lake.lake_prefix) != read_from[hour]:
+                raise dg.Failure(
+                    f"user_profiles {hour_partition_key(hour - HOUR_MS)} was rebuilt while this "
+                    f"run built labeled hour {hour_partition_key(hour)} from it (a refold of the "
+                    "snapshot chain): not written; rematerialize labeled_impressions from "
+                    f"{hour_partition_key(hour)} once user_profiles is done")
+            yield labeled_key(hour, lake.lake_prefix), table
+
+    # Checked before it is written: an hour failing a blocking check never reaches the lake
+    # (training reads every labeled file there), and an earlier copy of it goes. Consecutive
+    # hours are checked together, up to `check_group_rows` rows.
+    for done in checked_hours(store, built(), (config.label_rate_min, config.label_rate_max),
+                              config.check_group_rows):
+        hour, table, failed = hour_of[done.key], done.table, done.failed
         for name, per_hour in checked.items():  # a check left out of specs is not enforced
-            per_hour.append(HourOutcome(hour, table.num_rows, outcomes.get(name)))
+            per_hour.append(HourOutcome(hour, table.num_rows, done.outcomes.get(name)))
         if failed:
             context.log.error(f"{iso(hour)} failed {', '.join(failed)}: not written")
         summary = hour_summary(table)
@@ -222,12 +232,13 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
             "dagster/column_schema": column_schema(table.schema),
             **summary,
             "label_window_minutes": window,
-            "bytes": nbytes,
+            "bytes": done.nbytes,
             "written": not failed,
             "failed_checks": ", ".join(failed) or "none",
-            "path": dg.MetadataValue.path(store.uri(key)),
+            "path": dg.MetadataValue.path(store.uri(done.key)),
             **completeness.pop(hour),
         }, partition_key=hour_partition_key(hour))
+        del done, table
     yield dg.MaterializeResult()
     for name, description in LABELED_CHECKS:
         yield check_over_hours("labeled_impressions", name, description, checked[name])
