@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)
 # Where `make demo` writes its landing zone and lake, and what `make dev` shows.
 export CLICKLAKE_ROOT ?= data/demo
 
-.PHONY: install demo test dev bench lint clean
+.PHONY: install demo test test-deep dev bench lint clean
 
 $(STAMP): pyproject.toml $(wildcard clicklake/platform/*.c)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP) ## generate streams and run the main job on the embedded defaults
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -n 2 -q
+
+test-deep: $(STAMP) ## the property tests with 10x their examples (longer: a search, not a gate)
+	CLICKLAKE_TEST_DEPTH=10 $(PY) -m pytest -n 2 -q $$(grep -l "^from depth import" tests/test_*.py)
 
 dev: $(STAMP) ## the Dagster web UI on this project (http://127.0.0.1:3000)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from depth import examples
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -238,7 +239,7 @@ _fields = st.sampled_from(["user_id", "campaign_id", "impression_id", "ts", "dom
                            "user_agent", "cost", "value_per_click", "extra"])
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(_json, st.dictionaries(_fields, _json, max_size=6)))
 def test_arbitrary_json_never_500(client, body):
     resp = client.post("/v1/predict", json=body)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from threads import run_together
@@ -198,7 +199,7 @@ _ADDRESS_PARTS = st.sampled_from(
      "\u2028", "\u3000", "\u200b", "\u180e", "\ufeff", "\u212a", "é", "x" * 30])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.lists(_ADDRESS_PARTS, max_size=6).map("".join), max_size=40))
 def test_countries_match_the_per_value_definition(ips):
     want = [_country_per_value(ip) for ip in ips]
@@ -428,7 +429,7 @@ def test_enrich_impressions_empty_table():
     assert out.column_names == ["ip", "user_agent", *enrich.ENRICHED_COLUMNS]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.lists(st.one_of(st.none(), st.text(max_size=60)), max_size=20))
 def test_any_text_gives_a_valid_answer(values):
     codes = countries(values).to_pylist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,7 @@ keys_batches = st.lists(st.tuples(st.lists(st.integers(0, 3000), max_size=1500),
                         min_size=1, max_size=6)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(batches=keys_batches)
 def test_key_counts_equal_the_sorted_key_set_and_a_dict(batches):
     fast, slow, oracle = hashtables.KeyCounts(2), profiles._KeySet(2), {}
@@ -156,7 +157,7 @@ def interner_path(request, monkeypatch):
     return request.param
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(batches=st.lists(st.lists(words, max_size=400), min_size=1, max_size=5),
        cut=st.integers(0, 3))
 def test_both_interners_code_like_a_dict(batches, cut):
@@ -238,7 +239,7 @@ def test_threads_sharing_an_interner_get_one_code_per_string(interner_path):
     assert interner.codes(pa.array(list(code_of)), add=False).tolist() == list(code_of.values())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(data=st.data(), n_users=st.integers(1, 6), nc=st.integers(1, 4), nd=st.integers(1, 3),
        span=st.integers(1, 40), with_campaigns=st.booleans())
 def test_one_pass_hour_equals_the_timeline_searches(data, n_users, nc, nd, span,
@@ -286,7 +287,7 @@ def test_one_pass_hour_equals_the_timeline_searches(data, n_users, nc, nd, span,
         assert np.array_equal(fast[name], want), (name, fast[name], want)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(data=st.data(), ncodes=st.integers(1, 5))
 def test_walks_as_of_equal_brute_force(data, ncodes):
     """`sums_as_of` and `latest_as_of` against a loop over every (query, event) pair: events at

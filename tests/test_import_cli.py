@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -225,7 +226,7 @@ def test_invalid_utf8_row_is_a_malformed_reject_with_its_line(tmp_path):
     assert r.first_rejects[0]["line"] == 2
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(-10**17, 10**17), st.booleans(), st.sampled_from(["int", "str", "float"]))
 def test_epoch_integers_take_the_fast_path_to_the_same_answer(n, seconds, kind):
     from decimal import Decimal

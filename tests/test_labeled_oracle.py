@@ -16,6 +16,7 @@ import math
 
 import feature_oracle as fo
 import numpy as np
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,7 +137,7 @@ def test_oracle_features_match_compute_features():
         assert not bad, f"row {i}: {bad}"
 
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=examples(30), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(deliveries=streams(), window=st.sampled_from([W, W, 5 * MINUTE_MS, HOUR_MS]))
 def test_labeled_hours_match_oracle(tmp_path_factory, deliveries, window):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from depth import examples
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -172,7 +173,7 @@ _TEXT = st.one_of(st.none(), st.sampled_from(["", "a", "b", "é", "a\x00", "ab"]
                   st.text(max_size=3))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(ids=st.lists(_TEXT, max_size=12), chunk=st.integers(1, 5), dictionary=st.booleans())
 def test_text_checked_as_codes_fails_exactly_as_its_values(ids, chunk, dictionary):
     """Text checked only for nulls and repeats goes to GX as its dictionary codes: the same
@@ -207,7 +208,7 @@ _NUMBER = st.one_of(st.none(), st.sampled_from([0.0, 1.0, -0.0, 0.5, 2.0, float(
 _BOUND = st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0]))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(values=st.lists(_NUMBER, max_size=8), ints=st.booleans(), lo=_BOUND, hi=_BOUND,
        window=st.booleans())
 def test_bounds_screened_as_minimum_and_maximum_fail_exactly_as_the_values(
@@ -274,7 +275,7 @@ _KINDS = [("ExpectColumnValuesToNotBeNull", {}), ("ExpectColumnValuesToBeUnique"
           ("ExpectColumnMeanToBeBetween", {"min_value": 0.5, "max_value": 1.5})]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(st.lists(st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 1.0, 2.0, 2.5])), max_size=6))
 def test_a_memoized_expectation_validates_as_gx_own(values):
     """The checks' expectation classes build their configuration once (`quality._memoized`):
@@ -374,7 +375,7 @@ def _alone(table: pa.Table) -> dict:
     return {o.name: o for o in run_checks(checked_frame(table, specs), specs)}
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([40, LABEL_RATE_MIN_ROWS - 1, LABEL_RATE_MIN_ROWS]),
                           st.sampled_from([None, None, None, "null_feature", "out_of_range",
                                            "id_twice", "shared_id", "no_clicks", "rate_at_max",

@@ -19,6 +19,7 @@ import feature_oracle as fo
 import numpy as np
 import pyarrow as pa
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_labeled_oracle import H0, N_HOURS, W, streams
@@ -33,7 +34,7 @@ from clicklake.platform.timeutil import HOUR_MS
 TS = pa.timestamp("ms", tz="UTC")
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=examples(25), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(deliveries=streams(), window=st.sampled_from([W, HOUR_MS]),
        picked=st.lists(st.booleans(), min_size=N_HOURS, max_size=N_HOURS))
@@ -55,7 +56,7 @@ def test_a_range_equals_its_hours_built_alone(tmp_path_factory, deliveries, wind
                                                                  want.to_pylist())
 
 
-@settings(max_examples=8, deadline=None,
+@settings(max_examples=examples(8), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(deliveries=streams(), gone=st.integers(1, N_HOURS - 2))  # the first one starts history
 def test_a_range_over_a_missing_snapshot_equals_its_hours_alone(tmp_path_factory, deliveries,
@@ -73,7 +74,7 @@ def test_a_range_over_a_missing_snapshot_equals_its_hours_alone(tmp_path_factory
         assert table.equals(build_labeled_hour(store, h, W), check_metadata=True), h
 
 
-@settings(max_examples=4, deadline=None,
+@settings(max_examples=examples(4), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.filter_too_much])
 @given(deliveries=streams())
@@ -273,7 +274,7 @@ def _write_prediction_hours(store: Store, rows: list[tuple[str, int, str, float]
             "score": pa.array([r[3] for r in part], pa.float64())}))
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=examples(40), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(preds=st.lists(st.tuples(st.integers(0, 40 * HOUR_MS - 1), st.sampled_from("uvwx"),
                                 st.sampled_from([0.1, 0.5, 0.9])), max_size=60),
@@ -313,7 +314,7 @@ def test_carried_scores_equal_the_lake_search(tmp_path_factory, preds, ties, mis
 # -- interning -----------------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(batches=st.lists(st.lists(st.one_of(st.none(), st.text(max_size=70), st.text(min_size=60, max_size=90)), max_size=30),
                         min_size=1, max_size=6))
 def test_the_interner_codes_like_a_dict(batches):

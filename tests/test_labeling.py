@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,7 +117,7 @@ _times = st.one_of(st.integers(0, 3 * W), st.integers(HOUR - W, HOUR + W),
                                     HOUR + 1, HOUR - 1 + W]))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     imps=st.lists(st.tuples(_times, _users, _camps), max_size=12),
     clicks=st.lists(st.tuples(st.integers(0, 5), _times, st.one_of(st.none(), st.integers(0, 14)),

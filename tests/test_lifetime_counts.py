@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,7 +59,7 @@ def _oracle(events, user: str, t: int) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("native", [True, False])
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=examples(40), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # one setting per run
 @given(data=st.data())
 def test_counts_match_the_oracle_from_empty_and_from_a_snapshot(native, data, monkeypatch):

@@ -16,6 +16,7 @@ import oracle
 import orjson
 import pyarrow as pa
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -112,7 +113,7 @@ def _same(expected: dict, got: dict, where: str) -> None:
             assert g == v, f"{k} at {where}: expected {v}, got {g}"
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(events=streams(), data=st.data())
 def test_snapshots_and_as_of_match_oracle(tmp_path_factory, events, data):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import random
 
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clicklake.platform.online import user_state as us
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.data())
 def test_the_index_answers_as_the_scans(data):
     rng = random.Random(data.draw(st.integers(0, 2**32)))

@@ -9,6 +9,7 @@ import math
 
 import orjson
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -112,7 +113,7 @@ def test_fast_iso_agrees_with_the_exact_conversion_or_declines():
         assert fast_iso_ms(bad) is None, bad
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(ms=st.integers(TS_MIN_MS - 3 * HOUR_MS, TS_MAX_MS + 3 * HOUR_MS),
        tail=st.sampled_from(["Z", "z", " ", "0", "\u00b2"]),
        frac=st.sampled_from(["000", "999", "5a0", "\u00b212", " 12", "-12"]))
@@ -146,7 +147,7 @@ def landing_iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=st.sampled_from(list(SPECS)), data=st.data())
 def test_random_objects_parse_identically(stream, data):
     obj = dict(BASE[stream])

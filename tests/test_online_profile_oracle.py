@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import oracle
+from depth import examples
 from feature_oracle import kept_by_raw_rules, land
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -65,7 +66,7 @@ def _approx(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sent=deliveries(), data=st.data())
 def test_online_profiles_equal_the_oracle(tmp_path_factory, sent, data):
     root = tmp_path_factory.mktemp("online_oracle")

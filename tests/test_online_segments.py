@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,7 +67,7 @@ def test_canonical_log_nets_and_sorts():
     assert canonical_log("") == ""
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), commits=st.integers(1, 6))
 def test_windows_equal_brute_force_at_every_instant(tmp_path_factory, seed, commits):
     """Impressions and clicks packed into a few minutes (many in one millisecond), folded in

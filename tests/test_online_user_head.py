@@ -13,6 +13,7 @@ import random
 import numpy as np
 import orjson
 import pytest
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -257,7 +258,7 @@ _NAME_PARTS = ['"', "\\", ":", "{", "}", ",", "c1", "impressions", "clicks", ":{
                '"impressions":', " ", "é", "\n", "\x00", "\u2028"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(st.lists(st.sampled_from(_NAME_PARTS), max_size=4).map("".join),
                           st.integers(0, 10**6), st.integers(0, 10**6)),
                 max_size=12),

@@ -14,6 +14,7 @@ import os
 
 import orjson
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -204,7 +205,7 @@ def test_a_file_deleted_before_it_was_folded_is_reported_and_forgotten(tmp_path)
     assert z.cursor["runs"] == {}
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=examples(60), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(st.tuples(st.sampled_from(landing.STREAMS),
                                  st.integers(0, 5 * 60),  # key time, minutes after H
@@ -530,7 +531,7 @@ def test_a_cursor_of_the_version_before_goes_on_and_sweeps_that_day(tmp_path):
     assert [k for p in plans for k in p.late] == [old]
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=examples(25), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(st.tuples(st.sampled_from(landing.STREAMS),
                                  st.integers(0, 6 * 24),  # key time, hours after H

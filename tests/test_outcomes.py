@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pyarrow as pa
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,7 +56,7 @@ def test_a_click_stamped_in_two_hours_counts_for_anonymous_predictions():
         assert out["clicked"].to_pylist() == [1, 1]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     imps=st.lists(st.tuples(st.integers(0, 3 * W), st.sampled_from(["u1", "u2"])), max_size=8),
     clicks=st.lists(st.tuples(st.integers(0, 3 * W), st.one_of(st.none(), st.integers(0, 9)),

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -164,7 +165,7 @@ _value = st.one_of(st.none(), st.booleans(), st.integers(-10**16, 10**16),
                    st.text(alphabet=" \t", max_size=2), _iso)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=st.sampled_from(list(SPECS)), data=st.data())
 def test_random_lines_agree_or_are_declined(stream, data):
     spec = SPECS[stream]

@@ -10,6 +10,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -390,7 +391,7 @@ def _oracle(files, rules):
     return out
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(file_st, min_size=1, max_size=5), rules_st)
 def test_every_line_is_owned_by_exactly_one_partition(files, rules):
     with tempfile.TemporaryDirectory() as root:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ from clicklake.platform.scores import latest_scores
 TS = pa.timestamp("ms", tz="UTC")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     preds=st.lists(st.tuples(st.integers(0, 50), st.sampled_from("uv"),
                              st.floats(0, 1, allow_nan=False)), max_size=10),
@@ -76,7 +77,7 @@ def test_latest_scores_lake_known_answers(tmp_path):
     assert (score[4], when[4]) == (0.9, 2 * H + 5)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     preds=st.lists(st.tuples(st.integers(0, 5 * H - 1), st.sampled_from("uvwx"),
                              st.sampled_from([0.1, 0.5, 0.9])), max_size=40),

@@ -12,6 +12,7 @@ import orjson
 import pyarrow.compute as pc
 import pytest
 from crawlerdetect import CrawlerDetect
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,7 +177,7 @@ def test_writer_cuts_objects_by_interval_and_size(tmp_path):
     assert w.lines_written == 8
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(st.integers(0, 2**32), st.lists(st.integers(0, 3000), min_size=1, max_size=6))
 def test_ids_never_repeat_and_replay_the_same(seed, chunks):
     a = IdSequence(np.random.default_rng(seed), "x-")

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -384,7 +385,7 @@ def test_hive_span_skips_folders_that_are_no_date(tmp_path):
     assert store.hive_span("p") == (_hour(1, 0), _hour(1, 0))
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=examples(40), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(parts=st.sets(st.tuples(st.integers(0, 40), st.integers(0, 23)), max_size=12),
        decoys=st.sets(st.tuples(st.integers(0, 40), st.integers(0, 23)), max_size=6))

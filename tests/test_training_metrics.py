@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,7 +78,7 @@ labels_scores = st.integers(2, 40).flatmap(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(labels_scores)
 def test_auc_and_ap_match_brute_force(ys):
     y, p = ys
@@ -86,7 +87,7 @@ def test_auc_and_ap_match_brute_force(ys):
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(labels_scores)
 def test_ece_matches_brute_force(ys):
     y, p = ys
@@ -95,7 +96,7 @@ def test_ece_matches_brute_force(ys):
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     labels_scores,
     st.sampled_from([0.5, 0.8, 0.95, 1.0]),
