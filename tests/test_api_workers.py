@@ -377,3 +377,25 @@ def test_an_address_in_use_is_refused(lake):
                                             "--workers", "2"])
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_servers_bounds_on_a_request_head_and_its_time_are_its_options(lake, workers):
+    """`--max-header-bytes` and `--request-timeout` reach the protocol of the one process or of
+    every worker (each a fresh interpreter, its config pickled)."""
+    proc, url = _start(lake, workers, ("--max-header-bytes", "2048", "--request-timeout", "1"))
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        assert _call(f"{url}/healthz", token=None)[0] == 200
+        for _ in range(2 * workers):  # fresh connections: each worker in turn, likely
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 4096
+                             + b"\r\n\r\n")
+                assert conn.recv(65536).startswith(b"HTTP/1.1 431 ")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # and nothing more
+                start = time.monotonic()
+                assert conn.recv(65536).startswith(b"HTTP/1.1 408 ")
+                assert time.monotonic() - start < 5
+    finally:
+        stop_process(proc, timeout=10)

@@ -37,14 +37,12 @@ def places(tmp_path):
      "file is not a database"),
 ])
 def test_serve_refuses_what_it_cannot_open(places, args, message, monkeypatch):
-    import uvicorn
-
-    from clicklake.serving import workers
+    from clicklake.serving import protocol, workers
 
     def started(*_, **__):
         raise AssertionError("the server started")
 
-    monkeypatch.setattr(uvicorn, "run", started)
+    monkeypatch.setattr(protocol, "run_server", started)
     monkeypatch.setattr(workers, "run_workers", started)
     args = [a.format(p=places) for a in args]
     result = _invoke(["serve", "--root", str(places / "lake"), *args],
@@ -54,9 +52,9 @@ def test_serve_refuses_what_it_cannot_open(places, args, message, monkeypatch):
 
 
 def test_serve_refuses_a_token_no_request_could_carry(places, monkeypatch):
-    import uvicorn
+    from clicklake.serving import protocol
 
-    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: pytest.fail("the server started"))
+    monkeypatch.setattr(protocol, "run_server", lambda *_, **__: pytest.fail("the server started"))
     result = _invoke(["serve", "--root", str(places / "lake")],
                      env={"CLICKLAKE_API_TOKEN": "s3cret\n"})  # a secret file's last newline
     assert result.exit_code == 2, result.output
@@ -211,9 +209,9 @@ def test_every_command_refuses_a_root_it_cannot_use(places, monkeypatch, command
     file for a root."""
     import os
 
-    import uvicorn
+    from clicklake.serving import protocol
 
-    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: pytest.fail("the server started"))
+    monkeypatch.setattr(protocol, "run_server", lambda *_, **__: pytest.fail("the server started"))
     os.symlink(places / "missing-target", places / "dangling")
     if root.startswith("s3") and command[0] == "demo":
         message = "local folder"  # the demo refuses S3 as such
@@ -237,9 +235,9 @@ def test_generate_says_what_it_cannot_write(places):
 def test_serve_says_so_at_every_start_on_an_online_store_never_folded(places, monkeypatch):
     """Its first start on a wrong --root warned, then created the store there: every later
     start served that empty store with no word, every user unknown."""
-    import uvicorn
+    from clicklake.serving import protocol
 
-    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: None)
+    monkeypatch.setattr(protocol, "run_server", lambda *_, **__: True)
     args = ["serve", "--root", str(places / "typo"), "--source", "online"]
     first, second = _invoke(args), _invoke(args)
     assert first.exit_code == second.exit_code == 0, (first.output, second.output)

@@ -69,6 +69,15 @@ def _token(value: str | None) -> str | None:
               show_default=True, help="Seconds between checks for a new champion model.")
 @click.option("--max-body", type=click.IntRange(min=256), default=16 * 1024, show_default=True,
               help="Largest request body accepted, in bytes (413 beyond).")
+# (64 KiB: an AWS Application Load Balancer's own limit on a request's headers)
+@click.option("--max-header-bytes", type=click.IntRange(min=1024), default=64 * 1024,
+              show_default=True,
+              help="Largest request head (request line and headers) accepted, in bytes: 431 "
+              "and the connection closed beyond.")
+@click.option("--request-timeout", type=FiniteFloat(min=0.1), default=30.0,
+              show_default=True,
+              help="Seconds a client may take to send a request from its first byte: 408 while "
+              "its headers are still coming, the connection closed once its body is being read.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               envvar="CLICKLAKE_API_WORKERS", show_envvar=True,
               help="Worker processes answering on the one port, each with its own model and "
@@ -87,7 +96,8 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
           online_db: str | None, dynamodb_table: str | None, model_backend: str,
           endpoint_name: str, region: str | None, value_per_click: float, farm_ctr: float,
           farm_min_impressions: int, farm_burst: int, reload_every: float, max_body: int,
-          workers: int, startup_timeout: float, log_level: str, access_log: bool) -> None:
+          max_header_bytes: int, request_timeout: float, workers: int, startup_timeout: float,
+          log_level: str, access_log: bool) -> None:
     """Serve click predictions and serve/skip decisions over REST (uvicorn, --workers processes).
 
     \b
@@ -102,6 +112,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     SIGTERM or SIGINT stops the server and its workers.
     """
     import os
+    import sys
 
     check_root(root)  # a file, a dangling link, an s3:// root with no bucket: refused here
     # Neither path writes into a directory inherited from the environment (it would mix in
@@ -110,12 +121,14 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     # prometheus_client, which picks its storage from it on import.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
-    import uvicorn
+    from uvicorn.main import STARTUP_FAILURE
 
     from clicklake.platform.online.state import StaleLayout
     from clicklake.platform.training import registry
     from clicklake.resources.lake import LakeResource
+    from clicklake.serving import protocol
     from clicklake.serving.metrics import keep_in_process
+    from clicklake.serving.protocol import ServerConfig
     from clicklake.serving.workers import (
         ServeSettings,
         build_app,
@@ -177,12 +190,15 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
                f"{workers} worker{'s' if workers > 1 else ''})", err=True)
     if workers == 1:
         settle_gc()
-        uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level,
-                    access_log=access_log)
+        if not protocol.run_server(ServerConfig(
+                app, host=host, port=port, log_level=log_level, access_log=access_log,
+                max_head_bytes=max_header_bytes, request_timeout_s=request_timeout)):
+            sys.exit(STARTUP_FAILURE)
         return
     try:
         error = run_workers(settings, workers, host, port, log_level, access_log,
-                            startup_timeout)
+                            startup_timeout, max_head_bytes=max_header_bytes,
+                            request_timeout_s=request_timeout)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
     if error:

@@ -338,11 +338,14 @@ class Supervisor:
 
 
 def run_workers(settings: ServeSettings, workers: int, host: str, port: int, log_level: str,
-                access_log: bool, startup_timeout_s: float = 300.0) -> str | None:
+                access_log: bool, startup_timeout_s: float = 300.0, *, max_head_bytes: int,
+                request_timeout_s: float) -> str | None:
     """Serve with `workers` uvicorn worker processes until SIGTERM/SIGINT. Returns why the
     server stopped on its own (a worker failed to start or was not ready within
-    `startup_timeout_s`, workers kept dying; their errors are on stderr), None when asked to stop. Raises OSError when the address cannot be bound."""
-    from uvicorn import Config
+    `startup_timeout_s`, workers kept dying; their errors are on stderr), None when asked to
+    stop. Raises OSError when the address cannot be bound. Each worker serves with
+    `protocol.BoundedHttpTools` (`max_head_bytes`, `request_timeout_s`)."""
+    from clicklake.serving.protocol import ServerConfig
 
     sockets = bind_sockets(host, port, workers)
     remove_stale_metrics_dirs()
@@ -355,8 +358,9 @@ def run_workers(settings: ServeSettings, workers: int, host: str, port: int, log
         asdict(settings) | {"supervisor_pid": os.getpid(), "metrics_dir": metrics_dir})
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
-        config = Config(FACTORY, factory=True, host=host, port=port, workers=workers,
-                        log_level=log_level, access_log=access_log)
+        config = ServerConfig(FACTORY, factory=True, host=host, port=port, workers=workers,
+                              log_level=log_level, access_log=access_log,
+                              max_head_bytes=max_head_bytes, request_timeout_s=request_timeout_s)
         supervisor = Supervisor(config, sockets, metrics_dir,
                                 startup_timeout_s=startup_timeout_s)
         supervisor.run()
