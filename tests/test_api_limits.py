@@ -71,6 +71,7 @@ def server():
 
 def _connect(port: int) -> socket.socket:
     conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    _unread.clear()  # (ids of closed connections may come again)
     conn.settimeout(10)
     return conn
 
@@ -81,9 +82,12 @@ def _request(path: str = "/", header_bytes: int = 0, body: bytes = b"") -> bytes
             ).encode() + body
 
 
+_unread: dict[int, bytes] = {}  # by connection: what a read brought past the response asked for
+
+
 def _response(conn: socket.socket) -> tuple[int, bytes, bool]:
     """(status, body, whether the server closed the connection after it) of one response."""
-    data = b""
+    data = _unread.pop(id(conn), b"")
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
         if not chunk:
@@ -95,6 +99,7 @@ def _response(conn: socket.socket) -> tuple[int, bytes, bool]:
     length = int(headers["content-length"])
     while len(rest) < length:
         rest += conn.recv(65536)
+    _unread[id(conn)] = rest[length:]
     return int(lines[0].split()[1]), rest[:length], headers.get("connection") == "close"
 
 
@@ -195,4 +200,60 @@ def test_a_slow_answer_is_not_cut_by_the_request_timeout(server):
         conn.sendall(request[-3:])
         assert _response(conn) == (200, b"3", False)
         conn.sendall(_request(body=b"ab"))
+        assert _response(conn) == (200, b"2", False)
+
+
+def test_a_chunked_bodys_trailers_without_end_have_the_connection_closed(server):
+    """After the head, what is neither head nor body (chunk framing, trailers: the parser adds
+    trailers to the request's headers) is bounded too, long before the timeout; while a body in
+    1-byte chunks (6 bytes of framing each) with a trailer is served."""
+    _, port = server
+    chunked = b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with _connect(port) as conn:
+        conn.sendall(chunked + b"1\r\na\r\n" * 150)  # in two reads: counted between them
+        time.sleep(0.05)
+        conn.sendall(b"1\r\na\r\n" * 150 + b"0\r\nX-Trailer: ok\r\n\r\n")
+        assert _response(conn) == (200, b"300", False)
+    with _connect(port) as conn:
+        start = time.monotonic()
+        conn.sendall(chunked + b"1\r\na\r\n0\r\nX-Trailer: ")
+        for _ in range(4 * MAX_HEAD // 1024):
+            try:
+                conn.sendall(b"a" * 1024)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        assert _closed(conn)
+        assert time.monotonic() - start < TIMEOUT_S * 0.8  # by the bound, not the sweep
+
+
+@pytest.mark.parametrize("after_a_request", [False, True])
+def test_a_connection_starting_no_request_gets_408_at_the_timeout(server, after_a_request):
+    """Nothing sent on a new connection, or bytes that begin no request (the parser skips a
+    CRLF) after a request was served: timed from the connection's opening, or that byte (uvicorn
+    cancels its keep-alive timer on any byte)."""
+    _, port = server
+    with _connect(port) as conn:
+        if after_a_request:
+            conn.sendall(_request(body=b"a"))
+            assert _response(conn) == (200, b"1", False)
+        start = time.monotonic()
+        conn.sendall(b"\r\n" if after_a_request else b"")
+        status, _, close = _response(conn)
+        assert (status, close) == (408, True)
+        assert TIMEOUT_S <= time.monotonic() - start + 0.05 < TIMEOUT_S + 2
+
+
+def test_a_request_queued_behind_a_slow_answer_is_not_timed_out(server):
+    """Pipelined behind an answer slower than the timeout, a request whose body comes in a
+    second read waits unread (uvicorn stops reading until the answer before it is written):
+    that time is the server's, and both are answered."""
+    _, port = server
+    with _connect(port) as conn:
+        second = _request(body=b"ab")
+        conn.sendall(_request("/slow", body=b"abc"))
+        time.sleep(TIMEOUT_S / 5)  # the first is being answered: the second is queued
+        conn.sendall(second[:-2])
+        time.sleep(TIMEOUT_S / 20)
+        conn.sendall(second[-2:])
+        assert _response(conn) == (200, b"3", False)
         assert _response(conn) == (200, b"2", False)

@@ -383,3 +383,34 @@ def test_an_early_raw_hour_is_known_from_the_files_when_its_run_died(tmp_path, m
                               instance=instance).success
         message = _refusal(labeled_impressions, keys[6], res, instance)
     assert f"raw_impressions {keys[1]} read early" in message, message
+
+
+def test_an_hour_whose_snapshot_is_refolded_while_it_waits_in_its_group_is_not_written(
+        tmp_path, monkeypatch):
+    """Hours are checked a group at a time: an hour built from the old snapshot, refolded after
+    its build but before its group was written, was written stale. Each hour's snapshot is
+    checked again just before its write."""
+    from clicklake.platform import profiles
+
+    real = labeled_mod.build_labeled_hours
+
+    def refolded_after_the_first(store, hours, *args, **kwargs):
+        tables = real(store, hours, *args, **kwargs)
+        yield next(tables)
+        # the refold rewrites the snapshot the first hour was built from; later hours read
+        # later snapshots
+        key = profiles.snapshot_key(hours[0] - HOUR_MS)
+        store.write_parquet(key, profiles.stamp_snapshot(store.read_parquet(key), "", ""))
+        yield from tables
+
+    with _built_chain(tmp_path, hours=4, users=200, seed=5) as (lake, keys, instance):
+        monkeypatch.setattr(labeled_mod, "build_labeled_hours", refolded_after_the_first)
+        run = dg.materialize([labeled_impressions], resources={"lake": lake}, instance=instance,
+                             tags={"dagster/asset_partition_range_start": keys[1],
+                                   "dagster/asset_partition_range_end": keys[2]},
+                             raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"labeled hour {keys[1]} from it" in str(failure.event_specific_data.error)
+    store = lake.store()
+    assert not store.exists(labeled_key(START + HOUR_MS))

@@ -328,21 +328,22 @@ def test_validations_leave_nothing_behind_in_gx():
 
 
 def test_an_hour_is_written_only_once_its_checks_pass_and_as_write_parquet_writes_it(tmp_path):
-    """`check_and_write` encodes the hour while its checks run: a passing hour's file is the
+    """`checked_hours` encodes each hour while the checks run: a passing hour's file is the
     one `Store.write_parquet` writes; a failing hour writes nothing and its earlier copy goes."""
     from clicklake.platform.labeled import text_columns
-    from clicklake.platform.labeled_quality import check_and_write
+    from clicklake.platform.labeled_quality import checked_hours
     from clicklake.platform.storage import Store
 
     store = Store(str(tmp_path))
     table = pa.Table.from_pandas(_sane(600), preserve_index=False)
-    _, failed, written = check_and_write(store, "hour.parquet", table, BOUNDS)
+    [done] = checked_hours(store, [("hour.parquet", table)], BOUNDS, group_rows=1)
     store.write_parquet("plain.parquet", table, use_dictionary=text_columns(table))
-    assert failed == [] and written == len(store.read_bytes("hour.parquet"))
+    assert done.failed == [] and done.nbytes == len(store.read_bytes("hour.parquet"))
     assert store.read_bytes("hour.parquet") == store.read_bytes("plain.parquet")
-    _, failed, written = check_and_write(store, "hour.parquet",
-                                         pa.concat_tables([table, table.slice(0, 1)]), BOUNDS)
-    assert (failed, written, store.exists("hour.parquet")) == (["impression_ids_unique"], 0, False)
+    [done] = checked_hours(store, [("hour.parquet", pa.concat_tables([table, table.slice(0, 1)]))],
+                           BOUNDS, group_rows=1)
+    assert (done.failed, done.nbytes, store.exists("hour.parquet")) == (
+        ["impression_ids_unique"], 0, False)
 
 
 # -- hours checked together (`checked_hours`) ----------------------------------------------------

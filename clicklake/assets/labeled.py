@@ -204,21 +204,25 @@ def labeled_impressions(context: dg.AssetExecutionContext, config: LabeledConfig
     tables = build_labeled_hours(store, hours, window_ms, lake.lake_prefix)
     hour_of = {labeled_key(hour, lake.lake_prefix): hour for hour in hours}
 
+    def unrefolded(hour: int) -> None:
+        if snapshot_identity(store, hour - HOUR_MS, lake.lake_prefix) != read_from[hour]:
+            raise dg.Failure(
+                f"user_profiles {hour_partition_key(hour - HOUR_MS)} was rebuilt while this "
+                f"run built labeled hour {hour_partition_key(hour)} from it (a refold of the "
+                "snapshot chain): not written; rematerialize labeled_impressions from "
+                f"{hour_partition_key(hour)} once user_profiles is done")
+
     def built():
         for hour, table in zip(hours, tables, strict=True):
-            if snapshot_identity(store, hour - HOUR_MS, lake.lake_prefix) != read_from[hour]:
-                raise dg.Failure(
-                    f"user_profiles {hour_partition_key(hour - HOUR_MS)} was rebuilt while this "
-                    f"run built labeled hour {hour_partition_key(hour)} from it (a refold of the "
-                    "snapshot chain): not written; rematerialize labeled_impressions from "
-                    f"{hour_partition_key(hour)} once user_profiles is done")
+            unrefolded(hour)
             yield labeled_key(hour, lake.lake_prefix), table
 
     # Checked before it is written: an hour failing a blocking check never reaches the lake
     # (training reads every labeled file there), and an earlier copy of it goes. Consecutive
-    # hours are checked together, up to `check_group_rows` rows.
+    # hours are checked together, up to `check_group_rows` rows; each hour's snapshot is
+    # checked again just before it is written (a refold may come while it waits in its group).
     for done in checked_hours(store, built(), (config.label_rate_min, config.label_rate_max),
-                              config.check_group_rows):
+                              config.check_group_rows, lambda key: unrefolded(hour_of[key])):
         hour, table, failed = hour_of[done.key], done.table, done.failed
         for name, per_hour in checked.items():  # a check left out of specs is not enforced
             per_hour.append(HourOutcome(hour, table.num_rows, done.outcomes.get(name)))

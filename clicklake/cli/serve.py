@@ -128,7 +128,6 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
     from clicklake.resources.lake import LakeResource
     from clicklake.serving import protocol
     from clicklake.serving.metrics import keep_in_process
-    from clicklake.serving.protocol import ServerConfig
     from clicklake.serving.workers import (
         ServeSettings,
         build_app,
@@ -190,7 +189,7 @@ def serve(root: str, lake_prefix: str, host: str, port: int, token: str | None, 
                f"{workers} worker{'s' if workers > 1 else ''})", err=True)
     if workers == 1:
         settle_gc()
-        if not protocol.run_server(ServerConfig(
+        if not protocol.run_server(protocol.ServerConfig(
                 app, host=host, port=port, log_level=log_level, access_log=access_log,
                 max_head_bytes=max_header_bytes, request_timeout_s=request_timeout)):
             sys.exit(STARTUP_FAILURE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -87,7 +87,8 @@ _HOUR_LABEL_RATE = "__clicklake_hour_label_rate"
 
 
 def checked_hours(store, hours: Iterable[tuple[str, pa.Table]], label_rate: tuple[float, float],
-                  group_rows: int = CHECK_GROUP_ROWS) -> Iterator[HourChecked]:
+                  group_rows: int = CHECK_GROUP_ROWS,
+                  before_write: Callable[[str], None] | None = None) -> Iterator[HourChecked]:
     """Each labeled hour of `hours` (its key, its table) checked, then written to its key when
     every check passed (else an earlier copy there is deleted: training reads every labeled
     file); yielded in order, a group at a time. What the asset does with the hours it builds,
@@ -99,6 +100,9 @@ def checked_hours(store, hours: Iterable[tuple[str, pa.Table]], label_rate: tupl
     label rate carried as a column), and a group that fails anything is validated again hour by
     hour, so each hour's outcomes and counts are exactly its own validation's. When `hours`
     raises, the hours it gave before are checked, written and yielded, then its error raised.
+    `before_write(key)` is called just before each hour is written or its copy deleted: it may
+    raise to refuse the hour (its inputs changed while it waited in its group); the hours of
+    the group before it are written, the rest not.
     Each hour's Parquet is encoded on a thread as it arrives (Arrow's encoding without the GIL
     on the second core, Great Expectations' Python on this one)."""
     from clicklake.platform.labeled import text_columns
@@ -114,32 +118,27 @@ def checked_hours(store, hours: Iterable[tuple[str, pa.Table]], label_rate: tupl
                 rows += table.num_rows
                 if rows >= group_rows:
                     full, group, rows = group, [], 0
-                    yield from _checked_group(store, full, label_rate)
+                    yield from _checked_group(store, full, label_rate, before_write)
                     del full  # its tables are not held while the next group is built
         except Exception:
             # `hours` raised (a build refused an hour): the hours before it are checked and
             # written still, as when each hour was written as it came.
             if group:
-                yield from _checked_group(store, group, label_rate)
+                yield from _checked_group(store, group, label_rate, before_write)
             raise
         if group:
-            yield from _checked_group(store, group, label_rate)
+            yield from _checked_group(store, group, label_rate, before_write)
 
 
-def check_and_write(store, key: str, table: pa.Table, label_rate: tuple[float, float]
-                    ) -> tuple[dict, list[str], int]:
-    """One hour's `checked_hours`: its outcomes by check name, the checks failed, the bytes
-    written."""
-    done = next(checked_hours(store, [(key, table)], label_rate, group_rows=1))
-    return done.outcomes, done.failed, done.nbytes
-
-
-def _checked_group(store, group: list, label_rate: tuple[float, float]) -> list[HourChecked]:
+def _checked_group(store, group: list, label_rate: tuple[float, float],
+                   before_write: Callable[[str], None] | None = None) -> list[HourChecked]:
     """A group's hours checked, each written or its earlier copy deleted (all before any is
     reported)."""
     done = []
     for (key, table, encoded), outcomes in zip(
             group, _group_outcomes([t for _, t, _ in group], label_rate), strict=True):
+        if before_write is not None:
+            before_write(key)
         failed = sorted(name for name, o in outcomes.items() if not o.passed)
         if failed:  # its encoding is waited for, unused (leaving the pool)
             store.delete(key)

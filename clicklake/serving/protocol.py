@@ -7,9 +7,10 @@ the connection, and uvicorn's keep-alive timeout is reset by each byte). Here:
 
 - a head longer than `max_head_bytes` is answered 431 and the connection closed (counted as it
   arrives while it is incomplete, and as parsed once complete: the request line and headers);
-- a request not received whole `request_timeout_s` after its first byte is answered 408 while
-  its head is still coming, or has its connection closed once the app is reading its body (the
-  app then sees the client gone: counted as 499).
+  what follows the head and is no body (a chunked body's framing and trailers) is bounded too;
+- a request not received whole `request_timeout_s` after its first byte (or after the
+  connection opened) is answered 408 while its head is still coming, or has its connection
+  closed once the app is reading its body (the app then sees the client gone: counted as 499).
 
 The bounds travel on the server's `ServerConfig` (pickled to worker processes with it).
 """
@@ -44,7 +45,8 @@ class ServerConfig(uvicorn.Config):
 
 def run_server(config: ServerConfig) -> bool:
     """Serve in this process until stopped (`uvicorn.run`'s steps for one worker, with the
-    server's own config): False when the server never started (its address taken, say)."""
+    server's own config): False when the server never started (uvicorn itself exits with its
+    startup failure code when the address is taken)."""
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
@@ -58,24 +60,41 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.request_timeout_s = config.request_timeout_s
         self._in_head = True  # between a request's first byte (or the last one's end) and its
         self._head_bytes = 0  # headers' end: bytes received in that time
-        self._started: float | None = None  # when the request under way began, by the loop
+        self._request_bytes = 0  # bytes received since the last request's end ...
+        self._body_bytes = 0  # ... and those of them the app was given as body
+        # When the request under way began, by the loop (its first byte, or the connection's
+        # opening: a connection that sends nothing, or bytes that start no request, is timed
+        # too); None between requests (uvicorn's keep-alive timeout closes idle connections).
+        self._started: float | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self._started = self.loop.time()
         _Sweeper.of(self.server_state, self.loop, self.request_timeout_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._started is None:
+            self._started = self.loop.time()
+        # counted whole: a read ending one part (the head, a request) may start the next
+        self._request_bytes += len(data)
         if self._in_head:
-            # counted whole: a chunk ending the head may start the body (bound + one read)
             self._head_bytes += len(data)
         super().data_received(data)
-        if (self._in_head and self._head_bytes > self.max_head_bytes
-                and not self.transport.is_closing()):
-            self._refuse(431, _TOO_LARGE.decode())
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(431, _TOO_LARGE.decode())
+        elif self._request_bytes - self._body_bytes > self.max_head_bytes + 8 * self._body_bytes:
+            # What is neither head nor body (a chunked body's framing, its trailers, which the
+            # parser adds to the headers) grows without bound: allowed 8 bytes a body byte
+            # (1-byte chunks take 6), and the head's bound.
+            self.logger.warning("%s: %s", self.client, "Request framing or trailers too large.")
+            self.transport.close()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._started = self.loop.time()
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -95,7 +114,8 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._started = None
-        self._in_head, self._head_bytes = True, 0  # the next request's head, if any
+        self._in_head = True  # the next request's head, if any
+        self._head_bytes = self._request_bytes = self._body_bytes = 0
 
     def _timed_out(self) -> None:
         self._started = None
@@ -141,9 +161,17 @@ class _Sweeper:
             state._clicklake_sweeper = cls(state, loop, timeout_s)
 
     def sweep(self) -> None:
-        now = self.loop.time()
-        for conn in list(self.state.connections):
-            started = getattr(conn, "_started", None)
-            if started is not None and now - started >= conn.request_timeout_s:
-                conn._timed_out()
-        self.loop.call_later(self.every, self.sweep)
+        try:
+            now = self.loop.time()
+            for conn in list(self.state.connections):
+                started = getattr(conn, "_started", None)
+                # (not while a request waits in the pipeline: uvicorn stops reading until the
+                # answer before it is written, and that time is the server's, not the client's)
+                if started is not None and now - started >= conn.request_timeout_s \
+                        and not conn.pipeline:
+                    try:
+                        conn._timed_out()
+                    except Exception:  # one connection's failure stops no other's timeouts
+                        conn.logger.exception("timing out %s", conn.client)
+        finally:
+            self.loop.call_later(self.every, self.sweep)
