@@ -299,8 +299,15 @@ def test_a_rebuild_at_the_chains_end_names_the_labeled_hours_built_on_it_too(tmp
             f"1 labeled hours from {keys[2]} to {keys[2]}")
 
 
-def test_an_hour_whose_snapshot_is_refolded_while_it_is_built_is_not_written(tmp_path,
-                                                                             monkeypatch):
+@pytest.mark.parametrize(("first", "refolded"), [
+    # the range's second hour: refused as it is built; the first is written
+    (0, 1),
+    # the range's first hour, refolded after its build while it waits in its group to be
+    # written (hours are checked a group at a time): refused just before its write
+    (1, 0),
+])
+def test_an_hour_whose_snapshot_is_refolded_while_it_is_built_is_not_written(
+        tmp_path, monkeypatch, first, refolded):
     """user_profiles refolds the chain (after a rebuilt hour) while a ranged labeled run builds:
     the run's later hour was written from the old snapshot after the refold had named the
     labeled hours to redo, and kept stale features with nothing saying so."""
@@ -311,23 +318,25 @@ def test_an_hour_whose_snapshot_is_refolded_while_it_is_built_is_not_written(tmp
     def refolded_meanwhile(store, hours, *args, **kwargs):
         tables = real(store, hours, *args, **kwargs)
         yield next(tables)
-        # the refold rewrites the snapshot the second hour was built from (a new identity)
-        key = profiles.snapshot_key(hours[1] - HOUR_MS)
+        # the refold rewrites the snapshot an hour was built from (a new identity)
+        key = profiles.snapshot_key(hours[refolded] - HOUR_MS)
         store.write_parquet(key, profiles.stamp_snapshot(store.read_parquet(key), "", ""))
         yield from tables
 
+    refused = first + refolded
     with _built_chain(tmp_path, hours=4, users=200, seed=5) as (lake, keys, instance):
         monkeypatch.setattr(labeled_mod, "build_labeled_hours", refolded_meanwhile)
         run = dg.materialize([labeled_impressions], resources={"lake": lake}, instance=instance,
-                             tags={"dagster/asset_partition_range_start": keys[0],
+                             tags={"dagster/asset_partition_range_start": keys[first],
                                    "dagster/asset_partition_range_end": keys[2]},
                              raise_on_error=False)
         assert not run.success
         failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        assert f"user_profiles {keys[0]} was rebuilt while this run built labeled hour " \
-               f"{keys[1]}" in str(failure.event_specific_data.error)
+        assert f"user_profiles {keys[refused - 1]} was rebuilt while this run built labeled " \
+               f"hour {keys[refused]}" in str(failure.event_specific_data.error)
     store = lake.store()
-    assert store.exists(labeled_key(START)) and not store.exists(labeled_key(START + HOUR_MS))
+    assert [store.exists(labeled_key(START + h * HOUR_MS)) for h in range(first, refused + 1)
+            ] == [True] * refolded + [False]
 
 
 @pytest.mark.parametrize("dies_in", ["raw_impressions", "user_profiles"])
@@ -383,34 +392,3 @@ def test_an_early_raw_hour_is_known_from_the_files_when_its_run_died(tmp_path, m
                               instance=instance).success
         message = _refusal(labeled_impressions, keys[6], res, instance)
     assert f"raw_impressions {keys[1]} read early" in message, message
-
-
-def test_an_hour_whose_snapshot_is_refolded_while_it_waits_in_its_group_is_not_written(
-        tmp_path, monkeypatch):
-    """Hours are checked a group at a time: an hour built from the old snapshot, refolded after
-    its build but before its group was written, was written stale. Each hour's snapshot is
-    checked again just before its write."""
-    from clicklake.platform import profiles
-
-    real = labeled_mod.build_labeled_hours
-
-    def refolded_after_the_first(store, hours, *args, **kwargs):
-        tables = real(store, hours, *args, **kwargs)
-        yield next(tables)
-        # the refold rewrites the snapshot the first hour was built from; later hours read
-        # later snapshots
-        key = profiles.snapshot_key(hours[0] - HOUR_MS)
-        store.write_parquet(key, profiles.stamp_snapshot(store.read_parquet(key), "", ""))
-        yield from tables
-
-    with _built_chain(tmp_path, hours=4, users=200, seed=5) as (lake, keys, instance):
-        monkeypatch.setattr(labeled_mod, "build_labeled_hours", refolded_after_the_first)
-        run = dg.materialize([labeled_impressions], resources={"lake": lake}, instance=instance,
-                             tags={"dagster/asset_partition_range_start": keys[1],
-                                   "dagster/asset_partition_range_end": keys[2]},
-                             raise_on_error=False)
-        assert not run.success
-        failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
-        assert f"labeled hour {keys[1]} from it" in str(failure.event_specific_data.error)
-    store = lake.store()
-    assert not store.exists(labeled_key(START + HOUR_MS))
