@@ -158,7 +158,6 @@ def test_a_head_trickling_in_gets_408_at_the_timeout(server):
     _, port = server
     with _connect(port) as conn:
         start = time.monotonic()
-        status = None
         for byte in b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: " + b"a" * 100:
             try:
                 conn.sendall(bytes([byte]))

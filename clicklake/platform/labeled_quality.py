@@ -161,8 +161,9 @@ def _group_outcomes(tables: list[pa.Table], label_rate: tuple[float, float]
         # The checks of every row, not those of an hour's label rate (a mean of its own rows).
         specs = labeled_check_specs(0, label_rate)
         df = checked_frame(pa.concat_tables(tables), specs)
-        rates = [_label_rate(t) if t.num_rows >= LABEL_RATE_MIN_ROWS else math.nan
-                 for t in tables]
+        # (an hour's own checks say whether its label rate is enforced: a check more)
+        rates = [_label_rate(t) if len(s) > len(specs) else math.nan
+                 for t, s in zip(tables, own, strict=True)]
         if not all(math.isnan(r) for r in rates):
             df[_HOUR_LABEL_RATE] = np.repeat(rates, [t.num_rows for t in tables])
             specs = [*specs, CheckSpec("label_rates", "", (("between", _HOUR_LABEL_RATE,

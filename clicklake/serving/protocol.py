@@ -58,10 +58,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self.max_head_bytes = config.max_head_bytes
         self.request_timeout_s = config.request_timeout_s
-        self._in_head = True  # between a request's first byte (or the last one's end) and its
-        self._head_bytes = 0  # headers' end: bytes received in that time
-        self._request_bytes = 0  # bytes received since the last request's end ...
-        self._body_bytes = 0  # ... and those of them the app was given as body
+        # From the last request's end to the next one's headers: the head, whose bytes so far
+        # are `_request_bytes`, the bytes received since the last request's end ...
+        self._in_head = True
+        self._request_bytes = 0
+        self._body_bytes = 0  # ... of which the app was given these as body
         # When the request under way began, by the loop (its first byte, or the connection's
         # opening: a connection that sends nothing, or bytes that start no request, is timed
         # too); None between requests (uvicorn's keep-alive timeout closes idle connections).
@@ -77,13 +78,11 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._started = self.loop.time()
         # counted whole: a read ending one part (the head, a request) may start the next
         self._request_bytes += len(data)
-        if self._in_head:
-            self._head_bytes += len(data)
         super().data_received(data)
         if self.transport.is_closing():
             return
         if self._in_head:
-            if self._head_bytes > self.max_head_bytes:
+            if self._request_bytes > self.max_head_bytes:
                 self._refuse(431, _TOO_LARGE.decode())
         elif self._request_bytes - self._body_bytes > self.max_head_bytes + 8 * self._body_bytes:
             # What is neither head nor body (a chunked body's framing, its trailers, which the
@@ -115,7 +114,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
         self._started = None
         self._in_head = True  # the next request's head, if any
-        self._head_bytes = self._request_bytes = self._body_bytes = 0
+        self._request_bytes = self._body_bytes = 0
 
     def _timed_out(self) -> None:
         self._started = None
